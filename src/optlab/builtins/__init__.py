@@ -1,0 +1,1 @@
+"""optlab's built-in plugins, registered through optlab's own entry points."""

@@ -1,0 +1,61 @@
+"""The event schema workers report (JSON lines), shared by worker, pool and store.
+
+Every event has ``type`` and ``run_id``. Types:
+
+- ``started``: ``provenance`` (versions, git sha, device, threads, environment seen).
+- ``epoch``: one row per finished epoch, with the fields in :data:`EPOCH_FIELDS`.
+- ``probe``: ``epoch``, ``step``, ``probe``, ``key``, ``value``.
+- ``finished`` / ``failed`` / ``diverged``: terminal; the last two carry ``error``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+TERMINAL = ("finished", "failed", "diverged")
+EPOCH_FIELDS = (
+    "epoch",        # 1-based index of the finished epoch
+    "step",         # optimizer steps so far
+    "samples",      # training samples processed so far
+    "sfo",          # stochastic first-order oracle count: sum of batch sizes used so far
+    "lr",           # learning rate in force at the epoch's last step
+    "batch_size",   # batch size in force during the epoch
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "seconds",      # training time of the epoch (evaluation and probes apart)
+    "eval_seconds",
+)
+
+
+def _clean(value: Any) -> Any:
+    # JSON has no NaN/inf; a diverged loss is reported as null.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def encode(event: dict[str, Any]) -> str:
+    return json.dumps({k: _clean(v) for k, v in event.items()}, separators=(",", ":"))
+
+
+def decode(line: str | bytes) -> dict[str, Any]:
+    return json.loads(line)
+
+
+def read_journal(path) -> list[dict[str, Any]]:
+    """A run's append-only event log; a torn last line (crash mid-write) is dropped."""
+    events = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    events.append(decode(line))
+                except json.JSONDecodeError:
+                    break
+    except FileNotFoundError:
+        pass
+    return events

@@ -1,0 +1,254 @@
+"""Expansion: a Study -> the list of RunSpec it stands for (stage 2 of the data flow).
+
+Each block starts from the study's base, applies its own ``set``, then expands its axes:
+``grid`` axes as a cartesian product, each ``zip`` table's axes varied together, seeds
+outermost. ``include``/``exclude`` filters keep or drop combinations; run-level ``--set``
+overrides apply last. Every plugin table is validated by its plugin's params model and
+resolved (defaults filled in), and the run_id is a hash of the resolved config and seed.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from optlab import paths
+from optlab.errors import ConfigError
+from optlab.registry import Registry, default_registry
+from optlab.study import (
+    PLUGIN_SLOTS,
+    RUN_DEFAULTS,
+    RUN_KEYS,
+    Block,
+    RunSettings,
+    Study,
+    describe_validation_error,
+    seed_list,
+)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    run_id: str
+    study: str
+    block: str
+    seed: int
+    config: dict[str, Any] = field(hash=False)
+    axes: dict[str, Any] = field(hash=False)  # the varied paths and their values here
+    position: int = 0
+
+    def task(self) -> dict[str, Any]:
+        """What a worker needs to train this run."""
+        return {"run_id": self.run_id, "seed": self.seed, "config": self.config}
+
+
+@dataclass
+class BlockPlan:
+    name: str
+    axes: dict[str, list[Any]]  # path -> values, in file order
+    seeds: list[int]
+    runs: list[RunSpec]
+
+
+def run_id_for(config: dict[str, Any], seed: int) -> str:
+    canonical = json.dumps({"config": config, "seed": seed}, sort_keys=True,
+                           separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def expand(study: Study, registry: Registry | None = None) -> list[BlockPlan]:
+    """All blocks with their runs; a run already produced by an earlier block is kept there."""
+    registry = registry or default_registry()
+    seen: set[str] = set()
+    plans = []
+    for index, block in enumerate(study.blocks):
+        plans.append(_expand_block(study, block, index, registry, seen))
+    return plans
+
+
+def all_runs(plans: list[BlockPlan]) -> list[RunSpec]:
+    return [run for plan in plans for run in plan.runs]
+
+
+class _Expander:
+    def __init__(self, study: Study, block: Block, index: int, registry: Registry):
+        self.study, self.block, self.registry = study, block, registry
+        self.name = block.name or f"block{index + 1}"
+        implicit = study.blocks == [Block(name="main")]  # a file without [[block]]
+        self.where = "base" if implicit else f"block '{self.name}'"
+        self.prefix = f"{study.file}: {self.where}"
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.prefix}: {key}: {problem}")
+
+    # ---- the block's starting config -------------------------------------------------
+    def start_config(self) -> dict[str, Any]:
+        cfg = copy.deepcopy(RUN_DEFAULTS)
+        for key, value in self.study.base.items():
+            paths.assign(cfg, key, value)
+        for key, value in self.block.set.items():
+            self.check_path(f"set.{key}", key, cfg, {})
+            paths.assign(cfg, key, value)
+        return cfg
+
+    # ---- axes --------------------------------------------------------------------------
+    def axis_groups(self) -> tuple[list[list[dict[str, Any]]], dict[str, list[Any]]]:
+        groups: list[list[dict[str, Any]]] = []
+        axes: dict[str, list[Any]] = {}
+        for path, values in _axis_leaves(self.block.grid).items():
+            self.check_values(f"grid.{path}", values)
+            groups.append([{path: v} for v in values])
+            axes[path] = values
+        for i, table in enumerate(self.block.zip):
+            leaves = _axis_leaves(table)
+            lengths = {p: len(v) if isinstance(v, list) else -1 for p, v in leaves.items()}
+            for path, values in leaves.items():
+                self.check_values(f"zip.{path}", values)
+            if len(set(lengths.values())) > 1:
+                sizes = ", ".join(f"{p} has {n}" for p, n in lengths.items())
+                raise self.fail(f"zip[{i}]", f"axes varied together need equal lengths ({sizes})")
+            n = next(iter(lengths.values()), 0)
+            groups.append([{p: v[k] for p, v in leaves.items()} for k in range(n)])
+            axes.update(leaves)
+        return groups, axes
+
+    def check_values(self, key: str, values: Any) -> None:
+        if not isinstance(values, list):
+            raise self.fail(key, f"an axis needs a list of values (given {values!r})")
+        if not values:
+            raise self.fail(key, "empty axis; give at least one value")
+
+    def check_path(self, key: str, path: str, cfg: dict[str, Any],
+                   axes: dict[str, list[Any]]) -> None:
+        """An axis, filter or override path must name a key of the run config."""
+        parts = path.split(".")
+        head = parts[0]
+        if head not in RUN_KEYS:
+            raise self.fail(key, f"no such key {head!r}; a run config has: {', '.join(RUN_KEYS)}")
+        if len(parts) == 1:
+            return
+        if head not in PLUGIN_SLOTS:
+            raise self.fail(key, f"no such key; {head} is a single value")
+        if len(parts) > 2 or parts[1] == "name":
+            return
+        names = self._possible_plugins(head, cfg, axes)
+        kind = PLUGIN_SLOTS[head]
+        fields: set[str] = set()
+        for name in names:
+            if name in self.registry.names(kind):
+                fields |= set(self.registry.get(kind, name).params.model_fields)
+        if fields and parts[1] not in fields:
+            takes = ", ".join(sorted(fields)) or "no parameters"
+            raise self.fail(key, f"no such key; {'/'.join(sorted(names))} takes: {takes}")
+
+    def _possible_plugins(self, slot: str, cfg: dict[str, Any],
+                          axes: dict[str, list[Any]]) -> set[str]:
+        names = {cfg.get(slot, {}).get("name")}
+        names |= set(axes.get(f"{slot}.name", []))
+        names |= {v.get("name") for v in axes.get(slot, []) if isinstance(v, dict)}
+        return {n for n in names if isinstance(n, str)}
+
+    # ---- one run -------------------------------------------------------------------------
+    def resolve(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        resolved: dict[str, Any] = {}
+        for slot, kind in PLUGIN_SLOTS.items():
+            table = cfg.get(slot)
+            if not isinstance(table, dict) or "name" not in table:
+                raise self.fail(slot, f"needs a table with a name, such as {slot} = "
+                                      f"{{ name = \"...\" }}; registered: "
+                                      f"{', '.join(self.registry.names(kind))}")
+            params = {k: v for k, v in table.items() if k != "name"}
+            try:
+                plugin = self.registry.get(kind, table["name"])
+            except ConfigError as e:
+                raise self.fail(f"{slot}.name", str(e)) from None
+            try:
+                model = plugin.params.model_validate(params)
+            except ValidationError as e:
+                raise ConfigError(f"{self.prefix}: " + describe_validation_error(
+                    e, plugin.params, prefix=f"{slot}.")
+                    .replace("unknown key; allowed:", f"unknown key; {table['name']} takes:")
+                ) from None
+            resolved[slot] = {"name": table["name"], **model.model_dump(mode="json")}
+        settings = {k: v for k, v in cfg.items() if k not in PLUGIN_SLOTS}
+        try:
+            resolved.update(RunSettings.model_validate(settings).model_dump(mode="json"))
+        except ValidationError as e:
+            raise ConfigError(f"{self.prefix}: {describe_validation_error(e, RunSettings)}"
+                              ) from None
+        return dict(sorted(resolved.items()))
+
+
+def _axis_leaves(table: dict[str, Any]) -> dict[str, Any]:
+    """Axis tables may be written with quoted dotted keys or as nested tables."""
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if isinstance(value, dict) and not _is_plugin_table(value):
+            out.update({f"{key}.{k}": v for k, v in _axis_leaves(value).items()})
+        else:
+            out[key] = value
+    return out
+
+
+def _is_plugin_table(value: dict[str, Any]) -> bool:
+    return "name" in value and not isinstance(value["name"], list)
+
+
+def _matches(cfg: dict[str, Any], condition: dict[str, Any]) -> bool:
+    for path, wanted in _axis_leaves(condition).items():
+        try:
+            have = paths.get(cfg, path)
+        except (KeyError, TypeError):
+            return False
+        options = wanted if isinstance(wanted, list) else [wanted]
+        if have not in options:
+            return False
+    return True
+
+
+def _name_first(combo: dict[str, Any]) -> list[tuple[str, Any]]:
+    # A plugin's name must land before its parameters: changing it clears the table.
+    return sorted(combo.items(), key=lambda kv: not (kv[0].endswith(".name")
+                                                     or kv[0] in PLUGIN_SLOTS))
+
+
+def _expand_block(study: Study, block: Block, index: int, registry: Registry,
+                  seen: set[str]) -> BlockPlan:
+    ex = _Expander(study, block, index, registry)
+    base = ex.start_config()
+    groups, axes = ex.axis_groups()
+    for path in axes:
+        ex.check_path(f"axis {path}", path, base, axes)
+    for kind, conditions in (("include", block.include), ("exclude", block.exclude)):
+        for cond in conditions:
+            for path in _axis_leaves(cond):
+                ex.check_path(f"{kind}.{path}", path, base, axes)
+    for path in study.overrides:
+        ex.check_path(f"--set {path}", path, base, axes)
+    seeds = seed_list(block.seeds) if block.seeds is not None else study.seeds
+    runs: list[RunSpec] = []
+    for seed in seeds:
+        for parts in itertools.product(*groups):
+            combo = {k: v for part in parts for k, v in part.items()}
+            cfg = copy.deepcopy(base)
+            for path, value in _name_first(combo):
+                paths.assign(cfg, path, value)
+            if block.include and not any(_matches(cfg, c) for c in block.include):
+                continue
+            if any(_matches(cfg, c) for c in block.exclude):
+                continue
+            for path, value in _name_first(study.overrides):
+                paths.assign(cfg, path, value)
+            config = ex.resolve(cfg)
+            run_id = run_id_for(config, seed)
+            if run_id in seen:
+                continue
+            seen.add(run_id)
+            runs.append(RunSpec(run_id, study.name, ex.name, seed, config, combo, len(seen) - 1))
+    return BlockPlan(ex.name, axes, seeds, runs)

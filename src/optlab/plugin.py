@@ -1,0 +1,72 @@
+"""The plugin contract shared by built-in and third-party plugins.
+
+A plugin is a :class:`Plugin` object named by an entry point in one of the groups in
+:data:`optlab.registry.GROUPS`. Its ``params`` model validates the study's flat table
+(everything beside ``name``); its ``build`` is called in the worker. Modules that define
+plugins must not import torch at module level, so that ``optlab show`` validates studies
+without torch; ``build`` may be given as ``"module:attr"`` to defer the import.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Params(BaseModel):
+    """Base for plugin parameter models: unknown keys are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoParams(Params):
+    """For plugins that take no parameters."""
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """What an entry point points at."""
+
+    description: str
+    params: type[Params] = NoParams
+    build: Callable[..., Any] | str = field(default=None, repr=False)  # type: ignore[assignment]
+
+    def builder(self) -> Callable[..., Any]:
+        """The build callable, imported on first use when given as ``module:attr``."""
+        if isinstance(self.build, str):
+            module, _, attr = self.build.partition(":")
+            return getattr(importlib.import_module(module), attr)
+        return self.build
+
+    def create(self, params: dict[str, Any] | Params, **context: Any) -> Any:
+        """Validate ``params`` (if a dict) and build the plugin's object."""
+        if isinstance(params, dict):
+            params = self.params(**params)
+        return self.builder()(params, **context)
+
+
+@dataclass
+class TensorData:
+    """What a dataset plugin builds: whole splits as tensors (moved to the device once).
+
+    ``x_*`` are float tensors of shape (N, *input_shape); ``y_*`` are int64 class labels.
+    """
+
+    x_train: Any
+    y_train: Any
+    x_test: Any
+    y_test: Any
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def to(self, device: Any) -> TensorData:
+        return TensorData(
+            *(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)),
+            num_classes=self.num_classes,
+        )

@@ -1,0 +1,113 @@
+"""Plugin discovery through entry points: one group per kind, names read lazily.
+
+Built-ins are registered in optlab's own pyproject and found by the same code as
+third-party plugins. Reading names imports nothing; a plugin's module is imported the
+first time the plugin is asked for.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+from optlab.errors import ConfigError
+from optlab.plugin import Plugin
+
+GROUPS: dict[str, str] = {
+    "dataset": "optlab.datasets",
+    "model": "optlab.models",
+    "optimizer": "optlab.optimizers",
+    "lr_schedule": "optlab.lr_schedules",
+    "batch_schedule": "optlab.batch_schedules",
+    "augmentation": "optlab.augmentations",
+    "probe": "optlab.probes",
+}
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """A registered plugin as `optlab plugins` lists it."""
+
+    kind: str
+    name: str
+    distribution: str
+    plugin: Plugin
+
+    def param_rows(self) -> list[tuple[str, str, str]]:
+        """(name, type, default) for each parameter."""
+        rows = []
+        for pname, fld in self.plugin.params.model_fields.items():
+            default = "required" if fld.is_required() else repr(fld.get_default())
+            rows.append((pname, _type_name(fld.annotation), default))
+        return rows
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) or str(annotation)
+    return text.replace("typing.", "")
+
+
+class Registry:
+    """Per kind: names, get (with "did you mean"), describe, create."""
+
+    def __init__(self, plugins: dict[str, dict[str, Plugin]] | None = None):
+        # An explicit mapping makes a hermetic registry (tests); None reads entry points.
+        self._explicit = plugins
+        self._eps: dict[str, dict[str, EntryPoint]] = {}
+        self._loaded: dict[tuple[str, str], Plugin] = {}
+
+    def _entry_points(self, kind: str) -> dict[str, EntryPoint]:
+        if kind not in self._eps:
+            found = entry_points(group=GROUPS[kind])
+            self._eps[kind] = {ep.name: ep for ep in sorted(found, key=lambda e: e.name)}
+        return self._eps[kind]
+
+    def names(self, kind: str) -> list[str]:
+        if self._explicit is not None:
+            return sorted(self._explicit.get(kind, {}))
+        return list(self._entry_points(kind))
+
+    def get(self, kind: str, name: str) -> Plugin:
+        if (kind, name) in self._loaded:
+            return self._loaded[(kind, name)]
+        if name not in self.names(kind):
+            raise ConfigError(unknown_name_message(kind, name, self.names(kind)))
+        if self._explicit is not None:
+            plugin = self._explicit[kind][name]
+        else:
+            plugin = self._entry_points(kind)[name].load()
+            if not isinstance(plugin, Plugin):
+                raise ConfigError(f"{kind} plugin {name!r} is not an optlab.plugin.Plugin")
+        self._loaded[(kind, name)] = plugin
+        return plugin
+
+    def describe(self, kind: str, name: str) -> PluginInfo:
+        plugin = self.get(kind, name)
+        dist = "optlab"
+        if self._explicit is None:
+            ep = self._entry_points(kind)[name]
+            dist = ep.dist.name if ep.dist is not None else "?"
+        return PluginInfo(kind, name, dist, plugin)
+
+    def create(self, kind: str, name: str, params: dict[str, Any], **context: Any) -> Any:
+        return self.get(kind, name).create(params, **context)
+
+
+def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    listed = ", ".join(valid) if valid else "(none registered)"
+    return f"unknown {kind} {name!r}{hint} Registered: {listed}"
+
+
+_default: Registry | None = None
+
+
+def default_registry() -> Registry:
+    """The process-wide registry read from installed entry points."""
+    global _default
+    if _default is None:
+        _default = Registry()
+    return _default

@@ -1,0 +1,198 @@
+"""Study files: TOML -> a validated :class:`Study` (stage 1 of the data flow).
+
+Every error names the file, the dotted key, what was given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import copy
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from optlab import paths
+from optlab.errors import ConfigError
+
+# Run-config keys that hold a plugin table, and the registry kind of each.
+PLUGIN_SLOTS: dict[str, str] = {
+    "dataset": "dataset",
+    "model": "model",
+    "optimizer": "optimizer",
+    "lr_schedule": "lr_schedule",
+    "batch_schedule": "batch_schedule",
+    "augmentation": "augmentation",
+}
+PRECISIONS = ("fp32", "bf16", "amp")
+STUDY_KEYS = ("name", "description", "seeds", "base", "block")
+DEFAULT_STUDY = Path(__file__).parent / "studies" / "quickstart.toml"
+
+
+class RunSettings(BaseModel):
+    """The run config's keys that are not plugin tables."""
+
+    model_config = ConfigDict(extra="forbid")
+    epochs: Annotated[int, Field(ge=1)]
+    precision: Literal["fp32", "bf16", "amp"] = "fp32"
+
+
+RUN_DEFAULTS: dict[str, Any] = {
+    "precision": "fp32",
+    "lr_schedule": {"name": "constant"},
+    "batch_schedule": {"name": "constant"},
+    "augmentation": {"name": "none"},
+}
+RUN_KEYS = tuple(RunSettings.model_fields) + tuple(PLUGIN_SLOTS)
+
+Seeds = Annotated[int, Field(ge=1)] | list[int]
+
+
+class Block(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = None
+    set: dict[str, Any] = {}
+    grid: dict[str, Any] = {}
+    zip: list[dict[str, Any]] = []
+    seeds: Seeds | None = None
+    include: list[dict[str, Any]] = []
+    exclude: list[dict[str, Any]] = []
+
+    @field_validator("zip", mode="before")
+    @classmethod
+    def _one_zip_table(cls, v: Any) -> Any:
+        return [v] if isinstance(v, dict) else v
+
+
+class StudyFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str | None = None
+    description: str = ""
+    seeds: Seeds = [0]
+    base: dict[str, Any]
+    block: list[Block] = []
+
+
+class Study(BaseModel):
+    """A loaded study: its source, validated shape, and run-level --set overrides."""
+
+    name: str
+    file: str
+    source: str
+    description: str
+    seeds: list[int]
+    base: dict[str, Any]
+    blocks: list[Block]
+    overrides: dict[str, Any] = {}
+
+
+def seed_list(seeds: int | list[int]) -> list[int]:
+    return list(range(seeds)) if isinstance(seeds, int) else list(seeds)
+
+
+def parse_value(text: str) -> Any:
+    """A --set value: a TOML value (``0.1``, ``[1, 2]``, ``{name = "sgd"}``) or a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_sets(items: list[str]) -> list[tuple[str, Any]]:
+    out = []
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, such as optimizer.lr=0.1")
+        out.append((key.strip(), parse_value(value.strip())))
+    return out
+
+
+def read_toml(path: Path) -> tuple[str, dict[str, Any]]:
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such study file")
+    text = path.read_text()
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: TOML syntax error: {e}") from None
+
+
+def load_study(path: str | Path | None, sets: list[str] = ()) -> Study:
+    """Read, apply --set, and validate the file's shape (plugins are checked by expand)."""
+    path = Path(path) if path is not None else DEFAULT_STUDY
+    text, raw = read_toml(path)
+    overrides: dict[str, Any] = {}
+    for key, value in parse_sets(list(sets)):
+        if key.split(".")[0] in STUDY_KEYS:
+            _set_in_file(raw, key, value, path)
+        else:
+            overrides[key] = value
+    try:
+        shape = StudyFile.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(f"{path}: {describe_validation_error(e, StudyFile)}") from None
+    label = _display_path(path)
+    return Study(
+        name=shape.name or path.stem,
+        file=label,
+        source=text,
+        description=shape.description,
+        seeds=seed_list(shape.seeds),
+        base=shape.base,
+        blocks=shape.block or [Block(name="main")],
+        overrides=overrides,
+    )
+
+
+def _display_path(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _set_in_file(raw: dict[str, Any], key: str, value: Any, path: Path) -> None:
+    parts = key.split(".")
+    node: Any = raw
+    for part in parts[:-1]:
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"{path}: --set {key}: no such key in the study file")
+    if not isinstance(node, dict):
+        raise ConfigError(f"{path}: --set {key}: no such key in the study file")
+    node[parts[-1]] = copy.deepcopy(value)
+
+
+def describe_validation_error(err: ValidationError, model: type[BaseModel] | None = None,
+                              prefix: str = "") -> str:
+    """One line for the first problem: ``key: what is wrong (given X)``."""
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    key = f"{prefix}{loc}" if loc else prefix.rstrip(".")
+    if first["type"] == "extra_forbidden":
+        allowed = _allowed_keys(model, first["loc"][:-1]) if model else []
+        hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+        return f"{key}: unknown key{hint}"
+    if first["type"] == "missing":
+        return f"{key}: required key is missing"
+    return f"{key}: {first['msg']} (given {first['input']!r})"
+
+
+def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        inner = getattr(ann, "__args__", None)
+        candidates = [ann, *(inner or ())]
+        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)),
+                   None)
+        if nxt is None:
+            return []
+        model = nxt
+    return list(model.model_fields)
