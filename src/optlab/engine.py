@@ -158,7 +158,7 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
             test_loss, test_acc = float("nan"), float("nan")
         emit({
             "type": "epoch", "run_id": run_id, "epoch": epoch + 1, "step": step,
-            "samples": samples, "sfo": samples, "lr": lr, "batch_size": bs,
+            "samples": samples, "sfo": samples, "epoch_lr": lr, "epoch_batch_size": bs,
             "train_loss": train_loss, "train_acc": correct.item() / n,
             "test_loss": test_loss, "test_acc": test_acc,
             "seconds": seconds, "eval_seconds": time.perf_counter() - t1,

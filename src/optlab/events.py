@@ -20,8 +20,8 @@ EPOCH_FIELDS = (
     "step",         # optimizer steps so far
     "samples",      # training samples processed so far
     "sfo",          # stochastic first-order oracle count: sum of batch sizes used so far
-    "lr",           # learning rate in force at the epoch's last step
-    "batch_size",   # batch size in force during the epoch
+    "epoch_lr",     # learning rate in force at the epoch's last step
+    "epoch_batch_size",  # batch size in force during the epoch
     "train_loss",
     "train_acc",
     "test_loss",

@@ -10,8 +10,9 @@ without torch; ``build`` may be given as ``"module:attr"`` to defer the import.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 

@@ -12,7 +12,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from optlab import paths
 from optlab.errors import ConfigError
 
 # Run-config keys that hold a plugin table, and the registry kind of each.

@@ -14,6 +14,7 @@ import platform
 import socket
 import subprocess
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any, TextIO
@@ -64,7 +65,7 @@ class Channel:
         self.journal = open(journal_path, "w", encoding="utf-8")  # noqa: SIM115
 
     def emit(self, event: dict[str, Any]) -> None:
-        line = encode(event) + "\n"
+        line = encode({**event, "time": time.time()}) + "\n"
         self.journal.write(line)
         self.journal.flush()
         os.fsync(self.journal.fileno())

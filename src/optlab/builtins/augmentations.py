@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from optlab.plugin import NoParams, Plugin, Params
+from optlab.plugin import NoParams, Params, Plugin
 
 
 class FlipCropParams(Params):

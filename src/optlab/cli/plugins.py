@@ -1,0 +1,31 @@
+"""optlab plugins: what is registered, by whom, and its parameters."""
+
+from __future__ import annotations
+
+import typer
+
+from optlab.cli.common import handles_errors, out
+from optlab.errors import UsageError
+
+NAME = "plugins"
+HELP = "List registered plugins: name, kind, distribution, description and parameters."
+
+
+@handles_errors
+def command(
+    kind: str = typer.Argument(None, help="Only this kind: dataset, model, optimizer, "
+                               "lr_schedule, batch_schedule, augmentation, probe.",
+                               show_default=False),
+) -> None:
+    from optlab.registry import GROUPS, default_registry, unknown_name_message
+
+    registry = default_registry()
+    if kind is not None and kind not in GROUPS:
+        raise UsageError(unknown_name_message("plugin kind", kind, list(GROUPS)))
+    for k in [kind] if kind else list(GROUPS):
+        for name in registry.names(k):
+            info = registry.describe(k, name)
+            out.print(f"{k} [bold]{name}[/bold] ({info.distribution}): "
+                      f"{info.plugin.description}")
+            for pname, ptype, default in info.param_rows():
+                out.print(f"    {pname}: {ptype} = {default}", markup=False)

@@ -1,0 +1,69 @@
+"""optlab show: the expanded run matrix, without running anything."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from optlab.cli.common import StoreOption, handles_errors, out
+from optlab.errors import UsageError
+
+NAME = "show"
+HELP = "Show a study's run matrix: per block and in total, how many runs, how many done."
+
+
+@handles_errors
+def command(
+    study: Path = typer.Argument(None, help="Study file (TOML). Default: the quickstart.",
+                                 show_default=False),
+    sets: list[str] = typer.Option([], "--set", help="Override a key: KEY=VALUE (repeatable)."),
+    fmt: str = typer.Option("text", "--format", help="text, or json: one object per run."),
+    store: Path = StoreOption,
+) -> None:
+    from optlab.expand import all_runs, expand
+    from optlab.study import load_study
+
+    if fmt not in ("text", "json"):
+        raise UsageError(f"--format {fmt!r}: use text or json")
+    spec = load_study(study, sets)
+    plans = expand(spec)
+    states = _states(store, [r.run_id for r in all_runs(plans)])
+    if fmt == "json":
+        for run in all_runs(plans):
+            out.print(json.dumps({"run_id": run.run_id, "study": run.study, "block": run.block,
+                                  "seed": run.seed, **run.axes,
+                                  "status": states.get(run.run_id, "new")}),
+                      markup=False)
+        return
+    total = sum(len(p.runs) for p in plans)
+    done = sum(1 for s in states.values() if s == "done")
+    out.print(f"study {spec.name} ({spec.file}): {total} runs, {done} done in {store}",
+              markup=False)
+    if spec.description:
+        out.print(f"  {spec.description}", markup=False)
+    for plan in plans:
+        bdone = sum(1 for r in plan.runs if states.get(r.run_id) == "done")
+        out.print(f"block {plan.name}: {len(plan.runs)} runs, {bdone} done", markup=False)
+        out.print(f"  seeds: {', '.join(map(str, plan.seeds))}", markup=False)
+        for path, values in plan.axes.items():
+            shown = ", ".join(_fmt(v) for v in values)
+            out.print(f"  {path}: {shown}", markup=False)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}={v}" for k, v in value.items()) + "}"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _states(store: Path, run_ids: list[str]) -> dict[str, str]:
+    if not store.exists():
+        return {}
+    from optlab import store as st
+
+    with st.reading(store) as con:
+        has = con.execute("select count(*) from information_schema.tables "
+                          "where table_name = 'run_state'").fetchone()[0]
+        return st.states(con, run_ids) if has else {}

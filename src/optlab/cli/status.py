@@ -1,0 +1,51 @@
+"""optlab status: per study, counts by state, progress and ETA, and the failed runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from optlab.cli.common import StoreOption, handles_errors, out
+from optlab.store import STATES
+
+NAME = "status"
+HELP = "Per study: runs by state, progress and ETA while running, and the failed runs."
+
+
+@handles_errors
+def command(
+    study: str = typer.Argument(None, help="Only this study.", show_default=False),
+    store: Path = StoreOption,
+) -> None:
+    from rich.table import Table
+
+    from optlab.status import study_status
+
+    results = study_status(store, study)
+    if not results:
+        out.print(f"No studies in {store} yet.")
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("study", "runs", *STATES, "progress", "eta"):
+        table.add_column(col, justify="left" if col == "study" else "right")
+    for s in results:
+        pct = f"{100 * s.finished / s.total:.0f}%" if s.total else "-"
+        eta = _eta(s.eta_seconds) if s.active_workers else "-"
+        table.add_row(s.study, str(s.total), *(str(s.counts[k]) for k in STATES), pct, eta)
+    out.print(table)
+    for s in results:
+        if s.active_workers:
+            out.print(f"{s.study}: running on {s.active_workers} worker(s)")
+        for p in s.problems:
+            axes = " ".join(f"{k}={v}" for k, v in p["axes"].items())
+            out.print(f"{s.study} {p['status']} {p['run_id']} {axes} seed={p['seed']}: "
+                      f"{p['error']}", markup=False)
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"

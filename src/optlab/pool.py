@@ -1,0 +1,119 @@
+"""The local executor: an asyncio pool of long-lived worker processes.
+
+Each slot keeps one worker (``python -m optlab.worker``) with its own environment
+(``CUDA_VISIBLE_DEVICES``, thread counts), in its own process group, and feeds it one run
+at a time. A worker that dies fails only its current run; the slot starts a new one.
+Cancelling the pool (Ctrl-C) sends SIGTERM to every worker, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from optlab.devices import Slot
+from optlab.events import TERMINAL, decode, encode
+from optlab.expand import RunSpec
+from optlab.store import journal_path, log_path
+
+Sink = Callable[[dict[str, Any]], None]
+LINE_LIMIT = 16 * 1024 * 1024
+
+
+class LocalPool:
+    def __init__(self, slots: list[Slot], store: Path, python: str = sys.executable):
+        self.slots, self.store, self.python = slots, store, python
+        self._procs: set[asyncio.subprocess.Process] = set()
+
+    async def run(self, specs: list[RunSpec], sink: Sink) -> None:
+        queue = deque(specs)
+        try:
+            await asyncio.gather(*(self._slot_loop(slot, queue, sink) for slot in self.slots))
+        finally:
+            await self.stop()
+
+    async def _start(self, slot: Slot) -> asyncio.subprocess.Process:
+        env = {**os.environ, **slot.env(), "PYTHONUNBUFFERED": "1"}
+        proc = await asyncio.create_subprocess_exec(
+            self.python, "-m", "optlab.worker", env=env, stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            start_new_session=True, limit=LINE_LIMIT)
+        self._procs.add(proc)
+        return proc
+
+    async def _slot_loop(self, slot: Slot, queue: deque[RunSpec], sink: Sink) -> None:
+        proc: asyncio.subprocess.Process | None = None
+        while queue:
+            spec = queue.popleft()
+            if proc is None:
+                proc = await self._start(slot)
+            task = {**spec.task(), "journal": str(journal_path(self.store, spec.run_id)),
+                    "log": str(log_path(self.store, spec.run_id))}
+            sink({"type": "assigned", "run_id": spec.run_id, "worker": slot.label,
+                  "time": time.time()})
+            try:
+                proc.stdin.write((encode(task) + "\n").encode())
+                await proc.stdin.drain()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # it died between runs; read_events sees EOF and reports it
+            if not await self._pump(proc, sink):
+                code = await proc.wait()
+                self._procs.discard(proc)
+                sink({"type": "failed", "run_id": spec.run_id, "time": time.time(),
+                      "error": f"worker {slot.label} died ({_describe_exit(code)}) during the run"})
+                proc = None
+        if proc is not None:
+            proc.stdin.close()
+            with contextlib.suppress(ProcessLookupError):
+                await proc.wait()
+            self._procs.discard(proc)
+
+    async def _pump(self, proc: asyncio.subprocess.Process, sink: Sink) -> bool:
+        """Forward events until the run's terminal one (True) or the worker's end (False)."""
+        while True:
+            line = await proc.stdout.readline()
+            if not line:
+                return False
+            event = decode(line)
+            if event["type"] == "ready":
+                continue
+            sink(event)
+            if event["type"] in TERMINAL:
+                return True
+
+    async def stop(self, grace: float = 5.0) -> None:
+        procs = [p for p in self._procs if p.returncode is None]
+        for p in procs:
+            _signal_group(p, signal.SIGTERM)
+        if procs:
+            _, pending = await asyncio.wait([asyncio.ensure_future(p.wait()) for p in procs],
+                                            timeout=grace)
+            for p in procs:
+                if p.returncode is None:
+                    _signal_group(p, signal.SIGKILL)
+            for fut in pending:
+                with contextlib.suppress(Exception):
+                    await fut
+        self._procs.clear()
+
+
+def _signal_group(proc: asyncio.subprocess.Process, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"

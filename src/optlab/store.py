@@ -1,0 +1,335 @@
+"""The DuckDB store: schema, the coordinator's batched writes, and read-only opening.
+
+DuckDB lets one process hold a database file at a time, so the coordinator opens the
+file only while it writes a batch, and readers open it read-only, retrying briefly
+while it is busy. User-facing tables and views: ``studies``, ``runs`` (one row per study
+and run, with every resolved config value as its own column), ``epochs``, ``probes``,
+``sessions``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from optlab import paths
+from optlab.errors import StoreError
+from optlab.events import EPOCH_FIELDS, read_journal
+from optlab.study import PLUGIN_SLOTS
+
+STATES = ("pending", "running", "done", "failed", "diverged", "interrupted")
+SCHEMA_VERSION = "1"
+
+SCHEMA = """
+create table if not exists meta (key varchar primary key, value varchar);
+create table if not exists studies (
+    study varchar primary key, file varchar, description varchar, source varchar,
+    axes json, created_at timestamp, updated_at timestamp);
+create table if not exists run_state (
+    run_id varchar primary key, seed integer, status varchar, config json,
+    created_at timestamp, started_at timestamp, finished_at timestamp,
+    wall_seconds double, train_seconds double, attempts integer default 0,
+    optlab_version varchar, git_sha varchar, torch_version varchar, python_version varchar,
+    device varchar, threads integer, hostname varchar, pid integer,
+    cuda_visible_devices varchar, worker varchar, precision_used varchar,
+    error varchar, log_path varchar);
+create table if not exists memberships (
+    study varchar, run_id varchar, block varchar, position integer, axes json,
+    primary key (study, run_id));
+create table if not exists epochs (
+    run_id varchar, epoch integer, step bigint, samples bigint, sfo bigint, epoch_lr double,
+    epoch_batch_size integer, train_loss double, train_acc double, test_loss double,
+    test_acc double, seconds double, eval_seconds double, primary key (run_id, epoch));
+create table if not exists probes (
+    run_id varchar, epoch integer, step bigint, probe varchar, key varchar, value double);
+create table if not exists sessions (
+    session_id varchar primary key, study varchar, pid integer, hostname varchar,
+    started_at timestamp, heartbeat_at timestamp, ended_at timestamp, workers integer,
+    planned integer);
+"""
+FIXED_RUN_COLUMNS = ("study", "block", "position", "axes")
+PROVENANCE_COLUMNS = ("optlab_version", "git_sha", "torch_version", "python_version", "device",
+                      "threads", "hostname", "pid", "cuda_visible_devices", "worker")
+# Short names for the hyperparameters asked about most, when the study has them.
+ALIASES = {"lr": "optimizer_lr", "wd": "optimizer_weight_decay",
+           "batch_size": "batch_schedule_batch_size"}
+
+
+def artefacts_dir(store: Path) -> Path:
+    """Run logs and journals live beside the store: ``optlab.duckdb`` -> ``optlab.runs/``."""
+    return store.with_name(store.stem + ".runs")
+
+
+def journal_path(store: Path, run_id: str) -> Path:
+    return artefacts_dir(store) / run_id / "events.jsonl"
+
+
+def log_path(store: Path, run_id: str) -> Path:
+    return artefacts_dir(store) / run_id / "log.txt"
+
+
+def _connect(path: Path, read_only: bool, timeout: float) -> duckdb.DuckDBPyConnection:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return duckdb.connect(str(path), read_only=read_only)
+        except duckdb.IOException as e:
+            msg = str(e)
+            if "lock" in msg.lower() and time.monotonic() < deadline:
+                time.sleep(0.05)
+                continue
+            if "not a valid DuckDB database" in msg:
+                raise StoreError(f"{path}: not a DuckDB database; give another --store") from None
+            if "lock" in msg.lower():
+                raise StoreError(f"{path}: busy (another process holds it); try again") from None
+            raise StoreError(f"{path}: cannot open store: {msg.splitlines()[0]}") from None
+
+
+@contextlib.contextmanager
+def reading(path: Path, timeout: float = 15.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A read-only connection; a user's SQL through it cannot change results."""
+    if not path.exists():
+        raise StoreError(f"{path}: no store here yet; run a study first (optlab run)")
+    con = _connect(path, read_only=True, timeout=timeout)
+    try:
+        yield con
+    finally:
+        con.close()
+
+
+@contextlib.contextmanager
+def writing(path: Path, timeout: float = 60.0) -> Iterator[duckdb.DuckDBPyConnection]:
+    """One transaction, holding the file only for its duration."""
+    con = _connect(path, read_only=False, timeout=timeout)
+    try:
+        con.execute("begin transaction")
+        yield con
+        con.execute("commit")
+    except BaseException:
+        with contextlib.suppress(duckdb.Error):
+            con.execute("rollback")
+        raise
+    finally:
+        con.close()
+
+
+def check_store(path: Path) -> None:
+    """Fail early (before anything is written) if ``path`` is not a usable store."""
+    if path.exists():
+        with reading(path):
+            pass
+    elif not path.parent.exists():
+        raise StoreError(f"{path}: folder {path.parent} does not exist")
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute(SCHEMA)
+    con.execute("insert or ignore into meta values ('schema_version', ?)", [SCHEMA_VERSION])
+    _refresh_runs_view(con)
+
+
+# ---- config columns -----------------------------------------------------------------------
+
+def config_columns(config: dict[str, Any]) -> dict[str, Any]:
+    """Flatten a resolved config to columns: ``optimizer.lr`` -> ``optimizer_lr``, and a
+    plugin's name under the slot's own name (``optimizer`` = 'sgd')."""
+    out = {}
+    for path, value in paths.flatten(config).items():
+        out[config_column(path)] = json.dumps(value) if isinstance(value, list | dict) else value
+    return out
+
+
+def config_column(path: str) -> str:
+    slot, _, rest = path.partition(".")
+    if rest == "name" and slot in PLUGIN_SLOTS:
+        return slot
+    return paths.column(path)
+
+
+def _sql_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "BOOLEAN"
+    if isinstance(value, int):
+        return "BIGINT"
+    if isinstance(value, float):
+        return "DOUBLE"
+    return "VARCHAR"
+
+
+def _widen(old: str, new: str) -> str:
+    if old == new:
+        return old
+    if {old, new} == {"BIGINT", "DOUBLE"}:
+        return "DOUBLE"
+    return "VARCHAR"
+
+
+def _table_columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
+    rows = con.execute("select column_name, data_type from information_schema.columns "
+                       "where table_name = ?", [table]).fetchall()
+    return dict(rows)
+
+
+def _add_config_columns(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]]) -> bool:
+    have = _table_columns(con, "run_state")
+    wanted: dict[str, str] = {}
+    for row in rows:
+        for col, value in row.items():
+            if value is None:
+                continue
+            t = _sql_type(value)
+            wanted[col] = _widen(wanted.get(col, t), t)
+    changed = False
+    for col, t in wanted.items():
+        if col not in have:
+            con.execute(f'alter table run_state add column "{col}" {t}')
+            changed = True
+        elif have[col] != t and _widen(have[col], t) != have[col]:
+            con.execute(f'alter table run_state alter "{col}" type {_widen(have[col], t)}')
+            changed = True
+    return changed
+
+
+def _refresh_runs_view(con: duckdb.DuckDBPyConnection) -> None:
+    cols = _table_columns(con, "run_state")
+    aliases = "".join(f', r."{src}" as {alias}' for alias, src in ALIASES.items()
+                      if src in cols and alias not in cols)
+    con.execute(
+        "create or replace view runs as select m.study, m.block, m.position, m.axes, r.*"
+        f"{aliases} from memberships m join run_state r using (run_id)")
+
+
+# ---- writes -------------------------------------------------------------------------------
+
+def register_study(con: duckdb.DuckDBPyConnection, study: Any, plans: list[Any],
+                   store: Path) -> None:
+    """Record the study and its runs; runs already in the store keep their state."""
+    axes = {p.name: p.axes for p in plans}
+    con.execute(
+        "insert into studies values (?, ?, ?, ?, ?, now(), now()) on conflict (study) do update "
+        "set file = excluded.file, description = excluded.description, "
+        "source = excluded.source, axes = excluded.axes, updated_at = now()",
+        [study.name, study.file, study.description, study.source, json.dumps(axes)])
+    runs = [r for p in plans for r in p.runs]
+    flat = [config_columns(r.config) for r in runs]
+    changed = _add_config_columns(con, flat)
+    if runs:
+        all_cols = sorted({c for row in flat for c in row})
+        cols = ["run_id", "seed", "status", "config", "log_path", *all_cols]
+        marks = ", ".join("?" for _ in cols)
+        quoted = ", ".join(f'"{c}"' for c in cols)
+        con.executemany(
+            f"insert into run_state ({quoted}, created_at) values ({marks}, now()) "
+            "on conflict (run_id) do nothing",
+            [[r.run_id, r.seed, "pending", json.dumps(r.config), str(log_path(store, r.run_id)),
+              *(row.get(c) for c in all_cols)] for r, row in zip(runs, flat, strict=True)])
+        con.executemany(
+            "insert into memberships values (?, ?, ?, ?, ?) on conflict (study, run_id) do update "
+            "set block = excluded.block, position = excluded.position, axes = excluded.axes",
+            [[r.study, r.run_id, r.block, r.position, json.dumps(r.axes)] for r in runs])
+    if changed:
+        _refresh_runs_view(con)
+
+
+def states(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> dict[str, str]:
+    if not run_ids:
+        return {}
+    rows = con.execute("select run_id, status from run_state where run_id in "
+                       "(select unnest(?::varchar[]))", [run_ids]).fetchall()
+    return dict(rows)
+
+
+def apply_events(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -> None:
+    """Write a batch of worker events. Idempotent: a journal may be applied again."""
+    epoch_rows = []
+    for ev in events:
+        kind, run_id = ev["type"], ev.get("run_id")
+        if kind == "epoch":
+            epoch_rows.append([run_id, *(ev.get(f) for f in EPOCH_FIELDS)])
+            continue
+        if epoch_rows:  # keep order: rows of an epoch land before the run's next state
+            _insert_epochs(con, epoch_rows)
+            epoch_rows = []
+        if kind == "started":
+            _apply_started(con, ev)
+        elif kind == "probe":
+            con.execute("insert into probes values (?, ?, ?, ?, ?, ?)",
+                        [run_id, ev.get("epoch"), ev.get("step"), ev["probe"], ev.get("key"),
+                         ev.get("value")])
+        elif kind in ("finished", "failed", "diverged"):
+            status = "done" if kind == "finished" else kind
+            _finish(con, run_id, status, ev.get("error"), ev.get("time"))
+    if epoch_rows:
+        _insert_epochs(con, epoch_rows)
+
+
+def _insert_epochs(con: duckdb.DuckDBPyConnection, rows: list[list[Any]]) -> None:
+    marks = ", ".join("?" for _ in range(len(EPOCH_FIELDS) + 1))
+    con.executemany(f"insert or replace into epochs values ({marks})", rows)
+
+
+def _apply_started(con: duckdb.DuckDBPyConnection, ev: dict[str, Any]) -> None:
+    run_id, prov = ev["run_id"], ev.get("provenance") or {}
+    con.execute("delete from epochs where run_id = ?", [run_id])
+    con.execute("delete from probes where run_id = ?", [run_id])
+    sets = ", ".join(f"{c} = ?" for c in PROVENANCE_COLUMNS)
+    con.execute(
+        f"update run_state set status = 'running', started_at = to_timestamp(?), "
+        f"finished_at = null, error = null, wall_seconds = null, train_seconds = null, "
+        f"attempts = attempts + 1, precision_used = ?, {sets} where run_id = ?",
+        [ev.get("time", time.time()), ev.get("precision_used"),
+         *(prov.get(c) for c in PROVENANCE_COLUMNS), run_id])
+
+
+def _finish(con: duckdb.DuckDBPyConnection, run_id: str, status: str, error: str | None,
+            at: float | None) -> None:
+    con.execute(
+        "update run_state set status = ?, error = ?, finished_at = to_timestamp(?), "
+        "wall_seconds = epoch(to_timestamp(?) - started_at), "
+        "train_seconds = (select sum(seconds) from epochs e where e.run_id = ?) "
+        "where run_id = ?",
+        [status, error, at or time.time(), at or time.time(), run_id, run_id])
+
+
+def recover(con: duckdb.DuckDBPyConnection, store: Path, run_ids: list[str] | None = None
+            ) -> list[str]:
+    """Re-ingest the journals of runs the store still shows as pending or running (left by a
+    crash or Ctrl-C); those without a final event become 'interrupted'. Returns their ids."""
+    query = "select run_id from run_state where status in ('pending', 'running')"
+    stale = [r for (r,) in con.execute(query).fetchall()]
+    if run_ids is not None:
+        stale = [r for r in stale if r in set(run_ids)]
+    recovered = []
+    for run_id in stale:
+        events = read_journal(journal_path(store, run_id))
+        if not events:
+            con.execute("update run_state set status = 'pending' where run_id = ? "
+                        "and status = 'running'", [run_id])
+            continue
+        apply_events(con, events)
+        if events[-1]["type"] not in ("finished", "failed", "diverged"):
+            _finish(con, run_id, "interrupted", "interrupted before it finished",
+                    events[-1].get("time"))
+        recovered.append(run_id)
+    return recovered
+
+
+def start_session(con: duckdb.DuckDBPyConnection, session_id: str, study: str, workers: int,
+                  planned: int) -> None:
+    import socket
+
+    con.execute("insert into sessions values (?, ?, ?, ?, now(), now(), null, ?, ?)",
+                [session_id, study, os.getpid(), socket.gethostname(), workers, planned])
+
+
+def heartbeat(con: duckdb.DuckDBPyConnection, session_id: str, ended: bool = False) -> None:
+    extra = ", ended_at = now()" if ended else ""
+    con.execute(f"update sessions set heartbeat_at = now(){extra} where session_id = ?",
+                [session_id])
