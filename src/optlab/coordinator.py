@@ -123,16 +123,26 @@ class Coordinator:
             st.heartbeat(con, self.session_id, ended=ended)
 
 
-def prepare(store: Path, study: Study, plans: list[BlockPlan], retry_failed: bool
-            ) -> tuple[list[RunSpec], dict[str, str]]:
-    """Record the study, recover leftovers, and return (runs to do, state of every run)."""
+@dataclass
+class Prepared:
+    todo: list[RunSpec]
+    states: dict[str, str]  # run_id -> state, for every run of the study
+    recovered: dict[str, str]  # run_id -> state, for runs an earlier session left unfinished
+    recovered_epochs: int
+
+
+def prepare(store: Path, study: Study, plans: list[BlockPlan], retry_failed: bool) -> Prepared:
+    """Record the study, recover what an earlier crash left, and plan the runs to do."""
     runs = all_runs(plans)
     with st.writing(store) as con:
         st.ensure_schema(con)
-        st.recover(con, store)
+        recovered = st.recover(con, store)
         st.register_study(con, study, plans, store)
         states = st.states(con, [r.run_id for r in runs])
-    return plan_runs(runs, states, retry_failed), states
+        found = st.states(con, recovered)
+        (epochs,) = con.execute("select count(*) from epochs where run_id in "
+                                "(select unnest(?::varchar[]))", [recovered]).fetchone()
+    return Prepared(plan_runs(runs, states, retry_failed), states, found, int(epochs))
 
 
 async def _drive(coord: Coordinator, pool: LocalPool, todo: list[RunSpec]) -> None:

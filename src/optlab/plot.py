@@ -124,7 +124,8 @@ def _heatmap_chart(rows: list[dict[str, Any]], study: str, x: str, y: str, metri
     x_order = [_fmt(v) for v in sorted({r["x"] for r in rows}, key=_sort_key)]
     y_order = [_fmt(v) for v in sorted({r["y"] for r in rows}, key=_sort_key, reverse=True)]
     base = alt.Chart(alt.Data(values=values)).encode(
-        x=alt.X("x:O", sort=x_order, title=x, axis=alt.Axis(labelAngle=0)), y=alt.Y("y:O", sort=y_order, title=y))
+        x=alt.X("x:O", sort=x_order, title=x, axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("y:O", sort=y_order, title=y))
     cells = base.mark_rect(stroke="white").encode(
         color=alt.condition("datum.value === null", alt.value("#bbbbbb"),
                             alt.Color("value:Q", scale=alt.Scale(scheme="viridis"),

@@ -113,7 +113,21 @@ def run_task(task: dict[str, Any], events: TextIO, cache: Any, info: dict[str, A
         sys.stderr.flush()
 
 
+def _die_with_parent() -> None:
+    """On Linux, exit when the coordinator dies (kill -9 included), freeing the GPU; what
+    was reported is already in the journal."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before the call
+            os._exit(3)
+
+
 def main() -> None:
+    _die_with_parent()
     # Keep the real stdout for events; from here on fd 1 is a log, never the channel.
     events = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
     import torch

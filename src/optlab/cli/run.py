@@ -44,7 +44,10 @@ def command(
     total = len(all_runs(plans))
     check_store(store)
     with writer_lock(store):
-        todo, states = prepare(store, spec, plans, retry_failed)
+        prepared = prepare(store, spec, plans, retry_failed)
+        todo, states = prepared.todo, prepared.states
+        if prepared.recovered:
+            _report_recovery(prepared)
         if not todo:
             failed = sum(1 for s in states.values() if s == "failed")
             hint = f"; {failed} failed (run again with --retry-failed)" if failed else ""
@@ -62,6 +65,16 @@ def command(
         raise typer.Exit(130)
     if any(s == "failed" for s in outcome.statuses.values()):
         raise typer.Exit(1)
+
+
+def _report_recovery(prepared) -> None:
+    counts: dict[str, int] = {}
+    for status in prepared.recovered.values():
+        counts[status] = counts.get(status, 0) + 1
+    states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    out.print(f"Recovered {len(prepared.recovered)} run(s) an earlier session left unfinished "
+              f"({prepared.recovered_epochs} epochs from their journals): {states}; "
+              "interrupted runs run again.")
 
 
 def _summary(study: str, todo, outcome, store: Path) -> None:

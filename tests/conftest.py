@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny studies, and the CLI run in-process or as a real process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from optlab.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+
+TINY = """
+name = "tiny"
+seeds = [0, 1]
+
+[base]
+epochs = 2
+dataset = {{ name = "synthetic", classes = 3, shape = [1, 4, 4], train_size = 48, test_size = 24 }}
+model = {{ name = "mlp", hidden = [8] }}
+optimizer = {{ name = "sgd", lr = 0.1, momentum = 0.9 }}
+batch_schedule = {{ name = "constant", batch_size = 16 }}
+
+[[block]]
+name = "grid"
+[block.grid]
+"optimizer.lr" = {lrs}
+"optimizer.weight_decay" = [0.0, 0.01]
+"""
+
+
+def write_study(folder: Path, lrs: str = "[0.01, 0.1]", text: str | None = None,
+                name: str = "tiny.toml") -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(text) if text is not None else TINY.format(lrs=lrs))
+    return path
+
+
+@pytest.fixture
+def study_file(tmp_path: Path) -> Path:
+    return write_study(tmp_path)
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Run `optlab ARGS` in-process (no workers needed); returns the click Result."""
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(app, list(args), catch_exceptions=False)
+
+    return invoke
+
+
+def optlab(*args: str, cwd: Path, timeout: float = 240, env: dict[str, str] | None = None,
+           check: bool = False) -> subprocess.CompletedProcess[str]:
+    """Run the real `optlab` command in a fresh process (workers and all)."""
+    full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+    full_env.pop("OPTLAB_STORE", None)
+    proc = subprocess.run([sys.executable, "-m", "optlab", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"optlab {' '.join(args)} exited {proc.returncode}:\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc

@@ -1,0 +1,317 @@
+"""Every command end to end through real worker processes on tiny synthetic studies."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, optlab, write_study
+
+pytestmark = pytest.mark.slow
+
+SLOW = """
+name = "slow"
+seeds = [0]
+[base]
+epochs = {epochs}
+dataset = {{ name = "synthetic", classes = 4, shape = [32], train_size = 6000, test_size = 64 }}
+model = {{ name = "mlp", hidden = [256, 256] }}
+optimizer = {{ name = "sgd", lr = 0.01 }}
+batch_schedule = {{ name = "constant", batch_size = 8 }}
+[[block]]
+name = "g"
+grid = {{ "optimizer.lr" = {lrs} }}
+"""
+
+
+def slow_study(folder: Path, epochs: int = 40, lrs: str = "[0.01, 0.02]") -> Path:
+    return write_study(folder, text=SLOW.format(epochs=epochs, lrs=lrs), name="slow.toml")
+
+
+def start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.Popen([sys.executable, "-m", "optlab", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, timeout: float = 60.0, every: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("condition not met in time")
+
+
+def journal_epochs(folder: Path) -> int:
+    total = 0
+    for journal in (folder / "optlab.runs").glob("*/events.jsonl"):
+        total += journal.read_text().count('"type":"epoch"')
+    return total
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A tiny study run once; tests below read it."""
+    folder = tmp_path_factory.mktemp("finished")
+    write_study(folder)
+    proc = optlab("run", "tiny.toml", "--workers", "2", cwd=folder, check=True)
+    assert proc.stdout.splitlines()[0] == (
+        "tiny: running 8 of 8 runs (0 already finished) on 2 worker(s) [CPU, 1 thread(s) "
+        "each]; store optlab.duckdb")
+    assert proc.stdout.splitlines()[-1].endswith(": 8 done")
+    return folder
+
+
+def test_run_again_runs_nothing_and_says_so(finished):
+    proc = optlab("run", "tiny.toml", cwd=finished, check=True)
+    assert proc.stdout == "Nothing to run: all 8 runs of tiny are finished.\n"
+
+
+def test_show_counts_done_and_lists_axes(finished):
+    proc = optlab("show", "tiny.toml", cwd=finished, check=True)
+    assert proc.stdout.splitlines() == [
+        "study tiny (tiny.toml): 8 runs, 8 done in optlab.duckdb",
+        "block grid: 8 runs, 8 done",
+        "  seeds: 0, 1",
+        "  optimizer.lr: 0.01, 0.1",
+        "  optimizer.weight_decay: 0, 0.01",
+    ]
+    rows = [json.loads(line) for line in
+            optlab("show", "tiny.toml", "--format", "json", cwd=finished).stdout.splitlines()]
+    assert len(rows) == 8
+    assert set(rows[0]) == {"run_id", "study", "block", "seed", "optimizer.lr",
+                            "optimizer.weight_decay", "status"}
+    assert {r["status"] for r in rows} == {"done"}
+
+
+def test_status_counts_by_state(finished):
+    lines = optlab("status", cwd=finished, check=True).stdout.splitlines()
+    assert lines[0].split() == ["study", "runs", "pending", "running", "done", "failed",
+                                "diverged", "interrupted", "progress", "eta"]
+    assert lines[1].split() == ["tiny", "8", "0", "0", "8", "0", "0", "0", "100%", "-"]
+
+
+def test_query_formats_and_out_file(finished):
+    sql = ("select lr, wd, count(*) as n from epochs join runs using (run_id) "
+           "group by all order by lr, wd")
+    as_csv = optlab("query", sql, "--format", "csv", cwd=finished, check=True).stdout
+    assert list(csv.reader(io.StringIO(as_csv))) == [
+        ["lr", "wd", "n"], ["0.01", "0.0", "4"], ["0.01", "0.01", "4"],
+        ["0.1", "0.0", "4"], ["0.1", "0.01", "4"]]
+    as_json = json.loads(optlab("query", sql, "--format", "json", cwd=finished).stdout)
+    assert as_json[0] == {"lr": 0.01, "wd": 0.0, "n": 4}
+    md = optlab("query", sql, "--format", "markdown", cwd=finished).stdout.splitlines()
+    assert md[:3] == ["| lr | wd | n |", "|---|---|---|", "| 0.01 | 0 | 4 |"]
+    table = optlab("query", sql, cwd=finished).stdout.splitlines()
+    assert table[0].split() == ["lr", "wd", "n"] and table[-1] == "(4 rows)"
+    proc = optlab("query", sql, "--format", "csv", "--out", "q.csv", cwd=finished, check=True)
+    assert proc.stdout == "4 rows written to q.csv\n"
+    assert (finished / "q.csv").read_text() == as_csv
+
+
+def test_query_is_read_only_and_sql_errors_are_one_line(finished):
+    proc = optlab("query", "drop table epochs", cwd=finished)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("Error: SQL: ") and proc.stderr.count("\n") == 1
+    assert "read-only" in proc.stderr
+    proc = optlab("query", "selec 1", cwd=finished)
+    assert proc.stderr == ('Error: SQL: Parser Error: syntax error at or near "selec" '
+                           "(LINE 1: selec 1)\n")
+    assert optlab("query", "select count(*) as n from epochs", "--format", "csv",
+                  cwd=finished).stdout == "n\n16\n"
+
+
+def test_every_epoch_row_and_run_has_provenance(finished):
+    rows = json.loads(optlab(
+        "query", "select seed, status, torch_version, device, threads, optlab_version, "
+        "hostname, git_sha is not null or true as sha_ok, epochs from runs", "--format", "json",
+        cwd=finished).stdout)
+    assert all(r["torch_version"] and r["device"].startswith("cpu") for r in rows)
+    assert {r["threads"] for r in rows} == {1}
+    fields = optlab("query", "select * from epochs limit 1", "--format", "json",
+                    cwd=finished).stdout
+    assert set(json.loads(fields)[0]) == {
+        "run_id", "epoch", "step", "samples", "sfo", "epoch_lr", "epoch_batch_size",
+        "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "eval_seconds"}
+
+
+@pytest.mark.parametrize("suffix", [".html", ".png", ".svg"])
+def test_heatmap_files(finished, suffix):
+    out = f"hm{suffix}"
+    proc = optlab("plot", "heatmap", "--study", "tiny", "--x", "optimizer.lr", "--y",
+                  "optimizer.weight_decay", "--out", out, cwd=finished, check=True)
+    assert proc.stdout == f"heatmap of 4 cells written to {out} (its SQL: {out}.sql)\n"
+    data = (finished / out).read_bytes()
+    if suffix == ".html":
+        text = data.decode()
+        assert "<script src=" not in text  # Vega is inlined: the page opens offline
+        assert "vega-embed" in text.lower() or "vegaEmbed" in text
+    elif suffix == ".png":
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    else:
+        assert data.lstrip().startswith(b"<svg") and b"optimizer.lr" in data
+    sql = (finished / f"{out}.sql").read_text()
+    again = json.loads(optlab("query", sql, "--format", "json", cwd=finished).stdout)
+    assert len(again) == 4 and all(r["done"] == 2 for r in again)
+
+
+def test_heatmap_bad_axis_and_metric(finished):
+    proc = optlab("plot", "heatmap", "--x", "optimizer.momentum", "--y", "optimizer.lr",
+                  cwd=finished)
+    assert proc.stderr == ("Error: --x optimizer.momentum: the study does not vary it; it varies "
+                           "optimizer.lr, optimizer.weight_decay\n")
+    proc = optlab("plot", "heatmap", "--metric", "best_accuracy", cwd=finished)
+    assert proc.returncode == 1 and proc.stderr.startswith("Error: --metric 'best_accuracy': ")
+
+
+def test_growing_a_study_runs_only_the_new_cells(tmp_path):
+    write_study(tmp_path, lrs="[0.1]")
+    optlab("run", "tiny.toml", cwd=tmp_path, check=True)
+    write_study(tmp_path, lrs="[0.1, 0.3]")
+    proc = optlab("run", "tiny.toml", cwd=tmp_path, check=True)
+    assert proc.stdout.splitlines()[0].startswith("tiny: running 4 of 8 runs (4 already finished)")
+
+
+def test_failed_and_diverged_runs(tmp_path):
+    write_study(tmp_path, text="""
+        name = "bad"
+        [base]
+        epochs = 2
+        dataset = { name = "synthetic", classes = 3, shape = [6], train_size = 32, test_size = 8 }
+        model = { name = "mlp", hidden = [4] }
+        optimizer = { name = "sgd", lr = 0.1 }
+        [[block]]
+        name = "g"
+        grid = { "optimizer.lr" = [0.1, 1e20], model = [{ name = "mlp" }, { name = "cnn" }] }
+        """)
+    proc = optlab("run", "tiny.toml", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines()[-1].endswith(": 1 diverged, 1 done, 2 failed")
+    assert "ValueError: cnn needs image input (C, H, W); this dataset gives (6,)" in proc.stderr
+    assert "log: optlab.runs/" in proc.stderr
+    log = next((tmp_path / "optlab.runs").glob("*/log.txt"))
+    assert log.read_text().startswith("optlab worker")
+    status = optlab("status", "bad", cwd=tmp_path).stdout
+    assert status.count("bad failed ") == 2 and status.count("bad diverged ") == 1
+    proc = optlab("plot", "heatmap", "--x", "optimizer.lr", "--y", "model", "--out", "h.svg",
+                  cwd=tmp_path, check=True)
+    svg = (tmp_path / "h.svg").read_text()
+    assert "1 diverged" in svg and "1 failed" in svg
+    again = optlab("run", "tiny.toml", cwd=tmp_path)
+    assert again.stdout == ("Nothing to run: all 4 runs of bad are finished; 2 failed "
+                            "(run again with --retry-failed).\n")
+    retried = optlab("run", "tiny.toml", "--retry-failed", cwd=tmp_path)
+    assert retried.stdout.splitlines()[0].startswith("bad: running 2 of 4 runs")
+
+
+def test_each_worker_gets_its_own_gpu_environment(tmp_path):
+    write_study(tmp_path)
+    optlab("run", "tiny.toml", "--gpus", "0,1", "--per-gpu", "2", cwd=tmp_path, check=True,
+           env={"OPTLAB_GPU_COUNT": "2"})
+    rows = json.loads(optlab("query", "select distinct worker, cuda_visible_devices, threads "
+                             "from runs order by worker", "--format", "json", cwd=tmp_path).stdout)
+    assert rows, "no runs recorded"
+    for row in rows:
+        gpu = row["worker"].removeprefix("gpu").split("/")[0]
+        assert row["cuda_visible_devices"] == gpu
+        assert row["threads"] == max(1, (os.cpu_count() or 1) // 4)
+    assert {r["worker"] for r in rows} <= {"gpu0/0", "gpu0/1", "gpu1/0", "gpu1/1"}
+
+
+def test_a_dead_worker_fails_only_its_run_and_is_replaced(tmp_path):
+    slow_study(tmp_path, epochs=200, lrs="[0.01, 0.02, 0.03]")
+    proc = start(["run", "slow.toml", "--workers", "1"], tmp_path)
+    wait_for(lambda: journal_epochs(tmp_path) >= 1)
+    worker = wait_for(lambda: subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                             text=True).stdout.split())
+    os.kill(int(worker[0]), signal.SIGKILL)
+    # the other runs would take long: once a new worker is busy, stop the study
+    wait_for(lambda: len(list((tmp_path / "optlab.runs").glob("*/events.jsonl"))) >= 2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "died (killed by SIGKILL) during the run" in err
+    row = optlab("status", "slow", cwd=tmp_path).stdout.splitlines()[1].split()
+    study, runs, pending, running, done, failed, diverged, interrupted = row[:8]
+    assert (runs, running, done, failed, diverged) == ("3", "0", "0", "1", "0")
+    assert int(pending) + int(interrupted) == 2  # the others: resumable
+
+
+def test_ctrl_c_interrupts_and_the_next_run_resumes(tmp_path):
+    slow_study(tmp_path, epochs=3)
+    proc = start(["run", "slow.toml", "--workers", "1"], tmp_path)
+    wait_for(lambda: journal_epochs(tmp_path) >= 1)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Interrupted runs are resumable: run the same command again." in out
+    status = optlab("status", cwd=tmp_path).stdout.splitlines()[1].split()
+    assert status[:2] == ["slow", "2"] and status[7] == "1"  # one interrupted
+    proc = optlab("run", "slow.toml", cwd=tmp_path, check=True)
+    assert proc.stdout.splitlines()[-1].endswith(": 2 done")
+
+
+def test_kill_9_of_the_coordinator_loses_no_reported_epoch(tmp_path):
+    slow_study(tmp_path, epochs=3, lrs="[0.01]")
+    proc = start(["run", "slow.toml", "--workers", "1"], tmp_path)
+    wait_for(lambda: journal_epochs(tmp_path) >= 1)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                             text=True).stdout.split()
+    proc.kill()
+    proc.wait()
+    # A worker dies with its coordinator (and would exit at its next report anyway).
+    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers))
+    reported = journal_epochs(tmp_path)
+    rerun = optlab("run", "slow.toml", cwd=tmp_path, check=True)
+    first = rerun.stdout.splitlines()[0]
+    assert first.startswith(f"Recovered 1 run(s) an earlier session left unfinished ({reported} "
+                            "epochs from their journals): 1 ")
+    assert rerun.stdout.splitlines()[-1].endswith(": 1 done") or "1 done;" in first
+
+
+def test_status_and_query_work_while_a_study_runs(tmp_path):
+    slow_study(tmp_path, epochs=6)
+    proc = start(["run", "slow.toml", "--workers", "1"], tmp_path)
+    try:
+        wait_for(lambda: journal_epochs(tmp_path) >= 1)
+        wait_for(lambda: "running on 1 worker" in optlab("status", cwd=tmp_path).stdout)
+        status = optlab("status", cwd=tmp_path)
+        assert status.returncode == 0
+        q = optlab("query", "select count(*) as n from epochs", "--format", "csv", cwd=tmp_path)
+        assert q.returncode == 0 and q.stdout.startswith("n\n")
+        assert wait_for(lambda: int(optlab("query", "select count(*) from epochs", "--format",
+                                           "csv", cwd=tmp_path).stdout.split()[1]) > 0)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+
+
+def test_a_third_party_plugin_is_discovered_and_runs(tmp_path):
+    pip = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
+           str(ROOT / "plugins" / "optlab-example")]
+    subprocess.run(pip, check=True, capture_output=True, cwd=tmp_path)
+    try:
+        listed = optlab("plugins", "optimizer", cwd=tmp_path, check=True).stdout
+        assert ("optimizer signsgd (optlab-example): signSGD: step along the sign of the "
+                "(momentum-averaged) gradient") in listed
+        write_study(tmp_path)
+        proc = optlab("run", "tiny.toml", "--set", 'optimizer={name="signsgd", lr=0.01}',
+                      "--set", "block.0.grid={}", cwd=tmp_path, check=True)
+        assert proc.stdout.splitlines()[-1].endswith(": 2 done")
+        got = optlab("query", "select distinct optimizer from runs", "--format", "csv",
+                     cwd=tmp_path).stdout
+        assert got == "optimizer\nsignsgd\n"
+    finally:
+        subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "optlab-example"],
+                       capture_output=True)

@@ -1,0 +1,126 @@
+"""The training engine, in-process on the CPU."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from optlab.engine import DataCache, train
+from optlab.registry import default_registry
+
+
+def config(**over):
+    cfg = {
+        "epochs": 3, "precision": "fp32",
+        "dataset": {"name": "synthetic", "classes": 3, "shape": [1, 4, 4], "train_size": 50,
+                    "test_size": 20, "noise": 1.0, "seed": 0},
+        "model": {"name": "mlp", "hidden": [8]},
+        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False,
+                      "weight_decay": 0.0},
+        "lr_schedule": {"name": "constant", "warmup_epochs": 0.0},
+        "batch_schedule": {"name": "constant", "batch_size": 16},
+        "augmentation": {"name": "none"},
+    }
+    cfg.update(over)
+    return cfg
+
+
+def run(cfg, seed=0):
+    events = []
+    cache = DataCache(default_registry(), torch.device("cpu"))
+    train({"run_id": "r", "seed": seed, "config": cfg}, events.append, cache)
+    return events
+
+
+def test_epoch_rows_carry_the_fields_and_count_the_partial_batch():
+    events = run(config())
+    rows = [e for e in events if e["type"] == "epoch"]
+    assert [e["type"] for e in events] == ["started", "epoch", "epoch", "epoch", "finished"]
+    # 50 samples in batches of 16: 4 steps (16, 16, 16, 2); the SFO counts the 2 as 2.
+    assert [r["step"] for r in rows] == [4, 8, 12]
+    assert [r["sfo"] for r in rows] == [50, 100, 150]
+    assert [r["samples"] for r in rows] == [50, 100, 150]
+    assert {r["epoch_batch_size"] for r in rows} == {16}
+    assert all(0 <= r["train_acc"] <= 1 and 0 <= r["test_acc"] <= 1 for r in rows)
+    assert all(r["seconds"] > 0 and r["eval_seconds"] >= 0 for r in rows)
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers():
+    a, b, c = run(config()), run(config()), run(config(), seed=1)
+    losses = [[e["train_loss"] for e in ev if e["type"] == "epoch"] for ev in (a, b, c)]
+    assert losses[0] == losses[1]
+    assert losses[0] != losses[2]
+
+
+def test_divergence_is_reported_not_failed():
+    events = run(config(optimizer={"name": "sgd", "lr": 1e12, "momentum": 0.9,
+                                   "nesterov": False, "weight_decay": 0.0}))
+    assert events[-1]["type"] == "diverged"
+    assert "training loss became" in events[-1]["error"]
+
+
+def test_cosine_with_warmup_sets_the_lr_per_step():
+    cfg = config(epochs=4, lr_schedule={"name": "cosine", "warmup_epochs": 1.0,
+                                        "min_factor": 0.0})
+    rows = [e for e in run(cfg) if e["type"] == "epoch"]
+    lrs = [r["epoch_lr"] for r in rows]
+    assert lrs[0] == pytest.approx(0.1)  # the step that ends the warmup runs at the full rate
+    assert lrs[1] > lrs[2] > lrs[3] >= 0
+
+
+def test_lr_schedule_factors():
+    reg = default_registry()
+    cosine = reg.create("lr_schedule", "cosine", {"warmup_epochs": 2}, epochs=10)
+    assert cosine(0.0, 0.5) == pytest.approx(0.25)
+    assert cosine(1.5, 0.5) == pytest.approx(1.0)
+    assert cosine(6.0, 0.5) == pytest.approx(0.5)
+    constant = reg.create("lr_schedule", "constant", {}, epochs=10)
+    assert constant(3.0, 0.1) == 1.0
+
+
+def test_flip_crop_keeps_shape_and_is_reproducible():
+    aug = default_registry().create("augmentation", "flip_crop", {"pad": 2}, input_shape=(3, 8, 8))
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    a = aug(x, torch.Generator().manual_seed(0))
+    b = aug(x, torch.Generator().manual_seed(0))
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert not torch.equal(a, x)
+    # a crop is a shifted window: every kept value comes from the original image or padding
+    assert set(a.unique().tolist()) <= set(x.unique().tolist()) | {0.0}
+
+
+def test_flip_crop_with_nothing_to_do_is_identity():
+    aug = default_registry().create("augmentation", "flip_crop", {"pad": 0, "flip": False},
+                                    input_shape=(1, 4, 4))
+    x = torch.randn(5, 1, 4, 4)
+    assert torch.equal(aug(x, torch.Generator()), x)
+
+
+def test_precision_falls_back_with_a_warning_on_cpu():
+    with pytest.warns(UserWarning, match="precision 'amp' cannot run on cpu; using fp32"):
+        events = run(config(precision="amp", epochs=1))
+    assert events[0]["precision_used"] == "fp32"
+    assert events[-1]["type"] == "finished"
+
+
+def test_bf16_runs_on_cpu():
+    events = run(config(precision="bf16", epochs=1))
+    assert events[0]["precision_used"] == "bf16"
+    assert math.isfinite(events[1]["train_loss"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "amp"])
+def test_cuda_paths(precision):
+    cfg = config(precision=precision, model={"name": "cnn", "channels": [8], "batch_norm": True},
+                 augmentation={"name": "flip_crop", "pad": 1, "flip": True},
+                 dataset={"name": "synthetic", "classes": 3, "shape": [3, 8, 8],
+                          "train_size": 64, "test_size": 16, "noise": 1.0, "seed": 0})
+    events = []
+    cache = DataCache(default_registry(), torch.device("cuda"))
+    train({"run_id": "r", "seed": 0, "config": cfg}, events.append, cache)
+    assert events[0]["precision_used"] == precision
+    assert events[-1]["type"] == "finished"

@@ -1,0 +1,139 @@
+"""Expansion of study files into runs, and run identity."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from optlab.expand import all_runs, expand, run_id_for
+from optlab.study import load_study
+from tests.conftest import write_study
+
+
+def runs_of(tmp_path, text, sets=()):
+    return all_runs(expand(load_study(write_study(tmp_path, text=text), list(sets))))
+
+
+BASE = """
+[base]
+epochs = 1
+dataset = { name = "synthetic" }
+model = { name = "mlp" }
+optimizer = { name = "sgd", lr = 0.1 }
+"""
+
+
+def test_grid_is_cartesian_with_seeds_outermost(tmp_path):
+    runs = runs_of(tmp_path, 'seeds = 2\n' + BASE + """
+[[block]]
+name = "g"
+grid = { "optimizer.lr" = [0.1, 0.2, 0.3], "optimizer.momentum" = [0.0, 0.9] }
+""")
+    assert len(runs) == 12
+    assert [r.seed for r in runs] == [0] * 6 + [1] * 6
+    assert runs[0].axes == {"optimizer.lr": 0.1, "optimizer.momentum": 0.0}
+    assert runs[1].axes == {"optimizer.lr": 0.1, "optimizer.momentum": 0.9}
+    assert len({r.run_id for r in runs}) == 12
+
+
+def test_nested_axis_tables_mean_dotted_paths(tmp_path):
+    runs = runs_of(tmp_path, BASE + """
+[[block]]
+name = "g"
+[block.grid.optimizer]
+lr = [0.1, 0.2]
+""")
+    assert [r.config["optimizer"]["lr"] for r in runs] == [0.1, 0.2]
+
+
+def test_zip_varies_axes_together(tmp_path):
+    runs = runs_of(tmp_path, BASE + """
+[[block]]
+name = "scaling"
+[block.zip]
+"batch_schedule.batch_size" = [32, 128]
+"optimizer.lr" = [0.025, 0.1]
+""")
+    pairs = [(r.config["batch_schedule"]["batch_size"], r.config["optimizer"]["lr"]) for r in runs]
+    assert pairs == [(32, 0.025), (128, 0.1)]
+
+
+def test_blocks_are_a_union_without_duplicates(tmp_path):
+    runs = runs_of(tmp_path, BASE + """
+[[block]]
+name = "a"
+grid = { "optimizer.lr" = [0.1, 0.2] }
+[[block]]
+name = "b"
+grid = { "optimizer.lr" = [0.2, 0.4] }
+""")
+    assert [(r.block, r.config["optimizer"]["lr"]) for r in runs] == [
+        ("a", 0.1), ("a", 0.2), ("b", 0.4)]
+
+
+def test_include_and_exclude_filters(tmp_path):
+    runs = runs_of(tmp_path, BASE + """
+[[block]]
+name = "g"
+grid = { "optimizer.lr" = [0.1, 1.0], "optimizer.weight_decay" = [0.0, 0.1] }
+exclude = [{ "optimizer.lr" = 1.0, "optimizer.weight_decay" = 0.1 }]
+""")
+    assert len(runs) == 3
+    runs = runs_of(tmp_path, BASE + """
+[[block]]
+name = "g"
+grid = { "optimizer.lr" = [0.1, 1.0], "optimizer.weight_decay" = [0.0, 0.1] }
+include = [{ "optimizer.lr" = [1.0] }]
+""")
+    assert {r.config["optimizer"]["lr"] for r in runs} == {1.0}
+    assert len(runs) == 2
+
+
+def test_changing_plugin_name_replaces_its_table(tmp_path):
+    runs = runs_of(tmp_path, BASE.replace("lr = 0.1", "lr = 0.1, momentum = 0.9") + """
+[[block]]
+name = "opt"
+grid = { optimizer = [{ name = "sgd", lr = 0.1 }, { name = "adamw", lr = 0.001 }] }
+""")
+    assert runs[1].config["optimizer"] == {"name": "adamw", "lr": 0.001, "betas": [0.9, 0.999],
+                                           "eps": 1e-8, "weight_decay": 0.01}
+
+
+def test_run_level_set_overrides_axes_and_study_level_set_edits_file(tmp_path):
+    text = BASE + '[[block]]\nname = "g"\ngrid = { "optimizer.lr" = [0.1, 0.2] }\n'
+    runs = runs_of(tmp_path, text, ["epochs=3", "seeds=[5]"])
+    assert {r.config["epochs"] for r in runs} == {3}
+    assert {r.seed for r in runs} == {5}
+    collapsed = runs_of(tmp_path, text, ["optimizer.lr=0.5"])
+    assert len(collapsed) == 1
+
+
+def test_run_id_ignores_spelling_of_defaults(tmp_path):
+    plain = runs_of(tmp_path, BASE)[0]
+    spelled = runs_of(tmp_path, BASE.replace("lr = 0.1", "lr = 0.1, momentum = 0"))[0]
+    assert plain.run_id == spelled.run_id
+    other = runs_of(tmp_path, BASE.replace("lr = 0.1", "lr = 0.1, momentum = 0.5"))[0]
+    assert other.run_id != plain.run_id
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=5), st.integers() | st.floats(
+    allow_nan=False), max_size=5), st.integers(0, 10))
+def test_run_id_is_independent_of_key_order(config, seed):
+    reordered = dict(reversed(list(config.items())))
+    assert run_id_for(config, seed) == run_id_for(reordered, seed)
+
+
+def test_every_study_file_expands():
+    from pathlib import Path
+
+    studies = sorted((Path(__file__).parents[1] / "studies").glob("*.toml"))
+    assert studies
+    counts = {p.stem: len(all_runs(expand(load_study(p)))) for p in studies}
+    assert counts["quickstart"] == 56
+
+
+@pytest.mark.parametrize("seeds,expected", [("3", [0, 1, 2]), ("[7, 9]", [7, 9])])
+def test_seeds_as_count_or_list(tmp_path, seeds, expected):
+    runs = runs_of(tmp_path, f"seeds = {seeds}\n" + BASE)
+    assert [r.seed for r in runs] == expected

@@ -1,0 +1,52 @@
+"""Meta-tests: every command has help; the read-side commands never import torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from typer.main import get_command
+
+from optlab.cli import app
+
+COMMANDS = sorted(get_command(app).commands)
+
+
+def test_the_commands_are_there():
+    assert COMMANDS == ["plot", "plugins", "query", "run", "show", "status"]
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_has_help(cli, name):
+    result = cli(name, "--help")
+    assert result.exit_code == 0
+    assert "Usage: " in result.stdout and len(result.stdout.splitlines()) > 3
+
+
+def test_store_option_on_every_command_that_reads_or_writes(cli):
+    for name in ("run", "show", "status", "query"):
+        assert "--store" in cli(name, "--help").stdout
+    assert "--store" in cli("plot", "heatmap", "--help").stdout
+
+
+NO_TORCH = """
+import sys
+from optlab.cli import app
+try:
+    app({args!r})
+except SystemExit:
+    pass
+assert "torch" not in sys.modules, "torch was imported"
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("args", [
+    ["--help"], ["show"], ["status"], ["query", "select 1"], ["plot", "heatmap", "--help"],
+    ["plot", "heatmap"],
+])
+def test_read_side_commands_do_not_import_torch(tmp_path, args):
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH.format(args=args)], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.stdout.endswith("ok\n"), proc.stderr

@@ -1,0 +1,147 @@
+"""Bad input: one line naming the problem, a non-zero exit, and the store untouched."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from optlab.devices import make_slots, parse_gpus
+from optlab.errors import UsageError
+
+BASE = """[base]
+epochs = 1
+dataset = { name = "synthetic" }
+model = { name = "mlp" }
+optimizer = { name = "sgd", lr = 0.1 }
+"""
+GRID = '\n[[block]]\nname = "g"\ngrid = { %s }\n'
+
+CASES = {
+    "unknown_plugin": (BASE.replace('"sgd"', '"sgdd"'),
+                       "base: optimizer.name: unknown optimizer 'sgdd'; did you mean 'sgd'? "
+                       "Registered: adamw, sgd"),
+    "unknown_key": (BASE.replace("lr = 0.1", "lrr = 0.1"),
+                    "base: optimizer.lrr: unknown key; sgd takes: lr, momentum, nesterov, "
+                    "weight_decay"),
+    "wrong_type": (BASE.replace("lr = 0.1", 'lr = "fast"'),
+                   "base: optimizer.lr: Input should be a valid number, unable to parse string "
+                   "as a number (given 'fast')"),
+    "out_of_range": (BASE.replace("lr = 0.1", "lr = -0.1"),
+                     "base: optimizer.lr: Input should be greater than 0 (given -0.1)"),
+    "momentum_range": (BASE.replace("lr = 0.1", "lr = 0.1, momentum = 1.5"),
+                       "base: optimizer.momentum: Input should be less than 1 (given 1.5)"),
+    "empty_axis": (BASE + GRID % '"optimizer.lr" = []',
+                   "block 'g': grid.optimizer.lr: empty axis; give at least one value"),
+    "axis_not_a_param": (BASE + GRID % '"optimizer.lrr" = [0.1]',
+                         "block 'g': axis optimizer.lrr: no such key; sgd takes: lr, momentum, "
+                         "nesterov, weight_decay"),
+    "axis_not_a_key": (BASE + GRID % '"optimiser.lr" = [0.1]',
+                       "block 'g': axis optimiser.lr: no such key 'optimiser'; a run config "
+                       "has: epochs, precision, dataset, model, optimizer, lr_schedule, "
+                       "batch_schedule, augmentation"),
+    "unknown_top_level_key": (BASE + '\n[[blok]]\nname = "g"\n',
+                              "blok: unknown key; allowed: name, description, seeds, base, "
+                              "block"),
+    "syntax": ('[base]\nepochs = 1\ndataset = { name = "synthetic" \n',
+               "TOML syntax error: Unclosed inline table (at line 3, column 32)"),
+    "zero_epochs": (BASE.replace("epochs = 1", "epochs = 0"),
+                    "base: epochs: Input should be greater than or equal to 1 (given 0)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_study_errors_are_one_literal_line(cli, tmp_path, case):
+    text, message = CASES[case]
+    (tmp_path / f"{case}.toml").write_text(text)
+    result = cli("show", f"{case}.toml")
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: {case}.toml: {message}\n"
+    assert result.stdout == ""
+
+
+def test_missing_study_file(cli):
+    result = cli("run", "nope.toml")
+    assert (result.exit_code, result.stderr) == (1, "Error: nope.toml: no such study file\n")
+
+
+def test_bad_set_value_is_reported_at_its_key(cli, tmp_path):
+    (tmp_path / "s.toml").write_text(BASE)
+    result = cli("show", "s.toml", "--set", "optimizer.lr=0")
+    assert result.stderr == ("Error: s.toml: base: optimizer.lr: Input should be greater than 0 "
+                             "(given 0)\n")
+    result = cli("show", "s.toml", "--set", "nonsense")
+    assert result.stderr == ("Error: --set 'nonsense': expected KEY=VALUE, such as "
+                             "optimizer.lr=0.1\n")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--gpus", "3-1"], "--gpus '3-1': range 3-1 runs backwards; write 1-3"),
+    (["--gpus", "x"], "--gpus 'x': 'x' is not a GPU index or range; use forms like 0-7, "
+                      "0,2,5, 0-3,6, all or none"),
+    (["--gpus", "0"], "--gpus '0': GPU 0 is not present (GPUs here: none)"),
+    (["--per-gpu", "0"], "--per-gpu 0: needs at least 1 worker per GPU"),
+    (["--workers", "0"], "--workers 0: needs at least 1 worker"),
+])
+def test_executor_usage_errors_exit_2_and_write_no_store(cli, tmp_path, monkeypatch, args,
+                                                         message):
+    monkeypatch.setenv("OPTLAB_GPU_COUNT", "0")
+    (tmp_path / "s.toml").write_text(BASE)
+    result = cli("run", "s.toml", *args)
+    assert (result.exit_code, result.stderr) == (2, f"Error: {message}\n")
+    assert not (tmp_path / "optlab.duckdb").exists()
+
+
+def test_bad_study_leaves_an_existing_store_byte_for_byte(cli, tmp_path):
+    import duckdb
+
+    duckdb.connect(str(tmp_path / "optlab.duckdb")).close()
+    before = hashlib.sha256((tmp_path / "optlab.duckdb").read_bytes()).hexdigest()
+    (tmp_path / "s.toml").write_text(CASES["unknown_key"][0])
+    assert cli("run", "s.toml").exit_code == 1
+    after = hashlib.sha256((tmp_path / "optlab.duckdb").read_bytes()).hexdigest()
+    assert before == after
+
+
+def test_store_that_is_not_duckdb(cli, tmp_path):
+    (tmp_path / "notes.duckdb").write_text("hello")
+    (tmp_path / "s.toml").write_text(BASE)
+    for args in (["run", "s.toml"], ["query", "select 1"], ["status"]):
+        result = cli(*args, "--store", "notes.duckdb")
+        assert result.exit_code == 1
+        assert result.stderr == "Error: notes.duckdb: not a DuckDB database; give another --store\n"
+    assert (tmp_path / "notes.duckdb").read_text() == "hello"
+
+
+def test_debug_shows_the_traceback(cli, tmp_path):
+    (tmp_path / "s.toml").write_text(CASES["unknown_key"][0])
+    result = cli("--debug", "show", "s.toml")
+    assert "Traceback" in result.stderr and result.exit_code == 1
+
+
+@pytest.mark.parametrize("spec,available,expected", [
+    ("0-7", 8, ["0", "1", "2", "3", "4", "5", "6", "7"]),
+    ("0,2,5", 8, ["0", "2", "5"]),
+    ("0-3,6", 8, ["0", "1", "2", "3", "6"]),
+    ("all", 2, ["0", "1"]),
+    ("none", 2, []),
+    (" 1 - 2 ", 4, ["1", "2"]),
+])
+def test_gpu_specs(spec, available, expected):
+    assert parse_gpus(spec, [str(i) for i in range(available)]) == expected
+
+
+def test_gpu_indices_map_onto_inherited_visible_devices():
+    assert parse_gpus("0,1", ["4", "6"]) == ["4", "6"]
+    with pytest.raises(UsageError, match="GPU 2 is not present"):
+        parse_gpus("2", ["4", "6"])
+
+
+def test_slots_divide_threads_so_workers_times_threads_fit_the_cores():
+    cpu = make_slots([], per_gpu=1, workers=3, cores=8)
+    assert [s.threads for s in cpu] == [2, 2, 2]
+    gpu = make_slots(["0", "1"], per_gpu=4, workers=None, cores=16)
+    assert [s.gpu for s in gpu] == ["0"] * 4 + ["1"] * 4
+    assert {s.threads for s in gpu} == {2}
+    assert gpu[5].env()["CUDA_VISIBLE_DEVICES"] == "1"
+    assert cpu[0].env()["CUDA_VISIBLE_DEVICES"] == ""
