@@ -1,0 +1,36 @@
+"""nox sessions: tests, lint, bench, gpu (where CUDA exists)."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint"]
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite (GPU tests skip themselves without CUDA)."""
+    session.install("-e", ".[dev]")
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    session.install("ruff")
+    session.run("ruff", "check", ".")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks against their baselines; prints the tables for BENCHMARKS.md."""
+    session.install("-e", ".")
+    session.run("python", "benchmarks/engine_overhead.py", *session.posargs)
+    session.run("python", "benchmarks/warm_pool.py", *session.posargs)
+
+
+@nox.session
+def gpu(session: nox.Session) -> None:
+    """The GPU-marked tests and the engine benchmark on CUDA."""
+    session.install("-e", ".[dev]")
+    session.run("python", "-m", "pytest", "-m", "gpu", "-v", *session.posargs)
+    session.run("python", "benchmarks/engine_overhead.py", "--device", "cuda")
