@@ -183,6 +183,17 @@ def test_growing_a_study_runs_only_the_new_cells(tmp_path):
     assert proc.stdout.splitlines()[0].startswith("tiny: running 4 of 8 runs (4 already finished)")
 
 
+def test_a_changed_study_counts_only_its_current_runs(tmp_path):
+    write_study(tmp_path, lrs="[0.1]")
+    optlab("run", "tiny.toml", cwd=tmp_path, check=True)
+    proc = optlab("run", "tiny.toml", "--set", "epochs=1", cwd=tmp_path, check=True)
+    assert proc.stdout.splitlines()[0].startswith("tiny: running 4 of 4 runs")
+    row = optlab("status", "tiny", cwd=tmp_path).stdout.splitlines()[1].split()
+    assert row[:5] == ["tiny", "4", "0", "0", "4"]
+    assert optlab("query", "select count(*) as n from run_state", "--format", "csv",
+                  cwd=tmp_path).stdout == "n\n8\n"  # the earlier runs are kept
+
+
 def test_failed_and_diverged_runs(tmp_path):
     write_study(tmp_path, text="""
         name = "bad"

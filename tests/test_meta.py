@@ -50,3 +50,25 @@ def test_read_side_commands_do_not_import_torch(tmp_path, args):
     proc = subprocess.run([sys.executable, "-c", NO_TORCH.format(args=args)], cwd=tmp_path,
                           capture_output=True, text=True)
     assert proc.stdout.endswith("ok\n"), proc.stderr
+
+
+def test_plugins_lists_distribution_description_and_typed_params(cli):
+    result = cli("plugins", "optimizer")
+    assert result.exit_code == 0
+    lines = result.stdout.splitlines()
+    start = lines.index("optimizer sgd (optlab): stochastic gradient descent with momentum and "
+                        "L2 weight decay")
+    assert lines[start + 1:start + 5] == [
+        "    lr: float (> 0) = 0.1",
+        "    momentum: float (>= 0, < 1) = 0.0",
+        "    nesterov: bool = False",
+        "    weight_decay: float (>= 0) = 0.0",
+    ]
+
+
+def test_plugins_with_an_unknown_kind(cli):
+    result = cli("plugins", "optimisers")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "Error: unknown plugin kind 'optimisers'; did you mean 'optimizer'? Registered: dataset, "
+        "model, optimizer, lr_schedule, batch_schedule, augmentation, probe\n")

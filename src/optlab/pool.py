@@ -22,7 +22,7 @@ from typing import Any
 from optlab.devices import Slot
 from optlab.events import TERMINAL, decode, encode
 from optlab.expand import RunSpec
-from optlab.store import journal_path, log_path
+from optlab.store import artefacts_dir, journal_path, log_path
 
 Sink = Callable[[dict[str, Any]], None]
 LINE_LIMIT = 16 * 1024 * 1024
@@ -40,12 +40,19 @@ class LocalPool:
         finally:
             await self.stop()
 
+    def worker_log(self, slot: Slot) -> Path:
+        """What a worker prints outside a run (its start-up, say)."""
+        return artefacts_dir(self.store) / "workers" / (slot.label.replace("/", "-") + ".log")
+
     async def _start(self, slot: Slot) -> asyncio.subprocess.Process:
         env = {**os.environ, **slot.env(), "PYTHONUNBUFFERED": "1"}
-        proc = await asyncio.create_subprocess_exec(
-            self.python, "-m", "optlab.worker", env=env, stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
-            start_new_session=True, limit=LINE_LIMIT)
+        log = self.worker_log(slot)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as stderr:
+            proc = await asyncio.create_subprocess_exec(
+                self.python, "-m", "optlab.worker", env=env, stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE, stderr=stderr, start_new_session=True,
+                limit=LINE_LIMIT)
         self._procs.add(proc)
         return proc
 
@@ -68,7 +75,8 @@ class LocalPool:
                 code = await proc.wait()
                 self._procs.discard(proc)
                 sink({"type": "failed", "run_id": spec.run_id, "time": time.time(),
-                      "error": f"worker {slot.label} died ({_describe_exit(code)}) during the run"})
+                      "error": f"worker {slot.label} died ({_describe_exit(code)}) during the "
+                               f"run; see {self.worker_log(slot)} and the run's log"})
                 proc = None
         if proc is not None:
             proc.stdin.close()
@@ -82,7 +90,10 @@ class LocalPool:
             line = await proc.stdout.readline()
             if not line:
                 return False
-            event = decode(line)
+            try:
+                event = decode(line)
+            except ValueError:
+                continue  # not an event: something wrote to the channel; ignore it
             if event["type"] == "ready":
                 continue
             sink(event)

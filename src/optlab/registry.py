@@ -10,7 +10,8 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from optlab.errors import ConfigError
 from optlab.plugin import Plugin
@@ -40,13 +41,39 @@ class PluginInfo:
         rows = []
         for pname, fld in self.plugin.params.model_fields.items():
             default = "required" if fld.is_required() else repr(fld.get_default())
-            rows.append((pname, _type_name(fld.annotation), default))
+            kind = type_name(fld.annotation) + _constraints(fld.metadata)
+            rows.append((pname, kind, default))
         return rows
 
 
-def _type_name(annotation: Any) -> str:
-    text = getattr(annotation, "__name__", None) or str(annotation)
-    return text.replace("typing.", "")
+def type_name(annotation: Any) -> str:
+    """``list[Annotated[int, Ge(1)]]`` -> ``list[int >= 1]``."""
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is Annotated:
+        return type_name(args[0]) + _constraints(args[1:])
+    if origin in (Union, UnionType):
+        return " | ".join(type_name(a) for a in args)
+    if origin is not None:
+        inner = ", ".join(type_name(a) for a in args if a is not Ellipsis)
+        return f"{getattr(origin, '__name__', origin)}[{inner}]"
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="), ("min_length", "len >="))
+
+
+def _constraints(metadata: Any) -> str:
+    parts = []
+    for item in metadata:
+        for attr, sign in _BOUNDS:
+            value = getattr(item, attr, None)
+            if value is not None:
+                parts.append(f"{sign} {value}")
+        parts += [f"{sign} {getattr(m, attr)}" for m in getattr(item, "metadata", [])
+                  for attr, sign in _BOUNDS if getattr(m, attr, None) is not None]
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 class Registry:

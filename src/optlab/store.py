@@ -210,7 +210,11 @@ def _refresh_runs_view(con: duckdb.DuckDBPyConnection) -> None:
 
 def register_study(con: duckdb.DuckDBPyConnection, study: Any, plans: list[Any],
                    store: Path) -> None:
-    """Record the study and its runs; runs already in the store keep their state."""
+    """Record the study and its runs; runs already in the store keep their state.
+
+    The study's membership becomes exactly this expansion: runs of an earlier version of the
+    file (another epoch count, say) stay in the store but no longer count for the study.
+    """
     axes = {p.name: p.axes for p in plans}
     con.execute(
         "insert into studies values (?, ?, ?, ?, ?, now(), now()) on conflict (study) do update "
@@ -234,6 +238,8 @@ def register_study(con: duckdb.DuckDBPyConnection, study: Any, plans: list[Any],
             "insert into memberships values (?, ?, ?, ?, ?) on conflict (study, run_id) do update "
             "set block = excluded.block, position = excluded.position, axes = excluded.axes",
             [[r.study, r.run_id, r.block, r.position, json.dumps(r.axes)] for r in runs])
+    con.execute("delete from memberships where study = ? and run_id not in "
+                "(select unnest(?::varchar[]))", [study.name, [r.run_id for r in runs]])
     if changed:
         _refresh_runs_view(con)
 
