@@ -1,4 +1,9 @@
-"""Built-in optimizers: SGD (with momentum, Nesterov) and AdamW, from torch.optim."""
+"""Built-in optimizers: SGD, Adam, AdamW (torch.optim), and LARS and LAMB (optlab's own).
+
+Every optimizer can keep biases and normalisation parameters (every parameter with fewer
+than two dimensions) out of weight decay: ``exclude_bias_norm``. For LARS and LAMB that
+option (on by default) also keeps them out of the layer-wise adaptation.
+"""
 
 from __future__ import annotations
 
@@ -11,51 +16,88 @@ from optlab.plugin import Params, Plugin
 PositiveLR = Annotated[float, Field(gt=0)]
 Momentum = Annotated[float, Field(ge=0, lt=1)]
 Decay = Annotated[float, Field(ge=0)]
+Eps = Annotated[float, Field(ge=0)]
 
 
 class SGDParams(Params):
     lr: PositiveLR = 0.1
     momentum: Momentum = 0.0
+    dampening: Annotated[float, Field(ge=0, le=1)] = 0.0
     nesterov: bool = False
     weight_decay: Decay = 0.0
+    exclude_bias_norm: bool = False
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> SGDParams:
-        if self.nesterov and self.momentum == 0:
-            raise ValueError("nesterov = true needs momentum > 0")
+        if self.nesterov and (self.momentum == 0 or self.dampening != 0):
+            raise ValueError("nesterov = true needs momentum > 0 and dampening = 0")
         return self
 
 
-class AdamWParams(Params):
+class AdamParams(Params):
     lr: PositiveLR = 1e-3
     betas: tuple[Momentum, Momentum] = (0.9, 0.999)
     eps: Annotated[float, Field(gt=0)] = 1e-8
+    weight_decay: Decay = 0.0
+    exclude_bias_norm: bool = False
+
+
+class AdamWParams(AdamParams):
     weight_decay: Decay = 0.01
 
 
-def _build_sgd(params: SGDParams, *, model: Any, **_: Any):
-    import torch
-
-    return torch.optim.SGD(
-        model.parameters(),
-        lr=params.lr,
-        momentum=params.momentum,
-        nesterov=params.nesterov,
-        weight_decay=params.weight_decay,
-    )
+class LARSParams(Params):
+    lr: PositiveLR = 0.1
+    momentum: Momentum = 0.9
+    weight_decay: Decay = 1e-4
+    trust_coefficient: Annotated[float, Field(gt=0)] = 0.001
+    eps: Eps = 1e-8
+    exclude_bias_norm: bool = True
 
 
-def _build_adamw(params: AdamWParams, *, model: Any, **_: Any):
-    import torch
-
-    return torch.optim.AdamW(
-        model.parameters(),
-        lr=params.lr,
-        betas=params.betas,
-        eps=params.eps,
-        weight_decay=params.weight_decay,
-    )
+class LAMBParams(Params):
+    lr: PositiveLR = 1e-3
+    betas: tuple[Momentum, Momentum] = (0.9, 0.999)
+    eps: Annotated[float, Field(gt=0)] = 1e-6
+    weight_decay: Decay = 0.01
+    trust_coefficient: Annotated[float, Field(gt=0)] = 1.0
+    exclude_bias_norm: bool = True
 
 
-sgd = Plugin("stochastic gradient descent with momentum and L2 weight decay", SGDParams, _build_sgd)
-adamw = Plugin("Adam with decoupled weight decay (Loshchilov & Hutter)", AdamWParams, _build_adamw)
+def param_groups(model: Any, weight_decay: float, exclude_bias_norm: bool) -> list[dict]:
+    """One group, or two: weights with decay, and biases/norm parameters without (and, for
+    the layer-wise optimizers, without adaptation: ``adapt = False``)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not exclude_bias_norm:
+        return [{"params": params, "weight_decay": weight_decay}]
+    decay = [p for p in params if p.ndim > 1]
+    rest = [p for p in params if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if rest:
+        groups.append({"params": rest, "weight_decay": 0.0, "adapt": False})
+    return groups
+
+
+def _torch(name: str):
+    def build(params: Params, *, model: Any, **_: Any):
+        import torch
+
+        options = params.model_dump(exclude={"exclude_bias_norm"})
+        groups = param_groups(model, params.weight_decay, params.exclude_bias_norm)
+        for g in groups:
+            g.pop("adapt", None)
+        return getattr(torch.optim, name)(groups, **options)
+
+    return build
+
+
+sgd = Plugin("stochastic gradient descent with momentum (dampening, Nesterov) and L2 weight "
+             "decay", SGDParams, _torch("SGD"))
+adam = Plugin("Adam (Kingma & Ba) with L2 weight decay added to the gradient", AdamParams,
+              _torch("Adam"))
+adamw = Plugin("Adam with decoupled weight decay (Loshchilov & Hutter)", AdamWParams,
+               _torch("AdamW"))
+lars = Plugin("LARS (You et al. 2017): SGD with momentum and a layer-wise trust ratio",
+              LARSParams, "optlab.builtins._optim:build_lars")
+lamb = Plugin("LAMB (You et al. 2019): Adam moments with a layer-wise trust ratio", LAMBParams,
+              "optlab.builtins._optim:build_lamb")

@@ -1,0 +1,139 @@
+"""One step of each optimizer against its published update rule, computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from optlab.registry import default_registry
+
+REG = default_registry()
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.tensor([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]]))
+        self.bias = nn.Parameter(torch.tensor([0.5, -0.5]))
+
+
+W0 = [[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]]
+B0 = [0.5, -0.5]
+GW = [[0.1, 0.2, -0.3], [0.4, -0.5, 0.6]]
+GB = [0.2, -0.1]
+
+
+def stepped(name, steps=1, **params):
+    model = Tiny()
+    opt = REG.create("optimizer", name, params, model=model)
+    for _ in range(steps):
+        model.weight.grad = torch.tensor(GW)
+        model.bias.grad = torch.tensor(GB)
+        opt.step()
+    return model, opt
+
+
+def flat(rows):
+    return [x for r in rows for x in (r if isinstance(r, list) else [r])]
+
+
+def norm(xs):
+    return math.sqrt(sum(x * x for x in xs))
+
+
+def close(tensor, expected):
+    assert tensor.flatten().tolist() == pytest.approx(flat(expected), rel=1e-5, abs=1e-7)
+
+
+def test_sgd_with_weight_decay():
+    model, _ = stepped("sgd", lr=0.1, weight_decay=0.01)
+    close(model.weight, [w - 0.1 * (g + 0.01 * w) for w, g in zip(flat(W0), flat(GW))])
+
+
+def test_sgd_momentum_dampening_two_steps():
+    # buf1 = g; buf2 = 0.9 buf1 + (1 - 0.5) g; w2 = w0 - lr (buf1 + buf2)
+    model, _ = stepped("sgd", steps=2, lr=0.1, momentum=0.9, dampening=0.5)
+    expected = [w - 0.1 * (g + (0.9 * g + 0.5 * g)) for w, g in zip(flat(W0), flat(GW))]
+    close(model.weight, expected)
+
+
+def test_sgd_nesterov_two_steps():
+    # buf1 = g, step1 = g + m buf1; buf2 = m g + g, step2 = g + m buf2
+    m, lr = 0.9, 0.1
+    model, _ = stepped("sgd", steps=2, lr=lr, momentum=m, nesterov=True)
+    expected = [w - lr * (g + m * g) - lr * (g + m * (m * g + g))
+                for w, g in zip(flat(W0), flat(GW))]
+    close(model.weight, expected)
+
+
+def test_sgd_can_exclude_bias_from_weight_decay():
+    model, _ = stepped("sgd", lr=0.1, weight_decay=0.5, exclude_bias_norm=True)
+    close(model.bias, [b - 0.1 * g for b, g in zip(B0, GB)])
+    close(model.weight, [w - 0.1 * (g + 0.5 * w) for w, g in zip(flat(W0), flat(GW))])
+
+
+def adam_update(g, t, b1=0.9, b2=0.999, eps=1e-8):
+    m = (1 - b1) * g
+    v = (1 - b2) * g * g
+    return (m / (1 - b1 ** t)) / (math.sqrt(v / (1 - b2 ** t)) + eps)
+
+
+def test_adam_adds_l2_decay_to_the_gradient():
+    model, _ = stepped("adam", lr=0.01, weight_decay=0.1)
+    expected = [w - 0.01 * adam_update(g + 0.1 * w, 1) for w, g in zip(flat(W0), flat(GW))]
+    close(model.weight, expected)
+
+
+def test_adamw_decouples_weight_decay():
+    model, _ = stepped("adamw", lr=0.01, weight_decay=0.1)
+    expected = [w * (1 - 0.01 * 0.1) - 0.01 * adam_update(g, 1)
+                for w, g in zip(flat(W0), flat(GW))]
+    close(model.weight, expected)
+
+
+def test_lars_layerwise_trust_ratio_and_momentum():
+    lr, wd, tc, eps = 0.5, 0.01, 0.001, 1e-8
+    model, opt = stepped("lars", lr=lr, weight_decay=wd, trust_coefficient=tc, eps=eps,
+                         momentum=0.9)
+    w, g = flat(W0), flat(GW)
+    ratio = tc * norm(w) / (norm(g) + wd * norm(w) + eps)
+    close(model.weight, [wi - lr * ratio * (gi + wd * wi) for wi, gi in zip(w, g)])
+    # biases: no decay, no adaptation, plain momentum SGD
+    close(model.bias, [b - lr * gb for b, gb in zip(B0, GB)])
+    assert float(opt.state[model.weight]["trust_ratio"]) == pytest.approx(ratio, rel=1e-5)
+    assert "trust_ratio" not in opt.state[model.bias]
+
+
+def test_lamb_trust_ratio_on_adam_direction_plus_decay():
+    lr, wd = 0.01, 0.1
+    model, opt = stepped("lamb", lr=lr, weight_decay=wd)
+    w, g = flat(W0), flat(GW)
+    r = [adam_update(gi, 1, eps=1e-6) + wd * wi for wi, gi in zip(w, g)]
+    ratio = norm(w) / norm(r)
+    close(model.weight, [wi - lr * ratio * ri for wi, ri in zip(w, r)])
+    close(model.bias, [b - lr * adam_update(gb, 1, eps=1e-6) for b, gb in zip(B0, GB)])
+    assert float(opt.state[model.weight]["trust_ratio"]) == pytest.approx(ratio, rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ["lars", "lamb"])
+def test_layerwise_optimizers_leave_the_gradient_alone(name):
+    model = Tiny()
+    opt = REG.create("optimizer", name, {"weight_decay": 0.1}, model=model)
+    model.weight.grad = torch.tensor(GW)
+    model.bias.grad = torch.tensor(GB)
+    opt.step()
+    close(model.weight.grad, GW)
+    close(model.bias.grad, GB)
+
+
+def test_trust_ratio_is_one_for_a_zero_layer():
+    model = Tiny()
+    with torch.no_grad():
+        model.weight.zero_()
+    opt = REG.create("optimizer", "lars", {"weight_decay": 0.0}, model=model)
+    model.weight.grad = torch.tensor(GW)
+    opt.step()
+    assert float(opt.state[model.weight]["trust_ratio"]) == 1.0
