@@ -73,11 +73,11 @@ def test_cosine_with_warmup_sets_the_lr_per_step():
 def test_lr_schedule_factors():
     reg = default_registry()
     cosine = reg.create("lr_schedule", "cosine", {"warmup_epochs": 2}, epochs=10)
-    assert cosine(0.0, 0.5) == pytest.approx(0.25)
-    assert cosine(1.5, 0.5) == pytest.approx(1.0)
-    assert cosine(6.0, 0.5) == pytest.approx(0.5)
+    assert cosine(0.0, 0.5, 0) == pytest.approx(0.25)
+    assert cosine(1.5, 0.5, 3) == pytest.approx(1.0)
+    assert cosine(6.0, 0.5, 12) == pytest.approx(0.5)
     constant = reg.create("lr_schedule", "constant", {}, epochs=10)
-    assert constant(3.0, 0.1) == 1.0
+    assert constant(3.0, 0.1, 30) == 1.0
 
 
 def test_flip_crop_keeps_shape_and_is_reproducible():

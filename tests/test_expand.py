@@ -97,7 +97,8 @@ name = "opt"
 grid = { optimizer = [{ name = "sgd", lr = 0.1 }, { name = "adamw", lr = 0.001 }] }
 """)
     assert runs[1].config["optimizer"] == {"name": "adamw", "lr": 0.001, "betas": [0.9, 0.999],
-                                           "eps": 1e-8, "weight_decay": 0.01}
+                                           "eps": 1e-8, "weight_decay": 0.01,
+                                           "exclude_bias_norm": False}
 
 
 def test_run_level_set_overrides_axes_and_study_level_set_edits_file(tmp_path):

@@ -56,13 +56,15 @@ def test_plugins_lists_distribution_description_and_typed_params(cli):
     result = cli("plugins", "optimizer")
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    start = lines.index("optimizer sgd (optlab): stochastic gradient descent with momentum and "
-                        "L2 weight decay")
-    assert lines[start + 1:start + 5] == [
+    start = lines.index("optimizer sgd (optlab): stochastic gradient descent with momentum "
+                        "(dampening, Nesterov) and L2 weight decay")
+    assert lines[start + 1:start + 7] == [
         "    lr: float (> 0) = 0.1",
         "    momentum: float (>= 0, < 1) = 0.0",
+        "    dampening: float (>= 0, <= 1) = 0.0",
         "    nesterov: bool = False",
         "    weight_decay: float (>= 0) = 0.0",
+        "    exclude_bias_norm: bool = False",
     ]
 
 

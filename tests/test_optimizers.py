@@ -26,6 +26,14 @@ GW = [[0.1, 0.2, -0.3], [0.4, -0.5, 0.6]]
 GB = [0.2, -0.1]
 
 
+def flat(rows):
+    return [x for r in rows for x in (r if isinstance(r, list) else [r])]
+
+
+WG = list(zip(flat(W0), flat(GW), strict=True))  # (weight, its gradient) pairs
+BG = list(zip(B0, GB, strict=True))
+
+
 def stepped(name, steps=1, **params):
     model = Tiny()
     opt = REG.create("optimizer", name, params, model=model)
@@ -34,10 +42,6 @@ def stepped(name, steps=1, **params):
         model.bias.grad = torch.tensor(GB)
         opt.step()
     return model, opt
-
-
-def flat(rows):
-    return [x for r in rows for x in (r if isinstance(r, list) else [r])]
 
 
 def norm(xs):
@@ -50,13 +54,13 @@ def close(tensor, expected):
 
 def test_sgd_with_weight_decay():
     model, _ = stepped("sgd", lr=0.1, weight_decay=0.01)
-    close(model.weight, [w - 0.1 * (g + 0.01 * w) for w, g in zip(flat(W0), flat(GW))])
+    close(model.weight, [w - 0.1 * (g + 0.01 * w) for w, g in WG])
 
 
 def test_sgd_momentum_dampening_two_steps():
     # buf1 = g; buf2 = 0.9 buf1 + (1 - 0.5) g; w2 = w0 - lr (buf1 + buf2)
     model, _ = stepped("sgd", steps=2, lr=0.1, momentum=0.9, dampening=0.5)
-    expected = [w - 0.1 * (g + (0.9 * g + 0.5 * g)) for w, g in zip(flat(W0), flat(GW))]
+    expected = [w - 0.1 * (g + (0.9 * g + 0.5 * g)) for w, g in WG]
     close(model.weight, expected)
 
 
@@ -65,14 +69,14 @@ def test_sgd_nesterov_two_steps():
     m, lr = 0.9, 0.1
     model, _ = stepped("sgd", steps=2, lr=lr, momentum=m, nesterov=True)
     expected = [w - lr * (g + m * g) - lr * (g + m * (m * g + g))
-                for w, g in zip(flat(W0), flat(GW))]
+                for w, g in WG]
     close(model.weight, expected)
 
 
 def test_sgd_can_exclude_bias_from_weight_decay():
     model, _ = stepped("sgd", lr=0.1, weight_decay=0.5, exclude_bias_norm=True)
-    close(model.bias, [b - 0.1 * g for b, g in zip(B0, GB)])
-    close(model.weight, [w - 0.1 * (g + 0.5 * w) for w, g in zip(flat(W0), flat(GW))])
+    close(model.bias, [b - 0.1 * g for b, g in BG])
+    close(model.weight, [w - 0.1 * (g + 0.5 * w) for w, g in WG])
 
 
 def adam_update(g, t, b1=0.9, b2=0.999, eps=1e-8):
@@ -83,14 +87,14 @@ def adam_update(g, t, b1=0.9, b2=0.999, eps=1e-8):
 
 def test_adam_adds_l2_decay_to_the_gradient():
     model, _ = stepped("adam", lr=0.01, weight_decay=0.1)
-    expected = [w - 0.01 * adam_update(g + 0.1 * w, 1) for w, g in zip(flat(W0), flat(GW))]
+    expected = [w - 0.01 * adam_update(g + 0.1 * w, 1) for w, g in WG]
     close(model.weight, expected)
 
 
 def test_adamw_decouples_weight_decay():
     model, _ = stepped("adamw", lr=0.01, weight_decay=0.1)
     expected = [w * (1 - 0.01 * 0.1) - 0.01 * adam_update(g, 1)
-                for w, g in zip(flat(W0), flat(GW))]
+                for w, g in WG]
     close(model.weight, expected)
 
 
@@ -100,9 +104,9 @@ def test_lars_layerwise_trust_ratio_and_momentum():
                          momentum=0.9)
     w, g = flat(W0), flat(GW)
     ratio = tc * norm(w) / (norm(g) + wd * norm(w) + eps)
-    close(model.weight, [wi - lr * ratio * (gi + wd * wi) for wi, gi in zip(w, g)])
+    close(model.weight, [wi - lr * ratio * (gi + wd * wi) for wi, gi in zip(w, g, strict=True)])
     # biases: no decay, no adaptation, plain momentum SGD
-    close(model.bias, [b - lr * gb for b, gb in zip(B0, GB)])
+    close(model.bias, [b - lr * gb for b, gb in BG])
     assert float(opt.state[model.weight]["trust_ratio"]) == pytest.approx(ratio, rel=1e-5)
     assert "trust_ratio" not in opt.state[model.bias]
 
@@ -111,10 +115,10 @@ def test_lamb_trust_ratio_on_adam_direction_plus_decay():
     lr, wd = 0.01, 0.1
     model, opt = stepped("lamb", lr=lr, weight_decay=wd)
     w, g = flat(W0), flat(GW)
-    r = [adam_update(gi, 1, eps=1e-6) + wd * wi for wi, gi in zip(w, g)]
+    r = [adam_update(gi, 1, eps=1e-6) + wd * wi for wi, gi in zip(w, g, strict=True)]
     ratio = norm(w) / norm(r)
-    close(model.weight, [wi - lr * ratio * ri for wi, ri in zip(w, r)])
-    close(model.bias, [b - lr * adam_update(gb, 1, eps=1e-6) for b, gb in zip(B0, GB)])
+    close(model.weight, [wi - lr * ratio * ri for wi, ri in zip(w, r, strict=True)])
+    close(model.bias, [b - lr * adam_update(gb, 1, eps=1e-6) for b, gb in BG])
     assert float(opt.state[model.weight]["trust_ratio"]) == pytest.approx(ratio, rel=1e-5)
 
 

@@ -20,10 +20,10 @@ GRID = '\n[[block]]\nname = "g"\ngrid = { %s }\n'
 CASES = {
     "unknown_plugin": (BASE.replace('"sgd"', '"sgdd"'),
                        "base: optimizer.name: unknown optimizer 'sgdd'; did you mean 'sgd'? "
-                       "Registered: adamw, sgd"),
+                       "Registered: adam, adamw, lamb, lars, sgd"),
     "unknown_key": (BASE.replace("lr = 0.1", "lrr = 0.1"),
-                    "base: optimizer.lrr: unknown key; sgd takes: lr, momentum, nesterov, "
-                    "weight_decay"),
+                    "base: optimizer.lrr: unknown key; sgd takes: lr, momentum, dampening, "
+                    "nesterov, weight_decay, exclude_bias_norm"),
     "wrong_type": (BASE.replace("lr = 0.1", 'lr = "fast"'),
                    "base: optimizer.lr: Input should be a valid number, unable to parse string "
                    "as a number (given 'fast')"),
@@ -34,12 +34,12 @@ CASES = {
     "empty_axis": (BASE + GRID % '"optimizer.lr" = []',
                    "block 'g': grid.optimizer.lr: empty axis; give at least one value"),
     "axis_not_a_param": (BASE + GRID % '"optimizer.lrr" = [0.1]',
-                         "block 'g': axis optimizer.lrr: no such key; sgd takes: lr, momentum, "
-                         "nesterov, weight_decay"),
+                         "block 'g': axis optimizer.lrr: no such key; sgd takes: dampening, "
+                         "exclude_bias_norm, lr, momentum, nesterov, weight_decay"),
     "axis_not_a_key": (BASE + GRID % '"optimiser.lr" = [0.1]',
                        "block 'g': axis optimiser.lr: no such key 'optimiser'; a run config "
-                       "has: epochs, precision, dataset, model, optimizer, lr_schedule, "
-                       "batch_schedule, augmentation"),
+                       "has: epochs, precision, lr_scaling, lr_reference_batch, dataset, model, "
+                       "optimizer, lr_schedule, batch_schedule, augmentation"),
     "unknown_top_level_key": (BASE + '\n[[blok]]\nname = "g"\n',
                               "blok: unknown key; allowed: name, description, seeds, base, "
                               "block"),

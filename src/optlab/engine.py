@@ -64,6 +64,14 @@ def precision_for(mode: str, device: torch.device) -> tuple[str, Any, Any]:
     return "fp32", nullcontext, None
 
 
+def lr_scale(config: dict[str, Any], batch_size: int, reference: int) -> float:
+    """The linear (Goyal et al.) or square-root scaling rule, relative to ``reference``."""
+    rule = config.get("lr_scaling", "none")
+    if rule == "none":
+        return 1.0
+    return (batch_size / reference) ** (1.0 if rule == "linear" else 0.5)
+
+
 def _build(registry: Registry, kind: str, table: dict[str, Any], **context: Any) -> Any:
     params = {k: v for k, v in table.items() if k != "name"}
     return registry.create(kind, table["name"], params, **context)
@@ -111,10 +119,12 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
     emit({"type": "started", "run_id": run_id, "precision_used": used_precision})
 
     # ---- epochs -----------------------------------------------------------------------
+    reference = config.get("lr_reference_batch") or min(int(batch_size_at(0)), n)
     step = samples = 0
     lr = base_lrs[0]
     for epoch in range(epochs):
         bs = min(int(batch_size_at(epoch)), n)
+        scale = lr_scale(config, bs, reference)
         steps = math.ceil(n / bs)  # the last partial batch is used and counted as its size
         order = torch.randperm(n, device=device, generator=gen)
         loss_sum = torch.zeros((), device=device)
@@ -128,7 +138,7 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
             x, y = augment(data.x_train[idx], gen), data.y_train[idx]
             if device.type == "cuda" and images:
                 x = x.contiguous(memory_format=torch.channels_last)
-            factor = lr_factor(epoch + i / steps, 1 / steps)
+            factor = lr_factor(epoch + i / steps, 1 / steps, step + i) * scale
             for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
                 group["lr"] = base * factor
             with autocast():

@@ -157,6 +157,7 @@ class _Expander:
     # ---- one run -------------------------------------------------------------------------
     def resolve(self, cfg: dict[str, Any]) -> dict[str, Any]:
         resolved: dict[str, Any] = {}
+        models: dict[str, Any] = {}
         for slot, kind in PLUGIN_SLOTS.items():
             table = cfg.get(slot)
             if not isinstance(table, dict) or "name" not in table:
@@ -176,13 +177,29 @@ class _Expander:
                     .replace("unknown key; allowed:", f"unknown key; {table['name']} takes:")
                 ) from None
             resolved[slot] = {"name": table["name"], **model.model_dump(mode="json")}
+            models[slot] = (plugin, model)
         settings = {k: v for k, v in cfg.items() if k not in PLUGIN_SLOTS}
         try:
             resolved.update(RunSettings.model_validate(settings).model_dump(mode="json"))
         except ValidationError as e:
             raise ConfigError(f"{self.prefix}: {describe_validation_error(e, RunSettings)}"
                               ) from None
+        self.check(models, resolved["epochs"])
         return dict(sorted(resolved.items()))
+
+    def check(self, models: dict[str, Any], epochs: int) -> None:
+        """Cross-checks that need more than one table (a batch past the training set)."""
+        plugin, params = models["dataset"]
+        facts: dict[str, Any] = {"epochs": epochs, "train_size": None}
+        if plugin.info is not None:
+            facts.update(plugin.info(params))
+        for slot, (plugin, params) in models.items():
+            if plugin.check is None:
+                continue
+            try:
+                plugin.check(params, **facts)
+            except ValueError as e:
+                raise self.fail(slot, str(e)) from None
 
 
 def _axis_leaves(table: dict[str, Any]) -> dict[str, Any]:

@@ -34,6 +34,11 @@ class Plugin:
     description: str
     params: type[Params] = NoParams
     build: Callable[..., Any] | str = field(default=None, repr=False)  # type: ignore[assignment]
+    # Optional, torch-free, run when a study is loaded:
+    # check(params, epochs=..., train_size=...) raises ValueError for a config that cannot
+    # work; info(params) (datasets) returns facts such as {"train_size": n} without loading.
+    check: Callable[..., None] | None = field(default=None, repr=False)
+    info: Callable[[Any], dict[str, Any]] | None = field(default=None, repr=False)
 
     def builder(self) -> Callable[..., Any]:
         """The build callable, imported on first use when given as ``module:attr``."""

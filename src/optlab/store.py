@@ -225,7 +225,9 @@ def register_study(con: duckdb.DuckDBPyConnection, study: Any, plans: list[Any],
     flat = [config_columns(r.config) for r in runs]
     changed = _add_config_columns(con, flat)
     if runs:
-        all_cols = sorted({c for row in flat for c in row})
+        # A key that is None in every run gets its column when a value first shows up.
+        have = _table_columns(con, "run_state")
+        all_cols = sorted({c for row in flat for c in row if c in have})
         cols = ["run_id", "seed", "status", "config", "log_path", *all_cols]
         marks = ", ".join("?" for _ in cols)
         quoted = ", ".join(f'"{c}"' for c in cols)

@@ -34,6 +34,10 @@ class RunSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     epochs: Annotated[int, Field(ge=1)]
     precision: Literal["fp32", "bf16", "amp"] = "fp32"
+    # Scale the LR with the batch size in force: lr * (batch / reference) ** (1 or 1/2);
+    # the reference defaults to the first epoch's batch size.
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"
+    lr_reference_batch: Annotated[int, Field(ge=1)] | None = None
 
 
 RUN_DEFAULTS: dict[str, Any] = {

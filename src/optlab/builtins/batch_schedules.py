@@ -1,20 +1,89 @@
-"""Built-in batch-size schedules: ``build`` returns ``batch_size(epoch) -> int``."""
+"""Built-in batch-size schedules: ``build`` returns ``batch_size(epoch) -> int``.
+
+Seed 004's growth schedules raise the batch size every ``incr_interval`` epochs, with
+m = epoch // incr_interval: ``linear_growth``: batch_size + coefficient * m;
+``exp_growth``: ceil(batch_size * rate ** m). A schedule that would grow the batch past the
+training set is rejected when the study is loaded; a constant batch larger than the training
+set is capped to it (full-batch training).
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import Field
 
 from optlab.plugin import Params, Plugin
 
+Size = Annotated[int, Field(ge=1)]
+
 
 class ConstantParams(Params):
-    batch_size: Annotated[int, Field(ge=1)] = 128
+    batch_size: Size = 128
 
 
-def _build_constant(params: ConstantParams, **_: Any):
-    return lambda epoch: params.batch_size
+class LinearGrowthParams(Params):
+    batch_size: Size = 16
+    incr_interval: Annotated[int, Field(ge=1)] = 20
+    coefficient: Size = 16
 
 
-constant = Plugin("the same batch size every epoch", ConstantParams, _build_constant)
+class ExpGrowthParams(Params):
+    batch_size: Size = 16
+    incr_interval: Annotated[int, Field(ge=1)] = 20
+    rate: Annotated[float, Field(gt=1)] = 2.0
+
+
+class ListParams(Params):
+    sizes: list[Size] = Field(default=[128], min_length=1)
+
+
+def _constant(p: ConstantParams) -> Callable[[int], int]:
+    return lambda epoch: p.batch_size
+
+
+def _linear_growth(p: LinearGrowthParams) -> Callable[[int], int]:
+    return lambda epoch: p.batch_size + p.coefficient * (epoch // p.incr_interval)
+
+
+def _exp_growth(p: ExpGrowthParams) -> Callable[[int], int]:
+    return lambda epoch: math.ceil(p.batch_size * p.rate ** (epoch // p.incr_interval) - 1e-9)
+
+
+def _list(p: ListParams) -> Callable[[int], int]:
+    return lambda epoch: p.sizes[min(epoch, len(p.sizes) - 1)]
+
+
+def _builder(make: Callable[[Any], Callable[[int], int]], grows: bool = True):
+    def build(params: Any, **_: Any) -> Callable[[int], int]:
+        return make(params)
+
+    def check(params: Any, *, epochs: int, train_size: int | None = None, **_: Any) -> None:
+        if hasattr(params, "incr_interval") and params.incr_interval > epochs:
+            raise ValueError(f"incr_interval = {params.incr_interval} never fires in a run of "
+                             f"{epochs} epochs")
+        if train_size is None or not grows:
+            return  # a constant batch beyond the training set is full-batch training
+        at = make(params)
+        for epoch in range(epochs):
+            if at(epoch) > train_size:
+                raise ValueError(f"the batch grows to {at(epoch)} in epoch {epoch + 1}, past "
+                                 f"the {train_size} training examples")
+
+    return build, check
+
+
+def _plugin(text: str, params: type[Params], make: Any, grows: bool = True) -> Plugin:
+    build, check = _builder(make, grows)
+    return Plugin(text, params, build, check=check)
+
+
+constant = _plugin("the same batch size every epoch (capped at the training set size)",
+                   ConstantParams, _constant, grows=False)
+linear_growth = _plugin("seed 004: batch_size + coefficient * (epoch // incr_interval)",
+                        LinearGrowthParams, _linear_growth)
+exp_growth = _plugin("seed 004: batch_size * rate ** (epoch // incr_interval)", ExpGrowthParams,
+                     _exp_growth)
+list_ = _plugin("an explicit batch size per epoch; the last one holds", ListParams, _list)

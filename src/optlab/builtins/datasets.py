@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Annotated
 
 from pydantic import Field, model_validator
@@ -41,6 +42,7 @@ digits = Plugin(
     "scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes); no download",
     DigitsParams,
     _build_digits,
+    info=lambda p: {"train_size": 1797 - math.ceil(p.test_fraction * 1797)},
 )
 
 
@@ -81,4 +83,5 @@ synthetic = Plugin(
     "procedural class prototypes plus noise, deterministic by seed; any shape and size",
     SyntheticParams,
     _build_synthetic,
+    info=lambda p: {"train_size": p.train_size},
 )

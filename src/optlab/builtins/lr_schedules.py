@@ -1,9 +1,15 @@
 """Built-in learning-rate schedules: a factor of the optimizer's base LR.
 
-A schedule's build returns ``factor(t, dt)``: ``t`` is the training progress in epochs
-at the start of a step (epoch + step/steps_per_epoch), ``dt`` one step in epochs. Linear
-warmup counts the step itself, so its first step already moves (factor dt/warmup) and
-the step that ends the warmup runs at the full rate.
+A schedule's build returns ``factor(t, dt, step)``: ``t`` is the training progress in
+epochs at the start of a step (epoch + i/steps_per_epoch), ``dt`` one step in epochs and
+``step`` the optimizer steps taken before this one. Linear warmup, in epochs or in steps,
+counts the step itself: its first step already moves and the step that ends it runs at the
+full rate. After an epoch warmup the decay spans the remaining epochs; a step warmup
+multiplies the decay, which then spans the whole run.
+
+Seed 004's growth schedules raise the LR every ``incr_interval`` epochs:
+``linear_growth``: 1 + coefficient * m, ``exp_growth``: rate ** m, with
+m = epoch // incr_interval.
 """
 
 from __future__ import annotations
@@ -12,51 +18,155 @@ import math
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from optlab.plugin import Params, Plugin
 
-Factor = Callable[[float, float], float]
+Factor = Callable[[float, float, int], float]
+Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
-class ConstantParams(Params):
+class Warmup(Params):
     warmup_epochs: Annotated[float, Field(ge=0)] = 0.0
+    warmup_steps: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> Warmup:
+        if self.warmup_epochs and self.warmup_steps:
+            raise ValueError("give warmup_epochs or warmup_steps, not both")
+        return self
 
 
-class CosineParams(Params):
-    warmup_epochs: Annotated[float, Field(ge=0)] = 0.0
-    min_factor: Annotated[float, Field(ge=0, le=1)] = 0.0
+class ConstantParams(Warmup):
+    pass
 
 
-def _warmup(warmup: float, t: float, dt: float) -> float | None:
-    if warmup > 0 and t < warmup:
-        return min(1.0, (t + dt) / warmup)
-    return None
+class StepParams(Warmup):
+    step_size: Annotated[int, Field(ge=1)] = 30
+    gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
 
 
-def _build_constant(params: ConstantParams, *, epochs: int, **_: Any) -> Factor:
-    def factor(t: float, dt: float) -> float:
-        w = _warmup(params.warmup_epochs, t, dt)
-        return 1.0 if w is None else w
+class MultiStepParams(Warmup):
+    milestones: list[Annotated[int, Field(ge=1)]] = [30, 60, 90]
+    gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+
+    @model_validator(mode="after")
+    def _increasing(self) -> MultiStepParams:
+        if any(b <= a for a, b in zip(self.milestones, self.milestones[1:], strict=False)):
+            raise ValueError("milestones must increase")
+        return self
+
+
+class CosineParams(Warmup):
+    min_factor: Fraction = 0.0
+
+
+class LinearParams(Warmup):
+    end_factor: Fraction = 0.0
+
+
+class PolyParams(Warmup):
+    power: Annotated[float, Field(gt=0)] = 2.0
+    end_factor: Fraction = 0.0
+
+
+class LinearGrowthParams(Warmup):
+    incr_interval: Annotated[int, Field(ge=1)] = 20
+    coefficient: Annotated[float, Field(gt=0)] = 1.0
+
+
+class ExpGrowthParams(Warmup):
+    incr_interval: Annotated[int, Field(ge=1)] = 20
+    rate: Annotated[float, Field(gt=0)] = 1.4
+
+
+def _with_warmup(params: Warmup, epochs: int, shape: Callable[[float], float],
+                 by_epoch: bool = False) -> Factor:
+    """``shape(x)``: the factor at x in [0, 1] of the decay span (or at the epoch index when
+    ``by_epoch``), combined with the warmup."""
+    w = params.warmup_epochs
+    span = max(epochs - w, 1e-12)
+
+    def factor(t: float, dt: float, step: int) -> float:
+        if w and t < w:
+            return min(1.0, (t + dt) / w)
+        x = math.floor(t + 1e-9) if by_epoch else min(max((t - w) / span, 0.0), 1.0)
+        value = shape(x)
+        if params.warmup_steps and step < params.warmup_steps:
+            value *= (step + 1) / params.warmup_steps
+        return value
 
     return factor
 
 
-def _build_cosine(params: CosineParams, *, epochs: int, **_: Any) -> Factor:
-    span = max(epochs - params.warmup_epochs, 1e-12)
-    lo = params.min_factor
-
-    def factor(t: float, dt: float) -> float:
-        w = _warmup(params.warmup_epochs, t, dt)
-        if w is not None:
-            return w
-        frac = min(max((t - params.warmup_epochs) / span, 0.0), 1.0)
-        return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * frac))
-
-    return factor
+def _constant(p: ConstantParams, *, epochs: int, **_: Any) -> Factor:
+    return _with_warmup(p, epochs, lambda x: 1.0)
 
 
-constant = Plugin("constant learning rate, with optional linear warmup", ConstantParams,
-                  _build_constant)
-cosine = Plugin("cosine decay to min_factor over the run, after optional linear warmup",
-                CosineParams, _build_cosine)
+def _step(p: StepParams, *, epochs: int, **_: Any) -> Factor:
+    return _with_warmup(p, epochs, lambda e: p.gamma ** (e // p.step_size), by_epoch=True)
+
+
+def _multistep(p: MultiStepParams, *, epochs: int, **_: Any) -> Factor:
+    return _with_warmup(p, epochs, lambda e: p.gamma ** sum(e >= m for m in p.milestones),
+                        by_epoch=True)
+
+
+def _cosine(p: CosineParams, *, epochs: int, **_: Any) -> Factor:
+    lo = p.min_factor
+    return _with_warmup(p, epochs, lambda x: lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * x)))
+
+
+def _linear(p: LinearParams, *, epochs: int, **_: Any) -> Factor:
+    return _with_warmup(p, epochs, lambda x: 1 - (1 - p.end_factor) * x)
+
+
+def _poly(p: PolyParams, *, epochs: int, **_: Any) -> Factor:
+    return _with_warmup(p, epochs, lambda x: p.end_factor + (1 - p.end_factor) * (1 - x) ** p.power
+                        )
+
+
+def _linear_growth(p: LinearGrowthParams, *, epochs: int, **_: Any) -> Factor:
+    return _with_warmup(p, epochs, lambda e: 1 + p.coefficient * (e // p.incr_interval),
+                        by_epoch=True)
+
+
+def _exp_growth(p: ExpGrowthParams, *, epochs: int, **_: Any) -> Factor:
+    return _with_warmup(p, epochs, lambda e: p.rate ** (e // p.incr_interval), by_epoch=True)
+
+
+def _check_warmup(params: Warmup, *, epochs: int, **_: Any) -> None:
+    if params.warmup_epochs > epochs:
+        raise ValueError(f"warmup_epochs = {params.warmup_epochs:g} is longer than the run "
+                         f"({epochs} epochs)")
+
+
+def _check_interval(params: Any, *, epochs: int, **facts: Any) -> None:
+    _check_warmup(params, epochs=epochs)
+    if params.incr_interval > epochs:
+        raise ValueError(f"incr_interval = {params.incr_interval} never fires in a run of "
+                         f"{epochs} epochs")
+
+
+def _check_milestones(params: MultiStepParams, *, epochs: int, **_: Any) -> None:
+    _check_warmup(params, epochs=epochs)
+    late = [m for m in params.milestones if m >= epochs]
+    if late:
+        raise ValueError(f"milestone {late[0]} is not before the run's end ({epochs} epochs)")
+
+
+def _plugin(text: str, params: type[Warmup], build: Any, check: Any = _check_warmup) -> Plugin:
+    return Plugin(text, params, build, check=check)
+
+
+constant = _plugin("constant learning rate", ConstantParams, _constant)
+step = _plugin("multiply by gamma every step_size epochs", StepParams, _step)
+multistep = _plugin("multiply by gamma at each milestone epoch", MultiStepParams, _multistep,
+                    _check_milestones)
+cosine = _plugin("cosine decay to min_factor over the run", CosineParams, _cosine)
+linear = _plugin("linear decay to end_factor over the run", LinearParams, _linear)
+poly = _plugin("polynomial decay (1 - x) ** power to end_factor over the run", PolyParams, _poly)
+linear_growth = _plugin("seed 004: factor 1 + coefficient * (epoch // incr_interval)",
+                        LinearGrowthParams, _linear_growth, _check_interval)
+exp_growth = _plugin("seed 004: factor rate ** (epoch // incr_interval)", ExpGrowthParams,
+                     _exp_growth, _check_interval)

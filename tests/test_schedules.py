@@ -1,0 +1,87 @@
+"""LR and batch-size schedules, LR scaling with the batch size, and load-time checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from optlab.engine import lr_scale
+from optlab.registry import default_registry
+from tests.test_validation import BASE
+
+REG = default_registry()
+
+
+def lr(name, epochs=10, **params):
+    return REG.create("lr_schedule", name, params, epochs=epochs)
+
+
+def bs(name, **params):
+    return REG.create("batch_schedule", name, params, epochs=10, train_size=10_000)
+
+
+@pytest.mark.parametrize("name,params,at,expected", [
+    ("step", {"step_size": 3, "gamma": 0.5}, [0, 2.9, 3, 6.5, 9], [1, 1, 0.5, 0.25, 0.125]),
+    ("multistep", {"milestones": [2, 5], "gamma": 0.1}, [1.9, 2, 4.9, 5], [1, 0.1, 0.1, 0.01]),
+    ("linear", {"end_factor": 0.0}, [0, 5, 10], [1, 0.5, 0]),
+    ("poly", {"power": 2.0}, [0, 5, 10], [1, 0.25, 0]),
+    ("cosine", {"min_factor": 0.2}, [0, 5, 10], [1, 0.6, 0.2]),
+    ("linear_growth", {"incr_interval": 4, "coefficient": 0.5}, [0, 3.9, 4, 8], [1, 1, 1.5, 2]),
+    ("exp_growth", {"incr_interval": 4, "rate": 1.4}, [0, 4, 8.5], [1, 1.4, 1.96]),
+])
+def test_lr_schedule_shapes(name, params, at, expected):
+    factor = lr(name, **params)
+    assert [factor(t, 0.01, 0) for t in at] == pytest.approx(expected)
+
+
+def test_warmup_in_epochs_then_decay_over_the_rest():
+    factor = lr("linear", warmup_epochs=2)
+    assert factor(0.0, 0.5, 0) == pytest.approx(0.25)
+    assert factor(1.5, 0.5, 3) == pytest.approx(1.0)
+    assert factor(6.0, 0.5, 12) == pytest.approx(0.5)  # halfway through epochs 2..10
+
+
+def test_warmup_in_steps_multiplies_the_schedule():
+    factor = lr("constant", warmup_steps=4)
+    assert [factor(0.0, 0.1, s) for s in range(5)] == pytest.approx([0.25, 0.5, 0.75, 1, 1])
+
+
+def test_seed_004_batch_growth():
+    linear = bs("linear_growth", batch_size=16, incr_interval=20, coefficient=16)
+    assert [linear(e) for e in (0, 19, 20, 40, 199)] == [16, 16, 32, 48, 160]
+    exp = bs("exp_growth", batch_size=16, incr_interval=20, rate=2.0)
+    assert [exp(e) for e in (0, 20, 199)] == [16, 32, 8192]
+    listed = bs("list", sizes=[32, 64])
+    assert [listed(e) for e in range(4)] == [32, 64, 64, 64]
+
+
+def test_lr_scaling_rules():
+    assert lr_scale({"lr_scaling": "none"}, 512, 128) == 1.0
+    assert lr_scale({"lr_scaling": "linear"}, 512, 128) == 4.0
+    assert lr_scale({"lr_scaling": "sqrt"}, 512, 128) == 2.0
+
+
+GROWTH = BASE.replace('dataset = { name = "synthetic" }',
+                      'dataset = { name = "synthetic", train_size = 1000 }')
+
+
+@pytest.mark.parametrize("table,message", [
+    ('lr_schedule = { name = "exp_growth", incr_interval = 0 }',
+     "base: lr_schedule.incr_interval: Input should be greater than or equal to 1 (given 0)"),
+    ('batch_schedule = { name = "exp_growth", batch_size = 16, incr_interval = 1, rate = 2.0 }',
+     "base: batch_schedule: the batch grows to 1024 in epoch 7, past the 1000 training "
+     "examples"),
+    ('batch_schedule = { name = "linear_growth", incr_interval = 20 }',
+     "base: batch_schedule: incr_interval = 20 never fires in a run of 10 epochs"),
+    ('lr_schedule = { name = "cosine", warmup_epochs = 11 }',
+     "base: lr_schedule: warmup_epochs = 11 is longer than the run (10 epochs)"),
+    ('lr_schedule = { name = "multistep", milestones = [5, 3] }',
+     "base: lr_schedule: Value error, milestones must increase (given {'milestones': [5, 3]})"),
+    ('lr_schedule = { name = "constant", warmup_epochs = 1, warmup_steps = 10 }',
+     "base: lr_schedule: Value error, give warmup_epochs or warmup_steps, not both (given "
+     "{'warmup_epochs': 1, 'warmup_steps': 10})"),
+])
+def test_schedules_that_cannot_work_are_rejected_at_load(cli, tmp_path, table, message):
+    text = GROWTH.replace("epochs = 1", "epochs = 10") + table + "\n"
+    (tmp_path / "s.toml").write_text(text)
+    result = cli("show", "s.toml")
+    assert (result.exit_code, result.stderr) == (1, f"Error: s.toml: {message}\n")
