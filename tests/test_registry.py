@@ -12,6 +12,8 @@ REG = default_registry()
 PLUGINS = [(kind, name) for kind in GROUPS for name in REG.names(kind)]
 SMALL = {  # small settings for plugins whose defaults are large
     ("dataset", "synthetic"): {"shape": [1, 4, 4], "train_size": 16, "test_size": 8},
+    ("model", "resnet18"): {"width": 4},
+    ("model", "wrn"): {"depth": 10, "width": 1},
 }
 
 
@@ -89,3 +91,23 @@ def test_cnn_rejects_flat_input_with_a_clear_message():
     with pytest.raises(ValueError, match=r"cnn needs image input \(C, H, W\); this dataset "
                                          r"gives \(5,\)"):
         REG.create("model", "cnn", {}, input_shape=(5,), num_classes=2)
+
+
+@pytest.mark.parametrize("name,params,classes,count", [
+    ("resnet18", {}, 10, 11_173_962),   # the seeds' "11.2M parameters"
+    ("resnet18", {}, 100, 11_220_132),
+    ("wrn", {"depth": 28, "width": 10}, 100, 36_536_884),  # WRN-28-10, seed 004
+])
+def test_published_model_sizes(name, params, classes, count):
+    model = REG.create("model", name, params, input_shape=(3, 32, 32), num_classes=classes)
+    assert sum(p.numel() for p in model.parameters()) == count
+
+
+def test_wide_resnet_depth_must_be_6n_plus_4(cli, tmp_path):
+    from tests.test_validation import BASE
+
+    (tmp_path / "s.toml").write_text(BASE.replace('{ name = "mlp" }',
+                                                  '{ name = "wrn", depth = 27 }'))
+    result = cli("show", "s.toml")
+    assert result.stderr == ("Error: s.toml: base: model: Value error, depth 27: a wide ResNet "
+                             "has depth 6n + 4 (16, 22, 28, 40, ...) (given {'depth': 27})\n")

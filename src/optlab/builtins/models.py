@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from optlab.plugin import Params, Plugin
 
@@ -28,4 +28,34 @@ cnn = Plugin(
     "small conv net: per stage conv3x3 (+BN) + ReLU + 2x2 max-pool, then global pool + linear",
     CNNParams,
     "optlab.builtins._nets:build_cnn",
+)
+
+
+class ResNet18Params(Params):
+    width: Annotated[int, Field(ge=1)] = 64  # channels of the first stage
+
+
+class WRNParams(Params):
+    depth: Annotated[int, Field(ge=10)] = 28
+    width: Annotated[int, Field(ge=1)] = 10
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+
+    @model_validator(mode="after")
+    def _depth(self) -> WRNParams:
+        if (self.depth - 4) % 6:
+            raise ValueError(f"depth {self.depth}: a wide ResNet has depth 6n + 4 (16, 22, 28, "
+                             "40, ...)")
+        return self
+
+
+resnet18 = Plugin(
+    "ResNet-18 in the CIFAR form (3x3 stem, no max-pool; 11.2M parameters at 10 classes)",
+    ResNet18Params,
+    "optlab.builtins._nets:build_resnet18",
+)
+
+wrn = Plugin(
+    "wide ResNet WRN-depth-width (Zagoruyko & Komodakis), pre-activation, CIFAR form",
+    WRNParams,
+    "optlab.builtins._nets:build_wrn",
 )
