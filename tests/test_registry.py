@@ -29,13 +29,28 @@ def test_builtins_are_registered_through_entry_points():
             assert REG.describe(kind, name).distribution == "optlab"
 
 
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from tests import fake_data
+
+    root = tmp_path_factory.mktemp("data")
+    fake_data.make_cifar10(root)
+    fake_data.make_cifar100(root)
+    for flag in fake_data.MEDMNIST_CLASSES:
+        fake_data.make_medmnist(root, flag)
+    fake_data.make_arrays(root / "arrays.npz")
+    return root
+
+
 @pytest.mark.parametrize("kind,name", PLUGINS)
-def test_plugin_builds_and_works(kind, name):
+def test_plugin_builds_and_works(kind, name, data_dir):
     info = REG.describe(kind, name)
     assert info.plugin.description and "\n" not in info.plugin.description
     params = SMALL.get((kind, name), {})
     if kind == "dataset":
-        data = REG.create(kind, name, params)
+        if name == "arrays":
+            params = {"path": str(data_dir / "arrays.npz")}
+        data = REG.create(kind, name, params, data_dir=str(data_dir))
         assert len(data.x_train) == len(data.y_train) > 0
         assert int(data.y_train.max()) < data.num_classes
     elif kind == "model":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 import warnings
 from collections import OrderedDict
@@ -30,8 +31,10 @@ EVAL_BATCH = 1024
 class DataCache:
     """Datasets on the device, kept across the runs of one worker (a few at most)."""
 
-    def __init__(self, registry: Registry, device: torch.device, keep: int = 2):
+    def __init__(self, registry: Registry, device: torch.device, keep: int = 2,
+                 data_dir: str | None = None):
         self.registry, self.device, self.keep = registry, device, keep
+        self.data_dir = data_dir or os.environ.get("OPTLAB_DATA") or "data"
         self._items: OrderedDict[str, TensorData] = OrderedDict()
 
     def get(self, table: dict[str, Any]) -> TensorData:
@@ -40,7 +43,8 @@ class DataCache:
             self._items.move_to_end(key)
             return self._items[key]
         params = {k: v for k, v in table.items() if k != "name"}
-        data = self.registry.create("dataset", table["name"], params).to(self.device)
+        data = self.registry.create("dataset", table["name"], params,
+                                    data_dir=self.data_dir).to(self.device)
         self._items[key] = data
         while len(self._items) > self.keep:
             self._items.popitem(last=False)
@@ -162,16 +166,19 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
         seconds = time.perf_counter() - t0
 
         t1 = time.perf_counter()
-        if math.isfinite(train_loss):
-            test_loss, test_acc = evaluate(model, data.x_test, data.y_test, autocast)
-        else:
-            test_loss, test_acc = float("nan"), float("nan")
+        nan = (float("nan"), float("nan"))
+        finite = math.isfinite(train_loss)
+        test_loss, test_acc = evaluate(model, data.x_test, data.y_test, autocast) if finite \
+            else nan
+        val_loss, val_acc = (None, None) if data.x_val is None else (
+            evaluate(model, data.x_val, data.y_val, autocast) if finite else nan)
         emit({
             "type": "epoch", "run_id": run_id, "epoch": epoch + 1, "step": step,
             "samples": samples, "sfo": samples, "epoch_lr": lr, "epoch_batch_size": bs,
             "train_loss": train_loss, "train_acc": correct.item() / n,
             "test_loss": test_loss, "test_acc": test_acc,
             "seconds": seconds, "eval_seconds": time.perf_counter() - t1,
+            "val_loss": val_loss, "val_acc": val_acc,
         })
         if not math.isfinite(train_loss):
             emit({"type": "diverged", "run_id": run_id,

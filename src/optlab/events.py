@@ -28,6 +28,8 @@ EPOCH_FIELDS = (
     "test_acc",
     "seconds",      # training time of the epoch (evaluation and probes apart)
     "eval_seconds",
+    "val_loss",     # on the validation split held out of the training set, when there is one
+    "val_acc",
 )
 
 

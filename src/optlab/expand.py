@@ -192,7 +192,10 @@ class _Expander:
         plugin, params = models["dataset"]
         facts: dict[str, Any] = {"epochs": epochs, "train_size": None}
         if plugin.info is not None:
-            facts.update(plugin.info(params))
+            try:
+                facts.update(plugin.info(params))
+            except ValueError as e:
+                raise self.fail("dataset", str(e)) from None
         for slot, (plugin, params) in models.items():
             if plugin.check is None:
                 continue

@@ -39,19 +39,29 @@ class Plugin:
     # work; info(params) (datasets) returns facts such as {"train_size": n} without loading.
     check: Callable[..., None] | None = field(default=None, repr=False)
     info: Callable[[Any], dict[str, Any]] | None = field(default=None, repr=False)
+    # Datasets: prepare(params, data_dir=...) fetches what is missing, in `optlab run`,
+    # before any run starts; raises ValueError with what to do when it cannot.
+    prepare: Callable[..., None] | str | None = field(default=None, repr=False)
+
+    def preparer(self) -> Callable[..., None] | None:
+        return _resolve(self.prepare) if self.prepare is not None else None
 
     def builder(self) -> Callable[..., Any]:
         """The build callable, imported on first use when given as ``module:attr``."""
-        if isinstance(self.build, str):
-            module, _, attr = self.build.partition(":")
-            return getattr(importlib.import_module(module), attr)
-        return self.build
+        return _resolve(self.build)
 
     def create(self, params: dict[str, Any] | Params, **context: Any) -> Any:
         """Validate ``params`` (if a dict) and build the plugin's object."""
         if isinstance(params, dict):
             params = self.params(**params)
         return self.builder()(params, **context)
+
+
+def _resolve(target: Callable[..., Any] | str) -> Callable[..., Any]:
+    if isinstance(target, str):
+        module, _, attr = target.partition(":")
+        return getattr(importlib.import_module(module), attr)
+    return target
 
 
 @dataclass
@@ -66,13 +76,15 @@ class TensorData:
     x_test: Any
     y_test: Any
     num_classes: int
+    x_val: Any = None  # an optional validation split held out of the training set
+    y_val: Any = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
     def to(self, device: Any) -> TensorData:
-        return TensorData(
-            *(t.to(device) for t in (self.x_train, self.y_train, self.x_test, self.y_test)),
-            num_classes=self.num_classes,
-        )
+        tensors = (self.x_train, self.y_train, self.x_test, self.y_test, self.x_val, self.y_val)
+        moved = [None if t is None else t.to(device) for t in tensors]
+        return TensorData(*moved[:4], num_classes=self.num_classes, x_val=moved[4],
+                          y_val=moved[5])

@@ -46,7 +46,8 @@ create table if not exists memberships (
 create table if not exists epochs (
     run_id varchar, epoch integer, step bigint, samples bigint, sfo bigint, epoch_lr double,
     epoch_batch_size integer, train_loss double, train_acc double, test_loss double,
-    test_acc double, seconds double, eval_seconds double, primary key (run_id, epoch));
+    test_acc double, seconds double, eval_seconds double, val_loss double, val_acc double,
+    primary key (run_id, epoch));
 create table if not exists probes (
     run_id varchar, epoch integer, step bigint, probe varchar, key varchar, value double);
 create table if not exists sessions (
@@ -131,6 +132,8 @@ def check_store(path: Path) -> None:
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(SCHEMA)
+    for col in ("val_loss", "val_acc"):  # stores made before the validation split existed
+        con.execute(f"alter table epochs add column if not exists {col} double")
     con.execute("insert or ignore into meta values ('schema_version', ?)", [SCHEMA_VERSION])
     _refresh_runs_view(con)
 

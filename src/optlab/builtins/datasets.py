@@ -1,52 +1,83 @@
-"""Built-in datasets: scikit-learn's bundled digits and a procedural synthetic set."""
+"""Built-in datasets.
+
+Every dataset takes ``examples_per_class`` (a stratified subsample of the training set,
+deterministic by ``data_seed``; seed 002's data regimes) and ``val_fraction`` (a stratified
+validation split held out of the training set; its metrics are ``val_loss``/``val_acc``).
+Images are normalised per channel with the dataset's constants (``mean``/``std`` override
+them). CIFAR and MedMNIST files live under the data directory (``--data-dir``,
+``OPTLAB_DATA``, default ``./data``) exactly as their own downloads lay them out;
+``optlab run`` downloads what is missing before any run starts, and says where the files
+were expected when it cannot.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import math
-from typing import Annotated
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
-from optlab.plugin import Params, Plugin, TensorData
+from optlab.plugin import Params, Plugin
+
+Channels = list[float] | None
 
 
-class DigitsParams(Params):
+class Common(Params):
+    examples_per_class: Annotated[int, Field(ge=1)] | None = None
+    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    data_seed: int = 0
+
+
+class Normalised(Common):
+    mean: Channels = None
+    std: Channels = None
+
+
+def _sizes(train_size: int, classes: int, params: Common) -> dict[str, Any]:
+    n = train_size if params.examples_per_class is None else params.examples_per_class * classes
+    return {"train_size": n - round(n * params.val_fraction)}
+
+
+def _check_per_class(params: Common, smallest: int | None, name: str) -> None:
+    epc = params.examples_per_class
+    if epc is not None and smallest is not None and epc > smallest:
+        raise ValueError(f"examples_per_class = {epc}, but the smallest class of {name}'s "
+                         f"training set has {smallest}")
+
+
+# ---- digits ---------------------------------------------------------------------------------
+
+class DigitsParams(Common):
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.25
     split_seed: int = 0
 
 
-def _build_digits(params: DigitsParams, **_: object) -> TensorData:
-    import torch
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
+@cache
+def _digits_smallest_class(test_fraction: float, split_seed: int) -> int:
+    import numpy as np
 
-    x, y = load_digits(return_X_y=True)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=params.test_fraction, random_state=params.split_seed, stratify=y
-    )
-    # Pixels are 0..16; scale to [0, 1] then standardise with the training split's
-    # mean and std, so the test split is normalised with constants it did not see.
-    x_tr, x_te = x_tr / 16.0, x_te / 16.0
-    mean, std = x_tr.mean(), x_tr.std()
+    from optlab.builtins._data import digits_arrays
 
-    def images(a):
-        return torch.tensor((a - mean) / std, dtype=torch.float32).reshape(-1, 1, 8, 8)
-
-    def labels(a):
-        return torch.tensor(a, dtype=torch.int64)
-
-    return TensorData(images(x_tr), labels(y_tr), images(x_te), labels(y_te), num_classes=10)
+    y = digits_arrays(test_fraction, split_seed)[1]
+    return int(np.bincount(y).min())
 
 
 digits = Plugin(
     "scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes); no download",
     DigitsParams,
-    _build_digits,
-    info=lambda p: {"train_size": 1797 - math.ceil(p.test_fraction * 1797)},
+    "optlab.builtins._data:build_digits",
+    info=lambda p: _sizes(1797 - math.ceil(p.test_fraction * 1797), 10, p),
+    check=lambda p, **_: _check_per_class(
+        p, _digits_smallest_class(p.test_fraction, p.split_seed), "digits"),
 )
 
 
-class SyntheticParams(Params):
+# ---- synthetic --------------------------------------------------------------------------------
+
+class SyntheticParams(Common):
     classes: Annotated[int, Field(ge=2)] = 10
     shape: list[Annotated[int, Field(ge=1)]] = [3, 32, 32]
     train_size: Annotated[int, Field(ge=1)] = 1024
@@ -61,27 +92,114 @@ class SyntheticParams(Params):
         return self
 
 
-def _build_synthetic(params: SyntheticParams, **_: object) -> TensorData:
-    import torch
-
-    g = torch.Generator().manual_seed(params.seed)
-    shape = tuple(params.shape)
-    # One smooth prototype per class plus Gaussian noise: learnable, not trivially so.
-    prototypes = torch.randn((params.classes, *shape), generator=g)
-
-    def split(n: int):
-        y = torch.randint(0, params.classes, (n,), generator=g)
-        x = prototypes[y] + params.noise * torch.randn((n, *shape), generator=g)
-        return x.float(), y
-
-    x_tr, y_tr = split(params.train_size)
-    x_te, y_te = split(params.test_size)
-    return TensorData(x_tr, y_tr, x_te, y_te, num_classes=params.classes)
-
-
 synthetic = Plugin(
     "procedural class prototypes plus noise, deterministic by seed; any shape and size",
     SyntheticParams,
-    _build_synthetic,
-    info=lambda p: {"train_size": p.train_size},
+    "optlab.builtins._data:build_synthetic",
+    info=lambda p: _sizes(p.train_size, p.classes, p),
+)
+
+
+# ---- CIFAR ----------------------------------------------------------------------------------
+
+CIFAR = {
+    # name: (torchvision class, folder, classes, per class, mean, std)
+    "cifar10": ("CIFAR10", "cifar-10-batches-py", 10, 5000,
+                (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ("CIFAR100", "cifar-100-python", 100, 500,
+                 (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),  # seed 001's constants
+}
+
+
+class CifarParams(Normalised):
+    download: bool = True
+
+
+def _cifar(name: str) -> Plugin:
+    _, _, classes, per_class, _, _ = CIFAR[name]
+    return Plugin(
+        f"{name.upper()} through torchvision's download (50000 train, 10000 test, "
+        f"{classes} classes, 32x32 RGB)",
+        CifarParams,
+        f"optlab.builtins._data:build_{name}",
+        prepare=f"optlab.builtins._data:prepare_{name}",
+        info=lambda p: _sizes(50000, classes, p),
+        check=lambda p, **_: _check_per_class(p, per_class, name),
+    )
+
+
+cifar10 = _cifar("cifar10")
+cifar100 = _cifar("cifar100")
+
+
+# ---- MedMNIST -------------------------------------------------------------------------------
+
+# The 2D multi-class sets (ChestMNIST is multi-label and is left out).
+MEDMNIST_2D = ("pathmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
+               "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist",
+               "organsmnist")
+
+
+class MedMNISTParams(Normalised):
+    size: Literal[28, 64, 128, 224] = 28
+    download: bool = True
+
+
+@cache
+def medmnist_info() -> dict[str, Any]:
+    """medmnist's INFO table, read from its info module without importing the package
+    (whose __init__ imports torch)."""
+    spec = importlib.util.find_spec("medmnist")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("the medmnist package is not installed (pip install medmnist)")
+    path = Path(next(iter(spec.submodule_search_locations))) / "info.py"
+    info_spec = importlib.util.spec_from_file_location("_optlab_medmnist_info", path)
+    module = importlib.util.module_from_spec(info_spec)
+    info_spec.loader.exec_module(module)
+    return module.INFO
+
+
+def _medmnist(flag: str) -> Plugin:
+    def info(p: MedMNISTParams) -> dict[str, Any]:
+        entry = medmnist_info()[flag]
+        return _sizes(entry["n_samples"]["train"], len(entry["label"]), p)
+
+    return Plugin(f"MedMNIST {flag} (2D, multi-class) through the medmnist package's files; "
+                  "sizes 28, 64, 128, 224", MedMNISTParams,
+                  f"optlab.builtins._data:build_medmnist_{flag}",
+                  prepare=f"optlab.builtins._data:prepare_medmnist_{flag}", info=info)
+
+
+for _flag in MEDMNIST_2D:
+    globals()[_flag] = _medmnist(_flag)
+
+
+# ---- arrays ---------------------------------------------------------------------------------
+
+class ArraysParams(Normalised):
+    path: str
+    normalize: bool = True  # standardise with the training split's per-channel statistics
+
+
+def _arrays_check(p: ArraysParams, **_: Any) -> None:
+    from optlab.builtins._data import arrays_summary
+
+    summary = arrays_summary(p.path)
+    _check_per_class(p, summary["smallest_class"], p.path)
+
+
+def _arrays_info(p: ArraysParams) -> dict[str, Any]:
+    from optlab.builtins._data import arrays_summary
+
+    summary = arrays_summary(p.path)
+    return _sizes(summary["train_size"], summary["classes"], p)
+
+
+arrays = Plugin(
+    "a .npz file with x_train, y_train, x_test, y_test: images (NHWC or NCHW, uint8 or "
+    "float), vectors or sequences",
+    ArraysParams,
+    "optlab.builtins._data:build_arrays",
+    info=_arrays_info,
+    check=_arrays_check,
 )

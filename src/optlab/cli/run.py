@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from optlab.cli.common import StoreOption, err, handles_errors, out
+from optlab.errors import ConfigError
 from optlab.view import describe_axes
 
 NAME = "run"
@@ -26,6 +27,8 @@ def command(
                                 "Default: one per core, at most one per run."),
     sets: list[str] = typer.Option([], "--set", help="Override a key: KEY=VALUE (repeatable)."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs again."),
+    data_dir: Path = typer.Option(Path("data"), "--data-dir", envvar="OPTLAB_DATA",
+                                  help="Where datasets are kept and downloaded to."),
     store: Path = StoreOption,
 ) -> None:
     from optlab import devices
@@ -43,6 +46,9 @@ def command(
     plans = expand(spec)
     total = len(all_runs(plans))
     check_store(store)
+    # Datasets are fetched (or found missing) before any run starts or the store is touched.
+    os.environ["OPTLAB_DATA"] = str(data_dir.resolve())
+    prepare_datasets(spec, all_runs(plans), data_dir)
     with writer_lock(store):
         prepared = prepare(store, spec, plans, retry_failed)
         todo, states = prepared.todo, prepared.states
@@ -65,6 +71,28 @@ def command(
         raise typer.Exit(130)
     if any(s == "failed" for s in outcome.statuses.values()):
         raise typer.Exit(1)
+
+
+def prepare_datasets(spec, runs, data_dir: Path) -> None:
+    from optlab.registry import default_registry
+
+    registry = default_registry()
+    seen: set[str] = set()
+    for run in runs:
+        table = run.config["dataset"]
+        key = repr(sorted(table.items()))
+        if key in seen:
+            continue
+        seen.add(key)
+        plugin = registry.get("dataset", table["name"])
+        prepare = plugin.preparer()
+        if prepare is None:
+            continue
+        params = plugin.params(**{k: v for k, v in table.items() if k != "name"})
+        try:
+            prepare(params, data_dir=str(data_dir))
+        except (ValueError, OSError) as e:
+            raise ConfigError(f"{spec.file}: dataset {e}") from None
 
 
 def _report_recovery(prepared) -> None:
