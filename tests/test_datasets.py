@@ -22,7 +22,7 @@ def test_cifar10_from_its_pickled_batches(tmp_path):
     data = load("cifar10", tmp_path)
     assert data.x_train.shape == (100, 3, 32, 32) and data.x_test.shape == (20, 3, 32, 32)
     assert data.num_classes == 10
-    raw = fake_data.pickle.load(open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "rb"))
+    raw = fake_data.pickle.loads((tmp_path / "cifar-10-batches-py" / "data_batch_1").read_bytes())
     red = raw[b"data"][0][0] / 255.0
     assert float(data.x_train[0, 0, 0, 0]) == pytest.approx((red - 0.4914) / 0.2470, rel=1e-5)
 
@@ -31,7 +31,7 @@ def test_cifar100_uses_the_seed_constants_and_fine_labels(tmp_path):
     fake_data.make_cifar100(tmp_path)
     data = load("cifar100", tmp_path)
     assert data.num_classes == 100 and int(data.y_train.max()) == 99
-    raw = fake_data.pickle.load(open(tmp_path / "cifar-100-python" / "train", "rb"))
+    raw = fake_data.pickle.loads((tmp_path / "cifar-100-python" / "train").read_bytes())
     blue = raw[b"data"][3][2048] / 255.0
     assert float(data.x_train[3, 2, 0, 0]) == pytest.approx((blue - 0.4408) / 0.2761, rel=1e-5)
 
