@@ -116,7 +116,7 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
     batch_size_at = _build(registry, "batch_schedule", config["batch_schedule"], epochs=epochs,
                            train_size=n)
     augment = _build(registry, "augmentation", config["augmentation"],
-                     input_shape=data.input_shape)
+                     input_shape=data.input_shape, mean=data.mean, std=data.std)
     used_precision, autocast, scaler = precision_for(config["precision"], device)
     # One generator for data order and augmentation, seeded from the run's seed.
     gen = torch.Generator(device=device).manual_seed(seed)

@@ -78,6 +78,8 @@ class TensorData:
     num_classes: int
     x_val: Any = None  # an optional validation split held out of the training set
     y_val: Any = None
+    mean: Any = None  # per-channel normalisation applied to images (for colour augmentation)
+    std: Any = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -87,4 +89,4 @@ class TensorData:
         tensors = (self.x_train, self.y_train, self.x_test, self.y_test, self.x_val, self.y_val)
         moved = [None if t is None else t.to(device) for t in tensors]
         return TensorData(*moved[:4], num_classes=self.num_classes, x_val=moved[4],
-                          y_val=moved[5])
+                          y_val=moved[5], mean=self.mean, std=self.std)

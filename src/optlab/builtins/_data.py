@@ -84,6 +84,8 @@ def finish(x_tr, y_tr, x_te, y_te, params: Any, mean=None, std=None) -> TensorDa
 
     data = TensorData(tensor(x_tr[train]), labels(y_tr[train]), tensor(x_te), labels(y_te),
                       num_classes=classes)
+    if mean is not None:
+        data.mean, data.std = [float(v) for v in mean], [float(v) for v in std]
     if len(val):
         data.x_val, data.y_val = tensor(x_tr[val]), labels(y_tr[val])
     return data
