@@ -125,13 +125,42 @@ def test_run_id_is_independent_of_key_order(config, seed):
     assert run_id_for(config, seed) == run_id_for(reordered, seed)
 
 
-def test_every_study_file_expands():
+STUDY_RUNS = {"quickstart": 56, "three_methods": 63, "lr_wd": 60, "batch_scaling": 82,
+              "warmup_regimes": 155, "adamw_vs_sgdm": 25, "large_batch": 12, "batch_growth": 12}
+
+
+def test_every_study_file_expands_to_its_run_count():
     from pathlib import Path
 
     studies = sorted((Path(__file__).parents[1] / "studies").glob("*.toml"))
-    assert studies
     counts = {p.stem: len(all_runs(expand(load_study(p)))) for p in studies}
-    assert counts["quickstart"] == 56
+    assert counts == STUDY_RUNS
+
+
+def test_every_study_file_names_its_experiment_and_seed():
+    from pathlib import Path
+
+    for path in (Path(__file__).parents[1] / "studies").glob("*.toml"):
+        head = path.read_text().splitlines()[0]
+        assert head.startswith("# "), path
+        if path.stem != "quickstart":
+            assert "../shared/seeds/" in path.read_text().split("\nname")[0], path
+
+
+def test_warmup_regimes_is_seed_002s_grid():
+    from pathlib import Path
+
+    study = load_study(Path(__file__).parents[1] / "studies" / "warmup_regimes.toml")
+    runs = all_runs(expand(study))
+    by_block = {}
+    for r in runs:
+        by_block[r.block] = by_block.get(r.block, 0) + 1
+    assert by_block == {"cifar10_sgd": 75, "cifar100_sgd": 25, "pathmnist_sgd": 25,
+                        "cifar10_adamw": 30}
+    sgd = [r for r in runs if r.block == "cifar10_sgd"][0].config
+    assert sgd["optimizer"] | {} == {**sgd["optimizer"], "lr": 0.1, "momentum": 0.9,
+                                     "weight_decay": 5e-4}
+    assert sgd["batch_schedule"]["batch_size"] == 128 and sgd["epochs"] == 100
 
 
 @pytest.mark.parametrize("seeds,expected", [("3", [0, 1, 2]), ("[7, 9]", [7, 9])])

@@ -102,9 +102,11 @@ class Coordinator:
             return "?"
         return f"{spec.run_id} {describe_axes(spec.axes, spec.seed)}"
 
-    async def flusher(self) -> None:
-        while True:
-            await asyncio.sleep(FLUSH_SECONDS)
+    async def flusher(self, stop: asyncio.Event) -> None:
+        """Flush about once a second until ``stop``; never cancelled mid-write."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), FLUSH_SECONDS)
             await self.flush()
 
     async def flush(self, ended: bool = False) -> None:
@@ -146,13 +148,13 @@ def prepare(store: Path, study: Study, plans: list[BlockPlan], retry_failed: boo
 
 
 async def _drive(coord: Coordinator, pool: LocalPool, todo: list[RunSpec]) -> None:
-    flusher = asyncio.create_task(coord.flusher())
+    stop = asyncio.Event()
+    flusher = asyncio.create_task(coord.flusher(stop))
     try:
         await pool.run(todo, coord.sink)
     finally:
-        flusher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await flusher
+        stop.set()
+        await asyncio.shield(flusher)
 
 
 def execute(store: Path, study: Study, todo: list[RunSpec], slots: list[Slot],
@@ -184,7 +186,7 @@ def execute(store: Path, study: Study, todo: list[RunSpec], slots: list[Slot],
         asyncio.run(main())
     with st.writing(store) as con:
         # Whatever the pipe did not deliver is in the journals; unfinished runs -> interrupted.
-        for run_id in st.recover(con, store, [s.run_id for s in todo]):
-            coord.outcome.statuses[run_id] = "interrupted"
+        recovered = st.recover(con, store, [s.run_id for s in todo])
+        coord.outcome.statuses.update(st.states(con, recovered))
     coord.outcome.seconds = time.monotonic() - started
     return coord.outcome

@@ -61,9 +61,6 @@ def _builder(make: Callable[[Any], Callable[[int], int]], grows: bool = True):
         return make(params)
 
     def check(params: Any, *, epochs: int, train_size: int | None = None, **_: Any) -> None:
-        if hasattr(params, "incr_interval") and params.incr_interval > epochs:
-            raise ValueError(f"incr_interval = {params.incr_interval} never fires in a run of "
-                             f"{epochs} epochs")
         if train_size is None or not grows:
             return  # a constant batch beyond the training set is full-batch training
         at = make(params)

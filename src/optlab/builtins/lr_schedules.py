@@ -135,38 +135,17 @@ def _exp_growth(p: ExpGrowthParams, *, epochs: int, **_: Any) -> Factor:
     return _with_warmup(p, epochs, lambda e: p.rate ** (e // p.incr_interval), by_epoch=True)
 
 
-def _check_warmup(params: Warmup, *, epochs: int, **_: Any) -> None:
-    if params.warmup_epochs > epochs:
-        raise ValueError(f"warmup_epochs = {params.warmup_epochs:g} is longer than the run "
-                         f"({epochs} epochs)")
-
-
-def _check_interval(params: Any, *, epochs: int, **facts: Any) -> None:
-    _check_warmup(params, epochs=epochs)
-    if params.incr_interval > epochs:
-        raise ValueError(f"incr_interval = {params.incr_interval} never fires in a run of "
-                         f"{epochs} epochs")
-
-
-def _check_milestones(params: MultiStepParams, *, epochs: int, **_: Any) -> None:
-    _check_warmup(params, epochs=epochs)
-    late = [m for m in params.milestones if m >= epochs]
-    if late:
-        raise ValueError(f"milestone {late[0]} is not before the run's end ({epochs} epochs)")
-
-
-def _plugin(text: str, params: type[Warmup], build: Any, check: Any = _check_warmup) -> Plugin:
-    return Plugin(text, params, build, check=check)
+def _plugin(text: str, params: type[Warmup], build: Any) -> Plugin:
+    return Plugin(text, params, build)
 
 
 constant = _plugin("constant learning rate", ConstantParams, _constant)
 step = _plugin("multiply by gamma every step_size epochs", StepParams, _step)
-multistep = _plugin("multiply by gamma at each milestone epoch", MultiStepParams, _multistep,
-                    _check_milestones)
+multistep = _plugin("multiply by gamma at each milestone epoch", MultiStepParams, _multistep)
 cosine = _plugin("cosine decay to min_factor over the run", CosineParams, _cosine)
 linear = _plugin("linear decay to end_factor over the run", LinearParams, _linear)
 poly = _plugin("polynomial decay (1 - x) ** power to end_factor over the run", PolyParams, _poly)
 linear_growth = _plugin("seed 004: factor 1 + coefficient * (epoch // incr_interval)",
-                        LinearGrowthParams, _linear_growth, _check_interval)
+                        LinearGrowthParams, _linear_growth)
 exp_growth = _plugin("seed 004: factor rate ** (epoch // incr_interval)", ExpGrowthParams,
-                     _exp_growth, _check_interval)
+                     _exp_growth)
