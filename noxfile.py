@@ -24,8 +24,10 @@ def lint(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Benchmarks against their baselines; prints the tables for BENCHMARKS.md."""
     session.install("-e", ".")
-    session.run("python", "benchmarks/engine_overhead.py", *session.posargs)
-    session.run("python", "benchmarks/warm_pool.py", *session.posargs)
+    session.run("python", "benchmarks/engine_overhead.py")
+    session.run("python", "benchmarks/warm_pool.py")
+    session.run("python", "benchmarks/resnet18_throughput.py", "--images", "512")
+    session.run("python", "benchmarks/augmentation.py")
 
 
 @nox.session
@@ -34,3 +36,6 @@ def gpu(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     session.run("python", "-m", "pytest", "-m", "gpu", "-v", *session.posargs)
     session.run("python", "benchmarks/engine_overhead.py", "--device", "cuda")
+    session.run("python", "benchmarks/resnet18_throughput.py", "--device", "cuda", "--images",
+                "8192")
+    session.run("python", "benchmarks/augmentation.py", "--device", "cuda", "--images", "32768")

@@ -45,6 +45,16 @@ CASES = {
                               "block"),
     "syntax": ('[base]\nepochs = 1\ndataset = { name = "synthetic" \n',
                "TOML syntax error: Unclosed inline table (at line 3, column 32)"),
+    "zero_lr": (BASE.replace("lr = 0.1", "lr = 0"),
+                "base: optimizer.lr: Input should be greater than 0 (given 0)"),
+    "negative_momentum": (BASE.replace("lr = 0.1", "lr = 0.1, momentum = -0.1"),
+                          "base: optimizer.momentum: Input should be greater than or equal to 0 "
+                          "(given -0.1)"),
+    "trust_coefficient": (BASE.replace('"sgd", lr = 0.1', '"lars", trust_coefficient = 0'),
+                          "base: optimizer.trust_coefficient: Input should be greater than 0 "
+                          "(given 0)"),
+    "precision": (BASE.replace("epochs = 1", 'epochs = 1\nprecision = "fp8"'),
+                  "base: precision: Input should be 'fp32', 'bf16' or 'amp' (given 'fp8')"),
     "zero_epochs": (BASE.replace("epochs = 1", "epochs = 0"),
                     "base: epochs: Input should be greater than or equal to 1 (given 0)"),
 }
