@@ -60,7 +60,7 @@ def batched_rate(images, name, device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    for i in range(0, len(x), 128):
+    for _ in range(0, len(x), 128):
         aug(x[torch.randperm(len(x), device=device, generator=gen)[:128]], gen)
     if device.type == "cuda":
         torch.cuda.synchronize()
