@@ -35,7 +35,6 @@ FLUSH_SECONDS = 1.0
 
 @dataclass
 class Outcome:
-    total: int
     planned: int
     statuses: dict[str, str] = field(default_factory=dict)  # run_id -> final status
     errors: dict[str, str] = field(default_factory=dict)
@@ -70,7 +69,7 @@ class Coordinator:
         self.specs = {s.run_id: s for s in specs}
         self.batch: list[dict[str, Any]] = []
         self.worker_of: dict[str, str] = {}
-        self.outcome = Outcome(total=0, planned=len(specs))
+        self.outcome = Outcome(planned=len(specs))
         self._lock = asyncio.Lock()
         self._best: dict[str, float] = {}
 
