@@ -39,7 +39,7 @@ CASES = {
     "axis_not_a_key": (BASE + GRID % '"optimiser.lr" = [0.1]',
                        "block 'g': axis optimiser.lr: no such key 'optimiser'; a run config "
                        "has: epochs, precision, lr_scaling, lr_reference_batch, dataset, model, "
-                       "optimizer, lr_schedule, batch_schedule, augmentation"),
+                       "optimizer, lr_schedule, batch_schedule, augmentation, probes"),
     "unknown_top_level_key": (BASE + '\n[[blok]]\nname = "g"\n',
                               "blok: unknown key; allowed: name, description, seeds, base, "
                               "block"),
@@ -57,6 +57,32 @@ CASES = {
                   "base: precision: Input should be 'fp32', 'bf16' or 'amp' (given 'fp8')"),
     "zero_epochs": (BASE.replace("epochs = 1", "epochs = 0"),
                     "base: epochs: Input should be greater than or equal to 1 (given 0)"),
+    "probe_beyond_epochs": (BASE + 'probes = [{ name = "grad_norm", epochs = [1, 3] }]\n',
+                            "base: probes[0] (grad_norm): epoch 3 is beyond the run's 1 epochs "
+                            "(allowed: 0 to 1)"),
+    "probe_every_beyond": (BASE.replace("epochs = 1", "epochs = 4")
+                           + 'probes = [{ name = "weight_norm", every = 5 }]\n',
+                           "base: probes[0] (weight_norm): every = 5 is beyond the run's 4 "
+                           "epochs, so the probe would never run"),
+    "probe_unknown": (BASE + 'probes = [{ name = "hessian" }]\n',
+                      "base: probes[0].name: unknown probe 'hessian'; did you mean "
+                      "'hessian_trace'? Registered: distance_from_init, effective_lr, "
+                      "full_grad_norm, grad_noise_scale, grad_norm, hessian_trace, "
+                      "top_eigenvalue, trust_ratio, weight_norm"),
+    "probe_key": (BASE + 'probes = [{ name = "hessian_trace", vector = 3 }]\n',
+                  "base: probes[0].vector: unknown key; hessian_trace takes: epochs, every, "
+                  "first_steps, batch, mode, augment, vectors"),
+    "probe_two_schedules": (BASE + 'probes = [{ name = "grad_norm", every = 1, '
+                                   'first_steps = 5 }]\n',
+                            "base: probes[0]: Value error, give one of epochs, every, "
+                            "first_steps (given every, first_steps) (given {'every': 1, "
+                            "'first_steps': 5})"),
+    "trust_ratio_needs_lars": (BASE + 'probes = [{ name = "trust_ratio" }]\n',
+                               "base: probes[0] (trust_ratio): trust_ratio needs a layer-wise "
+                               "optimizer (lars, lamb); this run uses sgd"),
+    "probes_not_a_list": (BASE + 'probes = { name = "grad_norm" }\n',
+                          "base: probes: needs a list of probe tables, such as "
+                          "[{ name = \"grad_norm\", every = 1 }] (given {'name': 'grad_norm'})"),
 }
 
 

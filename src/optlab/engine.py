@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from optlab.plugin import TensorData
+from optlab.probing import Probes
 from optlab.registry import Registry, default_registry
 
 Emit = Callable[[dict[str, Any]], None]
@@ -120,7 +121,17 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
     used_precision, autocast, scaler = precision_for(config["precision"], device)
     # One generator for data order and augmentation, seeded from the run's seed.
     gen = torch.Generator(device=device).manual_seed(seed)
+    probes = Probes(config.get("probes", []), registry, model=model, optimizer=optimizer,
+                    data=data, augment=augment, seed=seed, epochs=epochs, device=device,
+                    channels_last=device.type == "cuda" and images)
     emit({"type": "started", "run_id": run_id, "precision_used": used_precision})
+
+    def report(events: list[dict[str, Any]]) -> None:
+        for ev in events:
+            emit({**ev, "run_id": run_id})
+
+    if probes:
+        report(probes.at_epoch(0, 0)[0])
 
     # ---- epochs -----------------------------------------------------------------------
     reference = config.get("lr_reference_batch") or min(int(batch_size_at(0)), n)
@@ -137,6 +148,7 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
+        probe_seconds = 0.0
         for i in range(steps):
             idx = order[i * bs:(i + 1) * bs]
             x, y = augment(data.x_train[idx], gen), data.y_train[idx]
@@ -159,15 +171,24 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
             # Accumulate on the device: no host synchronisation per step.
             loss_sum += loss.detach() * len(idx)
             correct += (out.argmax(1) == y).sum()
+            if step + i < probes.max_step:  # every-step probes, for the first K steps
+                events, spent = probes.at_step(epoch + 1, step + i + 1)
+                report(events)
+                probe_seconds += spent
         lr = base_lrs[0] * factor
         step += steps
         samples += n
         train_loss = loss_sum.item() / n  # the epoch's one read of the device
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0 - probe_seconds
+
+        finite = math.isfinite(train_loss)
+        if probes and finite:
+            events, spent = probes.at_epoch(epoch + 1, step)
+            report(events)
+            probe_seconds += spent
 
         t1 = time.perf_counter()
         nan = (float("nan"), float("nan"))
-        finite = math.isfinite(train_loss)
         test_loss, test_acc = evaluate(model, data.x_test, data.y_test, autocast) if finite \
             else nan
         val_loss, val_acc = (None, None) if data.x_val is None else (
@@ -178,7 +199,7 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
             "train_loss": train_loss, "train_acc": correct.item() / n,
             "test_loss": test_loss, "test_acc": test_acc,
             "seconds": seconds, "eval_seconds": time.perf_counter() - t1,
-            "val_loss": val_loss, "val_acc": val_acc,
+            "val_loss": val_loss, "val_acc": val_acc, "probe_seconds": probe_seconds,
         })
         if not math.isfinite(train_loss):
             emit({"type": "diverged", "run_id": run_id,

@@ -4,7 +4,8 @@ Every event has ``type`` and ``run_id``. Types:
 
 - ``started``: ``provenance`` (versions, git sha, device, threads, environment seen).
 - ``epoch``: one row per finished epoch, with the fields in :data:`EPOCH_FIELDS`.
-- ``probe``: ``epoch``, ``step``, ``probe``, ``key``, ``value``.
+- ``probe``: ``epoch``, ``step``, ``probe`` and ``values`` ({key: value}); epoch 0 is
+  before training.
 - ``finished`` / ``failed`` / ``diverged``: terminal; the last two carry ``error``.
 """
 
@@ -30,6 +31,7 @@ EPOCH_FIELDS = (
     "eval_seconds",
     "val_loss",     # on the validation split held out of the training set, when there is one
     "val_acc",
+    "probe_seconds",  # time spent in probes during and after the epoch (not in seconds)
 )
 
 

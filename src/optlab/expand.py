@@ -23,6 +23,7 @@ from optlab.errors import ConfigError
 from optlab.registry import Registry, default_registry
 from optlab.study import (
     PLUGIN_SLOTS,
+    PROBES_KEY,
     RUN_DEFAULTS,
     RUN_KEYS,
     Block,
@@ -133,6 +134,8 @@ class _Expander:
             raise self.fail(key, f"no such key {head!r}; a run config has: {', '.join(RUN_KEYS)}")
         if len(parts) == 1:
             return
+        if head == PROBES_KEY:
+            raise self.fail(key, "probes is a list of tables; give the whole list")
         if head not in PLUGIN_SLOTS:
             raise self.fail(key, f"no such key; {head} is a single value")
         if len(parts) > 2 or parts[1] == "name":
@@ -177,32 +180,74 @@ class _Expander:
                     .replace("unknown key; allowed:", f"unknown key; {table['name']} takes:")
                 ) from None
             resolved[slot] = {"name": table["name"], **model.model_dump(mode="json")}
-            models[slot] = (plugin, model)
-        settings = {k: v for k, v in cfg.items() if k not in PLUGIN_SLOTS}
+            models[slot] = (plugin, model, table["name"])
+        settings = {k: v for k, v in cfg.items() if k not in PLUGIN_SLOTS and k != PROBES_KEY}
         try:
             resolved.update(RunSettings.model_validate(settings).model_dump(mode="json"))
         except ValidationError as e:
             raise ConfigError(f"{self.prefix}: {describe_validation_error(e, RunSettings)}"
                               ) from None
-        self.check(models, resolved["epochs"])
+        probes = self.resolve_probes(cfg.get(PROBES_KEY))
+        if probes:  # absent when empty, so that run ids of runs without probes stay put
+            resolved[PROBES_KEY] = [table for table, _ in probes]
+        self.check(models, resolved["epochs"], probes)
         return dict(sorted(resolved.items()))
 
-    def check(self, models: dict[str, Any], epochs: int) -> None:
-        """Cross-checks that need more than one table (a batch past the training set)."""
-        plugin, params = models["dataset"]
+    def resolve_probes(self, tables: Any) -> list[tuple[dict[str, Any], Any]]:
+        if tables is None:
+            return []
+        example = '[{ name = "grad_norm", every = 1 }]'
+        if not isinstance(tables, list):
+            raise self.fail(PROBES_KEY, f"needs a list of probe tables, such as {example} "
+                                        f"(given {tables!r})")
+        out = []
+        for i, table in enumerate(tables):
+            key = f"{PROBES_KEY}[{i}]"
+            if not isinstance(table, dict) or not isinstance(table.get("name"), str):
+                raise self.fail(key, f"needs a table with a name, such as {example}; "
+                                     f"registered: {', '.join(self.registry.names('probe'))}")
+            try:
+                plugin = self.registry.get("probe", table["name"])
+            except ConfigError as e:
+                raise self.fail(f"{key}.name", str(e)) from None
+            try:
+                params = plugin.params.model_validate(
+                    {k: v for k, v in table.items() if k != "name"})
+            except ValidationError as e:
+                raise ConfigError(f"{self.prefix}: " + describe_validation_error(
+                    e, plugin.params, prefix=f"{key}.")
+                    .replace("unknown key; allowed:", f"unknown key; {table['name']} takes:")
+                ) from None
+            out.append(({"name": table["name"], **params.model_dump(mode="json")},
+                        (plugin, params)))
+        return out
+
+    def check(self, models: dict[str, Any], epochs: int,
+              probes: list[tuple[dict[str, Any], Any]]) -> None:
+        """Cross-checks that need more than one table (a batch past the training set, a
+        probe scheduled after the last epoch)."""
+        plugin, params, _ = models["dataset"]
         facts: dict[str, Any] = {"epochs": epochs, "train_size": None}
         if plugin.info is not None:
             try:
                 facts.update(plugin.info(params))
             except ValueError as e:
                 raise self.fail("dataset", str(e)) from None
-        for slot, (plugin, params) in models.items():
+        for slot, (plugin, params, _) in models.items():
             if plugin.check is None:
                 continue
             try:
                 plugin.check(params, **facts)
             except ValueError as e:
                 raise self.fail(slot, str(e)) from None
+        facts["optimizer"] = models["optimizer"][2]
+        for i, (table, (plugin, params)) in enumerate(probes):
+            if plugin.check is None:
+                continue
+            try:
+                plugin.check(params, **facts)
+            except ValueError as e:
+                raise self.fail(f"{PROBES_KEY}[{i}] ({table['name']})", str(e)) from None
 
 
 def _axis_leaves(table: dict[str, Any]) -> dict[str, Any]:

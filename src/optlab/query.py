@@ -12,6 +12,7 @@ from typing import Any
 import duckdb
 
 from optlab.errors import OptlabError
+from optlab import views
 from optlab.store import reading
 
 FORMATS = ("table", "csv", "json", "markdown")
@@ -19,6 +20,7 @@ FORMATS = ("table", "csv", "json", "markdown")
 
 def run_sql(store: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
     with reading(store) as con:
+        views.ensure_readable(con)
         try:
             cur = con.execute(sql)
         except duckdb.Error as e:

@@ -19,7 +19,7 @@ from typing import Any
 
 import duckdb
 
-from optlab import paths
+from optlab import paths, views
 from optlab.errors import StoreError
 from optlab.events import EPOCH_FIELDS, read_journal
 from optlab.study import PLUGIN_SLOTS
@@ -47,7 +47,7 @@ create table if not exists epochs (
     run_id varchar, epoch integer, step bigint, samples bigint, sfo bigint, epoch_lr double,
     epoch_batch_size integer, train_loss double, train_acc double, test_loss double,
     test_acc double, seconds double, eval_seconds double, val_loss double, val_acc double,
-    primary key (run_id, epoch));
+    probe_seconds double, primary key (run_id, epoch));
 create table if not exists probes (
     run_id varchar, epoch integer, step bigint, probe varchar, key varchar, value double);
 create table if not exists sessions (
@@ -132,10 +132,12 @@ def check_store(path: Path) -> None:
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(SCHEMA)
-    for col in ("val_loss", "val_acc"):  # stores made before the validation split existed
+    # Columns added since the first stores were made.
+    for col in ("val_loss", "val_acc", "probe_seconds"):
         con.execute(f"alter table epochs add column if not exists {col} double")
     con.execute("insert or ignore into meta values ('schema_version', ?)", [SCHEMA_VERSION])
     _refresh_runs_view(con)
+    views.create(con)
 
 
 # ---- config columns -----------------------------------------------------------------------
@@ -259,26 +261,33 @@ def states(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> dict[str, str]
 
 def apply_events(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -> None:
     """Write a batch of worker events. Idempotent: a journal may be applied again."""
-    epoch_rows = []
+    epoch_rows: list[list[Any]] = []
+    probe_rows: list[list[Any]] = []
+
+    def flush() -> None:
+        if epoch_rows:
+            _insert_epochs(con, epoch_rows)
+        if probe_rows:
+            con.executemany("insert into probes values (?, ?, ?, ?, ?, ?)", probe_rows)
+        epoch_rows.clear()
+        probe_rows.clear()
+
     for ev in events:
         kind, run_id = ev["type"], ev.get("run_id")
         if kind == "epoch":
             epoch_rows.append([run_id, *(ev.get(f) for f in EPOCH_FIELDS)])
             continue
-        if epoch_rows:  # keep order: rows of an epoch land before the run's next state
-            _insert_epochs(con, epoch_rows)
-            epoch_rows = []
+        if kind == "probe":
+            probe_rows += [[run_id, ev.get("epoch"), ev.get("step"), ev["probe"], key, value]
+                           for key, value in (ev.get("values") or {}).items()]
+            continue
+        flush()  # keep order: rows of a run land before its next state change
         if kind == "started":
             _apply_started(con, ev)
-        elif kind == "probe":
-            con.execute("insert into probes values (?, ?, ?, ?, ?, ?)",
-                        [run_id, ev.get("epoch"), ev.get("step"), ev["probe"], ev.get("key"),
-                         ev.get("value")])
         elif kind in ("finished", "failed", "diverged"):
             status = "done" if kind == "finished" else kind
             _finish(con, run_id, status, ev.get("error"), ev.get("time"))
-    if epoch_rows:
-        _insert_epochs(con, epoch_rows)
+    flush()
 
 
 def _insert_epochs(con: duckdb.DuckDBPyConnection, rows: list[list[Any]]) -> None:

@@ -46,7 +46,9 @@ RUN_DEFAULTS: dict[str, Any] = {
     "batch_schedule": {"name": "constant"},
     "augmentation": {"name": "none"},
 }
-RUN_KEYS = tuple(RunSettings.model_fields) + tuple(PLUGIN_SLOTS)
+# ``probes``: a list of probe tables (each with a name), measured during training.
+PROBES_KEY = "probes"
+RUN_KEYS = tuple(RunSettings.model_fields) + tuple(PLUGIN_SLOTS) + (PROBES_KEY,)
 
 Seeds = Annotated[int, Field(ge=1)] | list[int]
 

@@ -1,0 +1,582 @@
+"""Named analyses of a study, from the store: the seed projects' questions with statistics.
+
+Every analysis reads one row per run (the run's reduced metric, its seed and its resolved
+config) with a single SQL query, then works on those few rows with numpy and scipy.
+
+- ``optimal``: the best value of a hyperparameter per group, with a bootstrap interval over
+  seeds.
+- ``lr-wd``: slope of log optimal LR against log WD (seed 001: inverse relationship, -1).
+- ``scaling``: slope of log optimal LR against log batch size (linear scaling rule: 1).
+- ``warmup``: optimal warmup per data regime, a fitted rule, and seed 002's H1-H4.
+- ``sfo``: SFO (samples) to reach a full gradient norm below epsilon, per schedule (seed 004).
+- ``ranking``: optimizers ranked by their best cell, with the significance of each gap.
+
+A group is a set of runs whose configs agree on everything but the seed and the axes an
+analysis looks across. Runs that did not finish (failed, diverged, pending, interrupted)
+are left out, and each result says which and why.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from optlab import paths, views
+from optlab.errors import OptlabError
+from optlab.plot import _reduce_sql, parse_metric, study_axes
+from optlab.store import reading
+
+ANALYSES = ("optimal", "lr-wd", "scaling", "warmup", "sfo", "ranking")
+LR, WD, BATCH = "optimizer.lr", "optimizer.weight_decay", "batch_schedule.batch_size"
+WARMUP, REGIME = "lr_schedule.warmup_epochs", "dataset.examples_per_class"
+RESAMPLES = 2000
+ALPHA = 0.05
+
+
+@dataclass
+class Run:
+    run_id: str
+    seed: int
+    status: str
+    config: dict[str, Any]  # flattened: {"optimizer.lr": 0.1, "optimizer": "sgd", ...}
+    value: float | None
+
+    def get(self, path: str) -> Any:
+        return self.config.get(path)
+
+
+@dataclass
+class Result:
+    """What an analysis found: named tables, scalar findings, and what it left out."""
+
+    analysis: str
+    study: str
+    metric: str
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    findings: dict[str, Any] = field(default_factory=dict)
+    left_out: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return _clean({"analysis": self.analysis, "study": self.study, "metric": self.metric,
+                       "findings": self.findings, "tables": self.tables,
+                       "left_out": self.left_out})
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+# ---- loading ------------------------------------------------------------------------------
+
+def _flat_config(text: str) -> dict[str, Any]:
+    flat = {}
+    for path, value in paths.flatten(json.loads(text)).items():
+        slot, _, rest = path.partition(".")
+        flat[slot if rest == "name" else path] = value
+    return flat
+
+
+def load(con: Any, study: str, metric: str) -> list[Run]:
+    reducer, column = parse_metric(metric)
+    rows = con.execute(
+        f"""select r.run_id, r.seed, r.status, any_value(r.config),
+                   {_reduce_sql(reducer, column)} as value
+            from runs r left join epochs e using (run_id)
+            where r.study = ? group by r.run_id, r.seed, r.status""", [study]).fetchall()
+    return [Run(run_id, seed, status, _flat_config(config),
+                None if value is None or not math.isfinite(value) else float(value))
+            for run_id, seed, status, config, value in rows]
+
+
+def higher_is_better(metric: str) -> bool:
+    return parse_metric(metric)[1].endswith("_acc")
+
+
+def usable(runs: list[Run], result: Result) -> list[Run]:
+    """Finished runs with a value; the rest are reported in ``result.left_out``."""
+    keep, dropped = [], {}
+    for run in runs:
+        if run.status != "done":
+            reason = run.status
+        elif run.value is None:
+            reason = f"no {result.metric} value"
+        else:
+            keep.append(run)
+            continue
+        dropped.setdefault(reason, []).append(run.run_id)
+    for reason, ids in sorted(dropped.items()):
+        result.left_out.append({"reason": reason, "runs": len(ids), "run_ids": sorted(ids)})
+    return keep
+
+
+def leave_out(result: Result, reason: str, runs: list[Run]) -> None:
+    if runs:
+        result.left_out.append({"reason": reason, "runs": len(runs),
+                                "run_ids": sorted(r.run_id for r in runs)})
+
+
+def require_axes(analysis: str, study: str, axes: list[str], needed: list[str]) -> None:
+    missing = [a for a in needed if a not in axes]
+    if missing:
+        raise OptlabError(
+            f"analyze {analysis}: needs the study to vary {' and '.join(needed)}; study "
+            f"{study!r} does not vary {', '.join(missing)} (it varies "
+            f"{', '.join(axes) or 'nothing'})")
+
+
+# ---- groups -------------------------------------------------------------------------------
+
+def groups(runs: list[Run], across: list[str]) -> dict[str, list[Run]]:
+    """Runs grouped by everything in their config but the seed and ``across``; each group is
+    labelled by what tells it apart from the others (``optimizer=adamw``)."""
+    keyed: dict[str, list[Run]] = {}
+    for run in runs:
+        rest = {k: v for k, v in run.config.items() if k not in across}
+        keyed.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(run)
+    configs = [json.loads(k) for k in keyed]
+    varying = sorted({p for c in configs for p in c
+                      if len({json.dumps(x.get(p), default=str) for x in configs}) > 1})
+    names = {p for p in varying if "." not in p}  # plugin slots whose plugin changes
+    shown = [p for p in varying if p.partition(".")[0] not in names or "." not in p]
+    out: dict[str, list[Run]] = {}
+    for key, members in keyed.items():
+        cfg = json.loads(key)
+        label = ", ".join(f"{p}={_fmt(cfg.get(p))}" for p in shown) or "all runs"
+        while label in out:
+            label += "'"
+        out[label] = members
+    return out
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _matrix(runs: list[Run], param: str) -> tuple[list[Any], list[int], np.ndarray]:
+    """(param values, seeds, seeds x values matrix of the metric; NaN where missing)."""
+    values = sorted({r.get(param) for r in runs}, key=_order)
+    seeds = sorted({r.seed for r in runs})
+    m = np.full((len(seeds), len(values)), np.nan)
+    for r in runs:
+        m[seeds.index(r.seed), values.index(r.get(param))] = r.value
+    return values, seeds, m
+
+
+def _order(v: Any) -> tuple[int, Any]:
+    return (0, v) if isinstance(v, int | float) else (1, str(v))
+
+
+def _argbest(mean: np.ndarray, higher: bool) -> int:
+    filled = np.where(np.isnan(mean), -np.inf if higher else np.inf, mean)
+    return int(np.argmax(filled) if higher else np.argmin(filled))
+
+
+def _nanmean(m: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(m, axis=0)
+
+
+def _resamples(n_seeds: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.integers(0, n_seeds, size=(RESAMPLES, n_seeds))
+
+
+def optimum(runs: list[Run], param: str, higher: bool, rng: np.random.Generator
+            ) -> dict[str, Any]:
+    """The value of ``param`` with the best mean metric over seeds, and a 95% percentile
+    bootstrap interval from resampling seeds (each resample's own optimum)."""
+    values, seeds, m = _matrix(runs, param)
+    best = _argbest(_nanmean(m), higher)
+    row: dict[str, Any] = {"optimum": values[best], "metric_mean": float(_nanmean(m)[best]),
+                           "seeds": len(seeds), "values_tried": len(values)}
+    if len(seeds) > 1 and all(isinstance(v, int | float) for v in values):
+        picks = [values[_argbest(_nanmean(m[idx]), higher)]
+                 for idx in _resamples(len(seeds), rng)]
+        lo, hi = np.percentile(picks, [2.5, 97.5], method="inverted_cdf")
+        row.update(ci_low=float(lo), ci_high=float(hi))
+    else:
+        row.update(ci_low=None, ci_high=None)
+    row["at_edge"] = best in (0, len(values) - 1) and len(values) > 1
+    return row
+
+
+# ---- analyses -----------------------------------------------------------------------------
+
+def run_analysis(store: Path, name: str, study: str | None, metric: str,
+                 param: str | None = None, epsilon: float | None = None,
+                 seed: int = 0) -> Result:
+    if name not in ANALYSES:
+        raise OptlabError(f"analysis {name!r}: not an analysis; use one of {', '.join(ANALYSES)}")
+    parse_metric(metric)
+    with reading(store) as con:
+        views.ensure_readable(con)
+        study, axes = study_axes(con, study)
+        result = Result(name, study, metric)
+        rng = np.random.default_rng(seed)
+        if name == "sfo":
+            return _sfo(con, result, axes, epsilon)
+        runs = load(con, study, metric)
+    if not runs:
+        raise OptlabError(f"study {study!r} has no runs in {store}")
+    handler = {"optimal": _optimal, "lr-wd": _lr_wd, "scaling": _scaling, "warmup": _warmup,
+               "ranking": _ranking}[name]
+    handler(result, runs, axes, rng, param)
+    return result
+
+
+def _optimal(result: Result, runs: list[Run], axes: list[str], rng, param: str | None) -> None:
+    numeric = [a for a in axes if a != "optimizer" and not a.endswith(".name")]
+    param = param or (LR if LR in axes else (numeric[0] if numeric else None))
+    if param is None or param not in axes:
+        raise OptlabError(f"--param {param}: the study does not vary it; it varies "
+                          f"{', '.join(axes) or 'nothing'}")
+    higher = higher_is_better(result.metric)
+    rows = []
+    for label, members in groups(usable(runs, result), [param]).items():
+        rows.append({"group": label, "param": param,
+                     **optimum(members, param, higher, rng)})
+    result.tables["optimal"] = rows
+    result.findings["param"] = param
+
+
+def _slope_analysis(result: Result, runs: list[Run], rng, x_param: str, expected: dict[str, float]
+                    ) -> None:
+    """Per group: the optimal LR at each value of ``x_param``; fit log LR = a + b log x."""
+    from scipy import stats
+
+    higher = higher_is_better(result.metric)
+    kept = usable(runs, result)
+    nonpositive = [r for r in kept if not (r.get(x_param) or 0) > 0]
+    leave_out(result, f"{x_param} <= 0 has no logarithm", nonpositive)
+    kept = [r for r in kept if r not in nonpositive]
+    points, fits = [], []
+    for label, members in groups(kept, [LR, x_param]).items():
+        by_x: dict[Any, list[Run]] = {}
+        for r in members:
+            by_x.setdefault(r.get(x_param), []).append(r)
+        xs = sorted(by_x)
+        opts = []
+        for x in xs:
+            opt = optimum(by_x[x], LR, higher, rng)
+            opts.append(opt["optimum"])
+            points.append({"group": label, x_param: x, "optimal_lr": opt["optimum"],
+                           "ci_low": opt["ci_low"], "ci_high": opt["ci_high"],
+                           "at_edge": opt["at_edge"], "seeds": opt["seeds"]})
+        fit: dict[str, Any] = {"group": label, "points": len(xs)}
+        if len(xs) >= 2:
+            lx, ly = np.log(xs), np.log(opts)
+            if len(xs) >= 3 and np.ptp(ly) > 0:
+                reg = stats.linregress(lx, ly)
+                t = stats.t.ppf(0.975, len(xs) - 2)
+                fit.update(slope=reg.slope, intercept=reg.intercept, r=reg.rvalue,
+                           p_slope_zero=reg.pvalue, ci_low=reg.slope - t * reg.stderr,
+                           ci_high=reg.slope + t * reg.stderr)
+            else:
+                slope = float(np.polyfit(lx, ly, 1)[0]) if np.ptp(lx) > 0 else float("nan")
+                fit.update(slope=slope, ci_low=None, ci_high=None)
+            fit.update(_bootstrap_slope(members, x_param, xs, higher, rng))
+            for name, value in expected.items():
+                lo = fit.get("ci_low") if fit.get("ci_low") is not None else fit.get(
+                    "boot_ci_low")
+                hi = fit.get("ci_high") if fit.get("ci_high") is not None else fit.get(
+                    "boot_ci_high")
+                fit[f"consistent_with_{name}"] = (None if lo is None or hi is None
+                                                  else bool(lo <= value <= hi))
+        fits.append(fit)
+    result.tables["optima"] = points
+    result.tables["fit"] = fits
+
+
+def _bootstrap_slope(members: list[Run], x_param: str, xs: list[Any], higher: bool, rng
+                     ) -> dict[str, Any]:
+    """Slope of log optimal LR vs log x over seed resamples: a 95% percentile interval."""
+    seeds = sorted({r.seed for r in members})
+    if len(seeds) < 2:
+        return {"boot_ci_low": None, "boot_ci_high": None}
+    mats = []
+    for x in xs:
+        values, _, m = _matrix([r for r in members if r.get(x_param) == x], LR)
+        full = np.full((len(seeds), len(values)), np.nan)
+        present = sorted({r.seed for r in members if r.get(x_param) == x})
+        for i, s in enumerate(present):
+            full[seeds.index(s)] = m[i]
+        mats.append((values, full))
+    lx = np.log(xs)
+    slopes = []
+    for idx in _resamples(len(seeds), rng):
+        ly = np.log([vals[_argbest(_nanmean(m[idx]), higher)] for vals, m in mats])
+        slopes.append(np.polyfit(lx, ly, 1)[0])
+    lo, hi = np.percentile(slopes, [2.5, 97.5])
+    return {"boot_ci_low": float(lo), "boot_ci_high": float(hi)}
+
+
+def _lr_wd(result: Result, runs: list[Run], axes: list[str], rng, _param: Any) -> None:
+    require_axes("lr-wd", result.study, axes, [LR, WD])
+    _slope_analysis(result, runs, rng, WD, {"inverse": -1.0})
+    result.findings["question"] = ("slope of log optimal LR against log WD; -1 means the "
+                                   "optimal LR is inversely proportional to WD")
+
+
+def _scaling(result: Result, runs: list[Run], axes: list[str], rng, _param: Any) -> None:
+    require_axes("scaling", result.study, axes, [LR, BATCH])
+    _slope_analysis(result, runs, rng, BATCH, {"linear_rule": 1.0, "sqrt_rule": 0.5})
+    result.findings["question"] = ("slope of log optimal LR against log batch size; 1 is the "
+                                   "linear scaling rule, 0.5 the square-root rule")
+
+
+def _warmup(result: Result, runs: list[Run], axes: list[str], rng, _param: Any) -> None:
+    from scipy import stats
+
+    require_axes("warmup", result.study, axes, [WARMUP, REGIME])
+    higher = higher_is_better(result.metric)
+    sign = 1.0 if higher else -1.0
+    optima, rules, profiles = [], [], {}
+    per_seed_points: list[tuple[float, float]] = []
+    benefits: dict[str, list[tuple[int, float]]] = {}  # group -> (regime, benefit) per seed
+    sensitivity: dict[str, dict[int, float]] = {}
+    for label, members in groups(usable(runs, result), [WARMUP, REGIME]).items():
+        regimes = sorted({r.get(REGIME) for r in members})
+        best_w = []
+        profile: dict[tuple[int, Any], float] = {}
+        for regime in regimes:
+            at = [r for r in members if r.get(REGIME) == regime]
+            opt = optimum(at, WARMUP, higher, rng)
+            optima.append({"group": label, "examples_per_class": regime,
+                           "optimal_warmup": opt["optimum"], "ci_low": opt["ci_low"],
+                           "ci_high": opt["ci_high"], "metric_mean": opt["metric_mean"],
+                           "seeds": opt["seeds"]})
+            best_w.append(opt["optimum"])
+            warmups, seeds, m = _matrix(at, WARMUP)
+            mean = _nanmean(m)
+            sensitivity.setdefault(label, {})[regime] = float(np.nanmax(mean) - np.nanmin(mean))
+            for w, v in zip(warmups, mean - np.nanmean(mean), strict=True):
+                profile[(regime, w)] = float(v)
+            for i, _ in enumerate(seeds):
+                row = m[i]
+                if not np.all(np.isnan(row)):
+                    per_seed_points.append((regime, warmups[_argbest(row, higher)]))
+            if 0 in warmups:
+                j0, jb = warmups.index(0), warmups.index(opt["optimum"])
+                for i in range(len(seeds)):
+                    if not (np.isnan(m[i, jb]) or np.isnan(m[i, j0])):
+                        benefits.setdefault(label, []).append(
+                            (regime, sign * (m[i, jb] - m[i, j0])))
+        profiles[label] = (members[0], profile)
+        rule: dict[str, Any] = {"group": label, "regimes": len(regimes)}
+        if len(regimes) >= 3 and np.ptp(best_w) > 0:
+            reg = stats.linregress(np.log10(regimes), best_w)
+            rule.update(rule=f"optimal_warmup = {reg.intercept:.3g} + {reg.slope:.3g} * "
+                             f"log10(examples_per_class)", slope=reg.slope,
+                        intercept=reg.intercept, r=reg.rvalue, p=reg.pvalue)
+        else:
+            rule.update(rule=f"optimal_warmup = {best_w[0]:g} at every regime" if best_w
+                        and np.ptp(best_w) == 0 else "too few regimes to fit", slope=None)
+        rules.append(rule)
+    result.tables["optimal_warmup"] = optima
+    result.tables["rule"] = rules
+    result.tables["hypotheses"] = [
+        _h1(benefits), _h2(per_seed_points), _h3(profiles), _h4(sensitivity, profiles)]
+
+
+def _verdict(name: str, claim: str, test: str, stat: float | None, p: float | None, n: int,
+             note: str = "") -> dict[str, Any]:
+    if p is None or (isinstance(p, float) and math.isnan(p)):
+        supported = None
+    else:
+        supported = bool(p < ALPHA)
+    return {"hypothesis": name, "claim": claim, "test": test, "statistic": stat, "p": p,
+            "n": n, "supported": supported, "note": note}
+
+
+H1 = "warmup benefit is larger at 500-5,000 examples per class than below 500"
+H2 = "optimal warmup decreases as the dataset shrinks"
+H3 = "the regime x warmup pattern replicates across datasets"
+H4 = "AdamW is less warmup-sensitive than SGD"
+
+
+def _h1(benefits: dict[str, list[tuple[int, float]]]) -> dict[str, Any]:
+    from scipy import stats
+
+    pairs = [b for bs in benefits.values() for b in bs]
+    mid = [v for regime, v in pairs if 500 <= regime <= 5000]
+    low = [v for regime, v in pairs if regime < 500]
+    test = "Welch t-test, one-sided (benefit = best warmup minus no warmup, per seed)"
+    if len(mid) < 2 or len(low) < 2:
+        return _verdict("H1", H1, test, None, None, len(mid) + len(low),
+                        "not testable: needs warmup 0 and at least two runs both at 500-5,000 "
+                        "and below 500 examples per class")
+    t = stats.ttest_ind(mid, low, equal_var=False, alternative="greater")
+    return _verdict("H1", H1, test, float(t.statistic), float(t.pvalue), len(mid) + len(low),
+                    f"mean benefit {np.mean(mid):.4g} (500-5,000) vs {np.mean(low):.4g} (<500)")
+
+
+def _h2(points: list[tuple[float, float]]) -> dict[str, Any]:
+    from scipy import stats
+
+    test = "Spearman rank correlation of regime size and per-seed optimal warmup, one-sided"
+    if len(points) < 3 or len({p[0] for p in points}) < 2 or len({p[1] for p in points}) < 2:
+        return _verdict("H2", H2, test, None, None, len(points),
+                        "not testable: needs several regimes whose optimal warmups differ")
+    rho = stats.spearmanr([p[0] for p in points], [p[1] for p in points],
+                          alternative="greater")
+    return _verdict("H2", H2, test, float(rho.statistic), float(rho.pvalue), len(points))
+
+
+def _h3(profiles: dict[str, tuple[Run, dict]]) -> dict[str, Any]:
+    from scipy import stats
+
+    test = ("Pearson correlation of regime-centred accuracy over (regime, warmup) cells with "
+            "the first dataset's, per other dataset with the same optimizer, one-sided; the "
+            "largest p")
+    by_optimizer: dict[str, list[tuple[str, dict]]] = {}
+    for run, profile in profiles.values():
+        by_optimizer.setdefault(str(run.get("optimizer")), []).append(
+            (str(run.get("dataset")), profile))
+    results = []
+    for entries in by_optimizer.values():
+        (ref_name, ref), *others = entries
+        ref_regimes = sorted({k[0] for k in ref})
+        for name, prof in others:
+            if name == ref_name:
+                continue
+            # Datasets may use other regime sizes: pair regimes by rank, warmups by value.
+            regimes = sorted({k[0] for k in prof})
+            pairs = [(ref[(ra, w)], prof[(rb, w)]) for ra, rb in zip(ref_regimes, regimes,
+                                                                     strict=False)
+                     for (r, w) in ref if r == ra and (rb, w) in prof]
+            if len(pairs) >= 3:
+                r = stats.pearsonr(*zip(*pairs, strict=True), alternative="greater")
+                results.append((f"{ref_name} vs {name}", float(r.statistic), float(r.pvalue),
+                                len(pairs)))
+    if not results:
+        return _verdict("H3", H3, test, None, None, 0,
+                        "not testable: needs a second dataset with the same regime x warmup grid")
+    worst = max(results, key=lambda x: x[2])
+    note = "; ".join(f"{n}: r={r:.3g}, p={p:.3g}" for n, r, p, _ in results)
+    return _verdict("H3", H3, test, worst[1], worst[2], sum(x[3] for x in results), note)
+
+
+def _h4(sensitivity: dict[str, dict[int, float]], profiles: dict[str, tuple[Run, dict]]
+        ) -> dict[str, Any]:
+    from scipy import stats
+
+    test = ("paired t-test, one-sided, of warmup sensitivity (best minus worst mean metric "
+            "over warmups) per regime, AdamW vs SGD on the same dataset")
+    pairs = []
+    runs = {label: run for label, (run, _) in profiles.items()}
+    for la, ra in runs.items():
+        for lb, rb in runs.items():
+            if (ra.get("optimizer"), rb.get("optimizer")) == ("adamw", "sgd") and \
+                    ra.get("dataset") == rb.get("dataset"):
+                common = sorted(set(sensitivity[la]) & set(sensitivity[lb]))
+                pairs += [(sensitivity[la][g], sensitivity[lb][g]) for g in common]
+    if len(pairs) < 2:
+        return _verdict("H4", H4, test, None, None, len(pairs),
+                        "not testable: needs AdamW and SGD runs at two or more common regimes")
+    a, s = zip(*pairs, strict=True)
+    t = stats.ttest_rel(a, s, alternative="less")
+    return _verdict("H4", H4, test, float(t.statistic), float(t.pvalue), len(pairs),
+                    f"mean sensitivity AdamW {np.mean(a):.4g} vs SGD {np.mean(s):.4g}")
+
+
+def _ranking(result: Result, runs: list[Run], axes: list[str], rng, _param: Any) -> None:
+    from scipy import stats
+
+    kept = usable(runs, result)
+    names = sorted({str(r.get("optimizer")) for r in kept})
+    if len({str(r.get("optimizer")) for r in runs}) < 2:
+        raise OptlabError(f"analyze ranking: needs the study to use two or more optimizers; "
+                          f"study {result.study!r} uses {', '.join(names) or 'none'}")
+    higher = higher_is_better(result.metric)
+    best: list[dict[str, Any]] = []
+    for name in names:
+        cells = groups([r for r in kept if str(r.get("optimizer")) == name], [])
+        scored = [(float(np.mean([r.value for r in members])), label, members)
+                  for label, members in cells.items()]
+        mean, label, members = (max if higher else min)(scored, key=lambda x: x[0])
+        values = [r.value for r in members]
+        best.append({"optimizer": name, "best_cell": label, "mean": mean,
+                     "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                     "seeds": len(values), "_values": values})
+    best.sort(key=lambda row: row["mean"], reverse=higher)
+    raw = []
+    for i, row in enumerate(best):
+        row["rank"] = i + 1
+        if i == 0:
+            row["p_vs_next_better"] = None
+            continue
+        a, b = best[i - 1]["_values"], row["_values"]
+        if len(a) < 2 or len(b) < 2:
+            row["p_vs_next_better"] = None
+            continue
+        p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+        row["p_vs_next_better"] = p
+        raw.append((i, p))
+    if raw:
+        adjusted = stats.false_discovery_control([p for _, p in raw])
+        for (i, _), q in zip(raw, adjusted, strict=True):
+            best[i]["q_vs_next_better"] = float(q)
+    for row in best:
+        row.pop("_values")
+        row.setdefault("q_vs_next_better", None)
+        row["significant"] = (None if row["q_vs_next_better"] is None
+                              else bool(row["q_vs_next_better"] < ALPHA))
+    result.tables["ranking"] = best
+    result.findings["test"] = ("Welch t-test between each optimizer's best cell and the next "
+                               "better one over seeds, Benjamini-Hochberg adjusted (q)")
+
+
+def _sfo(con: Any, result: Result, axes: list[str], epsilon: float | None) -> Result:
+    if epsilon is None or not epsilon > 0:
+        raise OptlabError("analyze sfo: give --epsilon, the full gradient norm to reach "
+                          "(a positive number)")
+    probed = con.execute(
+        "select count(*) from probes p join memberships m using (run_id) where m.study = ? "
+        "and p.probe = 'full_grad_norm'", [result.study]).fetchone()[0]
+    if not probed:
+        raise OptlabError(
+            f"analyze sfo: study {result.study!r} has no full_grad_norm probe values; add "
+            "probes = [{ name = \"full_grad_norm\", every = 1 }] to its base")
+    rows = con.execute(
+        "select g.run_id, g.seed, g.status, g.sfo, g.epoch, g.min_grad_norm, r.config "
+        "from reach_grad_norm(?) g join runs r using (study, run_id) where g.study = ?",
+        [epsilon, result.study]).fetchall()
+    runs = [Run(rid, seed, status, _flat_config(cfg), sfo)
+            for rid, seed, status, sfo, _, _, cfg in rows]
+    minimum = {rid: mn for rid, _, _, _, _, mn, _ in rows}
+    done = [r for r in runs if r.status == "done"]
+    leave_out(result, "not finished", [r for r in runs if r.status != "done"])
+    from scipy import stats
+
+    table = []
+    for label, members in groups(done, []).items():
+        reached = [r.value for r in members if r.value is not None]
+        row = {"schedule": label, "runs": len(members), "reached": len(reached),
+               "sfo_mean": float(np.mean(reached)) if reached else None,
+               "sfo_std": float(np.std(reached, ddof=1)) if len(reached) > 1 else None,
+               "sfo_ci95": (float(stats.t.ppf(0.975, len(reached) - 1) * np.std(
+                   reached, ddof=1) / math.sqrt(len(reached))) if len(reached) > 1 else None),
+               "lowest_grad_norm": min((minimum[r.run_id] for r in members
+                                        if minimum[r.run_id] is not None), default=None)}
+        table.append(row)
+        leave_out(result, f"never reached epsilon = {epsilon:g} ({label})",
+                  [r for r in members if r.value is None])
+    table.sort(key=lambda row: (row["sfo_mean"] is None, row["sfo_mean"] or 0))
+    result.tables["sfo"] = table
+    result.findings.update(epsilon=epsilon, question="samples (SFO) to reach a full gradient "
+                           "norm at most epsilon, mean over the seeds that reached it")
+    return result
