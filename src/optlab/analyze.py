@@ -148,10 +148,7 @@ def groups(runs: list[Run], across: list[str]) -> dict[str, list[Run]]:
         rest = {k: v for k, v in run.config.items() if k not in across}
         keyed.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(run)
     configs = [json.loads(k) for k in keyed]
-    varying = sorted({p for c in configs for p in c
-                      if len({json.dumps(x.get(p), default=str) for x in configs}) > 1})
-    names = {p for p in varying if "." not in p}  # plugin slots whose plugin changes
-    shown = [p for p in varying if p.partition(".")[0] not in names or "." not in p]
+    shown = [p for p in sorted({p for c in configs for p in c}) if _tells_apart(configs, p)]
     out: dict[str, list[Run]] = {}
     for key, members in keyed.items():
         cfg = json.loads(key)
@@ -160,6 +157,18 @@ def groups(runs: list[Run], across: list[str]) -> dict[str, list[Run]]:
             label += "'"
         out[label] = members
     return out
+
+
+def _tells_apart(configs: list[dict[str, Any]], path: str) -> bool:
+    """Does ``path`` differ between groups? A plugin's parameter counts only where it differs
+    between groups that use the same plugin (adam's lr is not shown against sgd's)."""
+    slot, dot, _ = path.partition(".")
+    by_plugin: dict[str, set[str]] = {}
+    for c in configs:
+        plugin = str(c.get(slot)) if dot else ""
+        by_plugin.setdefault(plugin, set()).add(json.dumps(c.get(path), default=str))
+    return any(len(v) > 1 for v in by_plugin.values()) or (
+        not dot and len({json.dumps(c.get(path), default=str) for c in configs}) > 1)
 
 
 def _fmt(value: Any) -> str:
@@ -234,7 +243,10 @@ def run_analysis(store: Path, name: str, study: str | None, metric: str,
         raise OptlabError(f"study {study!r} has no runs in {store}")
     handler = {"optimal": _optimal, "lr-wd": _lr_wd, "scaling": _scaling, "warmup": _warmup,
                "ranking": _ranking}[name]
-    handler(result, runs, axes, rng, param)
+    with warnings.catch_warnings():
+        # scipy warns on identical samples (a zero-variance cell); the p-value says enough.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        handler(result, runs, axes, rng, param)
     return result
 
 
@@ -285,8 +297,8 @@ def _slope_analysis(result: Result, runs: list[Run], rng, x_param: str, expected
                 fit.update(slope=reg.slope, intercept=reg.intercept, r=reg.rvalue,
                            p_slope_zero=reg.pvalue, ci_low=reg.slope - t * reg.stderr,
                            ci_high=reg.slope + t * reg.stderr)
-            else:
-                slope = float(np.polyfit(lx, ly, 1)[0]) if np.ptp(lx) > 0 else float("nan")
+            else:  # two points, or the same optimum everywhere (slope exactly 0)
+                slope = float(np.polyfit(lx, ly, 1)[0]) if np.ptp(ly) > 0 else 0.0
                 fit.update(slope=slope, ci_low=None, ci_high=None)
             fit.update(_bootstrap_slope(members, x_param, xs, higher, rng))
             for name, value in expected.items():
@@ -319,7 +331,7 @@ def _bootstrap_slope(members: list[Run], x_param: str, xs: list[Any], higher: bo
     slopes = []
     for idx in _resamples(len(seeds), rng):
         ly = np.log([vals[_argbest(_nanmean(m[idx]), higher)] for vals, m in mats])
-        slopes.append(np.polyfit(lx, ly, 1)[0])
+        slopes.append(np.polyfit(lx, ly, 1)[0] if np.ptp(ly) > 0 else 0.0)
     lo, hi = np.percentile(slopes, [2.5, 97.5])
     return {"boot_ci_low": float(lo), "boot_ci_high": float(hi)}
 

@@ -11,6 +11,9 @@ import math
 from pathlib import Path
 from typing import Any
 
+from dataclasses import dataclass
+
+from optlab import views
 from optlab.errors import OptlabError
 from optlab.events import EPOCH_FIELDS
 from optlab.store import config_column, reading
@@ -75,25 +78,60 @@ select x, y,
 from per_run group by x, y order by x, y"""
 
 
+@dataclass
+class Figure:
+    """A chart, the SQL that produced its data, and how many rows that was."""
+
+    kind: str
+    chart: Any
+    sql: str
+    rows: int
+
+
+def _fetch(con: Any, sql: str) -> list[dict[str, Any]]:
+    cur = con.execute(sql)
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+
+def heatmap_figure(con: Any, study: str, axes: list[str], x: str | None, y: str | None,
+                   metric: str) -> Figure:
+    x, y = _pick_axes(axes, x, y)
+    sql = heatmap_sql(study, x, y, metric)
+    rows = _fetch(con, sql)
+    if not rows:
+        raise OptlabError(f"study {study!r} has no runs")
+    return Figure("heatmap", _heatmap_chart(rows, study, x, y, metric), sql, len(rows))
+
+
 def heatmap(store: Path, out: Path | None, study: str | None, x: str | None, y: str | None,
             metric: str) -> tuple[Path, int]:
     """Write the heatmap (default file: STUDY_heatmap.html); returns (path, cells)."""
+    return draw(store, out, study, "heatmap",
+                lambda con, st, axes: heatmap_figure(con, st, axes, x, y, metric))
+
+
+def draw(store: Path, out: Path | None, study: str | None, kind: str,
+         make: Any) -> tuple[Path, int]:
+    """Open the store, make a figure with ``make(con, study, axes)``, save it and its SQL."""
+    check_out(out)
+    with reading(store) as con:
+        views.ensure_readable(con)
+        study, axes = study_axes(con, study)
+        figure = make(con, study, axes)
+    path = out or Path(f"{study}_{kind}.html")
+    save(figure, path)
+    return path, figure.rows
+
+
+def check_out(out: Path | None) -> None:
     if out is not None and out.suffix not in OUT_SUFFIXES:
         raise OptlabError(f"--out {out}: use a file ending in {', '.join(OUT_SUFFIXES)}")
-    with reading(store) as con:
-        study, axes = study_axes(con, study)
-        out = out or Path(f"{study}_heatmap.html")
-        x, y = _pick_axes(axes, x, y)
-        sql = heatmap_sql(study, x, y, metric)
-        cur = con.execute(sql)
-        cols = [d[0] for d in cur.description]
-        rows = [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
-    if not rows:
-        raise OptlabError(f"study {study!r} has no runs in {store}")
-    chart = _heatmap_chart(rows, study, x, y, metric)
-    _save(chart, out)
-    out.with_name(out.name + ".sql").write_text(sql + ";\n")
-    return out, len(rows)
+
+
+def save(figure: Figure, out: Path) -> None:
+    _save(figure.chart, out)
+    out.with_name(out.name + ".sql").write_text(figure.sql + ";\n")
 
 
 def _pick_axes(axes: list[str], x: str | None, y: str | None) -> tuple[str, str]:

@@ -31,9 +31,9 @@ def _root(
 
 
 def _register() -> None:
-    from optlab.cli import plot, plugins, query, run, show, status
+    from optlab.cli import analyze, plot, plugins, query, run, show, status
 
-    for module in (run, show, status, query, plugins):
+    for module in (run, show, status, query, analyze, plugins):
         app.command(name=module.NAME, help=module.HELP)(module.command)
     app.add_typer(plot.app, name="plot")
 
