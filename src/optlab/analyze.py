@@ -307,7 +307,7 @@ def _slope_analysis(result: Result, runs: list[Run], rng, x_param: str, expected
                 hi = fit.get("ci_high") if fit.get("ci_high") is not None else fit.get(
                     "boot_ci_high")
                 fit[f"consistent_with_{name}"] = (None if lo is None or hi is None
-                                                  else bool(lo <= value <= hi))
+                                                  else bool(lo - 1e-9 <= value <= hi + 1e-9))
         fits.append(fit)
     result.tables["optima"] = points
     result.tables["fit"] = fits
