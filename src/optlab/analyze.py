@@ -571,7 +571,8 @@ def _sfo(con: Any, result: Result, axes: list[str], epsilon: float | None) -> Re
             for rid, seed, status, sfo, _, _, cfg in rows]
     minimum = {rid: mn for rid, _, _, _, _, mn, _ in rows}
     done = [r for r in runs if r.status == "done"]
-    leave_out(result, "not finished", [r for r in runs if r.status != "done"])
+    for status in sorted({r.status for r in runs} - {"done"}):
+        leave_out(result, status, [r for r in runs if r.status == status])
     from scipy import stats
 
     table = []

@@ -194,7 +194,8 @@ def scaling_figure(con: Any, study: str, axes: list[str], metric: str = "best_te
         pts = [r for r in rows if r["cell"] == cell and r["optimal_lr"]]
         if len(pts) >= 2 and len({p["batch_size"] for p in pts}) >= 2:
             lx = np.log([p["batch_size"] for p in pts])
-            slope, icpt = np.polyfit(lx, np.log([p["optimal_lr"] for p in pts]), 1)
+            ly = np.log([p["optimal_lr"] for p in pts])
+            slope, icpt = np.polyfit(lx, ly, 1) if np.ptp(ly) > 0 else (0.0, ly[0])
             fits.append(f"{cell}: slope {slope:.2f}")
             lines += [{"cell": cell, "batch_size": float(b), "fit": float(np.exp(icpt) * b ** slope)}
                       for b in (min(p["batch_size"] for p in pts),

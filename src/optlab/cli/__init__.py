@@ -31,9 +31,9 @@ def _root(
 
 
 def _register() -> None:
-    from optlab.cli import analyze, plot, plugins, query, run, show, status
+    from optlab.cli import analyze, export, plot, plugins, query, report, run, show, status
 
-    for module in (run, show, status, query, analyze, plugins):
+    for module in (run, show, status, query, analyze, report, export, plugins):
         app.command(name=module.NAME, help=module.HELP)(module.command)
     app.add_typer(plot.app, name="plot")
 
