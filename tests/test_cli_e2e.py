@@ -317,13 +317,19 @@ def test_a_third_party_plugin_is_discovered_and_runs(tmp_path):
         listed = optlab("plugins", "optimizer", cwd=tmp_path, check=True).stdout
         assert ("optimizer signsgd (optlab-example): signSGD: step along the sign of the "
                 "(momentum-averaged) gradient") in listed
+        assert "probe batch_loss (optlab-example): loss and accuracy on the probe batch" in \
+            optlab("plugins", "probe", cwd=tmp_path, check=True).stdout
         write_study(tmp_path)
         proc = optlab("run", "tiny.toml", "--set", 'optimizer={name="signsgd", lr=0.01}',
+                      "--set", 'probes=[{name="batch_loss", epochs=[0, 2], batch=16}]',
                       "--set", "block.0.grid={}", cwd=tmp_path, check=True)
         assert proc.stdout.splitlines()[-1].endswith(": 2 done")
         got = optlab("query", "select distinct optimizer from runs", "--format", "csv",
                      cwd=tmp_path).stdout
         assert got == "optimizer\nsignsgd\n"
+        probes = optlab("query", "select epoch, key, count(*) as n from probes group by all "
+                        "order by all", "--format", "csv", cwd=tmp_path).stdout
+        assert probes == "epoch,key,n\n0,accuracy,2\n0,loss,2\n2,accuracy,2\n2,loss,2\n"
     finally:
         subprocess.run([sys.executable, "-m", "pip", "uninstall", "-y", "-q", "optlab-example"],
                        capture_output=True)

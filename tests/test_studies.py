@@ -15,6 +15,8 @@ STANDIN = [
     "--set", 'dataset={name="synthetic", classes=4, shape=[3, 8, 8], train_size=48, '
              'test_size=16}',
     "--set", 'model={name="cnn", channels=[4]}',
+    # The studies' own probe schedules reach past one epoch; these run in every study.
+    "--set", 'probes=[{name="grad_norm", epochs=[0, 1]}, {name="full_grad_norm"}]',
 ]
 
 

@@ -1,4 +1,5 @@
-"""signSGD as an optlab optimizer plugin (no torch import at module level)."""
+"""An optlab plugin package: the signSGD optimizer and the batch_loss probe (no torch import
+at module level)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from optlab.builtins.probes import ProbeParams, check_schedule
 from optlab.plugin import Params, Plugin
 
 
@@ -24,3 +26,15 @@ def _build(params: SignSGDParams, *, model: Any, **_: Any):
 
 signsgd = Plugin("signSGD: step along the sign of the (momentum-averaged) gradient",
                  SignSGDParams, _build)
+
+
+def _build_probe(params: ProbeParams, **_: Any):
+    from optlab_example._probe import BatchLoss
+
+    return BatchLoss()
+
+
+# A probe takes the shared schedule keys (epochs / every / first_steps, batch, mode, augment)
+# by deriving its params from ProbeParams; check_schedule rejects epochs past the run's end.
+batch_loss = Plugin("loss and accuracy on the probe batch", ProbeParams, _build_probe,
+                    check=check_schedule)
