@@ -28,6 +28,8 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/warm_pool.py")
     session.run("python", "benchmarks/resnet18_throughput.py", "--images", "512")
     session.run("python", "benchmarks/augmentation.py")
+    session.run("python", "benchmarks/probe_cost.py")
+    session.run("python", "benchmarks/analysis_scale.py")
 
 
 @nox.session

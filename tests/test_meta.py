@@ -14,7 +14,8 @@ COMMANDS = sorted(get_command(app).commands)
 
 
 def test_the_commands_are_there():
-    assert COMMANDS == ["plot", "plugins", "query", "run", "show", "status"]
+    assert COMMANDS == ["analyze", "export", "plot", "plugins", "query", "report", "run", "show",
+                        "status"]
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -25,9 +26,10 @@ def test_every_command_has_help(cli, name):
 
 
 def test_store_option_on_every_command_that_reads_or_writes(cli):
-    for name in ("run", "show", "status", "query"):
+    for name in ("run", "show", "status", "query", "analyze", "report", "export"):
         assert "--store" in cli(name, "--help").stdout
-    assert "--store" in cli("plot", "heatmap", "--help").stdout
+    for chart in ("heatmap", "curves", "sensitivity", "scaling", "sfo", "probes"):
+        assert "--store" in cli("plot", chart, "--help").stdout
 
 
 NO_TORCH = """
@@ -50,6 +52,20 @@ def test_read_side_commands_do_not_import_torch(tmp_path, args):
     proc = subprocess.run([sys.executable, "-c", NO_TORCH.format(args=args)], cwd=tmp_path,
                           capture_output=True, text=True)
     assert proc.stdout.endswith("ok\n"), proc.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["analyze", "optimal"], ["analyze", "scaling"], ["report"], ["export", "--format", "seed001"],
+    ["plot", "curves"], ["plot", "sensitivity"], ["plot", "probes"],
+])
+def test_analysis_side_commands_do_not_import_torch(tmp_path, args):
+    from tests.synth import make_store
+    from tests.test_outputs import STUDY, acc, norms
+
+    make_store(tmp_path, STUDY, acc, grad_norm=norms)
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH.format(args=args)], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert proc.stdout.endswith("ok\n") and "Error" not in proc.stderr, proc.stderr
 
 
 def test_plugins_lists_distribution_description_and_typed_params(cli):

@@ -204,6 +204,22 @@ def _resamples(n_seeds: int, rng: np.random.Generator) -> np.ndarray:
     return rng.integers(0, n_seeds, size=(RESAMPLES, n_seeds))
 
 
+def _best_per_resample(m: np.ndarray, higher: bool, rng: np.random.Generator,
+                       idx: np.ndarray | None = None) -> np.ndarray:
+    """Index of the best column of the seed-mean, for each bootstrap resample of the seeds
+    (rows of ``m``); all resamples at once."""
+    idx = _resamples(m.shape[0], rng) if idx is None else idx
+    means = _nanmean3(m[idx])  # (resamples, values)
+    filled = np.where(np.isnan(means), -np.inf if higher else np.inf, means)
+    return np.argmax(filled, axis=1) if higher else np.argmin(filled, axis=1)
+
+
+def _nanmean3(m: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(m, axis=1)
+
+
 def optimum(runs: list[Run], param: str, higher: bool, rng: np.random.Generator
             ) -> dict[str, Any]:
     """The value of ``param`` with the best mean metric over seeds, and a 95% percentile
@@ -213,8 +229,7 @@ def optimum(runs: list[Run], param: str, higher: bool, rng: np.random.Generator
     row: dict[str, Any] = {"optimum": values[best], "metric_mean": float(_nanmean(m)[best]),
                            "seeds": len(seeds), "values_tried": len(values)}
     if len(seeds) > 1 and all(isinstance(v, int | float) for v in values):
-        picks = [values[_argbest(_nanmean(m[idx]), higher)]
-                 for idx in _resamples(len(seeds), rng)]
+        picks = np.asarray(values)[_best_per_resample(m, higher, rng)]
         lo, hi = np.percentile(picks, [2.5, 97.5], method="inverted_cdf")
         row.update(ci_low=float(lo), ci_high=float(hi))
     else:
@@ -327,11 +342,13 @@ def _bootstrap_slope(members: list[Run], x_param: str, xs: list[Any], higher: bo
         for i, s in enumerate(present):
             full[seeds.index(s)] = m[i]
         mats.append((values, full))
-    lx = np.log(xs)
-    slopes = []
-    for idx in _resamples(len(seeds), rng):
-        ly = np.log([vals[_argbest(_nanmean(m[idx]), higher)] for vals, m in mats])
-        slopes.append(np.polyfit(lx, ly, 1)[0] if np.ptp(ly) > 0 else 0.0)
+    idx = _resamples(len(seeds), rng)  # the same seed resamples for every x
+    ly = np.log(np.stack([np.asarray(vals)[_best_per_resample(m, higher, rng, idx)]
+                          for vals, m in mats], axis=1))  # (resamples, xs)
+    lx = np.log(np.asarray(xs, dtype=float))
+    centred = lx - lx.mean()
+    slopes = (ly - ly.mean(axis=1, keepdims=True)) @ centred / (centred @ centred)
+    slopes = np.where(np.ptp(ly, axis=1) > 0, slopes, 0.0)
     lo, hi = np.percentile(slopes, [2.5, 97.5])
     return {"boot_ci_low": float(lo), "boot_ci_high": float(hi)}
 
@@ -406,10 +423,8 @@ def _warmup(result: Result, runs: list[Run], axes: list[str], rng, _param: Any) 
 
 def _verdict(name: str, claim: str, test: str, stat: float | None, p: float | None, n: int,
              note: str = "") -> dict[str, Any]:
-    if p is None or (isinstance(p, float) and math.isnan(p)):
-        supported = None
-    else:
-        supported = bool(p < ALPHA)
+    untested = p is None or (isinstance(p, float) and math.isnan(p))
+    supported = None if untested else bool(p < ALPHA)
     return {"hypothesis": name, "claim": claim, "test": test, "statistic": stat, "p": p,
             "n": n, "supported": supported, "note": note}
 

@@ -197,9 +197,9 @@ def scaling_figure(con: Any, study: str, axes: list[str], metric: str = "best_te
             ly = np.log([p["optimal_lr"] for p in pts])
             slope, icpt = np.polyfit(lx, ly, 1) if np.ptp(ly) > 0 else (0.0, ly[0])
             fits.append(f"{cell}: slope {slope:.2f}")
-            lines += [{"cell": cell, "batch_size": float(b), "fit": float(np.exp(icpt) * b ** slope)}
-                      for b in (min(p["batch_size"] for p in pts),
-                                max(p["batch_size"] for p in pts))]
+            ends = (min(p["batch_size"] for p in pts), max(p["batch_size"] for p in pts))
+            lines += [{"cell": cell, "batch_size": float(b),
+                       "fit": float(np.exp(icpt) * b ** slope)} for b in ends]
     log = alt.Scale(type="log")
     points = alt.Chart(alt.Data(values=_jsonable(rows))).mark_point(filled=True, size=60).encode(
         x=alt.X("batch_size:Q", scale=log, title=BATCH),

@@ -11,8 +11,8 @@ from typing import Any
 
 import duckdb
 
-from optlab.errors import OptlabError
 from optlab import views
+from optlab.errors import OptlabError
 from optlab.store import reading
 
 FORMATS = ("table", "csv", "json", "markdown")

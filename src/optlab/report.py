@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +177,7 @@ def build_report(store: Path, study: str | None, out: Path | None,
     """Write the report; returns (path, charts, analyses)."""
     import html
     import json
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     import vl_convert as vlc
 
@@ -218,7 +219,7 @@ def build_report(store: Path, study: str | None, out: Path | None,
               for b, n, s, sv in blocks]
     body = [f"<h1>{html.escape(study)}</h1>",
             f"<p class='muted'>{html.escape(info[0] or '')} - generated "
-            f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC from {html.escape(str(store))}</p>",
+            f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC from {html.escape(str(store))}</p>",
             f"<p>{html.escape(info[1] or '')}</p>",
             "<h2>Matrix</h2>", _html_table(matrix),
             "<h2>Status</h2>", _html_table([{k: v for k, v in status.counts.items()}])]

@@ -115,12 +115,13 @@ def create(con: Any, temp: bool = False) -> None:
 
 def ensure_readable(con: Any) -> None:
     """Give a read-only connection the views if its store predates them."""
+    import contextlib
+
     import duckdb
 
     have = con.execute("select count(*) from duckdb_views() where view_name = 'cell_summary'"
                        ).fetchone()[0]
     if not have:
-        try:
+        # Not an optlab store: its own SQL errors will say so.
+        with contextlib.suppress(duckdb.Error):
             create(con, temp=True)
-        except duckdb.Error:  # not an optlab store: its own SQL errors will say so
-            pass
