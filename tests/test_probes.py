@@ -220,3 +220,30 @@ def test_probes_do_not_change_training_and_stay_out_of_seconds_and_sfo():
     assert probes == [("top_eigenvalue", 0, 0), ("grad_norm", 1, 1), ("grad_norm", 1, 2),
                       ("grad_norm", 1, 3), ("hessian_trace", 1, 4), ("hessian_trace", 2, 8),
                       ("top_eigenvalue", 2, 8)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_probes_on_cuda_with_amp_and_channels_last_do_not_change_training():
+    base = config(model={"name": "cnn", "channels": [8]}, epochs=2, precision="amp",
+                  augmentation={"name": "flip_crop", "pad": 1, "flip": True},
+                  dataset={"name": "synthetic", "classes": 3, "shape": [3, 8, 8],
+                           "train_size": 64, "test_size": 32, "noise": 1.0, "seed": 0})
+    probed = dict(base, probes=[{"name": "hessian_trace", "vectors": 2, "augment": True},
+                                {"name": "grad_noise_scale", "batch": 32, "micro_batch": 8},
+                                {"name": "grad_norm", "first_steps": 2}])
+
+    def go(cfg):
+        events = []
+        train({"run_id": "r", "seed": 3, "config": cfg}, events.append,
+              DataCache(default_registry(), torch.device("cuda")))
+        return events
+
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    plain, with_probes = go(base), go(probed)
+    keys = ("train_loss", "test_loss", "test_acc", "sfo")
+    # cuBLAS may still sum in another order from run to run: equal to float tolerance.
+    assert [[e[k] for k in keys] for e in with_probes if e["type"] == "epoch"] == [
+        pytest.approx([e[k] for k in keys], rel=1e-4) for e in plain if e["type"] == "epoch"]
+    values = [v for e in with_probes if e["type"] == "probe" for v in e["values"].values()]
+    assert values and all(math.isfinite(v) for v in values)
