@@ -54,7 +54,8 @@ def _default_color(axes: list[str], exclude: list[str]) -> str | None:
 
 
 def _color_sql(color: str | None) -> str:
-    return f'r."{config_column(color)}"::varchar' if color else "'all'"
+    """The colour of a run's line: an axis' value, or its block when no axis is left."""
+    return f'r."{config_column(color)}"::varchar' if color else "r.block"
 
 
 def _line_band(rows: list[dict[str, Any]], x: str, y: str, title: str, *, log_x: bool = False,
@@ -64,7 +65,7 @@ def _line_band(rows: list[dict[str, Any]], x: str, y: str, title: str, *, log_x:
     scale = alt.Scale(type="log") if log_x else alt.Scale(zero=False)
     enc_x = alt.X("x:Q", title=x, scale=scale)
     base = alt.Chart(alt.Data(values=_jsonable(rows))).encode(
-        x=enc_x, color=alt.Color("color:N", title=color or "", sort=_color_order(rows)),
+        x=enc_x, color=alt.Color("color:N", title=color or "block", sort=_color_order(rows)),
         detail="cell:N")
     band = base.mark_area(opacity=0.2).encode(y=alt.Y("low:Q", title=y_title or y,
                                                       scale=alt.Scale(zero=False)),
