@@ -167,10 +167,34 @@ set = { optimizer = { name = "adamw", lr = 0.001 } }
     rule = out["tables"]["rule"][0]
     assert rule["slope"] > 0 and rule["rule"].startswith("optimal_warmup = ")
     hyp = {h["hypothesis"]: h for h in out["tables"]["hypotheses"]}
-    assert all(hyp[h]["supported"] is True for h in ("H1", "H2", "H4")), hyp
-    # H3 compares datasets by name; both blocks here use "synthetic", so it cannot be tested.
-    assert hyp["H3"]["supported"] is None and hyp["H3"]["note"].startswith("not testable")
-    assert all(0 <= hyp[h]["p"] < 0.05 for h in ("H1", "H2", "H4"))
+    assert all(hyp[h]["supported"] is True for h in ("H1", "H2", "H3", "H4")), hyp
+    assert all(0 <= hyp[h]["p"] < 0.05 for h in ("H1", "H2", "H3", "H4"))
+    # The second dataset (5 classes) has the same pattern; H3 names the pair it compared.
+    assert hyp["H3"]["note"].startswith("dataset.classes=10, optimizer=sgd vs "
+                                        "dataset.classes=5, optimizer=sgd: r=1")
+
+
+def test_warmup_hypotheses_that_the_data_refute_or_cannot_test(cli, tmp_path):
+    text = HEAD.format(name="flat") + """
+lr_schedule = { name = "cosine" }
+[[block]]
+name = "sgd"
+[block.grid]
+"dataset.examples_per_class" = [5000, 1000, 500, 100, 50]
+"lr_schedule.warmup_epochs" = [0, 1, 5, 10, 20]
+"""
+    # Warmup helps most at the smallest regime: H1 and H2 are refuted, H3 and H4 untestable.
+    best = {5000: 1, 1000: 1, 500: 1, 100: 5, 50: 20}
+
+    def acc(c, s):
+        w, r = c["lr_schedule"]["warmup_epochs"], c["dataset"]["examples_per_class"]
+        return 0.8 - 0.001 * (w - best[r]) ** 2 + 0.0005 * s
+
+    make_store(tmp_path, text, acc)
+    hyp = {h["hypothesis"]: h for h in analyze(cli, "warmup")["tables"]["hypotheses"]}
+    assert hyp["H1"]["supported"] is False and hyp["H2"]["supported"] is False
+    assert hyp["H3"]["supported"] is None and hyp["H4"]["supported"] is None
+    assert hyp["H4"]["note"].startswith("not testable: needs AdamW and SGD")
 
 
 def test_sfo_counts_samples_to_reach_epsilon_per_schedule(cli, tmp_path):

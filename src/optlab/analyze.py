@@ -377,7 +377,11 @@ def _warmup(result: Result, runs: list[Run], axes: list[str], rng, _param: Any) 
     per_seed_points: list[tuple[float, float]] = []
     benefits: dict[str, list[tuple[int, float]]] = {}  # group -> (regime, benefit) per seed
     sensitivity: dict[str, dict[int, float]] = {}
-    for label, members in groups(usable(runs, result), [WARMUP, REGIME]).items():
+    kept = usable(runs, result)
+    missing = [r for r in kept if r.get(REGIME) is None or r.get(WARMUP) is None]
+    leave_out(result, f"no {REGIME} or {WARMUP} in its config", missing)
+    kept = [r for r in kept if r not in missing]
+    for label, members in groups(kept, [WARMUP, REGIME]).items():
         regimes = sorted({r.get(REGIME) for r in members})
         best_w = []
         profile: dict[tuple[int, Any], float] = {}
@@ -470,15 +474,17 @@ def _h3(profiles: dict[str, tuple[Run, dict]]) -> dict[str, Any]:
             "the first dataset's, per other dataset with the same optimizer, one-sided; the "
             "largest p")
     by_optimizer: dict[str, list[tuple[str, dict]]] = {}
-    for run, profile in profiles.values():
+    for label, (run, profile) in profiles.items():
         by_optimizer.setdefault(str(run.get("optimizer")), []).append(
-            (str(run.get("dataset")), profile))
+            (label, profile))
     results = []
     for entries in by_optimizer.values():
         (ref_name, ref), *others = entries
+        if len({_dataset_key(profiles[n][0]) for n, _ in entries}) < 2:
+            continue
         ref_regimes = sorted({k[0] for k in ref})
         for name, prof in others:
-            if name == ref_name:
+            if _dataset_key(profiles[name][0]) == _dataset_key(profiles[ref_name][0]):
                 continue
             # Datasets may use other regime sizes: pair regimes by rank, warmups by value.
             regimes = sorted({k[0] for k in prof})
@@ -497,6 +503,13 @@ def _h3(profiles: dict[str, tuple[Run, dict]]) -> dict[str, Any]:
     return _verdict("H3", H3, test, worst[1], worst[2], sum(x[3] for x in results), note)
 
 
+def _dataset_key(run: Run) -> str:
+    """What makes a dataset another dataset: its table, less the regime."""
+    return json.dumps({k: v for k, v in run.config.items()
+                       if (k == "dataset" or k.startswith("dataset.")) and k != REGIME},
+                      sort_keys=True, default=str)
+
+
 def _h4(sensitivity: dict[str, dict[int, float]], profiles: dict[str, tuple[Run, dict]]
         ) -> dict[str, Any]:
     from scipy import stats
@@ -508,7 +521,7 @@ def _h4(sensitivity: dict[str, dict[int, float]], profiles: dict[str, tuple[Run,
     for la, ra in runs.items():
         for lb, rb in runs.items():
             if (ra.get("optimizer"), rb.get("optimizer")) == ("adamw", "sgd") and \
-                    ra.get("dataset") == rb.get("dataset"):
+                    _dataset_key(ra) == _dataset_key(rb):
                 common = sorted(set(sensitivity[la]) & set(sensitivity[lb]))
                 pairs += [(sensitivity[la][g], sensitivity[lb][g]) for g in common]
     if len(pairs) < 2:
