@@ -247,3 +247,16 @@ def test_probes_on_cuda_with_amp_and_channels_last_do_not_change_training():
         pytest.approx([e[k] for k in keys], rel=1e-4) for e in plain if e["type"] == "epoch"]
     values = [v for e in with_probes if e["type"] == "probe" for v in e["values"].values()]
     assert values and all(math.isfinite(v) for v in values)
+
+
+def test_a_non_finite_probe_value_travels_as_null_and_is_stored_as_null(tmp_path):
+    from optlab import store as st
+    from optlab.events import decode, encode
+
+    line = encode({"type": "probe", "run_id": "r", "epoch": 1, "step": 4,
+                   "probe": "hessian_trace", "values": {"global": float("nan")}})
+    assert "NaN" not in line
+    with st.writing(tmp_path / "s.duckdb") as con:
+        st.ensure_schema(con)
+        st.apply_events(con, [decode(line)])
+        assert con.execute("select key, value from probes").fetchall() == [("global", None)]

@@ -36,9 +36,11 @@ EPOCH_FIELDS = (
 
 
 def _clean(value: Any) -> Any:
-    # JSON has no NaN/inf; a diverged loss is reported as null.
+    # JSON has no NaN/inf; a diverged loss (or probe value) is reported as null.
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
     return value
 
 
