@@ -348,7 +348,7 @@ def _bootstrap_slope(members: list[Run], x_param: str, xs: list[Any], higher: bo
     lx = np.log(np.asarray(xs, dtype=float))
     centred = lx - lx.mean()
     slopes = (ly - ly.mean(axis=1, keepdims=True)) @ centred / (centred @ centred)
-    slopes = np.where(np.ptp(ly, axis=1) > 0, slopes, 0.0)
+    slopes = np.round(np.where(np.ptp(ly, axis=1) > 0, slopes, 0.0), 12)  # no 1e-17 noise
     lo, hi = np.percentile(slopes, [2.5, 97.5])
     return {"boot_ci_low": float(lo), "boot_ci_high": float(hi)}
 
