@@ -167,18 +167,7 @@ class _Expander:
                 raise self.fail(slot, f"needs a table with a name, such as {slot} = "
                                       f"{{ name = \"...\" }}; registered: "
                                       f"{', '.join(self.registry.names(kind))}")
-            params = {k: v for k, v in table.items() if k != "name"}
-            try:
-                plugin = self.registry.get(kind, table["name"])
-            except ConfigError as e:
-                raise self.fail(f"{slot}.name", str(e)) from None
-            try:
-                model = plugin.params.model_validate(params)
-            except ValidationError as e:
-                raise ConfigError(f"{self.prefix}: " + describe_validation_error(
-                    e, plugin.params, prefix=f"{slot}.")
-                    .replace("unknown key; allowed:", f"unknown key; {table['name']} takes:")
-                ) from None
+            plugin, model = self.validate(kind, slot, table)
             resolved[slot] = {"name": table["name"], **model.model_dump(mode="json")}
             models[slot] = (plugin, model, table["name"])
         settings = {k: v for k, v in cfg.items() if k not in PLUGIN_SLOTS and k != PROBES_KEY}
@@ -193,6 +182,21 @@ class _Expander:
         self.check(models, resolved["epochs"], probes)
         return dict(sorted(resolved.items()))
 
+    def validate(self, kind: str, key: str, table: dict[str, Any]) -> tuple[Any, Any]:
+        """The plugin a table names and its validated params; errors name ``key``."""
+        try:
+            plugin = self.registry.get(kind, table["name"])
+        except ConfigError as e:
+            raise self.fail(f"{key}.name", str(e)) from None
+        try:
+            return plugin, plugin.params.model_validate(
+                {k: v for k, v in table.items() if k != "name"})
+        except ValidationError as e:
+            raise ConfigError(f"{self.prefix}: " + describe_validation_error(
+                e, plugin.params, prefix=f"{key}.")
+                .replace("unknown key; allowed:", f"unknown key; {table['name']} takes:")
+            ) from None
+
     def resolve_probes(self, tables: Any) -> list[tuple[dict[str, Any], Any]]:
         if tables is None:
             return []
@@ -206,18 +210,7 @@ class _Expander:
             if not isinstance(table, dict) or not isinstance(table.get("name"), str):
                 raise self.fail(key, f"needs a table with a name, such as {example}; "
                                      f"registered: {', '.join(self.registry.names('probe'))}")
-            try:
-                plugin = self.registry.get("probe", table["name"])
-            except ConfigError as e:
-                raise self.fail(f"{key}.name", str(e)) from None
-            try:
-                params = plugin.params.model_validate(
-                    {k: v for k, v in table.items() if k != "name"})
-            except ValidationError as e:
-                raise ConfigError(f"{self.prefix}: " + describe_validation_error(
-                    e, plugin.params, prefix=f"{key}.")
-                    .replace("unknown key; allowed:", f"unknown key; {table['name']} takes:")
-                ) from None
+            plugin, params = self.validate("probe", key, table)
             out.append(({"name": table["name"], **params.model_dump(mode="json")},
                         (plugin, params)))
         return out
