@@ -29,7 +29,7 @@ import numpy as np
 
 from optlab import paths, views
 from optlab.errors import OptlabError
-from optlab.plot import _reduce_sql, parse_metric, study_axes
+from optlab.plot import parse_metric, reduce_sql, study_axes
 from optlab.store import reading
 
 ANALYSES = ("optimal", "lr-wd", "scaling", "warmup", "sfo", "ranking")
@@ -94,7 +94,7 @@ def load(con: Any, study: str, metric: str) -> list[Run]:
     reducer, column = parse_metric(metric)
     rows = con.execute(
         f"""select r.run_id, r.seed, r.status, any_value(r.config),
-                   {_reduce_sql(reducer, column)} as value
+                   {reduce_sql(reducer, column)} as value
             from runs r left join epochs e using (run_id)
             where r.study = ? group by r.run_id, r.seed, r.status""", [study]).fetchall()
     return [Run(run_id, seed, status, _flat_config(config),
@@ -194,10 +194,11 @@ def _argbest(mean: np.ndarray, higher: bool) -> int:
     return int(np.argmax(filled) if higher else np.argmin(filled))
 
 
-def _nanmean(m: np.ndarray) -> np.ndarray:
+def _nanmean(m: np.ndarray, axis: int = 0) -> np.ndarray:
+    """Mean over seeds ignoring missing runs; an all-missing column stays NaN, silently."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(m, axis=0)
+        return np.nanmean(m, axis=axis)
 
 
 def _resamples(n_seeds: int, rng: np.random.Generator) -> np.ndarray:
@@ -209,15 +210,11 @@ def _best_per_resample(m: np.ndarray, higher: bool, rng: np.random.Generator,
     """Index of the best column of the seed-mean, for each bootstrap resample of the seeds
     (rows of ``m``); all resamples at once."""
     idx = _resamples(m.shape[0], rng) if idx is None else idx
-    means = _nanmean3(m[idx])  # (resamples, values)
+    means = _nanmean(m[idx], axis=1)  # (resamples, values)
     filled = np.where(np.isnan(means), -np.inf if higher else np.inf, means)
     return np.argmax(filled, axis=1) if higher else np.argmin(filled, axis=1)
 
 
-def _nanmean3(m: np.ndarray) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(m, axis=1)
 
 
 def optimum(runs: list[Run], param: str, higher: bool, rng: np.random.Generator

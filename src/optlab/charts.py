@@ -13,7 +13,7 @@ from typing import Any
 
 from optlab.errors import OptlabError
 from optlab.events import EPOCH_FIELDS
-from optlab.plot import Figure, _fetch, _reduce_sql, parse_metric
+from optlab.plot import Figure, fetch_rows, parse_metric, reduce_sql
 from optlab.store import config_column
 
 X_CHOICES = ("epoch", "step", "samples", "seconds")
@@ -120,7 +120,7 @@ def curves_figure(con: Any, study: str, axes: list[str], metric: str = "test_acc
         raise OptlabError(f"--x {x!r}: use one of {', '.join(X_CHOICES)}")
     color = _axis(axes, color, "--color") if color else _default_color(axes, [])
     sql = curves_sql(study, axes, metric, x, color)
-    rows = _fetch(con, sql)
+    rows = fetch_rows(con, sql)
     if not rows:
         raise OptlabError(f"study {study!r} has no epochs with {metric} yet")
     chart = _line_band(rows, x, metric, f"{study}: {metric} against {x} (mean, band = seed "
@@ -135,7 +135,7 @@ def sensitivity_sql(study: str, axes: list[str], metric: str, color: str | None)
     shown = [LR] + ([color] if color else [])
     return f"""with per_run as (
   select r.run_id, {_color_sql(color)} as color, {_cell_expr(axes, shown)} as cell,
-         r."{config_column(LR)}" as lr, {_reduce_sql(reducer, column)} as value
+         r."{config_column(LR)}" as lr, {reduce_sql(reducer, column)} as value
   from runs r join epochs e using (run_id)
   where r.study = '{_q(study)}' and r.status = 'done'
   group by all)
@@ -150,7 +150,7 @@ def sensitivity_figure(con: Any, study: str, axes: list[str], metric: str = "fin
     _axis(axes, LR, "sensitivity")
     color = _axis(axes, color, "--color") if color else _default_color(axes, [LR])
     sql = sensitivity_sql(study, axes, metric, color)
-    rows = _fetch(con, sql)
+    rows = fetch_rows(con, sql)
     if not rows:
         raise OptlabError(f"study {study!r} has no finished runs yet")
     chart = _line_band(rows, LR, metric, f"{study}: {metric} against learning rate (mean, band "
@@ -165,7 +165,7 @@ def scaling_sql(study: str, axes: list[str], metric: str) -> str:
     better = "arg_max" if column.endswith("_acc") else "arg_min"
     return f"""with per_run as (
   select {_cell_expr(axes, [LR, BATCH])} as cell, r."{config_column(BATCH)}" as batch_size,
-         r."{config_column(LR)}" as lr, {_reduce_sql(reducer, column)} as value
+         r."{config_column(LR)}" as lr, {reduce_sql(reducer, column)} as value
   from runs r join epochs e using (run_id)
   where r.study = '{_q(study)}' and r.status = 'done'
   group by all),
@@ -187,7 +187,7 @@ def scaling_figure(con: Any, study: str, axes: list[str], metric: str = "best_te
             raise OptlabError(f"scaling: needs the study to vary {LR} and {BATCH}; study "
                               f"{study!r} varies {', '.join(axes) or 'nothing'}")
     sql = scaling_sql(study, axes, metric)
-    rows = _fetch(con, sql)
+    rows = fetch_rows(con, sql)
     if not rows:
         raise OptlabError(f"study {study!r} has no finished runs yet")
     fits, lines = [], []
@@ -235,7 +235,7 @@ def sfo_figure(con: Any, study: str, axes: list[str], epsilon: float | None) -> 
                           "number)")
     _require_probe(con, study, "full_grad_norm")
     sql = sfo_sql(study, axes, epsilon)
-    rows = _fetch(con, sql)
+    rows = fetch_rows(con, sql)
     for r in rows:
         r["label"] = f"{r['reached']}/{r['runs']} reached"
     base = alt.Chart(alt.Data(values=_jsonable(rows))).encode(
@@ -295,7 +295,7 @@ def probes_figure(con: Any, study: str, axes: list[str], probe: str | None,
         raise OptlabError(f"--key {key!r}: probe {probe} has no such key; it has {shown}")
     color = _axis(axes, color, "--color") if color else _default_color(axes, [])
     sql = probes_sql(study, axes, probe, key, x, color)
-    rows = _fetch(con, sql)
+    rows = fetch_rows(con, sql)
     chart = _line_band(rows, x, probe, f"{study}: {probe} [{key}] against {x} (mean, band = "
                        "seed range)", color=color, y_title=f"{probe} {key}")
     return Figure("probes", chart, sql, len(rows))

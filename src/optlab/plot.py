@@ -34,7 +34,7 @@ def parse_metric(metric: str) -> tuple[str, str]:
     return reducer, column
 
 
-def _reduce_sql(reducer: str, column: str) -> str:
+def reduce_sql(reducer: str, column: str) -> str:
     if reducer == "best":
         reducer = "max" if column.endswith("_acc") else "min"
     if reducer == "final":
@@ -63,7 +63,7 @@ def heatmap_sql(study: str, x: str, y: str, metric: str) -> str:
     quoted = study.replace("'", "''")
     return f"""with per_run as (
   select r.run_id, r.status, r."{xc}" as x, r."{yc}" as y,
-         {_reduce_sql(reducer, column)} as value
+         {reduce_sql(reducer, column)} as value
   from runs r left join epochs e using (run_id)
   where r.study = '{quoted}'
   group by all
@@ -87,7 +87,7 @@ class Figure:
     rows: int
 
 
-def _fetch(con: Any, sql: str) -> list[dict[str, Any]]:
+def fetch_rows(con: Any, sql: str) -> list[dict[str, Any]]:
     cur = con.execute(sql)
     cols = [d[0] for d in cur.description]
     return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
@@ -97,7 +97,7 @@ def heatmap_figure(con: Any, study: str, axes: list[str], x: str | None, y: str 
                    metric: str) -> Figure:
     x, y = _pick_axes(axes, x, y)
     sql = heatmap_sql(study, x, y, metric)
-    rows = _fetch(con, sql)
+    rows = fetch_rows(con, sql)
     if not rows:
         raise OptlabError(f"study {study!r} has no runs")
     return Figure("heatmap", _heatmap_chart(rows, study, x, y, metric), sql, len(rows))
