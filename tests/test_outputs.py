@@ -116,6 +116,8 @@ def test_report_is_one_self_contained_file_with_the_matrix_status_and_analyses(c
     assert "(6 charts, 3 analyses)" in result.stdout
     page = (tmp_path / "r.html").read_text()
     assert "<h2>Matrix</h2>" in page and "<h2>Status</h2>" in page
+    assert ("<td>optimizer.lr = 0.01, 0.1, 1; batch_schedule.batch_size = 32, 128</td>"
+            in page)
     for analysis in ("optimal", "scaling", "sfo"):
         assert f"<h3>{analysis}" in page
     assert "<h3>lr-wd" not in page and "<h3>ranking" not in page
@@ -171,6 +173,13 @@ def test_export_csv_and_parquet_hold_the_studys_runs_epochs_and_probes(cli, stor
         assert con.execute(f"select count(*) from '{folder}/epochs.{fmt}'").fetchone()[0] == 36
         assert con.execute(f"select count(distinct run_id) from '{folder}/probes.{fmt}'"
                            ).fetchone()[0] == 12
+
+
+def test_export_defaults_to_a_folder_named_after_the_study(cli, store, tmp_path):
+    result = cli("export")
+    assert result.stdout == "grid: 3 files written in grid_export (csv)\n"
+    assert sorted(p.name for p in (tmp_path / "grid_export").iterdir()) == [
+        "epochs.csv", "probes.csv", "runs.csv"]
 
 
 def test_export_seed001_layout(cli, store, tmp_path):

@@ -251,14 +251,14 @@ def sfo_figure(con: Any, study: str, axes: list[str], epsilon: float | None) -> 
     return Figure("sfo", chart, sql, len(rows))
 
 
-def _probe_names(con: Any, study: str) -> list[str]:
+def probe_names(con: Any, study: str) -> list[str]:
     return [n for (n,) in con.execute(
         "select distinct p.probe from probes p join memberships m using (run_id) "
         "where m.study = ? order by 1", [study]).fetchall()]
 
 
 def _require_probe(con: Any, study: str, probe: str) -> list[str]:
-    names = _probe_names(con, study)
+    names = probe_names(con, study)
     if probe not in names:
         raise OptlabError(f"probe {probe!r}: study {study!r} has no values of it; it has "
                           f"{', '.join(names) or 'no probe values'}")
@@ -281,7 +281,7 @@ group by all order by color, cell, x"""
 
 def probes_figure(con: Any, study: str, axes: list[str], probe: str | None,
                   key: str = "global", x: str = "epoch", color: str | None = None) -> Figure:
-    names = _require_probe(con, study, probe) if probe else _probe_names(con, study)
+    names = _require_probe(con, study, probe) if probe else probe_names(con, study)
     if not names:
         raise OptlabError(f"study {study!r} has no probe values; add probes to its runs")
     probe = probe or names[0]

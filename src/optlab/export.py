@@ -31,13 +31,15 @@ def _q(text: str) -> str:
     return text.replace("'", "''")
 
 
-def export(store: Path, study: str | None, folder: Path, fmt: str) -> tuple[str, list[Path]]:
-    """Write the files; returns (study, paths written)."""
+def export(store: Path, study: str | None, folder: Path | None, fmt: str
+           ) -> tuple[str, Path, list[Path]]:
+    """Write the files (default folder: STUDY_export); returns (study, folder, paths)."""
     if fmt not in FORMATS:
         raise OptlabError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
     with reading(store) as con:
         views.ensure_readable(con)
         study, axes = study_axes(con, study)
+        folder = folder or Path(f"{study}_export")
         _prepare(folder)
         try:
             if fmt in ("csv", "parquet"):
@@ -48,7 +50,7 @@ def export(store: Path, study: str | None, folder: Path, fmt: str) -> tuple[str,
                 files = _seed004(con, study, axes, folder)
         except OSError as e:
             raise OptlabError(f"export: cannot write in {folder}: {e.strerror or e}") from None
-    return study, files
+    return study, folder, files
 
 
 def _prepare(folder: Path) -> None:

@@ -181,7 +181,7 @@ def build_report(store: Path, study: str | None, out: Path | None,
 
     import vl_convert as vlc
 
-    from optlab import views
+    from optlab import charts, views
     from optlab.analyze import run_analysis
     from optlab.errors import OptlabError
     from optlab.plot import study_axes
@@ -198,9 +198,7 @@ def build_report(store: Path, study: str | None, out: Path | None,
         blocks = con.execute(
             "select block, count(*), count(distinct seed), list(distinct seed order by seed) "
             "from runs where study = ? group by block order by min(position)", [study]).fetchall()
-        probe_names = [n for (n,) in con.execute(
-            "select distinct p.probe from probes p join memberships m using (run_id) "
-            "where m.study = ? order by 1", [study]).fetchall()]
+        probe_names = charts.probe_names(con, study)
         optimizers = con.execute("select count(distinct optimizer) from runs where study = ?",
                                  [study]).fetchone()[0]
         eps_note = ""
@@ -214,8 +212,7 @@ def build_report(store: Path, study: str | None, out: Path | None,
     block_axes = json.loads(info[2] or "{}")
     matrix = [{"block": b, "runs": n, "seeds": s, "seed values": ", ".join(map(str, sv)),
                "axes": "; ".join(f"{a} = {', '.join(_cell(v) for v in vals)}"
-                                 for a, vals in _axis_values(store, study, b,
-                                                             block_axes.get(b, [])))}
+                                 for a, vals in block_axes.get(b, {}).items())}
               for b, n, s, sv in blocks]
     body = [f"<h1>{html.escape(study)}</h1>",
             f"<p class='muted'>{html.escape(info[0] or '')} - generated "
@@ -262,20 +259,3 @@ def build_report(store: Path, study: str | None, out: Path | None,
         raise OptlabError(f"--out {out}: cannot write: {e.strerror or e}") from None
     return out, len(figures), len(names)
 
-
-def _axis_values(store: Path, study: str, block: str, axes: list[str]
-                 ) -> list[tuple[str, list[Any]]]:
-    import json
-
-    from optlab.store import reading
-
-    with reading(store) as con:
-        rows = [json.loads(a) for (a,) in con.execute(
-            "select distinct axes from runs where study = ? and block = ?", [study, block]
-        ).fetchall()]
-    out = []
-    for axis in axes:
-        values = {json.dumps(r.get(axis), sort_keys=True) for r in rows}
-        out.append((axis, sorted((json.loads(v) for v in values), key=lambda v: (
-            0, v) if isinstance(v, int | float) else (1, str(v)))))
-    return out

@@ -27,16 +27,5 @@ def command(
 
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
-    name, files = export(store, study, to, fmt) if to else _default(store, study, fmt)
-    folder = to or Path(f"{name}_export")
+    name, folder, files = export(store, study, to, fmt)
     out.print(f"{name}: {len(files)} files written in {folder} ({fmt})")
-
-
-def _default(store: Path, study: str | None, fmt: str):
-    from optlab.export import export
-    from optlab.plot import study_axes
-    from optlab.store import reading
-
-    with reading(store) as con:
-        name, _ = study_axes(con, study)
-    return export(store, name, Path(f"{name}_export"), fmt)
