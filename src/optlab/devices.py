@@ -35,7 +35,11 @@ class Slot:
 def visible_gpus() -> list[str]:
     """The GPU ids a worker may be given, in order."""
     if "OPTLAB_GPU_COUNT" in os.environ:
-        return [str(i) for i in range(int(os.environ["OPTLAB_GPU_COUNT"]))]
+        given = os.environ["OPTLAB_GPU_COUNT"].strip()
+        if not given.isdigit():
+            raise UsageError(f"OPTLAB_GPU_COUNT={given!r} in the environment: not a GPU count; "
+                             "give a whole number (0 for none) or unset it")
+        return [str(i) for i in range(int(given))]
     parent = os.environ.get("CUDA_VISIBLE_DEVICES")
     if parent is not None:
         return [g.strip() for g in parent.split(",") if g.strip()]

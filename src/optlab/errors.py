@@ -19,3 +19,11 @@ class ConfigError(OptlabError):
 
 class StoreError(OptlabError):
     """The store cannot be opened, read or written."""
+
+
+class StoreBusy(StoreError):
+    """Another process holds the store file."""
+
+
+class StoreFull(StoreError):
+    """The disk under the store (or the journals, or the checkpoints) is full."""

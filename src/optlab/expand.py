@@ -13,6 +13,8 @@ import copy
 import hashlib
 import itertools
 import json
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +24,7 @@ from optlab import paths
 from optlab.errors import ConfigError
 from optlab.registry import Registry, default_registry
 from optlab.study import (
+    NOT_IDENTITY,
     PLUGIN_SLOTS,
     PROBES_KEY,
     RUN_DEFAULTS,
@@ -58,14 +61,36 @@ class BlockPlan:
 
 
 def run_id_for(config: dict[str, Any], seed: int) -> str:
-    canonical = json.dumps({"config": config, "seed": seed}, sort_keys=True,
+    """A hash of what the run computes: its resolved config (less how it is kept) and seed."""
+    identity = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
+    canonical = json.dumps({"config": identity, "seed": seed}, sort_keys=True,
                            separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-def expand(study: Study, registry: Registry | None = None) -> list[BlockPlan]:
-    """All blocks with their runs; a run already produced by an earlier block is kept there."""
+MAX_RUNS = 100_000  # a larger study is refused unless the user raises the limit
+
+
+def max_runs_default() -> int:
+    given = os.environ.get("OPTLAB_MAX_RUNS", "").strip()
+    return int(given) if given.isdigit() else MAX_RUNS
+
+
+def expand(study: Study, registry: Registry | None = None,
+           max_runs: int | None = None) -> list[BlockPlan]:
+    """All blocks with their runs; a run already produced by an earlier block is kept there.
+    A study that could expand to more than ``max_runs`` runs is refused before any is made."""
     registry = registry or default_registry()
+    limit = max_runs if max_runs is not None else max_runs_default()
+    bound = 0
+    for index, block in enumerate(study.blocks):
+        groups, _ = _Expander(study, block, index, registry).axis_groups()
+        seeds = seed_list(block.seeds) if block.seeds is not None else study.seeds
+        bound += math.prod(len(g) for g in groups) * len(seeds)
+    if bound > limit:
+        raise ConfigError(f"{study.file}: the study expands to up to {bound:,} runs, more than "
+                          f"the limit of {limit:,}; check its axes, or raise the limit with "
+                          "--max-runs (or OPTLAB_MAX_RUNS)")
     seen: set[str] = set()
     plans = []
     for index, block in enumerate(study.blocks):
@@ -92,11 +117,33 @@ class _Expander:
     def start_config(self) -> dict[str, Any]:
         cfg = copy.deepcopy(RUN_DEFAULTS)
         for key, value in self.study.base.items():
-            paths.assign(cfg, key, value)
+            self.assign(cfg, key, value, f"base.{key}")
+        self.check_shape(cfg, "base")
         for key, value in self.block.set.items():
             self.check_path(f"set.{key}", key, cfg, {})
-            paths.assign(cfg, key, value)
+            self.assign(cfg, key, value, f"set.{key}")
+        self.check_shape(cfg, "set")
         return cfg
+
+    def assign(self, cfg: dict[str, Any], path: str, value: Any, key: str) -> None:
+        try:
+            paths.assign(cfg, path, value)
+        except KeyError:
+            raise self.fail(key, f"{path.rsplit('.', 1)[0]} is a single value, not a table"
+                            ) from None
+
+    def check_shape(self, cfg: dict[str, Any], where: str) -> None:
+        """Plugin slots hold tables whose name is a string; probes is a list of tables."""
+        for slot in PLUGIN_SLOTS:
+            table = cfg.get(slot)
+            if table is None:
+                continue
+            if not isinstance(table, dict):
+                raise self.fail(f"{where}.{slot}", f"needs a table such as {slot} = "
+                                f"{{ name = \"...\" }} (given {table!r})")
+            if "name" in table and not isinstance(table["name"], str):
+                raise self.fail(f"{where}.{slot}.name", f"a plugin name is a string "
+                                f"(given {table['name']!r})")
 
     # ---- axes --------------------------------------------------------------------------
     def axis_groups(self) -> tuple[list[list[dict[str, Any]]], dict[str, list[Any]]]:
@@ -152,9 +199,10 @@ class _Expander:
 
     def _possible_plugins(self, slot: str, cfg: dict[str, Any],
                           axes: dict[str, list[Any]]) -> set[str]:
-        names = {cfg.get(slot, {}).get("name")}
-        names |= set(axes.get(f"{slot}.name", []))
-        names |= {v.get("name") for v in axes.get(slot, []) if isinstance(v, dict)}
+        table = cfg.get(slot)
+        names = [table.get("name")] if isinstance(table, dict) else []
+        names += list(axes.get(f"{slot}.name", []))
+        names += [v.get("name") for v in axes.get(slot, []) if isinstance(v, dict)]
         return {n for n in names if isinstance(n, str)}
 
     # ---- one run -------------------------------------------------------------------------
@@ -163,7 +211,7 @@ class _Expander:
         models: dict[str, Any] = {}
         for slot, kind in PLUGIN_SLOTS.items():
             table = cfg.get(slot)
-            if not isinstance(table, dict) or "name" not in table:
+            if not isinstance(table, dict) or not isinstance(table.get("name"), str):
                 raise self.fail(slot, f"needs a table with a name, such as {slot} = "
                                       f"{{ name = \"...\" }}; registered: "
                                       f"{', '.join(self.registry.names(kind))}")
@@ -189,13 +237,16 @@ class _Expander:
         except ConfigError as e:
             raise self.fail(f"{key}.name", str(e)) from None
         try:
-            return plugin, plugin.params.model_validate(
+            params = plugin.params.model_validate(
                 {k: v for k, v in table.items() if k != "name"})
+            # What the worker will validate is the JSON form: it must pass there too.
+            plugin.params.model_validate(params.model_dump(mode="json"))
         except ValidationError as e:
             raise ConfigError(f"{self.prefix}: " + describe_validation_error(
                 e, plugin.params, prefix=f"{key}.")
                 .replace("unknown key; allowed:", f"unknown key; {table['name']} takes:")
             ) from None
+        return plugin, params
 
     def resolve_probes(self, tables: Any) -> list[tuple[dict[str, Any], Any]]:
         if tables is None:
@@ -296,13 +347,13 @@ def _expand_block(study: Study, block: Block, index: int, registry: Registry,
             combo = {k: v for part in parts for k, v in part.items()}
             cfg = copy.deepcopy(base)
             for path, value in _name_first(combo):
-                paths.assign(cfg, path, value)
+                ex.assign(cfg, path, value, f"axis {path}")
             if block.include and not any(_matches(cfg, c) for c in block.include):
                 continue
             if any(_matches(cfg, c) for c in block.exclude):
                 continue
             for path, value in _name_first(study.overrides):
-                paths.assign(cfg, path, value)
+                ex.assign(cfg, path, value, f"--set {path}")
             config = ex.resolve(cfg)
             run_id = run_id_for(config, seed)
             if run_id in seen:

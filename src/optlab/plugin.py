@@ -18,9 +18,10 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Params(BaseModel):
-    """Base for plugin parameter models: unknown keys are errors, values are frozen."""
+    """Base for plugin parameter models: unknown keys are errors, values are frozen, and
+    floats are finite (a study's values travel as JSON, which has no inf or nan)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class NoParams(Params):

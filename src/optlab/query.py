@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,51 @@ from optlab.store import reading
 FORMATS = ("table", "csv", "json", "markdown")
 
 
+# PRAGMAs that only read (the others change settings, some of which write files).
+READ_PRAGMAS = ("table_info", "show_tables", "show_tables_expanded", "show", "database_size",
+                "database_list", "version", "platform", "storage_info", "functions",
+                "collations", "metadata_info", "user_agent")
+_WHY = {
+    "COPY": "COPY ... TO writes a file (export with `optlab export` or --out instead)",
+    "EXPORT": "EXPORT DATABASE writes files (use `optlab export`)",
+    "LOAD": "INSTALL and LOAD fetch and load extensions",
+    "ATTACH": "ATTACH can create a database file",
+    "SET": "SET changes settings (some of which write files)",
+}
+_EXPLAIN = re.compile(r"^\s*explain\s+(?:analy[sz]e\s+)?", re.IGNORECASE)
+_PRAGMA = re.compile(r"^\s*pragma\s+(\w+)", re.IGNORECASE)
+
+
+def check_reads_only(sql: str) -> None:
+    """Refuse, before anything runs, every statement that could write anything anywhere:
+    only SELECT (with DESCRIBE, SHOW, SUMMARIZE), EXPLAIN of those, and reading PRAGMAs run."""
+    try:
+        statements = duckdb.extract_statements(sql)
+    except duckdb.Error as e:
+        raise OptlabError(f"SQL: {one_line(str(e))}") from None
+    if not statements:
+        raise OptlabError("SQL: nothing to run; give a statement, such as "
+                          "select * from runs limit 5")
+    for statement in statements:
+        kind = statement.type.name
+        text = statement.query
+        if kind == "EXPLAIN":  # EXPLAIN ANALYZE runs what it explains
+            check_reads_only(_EXPLAIN.sub("", text, count=1))
+            continue
+        if kind == "SELECT":
+            continue
+        if kind == "PRAGMA":
+            m = _PRAGMA.match(text)
+            if m and m.group(1).lower() in READ_PRAGMAS:
+                continue
+        why = _WHY.get(kind, "it would change the store or write elsewhere")
+        first = " ".join(text.split())[:60]
+        raise OptlabError(f"SQL: {first!r} refused: optlab query only reads (SELECT, DESCRIBE, "
+                          f"SHOW, SUMMARIZE, EXPLAIN, PRAGMA table_info); {why}")
+
+
 def run_sql(store: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    check_reads_only(sql)
     with reading(store) as con:
         views.ensure_readable(con)
         try:

@@ -97,6 +97,9 @@ class Registry:
         return list(self._entry_points(kind))
 
     def get(self, kind: str, name: str) -> Plugin:
+        if not isinstance(name, str):
+            raise ConfigError(f"a {kind} name is a string (given {name!r}); registered: "
+                              f"{', '.join(self.names(kind))}")
         if (kind, name) in self._loaded:
             return self._loaded[(kind, name)]
         if name not in self.names(kind):
@@ -104,7 +107,14 @@ class Registry:
         if self._explicit is not None:
             plugin = self._explicit[kind][name]
         else:
-            plugin = self._entry_points(kind)[name].load()
+            ep = self._entry_points(kind)[name]
+            try:
+                plugin = ep.load()
+            except Exception as e:  # a broken third-party package: say which, in one line
+                dist = ep.dist.name if ep.dist is not None else "?"
+                first = (str(e).strip().splitlines() or [""])[0]
+                raise ConfigError(f"{kind} plugin {name!r} ({dist}, {ep.value}) cannot be "
+                                  f"loaded: {type(e).__name__}: {first}") from None
             if not isinstance(plugin, Plugin):
                 raise ConfigError(f"{kind} plugin {name!r} is not an optlab.plugin.Plugin")
         self._loaded[(kind, name)] = plugin

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import datetime
 import functools
+import os
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -39,8 +42,43 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+def traceback_dir() -> Path:
+    return Path(os.environ.get("OPTLAB_TRACEBACKS") or Path(tempfile.gettempdir())
+                / "optlab-tracebacks")
+
+
+def save_traceback(exc: BaseException) -> Path | None:
+    """Write the traceback of an unexpected error to a file; its path, or None if even that
+    cannot be written."""
+    folder = traceback_dir()
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = folder / f"{stamp}-{os.getpid()}.txt"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        text = "".join(traceback.format_exception(exc))
+        path.write_text(f"optlab {' '.join(sys.argv[1:])}\n\n{text}")
+    except OSError:
+        return None
+    return path
+
+
+def _from_cli_library(exc: BaseException) -> bool:
+    """typer/click's own exceptions (Exit, Abort, usage errors) pass through."""
+    return type(exc).__module__.split(".")[0] in ("typer", "click")
+
+
+def _store_damage(exc: BaseException) -> str | None:
+    """A DuckDB error from reading a damaged store, as one line."""
+    if not type(exc).__module__.startswith("duckdb") or not isinstance(exc, Exception):
+        return None
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return (f"the store could not be read ({first}); if it is damaged, `optlab rebuild` "
+            "makes a new one from the run journals")
+
+
 def handles_errors(func: F) -> F:
-    """Library errors become one line and an exit code; --debug shows the traceback."""
+    """Library errors become one line and an exit code; an unexpected error becomes one line
+    and a saved traceback (exit 1); --debug shows the traceback instead; Ctrl-C exits 130."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -50,5 +88,21 @@ def handles_errors(func: F) -> F:
             if STATE.debug:
                 traceback.print_exc(file=sys.stderr)
             raise fail(str(e), e.exit_code) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+        except Exception as e:
+            if _from_cli_library(e):
+                raise
+            if STATE.debug:
+                traceback.print_exc(file=sys.stderr)
+                raise typer.Exit(1) from None
+            damage = _store_damage(e)
+            if damage is not None:
+                raise fail(damage) from None
+            saved = save_traceback(e)
+            where = f"traceback saved to {saved}" if saved else "the traceback could not be saved"
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise fail(f"unexpected {type(e).__name__}: {first} ({where}; --debug shows it); "
+                       "please report it") from None
 
     return wrapper  # type: ignore[return-value]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from optlab.cli.common import handles_errors, out
-from optlab.errors import UsageError
+from optlab.cli.common import err, handles_errors, out
+from optlab.errors import ConfigError, UsageError
 
 NAME = "plugins"
 HELP = "List registered plugins: name, kind, distribution, description and parameters."
@@ -22,10 +22,19 @@ def command(
     registry = default_registry()
     if kind is not None and kind not in GROUPS:
         raise UsageError(unknown_name_message("plugin kind", kind, list(GROUPS)))
+    broken: list[str] = []
     for k in [kind] if kind else list(GROUPS):
         for name in registry.names(k):
-            info = registry.describe(k, name)
+            try:
+                info = registry.describe(k, name)
+            except ConfigError as e:
+                broken.append(str(e))
+                continue
             out.print(f"{k} [bold]{name}[/bold] ({info.distribution}): "
                       f"{info.plugin.description}")
             for pname, ptype, default in info.param_rows():
                 out.print(f"    {pname}: {ptype} = {default}", markup=False)
+    if broken:
+        for message in broken[1:]:
+            err.print(f"Error: {message}", markup=False)
+        raise ConfigError(broken[0])

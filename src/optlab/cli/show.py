@@ -20,6 +20,9 @@ def command(
                                  show_default=False),
     sets: list[str] = typer.Option([], "--set", help="Override a key: KEY=VALUE (repeatable)."),
     fmt: str = typer.Option("text", "--format", help="text, or json: one object per run."),
+    max_runs: int = typer.Option(None, "--max-runs", envvar="OPTLAB_MAX_RUNS",
+                                 help="Refuse a study that expands to more runs than this "
+                                      "(default 100,000).", show_default=False),
     store: Path = StoreOption,
 ) -> None:
     from optlab.expand import all_runs, expand
@@ -28,7 +31,7 @@ def command(
     if fmt not in ("text", "json"):
         raise UsageError(f"--format {fmt!r}: use text or json")
     spec = load_study(study, sets)
-    plans = expand(spec)
+    plans = expand(spec, max_runs=max_runs)
     states = _states(store, [r.run_id for r in all_runs(plans)])
     if fmt == "json":
         for run in all_runs(plans):
@@ -63,7 +66,7 @@ def _states(store: Path, run_ids: list[str]) -> dict[str, str]:
         return {}
     from optlab import store as st
 
-    with st.reading(store) as con:
+    with st.reading(store, require_runs=False) as con:
         has = con.execute("select count(*) from information_schema.tables "
                           "where table_name = 'run_state'").fetchone()[0]
         return st.states(con, run_ids) if has else {}
