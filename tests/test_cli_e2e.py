@@ -124,7 +124,26 @@ def test_query_is_read_only_and_sql_errors_are_one_line(finished):
     proc = optlab("query", "drop table epochs", cwd=finished)
     assert proc.returncode == 1
     assert proc.stderr.startswith("Error: SQL: ") and proc.stderr.count("\n") == 1
-    assert "read-only" in proc.stderr
+    assert "refused: optlab query only reads" in proc.stderr
+    store = finished / "optlab.duckdb"
+    before = store.read_bytes()
+    writes = [f"copy (select 1 as a) to '{store}'", "copy epochs to 'out.csv'",
+              "export database 'dump'", "install httpfs", "load httpfs",
+              "attach 'other.duckdb' as o", "set threads = 1",
+              "explain analyze copy (select 1) to 'x.csv'", "create table t as select 1",
+              "insert into epochs select * from epochs", "select 1; drop table epochs"]
+    for sql in writes:
+        proc = optlab("query", sql, cwd=finished)
+        assert proc.returncode == 1, sql
+        assert "refused" in proc.stderr and proc.stderr.count("\n") == 1, (sql, proc.stderr)
+    assert store.read_bytes() == before
+    assert not any((finished / name).exists()
+                   for name in ("out.csv", "dump", "other.duckdb", "x.csv"))
+    for sql in ("", ";", "  ;  "):
+        proc = optlab("query", sql, cwd=finished)
+        assert proc.returncode == 1 and proc.stderr.startswith("Error: SQL: nothing to run"), sql
+    now = optlab("query", "select now() as t", "--format", "csv", cwd=finished, check=True)
+    assert now.stdout.startswith("t\n20")
     proc = optlab("query", "selec 1", cwd=finished)
     assert proc.stderr == ('Error: SQL: Parser Error: syntax error at or near "selec" '
                            "(LINE 1: selec 1)\n")

@@ -3,18 +3,19 @@
 It records the study, recovers what an earlier crash left, plans the runs still to do,
 drives the pool, writes events to the store in batches (holding the file only while it
 writes), keeps the live view, and ends with a summary.
+
+It never gives up on the store: the workers' journals hold every event, so while another
+process holds the file (a notebook, a long query) the coordinator warns and keeps trying,
+and if it must stop first (Ctrl-C again, a full disk) the next `optlab run` ingests them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import os
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,14 +24,16 @@ from rich.console import Console
 
 from optlab import store as st
 from optlab.devices import Slot
-from optlab.errors import StoreError
+from optlab.errors import StoreBusy, StoreFull
 from optlab.expand import BlockPlan, RunSpec, all_runs
+from optlab.liveness import WriterLock
 from optlab.plan import plan_runs
 from optlab.pool import LocalPool
 from optlab.study import Study
 from optlab.view import RunView, describe_axes
 
 FLUSH_SECONDS = 1.0
+BUSY_WARN_SECONDS = 30.0
 
 
 @dataclass
@@ -39,53 +42,55 @@ class Outcome:
     statuses: dict[str, str] = field(default_factory=dict)  # run_id -> final status
     errors: dict[str, str] = field(default_factory=dict)
     interrupted: bool = False
+    stopped: str | None = None  # why the study stopped early (a full disk)
+    unwritten: int = 0  # events left in the journals only (the store stayed busy or full)
     seconds: float = 0.0
 
 
-@contextlib.contextmanager
-def writer_lock(store: Path) -> Iterator[None]:
-    """One `optlab run` writes to a store at a time."""
-    lock_path = store.with_name(store.name + ".lock")
-    with open(lock_path, "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            f.seek(0)
-            pid = f.read().strip() or "?"
-            raise StoreError(f"{store}: another optlab run (pid {pid}) is writing to this store; "
-                             "wait for it or use another --store") from None
-        f.truncate(0)
-        f.write(str(os.getpid()))
-        f.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 class Coordinator:
-    def __init__(self, store: Path, specs: list[RunSpec], session_id: str, view: RunView):
-        self.store, self.session_id, self.view = store, session_id, view
+    def __init__(self, store: Path, specs: list[RunSpec], session_id: str, view: RunView,
+                 lock: WriterLock | None = None):
+        self.store, self.session_id, self.view, self.lock = store, session_id, view, lock
         self.specs = {s.run_id: s for s in specs}
         self.batch: list[dict[str, Any]] = []
         self.worker_of: dict[str, str] = {}
         self.outcome = Outcome(planned=len(specs))
+        self.request_stop = lambda: None  # set by execute: stops the pool
         self._lock = asyncio.Lock()
         self._best: dict[str, float] = {}
+        self._busy_since: float | None = None
+        self._busy_warned = 0.0
+        self.full = False  # the store's disk is full: stop writing, the journals keep it
 
     def sink(self, event: dict[str, Any]) -> None:
         kind, run_id = event["type"], event.get("run_id")
         spec = self.specs.get(run_id)
+        worker = self.worker_of.get(run_id)
         if kind == "assigned":
             self.worker_of[run_id] = event["worker"]
             self.view.worker_started_run(event["worker"], self.label(spec),
                                          spec.config["epochs"])
             return
+        if kind == "silent":
+            self.view.silent(event["worker"], event["seconds"])
+            if event["seconds"]:
+                self.view.note(f"worker {event['worker']} (run {run_id}) has been silent for "
+                               f"{event['seconds']:.0f} s")
+            return
         self.batch.append(event)
-        worker = self.worker_of.get(run_id)
         if kind == "epoch":
             self.view.epoch(worker, event["epoch"], event.get("test_acc"))
             self._best[run_id] = max(self._best.get(run_id, 0.0), event.get("test_acc") or 0.0)
+        elif kind in ("started", "resumed"):
+            for skipped in event.get("skipped") or []:
+                self.view.note(f"run {run_id}: checkpoint {skipped}; not used")
+            if kind == "resumed":
+                self.view.epoch(worker, event["epoch"], None)
+                self.view.note(f"resumed {self.label(spec)} from epoch {event['epoch']} "
+                               f"({event['checkpoint']})")
+        elif kind == "disk_full":
+            self.outcome.statuses[run_id] = "interrupted"
+            self.stop(f"disk full: {event.get('error')}")
         elif kind in ("finished", "failed", "diverged"):
             status = "done" if kind == "finished" else kind
             self.outcome.statuses[run_id] = status
@@ -94,6 +99,12 @@ class Coordinator:
             detail = (f"best test_acc {self._best.get(run_id, 0.0):.4f}" if status == "done"
                       else event.get("error", ""))
             self.view.run_ended(worker, self.label(spec), status, detail)
+
+    def stop(self, why: str) -> None:
+        if self.outcome.stopped is None:
+            self.outcome.stopped = why
+            self.view.note(f"Stopping: {why}")
+        self.request_stop()
 
     @staticmethod
     def label(spec: RunSpec | None) -> str:
@@ -106,20 +117,45 @@ class Coordinator:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), FLUSH_SECONDS)
+            if self.lock is not None:
+                self.lock.beat()
             await self.flush()
 
-    async def flush(self, ended: bool = False) -> None:
+    async def flush(self, ended: bool = False) -> bool:
+        """Write what has arrived; False (and the events kept) when the store is busy or the
+        disk is full."""
         async with self._lock:
             batch, self.batch = self.batch, []
             try:
                 await asyncio.to_thread(self._write, batch, ended)
-            except StoreError:
-                self.batch = batch + self.batch  # journals hold them too; try again later
-                if ended:
-                    raise
+            except StoreBusy:
+                self.batch = batch + self.batch
+                self._warn_busy()
+                return False
+            except StoreFull as e:
+                self.batch = batch + self.batch
+                self.full = True
+                self.stop(str(e))
+                return False
+            if self._busy_since is not None:
+                self.view.note(f"{self.store}: free again; "
+                               f"{len(batch)} events written")
+            self._busy_since = None
+            return True
+
+    def _warn_busy(self) -> None:
+        now = time.monotonic()
+        if self._busy_since is None:
+            self._busy_since = now
+        if now - self._busy_warned >= BUSY_WARN_SECONDS:
+            self._busy_warned = now
+            self.view.note(f"{self.store}: busy (another process holds it: a notebook or a long "
+                           f"query?) for {now - self._busy_since:.0f} s; training goes on, the "
+                           "events are safe in the run journals and are written when it is "
+                           "free")
 
     def _write(self, batch: list[dict[str, Any]], ended: bool) -> None:
-        with st.writing(self.store) as con:
+        with st.writing(self.store, timeout=0.5) as con:
             st.apply_events(con, batch)
             st.heartbeat(con, self.session_id, ended=ended)
 
@@ -130,11 +166,15 @@ class Prepared:
     states: dict[str, str]  # run_id -> state, for every run of the study
     recovered: dict[str, str]  # run_id -> state, for runs an earlier session left unfinished
     recovered_epochs: int
+    resume: dict[str, dict[str, Any]] = field(default_factory=dict)  # run_id -> task extras
 
 
-def prepare(store: Path, study: Study, plans: list[BlockPlan], retry_failed: bool) -> Prepared:
-    """Record the study, recover what an earlier crash left, and plan the runs to do."""
+def prepare(store: Path, study: Study, plans: list[BlockPlan], retry_failed: bool,
+            checkpoint_root: Path | None = None) -> Prepared:
+    """Record the study, recover what an earlier crash left, and plan the runs to do (with,
+    for each, its checkpoint folder, where it may resume and its thread count)."""
     runs = all_runs(plans)
+    root = checkpoint_root or st.checkpoints_dir(store)
     with st.writing(store) as con:
         st.ensure_schema(con)
         recovered = st.recover(con, store)
@@ -143,7 +183,17 @@ def prepare(store: Path, study: Study, plans: list[BlockPlan], retry_failed: boo
         found = st.states(con, recovered)
         (epochs,) = con.execute("select count(*) from epochs where run_id in "
                                 "(select unnest(?::varchar[]))", [recovered]).fetchone()
-    return Prepared(plan_runs(runs, states, retry_failed), states, found, int(epochs))
+        todo = plan_runs(runs, states, retry_failed)
+        points = st.resume_points(con, [r.run_id for r in todo])
+        dirs = {}
+        for run in todo:
+            recorded = points.get(run.run_id, {}).get("checkpoint_dir")
+            use = recorded if recorded and Path(recorded).is_dir() else str(root / run.run_id)
+            dirs[run.run_id] = use
+            points.setdefault(run.run_id, {})["checkpoint_dir"] = use
+        st.set_checkpoint_dirs(con, dirs)
+    st.save_study_record(store, study, plans)
+    return Prepared(todo, states, found, int(epochs), points)
 
 
 async def _drive(coord: Coordinator, pool: LocalPool, todo: list[RunSpec]) -> None:
@@ -156,36 +206,97 @@ async def _drive(coord: Coordinator, pool: LocalPool, todo: list[RunSpec]) -> No
         await asyncio.shield(flusher)
 
 
-def execute(store: Path, study: Study, todo: list[RunSpec], slots: list[Slot],
-            console: Console) -> Outcome:
-    """Run ``todo`` on a local pool; Ctrl-C stops the workers and leaves runs resumable."""
+async def _finish(coord: Coordinator, todo: list[RunSpec], give_up: asyncio.Event) -> None:
+    """Write what is left and mark unfinished runs interrupted, however long the store stays
+    busy; only a full disk, or the user (Ctrl-C twice more), ends the wait, and then the
+    journals keep the events for the next `optlab run`."""
+    ids = [s.run_id for s in todo]
+
+    def settle() -> dict[str, str]:
+        with st.writing(coord.store, timeout=0.5) as con:
+            recovered = st.recover(con, coord.store, ids)
+            return st.states(con, recovered)
+
+    while True:
+        if await coord.flush(ended=True):
+            try:
+                coord.outcome.statuses.update(await asyncio.to_thread(settle))
+                return
+            except StoreBusy:
+                coord._warn_busy()
+            except StoreFull as e:
+                coord.stop(str(e))
+                coord.full = True
+        if give_up.is_set() or coord.full:
+            coord.outcome.unwritten = len(coord.batch)
+            return
+        await _wait(give_up, FLUSH_SECONDS)
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
+    return event.is_set()
+
+
+def execute(store: Path, study: Study, prepared: Prepared, slots: list[Slot],
+            console: Console, lock: WriterLock | None = None,
+            stall_timeout: float = 600.0) -> Outcome:
+    """Run the planned runs on a local pool. Ctrl-C stops the workers and leaves the runs
+    resumable; more Ctrl-Cs are acknowledged, and a third gives up waiting for a busy store."""
+    todo = prepared.todo
     session_id = uuid.uuid4().hex[:12]
     with st.writing(store) as con:
         st.start_session(con, session_id, study.name, len(slots), len(todo))
+    if lock is not None:
+        lock.beat(session=session_id, study=study.name)
     started = time.monotonic()
     view = RunView(console, len(todo), [s.label for s in slots])
-    coord = Coordinator(store, todo, session_id, view)
-    pool = LocalPool(slots, store)
+    coord = Coordinator(store, todo, session_id, view, lock)
+
+    def extra(spec: RunSpec, slot: Slot) -> dict[str, Any]:
+        point = prepared.resume.get(spec.run_id, {})
+        return {"checkpoint_dir": point.get("checkpoint_dir"),
+                "resume_upto": point.get("resume_upto", 0),
+                "threads": point.get("threads") or slot.threads}
+
+    pool = LocalPool(slots, store, stall_timeout=stall_timeout, task_extra=extra)
 
     async def main() -> None:
-        task = asyncio.current_task()
         loop = asyncio.get_running_loop()
+        drive = asyncio.create_task(_drive(coord, pool, todo))
+        give_up = asyncio.Event()
+        signals = 0
+
+        def stop_pool() -> None:
+            pool.stopping = True
+            drive.cancel()
+
+        def on_signal() -> None:
+            nonlocal signals
+            signals += 1
+            if signals == 1:
+                coord.outcome.interrupted = True
+                view.note("Interrupted: stopping the workers; the runs stay resumable")
+                stop_pool()
+            elif signals >= 3:
+                give_up.set()
+            else:
+                view.note("Still stopping (writing what the workers reported); press Ctrl-C "
+                          "again to leave it in the journals for the next optlab run")
+
+        coord.request_stop = stop_pool
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
+            loop.add_signal_handler(sig, on_signal)
         try:
-            await _drive(coord, pool, todo)
-        except asyncio.CancelledError:
-            coord.outcome.interrupted = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await drive
+            await _finish(coord, todo, give_up)
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
-            await coord.flush(ended=True)
 
     with view:
         asyncio.run(main())
-    with st.writing(store) as con:
-        # Whatever the pipe did not deliver is in the journals; unfinished runs -> interrupted.
-        recovered = st.recover(con, store, [s.run_id for s in todo])
-        coord.outcome.statuses.update(st.states(con, recovered))
     coord.outcome.seconds = time.monotonic() - started
     return coord.outcome

@@ -16,14 +16,18 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from optlab import checkpoint as ckpt
 from optlab.plugin import TensorData
 from optlab.probing import Probes
 from optlab.registry import Registry, default_registry
+from optlab.study import WEIGHTS_AUTO_SECONDS
 
 Emit = Callable[[dict[str, Any]], None]
 EVAL_BATCH = 1024
@@ -96,11 +100,72 @@ def evaluate(model, x, y, autocast) -> tuple[float, float]:
     return loss.item() / len(x), correct.item() / len(x)
 
 
+@dataclass
+class Counters:
+    """Where a run is: what an epoch row reports and a checkpoint carries."""
+
+    epoch: int = 0
+    step: int = 0
+    samples: int = 0
+    lr: float = 0.0
+    elapsed: float = 0.0  # seconds of all attempts before this one
+
+
+class BestWeights:
+    """The weights at the best evaluated epoch (validation accuracy when the dataset has a
+    validation split, else test accuracy), kept on the CPU only when asked for."""
+
+    def __init__(self, wanted: bool):
+        self.wanted = wanted
+        self.value, self.epoch, self.weights = -math.inf, 0, None
+
+    def offer(self, model: torch.nn.Module, epoch: int, value: float | None) -> None:
+        if self.wanted and value is not None and math.isfinite(value) and value > self.value:
+            self.value, self.epoch, self.weights = value, epoch, cpu_state(model)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"value": self.value, "epoch": self.epoch, "weights": self.weights}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.value, self.epoch, self.weights = state["value"], state["epoch"], state["weights"]
+
+
+def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def rng_state(device: torch.device, gen: torch.Generator) -> dict[str, Any]:
+    state = {"cpu": torch.get_rng_state(), "data": gen.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def set_rng_state(state: dict[str, Any], device: torch.device, gen: torch.Generator) -> None:
+    torch.set_rng_state(state["cpu"])
+    gen.set_state(state["data"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def save_weights(folder: Path, which: str, weights: dict[str, torch.Tensor]) -> Path:
+    """A plain ``state_dict`` file: ``model.load_state_dict(torch.load(path))``."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(weights, buf)
+    path = folder / f"{which}.pt"
+    ckpt.write_atomic(path, buf.getvalue())
+    return path
+
+
 def train(task: dict[str, Any], emit: Emit, cache: DataCache,
-          registry: Registry | None = None) -> None:
+          registry: Registry | None = None, tick: Callable[[], None] | None = None) -> None:
     registry = registry or default_registry()
     config, seed, run_id = task["config"], task["seed"], task["run_id"]
     device = cache.device
+    tick = tick or (lambda: None)
+    attempt_start = time.monotonic()
 
     # ---- setup ------------------------------------------------------------------------
     data = cache.get(config["dataset"])
@@ -124,20 +189,51 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
     probes = Probes(config.get("probes", []), registry, model=model, optimizer=optimizer,
                     data=data, augment=augment, seed=seed, epochs=epochs, device=device,
                     channels_last=device.type == "cuda" and images)
-    emit({"type": "started", "run_id": run_id, "precision_used": used_precision})
+    folder = Path(task["checkpoint_dir"]) if task.get("checkpoint_dir") else None
+    policy = ckpt.Policy.from_config(config) if config.get("checkpoint") and folder else None
+    weights_mode = config.get("save_weights", "none")
+    best = BestWeights(weights_mode == "best")
+    run = Counters(lr=base_lrs[0])
+    shape = {"input_shape": list(data.input_shape), "num_classes": data.num_classes}
 
     def report(events: list[dict[str, Any]]) -> None:
         for ev in events:
             emit({**ev, "run_id": run_id})
 
-    if probes:
-        report(probes.at_epoch(0, 0)[0])
+    def elapsed() -> float:
+        return run.elapsed + time.monotonic() - attempt_start
+
+    # ---- resume from the last good checkpoint, or start ------------------------------
+    found = ckpt.latest(folder, run_id, task.get("resume_upto", 0)) if folder else None
+    if found is not None and found.state is not None:
+        state = found.state
+        if device.type == "cpu" and state["threads"] != torch.get_num_threads():
+            torch.set_num_threads(state["threads"])  # the run's own count, for exact rows
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scaler is not None and state["scaler"] is not None:
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"], device, gen)
+        probes.load_state_dict(state["probes"])
+        best.load_state_dict(state["best"])
+        run = Counters(state["epoch"], state["step"], state["samples"], state["lr"],
+                       state["elapsed"])
+        ckpt.clear(folder, keep_upto=run.epoch)
+        emit({"type": "resumed", "run_id": run_id, "epoch": run.epoch, "step": run.step,
+              "checkpoint": str(found.path), "skipped": found.skipped,
+              "precision_used": used_precision, "config": config, "seed": seed, **shape})
+    else:
+        if folder is not None:
+            ckpt.clear(folder)
+        emit({"type": "started", "run_id": run_id, "precision_used": used_precision,
+              "config": config, "seed": seed, "skipped": found.skipped if found else [],
+              **shape})
+        if probes:
+            report(probes.at_epoch(0, 0)[0])
 
     # ---- epochs -----------------------------------------------------------------------
     reference = config.get("lr_reference_batch") or min(int(batch_size_at(0)), n)
-    step = samples = 0
-    lr = base_lrs[0]
-    for epoch in range(epochs):
+    for epoch in range(run.epoch, epochs):
         bs = min(int(batch_size_at(epoch)), n)
         scale = lr_scale(config, bs, reference)
         steps = math.ceil(n / bs)  # the last partial batch is used and counted as its size
@@ -149,6 +245,7 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         probe_seconds = 0.0
+        step = run.step
         for i in range(steps):
             idx = order[i * bs:(i + 1) * bs]
             x, y = augment(data.x_train[idx], gen), data.y_train[idx]
@@ -171,19 +268,21 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
             # Accumulate on the device: no host synchronisation per step.
             loss_sum += loss.detach() * len(idx)
             correct += (out.argmax(1) == y).sum()
+            tick()
             if step + i < probes.max_step:  # every-step probes, for the first K steps
                 events, spent = probes.at_step(epoch + 1, step + i + 1)
                 report(events)
                 probe_seconds += spent
-        lr = base_lrs[0] * factor
-        step += steps
-        samples += n
+        run.lr = base_lrs[0] * factor
+        run.step += steps
+        run.samples += n
+        run.epoch = epoch + 1
         train_loss = loss_sum.item() / n  # the epoch's one read of the device
         seconds = time.perf_counter() - t0 - probe_seconds
 
         finite = math.isfinite(train_loss)
         if probes and finite:
-            events, spent = probes.at_epoch(epoch + 1, step)
+            events, spent = probes.at_epoch(epoch + 1, run.step)
             report(events)
             probe_seconds += spent
 
@@ -193,16 +292,47 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
             else nan
         val_loss, val_acc = (None, None) if data.x_val is None else (
             evaluate(model, data.x_val, data.y_val, autocast) if finite else nan)
+        tick()
         emit({
-            "type": "epoch", "run_id": run_id, "epoch": epoch + 1, "step": step,
-            "samples": samples, "sfo": samples, "epoch_lr": lr, "epoch_batch_size": bs,
-            "train_loss": train_loss, "train_acc": correct.item() / n,
+            "type": "epoch", "run_id": run_id, "epoch": run.epoch, "step": run.step,
+            "samples": run.samples, "sfo": run.samples, "epoch_lr": run.lr,
+            "epoch_batch_size": bs, "train_loss": train_loss, "train_acc": correct.item() / n,
             "test_loss": test_loss, "test_acc": test_acc,
             "seconds": seconds, "eval_seconds": time.perf_counter() - t1,
             "val_loss": val_loss, "val_acc": val_acc, "probe_seconds": probe_seconds,
         })
-        if not math.isfinite(train_loss):
-            emit({"type": "diverged", "run_id": run_id,
-                  "error": f"training loss became {train_loss} in epoch {epoch + 1}"})
+        if not finite:
+            emit({"type": "diverged", "run_id": run_id, "elapsed": elapsed(),
+                  "error": f"training loss became {train_loss} in epoch {run.epoch}"})
+            if folder is not None:
+                ckpt.clear(folder)
             return
-    emit({"type": "finished", "run_id": run_id})
+        best.offer(model, run.epoch, val_acc if data.x_val is not None else test_acc)
+
+        # ---- checkpoint ---------------------------------------------------------------
+        if policy is not None and policy.due(run.epoch):
+            c0 = time.perf_counter()
+            path, size = policy.save(folder, run.epoch, {
+                "format": ckpt.FORMAT, "run_id": run_id, "epoch": run.epoch,
+                "step": run.step, "samples": run.samples, "lr": run.lr, "elapsed": elapsed(),
+                "threads": torch.get_num_threads(), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None,
+                "rng": rng_state(device, gen), "probes": probes.state_dict(),
+                "best": best.state_dict()})
+            emit({"type": "checkpoint", "run_id": run_id, "epoch": run.epoch,
+                  "path": str(path), "bytes": size, "seconds": time.perf_counter() - c0})
+
+    # ---- the end: weights, then the checkpoints go ------------------------------------
+    kept = None
+    if folder is not None:
+        if weights_mode == "best" and best.weights is not None:
+            kept = save_weights(folder, "best", best.weights)
+        elif weights_mode == "final" or (weights_mode == "auto"
+                                         and elapsed() >= WEIGHTS_AUTO_SECONDS):
+            kept = save_weights(folder, "final", cpu_state(model))
+    emit({"type": "finished", "run_id": run_id, "elapsed": elapsed(),
+          "weights": str(kept) if kept else None,
+          "best_epoch": best.epoch if weights_mode == "best" else None})
+    if folder is not None:
+        ckpt.clear(folder)

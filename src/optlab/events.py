@@ -2,11 +2,23 @@
 
 Every event has ``type`` and ``run_id``. Types:
 
-- ``started``: ``provenance`` (versions, git sha, device, threads, environment seen).
+- ``started``: the run starts from scratch: ``provenance`` (versions, git sha, device,
+  threads, environment seen), ``config`` and ``seed`` (so a store can be rebuilt from the
+  journals alone), ``input_shape`` and ``num_classes`` (to rebuild the model for its weights).
+- ``resumed``: the run continues from the checkpoint at ``epoch`` (``checkpoint``, its file;
+  ``skipped``, newer files that could not be used and why), with what ``started`` carries.
 - ``epoch``: one row per finished epoch, with the fields in :data:`EPOCH_FIELDS`.
 - ``probe``: ``epoch``, ``step``, ``probe`` and ``values`` ({key: value}); epoch 0 is
   before training.
-- ``finished`` / ``failed`` / ``diverged``: terminal; the last two carry ``error``.
+- ``checkpoint``: a checkpoint was written after ``epoch`` (``path``, ``bytes``, ``seconds``).
+- ``finished`` / ``failed`` / ``diverged``: terminal; the last two carry ``error``;
+  ``finished`` carries ``weights`` (the saved file, or null) and ``elapsed`` (seconds over
+  all attempts).
+
+Sent to the pool only, never journaled: ``ready`` (a worker is up), ``heartbeat`` (every few
+seconds: ``progress`` counts steps, so a hung worker shows as one that makes none), and
+``disk_full`` (the worker could not write its journal or a checkpoint and exits; the run
+stays resumable). Events the pool makes itself carry ``origin = "pool"``.
 """
 
 from __future__ import annotations

@@ -28,9 +28,18 @@ Sink = Callable[[dict[str, Any]], None]
 LINE_LIMIT = 16 * 1024 * 1024
 
 
+TaskExtra = Callable[[RunSpec, Slot], dict[str, Any]]
+SILENT_AFTER = 15.0  # seconds without a word from a worker before it is reported
+CHECK_EVERY = 1.0
+
+
 class LocalPool:
-    def __init__(self, slots: list[Slot], store: Path, python: str = sys.executable):
+    def __init__(self, slots: list[Slot], store: Path, python: str = sys.executable,
+                 stall_timeout: float = 600.0, task_extra: TaskExtra | None = None):
         self.slots, self.store, self.python = slots, store, python
+        self.stall_timeout = stall_timeout
+        self.task_extra = task_extra or (lambda spec, slot: {})
+        self.stopping = False  # no new runs (the disk is full)
         self._procs: set[asyncio.subprocess.Process] = set()
 
     async def run(self, specs: list[RunSpec], sink: Sink) -> None:
@@ -58,12 +67,12 @@ class LocalPool:
 
     async def _slot_loop(self, slot: Slot, queue: deque[RunSpec], sink: Sink) -> None:
         proc: asyncio.subprocess.Process | None = None
-        while queue:
+        while queue and not self.stopping:
             spec = queue.popleft()
             if proc is None:
                 proc = await self._start(slot)
             task = {**spec.task(), "journal": str(journal_path(self.store, spec.run_id)),
-                    "log": str(log_path(self.store, spec.run_id))}
+                    "log": str(log_path(self.store, spec.run_id)), **self.task_extra(spec, slot)}
             sink({"type": "assigned", "run_id": spec.run_id, "worker": slot.label,
                   "time": time.time()})
             try:
@@ -71,34 +80,73 @@ class LocalPool:
                 await proc.stdin.drain()
             except (BrokenPipeError, ConnectionResetError):
                 pass  # it died between runs; read_events sees EOF and reports it
-            if not await self._pump(proc, sink):
-                code = await proc.wait()
-                self._procs.discard(proc)
-                sink({"type": "failed", "run_id": spec.run_id, "time": time.time(),
-                      "error": f"worker {slot.label} died ({_describe_exit(code)}) during the "
-                               f"run; see {self.worker_log(slot)} and the run's log"})
-                proc = None
+            ended = await self._pump(proc, sink, slot, spec.run_id)
+            if ended == "ended":
+                continue
+            if ended == "stalled":
+                _signal_group(proc, signal.SIGKILL)
+            code = await proc.wait()
+            self._procs.discard(proc)
+            proc = None
+            if ended == "disk_full":
+                self.stopping = True
+                continue
+            why = (f"worker {slot.label} stalled: no progress for {self.stall_timeout:.0f} s "
+                   "(stopped or hung), so it was killed" if ended == "stalled" else
+                   f"worker {slot.label} died ({_describe_exit(code)}) during the run")
+            _note_in_log(log_path(self.store, spec.run_id), why)
+            sink({"type": "failed", "run_id": spec.run_id, "time": time.time(),
+                  "origin": "pool", "error": f"{why}; see {self.worker_log(slot)} and the "
+                                             "run's log"})
         if proc is not None:
             proc.stdin.close()
             with contextlib.suppress(ProcessLookupError):
                 await proc.wait()
             self._procs.discard(proc)
 
-    async def _pump(self, proc: asyncio.subprocess.Process, sink: Sink) -> bool:
-        """Forward events until the run's terminal one (True) or the worker's end (False)."""
+    async def _pump(self, proc: asyncio.subprocess.Process, sink: Sink, slot: Slot,
+                    run_id: str) -> str:
+        """Forward events until the run's terminal one ("ended"), the worker's end ("died"),
+        a full disk ("disk_full"), or stall_timeout seconds without progress ("stalled")."""
+        heard = moved = time.monotonic()
+        progress, started, reported = None, False, False
         while True:
-            line = await proc.stdout.readline()
+            try:
+                line = await asyncio.wait_for(proc.stdout.readline(), CHECK_EVERY)
+            except TimeoutError:
+                now = time.monotonic()
+                if now - heard > SILENT_AFTER and not reported:
+                    reported = True
+                    sink({"type": "silent", "run_id": run_id, "worker": slot.label,
+                          "seconds": now - heard})
+                if now - heard > self.stall_timeout or (
+                        started and now - moved > self.stall_timeout):
+                    return "stalled"
+                continue
             if not line:
-                return False
+                return "died"
+            heard = time.monotonic()
+            if reported:
+                reported = False
+                sink({"type": "silent", "run_id": run_id, "worker": slot.label, "seconds": 0})
             try:
                 event = decode(line)
             except ValueError:
                 continue  # not an event: something wrote to the channel; ignore it
-            if event["type"] == "ready":
+            kind = event["type"]
+            if kind == "heartbeat":
+                if event.get("progress") != progress:
+                    progress, moved = event.get("progress"), heard
                 continue
+            if kind == "ready":
+                continue
+            moved = heard
+            started = started or kind in ("started", "resumed")
             sink(event)
-            if event["type"] in TERMINAL:
-                return True
+            if kind == "disk_full":
+                return "disk_full"
+            if kind in TERMINAL:
+                return "ended"
 
     async def stop(self, grace: float = 5.0) -> None:
         procs = [p for p in self._procs if p.returncode is None]
@@ -114,6 +162,12 @@ class LocalPool:
                 with contextlib.suppress(Exception):
                     await fut
         self._procs.clear()
+
+
+def _note_in_log(path: Path, why: str) -> None:
+    """A worker that dies without a word (a segfault, os._exit) leaves at least this."""
+    with contextlib.suppress(OSError), open(path, "a") as f:
+        f.write(f"\noptlab: {why}\n")
 
 
 def _signal_group(proc: asyncio.subprocess.Process, sig: int) -> None:

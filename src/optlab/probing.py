@@ -68,6 +68,22 @@ class Probes:
     def __bool__(self) -> bool:
         return bool(self.entries)
 
+    def state_dict(self) -> list[dict[str, Any]]:
+        """For checkpoints: each probe's generator and, when it has one, its own state (the
+        initial weights of ``distance_from_init``, say)."""
+        return [{"generator": e.generator.get_state(),
+                 "measure": e.measure.state_dict() if hasattr(e.measure, "state_dict") else None}
+                for e in self.entries]
+
+    def load_state_dict(self, state: list[dict[str, Any]]) -> None:
+        if len(state) != len(self.entries):
+            raise ValueError(f"the checkpoint has {len(state)} probes; the run has "
+                             f"{len(self.entries)}")
+        for entry, saved in zip(self.entries, state, strict=True):
+            entry.generator.set_state(saved["generator"])
+            if saved["measure"] is not None and hasattr(entry.measure, "load_state_dict"):
+                entry.measure.load_state_dict(saved["measure"])
+
     def at_epoch(self, epoch: int, step: int) -> tuple[list[dict[str, Any]], float]:
         """Probes due after ``epoch`` (0 = before training); (events, seconds spent)."""
         return self._run([e for e in self.entries if epoch in e.epochs], epoch, step)

@@ -1,16 +1,23 @@
-"""`optlab status`: per study, counts by state, progress and ETA, and the failed runs."""
+"""`optlab status`: per study, counts by state, progress and ETA, the failed runs, and where
+each unfinished run would resume.
+
+Whether a study is running comes from its writer's liveness (the lock file's pid, host and
+heartbeat; see :mod:`optlab.liveness`), never from the states a dead process left behind:
+runs still marked running by a writer that is gone are shown as interrupted.
+"""
 
 from __future__ import annotations
 
 import json
+import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from optlab.errors import OptlabError
+from optlab.liveness import LIVE_SECONDS, Writer, pid_alive, read_writer
 from optlab.store import STATES, reading
-
-LIVE_SECONDS = 30  # a session whose heartbeat is older than this is not running any more
 
 
 @dataclass
@@ -20,6 +27,8 @@ class StudyStatus:
     active_workers: int = 0
     eta_seconds: float | None = None
     problems: list[dict[str, Any]] = field(default_factory=list)
+    unfinished: list[dict[str, Any]] = field(default_factory=list)
+    gone: str | None = None  # the writer that left runs marked running, when it is gone
 
     @property
     def total(self) -> int:
@@ -31,6 +40,7 @@ class StudyStatus:
 
 
 def study_status(store: Path, study: str | None = None) -> list[StudyStatus]:
+    writer = read_writer(store)
     with reading(store) as con:
         names = [s for (s,) in con.execute("select study from studies order by study").fetchall()]
         if study is not None and study not in names:
@@ -38,32 +48,62 @@ def study_status(store: Path, study: str | None = None) -> list[StudyStatus]:
             raise OptlabError(f"no study {study!r} in {store}; studies: {listed}")
         out = []
         for name in [study] if study else names:
-            out.append(_one(con, name))
+            out.append(_one(con, name, writer))
     return out
 
 
-def _one(con: Any, name: str) -> StudyStatus:
+def _session_alive(session: tuple, writer: Writer | None, now: float) -> bool:
+    session_id, pid, host, heartbeat = session
+    if writer is not None and writer.session == session_id:
+        return writer.alive(now)
+    if host == socket.gethostname() and not pid_alive(pid):
+        return False
+    return heartbeat is not None and now - heartbeat < LIVE_SECONDS
+
+
+def _one(con: Any, name: str, writer: Writer | None) -> StudyStatus:
     counts = dict.fromkeys(STATES, 0)
     for status, n in con.execute("select status, count(*) from runs where study = ? "
                                  "group by status", [name]).fetchall():
         counts[status] = n
     result = StudyStatus(name, counts)
-    live = con.execute(
-        "select coalesce(sum(workers), 0) from sessions where study = ? and ended_at is null "
-        f"and heartbeat_at > now()::timestamp - interval {LIVE_SECONDS} second", [name]
-    ).fetchone()[0]
-    result.active_workers = int(live)
+    now = time.time()
+    sessions = con.execute(
+        "select session_id, pid, hostname, epoch(heartbeat_at), workers from sessions "
+        "where study = ? and ended_at is null order by started_at", [name]).fetchall()
+    live = [s for s in sessions if _session_alive(s[:4], writer, now)]
+    result.active_workers = sum(s[4] or 0 for s in live)
+    if counts["running"] and not live and sessions:
+        _, pid, host, heartbeat, _ = sessions[-1]
+        ago = f", last heartbeat {_ago(now - heartbeat)} ago" if heartbeat else ""
+        result.gone = f"pid {pid} on {host}{ago}"
+        counts["interrupted"] += counts["running"]
+        counts["running"] = 0
     if live:
         (mean,) = con.execute("select avg(wall_seconds) from runs where study = ? and "
                               "status = 'done'", [name]).fetchone()
         remaining = counts["pending"] + counts["running"] + counts["interrupted"]
         if mean is not None:
-            result.eta_seconds = mean * remaining / live
+            result.eta_seconds = mean * remaining / result.active_workers
     rows = con.execute(
-        "select run_id, status, seed, axes, error, log_path from runs where study = ? and "
-        "status in ('failed', 'diverged') order by position", [name]).fetchall()
-    for run_id, status, seed, axes, error, log in rows:
-        result.problems.append({"run_id": run_id, "status": status, "seed": seed,
-                                "axes": json.loads(axes or "{}"), "error": error or "",
-                                "log": log})
+        "select run_id, status, seed, axes, error, log_path, checkpoint_epoch, epochs, "
+        "(select count(*) from epochs e where e.run_id = r.run_id) from runs r "
+        "where study = ? and status in ('running', 'interrupted', 'failed', 'diverged') "
+        "order by position", [name]).fetchall()
+    for run_id, status, seed, axes, error, log, ckpt, epochs, done in rows:
+        if status == "running" and not live:
+            status = "interrupted"
+        run = {"run_id": run_id, "status": status, "seed": seed,
+               "axes": json.loads(axes or "{}"), "error": error or "", "log": log,
+               "resume_epoch": ckpt or 0, "epochs": epochs, "epochs_done": done}
+        (result.problems if status in ("failed", "diverged") else result.unfinished).append(run)
     return result
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h"

@@ -20,12 +20,12 @@ from typing import Any
 import duckdb
 
 from optlab import paths, views
-from optlab.errors import StoreError
+from optlab.errors import StoreBusy, StoreError, StoreFull
 from optlab.events import EPOCH_FIELDS, read_journal
 from optlab.study import PLUGIN_SLOTS
 
 STATES = ("pending", "running", "done", "failed", "diverged", "interrupted")
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 create table if not exists meta (key varchar primary key, value varchar);
@@ -55,6 +55,13 @@ create table if not exists sessions (
     started_at timestamp, heartbeat_at timestamp, ended_at timestamp, workers integer,
     planned integer);
 """
+# run_state columns of schema 2: checkpoints, weights, what the model needs to be rebuilt,
+# and the time of the last journaled event the store holds (for recovery).
+RUN_STATE_ADDED = (
+    ("checkpoint_dir", "varchar"), ("checkpoint_epoch", "integer"),
+    ("checkpoint_path", "varchar"), ("resumed_from", "integer"), ("weights_path", "varchar"),
+    ("input_shape", "json"), ("num_classes", "integer"), ("journal_time", "double"),
+)
 FIXED_RUN_COLUMNS = ("study", "block", "position", "axes")
 PROVENANCE_COLUMNS = ("optlab_version", "git_sha", "torch_version", "python_version", "device",
                       "threads", "hostname", "pid", "cuda_visible_devices", "worker")
@@ -68,6 +75,11 @@ def artefacts_dir(store: Path) -> Path:
     return store.with_name(store.stem + ".runs")
 
 
+def checkpoints_dir(store: Path) -> Path:
+    """Checkpoints and saved weights, by default: ``optlab.duckdb`` -> ``optlab.checkpoints/``."""
+    return store.with_name(store.stem + ".checkpoints")
+
+
 def journal_path(store: Path, run_id: str) -> Path:
     return artefacts_dir(store) / run_id / "events.jsonl"
 
@@ -78,28 +90,81 @@ def log_path(store: Path, run_id: str) -> Path:
 
 def _connect(path: Path, read_only: bool, timeout: float) -> duckdb.DuckDBPyConnection:
     deadline = time.monotonic() + timeout
+    # A reader never installs extensions (that would write under the user's home).
+    config = {"autoinstall_known_extensions": False} if read_only else {}
     while True:
         try:
-            return duckdb.connect(str(path), read_only=read_only)
+            con = duckdb.connect(str(path), read_only=read_only, config=config)
+            break
         except duckdb.IOException as e:
             msg = str(e)
             if "lock" in msg.lower() and time.monotonic() < deadline:
                 time.sleep(0.05)
                 continue
-            if "not a valid DuckDB database" in msg:
-                raise StoreError(f"{path}: not a DuckDB database; give another --store") from None
             if "lock" in msg.lower():
-                raise StoreError(f"{path}: busy (another process holds it); try again") from None
-            raise StoreError(f"{path}: cannot open store: {msg.splitlines()[0]}") from None
+                raise StoreBusy(f"{path}: busy (another process holds it); try again") from None
+            raise _opening_error(path, e) from None
+        except duckdb.Error as e:
+            raise _opening_error(path, e) from None
+        except OSError as e:
+            raise StoreError(f"{path}: cannot open the store: {e.strerror or e}") from None
+    try:
+        _identify(con, path)
+    except BaseException:
+        con.close()
+        raise
+    return con
+
+
+def _opening_error(path: Path, e: Exception) -> StoreError:
+    msg = str(e)
+    if "not a valid DuckDB database" in msg:
+        return StoreError(f"{path}: not a DuckDB database; give another --store")
+    if is_disk_full(msg):
+        return StoreFull(f"{path}: the disk is full ({_first_line(msg)})")
+    return StoreError(f"{path}: the store is damaged or unreadable ({_first_line(msg)}); "
+                      f"`optlab rebuild --store {path}` makes a new one from the run journals")
+
+
+def _first_line(msg: str) -> str:
+    return (msg.strip().splitlines() or [""])[0]
+
+
+def is_disk_full(message: str) -> bool:
+    lowered = message.lower()
+    return any(s in lowered for s in ("no space left", "disk quota", "file too large"))
+
+
+def _identify(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Refuse a DuckDB file that is not an optlab store, or one from a newer optlab."""
+    tables = {t for (t,) in con.execute(
+        "select table_name from information_schema.tables where table_schema = 'main' "
+        "and table_catalog = current_database()").fetchall()}
+    if not tables:
+        return  # a new, empty store
+    if "meta" not in tables or "run_state" not in tables:
+        shown = ", ".join(sorted(tables)[:5])
+        raise StoreError(f"{path}: not an optlab store (a DuckDB database with tables {shown}); "
+                         "give another --store")
+    row = con.execute("select value from meta where key = 'schema_version'").fetchone()
+    version = int(row[0]) if row and str(row[0]).isdigit() else 0
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{path}: made by a newer optlab (store schema {version}; this optlab "
+                         f"knows up to {SCHEMA_VERSION}); upgrade optlab to use it")
 
 
 @contextlib.contextmanager
-def reading(path: Path, timeout: float = 15.0) -> Iterator[duckdb.DuckDBPyConnection]:
+def reading(path: Path, timeout: float = 15.0, require_runs: bool = True
+            ) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-only connection; a user's SQL through it cannot change results."""
     if not path.exists():
         raise StoreError(f"{path}: no store here yet; run a study first (optlab run)")
     con = _connect(path, read_only=True, timeout=timeout)
     try:
+        has = con.execute("select count(*) from information_schema.tables where "
+                          "table_name = 'run_state'").fetchone()[0]
+        if require_runs and not has:
+            raise StoreError(f"{path}: the store is empty; run a study first (optlab run)")
         yield con
     finally:
         con.close()
@@ -113,9 +178,11 @@ def writing(path: Path, timeout: float = 60.0) -> Iterator[duckdb.DuckDBPyConnec
         con.execute("begin transaction")
         yield con
         con.execute("commit")
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(duckdb.Error):
             con.execute("rollback")
+        if isinstance(e, duckdb.Error) and is_disk_full(str(e)):
+            raise StoreFull(f"{path}: the disk is full ({_first_line(str(e))})") from None
         raise
     finally:
         con.close()
@@ -124,10 +191,19 @@ def writing(path: Path, timeout: float = 60.0) -> Iterator[duckdb.DuckDBPyConnec
 def check_store(path: Path) -> None:
     """Fail early (before anything is written) if ``path`` is not a usable store."""
     if path.exists():
-        with reading(path):
+        if path.is_dir():
+            raise StoreError(f"{path}: is a folder; --store names a file such as optlab.duckdb")
+        with _connect(path, read_only=True, timeout=15.0):
             pass
-    elif not path.parent.exists():
-        raise StoreError(f"{path}: folder {path.parent} does not exist")
+        if not os.access(path, os.W_OK):
+            raise StoreError(f"{path}: the store is read-only here; give another --store")
+    else:
+        parent = path.parent
+        if not parent.is_dir():
+            raise StoreError(f"{path}: folder {parent} does not exist")
+        if not os.access(parent, os.W_OK):
+            raise StoreError(f"{path}: cannot create a store in {parent} (not writable); "
+                             "give another --store")
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
@@ -135,7 +211,10 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     # Columns added since the first stores were made.
     for col in ("val_loss", "val_acc", "probe_seconds"):
         con.execute(f"alter table epochs add column if not exists {col} double")
-    con.execute("insert or ignore into meta values ('schema_version', ?)", [SCHEMA_VERSION])
+    for col, kind in RUN_STATE_ADDED:
+        con.execute(f"alter table run_state add column if not exists {col} {kind}")
+    con.execute("insert or replace into meta values ('schema_version', ?)",
+                [str(SCHEMA_VERSION)])
     _refresh_runs_view(con)
     views.create(con)
 
@@ -251,6 +330,31 @@ def register_study(con: duckdb.DuckDBPyConnection, study: Any, plans: list[Any],
         _refresh_runs_view(con)
 
 
+def studies_record_dir(store: Path) -> Path:
+    return artefacts_dir(store) / "studies"
+
+
+def save_study_record(store: Path, study: Any, plans: list[Any]) -> None:
+    """The study as registered (its source, blocks, axes and every run's config), beside the
+    journals: with them, `optlab rebuild` makes the store again if it is lost or damaged."""
+    record = {
+        "study": study.name, "file": study.file, "description": study.description,
+        "source": study.source,
+        "blocks": [{"name": p.name, "axes": p.axes, "seeds": p.seeds,
+                    "runs": [{"run_id": r.run_id, "seed": r.seed, "position": r.position,
+                              "axes": r.axes, "config": r.config} for r in p.runs]}
+                   for p in plans]}
+    folder = studies_record_dir(store)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{study.name}.json"
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(record, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def states(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> dict[str, str]:
     if not run_ids:
         return {}
@@ -272,8 +376,11 @@ def apply_events(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -
         epoch_rows.clear()
         probe_rows.clear()
 
+    journaled: dict[str, float] = {}
     for ev in events:
         kind, run_id = ev["type"], ev.get("run_id")
+        if ev.get("origin") != "pool" and run_id and ev.get("time"):
+            journaled[run_id] = max(journaled.get(run_id, 0.0), ev["time"])
         if kind == "epoch":
             epoch_rows.append([run_id, *(ev.get(f) for f in EPOCH_FIELDS)])
             continue
@@ -284,10 +391,24 @@ def apply_events(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -
         flush()  # keep order: rows of a run land before its next state change
         if kind == "started":
             _apply_started(con, ev)
+        elif kind == "resumed":
+            _apply_resumed(con, ev)
+        elif kind == "checkpoint":
+            con.execute("update run_state set checkpoint_epoch = ?, checkpoint_path = ? "
+                        "where run_id = ?", [ev["epoch"], ev["path"], run_id])
         elif kind in ("finished", "failed", "diverged"):
             status = "done" if kind == "finished" else kind
-            _finish(con, run_id, status, ev.get("error"), ev.get("time"))
+            _finish(con, run_id, status, ev.get("error"), ev.get("time"), ev.get("elapsed"))
+            if kind != "failed":  # the worker removes the checkpoints of an ended run
+                con.execute("update run_state set checkpoint_epoch = null, checkpoint_path = "
+                            "null, weights_path = ? where run_id = ?", [ev.get("weights"), run_id])
+        elif kind == "disk_full":
+            _finish(con, run_id, "interrupted", f"stopped: disk full ({ev.get('error')})",
+                    ev.get("time"))
     flush()
+    for run_id, at in journaled.items():
+        con.execute("update run_state set journal_time = greatest(coalesce(journal_time, 0), ?) "
+                    "where run_id = ?", [at, run_id])
 
 
 def _insert_epochs(con: duckdb.DuckDBPyConnection, rows: list[list[Any]]) -> None:
@@ -296,42 +417,94 @@ def _insert_epochs(con: duckdb.DuckDBPyConnection, rows: list[list[Any]]) -> Non
 
 
 def _apply_started(con: duckdb.DuckDBPyConnection, ev: dict[str, Any]) -> None:
-    run_id, prov = ev["run_id"], ev.get("provenance") or {}
+    """A run starts from scratch: whatever an earlier attempt left is dropped."""
+    run_id = ev["run_id"]
+    _ensure_run(con, ev)
     con.execute("delete from epochs where run_id = ?", [run_id])
     con.execute("delete from probes where run_id = ?", [run_id])
+    con.execute("update run_state set started_at = to_timestamp(?), resumed_from = null, "
+                "checkpoint_epoch = null, checkpoint_path = null, weights_path = null "
+                "where run_id = ?", [ev.get("time", time.time()), run_id])
+    _attempt(con, ev)
+
+
+def _apply_resumed(con: duckdb.DuckDBPyConnection, ev: dict[str, Any]) -> None:
+    """A run continues from its checkpoint at ``epoch``: the rows after it are dropped (the
+    resumed run reports them again)."""
+    run_id, epoch = ev["run_id"], ev["epoch"]
+    _ensure_run(con, ev)
+    con.execute("delete from epochs where run_id = ? and epoch > ?", [run_id, epoch])
+    con.execute("delete from probes where run_id = ? and epoch > ?", [run_id, epoch])
+    con.execute("update run_state set resumed_from = ?, checkpoint_epoch = ?, "
+                "checkpoint_path = ?, started_at = coalesce(started_at, to_timestamp(?)) "
+                "where run_id = ?", [epoch, epoch, ev.get("checkpoint"),
+                                     ev.get("time", time.time()), run_id])
+    _attempt(con, ev)
+
+
+def _attempt(con: duckdb.DuckDBPyConnection, ev: dict[str, Any]) -> None:
+    prov = ev.get("provenance") or {}
     sets = ", ".join(f"{c} = ?" for c in PROVENANCE_COLUMNS)
+    shape = ev.get("input_shape")
     con.execute(
-        f"update run_state set status = 'running', started_at = to_timestamp(?), "
-        f"finished_at = null, error = null, wall_seconds = null, train_seconds = null, "
-        f"attempts = attempts + 1, precision_used = ?, {sets} where run_id = ?",
-        [ev.get("time", time.time()), ev.get("precision_used"),
-         *(prov.get(c) for c in PROVENANCE_COLUMNS), run_id])
+        f"update run_state set status = 'running', finished_at = null, error = null, "
+        f"wall_seconds = null, train_seconds = null, "
+        f"attempts = attempts + (coalesce(journal_time, 0) < ?)::integer, "
+        f"precision_used = ?, input_shape = coalesce(?, input_shape), "
+        f"num_classes = coalesce(?, num_classes), {sets} where run_id = ?",
+        [ev.get("time") or time.time(), ev.get("precision_used"),
+         json.dumps(shape) if shape else None, ev.get("num_classes"),
+         *(prov.get(c) for c in PROVENANCE_COLUMNS), ev["run_id"]])
+
+
+def _ensure_run(con: duckdb.DuckDBPyConnection, ev: dict[str, Any]) -> None:
+    """A run the store does not know (rebuilding from journals): add it from the config its
+    journal carries."""
+    if ev.get("config") is None:
+        return
+    con.execute("insert into run_state (run_id, seed, status, config, created_at) "
+                "values (?, ?, 'pending', ?, to_timestamp(?)) on conflict (run_id) do nothing",
+                [ev["run_id"], ev.get("seed"), json.dumps(ev["config"]),
+                 ev.get("time", time.time())])
 
 
 def _finish(con: duckdb.DuckDBPyConnection, run_id: str, status: str, error: str | None,
-            at: float | None) -> None:
+            at: float | None, elapsed: float | None = None) -> None:
+    """``elapsed`` (from the worker) counts every attempt's running time; without it, the
+    wall time since the run was first started."""
+    at = at or time.time()
     con.execute(
         "update run_state set status = ?, error = ?, finished_at = to_timestamp(?), "
-        "wall_seconds = epoch(to_timestamp(?) - started_at), "
+        "wall_seconds = coalesce(?, epoch(to_timestamp(?) - started_at)), "
         "train_seconds = (select sum(seconds) from epochs e where e.run_id = ?) "
         "where run_id = ?",
-        [status, error, at or time.time(), at or time.time(), run_id, run_id])
+        [status, error, at, elapsed, at, run_id, run_id])
 
 
 def recover(con: duckdb.DuckDBPyConnection, store: Path, run_ids: list[str] | None = None
             ) -> list[str]:
-    """Re-ingest the journals of runs the store still shows as pending or running (left by a
-    crash or Ctrl-C); those without a final event become 'interrupted'. Returns their ids."""
-    query = "select run_id from run_state where status in ('pending', 'running')"
-    stale = [r for (r,) in con.execute(query).fetchall()]
-    if run_ids is not None:
-        stale = [r for r in stale if r in set(run_ids)]
+    """Re-ingest the journals that hold more than the store: those of runs it still shows as
+    pending or running (left by a crash or Ctrl-C), and those of interrupted or failed runs
+    whose journal has events newer than the store's (a later attempt cut off before its first
+    write). Runs without a final event become 'interrupted'. Returns their ids."""
+    rows = con.execute("select run_id, status, coalesce(journal_time, 0) from run_state "
+                       "where status in ('pending', 'running', 'interrupted', 'failed')"
+                       ).fetchall()
+    wanted = set(run_ids) if run_ids is not None else None
     recovered = []
-    for run_id in stale:
-        events = read_journal(journal_path(store, run_id))
+    for run_id, status, seen in rows:
+        if wanted is not None and run_id not in wanted:
+            continue
+        path = journal_path(store, run_id)
+        if status in ("interrupted", "failed") and not _newer(path, seen):
+            continue
+        events = read_journal(path)
         if not events:
             con.execute("update run_state set status = 'pending' where run_id = ? "
                         "and status = 'running'", [run_id])
+            continue
+        if status in ("interrupted", "failed") and max(e.get("time") or 0 for e in events) \
+                <= seen:
             continue
         apply_events(con, events)
         if events[-1]["type"] not in ("finished", "failed", "diverged"):
@@ -339,6 +512,35 @@ def recover(con: duckdb.DuckDBPyConnection, store: Path, run_ids: list[str] | No
                     events[-1].get("time"))
         recovered.append(run_id)
     return recovered
+
+
+def _newer(path: Path, seen: float) -> bool:
+    try:
+        return path.stat().st_mtime > seen
+    except OSError:
+        return False
+
+
+def resume_points(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> dict[str, dict]:
+    """Per run: how many leading epochs the store holds without a gap (a checkpoint after
+    them cannot be resumed from), its checkpoint folder and recorded thread count."""
+    if not run_ids:
+        return {}
+    rows = con.execute(
+        "select r.run_id, r.checkpoint_dir, r.threads, coalesce(e.n, 0), coalesce(e.last, 0) "
+        "from run_state r left join (select run_id, count(*) as n, max(epoch) as last "
+        "from epochs group by run_id) e using (run_id) "
+        "where r.run_id in (select unnest(?::varchar[]))", [run_ids]).fetchall()
+    return {run_id: {"checkpoint_dir": folder, "threads": threads,
+                     "resume_upto": int(last) if n == last else 0}
+            for run_id, folder, threads, n, last in rows}
+
+
+def set_checkpoint_dirs(con: duckdb.DuckDBPyConnection, dirs: dict[str, str]) -> None:
+    if not dirs:
+        return
+    con.executemany("update run_state set checkpoint_dir = ? where run_id = ?",
+                    [[d, r] for r, d in dirs.items()])
 
 
 def start_session(con: duckdb.DuckDBPyConnection, session_id: str, study: str, workers: int,

@@ -28,16 +28,49 @@ STUDY_KEYS = ("name", "description", "seeds", "base", "block")
 DEFAULT_STUDY = Path(__file__).parent / "studies" / "quickstart.toml"
 
 
+class CheckpointSettings(BaseModel):
+    """When a run checkpoints: at the end of every N-th epoch, and/or at the end of the first
+    epoch after M minutes since the last checkpoint. The last ``keep`` are kept."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    every_epochs: Annotated[int, Field(ge=1)] | None = None
+    every_minutes: Annotated[float, Field(gt=0)] | None = None
+    keep: Annotated[int, Field(ge=1)] = 2
+
+
+# A checkpoint costs about a second for the seed models (BENCHMARKS.md): every 5 minutes
+# is under 1% of a run, and a run shorter than that never writes one.
+DEFAULT_CHECKPOINT = CheckpointSettings(every_minutes=5)
+WEIGHTS_AUTO_SECONDS = 180  # save_weights = "auto" keeps the final weights of longer runs
+
+
 class RunSettings(BaseModel):
     """The run config's keys that are not plugin tables."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     epochs: Annotated[int, Field(ge=1)]
     precision: Literal["fp32", "bf16", "amp"] = "fp32"
     # Scale the LR with the batch size in force: lr * (batch / reference) ** (1 or 1/2);
     # the reference defaults to the first epoch's batch size.
     lr_scaling: Literal["none", "linear", "sqrt"] = "none"
     lr_reference_batch: Annotated[int, Field(ge=1)] | None = None
+    # `checkpoint = false` turns checkpoints off (stored as null).
+    checkpoint: CheckpointSettings | None = DEFAULT_CHECKPOINT
+    # "auto": the final weights of runs longer than WEIGHTS_AUTO_SECONDS.
+    save_weights: Literal["auto", "final", "best", "none"] = "auto"
+
+    @field_validator("checkpoint", mode="before")
+    @classmethod
+    def _off(cls, v: Any) -> Any:
+        if v is False:
+            return None
+        if v is True:
+            return DEFAULT_CHECKPOINT
+        return v
+
+
+# Settings that change how a run is kept, not what it computes: not part of its run_id.
+NOT_IDENTITY = ("checkpoint", "save_weights")
 
 
 RUN_DEFAULTS: dict[str, Any] = {
@@ -116,7 +149,12 @@ def parse_sets(items: list[str]) -> list[tuple[str, Any]]:
 def read_toml(path: Path) -> tuple[str, dict[str, Any]]:
     if not path.is_file():
         raise ConfigError(f"{path}: no such study file")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file; a study file is TOML (UTF-8)") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the study file: {e.strerror or e}") from None
     try:
         return text, tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

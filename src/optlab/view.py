@@ -62,6 +62,15 @@ class RunView:
                                markup=False, highlight=False)
         self._refresh()
 
+    def note(self, message: str) -> None:
+        """A line worth the user's attention (a resumed run, a silent worker, a busy store)."""
+        self.console.print(message, markup=False, highlight=False)
+
+    def silent(self, worker: str, seconds: float) -> None:
+        if self.rows.get(worker):
+            self.rows[worker]["silent"] = seconds
+            self._refresh()
+
     def _refresh(self) -> None:
         if self._live is not None:
             self._live.update(self._render())
@@ -73,6 +82,8 @@ class RunView:
         for worker, row in self.rows.items():
             if row:
                 acc = "-" if row["acc"] is None else f"{row['acc']:.4f}"
+                if row.get("silent"):
+                    acc += f" [red](silent {row['silent']:.0f} s)[/red]"
                 table.add_row(worker, row["run"], f"{row['epoch']}/{row['epochs']}", acc)
             else:
                 table.add_row(worker, "[dim]idle[/dim]", "", "")

@@ -9,11 +9,16 @@ crash of the worker or of the coordinator, and ``optlab run`` re-ingests it on r
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import faulthandler
+import json
 import os
 import platform
 import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -57,26 +62,97 @@ def provenance(device: Any) -> dict[str, Any]:
     }
 
 
-class Channel:
-    """Journal first, then the pipe to the coordinator."""
+FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+HEARTBEAT_SECONDS = 2.0
+EXIT_DISK_FULL = 75
 
-    def __init__(self, events: TextIO, journal_path: str):
-        self.events = events
-        self.journal = open(journal_path, "w", encoding="utf-8")  # noqa: SIM115
+
+class Channel:
+    """Journal first, then the pipe to the coordinator.
+
+    The journal is started afresh when a run starts and appended to when it resumes (a torn
+    last line from a crash is cut first), so a resumed run's journal holds every attempt.
+    The pipe is shared with the heartbeat thread, hence the lock.
+    """
+
+    def __init__(self, events: TextIO, journal_path: str, lock: threading.Lock):
+        self.events, self.path, self.lock = events, journal_path, lock
+        self.journal: TextIO | None = None
+
+    def _open(self, resuming: bool) -> TextIO:
+        if resuming:
+            _cut_torn_tail(self.path)
+            return open(self.path, "a", encoding="utf-8")
+        return open(self.path, "w", encoding="utf-8")
 
     def emit(self, event: dict[str, Any]) -> None:
         line = encode({**event, "time": time.time()}) + "\n"
-        self.journal.write(line)
-        self.journal.flush()
-        os.fsync(self.journal.fileno())
         try:
-            self.events.write(line)
-            self.events.flush()
-        except BrokenPipeError:
-            os._exit(3)  # the coordinator is gone; the journal has everything
+            if self.journal is None:
+                self.journal = self._open(event["type"] == "resumed")
+            self.journal.write(line)
+            self.journal.flush()
+            os.fsync(self.journal.fileno())
+        except OSError as e:
+            if e.errno in FULL:
+                stop_for_full_disk(self.events, self.lock, event.get("run_id"),
+                                   f"cannot write the run's journal {self.path}: {e.strerror}")
+            raise
+        send(self.events, self.lock, line)
 
     def close(self) -> None:
-        self.journal.close()
+        if self.journal is not None:
+            with contextlib.suppress(OSError):
+                self.journal.close()
+
+
+def send(events: TextIO, lock: threading.Lock, line: str) -> None:
+    try:
+        with lock:
+            events.write(line)
+            events.flush()
+    except (BrokenPipeError, ValueError):
+        os._exit(3)  # the coordinator is gone; the journal has everything
+
+
+def stop_for_full_disk(events: TextIO, lock: threading.Lock, run_id: str | None,
+                       why: str) -> None:
+    """A full disk is not the run's fault: tell the coordinator (which stops the study and
+    leaves the run resumable) and exit."""
+    send(events, lock, encode({"type": "disk_full", "run_id": run_id, "error": why,
+                               "time": time.time()}) + "\n")
+    os._exit(EXIT_DISK_FULL)
+
+
+def _cut_torn_tail(path: str) -> None:
+    """Drop a last line without its newline (the journal was cut mid-write)."""
+    try:
+        with open(path, "rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+    except FileNotFoundError:
+        pass
+
+
+class Heartbeat:
+    """Every HEARTBEAT_SECONDS, tell the coordinator the worker lives and how far the current
+    run has got (``progress`` counts training steps and evaluations): a stopped process
+    sends nothing, a hung one sends the same progress."""
+
+    def __init__(self, events: TextIO, lock: threading.Lock):
+        self.events, self.lock = events, lock
+        self.progress, self.run_id = 0, None
+        threading.Thread(target=self._loop, daemon=True, name="heartbeat").start()
+
+    def tick(self) -> None:
+        self.progress += 1
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(HEARTBEAT_SECONDS)
+            send(self.events, self.lock, encode({"type": "heartbeat", "run_id": self.run_id,
+                                                 "progress": self.progress}) + "\n")
 
 
 def _redirect_output(log_path: str) -> None:
@@ -88,29 +164,52 @@ def _redirect_output(log_path: str) -> None:
     os.close(fd)
 
 
-def run_task(task: dict[str, Any], events: TextIO, cache: Any, info: dict[str, Any]) -> None:
+def run_task(task: dict[str, Any], events: TextIO, cache: Any, info: dict[str, Any],
+             lock: threading.Lock, beat: Heartbeat) -> None:
+    import torch
+
     from optlab import engine
 
-    Path(task["journal"]).parent.mkdir(parents=True, exist_ok=True)
-    _redirect_output(task["log"])
-    channel = Channel(events, task["journal"])
+    try:
+        Path(task["journal"]).parent.mkdir(parents=True, exist_ok=True)
+        _redirect_output(task["log"])
+    except OSError as e:
+        if e.errno in FULL:
+            stop_for_full_disk(events, lock, task["run_id"], f"cannot write the run's log: "
+                               f"{e.strerror}")
+        raise
+    channel = Channel(events, task["journal"], lock)
+    threads = task.get("threads")
+    if threads and cache.device.type == "cpu":
+        torch.set_num_threads(threads)  # the run's own count: the same on every attempt
 
     def emit(event: dict[str, Any]) -> None:
-        if event["type"] == "started":
-            event = {**event, "provenance": info}
+        if event["type"] in ("started", "resumed"):
+            event = {**event, "provenance": {**info, "threads": torch.get_num_threads()}}
         channel.emit(event)
 
     print(f"optlab worker {os.getpid()}: run {task['run_id']} seed {task['seed']}", flush=True)
+    beat.run_id = task["run_id"]
     try:
-        engine.train(task, emit, cache)
+        engine.train(task, emit, cache, tick=beat.tick)
+    except OSError as e:
+        traceback.print_exc()
+        if e.errno in FULL:
+            stop_for_full_disk(events, lock, task["run_id"], f"{e.strerror}: {e.filename}")
+        _failed(emit, task, e)
     except Exception as e:  # the run fails, the worker lives on
         traceback.print_exc()
-        first = (str(e).strip().splitlines() or [""])[0]
-        emit({"type": "failed", "run_id": task["run_id"], "error": f"{type(e).__name__}: {first}"})
+        _failed(emit, task, e)
     finally:
+        beat.run_id = None
         channel.close()
         sys.stdout.flush()
         sys.stderr.flush()
+
+
+def _failed(emit: Any, task: dict[str, Any], e: Exception) -> None:
+    first = (str(e).strip().splitlines() or [""])[0]
+    emit({"type": "failed", "run_id": task["run_id"], "error": f"{type(e).__name__}: {first}"})
 
 
 def _die_with_parent() -> None:
@@ -130,23 +229,25 @@ def main() -> None:
     _die_with_parent()
     # Keep the real stdout for events; from here on fd 1 is a log, never the channel.
     events = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    # A segfault or a fatal error writes its Python traceback to fd 2: the current run's log.
+    faulthandler.enable(file=sys.stderr, all_threads=True)
     import torch
 
     from optlab.engine import DataCache, pick_device
     from optlab.registry import default_registry
 
-    threads = int(os.environ.get("OPTLAB_THREADS", "0"))
+    threads = int(os.environ.get("OPTLAB_THREADS", "0") or 0)
     if threads > 0:
         torch.set_num_threads(threads)
     device = pick_device()
     cache = DataCache(default_registry(), device)
     info = provenance(device)
-    events.write(encode({"type": "ready", "run_id": None, "pid": os.getpid()}) + "\n")
+    lock = threading.Lock()
+    send(events, lock, encode({"type": "ready", "run_id": None, "pid": os.getpid()}) + "\n")
+    beat = Heartbeat(events, lock)
     for line in sys.stdin:
         if line.strip():
-            import json
-
-            run_task(json.loads(line), events, cache, info)
+            run_task(json.loads(line), events, cache, info, lock, beat)
 
 
 if __name__ == "__main__":

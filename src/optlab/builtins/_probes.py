@@ -78,6 +78,14 @@ class DistanceFromInit(_Probe):
         return _norms({k: [p.detach() - p0 for p, p0 in zip(now[k], ps, strict=True)]
                        for k, ps in self.initial.items()})
 
+    def state_dict(self) -> dict[str, list[torch.Tensor]]:
+        return self.initial
+
+    def load_state_dict(self, state: dict[str, list[torch.Tensor]]) -> None:
+        for key, saved in state.items():
+            for live, value in zip(self.initial[key], saved, strict=True):
+                live.copy_(value)
+
 
 class FullGradNorm(_Probe):
     """|grad of the mean loss over the whole training set|, summed over chunks of ``batch``."""

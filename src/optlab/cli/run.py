@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from optlab.cli.common import StoreOption, err, handles_errors, out
-from optlab.errors import ConfigError
+from optlab.errors import ConfigError, UsageError
 from optlab.view import describe_axes
 
 NAME = "run"
@@ -26,31 +26,49 @@ def command(
     workers: int = typer.Option(None, "--workers", help="CPU workers (with --gpus none). "
                                 "Default: one per core, at most one per run."),
     sets: list[str] = typer.Option([], "--set", help="Override a key: KEY=VALUE (repeatable)."),
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs again."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs again "
+                                      "(from their last checkpoint, when they have one)."),
     data_dir: Path = typer.Option(Path("data"), "--data-dir", envvar="OPTLAB_DATA",
                                   help="Where datasets are kept and downloaded to."),
+    checkpoint_dir: Path = typer.Option(
+        None, "--checkpoint-dir", envvar="OPTLAB_CHECKPOINT_DIR", show_default=False,
+        help="Where runs keep their checkpoints and saved weights (a folder per run). "
+             "Default: beside the store (optlab.checkpoints/ for optlab.duckdb)."),
+    stall_timeout: float = typer.Option(
+        600.0, "--stall-timeout", envvar="OPTLAB_STALL_TIMEOUT",
+        help="Seconds a worker may go without progress (stopped, hung) before it is killed "
+             "and its run marked failed (resumable with --retry-failed)."),
+    max_runs: int = typer.Option(None, "--max-runs", envvar="OPTLAB_MAX_RUNS",
+                                 help="Refuse a study that expands to more runs than this "
+                                      "(default 100,000).", show_default=False),
     store: Path = StoreOption,
 ) -> None:
     from optlab import devices
-    from optlab.coordinator import execute, prepare, writer_lock
+    from optlab.coordinator import execute, prepare
     from optlab.expand import all_runs, expand
+    from optlab.liveness import writer_lock
     from optlab.store import check_store
     from optlab.study import load_study
 
     # Everything the user gave is checked before the store is touched.
+    if stall_timeout <= 0:
+        raise UsageError(f"--stall-timeout {stall_timeout:g}: give a number of seconds > 0")
     available = devices.visible_gpus()
     chosen = devices.parse_gpus(gpus if gpus is not None else ("all" if available else "none"),
                                 available)
     devices.make_slots(chosen, per_gpu, workers)
     spec = load_study(study, sets)
-    plans = expand(spec)
+    plans = expand(spec, max_runs=max_runs)
     total = len(all_runs(plans))
     check_store(store)
+    if checkpoint_dir is not None:
+        check_folder(checkpoint_dir, "--checkpoint-dir")
     # Datasets are fetched (or found missing) before any run starts or the store is touched.
     os.environ["OPTLAB_DATA"] = str(data_dir.resolve())
     prepare_datasets(spec, all_runs(plans), data_dir)
-    with writer_lock(store):
-        prepared = prepare(store, spec, plans, retry_failed)
+    with writer_lock(store) as lock:
+        prepared = prepare(store, spec, plans, retry_failed,
+                           checkpoint_dir.resolve() if checkpoint_dir else None)
         todo, states = prepared.todo, prepared.states
         if prepared.recovered:
             _report_recovery(prepared)
@@ -62,15 +80,29 @@ def command(
         cpu_workers = workers if workers is not None else min(os.cpu_count() or 1, len(todo))
         slots = devices.make_slots(chosen, per_gpu, cpu_workers)
         where = (f"{len(chosen)} GPU(s) x {per_gpu}" if chosen else "CPU")
+        resuming = sum(1 for r in todo if prepared.resume.get(r.run_id, {}).get("resume_upto"))
         out.print(f"{spec.name}: running {len(todo)} of {total} runs "
                   f"({total - len(todo)} already finished) on {len(slots)} worker(s) "
                   f"[{where}, {slots[0].threads} thread(s) each]; store {store}")
-        outcome = execute(store, spec, todo, slots, out)
+        if resuming:
+            out.print(f"  {resuming} of them resume from their last checkpoint where they have "
+                      "one")
+        outcome = execute(store, spec, prepared, slots, out, lock, stall_timeout)
     _summary(spec.name, todo, outcome, store)
     if outcome.interrupted:
         raise typer.Exit(130)
-    if any(s == "failed" for s in outcome.statuses.values()):
+    if outcome.stopped or any(s == "failed" for s in outcome.statuses.values()):
         raise typer.Exit(1)
+
+
+def check_folder(folder: Path, option: str) -> None:
+    """A folder the runs will write to: it exists (or can be made) and is writable."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"{option} {folder}: cannot create it: {e.strerror or e}") from None
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise UsageError(f"{option} {folder}: not a folder this user can write to")
 
 
 def prepare_datasets(spec, runs, data_dir: Path) -> None:
@@ -114,7 +146,7 @@ def _summary(study: str, todo, outcome, store: Path) -> None:
     if not_run:
         parts.append(f"{not_run} not started")
     minutes, seconds = divmod(int(outcome.seconds), 60)
-    head = "interrupted" if outcome.interrupted else "finished"
+    head = "interrupted" if outcome.interrupted else "stopped" if outcome.stopped else "finished"
     out.print(f"{study}: {head} in {minutes}m{seconds:02d}s: {', '.join(parts) or 'nothing'}")
     by_id = {r.run_id: r for r in todo}
     for run_id, status in outcome.statuses.items():
@@ -126,5 +158,12 @@ def _summary(study: str, todo, outcome, store: Path) -> None:
                 from optlab.store import log_path
 
                 err.print(f"    log: {log_path(store, run_id)}", markup=False)
+    if outcome.stopped:
+        err.print(f"Stopped: {outcome.stopped}. Free space, then run the same command again: "
+                  "the runs resume from their last checkpoints.", markup=False)
+    if outcome.unwritten:
+        err.print(f"{outcome.unwritten} events could not be written to {store}; they are in the "
+                  "run journals and the next optlab run on this store writes them.",
+                  markup=False)
     if outcome.interrupted:
         out.print("Interrupted runs are resumable: run the same command again.")
