@@ -14,8 +14,8 @@ COMMANDS = sorted(get_command(app).commands)
 
 
 def test_the_commands_are_there():
-    assert COMMANDS == ["analyze", "export", "plot", "plugins", "query", "report", "run", "show",
-                        "status"]
+    assert COMMANDS == ["analyze", "export", "plot", "plugins", "query", "rebuild", "report",
+                        "rm", "run", "show", "status", "weights"]
 
 
 @pytest.mark.parametrize("name", COMMANDS)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
 import uuid
@@ -174,7 +175,7 @@ def prepare(store: Path, study: Study, plans: list[BlockPlan], retry_failed: boo
     """Record the study, recover what an earlier crash left, and plan the runs to do (with,
     for each, its checkpoint folder, where it may resume and its thread count)."""
     runs = all_runs(plans)
-    root = checkpoint_root or st.checkpoints_dir(store)
+    root = Path(os.path.abspath(checkpoint_root or st.checkpoints_dir(store)))
     with st.writing(store) as con:
         st.ensure_schema(con)
         recovered = st.recover(con, store)

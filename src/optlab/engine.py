@@ -194,7 +194,8 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
     weights_mode = config.get("save_weights", "none")
     best = BestWeights(weights_mode == "best")
     run = Counters(lr=base_lrs[0])
-    shape = {"input_shape": list(data.input_shape), "num_classes": data.num_classes}
+    shape = {"input_shape": list(data.input_shape), "num_classes": data.num_classes,
+             "checkpoint_dir": str(folder) if folder else None}
 
     def report(events: list[dict[str, Any]]) -> None:
         for ev in events:

@@ -119,6 +119,9 @@ def _connect(path: Path, read_only: bool, timeout: float) -> duckdb.DuckDBPyConn
 def _opening_error(path: Path, e: Exception) -> StoreError:
     msg = str(e)
     if "not a valid DuckDB database" in msg:
+        if studies_record_dir(path).is_dir():
+            return StoreError(f"{path}: not a DuckDB database (damaged?); `optlab rebuild "
+                              f"--store {path}` makes the store again from the run journals")
         return StoreError(f"{path}: not a DuckDB database; give another --store")
     if is_disk_full(msg):
         return StoreFull(f"{path}: the disk is full ({_first_line(msg)})")
@@ -346,10 +349,13 @@ def save_study_record(store: Path, study: Any, plans: list[Any]) -> None:
                    for p in plans]}
     folder = studies_record_dir(store)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{study.name}.json"
+    write_json_atomic(folder / f"{study.name}.json", record)
+
+
+def write_json_atomic(path: Path, value: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(record, f)
+        json.dump(value, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -451,9 +457,10 @@ def _attempt(con: duckdb.DuckDBPyConnection, ev: dict[str, Any]) -> None:
         f"wall_seconds = null, train_seconds = null, "
         f"attempts = attempts + (coalesce(journal_time, 0) < ?)::integer, "
         f"precision_used = ?, input_shape = coalesce(?, input_shape), "
-        f"num_classes = coalesce(?, num_classes), {sets} where run_id = ?",
+        f"num_classes = coalesce(?, num_classes), checkpoint_dir = coalesce(?, checkpoint_dir), "
+        f"{sets} where run_id = ?",
         [ev.get("time") or time.time(), ev.get("precision_used"),
-         json.dumps(shape) if shape else None, ev.get("num_classes"),
+         json.dumps(shape) if shape else None, ev.get("num_classes"), ev.get("checkpoint_dir"),
          *(prov.get(c) for c in PROVENANCE_COLUMNS), ev["run_id"]])
 
 

@@ -31,9 +31,23 @@ def _root(
 
 
 def _register() -> None:
-    from optlab.cli import analyze, export, plot, plugins, query, report, run, show, status
+    from optlab.cli import (
+        analyze,
+        export,
+        plot,
+        plugins,
+        query,
+        rebuild,
+        report,
+        rm,
+        run,
+        show,
+        status,
+        weights,
+    )
 
-    for module in (run, show, status, query, analyze, report, export, plugins):
+    for module in (run, show, status, query, analyze, report, export, weights, rm, rebuild,
+                   plugins):
         app.command(name=module.NAME, help=module.HELP)(module.command)
     app.add_typer(plot.app, name="plot")
 

@@ -69,7 +69,7 @@ def _from_cli_library(exc: BaseException) -> bool:
 
 def _store_damage(exc: BaseException) -> str | None:
     """A DuckDB error from reading a damaged store, as one line."""
-    if not type(exc).__module__.startswith("duckdb") or not isinstance(exc, Exception):
+    if not type(exc).__module__.lstrip("_").startswith("duckdb"):
         return None
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return (f"the store could not be read ({first}); if it is damaged, `optlab rebuild` "

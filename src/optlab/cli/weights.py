@@ -1,0 +1,30 @@
+"""optlab weights RUN_ID: where a run's saved weights are, or a copy of them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from optlab.cli.common import StoreOption, handles_errors, out
+
+NAME = "weights"
+HELP = ("Print the path of a run's saved weights (a plain state_dict), or copy them with --to. "
+        "Load: model = create the run's model plugin; model.load_state_dict(torch.load(path)).")
+
+
+@handles_errors
+def command(
+    run_id: str = typer.Argument(..., help="The run id (or a unique prefix of it).",
+                                 show_default=False),
+    to: Path = typer.Option(None, "--to", help="Copy the file here (a file or a folder)."),
+    store: Path = StoreOption,
+) -> None:
+    from optlab.manage import copy_weights, weights_path
+
+    _, path = weights_path(store, run_id)
+    if to is None:
+        out.print(str(path), markup=False)
+        return
+    target = copy_weights(path, to)
+    out.print(f"copied {path} to {target}", markup=False)
