@@ -128,3 +128,79 @@ def test_config_column_names():
                               "model": {"name": "mlp", "hidden": [8, 8]}, "epochs": 3})
     assert cols == {"optimizer": "sgd", "optimizer_lr": 0.1, "model": "mlp",
                     "model_hidden": "[8, 8]", "epochs": 3}
+
+
+def write_journal(path, rid, events, mode="a"):
+    journal = st.journal_path(path, rid)
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    with open(journal, mode) as f:
+        f.write("".join(encode(e) + "\n" for e in events))
+
+
+def test_a_run_interrupted_twice_keeps_both_attempts(prepared):
+    path, todo = prepared
+    rid = todo[0].run_id
+    t = time.time()
+    write_journal(path, rid, [{"type": "started", "run_id": rid, "time": t},
+                              epoch_event(rid, 1), epoch_event(rid, 2),
+                              {"type": "checkpoint", "run_id": rid, "epoch": 2, "path": "c2",
+                               "time": t + 1}], mode="w")
+    with st.writing(path) as con:
+        assert st.recover(con, path) == [rid]
+    # The second attempt resumes from epoch 2 and is cut off before anything reaches the store.
+    write_journal(path, rid, [{"type": "resumed", "run_id": rid, "epoch": 2, "checkpoint": "c2",
+                               "time": t + 2}, {**epoch_event(rid, 3), "time": t + 3},
+                              {**epoch_event(rid, 4), "time": t + 4}])
+    with st.writing(path) as con:
+        assert st.recover(con, path) == [rid]
+        assert st.recover(con, path) == []  # nothing newer: not replayed again
+    with st.reading(path) as con:
+        epochs = [e for (e,) in con.execute("select epoch from epochs where run_id = ? "
+                                            "order by epoch", [rid]).fetchall()]
+        status, attempts, resumed = con.execute(
+            "select status, attempts, resumed_from from run_state where run_id = ?",
+            [rid]).fetchone()
+    assert epochs == [1, 2, 3, 4]
+    assert (status, attempts, resumed) == ("interrupted", 2, 2)
+
+
+def test_a_foreign_duckdb_file_or_a_newer_store_is_refused_and_left_alone(tmp_path, cli):
+    foreign = tmp_path / "other.duckdb"
+    con = duckdb.connect(str(foreign))
+    con.execute("create table measurements (x integer)")
+    con.close()
+    write_study(tmp_path)
+    before = foreign.read_bytes()
+    for args in (["status"], ["query", "select 1"], ["export"], ["plot", "heatmap"],
+                 ["run", "tiny.toml"], ["rm", "--study", "tiny", "--yes"]):
+        result = cli(*args, "--store", str(foreign))
+        assert result.exit_code == 1, args
+        assert result.stderr == (f"Error: {foreign}: not an optlab store (a DuckDB database "
+                                 "with tables measurements); give another --store\n"), args
+    assert foreign.read_bytes() == before
+    store = tmp_path / "optlab.duckdb"
+    with st.writing(store) as con:
+        st.ensure_schema(con)
+        con.execute("update meta set value = '99' where key = 'schema_version'")
+    for args in (["status"], ["run", "tiny.toml"]):
+        result = cli(*args)
+        assert result.exit_code == 1
+        assert "made by a newer optlab (store schema 99; this optlab knows up to 2)" in \
+            result.stderr
+
+
+def test_unusable_store_paths_are_one_line(tmp_path, cli):
+    write_study(tmp_path)
+    cases = {"/proc/optlab.duckdb": "cannot create",
+             str(tmp_path / "nope" / "optlab.duckdb"): "does not exist",
+             str(tmp_path): "is a folder"}
+    for store, why in cases.items():
+        result = cli("run", "tiny.toml", "--store", store)
+        assert result.exit_code == 1 and why in result.stderr, (store, result.stderr)
+        assert result.stderr.count("\n") == 1
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "ro"
+        locked.mkdir()
+        locked.chmod(0o555)
+        result = cli("run", "tiny.toml", "--store", str(locked / "optlab.duckdb"))
+        assert result.exit_code == 1 and "not writable" in result.stderr

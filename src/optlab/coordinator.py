@@ -286,16 +286,22 @@ def execute(store: Path, study: Study, prepared: Prepared, slots: list[Slot],
                 view.note("Still stopping (writing what the workers reported); press Ctrl-C "
                           "again to leave it in the journals for the next optlab run")
 
+        def handler(signum: int, frame: Any) -> None:
+            loop.call_soon_threadsafe(on_signal)
+
         coord.request_stop = stop_pool
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, on_signal)
+        # Python-level handlers (not the loop's): asyncio.run then leaves SIGINT alone, and
+        # when the study is over they are replaced without a moment of the default handler.
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             with contextlib.suppress(asyncio.CancelledError):
                 await drive
             await _finish(coord, todo, give_up)
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
+            for sig, before in previous.items():
+                # Once interrupted, further Ctrl-Cs change nothing: the process is ending
+                # (SIG_IGN, which Python keeps through its own shutdown).
+                signal.signal(sig, signal.SIG_IGN if coord.outcome.interrupted else before)
 
     with view:
         asyncio.run(main())

@@ -17,7 +17,7 @@ from typing import Any
 
 from optlab.errors import OptlabError
 from optlab.liveness import LIVE_SECONDS, Writer, pid_alive, read_writer
-from optlab.store import STATES, reading
+from optlab.store import STATES, journal_progress, reading
 
 
 @dataclass
@@ -48,7 +48,7 @@ def study_status(store: Path, study: str | None = None) -> list[StudyStatus]:
             raise OptlabError(f"no study {study!r} in {store}; studies: {listed}")
         out = []
         for name in [study] if study else names:
-            out.append(_one(con, name, writer))
+            out.append(_one(con, store, name, writer))
     return out
 
 
@@ -61,7 +61,7 @@ def _session_alive(session: tuple, writer: Writer | None, now: float) -> bool:
     return heartbeat is not None and now - heartbeat < LIVE_SECONDS
 
 
-def _one(con: Any, name: str, writer: Writer | None) -> StudyStatus:
+def _one(con: Any, store: Path, name: str, writer: Writer | None) -> StudyStatus:
     counts = dict.fromkeys(STATES, 0)
     for status, n in con.execute("select status, count(*) from runs where study = ? "
                                  "group by status", [name]).fetchall():
@@ -73,12 +73,23 @@ def _one(con: Any, name: str, writer: Writer | None) -> StudyStatus:
         "where study = ? and ended_at is null order by started_at", [name]).fetchall()
     live = [s for s in sessions if _session_alive(s[:4], writer, now)]
     result.active_workers = sum(s[4] or 0 for s in live)
-    if counts["running"] and not live and sessions:
+    # Runs a writer that is gone left behind: those marked running, and pending ones whose
+    # journals show they started (the writer died before the store heard of it).
+    cut: dict[str, tuple[int, int]] = {}
+    if sessions and not live:
         _, pid, host, heartbeat, _ = sessions[-1]
         ago = f", last heartbeat {_ago(now - heartbeat)} ago" if heartbeat else ""
-        result.gone = f"pid {pid} on {host}{ago}"
-        counts["interrupted"] += counts["running"]
-        counts["running"] = 0
+        gone = f"pid {pid} on {host}{ago}"
+        for run_id, status in con.execute(
+                "select run_id, status from runs where study = ? and status in "
+                "('pending', 'running')", [name]).fetchall():
+            progress = journal_progress(store, run_id)
+            if progress is not None or status == "running":
+                cut[run_id] = progress or (0, 0)
+                counts[status] -= 1
+                counts["interrupted"] += 1
+        if counts["interrupted"]:
+            result.gone = gone
     if live:
         (mean,) = con.execute("select avg(wall_seconds) from runs where study = ? and "
                               "status = 'done'", [name]).fetchone()
@@ -88,11 +99,15 @@ def _one(con: Any, name: str, writer: Writer | None) -> StudyStatus:
     rows = con.execute(
         "select run_id, status, seed, axes, error, log_path, checkpoint_epoch, epochs, "
         "(select count(*) from epochs e where e.run_id = r.run_id) from runs r "
-        "where study = ? and status in ('running', 'interrupted', 'failed', 'diverged') "
+        "where study = ? and status in ('pending', 'running', 'interrupted', 'failed', "
+        "'diverged') "
         "order by position", [name]).fetchall()
     for run_id, status, seed, axes, error, log, ckpt, epochs, done in rows:
-        if status == "running" and not live:
+        if run_id in cut:
             status = "interrupted"
+            done, ckpt = max(done, cut[run_id][0]), max(ckpt or 0, cut[run_id][1])
+        elif status == "pending":
+            continue
         run = {"run_id": run_id, "status": status, "seed": seed,
                "axes": json.loads(axes or "{}"), "error": error or "", "log": log,
                "resume_epoch": ckpt or 0, "epochs": epochs, "epochs_done": done}

@@ -502,10 +502,7 @@ def recover(con: duckdb.DuckDBPyConnection, store: Path, run_ids: list[str] | No
     for run_id, status, seen in rows:
         if wanted is not None and run_id not in wanted:
             continue
-        path = journal_path(store, run_id)
-        if status in ("interrupted", "failed") and not _newer(path, seen):
-            continue
-        events = read_journal(path)
+        events = read_journal(journal_path(store, run_id))
         if not events:
             con.execute("update run_state set status = 'pending' where run_id = ? "
                         "and status = 'running'", [run_id])
@@ -521,11 +518,23 @@ def recover(con: duckdb.DuckDBPyConnection, store: Path, run_ids: list[str] | No
     return recovered
 
 
-def _newer(path: Path, seen: float) -> bool:
-    try:
-        return path.stat().st_mtime > seen
-    except OSError:
-        return False
+def journal_progress(store: Path, run_id: str) -> tuple[int, int] | None:
+    """From a run's journal alone: (epochs done, last checkpoint epoch) of its latest attempt
+    chain, or None when it has no events. For status, while the store may lag behind."""
+    epochs: set[int] = set()
+    checkpoint, seen = 0, False
+    for ev in read_journal(journal_path(store, run_id)):
+        kind, seen = ev.get("type"), True
+        if kind == "started":
+            epochs, checkpoint = set(), 0
+        elif kind == "resumed":
+            epochs = {e for e in epochs if e <= ev["epoch"]}
+            checkpoint = ev["epoch"]
+        elif kind == "epoch":
+            epochs.add(ev["epoch"])
+        elif kind == "checkpoint":
+            checkpoint = ev["epoch"]
+    return (len(epochs), checkpoint) if seen else None
 
 
 def resume_points(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> dict[str, dict]:
@@ -554,6 +563,8 @@ def start_session(con: duckdb.DuckDBPyConnection, session_id: str, study: str, w
                   planned: int) -> None:
     import socket
 
+    # The caller holds the store's writer lock: a session still open is one whose writer died.
+    con.execute("update sessions set ended_at = heartbeat_at where ended_at is null")
     con.execute("insert into sessions values (?, ?, ?, ?, now(), now(), null, ?, ?)",
                 [session_id, study, os.getpid(), socket.gethostname(), workers, planned])
 

@@ -1,0 +1,253 @@
+"""What survives what, through real processes: kill -9 of the coordinator or of a worker, a
+stopped worker, Ctrl-Cs, a busy store, a full disk, a damaged store. After each, running the
+study again must give exactly the epoch rows and probe values of a run never interrupted."""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from tests.conftest import optlab, write_study
+from tests.test_cli_e2e import start, wait_for
+
+pytestmark = pytest.mark.slow
+
+STUDY = """
+name = "long"
+seeds = [0]
+[base]
+epochs = 8
+checkpoint = {{ every_epochs = 1 }}
+save_weights = "final"
+dataset = {{ name = "synthetic", classes = 4, shape = [32], train_size = 3000, test_size = 200 }}
+model = {{ name = "mlp", hidden = [{width}, {width}] }}
+optimizer = {{ name = "sgd", lr = 0.05, momentum = 0.9 }}
+batch_schedule = {{ name = "constant", batch_size = 16 }}
+probes = [{{ name = "distance_from_init" }}, {{ name = "hessian_trace", vectors = 2 }}]
+[[block]]
+name = "g"
+grid = {{ "optimizer.lr" = [0.01, 0.02] }}
+"""
+COLUMNS = ("run_id, epoch, step, samples, sfo, epoch_lr, epoch_batch_size, train_loss, "
+           "train_acc, test_loss, test_acc, val_loss, val_acc")
+
+
+def study(folder: Path, width: int = 128) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_study(folder, text=STUDY.format(width=width), name="long.toml")
+
+
+def results(folder: Path) -> tuple[list, list]:
+    con = duckdb.connect(str(folder / "optlab.duckdb"), read_only=True)
+    try:
+        epochs = con.execute(f"select {COLUMNS} from epochs order by run_id, epoch").fetchall()
+        probes = con.execute("select run_id, epoch, step, probe, key, value from probes "
+                             "order by all").fetchall()
+    finally:
+        con.close()
+    return epochs, probes
+
+
+def statuses(folder: Path) -> dict[str, str]:
+    proc = optlab("query", "select run_id, status from runs", "--format", "csv", cwd=folder,
+                  check=True)
+    return dict(line.split(",") for line in proc.stdout.splitlines()[1:])
+
+
+def events_in_journals(folder: Path, kind: str) -> int:
+    return sum(j.read_text().count(f'"type":"{kind}"')
+               for j in (folder / "optlab.runs").glob("*/events.jsonl"))
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def gone(pids: list[int]) -> bool:
+    return not any(Path(f"/proc/{p}").exists() and "zombie" not in _state(p) for p in pids)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split("\n")[0].lower()
+    except (OSError, IndexError):
+        return "zombie"
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[list, list]:
+    """The study run once without interruption, two workers (one thread each here)."""
+    folder = tmp_path_factory.mktemp("reference")
+    study(folder)
+    optlab("run", "long.toml", "--workers", "2", cwd=folder, check=True)
+    epochs, probes = results(folder)
+    assert len(epochs) == 16 and probes
+    return epochs, probes
+
+
+def test_kill_9_of_the_coordinator_at_random_moments_loses_nothing(tmp_path, reference):
+    study(tmp_path)
+    rng = random.Random(8)
+    moments = ["after a checkpoint", "random", "random"]
+    for i, moment in enumerate(moments):
+        proc = start(["run", "long.toml", "--workers", "2"], tmp_path)
+        kind = "checkpoint" if moment == "after a checkpoint" else "epoch"
+        target = events_in_journals(tmp_path, kind) + (1 if i == 0 else rng.randint(1, 3))
+        wait_for(lambda k=kind, t=target: events_in_journals(tmp_path, k) >= t, every=0.01)
+        if moment == "random":  # somewhere in the next epoch: training, evaluation or probes
+            time.sleep(rng.uniform(0.0, 0.4))
+        workers = children(proc.pid)
+        proc.kill()
+        proc.communicate()
+        wait_for(lambda w=workers: gone(w))
+        if i == 0:
+            status = optlab("status", cwd=tmp_path).stdout
+            assert "long: interrupted (writer gone: pid " in status
+            assert "run the study again to resume" in status
+            assert "resumes from epoch " in status
+            # Another path to the same store (a symlink) finds the same lock: while the
+            # study runs again, a second writer through the link is refused.
+            (tmp_path / "link.duckdb").symlink_to(tmp_path / "optlab.duckdb")
+            again = start(["run", "long.toml"], tmp_path)
+            lock = tmp_path / "optlab.duckdb.lock"
+            wait_for(lambda: f'"pid": {again.pid},' in lock.read_text(), every=0.05)
+            second = optlab("run", "long.toml", "--store", "link.duckdb", cwd=tmp_path)
+            assert second.returncode == 1
+            assert "another optlab process (pid " in second.stderr
+            assert f"pid {again.pid} " in second.stderr
+            workers = children(again.pid)
+            again.kill()
+            again.communicate()
+            wait_for(lambda w=workers: gone(w))
+    # The last attempt: one worker, so two threads per run unless each run keeps its own.
+    final = optlab("run", "long.toml", "--workers", "1", cwd=tmp_path, check=True)
+    assert "resume from their last checkpoint" in final.stdout
+    assert results(tmp_path) == reference
+    assert set(statuses(tmp_path).values()) == {"done"}
+    threads = optlab("query", "select distinct threads from runs", "--format", "csv",
+                     cwd=tmp_path).stdout
+    assert threads == "threads\n1\n"
+
+
+def test_a_worker_that_crashes_leaves_its_traceback_and_its_run_resumes(tmp_path, reference):
+    study(tmp_path)
+    proc = start(["run", "long.toml", "--workers", "1"], tmp_path)
+    wait_for(lambda: events_in_journals(tmp_path, "checkpoint") >= 2, every=0.02)
+    (worker,) = children(proc.pid)
+    os.kill(worker, signal.SIGSEGV)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "died (killed by SIGSEGV) during the run" in err
+    log = next(p for p in (tmp_path / "optlab.runs").glob("*/log.txt")
+               if "Segmentation fault" in p.read_text())
+    assert "Fatal Python error: Segmentation fault" in log.read_text()
+    status = optlab("status", cwd=tmp_path).stdout
+    assert "(--retry-failed resumes from epoch " in status
+    optlab("run", "long.toml", "--retry-failed", cwd=tmp_path, check=True)
+    assert results(tmp_path) == reference
+
+
+def test_a_stopped_worker_is_killed_after_the_stall_timeout(tmp_path, reference):
+    study(tmp_path)
+    proc = start(["run", "long.toml", "--workers", "1", "--stall-timeout", "4"], tmp_path)
+    wait_for(lambda: events_in_journals(tmp_path, "checkpoint") >= 1, every=0.02)
+    (worker,) = children(proc.pid)
+    os.kill(worker, signal.SIGSTOP)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert "stalled: no progress for 4 s (stopped or hung), so it was killed" in err
+    assert list(statuses(tmp_path).values()).count("failed") == 1
+    optlab("run", "long.toml", "--retry-failed", cwd=tmp_path, check=True)
+    assert results(tmp_path) == reference
+
+
+@pytest.mark.parametrize("presses", [2, 4])
+def test_any_number_of_ctrl_cs_ends_cleanly_and_resumably(tmp_path, presses, reference):
+    study(tmp_path)
+    proc = start(["run", "long.toml", "--workers", "2"], tmp_path)
+    wait_for(lambda: events_in_journals(tmp_path, "epoch") >= 1, every=0.02)
+    for _ in range(presses):
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "running" not in statuses(tmp_path).values()
+    optlab("run", "long.toml", cwd=tmp_path, check=True)
+    assert results(tmp_path) == reference
+
+
+def test_a_reader_holding_the_store_delays_writes_but_loses_nothing(tmp_path, reference):
+    study(tmp_path)
+    proc = start(["run", "long.toml", "--workers", "2"], tmp_path)
+    wait_for(lambda: events_in_journals(tmp_path, "epoch") >= 1, every=0.05)
+    hold = ("import duckdb, time; c = duckdb.connect('optlab.duckdb', read_only=True); "
+            "print('open', flush=True); time.sleep(float(__import__('sys').argv[1]))")
+    reader = subprocess.Popen([sys.executable, "-c", hold, "12"], cwd=tmp_path,
+                              stdout=subprocess.PIPE, text=True)
+    assert reader.stdout.readline() == "open\n"
+    out, err = proc.communicate(timeout=180)
+    reader.wait()
+    assert proc.returncode == 0, err
+    assert "busy (another process holds it" in out + err
+    assert results(tmp_path) == reference
+
+
+def test_a_full_disk_stops_the_study_cleanly_and_it_resumes(tmp_path, reference):
+    study(tmp_path)
+    # A file size limit makes every write past it fail as a full disk would (EFBIG): here the
+    # first checkpoint of a wide model is too big. The store itself stays under it.
+    big = tmp_path / "big"
+    study(big, width=1024)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (6 << 20, 6 << 20))
+
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "optlab", "run", "long.toml"], cwd=big,
+                          env=env, capture_output=True, text=True, timeout=240,
+                          preexec_fn=limit)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "disk full" in proc.stdout + proc.stderr
+    assert "stopped" in proc.stdout.splitlines()[-1]
+    states = statuses(big)
+    assert "running" not in states.values() and "interrupted" in states.values()
+    done = optlab("run", "long.toml", cwd=big, check=True)
+    assert done.stdout.splitlines()[-1].endswith(": 2 done")
+
+
+def test_a_damaged_store_is_one_line_and_rebuild_restores_every_result(tmp_path, reference):
+    study(tmp_path)
+    optlab("run", "long.toml", cwd=tmp_path, check=True)
+    store = tmp_path / "optlab.duckdb"
+    shutil.copy(store, tmp_path / "copy.duckdb")
+    with open(store, "r+b") as f:
+        f.seek(4096 + 16)
+        f.write(os.urandom(64))  # the database header
+    for args in (["status"], ["query", "select 1"], ["run", "long.toml"]):
+        proc = optlab(*args, cwd=tmp_path)
+        assert proc.returncode == 1 and proc.stderr.count("\n") == 1, (args, proc.stderr)
+        assert "`optlab rebuild --store optlab.duckdb` makes" in proc.stderr
+    rebuilt = optlab("rebuild", cwd=tmp_path, check=True)
+    assert rebuilt.stdout.startswith("Rebuilt optlab.duckdb: 1 studies (long), 2 runs (2 done), "
+                                     "16 epoch rows from 2 journals")
+    assert results(tmp_path) == reference
+    assert list(tmp_path.glob("optlab.duckdb.before-rebuild-*"))
+    again = optlab("run", "long.toml", cwd=tmp_path, check=True)
+    assert again.stdout.startswith("Nothing to run: all 2 runs of long are finished")
+    # weights were kept (save_weights = "final"), and rebuild found them again
+    path = optlab("weights", next(iter(statuses(tmp_path)))[:6], cwd=tmp_path,
+                  check=True).stdout.strip()
+    assert Path(path).is_file() and path.endswith("final.pt")
