@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
@@ -31,10 +32,8 @@ def run(cfg, folder, resume_upto=0, die_at=None, seed=0):
     cache = DataCache(default_registry(), torch.device("cpu"))
     task = {"run_id": "r1", "seed": seed, "config": cfg, "checkpoint_dir": str(folder),
             "resume_upto": resume_upto}
-    try:
+    with contextlib.suppress(Killed):
         train(task, emit, cache)
-    except Killed:
-        pass
     return events
 
 
@@ -84,8 +83,9 @@ def test_a_run_killed_after_any_epoch_resumes_bit_for_bit(tmp_path, optimizer):
     # what it reported of that epoch is dropped on resume, from the checkpoint of `kill`.
     for kill, during in ((1, "epoch"), (3, "probe"), (5, "epoch")):
         folder = tmp_path / f"kill{kill}"
-        first = run(cfg, folder, die_at=lambda e, k=kill, t=during: e["type"] == t
-                    and e["epoch"] == k + 1 and (t == "epoch" or e["probe"] != "distance_from_init"))
+        first = run(cfg, folder, die_at=lambda e, k=kill, t=during: (
+            e["type"] == t and e["epoch"] == k + 1
+            and (t == "epoch" or e["probe"] != "distance_from_init")))
         assert [e["epoch"] for e in first if e["type"] == "checkpoint"][-1] == kill
         assert not any(e["type"] == "epoch" and e["epoch"] > kill for e in first)
         second = run(cfg, folder, resume_upto=kill)

@@ -116,20 +116,7 @@ def test_kill_9_of_the_coordinator_at_random_moments_loses_nothing(tmp_path, ref
             assert "long: interrupted (writer gone: pid " in status
             assert "run the study again to resume" in status
             assert "resumes from epoch " in status
-            # Another path to the same store (a symlink) finds the same lock: while the
-            # study runs again, a second writer through the link is refused.
-            (tmp_path / "link.duckdb").symlink_to(tmp_path / "optlab.duckdb")
-            again = start(["run", "long.toml"], tmp_path)
-            lock = tmp_path / "optlab.duckdb.lock"
-            wait_for(lambda: f'"pid": {again.pid},' in lock.read_text(), every=0.05)
-            second = optlab("run", "long.toml", "--store", "link.duckdb", cwd=tmp_path)
-            assert second.returncode == 1
-            assert "another optlab process (pid " in second.stderr
-            assert f"pid {again.pid} " in second.stderr
-            workers = children(again.pid)
-            again.kill()
-            again.communicate()
-            wait_for(lambda w=workers: gone(w))
+            second_writer_through_a_symlink_is_refused(tmp_path)
     # The last attempt: one worker, so two threads per run unless each run keeps its own.
     final = optlab("run", "long.toml", "--workers", "1", cwd=tmp_path, check=True)
     assert "resume from their last checkpoint" in final.stdout
@@ -138,6 +125,22 @@ def test_kill_9_of_the_coordinator_at_random_moments_loses_nothing(tmp_path, ref
     threads = optlab("query", "select distinct threads from runs", "--format", "csv",
                      cwd=tmp_path).stdout
     assert threads == "threads\n1\n"
+
+
+def second_writer_through_a_symlink_is_refused(folder: Path) -> None:
+    """Another path to the same store finds the same lock: while the study runs again, a
+    second writer through a symlink is refused."""
+    (folder / "link.duckdb").symlink_to(folder / "optlab.duckdb")
+    first = start(["run", "long.toml"], folder)
+    lock = folder / "optlab.duckdb.lock"
+    wait_for(lambda: f'"pid": {first.pid},' in lock.read_text(), every=0.05)
+    second = optlab("run", "long.toml", "--store", "link.duckdb", cwd=folder)
+    assert second.returncode == 1
+    assert f"another optlab process (pid {first.pid} " in second.stderr
+    workers = children(first.pid)
+    first.kill()
+    first.communicate()
+    wait_for(lambda: gone(workers))
 
 
 def test_a_worker_that_crashes_leaves_its_traceback_and_its_run_resumes(tmp_path, reference):

@@ -50,11 +50,19 @@ def resolve_ids(con: duckdb.DuckDBPyConnection, given: list[str]) -> list[str]:
 # ---- weights ------------------------------------------------------------------------------
 
 def weights_path(store: Path, run_id: str) -> tuple[str, Path]:
+    run_id, path, _ = saved_weights(store, run_id)
+    return run_id, path
+
+
+def saved_weights(store: Path, run_id: str) -> tuple[str, Path, dict[str, Any]]:
+    """The run's full id, its weights file, and what rebuilding its model takes (the model
+    table, input shape and class count)."""
     with st.reading(store) as con:
         (run_id,) = resolve_ids(con, [run_id])
-        status, path, wall, mode = con.execute(
-            "select status, weights_path, wall_seconds, config->>'$.save_weights' "
-            "from run_state where run_id = ?", [run_id]).fetchone()
+        status, path, wall, mode, model, shape, classes = con.execute(
+            "select status, weights_path, wall_seconds, config->>'$.save_weights', "
+            "config->'$.model', input_shape, num_classes from run_state where run_id = ?",
+            [run_id]).fetchone()
     if path is None:
         if status != "done":
             raise OptlabError(f"run {run_id} is {status}: weights are saved when a run "
@@ -69,7 +77,19 @@ def weights_path(store: Path, run_id: str) -> tuple[str, Path]:
     file = Path(path)
     if not file.is_file():
         raise OptlabError(f"run {run_id}: its weights file {file} is gone")
-    return run_id, file
+    return run_id, file, {"model": json.loads(model), "input_shape": json.loads(shape or "null"),
+                          "num_classes": classes}
+
+
+def loading_code(path: Path, build: dict[str, Any]) -> str:
+    """Python that rebuilds the run's model with its plugin and loads the weights."""
+    table = dict(build["model"])
+    name = table.pop("name")
+    shape = tuple(build["input_shape"] or ())
+    return (f"import torch\nfrom optlab.registry import default_registry\n"
+            f"model = default_registry().create('model', {name!r}, {table!r}, "
+            f"input_shape={shape!r}, num_classes={build['num_classes']!r})\n"
+            f"model.load_state_dict(torch.load({str(path)!r}))\n")
 
 
 def _minutes() -> int:

@@ -18,11 +18,16 @@ def command(
     run_id: str = typer.Argument(..., help="The run id (or a unique prefix of it).",
                                  show_default=False),
     to: Path = typer.Option(None, "--to", help="Copy the file here (a file or a folder)."),
+    python: bool = typer.Option(False, "--python", help="Print the Python that rebuilds the "
+                                "run's model and loads the weights."),
     store: Path = StoreOption,
 ) -> None:
-    from optlab.manage import copy_weights, weights_path
+    from optlab.manage import copy_weights, loading_code, saved_weights
 
-    _, path = weights_path(store, run_id)
+    _, path, build = saved_weights(store, run_id)
+    if python:
+        out.print(loading_code(path, build), end="", markup=False)
+        return
     if to is None:
         out.print(str(path), markup=False)
         return
