@@ -4,10 +4,10 @@ For each seed model: the state optlab checkpoints (model, SGD-momentum or AdamW 
 generators, counters), written the engine's way (serialise, SHA-256, write aside, fsync,
 rename, fsync the folder) and the way a hand-written script does it (``torch.save`` straight
 to the file, no fsync). Then the share of training time it costs: against this machine's
-epoch (its dataset's training images at the throughput measured here, in the same run) when taken every
-epoch, and under the default policy (every 5 minutes: at most cost / 300 s whatever the
-device). The epoch time under which checkpointing every epoch would cost more than 2% is
-printed too, to read against a GPU's epoch.
+epoch (its dataset's training images at the throughput measured here, in the same run) when
+taken every epoch, and under the default policy (every 5 minutes: at most cost / 300 s
+whatever the device). The epoch time under which checkpointing every epoch would cost more
+than 2% is printed too, to read against a GPU's epoch.
 
     python benchmarks/checkpoint_cost.py [--folder DIR] [--rounds 5] [--batches 2]
 """
@@ -123,11 +123,11 @@ def main() -> None:
                 model, optimizer = build(table, shape, classes, opt)
                 ips = throughput(model, optimizer, shape, classes, args.batches)
                 gen = torch.Generator().manual_seed(0)
-                plain = timed(lambda m=model, o=optimizer: plain_write(folder, m, o, gen),
+                plain = timed(lambda m=model, o=optimizer, g=gen: plain_write(folder, m, o, g),
                               args.rounds)
-                sizes = []
-                ours = timed(lambda m=model, o=optimizer: sizes.append(
-                    optlab_write(folder, m, o, gen)), args.rounds)
+                sizes: list[int] = []
+                ours = timed(lambda m=model, o=optimizer, g=gen, out=sizes: out.append(
+                    optlab_write(folder, m, o, g)), args.rounds)
                 epoch = images / ips
                 every = ours / epoch
                 default = ours / max(epoch, DEFAULT_MINUTES * 60)

@@ -198,6 +198,12 @@ def test_unusable_store_paths_are_one_line(tmp_path, cli):
         result = cli("run", "tiny.toml", "--store", store)
         assert result.exit_code == 1 and why in result.stderr, (store, result.stderr)
         assert result.stderr.count("\n") == 1
+    # a lock file that cannot be made (here a folder stands where it would go)
+    (tmp_path / "optlab.duckdb.lock").mkdir()
+    result = cli("run", "tiny.toml")
+    assert result.exit_code == 1 and "cannot create the lock file" in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert not (tmp_path / "optlab.duckdb").exists()
     if os.geteuid() != 0:  # root writes anywhere
         locked = tmp_path / "ro"
         locked.mkdir()

@@ -42,7 +42,7 @@ COLUMNS = ("run_id, epoch, step, samples, sfo, epoch_lr, epoch_batch_size, train
            "train_acc, test_loss, test_acc, val_loss, val_acc")
 
 
-def study(folder: Path, width: int = 128) -> Path:
+def study(folder: Path, width: int = 512) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     return write_study(folder, text=STUDY.format(width=width), name="long.toml")
 
@@ -96,8 +96,30 @@ def reference(tmp_path_factory) -> tuple[list, list]:
     return epochs, probes
 
 
+def kill_during_a_checkpoint_write(folder: Path) -> bool:
+    """Start the study and kill -9 it all (workers first, as a machine that dies) as soon as
+    a checkpoint is being written; True when the torn temporary file was left behind."""
+    proc = start(["run", "long.toml", "--workers", "2"], folder)
+    workers = wait_for(lambda: len(children(proc.pid)) == 2 and children(proc.pid))
+    checkpoints = folder / "optlab.checkpoints"
+    deadline = time.monotonic() + 60
+    torn: list[Path] = []
+    while not torn and time.monotonic() < deadline:
+        torn = list(checkpoints.glob("*/.*.tmp-*"))
+        time.sleep(0.0005)
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    proc.kill()
+    proc.communicate()
+    wait_for(lambda: gone(workers))
+    return any(p.exists() for p in torn)
+
+
 def test_kill_9_of_the_coordinator_at_random_moments_loses_nothing(tmp_path, reference):
     study(tmp_path)
+    # First, as a machine dying in the middle of a checkpoint write (tried until it lands
+    # there: the write takes milliseconds).
+    assert any(kill_during_a_checkpoint_write(tmp_path) for _ in range(3))
     rng = random.Random(8)
     moments = ["after a checkpoint", "random", "random"]
     for i, moment in enumerate(moments):
@@ -125,13 +147,14 @@ def test_kill_9_of_the_coordinator_at_random_moments_loses_nothing(tmp_path, ref
     threads = optlab("query", "select distinct threads from runs", "--format", "csv",
                      cwd=tmp_path).stdout
     assert threads == "threads\n1\n"
+    assert not list((tmp_path / "optlab.checkpoints").glob("*/.*.tmp-*"))
 
 
 def second_writer_through_a_symlink_is_refused(folder: Path) -> None:
     """Another path to the same store finds the same lock: while the study runs again, a
     second writer through a symlink is refused."""
     (folder / "link.duckdb").symlink_to(folder / "optlab.duckdb")
-    first = start(["run", "long.toml"], folder)
+    first = start(["run", "long.toml", "--workers", "2"], folder)
     lock = folder / "optlab.duckdb.lock"
     wait_for(lambda: f'"pid": {first.pid},' in lock.read_text(), every=0.05)
     second = optlab("run", "long.toml", "--store", "link.duckdb", cwd=folder)
@@ -145,10 +168,10 @@ def second_writer_through_a_symlink_is_refused(folder: Path) -> None:
 
 def test_a_worker_that_crashes_leaves_its_traceback_and_its_run_resumes(tmp_path, reference):
     study(tmp_path)
-    proc = start(["run", "long.toml", "--workers", "1"], tmp_path)
+    # Two workers, as the reference had (a run's thread count is part of its numbers).
+    proc = start(["run", "long.toml", "--workers", "2"], tmp_path)
     wait_for(lambda: events_in_journals(tmp_path, "checkpoint") >= 2, every=0.02)
-    (worker,) = children(proc.pid)
-    os.kill(worker, signal.SIGSEGV)
+    os.kill(children(proc.pid)[0], signal.SIGSEGV)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1
     assert "died (killed by SIGSEGV) during the run" in err
@@ -157,16 +180,23 @@ def test_a_worker_that_crashes_leaves_its_traceback_and_its_run_resumes(tmp_path
     assert "Fatal Python error: Segmentation fault" in log.read_text()
     status = optlab("status", cwd=tmp_path).stdout
     assert "(--retry-failed resumes from epoch " in status
+    # Resumed, it is killed again at a random moment of a later epoch.
+    seen = events_in_journals(tmp_path, "checkpoint")
+    proc = start(["run", "long.toml", "--retry-failed", "--workers", "2"], tmp_path)
+    wait_for(lambda: events_in_journals(tmp_path, "checkpoint") > seen, every=0.02)
+    time.sleep(random.Random(3).uniform(0.0, 0.5))
+    os.kill(children(proc.pid)[0], signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert "died (killed by SIGKILL) during the run" in err
     optlab("run", "long.toml", "--retry-failed", cwd=tmp_path, check=True)
     assert results(tmp_path) == reference
 
 
 def test_a_stopped_worker_is_killed_after_the_stall_timeout(tmp_path, reference):
     study(tmp_path)
-    proc = start(["run", "long.toml", "--workers", "1", "--stall-timeout", "4"], tmp_path)
+    proc = start(["run", "long.toml", "--workers", "2", "--stall-timeout", "4"], tmp_path)
     wait_for(lambda: events_in_journals(tmp_path, "checkpoint") >= 1, every=0.02)
-    (worker,) = children(proc.pid)
-    os.kill(worker, signal.SIGSTOP)
+    os.kill(children(proc.pid)[0], signal.SIGSTOP)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1
     assert "stalled: no progress for 4 s (stopped or hung), so it was killed" in err
@@ -187,7 +217,7 @@ def test_any_number_of_ctrl_cs_ends_cleanly_and_resumably(tmp_path, presses, ref
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert "running" not in statuses(tmp_path).values()
-    optlab("run", "long.toml", cwd=tmp_path, check=True)
+    optlab("run", "long.toml", "--workers", "2", cwd=tmp_path, check=True)
     assert results(tmp_path) == reference
 
 
@@ -233,7 +263,7 @@ def test_a_full_disk_stops_the_study_cleanly_and_it_resumes(tmp_path, reference)
 
 def test_a_damaged_store_is_one_line_and_rebuild_restores_every_result(tmp_path, reference):
     study(tmp_path)
-    optlab("run", "long.toml", cwd=tmp_path, check=True)
+    optlab("run", "long.toml", "--workers", "2", cwd=tmp_path, check=True)
     store = tmp_path / "optlab.duckdb"
     shutil.copy(store, tmp_path / "copy.duckdb")
     with open(store, "r+b") as f:

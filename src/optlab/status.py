@@ -82,7 +82,7 @@ def _one(con: Any, store: Path, name: str, writer: Writer | None) -> StudyStatus
         gone = f"pid {pid} on {host}{ago}"
         for run_id, status in con.execute(
                 "select run_id, status from runs where study = ? and status in "
-                "('pending', 'running')", [name]).fetchall():
+                "('pending', 'running', 'interrupted')", [name]).fetchall():
             progress = journal_progress(store, run_id)
             if progress is not None or status == "running":
                 cut[run_id] = progress or (0, 0)
