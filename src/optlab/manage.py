@@ -285,6 +285,7 @@ class Rebuilt:
     by_status: dict[str, int]
     epochs: int
     aside: Path | None
+    missing: list[str] = field(default_factory=list)  # in the old store, with no record
 
 
 def rebuild(store: Path) -> Rebuilt:
@@ -322,6 +323,7 @@ def rebuild(store: Path) -> Rebuilt:
         if st.is_disk_full(str(e)):
             raise StoreError(f"{store}: cannot rebuild: the disk is full") from None
         raise StoreError(f"{store}: cannot rebuild: {one_line(str(e))}") from None
+    missing = sorted(set(_readable_studies(store)) - {r["study"] for r in records})
     aside = None
     if store.exists():
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -332,7 +334,21 @@ def rebuild(store: Path) -> Rebuilt:
             os.replace(wal, aside.with_name(aside.name + ".wal"))
     os.replace(tmp, store)
     return Rebuilt([r["study"] for r in records], sum(by_status.values()), journals,
-                   by_status, epochs, aside)
+                   by_status, epochs, aside, missing)
+
+
+def _readable_studies(store: Path) -> list[str]:
+    """The studies the old store names, if it can still be read at all."""
+    if not store.exists():
+        return []
+    try:
+        con = duckdb.connect(str(store), read_only=True)
+        try:
+            return [s for (s,) in con.execute("select study from studies").fetchall()]
+        finally:
+            con.close()
+    except duckdb.Error:
+        return []
 
 
 def _from_record(record: dict[str, Any]) -> tuple[Any, list[Any]]:

@@ -22,5 +22,8 @@ def command(store: Path = StoreOption) -> None:
     out.print(f"Rebuilt {store}: {len(done.studies)} studies ({', '.join(done.studies)}), "
               f"{done.runs} runs ({states}), {done.epochs} epoch rows from {done.journals} "
               "journals; session history is not kept.", markup=False)
+    if done.missing:
+        out.print(f"Not rebuilt (no study record: last run before optlab kept them): "
+                  f"{', '.join(done.missing)}; they stay in the old file.", markup=False)
     if done.aside is not None:
         out.print(f"The old file is kept as {done.aside}.", markup=False)
