@@ -197,3 +197,10 @@ def test_rm_and_weights_end_to_end(tmp_path):
     assert bad.returncode == 1 and bad.stderr.startswith("Error: --where ")
     assert optlab("query", "select count(*) as n from epochs", "--format", "csv",
                   cwd=tmp_path).stdout == "n\n2\n"
+
+
+def test_a_control_character_in_a_key_stays_on_the_one_line(cli, tmp_path):
+    (tmp_path / "s.toml").write_text('"\\u001e" = 1\n[base]\nepochs = 1\n')
+    result = cli("show", "s.toml")
+    assert result.exit_code == 1
+    assert "\\x1e: unknown key" in one_line(result)

@@ -38,8 +38,14 @@ StoreOption = typer.Option(
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"Error: {message}", markup=False)
+    err.print(f"Error: {printable(message)}", markup=False)
     return typer.Exit(code)
+
+
+def printable(text: str) -> str:
+    """One line whatever the message quotes: control characters (a key named "\x1e", a
+    newline in a value) are shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def traceback_dir() -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from optlab.cli.common import err, handles_errors, out
+from optlab.cli.common import err, handles_errors, out, printable
 from optlab.errors import ConfigError, UsageError
 
 NAME = "plugins"
@@ -36,5 +36,5 @@ def command(
                 out.print(f"    {pname}: {ptype} = {default}", markup=False)
     if broken:
         for message in broken[1:]:
-            err.print(f"Error: {message}", markup=False)
+            err.print(f"Error: {printable(message)}", markup=False)
         raise ConfigError(broken[0])
