@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -319,6 +320,11 @@ def test_status_and_query_work_while_a_study_runs(tmp_path):
         wait_for(lambda: "running on 1 worker" in optlab("status", cwd=tmp_path).stdout)
         status = optlab("status", cwd=tmp_path)
         assert status.returncode == 0
+        # an ETA from the first finished epoch, before any run has finished
+        wait_for(lambda: int(optlab("query", "select count(*) from epochs", "--format",
+                                    "csv", cwd=tmp_path).stdout.split()[1]) > 0)
+        row = optlab("status", cwd=tmp_path).stdout.splitlines()[1].split()
+        assert row[4] == "0" and re.fullmatch(r"\d+m\d\ds|\d+h\d\dm", row[-1]), row
         q = optlab("query", "select count(*) as n from epochs", "--format", "csv", cwd=tmp_path)
         assert q.returncode == 0 and q.stdout.startswith("n\n")
         assert wait_for(lambda: int(optlab("query", "select count(*) from epochs", "--format",

@@ -91,11 +91,7 @@ def _one(con: Any, store: Path, name: str, writer: Writer | None) -> StudyStatus
         if counts["interrupted"]:
             result.gone = gone
     if live:
-        (mean,) = con.execute("select avg(wall_seconds) from runs where study = ? and "
-                              "status = 'done'", [name]).fetchone()
-        remaining = counts["pending"] + counts["running"] + counts["interrupted"]
-        if mean is not None:
-            result.eta_seconds = mean * remaining / result.active_workers
+        result.eta_seconds = _eta(con, name, result.active_workers)
     rows = con.execute(
         "select run_id, status, seed, axes, error, log_path, checkpoint_epoch, epochs, "
         "(select count(*) from epochs e where e.run_id = r.run_id) from runs r "
@@ -113,6 +109,22 @@ def _one(con: Any, store: Path, name: str, writer: Writer | None) -> StudyStatus
                "resume_epoch": ckpt or 0, "epochs": epochs, "epochs_done": done}
         (result.problems if status in ("failed", "diverged") else result.unfinished).append(run)
     return result
+
+
+def _eta(con: Any, name: str, workers: int) -> float | None:
+    """Epochs still to run times the study's mean epoch time so far (training, evaluation
+    and probes), over the workers: known from the first finished epoch, not the first
+    finished run."""
+    mean, left = con.execute(
+        "select (select avg(e.seconds + coalesce(e.eval_seconds, 0) + "
+        "coalesce(e.probe_seconds, 0)) from epochs e join runs r using (run_id) "
+        "where r.study = ?), "
+        "(select sum(greatest(r.epochs - (select count(*) from epochs e "
+        "where e.run_id = r.run_id), 0)) from runs r where r.study = ? and r.status in "
+        "('pending', 'running', 'interrupted'))", [name, name]).fetchone()
+    if mean is None or not workers:
+        return None
+    return float(mean) * float(left or 0) / workers
 
 
 def _ago(seconds: float) -> str:
