@@ -265,3 +265,59 @@ def test_analysis_errors_are_one_line(cli, tmp_path, args, message):
                lambda c, s: 0.5)
     result = cli("analyze", *args)
     assert (result.exit_code, result.stderr) == (1, f"Error: {message}\n")
+
+
+def test_every_analysis_is_the_same_whatever_order_the_store_returns_rows(tmp_path,
+                                                                          monkeypatch):
+    """Seed 002's H3 compares each dataset with a reference one: the first block of the study
+    file, not whichever group the store happens to return first."""
+    import random
+
+    from optlab import analyze as an
+
+    best = {5000: 10, 500: 5, 50: 1}
+    text = HEAD.format(name="order") + """
+lr_schedule = { name = "cosine" }
+[[block]]
+name = "first"
+[block.grid]
+"dataset.examples_per_class" = [5000, 500, 50]
+"lr_schedule.warmup_epochs" = [0, 1, 5, 10, 20]
+[[block]]
+name = "same_pattern"
+set = { "dataset.classes" = 5 }
+[block.grid]
+"dataset.examples_per_class" = [5000, 500, 50]
+"lr_schedule.warmup_epochs" = [0, 1, 5, 10, 20]
+[[block]]
+name = "other_pattern"
+set = { "dataset.classes" = 7 }
+[block.grid]
+"dataset.examples_per_class" = [5000, 500, 50]
+"lr_schedule.warmup_epochs" = [0, 1, 5, 10, 20]
+"""
+
+    def acc(c, s):
+        regime = c["dataset"]["examples_per_class"]
+        w = c["lr_schedule"]["warmup_epochs"]
+        peak = 20 - best[regime] if c["dataset"]["classes"] == 7 else best[regime]
+        return 0.8 - 0.002 * (w - peak) ** 2 + 0.001 * ((s * 7 + w) % 3)
+
+    make_store(tmp_path, text, acc)
+    store = tmp_path / "optlab.duckdb"
+    original = an.load
+    outputs = []
+    for shuffle in range(4):
+        def shuffled(con, study, metric, k=shuffle):
+            runs = original(con, study, metric)
+            random.Random(k).shuffle(runs)
+            return runs
+
+        monkeypatch.setattr(an, "load", shuffled)
+        outputs.append([an.run_analysis(store, name, None, "best_test_acc",
+                                        param="lr_schedule.warmup_epochs").to_json()
+                        for name in ("warmup", "optimal")])
+    assert all(o == outputs[0] for o in outputs[1:])
+    h3 = next(h for h in outputs[0][0]["tables"]["hypotheses"] if h["hypothesis"] == "H3")
+    assert h3["note"].startswith("dataset.classes=10 vs dataset.classes=5: r=1")
+    assert "dataset.classes=10 vs dataset.classes=7" in h3["note"]

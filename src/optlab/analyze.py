@@ -46,6 +46,7 @@ class Run:
     status: str
     config: dict[str, Any]  # flattened: {"optimizer.lr": 0.1, "optimizer": "sgd", ...}
     value: float | None
+    position: int = 0  # in the study's expansion: blocks in file order, then their runs
 
     def get(self, path: str) -> Any:
         return self.config.get(path)
@@ -94,12 +95,20 @@ def load(con: Any, study: str, metric: str) -> list[Run]:
     reducer, column = parse_metric(metric)
     rows = con.execute(
         f"""select r.run_id, r.seed, r.status, any_value(r.config),
-                   {reduce_sql(reducer, column)} as value
+                   {reduce_sql(reducer, column)} as value, any_value(r.position) as position
             from runs r left join epochs e using (run_id)
-            where r.study = ? group by r.run_id, r.seed, r.status""", [study]).fetchall()
-    return [Run(run_id, seed, status, _flat_config(config),
-                None if value is None or not math.isfinite(value) else float(value))
-            for run_id, seed, status, config, value in rows]
+            where r.study = ? group by r.run_id, r.seed, r.status
+            order by position, r.run_id""", [study]).fetchall()
+    return in_study_order([
+        Run(run_id, seed, status, _flat_config(config),
+            None if value is None or not math.isfinite(value) else float(value), position)
+        for run_id, seed, status, config, value, position in rows])
+
+
+def in_study_order(runs: list[Run]) -> list[Run]:
+    """The order every analysis sees runs in, whatever order the store gave them: the
+    study file's (so "the first dataset" is the first block's), then run id."""
+    return sorted(runs, key=lambda r: (r.position, r.run_id))
 
 
 def higher_is_better(metric: str) -> bool:
@@ -253,6 +262,7 @@ def run_analysis(store: Path, name: str, study: str | None, metric: str,
         runs = load(con, study, metric)
     if not runs:
         raise OptlabError(f"study {study!r} has no runs in {store}")
+    runs = in_study_order(runs)
     handler = {"optimal": _optimal, "lr-wd": _lr_wd, "scaling": _scaling, "warmup": _warmup,
                "ranking": _ranking}[name]
     with warnings.catch_warnings():
@@ -468,8 +478,8 @@ def _h3(profiles: dict[str, tuple[Run, dict]]) -> dict[str, Any]:
     from scipy import stats
 
     test = ("Pearson correlation of regime-centred accuracy over (regime, warmup) cells with "
-            "the first dataset's, per other dataset with the same optimizer, one-sided; the "
-            "largest p")
+            "the reference dataset's (the first in the study file), per other dataset with "
+            "the same optimizer, one-sided; the largest p")
     by_optimizer: dict[str, list[tuple[str, dict]]] = {}
     for label, (run, profile) in profiles.items():
         by_optimizer.setdefault(str(run.get("optimizer")), []).append(
