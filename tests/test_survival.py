@@ -216,9 +216,15 @@ def test_any_number_of_ctrl_cs_ends_cleanly_and_resumably(tmp_path, presses, ref
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    assert "running" not in statuses(tmp_path).values()
+    before = statuses(tmp_path)
+    assert "running" not in before.values()
     optlab("run", "long.toml", "--workers", "2", cwd=tmp_path, check=True)
     assert results(tmp_path) == reference
+    # an interrupted run counts two attempts, the one it had and the one that finished it
+    attempts = dict(line.split(",") for line in optlab(
+        "query", "select run_id, attempts from runs", "--format", "csv",
+        cwd=tmp_path).stdout.splitlines()[1:])
+    assert attempts == {r: "2" if before[r] == "interrupted" else "1" for r in before}
 
 
 def test_a_reader_holding_the_store_delays_writes_but_loses_nothing(tmp_path, reference):
