@@ -124,3 +124,32 @@ def test_cuda_paths(precision):
     train({"run_id": "r", "seed": 0, "config": cfg}, events.append, cache)
     assert events[0]["precision_used"] == precision
     assert events[-1]["type"] == "finished"
+
+
+def test_a_loss_that_explodes_but_stays_finite_is_diverged_by_the_relative_rule():
+    ds = {"name": "synthetic", "classes": 3, "shape": [1, 4, 4], "train_size": 50,
+          "test_size": 20, "noise": 20.0, "seed": 0}
+    base = config(epochs=8, dataset=ds, model={"name": "mlp", "hidden": [16]},
+                  optimizer={"name": "sgd", "lr": 1.0, "momentum": 0.99, "nesterov": False,
+                             "weight_decay": 0.0})
+    events = run({**base, "divergence": {"loss_factor": 100.0}})
+    rows = [e for e in events if e["type"] == "epoch"]
+    assert len(rows) == 2 and math.isfinite(rows[-1]["train_loss"])
+    assert rows[-1]["train_loss"] > 100 * rows[0]["train_loss"]
+    assert events[-1]["type"] == "diverged" and events[-1]["rule"] == "loss_factor"
+    assert events[-1]["error"] == ("training loss 2.891e+10 is above 100 x the first epoch's "
+                                   "(6588) in epoch 2")
+    # Without the relative rule the same run goes on until the loss is no longer a number.
+    off = run({**base, "divergence": None})
+    assert off[-1]["type"] == "diverged" and off[-1]["rule"] == "non_finite"
+    assert len([e for e in off if e["type"] == "epoch"]) == 6
+
+
+def test_the_default_divergence_rule_and_that_it_is_not_part_of_a_run_id():
+    from optlab.expand import run_id_for
+    from optlab.study import RunSettings
+
+    assert RunSettings(epochs=1).divergence.loss_factor == 100.0
+    assert RunSettings(epochs=1, divergence=False).divergence is None
+    cfg = config()
+    assert run_id_for({**cfg, "divergence": {"loss_factor": 10.0}}, 0) == run_id_for(cfg, 0)

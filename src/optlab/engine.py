@@ -109,6 +109,7 @@ class Counters:
     samples: int = 0
     lr: float = 0.0
     elapsed: float = 0.0  # seconds of all attempts before this one
+    first_loss: float | None = None  # the first epoch's training loss (divergence rule)
 
 
 class BestWeights:
@@ -146,6 +147,21 @@ def set_rng_state(state: dict[str, Any], device: torch.device, gen: torch.Genera
     gen.set_state(state["data"])
     if device.type == "cuda" and "cuda" in state:
         torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def divergence(config: dict[str, Any], train_loss: float, run: Counters
+               ) -> tuple[str, str] | None:
+    """(rule, why) when this epoch's training loss says the run diverged, else None. The
+    first epoch's loss is the reference of the relative rule (kept in the checkpoint)."""
+    if not math.isfinite(train_loss):
+        return "non_finite", f"training loss became {train_loss}"
+    if run.first_loss is None:
+        run.first_loss = train_loss
+    factor = (config.get("divergence") or {}).get("loss_factor")
+    if factor and run.first_loss > 0 and train_loss > factor * run.first_loss:
+        return "loss_factor", (f"training loss {train_loss:.4g} is above {factor:g} x the "
+                               f"first epoch's ({run.first_loss:.4g})")
+    return None
 
 
 def save_weights(folder: Path, which: str, weights: dict[str, torch.Tensor]) -> Path:
@@ -218,7 +234,7 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
         probes.load_state_dict(state["probes"])
         best.load_state_dict(state["best"])
         run = Counters(state["epoch"], state["step"], state["samples"], state["lr"],
-                       state["elapsed"])
+                       state["elapsed"], state.get("first_loss"))
         ckpt.clear(folder, keep_upto=run.epoch)
         emit({"type": "resumed", "run_id": run_id, "epoch": run.epoch, "step": run.step,
               "checkpoint": str(found.path), "skipped": found.skipped,
@@ -302,9 +318,11 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
             "seconds": seconds, "eval_seconds": time.perf_counter() - t1,
             "val_loss": val_loss, "val_acc": val_acc, "probe_seconds": probe_seconds,
         })
-        if not finite:
-            emit({"type": "diverged", "run_id": run_id, "elapsed": elapsed(),
-                  "error": f"training loss became {train_loss} in epoch {run.epoch}"})
+        diverged = divergence(config, train_loss, run)
+        if diverged is not None:
+            rule, why = diverged
+            emit({"type": "diverged", "run_id": run_id, "elapsed": elapsed(), "rule": rule,
+                  "error": f"{why} in epoch {run.epoch}"})
             if folder is not None:
                 ckpt.clear(folder)
             return
@@ -316,6 +334,7 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
             path, size = policy.save(folder, run.epoch, {
                 "format": ckpt.FORMAT, "run_id": run_id, "epoch": run.epoch,
                 "step": run.step, "samples": run.samples, "lr": run.lr, "elapsed": elapsed(),
+                "first_loss": run.first_loss,
                 "threads": torch.get_num_threads(), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,

@@ -61,6 +61,7 @@ RUN_STATE_ADDED = (
     ("checkpoint_dir", "varchar"), ("checkpoint_epoch", "integer"),
     ("checkpoint_path", "varchar"), ("resumed_from", "integer"), ("weights_path", "varchar"),
     ("input_shape", "json"), ("num_classes", "integer"), ("journal_time", "double"),
+    ("diverged_by", "varchar"),
 )
 FIXED_RUN_COLUMNS = ("study", "block", "position", "axes")
 PROVENANCE_COLUMNS = ("optlab_version", "git_sha", "torch_version", "python_version", "device",
@@ -407,7 +408,10 @@ def apply_events(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -
             _finish(con, run_id, status, ev.get("error"), ev.get("time"), ev.get("elapsed"))
             if kind != "failed":  # the worker removes the checkpoints of an ended run
                 con.execute("update run_state set checkpoint_epoch = null, checkpoint_path = "
-                            "null, weights_path = ? where run_id = ?", [ev.get("weights"), run_id])
+                            "null, weights_path = ?, diverged_by = ? where run_id = ?",
+                            [ev.get("weights"),
+                             (ev.get("rule") or "non_finite") if kind == "diverged" else None,
+                             run_id])
         elif kind == "disk_full":
             _finish(con, run_id, "interrupted", f"stopped: disk full ({ev.get('error')})",
                     ev.get("time"))

@@ -44,6 +44,20 @@ DEFAULT_CHECKPOINT = CheckpointSettings(every_minutes=5)
 WEIGHTS_AUTO_SECONDS = 180  # save_weights = "auto" keeps the final weights of longer runs
 
 
+class DivergenceSettings(BaseModel):
+    """When a run counts as diverged, besides a non-finite training loss (always): an epoch's
+    training loss above ``loss_factor`` times the first epoch's."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    loss_factor: Annotated[float, Field(gt=1)] = 100.0
+
+
+# 100x the first epoch's mean training loss: far beyond the spikes of a run that recovers
+# (a cross-entropy of 2.3 at chance becomes 230), and every run reported so far as "done"
+# with a loss of 1e19 crosses it.
+DEFAULT_DIVERGENCE = DivergenceSettings()
+
+
 class RunSettings(BaseModel):
     """The run config's keys that are not plugin tables."""
 
@@ -58,6 +72,13 @@ class RunSettings(BaseModel):
     checkpoint: CheckpointSettings | None = DEFAULT_CHECKPOINT
     # "auto": the final weights of runs longer than WEIGHTS_AUTO_SECONDS.
     save_weights: Literal["auto", "final", "best", "none"] = "auto"
+    # `divergence = false` keeps only the non-finite rule (stored as null).
+    divergence: DivergenceSettings | None = DEFAULT_DIVERGENCE
+
+    @field_validator("divergence", mode="before")
+    @classmethod
+    def _no_rule(cls, v: Any) -> Any:
+        return None if v is False else DEFAULT_DIVERGENCE if v is True else v
 
     @field_validator("checkpoint", mode="before")
     @classmethod
@@ -70,7 +91,9 @@ class RunSettings(BaseModel):
 
 
 # Settings that change how a run is kept, not what it computes: not part of its run_id.
-NOT_IDENTITY = ("checkpoint", "save_weights")
+# `divergence` only decides when a run stops being worth training: the epochs it does run
+# are the same, and changing the rule does not re-run finished runs.
+NOT_IDENTITY = ("checkpoint", "save_weights", "divergence")
 
 
 RUN_DEFAULTS: dict[str, Any] = {
