@@ -134,7 +134,7 @@ full_grad_norm = _probe("Gradient norm of the loss over the whole training set (
 hessian_trace = _probe("Hessian trace on the probe batch, Hutchinson's estimator with "
                        "`vectors` Rademacher vectors.", HessianTraceParams, "HessianTrace")
 top_eigenvalue = _probe("Hessian eigenvalue of largest magnitude, with its sign, on the probe "
-                        "batch, by power iteration on Hessian-vector products (negative where "
+                        "batch, by power iteration on Hessian-vector products (negative when the "
                         "most negative curvature is the largest in size).", TopEigenvalueParams,
                         "TopEigenvalue")
 grad_noise_scale = _probe("Simple gradient noise scale B_simple = tr(Sigma)/|G|^2 "
