@@ -142,3 +142,26 @@ def test_bad_arrays_files(cli, tmp_path, arrays, message):
     assert result.exit_code == 1
     assert result.stderr == (f"Error: s.toml: base: dataset: {tmp_path / 'bad.npz'}: "
                              f"{message}\n")
+
+
+def test_arrays_vectors_use_a_given_mean_and_std(tmp_path):
+    path = fake_data.make_arrays(tmp_path / "a.npz", "flat")
+    raw = load("arrays", tmp_path, path=str(path), normalize=False)
+    one = load("arrays", tmp_path, path=str(path), mean=[1.0], std=[2.0])
+    assert torch.allclose(one.x_train, (raw.x_train - 1.0) / 2.0)
+    per = [float(i) for i in range(12)]
+    each = load("arrays", tmp_path, path=str(path), mean=per, std=[1.0] * 12)
+    assert torch.allclose(each.x_test, raw.x_test - torch.tensor(per))
+
+
+@pytest.mark.parametrize("table,message", [
+    ('mean = [0.0, 1.0], std = [1.0, 1.0]', "mean has 2 values; {p} holds vectors of 12 "
+     "features: give 1 value (for all) or 12 (one per feature)"),
+    ('mean = [0.0]', "give mean and std together (or neither)"),
+])
+def test_arrays_vectors_refuse_a_mean_that_does_not_fit(cli, tmp_path, table, message):
+    fake_data.make_arrays(tmp_path / "a.npz", "flat")
+    result = cli("show", study(tmp_path, f'{{ name = "arrays", path = "a.npz", {table} }}'))
+    assert result.exit_code == 1
+    assert result.stderr == (f"Error: s.toml: base: dataset: "
+                             f"{message.format(p='a.npz')}\n")

@@ -303,6 +303,7 @@ def _arrays_summary(path: str, mtime: float) -> dict[str, Any]:
             raise ValueError(f"{path}: missing {', '.join(missing)}; an arrays file needs "
                              f"{', '.join(REQUIRED)} (it has {', '.join(f.files) or 'nothing'})")
         shapes = {k: f[k].shape for k in REQUIRED}
+        image = is_image(f["x_train"].ndim, f["x_train"].dtype)
         for split in ("train", "test"):
             nx, ny = shapes[f"x_{split}"][0], shapes[f"y_{split}"][0]
             if nx != ny:
@@ -310,17 +311,31 @@ def _arrays_summary(path: str, mtime: float) -> dict[str, Any]:
         y = f["y_train"].reshape(-1).astype(np.int64)
     counts = np.bincount(y)
     return {"train_size": len(y), "classes": len(counts),
-            "smallest_class": int(counts[counts > 0].min())}
+            "smallest_class": int(counts[counts > 0].min()), "image": image,
+            "features": None if image else int(shapes["x_train"][-1])}
+
+
+def is_image(ndim: int, dtype: Any) -> bool:
+    """Images: (N, C, H, W) or (N, H, W, C), or grey uint8 (N, H, W); anything else is
+    vectors or sequences."""
+    return ndim == 4 or (ndim == 3 and dtype == np.uint8)
 
 
 def build_arrays(params: Any, **_: Any) -> TensorData:
     arrays_summary(params.path)
     with np.load(params.path) as f:
         x_tr, y_tr, x_te, y_te = (f[k] for k in REQUIRED)
-    if x_tr.ndim == 4 or (x_tr.ndim == 3 and x_tr.dtype == np.uint8):
+    if is_image(x_tr.ndim, x_tr.dtype):
         x_tr, x_te = to_nchw_float(x_tr), to_nchw_float(x_te)
     else:
         x_tr, x_te = x_tr.astype(np.float32), x_te.astype(np.float32)
+        if params.mean is not None:
+            # Vectors and sequences: the given values, one for all features or one per
+            # feature (the last axis); images take them per channel in finish().
+            m, s = (np.asarray(v, dtype=np.float32) for v in (params.mean, params.std))
+            x_tr, x_te = (x_tr - m) / s, (x_te - m) / s
+            return finish(x_tr, y_tr, x_te, y_te, params.model_copy(
+                update={"mean": None, "std": None}))
     mean = std = None
     if params.normalize and params.mean is None:
         axes = (0, 2, 3) if x_tr.ndim == 4 else tuple(range(x_tr.ndim))

@@ -186,6 +186,17 @@ def _arrays_check(p: ArraysParams, **_: Any) -> None:
 
     summary = arrays_summary(p.path)
     _check_per_class(p, summary["smallest_class"], p.path)
+    if (p.mean is None) != (p.std is None):
+        raise ValueError("give mean and std together (or neither)")
+    if p.mean is not None and not summary["image"]:
+        features = summary["features"]
+        for key, values in (("mean", p.mean), ("std", p.std)):
+            if len(values) not in (1, features):
+                raise ValueError(f"{key} has {len(values)} values; {p.path} holds vectors of "
+                                 f"{features} features: give 1 value (for all) or {features} "
+                                 "(one per feature)")
+        if any(v <= 0 for v in p.std):
+            raise ValueError("std must be positive")
 
 
 def _arrays_info(p: ArraysParams) -> dict[str, Any]:
