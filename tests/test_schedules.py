@@ -81,3 +81,31 @@ def test_schedules_that_cannot_work_are_rejected_at_load(cli, tmp_path, table, m
     (tmp_path / "s.toml").write_text(text)
     result = cli("show", "s.toml")
     assert (result.exit_code, result.stderr) == (1, f"Error: s.toml: {message}\n")
+
+
+@pytest.mark.parametrize("t_max", [100, 150, 200])
+def test_cosine_t_max_follows_pytorch(t_max):
+    """Seed 003 tries T_max 100, 150 and 200 with 150 epochs: PyTorch's CosineAnnealingLR,
+    stepped once per epoch, rising again after T_max."""
+    import torch
+
+    reg = default_registry()
+    factor = reg.create("lr_schedule", "cosine", {"t_max": t_max, "min_factor": 0.01},
+                        epochs=150)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t_max, eta_min=0.01)
+    for epoch in range(150):
+        assert factor(float(epoch), 0.0, 0) == pytest.approx(opt.param_groups[0]["lr"],
+                                                            abs=1e-9), epoch
+        opt.step()
+        sched.step()
+
+
+def test_cosine_t_max_default_is_the_run_and_must_outlast_the_warmup():
+    reg = default_registry()
+    plain = reg.create("lr_schedule", "cosine", {"warmup_epochs": 2}, epochs=30)
+    same = reg.create("lr_schedule", "cosine", {"warmup_epochs": 2, "t_max": 30}, epochs=30)
+    assert [plain(t / 4, 0.25, 0) for t in range(120)] == \
+        [same(t / 4, 0.25, 0) for t in range(120)]
+    with pytest.raises(ValueError, match="t_max = 2 must be longer than the warmup"):
+        reg.get("lr_schedule", "cosine").params(warmup_epochs=2, t_max=2)

@@ -59,6 +59,16 @@ class MultiStepParams(Warmup):
 
 class CosineParams(Warmup):
     min_factor: Fraction = 0.0
+    # PyTorch's T_max: the cosine reaches min_factor t_max epochs after the start and, when
+    # the run is longer, rises again (period 2 * t_max). Default: the run's length.
+    t_max: Annotated[float, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _after_warmup(self) -> CosineParams:
+        if self.t_max is not None and self.t_max <= self.warmup_epochs:
+            raise ValueError(f"t_max = {self.t_max:g} must be longer than the warmup "
+                             f"({self.warmup_epochs:g} epochs)")
+        return self
 
 
 class LinearParams(Warmup):
@@ -81,16 +91,18 @@ class ExpGrowthParams(Warmup):
 
 
 def _with_warmup(params: Warmup, epochs: int, shape: Callable[[float], float],
-                 by_epoch: bool = False) -> Factor:
+                 by_epoch: bool = False, span_end: float | None = None) -> Factor:
     """``shape(x)``: the factor at x in [0, 1] of the decay span (or at the epoch index when
-    ``by_epoch``), combined with the warmup."""
+    ``by_epoch``), combined with the warmup. The span ends with the run, or at ``span_end``
+    epochs, and then x goes on past 1 (a cosine's second half-period)."""
     w = params.warmup_epochs
-    span = max(epochs - w, 1e-12)
+    span = max((span_end if span_end is not None else epochs) - w, 1e-12)
+    top = math.inf if span_end is not None else 1.0
 
     def factor(t: float, dt: float, step: int) -> float:
         if w and t < w:
             return min(1.0, (t + dt) / w)
-        x = math.floor(t + 1e-9) if by_epoch else min(max((t - w) / span, 0.0), 1.0)
+        x = math.floor(t + 1e-9) if by_epoch else min(max((t - w) / span, 0.0), top)
         value = shape(x)
         if params.warmup_steps and step < params.warmup_steps:
             value *= (step + 1) / params.warmup_steps
@@ -114,7 +126,8 @@ def _multistep(p: MultiStepParams, *, epochs: int, **_: Any) -> Factor:
 
 def _cosine(p: CosineParams, *, epochs: int, **_: Any) -> Factor:
     lo = p.min_factor
-    return _with_warmup(p, epochs, lambda x: lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * x)))
+    return _with_warmup(p, epochs, lambda x: lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * x)),
+                        span_end=p.t_max)
 
 
 def _linear(p: LinearParams, *, epochs: int, **_: Any) -> Factor:
@@ -142,7 +155,8 @@ def _plugin(text: str, params: type[Warmup], build: Any) -> Plugin:
 constant = _plugin("constant learning rate", ConstantParams, _constant)
 step = _plugin("multiply by gamma every step_size epochs", StepParams, _step)
 multistep = _plugin("multiply by gamma at each milestone epoch", MultiStepParams, _multistep)
-cosine = _plugin("cosine decay to min_factor over the run", CosineParams, _cosine)
+cosine = _plugin("cosine decay to min_factor over the run, or over t_max epochs (PyTorch's "
+                 "T_max: rising again after)", CosineParams, _cosine)
 linear = _plugin("linear decay to end_factor over the run", LinearParams, _linear)
 poly = _plugin("polynomial decay (1 - x) ** power to end_factor over the run", PolyParams, _poly)
 linear_growth = _plugin("seed 004: factor 1 + coefficient * (epoch // incr_interval)",
