@@ -74,6 +74,21 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+def busy_worker(coordinator: int) -> int:
+    """A worker process of the coordinator (not a zombie, not another child)."""
+    def find() -> int | None:
+        for pid in children(coordinator):
+            try:
+                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"optlab.worker" in cmd and "zombie" not in _state(pid):
+                return pid
+        return None
+
+    return wait_for(find)
+
+
 def gone(pids: list[int]) -> bool:
     return not any(Path(f"/proc/{p}").exists() and "zombie" not in _state(p) for p in pids)
 
@@ -171,7 +186,7 @@ def test_a_worker_that_crashes_leaves_its_traceback_and_its_run_resumes(tmp_path
     # Two workers, as the reference had (a run's thread count is part of its numbers).
     proc = start(["run", "long.toml", "--workers", "2"], tmp_path)
     wait_for(lambda: events_in_journals(tmp_path, "checkpoint") >= 2, every=0.02)
-    os.kill(children(proc.pid)[0], signal.SIGSEGV)
+    os.kill(busy_worker(proc.pid), signal.SIGSEGV)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1
     assert "died (killed by SIGSEGV) during the run" in err
@@ -185,7 +200,7 @@ def test_a_worker_that_crashes_leaves_its_traceback_and_its_run_resumes(tmp_path
     proc = start(["run", "long.toml", "--retry-failed", "--workers", "2"], tmp_path)
     wait_for(lambda: events_in_journals(tmp_path, "checkpoint") > seen, every=0.02)
     time.sleep(random.Random(3).uniform(0.0, 0.5))
-    os.kill(children(proc.pid)[0], signal.SIGKILL)
+    os.kill(busy_worker(proc.pid), signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
     assert "died (killed by SIGKILL) during the run" in err
     optlab("run", "long.toml", "--retry-failed", cwd=tmp_path, check=True)
@@ -196,9 +211,11 @@ def test_a_stopped_worker_is_killed_after_the_stall_timeout(tmp_path, reference)
     study(tmp_path)
     proc = start(["run", "long.toml", "--workers", "2", "--stall-timeout", "4"], tmp_path)
     wait_for(lambda: events_in_journals(tmp_path, "checkpoint") >= 1, every=0.02)
-    os.kill(children(proc.pid)[0], signal.SIGSTOP)
+    stopped = busy_worker(proc.pid)
+    os.kill(stopped, signal.SIGSTOP)
+    wait_for(lambda: "stopped" in _state(stopped), timeout=5)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1
+    assert proc.returncode == 1, (out, err)
     assert "stalled: no progress for 4 s (stopped or hung), so it was killed" in err
     assert list(statuses(tmp_path).values()).count("failed") == 1
     optlab("run", "long.toml", "--retry-failed", cwd=tmp_path, check=True)
