@@ -16,10 +16,8 @@ previous good one is used.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
-import os
 import re
 import struct
 import time
@@ -28,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from optlab.atomic import write_atomic
 
 MAGIC = b"OPTLABCK"
 FORMAT = 1
@@ -49,31 +49,6 @@ def listed(folder: Path) -> list[tuple[int, Path]]:
         return []
     found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
     return sorted(found, reverse=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, payload: bytes) -> None:
-    """Write aside, fsync, rename into place, fsync the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
 
 
 def encode(state: dict[str, Any]) -> bytes:

@@ -20,6 +20,7 @@ from typing import Any
 import duckdb
 
 from optlab import paths, views
+from optlab.atomic import write_atomic
 from optlab.errors import StoreBusy, StoreError, StoreFull
 from optlab.events import EPOCH_FIELDS, read_journal
 from optlab.study import PLUGIN_SLOTS
@@ -354,12 +355,7 @@ def save_study_record(store: Path, study: Any, plans: list[Any]) -> None:
 
 
 def write_json_atomic(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(value, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(value).encode())
 
 
 def states(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> dict[str, str]:

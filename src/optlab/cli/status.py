@@ -8,6 +8,7 @@ import typer
 
 from optlab.cli.common import StoreOption, handles_errors, out
 from optlab.store import STATES
+from optlab.view import describe_axes
 
 NAME = "status"
 HELP = "Per study: runs by state, progress and ETA while running, and the failed runs."
@@ -41,21 +42,20 @@ def command(
             out.print(f"{s.study}: interrupted (writer gone: {s.gone}); run the study again "
                       "to resume", markup=False)
         for p in s.problems:
-            axes = " ".join(f"{k}={v}" for k, v in p["axes"].items())
             resume = (f" (--retry-failed resumes from epoch {p['resume_epoch']} of "
                       f"{p['epochs']})" if p["status"] == "failed" and p["resume_epoch"] else "")
-            out.print(f"{s.study} {p['status']} {p['run_id']} {axes} seed={p['seed']}: "
-                      f"{p['error']}{resume}", markup=False)
+            out.print(f"{s.study} {p['status']} {p['run_id']} "
+                      f"{describe_axes(p['axes'], p['seed'])}: {p['error']}{resume}",
+                      markup=False)
         for u in s.unfinished:
-            axes = " ".join(f"{k}={v}" for k, v in u["axes"].items())
             where = (f"resumes from epoch {u['resume_epoch']} of {u['epochs']}"
                      if u["resume_epoch"] else f"starts over (no checkpoint; "
                                                f"{u['epochs_done']} of {u['epochs']} epochs done)")
             if u["status"] == "running":
                 where = (f"{u['epochs_done']} of {u['epochs']} epochs done; last checkpoint: "
                          f"{'epoch ' + str(u['resume_epoch']) if u['resume_epoch'] else 'none'}")
-            out.print(f"{s.study} {u['status']} {u['run_id']} {axes} seed={u['seed']}: {where}",
-                      markup=False)
+            out.print(f"{s.study} {u['status']} {u['run_id']} "
+                      f"{describe_axes(u['axes'], u['seed'])}: {where}", markup=False)
 
 
 def _eta(seconds: float | None) -> str:
