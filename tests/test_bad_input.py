@@ -204,3 +204,35 @@ def test_a_control_character_in_a_key_stays_on_the_one_line(cli, tmp_path):
     result = cli("show", "s.toml")
     assert result.exit_code == 1
     assert "\\x1e: unknown key" in one_line(result)
+
+
+def test_bad_run_options_and_store_maintenance_inputs_are_one_line(cli, tmp_path):
+    from tests.synth import make_store
+
+    write_study(tmp_path)
+    result = cli("run", "tiny.toml", "--stall-timeout", "0")
+    assert result.exit_code == 2 and "--stall-timeout 0: give a number of seconds > 0" in \
+        one_line(result)
+    (tmp_path / "afile").write_text("x")
+    result = cli("run", "tiny.toml", "--checkpoint-dir", "afile")
+    assert result.exit_code == 2 and "--checkpoint-dir afile:" in one_line(result)
+    assert not (tmp_path / "optlab.duckdb").exists()
+    result = cli("rebuild")
+    assert result.exit_code == 1 and "nothing to rebuild from: no study records" in \
+        one_line(result)
+    make_store(tmp_path, "name = \"m\"\n[base]\nepochs = 1\ndataset = { name = \"synthetic\" }\n"
+               "model = { name = \"mlp\" }\noptimizer = { name = \"sgd\" }\n",
+               lambda c, s: 0.5, name="m.toml")
+    result = cli("weights", "zz")
+    assert result.exit_code == 2 and "give a run id (12 hex digits)" in one_line(result)
+    result = cli("weights", "0000")
+    assert result.exit_code == 1 and "no such run in this store" in one_line(result)
+    run_id = cli("query", "select run_id from runs", "--format", "csv").stdout.split()[1]
+    result = cli("weights", run_id)
+    assert result.exit_code == 1
+    assert f"run {run_id} kept no weights (save_weights = \"auto\" keeps them for runs over " \
+        "3 minutes" in one_line(result)
+    result = cli("rm", "--study", "nope", "--yes")
+    assert result.exit_code == 1 and "--study 'nope': no such study" in one_line(result)
+    result = cli("rm")
+    assert result.exit_code == 2 and "say what to remove" in one_line(result)
