@@ -1,9 +1,10 @@
 """The charts beyond the heatmap: curves, sensitivity, scaling, sfo and probes.
 
 Each ``*_figure(con, study, axes, ...)`` runs one SQL query (kept in the figure, and
-written next to the image) and draws its rows with Altair. Seed bands span the lowest and
-highest value over seeds; lines are the mean. Axes that a chart does not show stay apart:
-each of their cells gets its own line.
+written next to the image) and draws its rows with Altair. Lines are the mean over seeds;
+bands are a 95% t-interval of that mean (none with one seed). Blocks and axes that a chart
+does not show get their own panels unless ``--facet`` says otherwise; what is then pooled
+is named in the title and in the output line.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from optlab.errors import OptlabError
 from optlab.events import EPOCH_FIELDS
-from optlab.plot import Figure, fetch_rows, parse_metric, reduce_sql
+from optlab.plot import Figure, Layout, Selection, fetch_rows, layout, parse_metric, reduce_sql
 from optlab.store import config_column
 
 X_CHOICES = ("epoch", "step", "samples", "seconds")
@@ -35,16 +36,6 @@ def _axis(axes: list[str], value: str | None, option: str, default: str | None =
     return value
 
 
-def _cell_expr(axes: list[str], shown: list[str]) -> str:
-    """SQL for a label of the other axes' values of a run (its line within a colour)."""
-    others = [a for a in axes if a not in shown]
-    if not others:
-        return "r.block"
-    parts = " || ', ' || ".join(f"'{a}=' || coalesce(r.\"{config_column(a)}\"::varchar, '-')"
-                                for a in others)
-    return f"r.block || ': ' || {parts}"
-
-
 def _default_color(axes: list[str], exclude: list[str]) -> str | None:
     for preferred in ("optimizer", "optimizer.name"):
         if preferred in axes and preferred not in exclude:
@@ -54,26 +45,43 @@ def _default_color(axes: list[str], exclude: list[str]) -> str | None:
 
 
 def _color_sql(color: str | None) -> str:
-    """The colour of a run's line: an axis' value, or its block when no axis is left."""
-    return f'r."{config_column(color)}"::varchar' if color else "r.block"
+    """The colour of a run's line: an axis' value, or one colour when no axis is left."""
+    return f'r."{config_column(color)}"::varchar' if color else "'all'"
 
 
-def _line_band(rows: list[dict[str, Any]], x: str, y: str, title: str, *, log_x: bool = False,
-               color: str | None = None, y_title: str | None = None):
+def _ci_sql(inner: str, keys: str) -> str:
+    """Mean, n and a 95% t-interval of the mean of ``v`` over the rows of each group."""
+    return f"""agg as (
+  select {keys}, avg(v) as mean, stddev_samp(v) as sd, count(*) as n
+  from ({inner}) group by all)
+select a.*, a.mean - q.t975 * a.sd / sqrt(a.n) as low, a.mean + q.t975 * a.sd / sqrt(a.n)
+       as high
+from agg a left join t_quantiles q on q.df = a.n - 1
+order by {keys}"""
+
+
+BAND = "band = 95% t-interval of the mean over n seeds (none when n = 1)"
+
+
+def _line_band(rows: list[dict[str, Any]], x: str, y: str, title: str, lay: Layout, *,
+               log_x: bool = False, color: str | None = None, y_title: str | None = None):
     import altair as alt
 
     scale = alt.Scale(type="log") if log_x else alt.Scale(zero=False)
-    enc_x = alt.X("x:Q", title=x, scale=scale)
-    base = alt.Chart(alt.Data(values=_jsonable(rows))).encode(
-        x=enc_x, color=alt.Color("color:N", title=color or "block", sort=_color_order(rows)),
-        detail="cell:N")
-    band = base.mark_area(opacity=0.2).encode(y=alt.Y("low:Q", title=y_title or y,
-                                                      scale=alt.Scale(zero=False)),
-                                              y2="high:Q")
+    base = alt.Chart().encode(
+        x=alt.X("x:Q", title=x, scale=scale),
+        color=alt.Color("color:N", title=color or "", sort=_color_order(rows)))
+    band = base.mark_area(opacity=0.2).encode(
+        y=alt.Y("low:Q", title=y_title or y, scale=alt.Scale(zero=False)), y2="high:Q")
     line = base.mark_line(point=len(rows) < 200).encode(
-        y="mean:Q", tooltip=["color:N", "cell:N", "x:Q", "mean:Q", "low:Q", "high:Q",
-                             "seeds:Q"])
-    return (band + line).properties(title=title, width=480, height=300)
+        y="mean:Q", tooltip=["panel:N", "color:N", "x:Q", "mean:Q", "low:Q", "high:Q", "n:Q"])
+    chart = alt.layer(band, line, data=alt.Data(values=_jsonable(rows))).properties(
+        width=480 if len(lay.panels) == 1 else 320, height=300 if len(lay.panels) == 1 else 220)
+    full = {"text": title, "subtitle": f"{lay.pooling()}; {BAND}"}
+    if len(lay.panels) == 1:
+        return chart.properties(title=full)
+    return chart.facet(facet=alt.Facet("panel:N", sort=lay.panels, title=None),
+                       columns=min(3, len(lay.panels)), title=full)
 
 
 def _color_order(rows: list[dict[str, Any]]) -> list[str]:
@@ -96,89 +104,90 @@ def _jsonable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # ---- curves -------------------------------------------------------------------------------
 
-def curves_sql(study: str, axes: list[str], metric: str, x: str, color: str | None) -> str:
+def curves_sql(lay: Layout, metric: str, x: str, color: str | None) -> str:
     x_expr = {"epoch": "e.epoch", "step": "e.step", "samples": "e.samples",
               "seconds": "e.seconds_so_far"}[x]
+    inner = f"""select {lay.panel_sql} as panel, {_color_sql(color)} as color, e.epoch,
+         {x_expr} as xv, e.{metric} as v
+  from runs r join e using (run_id)
+  where {lay.condition} and r.status in ('done', 'running', 'interrupted')
+    and e.{metric} is not null and isfinite(e.{metric})"""
+    body = _ci_sql(inner, "panel, color, epoch").replace(
+        "avg(v) as mean", "avg(xv) as x, avg(v) as mean")
     return f"""with e as (
   select *, sum(seconds) over (partition by run_id order by epoch) as seconds_so_far
-  from epochs)
-select {_color_sql(color)} as color, {_cell_expr(axes, [color] if color else [])} as cell,
-       e.epoch, avg({x_expr}) as x, avg(e.{metric}) as mean, min(e.{metric}) as low,
-       max(e.{metric}) as high, count(*) as seeds
-from runs r join e using (run_id)
-where r.study = '{_q(study)}' and r.status in ('done', 'running', 'interrupted')
-  and e.{metric} is not null and isfinite(e.{metric})
-group by all order by color, cell, e.epoch"""
+  from epochs),
+{body}"""
 
 
 def curves_figure(con: Any, study: str, axes: list[str], metric: str = "test_acc",
-                  x: str = "epoch", color: str | None = None) -> Figure:
+                  x: str = "epoch", color: str | None = None, sel: Selection = Selection()
+                  ) -> Figure:
     if metric not in CURVE_COLUMNS:
         raise OptlabError(f"--metric {metric!r}: not an epochs column; use one of "
                           f"{', '.join(CURVE_COLUMNS)}")
     if x not in X_CHOICES:
         raise OptlabError(f"--x {x!r}: use one of {', '.join(X_CHOICES)}")
     color = _axis(axes, color, "--color") if color else _default_color(axes, [])
-    sql = curves_sql(study, axes, metric, x, color)
+    lay = layout(con, study, axes, [color] if color else [], sel, "curves")
+    sql = curves_sql(lay, metric, x, color)
     rows = fetch_rows(con, sql)
     if not rows:
         raise OptlabError(f"study {study!r} has no epochs with {metric} yet")
-    chart = _line_band(rows, x, metric, f"{study}: {metric} against {x} (mean, band = seed "
-                       "range)", color=color)
-    return Figure("curves", chart, sql, len(rows))
+    chart = _line_band(rows, x, metric, f"{study}: {metric} against {x}", lay, color=color)
+    return Figure("curves", chart, sql, len(rows), lay)
 
 
 # ---- sensitivity --------------------------------------------------------------------------
 
-def sensitivity_sql(study: str, axes: list[str], metric: str, color: str | None) -> str:
+def sensitivity_sql(lay: Layout, metric: str, color: str | None) -> str:
     reducer, column = parse_metric(metric)
-    shown = [LR] + ([color] if color else [])
     return f"""with per_run as (
-  select r.run_id, {_color_sql(color)} as color, {_cell_expr(axes, shown)} as cell,
-         r."{config_column(LR)}" as lr, {reduce_sql(reducer, column)} as value
+  select r.run_id, {lay.panel_sql} as panel, {_color_sql(color)} as color,
+         r."{config_column(LR)}" as x, {reduce_sql(reducer, column)} as v
   from runs r join epochs e using (run_id)
-  where r.study = '{_q(study)}' and r.status = 'done'
-  group by all)
-select color, cell, lr as x, avg(value) as mean, min(value) as low, max(value) as high,
-       count(*) as seeds
-from per_run where value is not null and isfinite(value)
-group by all order by color, cell, x"""
+  where {lay.condition} and r.status = 'done'
+  group by all),
+{_ci_sql("select * from per_run where v is not null and isfinite(v)", "panel, color, x")}"""
 
 
 def sensitivity_figure(con: Any, study: str, axes: list[str], metric: str = "final_test_acc",
-                       color: str | None = None) -> Figure:
+                       color: str | None = None, sel: Selection = Selection()) -> Figure:
     _axis(axes, LR, "sensitivity")
     color = _axis(axes, color, "--color") if color else _default_color(axes, [LR])
-    sql = sensitivity_sql(study, axes, metric, color)
+    lay = layout(con, study, axes, [LR] + ([color] if color else []), sel, "sensitivity")
+    sql = sensitivity_sql(lay, metric, color)
     rows = fetch_rows(con, sql)
     if not rows:
         raise OptlabError(f"study {study!r} has no finished runs yet")
-    chart = _line_band(rows, LR, metric, f"{study}: {metric} against learning rate (mean, band "
-                       "= seed range)", log_x=True, color=color)
-    return Figure("sensitivity", chart, sql, len(rows))
+    chart = _line_band(rows, LR, metric, f"{study}: {metric} against learning rate", lay,
+                       log_x=True, color=color)
+    return Figure("sensitivity", chart, sql, len(rows), lay)
 
 
 # ---- scaling ------------------------------------------------------------------------------
 
-def scaling_sql(study: str, axes: list[str], metric: str) -> str:
+def scaling_sql(lay: Layout, metric: str, color: str | None) -> str:
     reducer, column = parse_metric(metric)
     better = "arg_max" if column.endswith("_acc") else "arg_min"
+    tie = "-lr" if better == "arg_max" else "lr"  # equal values: the smaller LR
     return f"""with per_run as (
-  select {_cell_expr(axes, [LR, BATCH])} as cell, r."{config_column(BATCH)}" as batch_size,
-         r."{config_column(LR)}" as lr, {reduce_sql(reducer, column)} as value
+  select {lay.panel_sql} as panel, {_color_sql(color)} as color,
+         r."{config_column(BATCH)}" as batch_size, r."{config_column(LR)}" as lr,
+         {reduce_sql(reducer, column)} as value
   from runs r join epochs e using (run_id)
-  where r.study = '{_q(study)}' and r.status = 'done'
+  where {lay.condition} and r.status = 'done'
   group by all),
 cells as (
-  select cell, batch_size, lr, avg(value) as value, count(*) as seeds
+  select panel, color, batch_size, lr, avg(value) as value, count(*) as seeds
   from per_run where value is not null and isfinite(value) group by all)
-select cell, batch_size, {better}(lr, value) as optimal_lr, {better.replace("arg_", "")}(value)
-       as value, min(seeds) as seeds
-from cells group by all order by cell, batch_size"""
+select panel, color, batch_size, {better}(lr, [value, {tie}]) as optimal_lr,
+       {better.replace("arg_", "")}(value) as value, min(seeds) as seeds
+from cells group by all order by panel, color, batch_size"""
 
 
-def scaling_figure(con: Any, study: str, axes: list[str], metric: str = "best_test_acc"
-                   ) -> Figure:
+def scaling_figure(con: Any, study: str, axes: list[str], metric: str = "best_test_acc",
+                   color: str | None = None, sel: Selection = Selection()) -> Figure:
     import altair as alt
     import numpy as np
 
@@ -186,55 +195,83 @@ def scaling_figure(con: Any, study: str, axes: list[str], metric: str = "best_te
         if needed not in axes:
             raise OptlabError(f"scaling: needs the study to vary {LR} and {BATCH}; study "
                               f"{study!r} varies {', '.join(axes) or 'nothing'}")
-    sql = scaling_sql(study, axes, metric)
+    color = _axis(axes, color, "--color") if color else _default_color(axes, [LR, BATCH])
+    lay = layout(con, study, axes, [LR, BATCH] + ([color] if color else []), sel, "scaling")
+    sql = scaling_sql(lay, metric, color)
     rows = fetch_rows(con, sql)
     if not rows:
         raise OptlabError(f"study {study!r} has no finished runs yet")
     fits, lines = [], []
-    for cell in sorted({r["cell"] for r in rows}):
-        pts = [r for r in rows if r["cell"] == cell and r["optimal_lr"]]
-        if len(pts) >= 2 and len({p["batch_size"] for p in pts}) >= 2:
+    for panel in lay.panels:
+        for line in sorted({r["color"] for r in rows if r["panel"] == panel}):
+            pts = [r for r in rows if (r["panel"], r["color"]) == (panel, line)
+                   and r["optimal_lr"]]
+            if len(pts) < 2 or len({p["batch_size"] for p in pts}) < 2:
+                continue
             lx = np.log([p["batch_size"] for p in pts])
             ly = np.log([p["optimal_lr"] for p in pts])
             slope, icpt = np.polyfit(lx, ly, 1) if np.ptp(ly) > 0 else (0.0, ly[0])
-            fits.append(f"{cell}: slope {slope:.2f}")
+            name = " ".join(n for n in (panel if len(lay.panels) > 1 else "",
+                                        line if color else "") if n)
+            fits.append(f"{name + ': ' if name else ''}slope {slope:.2f}")
             ends = (min(p["batch_size"] for p in pts), max(p["batch_size"] for p in pts))
-            lines += [{"cell": cell, "batch_size": float(b),
+            lines += [{"panel": panel, "color": line, "batch_size": float(b),
                        "fit": float(np.exp(icpt) * b ** slope)} for b in ends]
     log = alt.Scale(type="log")
-    points = alt.Chart(alt.Data(values=_jsonable(rows))).mark_point(filled=True, size=60).encode(
+    points = alt.Chart().mark_point(filled=True, size=60).encode(
         x=alt.X("batch_size:Q", scale=log, title=BATCH),
         y=alt.Y("optimal_lr:Q", scale=log, title="optimal " + LR),
-        color=alt.Color("cell:N", title=""), tooltip=["cell:N", "batch_size:Q", "optimal_lr:Q",
-                                                     "value:Q", "seeds:Q"])
-    fit = alt.Chart(alt.Data(values=lines)).mark_line(strokeDash=[4, 3]).encode(
-        x="batch_size:Q", y="fit:Q", color="cell:N")
-    subtitle = "; ".join(fits) or "too few batch sizes to fit"
-    chart = (points + fit).properties(
-        title={"text": f"{study}: optimal LR against batch size ({metric}; slope 1 = linear "
-                       "rule)", "subtitle": subtitle}, width=420, height=300)
-    return Figure("scaling", chart, sql, len(rows))
+        color=alt.Color("color:N", title=color or ""),
+        tooltip=["panel:N", "color:N", "batch_size:Q", "optimal_lr:Q", "value:Q", "seeds:Q"])
+    fit = alt.Chart().mark_line(strokeDash=[4, 3]).encode(
+        x="batch_size:Q", y="fit:Q", color="color:N").transform_filter("isValid(datum.fit)")
+    data = alt.Data(values=_jsonable(rows) + lines)
+    title = {"text": f"{study}: optimal LR against batch size ({metric}; slope 1 = linear "
+                     "rule)",
+             "subtitle": [f"{lay.pooling()} before the best LR is taken",
+                          "; ".join(fits) or "too few batch sizes to fit"]}
+    chart = alt.layer(points.transform_filter("isValid(datum.optimal_lr)"), fit, data=data)
+    if len(lay.panels) == 1:
+        chart = chart.properties(title=title, width=420, height=300)
+    else:
+        chart = chart.properties(width=320, height=220).facet(
+            facet=alt.Facet("panel:N", sort=lay.panels, title=None),
+            columns=min(3, len(lay.panels)), title=title)
+    return Figure("scaling", chart, sql, len(rows), lay)
 
 
 # ---- sfo ----------------------------------------------------------------------------------
 
-def sfo_sql(study: str, axes: list[str], epsilon: float) -> str:
-    return f"""select {_cell_expr(axes, [])} as schedule,
+def _cell_expr(axes: list[str]) -> str:
+    """SQL for a run's block and every axis value: a schedule's own bar, nothing pooled."""
+    if not axes:
+        return "r.block"
+    parts = " || ', ' || ".join(f"'{a}=' || coalesce(r.\"{config_column(a)}\"::varchar, '-')"
+                                for a in axes)
+    return f"r.block || ': ' || {parts}"
+
+
+def sfo_sql(lay: Layout, axes: list[str], epsilon: float) -> str:
+    return f"""select {_cell_expr(axes)} as schedule,
        avg(g.sfo) as mean, stddev_samp(g.sfo) as std, min(g.sfo) as low, max(g.sfo) as high,
        count(g.sfo) as reached, count(*) as runs
 from reach_grad_norm({epsilon!r}) g join runs r using (study, run_id)
-where g.study = '{_q(study)}' and g.status = 'done'
-group by all order by mean nulls last"""
+where {lay.condition} and g.status = 'done'
+group by all order by mean nulls last, schedule"""
 
 
-def sfo_figure(con: Any, study: str, axes: list[str], epsilon: float | None) -> Figure:
+def sfo_figure(con: Any, study: str, axes: list[str], epsilon: float | None,
+               sel: Selection = Selection()) -> Figure:
     import altair as alt
 
     if epsilon is None or not epsilon > 0:
         raise OptlabError("sfo: give --epsilon, the full gradient norm to reach (a positive "
                           "number)")
     _require_probe(con, study, "full_grad_norm")
-    sql = sfo_sql(study, axes, epsilon)
+    # Every axis is on the chart (one bar per cell): nothing is pooled but seeds.
+    lay = layout(con, study, axes, ["block", *axes], Selection(sel.where, sel.blocks, ()),
+                 "sfo")
+    sql = sfo_sql(lay, axes, epsilon)
     rows = fetch_rows(con, sql)
     for r in rows:
         r["label"] = f"{r['reached']}/{r['runs']} reached"
@@ -246,9 +283,10 @@ def sfo_figure(con: Any, study: str, axes: list[str], epsilon: float | None) -> 
     whiskers = base.mark_rule().encode(x="low:Q", x2="high:Q")
     text = base.mark_text(align="left", dx=4).encode(x="high:Q", text="label:N")
     chart = (bars + whiskers + text).properties(
-        title=f"{study}: samples (SFO) to reach full gradient norm <= {epsilon:g} (mean; "
-              "whiskers = seed range)", width=420, height=max(30 * len(rows), 120))
-    return Figure("sfo", chart, sql, len(rows))
+        title=f"{study}: samples (SFO) to reach full gradient norm <= {epsilon:g} (mean over "
+              "the seeds that reached it; whiskers = their range)",
+        width=420, height=max(30 * len(rows), 120))
+    return Figure("sfo", chart, sql, len(rows), lay)
 
 
 def probe_names(con: Any, study: str) -> list[str]:
@@ -267,20 +305,19 @@ def _require_probe(con: Any, study: str, probe: str) -> list[str]:
 
 # ---- probes -------------------------------------------------------------------------------
 
-def probes_sql(study: str, axes: list[str], probe: str, key: str, x: str,
-               color: str | None) -> str:
+def probes_sql(lay: Layout, probe: str, key: str, x: str, color: str | None) -> str:
     x_expr = "p.epoch" if x == "epoch" else "p.step"
-    return f"""select {_color_sql(color)} as color, {_cell_expr(axes, [color] if color else [])}
-       as cell, {x_expr} as x, avg(p.value) as mean, min(p.value) as low, max(p.value) as high,
-       count(*) as seeds
-from probes p join runs r using (run_id)
-where r.study = '{_q(study)}' and p.probe = '{_q(probe)}' and p.key = '{_q(key)}'
-  and isfinite(p.value)
-group by all order by color, cell, x"""
+    inner = f"""select {lay.panel_sql} as panel, {_color_sql(color)} as color, {x_expr} as x,
+         p.value as v
+  from probes p join runs r using (run_id)
+  where {lay.condition} and p.probe = '{_q(probe)}' and p.key = '{_q(key)}'
+    and isfinite(p.value)"""
+    return "with " + _ci_sql(inner, "panel, color, x")
 
 
 def probes_figure(con: Any, study: str, axes: list[str], probe: str | None,
-                  key: str = "global", x: str = "epoch", color: str | None = None) -> Figure:
+                  key: str = "global", x: str = "epoch", color: str | None = None,
+                  sel: Selection = Selection()) -> Figure:
     names = _require_probe(con, study, probe) if probe else probe_names(con, study)
     if not names:
         raise OptlabError(f"study {study!r} has no probe values; add probes to its runs")
@@ -294,8 +331,9 @@ def probes_figure(con: Any, study: str, axes: list[str], probe: str | None,
         shown = ", ".join(keys[:12]) + (", ..." if len(keys) > 12 else "")
         raise OptlabError(f"--key {key!r}: probe {probe} has no such key; it has {shown}")
     color = _axis(axes, color, "--color") if color else _default_color(axes, [])
-    sql = probes_sql(study, axes, probe, key, x, color)
+    lay = layout(con, study, axes, [color] if color else [], sel, "probes")
+    sql = probes_sql(lay, probe, key, x, color)
     rows = fetch_rows(con, sql)
-    chart = _line_band(rows, x, probe, f"{study}: {probe} [{key}] against {x} (mean, band = "
-                       "seed range)", color=color, y_title=f"{probe} {key}")
-    return Figure("probes", chart, sql, len(rows))
+    chart = _line_band(rows, x, probe, f"{study}: {probe} [{key}] against {x}", lay,
+                       color=color, y_title=f"{probe} {key}")
+    return Figure("probes", chart, sql, len(rows), lay)

@@ -57,34 +57,178 @@ def study_axes(con: Any, study: str | None) -> tuple[str, list[str]]:
     return study, axes
 
 
-def heatmap_sql(study: str, x: str, y: str, metric: str) -> str:
+MAX_PANELS = 48
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which runs a chart draws and how it splits them into panels.
+
+    ``where``: an SQL condition on the ``runs`` view (its columns: ``block``, ``seed``,
+    ``status`` and one per config path, ``optimizer_lr``...). ``blocks``: only these blocks.
+    ``facet``: the panels, by ``block`` and by axes the chart does not show; ``None`` gives
+    the default, one panel per block and per value of every axis not shown that varies.
+    """
+
+    where: str | None = None
+    blocks: tuple[str, ...] = ()
+    facet: tuple[str, ...] | None = None
+
+
+class TooManyPanels(OptlabError):
+    """More panels than a page can hold: narrow the runs or name fewer panels."""
+
+
+@dataclass
+class Layout:
+    """The runs a chart draws, its panels and what it still pools (said in its title)."""
+
+    condition: str
+    facet: list[str]
+    pooled: list[str]
+    panels: list[str]
+
+    @property
+    def panel_sql(self) -> str:
+        if not self.facet:
+            return "'all'"
+        parts = [_label_sql(a) for a in self.facet]
+        return "concat_ws(' · ', " + ", ".join(parts) + ")"
+
+    def pooling(self, over: str = "seeds") -> str:
+        """``mean over seeds``, and the axes pooled with them."""
+        if not self.pooled:
+            return f"mean over {over}"
+        return f"mean over {over} and POOLED over {', '.join(self.pooled)}"
+
+
+def _label_sql(axis: str) -> str:
+    if axis == "block":
+        return "'block ' || r.block"
+    return f"'{axis}=' || coalesce(r.\"{config_column(axis)}\"::varchar, '-')"
+
+
+def _q(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def layout(con: Any, study: str, axes: list[str], shown: list[str], sel: Selection,
+           chart: str) -> Layout:
+    """Check the selection against the study and work out panels and pooling.
+
+    Everything that tells runs apart and is neither on the chart nor a panel is pooled;
+    the caller puts :meth:`Layout.pooling` in the title and the output line.
+    """
+    condition = f"r.study = '{_q(study)}'"
+    blocks = [b for (b,) in con.execute(
+        "select block from memberships where study = ? group by block order by min(position)",
+        [study]).fetchall()]
+    for block in sel.blocks:
+        if block not in blocks:
+            raise OptlabError(f"--block {block!r}: study {study!r} has no such block; its "
+                              f"blocks: {', '.join(blocks)}")
+    if sel.blocks:
+        condition += " and r.block in (" + ", ".join(f"'{_q(b)}'" for b in sel.blocks) + ")"
+    if sel.where:
+        _check_where(con, sel.where)
+        condition += f" and ({sel.where})"
+    candidates = [a for a in ["block", *axes] if a not in shown]
+    if sel.facet is not None:
+        for axis in sel.facet:
+            if axis not in candidates:
+                raise OptlabError(
+                    f"--facet {axis}: use block or an axis the {chart} chart does not show "
+                    f"({', '.join(candidates) or 'none left'})")
+    cols = {a: ("r.block" if a == "block" else f'r."{config_column(a)}"')
+            for a in dict.fromkeys([*candidates, *shown])}
+    rows = con.execute(
+        f"select {', '.join(c + '::varchar' for c in cols.values())} from runs r "
+        f"where {condition} order by r.position").fetchall()
+    if not rows:
+        raise OptlabError(f"{chart}: no runs of study {study!r} match the selection")
+    values = [dict(zip(cols, row, strict=True)) for row in rows]
+    if sel.facet is None:
+        facet = [a for a in candidates if len({v[a] for v in values}) > 1]
+    else:
+        facet = list(sel.facet)
+    kept = facet + shown
+    pooled = []
+    for axis in candidates:
+        if axis in facet:
+            continue
+        seen: dict[tuple, set] = {}
+        for v in values:
+            seen.setdefault(tuple(v[k] for k in kept), set()).add(v[axis])
+        widest = max(len(s) for s in seen.values())
+        if widest > 1:
+            pooled.append(f"{axis} ({widest} values)")
+    panels = list(dict.fromkeys(_panel_label(v, facet) for v in values)) if facet else ["all"]
+    if len(panels) > MAX_PANELS:
+        raise TooManyPanels(
+            f"{chart}: {len(panels)} panels (one per {' × '.join(facet)}); narrow the runs "
+            f"with --where or --block, or name fewer panels with --facet (what is left is "
+            f"then pooled, and the chart says so)")
+    return Layout(condition, facet, pooled, panels)
+
+
+def _panel_label(values: dict[str, Any], facet: list[str]) -> str:
+    """The panel's name as :meth:`Layout.panel_sql` writes it (DuckDB's varchar of each)."""
+    parts = [("block " if a == "block" else f"{a}=") + (values[a] if values[a] is not None
+                                                        else "-") for a in facet]
+    return " · ".join(parts)
+
+
+def _check_where(con: Any, where: str) -> None:
+    import duckdb
+
+    if ";" in where:
+        raise OptlabError(f"--where {where!r}: one condition, without ';'")
+    try:
+        con.execute(f"select count(*) from runs r where ({where})").fetchone()
+    except duckdb.Error as e:
+        first = str(e).strip().splitlines()[0]
+        raise OptlabError(f"--where {where!r}: not a condition on the runs view: {first}"
+                          ) from None
+
+
+def heatmap_sql(x: str, y: str, metric: str, lay: Layout) -> str:
     reducer, column = parse_metric(metric)
     xc, yc = config_column(x), config_column(y)
-    quoted = study.replace("'", "''")
     return f"""with per_run as (
-  select r.run_id, r.status, r."{xc}" as x, r."{yc}" as y,
+  select r.run_id, r.status, {lay.panel_sql} as panel, r."{xc}" as x, r."{yc}" as y,
          {reduce_sql(reducer, column)} as value
   from runs r left join epochs e using (run_id)
-  where r.study = '{quoted}'
+  where {lay.condition}
   group by all
 )
-select x, y,
-       avg(value) filter (where status = 'done') as value,
+select panel, x, y,
+       avg(value) filter (where status = 'done' and isfinite(value)) as value,
        count(*) filter (where status = 'done') as done,
        count(*) filter (where status = 'diverged') as diverged,
        count(*) filter (where status = 'failed') as failed,
        count(*) as runs
-from per_run group by x, y order by x, y"""
+from per_run group by panel, x, y order by panel, x, y"""
 
 
 @dataclass
 class Figure:
-    """A chart, the SQL that produced its data, and how many rows that was."""
+    """A chart, the SQL that produced its data, how many rows that was, and what it pools."""
 
     kind: str
     chart: Any
     sql: str
     rows: int
+    lay: Layout | None = None
+
+    def summary(self, path: Path) -> str:
+        line = (f"heatmap of {self.rows} cells" if self.kind == "heatmap"
+                else f"{self.kind} chart of {self.rows} rows")
+        if self.lay is not None and len(self.lay.panels) > 1:
+            line += f" in {len(self.lay.panels)} panels (by {', '.join(self.lay.facet)})"
+        line += f" written to {path} (its SQL: {path}.sql)"
+        if self.lay is not None and self.lay.pooled:
+            line += f"; POOLED over {', '.join(self.lay.pooled)}"
+        return line
 
 
 def fetch_rows(con: Any, sql: str) -> list[dict[str, Any]]:
@@ -94,24 +238,24 @@ def fetch_rows(con: Any, sql: str) -> list[dict[str, Any]]:
 
 
 def heatmap_figure(con: Any, study: str, axes: list[str], x: str | None, y: str | None,
-                   metric: str) -> Figure:
+                   metric: str, sel: Selection = Selection()) -> Figure:
     x, y = _pick_axes(axes, x, y)
-    sql = heatmap_sql(study, x, y, metric)
+    lay = layout(con, study, axes, [x, y], sel, "heatmap")
+    sql = heatmap_sql(x, y, metric, lay)
     rows = fetch_rows(con, sql)
-    if not rows:
-        raise OptlabError(f"study {study!r} has no runs")
-    return Figure("heatmap", _heatmap_chart(rows, study, x, y, metric), sql, len(rows))
+    return Figure("heatmap", _heatmap_chart(rows, study, x, y, metric, lay), sql, len(rows),
+                  lay)
 
 
 def heatmap(store: Path, out: Path | None, study: str | None, x: str | None, y: str | None,
-            metric: str) -> tuple[Path, int]:
-    """Write the heatmap (default file: STUDY_heatmap.html); returns (path, cells)."""
+            metric: str, sel: Selection = Selection()) -> tuple[Path, Figure]:
+    """Write the heatmap (default file: STUDY_heatmap.html); returns (path, figure)."""
     return draw(store, out, study, "heatmap",
-                lambda con, st, axes: heatmap_figure(con, st, axes, x, y, metric))
+                lambda con, st, axes: heatmap_figure(con, st, axes, x, y, metric, sel))
 
 
 def draw(store: Path, out: Path | None, study: str | None, kind: str,
-         make: Any) -> tuple[Path, int]:
+         make: Any) -> tuple[Path, Figure]:
     """Open the store, make a figure with ``make(con, study, axes)``, save it and its SQL."""
     check_out(out)
     with reading(store) as con:
@@ -120,7 +264,7 @@ def draw(store: Path, out: Path | None, study: str | None, kind: str,
         figure = make(con, study, axes)
     path = out or Path(f"{study}_{kind}.html")
     save(figure, path)
-    return path, figure.rows
+    return path, figure
 
 
 def check_out(out: Path | None) -> None:
@@ -134,7 +278,7 @@ def save(figure: Figure, out: Path) -> None:
 
 
 def _pick_axes(axes: list[str], x: str | None, y: str | None) -> tuple[str, str]:
-    if x is None and y is None and len(axes) == 2:
+    if x is None and y is None and len(axes) >= 2:
         return axes[0], axes[1]
     for opt, value in (("--x", x), ("--y", y)):
         if value is None:
@@ -145,39 +289,75 @@ def _pick_axes(axes: list[str], x: str | None, y: str | None) -> tuple[str, str]
     return x, y  # type: ignore[return-value]
 
 
+# A cell with no finished run: its own colour, a legend entry, and a label that reads on it.
+STATES = {"all diverged": ("#d62728", "white"), "all failed": ("#3b3b3b", "white"),
+          "diverged or failed": ("#ff7f0e", "black"), "no finished run yet": ("#d9d9d9", "black")}
+
+
+def _state(row: dict[str, Any]) -> str:
+    if row["value"] is not None:
+        return "finished"
+    if row["done"] == 0 and row["diverged"] and not row["failed"] and row["diverged"] == \
+            row["runs"]:
+        return "all diverged"
+    if row["done"] == 0 and row["failed"] and not row["diverged"] and row["failed"] == \
+            row["runs"]:
+        return "all failed"
+    if row["diverged"] or row["failed"]:
+        return "diverged or failed"
+    return "no finished run yet"
+
+
 def _label(row: dict[str, Any]) -> str:
     notes = [f"{row[s]} {s}" for s in ("diverged", "failed") if row[s]]
-    if row["value"] is None or (isinstance(row["value"], float) and math.isnan(row["value"])):
+    if row["value"] is None:
         return ", ".join(notes) if notes else "pending"
     return f"{row['value']:.3f}" + (f" ({', '.join(notes)})" if notes else "")
 
 
-def _heatmap_chart(rows: list[dict[str, Any]], study: str, x: str, y: str, metric: str):
+def _heatmap_chart(rows: list[dict[str, Any]], study: str, x: str, y: str, metric: str,
+                   lay: Layout):
     import altair as alt
 
-    values = [{"x": _fmt(r["x"]), "y": _fmt(r["y"]), "xs": r["x"], "ys": r["y"],
-               "value": r["value"], "label": _label(r), "runs": r["runs"],
-               "done": r["done"]} for r in rows]
-    x_order = [_fmt(v) for v in sorted({r["x"] for r in rows}, key=_sort_key)]
-    y_order = [_fmt(v) for v in sorted({r["y"] for r in rows}, key=_sort_key, reverse=True)]
-    base = alt.Chart(alt.Data(values=values)).encode(
-        x=alt.X("x:O", sort=x_order, title=x, axis=alt.Axis(labelAngle=0)),
-        y=alt.Y("y:O", sort=y_order, title=y))
-    cells = base.mark_rect(stroke="white").encode(
-        color=alt.condition("datum.value === null", alt.value("#bbbbbb"),
-                            alt.Color("value:Q", scale=alt.Scale(scheme="viridis"),
-                                      title=metric)),
-        tooltip=["x:O", "y:O", "value:Q", "done:Q", "runs:Q", "label:N"])
     finite = [r["value"] for r in rows if r["value"] is not None]
     middle = (min(finite) + max(finite)) / 2 if finite else 0.0
-    # Light text on the dark low end of viridis, dark text on the bright high end.
-    text = base.mark_text(fontSize=11).encode(
-        text="label:N",
-        color=alt.condition(f"datum.value === null || datum.value < {middle!r}",
-                            alt.value("white"), alt.value("black")))
-    return (cells + text).properties(
-        title=f"{study}: {metric} (mean over seeds; grey = no finished run)",
-        width=max(60 * len(x_order), 240), height=max(36 * len(y_order), 160))
+    values = []
+    for r in rows:
+        state = _state(r)
+        if state == "finished":
+            # Light text on the dark low end of viridis, dark text on the bright high end.
+            ink = "white" if r["value"] < middle else "black"
+        else:
+            ink = STATES[state][1]
+        values.append({"panel": r["panel"], "x": _fmt(r["x"]), "y": _fmt(r["y"]),
+                       "value": r["value"], "state": state, "label": _label(r),
+                       "ink": ink, "runs": r["runs"], "done": r["done"]})
+    x_order = [_fmt(v) for v in sorted({r["x"] for r in rows}, key=_sort_key)]
+    y_order = [_fmt(v) for v in sorted({r["y"] for r in rows}, key=_sort_key, reverse=True)]
+    present = [s for s in STATES if any(v["state"] == s for v in values)]
+    base = alt.Chart().encode(
+        x=alt.X("x:O", sort=x_order, title=x, axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("y:O", sort=y_order, title=y))
+    tooltip = ["x:O", "y:O", "value:Q", "done:Q", "runs:Q", "label:N"]
+    layers = [base.mark_rect(stroke="white").encode(
+        color=alt.Color("value:Q", scale=alt.Scale(scheme="viridis"), title=metric),
+        tooltip=tooltip).transform_filter("datum.state === 'finished'")]
+    if present:
+        layers.append(base.mark_rect(stroke="white").encode(
+            fill=alt.Fill("state:N", title="no mean", scale=alt.Scale(
+                domain=present, range=[STATES[s][0] for s in present])),
+            tooltip=tooltip).transform_filter("datum.state !== 'finished'"))
+    # Label colour without a scale of its own, so one colour scale spans every panel.
+    layers += [base.mark_text(fontSize=11, color=ink).encode(text="label:N").transform_filter(
+        f"datum.ink === '{ink}'") for ink in ("white", "black")]
+    title = f"{study}: {metric} ({lay.pooling()})"
+    size = {"width": max(60 * len(x_order), 240), "height": max(36 * len(y_order), 160)}
+    chart = alt.layer(*layers, data=alt.Data(values=values)).properties(**size)
+    if len(lay.panels) == 1:
+        return chart.properties(title=title)
+    return chart.facet(facet=alt.Facet("panel:N", sort=lay.panels, title=None),
+                       columns=min(3, len(lay.panels)), title=title).resolve_scale(
+        x="independent", y="independent")
 
 
 def _fmt(value: Any) -> str:

@@ -54,7 +54,7 @@ body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px;
 h1 {{ margin-bottom: 0.2em; }} h2 {{ border-bottom: 1px solid #ccc; margin-top: 2em; }}
 table {{ border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.9em; }}
 th, td {{ border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }}
-th {{ background: #f4f4f4; }} .muted {{ color: #777; }} .chart {{ margin: 1em 0 2em; }}
+th {{ background: #f4f4f4; }} .muted {{ color: #777; }} .warn {{ color: #a33; }} .chart {{ margin: 1em 0 2em; }}
 pre {{ background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.85em; }}
 </style>
 <script>
@@ -119,26 +119,31 @@ def _figures(con: Any, study: str, axes: list[str], epsilon: float | None,
 
     wanted: list[tuple[str, Any]] = []
     if len(axes) >= 2:
-        wanted.append(("heatmap", lambda: plot.heatmap_figure(con, study, axes, axes[0],
-                                                              axes[1], "best_test_acc")))
-    wanted.append(("curves", lambda: charts.curves_figure(con, study, axes)))
+        wanted.append(("heatmap", lambda sel: plot.heatmap_figure(
+            con, study, axes, axes[0], axes[1], "best_test_acc", sel)))
+    wanted.append(("curves", lambda sel: charts.curves_figure(con, study, axes, sel=sel)))
     if charts.LR in axes:
-        wanted.append(("sensitivity", lambda: charts.sensitivity_figure(con, study, axes)))
+        wanted.append(("sensitivity", lambda sel: charts.sensitivity_figure(
+            con, study, axes, sel=sel)))
     if charts.LR in axes and charts.BATCH in axes:
-        wanted.append(("scaling", lambda: charts.scaling_figure(con, study, axes)))
+        wanted.append(("scaling", lambda sel: charts.scaling_figure(con, study, axes, sel=sel)))
     if "full_grad_norm" in probe_names and epsilon is not None:
-        wanted.append(("sfo", lambda: charts.sfo_figure(con, study, axes, epsilon)))
+        wanted.append(("sfo", lambda sel: charts.sfo_figure(con, study, axes, epsilon, sel)))
     for name in probe_names:
         keys = [k for (k,) in con.execute(
             "select distinct key from probes p join memberships m using (run_id) "
             "where m.study = ? and p.probe = ? order by 1", [study, name]).fetchall()]
         key = "global" if "global" in keys else keys[0]
-        wanted.append((f"probe {name}", lambda n=name, k=key: charts.probes_figure(
-            con, study, axes, n, k)))
+        wanted.append((f"probe {name}", lambda sel, n=name, k=key: charts.probes_figure(
+            con, study, axes, n, k, sel=sel)))
     figures, problems = [], []
     for title, make in wanted:
         try:
-            figures.append((title, make()))
+            try:
+                figures.append((title, make(plot.Selection())))
+            except plot.TooManyPanels:
+                # Too many panels for a page: one per block, the rest pooled (and said).
+                figures.append((title, make(plot.Selection(facet=("block",)))))
         except OptlabError as e:
             problems.append(f"{title}: {e}")
     return figures, problems
@@ -229,7 +234,9 @@ def build_report(store: Path, study: str | None, out: Path | None,
     for i, (title, fig) in enumerate(figures):
         cid = f"chart{i}"
         specs[cid] = fig.chart.to_dict()
-        body.append(f"<h3>{html.escape(title)}</h3><div class='chart' id='{cid}'></div>"
+        pooled = (f"<p class='warn'>pooled over {html.escape(', '.join(fig.lay.pooled))}</p>"
+                  if fig.lay is not None and fig.lay.pooled else "")
+        body.append(f"<h3>{html.escape(title)}</h3>{pooled}<div class='chart' id='{cid}'></div>"
                     f"<details><summary>SQL</summary><pre>{html.escape(fig.sql)}</pre>"
                     "</details>")
     body += [f"<p class='muted'>{html.escape(p)}</p>" for p in problems]

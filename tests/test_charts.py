@@ -1,0 +1,172 @@
+"""What a chart draws: panels instead of silent pooling, cells with no mean coloured by why,
+and seed bands that are confidence intervals."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import pytest
+from scipy import stats
+
+from tests.synth import make_store
+
+# Two blocks on different LR grids; the second also varies momentum.
+STUDY = """
+name = "two"
+seeds = [0, 1, 2]
+[base]
+epochs = 3
+dataset = { name = "synthetic" }
+model = { name = "mlp" }
+optimizer = { name = "sgd", lr = 0.1, momentum = 0.9 }
+[[block]]
+name = "small"
+grid = { "optimizer.lr" = [0.01, 0.1], "batch_schedule.batch_size" = [32, 64] }
+[[block]]
+name = "large"
+grid = { "optimizer.lr" = [0.01, 0.1], "batch_schedule.batch_size" = [128, 256], "optimizer.momentum" = [0.0, 0.9] }
+"""
+
+
+def acc(config, seed):
+    o, b = config["optimizer"], config["batch_schedule"]["batch_size"]
+    return 0.5 + o["lr"] + 0.1 * o["momentum"] + b / 1000 + 0.01 * seed
+
+
+@pytest.fixture
+def store(tmp_path):
+    def status(config, seed):
+        o = config["optimizer"]
+        if o["lr"] == 0.1 and o["momentum"] == 0.0:
+            return "diverged"  # every seed: a cell with no mean
+        return "done"
+
+    return make_store(tmp_path, STUDY, acc, status=status)
+
+
+def sql_rows(cli, path):
+    return json.loads(cli("query", path.read_text(), "--format", "json").stdout)
+
+
+def test_heatmap_draws_a_panel_per_block_and_per_other_axis_by_default(cli, store, tmp_path):
+    result = cli("plot", "heatmap", "--x", "optimizer.lr", "--y", "batch_schedule.batch_size",
+                 "--out", "h.html")
+    assert result.exit_code == 0, result.stderr
+    assert "in 3 panels (by block, optimizer.momentum)" in result.stdout
+    assert "POOLED" not in result.stdout
+    rows = sql_rows(cli, tmp_path / "h.html.sql")
+    # Each cell is one block's runs of one momentum: the mean of its three seeds, exactly.
+    cell = {(r["panel"], r["x"], r["y"]): r for r in rows}
+    small = cell[("block small · optimizer.momentum=0.9", 0.01, 32)]
+    assert small["runs"] == 3 and small["value"] == pytest.approx(acc(
+        {"optimizer": {"lr": 0.01, "momentum": 0.9}, "batch_schedule": {"batch_size": 32}},
+        1))
+    assert cell[("block large · optimizer.momentum=0.0", 0.1, 256)]["diverged"] == 3
+    html = (tmp_path / "h.html").read_text()
+    assert "mean over seeds)" in html and "POOLED" not in html
+
+
+def test_heatmap_says_what_it_pools_when_told_to_draw_fewer_panels(cli, store, tmp_path):
+    result = cli("plot", "heatmap", "--x", "optimizer.lr", "--y", "batch_schedule.batch_size",
+                 "--facet", "block", "--out", "h.html")
+    assert result.exit_code == 0, result.stderr
+    assert "in 2 panels (by block)" in result.stdout
+    assert result.stdout.rstrip().endswith("; POOLED over optimizer.momentum (2 values)")
+    assert "POOLED over optimizer.momentum (2 values)" in (tmp_path / "h.html").read_text()
+    result = cli("plot", "heatmap", "--x", "optimizer.lr", "--y", "batch_schedule.batch_size",
+                 "--facet", "", "--out", "h.html")
+    # The blocks use different batch sizes, so no cell mixes them: only momentum is pooled.
+    assert "panels" not in result.stdout
+    assert result.stdout.rstrip().endswith("; POOLED over optimizer.momentum (2 values)")
+
+
+def test_block_and_where_narrow_the_runs_and_nothing_is_then_pooled(cli, store, tmp_path):
+    result = cli("plot", "heatmap", "--x", "optimizer.lr", "--y", "batch_schedule.batch_size",
+                 "--block", "large", "--where", "optimizer_momentum = 0.9", "--out", "h.html")
+    assert result.exit_code == 0, result.stderr
+    assert "panels" not in result.stdout and "POOLED" not in result.stdout
+    rows = sql_rows(cli, tmp_path / "h.html.sql")
+    assert len(rows) == 4 and {r["runs"] for r in rows} == {3}
+    assert {r["panel"] for r in rows} == {"all"}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--block", "medium"], "--block 'medium': study 'two' has no such block; its blocks: "
+     "small, large"),
+    (["--where", "momentum = 0.9"], "--where 'momentum = 0.9': not a condition on the runs "
+     "view: Binder Error: Referenced column \"momentum\" not found in FROM clause!"),
+    (["--where", "seed = 0; drop table epochs"], "--where 'seed = 0; drop table epochs': one "
+     "condition, without ';'"),
+    (["--facet", "optimizer.lr"], "--facet optimizer.lr: use block or an axis the heatmap "
+     "chart does not show (block, optimizer.momentum)"),
+    (["--where", "seed = 7"], "heatmap: no runs of study 'two' match the selection"),
+])
+def test_selection_errors_are_one_line(cli, store, args, message):
+    result = cli("plot", "heatmap", "--x", "optimizer.lr", "--y", "batch_schedule.batch_size",
+                 *args)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: {message}") and result.stderr.count("\n") == 1
+
+
+def test_a_cell_where_every_run_diverged_has_its_own_colour_legend_and_legible_label(
+        cli, store, tmp_path):
+    result = cli("plot", "heatmap", "--x", "optimizer.lr", "--y", "batch_schedule.batch_size",
+                 "--block", "large", "--where", "optimizer_momentum = 0.0", "--out", "h.svg")
+    assert result.exit_code == 0, result.stderr
+    svg = (tmp_path / "h.svg").read_text()
+    # Two diverged cells (lr 0.1 at both batch sizes), drawn red, with a legend entry.
+    assert len(re.findall(r'fill="#d62728"', svg)) >= 3  # two cells and the legend symbol
+    assert ">all diverged<" in svg
+    # Their labels are white on red, not white on white.
+    labels = re.findall(r'<text[^>]*fill="(\w+)"[^>]*>3 diverged</text>', svg)
+    assert labels == ["white", "white"]
+    cli("plot", "heatmap", "--x", "optimizer.lr", "--y", "batch_schedule.batch_size",
+        "--block", "large", "--where", "optimizer_momentum = 0.0", "--out", "h.png")
+    assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
+    cli("plot", "heatmap", "--x", "optimizer.lr", "--y", "batch_schedule.batch_size",
+        "--block", "large", "--where", "optimizer_momentum = 0.0", "--out", "h.html")
+    spec = (tmp_path / "h.html").read_text()
+    assert '"all diverged"' in spec and '"#d62728"' in spec
+
+
+@pytest.mark.parametrize("chart", ["curves", "sensitivity"])
+def test_seed_bands_are_a_95_percent_t_interval_with_n(cli, store, tmp_path, chart):
+    result = cli("plot", chart, "--block", "small", "--out", "c.html")
+    assert result.exit_code == 0, result.stderr
+    rows = sql_rows(cli, tmp_path / "c.html.sql")
+    assert rows and all(r["n"] == 3 for r in rows)
+    for r in rows:
+        half = stats.t.ppf(0.975, 2) * r["sd"] / math.sqrt(3)
+        assert r["low"] == pytest.approx(r["mean"] - half)
+        assert r["high"] == pytest.approx(r["mean"] + half)
+        assert r["high"] - r["low"] > 0
+    html = (tmp_path / "c.html").read_text()
+    assert "band = 95% t-interval of the mean over n seeds" in html
+    assert '{"field": "n", "type": "quantitative"}' in html  # n in the tooltip
+
+
+def test_curves_keep_blocks_and_other_axes_in_their_own_panels(cli, store, tmp_path):
+    result = cli("plot", "curves", "--color", "optimizer.lr", "--out", "c.html")
+    assert result.exit_code == 0, result.stderr
+    assert "in 6 panels (by block, batch_schedule.batch_size, optimizer.momentum)" in \
+        result.stdout
+    rows = sql_rows(cli, tmp_path / "c.html.sql")
+    # The diverged runs are left out; every other line is one cell's three seeds.
+    assert {r["n"] for r in rows} == {3}
+
+
+def test_scaling_fits_a_line_per_panel(cli, store, tmp_path):
+    result = cli("plot", "scaling", "--out", "s.html")
+    assert result.exit_code == 0, result.stderr
+    # Momentum colours the lines (the first axis left); each block has its panel.
+    assert "in 2 panels (by block)" in result.stdout and "POOLED" not in result.stdout
+    html = (tmp_path / "s.html").read_text()
+    assert html.count("slope 0.00") == 3  # the best LR is 0.1 at both batch sizes...
+    # ...except where lr 0.1 diverged: momentum 0 in the large block picks 0.01 everywhere.
+    rows = sql_rows(cli, tmp_path / "s.html.sql")
+    picks = {(r["panel"], r["color"], r["batch_size"]): r["optimal_lr"] for r in rows}
+    assert picks[("block large", "0.0", 128)] == 0.01
+    assert picks[("block large", "0.9", 128)] == 0.1
+    assert picks[("block small", "0.9", 32)] == 0.1
