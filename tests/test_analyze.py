@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 from scipy import stats
 
@@ -129,9 +130,7 @@ grid = { optimizer = [{ name = "sgd" }, { name = "adam" }, { name = "adamw" }] }
     assert rows[1]["p_vs_next_better"] < 0.001 < rows[2]["p_vs_next_better"]
 
 
-def test_warmup_finds_the_optima_the_rule_and_the_four_hypotheses(cli, tmp_path):
-    best = {5000: 10, 1000: 5, 500: 5, 100: 1, 50: 1}
-    text = HEAD.format(name="warm") + """
+WARM = HEAD.format(name="warm") + """
 lr_schedule = { name = "cosine" }
 [[block]]
 name = "synthetic_sgd"
@@ -142,36 +141,114 @@ name = "synthetic_sgd"
 name = "other_sgd"
 set = { "dataset.classes" = 5 }
 [block.grid]
-"dataset.examples_per_class" = [5000, 1000, 500, 100, 50]
+"dataset.examples_per_class" = [10000, 2000, 1000, 200, 100]
 "lr_schedule.warmup_epochs" = [0, 1, 5, 10, 20]
 [[block]]
 name = "synthetic_adamw"
 set = { optimizer = { name = "adamw", lr = 0.001 } }
+seeds = [0, 1]
 [block.grid]
 "dataset.examples_per_class" = [5000, 500, 50]
 "lr_schedule.warmup_epochs" = [0, 1, 5, 10, 20]
 """
 
-    def acc(c, s):
-        regime = c["dataset"]["examples_per_class"]
-        w = c["lr_schedule"]["warmup_epochs"]
-        k = 0.0002 if c["optimizer"]["name"] == "adamw" else 0.002
-        return 0.8 - k * (w - best[regime]) ** 2 + 0.001 * ((s * 7 + w) % 3)
 
-    make_store(tmp_path, text, acc)
+def examples(c):
+    return c["dataset"]["examples_per_class"] * c["dataset"]["classes"]
+
+
+def test_warmup_finds_the_optima_the_rule_and_the_four_hypotheses(cli, tmp_path):
+    # By training examples: the best warmup grows with size, and what warmup gains over no
+    # warmup peaks at 5,000 examples (k is the curvature of accuracy in warmup).
+    best = {50000: 10, 10000: 5, 5000: 5, 1000: 5, 500: 1}
+    k = {50000: 0.0001, 10000: 0.0008, 5000: 0.003, 1000: 0.002, 500: 0.002}
+
+    def acc(c, s):
+        n, w = examples(c), c["lr_schedule"]["warmup_epochs"]
+        f = 0.1 if c["optimizer"]["name"] == "adamw" else 1.0
+        return 0.8 - f * k[n] * (w - best[n]) ** 2 + 0.001 * ((s * 7 + w) % 3)
+
+    make_store(tmp_path, WARM, acc)
     out = analyze(cli, "warmup")
-    optima = {(r["group"], r["examples_per_class"]): r["optimal_warmup"]
+    assert out["findings"]["dataset_size"].startswith("training examples")
+    optima = {(r["group"], r["examples"]): r["optimal_warmup"]
               for r in out["tables"]["optimal_warmup"]}
-    assert optima[("dataset.classes=10, optimizer=sgd", 5000)] == 10
-    assert optima[("dataset.classes=10, optimizer=sgd", 50)] == 1
+    assert optima[("dataset.classes=10, optimizer=sgd", 50000)] == 10
+    assert optima[("dataset.classes=5, optimizer=sgd", 500)] == 1
     rule = out["tables"]["rule"][0]
     assert rule["slope"] > 0 and rule["rule"].startswith("optimal_warmup = ")
     hyp = {h["hypothesis"]: h for h in out["tables"]["hypotheses"]}
-    assert all(hyp[h]["supported"] is True for h in ("H1", "H2", "H3", "H4")), hyp
-    assert all(0 <= hyp[h]["p"] < 0.05 for h in ("H1", "H2", "H3", "H4"))
-    # The second dataset (5 classes) has the same pattern; H3 names the pair it compared.
-    assert hyp["H3"]["note"].startswith("dataset.classes=10, optimizer=sgd vs "
-                                        "dataset.classes=5, optimizer=sgd: r=1")
+    for h in hyp.values():  # every verdict says its test, statistic, n, p and effect size
+        assert h["supported"] is True and 0 <= h["p"] < 0.05, h
+        assert h["test"] and h["statistic"] is not None and h["n"] > 0 and h["effect"]
+    assert hyp["H1"]["effect"].startswith("curvature -")
+    assert hyp["H1"]["note"].startswith("peak at 4,448 examples (95% CI ")
+    assert hyp["H3"]["note"].startswith(
+        "reference: block synthetic_sgd; dataset.classes=10, optimizer=sgd vs "
+        "dataset.classes=5, optimizer=sgd: r=1")
+    assert hyp["H4"]["claim"] == "adamw is less warmup-sensitive than sgd"
+    assert "geometric mean ratio 0.139" in hyp["H4"]["effect"]
+
+
+def test_h1_a_benefit_that_keeps_rising_with_size_is_not_a_peak(cli, tmp_path):
+    best = {50000: 10, 10000: 5, 5000: 5, 1000: 1, 500: 1}
+
+    def acc(c, s):
+        w = c["lr_schedule"]["warmup_epochs"]
+        return 0.8 - 0.002 * (w - best[examples(c)]) ** 2 + 0.001 * ((s * 7 + w) % 3)
+
+    make_store(tmp_path, WARM.split("[[block]]\nname = \"other_sgd\"")[0], acc)
+    h1 = analyze(cli, "warmup")["tables"]["hypotheses"][0]
+    # The benefit rises monotonically: 0.002 at 500 examples up to 0.2 at 50,000.
+    assert h1["supported"] is False
+    assert "no interior peak" in h1["note"] or h1["note"].startswith("no peak")
+
+
+def test_h1_measures_the_benefit_on_seeds_it_did_not_choose_the_warmup_on(cli, tmp_path):
+    """Pure noise: warmup does nothing. Choosing the best warmup on the same runs reports a
+    benefit of about half a noise unit (the winner's curse); held-out seeds report none."""
+    import random
+    import zlib
+
+    regimes = [5000, 3000, 2000, 1000, 700, 500, 300, 200, 100, 50]
+    warmups = [0, 1, 5, 10, 20]
+    text = HEAD.format(name="noise").replace("seeds = [0, 1, 2]", "seeds = 6") + f"""
+lr_schedule = {{ name = "cosine" }}
+[[block]]
+name = "sgd"
+[block.grid]
+"dataset.examples_per_class" = {regimes}
+"lr_schedule.warmup_epochs" = {warmups}
+[[block]]
+name = "one_seed"
+seeds = [0]
+set = {{ "dataset.classes" = 5 }}
+[block.grid]
+"dataset.examples_per_class" = [5000, 1000, 500, 100, 50]
+"lr_schedule.warmup_epochs" = {warmups}
+"""
+
+    def noise(regime, classes, w, s):
+        key = f"{regime} {classes} {w} {s}".encode()
+        return 0.01 * random.Random(zlib.crc32(key)).gauss()
+
+    def acc(c, s):
+        return 0.8 + noise(c["dataset"]["examples_per_class"], c["dataset"]["classes"],
+                           c["lr_schedule"]["warmup_epochs"], s)
+
+    make_store(tmp_path, text, acc)
+    out = analyze(cli, "warmup")
+    held_out = [r["benefit_mean"] for r in out["tables"]["benefit"]]
+    assert len(held_out) == len(regimes)  # the one-seed group cannot hold a seed out
+    assert out["findings"]["h1_left_out"] == ("one seed, so the best warmup cannot be chosen "
+                                              "on other seeds: dataset.classes=5")
+    in_sample = []
+    for regime in regimes:
+        mean = np.array([[noise(regime, 10, w, s) for w in warmups] for s in range(6)]
+                        ).mean(axis=0)
+        in_sample.append(mean.max() - mean[0])
+    assert np.mean(in_sample) > 0.003  # about 0.01 * 1.16 / sqrt(6)
+    assert abs(np.mean(held_out)) < 0.5 * np.mean(in_sample)
 
 
 def test_warmup_hypotheses_that_the_data_refute_or_cannot_test(cli, tmp_path):
@@ -194,7 +271,135 @@ name = "sgd"
     hyp = {h["hypothesis"]: h for h in analyze(cli, "warmup")["tables"]["hypotheses"]}
     assert hyp["H1"]["supported"] is False and hyp["H2"]["supported"] is False
     assert hyp["H3"]["supported"] is None and hyp["H4"]["supported"] is None
-    assert hyp["H4"]["note"].startswith("not testable: needs AdamW and SGD")
+    assert hyp["H4"]["note"].startswith("not testable: needs adamw and sgd runs, or name the "
+                                        "two optimizers with [analysis.warmup] compare")
+
+
+def test_h2_is_tested_within_each_dataset_and_ties_count_as_neither_way(cli, tmp_path):
+    """Two datasets whose optimal warmup never changes with size; one has the larger sizes
+    and the longer warmup. Pooled, size and warmup correlate perfectly; within each dataset
+    they do not correlate at all. The third group is flat: every warmup ties."""
+    text = HEAD.format(name="h2") + """
+lr_schedule = { name = "cosine" }
+[[block]]
+name = "big"
+[block.grid]
+"dataset.examples_per_class" = [5000, 2000, 1000]
+"lr_schedule.warmup_epochs" = [0, 1, 5, 10]
+[[block]]
+name = "small"
+set = { "dataset.classes" = 5 }
+[block.grid]
+"dataset.examples_per_class" = [100, 50, 20]
+"lr_schedule.warmup_epochs" = [0, 1, 5, 10]
+[[block]]
+name = "flat"
+set = { "dataset.classes" = 7 }
+[block.grid]
+"dataset.examples_per_class" = [1000, 100, 10]
+"lr_schedule.warmup_epochs" = [0, 1, 5, 10]
+"""
+
+    def acc(c, s):
+        w, classes = c["lr_schedule"]["warmup_epochs"], c["dataset"]["classes"]
+        if classes == 7:
+            return 0.7
+        return 0.8 - 0.001 * (w - (10 if classes == 10 else 1)) ** 2
+
+    make_store(tmp_path, text, acc)
+    h2 = analyze(cli, "warmup")["tables"]["hypotheses"][1]
+    assert h2["supported"] is False and h2["p"] == pytest.approx(0.5)
+    assert h2["statistic"] == pytest.approx(0.0) and h2["effect"].startswith("mean rho 0 ")
+    assert h2["note"].count("the optimal warmup never changes (rho 0)") == 3
+
+
+def test_h3_compares_with_the_block_the_study_names(cli, tmp_path):
+    best = {5000: 10, 500: 5, 50: 1}
+    text = HEAD.format(name="ref") + """
+lr_schedule = { name = "cosine" }
+[analysis.warmup]
+reference = "second"
+[[block]]
+name = "first"
+[block.grid]
+"dataset.examples_per_class" = [5000, 500, 50]
+"lr_schedule.warmup_epochs" = [0, 1, 5, 10, 20]
+[[block]]
+name = "second"
+set = { "dataset.classes" = 5 }
+[block.grid]
+"dataset.examples_per_class" = [5000, 500, 50]
+"lr_schedule.warmup_epochs" = [0, 1, 5, 10, 20]
+"""
+
+    def acc(c, s):
+        w = c["lr_schedule"]["warmup_epochs"]
+        return 0.8 - 0.002 * (w - best[c["dataset"]["examples_per_class"]]) ** 2
+
+    make_store(tmp_path, text, acc)
+    h3 = analyze(cli, "warmup")["tables"]["hypotheses"][2]
+    assert h3["note"].startswith("reference: block second; dataset.classes=5 vs "
+                                 "dataset.classes=10: r=1")
+
+
+def test_h4_compares_the_optimizers_the_study_names_whatever_their_seed_counts(cli,
+                                                                            tmp_path):
+    """Both optimizers are equally (in)sensitive: pure noise of the same size. LAMB has 2
+    seeds and SGD 8; a range of means over seeds would call LAMB about twice as sensitive."""
+    import random
+    import zlib
+
+    text = HEAD.format(name="h4").replace("seeds = [0, 1, 2]", "seeds = 8") + """
+lr_schedule = { name = "cosine" }
+[analysis.warmup]
+compare = ["lamb", "sgd"]
+[[block]]
+name = "sgd"
+[block.grid]
+"dataset.examples_per_class" = [5000, 2000, 1000, 500, 200, 100, 50, 20]
+"lr_schedule.warmup_epochs" = [0, 1, 5, 10, 20]
+[[block]]
+name = "lamb"
+seeds = 2
+set = { optimizer = { name = "lamb", lr = 0.01 } }
+[block.grid]
+"dataset.examples_per_class" = [5000, 2000, 1000, 500, 200, 100, 50, 20]
+"lr_schedule.warmup_epochs" = [0, 1, 5, 10, 20]
+"""
+
+    def acc(c, s):
+        key = json.dumps([c["dataset"], c["lr_schedule"], c["optimizer"]["name"], s],
+                         sort_keys=True)
+        return 0.8 + 0.01 * random.Random(zlib.crc32(key.encode())).gauss()
+
+    make_store(tmp_path, text, acc)
+    h4 = analyze(cli, "warmup")["tables"]["hypotheses"][3]
+    assert h4["claim"] == "lamb is less warmup-sensitive than sgd" and h4["n"] == 8
+    ratio = float(h4["effect"].rpartition("geometric mean ratio ")[2])
+    assert 0.75 < ratio < 1.33 and h4["supported"] is False
+
+
+def test_warmup_settings_that_name_nothing_are_one_line_errors(cli, tmp_path):
+    text = HEAD.format(name="bad") + """
+lr_schedule = { name = "cosine" }
+[analysis.warmup]
+{setting}
+[[block]]
+name = "only"
+[block.grid]
+"dataset.examples_per_class" = [500, 50]
+"lr_schedule.warmup_epochs" = [0, 5]
+"""
+    (tmp_path / "a.toml").write_text(text.replace("{setting}", 'reference = "nope"'))
+    result = cli("show", "a.toml")
+    assert result.exit_code == 1 and result.stderr == (
+        "Error: a.toml: analysis.warmup.reference: no block is named 'nope'; blocks: only\n")
+    make_store(tmp_path, text.replace("{setting}", 'compare = ["adamw", "sgd"]'),
+               lambda c, s: 0.5)
+    result = cli("analyze", "warmup")
+    assert result.exit_code == 1 and result.stderr == (
+        "Error: analysis.warmup.compare: the study has no finished runs of optimizer "
+        "'adamw'; it has sgd\n")
 
 
 def test_sfo_counts_samples_to_reach_epsilon_per_schedule(cli, tmp_path):
@@ -319,5 +524,6 @@ set = { "dataset.classes" = 7 }
                         for name in ("warmup", "optimal")])
     assert all(o == outputs[0] for o in outputs[1:])
     h3 = next(h for h in outputs[0][0]["tables"]["hypotheses"] if h["hypothesis"] == "H3")
-    assert h3["note"].startswith("dataset.classes=10 vs dataset.classes=5: r=1")
+    assert h3["note"].startswith("reference: block first; dataset.classes=10 vs "
+                                 "dataset.classes=5: r=1")
     assert "dataset.classes=10 vs dataset.classes=7" in h3["note"]

@@ -26,7 +26,10 @@ name = "small"
 grid = { "optimizer.lr" = [0.01, 0.1], "batch_schedule.batch_size" = [32, 64] }
 [[block]]
 name = "large"
-grid = { "optimizer.lr" = [0.01, 0.1], "batch_schedule.batch_size" = [128, 256], "optimizer.momentum" = [0.0, 0.9] }
+[block.grid]
+"optimizer.lr" = [0.01, 0.1]
+"batch_schedule.batch_size" = [128, 256]
+"optimizer.momentum" = [0.0, 0.9]
 """
 
 

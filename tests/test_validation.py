@@ -43,7 +43,7 @@ CASES = {
                        "batch_schedule, augmentation, probes"),
     "unknown_top_level_key": (BASE + '\n[[blok]]\nname = "g"\n',
                               "blok: unknown key; allowed: name, description, seeds, base, "
-                              "block"),
+                              "block, analysis"),
     "syntax": ('[base]\nepochs = 1\ndataset = { name = "synthetic" \n',
                "TOML syntax error: Unclosed inline table (at line 3, column 32)"),
     "zero_lr": (BASE.replace("lr = 0.1", "lr = 0"),

@@ -47,6 +47,7 @@ class Run:
     config: dict[str, Any]  # flattened: {"optimizer.lr": 0.1, "optimizer": "sgd", ...}
     value: float | None
     position: int = 0  # in the study's expansion: blocks in file order, then their runs
+    block: str = ""
 
     def get(self, path: str) -> Any:
         return self.config.get(path)
@@ -95,14 +96,16 @@ def load(con: Any, study: str, metric: str) -> list[Run]:
     reducer, column = parse_metric(metric)
     rows = con.execute(
         f"""select r.run_id, r.seed, r.status, any_value(r.config),
-                   {reduce_sql(reducer, column)} as value, any_value(r.position) as position
+                   {reduce_sql(reducer, column)} as value, any_value(r.position) as position,
+                   any_value(r.block) as block
             from runs r left join epochs e using (run_id)
             where r.study = ? group by r.run_id, r.seed, r.status
             order by position, r.run_id""", [study]).fetchall()
     return in_study_order([
         Run(run_id, seed, status, _flat_config(config),
-            None if value is None or not math.isfinite(value) else float(value), position)
-        for run_id, seed, status, config, value, position in rows])
+            None if value is None or not math.isfinite(value) else float(value), position,
+            block)
+        for run_id, seed, status, config, value, position, block in rows])
 
 
 def in_study_order(runs: list[Run]) -> list[Run]:
@@ -260,6 +263,10 @@ def run_analysis(store: Path, name: str, study: str | None, metric: str,
         if name == "sfo":
             return _sfo(con, result, axes, epsilon)
         runs = load(con, study, metric)
+        if name == "warmup":
+            from optlab.warmup import settings
+
+            param = settings(con, study)
     if not runs:
         raise OptlabError(f"study {study!r} has no runs in {store}")
     runs = in_study_order(runs)
@@ -374,170 +381,10 @@ def _scaling(result: Result, runs: list[Run], axes: list[str], rng, _param: Any)
                                    "linear scaling rule, 0.5 the square-root rule")
 
 
-def _warmup(result: Result, runs: list[Run], axes: list[str], rng, _param: Any) -> None:
-    from scipy import stats
+def _warmup(result: Result, runs: list[Run], axes: list[str], rng, opts: Any) -> None:
+    from optlab import warmup
 
-    require_axes("warmup", result.study, axes, [WARMUP, REGIME])
-    higher = higher_is_better(result.metric)
-    sign = 1.0 if higher else -1.0
-    optima, rules, profiles = [], [], {}
-    per_seed_points: list[tuple[float, float]] = []
-    benefits: dict[str, list[tuple[int, float]]] = {}  # group -> (regime, benefit) per seed
-    sensitivity: dict[str, dict[int, float]] = {}
-    kept = usable(runs, result)
-    missing = [r for r in kept if r.get(REGIME) is None or r.get(WARMUP) is None]
-    leave_out(result, f"no {REGIME} or {WARMUP} in its config", missing)
-    kept = [r for r in kept if r not in missing]
-    for label, members in groups(kept, [WARMUP, REGIME]).items():
-        regimes = sorted({r.get(REGIME) for r in members})
-        best_w = []
-        profile: dict[tuple[int, Any], float] = {}
-        for regime in regimes:
-            at = [r for r in members if r.get(REGIME) == regime]
-            opt = optimum(at, WARMUP, higher, rng)
-            optima.append({"group": label, "examples_per_class": regime,
-                           "optimal_warmup": opt["optimum"], "ci_low": opt["ci_low"],
-                           "ci_high": opt["ci_high"], "metric_mean": opt["metric_mean"],
-                           "seeds": opt["seeds"]})
-            best_w.append(opt["optimum"])
-            warmups, seeds, m = _matrix(at, WARMUP)
-            mean = _nanmean(m)
-            sensitivity.setdefault(label, {})[regime] = float(np.nanmax(mean) - np.nanmin(mean))
-            for w, v in zip(warmups, mean - np.nanmean(mean), strict=True):
-                profile[(regime, w)] = float(v)
-            for i, _ in enumerate(seeds):
-                row = m[i]
-                if not np.all(np.isnan(row)):
-                    per_seed_points.append((regime, warmups[_argbest(row, higher)]))
-            if 0 in warmups:
-                j0, jb = warmups.index(0), warmups.index(opt["optimum"])
-                for i in range(len(seeds)):
-                    if not (np.isnan(m[i, jb]) or np.isnan(m[i, j0])):
-                        benefits.setdefault(label, []).append(
-                            (regime, sign * (m[i, jb] - m[i, j0])))
-        profiles[label] = (members[0], profile)
-        rule: dict[str, Any] = {"group": label, "regimes": len(regimes)}
-        if len(regimes) >= 3 and np.ptp(best_w) > 0:
-            reg = stats.linregress(np.log10(regimes), best_w)
-            rule.update(rule=f"optimal_warmup = {reg.intercept:.3g} + {reg.slope:.3g} * "
-                             f"log10(examples_per_class)", slope=reg.slope,
-                        intercept=reg.intercept, r=reg.rvalue, p=reg.pvalue)
-        else:
-            rule.update(rule=f"optimal_warmup = {best_w[0]:g} at every regime" if best_w
-                        and np.ptp(best_w) == 0 else "too few regimes to fit", slope=None)
-        rules.append(rule)
-    result.tables["optimal_warmup"] = optima
-    result.tables["rule"] = rules
-    result.tables["hypotheses"] = [
-        _h1(benefits), _h2(per_seed_points), _h3(profiles), _h4(sensitivity, profiles)]
-
-
-def _verdict(name: str, claim: str, test: str, stat: float | None, p: float | None, n: int,
-             note: str = "") -> dict[str, Any]:
-    untested = p is None or (isinstance(p, float) and math.isnan(p))
-    supported = None if untested else bool(p < ALPHA)
-    return {"hypothesis": name, "claim": claim, "test": test, "statistic": stat, "p": p,
-            "n": n, "supported": supported, "note": note}
-
-
-H1 = "warmup benefit is larger at 500-5,000 examples per class than below 500"
-H2 = "optimal warmup decreases as the dataset shrinks"
-H3 = "the regime x warmup pattern replicates across datasets"
-H4 = "AdamW is less warmup-sensitive than SGD"
-
-
-def _h1(benefits: dict[str, list[tuple[int, float]]]) -> dict[str, Any]:
-    from scipy import stats
-
-    pairs = [b for bs in benefits.values() for b in bs]
-    mid = [v for regime, v in pairs if 500 <= regime <= 5000]
-    low = [v for regime, v in pairs if regime < 500]
-    test = "Welch t-test, one-sided (benefit = best warmup minus no warmup, per seed)"
-    if len(mid) < 2 or len(low) < 2:
-        return _verdict("H1", H1, test, None, None, len(mid) + len(low),
-                        "not testable: needs warmup 0 and at least two runs both at 500-5,000 "
-                        "and below 500 examples per class")
-    t = stats.ttest_ind(mid, low, equal_var=False, alternative="greater")
-    return _verdict("H1", H1, test, float(t.statistic), float(t.pvalue), len(mid) + len(low),
-                    f"mean benefit {np.mean(mid):.4g} (500-5,000) vs {np.mean(low):.4g} (<500)")
-
-
-def _h2(points: list[tuple[float, float]]) -> dict[str, Any]:
-    from scipy import stats
-
-    test = "Spearman rank correlation of regime size and per-seed optimal warmup, one-sided"
-    if len(points) < 3 or len({p[0] for p in points}) < 2 or len({p[1] for p in points}) < 2:
-        return _verdict("H2", H2, test, None, None, len(points),
-                        "not testable: needs several regimes whose optimal warmups differ")
-    rho = stats.spearmanr([p[0] for p in points], [p[1] for p in points],
-                          alternative="greater")
-    return _verdict("H2", H2, test, float(rho.statistic), float(rho.pvalue), len(points))
-
-
-def _h3(profiles: dict[str, tuple[Run, dict]]) -> dict[str, Any]:
-    from scipy import stats
-
-    test = ("Pearson correlation of regime-centred accuracy over (regime, warmup) cells with "
-            "the reference dataset's (the first in the study file), per other dataset with "
-            "the same optimizer, one-sided; the largest p")
-    by_optimizer: dict[str, list[tuple[str, dict]]] = {}
-    for label, (run, profile) in profiles.items():
-        by_optimizer.setdefault(str(run.get("optimizer")), []).append(
-            (label, profile))
-    results = []
-    for entries in by_optimizer.values():
-        (ref_name, ref), *others = entries
-        if len({_dataset_key(profiles[n][0]) for n, _ in entries}) < 2:
-            continue
-        ref_regimes = sorted({k[0] for k in ref})
-        for name, prof in others:
-            if _dataset_key(profiles[name][0]) == _dataset_key(profiles[ref_name][0]):
-                continue
-            # Datasets may use other regime sizes: pair regimes by rank, warmups by value.
-            regimes = sorted({k[0] for k in prof})
-            pairs = [(ref[(ra, w)], prof[(rb, w)]) for ra, rb in zip(ref_regimes, regimes,
-                                                                     strict=False)
-                     for (r, w) in ref if r == ra and (rb, w) in prof]
-            if len(pairs) >= 3:
-                r = stats.pearsonr(*zip(*pairs, strict=True), alternative="greater")
-                results.append((f"{ref_name} vs {name}", float(r.statistic), float(r.pvalue),
-                                len(pairs)))
-    if not results:
-        return _verdict("H3", H3, test, None, None, 0,
-                        "not testable: needs a second dataset with the same regime x warmup grid")
-    worst = max(results, key=lambda x: x[2])
-    note = "; ".join(f"{n}: r={r:.3g}, p={p:.3g}" for n, r, p, _ in results)
-    return _verdict("H3", H3, test, worst[1], worst[2], sum(x[3] for x in results), note)
-
-
-def _dataset_key(run: Run) -> str:
-    """What makes a dataset another dataset: its table, less the regime."""
-    return json.dumps({k: v for k, v in run.config.items()
-                       if (k == "dataset" or k.startswith("dataset.")) and k != REGIME},
-                      sort_keys=True, default=str)
-
-
-def _h4(sensitivity: dict[str, dict[int, float]], profiles: dict[str, tuple[Run, dict]]
-        ) -> dict[str, Any]:
-    from scipy import stats
-
-    test = ("paired t-test, one-sided, of warmup sensitivity (best minus worst mean metric "
-            "over warmups) per regime, AdamW vs SGD on the same dataset")
-    pairs = []
-    runs = {label: run for label, (run, _) in profiles.items()}
-    for la, ra in runs.items():
-        for lb, rb in runs.items():
-            if (ra.get("optimizer"), rb.get("optimizer")) == ("adamw", "sgd") and \
-                    _dataset_key(ra) == _dataset_key(rb):
-                common = sorted(set(sensitivity[la]) & set(sensitivity[lb]))
-                pairs += [(sensitivity[la][g], sensitivity[lb][g]) for g in common]
-    if len(pairs) < 2:
-        return _verdict("H4", H4, test, None, None, len(pairs),
-                        "not testable: needs AdamW and SGD runs at two or more common regimes")
-    a, s = zip(*pairs, strict=True)
-    t = stats.ttest_rel(a, s, alternative="less")
-    return _verdict("H4", H4, test, float(t.statistic), float(t.pvalue), len(pairs),
-                    f"mean sensitivity AdamW {np.mean(a):.4g} vs SGD {np.mean(s):.4g}")
+    warmup.analyze(result, runs, axes, rng, opts)
 
 
 def _ranking(result: Result, runs: list[Run], axes: list[str], rng, _param: Any) -> None:

@@ -7,7 +7,6 @@ that `optlab query` reproduces it.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

@@ -54,7 +54,8 @@ body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px;
 h1 {{ margin-bottom: 0.2em; }} h2 {{ border-bottom: 1px solid #ccc; margin-top: 2em; }}
 table {{ border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.9em; }}
 th, td {{ border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }}
-th {{ background: #f4f4f4; }} .muted {{ color: #777; }} .warn {{ color: #a33; }} .chart {{ margin: 1em 0 2em; }}
+th {{ background: #f4f4f4; }} .muted {{ color: #777; }} .warn {{ color: #a33; }}
+.chart {{ margin: 1em 0 2em; }}
 pre {{ background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.85em; }}
 </style>
 <script>

@@ -24,7 +24,7 @@ PLUGIN_SLOTS: dict[str, str] = {
     "augmentation": "augmentation",
 }
 PRECISIONS = ("fp32", "bf16", "amp")
-STUDY_KEYS = ("name", "description", "seeds", "base", "block")
+STUDY_KEYS = ("name", "description", "seeds", "base", "block", "analysis")
 DEFAULT_STUDY = Path(__file__).parent / "studies" / "quickstart.toml"
 
 
@@ -125,6 +125,24 @@ class Block(BaseModel):
         return [v] if isinstance(v, dict) else v
 
 
+class WarmupAnalysisSettings(BaseModel):
+    """What `optlab analyze warmup` compares (seed 002's H3 and H4)."""
+
+    model_config = ConfigDict(extra="forbid")
+    # H3: the block whose dataset the others must replicate (default: the first block).
+    reference: str | None = None
+    # H4: two optimizer plugin names, the one expected to be less warmup-sensitive first
+    # (default: adamw and sgd, when the study has both).
+    compare: tuple[str, str] | None = None
+
+
+class AnalysisSettings(BaseModel):
+    """``[analysis.NAME]``: settings of the named analyses; they never change a run."""
+
+    model_config = ConfigDict(extra="forbid")
+    warmup: WarmupAnalysisSettings = WarmupAnalysisSettings()
+
+
 class StudyFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = None
@@ -132,6 +150,7 @@ class StudyFile(BaseModel):
     seeds: Seeds = [0]
     base: dict[str, Any]
     block: list[Block] = []
+    analysis: AnalysisSettings = AnalysisSettings()
 
 
 class Study(BaseModel):
@@ -145,6 +164,7 @@ class Study(BaseModel):
     base: dict[str, Any]
     blocks: list[Block]
     overrides: dict[str, Any] = {}
+    analysis: AnalysisSettings = AnalysisSettings()
 
 
 def seed_list(seeds: int | list[int]) -> list[int]:
@@ -199,6 +219,12 @@ def load_study(path: str | Path | None, sets: list[str] = ()) -> Study:
     except ValidationError as e:
         raise ConfigError(f"{path}: {describe_validation_error(e, StudyFile)}") from None
     label = _display_path(path)
+    blocks = shape.block or [Block(name="main")]
+    reference = shape.analysis.warmup.reference
+    names = [b.name or f"block{i + 1}" for i, b in enumerate(blocks)]
+    if reference is not None and reference not in names:
+        raise ConfigError(f"{path}: analysis.warmup.reference: no block is named {reference!r}; "
+                          f"blocks: {', '.join(names)}")
     return Study(
         name=shape.name or path.stem,
         file=label,
@@ -206,8 +232,9 @@ def load_study(path: str | Path | None, sets: list[str] = ()) -> Study:
         description=shape.description,
         seeds=seed_list(shape.seeds),
         base=shape.base,
-        blocks=shape.block or [Block(name="main")],
+        blocks=blocks,
         overrides=overrides,
+        analysis=shape.analysis,
     )
 
 
