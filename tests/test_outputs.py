@@ -46,7 +46,7 @@ def store(tmp_path):
 @pytest.mark.parametrize("args", [
     ["heatmap"], ["curves"], ["curves", "--x", "seconds", "--metric", "train_loss"],
     ["sensitivity"], ["scaling"], ["sfo", "--epsilon", "0.5"],
-    ["probes", "--probe", "full_grad_norm"],
+    ["probes", "--probe", "full_grad_norm"], ["gradnorm", "--epsilon", "0.5"],
 ])
 def test_each_chart_writes_its_image_and_the_sql_that_reproduces_its_data(cli, store, args,
                                                                           tmp_path):
@@ -69,20 +69,42 @@ def test_sensitivity_and_scaling_show_what_the_data_say(cli, store, tmp_path):
     assert 'src="http' not in html  # self-contained: Vega is inlined
 
 
+def test_gradnorm_marks_where_each_schedule_first_reaches_epsilon(store):
+    from optlab import charts, views
+    from optlab.plot import study_axes
+    from optlab.store import reading
+
+    with reading(store) as con:
+        views.ensure_readable(con)
+        study, axes = study_axes(con, None)
+        figure = charts.gradnorm_figure(con, study, axes, 0.5)
+    spec = figure.chart.to_dict()
+    crossings = {d["color"]: d for layer in spec["layer"] if "data" in layer
+                 for d in layer["data"]["values"] if "label" in d}
+    # Batch 128 reaches 0.5 at epoch 2 (SFO 2000) in every finished run; batch 32 never
+    # does (0.6 at the end), so it gets no diamond.
+    assert {c: (d["x"], d["label"]) for c, d in crossings.items()} == {
+        "main: optimizer.lr=0.01, batch_schedule.batch_size=128": (2000, "2/2 reached"),
+        "main: optimizer.lr=0.1, batch_schedule.batch_size=128": (2000, "2/2 reached"),
+        "main: optimizer.lr=1.0, batch_schedule.batch_size=128": (2000, "1/1 reached")}
+    assert "dashed: epsilon = 0.5" in json.dumps(spec["title"])
+
+
 @pytest.mark.parametrize(("args", "message"), [
     (["curves", "--color", "optimizer.momentum"], "--color optimizer.momentum: the study does "
      "not vary it; it varies optimizer.lr, batch_schedule.batch_size"),
     (["curves", "--metric", "accuracy"], "--metric 'accuracy': not an epochs column; use one "
      "of step, samples, sfo, epoch_lr, epoch_batch_size, train_loss, train_acc, test_loss, "
-     "test_acc, seconds, eval_seconds, val_loss, val_acc, probe_seconds"),
+     "test_acc, seconds, eval_seconds, val_loss, val_acc, probe_seconds, "
+     "sfo_full_batches"),
     (["heatmap", "--x", "optimizer.lr", "--y", "lr_schedule.warmup_epochs"],
      "--y lr_schedule.warmup_epochs: the study does not vary it; it varies optimizer.lr, "
      "batch_schedule.batch_size"),
     (["sensitivity", "--metric", "final_accuracy"], "--metric 'final_accuracy': not a metric; "
      "use REDUCER_COLUMN with REDUCER one of best, final, min, max, mean and COLUMN one of step, "
      "samples, sfo, epoch_lr, epoch_batch_size, train_loss, train_acc, test_loss, test_acc, "
-     "seconds, eval_seconds, val_loss, val_acc, probe_seconds (e.g. best_test_acc, "
-     "best_test_loss, best_train_loss)"),
+     "seconds, eval_seconds, val_loss, val_acc, probe_seconds, sfo_full_batches "
+     "(e.g. best_test_acc, best_test_loss, best_train_loss)"),
     (["probes", "--probe", "hessian_trace"], "probe 'hessian_trace': study 'grid' has no values "
      "of it; it has full_grad_norm"),
     (["probes", "--key", "layer9"], "--key 'layer9': probe full_grad_norm has no such key; it "

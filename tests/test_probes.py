@@ -104,6 +104,27 @@ def test_full_grad_norm_sums_chunks_into_the_whole_training_loss():
     assert values["global"] == pytest.approx(layer_norms(grads)["global"], rel=1e-5)
 
 
+
+def test_full_grad_norm_can_measure_the_augmented_training_set():
+    """Seed 004's norm.csv: the gradient over the training set as training sees it. The
+    augmentation here doubles the inputs; every chunk gets it, and only when asked."""
+    model, data = tiny()
+    probes = Probes([{"name": "full_grad_norm", "batch": 5, "augment": True},
+                     {"name": "full_grad_norm", "batch": 5}], default_registry(), model=model,
+                    optimizer=None, data=data, augment=lambda x, g: 2 * x, seed=0, epochs=3,
+                    device=torch.device("cpu"), channels_last=False)
+    augmented, plain = (e["values"]["global"] for e in probes.at_epoch(1, 7)[0])
+    doubled = TensorData(2 * data.x_train, data.y_train, data.x_test, data.y_test,
+                         num_classes=3)
+    grads = torch.autograd.grad(full_loss(model, doubled), list(model.parameters()))
+    assert augmented == pytest.approx(math.sqrt(sum((g ** 2).sum().item() for g in grads)),
+                                      rel=1e-5)
+    grads = torch.autograd.grad(full_loss(model, data), list(model.parameters()))
+    assert plain == pytest.approx(math.sqrt(sum((g ** 2).sum().item() for g in grads)),
+                                  rel=1e-5)
+    assert augmented != pytest.approx(plain, rel=1e-3)
+
+
 def test_hessian_trace_is_within_the_hutchinson_error_of_the_exact_trace():
     model, data = tiny()
     vectors = 400

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from optlab.engine import lr_scale
 from optlab.registry import default_registry
+from optlab.steps import lr_scale
 from tests.test_validation import BASE
 
 REG = default_registry()
@@ -50,8 +50,28 @@ def test_seed_004_batch_growth():
     assert [linear(e) for e in (0, 19, 20, 40, 199)] == [16, 16, 32, 48, 160]
     exp = bs("exp_growth", batch_size=16, incr_interval=20, rate=2.0)
     assert [exp(e) for e in (0, 20, 199)] == [16, 32, 8192]
+    capped = bs("exp_growth", batch_size=16, incr_interval=20, rate=2.0, max_batch_size=2048)
+    assert [capped(e) for e in (0, 120, 139, 140, 160, 199)] == [16, 1024, 1024, 2048, 2048,
+                                                                2048]
+    assert bs("linear_growth", batch_size=16, coefficient=16, max_batch_size=40)(199) == 40
     listed = bs("list", sizes=[32, 64])
     assert [listed(e) for e in range(4)] == [32, 64, 64, 64]
+
+
+def test_seed_004_study_caps_the_batch_at_2048_as_the_reference_does():
+    from pathlib import Path
+
+    from optlab.expand import all_runs, expand
+    from optlab.study import load_study
+
+    study = load_study(Path(__file__).parents[1] / "studies" / "batch_growth.toml")
+    for run in all_runs(expand(study)):
+        table = run.config["batch_schedule"]
+        schedule = bs(table["name"], **{k: v for k, v in table.items() if k != "name"})
+        sizes = [schedule(e) for e in range(run.config["epochs"])]
+        assert max(sizes) <= 2048, run.block
+        if table["name"] == "exp_growth":  # 16 * 2^7 from epoch 141: 60 of 200 epochs
+            assert sizes.count(2048) == 60 and sizes[140] == 2048 and sizes[139] == 1024
 
 
 def test_lr_scaling_rules():

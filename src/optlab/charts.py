@@ -289,6 +289,72 @@ def sfo_figure(con: Any, study: str, axes: list[str], epsilon: float | None,
     return Figure("sfo", chart, sql, len(rows), lay)
 
 
+def gradnorm_sql(lay: Layout, axes: list[str], x: str) -> str:
+    inner = f"""select {_cell_expr(axes)} as color, 'all' as panel, p.epoch,
+         e.{x} as xv, p.value as v
+  from probes p join runs r using (run_id)
+  join epochs e on e.run_id = p.run_id and e.epoch = p.epoch
+  where {lay.condition} and r.status in ('done', 'running', 'interrupted')
+    and p.probe = 'full_grad_norm' and p.key = 'global' and isfinite(p.value)"""
+    return "with " + _ci_sql(inner, "panel, color, epoch").replace(
+        "avg(v) as mean", "avg(xv) as x, avg(v) as mean")
+
+
+def gradnorm_figure(con: Any, study: str, axes: list[str], epsilon: float | None,
+                    x: str = "sfo", sel: Selection = Selection()) -> Figure:
+    """Seed 004's figure: full gradient norm against SFO per schedule, log-log, with the
+    epsilon line and where each schedule first reaches it (mean SFO over seeds)."""
+    import altair as alt
+
+    if x not in ("sfo", "sfo_full_batches", "step", "epoch"):
+        raise OptlabError(f"--x {x!r}: use sfo, sfo_full_batches, step or epoch")
+    if epsilon is not None and not epsilon > 0:
+        raise OptlabError("--epsilon: the full gradient norm to reach, a positive number")
+    _require_probe(con, study, "full_grad_norm")
+    lay = layout(con, study, axes, ["block", *axes], Selection(sel.where, sel.blocks, ()),
+                 "gradnorm")
+    sql = gradnorm_sql(lay, axes, x)
+    rows = [r for r in fetch_rows(con, sql) if (r["x"] or 0) > 0]
+    if not rows:
+        raise OptlabError(f"study {study!r} has no full_grad_norm values after training "
+                          "started")
+    order = _color_order(rows)
+    scale = alt.Scale(type="log")
+    base = alt.Chart().encode(x=alt.X("x:Q", scale=scale, title=x),
+                              color=alt.Color("color:N", title="schedule", sort=order,
+                                              legend=alt.Legend(labelLimit=500)))
+    band = base.mark_area(opacity=0.2).encode(
+        y=alt.Y("low:Q", scale=scale, title="full gradient norm"), y2="high:Q")
+    line = base.mark_line(point=len(rows) < 200).encode(
+        y="mean:Q", tooltip=["color:N", "epoch:Q", "x:Q", "mean:Q", "n:Q"])
+    layers = [band.transform_filter("datum.low > 0"), line]
+    subtitle = [f"mean over seeds; {BAND}"]
+    if epsilon is not None:
+        at = {"sfo": "g.sfo", "sfo_full_batches": "e.sfo_full_batches", "step": "g.steps",
+              "epoch": "g.epoch"}[x]
+        reach = fetch_rows(con, f"""select {_cell_expr(axes)} as color, avg({at}) as x,
+       count(g.epoch) as reached, count(*) as runs
+from reach_grad_norm({epsilon!r}) g join runs r using (study, run_id)
+left join epochs e on e.run_id = g.run_id and e.epoch = g.epoch
+where {lay.condition} and g.status = 'done' group by all order by color""")
+        crossings = [{"color": r["color"], "x": r["x"], "eps": epsilon,
+                      "label": f"{r['reached']}/{r['runs']} reached"} for r in reach
+                     if r["x"] is not None]
+        rule = alt.Chart(alt.Data(values=[{"eps": epsilon}])).mark_rule(
+            strokeDash=[4, 3], color="black").encode(y="eps:Q")
+        marks = alt.Chart(alt.Data(values=_jsonable(crossings))).mark_point(
+            shape="diamond", size=120, filled=True, stroke="black").encode(
+            x="x:Q", y="eps:Q", color=alt.Color("color:N", sort=order),
+            tooltip=["color:N", "x:Q", "label:N"])
+        layers += [rule, marks]
+        subtitle.append(f"dashed: epsilon = {epsilon:g}; diamonds: mean {x} over the seeds "
+                        "that reached it (first probed epoch at or below epsilon)")
+    chart = alt.layer(*layers, data=alt.Data(values=_jsonable(rows))).properties(
+        title={"text": f"{study}: full gradient norm against {x}", "subtitle": subtitle},
+        width=480, height=320)
+    return Figure("gradnorm", chart, sql, len(rows), lay)
+
+
 def probe_names(con: Any, study: str) -> list[str]:
     return [n for (n,) in con.execute(
         "select distinct p.probe from probes p join memberships m using (run_id) "

@@ -27,6 +27,7 @@ from optlab import checkpoint as ckpt
 from optlab.plugin import TensorData
 from optlab.probing import Probes
 from optlab.registry import Registry, default_registry
+from optlab.steps import lr_scale
 from optlab.study import WEIGHTS_AUTO_SECONDS
 
 Emit = Callable[[dict[str, Any]], None]
@@ -73,14 +74,6 @@ def precision_for(mode: str, device: torch.device) -> tuple[str, Any, Any]:
     return "fp32", nullcontext, None
 
 
-def lr_scale(config: dict[str, Any], batch_size: int, reference: int) -> float:
-    """The linear (Goyal et al.) or square-root scaling rule, relative to ``reference``."""
-    rule = config.get("lr_scaling", "none")
-    if rule == "none":
-        return 1.0
-    return (batch_size / reference) ** (1.0 if rule == "linear" else 0.5)
-
-
 def _build(registry: Registry, kind: str, table: dict[str, Any], **context: Any) -> Any:
     params = {k: v for k, v in table.items() if k != "name"}
     return registry.create(kind, table["name"], params, **context)
@@ -110,6 +103,7 @@ class Counters:
     lr: float = 0.0
     elapsed: float = 0.0  # seconds of all attempts before this one
     first_loss: float | None = None  # the first epoch's training loss (divergence rule)
+    sfo_full_batches: int = 0  # SFO counting each step as a whole batch (seed 004's count)
 
 
 class BestWeights:
@@ -234,7 +228,8 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
         probes.load_state_dict(state["probes"])
         best.load_state_dict(state["best"])
         run = Counters(state["epoch"], state["step"], state["samples"], state["lr"],
-                       state["elapsed"], state.get("first_loss"))
+                       state["elapsed"], state.get("first_loss"),
+                       state.get("sfo_full_batches", state["samples"]))
         ckpt.clear(folder, keep_upto=run.epoch)
         emit({"type": "resumed", "run_id": run_id, "epoch": run.epoch, "step": run.step,
               "checkpoint": str(found.path), "skipped": found.skipped,
@@ -293,6 +288,7 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
         run.lr = base_lrs[0] * factor
         run.step += steps
         run.samples += n
+        run.sfo_full_batches += steps * bs
         run.epoch = epoch + 1
         train_loss = loss_sum.item() / n  # the epoch's one read of the device
         seconds = time.perf_counter() - t0 - probe_seconds
@@ -317,6 +313,7 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
             "test_loss": test_loss, "test_acc": test_acc,
             "seconds": seconds, "eval_seconds": time.perf_counter() - t1,
             "val_loss": val_loss, "val_acc": val_acc, "probe_seconds": probe_seconds,
+            "sfo_full_batches": run.sfo_full_batches,
         })
         diverged = divergence(config, train_loss, run)
         if diverged is not None:
@@ -334,7 +331,7 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
             path, size = policy.save(folder, run.epoch, {
                 "format": ckpt.FORMAT, "run_id": run_id, "epoch": run.epoch,
                 "step": run.step, "samples": run.samples, "lr": run.lr, "elapsed": elapsed(),
-                "first_loss": run.first_loss,
+                "first_loss": run.first_loss, "sfo_full_batches": run.sfo_full_batches,
                 "threads": torch.get_num_threads(), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,

@@ -44,6 +44,8 @@ EPOCH_FIELDS = (
     "val_loss",     # on the validation split held out of the training set, when there is one
     "val_acc",
     "probe_seconds",  # time spent in probes during and after the epoch (not in seconds)
+    "sfo_full_batches",  # SFO counting an epoch's last, partial batch as a whole one (the
+                         # seed 004 reference's count); sfo counts the samples really used
 )
 
 

@@ -6,8 +6,11 @@ layouts.
 - ``seed001`` (seed projects 000 and 001): ``results/results.csv``, one aggregated row per
   run, and ``history/<block>_<run_id>.json``, the per-epoch history of each run.
 - ``seed004``: per run a folder ``<block>/[<cell>/]run<k>/`` (k counts seeds from 1) with
-  ``train.csv``, ``test.csv``, ``norm.csv`` (the full gradient norm probe) and
-  ``lr_bs.csv``.
+  the reference code's four files and columns: ``train.csv`` (Epoch, Steps, Train Loss,
+  Train Accuracy, Learning Rate), ``test.csv`` (Epoch, Steps, Test Loss, Test Accuracy),
+  ``norm.csv`` (Epoch, Steps, Full Gradient Norm: the ``full_grad_norm`` probe) and
+  ``lr_bs.csv`` (Epoch, Steps, Learning Rate, Batch Size: one row per optimizer step).
+  Accuracies are in percent, as there; Steps counts optimizer steps so far.
 """
 
 from __future__ import annotations
@@ -153,15 +156,31 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", text).strip("_") or "run"
 
 
+# The reference code's four files: their exact headers. Accuracies are in percent there.
+SEED004_HEADERS = {
+    "train.csv": ["Epoch", "Steps", "Train Loss", "Train Accuracy", "Learning Rate"],
+    "test.csv": ["Epoch", "Steps", "Test Loss", "Test Accuracy"],
+    "norm.csv": ["Epoch", "Steps", "Full Gradient Norm"],
+    "lr_bs.csv": ["Epoch", "Steps", "Learning Rate", "Batch Size"],
+}
+
+
+def _percent(value: Any) -> Any:
+    return None if value is None else 100.0 * value
+
+
 def _seed004(con: Any, study: str, axes: list[str], folder: Path) -> list[Path]:
-    runs = _rows(con, "select run_id, block, seed, axes from runs where study = ? "
+    from optlab.steps import per_step
+
+    runs = _rows(con, "select run_id, block, seed, axes, config from runs where study = ? "
                       "order by block, position", [study])
     epochs = _epochs(con, study)
-    norms: dict[tuple[str, int], float] = {
-        (r, e): v for r, e, v in con.execute(
-            "select p.run_id, p.epoch, p.value from probes p join memberships m using (run_id) "
-            "where m.study = ? and p.probe = 'full_grad_norm' and p.key = 'global'",
-            [study]).fetchall()}
+    norms: dict[str, list[tuple[int, int, float]]] = {}
+    for r, e, step, v in con.execute(
+            "select p.run_id, p.epoch, p.step, p.value from probes p join memberships m "
+            "using (run_id) where m.study = ? and p.probe = 'full_grad_norm' and "
+            "p.key = 'global' order by p.run_id, p.epoch, p.step", [study]).fetchall():
+        norms.setdefault(r, []).append((e, step, v))
     cells: dict[str, set[str]] = {}
     for run in runs:
         cells.setdefault(run["block"], set()).add(run["axes"])
@@ -178,24 +197,20 @@ def _seed004(con: Any, study: str, axes: list[str], folder: Path) -> list[Path]:
         where = where / f"run{k}"
         where.mkdir(parents=True, exist_ok=True)
         rows = epochs.get(run["run_id"], [])
+        config = json.loads(run["config"])
         tables = {
-            "train.csv": (["epoch", "step", "sfo", "loss", "accuracy", "time"],
-                          [[e["epoch"], e["step"], e["sfo"], e["train_loss"], e["train_acc"],
-                            e["seconds"]] for e in rows]),
-            "test.csv": (["epoch", "loss", "accuracy"],
-                         [[e["epoch"], e["test_loss"], e["test_acc"]] for e in rows]),
-            "norm.csv": (["epoch", "sfo", "full_grad_norm"],
-                         [[e["epoch"], e["sfo"], norms[(run["run_id"], e["epoch"])]]
-                          for e in rows if (run["run_id"], e["epoch"]) in norms]),
-            "lr_bs.csv": (["epoch", "lr", "batch_size"],
-                          [[e["epoch"], e["epoch_lr"], e["epoch_batch_size"]] for e in rows]),
+            "train.csv": [[e["epoch"], e["step"], e["train_loss"], _percent(e["train_acc"]),
+                           e["epoch_lr"]] for e in rows],
+            "test.csv": [[e["epoch"], e["step"], e["test_loss"], _percent(e["test_acc"])]
+                         for e in rows],
+            "norm.csv": [list(n) for n in norms.get(run["run_id"], [])],
+            "lr_bs.csv": [list(s) for s in per_step(config, rows)],
         }
-        for name, (header, body) in tables.items():
+        for name, body in tables.items():
             path = where / name
             with path.open("w", newline="") as f:
                 writer = csv.writer(f)
-                writer.writerow(header)
+                writer.writerow(SEED004_HEADERS[name])
                 writer.writerows([[_num(v) for v in row] for row in body])
             files.append(path)
     return files
-

@@ -2,9 +2,10 @@
 
 Seed 004's growth schedules raise the batch size every ``incr_interval`` epochs, with
 m = epoch // incr_interval: ``linear_growth``: batch_size + coefficient * m;
-``exp_growth``: ceil(batch_size * rate ** m). A schedule that would grow the batch past the
-training set is rejected when the study is loaded; a constant batch larger than the training
-set is capped to it (full-batch training).
+``exp_growth``: ceil(batch_size * rate ** m); either stops at ``max_batch_size`` when given
+(seed 004's reference code caps its batch at 2048, ``MAX_BS``). A schedule that would grow
+the batch past the training set is rejected when the study is loaded; a constant batch larger
+than the training set is capped to it (full-batch training).
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ class LinearGrowthParams(Params):
     batch_size: Size = 16
     incr_interval: Annotated[int, Field(ge=1)] = 20
     coefficient: Size = 16
+    max_batch_size: Size | None = None  # the batch grows no further (None: no cap)
 
 
 class ExpGrowthParams(Params):
     batch_size: Size = 16
     incr_interval: Annotated[int, Field(ge=1)] = 20
     rate: Annotated[float, Field(gt=1)] = 2.0
+    max_batch_size: Size | None = None  # the batch grows no further (None: no cap)
 
 
 class ListParams(Params):
@@ -44,12 +47,18 @@ def _constant(p: ConstantParams) -> Callable[[int], int]:
     return lambda epoch: p.batch_size
 
 
+def _capped(size: int, cap: int | None) -> int:
+    return size if cap is None else min(size, cap)
+
+
 def _linear_growth(p: LinearGrowthParams) -> Callable[[int], int]:
-    return lambda epoch: p.batch_size + p.coefficient * (epoch // p.incr_interval)
+    return lambda epoch: _capped(p.batch_size + p.coefficient * (epoch // p.incr_interval),
+                                 p.max_batch_size)
 
 
 def _exp_growth(p: ExpGrowthParams) -> Callable[[int], int]:
-    return lambda epoch: math.ceil(p.batch_size * p.rate ** (epoch // p.incr_interval) - 1e-9)
+    return lambda epoch: _capped(
+        math.ceil(p.batch_size * p.rate ** (epoch // p.incr_interval) - 1e-9), p.max_batch_size)
 
 
 def _list(p: ListParams) -> Callable[[int], int]:
@@ -79,8 +88,8 @@ def _plugin(text: str, params: type[Params], make: Any, grows: bool = True) -> P
 
 constant = _plugin("the same batch size every epoch (capped at the training set size)",
                    ConstantParams, _constant, grows=False)
-linear_growth = _plugin("seed 004: batch_size + coefficient * (epoch // incr_interval)",
-                        LinearGrowthParams, _linear_growth)
-exp_growth = _plugin("seed 004: batch_size * rate ** (epoch // incr_interval)", ExpGrowthParams,
-                     _exp_growth)
+linear_growth = _plugin("seed 004: batch_size + coefficient * (epoch // incr_interval), at "
+                        "most max_batch_size", LinearGrowthParams, _linear_growth)
+exp_growth = _plugin("seed 004: batch_size * rate ** (epoch // incr_interval), at most "
+                     "max_batch_size", ExpGrowthParams, _exp_growth)
 list_ = _plugin("an explicit batch size per epoch; the last one holds", ListParams, _list)

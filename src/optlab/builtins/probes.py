@@ -130,7 +130,9 @@ weight_norm = _probe("Weight norm: global and per layer.", ProbeParams, "WeightN
 distance_from_init = _probe("Distance of the weights from their initial values: global and "
                             "per layer.", ProbeParams, "DistanceFromInit")
 full_grad_norm = _probe("Gradient norm of the loss over the whole training set (seed 004's "
-                        "norm.csv); batch is the chunk size.", FullGradParams, "FullGradNorm")
+                        "norm.csv); batch is the chunk size; augment = true measures the "
+                        "training set as augmented for training (the probe's own draws), as "
+                        "the seed's reference code does.", FullGradParams, "FullGradNorm")
 hessian_trace = _probe("Hessian trace on the probe batch, Hutchinson's estimator with "
                        "`vectors` Rademacher vectors.", HessianTraceParams, "HessianTrace")
 top_eigenvalue = _probe("Hessian eigenvalue of largest magnitude, with its sign, on the probe "

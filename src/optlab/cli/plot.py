@@ -128,6 +128,24 @@ def sfo(
           lambda con, st, axes: charts.sfo_figure(con, st, axes, epsilon, sel))
 
 
+@app.command("gradnorm")
+@handles_errors
+def gradnorm(
+    epsilon: float = typer.Option(None, "--epsilon", help="Mark where each schedule first "
+                                  "reaches this full gradient norm."),
+    x: str = typer.Option("sfo", "--x", help="sfo, sfo_full_batches, step or epoch."),
+    where: str = WhereOption, block: list[str] = BlockOption,
+    study: str = StudyOption, out_file: Path = OutOption, store: Path = StoreOption,
+) -> None:
+    """Full gradient norm against SFO per schedule (seed 004's figure), log-log, with the
+    epsilon line and each schedule's crossing."""
+    from optlab import charts
+
+    sel = _selection(where, block, None)
+    _draw("gradnorm", store, out_file, study,
+          lambda con, st, axes: charts.gradnorm_figure(con, st, axes, epsilon, x, sel))
+
+
 @app.command("probes")
 @handles_errors
 def probes(
