@@ -126,7 +126,7 @@ def test_run_id_is_independent_of_key_order(config, seed):
 
 
 STUDY_RUNS = {"quickstart": 56, "three_methods": 63, "lr_wd": 60, "batch_scaling": 82,
-              "warmup_regimes": 155, "adamw_vs_sgdm": 25, "large_batch": 12,
+              "warmup_regimes": 155, "adamw_vs_sgdm": 39, "large_batch": 12,
               "batch_growth": 24}
 
 
@@ -162,6 +162,36 @@ def test_warmup_regimes_is_seed_002s_grid():
     assert sgd["optimizer"] | {} == {**sgd["optimizer"], "lr": 0.1, "momentum": 0.9,
                                      "weight_decay": 5e-4}
     assert sgd["batch_schedule"]["batch_size"] == 128 and sgd["epochs"] == 100
+
+
+def test_seed_003_studies_carry_its_tables_and_grids():
+    from pathlib import Path
+
+    folder = Path(__file__).parents[1] / "studies"
+    runs = all_runs(expand(load_study(folder / "adamw_vs_sgdm.toml")))
+    block = {}
+    for r in runs:
+        block.setdefault(r.block, []).append(r.config)
+    # The AdamW table, L1..A1: (batch, weight decay, LR); S2 and S3 are one configuration.
+    table = [(64, 0.0, 5e-4), (64, 0.0, 1e-3), (128, 0.0, 1e-3), (64, 1e-5, 1e-3),
+             (128, 1e-4, 1e-3), (128, 1e-4, 1e-3), (128, 1e-4, 5e-4), (128, 0.0, 5e-4),
+             (64, 4e-4, 5e-4), (64, 5e-4, 5e-4)]
+    got = [(c["batch_schedule"]["batch_size"], c["optimizer"]["weight_decay"],
+            c["optimizer"]["lr"]) for c in block["adamw_tuning"]]
+    assert got == list(dict.fromkeys(table))
+    assert all(c["optimizer"]["betas"] == [0.9, 0.999] and c["epochs"] == 150
+               for c in block["adamw_tuning"])
+    # SGDM: batch (32, 64, 128) x momentum (0.8, 0.9, 0.99); (64, 0.9) is sgdm_tuning's.
+    cells = {(c["batch_schedule"]["batch_size"], c["optimizer"]["momentum"])
+             for c in block["sgdm_batch_momentum"]}
+    assert cells == {(b, m) for b in (32, 64, 128) for m in (0.8, 0.9, 0.99)} - {(64, 0.9)}
+    assert {c["lr_schedule"]["t_max"] for c in block["cosine_t_max"]} == {100, 150, 200}
+    large = all_runs(expand(load_study(folder / "large_batch.toml")))
+    schedules = {(r.config["optimizer"]["name"], r.config["lr_schedule"]["name"]) for r in large}
+    assert schedules == {("sgd", "cosine"), ("adamw", "cosine"), ("lars", "constant"),
+                         ("lamb", "constant")}
+    assert all(r.config["lr_schedule"].get("warmup_epochs", 0) == 0 for r in large
+               if r.config["optimizer"]["name"] in ("lars", "lamb"))
 
 
 @pytest.mark.parametrize("seeds,expected", [("3", [0, 1, 2]), ("[7, 9]", [7, 9])])
