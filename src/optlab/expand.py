@@ -1,7 +1,8 @@
 """Expansion: a Study -> the list of RunSpec it stands for (stage 2 of the data flow).
 
 Each block starts from the study's base, applies its own ``set``, then expands its axes:
-``grid`` axes as a cartesian product, each ``zip`` table's axes varied together, seeds
+``grid`` axes as a cartesian product, each ``zip`` table's axes varied together, the
+``search`` table's drawn points (:mod:`optlab.search`) as one more group, seeds
 outermost. ``include``/``exclude`` filters keep or drop combinations; run-level ``--set``
 overrides apply last. Every plugin table is validated by its plugin's params model and
 resolved (defaults filled in), and the run_id is a hash of the resolved config and seed.
@@ -58,6 +59,8 @@ class BlockPlan:
     axes: dict[str, list[Any]]  # path -> values, in file order
     seeds: list[int]
     runs: list[RunSpec]
+    search: str = ""  # how its [block.search] points were drawn, when it has one
+    points: list[dict[str, Any]] = field(default_factory=list)  # those points, in order
 
 
 def run_id_for(config: dict[str, Any], seed: int) -> str:
@@ -164,7 +167,23 @@ class _Expander:
             n = next(iter(lengths.values()), 0)
             groups.append([{p: v[k] for p, v in leaves.items()} for k in range(n)])
             axes.update(leaves)
+        if self.block.search:
+            points = self.search_points()
+            groups.append(points)
+            for path in points[0]:
+                seen: dict[str, Any] = {}
+                for point in points:
+                    seen.setdefault(json.dumps(point[path], sort_keys=True), point[path])
+                axes[path] = list(seen.values())
         return groups, axes
+
+    def search_points(self) -> list[dict[str, Any]]:
+        from optlab import search
+
+        try:
+            return search.draw(self.block.search)
+        except search.SearchError as e:
+            raise self.fail(e.key, e.problem) from None
 
     def check_values(self, key: str, values: Any) -> None:
         if not isinstance(values, list):
@@ -360,4 +379,9 @@ def _expand_block(study: Study, block: Block, index: int, registry: Registry,
                 continue
             seen.add(run_id)
             runs.append(RunSpec(run_id, study.name, ex.name, seed, config, combo, len(seen) - 1))
+    if block.search:
+        from optlab import search
+
+        return BlockPlan(ex.name, axes, seeds, runs, search.describe(block.search),
+                         ex.search_points())
     return BlockPlan(ex.name, axes, seeds, runs)

@@ -118,6 +118,7 @@ class Block(BaseModel):
     seeds: Seeds | None = None
     include: list[dict[str, Any]] = []
     exclude: list[dict[str, Any]] = []
+    search: dict[str, Any] = {}  # kind, n, seed and a range per key (see optlab.search)
 
     @field_validator("zip", mode="before")
     @classmethod

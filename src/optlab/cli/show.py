@@ -50,9 +50,17 @@ def command(
         bdone = sum(1 for r in plan.runs if states.get(r.run_id) == "done")
         out.print(f"block {plan.name}: {len(plan.runs)} runs, {bdone} done", markup=False)
         out.print(f"  seeds: {', '.join(map(str, plan.seeds))}", markup=False)
+        searched = set(plan.points[0]) if plan.points else set()
         for path, values in plan.axes.items():
-            shown = ", ".join(_fmt(v) for v in values)
-            out.print(f"  {path}: {shown}", markup=False)
+            if path not in searched:
+                shown = ", ".join(_fmt(v) for v in values)
+                out.print(f"  {path}: {shown}", markup=False)
+        if plan.points:
+            out.print(f"  search ({plan.search}): {len(plan.points)} points", markup=False)
+            width = len(str(len(plan.points)))
+            for i, point in enumerate(plan.points, 1):
+                shown = ", ".join(f"{k}={_fmt(v)}" for k, v in point.items())
+                out.print(f"    {i:>{width}}. {shown}", markup=False)
 
 
 def _fmt(value) -> str:
