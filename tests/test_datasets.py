@@ -165,3 +165,37 @@ def test_arrays_vectors_refuse_a_mean_that_does_not_fit(cli, tmp_path, table, me
     assert result.exit_code == 1
     assert result.stderr == (f"Error: s.toml: base: dataset: "
                              f"{message.format(p='a.npz')}\n")
+
+
+def test_arrays_path_is_relative_to_the_study_file_and_ids_do_not_depend_on_it(tmp_path):
+    import json
+
+    from tests.conftest import optlab
+
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    fake_data.make_arrays(project / "data" / "a.npz", "flat")
+    (project / "s.toml").write_text("""
+name = "rel"
+[base]
+epochs = 1
+dataset = { name = "arrays", path = "data/a.npz" }
+model = { name = "mlp", hidden = [8] }
+optimizer = { name = "sgd", lr = 0.1 }
+batch_schedule = { name = "constant", batch_size = 8 }
+""")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    # From another folder: the file is found beside the study, and training reads it too.
+    proc = optlab("run", str(project / "s.toml"), "--workers", "1", cwd=elsewhere, check=True)
+    assert "1 done" in proc.stdout
+    ids = {json.loads(line)["run_id"] for cwd, target in ((elsewhere, project / "s.toml"),
+                                                         (project, "s.toml"))
+           for line in optlab("show", str(target), "--format", "json", cwd=cwd,
+                              check=True).stdout.splitlines()}
+    assert len(ids) == 1  # the config keeps "data/a.npz": the same id from anywhere
+    (project / "data" / "a.npz").unlink()
+    result = optlab("show", str(project / "s.toml"), cwd=elsewhere)
+    assert result.returncode == 1 and result.stderr == (
+        f"Error: {project / 's.toml'}: base: dataset: no such file: data/a.npz (looked for "
+        f"{project / 'data' / 'a.npz'}: relative to the study file)\n")

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from optlab import checkpoint as ckpt
-from optlab.plugin import TensorData
+from optlab.plugin import TensorData, current_study_folder
 from optlab.probing import Probes
 from optlab.registry import Registry, default_registry
 from optlab.steps import lr_scale
@@ -44,7 +44,8 @@ class DataCache:
         self._items: OrderedDict[str, TensorData] = OrderedDict()
 
     def get(self, table: dict[str, Any]) -> TensorData:
-        key = json.dumps(table, sort_keys=True)
+        # The same relative file path means another file in another study's folder.
+        key = json.dumps([table, current_study_folder()], sort_keys=True)
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]

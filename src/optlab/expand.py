@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from optlab import paths
 from optlab.errors import ConfigError
+from optlab.plugin import study_folder
 from optlab.registry import Registry, default_registry
 from optlab.study import (
     NOT_IDENTITY,
@@ -47,10 +48,12 @@ class RunSpec:
     config: dict[str, Any] = field(hash=False)
     axes: dict[str, Any] = field(hash=False)  # the varied paths and their values here
     position: int = 0
+    folder: str = field(default="", hash=False, compare=False)  # the study file's
 
     def task(self) -> dict[str, Any]:
         """What a worker needs to train this run."""
-        return {"run_id": self.run_id, "seed": self.seed, "config": self.config}
+        return {"run_id": self.run_id, "seed": self.seed, "config": self.config,
+                "study_folder": self.folder}
 
 
 @dataclass
@@ -96,8 +99,9 @@ def expand(study: Study, registry: Registry | None = None,
                           "--max-runs (or OPTLAB_MAX_RUNS)")
     seen: set[str] = set()
     plans = []
-    for index, block in enumerate(study.blocks):
-        plans.append(_expand_block(study, block, index, registry, seen))
+    with study_folder(study.folder):
+        for index, block in enumerate(study.blocks):
+            plans.append(_expand_block(study, block, index, registry, seen))
     return plans
 
 
@@ -378,7 +382,8 @@ def _expand_block(study: Study, block: Block, index: int, registry: Registry,
             if run_id in seen:
                 continue
             seen.add(run_id)
-            runs.append(RunSpec(run_id, study.name, ex.name, seed, config, combo, len(seen) - 1))
+            runs.append(RunSpec(run_id, study.name, ex.name, seed, config, combo, len(seen) - 1,
+                                study.folder))
     if block.search:
         from optlab import search
 

@@ -10,8 +10,11 @@ without torch; ``build`` may be given as ``"module:attr"`` to defer the import.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -91,3 +94,32 @@ class TensorData:
         moved = [None if t is None else t.to(device) for t in tensors]
         return TensorData(*moved[:4], num_classes=self.num_classes, x_val=moved[4],
                           y_val=moved[5], mean=self.mean, std=self.std)
+
+
+# ---- files a study names ------------------------------------------------------------------
+
+_STUDY_FOLDER: ContextVar[str | None] = ContextVar("optlab_study_folder", default=None)
+
+
+@contextmanager
+def study_folder(folder: str | Path | None) -> Iterator[None]:
+    """While expanding or training a study: the folder of its file, which relative file
+    paths in its plugin tables are read against."""
+    token = _STUDY_FOLDER.set(str(folder) if folder else None)
+    try:
+        yield
+    finally:
+        _STUDY_FOLDER.reset(token)
+
+
+def current_study_folder() -> str | None:
+    return _STUDY_FOLDER.get()
+
+
+def study_path(path: str) -> Path:
+    """A file a study names: absolute as given, else relative to the study file's folder
+    (the working directory when there is none). The config keeps the path as written, so a
+    run's id does not depend on where the study sits on a machine."""
+    p = Path(path).expanduser()
+    folder = _STUDY_FOLDER.get()
+    return p if p.is_absolute() or folder is None else Path(folder) / p

@@ -166,6 +166,7 @@ class Study(BaseModel):
     blocks: list[Block]
     overrides: dict[str, Any] = {}
     analysis: AnalysisSettings = AnalysisSettings()
+    folder: str = ""  # the study file's folder: relative file paths in it are read there
 
 
 def seed_list(seeds: int | list[int]) -> list[int]:
@@ -236,6 +237,7 @@ def load_study(path: str | Path | None, sets: list[str] = ()) -> Study:
         blocks=blocks,
         overrides=overrides,
         analysis=shape.analysis,
+        folder=str(path.resolve().parent),
     )
 
 

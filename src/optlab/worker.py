@@ -169,6 +169,7 @@ def run_task(task: dict[str, Any], events: TextIO, cache: Any, info: dict[str, A
     import torch
 
     from optlab import engine
+    from optlab.plugin import study_folder
 
     try:
         Path(task["journal"]).parent.mkdir(parents=True, exist_ok=True)
@@ -191,7 +192,8 @@ def run_task(task: dict[str, Any], events: TextIO, cache: Any, info: dict[str, A
     print(f"optlab worker {os.getpid()}: run {task['run_id']} seed {task['seed']}", flush=True)
     beat.run_id = task["run_id"]
     try:
-        engine.train(task, emit, cache, tick=beat.tick)
+        with study_folder(task.get("study_folder")):
+            engine.train(task, emit, cache, tick=beat.tick)
     except OSError as e:
         traceback.print_exc()
         if e.errno in FULL:

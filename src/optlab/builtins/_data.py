@@ -285,9 +285,12 @@ REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 
 
 def arrays_summary(path: str) -> dict[str, Any]:
-    p = Path(path)
+    from optlab.plugin import study_path
+
+    p = study_path(path)
     if not p.is_file():
-        raise ValueError(f"no such file: {path}")
+        where = "" if p == Path(path) else f" (looked for {p}: relative to the study file)"
+        raise ValueError(f"no such file: {path}{where}")
     return _arrays_summary(str(p.resolve()), p.stat().st_mtime)
 
 
@@ -322,8 +325,10 @@ def is_image(ndim: int, dtype: Any) -> bool:
 
 
 def build_arrays(params: Any, **_: Any) -> TensorData:
+    from optlab.plugin import study_path
+
     arrays_summary(params.path)
-    with np.load(params.path) as f:
+    with np.load(study_path(params.path)) as f:
         x_tr, y_tr, x_te, y_te = (f[k] for k in REQUIRED)
     if is_image(x_tr.ndim, x_tr.dtype):
         x_tr, x_te = to_nchw_float(x_tr), to_nchw_float(x_te)
