@@ -173,3 +173,31 @@ def test_scaling_fits_a_line_per_panel(cli, store, tmp_path):
     assert picks[("block large", "0.0", 128)] == 0.01
     assert picks[("block large", "0.9", 128)] == 0.1
     assert picks[("block small", "0.9", 32)] == 0.1
+
+
+def test_noise_scale_averages_its_parts_before_dividing(cli, tmp_path):
+    """Two seeds: tr(Sigma) 1 and 3, |G|^2 1 and 0.1. The mean of their ratios is 15.5;
+    McCandlish et al.'s estimate is the ratio of the means, 2 / 0.55."""
+    from optlab import store as st
+
+    db = make_store(tmp_path, STUDY.replace("seeds = [0, 1, 2]", "seeds = [0, 1]"), acc)
+    with st.reading(db) as con:
+        runs = con.execute("select run_id, seed from runs where block = 'small' and "
+                           "optimizer_lr = 0.1 and batch_schedule_batch_size = 32").fetchall()
+    parts = {0: (1.0, 1.0), 1: (3.0, 0.1)}
+    events = [{"type": "probe", "run_id": rid, "epoch": 1, "step": 10,
+               "probe": "grad_noise_scale",
+               "values": {"trace_sigma": parts[seed][0], "grad_sq": parts[seed][1],
+                          "b_simple": parts[seed][0] / parts[seed][1]}} for rid, seed in runs]
+    with st.writing(db) as con:
+        st.apply_events(con, events)
+    rows = json.loads(cli("query", "select block, cell, epoch, b_simple, runs from "
+                          "noise_scale", "--format", "json").stdout)
+    assert len(rows) == 1 and rows[0]["runs"] == 2
+    assert rows[0]["b_simple"] == pytest.approx(2.0 / 0.55)
+    result = cli("plot", "probes", "--probe", "grad_noise_scale", "--key", "b_simple",
+                 "--block", "small", "--out", "n.html")
+    assert result.exit_code == 0, result.stderr
+    (row,) = sql_rows(cli, tmp_path / "n.html.sql")
+    assert row["mean"] == pytest.approx(2.0 / 0.55) and row["n"] == 2
+    assert "parts averaged before dividing" in (tmp_path / "n.html").read_text()

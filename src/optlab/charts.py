@@ -371,8 +371,27 @@ def _require_probe(con: Any, study: str, probe: str) -> list[str]:
 
 # ---- probes -------------------------------------------------------------------------------
 
+def _noise_scale_sql(lay: Layout, x_expr: str, color: str | None) -> str:
+    """B_simple as McCandlish et al. aggregate it: mean tr(Sigma) over mean |G|^2 over the
+    runs (and steps) of a point, not a mean of per-run ratios."""
+    return f"""with parts as (
+  select {lay.panel_sql} as panel, {_color_sql(color)} as color, {x_expr} as x, p.run_id,
+         p.step, avg(p.value) filter (where p.key = 'trace_sigma') as trace_sigma,
+         avg(p.value) filter (where p.key = 'grad_sq') as grad_sq
+  from probes p join runs r using (run_id)
+  where {lay.condition} and p.probe = 'grad_noise_scale'
+    and p.key in ('trace_sigma', 'grad_sq')
+  group by all)
+select panel, color, x, avg(trace_sigma) / avg(grad_sq) as mean, null::double as low,
+       null::double as high, count(distinct run_id) as n
+from parts where isfinite(trace_sigma) and isfinite(grad_sq)
+group by all order by panel, color, x"""
+
+
 def probes_sql(lay: Layout, probe: str, key: str, x: str, color: str | None) -> str:
     x_expr = "p.epoch" if x == "epoch" else "p.step"
+    if (probe, key) == ("grad_noise_scale", "b_simple"):
+        return _noise_scale_sql(lay, x_expr, color)
     inner = f"""select {lay.panel_sql} as panel, {_color_sql(color)} as color, {x_expr} as x,
          p.value as v
   from probes p join runs r using (run_id)
@@ -400,6 +419,8 @@ def probes_figure(con: Any, study: str, axes: list[str], probe: str | None,
     lay = layout(con, study, axes, [color] if color else [], sel, "probes")
     sql = probes_sql(lay, probe, key, x, color)
     rows = fetch_rows(con, sql)
-    chart = _line_band(rows, x, probe, f"{study}: {probe} [{key}] against {x}", lay,
-                       color=color, y_title=f"{probe} {key}")
+    title = f"{study}: {probe} [{key}] against {x}"
+    if (probe, key) == ("grad_noise_scale", "b_simple"):
+        title += " (mean tr(Sigma) / mean |G|^2 over seeds: parts averaged before dividing)"
+    chart = _line_band(rows, x, probe, title, lay, color=color, y_title=f"{probe} {key}")
     return Figure("probes", chart, sql, len(rows), lay)

@@ -9,6 +9,10 @@
   ``target``, with the training seconds, steps, samples and SFO spent to get there.
 - ``reach_grad_norm(epsilon)``: per run, the first probed epoch at which the full gradient
   norm (the ``full_grad_norm`` probe) is at most ``epsilon``, with the SFO spent so far.
+- ``noise_scale``: per cell of a study and epoch, the gradient noise scale B_simple of the
+  ``grad_noise_scale`` probe as McCandlish et al. aggregate it: the mean of tr(Sigma) over
+  the cell's runs (and probed steps) divided by the mean of |G|^2, never a mean of per-run
+  ratios (a ratio of two noisy one-shot estimates is biased).
 
 The writer makes them part of the store; a reader of a store from an older optlab gets
 them as temporary views.
@@ -90,7 +94,23 @@ from runs r left join g using (run_id)
 group by r.study, r.run_id, r.seed, r.status
 """
 
-VIEWS = (RUN_SUMMARY, CELL_SUMMARY, REACH_ACCURACY, REACH_GRAD_NORM)
+NOISE_SCALE = """
+create or replace {temp} view noise_scale as
+with parts as (
+    select m.study, m.block, m.axes::varchar as cell, p.run_id, p.epoch, p.step,
+           avg(p.value) filter (where p.key = 'trace_sigma') as trace_sigma,
+           avg(p.value) filter (where p.key = 'grad_sq') as grad_sq
+    from probes p join memberships m using (run_id)
+    where p.probe = 'grad_noise_scale' and p.key in ('trace_sigma', 'grad_sq')
+    group by m.study, m.block, m.axes::varchar, p.run_id, p.epoch, p.step)
+select study, block, cell, epoch, avg(trace_sigma) as trace_sigma, avg(grad_sq) as grad_sq,
+       avg(trace_sigma) / avg(grad_sq) as b_simple, count(distinct run_id) as runs,
+       count(*) as measurements
+from parts where isfinite(trace_sigma) and isfinite(grad_sq)
+group by study, block, cell, epoch
+"""
+
+VIEWS = (RUN_SUMMARY, CELL_SUMMARY, REACH_ACCURACY, REACH_GRAD_NORM, NOISE_SCALE)
 
 
 def t_quantiles() -> list[tuple[int, float]]:
@@ -119,7 +139,7 @@ def ensure_readable(con: Any) -> None:
 
     import duckdb
 
-    have = con.execute("select count(*) from duckdb_views() where view_name = 'cell_summary'"
+    have = con.execute("select count(*) from duckdb_views() where view_name = 'noise_scale'"
                        ).fetchone()[0]
     if not have:
         # Not an optlab store: its own SQL errors will say so.
