@@ -50,7 +50,8 @@ def make_store(folder: Path, study_text: str, accuracy: Outcome, epochs: int = 3
                     "epoch_batch_size": batch, "train_loss": 1 - acc if acc == acc else None,
                     "train_acc": acc, "test_loss": 1 - acc if acc == acc else None,
                     "test_acc": None if math.isnan(acc) else acc, "seconds": 0.5,
-                    "eval_seconds": 0.1, "probe_seconds": 0.0})
+                    "eval_seconds": 0.1, "probe_seconds": 0.0, "sfo_full_batches": 1000 * e,
+                    "comm_rounds": 10 * e})
                 if norms is not None:
                     events.append({"type": "probe", "run_id": run.run_id, "epoch": e,
                                    "step": 10 * e, "probe": "full_grad_norm",

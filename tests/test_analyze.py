@@ -458,8 +458,8 @@ def test_cell_summary_gives_mean_std_n_and_a_t_interval(cli, tmp_path):
     (["optimal", "--metric", "best_test_accuracy"], "--metric 'best_test_accuracy': not a "
      "metric; use REDUCER_COLUMN with REDUCER one of best, final, min, max, mean and COLUMN one "
      "of step, samples, sfo, epoch_lr, epoch_batch_size, train_loss, train_acc, test_loss, "
-     "test_acc, seconds, eval_seconds, val_loss, val_acc, probe_seconds, sfo_full_batches "
-     "(e.g. best_test_acc, best_test_loss, best_train_loss)"),
+     "test_acc, seconds, eval_seconds, val_loss, val_acc, probe_seconds, sfo_full_batches, "
+     "comm_rounds (e.g. best_test_acc, best_test_loss, best_train_loss)"),
     (["optimal", "--param", "optimizer.momentum"], "--param optimizer.momentum: the study does "
      "not vary it; it varies optimizer.lr"),
     (["bestest"], "analysis 'bestest': not an analysis; use one of optimal, lr-wd, scaling, "

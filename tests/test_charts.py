@@ -201,3 +201,16 @@ def test_noise_scale_averages_its_parts_before_dividing(cli, tmp_path):
     (row,) = sql_rows(cli, tmp_path / "n.html.sql")
     assert row["mean"] == pytest.approx(2.0 / 0.55) and row["n"] == 2
     assert "parts averaged before dividing" in (tmp_path / "n.html").read_text()
+
+
+def test_colour_by_cell_draws_a_line_per_cell_across_blocks_that_vary_different_axes(
+        cli, store, tmp_path):
+    result = cli("plot", "curves", "--color", "cell", "--x", "comm_rounds", "--out", "c.html")
+    assert result.exit_code == 0, result.stderr
+    assert "panels" not in result.stdout and "POOLED" not in result.stdout
+    rows = sql_rows(cli, tmp_path / "c.html.sql")
+    colours = {r["color"] for r in rows}
+    assert "small: optimizer.lr=0.01, batch_schedule.batch_size=32, optimizer.momentum=0.9" \
+        in colours
+    assert len(colours) == 4 + 8 - 2  # every cell but the two that diverged everywhere
+    assert {r["x"] for r in rows} == {10, 20, 30}  # communication rounds

@@ -170,7 +170,8 @@ def test_every_epoch_row_and_run_has_provenance(finished):
     assert set(json.loads(fields)[0]) == {
         "run_id", "epoch", "step", "samples", "sfo", "epoch_lr", "epoch_batch_size",
         "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "eval_seconds",
-        "val_loss", "val_acc", "probe_seconds", "sfo_full_batches"}
+        "val_loss", "val_acc", "probe_seconds", "sfo_full_batches",
+        "comm_rounds"}
 
 
 @pytest.mark.parametrize("suffix", [".html", ".png", ".svg"])

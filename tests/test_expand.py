@@ -127,7 +127,7 @@ def test_run_id_is_independent_of_key_order(config, seed):
 
 STUDY_RUNS = {"quickstart": 56, "three_methods": 63, "lr_wd": 60, "batch_scaling": 82,
               "warmup_regimes": 155, "adamw_vs_sgdm": 39, "large_batch": 12,
-              "batch_growth": 24}
+              "batch_growth": 24, "local_sgd": 6}
 
 
 def test_every_study_file_expands_to_its_run_count():

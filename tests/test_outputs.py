@@ -96,15 +96,15 @@ def test_gradnorm_marks_where_each_schedule_first_reaches_epsilon(store):
     (["curves", "--metric", "accuracy"], "--metric 'accuracy': not an epochs column; use one "
      "of step, samples, sfo, epoch_lr, epoch_batch_size, train_loss, train_acc, test_loss, "
      "test_acc, seconds, eval_seconds, val_loss, val_acc, probe_seconds, "
-     "sfo_full_batches"),
+     "sfo_full_batches, comm_rounds"),
     (["heatmap", "--x", "optimizer.lr", "--y", "lr_schedule.warmup_epochs"],
      "--y lr_schedule.warmup_epochs: the study does not vary it; it varies optimizer.lr, "
      "batch_schedule.batch_size"),
     (["sensitivity", "--metric", "final_accuracy"], "--metric 'final_accuracy': not a metric; "
      "use REDUCER_COLUMN with REDUCER one of best, final, min, max, mean and COLUMN one of step, "
      "samples, sfo, epoch_lr, epoch_batch_size, train_loss, train_acc, test_loss, test_acc, "
-     "seconds, eval_seconds, val_loss, val_acc, probe_seconds, sfo_full_batches "
-     "(e.g. best_test_acc, best_test_loss, best_train_loss)"),
+     "seconds, eval_seconds, val_loss, val_acc, probe_seconds, sfo_full_batches, "
+     "comm_rounds (e.g. best_test_acc, best_test_loss, best_train_loss)"),
     (["probes", "--probe", "hessian_trace"], "probe 'hessian_trace': study 'grid' has no values "
      "of it; it has full_grad_norm"),
     (["probes", "--key", "layer9"], "--key 'layer9': probe full_grad_norm has no such key; it "
@@ -226,11 +226,14 @@ def test_export_seed004_layout(cli, store, tmp_path):
     assert sorted(p.name for p in run.iterdir()) == ["lr_bs.csv", "norm.csv", "test.csv",
                                                      "train.csv"]
     with (run / "norm.csv").open() as f:
-        assert list(csv.reader(f)) == [["epoch", "sfo", "full_grad_norm"],
-                                       ["1", "1000", "1.0"], ["2", "2000", "0.5"],
-                                       ["3", "3000", "0.2"]]
+        assert list(csv.reader(f)) == [["Epoch", "Steps", "Full Gradient Norm"],
+                                       ["1", "10", "1.0"], ["2", "20", "0.5"],
+                                       ["3", "30", "0.2"]]
     with (run / "lr_bs.csv").open() as f:
-        assert list(csv.reader(f))[1] == ["1", "0.1", "128"]
+        lr_bs = list(csv.reader(f))
+    assert lr_bs[1] == ["1", "1", "0.1", "128"] and len(lr_bs) == 1 + 30  # a row per step
+    with (run / "train.csv").open() as f:  # accuracy in percent: 0.9 - 0.01 at epoch 3
+        assert list(csv.reader(f))[3][3] == "89.0"
 
 
 @pytest.mark.parametrize(("args", "message"), [

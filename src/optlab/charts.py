@@ -17,7 +17,7 @@ from optlab.events import EPOCH_FIELDS
 from optlab.plot import Figure, Layout, Selection, fetch_rows, layout, parse_metric, reduce_sql
 from optlab.store import config_column
 
-X_CHOICES = ("epoch", "step", "samples", "seconds")
+X_CHOICES = ("epoch", "step", "samples", "seconds", "comm_rounds")
 CURVE_COLUMNS = tuple(f for f in EPOCH_FIELDS if f != "epoch")
 LR, BATCH = "optimizer.lr", "batch_schedule.batch_size"
 
@@ -47,6 +47,19 @@ def _default_color(axes: list[str], exclude: list[str]) -> str | None:
 def _color_sql(color: str | None) -> str:
     """The colour of a run's line: an axis' value, or one colour when no axis is left."""
     return f'r."{config_column(color)}"::varchar' if color else "'all'"
+
+
+def _colour(axes: list[str], color: str | None, exclude: list[str]
+            ) -> tuple[str | None, str, list[str]]:
+    """(legend title, SQL of a run's colour, what the colour shows). ``block`` colours by
+    block; ``cell`` by block and every axis (one line per cell: nothing left to pool, for
+    blocks that vary different axes); else an axis, by default the optimizer."""
+    if color == "block":
+        return "block", "r.block", ["block"]
+    if color == "cell":
+        return "cell", _cell_expr(axes), ["block", *axes]
+    color = _axis(axes, color, "--color") if color else _default_color(axes, exclude)
+    return color, _color_sql(color), [color] if color else []
 
 
 def _ci_sql(inner: str, keys: str) -> str:
@@ -104,10 +117,10 @@ def _jsonable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 # ---- curves -------------------------------------------------------------------------------
 
-def curves_sql(lay: Layout, metric: str, x: str, color: str | None) -> str:
+def curves_sql(lay: Layout, metric: str, x: str, color_sql: str) -> str:
     x_expr = {"epoch": "e.epoch", "step": "e.step", "samples": "e.samples",
-              "seconds": "e.seconds_so_far"}[x]
-    inner = f"""select {lay.panel_sql} as panel, {_color_sql(color)} as color, e.epoch,
+              "seconds": "e.seconds_so_far", "comm_rounds": "e.comm_rounds"}[x]
+    inner = f"""select {lay.panel_sql} as panel, {color_sql} as color, e.epoch,
          {x_expr} as xv, e.{metric} as v
   from runs r join e using (run_id)
   where {lay.condition} and r.status in ('done', 'running', 'interrupted')
@@ -128,9 +141,9 @@ def curves_figure(con: Any, study: str, axes: list[str], metric: str = "test_acc
                           f"{', '.join(CURVE_COLUMNS)}")
     if x not in X_CHOICES:
         raise OptlabError(f"--x {x!r}: use one of {', '.join(X_CHOICES)}")
-    color = _axis(axes, color, "--color") if color else _default_color(axes, [])
-    lay = layout(con, study, axes, [color] if color else [], sel, "curves")
-    sql = curves_sql(lay, metric, x, color)
+    color, color_sql, shown = _colour(axes, color, [])
+    lay = layout(con, study, axes, shown, sel, "curves")
+    sql = curves_sql(lay, metric, x, color_sql)
     rows = fetch_rows(con, sql)
     if not rows:
         raise OptlabError(f"study {study!r} has no epochs with {metric} yet")
@@ -140,10 +153,10 @@ def curves_figure(con: Any, study: str, axes: list[str], metric: str = "test_acc
 
 # ---- sensitivity --------------------------------------------------------------------------
 
-def sensitivity_sql(lay: Layout, metric: str, color: str | None) -> str:
+def sensitivity_sql(lay: Layout, metric: str, color_sql: str) -> str:
     reducer, column = parse_metric(metric)
     return f"""with per_run as (
-  select r.run_id, {lay.panel_sql} as panel, {_color_sql(color)} as color,
+  select r.run_id, {lay.panel_sql} as panel, {color_sql} as color,
          r."{config_column(LR)}" as x, {reduce_sql(reducer, column)} as v
   from runs r join epochs e using (run_id)
   where {lay.condition} and r.status = 'done'
@@ -154,9 +167,9 @@ def sensitivity_sql(lay: Layout, metric: str, color: str | None) -> str:
 def sensitivity_figure(con: Any, study: str, axes: list[str], metric: str = "final_test_acc",
                        color: str | None = None, sel: Selection = Selection()) -> Figure:
     _axis(axes, LR, "sensitivity")
-    color = _axis(axes, color, "--color") if color else _default_color(axes, [LR])
-    lay = layout(con, study, axes, [LR] + ([color] if color else []), sel, "sensitivity")
-    sql = sensitivity_sql(lay, metric, color)
+    color, color_sql, shown = _colour(axes, color, [LR])
+    lay = layout(con, study, axes, [LR, *shown], sel, "sensitivity")
+    sql = sensitivity_sql(lay, metric, color_sql)
     rows = fetch_rows(con, sql)
     if not rows:
         raise OptlabError(f"study {study!r} has no finished runs yet")
@@ -167,12 +180,12 @@ def sensitivity_figure(con: Any, study: str, axes: list[str], metric: str = "fin
 
 # ---- scaling ------------------------------------------------------------------------------
 
-def scaling_sql(lay: Layout, metric: str, color: str | None) -> str:
+def scaling_sql(lay: Layout, metric: str, color_sql: str) -> str:
     reducer, column = parse_metric(metric)
     better = "arg_max" if column.endswith("_acc") else "arg_min"
     tie = "-lr" if better == "arg_max" else "lr"  # equal values: the smaller LR
     return f"""with per_run as (
-  select {lay.panel_sql} as panel, {_color_sql(color)} as color,
+  select {lay.panel_sql} as panel, {color_sql} as color,
          r."{config_column(BATCH)}" as batch_size, r."{config_column(LR)}" as lr,
          {reduce_sql(reducer, column)} as value
   from runs r join epochs e using (run_id)
@@ -195,9 +208,9 @@ def scaling_figure(con: Any, study: str, axes: list[str], metric: str = "best_te
         if needed not in axes:
             raise OptlabError(f"scaling: needs the study to vary {LR} and {BATCH}; study "
                               f"{study!r} varies {', '.join(axes) or 'nothing'}")
-    color = _axis(axes, color, "--color") if color else _default_color(axes, [LR, BATCH])
-    lay = layout(con, study, axes, [LR, BATCH] + ([color] if color else []), sel, "scaling")
-    sql = scaling_sql(lay, metric, color)
+    color, color_sql, shown = _colour(axes, color, [LR, BATCH])
+    lay = layout(con, study, axes, [LR, BATCH, *shown], sel, "scaling")
+    sql = scaling_sql(lay, metric, color_sql)
     rows = fetch_rows(con, sql)
     if not rows:
         raise OptlabError(f"study {study!r} has no finished runs yet")
@@ -371,11 +384,11 @@ def _require_probe(con: Any, study: str, probe: str) -> list[str]:
 
 # ---- probes -------------------------------------------------------------------------------
 
-def _noise_scale_sql(lay: Layout, x_expr: str, color: str | None) -> str:
+def _noise_scale_sql(lay: Layout, x_expr: str, color_sql: str) -> str:
     """B_simple as McCandlish et al. aggregate it: mean tr(Sigma) over mean |G|^2 over the
     runs (and steps) of a point, not a mean of per-run ratios."""
     return f"""with parts as (
-  select {lay.panel_sql} as panel, {_color_sql(color)} as color, {x_expr} as x, p.run_id,
+  select {lay.panel_sql} as panel, {color_sql} as color, {x_expr} as x, p.run_id,
          p.step, avg(p.value) filter (where p.key = 'trace_sigma') as trace_sigma,
          avg(p.value) filter (where p.key = 'grad_sq') as grad_sq
   from probes p join runs r using (run_id)
@@ -388,11 +401,11 @@ from parts where isfinite(trace_sigma) and isfinite(grad_sq)
 group by all order by panel, color, x"""
 
 
-def probes_sql(lay: Layout, probe: str, key: str, x: str, color: str | None) -> str:
+def probes_sql(lay: Layout, probe: str, key: str, x: str, color_sql: str) -> str:
     x_expr = "p.epoch" if x == "epoch" else "p.step"
     if (probe, key) == ("grad_noise_scale", "b_simple"):
-        return _noise_scale_sql(lay, x_expr, color)
-    inner = f"""select {lay.panel_sql} as panel, {_color_sql(color)} as color, {x_expr} as x,
+        return _noise_scale_sql(lay, x_expr, color_sql)
+    inner = f"""select {lay.panel_sql} as panel, {color_sql} as color, {x_expr} as x,
          p.value as v
   from probes p join runs r using (run_id)
   where {lay.condition} and p.probe = '{_q(probe)}' and p.key = '{_q(key)}'
@@ -415,9 +428,9 @@ def probes_figure(con: Any, study: str, axes: list[str], probe: str | None,
     if key not in keys:
         shown = ", ".join(keys[:12]) + (", ..." if len(keys) > 12 else "")
         raise OptlabError(f"--key {key!r}: probe {probe} has no such key; it has {shown}")
-    color = _axis(axes, color, "--color") if color else _default_color(axes, [])
-    lay = layout(con, study, axes, [color] if color else [], sel, "probes")
-    sql = probes_sql(lay, probe, key, x, color)
+    color, color_sql, shown = _colour(axes, color, [])
+    lay = layout(con, study, axes, shown, sel, "probes")
+    sql = probes_sql(lay, probe, key, x, color_sql)
     rows = fetch_rows(con, sql)
     title = f"{study}: {probe} [{key}] against {x}"
     if (probe, key) == ("grad_noise_scale", "b_simple"):

@@ -8,6 +8,7 @@ device and are read once per epoch; mixed precision and channels_last on CUDA.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -94,6 +95,25 @@ def evaluate(model, x, y, autocast) -> tuple[float, float]:
     return loss.item() / len(x), correct.item() / len(x)
 
 
+# Seeds the fixed partition of the training set into local SGD's shards, apart from the
+# run's own generators.
+SHARD_SEED = 7_919
+
+
+@torch.no_grad()
+def average(nets: list[torch.nn.Module]) -> None:
+    """Local SGD's communication round: every worker's parameters and float buffers become
+    their mean over workers (integer buffers, such as BN's batch count, the first's)."""
+    for tensors in zip(*(net.state_dict().values() for net in nets), strict=True):
+        if tensors[0].is_floating_point():
+            mean = torch.stack(tensors).mean(0)
+            for t in tensors:
+                t.copy_(mean)
+        else:
+            for t in tensors[1:]:
+                t.copy_(tensors[0])
+
+
 @dataclass
 class Counters:
     """Where a run is: what an epoch row reports and a checkpoint carries."""
@@ -105,6 +125,7 @@ class Counters:
     elapsed: float = 0.0  # seconds of all attempts before this one
     first_loss: float | None = None  # the first epoch's training loss (divergence rule)
     sfo_full_batches: int = 0  # SFO counting each step as a whole batch (seed 004's count)
+    rounds: int = 0  # communication rounds: local SGD's averagings, else one per step
 
 
 class BestWeights:
@@ -230,7 +251,8 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
         best.load_state_dict(state["best"])
         run = Counters(state["epoch"], state["step"], state["samples"], state["lr"],
                        state["elapsed"], state.get("first_loss"),
-                       state.get("sfo_full_batches", state["samples"]))
+                       state.get("sfo_full_batches", state["samples"]),
+                       state.get("rounds", state["step"]))
         ckpt.clear(folder, keep_upto=run.epoch)
         emit({"type": "resumed", "run_id": run_id, "epoch": run.epoch, "step": run.step,
               "checkpoint": str(found.path), "skipped": found.skipped,
@@ -244,43 +266,72 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
         if probes:
             report(probes.at_epoch(0, 0)[0])
 
+    # ---- local SGD: more simulated workers, each on its own shard -------------------
+    workers = [(model, optimizer)]
+    local = config.get("local_sgd")
+    if local:
+        for k in range(1, local["workers"]):
+            replica = copy.deepcopy(model)
+            opt = _build(registry, "optimizer", config["optimizer"], model=replica)
+            if found is not None and found.state is not None:
+                opt.load_state_dict(found.state["local_optimizers"][k - 1])
+            workers.append((replica, opt))
+        # A fixed partition of the training set, drawn once from the run's seed.
+        split = torch.Generator().manual_seed(seed + SHARD_SEED)
+        shards = list(torch.randperm(n, generator=split).to(device)
+                      .tensor_split(local["workers"]))
+        shard_size = min(len(s) for s in shards)
+
     # ---- epochs -----------------------------------------------------------------------
-    reference = config.get("lr_reference_batch") or min(int(batch_size_at(0)), n)
+    reference = config.get("lr_reference_batch") or min(int(batch_size_at(0)),
+                                                         shard_size if local else n)
     for epoch in range(run.epoch, epochs):
-        bs = min(int(batch_size_at(epoch)), n)
+        bs = min(int(batch_size_at(epoch)), shard_size if local else n)
         scale = lr_scale(config, bs, reference)
-        steps = math.ceil(n / bs)  # the last partial batch is used and counted as its size
-        order = torch.randperm(n, device=device, generator=gen)
+        if local:  # each worker passes over its own shard once per epoch
+            orders = [s[torch.randperm(len(s), device=device, generator=gen)] for s in shards]
+        else:
+            orders = [torch.randperm(n, device=device, generator=gen)]
+        # The last partial batch is used and counted as its size.
+        counts = [math.ceil(len(order) / bs) for order in orders]
+        steps = max(counts)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
-        model.train()
+        for net, _ in workers:
+            net.train()
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         probe_seconds = 0.0
         step = run.step
         for i in range(steps):
-            idx = order[i * bs:(i + 1) * bs]
-            x, y = augment(data.x_train[idx], gen), data.y_train[idx]
-            if device.type == "cuda" and images:
-                x = x.contiguous(memory_format=torch.channels_last)
             factor = lr_factor(epoch + i / steps, 1 / steps, step + i) * scale
-            for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
-                group["lr"] = base * factor
-            with autocast():
-                out = model(x)
-                loss = F.cross_entropy(out.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
-            # Accumulate on the device: no host synchronisation per step.
-            loss_sum += loss.detach() * len(idx)
-            correct += (out.argmax(1) == y).sum()
+            for (net, opt), order, count in zip(workers, orders, counts, strict=True):
+                if i >= count:
+                    continue
+                idx = order[i * bs:(i + 1) * bs]
+                x, y = augment(data.x_train[idx], gen), data.y_train[idx]
+                if device.type == "cuda" and images:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                for group, base in zip(opt.param_groups, base_lrs, strict=True):
+                    group["lr"] = base * factor
+                with autocast():
+                    out = net(x)
+                    loss = F.cross_entropy(out.float(), y)
+                opt.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
+                # Accumulate on the device: no host synchronisation per step.
+                loss_sum += loss.detach() * len(idx)
+                correct += (out.argmax(1) == y).sum()
+            if local and ((i + 1) % local["local_steps"] == 0 or i == steps - 1):
+                average([net for net, _ in workers])  # a communication round
+                run.rounds += 1
             tick()
             if step + i < probes.max_step:  # every-step probes, for the first K steps
                 events, spent = probes.at_step(epoch + 1, step + i + 1)
@@ -289,7 +340,9 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
         run.lr = base_lrs[0] * factor
         run.step += steps
         run.samples += n
-        run.sfo_full_batches += steps * bs
+        run.sfo_full_batches += sum(counts) * bs
+        if not local:
+            run.rounds = run.step  # data-parallel training: one gradient all-reduce a step
         run.epoch = epoch + 1
         train_loss = loss_sum.item() / n  # the epoch's one read of the device
         seconds = time.perf_counter() - t0 - probe_seconds
@@ -314,7 +367,7 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
             "test_loss": test_loss, "test_acc": test_acc,
             "seconds": seconds, "eval_seconds": time.perf_counter() - t1,
             "val_loss": val_loss, "val_acc": val_acc, "probe_seconds": probe_seconds,
-            "sfo_full_batches": run.sfo_full_batches,
+            "sfo_full_batches": run.sfo_full_batches, "comm_rounds": run.rounds,
         })
         diverged = divergence(config, train_loss, run)
         if diverged is not None:
@@ -333,6 +386,8 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
                 "format": ckpt.FORMAT, "run_id": run_id, "epoch": run.epoch,
                 "step": run.step, "samples": run.samples, "lr": run.lr, "elapsed": elapsed(),
                 "first_loss": run.first_loss, "sfo_full_batches": run.sfo_full_batches,
+                "rounds": run.rounds,
+                "local_optimizers": [opt.state_dict() for _, opt in workers[1:]],
                 "threads": torch.get_num_threads(), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),
                 "scaler": scaler.state_dict() if scaler is not None else None,

@@ -46,6 +46,7 @@ EPOCH_FIELDS = (
     "probe_seconds",  # time spent in probes during and after the epoch (not in seconds)
     "sfo_full_batches",  # SFO counting an epoch's last, partial batch as a whole one (the
                          # seed 004 reference's count); sfo counts the samples really used
+    "comm_rounds",  # communication rounds so far: local SGD's averagings, else one per step
 )
 
 

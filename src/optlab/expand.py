@@ -207,7 +207,13 @@ class _Expander:
         if head == PROBES_KEY:
             raise self.fail(key, "probes is a list of tables; give the whole list")
         if head not in PLUGIN_SLOTS:
-            raise self.fail(key, f"no such key; {head} is a single value")
+            table = _settings_table(head)
+            if table is None:
+                raise self.fail(key, f"no such key; {head} is a single value")
+            if len(parts) > 2 or parts[1] not in table.model_fields:
+                raise self.fail(key, f"no such key; {head} takes: "
+                                     f"{', '.join(table.model_fields)}")
+            return
         if len(parts) > 2 or parts[1] == "name":
             return
         names = self._possible_plugins(head, cfg, axes)
@@ -247,6 +253,8 @@ class _Expander:
         except ValidationError as e:
             raise ConfigError(f"{self.prefix}: {describe_validation_error(e, RunSettings)}"
                               ) from None
+        if resolved.get("local_sgd") is None:
+            resolved.pop("local_sgd", None)
         probes = self.resolve_probes(cfg.get(PROBES_KEY))
         if probes:  # absent when empty, so that run ids of runs without probes stay put
             resolved[PROBES_KEY] = [table for table, _ in probes]
@@ -315,6 +323,17 @@ class _Expander:
                 plugin.check(params, **facts)
             except ValueError as e:
                 raise self.fail(f"{PROBES_KEY}[{i}] ({table['name']})", str(e)) from None
+
+
+def _settings_table(key: str) -> Any:
+    """The model of a run setting that is a table (checkpoint, divergence, local_sgd)."""
+    from pydantic import BaseModel
+
+    field = RunSettings.model_fields.get(key)
+    for t in (field.annotation, *getattr(field.annotation, "__args__", ())) if field else ():
+        if isinstance(t, type) and issubclass(t, BaseModel):
+            return t
+    return None
 
 
 def _axis_leaves(table: dict[str, Any]) -> dict[str, Any]:

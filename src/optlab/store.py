@@ -48,7 +48,8 @@ create table if not exists epochs (
     run_id varchar, epoch integer, step bigint, samples bigint, sfo bigint, epoch_lr double,
     epoch_batch_size integer, train_loss double, train_acc double, test_loss double,
     test_acc double, seconds double, eval_seconds double, val_loss double, val_acc double,
-    probe_seconds double, sfo_full_batches bigint, primary key (run_id, epoch));
+    probe_seconds double, sfo_full_batches bigint, comm_rounds bigint,
+    primary key (run_id, epoch));
 create table if not exists probes (
     run_id varchar, epoch integer, step bigint, probe varchar, key varchar, value double);
 create table if not exists sessions (
@@ -216,7 +217,8 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     # Columns added since the first stores were made.
     for col in ("val_loss", "val_acc", "probe_seconds"):
         con.execute(f"alter table epochs add column if not exists {col} double")
-    con.execute("alter table epochs add column if not exists sfo_full_batches bigint")
+    for col in ("sfo_full_batches", "comm_rounds"):
+        con.execute(f"alter table epochs add column if not exists {col} bigint")
     for col, kind in RUN_STATE_ADDED:
         con.execute(f"alter table run_state add column if not exists {col} {kind}")
     con.execute("insert or replace into meta values ('schema_version', ?)",

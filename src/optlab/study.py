@@ -58,6 +58,16 @@ class DivergenceSettings(BaseModel):
 DEFAULT_DIVERGENCE = DivergenceSettings()
 
 
+class LocalSGDSettings(BaseModel):
+    """Local SGD (seed 003, step 3): ``workers`` simulated workers on one device, each with
+    its own copy of the model and optimizer and its own shard of the training set, take
+    ``local_steps`` steps of the run's batch size between averagings of their weights."""
+
+    model_config = ConfigDict(extra="forbid")
+    workers: Annotated[int, Field(ge=2)]
+    local_steps: Annotated[int, Field(ge=1)]
+
+
 class RunSettings(BaseModel):
     """The run config's keys that are not plugin tables."""
 
@@ -74,6 +84,16 @@ class RunSettings(BaseModel):
     save_weights: Literal["auto", "final", "best", "none"] = "auto"
     # `divergence = false` keeps only the non-finite rule (stored as null).
     divergence: DivergenceSettings | None = DEFAULT_DIVERGENCE
+    # Absent from the resolved config when not given, so other runs keep their ids.
+    local_sgd: LocalSGDSettings | None = None
+
+    @field_validator("local_sgd")
+    @classmethod
+    def _local_precision(cls, v: Any, info: Any) -> Any:
+        if v is not None and info.data.get("precision") == "amp":
+            raise ValueError("runs in fp32 or bf16, not amp (one loss scale would be shared "
+                             "by the workers)")
+        return v
 
     @field_validator("divergence", mode="before")
     @classmethod

@@ -16,7 +16,8 @@ StudyOption = typer.Option(None, "--study", help="Study name (default: the only 
 OutOption = typer.Option(None, "--out", help="Output .html, .png or .svg (default: "
                          "STUDY_KIND.html).")
 ColorOption = typer.Option(None, "--color", help="Axis that colours the lines (default: the "
-                           "optimizer when it varies, else the first axis).")
+                           "optimizer when it varies, else the first axis); block; or cell "
+                           "(block and every axis: one line per cell, nothing pooled).")
 WhereOption = typer.Option(None, "--where", help="Only runs meeting this SQL condition on the "
                            "runs view, e.g. \"batch_schedule_batch_size = 32\".")
 BlockOption = typer.Option(None, "--block", help="Only this block (repeatable).")
@@ -66,7 +67,8 @@ def heatmap(
 def curves(
     metric: str = typer.Option("test_acc", "--metric", help="An epochs column: test_acc, "
                                "train_loss, epoch_lr, ..."),
-    x: str = typer.Option("epoch", "--x", help="epoch, step, samples or seconds."),
+    x: str = typer.Option("epoch", "--x", help="epoch, step, samples, seconds or "
+                          "comm_rounds."),
     color: str = ColorOption, where: str = WhereOption, block: list[str] = BlockOption,
     facet: str = FacetOption, study: str = StudyOption, out_file: Path = OutOption,
     store: Path = StoreOption,
