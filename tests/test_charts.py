@@ -214,3 +214,13 @@ def test_colour_by_cell_draws_a_line_per_cell_across_blocks_that_vary_different_
         in colours
     assert len(colours) == 4 + 8 - 2  # every cell but the two that diverged everywhere
     assert {r["x"] for r in rows} == {10, 20, 30}  # communication rounds
+
+
+def test_the_readme_pooling_example_is_what_the_command_prints(cli, store):
+    from tests.test_readme import transcripts
+
+    (runs,) = [runs for _, comment, runs in transcripts()
+               if comment and "tests/test_charts.py" in comment]
+    ((command, expected),) = runs
+    result = cli("plot", *command.split()[2:])
+    assert result.stdout.splitlines() == expected

@@ -1,0 +1,121 @@
+"""The README's transcripts are what the commands print.
+
+Every ``$ optlab ...`` block of the tour (and any other marked as checked here) runs, in
+order, in a folder holding the quickstart study, and its output is compared line by line:
+``...`` stands for any lines; whole numbers (counts, run ids) match exactly and decimals
+within 0.02 or 5% (accuracies and losses vary in their last digits between CPUs),
+and timings, worker and thread counts and a run's place in the finishing order are not
+compared. A transcript elsewhere in the README says, in an HTML comment before it, where it
+is checked or that it is illustrative.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[+-]?\d+)?")
+LOOSE = [(re.compile(r"\d+m\d\ds"), "<time>"), (re.compile(r"\d+ (worker|thread)\(s\)"),
+                                                 r"<n> \1(s)"),
+         (re.compile(r"^\[\d+/"), "[<k>/")]
+
+
+def transcripts() -> list[tuple[str, str | None, list[tuple[str, list[str]]]]]:
+    """(section, the comment before the block, [(command, expected lines)])."""
+    out, section, comment = [], "", None
+    lines = (ROOT / "README.md").read_text().splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("## "):
+            section = line[3:]
+        if line.startswith("```") and i + 1 < len(lines) and lines[i + 1].startswith("$ "):
+            end = lines.index("```", i + 1)
+            block, runs = lines[i + 1:end], []
+            for text in block:
+                if text.startswith("$ "):
+                    runs.append([text[2:], []])
+                elif text.startswith("    ") and not runs[-1][1]:
+                    runs[-1][0] += "\n" + text
+                else:
+                    runs[-1][1].append(text)
+            out.append((section, comment, [(c, e) for c, e in runs]))
+            i = end
+        comment = line if line.startswith("<!--") else (comment if not line.strip() else None)
+        i += 1
+    return out
+
+
+def loose(line: str) -> str:
+    for pattern, repl in LOOSE:
+        line = pattern.sub(repl, line)
+    return line
+
+
+def same_line(expected: str, actual: str) -> bool:
+    expected, actual = loose(expected), loose(actual)
+    if NUMBER.sub("#", expected) != NUMBER.sub("#", actual):
+        return False
+    for a, b in zip(NUMBER.findall(expected), NUMBER.findall(actual), strict=True):
+        if a.lstrip("-").isdigit() and b.lstrip("-").isdigit():
+            if a != b:
+                return False
+        elif abs(float(a) - float(b)) > max(0.02, 0.05 * abs(float(a))):
+            return False
+    return True
+
+
+def test_the_comparison_is_strict_where_it_should_be():
+    assert same_line("finished in 0m20s: 3 diverged, 53 done",
+                     "finished in 1m02s: 3 diverged, 53 done")
+    assert not same_line("3 diverged, 53 done", "3 diverged, 54 done")
+    assert not same_line("done 5ef2804fde9a lr=0.003", "done 5ef2804fde9b lr=0.003")
+    assert same_line("best test_acc 0.8911", "best test_acc 0.8933")
+    assert not same_line("best test_acc 0.8911", "best test_acc 0.7911")
+    assert same_line("[2/56] done", "[17/56] done") and not same_line("[2/56]", "[2/57]")
+    assert matches(["a", "...", "c"], ["a", "b", "b", "c"]) and not matches(["a", "c"],
+                                                                           ["a", "b", "c"])
+
+
+def matches(expected: list[str], actual: list[str]) -> bool:
+    """Each expected line in order; ``...`` skips any number of actual lines."""
+    if not expected:
+        return not actual
+    if expected[0] == "...":
+        return any(matches(expected[1:], actual[k:]) for k in range(len(actual) + 1))
+    return bool(actual) and same_line(expected[0], actual[0]) and matches(expected[1:],
+                                                                          actual[1:])
+
+
+def test_every_transcript_outside_the_tour_says_where_it_is_checked():
+    for section, comment, runs in transcripts():
+        if section != "A tour":
+            assert comment is not None, f"{section}: {runs[0][0]!r} needs a comment"
+
+
+def test_the_tour_prints_what_the_readme_says(tmp_path):
+    (tmp_path / "studies").mkdir()
+    shutil.copy(ROOT / "studies" / "quickstart.toml", tmp_path / "studies")
+    env = {**os.environ, "COLUMNS": "200"}
+    env.pop("OPTLAB_STORE", None)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "optlab").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m optlab "$@"\n')
+    (bin_dir / "optlab").chmod(0o755)
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
+    tour = [runs for section, comment, runs in transcripts()
+            if section == "A tour" or "tests/test_readme.py" in (comment or "")]
+    assert len(tour) >= 6
+    for runs in tour:
+        for command, expected in runs:
+            proc = subprocess.run(["bash", "-c", command.replace("\n    ", " ")], cwd=tmp_path,
+                                  env=env, capture_output=True, text=True, timeout=600)
+            actual = (proc.stdout + proc.stderr).rstrip("\n").splitlines()
+            assert matches(expected, actual), (
+                f"$ {command}\n--- README:\n" + "\n".join(expected) + "\n--- printed:\n"
+                + "\n".join(actual))
