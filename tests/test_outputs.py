@@ -71,7 +71,7 @@ def test_sensitivity_and_scaling_show_what_the_data_say(cli, store, tmp_path):
 
 def test_gradnorm_marks_where_each_schedule_first_reaches_epsilon(store):
     from optlab import charts, views
-    from optlab.plot import study_axes
+    from optlab.results import study_axes
     from optlab.store import reading
 
     with reading(store) as con:

@@ -27,10 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from optlab import paths, views
+from optlab import paths
 from optlab.errors import OptlabError
-from optlab.plot import parse_metric, reduce_sql, study_axes
-from optlab.store import reading
+from optlab.results import clean, open_study, parse_metric, reduce_sql
 
 ANALYSES = ("optimal", "lr-wd", "scaling", "warmup", "sfo", "ranking")
 LR, WD, BATCH = "optimizer.lr", "optimizer.weight_decay", "batch_schedule.batch_size"
@@ -65,21 +64,9 @@ class Result:
     left_out: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return _clean({"analysis": self.analysis, "study": self.study, "metric": self.metric,
+        return clean({"analysis": self.analysis, "study": self.study, "metric": self.metric,
                        "findings": self.findings, "tables": self.tables,
                        "left_out": self.left_out})
-
-
-def _clean(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 # ---- loading ------------------------------------------------------------------------------
@@ -255,9 +242,7 @@ def run_analysis(store: Path, name: str, study: str | None, metric: str,
     if name not in ANALYSES:
         raise OptlabError(f"analysis {name!r}: not an analysis; use one of {', '.join(ANALYSES)}")
     parse_metric(metric)
-    with reading(store) as con:
-        views.ensure_readable(con)
-        study, axes = study_axes(con, study)
+    with open_study(store, study) as (con, study, axes):
         result = Result(name, study, metric)
         rng = np.random.default_rng(seed)
         if name == "sfo":

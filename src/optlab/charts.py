@@ -9,21 +9,17 @@ is named in the title and in the output line.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from optlab.errors import OptlabError
 from optlab.events import EPOCH_FIELDS
-from optlab.plot import Figure, Layout, Selection, fetch_rows, layout, parse_metric, reduce_sql
+from optlab.plot import Figure, Layout, Selection, layout
+from optlab.results import fetch_rows, jsonable, parse_metric, q, reduce_sql
 from optlab.store import config_column
 
 X_CHOICES = ("epoch", "step", "samples", "seconds", "comm_rounds")
 CURVE_COLUMNS = tuple(f for f in EPOCH_FIELDS if f != "epoch")
 LR, BATCH = "optimizer.lr", "batch_schedule.batch_size"
-
-
-def _q(text: str) -> str:
-    return text.replace("'", "''")
 
 
 def _axis(axes: list[str], value: str | None, option: str, default: str | None = None) -> str:
@@ -88,7 +84,7 @@ def _line_band(rows: list[dict[str, Any]], x: str, y: str, title: str, lay: Layo
         y=alt.Y("low:Q", title=y_title or y, scale=alt.Scale(zero=False)), y2="high:Q")
     line = base.mark_line(point=len(rows) < 200).encode(
         y="mean:Q", tooltip=["panel:N", "color:N", "x:Q", "mean:Q", "low:Q", "high:Q", "n:Q"])
-    chart = alt.layer(band, line, data=alt.Data(values=_jsonable(rows))).properties(
+    chart = alt.layer(band, line, data=alt.Data(values=jsonable(rows))).properties(
         width=480 if len(lay.panels) == 1 else 320, height=300 if len(lay.panels) == 1 else 220)
     full = {"text": title, "subtitle": f"{lay.pooling()}; {BAND}"}
     if len(lay.panels) == 1:
@@ -104,15 +100,6 @@ def _color_order(rows: list[dict[str, Any]]) -> list[str]:
         return sorted(values, key=float)
     except ValueError:
         return values
-
-
-def _jsonable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        return v if isinstance(v, int | float | str | bool) or v is None else str(v)
-
-    return [{k: clean(v) for k, v in row.items()} for row in rows]
 
 
 # ---- curves -------------------------------------------------------------------------------
@@ -238,7 +225,7 @@ def scaling_figure(con: Any, study: str, axes: list[str], metric: str = "best_te
         tooltip=["panel:N", "color:N", "batch_size:Q", "optimal_lr:Q", "value:Q", "seeds:Q"])
     fit = alt.Chart().mark_line(strokeDash=[4, 3]).encode(
         x="batch_size:Q", y="fit:Q", color="color:N").transform_filter("isValid(datum.fit)")
-    data = alt.Data(values=_jsonable(rows) + lines)
+    data = alt.Data(values=jsonable(rows) + lines)
     title = {"text": f"{study}: optimal LR against batch size ({metric}; slope 1 = linear "
                      "rule)",
              "subtitle": [f"{lay.pooling()} before the best LR is taken",
@@ -288,7 +275,7 @@ def sfo_figure(con: Any, study: str, axes: list[str], epsilon: float | None,
     rows = fetch_rows(con, sql)
     for r in rows:
         r["label"] = f"{r['reached']}/{r['runs']} reached"
-    base = alt.Chart(alt.Data(values=_jsonable(rows))).encode(
+    base = alt.Chart(alt.Data(values=jsonable(rows))).encode(
         y=alt.Y("schedule:N", sort=None, title="schedule"))
     bars = base.mark_bar().encode(x=alt.X("mean:Q", title=f"SFO to reach |grad| <= {epsilon:g}"),
                                   tooltip=["schedule:N", "mean:Q", "std:Q", "reached:Q",
@@ -355,14 +342,14 @@ where {lay.condition} and g.status = 'done' group by all order by color""")
                      if r["x"] is not None]
         rule = alt.Chart(alt.Data(values=[{"eps": epsilon}])).mark_rule(
             strokeDash=[4, 3], color="black").encode(y="eps:Q")
-        marks = alt.Chart(alt.Data(values=_jsonable(crossings))).mark_point(
+        marks = alt.Chart(alt.Data(values=jsonable(crossings))).mark_point(
             shape="diamond", size=120, filled=True, stroke="black").encode(
             x="x:Q", y="eps:Q", color=alt.Color("color:N", sort=order),
             tooltip=["color:N", "x:Q", "label:N"])
         layers += [rule, marks]
         subtitle.append(f"dashed: epsilon = {epsilon:g}; diamonds: mean {x} over the seeds "
                         "that reached it (first probed epoch at or below epsilon)")
-    chart = alt.layer(*layers, data=alt.Data(values=_jsonable(rows))).properties(
+    chart = alt.layer(*layers, data=alt.Data(values=jsonable(rows))).properties(
         title={"text": f"{study}: full gradient norm against {x}", "subtitle": subtitle},
         width=480, height=320)
     return Figure("gradnorm", chart, sql, len(rows), lay)
@@ -408,7 +395,7 @@ def probes_sql(lay: Layout, probe: str, key: str, x: str, color_sql: str) -> str
     inner = f"""select {lay.panel_sql} as panel, {color_sql} as color, {x_expr} as x,
          p.value as v
   from probes p join runs r using (run_id)
-  where {lay.condition} and p.probe = '{_q(probe)}' and p.key = '{_q(key)}'
+  where {lay.condition} and p.probe = '{q(probe)}' and p.key = '{q(key)}'
     and isfinite(p.value)"""
     return "with " + _ci_sql(inner, "panel, color, x")
 

@@ -17,21 +17,14 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import re
 from pathlib import Path
 from typing import Any
 
-from optlab import views
 from optlab.errors import OptlabError
-from optlab.plot import study_axes
-from optlab.store import reading
+from optlab.results import clean, fetch_rows, open_study, q
 
 FORMATS = ("csv", "parquet", "seed001", "seed004")
-
-
-def _q(text: str) -> str:
-    return text.replace("'", "''")
 
 
 def export(store: Path, study: str | None, folder: Path | None, fmt: str
@@ -39,9 +32,7 @@ def export(store: Path, study: str | None, folder: Path | None, fmt: str
     """Write the files (default folder: STUDY_export); returns (study, folder, paths)."""
     if fmt not in FORMATS:
         raise OptlabError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
-    with reading(store) as con:
-        views.ensure_readable(con)
-        study, axes = study_axes(con, study)
+    with open_study(store, study) as (con, study, axes):
         folder = folder or Path(f"{study}_export")
         _prepare(folder)
         try:
@@ -67,9 +58,9 @@ def _prepare(folder: Path) -> None:
 
 
 def _tables(con: Any, study: str, folder: Path, fmt: str) -> list[Path]:
-    members = f"(select run_id from memberships where study = '{_q(study)}')"
+    members = f"(select run_id from memberships where study = '{q(study)}')"
     queries = {
-        "runs": f"select * from runs where study = '{_q(study)}' order by block, position",
+        "runs": f"select * from runs where study = '{q(study)}' order by block, position",
         "epochs": f"select * from epochs where run_id in {members} order by run_id, epoch",
         "probes": f"select * from probes where run_id in {members} "
                   "order by run_id, step, probe, key",
@@ -78,19 +69,9 @@ def _tables(con: Any, study: str, folder: Path, fmt: str) -> list[Path]:
     option = "(format csv, header)" if fmt == "csv" else "(format parquet)"
     for name, sql in queries.items():
         path = folder / f"{name}.{fmt}"
-        con.execute(f"copy ({sql}) to '{_q(str(path))}' {option}")
+        con.execute(f"copy ({sql}) to '{q(str(path))}' {option}")
         files.append(path)
     return files
-
-
-def _rows(con: Any, sql: str, params: list[Any]) -> list[dict[str, Any]]:
-    cur = con.execute(sql, params)
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
-
-
-def _num(value: Any) -> Any:
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 # The seed projects' own names for the hyperparameters they vary most.
@@ -99,8 +80,9 @@ SEED_NAMES = {"batch_size": "batch_schedule.batch_size", "lr": "optimizer.lr",
 
 
 def _seed001(con: Any, study: str, axes: list[str], folder: Path) -> list[Path]:
-    runs = _rows(con, "select s.*, r.config from run_summary s join runs r using (study, run_id) "
-                      "where s.study = ? order by s.block, r.position", [study])
+    runs = fetch_rows(
+        con, "select s.*, r.config from run_summary s join runs r using (study, run_id) "
+        "where s.study = ? order by s.block, r.position", [study])
     epochs = _epochs(con, study)
     (folder / "results").mkdir(exist_ok=True)
     (folder / "history").mkdir(exist_ok=True)
@@ -115,7 +97,7 @@ def _seed001(con: Any, study: str, axes: list[str], folder: Path) -> list[Path]:
         writer.writeheader()
         for run in runs:
             config = json.loads(run["config"])
-            row = {k: _num(run.get(k)) for k in fields if k in run}
+            row = {k: clean(run.get(k)) for k in fields if k in run}
             row.update({short: _lookup(config, path) for short, path in SEED_NAMES.items()})
             row.update({a: _lookup(config, a) for a in axes if a not in SEED_NAMES.values()})
             row["epochs"] = config["epochs"]
@@ -123,7 +105,7 @@ def _seed001(con: Any, study: str, axes: list[str], folder: Path) -> list[Path]:
             history = {
                 "run_id": run["run_id"], "study": study, "block": run["block"],
                 "seed": run["seed"], "status": run["status"], "config": config,
-                **{key: [_num(e[col]) for e in epochs.get(run["run_id"], [])]
+                **{key: [clean(e[col]) for e in epochs.get(run["run_id"], [])]
                    for key, col in (("epoch", "epoch"), ("train_loss", "train_loss"),
                                     ("train_acc", "train_acc"), ("test_loss", "test_loss"),
                                     ("test_acc", "test_acc"), ("lr", "epoch_lr"),
@@ -146,8 +128,9 @@ def _lookup(config: dict[str, Any], path: str) -> Any:
 
 def _epochs(con: Any, study: str) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
-    for row in _rows(con, "select e.* from epochs e join memberships m using (run_id) "
-                          "where m.study = ? order by e.run_id, e.epoch", [study]):
+    for row in fetch_rows(
+        con, "select e.* from epochs e join memberships m using (run_id) "
+        "where m.study = ? order by e.run_id, e.epoch", [study]):
         out.setdefault(row["run_id"], []).append(row)
     return out
 
@@ -172,8 +155,9 @@ def _percent(value: Any) -> Any:
 def _seed004(con: Any, study: str, axes: list[str], folder: Path) -> list[Path]:
     from optlab.steps import per_step
 
-    runs = _rows(con, "select run_id, block, seed, axes, config from runs where study = ? "
-                      "order by block, position", [study])
+    runs = fetch_rows(
+        con, "select run_id, block, seed, axes, config from runs where study = ? "
+        "order by block, position", [study])
     epochs = _epochs(con, study)
     norms: dict[str, list[tuple[int, int, float]]] = {}
     for r, e, step, v in con.execute(
@@ -211,6 +195,6 @@ def _seed004(con: Any, study: str, axes: list[str], folder: Path) -> list[Path]:
             with path.open("w", newline="") as f:
                 writer = csv.writer(f)
                 writer.writerow(SEED004_HEADERS[name])
-                writer.writerows([[_num(v) for v in row] for row in body])
+                writer.writerows([[clean(v) for v in row] for row in body])
             files.append(path)
     return files

@@ -6,55 +6,15 @@ that `optlab query` reproduces it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optlab import views
 from optlab.errors import OptlabError
-from optlab.events import EPOCH_FIELDS
-from optlab.store import config_column, reading
+from optlab.results import fetch_rows, open_study, parse_metric, q, reduce_sql
+from optlab.store import config_column
 
-REDUCERS = ("best", "final", "min", "max", "mean")
-METRIC_COLUMNS = tuple(f for f in EPOCH_FIELDS if f != "epoch")
 OUT_SUFFIXES = (".html", ".png", ".svg")
-
-
-def parse_metric(metric: str) -> tuple[str, str]:
-    """``best_test_acc`` -> ("best", "test_acc"). Best is max for accuracies, min otherwise."""
-    reducer, _, column = metric.partition("_")
-    if reducer not in REDUCERS or column not in METRIC_COLUMNS:
-        examples = ", ".join(f"best_{c}" for c in ("test_acc", "test_loss", "train_loss"))
-        raise OptlabError(
-            f"--metric {metric!r}: not a metric; use REDUCER_COLUMN with REDUCER one of "
-            f"{', '.join(REDUCERS)} and COLUMN one of {', '.join(METRIC_COLUMNS)} "
-            f"(e.g. {examples})")
-    return reducer, column
-
-
-def reduce_sql(reducer: str, column: str) -> str:
-    if reducer == "best":
-        reducer = "max" if column.endswith("_acc") else "min"
-    if reducer == "final":
-        return f"arg_max(e.{column}, e.epoch)"
-    return {"min": "min", "max": "max", "mean": "avg"}[reducer] + f"(e.{column})"
-
-
-def study_axes(con: Any, study: str | None) -> tuple[str, list[str]]:
-    """The study to plot (the only one, when not named) and the axes it varies."""
-    rows = dict(con.execute("select study, axes from studies").fetchall())
-    if study is None:
-        if len(rows) != 1:
-            raise OptlabError(f"--study: name one of {', '.join(sorted(rows)) or '(none yet)'}")
-        study = next(iter(rows))
-    if study not in rows:
-        raise OptlabError(f"--study {study!r}: no such study; studies: {', '.join(sorted(rows))}")
-    axes: list[str] = []
-    for block_axes in json.loads(rows[study] or "{}").values():
-        axes += [a for a in block_axes if a not in axes]
-    return study, axes
-
 
 MAX_PANELS = 48
 
@@ -107,10 +67,6 @@ def _label_sql(axis: str) -> str:
     return f"'{axis}=' || coalesce(r.\"{config_column(axis)}\"::varchar, '-')"
 
 
-def _q(text: str) -> str:
-    return text.replace("'", "''")
-
-
 def layout(con: Any, study: str, axes: list[str], shown: list[str], sel: Selection,
            chart: str) -> Layout:
     """Check the selection against the study and work out panels and pooling.
@@ -118,7 +74,7 @@ def layout(con: Any, study: str, axes: list[str], shown: list[str], sel: Selecti
     Everything that tells runs apart and is neither on the chart nor a panel is pooled;
     the caller puts :meth:`Layout.pooling` in the title and the output line.
     """
-    condition = f"r.study = '{_q(study)}'"
+    condition = f"r.study = '{q(study)}'"
     blocks = [b for (b,) in con.execute(
         "select block from memberships where study = ? group by block order by min(position)",
         [study]).fetchall()]
@@ -127,7 +83,7 @@ def layout(con: Any, study: str, axes: list[str], shown: list[str], sel: Selecti
             raise OptlabError(f"--block {block!r}: study {study!r} has no such block; its "
                               f"blocks: {', '.join(blocks)}")
     if sel.blocks:
-        condition += " and r.block in (" + ", ".join(f"'{_q(b)}'" for b in sel.blocks) + ")"
+        condition += " and r.block in (" + ", ".join(f"'{q(b)}'" for b in sel.blocks) + ")"
     if sel.where:
         _check_where(con, sel.where)
         condition += f" and ({sel.where})"
@@ -230,12 +186,6 @@ class Figure:
         return line
 
 
-def fetch_rows(con: Any, sql: str) -> list[dict[str, Any]]:
-    cur = con.execute(sql)
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
-
-
 def heatmap_figure(con: Any, study: str, axes: list[str], x: str | None, y: str | None,
                    metric: str, sel: Selection = Selection()) -> Figure:
     x, y = _pick_axes(axes, x, y)
@@ -257,9 +207,7 @@ def draw(store: Path, out: Path | None, study: str | None, kind: str,
          make: Any) -> tuple[Path, Figure]:
     """Open the store, make a figure with ``make(con, study, axes)``, save it and its SQL."""
     check_out(out)
-    with reading(store) as con:
-        views.ensure_readable(con)
-        study, axes = study_axes(con, study)
+    with open_study(store, study) as (con, study, axes):
         figure = make(con, study, axes)
     path = out or Path(f"{study}_{kind}.html")
     save(figure, path)

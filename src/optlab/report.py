@@ -187,18 +187,15 @@ def build_report(store: Path, study: str | None, out: Path | None,
 
     import vl_convert as vlc
 
-    from optlab import charts, views
+    from optlab import charts
     from optlab.analyze import run_analysis
     from optlab.errors import OptlabError
-    from optlab.plot import study_axes
+    from optlab.results import open_study
     from optlab.status import study_status
-    from optlab.store import reading
 
     if out is not None and out.suffix != ".html":
         raise OptlabError(f"--out {out}: a report is an .html file")
-    with reading(store) as con:
-        views.ensure_readable(con)
-        study, axes = study_axes(con, study)
+    with open_study(store, study) as (con, study, axes):
         info = con.execute("select file, description, axes from studies where study = ?",
                            [study]).fetchone()
         blocks = con.execute(
