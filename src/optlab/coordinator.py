@@ -30,8 +30,8 @@ from optlab.expand import BlockPlan, RunSpec, all_runs
 from optlab.liveness import WriterLock
 from optlab.plan import plan_runs
 from optlab.pool import LocalPool
+from optlab.progress import RunView, describe_axes
 from optlab.study import Study
-from optlab.view import RunView, describe_axes
 
 FLUSH_SECONDS = 1.0
 BUSY_WARN_SECONDS = 30.0

@@ -115,12 +115,13 @@ def result_html(result: Any) -> str:
 def _figures(con: Any, study: str, axes: list[str], epsilon: float | None,
              probe_names: list[str]) -> tuple[list[tuple[str, Any]], list[str]]:
     """The charts that fit the study's axes, and a line for each that could not be drawn."""
-    from optlab import charts, plot
+    from optlab import charts
     from optlab.errors import OptlabError
+    from optlab.figures import Selection, TooManyPanels
 
     wanted: list[tuple[str, Any]] = []
     if len(axes) >= 2:
-        wanted.append(("heatmap", lambda sel: plot.heatmap_figure(
+        wanted.append(("heatmap", lambda sel: charts.heatmap_figure(
             con, study, axes, axes[0], axes[1], "best_test_acc", sel)))
     wanted.append(("curves", lambda sel: charts.curves_figure(con, study, axes, sel=sel)))
     if charts.LR in axes:
@@ -141,10 +142,10 @@ def _figures(con: Any, study: str, axes: list[str], epsilon: float | None,
     for title, make in wanted:
         try:
             try:
-                figures.append((title, make(plot.Selection())))
-            except plot.TooManyPanels:
+                figures.append((title, make(Selection())))
+            except TooManyPanels:
                 # Too many panels for a page: one per block, the rest pooled (and said).
-                figures.append((title, make(plot.Selection(facet=("block",)))))
+                figures.append((title, make(Selection(facet=("block",)))))
         except OptlabError as e:
             problems.append(f"{title}: {e}")
     return figures, problems

@@ -27,16 +27,16 @@ FacetOption = typer.Option(None, "--facet", help="Panels by these (comma-separat
 
 
 def _selection(where: str | None, blocks: list[str] | None, facet: str | None):
-    from optlab.plot import Selection
+    from optlab.figures import Selection
 
     panels = None if facet is None else tuple(a.strip() for a in facet.split(",") if a.strip())
     return Selection(where, tuple(blocks or ()), panels)
 
 
 def _draw(kind: str, store: Path, out_file: Path | None, study: str | None, make) -> None:
-    from optlab import plot
+    from optlab import figures
 
-    path, figure = plot.draw(store, out_file, study, kind, make)
+    path, figure = figures.draw(store, out_file, study, kind, make)
     out.print(figure.summary(path))
 
 
@@ -54,12 +54,13 @@ def heatmap(
 ) -> None:
     """A metric over two axes, mean over seeds, a panel per block and other axis; cells with
     no finished run coloured by why (diverged, failed, not yet run)."""
-    from optlab import plot
+    from optlab import charts
+    from optlab.results import parse_metric
 
-    plot.parse_metric(metric)
+    parse_metric(metric)
     sel = _selection(where, block, facet)
     _draw("heatmap", store, out_file, study,
-          lambda con, st, axes: plot.heatmap_figure(con, st, axes, x, y, metric, sel))
+          lambda con, st, axes: charts.heatmap_figure(con, st, axes, x, y, metric, sel))
 
 
 @app.command("curves")
@@ -90,9 +91,10 @@ def sensitivity(
     store: Path = StoreOption,
 ) -> None:
     """The final metric against the learning rate, per optimizer; mean with a 95% CI."""
-    from optlab import charts, plot
+    from optlab import charts
+    from optlab.results import parse_metric
 
-    plot.parse_metric(metric)
+    parse_metric(metric)
     sel = _selection(where, block, facet)
     _draw("sensitivity", store, out_file, study,
           lambda con, st, axes: charts.sensitivity_figure(con, st, axes, metric, color, sel))
@@ -107,9 +109,10 @@ def scaling(
     store: Path = StoreOption,
 ) -> None:
     """The optimal LR against batch size, log-log, with the fitted slope per line."""
-    from optlab import charts, plot
+    from optlab import charts
+    from optlab.results import parse_metric
 
-    plot.parse_metric(metric)
+    parse_metric(metric)
     sel = _selection(where, block, facet)
     _draw("scaling", store, out_file, study,
           lambda con, st, axes: charts.scaling_figure(con, st, axes, metric, color, sel))

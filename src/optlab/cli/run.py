@@ -9,7 +9,7 @@ import typer
 
 from optlab.cli.common import StoreOption, err, handles_errors, out
 from optlab.errors import ConfigError, UsageError
-from optlab.view import describe_axes
+from optlab.progress import describe_axes
 
 NAME = "run"
 HELP = ("Run a study (default: the bundled quickstart). Runs already done in the store are "

@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 
 from optlab.cli.common import StoreOption, handles_errors, out
+from optlab.progress import describe_axes
 from optlab.store import STATES
-from optlab.view import describe_axes
 
 NAME = "status"
 HELP = "Per study: runs by state, progress and ETA while running, and the failed runs."
