@@ -39,8 +39,8 @@ CASES = {
     "axis_not_a_key": (BASE + GRID % '"optimiser.lr" = [0.1]',
                        "block 'g': axis optimiser.lr: no such key 'optimiser'; a run config "
                        "has: epochs, precision, lr_scaling, lr_reference_batch, checkpoint, "
-                       "save_weights, divergence, dataset, model, optimizer, lr_schedule, "
-                       "batch_schedule, augmentation, probes"),
+                       "save_weights, divergence, local_sgd, dataset, model, optimizer, "
+                       "lr_schedule, batch_schedule, augmentation, probes"),
     "unknown_top_level_key": (BASE + '\n[[blok]]\nname = "g"\n',
                               "blok: unknown key; allowed: name, description, seeds, base, "
                               "block, analysis"),
