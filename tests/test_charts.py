@@ -224,3 +224,11 @@ def test_the_readme_pooling_example_is_what_the_command_prints(cli, store):
     ((command, expected),) = runs
     result = cli("plot", *command.split()[2:])
     assert result.stdout.splitlines() == expected
+
+
+def test_with_one_seed_a_line_chart_has_no_empty_band(cli, tmp_path):
+    """An area layer with no values makes Vega warn of an infinite extent."""
+    make_store(tmp_path, STUDY.replace("seeds = [0, 1, 2]", "seeds = [0]"), acc)
+    cli("plot", "curves", "--block", "small", "--out", "c.html")
+    spec = (tmp_path / "c.html").read_text()
+    assert '"mark": {"type": "line"' in spec and '"type": "area"' not in spec

@@ -80,11 +80,13 @@ def _line_band(rows: list[dict[str, Any]], x: str, y: str, title: str, lay: Layo
     base = alt.Chart().encode(
         x=alt.X("x:Q", title=x, scale=scale),
         color=alt.Color("color:N", title=color or "", sort=_color_order(rows)))
-    band = base.mark_area(opacity=0.2).encode(
-        y=alt.Y("low:Q", title=y_title or y, scale=alt.Scale(zero=False)), y2="high:Q")
+    y_axis = alt.Y("mean:Q", title=y_title or y, scale=alt.Scale(zero=False))
     line = base.mark_line(point=len(rows) < 200).encode(
-        y="mean:Q", tooltip=["panel:N", "color:N", "x:Q", "mean:Q", "low:Q", "high:Q", "n:Q"])
-    chart = alt.layer(band, line, data=alt.Data(values=jsonable(rows))).properties(
+        y=y_axis, tooltip=["panel:N", "color:N", "x:Q", "mean:Q", "low:Q", "high:Q", "n:Q"])
+    layers = [line]
+    if any(r.get("low") is not None for r in rows):  # none at all with one seed per point
+        layers.insert(0, base.mark_area(opacity=0.2).encode(y="low:Q", y2="high:Q"))
+    chart = alt.layer(*layers, data=alt.Data(values=jsonable(rows))).properties(
         width=480 if len(lay.panels) == 1 else 320, height=300 if len(lay.panels) == 1 else 220)
     full = {"text": title, "subtitle": f"{lay.pooling()}; {BAND}"}
     if len(lay.panels) == 1:
@@ -445,11 +447,13 @@ def gradnorm_figure(con: Any, study: str, axes: list[str], epsilon: float | None
     base = alt.Chart().encode(x=alt.X("x:Q", scale=scale, title=x),
                               color=alt.Color("color:N", title="schedule", sort=order,
                                               legend=alt.Legend(labelLimit=500)))
-    band = base.mark_area(opacity=0.2).encode(
-        y=alt.Y("low:Q", scale=scale, title="full gradient norm"), y2="high:Q")
     line = base.mark_line(point=len(rows) < 200).encode(
-        y="mean:Q", tooltip=["color:N", "epoch:Q", "x:Q", "mean:Q", "n:Q"])
-    layers = [band.transform_filter("datum.low > 0"), line]
+        y=alt.Y("mean:Q", scale=scale, title="full gradient norm"),
+        tooltip=["color:N", "epoch:Q", "x:Q", "mean:Q", "n:Q"])
+    layers = [line]
+    if any((r["low"] or 0) > 0 for r in rows):  # a log scale draws only positive bands
+        layers.insert(0, base.mark_area(opacity=0.2).encode(y="low:Q", y2="high:Q")
+                      .transform_filter("datum.low > 0"))
     subtitle = [f"mean over seeds; {BAND}"]
     if epsilon is not None:
         at = {"sfo": "g.sfo", "sfo_full_batches": "e.sfo_full_batches", "step": "g.steps",
