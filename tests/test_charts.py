@@ -232,3 +232,19 @@ def test_with_one_seed_a_line_chart_has_no_empty_band(cli, tmp_path):
     cli("plot", "curves", "--block", "small", "--out", "c.html")
     spec = (tmp_path / "c.html").read_text()
     assert '"mark": {"type": "line"' in spec and '"type": "area"' not in spec
+
+
+def test_sfo_whiskers_are_a_95_percent_t_interval_over_the_seeds_that_reached(cli, tmp_path):
+    def norms(config, seed):  # seed s first reaches 0.5 at epoch s + 1: SFO 1000 (s + 1)
+        return [[0.4, 0.3, 0.2], [0.9, 0.4, 0.3], [0.9, 0.8, 0.4]][seed]
+
+    make_store(tmp_path, STUDY, acc, grad_norm=norms)
+    result = cli("plot", "sfo", "--epsilon", "0.5", "--block", "small", "--out", "s.html")
+    assert result.exit_code == 0, result.stderr
+    rows = sql_rows(cli, tmp_path / "s.html.sql")
+    assert len(rows) == 4 and all(r["reached"] == 3 for r in rows)
+    half = stats.t.ppf(0.975, 2) * 1000 / math.sqrt(3)
+    for r in rows:
+        assert (r["mean"], r["low"], r["high"]) == pytest.approx((2000, 2000 - half,
+                                                                  2000 + half))
+    assert "whiskers = its 95% t-interval" in (tmp_path / "s.html").read_text()

@@ -376,12 +376,16 @@ def _cell_expr(axes: list[str]) -> str:
 
 
 def sfo_sql(lay: Layout, axes: list[str], epsilon: float) -> str:
-    return f"""select {_cell_expr(axes)} as schedule,
-       avg(g.sfo) as mean, stddev_samp(g.sfo) as std, min(g.sfo) as low, max(g.sfo) as high,
-       count(g.sfo) as reached, count(*) as runs
-from reach_grad_norm({epsilon!r}) g join runs r using (study, run_id)
-where {lay.condition} and g.status = 'done'
-group by all order by mean nulls last, schedule"""
+    return f"""with cells as (
+  select {_cell_expr(axes)} as schedule, avg(g.sfo) as mean, stddev_samp(g.sfo) as std,
+         count(g.sfo) as reached, count(*) as runs
+  from reach_grad_norm({epsilon!r}) g join runs r using (study, run_id)
+  where {lay.condition} and g.status = 'done'
+  group by all)
+select c.*, c.mean - q.t975 * c.std / sqrt(c.reached) as low,
+       c.mean + q.t975 * c.std / sqrt(c.reached) as high
+from cells c left join t_quantiles q on q.df = c.reached - 1
+order by mean nulls last, schedule"""
 
 
 def sfo_figure(con: Any, study: str, axes: list[str], epsilon: float | None,
@@ -399,16 +403,19 @@ def sfo_figure(con: Any, study: str, axes: list[str], epsilon: float | None,
     rows = fetch_rows(con, sql)
     for r in rows:
         r["label"] = f"{r['reached']}/{r['runs']} reached"
+        r["end"] = r["high"] if r["high"] is not None else (r["mean"] or 0)
     base = alt.Chart(alt.Data(values=jsonable(rows))).encode(
         y=alt.Y("schedule:N", sort=None, title="schedule"))
     bars = base.mark_bar().encode(x=alt.X("mean:Q", title=f"SFO to reach |grad| <= {epsilon:g}"),
-                                  tooltip=["schedule:N", "mean:Q", "std:Q", "reached:Q",
-                                           "runs:Q"])
-    whiskers = base.mark_rule().encode(x="low:Q", x2="high:Q")
-    text = base.mark_text(align="left", dx=4).encode(x="high:Q", text="label:N")
+                                  tooltip=["schedule:N", "mean:Q", "std:Q", "low:Q",
+                                           "high:Q", "reached:Q", "runs:Q"])
+    whiskers = base.mark_rule().encode(x="low:Q", x2="high:Q").transform_filter(
+        "isValid(datum.low)")
+    text = base.mark_text(align="left", dx=4).encode(
+        x=alt.X("end:Q"), text="label:N")
     chart = (bars + whiskers + text).properties(
         title=f"{study}: samples (SFO) to reach full gradient norm <= {epsilon:g} (mean over "
-              "the seeds that reached it; whiskers = their range)",
+              "the seeds that reached it; whiskers = its 95% t-interval)",
         width=420, height=max(30 * len(rows), 120))
     return Figure("sfo", chart, sql, len(rows), lay)
 
