@@ -98,3 +98,22 @@ optimizer = { name = "sgd", lr = 0.1 }
     assert result.exit_code == 1 and result.stderr.startswith(
         "Error: l.toml: base: local_sgd: Value error, runs in fp32 or bf16, not amp (one loss "
         "scale would be shared by the workers)")
+
+
+def test_a_growing_batch_is_checked_against_a_workers_shard(cli, tmp_path):
+    from tests.conftest import write_study
+
+    write_study(tmp_path, text="""
+[base]
+epochs = 3
+local_sgd = { workers = 4, local_steps = 2 }
+dataset = { name = "synthetic", train_size = 100 }
+model = { name = "mlp" }
+optimizer = { name = "sgd", lr = 0.1 }
+batch_schedule = { name = "exp_growth", batch_size = 10, incr_interval = 1, rate = 2.0 }
+""", name="g.toml")
+    result = cli("show", "g.toml")
+    # Central, 40 fits in 100 examples; a worker's shard is 25.
+    assert result.exit_code == 1 and result.stderr == (
+        "Error: g.toml: base: batch_schedule: the batch grows to 40 in epoch 3, past the 25 "
+        "training examples of a worker's shard (4 workers)\n")

@@ -258,7 +258,7 @@ class _Expander:
         probes = self.resolve_probes(cfg.get(PROBES_KEY))
         if probes:  # absent when empty, so that run ids of runs without probes stay put
             resolved[PROBES_KEY] = [table for table, _ in probes]
-        self.check(models, resolved["epochs"], probes)
+        self.check(models, resolved["epochs"], probes, resolved.get("local_sgd"))
         return dict(sorted(resolved.items()))
 
     def validate(self, kind: str, key: str, table: dict[str, Any]) -> tuple[Any, Any]:
@@ -298,7 +298,8 @@ class _Expander:
         return out
 
     def check(self, models: dict[str, Any], epochs: int,
-              probes: list[tuple[dict[str, Any], Any]]) -> None:
+              probes: list[tuple[dict[str, Any], Any]],
+              local: dict[str, Any] | None = None) -> None:
         """Cross-checks that need more than one table (a batch past the training set, a
         probe scheduled after the last epoch)."""
         plugin, params, _ = models["dataset"]
@@ -308,13 +309,21 @@ class _Expander:
                 facts.update(plugin.info(params))
             except ValueError as e:
                 raise self.fail("dataset", str(e)) from None
+        if local and facts["train_size"] is not None:
+            # Local SGD: each worker's batches come from its own shard.
+            if facts["train_size"] < local["workers"]:
+                raise self.fail("local_sgd.workers", f"{local['workers']} workers need at "
+                                f"least one training example each (there are "
+                                f"{facts['train_size']})")
+            facts["train_size"] //= local["workers"]
         for slot, (plugin, params, _) in models.items():
             if plugin.check is None:
                 continue
             try:
                 plugin.check(params, **facts)
             except ValueError as e:
-                raise self.fail(slot, str(e)) from None
+                where = f" of a worker's shard ({local['workers']} workers)" if local else ""
+                raise self.fail(slot, f"{e}{where}") from None
         facts["optimizer"] = models["optimizer"][2]
         for i, (table, (plugin, params)) in enumerate(probes):
             if plugin.check is None:
