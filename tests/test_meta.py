@@ -14,8 +14,8 @@ COMMANDS = sorted(get_command(app).commands)
 
 
 def test_the_commands_are_there():
-    assert COMMANDS == ["analyze", "export", "plot", "plugins", "query", "rebuild", "report",
-                        "rm", "run", "show", "status", "weights"]
+    assert COMMANDS == ["analyze", "export", "merge", "plot", "plugins", "query", "rebuild",
+                        "report", "rm", "run", "show", "status", "weights"]
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -26,7 +26,7 @@ def test_every_command_has_help(cli, name):
 
 
 def test_store_option_on_every_command_that_reads_or_writes(cli):
-    for name in ("run", "show", "status", "query", "analyze", "report", "export"):
+    for name in ("run", "show", "status", "query", "analyze", "report", "export", "merge"):
         assert "--store" in cli(name, "--help").stdout
     for chart in ("heatmap", "curves", "sensitivity", "scaling", "sfo", "probes"):
         assert "--store" in cli("plot", chart, "--help").stdout

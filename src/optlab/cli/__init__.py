@@ -34,6 +34,7 @@ def _register() -> None:
     from optlab.cli import (
         analyze,
         export,
+        merge,
         plot,
         plugins,
         query,
@@ -47,7 +48,7 @@ def _register() -> None:
     )
 
     for module in (run, show, status, query, analyze, report, export, weights, rm, rebuild,
-                   plugins):
+                   merge, plugins):
         app.command(name=module.NAME, help=module.HELP)(module.command)
     app.add_typer(plot.app, name="plot")
 

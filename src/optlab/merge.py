@@ -1,0 +1,202 @@
+"""`optlab merge OTHER.duckdb ...`: parts of studies run on machines that share no cluster,
+brought into one store.
+
+A run is its id (a hash of its resolved config and seed), so the same id in two stores is
+the same run. Which copy is kept: a finished run (``done``) over anything else; a run that
+ended (``diverged``, ``failed``) over one that did not; between two unfinished copies, the
+one with more epochs; between two finished copies, this store's (both computed the same
+thing). The kept copy brings its epoch rows, probe values, journal and log; nothing of
+the other copy is mixed in. A study in both stores from the same study file text gets the
+union of its runs. A study whose file differs keeps this store's version: the other's runs
+come into the store but count for the study only once it is run with a file that has them
+(then they are found done), as with any edited study. One id standing for two configs is a
+real conflict: nothing is merged and it is named. All of it is one transaction: an error
+leaves this store as it was.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from optlab.errors import OptlabError
+
+RANK = {"done": 3, "diverged": 2, "failed": 2}  # the rest (unfinished): 1, pending: 0
+
+
+@dataclass
+class Merged:
+    """What one other store brought."""
+
+    other: Path
+    studies_new: list[str] = field(default_factory=list)
+    studies_joined: list[str] = field(default_factory=list)
+    studies_differ: list[str] = field(default_factory=list)
+    runs_new: int = 0
+    runs_replaced: int = 0
+    runs_kept: int = 0
+    epochs: int = 0
+    probes: int = 0
+    adopted: list[str] = field(default_factory=list)  # the runs whose copy came from there
+
+
+def _rank(status: str, epochs: int) -> tuple[int, int]:
+    return (RANK.get(status, 0 if status == "pending" else 1), epochs)
+
+
+def _q(text: str) -> str:
+    return text.replace("'", "''")
+
+
+def merge(store: Path, others: list[Path]) -> list[Merged]:
+    from optlab import store as st
+
+    for other in others:
+        if not other.is_file():
+            raise OptlabError(f"{other}: no such store file")
+        if store.exists() and other.resolve() == store.resolve():
+            raise OptlabError(f"{other}: is this store itself (--store {store})")
+        with st.reading(other, require_runs=False):
+            pass  # an optlab store, not a newer one, and not held by a writer
+    results = []
+    with st.writing(store) as con:
+        st.ensure_schema(con)
+        for other in others:
+            results.append(_merge_one(con, store, other))
+        st._refresh_runs_view(con)
+    for result in results:
+        _copy_files(store, result)
+    return results
+
+
+def _merge_one(con: Any, store: Path, other: Path) -> Merged:
+    from optlab import store as st
+
+    done = Merged(other)
+    con.execute(f"attach '{_q(str(other))}' as other (read_only)")
+    try:
+        _check_conflicts(con, other)
+        theirs = dict(((r, (s, e)) for r, s, e in con.execute(
+            "select r.run_id, r.status, count(e.epoch) from other.run_state r "
+            "left join other.epochs e using (run_id) group by all").fetchall()))
+        ours = dict(((r, (s, e)) for r, s, e in con.execute(
+            "select r.run_id, r.status, count(e.epoch) from run_state r "
+            "left join epochs e using (run_id) where r.run_id in (select run_id from "
+            "other.run_state) group by all").fetchall()))
+        adopt = []
+        for run_id, (status, epochs) in sorted(theirs.items()):
+            if run_id not in ours:
+                adopt.append(run_id)
+                done.runs_new += 1
+            elif _rank(status, epochs) > _rank(*ours[run_id]) and ours[run_id][0] != "done":
+                adopt.append(run_id)
+                done.runs_replaced += 1
+            else:
+                done.runs_kept += 1
+        if adopt:
+            con.execute("create temp table adopt as select unnest(?::varchar[]) as run_id",
+                        [adopt])
+            _add_columns(con)
+            for table in ("epochs", "probes", "run_state"):
+                con.execute(f"delete from {table} where run_id in (select run_id from adopt)")
+            for table in ("run_state", "epochs", "probes"):
+                cols = _shared_columns(con, table)
+                con.execute(f"insert into {table} ({cols}) select {cols} from other.{table} "
+                            "where run_id in (select run_id from adopt)")
+            done.epochs = con.execute("select count(*) from other.epochs where run_id in "
+                                      "(select run_id from adopt)").fetchone()[0]
+            done.probes = con.execute("select count(*) from other.probes where run_id in "
+                                      "(select run_id from adopt)").fetchone()[0]
+            # The adopted copy's log and journal are copied beside this store.
+            con.execute("update run_state set log_path = ? || '/' || run_id || '/log.txt' "
+                        "where run_id in (select run_id from adopt)",
+                        [str(st.artefacts_dir(store))])
+            con.execute("drop table adopt")
+        here = dict(con.execute("select study, source from studies").fetchall())
+        for study, source in con.execute("select study, source from other.studies "
+                                         "order by study").fetchall():
+            if study not in here:
+                done.studies_new.append(study)
+            elif here[study] == source:
+                done.studies_joined.append(study)
+            else:
+                done.studies_differ.append(study)
+        con.execute("insert into studies select * from other.studies "
+                    "where study not in (select study from studies)")
+        con.execute("insert into memberships select * from other.memberships "
+                    "where study not in (select unnest(?::varchar[])) "
+                    "on conflict (study, run_id) do nothing", [done.studies_differ])
+        done.adopted = adopt
+    finally:
+        con.execute("detach other")
+    return done
+
+
+def _check_conflicts(con: Any, other: Path) -> None:
+    clash = con.execute(
+        "select o.run_id from other.run_state o join run_state r using (run_id) "
+        "where o.config::varchar is distinct from r.config::varchar limit 1").fetchone()
+    if clash:
+        raise OptlabError(f"{other}: run {clash[0]} has another config there than here (one "
+                          "id, two configs: the stores were made by incompatible optlab "
+                          "versions); nothing merged")
+
+
+def _columns(con: Any, table: str, catalog: str) -> dict[str, str]:
+    return dict(con.execute(
+        "select column_name, data_type from information_schema.columns where table_name = ? "
+        "and table_catalog = ? order by ordinal_position", [table, catalog]).fetchall())
+
+
+def _add_columns(con: Any) -> None:
+    """Config columns the other store has and this one does not (another study's keys)."""
+    mine = _columns(con, "run_state", _catalog(con))
+    for col, kind in _columns(con, "run_state", "other").items():
+        if col not in mine:
+            con.execute(f'alter table run_state add column "{col}" {kind}')
+
+
+def _catalog(con: Any) -> str:
+    return con.execute("select current_database()").fetchone()[0]
+
+
+def _shared_columns(con: Any, table: str) -> str:
+    theirs = _columns(con, table, "other")
+    return ", ".join(f'"{c}"' for c in _columns(con, table, _catalog(con)) if c in theirs)
+
+
+def _copy_files(store: Path, done: Merged) -> None:
+    """The adopted runs' journals and logs, and the other store's study records."""
+    from optlab import store as st
+
+    src, dst = st.artefacts_dir(done.other), st.artefacts_dir(store)
+    for run_id in done.adopted:
+        if (src / run_id).is_dir():
+            shutil.rmtree(dst / run_id, ignore_errors=True)
+            shutil.copytree(src / run_id, dst / run_id)
+    records = st.studies_record_dir(done.other)
+    if records.is_dir():
+        target = st.studies_record_dir(store)
+        target.mkdir(parents=True, exist_ok=True)
+        for record in sorted(records.glob("*.json")):
+            if not (target / record.name).exists():
+                shutil.copy2(record, target / record.name)
+
+
+def describe(done: Merged) -> str:
+    parts = [f"{done.runs_new} new runs", f"{done.runs_replaced} replaced by a further copy",
+             f"{done.runs_kept} kept as they were here"]
+    studies = []
+    if done.studies_new:
+        studies.append(f"new studies {', '.join(done.studies_new)}")
+    if done.studies_joined:
+        studies.append(f"runs joined to {', '.join(done.studies_joined)}")
+    if done.studies_differ:
+        studies.append(f"{', '.join(done.studies_differ)} from another study file there: "
+                       "this store's version kept, the other's runs count once the study is "
+                       "run with a file that has them")
+    return (f"merged {done.other}: {', '.join(parts)}; {done.epochs} epoch rows and "
+            f"{done.probes} probe values" + (f"; {'; '.join(studies)}" if studies else ""))
+
