@@ -1,0 +1,100 @@
+"""Benchmark: how many events a second the single writer (the coordinator) stores.
+
+Every event of every worker goes through one process, which writes them into DuckDB in
+batches (`store.apply_events` in one transaction, about once a second). This feeds it
+made-up epoch rows and probe events (one value per key: 1 key, as `full_grad_norm`, or 62
+keys, as `grad_norm` per layer of a ResNet-18) for a study of 512 runs, in batches of the
+given sizes, into a store file on this machine's disk, and reports events and values per
+second, best of --repeat.
+
+    python benchmarks/writer_throughput.py [--batches 100,1000,10000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from optlab import store as st  # noqa: E402
+from optlab.events import EPOCH_FIELDS  # noqa: E402
+from tests.synth import make_store  # noqa: E402
+
+STUDY = """
+name = "wide"
+seeds = 8
+[base]
+epochs = 1000
+dataset = { name = "synthetic" }
+model = { name = "mlp" }
+optimizer = { name = "sgd", lr = 0.1 }
+[[block]]
+name = "grid"
+[block.grid]
+"optimizer.lr" = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2]
+"optimizer.weight_decay" = [0.0, 1e-5, 1e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2]
+"""
+
+
+def epoch_events(run_ids: list[str], count: int, start: int) -> list[dict]:
+    out = []
+    for i in range(count):
+        k = start + i
+        run_id, epoch = run_ids[k % len(run_ids)], 1 + k // len(run_ids)
+        row = {f: 0.5 for f in EPOCH_FIELDS}
+        row.update(type="epoch", run_id=run_id, epoch=epoch, step=10 * epoch, time=1e9 + k)
+        out.append(row)
+    return out
+
+
+def probe_events(run_ids: list[str], count: int, start: int, keys: int) -> list[dict]:
+    values = {("global" if keys == 1 else f"layer{j}"): 0.25 for j in range(keys)}
+    return [{"type": "probe", "run_id": run_ids[(start + i) % len(run_ids)], "epoch": 1,
+             "step": start + i, "probe": "grad_norm", "values": values, "time": 1e9 + i}
+            for i in range(count)]
+
+
+def timed(db: Path, batches: list[list[dict]]) -> float:
+    t0 = time.perf_counter()
+    for batch in batches:
+        with st.writing(db) as con:
+            st.apply_events(con, batch)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--batches", default="100,1000,10000")
+    parser.add_argument("--total", type=int, default=20000, help="events per case")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    sizes = [int(b) for b in args.batches.split(",")]
+    print("| events | batch | events/s | values/s |\n|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        db = make_store(folder, STUDY, lambda c, s: 0.5, epochs=0)
+        with st.reading(db) as con:
+            run_ids = [r for (r,) in con.execute("select run_id from run_state order by 1")
+                       .fetchall()]
+        cases = [("epoch rows", lambda n, s: epoch_events(run_ids, n, s), 1),
+                 ("probe, 1 key", lambda n, s: probe_events(run_ids, n, s, 1), 1),
+                 ("probe, 62 keys", lambda n, s: probe_events(run_ids, n, s, 62), 62)]
+        offset = 0
+        for name, make, values in cases:
+            for size in sizes:
+                best = float("inf")
+                for _ in range(args.repeat):
+                    batches = [make(size, offset + i * size)
+                               for i in range(max(1, args.total // size))]
+                    offset += size * len(batches)
+                    best = min(best, timed(db, batches) / (size * len(batches)))
+                print(f"| {name} | {size} | {1 / best:,.0f} | {values / best:,.0f} |",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()
