@@ -5,7 +5,9 @@ batches (`store.apply_events` in one transaction, about once a second). This fee
 made-up epoch rows and probe events (one value per key: 1 key, as `full_grad_norm`, or 62
 keys, as `grad_norm` per layer of a ResNet-18) for a study of 512 runs, in batches of the
 given sizes, into a store file on this machine's disk, and reports events and values per
-second, best of --repeat.
+second, best of --repeat. The baseline, in the same run on the same events, is the
+statement-per-row writer optlab used before (``executemany`` for rows, one UPDATE per run
+for journal times), on fewer events because it is slow.
 
     python benchmarks/writer_throughput.py [--batches 100,1000,10000] [--repeat 3]
 """
@@ -58,11 +60,30 @@ def probe_events(run_ids: list[str], count: int, start: int, keys: int) -> list[
             for i in range(count)]
 
 
-def timed(db: Path, batches: list[list[dict]]) -> float:
+def row_by_row(con, events: list[dict]) -> None:
+    """The writer before bulk inserts: a statement per row and per run."""
+    epochs = [[e["run_id"], *(e.get(f) for f in EPOCH_FIELDS)] for e in events
+              if e["type"] == "epoch"]
+    probes = [[e["run_id"], e["epoch"], e["step"], e["probe"], k, v] for e in events
+              if e["type"] == "probe" for k, v in e["values"].items()]
+    if epochs:
+        marks = ", ".join("?" for _ in range(len(EPOCH_FIELDS) + 1))
+        con.executemany(f"insert or replace into epochs values ({marks})", epochs)
+    if probes:
+        con.executemany("insert into probes values (?, ?, ?, ?, ?, ?)", probes)
+    times: dict[str, float] = {}
+    for e in events:
+        times[e["run_id"]] = max(times.get(e["run_id"], 0.0), e["time"])
+    for run_id, at in times.items():
+        con.execute("update run_state set journal_time = greatest(coalesce(journal_time, 0), "
+                    "?) where run_id = ?", [at, run_id])
+
+
+def timed(db: Path, batches: list[list[dict]], apply=st.apply_events) -> float:
     t0 = time.perf_counter()
     for batch in batches:
         with st.writing(db) as con:
-            st.apply_events(con, batch)
+            apply(con, batch)
     return time.perf_counter() - t0
 
 
@@ -70,10 +91,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batches", default="100,1000,10000")
     parser.add_argument("--total", type=int, default=20000, help="events per case")
+    parser.add_argument("--baseline-total", type=int, default=2000,
+                        help="events per case for the row-by-row baseline")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     sizes = [int(b) for b in args.batches.split(",")]
-    print("| events | batch | events/s | values/s |\n|---|---|---|---|")
+    print("| events | batch | row by row: events/s | bulk: events/s | bulk: values/s | "
+          "speed-up |\n|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         db = make_store(folder, STUDY, lambda c, s: 0.5, epochs=0)
@@ -86,14 +110,19 @@ def main() -> None:
         offset = 0
         for name, make, values in cases:
             for size in sizes:
-                best = float("inf")
-                for _ in range(args.repeat):
-                    batches = [make(size, offset + i * size)
-                               for i in range(max(1, args.total // size))]
-                    offset += size * len(batches)
-                    best = min(best, timed(db, batches) / (size * len(batches)))
-                print(f"| {name} | {size} | {1 / best:,.0f} | {values / best:,.0f} |",
-                      flush=True)
+                per_event = {}
+                for how, apply, total in (("before", row_by_row, args.baseline_total),
+                                          ("bulk", st.apply_events, args.total)):
+                    best = float("inf")
+                    for _ in range(args.repeat):
+                        batches = [make(size, offset + i * size)
+                                   for i in range(max(1, total // size))]
+                        offset += size * len(batches)
+                        best = min(best, timed(db, batches, apply) / (size * len(batches)))
+                    per_event[how] = best
+                before, bulk = per_event["before"], per_event["bulk"]
+                print(f"| {name} | {size} | {1 / before:,.0f} | {1 / bulk:,.0f} | "
+                      f"{values / bulk:,.0f} | {before / bulk:.1f}x |", flush=True)
 
 
 if __name__ == "__main__":
