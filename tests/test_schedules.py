@@ -129,3 +129,15 @@ def test_cosine_t_max_default_is_the_run_and_must_outlast_the_warmup():
         [same(t / 4, 0.25, 0) for t in range(120)]
     with pytest.raises(ValueError, match="t_max = 2 must be longer than the warmup"):
         reg.get("lr_schedule", "cosine").params(warmup_epochs=2, t_max=2)
+
+
+def test_a_capped_growth_schedule_is_checked_without_walking_every_epoch():
+    """Once at its cap a growth schedule stays there: a run of 10^12 epochs loads at once."""
+    import time
+
+    sched = REG.get("batch_schedule", "exp_growth")
+    params = sched.params.model_validate({"batch_size": 16, "incr_interval": 1, "rate": 2.0,
+                                          "max_batch_size": 64})
+    t0 = time.perf_counter()
+    sched.check(params, epochs=10**12, train_size=1000)
+    assert time.perf_counter() - t0 < 1.0

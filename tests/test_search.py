@@ -118,3 +118,11 @@ def test_bad_search_tables_are_one_line_errors(cli, tmp_path, replace, message):
     assert result.exit_code == 1
     assert result.stderr.startswith(f"Error: bad.toml: block 'tune': {message}")
     assert result.stderr.count("\n") == 1
+
+
+def test_a_search_too_large_is_refused_before_it_is_drawn(cli, tmp_path):
+    write_study(tmp_path, text=STUDY.format(kind="sobol", n=10**12), name="huge.toml")
+    result = cli("show", "huge.toml")
+    assert result.exit_code == 1 and result.stderr.startswith(
+        "Error: huge.toml: the study expands to up to 1,000,000,000,000 runs, more than the "
+        "limit of 100,000")

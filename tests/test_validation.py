@@ -18,6 +18,9 @@ optimizer = { name = "sgd", lr = 0.1 }
 GRID = '\n[[block]]\nname = "g"\ngrid = { %s }\n'
 
 CASES = {
+    "too_many_seeds": ("seeds = 1000000000000\n" + BASE,
+                       "seeds: Input should be less than or equal to 100000 (given "
+                       "1000000000000)"),
     "unknown_plugin": (BASE.replace('"sgd"', '"sgdd"'),
                        "base: optimizer.name: unknown optimizer 'sgdd'; did you mean 'sgd'? "
                        "Registered: adam, adamw, lamb, lars, sgd"),

@@ -90,9 +90,10 @@ def expand(study: Study, registry: Registry | None = None,
     limit = max_runs if max_runs is not None else max_runs_default()
     bound = 0
     for index, block in enumerate(study.blocks):
-        groups, _ = _Expander(study, block, index, registry).axis_groups()
+        # Sizes only: a search of n = 10^12 points is refused here, not drawn.
+        sizes = _Expander(study, block, index, registry).group_sizes()
         seeds = seed_list(block.seeds) if block.seeds is not None else study.seeds
-        bound += math.prod(len(g) for g in groups) * len(seeds)
+        bound += math.prod(sizes) * len(seeds)
     if bound > limit:
         raise ConfigError(f"{study.file}: the study expands to up to {bound:,} runs, more than "
                           f"the limit of {limit:,}; check its axes, or raise the limit with "
@@ -153,6 +154,22 @@ class _Expander:
                                 f"(given {table['name']!r})")
 
     # ---- axes --------------------------------------------------------------------------
+    def group_sizes(self) -> list[int]:
+        """How many values each axis group has, without drawing a search's points."""
+        block = self.block
+        if not block.search:
+            return [len(g) for g in self.axis_groups()[0]]
+        from optlab import search
+
+        plain = Block(**{**block.model_dump(), "search": {}})
+        sizes = [len(g) for g in _Expander(self.study, plain, 0, self.registry)
+                 .axis_groups()[0]]
+        try:
+            _, n, _, _ = search.parse(block.search)
+        except search.SearchError as e:
+            raise self.fail(e.key, e.problem) from None
+        return [*sizes, n]
+
     def axis_groups(self) -> tuple[list[list[dict[str, Any]]], dict[str, list[Any]]]:
         groups: list[list[dict[str, Any]]] = []
         axes: dict[str, list[Any]] = {}

@@ -6,6 +6,7 @@ Every error names the file, the dotted key, what was given and what is allowed.
 from __future__ import annotations
 
 import copy
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -126,7 +127,10 @@ RUN_DEFAULTS: dict[str, Any] = {
 PROBES_KEY = "probes"
 RUN_KEYS = tuple(RunSettings.model_fields) + tuple(PLUGIN_SLOTS) + (PROBES_KEY,)
 
-Seeds = Annotated[int, Field(ge=1)] | list[int]
+# `seeds = N` means 0..N-1; more seeds than the default run limit is surely a slip (and a
+# list of 10^12 seeds would not fit in memory).
+MAX_SEEDS = 100_000
+Seeds = Annotated[int, Field(ge=1, le=MAX_SEEDS)] | list[int]
 
 
 class Block(BaseModel):
@@ -283,11 +287,16 @@ def _set_in_file(raw: dict[str, Any], key: str, value: Any, path: Path) -> None:
     node[parts[-1]] = copy.deepcopy(value)
 
 
+_UNION_TAG = re.compile(r"^(constrained-\w+|function-\w+\[.*\]|(list|dict|tuple)\[.*\]|int|"
+                        r"float|str|bool)$")
+
+
 def describe_validation_error(err: ValidationError, model: type[BaseModel] | None = None,
                               prefix: str = "") -> str:
     """One line for the first problem: ``key: what is wrong (given X)``."""
     first = err.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
+    # Drop pydantic's names of union branches ("seeds.constrained-int" -> "seeds").
+    loc = ".".join(str(p) for p in first["loc"] if not _UNION_TAG.match(str(p)))
     key = f"{prefix}{loc}" if loc else prefix.rstrip(".")
     if first["type"] == "extra_forbidden":
         allowed = _allowed_keys(model, first["loc"][:-1]) if model else []

@@ -73,10 +73,14 @@ def _builder(make: Callable[[Any], Callable[[int], int]], grows: bool = True):
         if train_size is None or not grows:
             return  # a constant batch beyond the training set is full-batch training
         at = make(params)
+        cap = getattr(params, "max_batch_size", None)
         for epoch in range(epochs):
-            if at(epoch) > train_size:
-                raise ValueError(f"the batch grows to {at(epoch)} in epoch {epoch + 1}, past "
+            size = at(epoch)
+            if size > train_size:
+                raise ValueError(f"the batch grows to {size} in epoch {epoch + 1}, past "
                                  f"the {train_size} training examples")
+            if cap is not None and size >= cap:
+                break  # growth schedules only grow: it stays at the cap from here
 
     return build, check
 
