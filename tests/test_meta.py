@@ -28,7 +28,7 @@ def test_every_command_has_help(cli, name):
 def test_store_option_on_every_command_that_reads_or_writes(cli):
     for name in ("run", "show", "status", "query", "analyze", "report", "export", "merge"):
         assert "--store" in cli(name, "--help").stdout
-    for chart in ("heatmap", "curves", "sensitivity", "scaling", "sfo", "probes"):
+    for chart in ("heatmap", "curves", "sensitivity", "scaling", "sfo", "gradnorm", "probes"):
         assert "--store" in cli("plot", chart, "--help").stdout
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from optlab.errors import OptlabError
 from optlab.events import EPOCH_FIELDS
-from optlab.figures import Figure, Layout, Selection, layout
+from optlab.figures import Figure, Layout, Selection, label_sql, layout
 from optlab.results import fetch_rows, jsonable, parse_metric, q, reduce_sql
 from optlab.store import config_column
 
@@ -370,9 +370,7 @@ def _cell_expr(axes: list[str]) -> str:
     """SQL for a run's block and every axis value: a schedule's own bar, nothing pooled."""
     if not axes:
         return "r.block"
-    parts = " || ', ' || ".join(f"'{a}=' || coalesce(r.\"{config_column(a)}\"::varchar, '-')"
-                                for a in axes)
-    return f"r.block || ': ' || {parts}"
+    return "r.block || ': ' || " + " || ', ' || ".join(label_sql(a) for a in axes)
 
 
 def sfo_sql(lay: Layout, axes: list[str], epsilon: float) -> str:

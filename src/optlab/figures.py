@@ -52,7 +52,7 @@ class Layout:
     def panel_sql(self) -> str:
         if not self.facet:
             return "'all'"
-        parts = [_label_sql(a) for a in self.facet]
+        parts = [label_sql(a) for a in self.facet]
         return "concat_ws(' · ', " + ", ".join(parts) + ")"
 
     def pooling(self, over: str = "seeds") -> str:
@@ -62,7 +62,8 @@ class Layout:
         return f"mean over {over} and POOLED over {', '.join(self.pooled)}"
 
 
-def _label_sql(axis: str) -> str:
+def label_sql(axis: str) -> str:
+    """SQL of a run's ``axis=value`` (``block NAME`` for the block), for labels."""
     if axis == "block":
         return "'block ' || r.block"
     return f"'{axis}=' || coalesce(r.\"{config_column(axis)}\"::varchar, '-')"

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from optlab.errors import OptlabError
+from optlab.results import q
 
 RANK = {"done": 3, "diverged": 2, "failed": 2}  # the rest (unfinished): 1, pending: 0
 
@@ -44,10 +45,6 @@ class Merged:
 
 def _rank(status: str, epochs: int) -> tuple[int, int]:
     return (RANK.get(status, 0 if status == "pending" else 1), epochs)
-
-
-def _q(text: str) -> str:
-    return text.replace("'", "''")
 
 
 def merge(store: Path, others: list[Path]) -> list[Merged]:
@@ -75,7 +72,7 @@ def _merge_one(con: Any, store: Path, other: Path) -> Merged:
     from optlab import store as st
 
     done = Merged(other)
-    con.execute(f"attach '{_q(str(other))}' as other (read_only)")
+    con.execute(f"attach '{q(str(other))}' as other (read_only)")
     try:
         _check_conflicts(con, other)
         theirs = dict(((r, (s, e)) for r, s, e in con.execute(

@@ -43,6 +43,8 @@ import numpy as np
 
 from optlab.analyze import (
     ALPHA,
+    REGIME,
+    WARMUP,
     Result,
     Run,
     _argbest,
@@ -58,7 +60,6 @@ from optlab.analyze import (
 from optlab.errors import OptlabError
 from optlab.study import AnalysisSettings
 
-WARMUP, REGIME = "lr_schedule.warmup_epochs", "dataset.examples_per_class"
 H1_RANGE = (500, 5000)
 
 H1 = "warmup benefit peaks at intermediate dataset sizes (500-5,000 examples)"
