@@ -110,6 +110,11 @@ def test_gradnorm_marks_where_each_schedule_first_reaches_epsilon(store):
     (["probes", "--key", "layer9"], "--key 'layer9': probe full_grad_norm has no such key; it "
      "has global"),
     (["curves", "--out", "c.pdf"], "--out c.pdf: use a file ending in .html, .png, .svg"),
+    (["gradnorm", "--x", "time"], "--x 'time': use sfo, sfo_full_batches, step or epoch"),
+    (["gradnorm", "--epsilon", "-1"], "--epsilon: the full gradient norm to reach, a positive "
+     "number"),
+    (["curves", "--color", "cells"], "--color cells: the study does not vary it; it varies "
+     "optimizer.lr, batch_schedule.batch_size"),
 ])
 def test_chart_errors_are_one_line(cli, store, args, message):
     result = cli("plot", *args)
