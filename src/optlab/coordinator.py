@@ -17,6 +17,7 @@ import os
 import signal
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,10 @@ from rich.console import Console
 from optlab import store as st
 from optlab.devices import Slot
 from optlab.errors import StoreBusy, StoreFull
+from optlab.executors import Executor, LocalExecutor
 from optlab.expand import BlockPlan, RunSpec, all_runs
 from optlab.liveness import WriterLock
 from optlab.plan import plan_runs
-from optlab.pool import LocalPool
 from optlab.progress import RunView, describe_axes
 from optlab.study import Study
 
@@ -50,8 +51,10 @@ class Outcome:
 
 class Coordinator:
     def __init__(self, store: Path, specs: list[RunSpec], session_id: str, view: RunView,
-                 lock: WriterLock | None = None):
+                 lock: WriterLock | None = None,
+                 nodes: Callable[[], dict[str, int]] | None = None):
         self.store, self.session_id, self.view, self.lock = store, session_id, view, lock
+        self.nodes = nodes or dict
         self.specs = {s.run_id: s for s in specs}
         self.batch: list[dict[str, Any]] = []
         self.worker_of: dict[str, str] = {}
@@ -71,6 +74,9 @@ class Coordinator:
             self.worker_of[run_id] = event["worker"]
             self.view.worker_started_run(event["worker"], self.label(spec),
                                          spec.config["epochs"])
+            return
+        if kind == "note":
+            self.view.note(event["text"])
             return
         if kind == "silent":
             self.view.silent(event["worker"], event["seconds"])
@@ -158,7 +164,7 @@ class Coordinator:
     def _write(self, batch: list[dict[str, Any]], ended: bool) -> None:
         with st.writing(self.store, timeout=0.5) as con:
             st.apply_events(con, batch)
-            st.heartbeat(con, self.session_id, ended=ended)
+            st.heartbeat(con, self.session_id, ended=ended, nodes=self.nodes())
 
 
 @dataclass
@@ -197,11 +203,12 @@ def prepare(store: Path, study: Study, plans: list[BlockPlan], retry_failed: boo
     return Prepared(todo, states, found, int(epochs), points)
 
 
-async def _drive(coord: Coordinator, pool: LocalPool, todo: list[RunSpec]) -> None:
+async def _drive(coord: Coordinator, executor: Executor, todo: list[RunSpec],
+                 slots: list[Slot], extra: Any) -> None:
     stop = asyncio.Event()
     flusher = asyncio.create_task(coord.flusher(stop))
     try:
-        await pool.run(todo, coord.sink)
+        await executor.run(todo, slots, coord.sink, extra)
     finally:
         stop.set()
         await asyncio.shield(flusher)
@@ -242,18 +249,20 @@ async def _wait(event: asyncio.Event, seconds: float) -> bool:
 
 def execute(store: Path, study: Study, prepared: Prepared, slots: list[Slot],
             console: Console, lock: WriterLock | None = None,
-            stall_timeout: float = 600.0) -> Outcome:
-    """Run the planned runs on a local pool. Ctrl-C stops the workers and leaves the runs
-    resumable; more Ctrl-Cs are acknowledged, and a third gives up waiting for a busy store."""
+            stall_timeout: float = 600.0, executor: Executor | None = None) -> Outcome:
+    """Run the planned runs on ``executor`` (default: the local pool). Ctrl-C stops the
+    workers and leaves the runs resumable; more Ctrl-Cs are acknowledged, and a third gives
+    up waiting for a busy store."""
     todo = prepared.todo
+    executor = executor or LocalExecutor(store, stall_timeout)
     session_id = uuid.uuid4().hex[:12]
     with st.writing(store) as con:
-        st.start_session(con, session_id, study.name, len(slots), len(todo))
+        st.start_session(con, session_id, study.name, len(slots), len(todo), executor.name)
     if lock is not None:
         lock.beat(session=session_id, study=study.name)
     started = time.monotonic()
     view = RunView(console, len(todo), [s.label for s in slots])
-    coord = Coordinator(store, todo, session_id, view, lock)
+    coord = Coordinator(store, todo, session_id, view, lock, executor.nodes)
 
     def extra(spec: RunSpec, slot: Slot) -> dict[str, Any]:
         point = prepared.resume.get(spec.run_id, {})
@@ -261,16 +270,14 @@ def execute(store: Path, study: Study, prepared: Prepared, slots: list[Slot],
                 "resume_upto": point.get("resume_upto", 0),
                 "threads": point.get("threads") or slot.threads}
 
-    pool = LocalPool(slots, store, stall_timeout=stall_timeout, task_extra=extra)
-
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        drive = asyncio.create_task(_drive(coord, pool, todo))
+        drive = asyncio.create_task(_drive(coord, executor, todo, slots, extra))
         give_up = asyncio.Event()
         signals = 0
 
         def stop_pool() -> None:
-            pool.stopping = True
+            executor.halt()
             drive.cancel()
 
         def on_signal() -> None:

@@ -15,7 +15,7 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,8 @@ class LocalPool:
                 await proc.stdin.drain()
             except (BrokenPipeError, ConnectionResetError):
                 pass  # it died between runs; read_events sees EOF and reports it
-            ended = await self._pump(proc, sink, slot, spec.run_id)
+            ended = await pump(lambda t, p=proc: asyncio.wait_for(p.stdout.readline(), t),
+                               sink, slot.label, spec.run_id, self.stall_timeout)
             if ended == "ended":
                 continue
             if ended == "stalled":
@@ -91,10 +92,8 @@ class LocalPool:
             if ended == "disk_full":
                 self.stopping = True
                 continue
-            why = (f"worker {slot.label} stalled: no progress for {self.stall_timeout:.0f} s "
-                   "(stopped or hung), so it was killed" if ended == "stalled" else
-                   f"worker {slot.label} died ({_describe_exit(code)}) during the run")
-            _note_in_log(log_path(self.store, spec.run_id), why)
+            why = stall_message(slot.label, ended, code, self.stall_timeout)
+            note_in_log(log_path(self.store, spec.run_id), why)
             sink({"type": "failed", "run_id": spec.run_id, "time": time.time(),
                   "origin": "pool", "error": f"{why}; see {self.worker_log(slot)} and the "
                                              "run's log"})
@@ -103,50 +102,6 @@ class LocalPool:
             with contextlib.suppress(ProcessLookupError):
                 await proc.wait()
             self._procs.discard(proc)
-
-    async def _pump(self, proc: asyncio.subprocess.Process, sink: Sink, slot: Slot,
-                    run_id: str) -> str:
-        """Forward events until the run's terminal one ("ended"), the worker's end ("died"),
-        a full disk ("disk_full"), or stall_timeout seconds without progress ("stalled")."""
-        heard = moved = time.monotonic()
-        progress, started, reported = None, False, False
-        while True:
-            try:
-                line = await asyncio.wait_for(proc.stdout.readline(), CHECK_EVERY)
-            except TimeoutError:
-                now = time.monotonic()
-                if now - heard > SILENT_AFTER and not reported:
-                    reported = True
-                    sink({"type": "silent", "run_id": run_id, "worker": slot.label,
-                          "seconds": now - heard})
-                if now - heard > self.stall_timeout or (
-                        started and now - moved > self.stall_timeout):
-                    return "stalled"
-                continue
-            if not line:
-                return "died"
-            heard = time.monotonic()
-            if reported:
-                reported = False
-                sink({"type": "silent", "run_id": run_id, "worker": slot.label, "seconds": 0})
-            try:
-                event = decode(line)
-            except ValueError:
-                continue  # not an event: something wrote to the channel; ignore it
-            kind = event["type"]
-            if kind == "heartbeat":
-                if event.get("progress") != progress:
-                    progress, moved = event.get("progress"), heard
-                continue
-            if kind == "ready":
-                continue
-            moved = heard
-            started = started or kind in ("started", "resumed")
-            sink(event)
-            if kind == "disk_full":
-                return "disk_full"
-            if kind in TERMINAL:
-                return "ended"
 
     async def stop(self, grace: float = 5.0) -> None:
         procs = [p for p in self._procs if p.returncode is None]
@@ -164,7 +119,61 @@ class LocalPool:
         self._procs.clear()
 
 
-def _note_in_log(path: Path, why: str) -> None:
+Read = Callable[[float], Awaitable[bytes]]
+
+
+async def pump(read: Read, sink: Sink, worker: str, run_id: str, stall_timeout: float) -> str:
+    """Forward a worker's events for one run until its terminal one ("ended"), the worker's
+    end ("died"), a full disk ("disk_full"), or ``stall_timeout`` seconds without progress
+    ("stalled"). ``read(timeout)`` gives the next line (b"" at the end) or raises
+    TimeoutError; every executor reads its workers through this."""
+    heard = moved = time.monotonic()
+    progress, started, reported = None, False, False
+    while True:
+        try:
+            line = await read(CHECK_EVERY)
+        except TimeoutError:
+            now = time.monotonic()
+            if now - heard > SILENT_AFTER and not reported:
+                reported = True
+                sink({"type": "silent", "run_id": run_id, "worker": worker,
+                      "seconds": now - heard})
+            if now - heard > stall_timeout or (started and now - moved > stall_timeout):
+                return "stalled"
+            continue
+        if not line:
+            return "died"
+        heard = time.monotonic()
+        if reported:
+            reported = False
+            sink({"type": "silent", "run_id": run_id, "worker": worker, "seconds": 0})
+        try:
+            event = decode(line)
+        except ValueError:
+            continue  # not an event: something wrote to the channel; ignore it
+        kind = event["type"]
+        if kind == "heartbeat":
+            if event.get("progress") != progress:
+                progress, moved = event.get("progress"), heard
+            continue
+        if kind == "ready":
+            continue
+        moved = heard
+        started = started or kind in ("started", "resumed")
+        sink(event)
+        if kind == "disk_full":
+            return "disk_full"
+        if kind in TERMINAL:
+            return "ended"
+
+
+def stall_message(worker: str, ended: str, code: int | None, stall_timeout: float) -> str:
+    return (f"worker {worker} stalled: no progress for {stall_timeout:.0f} s (stopped or "
+            "hung), so it was killed" if ended == "stalled" else
+            f"worker {worker} died ({describe_exit(code)}) during the run")
+
+
+def note_in_log(path: Path, why: str) -> None:
     """A worker that dies without a word (a segfault, os._exit) leaves at least this."""
     with contextlib.suppress(OSError), open(path, "a") as f:
         f.write(f"\noptlab: {why}\n")
@@ -175,7 +184,7 @@ def _signal_group(proc: asyncio.subprocess.Process, sig: int) -> None:
         os.killpg(proc.pid, sig)
 
 
-def _describe_exit(code: int | None) -> str:
+def describe_exit(code: int | None) -> str:
     if code is not None and code < 0:
         try:
             return f"killed by {signal.Signals(-code).name}"

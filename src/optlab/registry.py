@@ -24,6 +24,7 @@ GROUPS: dict[str, str] = {
     "batch_schedule": "optlab.batch_schedules",
     "augmentation": "optlab.augmentations",
     "probe": "optlab.probes",
+    "executor": "optlab.executors",
 }
 
 

@@ -29,6 +29,8 @@ class StudyStatus:
     problems: list[dict[str, Any]] = field(default_factory=list)
     unfinished: list[dict[str, Any]] = field(default_factory=list)
     gone: str | None = None  # the writer that left runs marked running, when it is gone
+    executor: str | None = None  # of the live session
+    nodes: dict[str, int] = field(default_factory=dict)  # node -> slots running there now
 
     @property
     def total(self) -> int:
@@ -68,16 +70,24 @@ def _one(con: Any, store: Path, name: str, writer: Writer | None) -> StudyStatus
         counts[status] = n
     result = StudyStatus(name, counts)
     now = time.time()
+    columns = {c for (c,) in con.execute("select column_name from information_schema.columns "
+                                         "where table_name = 'sessions'").fetchall()}
+    where = "executor, nodes" if "nodes" in columns else "null, null"  # an older store
     sessions = con.execute(
-        "select session_id, pid, hostname, epoch(heartbeat_at), workers from sessions "
-        "where study = ? and ended_at is null order by started_at", [name]).fetchall()
+        f"select session_id, pid, hostname, epoch(heartbeat_at), workers, {where} "
+        "from sessions where study = ? and ended_at is null order by started_at",
+        [name]).fetchall()
     live = [s for s in sessions if _session_alive(s[:4], writer, now)]
     result.active_workers = sum(s[4] or 0 for s in live)
+    for s in live:
+        result.executor = s[5] or "local"
+        for node, slots in json.loads(s[6] or "{}").items():
+            result.nodes[node] = result.nodes.get(node, 0) + slots
     # Runs a writer that is gone left behind: those marked running, and pending ones whose
     # journals show they started (the writer died before the store heard of it).
     cut: dict[str, tuple[int, int]] = {}
     if sessions and not live:
-        _, pid, host, heartbeat, _ = sessions[-1]
+        _, pid, host, heartbeat = sessions[-1][:4]
         ago = f", last heartbeat {_ago(now - heartbeat)} ago" if heartbeat else ""
         gone = f"pid {pid} on {host}{ago}"
         for run_id, status in con.execute(

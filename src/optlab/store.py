@@ -221,6 +221,9 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"alter table epochs add column if not exists {col} bigint")
     for col, kind in RUN_STATE_ADDED:
         con.execute(f"alter table run_state add column if not exists {col} {kind}")
+    # The executor of each session, and the nodes (name -> slots) its workers run on.
+    for col in ("executor", "nodes"):
+        con.execute(f"alter table sessions add column if not exists {col} varchar")
     con.execute("insert or replace into meta values ('schema_version', ?)",
                 [str(SCHEMA_VERSION)])
     _refresh_runs_view(con)
@@ -590,16 +593,25 @@ def set_checkpoint_dirs(con: duckdb.DuckDBPyConnection, dirs: dict[str, str]) ->
 
 
 def start_session(con: duckdb.DuckDBPyConnection, session_id: str, study: str, workers: int,
-                  planned: int) -> None:
+                  planned: int, executor: str = "local") -> None:
     import socket
 
     # The caller holds the store's writer lock: a session still open is one whose writer died.
     con.execute("update sessions set ended_at = heartbeat_at where ended_at is null")
-    con.execute("insert into sessions values (?, ?, ?, ?, now(), now(), null, ?, ?)",
-                [session_id, study, os.getpid(), socket.gethostname(), workers, planned])
+    con.execute("insert into sessions (session_id, study, pid, hostname, started_at, "
+                "heartbeat_at, ended_at, workers, planned, executor) "
+                "values (?, ?, ?, ?, now(), now(), null, ?, ?, ?)",
+                [session_id, study, os.getpid(), socket.gethostname(), workers, planned,
+                 executor])
 
 
-def heartbeat(con: duckdb.DuckDBPyConnection, session_id: str, ended: bool = False) -> None:
+def heartbeat(con: duckdb.DuckDBPyConnection, session_id: str, ended: bool = False,
+              nodes: dict[str, int] | None = None) -> None:
+    """The session lives (and, with ``nodes``, runs slots on these nodes now)."""
     extra = ", ended_at = now()" if ended else ""
+    params: list[Any] = [session_id]
+    if nodes is not None:
+        extra += ", nodes = ?"
+        params.insert(0, json.dumps(nodes, sort_keys=True))
     con.execute(f"update sessions set heartbeat_at = now(){extra} where session_id = ?",
-                [session_id])
+                params)

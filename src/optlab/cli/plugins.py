@@ -14,9 +14,11 @@ HELP = "List registered plugins: name, kind, distribution, description and param
 @handles_errors
 def command(
     kind: str = typer.Argument(None, help="Only this kind: dataset, model, optimizer, "
-                               "lr_schedule, batch_schedule, augmentation, probe.",
+                               "lr_schedule, batch_schedule, augmentation, probe, executor.",
                                show_default=False),
 ) -> None:
+    from rich.markup import escape
+
     from optlab.registry import GROUPS, default_registry, unknown_name_message
 
     registry = default_registry()
@@ -31,7 +33,7 @@ def command(
                 broken.append(str(e))
                 continue
             out.print(f"{k} [bold]{name}[/bold] ({info.distribution}): "
-                      f"{info.plugin.description}")
+                      f"{escape(info.plugin.description)}")
             for pname, ptype, default in info.param_rows():
                 out.print(f"    {pname}: {ptype} = {default}", markup=False)
     if broken:

@@ -41,22 +41,24 @@ def command(
     max_runs: int = typer.Option(None, "--max-runs", envvar="OPTLAB_MAX_RUNS",
                                  help="Refuse a study that expands to more runs than this "
                                       "(default 100,000).", show_default=False),
+    executor_name: str = typer.Option(
+        "local", "--executor", help="Where runs train: local (this machine) or ray (a Ray "
+        "cluster; pip install 'optlab[ray]'). See optlab plugins executor."),
+    address: str = typer.Option(
+        None, "--address", help="With --executor ray: the cluster to join, auto or "
+        "HOST:PORT. Default: start Ray on this machine.", show_default=False),
     store: Path = StoreOption,
 ) -> None:
-    from optlab import devices
-    from optlab.coordinator import execute, prepare
+    from optlab import executors
     from optlab.expand import all_runs, expand
-    from optlab.liveness import writer_lock
     from optlab.store import check_store
     from optlab.study import load_study
 
     # Everything the user gave is checked before the store is touched.
     if stall_timeout <= 0:
         raise UsageError(f"--stall-timeout {stall_timeout:g}: give a number of seconds > 0")
-    available = devices.visible_gpus()
-    chosen = devices.parse_gpus(gpus if gpus is not None else ("all" if available else "none"),
-                                available)
-    devices.make_slots(chosen, per_gpu, workers)
+    if executor_name == "local":  # the slots are checked before anything slow
+        executors.LocalExecutor(store).make_slots(gpus, per_gpu, workers, None)
     spec = load_study(study, sets)
     plans = expand(spec, max_runs=max_runs)
     total = len(all_runs(plans))
@@ -66,6 +68,32 @@ def command(
     # Datasets are fetched (or found missing) before any run starts or the store is touched.
     os.environ["OPTLAB_DATA"] = str(data_dir.resolve())
     prepare_datasets(spec, all_runs(plans), data_dir)
+    from optlab.preparing import dataset_tables
+
+    executor = executors.create(
+        executor_name, {"address": address}, store=store, stall_timeout=stall_timeout,
+        data_dir=data_dir.resolve(), checkpoints_shared=checkpoint_dir is not None,
+        datasets=dataset_tables(all_runs(plans)))
+    try:
+        executor.make_slots(gpus, per_gpu, workers, None)
+        outcome = _run(spec, plans, total, store, retry_failed, checkpoint_dir, executor,
+                       gpus, per_gpu, workers, stall_timeout)
+    finally:
+        executor.close()
+    if outcome is None:
+        return
+    if outcome.interrupted:
+        raise typer.Exit(130)
+    if outcome.stopped or any(s == "failed" for s in outcome.statuses.values()):
+        raise typer.Exit(1)
+
+
+def _run(spec, plans, total, store, retry_failed, checkpoint_dir, executor, gpus, per_gpu,
+         workers, stall_timeout):
+    """From the store's lock to the summary; None when there was nothing to run."""
+    from optlab.coordinator import execute, prepare
+    from optlab.liveness import writer_lock
+
     with writer_lock(store) as lock:
         prepared = prepare(store, spec, plans, retry_failed,
                            checkpoint_dir.resolve() if checkpoint_dir else None)
@@ -76,23 +104,19 @@ def command(
             failed = sum(1 for s in states.values() if s == "failed")
             hint = f"; {failed} failed (run again with --retry-failed)" if failed else ""
             out.print(f"Nothing to run: all {total} runs of {spec.name} are finished{hint}.")
-            return
-        cpu_workers = workers if workers is not None else min(os.cpu_count() or 1, len(todo))
-        slots = devices.make_slots(chosen, per_gpu, cpu_workers)
-        where = (f"{len(chosen)} GPU(s) x {per_gpu}" if chosen else "CPU")
+            return None
+        slots = executor.make_slots(gpus, per_gpu, workers, len(todo))
+        where = executor.where(slots)
         resuming = sum(1 for r in todo if prepared.resume.get(r.run_id, {}).get("resume_upto"))
         out.print(f"{spec.name}: running {len(todo)} of {total} runs "
                   f"({total - len(todo)} already finished) on {len(slots)} worker(s) "
-                  f"[{where}, {slots[0].threads} thread(s) each]; store {store}")
+                  f"[{where}, {slots[0].threads} thread(s) each]; store {store}", markup=False)
         if resuming:
             out.print(f"  {resuming} of them resume from their last checkpoint where they have "
                       "one")
-        outcome = execute(store, spec, prepared, slots, out, lock, stall_timeout)
+        outcome = execute(store, spec, prepared, slots, out, lock, stall_timeout, executor)
     _summary(spec.name, todo, outcome, store)
-    if outcome.interrupted:
-        raise typer.Exit(130)
-    if outcome.stopped or any(s == "failed" for s in outcome.statuses.values()):
-        raise typer.Exit(1)
+    return outcome
 
 
 def check_folder(folder: Path, option: str) -> None:
@@ -106,25 +130,12 @@ def check_folder(folder: Path, option: str) -> None:
 
 
 def prepare_datasets(spec, runs, data_dir: Path) -> None:
-    from optlab.registry import default_registry
+    from optlab.preparing import dataset_tables, prepare
 
-    registry = default_registry()
-    seen: set[str] = set()
-    for run in runs:
-        table = run.config["dataset"]
-        key = repr(sorted(table.items()))
-        if key in seen:
-            continue
-        seen.add(key)
-        plugin = registry.get("dataset", table["name"])
-        prepare = plugin.preparer()
-        if prepare is None:
-            continue
-        params = plugin.params(**{k: v for k, v in table.items() if k != "name"})
-        try:
-            prepare(params, data_dir=str(data_dir))
-        except (ValueError, OSError) as e:
-            raise ConfigError(f"{spec.file}: dataset {e}") from None
+    try:
+        prepare(dataset_tables(runs), data_dir)
+    except (ValueError, OSError) as e:
+        raise ConfigError(f"{spec.file}: dataset {e}") from None
 
 
 def _report_recovery(prepared) -> None:

@@ -37,7 +37,10 @@ def command(
     out.print(table)
     for s in results:
         if s.active_workers:
-            out.print(f"{s.study}: running on {s.active_workers} worker(s)")
+            nodes = ", ".join(f"{node} {n}" for node, n in sorted(s.nodes.items()))
+            where = f" ({s.executor}: {nodes})" if nodes else ""
+            out.print(f"{s.study}: running on {s.active_workers} worker(s){where}",
+                      markup=False)
         if s.gone:
             out.print(f"{s.study}: interrupted (writer gone: {s.gone}); run the study again "
                       "to resume", markup=False)
