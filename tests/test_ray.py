@@ -1,0 +1,201 @@
+"""The Ray executor against real Ray clusters on this machine: one node started by optlab,
+and two-node clusters from Ray's own test utility (each node its own raylet and one CPU).
+Every epoch row and probe value must equal the local executor's, bit for bit on the CPU,
+whatever happens to the nodes."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from tests.conftest import optlab, write_study
+from tests.test_cli_e2e import start, wait_for
+from tests.test_survival import STUDY, events_in_journals, results, statuses
+
+ray = pytest.importorskip("ray")
+cluster_utils = pytest.importorskip("ray.cluster_utils")
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+
+def study(folder: Path, width: int = 512) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_study(folder, text=STUDY.format(width=width), name="long.toml")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[list, list]:
+    """The study on the local executor, two workers of one thread each."""
+    folder = tmp_path_factory.mktemp("reference")
+    study(folder)
+    optlab("run", "long.toml", "--workers", "2", cwd=folder, check=True)
+    epochs, probes = results(folder)
+    assert len(epochs) == 16 and probes
+    return epochs, probes
+
+
+@pytest.fixture
+def cluster(monkeypatch):
+    """A head node with one CPU; tests add nodes. No OPTLAB_DATA leaks into the nodes."""
+    monkeypatch.delenv("OPTLAB_DATA", raising=False)
+    c = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    yield c
+    c.shutdown()
+
+
+def journals(folder: Path) -> dict[str, list[dict]]:
+    out = {}
+    for path in (folder / "optlab.runs").glob("*/events.jsonl"):
+        events = []
+        for line in path.read_text().splitlines():
+            try:
+                events.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        out[path.parent.name] = events
+    return out
+
+
+def query(folder: Path, sql: str) -> list[tuple]:
+    con = duckdb.connect(str(folder / "optlab.duckdb"), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_a_study_on_a_local_ray_equals_the_local_executor(tmp_path, reference):
+    study(tmp_path)
+    proc = optlab("run", "long.toml", "--executor", "ray", "--gpus", "none", "--workers", "2",
+                  cwd=tmp_path, check=True)
+    assert "[ray, CPU" in proc.stdout and "Traceback" not in proc.stderr
+    assert results(tmp_path) == reference
+    # shipped to this machine: the final weights beside the store, the logs, the journals
+    for run_id, weights, log, worker in query(
+            tmp_path, "select run_id, weights_path, log_path, worker from runs"):
+        assert Path(weights) == tmp_path / "optlab.checkpoints" / run_id / "final.pt"
+        assert Path(weights).stat().st_size > 0
+        assert f"run {run_id}" in (tmp_path / log).read_text()
+        assert worker.startswith("cpu/") and "@" in worker
+    assert all(e[-1]["type"] == "finished" for e in journals(tmp_path).values())
+    assert query(tmp_path, "select executor from sessions") == [("ray",)]
+    again = optlab("run", "long.toml", "--executor", "ray", cwd=tmp_path, check=True)
+    assert "Nothing to run" in again.stdout
+
+
+def test_a_node_removed_mid_study_loses_nothing(tmp_path, reference, cluster):
+    second = cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    study(tmp_path)
+    proc = start(["run", "long.toml", "--executor", "ray", "--address", cluster.address,
+                  "--workers", "2"], tmp_path)
+    suffix = second.node_id[:6]
+
+    def checkpointed_on_second() -> str | None:
+        for run_id, events in journals(tmp_path).items():
+            starts = [e for e in events if e["type"] in ("started", "resumed")]
+            if (starts and starts[-1]["provenance"]["worker"].endswith(suffix)
+                    and events[-1]["type"] == "checkpoint" and events[-1]["epoch"] <= 6):
+                return run_id
+        return None
+
+    victim = wait_for(checkpointed_on_second, timeout=120, every=0.05)
+    # While it runs, status names the executor and both nodes.
+    status = optlab("status", cwd=tmp_path).stdout
+    assert "(ray: " in status and suffix in status
+    cluster.remove_node(second)
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out + err
+    assert "was lost" in out and victim in out
+    assert results(tmp_path) == reference  # nothing lost, nothing twice
+    (attempts, resumed), = query(tmp_path, "select attempts, resumed_from from runs "
+                                           f"where run_id = '{victim}'")
+    assert attempts == 2 and resumed >= 1
+    # the resumed attempt ran on the node that is left
+    last = [e for e in journals(tmp_path)[victim] if e["type"] == "resumed"][-1]
+    assert not last["provenance"]["worker"].endswith(suffix)
+
+
+@pytest.mark.parametrize("first,then", [("ray", "local"), ("local", "ray")])
+def test_ctrl_c_leaves_runs_that_the_other_executor_finishes(tmp_path, reference, first,
+                                                             then):
+    study(tmp_path)
+    scratch = set(Path("/tmp").glob("optlab-*/cpu-*"))
+    proc = start(["run", "long.toml", "--executor", first, "--workers", "2"], tmp_path)
+    wait_for(lambda: events_in_journals(tmp_path, "checkpoint") >= 2, timeout=120, every=0.02)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err
+    before = statuses(tmp_path)
+    assert "running" not in before.values() and "interrupted" in before.values()
+    assert set(Path("/tmp").glob("optlab-*/cpu-*")) <= scratch, "the slots' scratch was left"
+    optlab("run", "long.toml", "--executor", then, "--workers", "2", cwd=tmp_path, check=True)
+    assert results(tmp_path) == reference
+    resumed = query(tmp_path, "select count(*) from runs where resumed_from >= 1")[0][0]
+    assert resumed >= 1
+
+
+CIFAR_STUDY = """
+name = "c"
+seeds = [0, 1, 2]
+[base]
+epochs = 2
+dataset = { name = "cifar10" }
+model = { name = "mlp", hidden = [8] }
+optimizer = { name = "sgd", lr = 0.01 }
+batch_schedule = { name = "constant", batch_size = 20 }
+"""
+
+
+def test_a_node_that_cannot_prepare_the_data_is_named_once_and_gets_no_runs(tmp_path,
+                                                                           cluster):
+    from tests import fake_data
+
+    fake_data.make_cifar10(tmp_path / "data")
+    cluster.add_node(num_cpus=1, env_vars={"OPTLAB_DATA": "/dev/null/data"})
+    cluster.wait_for_nodes()
+    write_study(tmp_path, text=CIFAR_STUDY, name="c.toml")
+    proc = optlab("run", "c.toml", "--executor", "ray", "--address", cluster.address,
+                  "--workers", "2", cwd=tmp_path, check=True)
+    assert proc.stdout.count("gets no runs: cannot prepare the datasets in /dev/null/data") \
+        == 1, proc.stdout
+    assert statuses(tmp_path) and set(statuses(tmp_path).values()) == {"done"}
+    assert len({w for (w,) in query(tmp_path, "select worker from runs")}) == 1
+
+
+def test_bad_cluster_options_are_one_line(tmp_path):
+    study(tmp_path)
+    for args, message in [
+        (["--address", "127.0.0.1:1"], "Error: --address 127.0.0.1:1: no Ray head answers "
+                                       "there (Connection refused)"),
+        (["--address", "nohost"], "Error: --address 'nohost': give auto or HOST:PORT"),
+        (["--gpus", "0-3"], "Error: --gpus '0-3': GPU 0 is not present (GPUs here: none) in "
+                            "the Ray cluster"),
+    ]:
+        proc = optlab("run", "long.toml", "--executor", "ray", *args, cwd=tmp_path)
+        assert proc.returncode != 0
+        assert proc.stderr.splitlines()[-1].startswith(message), proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert not (tmp_path / "optlab.duckdb").exists()
+    proc = optlab("run", "long.toml", "--address", "auto", cwd=tmp_path)
+    assert proc.stderr == "Error: --address: not an option of --executor local\n"
+
+
+def test_without_ray_the_executor_names_the_extra(tmp_path, monkeypatch, cli):
+    import sys
+
+    study(tmp_path)
+    for name in [m for m in sys.modules if m == "ray" or m.startswith(("ray.",
+                                                                       "optlab.ray_"))]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    result = cli("run", "long.toml", "--executor", "ray")
+    assert result.exit_code == 2
+    assert result.stderr == ("Error: --executor ray needs ray, which is not installed: "
+                             "pip install 'optlab[ray]'\n")
+    assert not (tmp_path / "optlab.duckdb").exists()
