@@ -4,8 +4,10 @@ Each executor runs the same study (20 runs: 10 learning rates x 2 seeds of a sma
 synthetic data, 4 epochs) into a fresh store with the same slots (``--workers 2`` on the
 CPU), alternating, ``--repeat`` times. Reported per executor, as the median over repeats:
 
-- makespan: the wall time of the whole ``optlab run`` (the Ray executor's includes starting
-  a local Ray instance and its actors);
+- makespan: the wall time of the whole ``optlab run``. ``ray`` starts a local Ray instance
+  inside it (as ``optlab run --executor ray`` does without ``--address``); ``ray-joined``
+  joins one already running (``ray start --head`` before the repeats, ``--address auto``),
+  as on a cluster; both start their actors inside it;
 - session: the coordinator's session, from the first run handed out to the last event
   written (Ray's start-up excluded);
 - event latency: for every event, the time from the worker writing it to its journal to
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,8 +66,10 @@ def one(executor: str, folder: Path) -> dict[str, float]:
     os.chdir(folder)
     t0 = time.perf_counter()
     try:
-        app(["run", "study.toml", "--executor", executor, "--gpus", "none",
-             "--workers", "2", "--store", "optlab.duckdb"], standalone_mode=False)
+        where = (["--executor", "ray", "--address", "auto"] if executor == "ray-joined"
+                 else ["--executor", executor])
+        app(["run", "study.toml", *where, "--gpus", "none", "--workers", "2",
+             "--store", "optlab.duckdb"], standalone_mode=False)
     finally:
         makespan = time.perf_counter() - t0
         os.chdir(cwd)
@@ -87,10 +92,14 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     args = ap.parse_args()
     lrs = [round(0.005 * (i + 1), 4) for i in range(args.runs // 2)]
-    results: dict[str, list[dict[str, float]]] = {"local": [], "ray": []}
+    order = ("local", "ray", "ray-joined")
+    results: dict[str, list[dict[str, float]]] = {e: [] for e in order}
+    ray_cli = str(Path(sys.executable).parent / "ray")
+    subprocess.run([ray_cli, "start", "--head", "--num-cpus", "2", "--include-dashboard=false",
+                    "--disable-usage-stats"], check=True, capture_output=True)
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeat):
-            for executor in (("local", "ray") if r % 2 == 0 else ("ray", "local")):
+            for executor in (order if r % 2 == 0 else order[::-1]):
                 folder = Path(tmp) / f"{executor}-{r}"
                 folder.mkdir()
                 (folder / "study.toml").write_text(STUDY.format(epochs=args.epochs, lrs=lrs))
@@ -99,16 +108,18 @@ def main() -> None:
                 results[executor].append(got)
                 print(f"repeat {r} {executor}: " + ", ".join(
                     f"{k} {v:.3f}" for k, v in got.items()), flush=True)
+    subprocess.run([ray_cli, "stop"], check=True, capture_output=True)
     med = {e: {k: statistics.median(x[k] for x in rs) for k in rs[0]}
            for e, rs in results.items()}
     print(f"\n{args.runs} runs x {args.epochs} epochs, 2 CPU slots, median of {args.repeat}:")
-    print(f"{'':8}{'makespan s':>12}{'session s':>12}{'latency ms (median)':>22}"
+    print(f"{'':12}{'makespan s':>12}{'session s':>12}{'latency ms (median)':>22}"
           f"{'latency ms (p99)':>18}{'events':>8}")
     for e, m in med.items():
-        print(f"{e:8}{m['makespan']:12.2f}{m['session']:12.2f}{m['lat_median_ms']:22.2f}"
+        print(f"{e:12}{m['makespan']:12.2f}{m['session']:12.2f}{m['lat_median_ms']:22.2f}"
               f"{m['lat_p99_ms']:18.2f}{m['events']:8.0f}")
-    print(f"ray / local: makespan {med['ray']['makespan'] / med['local']['makespan']:.3f}x, "
-          f"session {med['ray']['session'] / med['local']['session']:.3f}x")
+    for e in order[1:]:
+        print(f"{e} / local: makespan {med[e]['makespan'] / med['local']['makespan']:.3f}x, "
+              f"session {med[e]['session'] / med['local']['session']:.3f}x")
 
 
 if __name__ == "__main__":

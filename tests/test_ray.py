@@ -125,7 +125,10 @@ def test_ctrl_c_leaves_runs_that_the_other_executor_finishes(tmp_path, reference
                                                              then):
     study(tmp_path)
     scratch = set(Path("/tmp").glob("optlab-*/cpu-*"))
-    proc = start(["run", "long.toml", "--executor", first, "--workers", "2"], tmp_path)
+    # a folder every node reaches: the Ray executor writes there instead of shipping
+    shared = ["--checkpoint-dir", str(tmp_path / "shared")]
+    proc = start(["run", "long.toml", "--executor", first, "--workers", "2", *shared],
+                 tmp_path)
     wait_for(lambda: events_in_journals(tmp_path, "checkpoint") >= 2, timeout=120, every=0.02)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -134,10 +137,14 @@ def test_ctrl_c_leaves_runs_that_the_other_executor_finishes(tmp_path, reference
     before = statuses(tmp_path)
     assert "running" not in before.values() and "interrupted" in before.values()
     assert set(Path("/tmp").glob("optlab-*/cpu-*")) <= scratch, "the slots' scratch was left"
-    optlab("run", "long.toml", "--executor", then, "--workers", "2", cwd=tmp_path, check=True)
+    optlab("run", "long.toml", "--executor", then, "--workers", "2", *shared, cwd=tmp_path,
+           check=True)
     assert results(tmp_path) == reference
     resumed = query(tmp_path, "select count(*) from runs where resumed_from >= 1")[0][0]
     assert resumed >= 1
+    weights = [Path(w) for (w,) in query(tmp_path, "select weights_path from runs")]
+    assert all(w.parent.parent == tmp_path / "shared" and w.is_file() for w in weights)
+    assert not (tmp_path / "optlab.checkpoints").exists()
 
 
 CIFAR_STUDY = """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -72,6 +74,12 @@ def test_plugin_builds_and_works(kind, name, data_dir):
     elif kind == "augmentation":
         aug = REG.create(kind, name, params, input_shape=(3, 8, 8))
         assert aug(torch.randn(4, 3, 8, 8), torch.Generator()).shape == (4, 3, 8, 8)
+    elif kind == "executor" and name == "local":
+        executor = REG.create(kind, name, params, store=Path("optlab.duckdb"))
+        slots = executor.make_slots("none", 1, 2, None)
+        assert [(s.label, s.gpu) for s in slots] == [("cpu/0", None), ("cpu/1", None)]
+    elif kind == "executor":  # tests/test_ray.py runs it on real clusters
+        assert info.plugin.params(address="auto").address == "auto"
 
 
 def test_unknown_name_lists_the_registered_and_the_closest():

@@ -15,7 +15,8 @@ Every event has ``type`` and ``run_id``. Types:
   ``finished`` carries ``weights`` (the saved file, or null) and ``elapsed`` (seconds over
   all attempts).
 
-Sent to the pool only, never journaled: ``ready`` (a worker is up), ``heartbeat`` (every few
+Sent to the pool only, never journaled: ``ready`` (a worker is up), ``idle`` (it is done
+with a run and its files, after the run's terminal event), ``heartbeat`` (every few
 seconds: ``progress`` counts steps, so a hung worker shows as one that makes none), and
 ``disk_full`` (the worker could not write its journal or a checkpoint and exits; the run
 stays resumable). Events the pool makes itself carry ``origin = "pool"``.

@@ -156,7 +156,7 @@ async def pump(read: Read, sink: Sink, worker: str, run_id: str, stall_timeout: 
             if event.get("progress") != progress:
                 progress, moved = event.get("progress"), heard
             continue
-        if kind == "ready":
+        if kind in ("ready", "idle"):
             continue
         moved = heard
         started = started or kind in ("started", "resumed")

@@ -85,6 +85,7 @@ class SlotWorker:
         self.scratch = root / f"optlab-{session}" / label.replace("/", "-")
         self.proc: asyncio.subprocess.Process | None = None
         self.lines: asyncio.Queue | None = None
+        self.idle: dict[str, asyncio.Event] = {}  # run_id -> the worker is done with it
         self.node = ""
 
     async def start(self) -> dict[str, Any]:
@@ -124,10 +125,19 @@ class SlotWorker:
         """The worker's lines, each with the file it names when that file must travel."""
         while True:
             line = await proc.stdout.readline()
+            if line.startswith(b'{"type":"idle"'):
+                done = self.idle.get(decode(line)["run_id"])
+                if done is not None:
+                    done.set()
+                continue
+            if not line:
+                for done in self.idle.values():
+                    done.set()
             attached = None
             if line and self.ship and any(k.encode() in line for k in SHIPPED):
                 event = decode(line)
-                path = event.get("path") or event.get("weights")
+                path = event.get({"checkpoint": "path", "finished": "weights"}.get(
+                    event["type"], ""))
                 if path:
                     with contextlib.suppress(OSError):
                         attached = await asyncio.to_thread(Path(path).read_bytes)
@@ -141,6 +151,7 @@ class SlotWorker:
         if self.proc is None or self.proc.returncode is not None:
             await self._start_worker()
         run_id = task["run_id"]
+        self.idle[run_id] = asyncio.Event()
         task = {**task, "journal": str(self.scratch / "journals" / f"{run_id}.jsonl"),
                 "log": str(self.scratch / "logs" / f"{run_id}.log")}
         (self.scratch / "logs").mkdir(parents=True, exist_ok=True)
@@ -170,8 +181,14 @@ class SlotWorker:
     async def exit_code(self) -> int | None:
         return await self.proc.wait() if self.proc is not None else None
 
-    async def take_log(self, run_id: str) -> bytes:
-        """The run's log on this node (then removed, with its journal here)."""
+    async def take_log(self, run_id: str, wait: float = 60.0) -> bytes:
+        """The run's log on this node, once the worker is done with the run; then its files
+        here are removed."""
+        done = self.idle.get(run_id)
+        if done is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), wait)
+            self.idle.pop(run_id, None)
         log = self.scratch / "logs" / f"{run_id}.log"
         try:
             data = log.read_bytes()
@@ -246,10 +263,8 @@ class RayExecutor:
         if address not in (None, "auto"):
             _reachable(address)
         try:
-            if address is None:
-                ray.init(**options)
-            else:
-                ray.init(address=address, **options)
+            # "local" starts a Ray of its own even where one runs already
+            ray.init(address=address or "local", **options)
         except Exception as e:  # noqa: BLE001 - Ray raises many kinds; one line for each
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             where = f"--address {address}" if address else "starting Ray on this machine"

@@ -249,7 +249,10 @@ def main() -> None:
     beat = Heartbeat(events, lock)
     for line in sys.stdin:
         if line.strip():
-            run_task(json.loads(line), events, cache, info, lock, beat)
+            task = json.loads(line)
+            run_task(task, events, cache, info, lock, beat)
+            # Done with the run's files (its log, checkpoints) until the next task.
+            send(events, lock, encode({"type": "idle", "run_id": task["run_id"]}) + "\n")
 
 
 if __name__ == "__main__":
