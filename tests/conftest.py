@@ -69,3 +69,18 @@ def optlab(*args: str, cwd: Path, timeout: float = 240, env: dict[str, str] | No
         raise AssertionError(f"optlab {' '.join(args)} exited {proc.returncode}:\n"
                              f"{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[list, list]:
+    """The `long` study of tests/test_survival.py run once without interruption on the
+    local executor, two workers (one thread each here): what every interrupted or
+    elsewhere-run copy of it must equal."""
+    from tests.test_survival import results, study
+
+    folder = tmp_path_factory.mktemp("reference")
+    study(folder)
+    optlab("run", "long.toml", "--workers", "2", cwd=folder, check=True)
+    epochs, probes = results(folder)
+    assert len(epochs) == 16 and probes
+    return epochs, probes

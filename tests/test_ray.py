@@ -14,28 +14,12 @@ import pytest
 
 from tests.conftest import optlab, write_study
 from tests.test_cli_e2e import start, wait_for
-from tests.test_survival import STUDY, events_in_journals, results, statuses
+from tests.test_survival import events_in_journals, results, statuses, study
 
 ray = pytest.importorskip("ray")
 cluster_utils = pytest.importorskip("ray.cluster_utils")
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
-
-
-def study(folder: Path, width: int = 512) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    return write_study(folder, text=STUDY.format(width=width), name="long.toml")
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> tuple[list, list]:
-    """The study on the local executor, two workers of one thread each."""
-    folder = tmp_path_factory.mktemp("reference")
-    study(folder)
-    optlab("run", "long.toml", "--workers", "2", cwd=folder, check=True)
-    epochs, probes = results(folder)
-    assert len(epochs) == 16 and probes
-    return epochs, probes
 
 
 @pytest.fixture

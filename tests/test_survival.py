@@ -100,17 +100,6 @@ def _state(pid: int) -> str:
         return "zombie"
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> tuple[list, list]:
-    """The study run once without interruption, two workers (one thread each here)."""
-    folder = tmp_path_factory.mktemp("reference")
-    study(folder)
-    optlab("run", "long.toml", "--workers", "2", cwd=folder, check=True)
-    epochs, probes = results(folder)
-    assert len(epochs) == 16 and probes
-    return epochs, probes
-
-
 def kill_during_a_checkpoint_write(folder: Path) -> bool:
     """Start the study and kill -9 it all (workers first, as a machine that dies) as soon as
     a checkpoint is being written; True when the torn temporary file was left behind."""
