@@ -98,6 +98,28 @@ def test_adamw_decouples_weight_decay():
     close(model.weight, expected)
 
 
+def test_lion_two_steps_sign_of_interpolated_momentum_and_decoupled_decay():
+    # step 1: m0 = 0, c = (1 - b1) g -> sign(g); w1 = w0 (1 - lr wd) - lr sign(g);
+    #         m1 = (1 - b2) g
+    # step 2 with g2 = -g / 2: c = b1 (1 - b2) g - (1 - b1) g / 2 = -0.041 g -> -sign(g)
+    lr, wd, (b1, b2) = 0.01, 0.1, (0.9, 0.99)
+    model = Tiny()
+    opt = REG.create("optimizer", "lion", {"lr": lr, "weight_decay": wd}, model=model)
+    for scale in (1.0, -0.5):
+        model.weight.grad = torch.tensor(GW) * scale
+        model.bias.grad = torch.tensor(GB) * scale
+        opt.step()
+    sign = [math.copysign(1.0, g) for _, g in WG]
+    assert b1 * (1 - b2) - (1 - b1) * 0.5 < 0  # the second step's direction flips
+    w1 = [w * (1 - lr * wd) - lr * s for (w, _), s in zip(WG, sign, strict=True)]
+    close(model.weight, [w * (1 - lr * wd) + lr * s for w, s in zip(w1, sign, strict=True)])
+    m2 = [b2 * (1 - b2) * g + (1 - b2) * (-0.5 * g) for _, g in WG]
+    close(opt.state[model.weight]["exp_avg"], m2)
+    # every coordinate moves by lr (besides the decay), whatever its gradient's size
+    moved = [abs(w0 * (1 - lr * wd) - w) for (w0, _), w in zip(WG, w1, strict=True)]
+    assert moved == pytest.approx([lr] * len(moved))
+
+
 def test_lars_layerwise_trust_ratio_and_momentum():
     lr, wd, tc, eps = 0.5, 0.01, 0.001, 1e-8
     model, opt = stepped("lars", lr=lr, weight_decay=wd, trust_coefficient=tc, eps=eps,

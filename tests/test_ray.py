@@ -159,6 +159,25 @@ def test_a_node_that_cannot_prepare_the_data_is_named_once_and_gets_no_runs(tmp_
     assert len({w for (w,) in query(tmp_path, "select worker from runs")}) == 1
 
 
+
+def test_when_no_node_can_prepare_the_data_the_runs_wait_and_the_exit_says_so(tmp_path,
+                                                                           monkeypatch):
+    from tests import fake_data
+
+    monkeypatch.delenv("OPTLAB_DATA", raising=False)
+    fake_data.make_cifar10(tmp_path / "data")  # here, on the driver, but on no node
+    write_study(tmp_path, text=CIFAR_STUDY, name="c.toml")
+    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "env_vars": {"OPTLAB_DATA": "/dev/null/data"}})
+    try:
+        proc = optlab("run", "c.toml", "--executor", "ray", "--address", cluster.address,
+                      cwd=tmp_path)
+    finally:
+        cluster.shutdown()
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "gets no runs" in proc.stdout and "3 run(s) not started" in proc.stdout
+    assert set(statuses(tmp_path).values()) == {"pending"}
+
 def test_bad_cluster_options_are_one_line(tmp_path):
     study(tmp_path)
     for args, message in [

@@ -1,5 +1,6 @@
-"""LARS and LAMB. Neither modifies ``p.grad``; each keeps the last trust ratio of every
-parameter in ``optimizer.state[p]["trust_ratio"]`` (a 0-d tensor, on the device) for probes.
+"""LARS, LAMB and Lion. LARS and LAMB do not modify ``p.grad``; each keeps the last trust
+ratio of every parameter in ``optimizer.state[p]["trust_ratio"]`` (a 0-d tensor, on the
+device) for probes.
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from typing import Any
 
 import torch
 
-from optlab.builtins.optimizers import LAMBParams, LARSParams, param_groups
+from optlab.builtins.optimizers import LAMBParams, LARSParams, LionParams, param_groups
 
 
 def _trust(numerator: torch.Tensor, denominator: torch.Tensor, coefficient: float
@@ -103,3 +104,37 @@ def build_lamb(params: LAMBParams, *, model: Any, **_: Any) -> LAMB:
     groups = param_groups(model, params.weight_decay, params.exclude_bias_norm)
     return LAMB(groups, lr=params.lr, betas=params.betas, eps=params.eps,
                 weight_decay=params.weight_decay, trust_coefficient=params.trust_coefficient)
+
+
+class Lion(torch.optim.Optimizer):
+    """c = b1 m + (1 - b1) g; w -= lr (sign(c) + wd w); m = b2 m + (1 - b2) g
+    (Chen et al. 2023, "Symbolic Discovery of Optimization Algorithms", Algorithm 2)."""
+
+    def __init__(self, params, lr: float, betas: tuple[float, float], weight_decay: float):
+        super().__init__(params, {"lr": lr, "betas": betas, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = torch.enable_grad()(closure)() if closure is not None else None
+        for group in self.param_groups:
+            (b1, b2), lr, wd = group["betas"], group["lr"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["exp_avg"] = torch.zeros_like(p)
+                m = state["exp_avg"]
+                update = m.mul(b1).add_(p.grad, alpha=1 - b1).sign_()
+                if wd:
+                    p.mul_(1 - lr * wd)
+                p.add_(update, alpha=-lr)
+                m.mul_(b2).add_(p.grad, alpha=1 - b2)
+        return loss
+
+
+def build_lion(params: LionParams, *, model: Any, **_: Any) -> Lion:
+    groups = param_groups(model, params.weight_decay, params.exclude_bias_norm)
+    for g in groups:
+        g.pop("adapt", None)
+    return Lion(groups, lr=params.lr, betas=params.betas, weight_decay=params.weight_decay)

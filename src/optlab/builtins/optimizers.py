@@ -1,4 +1,5 @@
-"""Built-in optimizers: SGD, Adam, AdamW (torch.optim), and LARS and LAMB (optlab's own).
+"""Built-in optimizers: SGD, Adam, AdamW (torch.optim), and LARS, LAMB and Lion (optlab's
+own).
 
 Every optimizer can keep biases and normalisation parameters (every parameter with fewer
 than two dimensions) out of weight decay: ``exclude_bias_norm``. For LARS and LAMB that
@@ -64,6 +65,15 @@ class LAMBParams(Params):
     exclude_bias_norm: bool = True
 
 
+class LionParams(Params):
+    # The paper's defaults; its advice is an LR 3-10x smaller and a decay 3-10x larger than
+    # AdamW's, since the sign makes every coordinate's step as large as the LR.
+    lr: PositiveLR = 1e-4
+    betas: tuple[Momentum, Momentum] = (0.9, 0.99)
+    weight_decay: Decay = 0.0
+    exclude_bias_norm: bool = False
+
+
 def param_groups(model: Any, weight_decay: float, exclude_bias_norm: bool) -> list[dict]:
     """One group, or two: weights with decay, and biases/norm parameters without (and, for
     the layer-wise optimizers, without adaptation: ``adapt = False``)."""
@@ -101,3 +111,5 @@ lars = Plugin("LARS (You et al. 2017): SGD with momentum and a layer-wise trust 
               LARSParams, "optlab.builtins._optim:build_lars")
 lamb = Plugin("LAMB (You et al. 2019): Adam moments with a layer-wise trust ratio", LAMBParams,
               "optlab.builtins._optim:build_lamb")
+lion = Plugin("Lion (Chen et al. 2023): the sign of interpolated momentum, with decoupled "
+              "weight decay", LionParams, "optlab.builtins._optim:build_lion")

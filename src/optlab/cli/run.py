@@ -84,7 +84,10 @@ def command(
         return
     if outcome.interrupted:
         raise typer.Exit(130)
-    if outcome.stopped or any(s == "failed" for s in outcome.statuses.values()):
+    # A run failed, the study stopped early, or runs were left without a slot that could
+    # take them (every node the executor had could not prepare the datasets).
+    if outcome.stopped or any(s == "failed" for s in outcome.statuses.values()) or \
+            len(outcome.statuses) < outcome.planned:
         raise typer.Exit(1)
 
 
