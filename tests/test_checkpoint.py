@@ -70,6 +70,11 @@ OPTIMIZERS = {
     "adamw": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05},
     "lars": {"name": "lars", "lr": 0.5, "momentum": 0.9, "weight_decay": 1e-4},
     "lamb": {"name": "lamb", "lr": 1e-2, "weight_decay": 0.01},
+    "lion": {"name": "lion", "lr": 1e-3, "weight_decay": 0.1},
+    "sam": {"name": "sam", "rho": 0.05, "base": "sgd", "lr": 0.05, "momentum": 0.9},
+    # checkpointed in eval mode (x in the parameters), trained in train mode (y)
+    "schedulefree_adamw": {"name": "schedulefree_adamw", "lr": 1e-2, "weight_decay": 0.01,
+                           "warmup_steps": 5},
 }
 
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import pytest
 import torch
 
-from optlab.engine import DataCache, train
+from optlab.engine import DataCache, evaluate, train
 from optlab.registry import default_registry
 
 
@@ -153,3 +154,75 @@ def test_the_default_divergence_rule_and_that_it_is_not_part_of_a_run_id():
     assert RunSettings(epochs=1, divergence=False).divergence is None
     cfg = config()
     assert run_id_for({**cfg, "divergence": {"loss_factor": 10.0}}, 0) == run_id_for(cfg, 0)
+
+
+def test_sam_counts_two_gradient_evaluations_a_step_in_the_sfo():
+    rows = [e for e in run(config(optimizer={"name": "sam", "rho": 0.05, "lr": 0.1}))
+            if e["type"] == "epoch"]
+    # 50 samples, batches of 16: 4 steps a epoch, each evaluated twice
+    assert [r["sfo"] for r in rows] == [100, 200, 300]
+    assert [r["samples"] for r in rows] == [50, 100, 150]
+    assert [r["sfo_full_batches"] for r in rows] == [128, 256, 384]
+    assert all(math.isfinite(r["train_loss"]) for r in rows)
+
+
+def test_evaluation_uses_the_weights_the_optimizer_names_for_it():
+    """An optimizer whose eval() zeroes the model (and train() puts the weights back): every
+    evaluation sees zeros, so uniform predictions (loss ln 3); training is unaffected."""
+    from optlab.builtins.optimizers import SGDParams
+    from optlab.plugin import Plugin
+    from optlab.registry import Registry
+
+    class Zeroing(torch.optim.SGD):
+        def eval(self):
+            if not hasattr(self, "kept"):
+                self.kept = [p.detach().clone() for g in self.param_groups for p in g["params"]]
+                for g in self.param_groups:
+                    for p in g["params"]:
+                        p.data.zero_()
+
+        def train(self):
+            if hasattr(self, "kept"):
+                params = [p for g in self.param_groups for p in g["params"]]
+                for p, k in zip(params, self.kept, strict=True):
+                    p.data.copy_(k)
+                del self.kept
+
+    def build(params, *, model, **_):
+        return Zeroing(model.parameters(), lr=params.lr, momentum=params.momentum)
+
+    base = default_registry()
+    kinds = {"dataset": "synthetic", "model": "mlp", "lr_schedule": "constant",
+             "batch_schedule": "constant", "augmentation": "none"}
+    plugins = {kind: {name: base.get(kind, name)} for kind, name in kinds.items()}
+    plugins["optimizer"] = {"zeroing": Plugin("test", SGDParams, build),
+                            "sgd": base.get("optimizer", "sgd")}
+    registry = Registry(plugins)
+
+    def rows(name):
+        events = []
+        cfg = config(optimizer={"name": name, "lr": 0.1, "momentum": 0.9})
+        train({"run_id": "r", "seed": 0, "config": cfg}, events.append,
+              DataCache(registry, torch.device("cpu")), registry=registry)
+        return [e for e in events if e["type"] == "epoch"]
+
+    zeroed, plain = rows("zeroing"), rows("sgd")
+    assert [r["test_loss"] for r in zeroed] == pytest.approx([math.log(3)] * 3, rel=1e-6)
+    assert [r["train_loss"] for r in zeroed] == [r["train_loss"] for r in plain]
+    assert all(r["test_loss"] != pytest.approx(math.log(3)) for r in plain)
+
+
+def test_schedule_free_adamw_saves_and_reports_the_averaged_weights(tmp_path):
+    from optlab.registry import default_registry as reg
+
+    cfg = config(optimizer={"name": "schedulefree_adamw", "lr": 0.01}, save_weights="final")
+    events = []
+    train({"run_id": "r", "seed": 0, "config": cfg, "checkpoint_dir": str(tmp_path)},
+          events.append, DataCache(reg(), torch.device("cpu")))
+    last = [e for e in events if e["type"] == "epoch"][-1]
+    model = reg().create("model", "mlp", {"hidden": [8]}, input_shape=(1, 4, 4),
+                         num_classes=3)
+    model.load_state_dict(torch.load(tmp_path / "final.pt"))
+    data = DataCache(reg(), torch.device("cpu")).get(cfg["dataset"])
+    loss, _ = evaluate(model, data.x_test, data.y_test, contextlib.nullcontext)
+    assert loss == pytest.approx(last["test_loss"], rel=1e-6)

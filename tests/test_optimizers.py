@@ -163,3 +163,116 @@ def test_trust_ratio_is_one_for_a_zero_layer():
     model.weight.grad = torch.tensor(GW)
     opt.step()
     assert float(opt.state[model.weight]["trust_ratio"]) == 1.0
+
+
+# ---- optimizers that need more than step() -------------------------------------------------
+
+A_W = [[1.0, 2.0, 3.0], [0.5, 1.5, 2.5]]  # the quadratic's curvature per coordinate
+A_B = [2.0, 4.0]
+
+
+def quadratic(model):
+    """L = 1/2 sum a w^2 over both parameters: gradient a w."""
+    return 0.5 * ((torch.tensor(A_W) * model.weight ** 2).sum()
+                  + (torch.tensor(A_B) * model.bias ** 2).sum())
+
+
+def with_closure(name, steps, **params):
+    model = Tiny()
+    opt = REG.create("optimizer", name, params, model=model)
+    calls = []
+
+    def closure(create_graph=False):
+        calls.append(1)
+        opt.zero_grad()
+        loss = quadratic(model)
+        loss.backward(create_graph=create_graph)
+        return loss
+
+    for _ in range(steps):
+        closure()  # the engine's own backward pass
+        opt.step(closure)
+    return model, opt, len(calls) - steps
+
+
+def test_sam_two_steps_take_the_gradient_at_the_worst_nearby_point():
+    # g = a w; e = rho g / ||g|| (one norm over every parameter); w' = w - lr a (w + e)
+    lr, rho = 0.1, 0.05
+    w, a = flat(W0) + B0, flat(A_W) + A_B
+    for _ in range(2):
+        g = [ai * wi for ai, wi in zip(a, w, strict=True)]
+        e = [rho * gi / norm(g) for gi in g]
+        w = [wi - lr * ai * (wi + ei) for wi, ai, ei in zip(w, a, e, strict=True)]
+    model, opt, extra = with_closure("sam", 2, rho=rho, lr=lr)
+    close(model.weight, w[:6])
+    close(model.bias, w[6:])
+    assert extra == 2  # one more gradient evaluation a step
+    assert opt.base.__class__.__name__ == "SGD"
+
+
+def test_sam_checkpoints_are_the_base_optimizers_and_lr_writes_reach_it():
+    _, opt, _ = with_closure("sam", 1, rho=0.05, lr=0.1, momentum=0.9)
+    state = opt.state_dict()
+    assert "momentum_buffer" in next(iter(state["state"].values()))
+    model = Tiny()
+    again = REG.create("optimizer", "sam", {"rho": 0.05, "lr": 0.1, "momentum": 0.9},
+                       model=model)
+    again.load_state_dict(state)
+    again.param_groups[0]["lr"] = 0.01  # what the engine does every step
+    assert again.base.param_groups[0]["lr"] == 0.01
+    assert again.base.state is again.state
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"base": "adamw", "momentum": 0.9}, "base adamw: momentum: Extra inputs are not "
+                                         "permitted"),
+    ({"base": "adamm"}, "base: unknown optimizer 'adamm'; did you mean 'adam'?"),
+    ({"base": "sam"}, "SAM wraps another optimizer, not itself"),
+])
+def test_sam_checks_the_base_optimizers_settings(params, message):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=message.replace("?", r"\?")):
+        REG.get("optimizer", "sam").params(**params)
+
+
+def schedule_free_by_hand(grads, lr, b1, b2, eps, wd, warmup, power=2.0):
+    """The paper's three sequences, kept apart: z, x (evaluated) and y (trained on)."""
+    z = x = y = flat(W0)
+    v = [0.0] * len(z)
+    lr_max = weight_sum = 0.0
+    for k, g in enumerate(grads):
+        lr_k = lr * min(1.0, (k + 1) / warmup) * math.sqrt(1 - b2 ** (k + 1))
+        lr_max = max(lr_max, lr_k)
+        weight_sum += lr_max ** power
+        c = lr_max ** power / weight_sum
+        v = [b2 * vi + (1 - b2) * gi * gi for vi, gi in zip(v, g, strict=True)]
+        d = [gi / (math.sqrt(vi) + eps) + wd * yi for gi, vi, yi in zip(g, v, y, strict=True)]
+        z = [zi - lr_k * di for zi, di in zip(z, d, strict=True)]
+        x = [(1 - c) * xi + c * zi for xi, zi in zip(x, z, strict=True)]
+        y = [(1 - b1) * zi + b1 * xi for zi, xi in zip(z, x, strict=True)]
+    return x, y
+
+
+def test_schedule_free_adamw_trains_on_y_and_is_evaluated_on_the_average_x():
+    grads = [flat(GW), [-2 * g for g in flat(GW)], [0.5 * g for g in flat(GW)]]
+    lr, b1, b2, eps, wd, warmup = 0.1, 0.9, 0.999, 1e-8, 0.1, 2
+    x, y = schedule_free_by_hand(grads, lr, b1, b2, eps, wd, warmup)
+    model = Tiny()
+    opt = REG.create("optimizer", "schedulefree_adamw",
+                     {"lr": lr, "weight_decay": wd, "warmup_steps": warmup}, model=model)
+    for g in grads:
+        model.weight.grad = torch.tensor(g).reshape(2, 3)
+        model.bias.grad = torch.zeros(2)
+        opt.step()
+    close(model.weight, y)
+    opt.eval()
+    close(model.weight, x)
+    opt.eval()  # idempotent
+    close(model.weight, x)
+    assert max(abs(a - b) for a, b in zip(x, y, strict=True)) > 1e-3  # they do differ
+    opt.train()
+    close(model.weight, y)
+    with pytest.raises(RuntimeError, match="train mode"):
+        opt.eval()
+        opt.step()

@@ -62,8 +62,16 @@ def test_plugin_builds_and_works(kind, name, data_dir):
         model = torch.nn.Linear(3, 1)
         before = model.weight.detach().clone()
         opt = REG.create(kind, name, params, model=model)
-        model(torch.randn(4, 3)).pow(2).sum().backward()
-        opt.step()
+        x = torch.randn(4, 3)
+
+        def closure(create_graph=False):
+            opt.zero_grad()
+            loss = model(x).pow(2).sum()
+            loss.backward(create_graph=create_graph)
+            return loss
+
+        closure()
+        opt.step(closure) if getattr(opt, "optlab_closure", False) else opt.step()
         assert not torch.equal(before, model.weight)
     elif kind == "lr_schedule":
         factor = REG.create(kind, name, params, epochs=5)

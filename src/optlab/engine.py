@@ -95,6 +95,44 @@ def evaluate(model, x, y, autocast) -> tuple[float, float]:
     return loss.item() / len(x), correct.item() / len(x)
 
 
+def step_optimizer(opt: torch.optim.Optimizer, net: torch.nn.Module, x: torch.Tensor,
+                   y: torch.Tensor, autocast: Any) -> int:
+    """One optimizer step after the engine's backward pass; the gradient evaluations it took.
+
+    An optimizer whose ``optlab_closure`` is true gets a closure: it zeroes the gradients,
+    evaluates the loss on the same batch again and back-propagates
+    (``closure(create_graph=True)`` keeps the graph, for Hessian-vector products), and
+    returns the loss. Every call counts as a gradient evaluation (SAM: two a step).
+    """
+    if not getattr(opt, "optlab_closure", False):
+        opt.step()
+        return 1
+    calls = 0
+
+    def closure(create_graph: bool = False) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        opt.zero_grad(set_to_none=True)
+        with torch.enable_grad():
+            with autocast():
+                again = F.cross_entropy(net(x).float(), y)
+            again.backward(create_graph=create_graph)
+        return again.detach()
+
+    opt.step(closure)
+    return 1 + calls
+
+
+def weights_for(opt: torch.optim.Optimizer, mode: str) -> None:
+    """Optimizers that train on one set of weights and are evaluated on another (schedule-
+    free methods) have ``train()`` and ``eval()``: the engine calls ``eval()`` before each
+    epoch's evaluation, epoch probes, checkpoint and saved weights, and ``train()`` before
+    training. Both must do nothing when the optimizer is already in that mode."""
+    switch = getattr(opt, mode, None)
+    if callable(switch):
+        switch()
+
+
 # Seeds the fixed partition of the training set into local SGD's shards, apart from the
 # run's own generators.
 SHARD_SEED = 7_919
@@ -126,6 +164,7 @@ class Counters:
     first_loss: float | None = None  # the first epoch's training loss (divergence rule)
     sfo_full_batches: int = 0  # SFO counting each step as a whole batch (seed 004's count)
     rounds: int = 0  # communication rounds: local SGD's averagings, else one per step
+    sfo: int = 0  # examples whose gradient was computed, once per gradient evaluation
 
 
 class BestWeights:
@@ -216,6 +255,10 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
     augment = _build(registry, "augmentation", config["augmentation"],
                      input_shape=data.input_shape, mean=data.mean, std=data.std)
     used_precision, autocast, scaler = precision_for(config["precision"], device)
+    if scaler is not None and getattr(optimizer, "optlab_closure", False):
+        raise ValueError(f"optimizer {config['optimizer']['name']} re-evaluates the loss in "
+                         "its step (a closure), which amp's gradient scaler cannot do: use "
+                         "precision = \"fp32\" or \"bf16\"")
     # One generator for data order and augmentation, seeded from the run's seed.
     gen = torch.Generator(device=device).manual_seed(seed)
     probes = Probes(config.get("probes", []), registry, model=model, optimizer=optimizer,
@@ -252,7 +295,7 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
         run = Counters(state["epoch"], state["step"], state["samples"], state["lr"],
                        state["elapsed"], state.get("first_loss"),
                        state.get("sfo_full_batches", state["samples"]),
-                       state.get("rounds", state["step"]))
+                       state.get("rounds", state["step"]), state.get("sfo", state["samples"]))
         ckpt.clear(folder, keep_upto=run.epoch)
         emit({"type": "resumed", "run_id": run_id, "epoch": run.epoch, "step": run.step,
               "checkpoint": str(found.path), "skipped": found.skipped,
@@ -297,13 +340,15 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
         steps = max(counts)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
-        for net, _ in workers:
+        for net, opt in workers:
             net.train()
+            weights_for(opt, "train")
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
         probe_seconds = 0.0
         step = run.step
+        evaluations = sfo = full = 0  # gradient evaluations, and the epoch's two SFOs
         for i in range(steps):
             factor = lr_factor(epoch + i / steps, 1 / steps, step + i) * scale
             for (net, opt), order, count in zip(workers, orders, counts, strict=True):
@@ -323,9 +368,13 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
                     scaler.scale(loss).backward()
                     scaler.step(opt)
                     scaler.update()
+                    evals = 1
                 else:
                     loss.backward()
-                    opt.step()
+                    evals = step_optimizer(opt, net, x, y, autocast)
+                evaluations += evals
+                sfo += len(idx) * evals
+                full += bs * evals
                 # Accumulate on the device: no host synchronisation per step.
                 loss_sum += loss.detach() * len(idx)
                 correct += (out.argmax(1) == y).sum()
@@ -340,7 +389,8 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
         run.lr = base_lrs[0] * factor
         run.step += steps
         run.samples += n
-        run.sfo_full_batches += sum(counts) * bs
+        run.sfo += sfo
+        run.sfo_full_batches += full
         if not local:
             run.rounds = run.step  # data-parallel training: one gradient all-reduce a step
         run.epoch = epoch + 1
@@ -348,6 +398,8 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
         seconds = time.perf_counter() - t0 - probe_seconds
 
         finite = math.isfinite(train_loss)
+        for _, opt in workers:  # evaluation, epoch probes and checkpoints see these weights
+            weights_for(opt, "eval")
         if probes and finite:
             events, spent = probes.at_epoch(epoch + 1, run.step)
             report(events)
@@ -362,7 +414,7 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
         tick()
         emit({
             "type": "epoch", "run_id": run_id, "epoch": run.epoch, "step": run.step,
-            "samples": run.samples, "sfo": run.samples, "epoch_lr": run.lr,
+            "samples": run.samples, "sfo": run.sfo, "epoch_lr": run.lr,
             "epoch_batch_size": bs, "train_loss": train_loss, "train_acc": correct.item() / n,
             "test_loss": test_loss, "test_acc": test_acc,
             "seconds": seconds, "eval_seconds": time.perf_counter() - t1,
@@ -386,7 +438,7 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
                 "format": ckpt.FORMAT, "run_id": run_id, "epoch": run.epoch,
                 "step": run.step, "samples": run.samples, "lr": run.lr, "elapsed": elapsed(),
                 "first_loss": run.first_loss, "sfo_full_batches": run.sfo_full_batches,
-                "rounds": run.rounds,
+                "rounds": run.rounds, "sfo": run.sfo,
                 "local_optimizers": [opt.state_dict() for _, opt in workers[1:]],
                 "threads": torch.get_num_threads(), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(),

@@ -33,7 +33,8 @@ EPOCH_FIELDS = (
     "epoch",        # 1-based index of the finished epoch
     "step",         # optimizer steps so far
     "samples",      # training samples processed so far
-    "sfo",          # stochastic first-order oracle count: sum of batch sizes used so far
+    "sfo",          # stochastic first-order oracle count: examples whose gradient was
+                    # computed so far, once per gradient evaluation (SAM: two a step)
     "epoch_lr",     # learning rate in force at the epoch's last step
     "epoch_batch_size",  # batch size in force during the epoch
     "train_loss",
