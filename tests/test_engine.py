@@ -226,3 +226,29 @@ def test_schedule_free_adamw_saves_and_reports_the_averaged_weights(tmp_path):
     data = DataCache(reg(), torch.device("cpu")).get(cfg["dataset"])
     loss, _ = evaluate(model, data.x_test, data.y_test, contextlib.nullcontext)
     assert loss == pytest.approx(last["test_loss"], rel=1e-6)
+
+
+def test_a_hessian_informed_plugin_gets_differentiable_gradients_from_the_engine(
+        monkeypatch):
+    from optlab.registry import Registry
+    from tests.conftest import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT / "plugins" / "optlab-example" / "src"))
+    from optlab_example import sophia
+
+    base = default_registry()
+    plugins = {kind: {name: base.get(kind, name)} for kind, name in (
+        ("dataset", "synthetic"), ("model", "mlp"), ("lr_schedule", "constant"),
+        ("batch_schedule", "constant"), ("augmentation", "none"))}
+    plugins["optimizer"] = {"sophia": sophia}
+    registry = Registry(plugins)
+    events = []
+    cfg = config(optimizer={"name": "sophia", "lr": 0.01, "every": 2})
+    train({"run_id": "r", "seed": 0, "config": cfg}, events.append,
+          DataCache(registry, torch.device("cpu")), registry=registry)
+    rows = [e for e in events if e["type"] == "epoch"]
+    assert events[-1]["type"] == "finished"
+    # 4 steps an epoch (16, 16, 16, 2); a Hessian step (one more evaluation) every 2nd, on
+    # a batch of 16 each time: 50 + 32 examples' gradients an epoch
+    assert [r["sfo"] for r in rows] == [82, 164, 246]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]

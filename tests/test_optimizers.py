@@ -276,3 +276,46 @@ def test_schedule_free_adamw_trains_on_y_and_is_evaluated_on_the_average_x():
     with pytest.raises(RuntimeError, match="train mode"):
         opt.eval()
         opt.step()
+
+
+def test_the_example_sophia_estimates_the_hessian_through_the_closure(monkeypatch):
+    """For L = 1/2 sum a w^2 the Hessian is diag(a), and u * (H u) = a for any Rademacher
+    u: the estimate is exact, so two steps can be computed by hand."""
+    from tests.conftest import ROOT
+
+    monkeypatch.syspath_prepend(str(ROOT / "plugins" / "optlab-example" / "src"))
+    from optlab_example import sophia
+
+    lr, (b1, b2), gamma, wd = 0.01, (0.9, 0.99), 0.5, 0.1
+    model = Tiny()
+    opt = sophia.create({"lr": lr, "betas": [b1, b2], "gamma": gamma, "weight_decay": wd,
+                         "every": 2}, model=model)
+    calls = []
+
+    def closure(create_graph=False):  # as the engine's
+        calls.append(create_graph)
+        opt.zero_grad()
+        loss = quadratic(model)
+        if create_graph:
+            params = [model.weight, model.bias]
+            for p, g in zip(params, torch.autograd.grad(loss, params, create_graph=True),
+                            strict=True):
+                p.grad = g
+        else:
+            loss.backward()
+        return loss
+
+    w, a = flat(W0) + B0, flat(A_W) + A_B
+    m, h = [0.0] * len(w), [0.0] * len(w)
+    for k in range(3):
+        g = [ai * wi for ai, wi in zip(a, w, strict=True)]
+        m = [b1 * mi + (1 - b1) * gi for mi, gi in zip(m, g, strict=True)]
+        if k % 2 == 0:
+            h = [b2 * hi + (1 - b2) * ai for hi, ai in zip(h, a, strict=True)]
+        w = [wi * (1 - lr * wd) - lr * max(-1.0, min(1.0, mi / max(gamma * hi, 1e-12)))
+             for wi, mi, hi in zip(w, m, h, strict=True)]
+        closure()
+        opt.step(closure)
+    close(model.weight, w[:6])
+    close(model.bias, w[6:])
+    assert calls == [False, True, False, False, True]  # a Hessian step at steps 0 and 2

@@ -101,7 +101,8 @@ def step_optimizer(opt: torch.optim.Optimizer, net: torch.nn.Module, x: torch.Te
 
     An optimizer whose ``optlab_closure`` is true gets a closure: it zeroes the gradients,
     evaluates the loss on the same batch again and back-propagates
-    (``closure(create_graph=True)`` keeps the graph, for Hessian-vector products), and
+    (``closure(create_graph=True)`` leaves gradients that keep their graph, for Hessian-
+    vector products; the optimizer sets them to ``p.grad.detach()`` when done), and
     returns the loss. Every call counts as a gradient evaluation (SAM: two a step).
     """
     if not getattr(opt, "optlab_closure", False):
@@ -116,7 +117,16 @@ def step_optimizer(opt: torch.optim.Optimizer, net: torch.nn.Module, x: torch.Te
         with torch.enable_grad():
             with autocast():
                 again = F.cross_entropy(net(x).float(), y)
-            again.backward(create_graph=create_graph)
+            if create_graph:
+                # Gradients that can be differentiated again; the optimizer detaches them
+                # when it is done (autograd.grad, not backward: no reference cycle).
+                params = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
+                grads = torch.autograd.grad(again, params, create_graph=True,
+                                            allow_unused=True)
+                for p, grad in zip(params, grads, strict=True):
+                    p.grad = grad
+            else:
+                again.backward()
         return again.detach()
 
     opt.step(closure)
