@@ -89,4 +89,4 @@ def test_plugins_with_an_unknown_kind(cli):
     assert result.exit_code == 2
     assert result.stderr == (
         "Error: unknown plugin kind 'optimisers'; did you mean 'optimizer'? Registered: dataset, "
-        "model, optimizer, lr_schedule, batch_schedule, augmentation, probe\n")
+        "model, optimizer, lr_schedule, batch_schedule, augmentation, probe, executor\n")
