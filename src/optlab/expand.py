@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from optlab import paths
+from optlab import paths, plugin_files
 from optlab.errors import ConfigError
 from optlab.plugin import study_folder
 from optlab.registry import Registry, default_registry
@@ -49,11 +49,15 @@ class RunSpec:
     axes: dict[str, Any] = field(hash=False)  # the varied paths and their values here
     position: int = 0
     folder: str = field(default="", hash=False, compare=False)  # the study file's
+    files: tuple = field(default=(), hash=False, compare=False)  # its FilePlugins
 
     def task(self) -> dict[str, Any]:
-        """What a worker needs to train this run."""
-        return {"run_id": self.run_id, "seed": self.seed, "config": self.config,
+        """What a worker needs to train this run (with the text of its plugin files)."""
+        task = {"run_id": self.run_id, "seed": self.seed, "config": self.config,
                 "study_folder": self.folder}
+        if self.files:
+            task["plugin_files"] = [f.entry() for f in self.files]
+        return task
 
 
 @dataclass
@@ -423,12 +427,15 @@ def _expand_block(study: Study, block: Block, index: int, registry: Registry,
             for path, value in _name_first(study.overrides):
                 ex.assign(cfg, path, value, f"--set {path}")
             config = ex.resolve(cfg)
+            files = plugin_files.used_by(config, plugin_files.active())
+            if files:  # the files' hashes are part of what the run is
+                config[plugin_files.CONFIG_KEY] = [f.label() for f in files]
             run_id = run_id_for(config, seed)
             if run_id in seen:
                 continue
             seen.add(run_id)
             runs.append(RunSpec(run_id, study.name, ex.name, seed, config, combo, len(seen) - 1,
-                                study.folder))
+                                study.folder, tuple(files)))
     if block.search:
         from optlab import search
 

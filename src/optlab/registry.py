@@ -13,6 +13,7 @@ from importlib.metadata import EntryPoint, entry_points
 from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
 
+from optlab import plugin_files
 from optlab.errors import ConfigError
 from optlab.plugin import Plugin
 
@@ -92,15 +93,24 @@ class Registry:
             self._eps[kind] = {ep.name: ep for ep in sorted(found, key=lambda e: e.name)}
         return self._eps[kind]
 
-    def names(self, kind: str) -> list[str]:
+    def installed(self, kind: str) -> list[str]:
+        """Names registered by entry points (or given to a hermetic registry)."""
         if self._explicit is not None:
             return sorted(self._explicit.get(kind, {}))
         return list(self._entry_points(kind))
+
+    def names(self, kind: str) -> list[str]:
+        """Installed names and those of the active study's plugin files."""
+        files = [name for (k, name) in plugin_files.active() if k == kind]
+        return sorted({*self.installed(kind), *files}) if files else self.installed(kind)
 
     def get(self, kind: str, name: str) -> Plugin:
         if not isinstance(name, str):
             raise ConfigError(f"a {kind} name is a string (given {name!r}); registered: "
                               f"{', '.join(self.names(kind))}")
+        from_file = plugin_files.active().get((kind, name))
+        if from_file is not None:
+            return from_file.plugin
         if (kind, name) in self._loaded:
             return self._loaded[(kind, name)]
         if name not in self.names(kind):
@@ -124,6 +134,9 @@ class Registry:
     def describe(self, kind: str, name: str) -> PluginInfo:
         plugin = self.get(kind, name)
         dist = "optlab"
+        from_file = plugin_files.active().get((kind, name))
+        if from_file is not None:
+            return PluginInfo(kind, name, f"file {from_file.file}", plugin)
         if self._explicit is None:
             ep = self._entry_points(kind)[name]
             dist = ep.dist.name if ep.dist is not None else "?"

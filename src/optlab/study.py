@@ -25,7 +25,7 @@ PLUGIN_SLOTS: dict[str, str] = {
     "augmentation": "augmentation",
 }
 PRECISIONS = ("fp32", "bf16", "amp")
-STUDY_KEYS = ("name", "description", "seeds", "base", "block", "analysis")
+STUDY_KEYS = ("name", "description", "seeds", "base", "block", "analysis", "plugins")
 DEFAULT_STUDY = Path(__file__).parent / "studies" / "quickstart.toml"
 
 
@@ -176,6 +176,8 @@ class StudyFile(BaseModel):
     base: dict[str, Any]
     block: list[Block] = []
     analysis: AnalysisSettings = AnalysisSettings()
+    # [plugins.GROUP] NAME = "FILE.py:OBJECT": plugins from files beside the study
+    plugins: dict[str, Any] = {}
 
 
 class Study(BaseModel):
@@ -191,6 +193,7 @@ class Study(BaseModel):
     overrides: dict[str, Any] = {}
     analysis: AnalysisSettings = AnalysisSettings()
     folder: str = ""  # the study file's folder: relative file paths in it are read there
+    plugins: dict[str, Any] = {}  # the [plugins] table (optlab.plugin_files)
 
 
 def seed_list(seeds: int | list[int]) -> list[int]:
@@ -251,6 +254,12 @@ def load_study(path: str | Path | None, sets: list[str] = ()) -> Study:
     if reference is not None and reference not in names:
         raise ConfigError(f"{path}: analysis.warmup.reference: no block is named {reference!r}; "
                           f"blocks: {', '.join(names)}")
+    from optlab import plugin_files
+    from optlab.registry import default_registry
+
+    # Plugins from files beside the study: loaded (and checked) now, visible from here on.
+    plugin_files.activate(plugin_files.load(shape.plugins, path.resolve().parent, str(path),
+                                            default_registry()))
     return Study(
         name=shape.name or path.stem,
         file=label,
@@ -262,6 +271,7 @@ def load_study(path: str | Path | None, sets: list[str] = ()) -> Study:
         overrides=overrides,
         analysis=shape.analysis,
         folder=str(path.resolve().parent),
+        plugins=shape.plugins,
     )
 
 

@@ -168,7 +168,7 @@ def run_task(task: dict[str, Any], events: TextIO, cache: Any, info: dict[str, A
              lock: threading.Lock, beat: Heartbeat) -> None:
     import torch
 
-    from optlab import engine
+    from optlab import engine, plugin_files
     from optlab.plugin import study_folder
 
     try:
@@ -192,7 +192,8 @@ def run_task(task: dict[str, Any], events: TextIO, cache: Any, info: dict[str, A
     print(f"optlab worker {os.getpid()}: run {task['run_id']} seed {task['seed']}", flush=True)
     beat.run_id = task["run_id"]
     try:
-        with study_folder(task.get("study_folder")):
+        files = plugin_files.from_task(task.get("plugin_files") or [])
+        with study_folder(task.get("study_folder")), plugin_files.use(files):
             engine.train(task, emit, cache, tick=beat.tick)
     except OSError as e:
         traceback.print_exc()
