@@ -75,13 +75,65 @@ def test_plugins_lists_distribution_description_and_typed_params(cli):
     start = lines.index("optimizer sgd (optlab): stochastic gradient descent with momentum "
                         "(dampening, Nesterov) and L2 weight decay")
     assert lines[start + 1:start + 7] == [
-        "    lr: float (> 0) = 0.1",
-        "    momentum: float (>= 0, < 1) = 0.0",
-        "    dampening: float (>= 0, <= 1) = 0.0",
-        "    nesterov: bool = False",
-        "    weight_decay: float (>= 0) = 0.0",
-        "    exclude_bias_norm: bool = False",
+        "    lr: float (> 0) = 0.1  # base learning rate (the LR schedule multiplies it every "
+        "step)",
+        "    momentum: float (>= 0, < 1) = 0.0  # momentum coefficient",
+        "    dampening: float (>= 0, <= 1) = 0.0  # dampening of the momentum buffer's new "
+        "gradient",
+        "    nesterov: bool = False  # Nesterov momentum",
+        "    weight_decay: float (>= 0) = 0.0  # L2 weight decay, added to the gradient",
+        "    exclude_bias_norm: bool = False  # keep biases and normalisation parameters (fewer "
+        "than 2 dimensions) out of weight decay",
     ]
+
+
+def test_plugins_json_for_tools(cli):
+    import json
+
+    result = cli("plugins", "optimizer", "--json")
+    assert result.exit_code == 0
+    got = json.loads(result.stdout)
+    assert got["errors"] == []
+    sam = next(p for p in got["plugins"] if p["name"] == "sam")
+    assert sam["kind"] == "optimizer" and sam["distribution"] == "optlab"
+    assert {"name": "rho", "type": "float (> 0)", "default": "0.05",
+            "description": "radius of the neighbourhood in which SAM looks for the worst "
+                           "point"} in sam["params"]
+    # every built-in optimizer's every parameter says what it is
+    assert all(p["description"] for o in got["plugins"] for p in o["params"])
+
+
+def test_a_plugin_that_breaks_the_contract_is_named_in_one_line(tmp_path, cli):
+    from pydantic import BaseModel
+
+    from optlab.plugin import Plugin
+    from optlab.registry import check_contract
+
+    class Loose(BaseModel):
+        lr: float = 0.1
+
+    with pytest.raises(Exception, match=r"optimizer plugin 'loose': its params model 'Loose' "
+                                        r"is not derived from optlab.Params"):
+        check_contract("optimizer", "loose", Plugin("x", Loose, lambda p: None))
+    from optlab import Params
+
+    class Wrong(Params):
+        every: int = 1
+
+    with pytest.raises(Exception, match=r"probe plugin 'p': its params model 'Wrong' is not "
+                                        r"derived from optlab.ProbeParams"):
+        check_contract("probe", "p", Plugin("x", Wrong, lambda p: None))
+    # from a file beside a study: at optlab show, by name, in one line
+    (tmp_path / "p.py").write_text("from pydantic import BaseModel\nfrom optlab import Plugin\n"
+                                   "class Loose(BaseModel):\n    lr: float = 0.1\n"
+                                   "bad = Plugin('x', Loose, lambda params, **_: None)\n")
+    from tests.test_validation import BASE
+
+    (tmp_path / "s.toml").write_text(BASE + '\n[plugins.optimizers]\nbad = "p.py:bad"\n')
+    result = cli("show", "s.toml")
+    assert result.stderr == ("Error: s.toml: plugins.optimizers.bad: p.py: optimizer plugin "
+                             "'bad': its params model 'Loose' is not derived from "
+                             "optlab.Params\n")
 
 
 def test_plugins_with_an_unknown_kind(cli):

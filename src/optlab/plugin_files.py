@@ -152,6 +152,16 @@ def _plugin_from(source: str, digest: str, file: str, attr: str, path: str,
     return plugin
 
 
+def check(plugins: Active, where: str) -> None:
+    from optlab.registry import check_contract
+
+    for (kind, name), found in plugins.items():
+        try:
+            check_contract(kind, name, found.plugin)
+        except ConfigError as e:
+            raise ConfigError(f"{where}: plugins.{kind}s.{name}: {found.file}: {e}") from None
+
+
 def used_by(config: dict[str, Any], plugins: Active) -> list[FilePlugin]:
     """The file plugins a resolved run config names, in a fixed order."""
     from optlab.study import PLUGIN_SLOTS, PROBES_KEY

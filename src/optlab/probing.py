@@ -17,21 +17,11 @@ from typing import Any
 
 import torch
 
+from optlab.contract import ProbeContext
 from optlab.plugin import TensorData
 from optlab.registry import Registry
 
 _SEED_STRIDE = 1_000_003
-
-
-@dataclass
-class ProbeContext:
-    model: torch.nn.Module
-    optimizer: Any
-    data: TensorData
-    x: torch.Tensor  # the probe batch, prepared (augmented if asked, channels_last on CUDA)
-    y: torch.Tensor
-    generator: torch.Generator  # the probe's own, for random vectors
-    prepare: Callable[[torch.Tensor], torch.Tensor]  # what was done to x, for other inputs
 
 
 @dataclass

@@ -38,14 +38,20 @@ class PluginInfo:
     distribution: str
     plugin: Plugin
 
-    def param_rows(self) -> list[tuple[str, str, str]]:
-        """(name, type, default) for each parameter."""
+    def param_rows(self) -> list[tuple[str, str, str, str]]:
+        """(name, type, default, description) for each parameter."""
         rows = []
         for pname, fld in self.plugin.params.model_fields.items():
             default = "required" if fld.is_required() else repr(fld.get_default())
             kind = type_name(fld.annotation) + _constraints(fld.metadata)
-            rows.append((pname, kind, default))
+            rows.append((pname, kind, default, fld.description or ""))
         return rows
+
+    def as_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "distribution": self.distribution,
+                "description": self.plugin.description,
+                "params": [{"name": n, "type": t, "default": d, "description": text}
+                           for n, t, d, text in self.param_rows()]}
 
 
 def type_name(annotation: Any) -> str:
@@ -128,6 +134,7 @@ class Registry:
                                   f"loaded: {type(e).__name__}: {first}") from None
             if not isinstance(plugin, Plugin):
                 raise ConfigError(f"{kind} plugin {name!r} is not an optlab.plugin.Plugin")
+            check_contract(kind, name, plugin)
         self._loaded[(kind, name)] = plugin
         return plugin
 
@@ -144,6 +151,24 @@ class Registry:
 
     def create(self, kind: str, name: str, params: dict[str, Any], **context: Any) -> Any:
         return self.get(kind, name).create(params, **context)
+
+
+def check_contract(kind: str, name: str, plugin: Plugin) -> None:
+    """What can be checked of a plugin without building it: its params model's base."""
+    from optlab.plugin import Params
+
+    base = Params
+    if kind == "probe":
+        from optlab.builtins.probes import ProbeParams
+
+        base = ProbeParams
+    params = plugin.params
+    if not (isinstance(params, type) and issubclass(params, base)):
+        raise ConfigError(f"{kind} plugin {name!r}: its params model "
+                          f"{getattr(params, '__name__', params)!r} is not derived from "
+                          f"optlab.{base.__name__}")
+    if plugin.build is None:
+        raise ConfigError(f"{kind} plugin {name!r}: it has no build")
 
 
 def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:

@@ -258,8 +258,10 @@ def load_study(path: str | Path | None, sets: list[str] = ()) -> Study:
     from optlab.registry import default_registry
 
     # Plugins from files beside the study: loaded (and checked) now, visible from here on.
-    plugin_files.activate(plugin_files.load(shape.plugins, path.resolve().parent, str(path),
-                                            default_registry()))
+    files = plugin_files.load(shape.plugins, path.resolve().parent, str(path),
+                              default_registry())
+    plugin_files.check(files, str(path))
+    plugin_files.activate(files)
     return Study(
         name=shape.name or path.stem,
         file=label,

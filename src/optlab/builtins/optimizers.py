@@ -26,13 +26,34 @@ Decay = Annotated[float, Field(ge=0)]
 Eps = Annotated[float, Field(ge=0)]
 
 
+# Parameter descriptions, as `optlab plugins` shows them.
+_LR = "base learning rate (the LR schedule multiplies it every step)"
+_MOMENTUM = "momentum coefficient"
+_DAMPENING = "dampening of the momentum buffer's new gradient"
+_NESTEROV = "Nesterov momentum"
+_L2 = "L2 weight decay, added to the gradient"
+_EXCLUDE = (
+    "keep biases and normalisation parameters (fewer than 2 dimensions) out of weight decay")
+_BETAS = "coefficients of the first and second moment averages"
+_EPS = "added to the denominator for stability"
+_DECOUPLED = "decoupled weight decay"
+_WD_IN_RATIO = "weight decay, inside the trust ratio"
+_TRUST = "scale of the layer-wise trust ratio"
+_DECOUPLED_IN_RATIO = "decoupled weight decay, inside the trust ratio"
+_RHO = "radius of the neighbourhood in which SAM looks for the worst point"
+_BASE = "the optimizer SAM wraps; its own keys go beside rho"
+_DECOUPLED_AT_Y = "decoupled weight decay, taken at the training iterate y"
+_WARMUP = "steps of linear LR warmup inside the optimizer"
+_POWER = "power of the LR in the weights of the iterate average"
+
+
 class SGDParams(Params):
-    lr: PositiveLR = 0.1
-    momentum: Momentum = 0.0
-    dampening: Annotated[float, Field(ge=0, le=1)] = 0.0
-    nesterov: bool = False
-    weight_decay: Decay = 0.0
-    exclude_bias_norm: bool = False
+    lr: PositiveLR = Field(0.1, description=_LR)
+    momentum: Momentum = Field(0.0, description=_MOMENTUM)
+    dampening: Annotated[float, Field(ge=0, le=1)] = Field(0.0, description=_DAMPENING)
+    nesterov: bool = Field(False, description=_NESTEROV)
+    weight_decay: Decay = Field(0.0, description=_L2)
+    exclude_bias_norm: bool = Field(False, description=_EXCLUDE)
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> SGDParams:
@@ -42,42 +63,42 @@ class SGDParams(Params):
 
 
 class AdamParams(Params):
-    lr: PositiveLR = 1e-3
-    betas: tuple[Momentum, Momentum] = (0.9, 0.999)
-    eps: Annotated[float, Field(gt=0)] = 1e-8
-    weight_decay: Decay = 0.0
-    exclude_bias_norm: bool = False
+    lr: PositiveLR = Field(1e-3, description=_LR)
+    betas: tuple[Momentum, Momentum] = Field((0.9, 0.999), description=_BETAS)
+    eps: Annotated[float, Field(gt=0)] = Field(1e-8, description=_EPS)
+    weight_decay: Decay = Field(0.0, description=_L2)
+    exclude_bias_norm: bool = Field(False, description=_EXCLUDE)
 
 
 class AdamWParams(AdamParams):
-    weight_decay: Decay = 0.01
+    weight_decay: Decay = Field(0.01, description=_DECOUPLED)
 
 
 class LARSParams(Params):
-    lr: PositiveLR = 0.1
-    momentum: Momentum = 0.9
-    weight_decay: Decay = 1e-4
-    trust_coefficient: Annotated[float, Field(gt=0)] = 0.001
-    eps: Eps = 1e-8
-    exclude_bias_norm: bool = True
+    lr: PositiveLR = Field(0.1, description=_LR)
+    momentum: Momentum = Field(0.9, description=_MOMENTUM)
+    weight_decay: Decay = Field(1e-4, description=_WD_IN_RATIO)
+    trust_coefficient: Annotated[float, Field(gt=0)] = Field(0.001, description=_TRUST)
+    eps: Eps = Field(1e-8, description=_EPS)
+    exclude_bias_norm: bool = Field(True, description=_EXCLUDE)
 
 
 class LAMBParams(Params):
-    lr: PositiveLR = 1e-3
-    betas: tuple[Momentum, Momentum] = (0.9, 0.999)
-    eps: Annotated[float, Field(gt=0)] = 1e-6
-    weight_decay: Decay = 0.01
-    trust_coefficient: Annotated[float, Field(gt=0)] = 1.0
-    exclude_bias_norm: bool = True
+    lr: PositiveLR = Field(1e-3, description=_LR)
+    betas: tuple[Momentum, Momentum] = Field((0.9, 0.999), description=_BETAS)
+    eps: Annotated[float, Field(gt=0)] = Field(1e-6, description=_EPS)
+    weight_decay: Decay = Field(0.01, description=_DECOUPLED_IN_RATIO)
+    trust_coefficient: Annotated[float, Field(gt=0)] = Field(1.0, description=_TRUST)
+    exclude_bias_norm: bool = Field(True, description=_EXCLUDE)
 
 
 class LionParams(Params):
     # The paper's defaults; its advice is an LR 3-10x smaller and a decay 3-10x larger than
     # AdamW's, since the sign makes every coordinate's step as large as the LR.
-    lr: PositiveLR = 1e-4
-    betas: tuple[Momentum, Momentum] = (0.9, 0.99)
-    weight_decay: Decay = 0.0
-    exclude_bias_norm: bool = False
+    lr: PositiveLR = Field(1e-4, description=_LR)
+    betas: tuple[Momentum, Momentum] = Field((0.9, 0.99), description=_BETAS)
+    weight_decay: Decay = Field(0.0, description=_DECOUPLED)
+    exclude_bias_norm: bool = Field(False, description=_EXCLUDE)
 
 
 class SAMParams(Params):
@@ -85,8 +106,8 @@ class SAMParams(Params):
     ...), so a grid over ``optimizer.lr`` reads as for any optimizer."""
 
     model_config = ConfigDict(extra="allow", frozen=True, allow_inf_nan=False)
-    rho: Annotated[float, Field(gt=0)] = 0.05
-    base: str = "sgd"
+    rho: Annotated[float, Field(gt=0)] = Field(0.05, description=_RHO)
+    base: str = Field("sgd", description=_BASE)
 
     @model_validator(mode="after")
     def _base_takes_the_rest(self) -> SAMParams:
@@ -110,13 +131,14 @@ class SAMParams(Params):
 
 class ScheduleFreeAdamWParams(Params):
     # The reference implementation's defaults (Defazio et al. 2024).
-    lr: PositiveLR = 0.0025
-    betas: tuple[Annotated[float, Field(gt=0, lt=1)], Momentum] = (0.9, 0.999)
-    eps: Annotated[float, Field(gt=0)] = 1e-8
-    weight_decay: Decay = 0.0
-    warmup_steps: Annotated[int, Field(ge=0)] = 0
-    weight_lr_power: Annotated[float, Field(ge=0)] = 2.0
-    exclude_bias_norm: bool = False
+    lr: PositiveLR = Field(0.0025, description=_LR)
+    betas: tuple[Annotated[float, Field(gt=0, lt=1)], Momentum] = Field(
+        (0.9, 0.999), description=_BETAS)
+    eps: Annotated[float, Field(gt=0)] = Field(1e-8, description=_EPS)
+    weight_decay: Decay = Field(0.0, description=_DECOUPLED_AT_Y)
+    warmup_steps: Annotated[int, Field(ge=0)] = Field(0, description=_WARMUP)
+    weight_lr_power: Annotated[float, Field(ge=0)] = Field(2.0, description=_POWER)
+    exclude_bias_norm: bool = Field(False, description=_EXCLUDE)
 
 
 def param_groups(model: Any, weight_decay: float, exclude_bias_norm: bool) -> list[dict]:

@@ -16,6 +16,8 @@ def command(
     kind: str = typer.Argument(None, help="Only this kind: dataset, model, optimizer, "
                                "lr_schedule, batch_schedule, augmentation, probe, executor.",
                                show_default=False),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object for tools: "
+                                 "{plugins: [...], errors: [...]}."),
 ) -> None:
     from rich.markup import escape
 
@@ -25,17 +27,27 @@ def command(
     if kind is not None and kind not in GROUPS:
         raise UsageError(unknown_name_message("plugin kind", kind, list(GROUPS)))
     broken: list[str] = []
+    found = []
     for k in [kind] if kind else list(GROUPS):
         for name in registry.names(k):
             try:
-                info = registry.describe(k, name)
+                found.append(registry.describe(k, name))
             except ConfigError as e:
                 broken.append(str(e))
-                continue
-            out.print(f"{k} [bold]{name}[/bold] ({info.distribution}): "
-                      f"{escape(info.plugin.description)}")
-            for pname, ptype, default in info.param_rows():
-                out.print(f"    {pname}: {ptype} = {default}", markup=False)
+    if as_json:
+        import json
+
+        print(json.dumps({"plugins": [info.as_json() for info in found], "errors": broken},
+                         indent=1))
+        if broken:
+            raise typer.Exit(1)
+        return
+    for info in found:
+        out.print(f"{info.kind} [bold]{info.name}[/bold] ({info.distribution}): "
+                  f"{escape(info.plugin.description)}")
+        for pname, ptype, default, text in info.param_rows():
+            about = f"  # {text}" if text else ""
+            out.print(f"    {pname}: {ptype} = {default}{about}", markup=False)
     if broken:
         for message in broken[1:]:
             err.print(f"Error: {printable(message)}", markup=False)

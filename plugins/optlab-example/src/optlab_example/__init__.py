@@ -7,8 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from optlab.builtins.probes import ProbeParams, check_schedule
-from optlab.plugin import Params, Plugin
+from optlab import Params, Plugin, ProbeParams, check_schedule
 
 
 class SignSGDParams(Params):
