@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import optlab
+
 ROOT = Path(__file__).resolve().parents[1]
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[+-]?\d+)?")
 LOOSE = [(re.compile(r"\d+m\d\ds"), "<time>"), (re.compile(r"\d+ (worker|thread)\(s\)"),
@@ -119,3 +121,20 @@ def test_the_tour_prints_what_the_readme_says(tmp_path):
             assert matches(expected, actual), (
                 f"$ {command}\n--- README:\n" + "\n".join(expected) + "\n--- printed:\n"
                 + "\n".join(actual))
+
+
+def test_the_write_a_plugin_section_works_as_written(tmp_path):
+    """The section's two files, saved as it says, run as a study."""
+    text = (ROOT / "README.md").read_text()
+    files = dict(re.findall(r"<!-- write-a-plugin: (\S+)[^>]*-->\n```\w+\n(.*?)```", text,
+                            re.S))
+    assert set(files) == {"my_optimizers.py", "study.toml"}
+    for name, body in files.items():
+        (tmp_path / name).write_text(body)
+    show = optlab("show", "study.toml", cwd=tmp_path, check=True).stdout
+    assert "6 runs, 0 done" in show
+    proc = optlab("run", "study.toml", cwd=tmp_path, check=True)
+    assert proc.stdout.splitlines()[-1].endswith(": 6 done")
+    got = optlab("query", "select distinct optimizer from runs", "--format", "csv",
+                 cwd=tmp_path).stdout
+    assert got == "optimizer\nsignsgd\n"
