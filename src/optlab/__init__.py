@@ -1,5 +1,8 @@
 """optlab: a laboratory for optimizer science.
 
+From Python (:mod:`optlab.api`): ``load_study``, ``study_runs``, ``open_store`` (a read-only
+``Store`` with ``sql``, ``runs``, ``epochs``, ``probes``, ``plot`` and ``analyze``).
+
 For plugins, the contract (:mod:`optlab.contract`): ``Plugin``, ``Params``, ``NoParams``,
 ``ProbeParams``, ``ProbeContext``, ``TensorData``, ``check_schedule`` and the build
 protocols. Imported on first use, so ``import optlab`` stays light.
@@ -15,12 +18,19 @@ _CONTRACT = ("Plugin", "Params", "NoParams", "ProbeParams", "ProbeContext", "Ten
              "check_schedule", "Executor")
 
 
+_API = ("load_study", "study_runs", "open_store", "Store")
+
+
 def __getattr__(name: str) -> Any:
     if name in _CONTRACT:
         from optlab import contract
 
         return getattr(contract, name)
+    if name in _API:
+        from optlab import api
+
+        return getattr(api, name)
     raise AttributeError(f"module 'optlab' has no attribute {name!r}")
 
 
-__all__ = ["__version__", *_CONTRACT]
+__all__ = ["__version__", *_CONTRACT, *_API]
