@@ -23,7 +23,8 @@ CASES = {
                        "1000000000000)"),
     "unknown_plugin": (BASE.replace('"sgd"', '"sgdd"'),
                        "base: optimizer.name: unknown optimizer 'sgdd'; did you mean 'sgd'? "
-                       "Registered: adam, adamw, lamb, lars, sgd"),
+                       "Registered: adam, adamw, lamb, lars, lion, sam, "
+                       "schedulefree_adamw, sgd"),
     "unknown_key": (BASE.replace("lr = 0.1", "lrr = 0.1"),
                     "base: optimizer.lrr: unknown key; sgd takes: lr, momentum, dampening, "
                     "nesterov, weight_decay, exclude_bias_norm"),
@@ -46,7 +47,7 @@ CASES = {
                        "lr_schedule, batch_schedule, augmentation, probes"),
     "unknown_top_level_key": (BASE + '\n[[blok]]\nname = "g"\n',
                               "blok: unknown key; allowed: name, description, seeds, base, "
-                              "block, analysis"),
+                              "block, analysis, plugins"),
     "syntax": ('[base]\nepochs = 1\ndataset = { name = "synthetic" \n',
                "TOML syntax error: Unclosed inline table (at line 3, column 32)"),
     "zero_lr": (BASE.replace("lr = 0.1", "lr = 0"),
