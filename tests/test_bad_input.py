@@ -125,6 +125,7 @@ def test_an_unexpected_error_is_one_line_with_a_saved_traceback(tmp_path):
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
 
 
+@pytest.mark.slow  # real worker processes
 def test_rm_and_weights_end_to_end(tmp_path):
     text = """
         name = "{name}"

@@ -167,6 +167,7 @@ def test_arrays_vectors_refuse_a_mean_that_does_not_fit(cli, tmp_path, table, me
                              f"{message.format(p='a.npz')}\n")
 
 
+@pytest.mark.slow  # real worker processes
 def test_arrays_path_is_relative_to_the_study_file_and_ids_do_not_depend_on_it(tmp_path):
     import json
 

@@ -137,6 +137,7 @@ def check_clean(result, what: str) -> None:
 
 @settings(max_examples=120, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@pytest.mark.slow  # real worker processes
 @given(case=mutated())
 def test_mutated_studies_give_one_line_and_leave_the_store_alone(case, store, tmp_path):
     name, tree = case

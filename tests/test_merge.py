@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import optlab, write_study
+
+pytestmark = pytest.mark.slow  # real worker processes
 
 TWO_LRS = "[0.01, 0.1]"
 

@@ -72,6 +72,7 @@ def ids(cli) -> list[str]:
     return [r.run_id for r in all_runs(expand(load_study("s.toml")))]
 
 
+@pytest.mark.slow  # real worker processes
 def test_a_plugin_in_a_file_beside_the_study_runs_and_its_hash_makes_the_run_id(tmp_path, cli):
     setup(tmp_path)
     before = ids(cli)

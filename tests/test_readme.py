@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import optlab
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,6 +102,7 @@ def test_every_transcript_outside_the_tour_says_where_it_is_checked():
             assert comment is not None, f"{section}: {runs[0][0]!r} needs a comment"
 
 
+@pytest.mark.slow  # real worker processes
 def test_the_tour_prints_what_the_readme_says(tmp_path):
     (tmp_path / "studies").mkdir()
     shutil.copy(ROOT / "studies" / "quickstart.toml", tmp_path / "studies")
@@ -123,6 +126,7 @@ def test_the_tour_prints_what_the_readme_says(tmp_path):
                 + "\n".join(actual))
 
 
+@pytest.mark.slow  # real worker processes
 def test_the_write_a_plugin_section_works_as_written(tmp_path):
     """The section's two files, saved as it says, run as a study."""
     text = (ROOT / "README.md").read_text()

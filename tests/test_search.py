@@ -85,6 +85,7 @@ def test_points_lie_in_their_ranges_and_sobol_stratifies_them(tmp_path):
     assert plan(tmp_path, "random").points != plan(tmp_path, "sobol").points
 
 
+@pytest.mark.slow  # real worker processes
 def test_a_grown_search_runs_only_its_new_points(tmp_path):
     write_study(tmp_path, text=STUDY.format(kind="sobol", n=2), name="tune.toml")
     optlab("run", "tune.toml", "--workers", "1", cwd=tmp_path, check=True)

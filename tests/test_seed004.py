@@ -11,6 +11,8 @@ import pytest
 
 from tests.conftest import optlab, write_study
 
+pytestmark = pytest.mark.slow  # real worker processes
+
 STUDY = """
 name = "growth"
 seeds = [0]

@@ -83,6 +83,7 @@ def test_recovery_ingests_journals_and_marks_unfinished_runs_interrupted(prepare
     assert n == {done_id: 1, cut_id: 2}
 
 
+@pytest.mark.slow  # real worker processes
 def test_a_worker_killed_mid_run_loses_no_finished_epoch(prepared, tmp_path):
     """kill -9 of a real worker: every epoch it reported is in its journal and the store."""
     path, todo = prepared
