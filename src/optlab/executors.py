@@ -67,8 +67,9 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, store: Path, stall_timeout: float = 600.0):
+    def __init__(self, store: Path, stall_timeout: float = 600.0, python: str | None = None):
         self.store, self.stall_timeout = store, stall_timeout
+        self.python = python  # the interpreter that runs `-m optlab.worker` (tests: a fake)
         self.pool = None
         self._halted = False
 
@@ -89,8 +90,9 @@ class LocalExecutor:
                   task_extra: TaskExtra) -> None:
         from optlab.pool import LocalPool
 
+        options = {"python": self.python} if self.python else {}
         self.pool = LocalPool(slots, self.store, stall_timeout=self.stall_timeout,
-                              task_extra=task_extra)
+                              task_extra=task_extra, **options)
         self.pool.stopping = self._halted
         await self.pool.run(specs, sink)
 

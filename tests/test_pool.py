@@ -1,0 +1,132 @@
+"""The local pool and the coordinator, driven by a scripted fake worker (no torch, no
+training): runs spread over slots with their events in order, a worker that dies fails only
+its run, --retry-failed plans only the failed, a stalled worker is killed, and Ctrl-C leaves
+the runs resumable. Each test takes a second or two."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+from rich.console import Console
+
+from optlab import store as st
+from optlab.coordinator import execute, prepare
+from optlab.devices import make_slots
+from optlab.executors import LocalExecutor
+from optlab.expand import expand
+from tests.conftest import write_study
+
+FAKE = Path(__file__).with_name("fake_worker.py")
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch):
+    """Run the tiny study (8 runs: seeds 0 and 1) on `slots` fake workers, each seed doing
+    what `script` says; returns the outcome and the store."""
+    python = tmp_path / "fake-python"
+    python.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE}\n")  # ignores -m optlab.worker
+    python.chmod(0o755)
+    study_file = write_study(tmp_path)
+    db = tmp_path / "optlab.duckdb"
+
+    def go(script: dict | None = None, slots: int = 2, retry_failed: bool = False,
+           stall_timeout: float = 60.0, during=None):
+        from optlab.study import load_study
+
+        monkeypatch.setenv("OPTLAB_FAKE_SCRIPT", json.dumps(script or {}))
+        study = load_study(study_file)
+        prepared = prepare(db, study, expand(study), retry_failed)
+        if during is not None:
+            threading.Thread(target=during, daemon=True).start()
+        outcome = execute(db, study, prepared, make_slots([], 1, slots, cores=slots),
+                          Console(file=io.StringIO()), None, stall_timeout,
+                          LocalExecutor(db, stall_timeout, python=str(python)))
+        return outcome, prepared
+
+    return go
+
+
+def rows(db: Path, sql: str) -> list[tuple]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_runs_spread_over_the_slots_with_every_event_in_order(run, tmp_path):
+    outcome, prepared = run(slots=3)
+    db = tmp_path / "optlab.duckdb"
+    assert set(outcome.statuses.values()) == {"done"} and len(outcome.statuses) == 8
+    assert rows(db, "select run_id, list(epoch order by epoch) from epochs group by run_id "
+                    "having list(epoch order by epoch) <> [1, 2, 3]") == []
+    workers = {w for (w,) in rows(db, "select worker from runs")}
+    assert workers == {"cpu/0", "cpu/1", "cpu/2"}
+    # the store's journal time is each run's last event: nothing was left unread
+    for (run_id,) in rows(db, "select run_id from runs"):
+        last = json.loads(st.journal_path(db, run_id).read_text().splitlines()[-1])
+        assert last["type"] == "finished"
+
+
+def test_a_worker_that_dies_fails_only_its_run_and_the_slot_goes_on(run, tmp_path):
+    outcome, _ = run({"1": ["epoch", "crash"]}, slots=1)
+    db = tmp_path / "optlab.duckdb"
+    failed = {r for r, s in outcome.statuses.items() if s == "failed"}
+    assert len(failed) == 4 and list(outcome.statuses.values()).count("done") == 4
+    assert all("died (exit code 3) during the run" in outcome.errors[r] for r in failed)
+    # what it reported before dying is kept; the one slot started a new worker each time
+    kept = rows(db, "select run_id, max(epoch) from epochs group by run_id")
+    assert {r: e for r, e in kept if r in failed} == dict.fromkeys(failed, 1)
+    log = st.log_path(db, next(iter(failed))).read_text()
+    assert "optlab: worker cpu/0 died (exit code 3) during the run" in log
+
+
+def test_retry_failed_plans_the_failed_runs_only(run):
+    run({"1": ["fail"]})
+    _, again = run({}, retry_failed=False)
+    assert again.todo == []
+    outcome, retried = run({}, retry_failed=True)
+    assert len(retried.todo) == 4 and {r.seed for r in retried.todo} == {1}
+    assert set(outcome.statuses.values()) == {"done"}
+
+
+def test_a_stalled_worker_is_killed_and_its_run_failed(run):
+    outcome, _ = run({"0": ["epoch", "hang"]}, slots=2, stall_timeout=1.5)
+    hung = [r for r, s in outcome.statuses.items() if s == "failed"]
+    assert len(hung) == 4
+    assert all("stalled: no progress for 2 s" in outcome.errors[r] for r in hung)
+
+
+def test_ctrl_c_stops_the_workers_and_leaves_the_runs_resumable(run, tmp_path):
+    db = tmp_path / "optlab.duckdb"
+
+    def press_ctrl_c() -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if any('"type":"epoch"' in p.read_text().replace(" ", "")
+                   for p in (tmp_path / "optlab.runs").glob("*/events.jsonl")):
+                break
+            time.sleep(0.02)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    outcome, _ = run({"0": ["epoch", "hang"], "1": ["epoch", "hang"]}, during=press_ctrl_c)
+    assert outcome.interrupted
+    states = dict(rows(db, "select run_id, status from runs"))
+    assert "running" not in states.values() and "interrupted" in states.values()
+    pids = [json.loads(p.read_text().splitlines()[0])["provenance"]["pid"]
+            for p in (tmp_path / "optlab.runs").glob("*/events.jsonl")]
+    assert pids and not any(Path(f"/proc/{pid}").exists()
+                            and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+                            for pid in pids)
+    # and the same study resumes: every run then finishes
+    outcome, again = run({})
+    assert len(again.todo) == 8 and set(outcome.statuses.values()) == {"done"}
