@@ -1,4 +1,4 @@
-"""nox sessions: tests, lint, bench, gpu (where CUDA exists)."""
+"""nox sessions: tests, fast, lint, bench, gpu (where CUDA exists)."""
 
 from __future__ import annotations
 
@@ -9,15 +9,24 @@ nox.options.sessions = ["tests", "lint"]
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The test suite (GPU tests skip themselves without CUDA)."""
-    session.install("-e", ".[dev]")
+    """The test suite, as CI runs it (GPU tests skip themselves without CUDA)."""
+    session.install("-e", ".[dev,ray]")
     session.run("python", "-m", "pytest", *session.posargs)
 
 
 @nox.session
+def fast(session: nox.Session) -> None:
+    """The tests that start no real worker process or cluster: -m "not slow"."""
+    session.install("-e", ".[dev]")
+    session.run("python", "-m", "pytest", "-m", "not slow", *session.posargs)
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
+    """ruff's checks, and ruff format (applied to the whole tree once; kept since)."""
     session.install("ruff")
     session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
 
 
 @nox.session
@@ -39,6 +48,7 @@ def gpu(session: nox.Session) -> None:
     session.install("-e", ".[dev]")
     session.run("python", "-m", "pytest", "-m", "gpu", "-v", *session.posargs)
     session.run("python", "benchmarks/engine_overhead.py", "--device", "cuda")
-    session.run("python", "benchmarks/resnet18_throughput.py", "--device", "cuda", "--images",
-                "8192")
+    session.run(
+        "python", "benchmarks/resnet18_throughput.py", "--device", "cuda", "--images", "8192"
+    )
     session.run("python", "benchmarks/augmentation.py", "--device", "cuda", "--images", "32768")

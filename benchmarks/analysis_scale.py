@@ -19,8 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
-LRS = [round(10 ** (-3 + 3 * i / 24), 6) for i in range(25)]       # 1e-3 .. 1
-WDS = [round(10 ** (-5 + 3 * i / 19), 8) for i in range(20)]       # 1e-5 .. 1e-2
+LRS = [round(10 ** (-3 + 3 * i / 24), 6) for i in range(25)]  # 1e-3 .. 1
+WDS = [round(10 ** (-5 + 3 * i / 19), 8) for i in range(20)]  # 1e-5 .. 1e-2
 BATCHES = [32, 64, 128, 256]
 STUDY = f"""
 name = "big"
@@ -68,8 +68,10 @@ def make_store(folder: Path, epochs: int) -> Path:
                          + 0.002 * (hash(run_id) % 100) / 100.0 as acc
                   from run_state) r
             cross join range(1, {epochs} + 1) e(epoch)""")
-        con.execute("update run_state set status = 'done', started_at = now(), "
-                    "finished_at = now(), train_seconds = 50")
+        con.execute(
+            "update run_state set status = 'done', started_at = now(), "
+            "finished_at = now(), train_seconds = 50"
+        )
     return db
 
 
@@ -96,8 +98,9 @@ def main() -> None:
         import duckdb
 
         con = duckdb.connect(str(db), read_only=True)
-        runs, rows = con.execute("select count(*), (select count(*) from epochs) from runs"
-                                 ).fetchone()
+        runs, rows = con.execute(
+            "select count(*), (select count(*) from epochs) from runs"
+        ).fetchone()
         con.close()
         print(f"store: {runs:,} runs, {rows:,} epoch rows, made in {made:.1f} s")
         floor = timed([sys.executable, "-c", "pass"], folder, args.repeat)
@@ -105,10 +108,16 @@ def main() -> None:
             "optlab analyze lr-wd": [optlab, "analyze", "lr-wd"],
             "optlab analyze scaling": [optlab, "analyze", "scaling"],
             "optlab analyze optimal": [optlab, "analyze", "optimal"],
-            "optlab plot heatmap (html)": [optlab, "plot", "heatmap", "--x", "optimizer.lr",
-                                           "--y", "optimizer.weight_decay"],
-            "optlab query cell_summary": [optlab, "query",
-                                          "select count(*) from cell_summary"],
+            "optlab plot heatmap (html)": [
+                optlab,
+                "plot",
+                "heatmap",
+                "--x",
+                "optimizer.lr",
+                "--y",
+                "optimizer.weight_decay",
+            ],
+            "optlab query cell_summary": [optlab, "query", "select count(*) from cell_summary"],
         }
         print(f"| command | wall s (best of {args.repeat}) |")
         print("|---|---|")

@@ -22,11 +22,13 @@ NORM = transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 PIL_PIPELINES = {
     "flip_crop": [transforms.RandomHorizontalFlip(), transforms.RandomCrop(32, padding=4)],
     "sgdm_pipeline": [  # seed 003's SGDM transforms
-        transforms.RandomHorizontalFlip(), transforms.RandomRotation(15),
+        transforms.RandomHorizontalFlip(),
+        transforms.RandomRotation(15),
         transforms.RandomCrop(32, padding=4),
         transforms.RandomAffine(degrees=0, translate=(0.1, 0.1)),
         transforms.RandomPerspective(distortion_scale=0.2, p=0.5),
-        transforms.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.2)],
+        transforms.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.2),
+    ],
 }
 
 
@@ -53,8 +55,9 @@ def pil_rate(images, name) -> float:
 def batched_rate(images, name, device) -> float:
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).to(device)
     x = (x - 0.5) / 0.5  # the dataset is normalised once, when it is loaded
-    aug = default_registry().create("augmentation", name, {}, input_shape=(3, 32, 32),
-                                    mean=[0.5] * 3, std=[0.5] * 3)
+    aug = default_registry().create(
+        "augmentation", name, {}, input_shape=(3, 32, 32), mean=[0.5] * 3, std=[0.5] * 3
+    )
     gen = torch.Generator(device=device).manual_seed(0)
     aug(x[:128], gen)  # warm-up
     if device.type == "cuda":
@@ -74,10 +77,13 @@ def main() -> None:
     a = p.parse_args()
     device = torch.device(a.device)
     images = np.random.default_rng(0).integers(0, 256, (a.images, 32, 32, 3), dtype=np.uint8)
-    print(f"{a.images} CIFAR-shaped images, batches of 128, {device.type}, "
-          f"{torch.get_num_threads()} threads")
-    print("| pipeline | PIL DataLoader, num_workers=0 (img/s) | optlab batched (img/s) | "
-          "speed-up |")
+    print(
+        f"{a.images} CIFAR-shaped images, batches of 128, {device.type}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        "| pipeline | PIL DataLoader, num_workers=0 (img/s) | optlab batched (img/s) | speed-up |"
+    )
     print("|---|---|---|---|")
     for name in PIL_PIPELINES:
         pil, ours = pil_rate(images, name), batched_rate(images, name, device)

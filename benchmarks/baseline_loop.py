@@ -25,7 +25,7 @@ def minimal_epoch(model, opt, x, y, bs, gen, base_lr, epoch, epochs, warmup):
     total = torch.zeros((), device=x.device)
     model.train()
     for i in range(steps):
-        idx = order[i * bs:(i + 1) * bs]
+        idx = order[i * bs : (i + 1) * bs]
         t = epoch + i / steps
         if t < warmup:
             f = min(1.0, (t + 1 / steps) / warmup)
@@ -65,8 +65,10 @@ def _digits_pil_loaders(batch_size):
         def __getitem__(self, i):
             return tf(Image.fromarray(self.xs[i], mode="L")), int(self.ys[i])
 
-    return (DataLoader(Digits(x_tr, y_tr), batch_size=batch_size, shuffle=True, num_workers=0),
-            DataLoader(Digits(x_te, y_te), batch_size=1024, num_workers=0))
+    return (
+        DataLoader(Digits(x_tr, y_tr), batch_size=batch_size, shuffle=True, num_workers=0),
+        DataLoader(Digits(x_te, y_te), batch_size=1024, num_workers=0),
+    )
 
 
 def script_run(args):
@@ -76,8 +78,7 @@ def script_run(args):
     torch.manual_seed(args.seed)
     train_dl, test_dl = _digits_pil_loaders(args.batch_size)
     model = build_cnn(CNNParams(channels=[16, 32]), input_shape=(1, 8, 8), num_classes=10)
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9,
-                          weight_decay=args.wd)
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.wd)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=args.epochs)
     with open(args.csv, "w", newline="") as f:
         w = csv.writer(f)
@@ -96,8 +97,9 @@ def script_run(args):
             with torch.no_grad():
                 for xb, yb in test_dl:
                     correct += (model(xb).argmax(1) == yb).sum().item()
-            w.writerow([epoch + 1, loss.item(), correct / len(test_dl.dataset),
-                        time.perf_counter() - t0])
+            w.writerow(
+                [epoch + 1, loss.item(), correct / len(test_dl.dataset), time.perf_counter() - t0]
+            )
 
 
 if __name__ == "__main__":

@@ -33,13 +33,25 @@ DEFAULT_MINUTES = 5
 
 # model table, input shape, classes, training images per epoch
 MODELS = {
-    "quickstart cnn [16, 32] (digits)": ({"name": "cnn", "channels": [16, 32]}, (1, 8, 8), 10,
-                                         1347),
-    "seed cnn [64, 128, 256] (CIFAR-10)": ({"name": "cnn", "channels": [64, 128, 256]},
-                                           (3, 32, 32), 10, CIFAR_TRAIN),
+    "quickstart cnn [16, 32] (digits)": (
+        {"name": "cnn", "channels": [16, 32]},
+        (1, 8, 8),
+        10,
+        1347,
+    ),
+    "seed cnn [64, 128, 256] (CIFAR-10)": (
+        {"name": "cnn", "channels": [64, 128, 256]},
+        (3, 32, 32),
+        10,
+        CIFAR_TRAIN,
+    ),
     "resnet18 (CIFAR-100)": ({"name": "resnet18"}, (3, 32, 32), 100, CIFAR_TRAIN),
-    "wrn-28-10 (CIFAR-100)": ({"name": "wrn", "depth": 28, "width": 10}, (3, 32, 32), 100,
-                              CIFAR_TRAIN),
+    "wrn-28-10 (CIFAR-100)": (
+        {"name": "wrn", "depth": 28, "width": 10},
+        (3, 32, 32),
+        100,
+        CIFAR_TRAIN,
+    ),
 }
 OPTIMIZERS = {
     "sgd": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4},
@@ -75,10 +87,22 @@ def throughput(model, optimizer, shape, classes, batches: int, batch: int = 128)
 
 
 def state_of(model, optimizer, gen):
-    return {"format": ckpt.FORMAT, "run_id": "bench", "epoch": 1, "step": 1, "samples": 1,
-            "lr": 0.1, "elapsed": 1.0, "threads": torch.get_num_threads(),
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": None,
-            "rng": rng_state(torch.device("cpu"), gen), "probes": {}, "best": None}
+    return {
+        "format": ckpt.FORMAT,
+        "run_id": "bench",
+        "epoch": 1,
+        "step": 1,
+        "samples": 1,
+        "lr": 0.1,
+        "elapsed": 1.0,
+        "threads": torch.get_num_threads(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": None,
+        "rng": rng_state(torch.device("cpu"), gen),
+        "probes": {},
+        "best": None,
+    }
 
 
 def optlab_write(folder: Path, model, optimizer, gen) -> int:
@@ -104,16 +128,24 @@ def timed(fn, rounds: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--folder", type=Path, default=None,
-                        help="where to write (default: a temporary folder on this disk)")
+    parser.add_argument(
+        "--folder",
+        type=Path,
+        default=None,
+        help="where to write (default: a temporary folder on this disk)",
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--batches", type=int, default=2)
     args = parser.parse_args()
-    print(f"# {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; medians of {args.rounds} writes")
-    print("| model | optimizer | checkpoint MB | torch.save s | optlab s | ratio | "
-          "CPU epoch s | share, every epoch | share, default (5 min) | "
-          "every epoch < 2% needs epoch >= |")
+    print(
+        f"# {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; medians of {args.rounds} writes"
+    )
+    print(
+        "| model | optimizer | checkpoint MB | torch.save s | optlab s | ratio | "
+        "CPU epoch s | share, every epoch | share, default (5 min) | "
+        "every epoch < 2% needs epoch >= |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory(dir=args.folder) as tmp:
         folder = Path(tmp)
@@ -123,17 +155,25 @@ def main() -> None:
                 model, optimizer = build(table, shape, classes, opt)
                 ips = throughput(model, optimizer, shape, classes, args.batches)
                 gen = torch.Generator().manual_seed(0)
-                plain = timed(lambda m=model, o=optimizer, g=gen: plain_write(folder, m, o, g),
-                              args.rounds)
+                plain = timed(
+                    lambda m=model, o=optimizer, g=gen: plain_write(folder, m, o, g), args.rounds
+                )
                 sizes: list[int] = []
-                ours = timed(lambda m=model, o=optimizer, g=gen, out=sizes: out.append(
-                    optlab_write(folder, m, o, g)), args.rounds)
+                ours = timed(
+                    lambda m=model, o=optimizer, g=gen, out=sizes: out.append(
+                        optlab_write(folder, m, o, g)
+                    ),
+                    args.rounds,
+                )
                 epoch = images / ips
                 every = ours / epoch
                 default = ours / max(epoch, DEFAULT_MINUTES * 60)
-                print(f"| {label} | {opt_name} | {sizes[-1] / 2**20:.1f} | {plain:.3f} | "
-                      f"{ours:.3f} | {ours / plain:.2f} | {epoch:.1f} | {100 * every:.3f}% | "
-                      f"{100 * default:.3f}% | {ours / 0.02:.1f} s |", flush=True)
+                print(
+                    f"| {label} | {opt_name} | {sizes[-1] / 2**20:.1f} | {plain:.3f} | "
+                    f"{ours:.3f} | {ours / plain:.2f} | {epoch:.1f} | {100 * every:.3f}% | "
+                    f"{100 * default:.3f}% | {ours / 0.02:.1f} s |",
+                    flush=True,
+                )
                 for p in folder.iterdir():
                     p.unlink()
 

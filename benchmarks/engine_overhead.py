@@ -26,25 +26,45 @@ from optlab.registry import default_registry  # noqa: E402
 
 CASES = {
     "quickstart cnn on digits (bs 64)": {
-        "dataset": {"name": "digits"}, "model": {"name": "cnn", "channels": [16, 32]},
-        "batch_size": 64},
+        "dataset": {"name": "digits"},
+        "model": {"name": "cnn", "channels": [16, 32]},
+        "batch_size": 64,
+    },
     "cnn on CIFAR-shaped synthetic, 4096 images (bs 128)": {
-        "dataset": {"name": "synthetic", "classes": 10, "shape": [3, 32, 32],
-                    "train_size": 4096, "test_size": 256},
-        "model": {"name": "cnn", "channels": [32, 64]}, "batch_size": 128},
+        "dataset": {
+            "name": "synthetic",
+            "classes": 10,
+            "shape": [3, 32, 32],
+            "train_size": 4096,
+            "test_size": 256,
+        },
+        "model": {"name": "cnn", "channels": [32, 64]},
+        "batch_size": 128,
+    },
 }
 
 
 def full_config(case, epochs):
     reg = default_registry()
     ds = case["dataset"]
-    ds = {"name": ds["name"], **reg.get("dataset", ds["name"]).params(
-        **{k: v for k, v in ds.items() if k != "name"}).model_dump(mode="json")}
+    ds = {
+        "name": ds["name"],
+        **reg.get("dataset", ds["name"])
+        .params(**{k: v for k, v in ds.items() if k != "name"})
+        .model_dump(mode="json"),
+    }
     return {
-        "epochs": epochs, "precision": "fp32", "dataset": ds,
+        "epochs": epochs,
+        "precision": "fp32",
+        "dataset": ds,
         "model": {**case["model"], "batch_norm": True},
-        "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False,
-                      "weight_decay": 5e-4},
+        "optimizer": {
+            "name": "sgd",
+            "lr": 0.05,
+            "momentum": 0.9,
+            "nesterov": False,
+            "weight_decay": 5e-4,
+        },
         "lr_schedule": {"name": "cosine", "warmup_epochs": 1.0, "min_factor": 0.0},
         "batch_schedule": {"name": "constant", "batch_size": case["batch_size"]},
         "augmentation": {"name": "none"},
@@ -53,8 +73,11 @@ def full_config(case, epochs):
 
 def engine_epochs(cfg, cache):
     rows = []
-    train({"run_id": "bench", "seed": 0, "config": cfg},
-          lambda e: rows.append(e["seconds"]) if e["type"] == "epoch" else None, cache)
+    train(
+        {"run_id": "bench", "seed": 0, "config": cfg},
+        lambda e: rows.append(e["seconds"]) if e["type"] == "epoch" else None,
+        cache,
+    )
     return rows[1:]
 
 
@@ -66,8 +89,11 @@ def baseline_epochs(cfg, cache, device):
 
     data = cache.get(cfg["dataset"])
     torch.manual_seed(0)
-    model = build_cnn(CNNParams(channels=cfg["model"]["channels"]),
-                      input_shape=data.input_shape, num_classes=data.num_classes).to(device)
+    model = build_cnn(
+        CNNParams(channels=cfg["model"]["channels"]),
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+    ).to(device)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
     gen = torch.Generator(device=device).manual_seed(0)
     times = []
@@ -75,8 +101,18 @@ def baseline_epochs(cfg, cache, device):
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        minimal_epoch(model, opt, data.x_train, data.y_train,
-                      cfg["batch_schedule"]["batch_size"], gen, 0.05, epoch, cfg["epochs"], 1.0)
+        minimal_epoch(
+            model,
+            opt,
+            data.x_train,
+            data.y_train,
+            cfg["batch_schedule"]["batch_size"],
+            gen,
+            0.05,
+            epoch,
+            cfg["epochs"],
+            1.0,
+        )
         times.append(time.perf_counter() - t0)
     return times[1:]
 
@@ -89,10 +125,15 @@ def main() -> None:
     a = p.parse_args()
     device = torch.device(a.device)
     cache = DataCache(default_registry(), device)
-    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
-            else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    print(f"engine overhead on {device.type} ({name}), torch {torch.__version__}, "
-          f"{a.rounds} rounds x {a.epochs} epochs")
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"engine overhead on {device.type} ({name}), torch {torch.__version__}, "
+        f"{a.rounds} rounds x {a.epochs} epochs"
+    )
     print("| case | hand-written s/epoch | optlab engine s/epoch | ratio |")
     print("|---|---|---|---|")
     for label, case in CASES.items():

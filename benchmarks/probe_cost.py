@@ -20,10 +20,14 @@ from optlab.probing import Probes
 from optlab.registry import default_registry
 
 PROBES = [
-    {"name": "grad_norm"}, {"name": "weight_norm"}, {"name": "distance_from_init"},
-    {"name": "effective_lr"}, {"name": "trust_ratio"},
+    {"name": "grad_norm"},
+    {"name": "weight_norm"},
+    {"name": "distance_from_init"},
+    {"name": "effective_lr"},
+    {"name": "trust_ratio"},
     {"name": "grad_noise_scale", "micro_batch": 8},
-    {"name": "hessian_trace", "vectors": 10}, {"name": "top_eigenvalue", "iterations": 10},
+    {"name": "hessian_trace", "vectors": 10},
+    {"name": "top_eigenvalue", "iterations": 10},
     {"name": "full_grad_norm"},
 ]
 
@@ -45,13 +49,24 @@ def median_time(fn, device: torch.device, repeat: int) -> float:
     return statistics.median(times)
 
 
-def bench(model_table: dict, shape: tuple[int, ...], classes: int, batch: int, train_size: int,
-          device: torch.device, repeat: int) -> list[tuple[str, float, float]]:
+def bench(
+    model_table: dict,
+    shape: tuple[int, ...],
+    classes: int,
+    batch: int,
+    train_size: int,
+    device: torch.device,
+    repeat: int,
+) -> list[tuple[str, float, float]]:
     reg = default_registry()
     torch.manual_seed(0)
-    model = reg.create("model", model_table["name"],
-                       {k: v for k, v in model_table.items() if k != "name"},
-                       input_shape=shape, num_classes=classes).to(device)
+    model = reg.create(
+        "model",
+        model_table["name"],
+        {k: v for k, v in model_table.items() if k != "name"},
+        input_shape=shape,
+        num_classes=classes,
+    ).to(device)
     # LARS, so that trust_ratio and effective_lr have something to read.
     optimizer = reg.create("optimizer", "lars", {"lr": 0.1, "momentum": 0.9}, model=model)
     x = torch.randn(train_size, *shape, device=device)
@@ -70,9 +85,18 @@ def bench(model_table: dict, shape: tuple[int, ...], classes: int, batch: int, t
     rows = []
     for table in PROBES:
         table = {**table, "batch": batch if table["name"] != "full_grad_norm" else 256}
-        probes = Probes([table], reg, model=model, optimizer=optimizer, data=data,
-                        augment=lambda t, g: t, seed=0, epochs=1, device=device,
-                        channels_last=False)
+        probes = Probes(
+            [table],
+            reg,
+            model=model,
+            optimizer=optimizer,
+            data=data,
+            augment=lambda t, g: t,
+            seed=0,
+            epochs=1,
+            device=device,
+            channels_last=False,
+        )
         seconds = median_time(lambda p=probes: p.at_epoch(1, 1), device, repeat)
         rows.append((table["name"], seconds, seconds / step_s))
     return [("training step", step_s, 1.0), *rows]
@@ -88,12 +112,19 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     cases = [
-        ("quickstart CNN (digits, 1x8x8)", {"name": "cnn", "channels": [32, 64]}, (1, 8, 8),
-         10, args.batch),
+        (
+            "quickstart CNN (digits, 1x8x8)",
+            {"name": "cnn", "channels": [32, 64]},
+            (1, 8, 8),
+            10,
+            args.batch,
+        ),
         ("ResNet-18 (3x32x32)", {"name": "resnet18"}, (3, 32, 32), 100, args.resnet_batch),
     ]
-    print(f"device {device}, threads {torch.get_num_threads()}, full_grad_norm over "
-          f"{args.train_size} examples")
+    print(
+        f"device {device}, threads {torch.get_num_threads()}, full_grad_norm over "
+        f"{args.train_size} examples"
+    )
     for title, table, shape, classes, batch in cases:
         rows = bench(table, shape, classes, batch, args.train_size, device, args.repeat)
         print(f"\n{title}, batch {batch}")

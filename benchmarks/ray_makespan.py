@@ -66,10 +66,25 @@ def one(executor: str, folder: Path) -> dict[str, float]:
     os.chdir(folder)
     t0 = time.perf_counter()
     try:
-        where = (["--executor", "ray", "--address", "auto"] if executor == "ray-joined"
-                 else ["--executor", executor])
-        app(["run", "study.toml", *where, "--gpus", "none", "--workers", "2",
-             "--store", "optlab.duckdb"], standalone_mode=False)
+        where = (
+            ["--executor", "ray", "--address", "auto"]
+            if executor == "ray-joined"
+            else ["--executor", executor]
+        )
+        app(
+            [
+                "run",
+                "study.toml",
+                *where,
+                "--gpus",
+                "none",
+                "--workers",
+                "2",
+                "--store",
+                "optlab.duckdb",
+            ],
+            standalone_mode=False,
+        )
     finally:
         makespan = time.perf_counter() - t0
         os.chdir(cwd)
@@ -79,10 +94,14 @@ def one(executor: str, folder: Path) -> dict[str, float]:
     (done,) = con.execute("select count(*) from runs where status = 'done'").fetchone()
     con.close()
     latencies.sort()
-    return {"makespan": makespan, "session": session, "done": done,
-            "lat_median_ms": 1000 * statistics.median(latencies),
-            "lat_p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
-            "events": len(latencies)}
+    return {
+        "makespan": makespan,
+        "session": session,
+        "done": done,
+        "lat_median_ms": 1000 * statistics.median(latencies),
+        "lat_p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
+        "events": len(latencies),
+    }
 
 
 def main() -> None:
@@ -95,31 +114,49 @@ def main() -> None:
     order = ("local", "ray", "ray-joined")
     results: dict[str, list[dict[str, float]]] = {e: [] for e in order}
     ray_cli = str(Path(sys.executable).parent / "ray")
-    subprocess.run([ray_cli, "start", "--head", "--num-cpus", "2", "--include-dashboard=false",
-                    "--disable-usage-stats"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            ray_cli,
+            "start",
+            "--head",
+            "--num-cpus",
+            "2",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ],
+        check=True,
+        capture_output=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeat):
-            for executor in (order if r % 2 == 0 else order[::-1]):
+            for executor in order if r % 2 == 0 else order[::-1]:
                 folder = Path(tmp) / f"{executor}-{r}"
                 folder.mkdir()
                 (folder / "study.toml").write_text(STUDY.format(epochs=args.epochs, lrs=lrs))
                 got = one(executor, folder)
                 assert got["done"] == args.runs, got
                 results[executor].append(got)
-                print(f"repeat {r} {executor}: " + ", ".join(
-                    f"{k} {v:.3f}" for k, v in got.items()), flush=True)
+                print(
+                    f"repeat {r} {executor}: " + ", ".join(f"{k} {v:.3f}" for k, v in got.items()),
+                    flush=True,
+                )
     subprocess.run([ray_cli, "stop"], check=True, capture_output=True)
-    med = {e: {k: statistics.median(x[k] for x in rs) for k in rs[0]}
-           for e, rs in results.items()}
+    med = {e: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for e, rs in results.items()}
     print(f"\n{args.runs} runs x {args.epochs} epochs, 2 CPU slots, median of {args.repeat}:")
-    print(f"{'':12}{'makespan s':>12}{'session s':>12}{'latency ms (median)':>22}"
-          f"{'latency ms (p99)':>18}{'events':>8}")
+    print(
+        f"{'':12}{'makespan s':>12}{'session s':>12}{'latency ms (median)':>22}"
+        f"{'latency ms (p99)':>18}{'events':>8}"
+    )
     for e, m in med.items():
-        print(f"{e:12}{m['makespan']:12.2f}{m['session']:12.2f}{m['lat_median_ms']:22.2f}"
-              f"{m['lat_p99_ms']:18.2f}{m['events']:8.0f}")
+        print(
+            f"{e:12}{m['makespan']:12.2f}{m['session']:12.2f}{m['lat_median_ms']:22.2f}"
+            f"{m['lat_p99_ms']:18.2f}{m['events']:8.0f}"
+        )
     for e in order[1:]:
-        print(f"{e} / local: makespan {med[e]['makespan'] / med['local']['makespan']:.3f}x, "
-              f"session {med[e]['session'] / med['local']['session']:.3f}x")
+        print(
+            f"{e} / local: makespan {med[e]['makespan'] / med['local']['makespan']:.3f}x, "
+            f"session {med[e]['session'] / med['local']['session']:.3f}x"
+        )
 
 
 if __name__ == "__main__":

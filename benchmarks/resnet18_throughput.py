@@ -24,11 +24,22 @@ from optlab.registry import default_registry
 
 def config(images: int, precision: str, epochs: int) -> dict:
     return {
-        "epochs": epochs, "precision": precision, "lr_scaling": "none",
+        "epochs": epochs,
+        "precision": precision,
+        "lr_scaling": "none",
         "lr_reference_batch": None,
-        "dataset": {"name": "synthetic", "classes": 10, "shape": [3, 32, 32],
-                    "train_size": images, "test_size": 128, "noise": 1.0, "seed": 0,
-                    "examples_per_class": None, "val_fraction": 0.0, "data_seed": 0},
+        "dataset": {
+            "name": "synthetic",
+            "classes": 10,
+            "shape": [3, 32, 32],
+            "train_size": images,
+            "test_size": 128,
+            "noise": 1.0,
+            "seed": 0,
+            "examples_per_class": None,
+            "val_fraction": 0.0,
+            "data_seed": 0,
+        },
         "model": {"name": "resnet18", "width": 64},
         "optimizer": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
         "lr_schedule": {"name": "constant"},
@@ -39,8 +50,11 @@ def config(images: int, precision: str, epochs: int) -> dict:
 
 def engine_rate(cfg, cache) -> float:
     secs = []
-    train({"run_id": "bench", "seed": 0, "config": cfg},
-          lambda e: secs.append(e["seconds"]) if e["type"] == "epoch" else None, cache)
+    train(
+        {"run_id": "bench", "seed": 0, "config": cfg},
+        lambda e: secs.append(e["seconds"]) if e["type"] == "epoch" else None,
+        cache,
+    )
     return cfg["dataset"]["train_size"] / statistics.median(secs[1:])
 
 
@@ -53,8 +67,11 @@ def hand_rate(cfg, cache, device) -> float:
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cfg["precision"] == \
-        "bf16" else nullcontext
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16))
+        if cfg["precision"] == "bf16"
+        else nullcontext
+    )
     bs, n = 128, len(x)
     rates = []
     for _ in range(cfg["epochs"]):
@@ -65,7 +82,7 @@ def hand_rate(cfg, cache, device) -> float:
         total = torch.zeros((), device=device)
         model.train()
         for i in range(0, n, bs):
-            idx = order[i:i + bs]
+            idx = order[i : i + bs]
             xb = x[idx].contiguous(memory_format=torch.channels_last) if cuda else x[idx]
             with autocast():
                 loss = F.cross_entropy(model(xb).float(), y[idx])
@@ -89,16 +106,21 @@ def main() -> None:
     precision = "bf16" if device.type == "cuda" else "fp32"
     cache = DataCache(default_registry(), device)
     cfg = config(a.images, precision, a.epochs)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"{platform.machine()}, {torch.get_num_threads()} threads"
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"{platform.machine()}, {torch.get_num_threads()} threads"
+    )
     eng, hand = [], []
     for _ in range(a.rounds):
         hand.append(hand_rate(cfg, cache, device))
         eng.append(engine_rate(cfg, cache))
     h, e = statistics.median(hand), statistics.median(eng)
-    print(f"ResNet-18 (CIFAR form), batch 128, {precision}"
-          f"{', channels_last' if device.type == 'cuda' else ''}, {a.images} images, "
-          f"{device.type} ({name}), torch {torch.__version__}")
+    print(
+        f"ResNet-18 (CIFAR form), batch 128, {precision}"
+        f"{', channels_last' if device.type == 'cuda' else ''}, {a.images} images, "
+        f"{device.type} ({name}), torch {torch.__version__}"
+    )
     print("| hand-written loop (img/s) | optlab engine (img/s) | ratio |")
     print("|---|---|---|")
     print(f"| {h:.1f} | {e:.1f} | {e / h:.3f} |")

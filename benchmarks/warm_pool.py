@@ -40,17 +40,46 @@ def optlab_study(folder: Path, workers: int, epochs: int) -> float:
     study = folder / "bench.toml"
     study.write_text(STUDY.format(seeds=SEEDS, epochs=epochs, lrs=LRS))
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "optlab", "run", str(study), "--gpus", "none",
-                    "--workers", str(workers), "--store", str(folder / "bench.duckdb")],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "optlab",
+            "run",
+            str(study),
+            "--gpus",
+            "none",
+            "--workers",
+            str(workers),
+            "--store",
+            str(folder / "bench.duckdb"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     return time.perf_counter() - t0
 
 
 def fresh_processes(folder: Path, workers: int, epochs: int) -> float:
     threads = max(1, (os.cpu_count() or 1) // workers)
-    jobs = [[sys.executable, str(HERE / "baseline_loop.py"), "--lr", str(lr), "--seed",
-             str(seed), "--epochs", str(epochs), "--threads", str(threads), "--csv",
-             str(folder / f"run_{lr}_{seed}.csv")] for seed in SEEDS for lr in LRS]
+    jobs = [
+        [
+            sys.executable,
+            str(HERE / "baseline_loop.py"),
+            "--lr",
+            str(lr),
+            "--seed",
+            str(seed),
+            "--epochs",
+            str(epochs),
+            "--threads",
+            str(threads),
+            "--csv",
+            str(folder / f"run_{lr}_{seed}.csv"),
+        ]
+        for seed in SEEDS
+        for lr in LRS
+    ]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:
         for proc in pool.map(lambda cmd: subprocess.run(cmd, capture_output=True), jobs):

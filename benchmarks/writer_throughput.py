@@ -55,17 +55,31 @@ def epoch_events(run_ids: list[str], count: int, start: int) -> list[dict]:
 
 def probe_events(run_ids: list[str], count: int, start: int, keys: int) -> list[dict]:
     values = {("global" if keys == 1 else f"layer{j}"): 0.25 for j in range(keys)}
-    return [{"type": "probe", "run_id": run_ids[(start + i) % len(run_ids)], "epoch": 1,
-             "step": start + i, "probe": "grad_norm", "values": values, "time": 1e9 + i}
-            for i in range(count)]
+    return [
+        {
+            "type": "probe",
+            "run_id": run_ids[(start + i) % len(run_ids)],
+            "epoch": 1,
+            "step": start + i,
+            "probe": "grad_norm",
+            "values": values,
+            "time": 1e9 + i,
+        }
+        for i in range(count)
+    ]
 
 
 def row_by_row(con, events: list[dict]) -> None:
     """The writer before bulk inserts: a statement per row and per run."""
-    epochs = [[e["run_id"], *(e.get(f) for f in EPOCH_FIELDS)] for e in events
-              if e["type"] == "epoch"]
-    probes = [[e["run_id"], e["epoch"], e["step"], e["probe"], k, v] for e in events
-              if e["type"] == "probe" for k, v in e["values"].items()]
+    epochs = [
+        [e["run_id"], *(e.get(f) for f in EPOCH_FIELDS)] for e in events if e["type"] == "epoch"
+    ]
+    probes = [
+        [e["run_id"], e["epoch"], e["step"], e["probe"], k, v]
+        for e in events
+        if e["type"] == "probe"
+        for k, v in e["values"].items()
+    ]
     if epochs:
         marks = ", ".join("?" for _ in range(len(EPOCH_FIELDS) + 1))
         con.executemany(f"insert or replace into epochs values ({marks})", epochs)
@@ -75,8 +89,11 @@ def row_by_row(con, events: list[dict]) -> None:
     for e in events:
         times[e["run_id"]] = max(times.get(e["run_id"], 0.0), e["time"])
     for run_id, at in times.items():
-        con.execute("update run_state set journal_time = greatest(coalesce(journal_time, 0), "
-                    "?) where run_id = ?", [at, run_id])
+        con.execute(
+            "update run_state set journal_time = greatest(coalesce(journal_time, 0), "
+            "?) where run_id = ?",
+            [at, run_id],
+        )
 
 
 def timed(db: Path, batches: list[list[dict]], apply=st.apply_events) -> float:
@@ -91,38 +108,53 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batches", default="100,1000,10000")
     parser.add_argument("--total", type=int, default=20000, help="events per case")
-    parser.add_argument("--baseline-total", type=int, default=2000,
-                        help="events per case for the row-by-row baseline")
+    parser.add_argument(
+        "--baseline-total",
+        type=int,
+        default=2000,
+        help="events per case for the row-by-row baseline",
+    )
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
     sizes = [int(b) for b in args.batches.split(",")]
-    print("| events | batch | row by row: events/s | bulk: events/s | bulk: values/s | "
-          "speed-up |\n|---|---|---|---|---|---|")
+    print(
+        "| events | batch | row by row: events/s | bulk: events/s | bulk: values/s | "
+        "speed-up |\n|---|---|---|---|---|---|"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         db = make_store(folder, STUDY, lambda c, s: 0.5, epochs=0)
         with st.reading(db) as con:
-            run_ids = [r for (r,) in con.execute("select run_id from run_state order by 1")
-                       .fetchall()]
-        cases = [("epoch rows", lambda n, s: epoch_events(run_ids, n, s), 1),
-                 ("probe, 1 key", lambda n, s: probe_events(run_ids, n, s, 1), 1),
-                 ("probe, 62 keys", lambda n, s: probe_events(run_ids, n, s, 62), 62)]
+            run_ids = [
+                r for (r,) in con.execute("select run_id from run_state order by 1").fetchall()
+            ]
+        cases = [
+            ("epoch rows", lambda n, s: epoch_events(run_ids, n, s), 1),
+            ("probe, 1 key", lambda n, s: probe_events(run_ids, n, s, 1), 1),
+            ("probe, 62 keys", lambda n, s: probe_events(run_ids, n, s, 62), 62),
+        ]
         offset = 0
         for name, make, values in cases:
             for size in sizes:
                 per_event = {}
-                for how, apply, total in (("before", row_by_row, args.baseline_total),
-                                          ("bulk", st.apply_events, args.total)):
+                for how, apply, total in (
+                    ("before", row_by_row, args.baseline_total),
+                    ("bulk", st.apply_events, args.total),
+                ):
                     best = float("inf")
                     for _ in range(args.repeat):
-                        batches = [make(size, offset + i * size)
-                                   for i in range(max(1, total // size))]
+                        batches = [
+                            make(size, offset + i * size) for i in range(max(1, total // size))
+                        ]
                         offset += size * len(batches)
                         best = min(best, timed(db, batches, apply) / (size * len(batches)))
                     per_event[how] = best
                 before, bulk = per_event["before"], per_event["bulk"]
-                print(f"| {name} | {size} | {1 / before:,.0f} | {1 / bulk:,.0f} | "
-                      f"{values / bulk:,.0f} | {before / bulk:.1f}x |", flush=True)
+                print(
+                    f"| {name} | {size} | {1 / before:,.0f} | {1 / bulk:,.0f} | "
+                    f"{values / bulk:,.0f} | {before / bulk:.1f}x |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

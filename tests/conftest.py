@@ -34,8 +34,9 @@ name = "grid"
 """
 
 
-def write_study(folder: Path, lrs: str = "[0.01, 0.1]", text: str | None = None,
-                name: str = "tiny.toml") -> Path:
+def write_study(
+    folder: Path, lrs: str = "[0.01, 0.1]", text: str | None = None, name: str = "tiny.toml"
+) -> Path:
     path = folder / name
     path.write_text(textwrap.dedent(text) if text is not None else TINY.format(lrs=lrs))
     return path
@@ -58,16 +59,28 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     return invoke
 
 
-def optlab(*args: str, cwd: Path, timeout: float = 240, env: dict[str, str] | None = None,
-           check: bool = False) -> subprocess.CompletedProcess[str]:
+def optlab(
+    *args: str,
+    cwd: Path,
+    timeout: float = 240,
+    env: dict[str, str] | None = None,
+    check: bool = False,
+) -> subprocess.CompletedProcess[str]:
     """Run the real `optlab` command in a fresh process (workers and all)."""
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
     full_env.pop("OPTLAB_STORE", None)
-    proc = subprocess.run([sys.executable, "-m", "optlab", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "optlab", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     if check and proc.returncode != 0:
-        raise AssertionError(f"optlab {' '.join(args)} exited {proc.returncode}:\n"
-                             f"{proc.stdout}\n{proc.stderr}")
+        raise AssertionError(
+            f"optlab {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        )
     return proc
 
 

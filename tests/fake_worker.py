@@ -13,8 +13,20 @@ import os
 import sys
 import time
 
-FIELDS = ("epoch", "step", "samples", "sfo", "epoch_lr", "epoch_batch_size", "train_loss",
-          "train_acc", "test_loss", "test_acc", "seconds", "eval_seconds")
+FIELDS = (
+    "epoch",
+    "step",
+    "samples",
+    "sfo",
+    "epoch_lr",
+    "epoch_batch_size",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "seconds",
+    "eval_seconds",
+)
 
 
 def run(task: dict, script, send) -> None:
@@ -28,8 +40,14 @@ def run(task: dict, script, send) -> None:
             journal.flush()
             send(event)
 
-        emit({"type": "started", "config": task["config"], "seed": task["seed"],
-              "provenance": {"worker": os.environ.get("OPTLAB_WORKER"), "pid": os.getpid()}})
+        emit(
+            {
+                "type": "started",
+                "config": task["config"],
+                "seed": task["seed"],
+                "provenance": {"worker": os.environ.get("OPTLAB_WORKER"), "pid": os.getpid()},
+            }
+        )
         epoch = 0
         for action in script(str(task["seed"]), ["epoch"] * 3) + ["finish"]:
             if action == "epoch":

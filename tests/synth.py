@@ -16,9 +16,15 @@ from optlab.study import load_study
 Outcome = Callable[[dict[str, Any], int], Any]
 
 
-def make_store(folder: Path, study_text: str, accuracy: Outcome, epochs: int = 3,
-               status: Callable[[dict[str, Any], int], str] | None = None,
-               grad_norm: Outcome | None = None, name: str = "s.toml") -> Path:
+def make_store(
+    folder: Path,
+    study_text: str,
+    accuracy: Outcome,
+    epochs: int = 3,
+    status: Callable[[dict[str, Any], int], str] | None = None,
+    grad_norm: Outcome | None = None,
+    name: str = "s.toml",
+) -> Path:
     """Register the study and give every run ``epochs`` epochs whose test accuracy rises
     to ``accuracy(config, seed)``; ``status`` may make a run diverge or fail;
     ``grad_norm(config, seed)`` gives per-epoch full gradient norms as a list."""
@@ -36,28 +42,60 @@ def make_store(folder: Path, study_text: str, accuracy: Outcome, epochs: int = 3
             if state == "pending":
                 continue
             final = accuracy(run.config, run.seed)
-            events.append({"type": "started", "run_id": run.run_id, "time": 1.0e9,
-                           "provenance": {"device": "cpu"}})
+            events.append(
+                {
+                    "type": "started",
+                    "run_id": run.run_id,
+                    "time": 1.0e9,
+                    "provenance": {"device": "cpu"},
+                }
+            )
             batch = run.config["batch_schedule"].get("batch_size", 100)
             norms = grad_norm(run.config, run.seed) if grad_norm else None
             for e in range(1, epochs + 1):
                 acc = final * e / epochs
                 if state == "diverged" and e == epochs:
                     acc = float("nan")
-                events.append({
-                    "type": "epoch", "run_id": run.run_id, "epoch": e, "step": 10 * e,
-                    "samples": 1000 * e, "sfo": 1000 * e, "epoch_lr": 0.1,
-                    "epoch_batch_size": batch, "train_loss": 1 - acc if acc == acc else None,
-                    "train_acc": acc, "test_loss": 1 - acc if acc == acc else None,
-                    "test_acc": None if math.isnan(acc) else acc, "seconds": 0.5,
-                    "eval_seconds": 0.1, "probe_seconds": 0.0, "sfo_full_batches": 1000 * e,
-                    "comm_rounds": 10 * e})
+                events.append(
+                    {
+                        "type": "epoch",
+                        "run_id": run.run_id,
+                        "epoch": e,
+                        "step": 10 * e,
+                        "samples": 1000 * e,
+                        "sfo": 1000 * e,
+                        "epoch_lr": 0.1,
+                        "epoch_batch_size": batch,
+                        "train_loss": 1 - acc if acc == acc else None,
+                        "train_acc": acc,
+                        "test_loss": 1 - acc if acc == acc else None,
+                        "test_acc": None if math.isnan(acc) else acc,
+                        "seconds": 0.5,
+                        "eval_seconds": 0.1,
+                        "probe_seconds": 0.0,
+                        "sfo_full_batches": 1000 * e,
+                        "comm_rounds": 10 * e,
+                    }
+                )
                 if norms is not None:
-                    events.append({"type": "probe", "run_id": run.run_id, "epoch": e,
-                                   "step": 10 * e, "probe": "full_grad_norm",
-                                   "values": {"global": norms[e - 1]}})
+                    events.append(
+                        {
+                            "type": "probe",
+                            "run_id": run.run_id,
+                            "epoch": e,
+                            "step": 10 * e,
+                            "probe": "full_grad_norm",
+                            "values": {"global": norms[e - 1]},
+                        }
+                    )
             end = {"done": "finished"}.get(state, state)
-            events.append({"type": end, "run_id": run.run_id, "time": 1.0e9 + 10,
-                           "error": None if state == "done" else f"made-up {state}"})
+            events.append(
+                {
+                    "type": end,
+                    "run_id": run.run_id,
+                    "time": 1.0e9 + 10,
+                    "error": None if state == "done" else f"made-up {state}",
+                }
+            )
         st.apply_events(con, events)
     return db

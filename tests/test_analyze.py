@@ -40,13 +40,21 @@ def analyze(cli, *args):
 
 
 def test_lr_wd_finds_the_inverse_relationship(cli, tmp_path):
-    text = HEAD.format(name="lrwd") + f"""
+    text = (
+        HEAD.format(name="lrwd")
+        + f"""
 [[block]]
 name = "grid"
 grid = {{ "optimizer.lr" = {LRS}, "optimizer.weight_decay" = [1e-4, 1e-3, 1e-2, 0.0] }}
 """
-    make_store(tmp_path, text, lambda c, s: bowl(
-        c["optimizer"]["lr"], 1e-4 / max(c["optimizer"]["weight_decay"], 1e-9)) + noise(s))
+    )
+    make_store(
+        tmp_path,
+        text,
+        lambda c, s: (
+            bowl(c["optimizer"]["lr"], 1e-4 / max(c["optimizer"]["weight_decay"], 1e-9)) + noise(s)
+        ),
+    )
     out = analyze(cli, "lr-wd")
     (fit,) = out["tables"]["fit"]
     assert fit["slope"] == pytest.approx(-1.0, abs=0.02)
@@ -59,18 +67,23 @@ grid = {{ "optimizer.lr" = {LRS}, "optimizer.weight_decay" = [1e-4, 1e-3, 1e-2, 
 
 
 def test_lr_wd_without_a_relationship_is_not_called_inverse(cli, tmp_path):
-    text = HEAD.format(name="flat") + f"""
+    text = (
+        HEAD.format(name="flat")
+        + f"""
 [[block]]
 name = "grid"
 grid = {{ "optimizer.lr" = {LRS}, "optimizer.weight_decay" = [1e-4, 1e-3, 1e-2] }}
 """
+    )
     make_store(tmp_path, text, lambda c, s: bowl(c["optimizer"]["lr"], 0.0316) + noise(s))
     (fit,) = analyze(cli, "lr-wd")["tables"]["fit"]
     assert fit["slope"] == 0.0 and fit["consistent_with_inverse"] is False
 
 
 def test_scaling_finds_the_linear_rule_per_optimizer(cli, tmp_path):
-    text = HEAD.format(name="scale") + f"""
+    text = (
+        HEAD.format(name="scale")
+        + f"""
 [[block]]
 name = "sgd"
 grid = {{ "optimizer.lr" = {LRS}, "batch_schedule.batch_size" = [32, 320, 3200] }}
@@ -79,6 +92,7 @@ name = "adam"
 set = {{ optimizer = {{ name = "adam" }} }}
 grid = {{ "optimizer.lr" = {LRS}, "batch_schedule.batch_size" = [32, 320, 3200] }}
 """
+    )
 
     def acc(c, s):
         bs = c["batch_schedule"]["batch_size"]
@@ -117,11 +131,14 @@ def test_optimal_reports_a_bootstrap_interval_and_what_it_left_out(cli, tmp_path
 
 
 def test_ranking_orders_optimizers_and_tests_each_gap(cli, tmp_path):
-    text = HEAD.format(name="rank") + """
+    text = (
+        HEAD.format(name="rank")
+        + """
 [[block]]
 name = "opt"
 grid = { optimizer = [{ name = "sgd" }, { name = "adam" }, { name = "adamw" }] }
 """
+    )
     level = {"sgd": 0.90, "adam": 0.85, "adamw": 0.849}
     make_store(tmp_path, text, lambda c, s: level[c["optimizer"]["name"]] + 0.002 * (s - 1))
     rows = analyze(cli, "ranking")["tables"]["ranking"]
@@ -130,7 +147,9 @@ grid = { optimizer = [{ name = "sgd" }, { name = "adam" }, { name = "adamw" }] }
     assert rows[1]["p_vs_next_better"] < 0.001 < rows[2]["p_vs_next_better"]
 
 
-WARM = HEAD.format(name="warm") + """
+WARM = (
+    HEAD.format(name="warm")
+    + """
 lr_schedule = { name = "cosine" }
 [[block]]
 name = "synthetic_sgd"
@@ -151,6 +170,7 @@ seeds = [0, 1]
 "dataset.examples_per_class" = [5000, 500, 50]
 "lr_schedule.warmup_epochs" = [0, 1, 5, 10, 20]
 """
+)
 
 
 def examples(c):
@@ -171,8 +191,9 @@ def test_warmup_finds_the_optima_the_rule_and_the_four_hypotheses(cli, tmp_path)
     make_store(tmp_path, WARM, acc)
     out = analyze(cli, "warmup")
     assert out["findings"]["dataset_size"].startswith("training examples")
-    optima = {(r["group"], r["examples"]): r["optimal_warmup"]
-              for r in out["tables"]["optimal_warmup"]}
+    optima = {
+        (r["group"], r["examples"]): r["optimal_warmup"] for r in out["tables"]["optimal_warmup"]
+    }
     assert optima[("dataset.classes=10, optimizer=sgd", 50000)] == 10
     assert optima[("dataset.classes=5, optimizer=sgd", 500)] == 1
     rule = out["tables"]["rule"][0]
@@ -185,7 +206,8 @@ def test_warmup_finds_the_optima_the_rule_and_the_four_hypotheses(cli, tmp_path)
     assert hyp["H1"]["note"].startswith("peak at 4,448 examples (95% CI ")
     assert hyp["H3"]["note"].startswith(
         "reference: block synthetic_sgd; dataset.classes=10, optimizer=sgd vs "
-        "dataset.classes=5, optimizer=sgd: r=1")
+        "dataset.classes=5, optimizer=sgd: r=1"
+    )
     assert hyp["H4"]["claim"] == "adamw is less warmup-sensitive than sgd"
     assert "geometric mean ratio 0.139" in hyp["H4"]["effect"]
 
@@ -197,7 +219,7 @@ def test_h1_a_benefit_that_keeps_rising_with_size_is_not_a_peak(cli, tmp_path):
         w = c["lr_schedule"]["warmup_epochs"]
         return 0.8 - 0.002 * (w - best[examples(c)]) ** 2 + 0.001 * ((s * 7 + w) % 3)
 
-    make_store(tmp_path, WARM.split("[[block]]\nname = \"other_sgd\"")[0], acc)
+    make_store(tmp_path, WARM.split('[[block]]\nname = "other_sgd"')[0], acc)
     h1 = analyze(cli, "warmup")["tables"]["hypotheses"][0]
     # The benefit rises monotonically: 0.002 at 500 examples up to 0.2 at 50,000.
     assert h1["supported"] is False
@@ -212,7 +234,9 @@ def test_h1_measures_the_benefit_on_seeds_it_did_not_choose_the_warmup_on(cli, t
 
     regimes = [5000, 3000, 2000, 1000, 700, 500, 300, 200, 100, 50]
     warmups = [0, 1, 5, 10, 20]
-    text = HEAD.format(name="noise").replace("seeds = [0, 1, 2]", "seeds = 6") + f"""
+    text = (
+        HEAD.format(name="noise").replace("seeds = [0, 1, 2]", "seeds = 6")
+        + f"""
 lr_schedule = {{ name = "cosine" }}
 [[block]]
 name = "sgd"
@@ -227,32 +251,39 @@ set = {{ "dataset.classes" = 5 }}
 "dataset.examples_per_class" = [5000, 1000, 500, 100, 50]
 "lr_schedule.warmup_epochs" = {warmups}
 """
+    )
 
     def noise(regime, classes, w, s):
         key = f"{regime} {classes} {w} {s}".encode()
         return 0.01 * random.Random(zlib.crc32(key)).gauss()
 
     def acc(c, s):
-        return 0.8 + noise(c["dataset"]["examples_per_class"], c["dataset"]["classes"],
-                           c["lr_schedule"]["warmup_epochs"], s)
+        return 0.8 + noise(
+            c["dataset"]["examples_per_class"],
+            c["dataset"]["classes"],
+            c["lr_schedule"]["warmup_epochs"],
+            s,
+        )
 
     make_store(tmp_path, text, acc)
     out = analyze(cli, "warmup")
     held_out = [r["benefit_mean"] for r in out["tables"]["benefit"]]
     assert len(held_out) == len(regimes)  # the one-seed group cannot hold a seed out
-    assert out["findings"]["h1_left_out"] == ("one seed, so the best warmup cannot be chosen "
-                                              "on other seeds: dataset.classes=5")
+    assert out["findings"]["h1_left_out"] == (
+        "one seed, so the best warmup cannot be chosen on other seeds: dataset.classes=5"
+    )
     in_sample = []
     for regime in regimes:
-        mean = np.array([[noise(regime, 10, w, s) for w in warmups] for s in range(6)]
-                        ).mean(axis=0)
+        mean = np.array([[noise(regime, 10, w, s) for w in warmups] for s in range(6)]).mean(axis=0)
         in_sample.append(mean.max() - mean[0])
     assert np.mean(in_sample) > 0.003  # about 0.01 * 1.16 / sqrt(6)
     assert abs(np.mean(held_out)) < 0.5 * np.mean(in_sample)
 
 
 def test_warmup_hypotheses_that_the_data_refute_or_cannot_test(cli, tmp_path):
-    text = HEAD.format(name="flat") + """
+    text = (
+        HEAD.format(name="flat")
+        + """
 lr_schedule = { name = "cosine" }
 [[block]]
 name = "sgd"
@@ -260,6 +291,7 @@ name = "sgd"
 "dataset.examples_per_class" = [5000, 1000, 500, 100, 50]
 "lr_schedule.warmup_epochs" = [0, 1, 5, 10, 20]
 """
+    )
     # Warmup helps most at the smallest regime: H1 and H2 are refuted, H3 and H4 untestable.
     best = {5000: 1, 1000: 1, 500: 1, 100: 5, 50: 20}
 
@@ -271,15 +303,19 @@ name = "sgd"
     hyp = {h["hypothesis"]: h for h in analyze(cli, "warmup")["tables"]["hypotheses"]}
     assert hyp["H1"]["supported"] is False and hyp["H2"]["supported"] is False
     assert hyp["H3"]["supported"] is None and hyp["H4"]["supported"] is None
-    assert hyp["H4"]["note"].startswith("not testable: needs adamw and sgd runs, or name the "
-                                        "two optimizers with [analysis.warmup] compare")
+    assert hyp["H4"]["note"].startswith(
+        "not testable: needs adamw and sgd runs, or name the "
+        "two optimizers with [analysis.warmup] compare"
+    )
 
 
 def test_h2_is_tested_within_each_dataset_and_ties_count_as_neither_way(cli, tmp_path):
     """Two datasets whose optimal warmup never changes with size; one has the larger sizes
     and the longer warmup. Pooled, size and warmup correlate perfectly; within each dataset
     they do not correlate at all. The third group is flat: every warmup ties."""
-    text = HEAD.format(name="h2") + """
+    text = (
+        HEAD.format(name="h2")
+        + """
 lr_schedule = { name = "cosine" }
 [[block]]
 name = "big"
@@ -299,6 +335,7 @@ set = { "dataset.classes" = 7 }
 "dataset.examples_per_class" = [1000, 100, 10]
 "lr_schedule.warmup_epochs" = [0, 1, 5, 10]
 """
+    )
 
     def acc(c, s):
         w, classes = c["lr_schedule"]["warmup_epochs"], c["dataset"]["classes"]
@@ -315,7 +352,9 @@ set = { "dataset.classes" = 7 }
 
 def test_h3_compares_with_the_block_the_study_names(cli, tmp_path):
     best = {5000: 10, 500: 5, 50: 1}
-    text = HEAD.format(name="ref") + """
+    text = (
+        HEAD.format(name="ref")
+        + """
 lr_schedule = { name = "cosine" }
 [analysis.warmup]
 reference = "second"
@@ -331,6 +370,7 @@ set = { "dataset.classes" = 5 }
 "dataset.examples_per_class" = [5000, 500, 50]
 "lr_schedule.warmup_epochs" = [0, 1, 5, 10, 20]
 """
+    )
 
     def acc(c, s):
         w = c["lr_schedule"]["warmup_epochs"]
@@ -338,18 +378,20 @@ set = { "dataset.classes" = 5 }
 
     make_store(tmp_path, text, acc)
     h3 = analyze(cli, "warmup")["tables"]["hypotheses"][2]
-    assert h3["note"].startswith("reference: block second; dataset.classes=5 vs "
-                                 "dataset.classes=10: r=1")
+    assert h3["note"].startswith(
+        "reference: block second; dataset.classes=5 vs dataset.classes=10: r=1"
+    )
 
 
-def test_h4_compares_the_optimizers_the_study_names_whatever_their_seed_counts(cli,
-                                                                            tmp_path):
+def test_h4_compares_the_optimizers_the_study_names_whatever_their_seed_counts(cli, tmp_path):
     """Both optimizers are equally (in)sensitive: pure noise of the same size. LAMB has 2
     seeds and SGD 8; a range of means over seeds would call LAMB about twice as sensitive."""
     import random
     import zlib
 
-    text = HEAD.format(name="h4").replace("seeds = [0, 1, 2]", "seeds = 8") + """
+    text = (
+        HEAD.format(name="h4").replace("seeds = [0, 1, 2]", "seeds = 8")
+        + """
 lr_schedule = { name = "cosine" }
 [analysis.warmup]
 compare = ["lamb", "sgd"]
@@ -366,10 +408,12 @@ set = { optimizer = { name = "lamb", lr = 0.01 } }
 "dataset.examples_per_class" = [5000, 2000, 1000, 500, 200, 100, 50, 20]
 "lr_schedule.warmup_epochs" = [0, 1, 5, 10, 20]
 """
+    )
 
     def acc(c, s):
-        key = json.dumps([c["dataset"], c["lr_schedule"], c["optimizer"]["name"], s],
-                         sort_keys=True)
+        key = json.dumps(
+            [c["dataset"], c["lr_schedule"], c["optimizer"]["name"], s], sort_keys=True
+        )
         return 0.8 + 0.01 * random.Random(zlib.crc32(key.encode())).gauss()
 
     make_store(tmp_path, text, acc)
@@ -380,7 +424,9 @@ set = { optimizer = { name = "lamb", lr = 0.01 } }
 
 
 def test_warmup_settings_that_name_nothing_are_one_line_errors(cli, tmp_path):
-    text = HEAD.format(name="bad") + """
+    text = (
+        HEAD.format(name="bad")
+        + """
 lr_schedule = { name = "cosine" }
 [analysis.warmup]
 {setting}
@@ -390,29 +436,35 @@ name = "only"
 "dataset.examples_per_class" = [500, 50]
 "lr_schedule.warmup_epochs" = [0, 5]
 """
+    )
     (tmp_path / "a.toml").write_text(text.replace("{setting}", 'reference = "nope"'))
     result = cli("show", "a.toml")
     assert result.exit_code == 1 and result.stderr == (
-        "Error: a.toml: analysis.warmup.reference: no block is named 'nope'; blocks: only\n")
-    make_store(tmp_path, text.replace("{setting}", 'compare = ["adamw", "sgd"]'),
-               lambda c, s: 0.5)
+        "Error: a.toml: analysis.warmup.reference: no block is named 'nope'; blocks: only\n"
+    )
+    make_store(tmp_path, text.replace("{setting}", 'compare = ["adamw", "sgd"]'), lambda c, s: 0.5)
     result = cli("analyze", "warmup")
     assert result.exit_code == 1 and result.stderr == (
         "Error: analysis.warmup.compare: the study has no finished runs of optimizer "
-        "'adamw'; it has sgd\n")
+        "'adamw'; it has sgd\n"
+    )
 
 
 def test_sfo_counts_samples_to_reach_epsilon_per_schedule(cli, tmp_path):
-    text = HEAD.format(name="sfo") + """
+    text = (
+        HEAD.format(name="sfo")
+        + """
 [[block]]
 name = "const"
 [[block]]
 name = "grow"
 set = { batch_schedule = { name = "exp_growth", batch_size = 16, rate = 2.0, incr_interval = 1 } }
 """
+    )
     norms = {"constant": [1.0, 0.6, 0.4], "exp_growth": [0.8, 0.3, 0.1]}
-    make_store(tmp_path, text, lambda c, s: 0.5,
-               grad_norm=lambda c, s: norms[c["batch_schedule"]["name"]])
+    make_store(
+        tmp_path, text, lambda c, s: 0.5, grad_norm=lambda c, s: norms[c["batch_schedule"]["name"]]
+    )
     out = analyze(cli, "sfo", "--epsilon", "0.5")
     rows = {r["schedule"]: r for r in out["tables"]["sfo"]}
     assert rows["batch_schedule=exp_growth"]["sfo_mean"] == 2000
@@ -420,7 +472,9 @@ set = { batch_schedule = { name = "exp_growth", batch_size = 16, rate = 2.0, inc
     assert [r["schedule"] for r in out["tables"]["sfo"]][0] == "batch_schedule=exp_growth"
     never = analyze(cli, "sfo", "--epsilon", "0.2")
     assert {r["schedule"]: r["reached"] for r in never["tables"]["sfo"]} == {
-        "batch_schedule=exp_growth": 3, "batch_schedule=constant": 0}
+        "batch_schedule=exp_growth": 3,
+        "batch_schedule=constant": 0,
+    }
     assert never["left_out"][0]["reason"].startswith("never reached epsilon = 0.2")
 
 
@@ -433,47 +487,83 @@ def test_cell_summary_gives_mean_std_n_and_a_t_interval(cli, tmp_path):
     assert row["n"] == 3 and row["final_test_acc_mean"] == pytest.approx(sum(values) / 3)
     assert row["final_test_acc_std"] == pytest.approx(sd)
     assert row["final_test_acc_ci95"] == pytest.approx(stats.t.ppf(0.975, 2) * sd / math.sqrt(3))
-    reach = json.loads(cli("query", "select seed, epoch, samples, seconds from "
-                           "reach_accuracy(0.39) order by seed", "--format", "json").stdout)
+    reach = json.loads(
+        cli(
+            "query",
+            "select seed, epoch, samples, seconds from reach_accuracy(0.39) order by seed",
+            "--format",
+            "json",
+        ).stdout
+    )
     # Accuracy rises linearly to its final value over 3 epochs of 1000 samples and 0.5 s.
     assert [(r["epoch"], r["samples"], r["seconds"]) for r in reach] == [
-        (3, 3000, 1.5), (2, 2000, 1.0), (2, 2000, 1.0)]
+        (3, 3000, 1.5),
+        (2, 2000, 1.0),
+        (2, 2000, 1.0),
+    ]
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["scaling"], "analyze scaling: needs the study to vary optimizer.lr and "
-                  "batch_schedule.batch_size; study 'one' does not vary "
-                  "batch_schedule.batch_size (it varies optimizer.lr)"),
-    (["warmup"], "analyze warmup: needs the study to vary lr_schedule.warmup_epochs and "
-                 "dataset.examples_per_class; study 'one' does not vary "
-                 "lr_schedule.warmup_epochs, dataset.examples_per_class (it varies "
-                 "optimizer.lr)"),
-    (["ranking"], "analyze ranking: needs the study to use two or more optimizers; study "
-                  "'one' uses sgd"),
-    (["sfo"], "analyze sfo: give --epsilon, the full gradient norm to reach (a positive "
-              "number)"),
-    (["sfo", "--epsilon", "0.1"], "analyze sfo: study 'one' has no full_grad_norm probe "
-                                  "values; add probes = [{ name = \"full_grad_norm\", every = "
-                                  "1 }] to its base"),
-    (["optimal", "--metric", "best_test_accuracy"], "--metric 'best_test_accuracy': not a "
-     "metric; use REDUCER_COLUMN with REDUCER one of best, final, min, max, mean and COLUMN one "
-     "of step, samples, sfo, epoch_lr, epoch_batch_size, train_loss, train_acc, test_loss, "
-     "test_acc, seconds, eval_seconds, val_loss, val_acc, probe_seconds, sfo_full_batches, "
-     "comm_rounds (e.g. best_test_acc, best_test_loss, best_train_loss)"),
-    (["optimal", "--param", "optimizer.momentum"], "--param optimizer.momentum: the study does "
-     "not vary it; it varies optimizer.lr"),
-    (["bestest"], "analysis 'bestest': not an analysis; use one of optimal, lr-wd, scaling, "
-                  "warmup, sfo, ranking"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["scaling"],
+            "analyze scaling: needs the study to vary optimizer.lr and "
+            "batch_schedule.batch_size; study 'one' does not vary "
+            "batch_schedule.batch_size (it varies optimizer.lr)",
+        ),
+        (
+            ["warmup"],
+            "analyze warmup: needs the study to vary lr_schedule.warmup_epochs and "
+            "dataset.examples_per_class; study 'one' does not vary "
+            "lr_schedule.warmup_epochs, dataset.examples_per_class (it varies "
+            "optimizer.lr)",
+        ),
+        (
+            ["ranking"],
+            "analyze ranking: needs the study to use two or more optimizers; study 'one' uses sgd",
+        ),
+        (
+            ["sfo"],
+            "analyze sfo: give --epsilon, the full gradient norm to reach (a positive number)",
+        ),
+        (
+            ["sfo", "--epsilon", "0.1"],
+            "analyze sfo: study 'one' has no full_grad_norm probe "
+            'values; add probes = [{ name = "full_grad_norm", every = '
+            "1 }] to its base",
+        ),
+        (
+            ["optimal", "--metric", "best_test_accuracy"],
+            "--metric 'best_test_accuracy': not a "
+            "metric; use REDUCER_COLUMN with REDUCER one of best, final, min, max, mean and "
+            "COLUMN one "
+            "of step, samples, sfo, epoch_lr, epoch_batch_size, train_loss, train_acc, test_loss, "
+            "test_acc, seconds, eval_seconds, val_loss, val_acc, probe_seconds, sfo_full_batches, "
+            "comm_rounds (e.g. best_test_acc, best_test_loss, best_train_loss)",
+        ),
+        (
+            ["optimal", "--param", "optimizer.momentum"],
+            "--param optimizer.momentum: the study does not vary it; it varies optimizer.lr",
+        ),
+        (
+            ["bestest"],
+            "analysis 'bestest': not an analysis; use one of optimal, lr-wd, scaling, "
+            "warmup, sfo, ranking",
+        ),
+    ],
+)
 def test_analysis_errors_are_one_line(cli, tmp_path, args, message):
-    make_store(tmp_path, HEAD.format(name="one") + BLOCK + f'grid = {{ "optimizer.lr" = {LRS} }}\n',
-               lambda c, s: 0.5)
+    make_store(
+        tmp_path,
+        HEAD.format(name="one") + BLOCK + f'grid = {{ "optimizer.lr" = {LRS} }}\n',
+        lambda c, s: 0.5,
+    )
     result = cli("analyze", *args)
     assert (result.exit_code, result.stderr) == (1, f"Error: {message}\n")
 
 
-def test_every_analysis_is_the_same_whatever_order_the_store_returns_rows(tmp_path,
-                                                                          monkeypatch):
+def test_every_analysis_is_the_same_whatever_order_the_store_returns_rows(tmp_path, monkeypatch):
     """Seed 002's H3 compares each dataset with a reference one: the first block of the study
     file, not whichever group the store happens to return first."""
     import random
@@ -481,7 +571,9 @@ def test_every_analysis_is_the_same_whatever_order_the_store_returns_rows(tmp_pa
     from optlab import analyze as an
 
     best = {5000: 10, 500: 5, 50: 1}
-    text = HEAD.format(name="order") + """
+    text = (
+        HEAD.format(name="order")
+        + """
 lr_schedule = { name = "cosine" }
 [[block]]
 name = "first"
@@ -501,6 +593,7 @@ set = { "dataset.classes" = 7 }
 "dataset.examples_per_class" = [5000, 500, 50]
 "lr_schedule.warmup_epochs" = [0, 1, 5, 10, 20]
 """
+    )
 
     def acc(c, s):
         regime = c["dataset"]["examples_per_class"]
@@ -513,17 +606,24 @@ set = { "dataset.classes" = 7 }
     original = an.load
     outputs = []
     for shuffle in range(4):
+
         def shuffled(con, study, metric, k=shuffle):
             runs = original(con, study, metric)
             random.Random(k).shuffle(runs)
             return runs
 
         monkeypatch.setattr(an, "load", shuffled)
-        outputs.append([an.run_analysis(store, name, None, "best_test_acc",
-                                        param="lr_schedule.warmup_epochs").to_json()
-                        for name in ("warmup", "optimal")])
+        outputs.append(
+            [
+                an.run_analysis(
+                    store, name, None, "best_test_acc", param="lr_schedule.warmup_epochs"
+                ).to_json()
+                for name in ("warmup", "optimal")
+            ]
+        )
     assert all(o == outputs[0] for o in outputs[1:])
     h3 = next(h for h in outputs[0][0]["tables"]["hypotheses"] if h["hypothesis"] == "H3")
-    assert h3["note"].startswith("reference: block first; dataset.classes=10 vs "
-                                 "dataset.classes=5: r=1")
+    assert h3["note"].startswith(
+        "reference: block first; dataset.classes=10 vs dataset.classes=5: r=1"
+    )
     assert "dataset.classes=10 vs dataset.classes=7" in h3["note"]

@@ -57,11 +57,14 @@ def test_charts_and_analyses_are_what_the_cli_makes(store, tmp_path, cli):
     assert store.analyze("optimal").to_json() == json.loads(printed)
 
 
-@pytest.mark.parametrize("call,message", [
-    (lambda s: s.plot("pie"), "plot 'pie': charts are heatmap, curves, sensitivity"),
-    (lambda s: s.plot("curves", colour="block"), "plot curves: "),
-    (lambda s: s.sql("select nope from runs"), "query: Binder Error"),
-])
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda s: s.plot("pie"), "plot 'pie': charts are heatmap, curves, sensitivity"),
+        (lambda s: s.plot("curves", colour="block"), "plot curves: "),
+        (lambda s: s.sql("select nope from runs"), "query: Binder Error"),
+    ],
+)
 def test_mistakes_are_optlab_errors(store, call, message):
     with pytest.raises(OptlabError, match=message):
         call(store)

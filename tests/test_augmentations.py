@@ -10,13 +10,23 @@ from optlab.registry import default_registry
 
 REG = default_registry()
 PIPELINES = ["adamw_pipeline", "sgdm_pipeline", "compromise_pipeline"]
-ZERO = {"flip": 0.0, "rotation": 0.0, "pad": 0, "translate": 0.0, "perspective": 0.0,
-        "brightness": 0.0, "contrast": 0.0, "saturation": 0.0, "hue": 0.0}
+ZERO = {
+    "flip": 0.0,
+    "rotation": 0.0,
+    "pad": 0,
+    "translate": 0.0,
+    "perspective": 0.0,
+    "brightness": 0.0,
+    "contrast": 0.0,
+    "saturation": 0.0,
+    "hue": 0.0,
+}
 
 
 def make(name, **params):
-    return REG.create("augmentation", name, params, input_shape=(3, 8, 8), mean=[0.5] * 3,
-                      std=[0.25] * 3)
+    return REG.create(
+        "augmentation", name, params, input_shape=(3, 8, 8), mean=[0.5] * 3, std=[0.25] * 3
+    )
 
 
 @pytest.mark.parametrize("name", PIPELINES)
@@ -62,8 +72,7 @@ def test_translation_shifts_content_and_fills_with_zero():
 def test_perspective_homography_sends_corners_inwards():
     x = torch.zeros(32, 1, 4, 4)
     h = _augment._perspective(32, 0.5, 1.0, x, torch.Generator().manual_seed(0))
-    corners = torch.tensor([[-1.0, -1.0, 1.0], [1.0, -1.0, 1.0], [1.0, 1.0, 1.0],
-                            [-1.0, 1.0, 1.0]])
+    corners = torch.tensor([[-1.0, -1.0, 1.0], [1.0, -1.0, 1.0], [1.0, 1.0, 1.0], [-1.0, 1.0, 1.0]])
     mapped = corners @ h.transpose(1, 2)
     xy = mapped[..., :2] / mapped[..., 2:]
     assert (xy.abs() <= 1 + 1e-5).all() and (xy.abs() >= 0.5 - 1e-5).all()

@@ -20,13 +20,16 @@ def one_line(result) -> str:
     return result.stderr
 
 
-@pytest.mark.parametrize(("setting", "why"), [
-    ("dataset=3", "dataset"),
-    ("optimizer.lr.x=1", "optimizer.lr"),
-    ("a.b.c=1", "a"),
-    ("optimizer.lr=inf", "optimizer.lr"),
-    ("model=[1, 2]", "model"),
-])
+@pytest.mark.parametrize(
+    ("setting", "why"),
+    [
+        ("dataset=3", "dataset"),
+        ("optimizer.lr.x=1", "optimizer.lr"),
+        ("a.b.c=1", "a"),
+        ("optimizer.lr=inf", "optimizer.lr"),
+        ("model=[1, 2]", "model"),
+    ],
+)
 def test_bad_settings_are_one_line(cli, tmp_path, setting, why):
     write_study(tmp_path)
     result = cli("show", "tiny.toml", "--set", setting)
@@ -56,11 +59,17 @@ def test_a_garbage_gpu_count_is_one_line(cli, tmp_path, monkeypatch):
 def test_a_huge_grid_is_refused_fast_with_the_limit_named(cli, tmp_path):
     ten = "[" + ", ".join(str(0.05 * (i + 1)) for i in range(10)) + "]"
     keys = ("lr", "momentum", "weight_decay", "dampening")
-    grid = ", ".join([f'"optimizer.{k}" = {ten}' for k in keys]
-                     + [f'"model.hidden" = [{", ".join(f"[{i + 1}]" for i in range(10))}]',
-                        f'"epochs" = [{", ".join(str(i + 1) for i in range(10))}]',
-                        f'"dataset.train_size" = [{", ".join(str(i + 10) for i in range(10))}]'])
-    write_study(tmp_path, text=f"""
+    grid = ", ".join(
+        [f'"optimizer.{k}" = {ten}' for k in keys]
+        + [
+            f'"model.hidden" = [{", ".join(f"[{i + 1}]" for i in range(10))}]',
+            f'"epochs" = [{", ".join(str(i + 1) for i in range(10))}]',
+            f'"dataset.train_size" = [{", ".join(str(i + 10) for i in range(10))}]',
+        ]
+    )
+    write_study(
+        tmp_path,
+        text=f"""
         name = "huge"
         [base]
         epochs = 1
@@ -70,7 +79,8 @@ def test_a_huge_grid_is_refused_fast_with_the_limit_named(cli, tmp_path):
         [[block]]
         name = "g"
         grid = {{ {grid} }}
-        """)
+        """,
+    )
     started = time.monotonic()
     result = cli("show", "tiny.toml")
     assert time.monotonic() - started < 10
@@ -84,22 +94,28 @@ def test_a_plugin_that_cannot_be_loaded_is_named_and_the_others_still_listed(tmp
     dist.mkdir(parents=True)
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplug\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text("[optlab.optimizers]\nbroken = no_such_module:Opt\n")
-    env = {"PYTHONPATH": os.pathsep.join([str(tmp_path / "site"),
-                                          os.environ.get("PYTHONPATH", "")])}
+    env = {
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])
+    }
     proc = optlab("plugins", "optimizer", cwd=tmp_path, env=env)
     assert proc.returncode == 1
     assert "optimizer sgd (optlab)" in proc.stdout
-    assert proc.stderr == ("Error: optimizer plugin 'broken' (brokenplug, no_such_module:Opt) "
-                           "cannot be loaded: ModuleNotFoundError: No module named "
-                           "'no_such_module'\n")
-    write_study(tmp_path, text="""
+    assert proc.stderr == (
+        "Error: optimizer plugin 'broken' (brokenplug, no_such_module:Opt) "
+        "cannot be loaded: ModuleNotFoundError: No module named "
+        "'no_such_module'\n"
+    )
+    write_study(
+        tmp_path,
+        text="""
         name = "b"
         [base]
         epochs = 1
         dataset = { name = "synthetic" }
         model = { name = "mlp" }
         optimizer = { name = "broken" }
-        """)
+        """,
+    )
     proc = optlab("show", "tiny.toml", cwd=tmp_path, env=env)
     assert proc.returncode == 1 and "cannot be loaded" in proc.stderr
     assert proc.stderr.count("\n") == 1
@@ -107,21 +123,34 @@ def test_a_plugin_that_cannot_be_loaded_is_named_and_the_others_still_listed(tmp
 
 def test_an_unexpected_error_is_one_line_with_a_saved_traceback(tmp_path):
     # A bug optlab does not expect, planted where every `show` passes.
-    code = ("import optlab.study as s\n"
-            "def boom(*a, **k): raise ZeroDivisionError('deep inside')\n"
-            "s.load_study = boom\n"
-            "from optlab.cli import main; main()\n")
+    code = (
+        "import optlab.study as s\n"
+        "def boom(*a, **k): raise ZeroDivisionError('deep inside')\n"
+        "s.load_study = boom\n"
+        "from optlab.cli import main; main()\n"
+    )
     env = {**os.environ, "OPTLAB_TRACEBACKS": str(tmp_path / "tb")}
     write_study(tmp_path)
-    proc = subprocess.run([sys.executable, "-c", code, "show", "tiny.toml"], cwd=tmp_path,
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "show", "tiny.toml"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1
-    assert proc.stderr.startswith("Error: unexpected ZeroDivisionError: deep inside "
-                                  "(traceback saved to ")
+    assert proc.stderr.startswith(
+        "Error: unexpected ZeroDivisionError: deep inside (traceback saved to "
+    )
     (saved,) = (tmp_path / "tb").iterdir()
     assert "ZeroDivisionError" in saved.read_text()
-    debug = subprocess.run([sys.executable, "-c", code, "--debug", "show", "tiny.toml"],
-                           cwd=tmp_path, env=env, capture_output=True, text=True)
+    debug = subprocess.run(
+        [sys.executable, "-c", code, "--debug", "show", "tiny.toml"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert debug.returncode == 1 and "Traceback (most recent call last)" in debug.stderr
 
 
@@ -152,8 +181,13 @@ def test_rm_and_weights_end_to_end(tmp_path):
     write_study(tmp_path, text=text.format(name="b", lrs="[0.2, 0.3]"), name="b.toml")
     optlab("run", "a.toml", cwd=tmp_path, check=True)
     optlab("run", "b.toml", cwd=tmp_path, check=True)
-    rows = optlab("query", "select study, run_id, optimizer_lr, weights_path from runs order by "
-                  "study, optimizer_lr", "--format", "csv", cwd=tmp_path).stdout.splitlines()[1:]
+    rows = optlab(
+        "query",
+        "select study, run_id, optimizer_lr, weights_path from runs order by study, optimizer_lr",
+        "--format",
+        "csv",
+        cwd=tmp_path,
+    ).stdout.splitlines()[1:]
     runs = [r.split(",") for r in rows]
     shared = runs[1][1]
     assert runs[2][1] == shared  # lr 0.2 is the same run in both studies
@@ -168,24 +202,36 @@ def test_rm_and_weights_end_to_end(tmp_path):
     from optlab.registry import default_registry
 
     data = DataCache(default_registry(), torch.device("cpu")).get(
-        {"name": "synthetic", "classes": 3, "shape": [6], "train_size": 64, "test_size": 32})
+        {"name": "synthetic", "classes": 3, "shape": [6], "train_size": 64, "test_size": 32}
+    )
     _, acc = evaluate(scope["model"], data.x_test, data.y_test, contextlib.nullcontext)
-    stored = optlab("query", f"select test_acc from epochs where run_id = '{shared}' and "
-                    "epoch = 2", "--format", "csv", cwd=tmp_path).stdout.split()[1]
+    stored = optlab(
+        "query",
+        f"select test_acc from epochs where run_id = '{shared}' and epoch = 2",
+        "--format",
+        "csv",
+        cwd=tmp_path,
+    ).stdout.split()[1]
     assert acc == pytest.approx(float(stored))
     copied = optlab("weights", shared, "--to", "w.pt", cwd=tmp_path, check=True)
     assert copied.stdout.startswith("copied ") and (tmp_path / "w.pt").is_file()
 
     # rm asks first, and no answer removes nothing
-    proc = subprocess.run([sys.executable, "-m", "optlab", "rm", "--study", "a"], cwd=tmp_path,
-                          input="", capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "optlab", "rm", "--study", "a"],
+        cwd=tmp_path,
+        input="",
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 1 and "Nothing removed." in proc.stdout
     # removing study a keeps the run b shares, with its files
     proc = optlab("rm", "--study", "a", "--yes", cwd=tmp_path, check=True)
     assert "1 run from study a only (study b keeps them)" in proc.stdout
     assert "study a itself" in proc.stdout
-    left = optlab("query", "select study, run_id from runs order by all", "--format", "csv",
-                  cwd=tmp_path).stdout.splitlines()[1:]
+    left = optlab(
+        "query", "select study, run_id from runs order by all", "--format", "csv", cwd=tmp_path
+    ).stdout.splitlines()[1:]
     assert left == sorted([f"b,{runs[2][1]}", f"b,{runs[3][1]}"])
     assert not (tmp_path / "optlab.checkpoints" / runs[0][1]).exists()
     assert not (tmp_path / "optlab.runs" / runs[0][1]).exists()
@@ -196,8 +242,10 @@ def test_rm_and_weights_end_to_end(tmp_path):
     assert proc.stdout.startswith("Removed 1 run (1 done)")
     bad = optlab("rm", "--where", "1=1; drop table runs", "--yes", cwd=tmp_path)
     assert bad.returncode == 1 and bad.stderr.startswith("Error: --where ")
-    assert optlab("query", "select count(*) as n from epochs", "--format", "csv",
-                  cwd=tmp_path).stdout == "n\n2\n"
+    assert (
+        optlab("query", "select count(*) as n from epochs", "--format", "csv", cwd=tmp_path).stdout
+        == "n\n2\n"
+    )
 
 
 def test_a_control_character_in_a_key_stays_on_the_one_line(cli, tmp_path):
@@ -212,18 +260,22 @@ def test_bad_run_options_and_store_maintenance_inputs_are_one_line(cli, tmp_path
 
     write_study(tmp_path)
     result = cli("run", "tiny.toml", "--stall-timeout", "0")
-    assert result.exit_code == 2 and "--stall-timeout 0: give a number of seconds > 0" in \
-        one_line(result)
+    assert result.exit_code == 2 and "--stall-timeout 0: give a number of seconds > 0" in one_line(
+        result
+    )
     (tmp_path / "afile").write_text("x")
     result = cli("run", "tiny.toml", "--checkpoint-dir", "afile")
     assert result.exit_code == 2 and "--checkpoint-dir afile:" in one_line(result)
     assert not (tmp_path / "optlab.duckdb").exists()
     result = cli("rebuild")
-    assert result.exit_code == 1 and "nothing to rebuild from: no study records" in \
-        one_line(result)
-    make_store(tmp_path, "name = \"m\"\n[base]\nepochs = 1\ndataset = { name = \"synthetic\" }\n"
-               "model = { name = \"mlp\" }\noptimizer = { name = \"sgd\" }\n",
-               lambda c, s: 0.5, name="m.toml")
+    assert result.exit_code == 1 and "nothing to rebuild from: no study records" in one_line(result)
+    make_store(
+        tmp_path,
+        'name = "m"\n[base]\nepochs = 1\ndataset = { name = "synthetic" }\n'
+        'model = { name = "mlp" }\noptimizer = { name = "sgd" }\n',
+        lambda c, s: 0.5,
+        name="m.toml",
+    )
     result = cli("weights", "zz")
     assert result.exit_code == 2 and "give a run id (12 hex digits)" in one_line(result)
     result = cli("weights", "0000")
@@ -231,8 +283,10 @@ def test_bad_run_options_and_store_maintenance_inputs_are_one_line(cli, tmp_path
     run_id = cli("query", "select run_id from runs", "--format", "csv").stdout.split()[1]
     result = cli("weights", run_id)
     assert result.exit_code == 1
-    assert f"run {run_id} kept no weights (save_weights = \"auto\" keeps them for runs over " \
+    assert (
+        f'run {run_id} kept no weights (save_weights = "auto" keeps them for runs over '
         "3 minutes" in one_line(result)
+    )
     result = cli("rm", "--study", "nope", "--yes")
     assert result.exit_code == 1 and "--study 'nope': no such study" in one_line(result)
     result = cli("rm")

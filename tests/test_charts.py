@@ -54,8 +54,16 @@ def sql_rows(cli, path):
 
 
 def test_heatmap_draws_a_panel_per_block_and_per_other_axis_by_default(cli, store, tmp_path):
-    result = cli("plot", "heatmap", "--x", "optimizer.lr", "--y", "batch_schedule.batch_size",
-                 "--out", "h.html")
+    result = cli(
+        "plot",
+        "heatmap",
+        "--x",
+        "optimizer.lr",
+        "--y",
+        "batch_schedule.batch_size",
+        "--out",
+        "h.html",
+    )
     assert result.exit_code == 0, result.stderr
     assert "in 3 panels (by block, optimizer.momentum)" in result.stdout
     assert "POOLED" not in result.stdout
@@ -63,31 +71,63 @@ def test_heatmap_draws_a_panel_per_block_and_per_other_axis_by_default(cli, stor
     # Each cell is one block's runs of one momentum: the mean of its three seeds, exactly.
     cell = {(r["panel"], r["x"], r["y"]): r for r in rows}
     small = cell[("block small · optimizer.momentum=0.9", 0.01, 32)]
-    assert small["runs"] == 3 and small["value"] == pytest.approx(acc(
-        {"optimizer": {"lr": 0.01, "momentum": 0.9}, "batch_schedule": {"batch_size": 32}},
-        1))
+    assert small["runs"] == 3 and small["value"] == pytest.approx(
+        acc({"optimizer": {"lr": 0.01, "momentum": 0.9}, "batch_schedule": {"batch_size": 32}}, 1)
+    )
     assert cell[("block large · optimizer.momentum=0.0", 0.1, 256)]["diverged"] == 3
     html = (tmp_path / "h.html").read_text()
     assert "mean over seeds)" in html and "POOLED" not in html
 
 
 def test_heatmap_says_what_it_pools_when_told_to_draw_fewer_panels(cli, store, tmp_path):
-    result = cli("plot", "heatmap", "--x", "optimizer.lr", "--y", "batch_schedule.batch_size",
-                 "--facet", "block", "--out", "h.html")
+    result = cli(
+        "plot",
+        "heatmap",
+        "--x",
+        "optimizer.lr",
+        "--y",
+        "batch_schedule.batch_size",
+        "--facet",
+        "block",
+        "--out",
+        "h.html",
+    )
     assert result.exit_code == 0, result.stderr
     assert "in 2 panels (by block)" in result.stdout
     assert result.stdout.rstrip().endswith("; POOLED over optimizer.momentum (2 values)")
     assert "POOLED over optimizer.momentum (2 values)" in (tmp_path / "h.html").read_text()
-    result = cli("plot", "heatmap", "--x", "optimizer.lr", "--y", "batch_schedule.batch_size",
-                 "--facet", "", "--out", "h.html")
+    result = cli(
+        "plot",
+        "heatmap",
+        "--x",
+        "optimizer.lr",
+        "--y",
+        "batch_schedule.batch_size",
+        "--facet",
+        "",
+        "--out",
+        "h.html",
+    )
     # The blocks use different batch sizes, so no cell mixes them: only momentum is pooled.
     assert "panels" not in result.stdout
     assert result.stdout.rstrip().endswith("; POOLED over optimizer.momentum (2 values)")
 
 
 def test_block_and_where_narrow_the_runs_and_nothing_is_then_pooled(cli, store, tmp_path):
-    result = cli("plot", "heatmap", "--x", "optimizer.lr", "--y", "batch_schedule.batch_size",
-                 "--block", "large", "--where", "optimizer_momentum = 0.9", "--out", "h.html")
+    result = cli(
+        "plot",
+        "heatmap",
+        "--x",
+        "optimizer.lr",
+        "--y",
+        "batch_schedule.batch_size",
+        "--block",
+        "large",
+        "--where",
+        "optimizer_momentum = 0.9",
+        "--out",
+        "h.html",
+    )
     assert result.exit_code == 0, result.stderr
     assert "panels" not in result.stdout and "POOLED" not in result.stdout
     rows = sql_rows(cli, tmp_path / "h.html.sql")
@@ -95,28 +135,55 @@ def test_block_and_where_narrow_the_runs_and_nothing_is_then_pooled(cli, store, 
     assert {r["panel"] for r in rows} == {"all"}
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--block", "medium"], "--block 'medium': study 'two' has no such block; its blocks: "
-     "small, large"),
-    (["--where", "momentum = 0.9"], "--where 'momentum = 0.9': not a condition on the runs "
-     "view: Binder Error: Referenced column \"momentum\" not found in FROM clause!"),
-    (["--where", "seed = 0; drop table epochs"], "--where 'seed = 0; drop table epochs': one "
-     "condition, without ';'"),
-    (["--facet", "optimizer.lr"], "--facet optimizer.lr: use block or an axis the heatmap "
-     "chart does not show (block, optimizer.momentum)"),
-    (["--where", "seed = 7"], "heatmap: no runs of study 'two' match the selection"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--block", "medium"],
+            "--block 'medium': study 'two' has no such block; its blocks: small, large",
+        ),
+        (
+            ["--where", "momentum = 0.9"],
+            "--where 'momentum = 0.9': not a condition on the runs "
+            'view: Binder Error: Referenced column "momentum" not found in FROM clause!',
+        ),
+        (
+            ["--where", "seed = 0; drop table epochs"],
+            "--where 'seed = 0; drop table epochs': one condition, without ';'",
+        ),
+        (
+            ["--facet", "optimizer.lr"],
+            "--facet optimizer.lr: use block or an axis the heatmap "
+            "chart does not show (block, optimizer.momentum)",
+        ),
+        (["--where", "seed = 7"], "heatmap: no runs of study 'two' match the selection"),
+    ],
+)
 def test_selection_errors_are_one_line(cli, store, args, message):
-    result = cli("plot", "heatmap", "--x", "optimizer.lr", "--y", "batch_schedule.batch_size",
-                 *args)
+    result = cli(
+        "plot", "heatmap", "--x", "optimizer.lr", "--y", "batch_schedule.batch_size", *args
+    )
     assert result.exit_code == 1
     assert result.stderr.startswith(f"Error: {message}") and result.stderr.count("\n") == 1
 
 
 def test_a_cell_where_every_run_diverged_has_its_own_colour_legend_and_legible_label(
-        cli, store, tmp_path):
-    result = cli("plot", "heatmap", "--x", "optimizer.lr", "--y", "batch_schedule.batch_size",
-                 "--block", "large", "--where", "optimizer_momentum = 0.0", "--out", "h.svg")
+    cli, store, tmp_path
+):
+    result = cli(
+        "plot",
+        "heatmap",
+        "--x",
+        "optimizer.lr",
+        "--y",
+        "batch_schedule.batch_size",
+        "--block",
+        "large",
+        "--where",
+        "optimizer_momentum = 0.0",
+        "--out",
+        "h.svg",
+    )
     assert result.exit_code == 0, result.stderr
     svg = (tmp_path / "h.svg").read_text()
     # Two diverged cells (lr 0.1 at both batch sizes), drawn red, with a legend entry.
@@ -125,11 +192,35 @@ def test_a_cell_where_every_run_diverged_has_its_own_colour_legend_and_legible_l
     # Their labels are white on red, not white on white.
     labels = re.findall(r'<text[^>]*fill="(\w+)"[^>]*>3 diverged</text>', svg)
     assert labels == ["white", "white"]
-    cli("plot", "heatmap", "--x", "optimizer.lr", "--y", "batch_schedule.batch_size",
-        "--block", "large", "--where", "optimizer_momentum = 0.0", "--out", "h.png")
+    cli(
+        "plot",
+        "heatmap",
+        "--x",
+        "optimizer.lr",
+        "--y",
+        "batch_schedule.batch_size",
+        "--block",
+        "large",
+        "--where",
+        "optimizer_momentum = 0.0",
+        "--out",
+        "h.png",
+    )
     assert (tmp_path / "h.png").read_bytes()[:4] == b"\x89PNG"
-    cli("plot", "heatmap", "--x", "optimizer.lr", "--y", "batch_schedule.batch_size",
-        "--block", "large", "--where", "optimizer_momentum = 0.0", "--out", "h.html")
+    cli(
+        "plot",
+        "heatmap",
+        "--x",
+        "optimizer.lr",
+        "--y",
+        "batch_schedule.batch_size",
+        "--block",
+        "large",
+        "--where",
+        "optimizer_momentum = 0.0",
+        "--out",
+        "h.html",
+    )
     spec = (tmp_path / "h.html").read_text()
     assert '"all diverged"' in spec and '"#d62728"' in spec
 
@@ -153,8 +244,7 @@ def test_seed_bands_are_a_95_percent_t_interval_with_n(cli, store, tmp_path, cha
 def test_curves_keep_blocks_and_other_axes_in_their_own_panels(cli, store, tmp_path):
     result = cli("plot", "curves", "--color", "optimizer.lr", "--out", "c.html")
     assert result.exit_code == 0, result.stderr
-    assert "in 6 panels (by block, batch_schedule.batch_size, optimizer.momentum)" in \
-        result.stdout
+    assert "in 6 panels (by block, batch_schedule.batch_size, optimizer.momentum)" in result.stdout
     rows = sql_rows(cli, tmp_path / "c.html.sql")
     # The diverged runs are left out; every other line is one cell's three seeds.
     assert {r["n"] for r in rows} == {3}
@@ -182,21 +272,50 @@ def test_noise_scale_averages_its_parts_before_dividing(cli, tmp_path):
 
     db = make_store(tmp_path, STUDY.replace("seeds = [0, 1, 2]", "seeds = [0, 1]"), acc)
     with st.reading(db) as con:
-        runs = con.execute("select run_id, seed from runs where block = 'small' and "
-                           "optimizer_lr = 0.1 and batch_schedule_batch_size = 32").fetchall()
+        runs = con.execute(
+            "select run_id, seed from runs where block = 'small' and "
+            "optimizer_lr = 0.1 and batch_schedule_batch_size = 32"
+        ).fetchall()
     parts = {0: (1.0, 1.0), 1: (3.0, 0.1)}
-    events = [{"type": "probe", "run_id": rid, "epoch": 1, "step": 10,
-               "probe": "grad_noise_scale",
-               "values": {"trace_sigma": parts[seed][0], "grad_sq": parts[seed][1],
-                          "b_simple": parts[seed][0] / parts[seed][1]}} for rid, seed in runs]
+    events = [
+        {
+            "type": "probe",
+            "run_id": rid,
+            "epoch": 1,
+            "step": 10,
+            "probe": "grad_noise_scale",
+            "values": {
+                "trace_sigma": parts[seed][0],
+                "grad_sq": parts[seed][1],
+                "b_simple": parts[seed][0] / parts[seed][1],
+            },
+        }
+        for rid, seed in runs
+    ]
     with st.writing(db) as con:
         st.apply_events(con, events)
-    rows = json.loads(cli("query", "select block, cell, epoch, b_simple, runs from "
-                          "noise_scale", "--format", "json").stdout)
+    rows = json.loads(
+        cli(
+            "query",
+            "select block, cell, epoch, b_simple, runs from noise_scale",
+            "--format",
+            "json",
+        ).stdout
+    )
     assert len(rows) == 1 and rows[0]["runs"] == 2
     assert rows[0]["b_simple"] == pytest.approx(2.0 / 0.55)
-    result = cli("plot", "probes", "--probe", "grad_noise_scale", "--key", "b_simple",
-                 "--block", "small", "--out", "n.html")
+    result = cli(
+        "plot",
+        "probes",
+        "--probe",
+        "grad_noise_scale",
+        "--key",
+        "b_simple",
+        "--block",
+        "small",
+        "--out",
+        "n.html",
+    )
     assert result.exit_code == 0, result.stderr
     (row,) = sql_rows(cli, tmp_path / "n.html.sql")
     assert row["mean"] == pytest.approx(2.0 / 0.55) and row["n"] == 2
@@ -204,14 +323,16 @@ def test_noise_scale_averages_its_parts_before_dividing(cli, tmp_path):
 
 
 def test_colour_by_cell_draws_a_line_per_cell_across_blocks_that_vary_different_axes(
-        cli, store, tmp_path):
+    cli, store, tmp_path
+):
     result = cli("plot", "curves", "--color", "cell", "--x", "comm_rounds", "--out", "c.html")
     assert result.exit_code == 0, result.stderr
     assert "panels" not in result.stdout and "POOLED" not in result.stdout
     rows = sql_rows(cli, tmp_path / "c.html.sql")
     colours = {r["color"] for r in rows}
-    assert "small: optimizer.lr=0.01, batch_schedule.batch_size=32, optimizer.momentum=0.9" \
-        in colours
+    assert (
+        "small: optimizer.lr=0.01, batch_schedule.batch_size=32, optimizer.momentum=0.9" in colours
+    )
     assert len(colours) == 4 + 8 - 2  # every cell but the two that diverged everywhere
     assert {r["x"] for r in rows} == {10, 20, 30}  # communication rounds
 
@@ -219,8 +340,9 @@ def test_colour_by_cell_draws_a_line_per_cell_across_blocks_that_vary_different_
 def test_the_readme_pooling_example_is_what_the_command_prints(cli, store):
     from tests.test_readme import transcripts
 
-    (runs,) = [runs for _, comment, runs in transcripts()
-               if comment and "tests/test_charts.py" in comment]
+    (runs,) = [
+        runs for _, comment, runs in transcripts() if comment and "tests/test_charts.py" in comment
+    ]
     ((command, expected),) = runs
     result = cli("plot", *command.split()[2:])
     assert result.stdout.splitlines() == expected
@@ -245,6 +367,5 @@ def test_sfo_whiskers_are_a_95_percent_t_interval_over_the_seeds_that_reached(cl
     assert len(rows) == 4 and all(r["reached"] == 3 for r in rows)
     half = stats.t.ppf(0.975, 2) * 1000 / math.sqrt(3)
     for r in rows:
-        assert (r["mean"], r["low"], r["high"]) == pytest.approx((2000, 2000 - half,
-                                                                  2000 + half))
+        assert (r["mean"], r["low"], r["high"]) == pytest.approx((2000, 2000 - half, 2000 + half))
     assert "whiskers = its 95% t-interval" in (tmp_path / "s.html").read_text()

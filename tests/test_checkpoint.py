@@ -30,8 +30,13 @@ def run(cfg, folder, resume_upto=0, die_at=None, seed=0):
         events.append(ev)
 
     cache = DataCache(default_registry(), torch.device("cpu"))
-    task = {"run_id": "r1", "seed": seed, "config": cfg, "checkpoint_dir": str(folder),
-            "resume_upto": resume_upto}
+    task = {
+        "run_id": "r1",
+        "seed": seed,
+        "config": cfg,
+        "checkpoint_dir": str(folder),
+        "resume_upto": resume_upto,
+    }
     with contextlib.suppress(Killed):
         train(task, emit, cache)
     return events
@@ -39,8 +44,11 @@ def run(cfg, folder, resume_upto=0, die_at=None, seed=0):
 
 def results(events):
     """Epoch rows and probe values without timings, keyed by epoch."""
-    keep = [{k: v for k, v in e.items() if k not in TIMING} for e in events
-            if e["type"] in ("epoch", "probe")]
+    keep = [
+        {k: v for k, v in e.items() if k not in TIMING}
+        for e in events
+        if e["type"] in ("epoch", "probe")
+    ]
     return sorted(keep, key=lambda e: (e["epoch"], e["type"], e.get("probe", "")))
 
 
@@ -50,31 +58,49 @@ def after(events, epoch):
 
 HARD = dict(
     epochs=6,
-    dataset={"name": "synthetic", "classes": 3, "shape": [3, 8, 8], "train_size": 60,
-             "test_size": 20, "noise": 1.0, "seed": 0, "val_fraction": 0.2},
+    dataset={
+        "name": "synthetic",
+        "classes": 3,
+        "shape": [3, 8, 8],
+        "train_size": 60,
+        "test_size": 20,
+        "noise": 1.0,
+        "seed": 0,
+        "val_fraction": 0.2,
+    },
     model={"name": "cnn", "channels": [4, 8], "batch_norm": True},
     augmentation={"name": "sgdm_pipeline"},
     lr_schedule={"name": "cosine", "warmup_epochs": 1.0, "min_factor": 0.0},
-    batch_schedule={"name": "linear_growth", "batch_size": 8, "incr_interval": 2,
-                    "coefficient": 8},
-    probes=[{"name": "distance_from_init"}, {"name": "grad_noise_scale", "batch": 32,
-                                             "micro_batch": 8, "augment": True},
-            {"name": "hessian_trace", "vectors": 2, "every": 2}],
+    batch_schedule={"name": "linear_growth", "batch_size": 8, "incr_interval": 2, "coefficient": 8},
+    probes=[
+        {"name": "distance_from_init"},
+        {"name": "grad_noise_scale", "batch": 32, "micro_batch": 8, "augment": True},
+        {"name": "hessian_trace", "vectors": 2, "every": 2},
+    ],
     checkpoint={"every_epochs": 1, "every_minutes": None, "keep": 2},
     save_weights="best",
 )
 
 OPTIMIZERS = {
-    "sgd_nesterov": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True,
-                     "weight_decay": 5e-4},
+    "sgd_nesterov": {
+        "name": "sgd",
+        "lr": 0.05,
+        "momentum": 0.9,
+        "nesterov": True,
+        "weight_decay": 5e-4,
+    },
     "adamw": {"name": "adamw", "lr": 1e-3, "weight_decay": 0.05},
     "lars": {"name": "lars", "lr": 0.5, "momentum": 0.9, "weight_decay": 1e-4},
     "lamb": {"name": "lamb", "lr": 1e-2, "weight_decay": 0.01},
     "lion": {"name": "lion", "lr": 1e-3, "weight_decay": 0.1},
     "sam": {"name": "sam", "rho": 0.05, "base": "sgd", "lr": 0.05, "momentum": 0.9},
     # checkpointed in eval mode (x in the parameters), trained in train mode (y)
-    "schedulefree_adamw": {"name": "schedulefree_adamw", "lr": 1e-2, "weight_decay": 0.01,
-                           "warmup_steps": 5},
+    "schedulefree_adamw": {
+        "name": "schedulefree_adamw",
+        "lr": 1e-2,
+        "weight_decay": 0.01,
+        "warmup_steps": 5,
+    },
 }
 
 
@@ -88,19 +114,28 @@ def test_a_run_killed_after_any_epoch_resumes_bit_for_bit(tmp_path, optimizer):
     # what it reported of that epoch is dropped on resume, from the checkpoint of `kill`.
     for kill, during in ((1, "epoch"), (3, "probe"), (5, "epoch")):
         folder = tmp_path / f"kill{kill}"
-        first = run(cfg, folder, die_at=lambda e, k=kill, t=during: (
-            e["type"] == t and e["epoch"] == k + 1
-            and (t == "epoch" or e["probe"] != "distance_from_init")))
+        first = run(
+            cfg,
+            folder,
+            die_at=lambda e, k=kill, t=during: (
+                e["type"] == t
+                and e["epoch"] == k + 1
+                and (t == "epoch" or e["probe"] != "distance_from_init")
+            ),
+        )
         assert [e["epoch"] for e in first if e["type"] == "checkpoint"][-1] == kill
         assert not any(e["type"] == "epoch" and e["epoch"] > kill for e in first)
         second = run(cfg, folder, resume_upto=kill)
         assert second[0]["type"] == "resumed" and second[0]["epoch"] == kill
         assert after(second, kill) == after(reference, kill)
-        assert second[-1]["type"] == "finished" and second[-1]["best_epoch"] == \
-            reference[-1]["best_epoch"]
+        assert (
+            second[-1]["type"] == "finished"
+            and second[-1]["best_epoch"] == reference[-1]["best_epoch"]
+        )
         saved = torch.load(second[-1]["weights"])
-        assert all(torch.equal(saved[k], v) for k, v in
-                   torch.load(reference[-1]["weights"]).items())
+        assert all(
+            torch.equal(saved[k], v) for k, v in torch.load(reference[-1]["weights"]).items()
+        )
         assert not list(folder.glob("*.ckpt")), "an ended run keeps no checkpoints"
 
 
@@ -110,8 +145,10 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_and_says_so(tmp_
     for damage in ("truncate", "flip"):
         folder = tmp_path / damage
         run(cfg, folder, die_at=lambda e: e["type"] == "epoch" and e["epoch"] == 5)
-        assert [p.name for _, p in ckpt.listed(folder)] == ["epoch-000004.ckpt",
-                                                            "epoch-000003.ckpt"]
+        assert [p.name for _, p in ckpt.listed(folder)] == [
+            "epoch-000004.ckpt",
+            "epoch-000003.ckpt",
+        ]
         latest = folder / "epoch-000004.ckpt"
         data = bytearray(latest.read_bytes())
         if damage == "truncate":
@@ -169,8 +206,11 @@ def test_the_format_detects_truncation_corruption_and_foreign_files(tmp_path):
     state = {"epoch": 3, "run_id": "x", "w": torch.arange(10.0)}
     data = ckpt.encode(state)
     assert torch.equal(ckpt.decode(data)["w"], state["w"])
-    cases = {"truncated": data[:-1], "corrupt": data[:-1] + bytes([data[-1] ^ 1]),
-             "not an optlab checkpoint": b"PK\x03\x04" + data[4:]}
+    cases = {
+        "truncated": data[:-1],
+        "corrupt": data[:-1] + bytes([data[-1] ^ 1]),
+        "not an optlab checkpoint": b"PK\x03\x04" + data[4:],
+    }
     for why, bad in cases.items():
         with pytest.raises(ckpt.CheckpointError, match=why):
             ckpt.decode(bad)

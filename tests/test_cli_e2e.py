@@ -40,8 +40,14 @@ def slow_study(folder: Path, epochs: int = 40, lrs: str = "[0.01, 0.02]") -> Pat
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.Popen([sys.executable, "-m", "optlab", *args], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "optlab", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def wait_for(predicate, timeout: float = 60.0, every: float = 0.2):
@@ -69,7 +75,8 @@ def finished(tmp_path_factory) -> Path:
     proc = optlab("run", "tiny.toml", "--workers", "2", cwd=folder, check=True)
     assert proc.stdout.splitlines()[0] == (
         "tiny: running 8 of 8 runs (0 already finished) on 2 worker(s) [CPU, 1 thread(s) "
-        "each]; store optlab.duckdb")
+        "each]; store optlab.duckdb"
+    )
     assert proc.stdout.splitlines()[-1].endswith(": 8 done")
     return folder
 
@@ -88,28 +95,55 @@ def test_show_counts_done_and_lists_axes(finished):
         "  optimizer.lr: 0.01, 0.1",
         "  optimizer.weight_decay: 0, 0.01",
     ]
-    rows = [json.loads(line) for line in
-            optlab("show", "tiny.toml", "--format", "json", cwd=finished).stdout.splitlines()]
+    rows = [
+        json.loads(line)
+        for line in optlab(
+            "show", "tiny.toml", "--format", "json", cwd=finished
+        ).stdout.splitlines()
+    ]
     assert len(rows) == 8
-    assert set(rows[0]) == {"run_id", "study", "block", "seed", "optimizer.lr",
-                            "optimizer.weight_decay", "status"}
+    assert set(rows[0]) == {
+        "run_id",
+        "study",
+        "block",
+        "seed",
+        "optimizer.lr",
+        "optimizer.weight_decay",
+        "status",
+    }
     assert {r["status"] for r in rows} == {"done"}
 
 
 def test_status_counts_by_state(finished):
     lines = optlab("status", cwd=finished, check=True).stdout.splitlines()
-    assert lines[0].split() == ["study", "runs", "pending", "running", "done", "failed",
-                                "diverged", "interrupted", "progress", "eta"]
+    assert lines[0].split() == [
+        "study",
+        "runs",
+        "pending",
+        "running",
+        "done",
+        "failed",
+        "diverged",
+        "interrupted",
+        "progress",
+        "eta",
+    ]
     assert lines[1].split() == ["tiny", "8", "0", "0", "8", "0", "0", "0", "100%", "-"]
 
 
 def test_query_formats_and_out_file(finished):
-    sql = ("select lr, wd, count(*) as n from epochs join runs using (run_id) "
-           "group by all order by lr, wd")
+    sql = (
+        "select lr, wd, count(*) as n from epochs join runs using (run_id) "
+        "group by all order by lr, wd"
+    )
     as_csv = optlab("query", sql, "--format", "csv", cwd=finished, check=True).stdout
     assert list(csv.reader(io.StringIO(as_csv))) == [
-        ["lr", "wd", "n"], ["0.01", "0.0", "4"], ["0.01", "0.01", "4"],
-        ["0.1", "0.0", "4"], ["0.1", "0.01", "4"]]
+        ["lr", "wd", "n"],
+        ["0.01", "0.0", "4"],
+        ["0.01", "0.01", "4"],
+        ["0.1", "0.0", "4"],
+        ["0.1", "0.01", "4"],
+    ]
     as_json = json.loads(optlab("query", sql, "--format", "json", cwd=finished).stdout)
     assert as_json[0] == {"lr": 0.01, "wd": 0.0, "n": 4}
     md = optlab("query", sql, "--format", "markdown", cwd=finished).stdout.splitlines()
@@ -128,57 +162,109 @@ def test_query_is_read_only_and_sql_errors_are_one_line(finished):
     assert "refused: optlab query only reads" in proc.stderr
     store = finished / "optlab.duckdb"
     before = store.read_bytes()
-    writes = [f"copy (select 1 as a) to '{store}'", "copy epochs to 'out.csv'",
-              "export database 'dump'", "install httpfs", "load httpfs",
-              "attach 'other.duckdb' as o", "set threads = 1",
-              "explain analyze copy (select 1) to 'x.csv'", "create table t as select 1",
-              "insert into epochs select * from epochs", "select 1; drop table epochs"]
+    writes = [
+        f"copy (select 1 as a) to '{store}'",
+        "copy epochs to 'out.csv'",
+        "export database 'dump'",
+        "install httpfs",
+        "load httpfs",
+        "attach 'other.duckdb' as o",
+        "set threads = 1",
+        "explain analyze copy (select 1) to 'x.csv'",
+        "create table t as select 1",
+        "insert into epochs select * from epochs",
+        "select 1; drop table epochs",
+    ]
     for sql in writes:
         proc = optlab("query", sql, cwd=finished)
         assert proc.returncode == 1, sql
         assert "refused" in proc.stderr and proc.stderr.count("\n") == 1, (sql, proc.stderr)
     assert store.read_bytes() == before
-    assert not any((finished / name).exists()
-                   for name in ("out.csv", "dump", "other.duckdb", "x.csv"))
+    assert not any(
+        (finished / name).exists() for name in ("out.csv", "dump", "other.duckdb", "x.csv")
+    )
     for sql in ("", ";", "  ;  "):
         proc = optlab("query", sql, cwd=finished)
         assert proc.returncode == 1 and proc.stderr.startswith("Error: SQL: nothing to run"), sql
     # reading the user's own files stays allowed
     (finished / "mine.csv").write_text("lr,note\n0.01,mine\n")
-    joined = optlab("query", "select m.note, count(*) as n from runs r join "
-                    "read_csv('mine.csv') m on r.lr = m.lr group by all", "--format", "csv",
-                    cwd=finished, check=True)
+    joined = optlab(
+        "query",
+        "select m.note, count(*) as n from runs r join "
+        "read_csv('mine.csv') m on r.lr = m.lr group by all",
+        "--format",
+        "csv",
+        cwd=finished,
+        check=True,
+    )
     assert joined.stdout == "note,n\nmine,4\n"
     now = optlab("query", "select now() as t", "--format", "csv", cwd=finished, check=True)
     assert now.stdout.startswith("t\n20")
     proc = optlab("query", "selec 1", cwd=finished)
-    assert proc.stderr == ('Error: SQL: Parser Error: syntax error at or near "selec" '
-                           "(LINE 1: selec 1)\n")
-    assert optlab("query", "select count(*) as n from epochs", "--format", "csv",
-                  cwd=finished).stdout == "n\n16\n"
+    assert proc.stderr == (
+        'Error: SQL: Parser Error: syntax error at or near "selec" (LINE 1: selec 1)\n'
+    )
+    assert (
+        optlab("query", "select count(*) as n from epochs", "--format", "csv", cwd=finished).stdout
+        == "n\n16\n"
+    )
 
 
 def test_every_epoch_row_and_run_has_provenance(finished):
-    rows = json.loads(optlab(
-        "query", "select seed, status, torch_version, device, threads, optlab_version, "
-        "hostname, git_sha is not null or true as sha_ok, epochs from runs", "--format", "json",
-        cwd=finished).stdout)
+    rows = json.loads(
+        optlab(
+            "query",
+            "select seed, status, torch_version, device, threads, optlab_version, "
+            "hostname, git_sha is not null or true as sha_ok, epochs from runs",
+            "--format",
+            "json",
+            cwd=finished,
+        ).stdout
+    )
     assert all(r["torch_version"] and r["device"].startswith("cpu") for r in rows)
     assert {r["threads"] for r in rows} == {1}
-    fields = optlab("query", "select * from epochs limit 1", "--format", "json",
-                    cwd=finished).stdout
+    fields = optlab(
+        "query", "select * from epochs limit 1", "--format", "json", cwd=finished
+    ).stdout
     assert set(json.loads(fields)[0]) == {
-        "run_id", "epoch", "step", "samples", "sfo", "epoch_lr", "epoch_batch_size",
-        "train_loss", "train_acc", "test_loss", "test_acc", "seconds", "eval_seconds",
-        "val_loss", "val_acc", "probe_seconds", "sfo_full_batches",
-        "comm_rounds"}
+        "run_id",
+        "epoch",
+        "step",
+        "samples",
+        "sfo",
+        "epoch_lr",
+        "epoch_batch_size",
+        "train_loss",
+        "train_acc",
+        "test_loss",
+        "test_acc",
+        "seconds",
+        "eval_seconds",
+        "val_loss",
+        "val_acc",
+        "probe_seconds",
+        "sfo_full_batches",
+        "comm_rounds",
+    }
 
 
 @pytest.mark.parametrize("suffix", [".html", ".png", ".svg"])
 def test_heatmap_files(finished, suffix):
     out = f"hm{suffix}"
-    proc = optlab("plot", "heatmap", "--study", "tiny", "--x", "optimizer.lr", "--y",
-                  "optimizer.weight_decay", "--out", out, cwd=finished, check=True)
+    proc = optlab(
+        "plot",
+        "heatmap",
+        "--study",
+        "tiny",
+        "--x",
+        "optimizer.lr",
+        "--y",
+        "optimizer.weight_decay",
+        "--out",
+        out,
+        cwd=finished,
+        check=True,
+    )
     assert proc.stdout == f"heatmap of 4 cells written to {out} (its SQL: {out}.sql)\n"
     data = (finished / out).read_bytes()
     if suffix == ".html":
@@ -195,10 +281,13 @@ def test_heatmap_files(finished, suffix):
 
 
 def test_heatmap_bad_axis_and_metric(finished):
-    proc = optlab("plot", "heatmap", "--x", "optimizer.momentum", "--y", "optimizer.lr",
-                  cwd=finished)
-    assert proc.stderr == ("Error: --x optimizer.momentum: the study does not vary it; it varies "
-                           "optimizer.lr, optimizer.weight_decay\n")
+    proc = optlab(
+        "plot", "heatmap", "--x", "optimizer.momentum", "--y", "optimizer.lr", cwd=finished
+    )
+    assert proc.stderr == (
+        "Error: --x optimizer.momentum: the study does not vary it; it varies "
+        "optimizer.lr, optimizer.weight_decay\n"
+    )
     proc = optlab("plot", "heatmap", "--metric", "best_accuracy", cwd=finished)
     assert proc.returncode == 1 and proc.stderr.startswith("Error: --metric 'best_accuracy': ")
 
@@ -218,12 +307,18 @@ def test_a_changed_study_counts_only_its_current_runs(tmp_path):
     assert proc.stdout.splitlines()[0].startswith("tiny: running 4 of 4 runs")
     row = optlab("status", "tiny", cwd=tmp_path).stdout.splitlines()[1].split()
     assert row[:5] == ["tiny", "4", "0", "0", "4"]
-    assert optlab("query", "select count(*) as n from run_state", "--format", "csv",
-                  cwd=tmp_path).stdout == "n\n8\n"  # the earlier runs are kept
+    assert (
+        optlab(
+            "query", "select count(*) as n from run_state", "--format", "csv", cwd=tmp_path
+        ).stdout
+        == "n\n8\n"
+    )  # the earlier runs are kept
 
 
 def test_failed_and_diverged_runs(tmp_path):
-    write_study(tmp_path, text="""
+    write_study(
+        tmp_path,
+        text="""
         name = "bad"
         [base]
         epochs = 2
@@ -233,7 +328,8 @@ def test_failed_and_diverged_runs(tmp_path):
         [[block]]
         name = "g"
         grid = { "optimizer.lr" = [0.1, 1e20], model = [{ name = "mlp" }, { name = "cnn" }] }
-        """)
+        """,
+    )
     proc = optlab("run", "tiny.toml", cwd=tmp_path)
     assert proc.returncode == 1
     assert proc.stdout.splitlines()[-1].endswith(": 1 diverged, 1 done, 2 failed")
@@ -243,23 +339,51 @@ def test_failed_and_diverged_runs(tmp_path):
     assert log.read_text().startswith("optlab worker")
     status = optlab("status", "bad", cwd=tmp_path).stdout
     assert status.count("bad failed ") == 2 and status.count("bad diverged ") == 1
-    proc = optlab("plot", "heatmap", "--x", "optimizer.lr", "--y", "model", "--out", "h.svg",
-                  cwd=tmp_path, check=True)
+    proc = optlab(
+        "plot",
+        "heatmap",
+        "--x",
+        "optimizer.lr",
+        "--y",
+        "model",
+        "--out",
+        "h.svg",
+        cwd=tmp_path,
+        check=True,
+    )
     svg = (tmp_path / "h.svg").read_text()
     assert "1 diverged" in svg and "1 failed" in svg
     again = optlab("run", "tiny.toml", cwd=tmp_path)
-    assert again.stdout == ("Nothing to run: all 4 runs of bad are finished; 2 failed "
-                            "(run again with --retry-failed).\n")
+    assert again.stdout == (
+        "Nothing to run: all 4 runs of bad are finished; 2 failed "
+        "(run again with --retry-failed).\n"
+    )
     retried = optlab("run", "tiny.toml", "--retry-failed", cwd=tmp_path)
     assert retried.stdout.splitlines()[0].startswith("bad: running 2 of 4 runs")
 
 
 def test_each_worker_gets_its_own_gpu_environment(tmp_path):
     write_study(tmp_path)
-    optlab("run", "tiny.toml", "--gpus", "0,1", "--per-gpu", "2", cwd=tmp_path, check=True,
-           env={"OPTLAB_GPU_COUNT": "2"})
-    rows = json.loads(optlab("query", "select distinct worker, cuda_visible_devices, threads "
-                             "from runs order by worker", "--format", "json", cwd=tmp_path).stdout)
+    optlab(
+        "run",
+        "tiny.toml",
+        "--gpus",
+        "0,1",
+        "--per-gpu",
+        "2",
+        cwd=tmp_path,
+        check=True,
+        env={"OPTLAB_GPU_COUNT": "2"},
+    )
+    rows = json.loads(
+        optlab(
+            "query",
+            "select distinct worker, cuda_visible_devices, threads from runs order by worker",
+            "--format",
+            "json",
+            cwd=tmp_path,
+        ).stdout
+    )
     assert rows, "no runs recorded"
     for row in rows:
         gpu = row["worker"].removeprefix("gpu").split("/")[0]
@@ -272,8 +396,11 @@ def test_a_dead_worker_fails_only_its_run_and_is_replaced(tmp_path):
     slow_study(tmp_path, epochs=200, lrs="[0.01, 0.02, 0.03]")
     proc = start(["run", "slow.toml", "--workers", "1"], tmp_path)
     wait_for(lambda: journal_epochs(tmp_path) >= 1)
-    worker = wait_for(lambda: subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
-                                             text=True).stdout.split())
+    worker = wait_for(
+        lambda: subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
+        ).stdout.split()
+    )
     os.kill(int(worker[0]), signal.SIGKILL)
     # the other runs would take long: once a new worker is busy, stop the study
     wait_for(lambda: len(list((tmp_path / "optlab.runs").glob("*/events.jsonl"))) >= 2)
@@ -305,8 +432,9 @@ def test_kill_9_of_the_coordinator_loses_no_reported_epoch(tmp_path):
     slow_study(tmp_path, epochs=3, lrs="[0.01]")
     proc = start(["run", "slow.toml", "--workers", "1"], tmp_path)
     wait_for(lambda: journal_epochs(tmp_path) >= 1)
-    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
-                             text=True).stdout.split()
+    workers = subprocess.run(
+        ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
+    ).stdout.split()
     proc.kill()
     proc.wait()
     # A worker dies with its coordinator (and would exit at its next report anyway).
@@ -314,8 +442,10 @@ def test_kill_9_of_the_coordinator_loses_no_reported_epoch(tmp_path):
     reported = journal_epochs(tmp_path)
     rerun = optlab("run", "slow.toml", cwd=tmp_path, check=True)
     first = rerun.stdout.splitlines()[0]
-    assert first.startswith(f"Recovered 1 run(s) an earlier session left unfinished ({reported} "
-                            "epochs from their journals): 1 ")
+    assert first.startswith(
+        f"Recovered 1 run(s) an earlier session left unfinished ({reported} "
+        "epochs from their journals): 1 "
+    )
     assert rerun.stdout.splitlines()[-1].endswith(": 1 done") or "1 done;" in first
 
 
@@ -328,14 +458,30 @@ def test_status_and_query_work_while_a_study_runs(tmp_path):
         status = optlab("status", cwd=tmp_path)
         assert status.returncode == 0
         # an ETA from the first finished epoch, before any run has finished
-        wait_for(lambda: int(optlab("query", "select count(*) from epochs", "--format",
-                                    "csv", cwd=tmp_path).stdout.split()[1]) > 0)
+        wait_for(
+            lambda: (
+                int(
+                    optlab(
+                        "query", "select count(*) from epochs", "--format", "csv", cwd=tmp_path
+                    ).stdout.split()[1]
+                )
+                > 0
+            )
+        )
         row = optlab("status", cwd=tmp_path).stdout.splitlines()[1].split()
         assert row[4] == "0" and re.fullmatch(r"\d+m\d\ds|\d+h\d\dm", row[-1]), row
         q = optlab("query", "select count(*) as n from epochs", "--format", "csv", cwd=tmp_path)
         assert q.returncode == 0 and q.stdout.startswith("n\n")
-        assert wait_for(lambda: int(optlab("query", "select count(*) from epochs", "--format",
-                                           "csv", cwd=tmp_path).stdout.split()[1]) > 0)
+        assert wait_for(
+            lambda: (
+                int(
+                    optlab(
+                        "query", "select count(*) from epochs", "--format", "csv", cwd=tmp_path
+                    ).stdout.split()[1]
+                )
+                > 0
+            )
+        )
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
@@ -347,15 +493,20 @@ def installed_example(site: Path) -> dict[str, str]:
     the test starts only)."""
     import tomllib
 
-    project = tomllib.loads((ROOT / "plugins" / "optlab-example" / "pyproject.toml")
-                            .read_text())["project"]
+    project = tomllib.loads((ROOT / "plugins" / "optlab-example" / "pyproject.toml").read_text())[
+        "project"
+    ]
     info = site / f"optlab_example-{project['version']}.dist-info"
     info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\n"
-                                   f"Version: {project['version']}\n")
-    (info / "entry_points.txt").write_text("".join(
-        f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items())
-        for group, eps in project["entry-points"].items()))
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n"
+    )
+    (info / "entry_points.txt").write_text(
+        "".join(
+            f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items())
+            for group, eps in project["entry-points"].items()
+        )
+    )
     src = ROOT / "plugins" / "optlab-example" / "src"
     return {"PYTHONPATH": os.pathsep.join([str(site), str(src)])}
 
@@ -363,21 +514,41 @@ def installed_example(site: Path) -> dict[str, str]:
 def test_a_third_party_plugin_is_discovered_and_runs(tmp_path):
     env = installed_example(tmp_path / "site")
     listed = optlab("plugins", "optimizer", cwd=tmp_path, env=env, check=True).stdout
-    assert ("optimizer signsgd (optlab-example): signSGD: step along the sign of the "
-            "(momentum-averaged) gradient") in listed
+    assert (
+        "optimizer signsgd (optlab-example): signSGD: step along the sign of the "
+        "(momentum-averaged) gradient"
+    ) in listed
     assert "optimizer sophia (optlab-example): Sophia-H" in listed
-    assert "probe batch_loss (optlab-example): loss and accuracy on the probe batch" in \
-        optlab("plugins", "probe", cwd=tmp_path, env=env, check=True).stdout
+    assert (
+        "probe batch_loss (optlab-example): loss and accuracy on the probe batch"
+        in optlab("plugins", "probe", cwd=tmp_path, env=env, check=True).stdout
+    )
     write_study(tmp_path)
-    proc = optlab("run", "tiny.toml", "--set", 'optimizer={name="signsgd", lr=0.01}',
-                  "--set", 'probes=[{name="batch_loss", epochs=[0, 2], batch=16}]',
-                  "--set", "block.0.grid={}", cwd=tmp_path, env=env, check=True)
+    proc = optlab(
+        "run",
+        "tiny.toml",
+        "--set",
+        'optimizer={name="signsgd", lr=0.01}',
+        "--set",
+        'probes=[{name="batch_loss", epochs=[0, 2], batch=16}]',
+        "--set",
+        "block.0.grid={}",
+        cwd=tmp_path,
+        env=env,
+        check=True,
+    )
     assert proc.stdout.splitlines()[-1].endswith(": 2 done")
-    got = optlab("query", "select distinct optimizer from runs", "--format", "csv",
-                 cwd=tmp_path).stdout
+    got = optlab(
+        "query", "select distinct optimizer from runs", "--format", "csv", cwd=tmp_path
+    ).stdout
     assert got == "optimizer\nsignsgd\n"
-    probes = optlab("query", "select epoch, key, count(*) as n from probes group by all "
-                    "order by all", "--format", "csv", cwd=tmp_path).stdout
+    probes = optlab(
+        "query",
+        "select epoch, key, count(*) as n from probes group by all order by all",
+        "--format",
+        "csv",
+        cwd=tmp_path,
+    ).stdout
     assert probes == "epoch,key,n\n0,accuracy,2\n0,loss,2\n2,accuracy,2\n2,loss,2\n"
     # and this environment never saw it
     assert "signsgd" not in optlab("plugins", "optimizer", cwd=tmp_path).stdout

@@ -71,8 +71,10 @@ def test_validation_split_is_held_out_of_training(tmp_path):
     assert not any(tuple(r) in train_rows for r in data.x_val.flatten(1)[:, :8].tolist())
 
 
-@pytest.mark.parametrize("layout,shape", [("nhwc", (3, 8, 8)), ("nchw", (3, 8, 8)),
-                                          ("flat", (12,)), ("sequence", (5, 6))])
+@pytest.mark.parametrize(
+    "layout,shape",
+    [("nhwc", (3, 8, 8)), ("nchw", (3, 8, 8)), ("flat", (12,)), ("sequence", (5, 6))],
+)
 def test_arrays_layouts(tmp_path, layout, shape):
     path = fake_data.make_arrays(tmp_path / "a.npz", layout)
     data = load("arrays", tmp_path, path=str(path))
@@ -84,14 +86,27 @@ def test_engine_reports_validation_metrics(tmp_path):
     from optlab.engine import DataCache, train
 
     events = []
-    cfg = {"epochs": 1, "precision": "fp32",
-           "dataset": {"name": "synthetic", "shape": [4], "train_size": 40, "test_size": 10,
-                       "val_fraction": 0.25},
-           "model": {"name": "mlp", "hidden": []}, "optimizer": {"name": "sgd", "lr": 0.1},
-           "lr_schedule": {"name": "constant"}, "batch_schedule": {"name": "constant"},
-           "augmentation": {"name": "none"}}
-    train({"run_id": "r", "seed": 0, "config": cfg}, events.append,
-          DataCache(REG, torch.device("cpu")))
+    cfg = {
+        "epochs": 1,
+        "precision": "fp32",
+        "dataset": {
+            "name": "synthetic",
+            "shape": [4],
+            "train_size": 40,
+            "test_size": 10,
+            "val_fraction": 0.25,
+        },
+        "model": {"name": "mlp", "hidden": []},
+        "optimizer": {"name": "sgd", "lr": 0.1},
+        "lr_schedule": {"name": "constant"},
+        "batch_schedule": {"name": "constant"},
+        "augmentation": {"name": "none"},
+    }
+    train(
+        {"run_id": "r", "seed": 0, "config": cfg},
+        events.append,
+        DataCache(REG, torch.device("cpu")),
+    )
     row = events[1]
     assert 0 <= row["val_acc"] <= 1 and row["val_loss"] > 0
     assert 25 <= row["sfo"] <= 35 and row["sfo"] < 40  # the held-out quarter is not trained on
@@ -109,7 +124,8 @@ def test_a_dataset_absent_offline_is_one_line_before_any_run(cli, tmp_path):
         "Error: s.toml: dataset cifar10: not found in data/cifar-10-batches-py (download = "
         "false); download cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/"
         "cifar-10-python.tar.gz) and extract it into data, or point --data-dir (OPTLAB_DATA) "
-        "at a folder that has it\n")
+        "at a folder that has it\n"
+    )
     assert not (tmp_path / "optlab.duckdb").exists()
 
 
@@ -118,30 +134,44 @@ def test_a_failed_download_says_where_and_how(cli, tmp_path):
     assert result.exit_code == 1
     line = result.stderr
     assert line.count("\n") == 1
-    assert line.startswith("Error: s.toml: dataset pathmnist: not found at "
-                           "nowhere/medmnist/pathmnist.npz")
+    assert line.startswith(
+        "Error: s.toml: dataset pathmnist: not found at nowhere/medmnist/pathmnist.npz"
+    )
     assert "download pathmnist.npz (" in line and "into nowhere/medmnist" in line
 
 
 def test_too_many_examples_per_class(cli, tmp_path):
     result = cli("show", study(tmp_path, '{ name = "cifar100", examples_per_class = 501 }'))
-    assert result.stderr == ("Error: s.toml: base: dataset: examples_per_class = 501, but the "
-                             "smallest class of cifar100's training set has 500\n")
+    assert result.stderr == (
+        "Error: s.toml: base: dataset: examples_per_class = 501, but the "
+        "smallest class of cifar100's training set has 500\n"
+    )
 
 
-@pytest.mark.parametrize("arrays,message", [
-    ({"x_train": np.zeros((4, 2)), "y_train": np.zeros(4)},
-     "missing x_test, y_test; an arrays file needs x_train, y_train, x_test, y_test (it has "
-     "x_train, y_train)"),
-    ({"x_train": np.zeros((4, 2)), "y_train": np.zeros(3), "x_test": np.zeros((2, 2)),
-      "y_test": np.zeros(2)}, "x_train has 4 rows but y_train has 3"),
-])
+@pytest.mark.parametrize(
+    "arrays,message",
+    [
+        (
+            {"x_train": np.zeros((4, 2)), "y_train": np.zeros(4)},
+            "missing x_test, y_test; an arrays file needs x_train, y_train, x_test, y_test (it has "
+            "x_train, y_train)",
+        ),
+        (
+            {
+                "x_train": np.zeros((4, 2)),
+                "y_train": np.zeros(3),
+                "x_test": np.zeros((2, 2)),
+                "y_test": np.zeros(2),
+            },
+            "x_train has 4 rows but y_train has 3",
+        ),
+    ],
+)
 def test_bad_arrays_files(cli, tmp_path, arrays, message):
     np.savez(tmp_path / "bad.npz", **arrays)
     result = cli("show", study(tmp_path, '{ name = "arrays", path = "bad.npz" }'))
     assert result.exit_code == 1
-    assert result.stderr == (f"Error: s.toml: base: dataset: {tmp_path / 'bad.npz'}: "
-                             f"{message}\n")
+    assert result.stderr == (f"Error: s.toml: base: dataset: {tmp_path / 'bad.npz'}: {message}\n")
 
 
 def test_arrays_vectors_use_a_given_mean_and_std(tmp_path):
@@ -154,17 +184,22 @@ def test_arrays_vectors_use_a_given_mean_and_std(tmp_path):
     assert torch.allclose(each.x_test, raw.x_test - torch.tensor(per))
 
 
-@pytest.mark.parametrize("table,message", [
-    ('mean = [0.0, 1.0], std = [1.0, 1.0]', "mean has 2 values; {p} holds vectors of 12 "
-     "features: give 1 value (for all) or 12 (one per feature)"),
-    ('mean = [0.0]', "give mean and std together (or neither)"),
-])
+@pytest.mark.parametrize(
+    "table,message",
+    [
+        (
+            "mean = [0.0, 1.0], std = [1.0, 1.0]",
+            "mean has 2 values; {p} holds vectors of 12 "
+            "features: give 1 value (for all) or 12 (one per feature)",
+        ),
+        ("mean = [0.0]", "give mean and std together (or neither)"),
+    ],
+)
 def test_arrays_vectors_refuse_a_mean_that_does_not_fit(cli, tmp_path, table, message):
     fake_data.make_arrays(tmp_path / "a.npz", "flat")
     result = cli("show", study(tmp_path, f'{{ name = "arrays", path = "a.npz", {table} }}'))
     assert result.exit_code == 1
-    assert result.stderr == (f"Error: s.toml: base: dataset: "
-                             f"{message.format(p='a.npz')}\n")
+    assert result.stderr == (f"Error: s.toml: base: dataset: {message.format(p='a.npz')}\n")
 
 
 @pytest.mark.slow  # real worker processes
@@ -190,13 +225,17 @@ batch_schedule = { name = "constant", batch_size = 8 }
     # From another folder: the file is found beside the study, and training reads it too.
     proc = optlab("run", str(project / "s.toml"), "--workers", "1", cwd=elsewhere, check=True)
     assert "1 done" in proc.stdout
-    ids = {json.loads(line)["run_id"] for cwd, target in ((elsewhere, project / "s.toml"),
-                                                         (project, "s.toml"))
-           for line in optlab("show", str(target), "--format", "json", cwd=cwd,
-                              check=True).stdout.splitlines()}
+    ids = {
+        json.loads(line)["run_id"]
+        for cwd, target in ((elsewhere, project / "s.toml"), (project, "s.toml"))
+        for line in optlab(
+            "show", str(target), "--format", "json", cwd=cwd, check=True
+        ).stdout.splitlines()
+    }
     assert len(ids) == 1  # the config keeps "data/a.npz": the same id from anywhere
     (project / "data" / "a.npz").unlink()
     result = optlab("show", str(project / "s.toml"), cwd=elsewhere)
     assert result.returncode == 1 and result.stderr == (
         f"Error: {project / 's.toml'}: base: dataset: no such file: data/a.npz (looked for "
-        f"{project / 'data' / 'a.npz'}: relative to the study file)\n")
+        f"{project / 'data' / 'a.npz'}: relative to the study file)\n"
+    )

@@ -14,12 +14,25 @@ from optlab.registry import default_registry
 
 def config(**over):
     cfg = {
-        "epochs": 3, "precision": "fp32",
-        "dataset": {"name": "synthetic", "classes": 3, "shape": [1, 4, 4], "train_size": 50,
-                    "test_size": 20, "noise": 1.0, "seed": 0},
+        "epochs": 3,
+        "precision": "fp32",
+        "dataset": {
+            "name": "synthetic",
+            "classes": 3,
+            "shape": [1, 4, 4],
+            "train_size": 50,
+            "test_size": 20,
+            "noise": 1.0,
+            "seed": 0,
+        },
         "model": {"name": "mlp", "hidden": [8]},
-        "optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "nesterov": False,
-                      "weight_decay": 0.0},
+        "optimizer": {
+            "name": "sgd",
+            "lr": 0.1,
+            "momentum": 0.9,
+            "nesterov": False,
+            "weight_decay": 0.0,
+        },
         "lr_schedule": {"name": "constant", "warmup_epochs": 0.0},
         "batch_schedule": {"name": "constant", "batch_size": 16},
         "augmentation": {"name": "none"},
@@ -56,15 +69,23 @@ def test_same_seed_same_numbers_other_seed_other_numbers():
 
 
 def test_divergence_is_reported_not_failed():
-    events = run(config(optimizer={"name": "sgd", "lr": 1e12, "momentum": 0.9,
-                                   "nesterov": False, "weight_decay": 0.0}))
+    events = run(
+        config(
+            optimizer={
+                "name": "sgd",
+                "lr": 1e12,
+                "momentum": 0.9,
+                "nesterov": False,
+                "weight_decay": 0.0,
+            }
+        )
+    )
     assert events[-1]["type"] == "diverged"
     assert "training loss became" in events[-1]["error"]
 
 
 def test_cosine_with_warmup_sets_the_lr_per_step():
-    cfg = config(epochs=4, lr_schedule={"name": "cosine", "warmup_epochs": 1.0,
-                                        "min_factor": 0.0})
+    cfg = config(epochs=4, lr_schedule={"name": "cosine", "warmup_epochs": 1.0, "min_factor": 0.0})
     rows = [e for e in run(cfg) if e["type"] == "epoch"]
     lrs = [r["epoch_lr"] for r in rows]
     assert lrs[0] == pytest.approx(0.1)  # the step that ends the warmup runs at the full rate
@@ -93,8 +114,9 @@ def test_flip_crop_keeps_shape_and_is_reproducible():
 
 
 def test_flip_crop_with_nothing_to_do_is_identity():
-    aug = default_registry().create("augmentation", "flip_crop", {"pad": 0, "flip": False},
-                                    input_shape=(1, 4, 4))
+    aug = default_registry().create(
+        "augmentation", "flip_crop", {"pad": 0, "flip": False}, input_shape=(1, 4, 4)
+    )
     x = torch.randn(5, 1, 4, 4)
     assert torch.equal(aug(x, torch.Generator()), x)
 
@@ -116,10 +138,20 @@ def test_bf16_runs_on_cpu():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "amp"])
 def test_cuda_paths(precision):
-    cfg = config(precision=precision, model={"name": "cnn", "channels": [8], "batch_norm": True},
-                 augmentation={"name": "flip_crop", "pad": 1, "flip": True},
-                 dataset={"name": "synthetic", "classes": 3, "shape": [3, 8, 8],
-                          "train_size": 64, "test_size": 16, "noise": 1.0, "seed": 0})
+    cfg = config(
+        precision=precision,
+        model={"name": "cnn", "channels": [8], "batch_norm": True},
+        augmentation={"name": "flip_crop", "pad": 1, "flip": True},
+        dataset={
+            "name": "synthetic",
+            "classes": 3,
+            "shape": [3, 8, 8],
+            "train_size": 64,
+            "test_size": 16,
+            "noise": 1.0,
+            "seed": 0,
+        },
+    )
     events = []
     cache = DataCache(default_registry(), torch.device("cuda"))
     train({"run_id": "r", "seed": 0, "config": cfg}, events.append, cache)
@@ -128,18 +160,35 @@ def test_cuda_paths(precision):
 
 
 def test_a_loss_that_explodes_but_stays_finite_is_diverged_by_the_relative_rule():
-    ds = {"name": "synthetic", "classes": 3, "shape": [1, 4, 4], "train_size": 50,
-          "test_size": 20, "noise": 20.0, "seed": 0}
-    base = config(epochs=8, dataset=ds, model={"name": "mlp", "hidden": [16]},
-                  optimizer={"name": "sgd", "lr": 1.0, "momentum": 0.99, "nesterov": False,
-                             "weight_decay": 0.0})
+    ds = {
+        "name": "synthetic",
+        "classes": 3,
+        "shape": [1, 4, 4],
+        "train_size": 50,
+        "test_size": 20,
+        "noise": 20.0,
+        "seed": 0,
+    }
+    base = config(
+        epochs=8,
+        dataset=ds,
+        model={"name": "mlp", "hidden": [16]},
+        optimizer={
+            "name": "sgd",
+            "lr": 1.0,
+            "momentum": 0.99,
+            "nesterov": False,
+            "weight_decay": 0.0,
+        },
+    )
     events = run({**base, "divergence": {"loss_factor": 100.0}})
     rows = [e for e in events if e["type"] == "epoch"]
     assert len(rows) == 2 and math.isfinite(rows[-1]["train_loss"])
     assert rows[-1]["train_loss"] > 100 * rows[0]["train_loss"]
     assert events[-1]["type"] == "diverged" and events[-1]["rule"] == "loss_factor"
-    assert events[-1]["error"] == ("training loss 2.891e+10 is above 100 x the first epoch's "
-                                   "(6588) in epoch 2")
+    assert events[-1]["error"] == (
+        "training loss 2.891e+10 is above 100 x the first epoch's (6588) in epoch 2"
+    )
     # Without the relative rule the same run goes on until the loss is no longer a number.
     off = run({**base, "divergence": None})
     assert off[-1]["type"] == "diverged" and off[-1]["rule"] == "non_finite"
@@ -157,8 +206,11 @@ def test_the_default_divergence_rule_and_that_it_is_not_part_of_a_run_id():
 
 
 def test_sam_counts_two_gradient_evaluations_a_step_in_the_sfo():
-    rows = [e for e in run(config(optimizer={"name": "sam", "rho": 0.05, "lr": 0.1}))
-            if e["type"] == "epoch"]
+    rows = [
+        e
+        for e in run(config(optimizer={"name": "sam", "rho": 0.05, "lr": 0.1}))
+        if e["type"] == "epoch"
+    ]
     # 50 samples, batches of 16: 4 steps a epoch, each evaluated twice
     assert [r["sfo"] for r in rows] == [100, 200, 300]
     assert [r["samples"] for r in rows] == [50, 100, 150]
@@ -192,18 +244,29 @@ def test_evaluation_uses_the_weights_the_optimizer_names_for_it():
         return Zeroing(model.parameters(), lr=params.lr, momentum=params.momentum)
 
     base = default_registry()
-    kinds = {"dataset": "synthetic", "model": "mlp", "lr_schedule": "constant",
-             "batch_schedule": "constant", "augmentation": "none"}
+    kinds = {
+        "dataset": "synthetic",
+        "model": "mlp",
+        "lr_schedule": "constant",
+        "batch_schedule": "constant",
+        "augmentation": "none",
+    }
     plugins = {kind: {name: base.get(kind, name)} for kind, name in kinds.items()}
-    plugins["optimizer"] = {"zeroing": Plugin("test", SGDParams, build),
-                            "sgd": base.get("optimizer", "sgd")}
+    plugins["optimizer"] = {
+        "zeroing": Plugin("test", SGDParams, build),
+        "sgd": base.get("optimizer", "sgd"),
+    }
     registry = Registry(plugins)
 
     def rows(name):
         events = []
         cfg = config(optimizer={"name": name, "lr": 0.1, "momentum": 0.9})
-        train({"run_id": "r", "seed": 0, "config": cfg}, events.append,
-              DataCache(registry, torch.device("cpu")), registry=registry)
+        train(
+            {"run_id": "r", "seed": 0, "config": cfg},
+            events.append,
+            DataCache(registry, torch.device("cpu")),
+            registry=registry,
+        )
         return [e for e in events if e["type"] == "epoch"]
 
     zeroed, plain = rows("zeroing"), rows("sgd")
@@ -217,19 +280,20 @@ def test_schedule_free_adamw_saves_and_reports_the_averaged_weights(tmp_path):
 
     cfg = config(optimizer={"name": "schedulefree_adamw", "lr": 0.01}, save_weights="final")
     events = []
-    train({"run_id": "r", "seed": 0, "config": cfg, "checkpoint_dir": str(tmp_path)},
-          events.append, DataCache(reg(), torch.device("cpu")))
+    train(
+        {"run_id": "r", "seed": 0, "config": cfg, "checkpoint_dir": str(tmp_path)},
+        events.append,
+        DataCache(reg(), torch.device("cpu")),
+    )
     last = [e for e in events if e["type"] == "epoch"][-1]
-    model = reg().create("model", "mlp", {"hidden": [8]}, input_shape=(1, 4, 4),
-                         num_classes=3)
+    model = reg().create("model", "mlp", {"hidden": [8]}, input_shape=(1, 4, 4), num_classes=3)
     model.load_state_dict(torch.load(tmp_path / "final.pt"))
     data = DataCache(reg(), torch.device("cpu")).get(cfg["dataset"])
     loss, _ = evaluate(model, data.x_test, data.y_test, contextlib.nullcontext)
     assert loss == pytest.approx(last["test_loss"], rel=1e-6)
 
 
-def test_a_hessian_informed_plugin_gets_differentiable_gradients_from_the_engine(
-        monkeypatch):
+def test_a_hessian_informed_plugin_gets_differentiable_gradients_from_the_engine(monkeypatch):
     from optlab.registry import Registry
     from tests.conftest import ROOT
 
@@ -237,15 +301,26 @@ def test_a_hessian_informed_plugin_gets_differentiable_gradients_from_the_engine
     from optlab_example import sophia
 
     base = default_registry()
-    plugins = {kind: {name: base.get(kind, name)} for kind, name in (
-        ("dataset", "synthetic"), ("model", "mlp"), ("lr_schedule", "constant"),
-        ("batch_schedule", "constant"), ("augmentation", "none"))}
+    plugins = {
+        kind: {name: base.get(kind, name)}
+        for kind, name in (
+            ("dataset", "synthetic"),
+            ("model", "mlp"),
+            ("lr_schedule", "constant"),
+            ("batch_schedule", "constant"),
+            ("augmentation", "none"),
+        )
+    }
     plugins["optimizer"] = {"sophia": sophia}
     registry = Registry(plugins)
     events = []
     cfg = config(optimizer={"name": "sophia", "lr": 0.01, "every": 2})
-    train({"run_id": "r", "seed": 0, "config": cfg}, events.append,
-          DataCache(registry, torch.device("cpu")), registry=registry)
+    train(
+        {"run_id": "r", "seed": 0, "config": cfg},
+        events.append,
+        DataCache(registry, torch.device("cpu")),
+        registry=registry,
+    )
     rows = [e for e in events if e["type"] == "epoch"]
     assert events[-1]["type"] == "finished"
     # 4 steps an epoch (16, 16, 16, 2); a Hessian step (one more evaluation) every 2nd, on

@@ -22,17 +22,38 @@ from tests.conftest import ROOT
 STUDIES = {p.name: tomllib.loads(p.read_text()) for p in sorted((ROOT / "studies").glob("*.toml"))}
 
 SCALARS = st.one_of(
-    st.integers(min_value=-10**12, max_value=10**12),
+    st.integers(min_value=-(10**12), max_value=10**12),
     st.floats(allow_nan=True, allow_infinity=True),
-    st.sampled_from([0, 1, -1, 0.0, 1e308, -1e-308, True, False, "", "sgd", "none", "1-3",
-                     "synthetic", "cifar100", "x" * 300, "é✓"]),
+    st.sampled_from(
+        [
+            0,
+            1,
+            -1,
+            0.0,
+            1e308,
+            -1e-308,
+            True,
+            False,
+            "",
+            "sgd",
+            "none",
+            "1-3",
+            "synthetic",
+            "cifar100",
+            "x" * 300,
+            "é✓",
+        ]
+    ),
     st.text(max_size=8),
 )
 VALUES = st.recursive(
     SCALARS,
-    lambda inner: st.one_of(st.lists(inner, max_size=3),
-                            st.dictionaries(st.sampled_from(["name", "lr", "x", "a.b", "epochs",
-                                                             "grid", "set"]), inner, max_size=3)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3),
+        st.dictionaries(
+            st.sampled_from(["name", "lr", "x", "a.b", "epochs", "grid", "set"]), inner, max_size=3
+        ),
+    ),
     max_leaves=6,
 )
 
@@ -71,8 +92,23 @@ def mutated(draw) -> tuple[str, dict[str, Any]]:
         elif action == "delete":
             del parent[last]
         elif action == "add" and isinstance(parent, dict):
-            parent[draw(st.sampled_from(["lr", "name", "seeds", "epochs", "zip", "probes",
-                                         "checkpoint", "save_weights", "bogus"]))] = draw(VALUES)
+            parent[
+                draw(
+                    st.sampled_from(
+                        [
+                            "lr",
+                            "name",
+                            "seeds",
+                            "epochs",
+                            "zip",
+                            "probes",
+                            "checkpoint",
+                            "save_weights",
+                            "bogus",
+                        ]
+                    )
+                )
+            ] = draw(VALUES)
         elif action == "rename" and isinstance(parent, dict):
             parent[draw(st.text(min_size=1, max_size=6))] = parent.pop(last)
     return name, tree
@@ -113,30 +149,48 @@ def store(tmp_path_factory) -> Path:
     """A real store made by running the tiny quickstart-like study below once."""
     folder = tmp_path_factory.mktemp("fuzz")
     study = folder / "seed.toml"
-    study.write_text('[base]\nepochs = 1\ndataset = { name = "synthetic", train_size = 16, '
-                     'test_size = 8 }\nmodel = { name = "mlp", hidden = [4] }\n'
-                     'optimizer = { name = "sgd", lr = 0.1 }\n')
+    study.write_text(
+        '[base]\nepochs = 1\ndataset = { name = "synthetic", train_size = 16, '
+        'test_size = 8 }\nmodel = { name = "mlp", hidden = [4] }\n'
+        'optimizer = { name = "sgd", lr = 0.1 }\n'
+    )
     from tests.conftest import optlab
 
-    optlab("run", str(study), "--store", str(folder / "s.duckdb"), "--workers", "1",
-           cwd=folder, check=True)
+    optlab(
+        "run",
+        str(study),
+        "--store",
+        str(folder / "s.duckdb"),
+        "--workers",
+        "1",
+        cwd=folder,
+        check=True,
+    )
     return folder / "s.duckdb"
 
 
 def check_clean(result, what: str) -> None:
     assert result.exit_code in (0, 1, 2), (what, result.exit_code, result.output)
     assert result.exception is None or isinstance(result.exception, SystemExit), (
-        what, repr(result.exception))
+        what,
+        repr(result.exception),
+    )
     assert "Traceback" not in result.output, (what, result.output)
     assert "unexpected" not in result.stderr, (what, result.stderr)
     if result.exit_code:
         lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-        assert len(lines) == 1 and lines[0].startswith(("Error: ", "Usage: ")) or \
-            "Usage:" in result.stderr, (what, result.stderr)
+        assert (
+            len(lines) == 1
+            and lines[0].startswith(("Error: ", "Usage: "))
+            or "Usage:" in result.stderr
+        ), (what, result.stderr)
 
 
-@settings(max_examples=120, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @pytest.mark.slow  # real worker processes
 @given(case=mutated())
 def test_mutated_studies_give_one_line_and_leave_the_store_alone(case, store, tmp_path):
@@ -154,13 +208,39 @@ def test_mutated_studies_give_one_line_and_leave_the_store_alone(case, store, tm
     assert digest(store) == before
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(key=st.sampled_from(["dataset", "optimizer", "optimizer.lr", "optimizer.lr.x", "epochs",
-                            "seeds", "base", "block", "block.0", "block.0.grid", "probes",
-                            "model.hidden", "a.b.c", "checkpoint", "save_weights", "name"]),
-       value=VALUES)
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    key=st.sampled_from(
+        [
+            "dataset",
+            "optimizer",
+            "optimizer.lr",
+            "optimizer.lr.x",
+            "epochs",
+            "seeds",
+            "base",
+            "block",
+            "block.0",
+            "block.0.grid",
+            "probes",
+            "model.hidden",
+            "a.b.c",
+            "checkpoint",
+            "save_weights",
+            "name",
+        ]
+    ),
+    value=VALUES,
+)
 def test_random_set_overrides_give_one_line(key, value, tmp_path):
-    shown = invoke("show", str(ROOT / "studies" / "quickstart.toml"), "--store",
-                   str(tmp_path / "none.duckdb"), "--set", f"{key}={toml_value(value)}")
+    shown = invoke(
+        "show",
+        str(ROOT / "studies" / "quickstart.toml"),
+        "--store",
+        str(tmp_path / "none.duckdb"),
+        "--set",
+        f"{key}={toml_value(value)}",
+    )
     check_clean(shown, f"--set {key}={toml_value(value)}")

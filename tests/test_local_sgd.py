@@ -19,10 +19,16 @@ def rows(events):
 def test_one_local_step_on_whole_shards_is_full_batch_sgd():
     """Two workers, each taking its whole half of the data as one batch, averaging after
     every step: SGD with momentum is linear in the gradient, so this is full-batch SGD."""
-    central = rows(run(config(epochs=5, batch_schedule={"name": "constant",
-                                                        "batch_size": 50})))
-    local = rows(run(config(epochs=5, batch_schedule={"name": "constant", "batch_size": 25},
-                            local_sgd={"workers": 2, "local_steps": 1})))
+    central = rows(run(config(epochs=5, batch_schedule={"name": "constant", "batch_size": 50})))
+    local = rows(
+        run(
+            config(
+                epochs=5,
+                batch_schedule={"name": "constant", "batch_size": 25},
+                local_sgd={"workers": 2, "local_steps": 1},
+            )
+        )
+    )
     for c, lo in zip(central, local, strict=True):
         assert lo["train_loss"] == pytest.approx(c["train_loss"], rel=1e-5)
         assert lo["test_loss"] == pytest.approx(c["test_loss"], rel=1e-5)
@@ -33,9 +39,15 @@ def test_one_local_step_on_whole_shards_is_full_batch_sgd():
 
 def test_averaging_less_often_trains_differently_and_counts_fewer_rounds():
     def go(h):
-        return rows(run(config(epochs=3, batch_schedule={"name": "constant",
-                                                         "batch_size": 5},
-                               local_sgd={"workers": 2, "local_steps": h})))
+        return rows(
+            run(
+                config(
+                    epochs=3,
+                    batch_schedule={"name": "constant", "batch_size": 5},
+                    local_sgd={"workers": 2, "local_steps": h},
+                )
+            )
+        )
 
     every, fourth = go(1), go(4)
     # 25 examples per worker in batches of 5: 5 local steps an epoch, the last one averaging.
@@ -49,8 +61,7 @@ def test_averaging_less_often_trains_differently_and_counts_fewer_rounds():
 
 
 def test_average_means_float_tensors_and_keeps_integer_buffers():
-    nets = [torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
-            for _ in range(3)]
+    nets = [torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2)) for _ in range(3)]
     for i, net in enumerate(nets):
         with torch.no_grad():
             net[0].weight.fill_(float(i))
@@ -63,10 +74,17 @@ def test_average_means_float_tensors_and_keeps_integer_buffers():
 
 def test_a_local_sgd_run_resumes_bit_for_bit(tmp_path):
     """Each worker's optimizer state (momentum buffers) is in the checkpoint."""
-    cfg = config(**{**HARD, "probes": [{"name": "distance_from_init"}]},
-                 optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": False,
-                            "weight_decay": 5e-4},
-                 local_sgd={"workers": 3, "local_steps": 2})
+    cfg = config(
+        **{**HARD, "probes": [{"name": "distance_from_init"}]},
+        optimizer={
+            "name": "sgd",
+            "lr": 0.05,
+            "momentum": 0.9,
+            "nesterov": False,
+            "weight_decay": 5e-4,
+        },
+        local_sgd={"workers": 3, "local_steps": 2},
+    )
     reference = run_resumable(cfg, tmp_path / "ref")
     assert reference[-1]["type"] == "finished"
     folder = tmp_path / "kill"
@@ -79,7 +97,9 @@ def test_a_local_sgd_run_resumes_bit_for_bit(tmp_path):
 def test_local_sgd_settings_are_checked(cli, tmp_path):
     from tests.conftest import write_study
 
-    write_study(tmp_path, text="""
+    write_study(
+        tmp_path,
+        text="""
 [base]
 epochs = 1
 precision = "amp"
@@ -87,23 +107,30 @@ local_sgd = { workers = 1, local_steps = 4 }
 dataset = { name = "synthetic" }
 model = { name = "mlp" }
 optimizer = { name = "sgd", lr = 0.1 }
-""", name="l.toml")
+""",
+        name="l.toml",
+    )
     result = cli("show", "l.toml")
     assert result.exit_code == 1 and result.stderr == (
         "Error: l.toml: base: local_sgd.workers: Input should be greater than or equal to 2 "
-        "(given 1)\n")
-    (tmp_path / "l.toml").write_text((tmp_path / "l.toml").read_text().replace(
-        "workers = 1", "workers = 4"))
+        "(given 1)\n"
+    )
+    (tmp_path / "l.toml").write_text(
+        (tmp_path / "l.toml").read_text().replace("workers = 1", "workers = 4")
+    )
     result = cli("show", "l.toml")
     assert result.exit_code == 1 and result.stderr.startswith(
         "Error: l.toml: base: local_sgd: Value error, runs in fp32 or bf16, not amp (one loss "
-        "scale would be shared by the workers)")
+        "scale would be shared by the workers)"
+    )
 
 
 def test_a_growing_batch_is_checked_against_a_workers_shard(cli, tmp_path):
     from tests.conftest import write_study
 
-    write_study(tmp_path, text="""
+    write_study(
+        tmp_path,
+        text="""
 [base]
 epochs = 3
 local_sgd = { workers = 4, local_steps = 2 }
@@ -111,9 +138,12 @@ dataset = { name = "synthetic", train_size = 100 }
 model = { name = "mlp" }
 optimizer = { name = "sgd", lr = 0.1 }
 batch_schedule = { name = "exp_growth", batch_size = 10, incr_interval = 1, rate = 2.0 }
-""", name="g.toml")
+""",
+        name="g.toml",
+    )
     result = cli("show", "g.toml")
     # Central, 40 fits in 100 examples; a worker's shard is 25.
     assert result.exit_code == 1 and result.stderr == (
         "Error: g.toml: base: batch_schedule: the batch grows to 40 in epoch 3, past the 25 "
-        "training examples of a worker's shard (4 workers)\n")
+        "training examples of a worker's shard (4 workers)\n"
+    )

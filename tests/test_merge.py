@@ -14,8 +14,9 @@ TWO_LRS = "[0.01, 0.1]"
 
 
 def rows(folder, sql, store="optlab.duckdb"):
-    return json.loads(optlab("query", sql, "--format", "json", "--store", store, cwd=folder,
-                             check=True).stdout)
+    return json.loads(
+        optlab("query", sql, "--format", "json", "--store", store, cwd=folder, check=True).stdout
+    )
 
 
 def test_a_study_run_in_two_halves_merges_into_the_whole(tmp_path):
@@ -28,12 +29,14 @@ def test_a_study_run_in_two_halves_merges_into_the_whole(tmp_path):
     optlab("run", "tiny.toml", "--set", "seeds=[1]", cwd=b, check=True)
     optlab("run", "tiny.toml", cwd=whole, check=True)
     merged = optlab("merge", str(b / "optlab.duckdb"), cwd=a, check=True)
-    assert "4 new runs, 0 replaced by a further copy, 0 kept as they were here" in \
-        merged.stdout and "runs joined to tiny" in merged.stdout
+    assert (
+        "4 new runs, 0 replaced by a further copy, 0 kept as they were here" in merged.stdout
+        and "runs joined to tiny" in merged.stdout
+    )
     assert rows(a, "select count(*) as n from runs where study = 'tiny'") == [{"n": 8}]
     again = optlab("run", "tiny.toml", cwd=a, check=True)
     assert "Nothing to run" in again.stdout
-    sql = ("select run_id, epoch, train_loss, test_acc from epochs order by run_id, epoch")
+    sql = "select run_id, epoch, train_loss, test_acc from epochs order by run_id, epoch"
     assert rows(a, sql) == rows(whole, sql)  # bit for bit, on the CPU
     assert len({r["run_id"] for r in rows(a, sql)}) == 8
     # The journals came along: the merged store can be rebuilt from them.
@@ -50,8 +53,7 @@ def test_two_finished_copies_keep_this_stores_and_the_other_store_is_untouched(t
         optlab("run", "tiny.toml", cwd=folder, check=True)
     before = rows(done, "select count(*) as n from epochs")[0]["n"]
     merged = optlab("merge", str(done / "optlab.duckdb"), cwd=partial, check=True)
-    assert "0 new runs, 0 replaced by a further copy, 8 kept as they were here" in \
-        merged.stdout
+    assert "0 new runs, 0 replaced by a further copy, 8 kept as they were here" in merged.stdout
     # The other store is untouched.
     assert rows(done, "select count(*) as n from epochs")[0]["n"] == before
 
@@ -66,15 +68,16 @@ def test_a_half_done_copy_is_replaced_by_the_finished_one(tmp_path):
         optlab("run", "tiny.toml", cwd=folder, check=True)
     # In `cut`, one run lost its last epoch and counts as interrupted.
     with st.writing(cut / "optlab.duckdb") as con:
-        (run_id,) = con.execute("select run_id from run_state order by run_id limit 1"
-                                ).fetchone()
+        (run_id,) = con.execute("select run_id from run_state order by run_id limit 1").fetchone()
         con.execute("delete from epochs where run_id = ? and epoch = 2", [run_id])
         con.execute("update run_state set status = 'interrupted' where run_id = ?", [run_id])
     merged = optlab("merge", str(finished / "optlab.duckdb"), cwd=cut, check=True)
-    assert "0 new runs, 1 replaced by a further copy, 7 kept as they were here" in \
-        merged.stdout
-    got = rows(cut, f"select status, count(*) as n from runs r join epochs e using (run_id) "
-                    f"where run_id = '{run_id}' group by all")
+    assert "0 new runs, 1 replaced by a further copy, 7 kept as they were here" in merged.stdout
+    got = rows(
+        cut,
+        f"select status, count(*) as n from runs r join epochs e using (run_id) "
+        f"where run_id = '{run_id}' group by all",
+    )
     assert got == [{"status": "done", "n": 2}]
 
 
@@ -107,10 +110,14 @@ def test_one_id_with_two_configs_is_a_conflict_and_nothing_is_merged(tmp_path):
         con.execute("update run_state set config = '{}' where run_id = ?", [run_id])
     before = rows(a, "select count(*) as n from epochs")
     result = optlab("merge", str(b / "optlab.duckdb"), cwd=a)
-    assert (result.returncode, result.stderr) == (1, (
-        f"Error: {b / 'optlab.duckdb'}: run {run_id} has another config there than here (one "
-        "id, two configs: the stores were made by incompatible optlab versions); nothing "
-        "merged\n"))
+    assert (result.returncode, result.stderr) == (
+        1,
+        (
+            f"Error: {b / 'optlab.duckdb'}: run {run_id} has another config there than here (one "
+            "id, two configs: the stores were made by incompatible optlab versions); nothing "
+            "merged\n"
+        ),
+    )
     assert rows(a, "select count(*) as n from epochs") == before
 
 

@@ -14,8 +14,21 @@ COMMANDS = sorted(get_command(app).commands)
 
 
 def test_the_commands_are_there():
-    assert COMMANDS == ["analyze", "export", "merge", "plot", "plugins", "query", "rebuild",
-                        "report", "rm", "run", "show", "status", "weights"]
+    assert COMMANDS == [
+        "analyze",
+        "export",
+        "merge",
+        "plot",
+        "plugins",
+        "query",
+        "rebuild",
+        "report",
+        "rm",
+        "run",
+        "show",
+        "status",
+        "weights",
+    ]
 
 
 @pytest.mark.parametrize("name", COMMANDS)
@@ -44,27 +57,50 @@ print("ok")
 """
 
 
-@pytest.mark.parametrize("args", [
-    ["--help"], ["show"], ["status"], ["query", "select 1"], ["plot", "heatmap", "--help"],
-    ["plot", "heatmap"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["show"],
+        ["status"],
+        ["query", "select 1"],
+        ["plot", "heatmap", "--help"],
+        ["plot", "heatmap"],
+    ],
+)
 def test_read_side_commands_do_not_import_torch(tmp_path, args):
-    proc = subprocess.run([sys.executable, "-c", NO_TORCH.format(args=args)], cwd=tmp_path,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TORCH.format(args=args)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert proc.stdout.endswith("ok\n"), proc.stderr
 
 
-@pytest.mark.parametrize("args", [
-    ["analyze", "optimal"], ["analyze", "scaling"], ["report"], ["export", "--format", "seed001"],
-    ["plot", "curves"], ["plot", "sensitivity"], ["plot", "probes"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["analyze", "optimal"],
+        ["analyze", "scaling"],
+        ["report"],
+        ["export", "--format", "seed001"],
+        ["plot", "curves"],
+        ["plot", "sensitivity"],
+        ["plot", "probes"],
+    ],
+)
 def test_analysis_side_commands_do_not_import_torch(tmp_path, args):
     from tests.synth import make_store
     from tests.test_outputs import STUDY, acc, norms
 
     make_store(tmp_path, STUDY, acc, grad_norm=norms)
-    proc = subprocess.run([sys.executable, "-c", NO_TORCH.format(args=args)], cwd=tmp_path,
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", NO_TORCH.format(args=args)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
     assert proc.stdout.endswith("ok\n") and "Error" not in proc.stderr, proc.stderr
 
 
@@ -72,9 +108,11 @@ def test_plugins_lists_distribution_description_and_typed_params(cli):
     result = cli("plugins", "optimizer")
     assert result.exit_code == 0
     lines = result.stdout.splitlines()
-    start = lines.index("optimizer sgd (optlab): stochastic gradient descent with momentum "
-                        "(dampening, Nesterov) and L2 weight decay")
-    assert lines[start + 1:start + 7] == [
+    start = lines.index(
+        "optimizer sgd (optlab): stochastic gradient descent with momentum "
+        "(dampening, Nesterov) and L2 weight decay"
+    )
+    assert lines[start + 1 : start + 7] == [
         "    lr: float (> 0) = 0.1  # base learning rate (the LR schedule multiplies it every "
         "step)",
         "    momentum: float (>= 0, < 1) = 0.0  # momentum coefficient",
@@ -96,9 +134,12 @@ def test_plugins_json_for_tools(cli):
     assert got["errors"] == []
     sam = next(p for p in got["plugins"] if p["name"] == "sam")
     assert sam["kind"] == "optimizer" and sam["distribution"] == "optlab"
-    assert {"name": "rho", "type": "float (> 0)", "default": "0.05",
-            "description": "radius of the neighbourhood in which SAM looks for the worst "
-                           "point"} in sam["params"]
+    assert {
+        "name": "rho",
+        "type": "float (> 0)",
+        "default": "0.05",
+        "description": "radius of the neighbourhood in which SAM looks for the worst point",
+    } in sam["params"]
     # every built-in optimizer's every parameter says what it is
     assert all(p["description"] for o in got["plugins"] for p in o["params"])
 
@@ -112,28 +153,38 @@ def test_a_plugin_that_breaks_the_contract_is_named_in_one_line(tmp_path, cli):
     class Loose(BaseModel):
         lr: float = 0.1
 
-    with pytest.raises(Exception, match=r"optimizer plugin 'loose': its params model 'Loose' "
-                                        r"is not derived from optlab.Params"):
+    with pytest.raises(
+        Exception,
+        match=r"optimizer plugin 'loose': its params model 'Loose' "
+        r"is not derived from optlab.Params",
+    ):
         check_contract("optimizer", "loose", Plugin("x", Loose, lambda p: None))
     from optlab import Params
 
     class Wrong(Params):
         every: int = 1
 
-    with pytest.raises(Exception, match=r"probe plugin 'p': its params model 'Wrong' is not "
-                                        r"derived from optlab.ProbeParams"):
+    with pytest.raises(
+        Exception,
+        match=r"probe plugin 'p': its params model 'Wrong' is not "
+        r"derived from optlab.ProbeParams",
+    ):
         check_contract("probe", "p", Plugin("x", Wrong, lambda p: None))
     # from a file beside a study: at optlab show, by name, in one line
-    (tmp_path / "p.py").write_text("from pydantic import BaseModel\nfrom optlab import Plugin\n"
-                                   "class Loose(BaseModel):\n    lr: float = 0.1\n"
-                                   "bad = Plugin('x', Loose, lambda params, **_: None)\n")
+    (tmp_path / "p.py").write_text(
+        "from pydantic import BaseModel\nfrom optlab import Plugin\n"
+        "class Loose(BaseModel):\n    lr: float = 0.1\n"
+        "bad = Plugin('x', Loose, lambda params, **_: None)\n"
+    )
     from tests.test_validation import BASE
 
     (tmp_path / "s.toml").write_text(BASE + '\n[plugins.optimizers]\nbad = "p.py:bad"\n')
     result = cli("show", "s.toml")
-    assert result.stderr == ("Error: s.toml: plugins.optimizers.bad: p.py: optimizer plugin "
-                             "'bad': its params model 'Loose' is not derived from "
-                             "optlab.Params\n")
+    assert result.stderr == (
+        "Error: s.toml: plugins.optimizers.bad: p.py: optimizer plugin "
+        "'bad': its params model 'Loose' is not derived from "
+        "optlab.Params\n"
+    )
 
 
 def test_plugins_with_an_unknown_kind(cli):
@@ -141,4 +192,5 @@ def test_plugins_with_an_unknown_kind(cli):
     assert result.exit_code == 2
     assert result.stderr == (
         "Error: unknown plugin kind 'optimisers'; did you mean 'optimizer'? Registered: dataset, "
-        "model, optimizer, lr_schedule, batch_schedule, augmentation, probe, executor\n")
+        "model, optimizer, lr_schedule, batch_schedule, augmentation, probe, executor\n"
+    )

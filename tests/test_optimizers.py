@@ -68,8 +68,7 @@ def test_sgd_nesterov_two_steps():
     # buf1 = g, step1 = g + m buf1; buf2 = m g + g, step2 = g + m buf2
     m, lr = 0.9, 0.1
     model, _ = stepped("sgd", steps=2, lr=lr, momentum=m, nesterov=True)
-    expected = [w - lr * (g + m * g) - lr * (g + m * (m * g + g))
-                for w, g in WG]
+    expected = [w - lr * (g + m * g) - lr * (g + m * (m * g + g)) for w, g in WG]
     close(model.weight, expected)
 
 
@@ -82,7 +81,7 @@ def test_sgd_can_exclude_bias_from_weight_decay():
 def adam_update(g, t, b1=0.9, b2=0.999, eps=1e-8):
     m = (1 - b1) * g
     v = (1 - b2) * g * g
-    return (m / (1 - b1 ** t)) / (math.sqrt(v / (1 - b2 ** t)) + eps)
+    return (m / (1 - b1**t)) / (math.sqrt(v / (1 - b2**t)) + eps)
 
 
 def test_adam_adds_l2_decay_to_the_gradient():
@@ -93,8 +92,7 @@ def test_adam_adds_l2_decay_to_the_gradient():
 
 def test_adamw_decouples_weight_decay():
     model, _ = stepped("adamw", lr=0.01, weight_decay=0.1)
-    expected = [w * (1 - 0.01 * 0.1) - 0.01 * adam_update(g, 1)
-                for w, g in WG]
+    expected = [w * (1 - 0.01 * 0.1) - 0.01 * adam_update(g, 1) for w, g in WG]
     close(model.weight, expected)
 
 
@@ -122,8 +120,9 @@ def test_lion_two_steps_sign_of_interpolated_momentum_and_decoupled_decay():
 
 def test_lars_layerwise_trust_ratio_and_momentum():
     lr, wd, tc, eps = 0.5, 0.01, 0.001, 1e-8
-    model, opt = stepped("lars", lr=lr, weight_decay=wd, trust_coefficient=tc, eps=eps,
-                         momentum=0.9)
+    model, opt = stepped(
+        "lars", lr=lr, weight_decay=wd, trust_coefficient=tc, eps=eps, momentum=0.9
+    )
     w, g = flat(W0), flat(GW)
     ratio = tc * norm(w) / (norm(g) + wd * norm(w) + eps)
     close(model.weight, [wi - lr * ratio * (gi + wd * wi) for wi, gi in zip(w, g, strict=True)])
@@ -173,8 +172,9 @@ A_B = [2.0, 4.0]
 
 def quadratic(model):
     """L = 1/2 sum a w^2 over both parameters: gradient a w."""
-    return 0.5 * ((torch.tensor(A_W) * model.weight ** 2).sum()
-                  + (torch.tensor(A_B) * model.bias ** 2).sum())
+    return 0.5 * (
+        (torch.tensor(A_W) * model.weight**2).sum() + (torch.tensor(A_B) * model.bias**2).sum()
+    )
 
 
 def with_closure(name, steps, **params):
@@ -215,20 +215,24 @@ def test_sam_checkpoints_are_the_base_optimizers_and_lr_writes_reach_it():
     state = opt.state_dict()
     assert "momentum_buffer" in next(iter(state["state"].values()))
     model = Tiny()
-    again = REG.create("optimizer", "sam", {"rho": 0.05, "lr": 0.1, "momentum": 0.9},
-                       model=model)
+    again = REG.create("optimizer", "sam", {"rho": 0.05, "lr": 0.1, "momentum": 0.9}, model=model)
     again.load_state_dict(state)
     again.param_groups[0]["lr"] = 0.01  # what the engine does every step
     assert again.base.param_groups[0]["lr"] == 0.01
     assert again.base.state is again.state
 
 
-@pytest.mark.parametrize("params,message", [
-    ({"base": "adamw", "momentum": 0.9}, "base adamw: momentum: Extra inputs are not "
-                                         "permitted"),
-    ({"base": "adamm"}, "base: unknown optimizer 'adamm'; did you mean 'adam'?"),
-    ({"base": "sam"}, "SAM wraps another optimizer, not itself"),
-])
+@pytest.mark.parametrize(
+    "params,message",
+    [
+        (
+            {"base": "adamw", "momentum": 0.9},
+            "base adamw: momentum: Extra inputs are not permitted",
+        ),
+        ({"base": "adamm"}, "base: unknown optimizer 'adamm'; did you mean 'adam'?"),
+        ({"base": "sam"}, "SAM wraps another optimizer, not itself"),
+    ],
+)
 def test_sam_checks_the_base_optimizers_settings(params, message):
     from pydantic import ValidationError
 
@@ -244,8 +248,8 @@ def schedule_free_by_hand(grads, lr, b1, b2, eps, wd, warmup, power=2.0):
     for k, g in enumerate(grads):
         lr_k = lr * min(1.0, (k + 1) / warmup) * math.sqrt(1 - b2 ** (k + 1))
         lr_max = max(lr_max, lr_k)
-        weight_sum += lr_max ** power
-        c = lr_max ** power / weight_sum
+        weight_sum += lr_max**power
+        c = lr_max**power / weight_sum
         v = [b2 * vi + (1 - b2) * gi * gi for vi, gi in zip(v, g, strict=True)]
         d = [gi / (math.sqrt(vi) + eps) + wd * yi for gi, vi, yi in zip(g, v, y, strict=True)]
         z = [zi - lr_k * di for zi, di in zip(z, d, strict=True)]
@@ -259,8 +263,12 @@ def test_schedule_free_adamw_trains_on_y_and_is_evaluated_on_the_average_x():
     lr, b1, b2, eps, wd, warmup = 0.1, 0.9, 0.999, 1e-8, 0.1, 2
     x, y = schedule_free_by_hand(grads, lr, b1, b2, eps, wd, warmup)
     model = Tiny()
-    opt = REG.create("optimizer", "schedulefree_adamw",
-                     {"lr": lr, "weight_decay": wd, "warmup_steps": warmup}, model=model)
+    opt = REG.create(
+        "optimizer",
+        "schedulefree_adamw",
+        {"lr": lr, "weight_decay": wd, "warmup_steps": warmup},
+        model=model,
+    )
     for g in grads:
         model.weight.grad = torch.tensor(g).reshape(2, 3)
         model.bias.grad = torch.zeros(2)
@@ -288,8 +296,9 @@ def test_the_example_sophia_estimates_the_hessian_through_the_closure(monkeypatc
 
     lr, (b1, b2), gamma, wd = 0.01, (0.9, 0.99), 0.5, 0.1
     model = Tiny()
-    opt = sophia.create({"lr": lr, "betas": [b1, b2], "gamma": gamma, "weight_decay": wd,
-                         "every": 2}, model=model)
+    opt = sophia.create(
+        {"lr": lr, "betas": [b1, b2], "gamma": gamma, "weight_decay": wd, "every": 2}, model=model
+    )
     calls = []
 
     def closure(create_graph=False):  # as the engine's
@@ -298,8 +307,9 @@ def test_the_example_sophia_estimates_the_hessian_through_the_closure(monkeypatc
         loss = quadratic(model)
         if create_graph:
             params = [model.weight, model.bias]
-            for p, g in zip(params, torch.autograd.grad(loss, params, create_graph=True),
-                            strict=True):
+            for p, g in zip(
+                params, torch.autograd.grad(loss, params, create_graph=True), strict=True
+            ):
                 p.grad = g
         else:
             loss.backward()
@@ -312,8 +322,10 @@ def test_the_example_sophia_estimates_the_hessian_through_the_closure(monkeypatc
         m = [b1 * mi + (1 - b1) * gi for mi, gi in zip(m, g, strict=True)]
         if k % 2 == 0:
             h = [b2 * hi + (1 - b2) * ai for hi, ai in zip(h, a, strict=True)]
-        w = [wi * (1 - lr * wd) - lr * max(-1.0, min(1.0, mi / max(gamma * hi, 1e-12)))
-             for wi, mi, hi in zip(w, m, h, strict=True)]
+        w = [
+            wi * (1 - lr * wd) - lr * max(-1.0, min(1.0, mi / max(gamma * hi, 1e-12)))
+            for wi, mi, hi in zip(w, m, h, strict=True)
+        ]
         closure()
         opt.step(closure)
     close(model.weight, w[:6])

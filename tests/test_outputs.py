@@ -43,13 +43,22 @@ def store(tmp_path):
     return make_store(tmp_path, STUDY, acc, status=status, grad_norm=norms)
 
 
-@pytest.mark.parametrize("args", [
-    ["heatmap"], ["curves"], ["curves", "--x", "seconds", "--metric", "train_loss"],
-    ["sensitivity"], ["scaling"], ["sfo", "--epsilon", "0.5"],
-    ["probes", "--probe", "full_grad_norm"], ["gradnorm", "--epsilon", "0.5"],
-])
-def test_each_chart_writes_its_image_and_the_sql_that_reproduces_its_data(cli, store, args,
-                                                                          tmp_path):
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["heatmap"],
+        ["curves"],
+        ["curves", "--x", "seconds", "--metric", "train_loss"],
+        ["sensitivity"],
+        ["scaling"],
+        ["sfo", "--epsilon", "0.5"],
+        ["probes", "--probe", "full_grad_norm"],
+        ["gradnorm", "--epsilon", "0.5"],
+    ],
+)
+def test_each_chart_writes_its_image_and_the_sql_that_reproduces_its_data(
+    cli, store, args, tmp_path
+):
     result = cli("plot", *args, "--out", "chart.svg")
     assert result.exit_code == 0, result.stderr
     svg = (tmp_path / "chart.svg").read_text()
@@ -61,8 +70,9 @@ def test_each_chart_writes_its_image_and_the_sql_that_reproduces_its_data(cli, s
 
 def test_sensitivity_and_scaling_show_what_the_data_say(cli, store, tmp_path):
     cli("plot", "scaling", "--out", "s.html")
-    rows = json.loads(cli("query", (tmp_path / "s.html.sql").read_text(), "--format",
-                          "json").stdout)
+    rows = json.loads(
+        cli("query", (tmp_path / "s.html.sql").read_text(), "--format", "json").stdout
+    )
     assert {r["batch_size"]: r["optimal_lr"] for r in rows} == {32: 0.01, 128: 0.1}
     html = (tmp_path / "s.html").read_text()
     assert "slope 1.66" in html  # log(0.1/0.01) / log(128/32)
@@ -79,54 +89,87 @@ def test_gradnorm_marks_where_each_schedule_first_reaches_epsilon(store):
         study, axes = study_axes(con, None)
         figure = charts.gradnorm_figure(con, study, axes, 0.5)
     spec = figure.chart.to_dict()
-    crossings = {d["color"]: d for layer in spec["layer"] if "data" in layer
-                 for d in layer["data"]["values"] if "label" in d}
+    crossings = {
+        d["color"]: d
+        for layer in spec["layer"]
+        if "data" in layer
+        for d in layer["data"]["values"]
+        if "label" in d
+    }
     # Batch 128 reaches 0.5 at epoch 2 (SFO 2000) in every finished run; batch 32 never
     # does (0.6 at the end), so it gets no diamond.
     assert {c: (d["x"], d["label"]) for c, d in crossings.items()} == {
         "main: optimizer.lr=0.01, batch_schedule.batch_size=128": (2000, "2/2 reached"),
         "main: optimizer.lr=0.1, batch_schedule.batch_size=128": (2000, "2/2 reached"),
-        "main: optimizer.lr=1.0, batch_schedule.batch_size=128": (2000, "1/1 reached")}
+        "main: optimizer.lr=1.0, batch_schedule.batch_size=128": (2000, "1/1 reached"),
+    }
     assert "dashed: epsilon = 0.5" in json.dumps(spec["title"])
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["curves", "--color", "optimizer.momentum"], "--color optimizer.momentum: the study does "
-     "not vary it; it varies optimizer.lr, batch_schedule.batch_size"),
-    (["curves", "--metric", "accuracy"], "--metric 'accuracy': not an epochs column; use one "
-     "of step, samples, sfo, epoch_lr, epoch_batch_size, train_loss, train_acc, test_loss, "
-     "test_acc, seconds, eval_seconds, val_loss, val_acc, probe_seconds, "
-     "sfo_full_batches, comm_rounds"),
-    (["heatmap", "--x", "optimizer.lr", "--y", "lr_schedule.warmup_epochs"],
-     "--y lr_schedule.warmup_epochs: the study does not vary it; it varies optimizer.lr, "
-     "batch_schedule.batch_size"),
-    (["sensitivity", "--metric", "final_accuracy"], "--metric 'final_accuracy': not a metric; "
-     "use REDUCER_COLUMN with REDUCER one of best, final, min, max, mean and COLUMN one of step, "
-     "samples, sfo, epoch_lr, epoch_batch_size, train_loss, train_acc, test_loss, test_acc, "
-     "seconds, eval_seconds, val_loss, val_acc, probe_seconds, sfo_full_batches, "
-     "comm_rounds (e.g. best_test_acc, best_test_loss, best_train_loss)"),
-    (["probes", "--probe", "hessian_trace"], "probe 'hessian_trace': study 'grid' has no values "
-     "of it; it has full_grad_norm"),
-    (["probes", "--key", "layer9"], "--key 'layer9': probe full_grad_norm has no such key; it "
-     "has global"),
-    (["curves", "--out", "c.pdf"], "--out c.pdf: use a file ending in .html, .png, .svg"),
-    (["gradnorm", "--x", "time"], "--x 'time': use sfo, sfo_full_batches, step or epoch"),
-    (["gradnorm", "--epsilon", "-1"], "--epsilon: the full gradient norm to reach, a positive "
-     "number"),
-    (["curves", "--color", "cells"], "--color cells: the study does not vary it; it varies "
-     "optimizer.lr, batch_schedule.batch_size"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["curves", "--color", "optimizer.momentum"],
+            "--color optimizer.momentum: the study does "
+            "not vary it; it varies optimizer.lr, batch_schedule.batch_size",
+        ),
+        (
+            ["curves", "--metric", "accuracy"],
+            "--metric 'accuracy': not an epochs column; use one "
+            "of step, samples, sfo, epoch_lr, epoch_batch_size, train_loss, train_acc, test_loss, "
+            "test_acc, seconds, eval_seconds, val_loss, val_acc, probe_seconds, "
+            "sfo_full_batches, comm_rounds",
+        ),
+        (
+            ["heatmap", "--x", "optimizer.lr", "--y", "lr_schedule.warmup_epochs"],
+            "--y lr_schedule.warmup_epochs: the study does not vary it; it varies optimizer.lr, "
+            "batch_schedule.batch_size",
+        ),
+        (
+            ["sensitivity", "--metric", "final_accuracy"],
+            "--metric 'final_accuracy': not a metric; "
+            "use REDUCER_COLUMN with REDUCER one of best, final, min, max, mean and COLUMN "
+            "one of step, "
+            "samples, sfo, epoch_lr, epoch_batch_size, train_loss, train_acc, test_loss, test_acc, "
+            "seconds, eval_seconds, val_loss, val_acc, probe_seconds, sfo_full_batches, "
+            "comm_rounds (e.g. best_test_acc, best_test_loss, best_train_loss)",
+        ),
+        (
+            ["probes", "--probe", "hessian_trace"],
+            "probe 'hessian_trace': study 'grid' has no values of it; it has full_grad_norm",
+        ),
+        (
+            ["probes", "--key", "layer9"],
+            "--key 'layer9': probe full_grad_norm has no such key; it has global",
+        ),
+        (["curves", "--out", "c.pdf"], "--out c.pdf: use a file ending in .html, .png, .svg"),
+        (["gradnorm", "--x", "time"], "--x 'time': use sfo, sfo_full_batches, step or epoch"),
+        (
+            ["gradnorm", "--epsilon", "-1"],
+            "--epsilon: the full gradient norm to reach, a positive number",
+        ),
+        (
+            ["curves", "--color", "cells"],
+            "--color cells: the study does not vary it; it varies "
+            "optimizer.lr, batch_schedule.batch_size",
+        ),
+    ],
+)
 def test_chart_errors_are_one_line(cli, store, args, message):
     result = cli("plot", *args)
     assert (result.exit_code, result.stderr) == (1, f"Error: {message}\n")
 
 
 def test_scaling_chart_needs_batch_sizes(cli, tmp_path):
-    make_store(tmp_path, STUDY.replace(', "batch_schedule.batch_size" = [32, 128]', ""),
-               lambda c, s: 0.5)
+    make_store(
+        tmp_path, STUDY.replace(', "batch_schedule.batch_size" = [32, 128]', ""), lambda c, s: 0.5
+    )
     result = cli("plot", "scaling")
-    assert result.stderr == ("Error: scaling: needs the study to vary optimizer.lr and "
-                             "batch_schedule.batch_size; study 'grid' varies optimizer.lr\n")
+    assert result.stderr == (
+        "Error: scaling: needs the study to vary optimizer.lr and "
+        "batch_schedule.batch_size; study 'grid' varies optimizer.lr\n"
+    )
 
 
 # ---- report -----------------------------------------------------------------------------
@@ -134,8 +177,9 @@ def test_scaling_chart_needs_batch_sizes(cli, tmp_path):
 CHROMIUM = shutil.which("chromium")
 
 
-def test_report_is_one_self_contained_file_with_the_matrix_status_and_analyses(cli, store,
-                                                                             tmp_path):
+def test_report_is_one_self_contained_file_with_the_matrix_status_and_analyses(
+    cli, store, tmp_path
+):
     result = cli("report", "--out", "r.html")
     assert result.exit_code == 0, result.stderr
     # Charts: heatmap, curves, sensitivity, scaling, sfo, the probe. Analyses: optimal,
@@ -143,8 +187,7 @@ def test_report_is_one_self_contained_file_with_the_matrix_status_and_analyses(c
     assert "(6 charts, 3 analyses)" in result.stdout
     page = (tmp_path / "r.html").read_text()
     assert "<h2>Matrix</h2>" in page and "<h2>Status</h2>" in page
-    assert ("<td>optimizer.lr = 0.01, 0.1, 1; batch_schedule.batch_size = 32, 128</td>"
-            in page)
+    assert "<td>optimizer.lr = 0.01, 0.1, 1; batch_schedule.batch_size = 32, 128</td>" in page
     for analysis in ("optimal", "scaling", "sfo"):
         assert f"<h3>{analysis}" in page
     assert "<h3>lr-wd" not in page and "<h3>ranking" not in page
@@ -153,15 +196,32 @@ def test_report_is_one_self_contained_file_with_the_matrix_status_and_analyses(c
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (tests/setup-browser)")
-def test_report_renders_every_chart_in_headless_chromium_without_console_errors(cli, store,
-                                                                               tmp_path):
+def test_report_renders_every_chart_in_headless_chromium_without_console_errors(
+    cli, store, tmp_path
+):
     cli("report", "--out", "r.html")
     proc = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-         "--no-first-run", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr",
-         "--v=0", "--virtual-time-budget=20000", "--dump-dom", (tmp_path / "r.html").as_uri()],
-        capture_output=True, text=True, timeout=120)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=20000",
+            "--dump-dom",
+            (tmp_path / "r.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     dom = proc.stdout
     assert 'data-done="yes"' in dom, proc.stderr[-2000:]
     charts = dom.count('id="chart')
@@ -181,14 +241,27 @@ def test_report_of_a_broken_chart_is_caught_by_the_page(cli, store, tmp_path):
     page = head + "const specs = " + specs.replace('"mark":', '"mark": {"type": "nope"}, "_x":', 1)
     (tmp_path / "bad.html").write_text(page)
     proc = subprocess.run(
-        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-background-networking", f"--user-data-dir={tmp_path / 'p2'}",
-         "--virtual-time-budget=20000", "--dump-dom", (tmp_path / "bad.html").as_uri()],
-        capture_output=True, text=True, timeout=120)
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            f"--user-data-dir={tmp_path / 'p2'}",
+            "--virtual-time-budget=20000",
+            "--dump-dom",
+            (tmp_path / "bad.html").as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert '<pre id="optlab-errors" hidden=""></pre>' not in proc.stdout
 
 
 # ---- export -----------------------------------------------------------------------------
+
 
 def test_export_csv_and_parquet_hold_the_studys_runs_epochs_and_probes(cli, store, tmp_path):
     for fmt in ("csv", "parquet"):
@@ -198,15 +271,20 @@ def test_export_csv_and_parquet_hold_the_studys_runs_epochs_and_probes(cli, stor
         folder = tmp_path / f"out_{fmt}"
         assert con.execute(f"select count(*) from '{folder}/runs.{fmt}'").fetchone()[0] == 12
         assert con.execute(f"select count(*) from '{folder}/epochs.{fmt}'").fetchone()[0] == 36
-        assert con.execute(f"select count(distinct run_id) from '{folder}/probes.{fmt}'"
-                           ).fetchone()[0] == 12
+        assert (
+            con.execute(f"select count(distinct run_id) from '{folder}/probes.{fmt}'").fetchone()[0]
+            == 12
+        )
 
 
 def test_export_defaults_to_a_folder_named_after_the_study(cli, store, tmp_path):
     result = cli("export")
     assert result.stdout == "grid: 3 files written in grid_export (csv)\n"
     assert sorted(p.name for p in (tmp_path / "grid_export").iterdir()) == [
-        "epochs.csv", "probes.csv", "runs.csv"]
+        "epochs.csv",
+        "probes.csv",
+        "runs.csv",
+    ]
 
 
 def test_export_seed001_layout(cli, store, tmp_path):
@@ -215,12 +293,13 @@ def test_export_seed001_layout(cli, store, tmp_path):
         rows = list(csv.DictReader(f))
     assert len(rows) == 12
     assert {(r["lr"], r["batch_size"]) for r in rows} == {
-        (lr, bs) for lr in ("0.01", "0.1", "1.0") for bs in ("32", "128")}
-    best = next(r for r in rows if r["lr"] == "0.1" and r["batch_size"] == "128"
-                and r["seed"] == "0")
+        (lr, bs) for lr in ("0.01", "0.1", "1.0") for bs in ("32", "128")
+    }
+    best = next(
+        r for r in rows if r["lr"] == "0.1" and r["batch_size"] == "128" and r["seed"] == "0"
+    )
     assert float(best["final_test_acc"]) == pytest.approx(0.9)
-    history = json.loads((tmp_path / "s1" / "history" / f"main_{best['run_id']}.json")
-                         .read_text())
+    history = json.loads((tmp_path / "s1" / "history" / f"main_{best['run_id']}.json").read_text())
     assert history["test_acc"] == pytest.approx([0.3, 0.6, 0.9])
     assert history["epoch"] == [1, 2, 3] and history["lr"] == [0.1, 0.1, 0.1]
 
@@ -228,12 +307,19 @@ def test_export_seed001_layout(cli, store, tmp_path):
 def test_export_seed004_layout(cli, store, tmp_path):
     assert cli("export", "--to", "s4", "--format", "seed004").exit_code == 0
     run = tmp_path / "s4" / "main" / "optimizer.lr=0.1_batch_schedule.batch_size=128" / "run2"
-    assert sorted(p.name for p in run.iterdir()) == ["lr_bs.csv", "norm.csv", "test.csv",
-                                                     "train.csv"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "lr_bs.csv",
+        "norm.csv",
+        "test.csv",
+        "train.csv",
+    ]
     with (run / "norm.csv").open() as f:
-        assert list(csv.reader(f)) == [["Epoch", "Steps", "Full Gradient Norm"],
-                                       ["1", "10", "1.0"], ["2", "20", "0.5"],
-                                       ["3", "30", "0.2"]]
+        assert list(csv.reader(f)) == [
+            ["Epoch", "Steps", "Full Gradient Norm"],
+            ["1", "10", "1.0"],
+            ["2", "20", "0.5"],
+            ["3", "30", "0.2"],
+        ]
     with (run / "lr_bs.csv").open() as f:
         lr_bs = list(csv.reader(f))
     assert lr_bs[1] == ["1", "1", "0.1", "128"] and len(lr_bs) == 1 + 30  # a row per step
@@ -241,11 +327,14 @@ def test_export_seed004_layout(cli, store, tmp_path):
         assert list(csv.reader(f))[3][3] == "89.0"
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--to", "blocker/sub"], "export: cannot write to blocker/sub: Not a directory"),
-    (["--format", "xlsx"], "--format 'xlsx': use one of csv, parquet, seed001, seed004"),
-    (["nosuch"], "--study 'nosuch': no such study; studies: grid"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--to", "blocker/sub"], "export: cannot write to blocker/sub: Not a directory"),
+        (["--format", "xlsx"], "--format 'xlsx': use one of csv, parquet, seed001, seed004"),
+        (["nosuch"], "--study 'nosuch': no such study; studies: grid"),
+    ],
+)
 def test_export_errors_are_one_line(cli, store, tmp_path, args, message):
     (tmp_path / "blocker").write_text("a file where a folder should be")
     result = cli("export", *args)

@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import optlab
 
-PLUGIN = '''
+PLUGIN = """
 from typing import Any
 from pydantic import Field
 from optlab.plugin import Params, Plugin
@@ -39,7 +39,7 @@ def build(params: SignParams, *, model: Any, **_: Any):
 
 
 signsgd = Plugin("signSGD from a file", SignParams, build)
-'''
+"""
 
 STUDY = """
 name = "fp"
@@ -58,8 +58,12 @@ grid = {{ "optimizer.lr" = [0.01, 0.02] }}
 """
 
 
-def setup(folder: Path, entry: str = 'mysign = "lib/my_optimizers.py:signsgd"',
-          name: str = "mysign", source: str = PLUGIN) -> None:
+def setup(
+    folder: Path,
+    entry: str = 'mysign = "lib/my_optimizers.py:signsgd"',
+    name: str = "mysign",
+    source: str = PLUGIN,
+) -> None:
     (folder / "lib").mkdir(exist_ok=True)
     (folder / "lib" / "my_optimizers.py").write_text(textwrap.dedent(source))
     (folder / "s.toml").write_text(STUDY.format(entry=entry, name=name))
@@ -78,8 +82,14 @@ def test_a_plugin_in_a_file_beside_the_study_runs_and_its_hash_makes_the_run_id(
     before = ids(cli)
     proc = optlab("run", "s.toml", "--workers", "2", cwd=tmp_path, check=True)
     assert proc.stdout.splitlines()[-1].endswith(": 2 done")
-    got = optlab("query", "select optimizer, plugin_files from runs", "--format", "json",
-                 cwd=tmp_path, check=True).stdout
+    got = optlab(
+        "query",
+        "select optimizer, plugin_files from runs",
+        "--format",
+        "json",
+        cwd=tmp_path,
+        check=True,
+    ).stdout
     rows = json.loads(got)
     assert {r["optimizer"] for r in rows} == {"mysign"}
     label = json.loads(rows[0]["plugin_files"])[0]
@@ -101,24 +111,45 @@ def test_runs_that_do_not_use_a_file_plugin_keep_their_ids(tmp_path, cli):
     assert ids(cli) == with_table
 
 
-@pytest.mark.parametrize("entry,source,message", [
-    ('mysign = "lib/nothere.py:signsgd"', PLUGIN,
-     "s.toml: plugins.optimizers.mysign: lib/nothere.py: cannot read it (No such file or "
-     "directory)"),
-    ('mysign = "lib/my_optimizers.py:other"', PLUGIN,
-     "s.toml: plugins.optimizers.mysign: lib/my_optimizers.py has no 'other'"),
-    ('mysign = "lib/my_optimizers.py:Field"', PLUGIN,
-     "s.toml: plugins.optimizers.mysign: lib/my_optimizers.py:Field is a function, not an "
-     "optlab Plugin(description, params, build)"),
-    ('mysign = "lib/my_optimizers.py"', PLUGIN,
-     "s.toml: plugins.optimizers.mysign: 'lib/my_optimizers.py' is not \"FILE.py:OBJECT\""),
-    ('sgd = "lib/my_optimizers.py:signsgd"', PLUGIN,
-     "s.toml: plugins.optimizers.sgd: an installed optimizer plugin is called 'sgd'; give "
-     "this one another name"),
-    ('mysign = "lib/my_optimizers.py:signsgd"', "import not_a_module\n",
-     "s.toml: plugins.optimizers.mysign: lib/my_optimizers.py cannot be loaded: "
-     "ModuleNotFoundError: No module named 'not_a_module'"),
-])
+@pytest.mark.parametrize(
+    "entry,source,message",
+    [
+        (
+            'mysign = "lib/nothere.py:signsgd"',
+            PLUGIN,
+            "s.toml: plugins.optimizers.mysign: lib/nothere.py: cannot read it (No such file or "
+            "directory)",
+        ),
+        (
+            'mysign = "lib/my_optimizers.py:other"',
+            PLUGIN,
+            "s.toml: plugins.optimizers.mysign: lib/my_optimizers.py has no 'other'",
+        ),
+        (
+            'mysign = "lib/my_optimizers.py:Field"',
+            PLUGIN,
+            "s.toml: plugins.optimizers.mysign: lib/my_optimizers.py:Field is a function, not an "
+            "optlab Plugin(description, params, build)",
+        ),
+        (
+            'mysign = "lib/my_optimizers.py"',
+            PLUGIN,
+            "s.toml: plugins.optimizers.mysign: 'lib/my_optimizers.py' is not \"FILE.py:OBJECT\"",
+        ),
+        (
+            'sgd = "lib/my_optimizers.py:signsgd"',
+            PLUGIN,
+            "s.toml: plugins.optimizers.sgd: an installed optimizer plugin is called 'sgd'; give "
+            "this one another name",
+        ),
+        (
+            'mysign = "lib/my_optimizers.py:signsgd"',
+            "import not_a_module\n",
+            "s.toml: plugins.optimizers.mysign: lib/my_optimizers.py cannot be loaded: "
+            "ModuleNotFoundError: No module named 'not_a_module'",
+        ),
+    ],
+)
 def test_a_plugin_file_that_cannot_be_used_is_one_line(tmp_path, cli, entry, source, message):
     setup(tmp_path, entry=entry, source=source)
     result = cli("show", "s.toml")
@@ -129,10 +160,11 @@ def test_a_plugin_file_that_cannot_be_used_is_one_line(tmp_path, cli, entry, sou
 
 def test_an_unknown_plugin_group_names_the_groups(tmp_path, cli):
     setup(tmp_path)
-    text = (tmp_path / "s.toml").read_text().replace("[plugins.optimizers]",
-                                                     "[plugins.optimisers]")
+    text = (tmp_path / "s.toml").read_text().replace("[plugins.optimizers]", "[plugins.optimisers]")
     (tmp_path / "s.toml").write_text(text)
     result = cli("show", "s.toml")
-    assert result.stderr == ("Error: s.toml: plugins.optimisers: not a plugin group; groups: "
-                             "datasets, models, optimizers, lr_schedules, batch_schedules, "
-                             "augmentations, probes\n")
+    assert result.stderr == (
+        "Error: s.toml: plugins.optimisers: not a plugin group; groups: "
+        "datasets, models, optimizers, lr_schedules, batch_schedules, "
+        "augmentations, probes\n"
+    )

@@ -38,8 +38,13 @@ def run(tmp_path, monkeypatch):
     study_file = write_study(tmp_path)
     db = tmp_path / "optlab.duckdb"
 
-    def go(script: dict | None = None, slots: int = 2, retry_failed: bool = False,
-           stall_timeout: float = 60.0, during=None):
+    def go(
+        script: dict | None = None,
+        slots: int = 2,
+        retry_failed: bool = False,
+        stall_timeout: float = 60.0,
+        during=None,
+    ):
         from optlab.study import load_study
 
         monkeypatch.setenv("OPTLAB_FAKE_SCRIPT", json.dumps(script or {}))
@@ -47,9 +52,16 @@ def run(tmp_path, monkeypatch):
         prepared = prepare(db, study, expand(study), retry_failed)
         if during is not None:
             threading.Thread(target=during, daemon=True).start()
-        outcome = execute(db, study, prepared, make_slots([], 1, slots, cores=slots),
-                          Console(file=io.StringIO()), None, stall_timeout,
-                          LocalExecutor(db, stall_timeout, python=str(python)))
+        outcome = execute(
+            db,
+            study,
+            prepared,
+            make_slots([], 1, slots, cores=slots),
+            Console(file=io.StringIO()),
+            None,
+            stall_timeout,
+            LocalExecutor(db, stall_timeout, python=str(python)),
+        )
         return outcome, prepared
 
     return go
@@ -67,8 +79,14 @@ def test_runs_spread_over_the_slots_with_every_event_in_order(run, tmp_path):
     outcome, prepared = run(slots=3)
     db = tmp_path / "optlab.duckdb"
     assert set(outcome.statuses.values()) == {"done"} and len(outcome.statuses) == 8
-    assert rows(db, "select run_id, list(epoch order by epoch) from epochs group by run_id "
-                    "having list(epoch order by epoch) <> [1, 2, 3]") == []
+    assert (
+        rows(
+            db,
+            "select run_id, list(epoch order by epoch) from epochs group by run_id "
+            "having list(epoch order by epoch) <> [1, 2, 3]",
+        )
+        == []
+    )
     workers = {w for (w,) in rows(db, "select worker from runs")}
     assert workers == {"cpu/0", "cpu/1", "cpu/2"}
     # the store's journal time is each run's last event: nothing was left unread
@@ -112,8 +130,10 @@ def test_ctrl_c_stops_the_workers_and_leaves_the_runs_resumable(run, tmp_path):
     def press_ctrl_c() -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            if any('"type":"epoch"' in p.read_text().replace(" ", "")
-                   for p in (tmp_path / "optlab.runs").glob("*/events.jsonl")):
+            if any(
+                '"type":"epoch"' in p.read_text().replace(" ", "")
+                for p in (tmp_path / "optlab.runs").glob("*/events.jsonl")
+            ):
                 break
             time.sleep(0.02)
         os.kill(os.getpid(), signal.SIGINT)
@@ -122,11 +142,15 @@ def test_ctrl_c_stops_the_workers_and_leaves_the_runs_resumable(run, tmp_path):
     assert outcome.interrupted
     states = dict(rows(db, "select run_id, status from runs"))
     assert "running" not in states.values() and "interrupted" in states.values()
-    pids = [json.loads(p.read_text().splitlines()[0])["provenance"]["pid"]
-            for p in (tmp_path / "optlab.runs").glob("*/events.jsonl")]
-    assert pids and not any(Path(f"/proc/{pid}").exists()
-                            and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
-                            for pid in pids)
+    pids = [
+        json.loads(p.read_text().splitlines()[0])["provenance"]["pid"]
+        for p in (tmp_path / "optlab.runs").glob("*/events.jsonl")
+    ]
+    assert pids and not any(
+        Path(f"/proc/{pid}").exists()
+        and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+        for pid in pids
+    )
     # and the same study resumes: every run then finishes
     outcome, again = run({})
     assert len(again.todo) == 8 and set(outcome.statuses.values()) == {"done"}

@@ -30,9 +30,18 @@ def tiny():
 
 
 def measure(table, model, data, optimizer=None, epoch=1):
-    probes = Probes([table], default_registry(), model=model, optimizer=optimizer, data=data,
-                    augment=lambda x, g: x, seed=0, epochs=3, device=torch.device("cpu"),
-                    channels_last=False)
+    probes = Probes(
+        [table],
+        default_registry(),
+        model=model,
+        optimizer=optimizer,
+        data=data,
+        augment=lambda x, g: x,
+        seed=0,
+        epochs=3,
+        device=torch.device("cpu"),
+        channels_last=False,
+    )
     events, seconds = probes.at_epoch(epoch, 7)
     assert seconds > 0
     (event,) = events
@@ -51,9 +60,11 @@ def full_loss(model, data):
 def layer_norms(tensors):
     """The per-layer keys of the tiny model: '0' and '2' (the two Linear layers)."""
     t = list(tensors)
-    return {"0": math.sqrt(sum((v ** 2).sum().item() for v in t[:2])),
-            "2": math.sqrt(sum((v ** 2).sum().item() for v in t[2:])),
-            "global": math.sqrt(sum((v ** 2).sum().item() for v in t))}
+    return {
+        "0": math.sqrt(sum((v**2).sum().item() for v in t[:2])),
+        "2": math.sqrt(sum((v**2).sum().item() for v in t[2:])),
+        "global": math.sqrt(sum((v**2).sum().item() for v in t)),
+    }
 
 
 def exact_hessian(model, data):
@@ -81,10 +92,18 @@ def test_grad_norm_matches_backward_per_layer_and_global():
 
 def test_weight_norm_and_distance_from_init():
     model, data = tiny()
-    probes = Probes([{"name": "distance_from_init"}, {"name": "weight_norm"}],
-                    default_registry(), model=model, optimizer=None, data=data,
-                    augment=None, seed=0, epochs=3, device=torch.device("cpu"),
-                    channels_last=False)
+    probes = Probes(
+        [{"name": "distance_from_init"}, {"name": "weight_norm"}],
+        default_registry(),
+        model=model,
+        optimizer=None,
+        data=data,
+        augment=None,
+        seed=0,
+        epochs=3,
+        device=torch.device("cpu"),
+        channels_last=False,
+    )
     before = [p.detach().clone() for p in model.parameters()]
     with torch.no_grad():
         for p in model.parameters():
@@ -94,7 +113,8 @@ def test_weight_norm_and_distance_from_init():
     moved = [p.detach() - b for p, b in zip(model.parameters(), before, strict=True)]
     assert values["distance_from_init"] == pytest.approx(layer_norms(moved), rel=1e-6)
     assert values["weight_norm"] == pytest.approx(
-        layer_norms(p.detach() for p in model.parameters()), rel=1e-6)
+        layer_norms(p.detach() for p in model.parameters()), rel=1e-6
+    )
 
 
 def test_full_grad_norm_sums_chunks_into_the_whole_training_loss():
@@ -104,24 +124,31 @@ def test_full_grad_norm_sums_chunks_into_the_whole_training_loss():
     assert values["global"] == pytest.approx(layer_norms(grads)["global"], rel=1e-5)
 
 
-
 def test_full_grad_norm_can_measure_the_augmented_training_set():
     """Seed 004's norm.csv: the gradient over the training set as training sees it. The
     augmentation here doubles the inputs; every chunk gets it, and only when asked."""
     model, data = tiny()
-    probes = Probes([{"name": "full_grad_norm", "batch": 5, "augment": True},
-                     {"name": "full_grad_norm", "batch": 5}], default_registry(), model=model,
-                    optimizer=None, data=data, augment=lambda x, g: 2 * x, seed=0, epochs=3,
-                    device=torch.device("cpu"), channels_last=False)
+    probes = Probes(
+        [
+            {"name": "full_grad_norm", "batch": 5, "augment": True},
+            {"name": "full_grad_norm", "batch": 5},
+        ],
+        default_registry(),
+        model=model,
+        optimizer=None,
+        data=data,
+        augment=lambda x, g: 2 * x,
+        seed=0,
+        epochs=3,
+        device=torch.device("cpu"),
+        channels_last=False,
+    )
     augmented, plain = (e["values"]["global"] for e in probes.at_epoch(1, 7)[0])
-    doubled = TensorData(2 * data.x_train, data.y_train, data.x_test, data.y_test,
-                         num_classes=3)
+    doubled = TensorData(2 * data.x_train, data.y_train, data.x_test, data.y_test, num_classes=3)
     grads = torch.autograd.grad(full_loss(model, doubled), list(model.parameters()))
-    assert augmented == pytest.approx(math.sqrt(sum((g ** 2).sum().item() for g in grads)),
-                                      rel=1e-5)
+    assert augmented == pytest.approx(math.sqrt(sum((g**2).sum().item() for g in grads)), rel=1e-5)
     grads = torch.autograd.grad(full_loss(model, data), list(model.parameters()))
-    assert plain == pytest.approx(math.sqrt(sum((g ** 2).sum().item() for g in grads)),
-                                  rel=1e-5)
+    assert plain == pytest.approx(math.sqrt(sum((g**2).sum().item() for g in grads)), rel=1e-5)
     assert augmented != pytest.approx(plain, rel=1e-3)
 
 
@@ -131,7 +158,7 @@ def test_hessian_trace_is_within_the_hutchinson_error_of_the_exact_trace():
     values = measure({"name": "hessian_trace", "batch": N, "vectors": vectors}, model, data)
     h = exact_hessian(model, data)
     # Var(v^T H v) over Rademacher v = 2 (|H|_F^2 - sum H_ii^2): allow four standard errors.
-    variance = 2 * ((h ** 2).sum() - (torch.diagonal(h) ** 2).sum()).item()
+    variance = 2 * ((h**2).sum() - (torch.diagonal(h) ** 2).sum()).item()
     tolerance = 4 * math.sqrt(variance / vectors)
     assert abs(values["global"] - torch.trace(h).item()) < tolerance
     assert tolerance < 0.5 * abs(torch.trace(h).item())  # the check has teeth
@@ -151,13 +178,15 @@ def test_grad_noise_scale_with_single_examples_is_the_unbiased_per_example_estim
     # Per-example gradients, in the order of the probe batch (any order gives the same).
     per = []
     for i in range(N):
-        g = torch.autograd.grad(F.cross_entropy(model(data.x_train[i:i + 1]),
-                                                data.y_train[i:i + 1]), flat_params(model))
+        g = torch.autograd.grad(
+            F.cross_entropy(model(data.x_train[i : i + 1]), data.y_train[i : i + 1]),
+            flat_params(model),
+        )
         per.append(torch.cat([t.reshape(-1) for t in g]))
     per = torch.stack(per).double()
     mean = per.mean(0)
     trace = ((per - mean) ** 2).sum() / (N - 1)  # trace of the sample covariance
-    grad_sq = (mean ** 2).sum() - trace / N      # unbiased |G|^2
+    grad_sq = (mean**2).sum() - trace / N  # unbiased |G|^2
     assert values["trace_sigma"] == pytest.approx(trace.item(), rel=1e-4)
     assert values["grad_sq"] == pytest.approx(grad_sq.item(), rel=1e-4)
     assert values["b_simple"] == pytest.approx((trace / grad_sq).item(), rel=1e-4)
@@ -166,14 +195,17 @@ def test_grad_noise_scale_with_single_examples_is_the_unbiased_per_example_estim
 def lars_after_one_step(lr=0.5, wd=0.01, tc=0.02):
     model, data = tiny()
     optimizer = default_registry().create(
-        "optimizer", "lars", {"lr": lr, "weight_decay": wd, "trust_coefficient": tc},
-        model=model)
+        "optimizer", "lars", {"lr": lr, "weight_decay": wd, "trust_coefficient": tc}, model=model
+    )
     full_loss(model, data).backward()
     w = {n: p.detach().clone() for n, p in model.named_parameters()}
     g = {n: p.grad.clone() for n, p in model.named_parameters()}
     optimizer.step()
-    ratios = {n: tc * w[n].norm().item() / (g[n].norm().item() + wd * w[n].norm().item())
-              for n in w if w[n].dim() > 1}  # biases are not adapted by default
+    ratios = {
+        n: tc * w[n].norm().item() / (g[n].norm().item() + wd * w[n].norm().item())
+        for n in w
+        if w[n].dim() > 1
+    }  # biases are not adapted by default
     return model, data, optimizer, ratios
 
 
@@ -195,19 +227,25 @@ def test_effective_lr_is_the_group_lr_times_the_trust_ratio_and_over_w_squared()
 
 # ---- schedules --------------------------------------------------------------------------
 
-@pytest.mark.parametrize(("table", "epochs"), [
-    ({}, [1, 2, 3, 4, 5, 6]),
-    ({"every": 2}, [2, 4, 6]),
-    ({"epochs": [0, 3, 3, 1]}, [0, 1, 3]),
-    ({"epochs": "2-4"}, [2, 3, 4]),
-    ({"first_steps": 10}, []),
-])
+
+@pytest.mark.parametrize(
+    ("table", "epochs"),
+    [
+        ({}, [1, 2, 3, 4, 5, 6]),
+        ({"every": 2}, [2, 4, 6]),
+        ({"epochs": [0, 3, 3, 1]}, [0, 1, 3]),
+        ({"epochs": "2-4"}, [2, 3, 4]),
+        ({"first_steps": 10}, []),
+    ],
+)
 def test_schedules_name_the_epochs_after_which_a_probe_runs(table, epochs):
     assert ProbeParams(**table).epoch_list(6) == epochs
 
 
-@pytest.mark.parametrize("table", [{"every": 2, "first_steps": 3}, {"epochs": "4-2"},
-                                   {"epochs": "first"}, {"epochs": []}])
+@pytest.mark.parametrize(
+    "table",
+    [{"every": 2, "first_steps": 3}, {"epochs": "4-2"}, {"epochs": "first"}, {"epochs": []}],
+)
 def test_bad_schedules_are_rejected(table):
     with pytest.raises(ValueError):
         ProbeParams(**table)
@@ -215,22 +253,38 @@ def test_bad_schedules_are_rejected(table):
 
 def run_engine(cfg):
     events = []
-    train({"run_id": "r", "seed": 3, "config": cfg}, events.append,
-          DataCache(default_registry(), torch.device("cpu")))
+    train(
+        {"run_id": "r", "seed": 3, "config": cfg},
+        events.append,
+        DataCache(default_registry(), torch.device("cpu")),
+    )
     return events
 
 
 def test_probes_do_not_change_training_and_stay_out_of_seconds_and_sfo():
     # The CNN has batch norm; probes in train mode must leave its running statistics alone,
     # and their random vectors must not shift the data order.
-    base = config(model={"name": "cnn", "channels": [4]}, epochs=2,
-                  dataset={"name": "synthetic", "classes": 3, "shape": [1, 8, 8],
-                           "train_size": 64, "test_size": 32, "noise": 1.0, "seed": 0})
-    probed = dict(base, probes=[
-        {"name": "hessian_trace", "vectors": 2, "batch": 16, "mode": "train", "augment": True},
-        {"name": "grad_norm", "first_steps": 3},
-        {"name": "top_eigenvalue", "iterations": 2, "epochs": [0, 2]},
-    ])
+    base = config(
+        model={"name": "cnn", "channels": [4]},
+        epochs=2,
+        dataset={
+            "name": "synthetic",
+            "classes": 3,
+            "shape": [1, 8, 8],
+            "train_size": 64,
+            "test_size": 32,
+            "noise": 1.0,
+            "seed": 0,
+        },
+    )
+    probed = dict(
+        base,
+        probes=[
+            {"name": "hessian_trace", "vectors": 2, "batch": 16, "mode": "train", "augment": True},
+            {"name": "grad_norm", "first_steps": 3},
+            {"name": "top_eigenvalue", "iterations": 2, "epochs": [0, 2]},
+        ],
+    )
     plain, with_probes = run_engine(base), run_engine(probed)
     rows = [[e for e in ev if e["type"] == "epoch"] for ev in (plain, with_probes)]
     keys = ("train_loss", "train_acc", "test_loss", "test_acc", "step", "samples", "sfo")
@@ -238,26 +292,51 @@ def test_probes_do_not_change_training_and_stay_out_of_seconds_and_sfo():
     assert all(r["probe_seconds"] == 0 for r in rows[0])
     assert all(r["probe_seconds"] > 0 for r in rows[1])
     probes = [(e["probe"], e["epoch"], e["step"]) for e in with_probes if e["type"] == "probe"]
-    assert probes == [("top_eigenvalue", 0, 0), ("grad_norm", 1, 1), ("grad_norm", 1, 2),
-                      ("grad_norm", 1, 3), ("hessian_trace", 1, 4), ("hessian_trace", 2, 8),
-                      ("top_eigenvalue", 2, 8)]
+    assert probes == [
+        ("top_eigenvalue", 0, 0),
+        ("grad_norm", 1, 1),
+        ("grad_norm", 1, 2),
+        ("grad_norm", 1, 3),
+        ("hessian_trace", 1, 4),
+        ("hessian_trace", 2, 8),
+        ("top_eigenvalue", 2, 8),
+    ]
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_probes_on_cuda_with_amp_and_channels_last_do_not_change_training():
-    base = config(model={"name": "cnn", "channels": [8]}, epochs=2, precision="amp",
-                  augmentation={"name": "flip_crop", "pad": 1, "flip": True},
-                  dataset={"name": "synthetic", "classes": 3, "shape": [3, 8, 8],
-                           "train_size": 64, "test_size": 32, "noise": 1.0, "seed": 0})
-    probed = dict(base, probes=[{"name": "hessian_trace", "vectors": 2, "augment": True},
-                                {"name": "grad_noise_scale", "batch": 32, "micro_batch": 8},
-                                {"name": "grad_norm", "first_steps": 2}])
+    base = config(
+        model={"name": "cnn", "channels": [8]},
+        epochs=2,
+        precision="amp",
+        augmentation={"name": "flip_crop", "pad": 1, "flip": True},
+        dataset={
+            "name": "synthetic",
+            "classes": 3,
+            "shape": [3, 8, 8],
+            "train_size": 64,
+            "test_size": 32,
+            "noise": 1.0,
+            "seed": 0,
+        },
+    )
+    probed = dict(
+        base,
+        probes=[
+            {"name": "hessian_trace", "vectors": 2, "augment": True},
+            {"name": "grad_noise_scale", "batch": 32, "micro_batch": 8},
+            {"name": "grad_norm", "first_steps": 2},
+        ],
+    )
 
     def go(cfg):
         events = []
-        train({"run_id": "r", "seed": 3, "config": cfg}, events.append,
-              DataCache(default_registry(), torch.device("cuda")))
+        train(
+            {"run_id": "r", "seed": 3, "config": cfg},
+            events.append,
+            DataCache(default_registry(), torch.device("cuda")),
+        )
         return events
 
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
@@ -265,7 +344,8 @@ def test_probes_on_cuda_with_amp_and_channels_last_do_not_change_training():
     keys = ("train_loss", "test_loss", "test_acc", "sfo")
     # cuBLAS may still sum in another order from run to run: equal to float tolerance.
     assert [[e[k] for k in keys] for e in with_probes if e["type"] == "epoch"] == [
-        pytest.approx([e[k] for k in keys], rel=1e-4) for e in plain if e["type"] == "epoch"]
+        pytest.approx([e[k] for k in keys], rel=1e-4) for e in plain if e["type"] == "epoch"
+    ]
     values = [v for e in with_probes if e["type"] == "probe" for v in e["values"].values()]
     assert values and all(math.isfinite(v) for v in values)
 
@@ -274,8 +354,16 @@ def test_a_non_finite_probe_value_travels_as_null_and_is_stored_as_null(tmp_path
     from optlab import store as st
     from optlab.events import decode, encode
 
-    line = encode({"type": "probe", "run_id": "r", "epoch": 1, "step": 4,
-                   "probe": "hessian_trace", "values": {"global": float("nan")}})
+    line = encode(
+        {
+            "type": "probe",
+            "run_id": "r",
+            "epoch": 1,
+            "step": 4,
+            "probe": "hessian_trace",
+            "values": {"global": float("nan")},
+        }
+    )
     assert "NaN" not in line
     with st.writing(tmp_path / "s.duckdb") as con:
         st.ensure_schema(con)

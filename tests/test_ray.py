@@ -54,13 +54,24 @@ def query(folder: Path, sql: str) -> list[tuple]:
 
 def test_a_study_on_a_local_ray_equals_the_local_executor(tmp_path, reference):
     study(tmp_path)
-    proc = optlab("run", "long.toml", "--executor", "ray", "--gpus", "none", "--workers", "2",
-                  cwd=tmp_path, check=True)
+    proc = optlab(
+        "run",
+        "long.toml",
+        "--executor",
+        "ray",
+        "--gpus",
+        "none",
+        "--workers",
+        "2",
+        cwd=tmp_path,
+        check=True,
+    )
     assert "[ray, CPU" in proc.stdout and "Traceback" not in proc.stderr
     assert results(tmp_path) == reference
     # shipped to this machine: the final weights beside the store, the logs, the journals
     for run_id, weights, log, worker in query(
-            tmp_path, "select run_id, weights_path, log_path, worker from runs"):
+        tmp_path, "select run_id, weights_path, log_path, worker from runs"
+    ):
         assert Path(weights) == tmp_path / "optlab.checkpoints" / run_id / "final.pt"
         assert Path(weights).stat().st_size > 0
         assert f"run {run_id}" in (tmp_path / log).read_text()
@@ -75,15 +86,21 @@ def test_a_node_removed_mid_study_loses_nothing(tmp_path, reference, cluster):
     second = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     study(tmp_path)
-    proc = start(["run", "long.toml", "--executor", "ray", "--address", cluster.address,
-                  "--workers", "2"], tmp_path)
+    proc = start(
+        ["run", "long.toml", "--executor", "ray", "--address", cluster.address, "--workers", "2"],
+        tmp_path,
+    )
     suffix = second.node_id[:6]
 
     def checkpointed_on_second() -> str | None:
         for run_id, events in journals(tmp_path).items():
             starts = [e for e in events if e["type"] in ("started", "resumed")]
-            if (starts and starts[-1]["provenance"]["worker"].endswith(suffix)
-                    and events[-1]["type"] == "checkpoint" and events[-1]["epoch"] <= 6):
+            if (
+                starts
+                and starts[-1]["provenance"]["worker"].endswith(suffix)
+                and events[-1]["type"] == "checkpoint"
+                and events[-1]["epoch"] <= 6
+            ):
                 return run_id
         return None
 
@@ -96,8 +113,9 @@ def test_a_node_removed_mid_study_loses_nothing(tmp_path, reference, cluster):
     assert proc.returncode == 0, out + err
     assert "was lost" in out and victim in out
     assert results(tmp_path) == reference  # nothing lost, nothing twice
-    (attempts, resumed), = query(tmp_path, "select attempts, resumed_from from runs "
-                                           f"where run_id = '{victim}'")
+    ((attempts, resumed),) = query(
+        tmp_path, f"select attempts, resumed_from from runs where run_id = '{victim}'"
+    )
     assert attempts == 2 and resumed >= 1
     # the resumed attempt ran on the node that is left
     last = [e for e in journals(tmp_path)[victim] if e["type"] == "resumed"][-1]
@@ -105,14 +123,12 @@ def test_a_node_removed_mid_study_loses_nothing(tmp_path, reference, cluster):
 
 
 @pytest.mark.parametrize("first,then", [("ray", "local"), ("local", "ray")])
-def test_ctrl_c_leaves_runs_that_the_other_executor_finishes(tmp_path, reference, first,
-                                                             then):
+def test_ctrl_c_leaves_runs_that_the_other_executor_finishes(tmp_path, reference, first, then):
     study(tmp_path)
     scratch = set(Path("/tmp").glob("optlab-*/cpu-*"))
     # a folder every node reaches: the Ray executor writes there instead of shipping
     shared = ["--checkpoint-dir", str(tmp_path / "shared")]
-    proc = start(["run", "long.toml", "--executor", first, "--workers", "2", *shared],
-                 tmp_path)
+    proc = start(["run", "long.toml", "--executor", first, "--workers", "2", *shared], tmp_path)
     wait_for(lambda: events_in_journals(tmp_path, "checkpoint") >= 2, timeout=120, every=0.02)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -121,8 +137,9 @@ def test_ctrl_c_leaves_runs_that_the_other_executor_finishes(tmp_path, reference
     before = statuses(tmp_path)
     assert "running" not in before.values() and "interrupted" in before.values()
     assert set(Path("/tmp").glob("optlab-*/cpu-*")) <= scratch, "the slots' scratch was left"
-    optlab("run", "long.toml", "--executor", then, "--workers", "2", *shared, cwd=tmp_path,
-           check=True)
+    optlab(
+        "run", "long.toml", "--executor", then, "--workers", "2", *shared, cwd=tmp_path, check=True
+    )
     assert results(tmp_path) == reference
     resumed = query(tmp_path, "select count(*) from runs where resumed_from >= 1")[0][0]
     assert resumed >= 1
@@ -143,49 +160,67 @@ batch_schedule = { name = "constant", batch_size = 20 }
 """
 
 
-def test_a_node_that_cannot_prepare_the_data_is_named_once_and_gets_no_runs(tmp_path,
-                                                                           cluster):
+def test_a_node_that_cannot_prepare_the_data_is_named_once_and_gets_no_runs(tmp_path, cluster):
     from tests import fake_data
 
     fake_data.make_cifar10(tmp_path / "data")
     cluster.add_node(num_cpus=1, env_vars={"OPTLAB_DATA": "/dev/null/data"})
     cluster.wait_for_nodes()
     write_study(tmp_path, text=CIFAR_STUDY, name="c.toml")
-    proc = optlab("run", "c.toml", "--executor", "ray", "--address", cluster.address,
-                  "--workers", "2", cwd=tmp_path, check=True)
-    assert proc.stdout.count("gets no runs: cannot prepare the datasets in /dev/null/data") \
-        == 1, proc.stdout
+    proc = optlab(
+        "run",
+        "c.toml",
+        "--executor",
+        "ray",
+        "--address",
+        cluster.address,
+        "--workers",
+        "2",
+        cwd=tmp_path,
+        check=True,
+    )
+    assert proc.stdout.count("gets no runs: cannot prepare the datasets in /dev/null/data") == 1, (
+        proc.stdout
+    )
     assert statuses(tmp_path) and set(statuses(tmp_path).values()) == {"done"}
     assert len({w for (w,) in query(tmp_path, "select worker from runs")}) == 1
 
 
-
-def test_when_no_node_can_prepare_the_data_the_runs_wait_and_the_exit_says_so(tmp_path,
-                                                                           monkeypatch):
+def test_when_no_node_can_prepare_the_data_the_runs_wait_and_the_exit_says_so(
+    tmp_path, monkeypatch
+):
     from tests import fake_data
 
     monkeypatch.delenv("OPTLAB_DATA", raising=False)
     fake_data.make_cifar10(tmp_path / "data")  # here, on the driver, but on no node
     write_study(tmp_path, text=CIFAR_STUDY, name="c.toml")
-    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "env_vars": {"OPTLAB_DATA": "/dev/null/data"}})
+    cluster = cluster_utils.Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "env_vars": {"OPTLAB_DATA": "/dev/null/data"}},
+    )
     try:
-        proc = optlab("run", "c.toml", "--executor", "ray", "--address", cluster.address,
-                      cwd=tmp_path)
+        proc = optlab(
+            "run", "c.toml", "--executor", "ray", "--address", cluster.address, cwd=tmp_path
+        )
     finally:
         cluster.shutdown()
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "gets no runs" in proc.stdout and "3 run(s) not started" in proc.stdout
     assert set(statuses(tmp_path).values()) == {"pending"}
 
+
 def test_bad_cluster_options_are_one_line(tmp_path):
     study(tmp_path)
     for args, message in [
-        (["--address", "127.0.0.1:1"], "Error: --address 127.0.0.1:1: no Ray head answers "
-                                       "there (Connection refused)"),
+        (
+            ["--address", "127.0.0.1:1"],
+            "Error: --address 127.0.0.1:1: no Ray head answers there (Connection refused)",
+        ),
         (["--address", "nohost"], "Error: --address 'nohost': give auto or HOST:PORT"),
-        (["--gpus", "0-3"], "Error: --gpus '0-3': GPU 0 is not present (GPUs here: none) in "
-                            "the Ray cluster"),
+        (
+            ["--gpus", "0-3"],
+            "Error: --gpus '0-3': GPU 0 is not present (GPUs here: none) in the Ray cluster",
+        ),
     ]:
         proc = optlab("run", "long.toml", "--executor", "ray", *args, cwd=tmp_path)
         assert proc.returncode != 0
@@ -200,12 +235,12 @@ def test_without_ray_the_executor_names_the_extra(tmp_path, monkeypatch, cli):
     import sys
 
     study(tmp_path)
-    for name in [m for m in sys.modules if m == "ray" or m.startswith(("ray.",
-                                                                       "optlab.ray_"))]:
+    for name in [m for m in sys.modules if m == "ray" or m.startswith(("ray.", "optlab.ray_"))]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
     result = cli("run", "long.toml", "--executor", "ray")
     assert result.exit_code == 2
-    assert result.stderr == ("Error: --executor ray needs ray, which is not installed: "
-                             "pip install 'optlab[ray]'\n")
+    assert result.stderr == (
+        "Error: --executor ray needs ray, which is not installed: pip install 'optlab[ray]'\n"
+    )
     assert not (tmp_path / "optlab.duckdb").exists()

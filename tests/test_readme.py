@@ -24,9 +24,11 @@ from tests.conftest import optlab
 
 ROOT = Path(__file__).resolve().parents[1]
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[+-]?\d+)?")
-LOOSE = [(re.compile(r"\d+m\d\ds"), "<time>"), (re.compile(r"\d+ (worker|thread)\(s\)"),
-                                                 r"<n> \1(s)"),
-         (re.compile(r"^\[\d+/"), "[<k>/")]
+LOOSE = [
+    (re.compile(r"\d+m\d\ds"), "<time>"),
+    (re.compile(r"\d+ (worker|thread)\(s\)"), r"<n> \1(s)"),
+    (re.compile(r"^\[\d+/"), "[<k>/"),
+]
 
 
 def transcripts() -> list[tuple[str, str | None, list[tuple[str, list[str]]]]]:
@@ -40,7 +42,7 @@ def transcripts() -> list[tuple[str, str | None, list[tuple[str, list[str]]]]]:
             section = line[3:]
         if line.startswith("```") and i + 1 < len(lines) and lines[i + 1].startswith("$ "):
             end = lines.index("```", i + 1)
-            block, runs = lines[i + 1:end], []
+            block, runs = lines[i + 1 : end], []
             for text in block:
                 if text.startswith("$ "):
                     runs.append([text[2:], []])
@@ -75,15 +77,17 @@ def same_line(expected: str, actual: str) -> bool:
 
 
 def test_the_comparison_is_strict_where_it_should_be():
-    assert same_line("finished in 0m20s: 3 diverged, 53 done",
-                     "finished in 1m02s: 3 diverged, 53 done")
+    assert same_line(
+        "finished in 0m20s: 3 diverged, 53 done", "finished in 1m02s: 3 diverged, 53 done"
+    )
     assert not same_line("3 diverged, 53 done", "3 diverged, 54 done")
     assert not same_line("done 5ef2804fde9a lr=0.003", "done 5ef2804fde9b lr=0.003")
     assert same_line("best test_acc 0.8911", "best test_acc 0.8933")
     assert not same_line("best test_acc 0.8911", "best test_acc 0.7911")
     assert same_line("[2/56] done", "[17/56] done") and not same_line("[2/56]", "[2/57]")
-    assert matches(["a", "...", "c"], ["a", "b", "b", "c"]) and not matches(["a", "c"],
-                                                                           ["a", "b", "c"])
+    assert matches(["a", "...", "c"], ["a", "b", "b", "c"]) and not matches(
+        ["a", "c"], ["a", "b", "c"]
+    )
 
 
 def matches(expected: list[str], actual: list[str]) -> bool:
@@ -92,8 +96,7 @@ def matches(expected: list[str], actual: list[str]) -> bool:
         return not actual
     if expected[0] == "...":
         return any(matches(expected[1:], actual[k:]) for k in range(len(actual) + 1))
-    return bool(actual) and same_line(expected[0], actual[0]) and matches(expected[1:],
-                                                                          actual[1:])
+    return bool(actual) and same_line(expected[0], actual[0]) and matches(expected[1:], actual[1:])
 
 
 def test_every_transcript_outside_the_tour_says_where_it_is_checked():
@@ -113,25 +116,36 @@ def test_the_tour_prints_what_the_readme_says(tmp_path):
     (bin_dir / "optlab").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m optlab "$@"\n')
     (bin_dir / "optlab").chmod(0o755)
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
-    tour = [runs for section, comment, runs in transcripts()
-            if section == "A tour" or "tests/test_readme.py" in (comment or "")]
+    tour = [
+        runs
+        for section, comment, runs in transcripts()
+        if section == "A tour" or "tests/test_readme.py" in (comment or "")
+    ]
     assert len(tour) >= 6
     for runs in tour:
         for command, expected in runs:
-            proc = subprocess.run(["bash", "-c", command.replace("\n    ", " ")], cwd=tmp_path,
-                                  env=env, capture_output=True, text=True, timeout=600)
+            proc = subprocess.run(
+                ["bash", "-c", command.replace("\n    ", " ")],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             actual = (proc.stdout + proc.stderr).rstrip("\n").splitlines()
             assert matches(expected, actual), (
-                f"$ {command}\n--- README:\n" + "\n".join(expected) + "\n--- printed:\n"
-                + "\n".join(actual))
+                f"$ {command}\n--- README:\n"
+                + "\n".join(expected)
+                + "\n--- printed:\n"
+                + "\n".join(actual)
+            )
 
 
 @pytest.mark.slow  # real worker processes
 def test_the_write_a_plugin_section_works_as_written(tmp_path):
     """The section's two files, saved as it says, run as a study."""
     text = (ROOT / "README.md").read_text()
-    files = dict(re.findall(r"<!-- write-a-plugin: (\S+)[^>]*-->\n```\w+\n(.*?)```", text,
-                            re.S))
+    files = dict(re.findall(r"<!-- write-a-plugin: (\S+)[^>]*-->\n```\w+\n(.*?)```", text, re.S))
     assert set(files) == {"my_optimizers.py", "study.toml"}
     for name, body in files.items():
         (tmp_path / name).write_text(body)
@@ -139,6 +153,7 @@ def test_the_write_a_plugin_section_works_as_written(tmp_path):
     assert "6 runs, 0 done" in show
     proc = optlab("run", "study.toml", cwd=tmp_path, check=True)
     assert proc.stdout.splitlines()[-1].endswith(": 6 done")
-    got = optlab("query", "select distinct optimizer from runs", "--format", "csv",
-                 cwd=tmp_path).stdout
+    got = optlab(
+        "query", "select distinct optimizer from runs", "--format", "csv", cwd=tmp_path
+    ).stdout
     assert got == "optimizer\nsignsgd\n"

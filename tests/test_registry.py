@@ -21,9 +21,12 @@ SMALL = {  # small settings for plugins whose defaults are large
 
 def test_builtins_are_registered_through_entry_points():
     expected = {
-        "dataset": {"digits", "synthetic"}, "model": {"mlp", "cnn"},
-        "optimizer": {"sgd", "adamw"}, "lr_schedule": {"constant", "cosine"},
-        "batch_schedule": {"constant"}, "augmentation": {"none", "flip_crop"},
+        "dataset": {"digits", "synthetic"},
+        "model": {"mlp", "cnn"},
+        "optimizer": {"sgd", "adamw"},
+        "lr_schedule": {"constant", "cosine"},
+        "batch_schedule": {"constant"},
+        "augmentation": {"none", "flip_crop"},
     }
     for kind, names in expected.items():
         assert names <= set(REG.names(kind))
@@ -92,8 +95,11 @@ def test_plugin_builds_and_works(kind, name, data_dir):
 
 def test_unknown_name_lists_the_registered_and_the_closest():
     reg = Registry({"optimizer": {"sgd": Plugin("x"), "adamw": Plugin("y")}})
-    with pytest.raises(Exception, match=r"unknown optimizer 'adamm'; did you mean 'adamw'\? "
-                                        r"Registered: adamw, sgd"):
+    with pytest.raises(
+        Exception,
+        match=r"unknown optimizer 'adamm'; did you mean 'adamw'\? "
+        r"Registered: adamw, sgd",
+    ):
         reg.get("optimizer", "adamm")
 
 
@@ -119,16 +125,22 @@ def test_mlp_without_hidden_layers_is_logistic_regression():
 
 
 def test_cnn_rejects_flat_input_with_a_clear_message():
-    with pytest.raises(ValueError, match=r"cnn needs image input \(C, H, W\); this dataset "
-                                         r"gives \(5,\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"cnn needs image input \(C, H, W\); this dataset "
+        r"gives \(5,\)",
+    ):
         REG.create("model", "cnn", {}, input_shape=(5,), num_classes=2)
 
 
-@pytest.mark.parametrize("name,params,classes,count", [
-    ("resnet18", {}, 10, 11_173_962),   # the seeds' "11.2M parameters"
-    ("resnet18", {}, 100, 11_220_132),
-    ("wrn", {"depth": 28, "width": 10}, 100, 36_536_884),  # WRN-28-10, seed 004
-])
+@pytest.mark.parametrize(
+    "name,params,classes,count",
+    [
+        ("resnet18", {}, 10, 11_173_962),  # the seeds' "11.2M parameters"
+        ("resnet18", {}, 100, 11_220_132),
+        ("wrn", {"depth": 28, "width": 10}, 100, 36_536_884),  # WRN-28-10, seed 004
+    ],
+)
 def test_published_model_sizes(name, params, classes, count):
     model = REG.create("model", name, params, input_shape=(3, 32, 32), num_classes=classes)
     assert sum(p.numel() for p in model.parameters()) == count
@@ -137,8 +149,11 @@ def test_published_model_sizes(name, params, classes, count):
 def test_wide_resnet_depth_must_be_6n_plus_4(cli, tmp_path):
     from tests.test_validation import BASE
 
-    (tmp_path / "s.toml").write_text(BASE.replace('{ name = "mlp" }',
-                                                  '{ name = "wrn", depth = 27 }'))
+    (tmp_path / "s.toml").write_text(
+        BASE.replace('{ name = "mlp" }', '{ name = "wrn", depth = 27 }')
+    )
     result = cli("show", "s.toml")
-    assert result.stderr == ("Error: s.toml: base: model: Value error, depth 27: a wide ResNet "
-                             "has depth 6n + 4 (16, 22, 28, 40, ...) (given {'depth': 27})\n")
+    assert result.stderr == (
+        "Error: s.toml: base: model: Value error, depth 27: a wide ResNet "
+        "has depth 6n + 4 (16, 22, 28, 40, ...) (given {'depth': 27})\n"
+    )

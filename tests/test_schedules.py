@@ -19,15 +19,18 @@ def bs(name, **params):
     return REG.create("batch_schedule", name, params, epochs=10, train_size=10_000)
 
 
-@pytest.mark.parametrize("name,params,at,expected", [
-    ("step", {"step_size": 3, "gamma": 0.5}, [0, 2.9, 3, 6.5, 9], [1, 1, 0.5, 0.25, 0.125]),
-    ("multistep", {"milestones": [2, 5], "gamma": 0.1}, [1.9, 2, 4.9, 5], [1, 0.1, 0.1, 0.01]),
-    ("linear", {"end_factor": 0.0}, [0, 5, 10], [1, 0.5, 0]),
-    ("poly", {"power": 2.0}, [0, 5, 10], [1, 0.25, 0]),
-    ("cosine", {"min_factor": 0.2}, [0, 5, 10], [1, 0.6, 0.2]),
-    ("linear_growth", {"incr_interval": 4, "coefficient": 0.5}, [0, 3.9, 4, 8], [1, 1, 1.5, 2]),
-    ("exp_growth", {"incr_interval": 4, "rate": 1.4}, [0, 4, 8.5], [1, 1.4, 1.96]),
-])
+@pytest.mark.parametrize(
+    "name,params,at,expected",
+    [
+        ("step", {"step_size": 3, "gamma": 0.5}, [0, 2.9, 3, 6.5, 9], [1, 1, 0.5, 0.25, 0.125]),
+        ("multistep", {"milestones": [2, 5], "gamma": 0.1}, [1.9, 2, 4.9, 5], [1, 0.1, 0.1, 0.01]),
+        ("linear", {"end_factor": 0.0}, [0, 5, 10], [1, 0.5, 0]),
+        ("poly", {"power": 2.0}, [0, 5, 10], [1, 0.25, 0]),
+        ("cosine", {"min_factor": 0.2}, [0, 5, 10], [1, 0.6, 0.2]),
+        ("linear_growth", {"incr_interval": 4, "coefficient": 0.5}, [0, 3.9, 4, 8], [1, 1, 1.5, 2]),
+        ("exp_growth", {"incr_interval": 4, "rate": 1.4}, [0, 4, 8.5], [1, 1.4, 1.96]),
+    ],
+)
 def test_lr_schedule_shapes(name, params, at, expected):
     factor = lr(name, **params)
     assert [factor(t, 0.01, 0) for t in at] == pytest.approx(expected)
@@ -51,8 +54,7 @@ def test_seed_004_batch_growth():
     exp = bs("exp_growth", batch_size=16, incr_interval=20, rate=2.0)
     assert [exp(e) for e in (0, 20, 199)] == [16, 32, 8192]
     capped = bs("exp_growth", batch_size=16, incr_interval=20, rate=2.0, max_batch_size=2048)
-    assert [capped(e) for e in (0, 120, 139, 140, 160, 199)] == [16, 1024, 1024, 2048, 2048,
-                                                                2048]
+    assert [capped(e) for e in (0, 120, 139, 140, 160, 199)] == [16, 1024, 1024, 2048, 2048, 2048]
     assert bs("linear_growth", batch_size=16, coefficient=16, max_batch_size=40)(199) == 40
     listed = bs("list", sizes=[32, 64])
     assert [listed(e) for e in range(4)] == [32, 64, 64, 64]
@@ -80,22 +82,36 @@ def test_lr_scaling_rules():
     assert lr_scale({"lr_scaling": "sqrt"}, 512, 128) == 2.0
 
 
-GROWTH = BASE.replace('dataset = { name = "synthetic" }',
-                      'dataset = { name = "synthetic", train_size = 1000 }')
+GROWTH = BASE.replace(
+    'dataset = { name = "synthetic" }', 'dataset = { name = "synthetic", train_size = 1000 }'
+)
 
 
-@pytest.mark.parametrize("table,message", [
-    ('lr_schedule = { name = "exp_growth", incr_interval = 0 }',
-     "base: lr_schedule.incr_interval: Input should be greater than or equal to 1 (given 0)"),
-    ('batch_schedule = { name = "exp_growth", batch_size = 16, incr_interval = 1, rate = 2.0 }',
-     "base: batch_schedule: the batch grows to 1024 in epoch 7, past the 1000 training "
-     "examples"),
-    ('lr_schedule = { name = "multistep", milestones = [5, 3] }',
-     "base: lr_schedule: Value error, milestones must increase (given {'milestones': [5, 3]})"),
-    ('lr_schedule = { name = "constant", warmup_epochs = 1, warmup_steps = 10 }',
-     "base: lr_schedule: Value error, give warmup_epochs or warmup_steps, not both (given "
-     "{'warmup_epochs': 1, 'warmup_steps': 10})"),
-])
+@pytest.mark.parametrize(
+    "table,message",
+    [
+        (
+            'lr_schedule = { name = "exp_growth", incr_interval = 0 }',
+            "base: lr_schedule.incr_interval: Input should be greater than or equal to 1 (given 0)",
+        ),
+        (
+            'batch_schedule = { name = "exp_growth", batch_size = 16, incr_interval = 1, '
+            "rate = 2.0 }",
+            "base: batch_schedule: the batch grows to 1024 in epoch 7, past the 1000 training "
+            "examples",
+        ),
+        (
+            'lr_schedule = { name = "multistep", milestones = [5, 3] }',
+            "base: lr_schedule: Value error, milestones must increase "
+            "(given {'milestones': [5, 3]})",
+        ),
+        (
+            'lr_schedule = { name = "constant", warmup_epochs = 1, warmup_steps = 10 }',
+            "base: lr_schedule: Value error, give warmup_epochs or warmup_steps, not both (given "
+            "{'warmup_epochs': 1, 'warmup_steps': 10})",
+        ),
+    ],
+)
 def test_schedules_that_cannot_work_are_rejected_at_load(cli, tmp_path, table, message):
     text = GROWTH.replace("epochs = 1", "epochs = 10") + table + "\n"
     (tmp_path / "s.toml").write_text(text)
@@ -110,13 +126,13 @@ def test_cosine_t_max_follows_pytorch(t_max):
     import torch
 
     reg = default_registry()
-    factor = reg.create("lr_schedule", "cosine", {"t_max": t_max, "min_factor": 0.01},
-                        epochs=150)
+    factor = reg.create("lr_schedule", "cosine", {"t_max": t_max, "min_factor": 0.01}, epochs=150)
     opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t_max, eta_min=0.01)
     for epoch in range(150):
-        assert factor(float(epoch), 0.0, 0) == pytest.approx(opt.param_groups[0]["lr"],
-                                                            abs=1e-9), epoch
+        assert factor(float(epoch), 0.0, 0) == pytest.approx(opt.param_groups[0]["lr"], abs=1e-9), (
+            epoch
+        )
         opt.step()
         sched.step()
 
@@ -125,8 +141,7 @@ def test_cosine_t_max_default_is_the_run_and_must_outlast_the_warmup():
     reg = default_registry()
     plain = reg.create("lr_schedule", "cosine", {"warmup_epochs": 2}, epochs=30)
     same = reg.create("lr_schedule", "cosine", {"warmup_epochs": 2, "t_max": 30}, epochs=30)
-    assert [plain(t / 4, 0.25, 0) for t in range(120)] == \
-        [same(t / 4, 0.25, 0) for t in range(120)]
+    assert [plain(t / 4, 0.25, 0) for t in range(120)] == [same(t / 4, 0.25, 0) for t in range(120)]
     with pytest.raises(ValueError, match="t_max = 2 must be longer than the warmup"):
         reg.get("lr_schedule", "cosine").params(warmup_epochs=2, t_max=2)
 
@@ -136,8 +151,9 @@ def test_a_capped_growth_schedule_is_checked_without_walking_every_epoch():
     import time
 
     sched = REG.get("batch_schedule", "exp_growth")
-    params = sched.params.model_validate({"batch_size": 16, "incr_interval": 1, "rate": 2.0,
-                                          "max_batch_size": 64})
+    params = sched.params.model_validate(
+        {"batch_size": 16, "incr_interval": 1, "rate": 2.0, "max_batch_size": 64}
+    )
     t0 = time.perf_counter()
     sched.check(params, epochs=10**12, train_size=1000)
     assert time.perf_counter() - t0 < 1.0

@@ -43,13 +43,12 @@ def test_show_lists_the_drawn_points(cli, tmp_path):
     assert result.exit_code == 0, result.stderr
     assert result.stdout.splitlines()[3:] == [
         "  search (sobol, n = 4, seed 0): 4 points",
-        "    1. optimizer.lr=0.252547, optimizer.weight_decay=0.0005, "
-        "optimizer.momentum=0.868916",
-        "    2. optimizer.lr=0.000165193, optimizer.weight_decay=0, "
-        "optimizer.momentum=0.969125",
+        "    1. optimizer.lr=0.252547, optimizer.weight_decay=0.0005, optimizer.momentum=0.868916",
+        "    2. optimizer.lr=0.000165193, optimizer.weight_decay=0, optimizer.momentum=0.969125",
         "    3. optimizer.lr=0.00217543, optimizer.weight_decay=0.0005, "
         "optimizer.momentum=0.800751",
-        "    4. optimizer.lr=0.0106831, optimizer.weight_decay=0, optimizer.momentum=0.941038"]
+        "    4. optimizer.lr=0.0106831, optimizer.weight_decay=0, optimizer.momentum=0.941038",
+    ]
 
 
 def test_the_same_file_gives_the_same_points_and_run_ids(tmp_path):
@@ -72,8 +71,12 @@ def test_raising_n_keeps_the_points_already_drawn(tmp_path, kind):
 def test_points_lie_in_their_ranges_and_sobol_stratifies_them(tmp_path):
     for kind in ("sobol", "random"):
         points = plan(tmp_path, kind, 64).points
-        assert all(1e-4 <= p["optimizer.lr"] <= 1.0 and 0.8 <= p["optimizer.momentum"] <= 0.99
-                   and p["optimizer.weight_decay"] in (0.0, 5e-4) for p in points)
+        assert all(
+            1e-4 <= p["optimizer.lr"] <= 1.0
+            and 0.8 <= p["optimizer.momentum"] <= 0.99
+            and p["optimizer.weight_decay"] in (0.0, 5e-4)
+            for p in points
+        )
         bins = [0] * 8  # log10(lr) from -4 to 0 in 8 equal parts
         for p in points:
             bins[min(int((math.log10(p["optimizer.lr"]) + 4) / 0.5), 7)] += 1
@@ -92,29 +95,50 @@ def test_a_grown_search_runs_only_its_new_points(tmp_path):
     write_study(tmp_path, text=STUDY.format(kind="sobol", n=3), name="tune.toml")
     proc = optlab("run", "tune.toml", "--workers", "1", cwd=tmp_path, check=True)
     assert "running 1 of 3 runs (2 already finished)" in proc.stdout
-    rows = json.loads(optlab("query", "select optimizer_lr from runs where status = 'done' "
-                             "order by position", "--format", "json", cwd=tmp_path,
-                             check=True).stdout)
+    rows = json.loads(
+        optlab(
+            "query",
+            "select optimizer_lr from runs where status = 'done' order by position",
+            "--format",
+            "json",
+            cwd=tmp_path,
+            check=True,
+        ).stdout
+    )
     assert [r["optimizer_lr"] for r in rows] == [0.252547, 0.000165193, 0.00217543]
 
 
-@pytest.mark.parametrize(("replace", "message"), [
-    (('kind = "sobol"', 'kind = "halton"'), "search.kind: use sobol or random (given 'halton')"),
-    (("n = 6", "n = 0"), "search.n: how many points to draw, a whole number >= 1 (given 0)"),
-    (("log_uniform = [1e-4, 1.0]", "log_uniform = [0.0, 1.0]"),
-     "search.optimizer.lr: log_uniform needs low > 0 (given [0.0, 1.0])"),
-    (("uniform = [0.8, 0.99]", "uniform = [0.99, 0.8]"),
-     "search.optimizer.momentum: uniform needs [low, high] with low < high (given [0.99, 0.8])"),
-    (("choice = [0.0, 5e-4]", "choice = []"),
-     "search.optimizer.weight_decay: choice needs a list of values (given [])"),
-    (("log_uniform = [1e-4, 1.0]", "between = [1e-4, 1.0]"),
-     "search.optimizer.lr: give one range: { log_uniform = [1e-4, 1.0] }, { uniform = [0.8, "
-     "0.99] } or { choice = [0.0, 5e-4] } (given {'between': [0.0001, 1.0]})"),
-    (('"optimizer.lr"', '"optimizer.lrr"'), "axis optimizer.lrr: no such key; sgd takes: "),
-])
+@pytest.mark.parametrize(
+    ("replace", "message"),
+    [
+        (
+            ('kind = "sobol"', 'kind = "halton"'),
+            "search.kind: use sobol or random (given 'halton')",
+        ),
+        (("n = 6", "n = 0"), "search.n: how many points to draw, a whole number >= 1 (given 0)"),
+        (
+            ("log_uniform = [1e-4, 1.0]", "log_uniform = [0.0, 1.0]"),
+            "search.optimizer.lr: log_uniform needs low > 0 (given [0.0, 1.0])",
+        ),
+        (
+            ("uniform = [0.8, 0.99]", "uniform = [0.99, 0.8]"),
+            "search.optimizer.momentum: uniform needs [low, high] with low < high "
+            "(given [0.99, 0.8])",
+        ),
+        (
+            ("choice = [0.0, 5e-4]", "choice = []"),
+            "search.optimizer.weight_decay: choice needs a list of values (given [])",
+        ),
+        (
+            ("log_uniform = [1e-4, 1.0]", "between = [1e-4, 1.0]"),
+            "search.optimizer.lr: give one range: { log_uniform = [1e-4, 1.0] }, { uniform = [0.8, "
+            "0.99] } or { choice = [0.0, 5e-4] } (given {'between': [0.0001, 1.0]})",
+        ),
+        (('"optimizer.lr"', '"optimizer.lrr"'), "axis optimizer.lrr: no such key; sgd takes: "),
+    ],
+)
 def test_bad_search_tables_are_one_line_errors(cli, tmp_path, replace, message):
-    write_study(tmp_path, text=STUDY.format(kind="sobol", n=6).replace(*replace),
-                name="bad.toml")
+    write_study(tmp_path, text=STUDY.format(kind="sobol", n=6).replace(*replace), name="bad.toml")
     result = cli("show", "bad.toml")
     assert result.exit_code == 1
     assert result.stderr.startswith(f"Error: bad.toml: block 'tune': {message}")
@@ -126,4 +150,5 @@ def test_a_search_too_large_is_refused_before_it_is_drawn(cli, tmp_path):
     result = cli("show", "huge.toml")
     assert result.exit_code == 1 and result.stderr.startswith(
         "Error: huge.toml: the study expands to up to 1,000,000,000,000 runs, more than the "
-        "limit of 100,000")
+        "limit of 100,000"
+    )

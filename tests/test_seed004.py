@@ -40,8 +40,16 @@ def exported(tmp_path_factory):
     write_study(folder, text=STUDY, name="growth.toml")
     optlab("run", "growth.toml", "--workers", "1", cwd=folder, check=True)
     optlab("export", "--format", "seed004", "--to", "out", cwd=folder, check=True)
-    rows = json.loads(optlab("query", "select * from epochs order by epoch", "--format",
-                             "json", cwd=folder, check=True).stdout)
+    rows = json.loads(
+        optlab(
+            "query",
+            "select * from epochs order by epoch",
+            "--format",
+            "json",
+            cwd=folder,
+            check=True,
+        ).stdout
+    )
     tables = {}
     for name in ("train", "test", "norm", "lr_bs"):
         with (folder / "out" / "main" / "run1" / f"{name}.csv").open() as f:
@@ -51,8 +59,7 @@ def exported(tmp_path_factory):
 
 def test_the_four_files_have_the_reference_columns(exported):
     _, tables = exported
-    assert tables["train"][0] == ["Epoch", "Steps", "Train Loss", "Train Accuracy",
-                                  "Learning Rate"]
+    assert tables["train"][0] == ["Epoch", "Steps", "Train Loss", "Train Accuracy", "Learning Rate"]
     assert tables["test"][0] == ["Epoch", "Steps", "Test Loss", "Test Accuracy"]
     assert tables["norm"][0] == ["Epoch", "Steps", "Full Gradient Norm"]
     assert tables["lr_bs"][0] == ["Epoch", "Steps", "Learning Rate", "Batch Size"]
@@ -82,7 +89,8 @@ def test_lr_bs_has_one_row_per_step_with_the_lr_the_engine_used(exported):
         by_epoch.setdefault(int(s[0]), []).append(float(s[2]))
     # The engine reports the LR of each epoch's last step: the rebuilt schedule agrees.
     assert [by_epoch[e["epoch"]][-1] for e in rows] == pytest.approx(
-        [e["epoch_lr"] for e in rows], rel=1e-12)
+        [e["epoch_lr"] for e in rows], rel=1e-12
+    )
     # Warmup over the first epoch, then cosine: the LR rises, then falls.
     first = by_epoch[1]
     assert first == sorted(first) and by_epoch[4] == sorted(by_epoch[4], reverse=True)

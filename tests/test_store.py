@@ -29,18 +29,33 @@ def prepared(tmp_path):
 
 
 def epoch_event(run_id, epoch):
-    return {"type": "epoch", "run_id": run_id, "epoch": epoch, "step": epoch * 3,
-            "samples": epoch * 48, "sfo": epoch * 48, "epoch_lr": 0.1, "epoch_batch_size": 16,
-            "train_loss": 1.0, "train_acc": 0.5, "test_loss": 1.1, "test_acc": 0.4,
-            "seconds": 0.1, "eval_seconds": 0.01, "time": time.time()}
+    return {
+        "type": "epoch",
+        "run_id": run_id,
+        "epoch": epoch,
+        "step": epoch * 3,
+        "samples": epoch * 48,
+        "sfo": epoch * 48,
+        "epoch_lr": 0.1,
+        "epoch_batch_size": 16,
+        "train_loss": 1.0,
+        "train_acc": 0.5,
+        "test_loss": 1.1,
+        "test_acc": 0.4,
+        "seconds": 0.1,
+        "eval_seconds": 0.01,
+        "time": time.time(),
+    }
 
 
 def test_runs_are_registered_pending_with_config_columns(prepared):
     path, todo = prepared
     assert len(todo) == 8
     with st.reading(path) as con:
-        rows = con.execute("select status, optimizer, optimizer_lr, lr, wd, batch_size, "
-                           "model_hidden from runs order by position").fetchall()
+        rows = con.execute(
+            "select status, optimizer, optimizer_lr, lr, wd, batch_size, "
+            "model_hidden from runs order by position"
+        ).fetchall()
     assert rows[0] == ("pending", "sgd", 0.01, 0.01, 0.0, 16, "[8]")
     assert {r[0] for r in rows} == {"pending"}
 
@@ -48,16 +63,25 @@ def test_runs_are_registered_pending_with_config_columns(prepared):
 def test_applying_a_batch_twice_changes_nothing(prepared):
     path, todo = prepared
     rid = todo[0].run_id
-    batch = [{"type": "started", "run_id": rid, "provenance": {"device": "cpu: test"},
-              "time": time.time()}, epoch_event(rid, 1), epoch_event(rid, 2),
-             {"type": "finished", "run_id": rid, "time": time.time()}]
+    batch = [
+        {
+            "type": "started",
+            "run_id": rid,
+            "provenance": {"device": "cpu: test"},
+            "time": time.time(),
+        },
+        epoch_event(rid, 1),
+        epoch_event(rid, 2),
+        {"type": "finished", "run_id": rid, "time": time.time()},
+    ]
     for _ in range(2):
         with st.writing(path) as con:
             st.apply_events(con, batch)
     with st.reading(path) as con:
         assert con.execute("select count(*) from epochs").fetchone()[0] == 2
         status, device, attempts = con.execute(
-            "select status, device, attempts from run_state where run_id = ?", [rid]).fetchone()
+            "select status, device, attempts from run_state where run_id = ?", [rid]
+        ).fetchone()
     assert (status, device) == ("done", "cpu: test")
 
 
@@ -65,10 +89,18 @@ def test_recovery_ingests_journals_and_marks_unfinished_runs_interrupted(prepare
     path, todo = prepared
     done_id, cut_id = todo[0].run_id, todo[1].run_id
     for rid, events in (
-        (done_id, [{"type": "started", "run_id": done_id}, epoch_event(done_id, 1),
-                   {"type": "finished", "run_id": done_id}]),
-        (cut_id, [{"type": "started", "run_id": cut_id}, epoch_event(cut_id, 1),
-                  epoch_event(cut_id, 2)]),
+        (
+            done_id,
+            [
+                {"type": "started", "run_id": done_id},
+                epoch_event(done_id, 1),
+                {"type": "finished", "run_id": done_id},
+            ],
+        ),
+        (
+            cut_id,
+            [{"type": "started", "run_id": cut_id}, epoch_event(cut_id, 1), epoch_event(cut_id, 2)],
+        ),
     ):
         journal = st.journal_path(path, rid)
         journal.parent.mkdir(parents=True)
@@ -88,13 +120,24 @@ def test_a_worker_killed_mid_run_loses_no_finished_epoch(prepared, tmp_path):
     """kill -9 of a real worker: every epoch it reported is in its journal and the store."""
     path, todo = prepared
     spec = todo[0]
-    config = {**spec.config, "epochs": 400,
-              "dataset": {**spec.config["dataset"], "train_size": 4000}}
-    task = {"run_id": spec.run_id, "seed": 0, "config": config,
-            "journal": str(st.journal_path(path, spec.run_id)),
-            "log": str(st.log_path(path, spec.run_id))}
-    proc = subprocess.Popen([sys.executable, "-m", "optlab.worker"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    config = {
+        **spec.config,
+        "epochs": 400,
+        "dataset": {**spec.config["dataset"], "train_size": 4000},
+    }
+    task = {
+        "run_id": spec.run_id,
+        "seed": 0,
+        "config": config,
+        "journal": str(st.journal_path(path, spec.run_id)),
+        "log": str(st.log_path(path, spec.run_id)),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "optlab.worker"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     proc.stdin.write(encode(task) + "\n")
     proc.stdin.flush()
     reported = 0
@@ -107,10 +150,12 @@ def test_a_worker_killed_mid_run_loses_no_finished_epoch(prepared, tmp_path):
     with st.writing(path) as con:
         st.recover(con, path)
     with st.reading(path) as con:
-        status = con.execute("select status from runs where run_id = ?",
-                             [spec.run_id]).fetchone()[0]
-        epochs = con.execute("select max(epoch) from epochs where run_id = ?",
-                             [spec.run_id]).fetchone()[0]
+        status = con.execute("select status from runs where run_id = ?", [spec.run_id]).fetchone()[
+            0
+        ]
+        epochs = con.execute(
+            "select max(epoch) from epochs where run_id = ?", [spec.run_id]
+        ).fetchone()[0]
     assert status == "interrupted"
     assert epochs >= 3
 
@@ -125,10 +170,20 @@ def test_config_columns_widen_instead_of_failing(tmp_path):
 
 
 def test_config_column_names():
-    cols = st.config_columns({"optimizer": {"name": "sgd", "lr": 0.1},
-                              "model": {"name": "mlp", "hidden": [8, 8]}, "epochs": 3})
-    assert cols == {"optimizer": "sgd", "optimizer_lr": 0.1, "model": "mlp",
-                    "model_hidden": "[8, 8]", "epochs": 3}
+    cols = st.config_columns(
+        {
+            "optimizer": {"name": "sgd", "lr": 0.1},
+            "model": {"name": "mlp", "hidden": [8, 8]},
+            "epochs": 3,
+        }
+    )
+    assert cols == {
+        "optimizer": "sgd",
+        "optimizer_lr": 0.1,
+        "model": "mlp",
+        "model_hidden": "[8, 8]",
+        "epochs": 3,
+    }
 
 
 def write_journal(path, rid, events, mode="a"):
@@ -142,25 +197,42 @@ def test_a_run_interrupted_twice_keeps_both_attempts(prepared):
     path, todo = prepared
     rid = todo[0].run_id
     t = time.time()
-    write_journal(path, rid, [{"type": "started", "run_id": rid, "time": t},
-                              epoch_event(rid, 1), epoch_event(rid, 2),
-                              {"type": "checkpoint", "run_id": rid, "epoch": 2, "path": "c2",
-                               "time": t + 1}], mode="w")
+    write_journal(
+        path,
+        rid,
+        [
+            {"type": "started", "run_id": rid, "time": t},
+            epoch_event(rid, 1),
+            epoch_event(rid, 2),
+            {"type": "checkpoint", "run_id": rid, "epoch": 2, "path": "c2", "time": t + 1},
+        ],
+        mode="w",
+    )
     with st.writing(path) as con:
         assert st.recover(con, path) == [rid]
     # The second attempt resumes from epoch 2 and is cut off before anything reaches the store.
-    write_journal(path, rid, [{"type": "resumed", "run_id": rid, "epoch": 2, "checkpoint": "c2",
-                               "time": t + 2}, {**epoch_event(rid, 3), "time": t + 3},
-                              {**epoch_event(rid, 4), "time": t + 4}])
+    write_journal(
+        path,
+        rid,
+        [
+            {"type": "resumed", "run_id": rid, "epoch": 2, "checkpoint": "c2", "time": t + 2},
+            {**epoch_event(rid, 3), "time": t + 3},
+            {**epoch_event(rid, 4), "time": t + 4},
+        ],
+    )
     with st.writing(path) as con:
         assert st.recover(con, path) == [rid]
         assert st.recover(con, path) == []  # nothing newer: not replayed again
     with st.reading(path) as con:
-        epochs = [e for (e,) in con.execute("select epoch from epochs where run_id = ? "
-                                            "order by epoch", [rid]).fetchall()]
+        epochs = [
+            e
+            for (e,) in con.execute(
+                "select epoch from epochs where run_id = ? order by epoch", [rid]
+            ).fetchall()
+        ]
         status, attempts, resumed = con.execute(
-            "select status, attempts, resumed_from from run_state where run_id = ?",
-            [rid]).fetchone()
+            "select status, attempts, resumed_from from run_state where run_id = ?", [rid]
+        ).fetchone()
     assert epochs == [1, 2, 3, 4]
     assert (status, attempts, resumed) == ("interrupted", 2, 2)
 
@@ -172,12 +244,20 @@ def test_a_foreign_duckdb_file_or_a_newer_store_is_refused_and_left_alone(tmp_pa
     con.close()
     write_study(tmp_path)
     before = foreign.read_bytes()
-    for args in (["status"], ["query", "select 1"], ["export"], ["plot", "heatmap"],
-                 ["run", "tiny.toml"], ["rm", "--study", "tiny", "--yes"]):
+    for args in (
+        ["status"],
+        ["query", "select 1"],
+        ["export"],
+        ["plot", "heatmap"],
+        ["run", "tiny.toml"],
+        ["rm", "--study", "tiny", "--yes"],
+    ):
         result = cli(*args, "--store", str(foreign))
         assert result.exit_code == 1, args
-        assert result.stderr == (f"Error: {foreign}: not an optlab store (a DuckDB database "
-                                 "with tables measurements); give another --store\n"), args
+        assert result.stderr == (
+            f"Error: {foreign}: not an optlab store (a DuckDB database "
+            "with tables measurements); give another --store\n"
+        ), args
     assert foreign.read_bytes() == before
     store = tmp_path / "optlab.duckdb"
     with st.writing(store) as con:
@@ -186,15 +266,18 @@ def test_a_foreign_duckdb_file_or_a_newer_store_is_refused_and_left_alone(tmp_pa
     for args in (["status"], ["run", "tiny.toml"]):
         result = cli(*args)
         assert result.exit_code == 1
-        assert "made by a newer optlab (store schema 99; this optlab knows up to 2)" in \
-            result.stderr
+        assert (
+            "made by a newer optlab (store schema 99; this optlab knows up to 2)" in result.stderr
+        )
 
 
 def test_unusable_store_paths_are_one_line(tmp_path, cli):
     write_study(tmp_path)
-    cases = {"/proc/optlab.duckdb": "cannot create",
-             str(tmp_path / "nope" / "optlab.duckdb"): "does not exist",
-             str(tmp_path): "is a folder"}
+    cases = {
+        "/proc/optlab.duckdb": "cannot create",
+        str(tmp_path / "nope" / "optlab.duckdb"): "does not exist",
+        str(tmp_path): "is a folder",
+    }
     for store, why in cases.items():
         result = cli("run", "tiny.toml", "--store", store)
         assert result.exit_code == 1 and why in result.stderr, (store, result.stderr)

@@ -38,8 +38,10 @@ probes = [{{ name = "distance_from_init" }}, {{ name = "hessian_trace", vectors 
 name = "g"
 grid = {{ "optimizer.lr" = [0.01, 0.02] }}
 """
-COLUMNS = ("run_id, epoch, step, samples, sfo, epoch_lr, epoch_batch_size, train_loss, "
-           "train_acc, test_loss, test_acc, val_loss, val_acc")
+COLUMNS = (
+    "run_id, epoch, step, samples, sfo, epoch_lr, epoch_batch_size, train_loss, "
+    "train_acc, test_loss, test_acc, val_loss, val_acc"
+)
 
 
 def study(folder: Path, width: int = 512) -> Path:
@@ -51,22 +53,26 @@ def results(folder: Path) -> tuple[list, list]:
     con = duckdb.connect(str(folder / "optlab.duckdb"), read_only=True)
     try:
         epochs = con.execute(f"select {COLUMNS} from epochs order by run_id, epoch").fetchall()
-        probes = con.execute("select run_id, epoch, step, probe, key, value from probes "
-                             "order by all").fetchall()
+        probes = con.execute(
+            "select run_id, epoch, step, probe, key, value from probes order by all"
+        ).fetchall()
     finally:
         con.close()
     return epochs, probes
 
 
 def statuses(folder: Path) -> dict[str, str]:
-    proc = optlab("query", "select run_id, status from runs", "--format", "csv", cwd=folder,
-                  check=True)
+    proc = optlab(
+        "query", "select run_id, status from runs", "--format", "csv", cwd=folder, check=True
+    )
     return dict(line.split(",") for line in proc.stdout.splitlines()[1:])
 
 
 def events_in_journals(folder: Path, kind: str) -> int:
-    return sum(j.read_text().count(f'"type":"{kind}"')
-               for j in (folder / "optlab.runs").glob("*/events.jsonl"))
+    return sum(
+        j.read_text().count(f'"type":"{kind}"')
+        for j in (folder / "optlab.runs").glob("*/events.jsonl")
+    )
 
 
 def children(pid: int) -> list[int]:
@@ -76,6 +82,7 @@ def children(pid: int) -> list[int]:
 
 def busy_worker(coordinator: int) -> int:
     """A worker process of the coordinator (not a zombie, not another child)."""
+
     def find() -> int | None:
         for pid in children(coordinator):
             try:
@@ -148,8 +155,9 @@ def test_kill_9_of_the_coordinator_at_random_moments_loses_nothing(tmp_path, ref
     assert "resume from their last checkpoint" in final.stdout
     assert results(tmp_path) == reference
     assert set(statuses(tmp_path).values()) == {"done"}
-    threads = optlab("query", "select distinct threads from runs", "--format", "csv",
-                     cwd=tmp_path).stdout
+    threads = optlab(
+        "query", "select distinct threads from runs", "--format", "csv", cwd=tmp_path
+    ).stdout
     assert threads == "threads\n1\n"
     assert not list((tmp_path / "optlab.checkpoints").glob("*/.*.tmp-*"))
 
@@ -179,8 +187,11 @@ def test_a_worker_that_crashes_leaves_its_traceback_and_its_run_resumes(tmp_path
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1
     assert "died (killed by SIGSEGV) during the run" in err
-    log = next(p for p in (tmp_path / "optlab.runs").glob("*/log.txt")
-               if "Segmentation fault" in p.read_text())
+    log = next(
+        p
+        for p in (tmp_path / "optlab.runs").glob("*/log.txt")
+        if "Segmentation fault" in p.read_text()
+    )
     assert "Fatal Python error: Segmentation fault" in log.read_text()
     status = optlab("status", cwd=tmp_path).stdout
     assert "(--retry-failed resumes from epoch " in status
@@ -227,9 +238,12 @@ def test_any_number_of_ctrl_cs_ends_cleanly_and_resumably(tmp_path, presses, ref
     optlab("run", "long.toml", "--workers", "2", cwd=tmp_path, check=True)
     assert results(tmp_path) == reference
     # an interrupted run counts two attempts, the one it had and the one that finished it
-    attempts = dict(line.split(",") for line in optlab(
-        "query", "select run_id, attempts from runs", "--format", "csv",
-        cwd=tmp_path).stdout.splitlines()[1:])
+    attempts = dict(
+        line.split(",")
+        for line in optlab(
+            "query", "select run_id, attempts from runs", "--format", "csv", cwd=tmp_path
+        ).stdout.splitlines()[1:]
+    )
     assert attempts == {r: "2" if before[r] == "interrupted" else "1" for r in before}
 
 
@@ -237,10 +251,13 @@ def test_a_reader_holding_the_store_delays_writes_but_loses_nothing(tmp_path, re
     study(tmp_path)
     proc = start(["run", "long.toml", "--workers", "2"], tmp_path)
     wait_for(lambda: events_in_journals(tmp_path, "epoch") >= 1, every=0.05)
-    hold = ("import duckdb, time; c = duckdb.connect('optlab.duckdb', read_only=True); "
-            "print('open', flush=True); time.sleep(float(__import__('sys').argv[1]))")
-    reader = subprocess.Popen([sys.executable, "-c", hold, "12"], cwd=tmp_path,
-                              stdout=subprocess.PIPE, text=True)
+    hold = (
+        "import duckdb, time; c = duckdb.connect('optlab.duckdb', read_only=True); "
+        "print('open', flush=True); time.sleep(float(__import__('sys').argv[1]))"
+    )
+    reader = subprocess.Popen(
+        [sys.executable, "-c", hold, "12"], cwd=tmp_path, stdout=subprocess.PIPE, text=True
+    )
     assert reader.stdout.readline() == "open\n"
     out, err = proc.communicate(timeout=180)
     reader.wait()
@@ -260,9 +277,15 @@ def test_a_full_disk_stops_the_study_cleanly_and_it_resumes(tmp_path, reference)
         resource.setrlimit(resource.RLIMIT_FSIZE, (6 << 20, 6 << 20))
 
     env = {**os.environ, "COLUMNS": "200"}
-    proc = subprocess.run([sys.executable, "-m", "optlab", "run", "long.toml"], cwd=big,
-                          env=env, capture_output=True, text=True, timeout=240,
-                          preexec_fn=limit)
+    proc = subprocess.run(
+        [sys.executable, "-m", "optlab", "run", "long.toml"],
+        cwd=big,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        preexec_fn=limit,
+    )
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "disk full" in proc.stdout + proc.stderr
@@ -286,13 +309,15 @@ def test_a_damaged_store_is_one_line_and_rebuild_restores_every_result(tmp_path,
         assert proc.returncode == 1 and proc.stderr.count("\n") == 1, (args, proc.stderr)
         assert "`optlab rebuild --store optlab.duckdb` makes" in proc.stderr
     rebuilt = optlab("rebuild", cwd=tmp_path, check=True)
-    assert rebuilt.stdout.startswith("Rebuilt optlab.duckdb: 1 studies (long), 2 runs (2 done), "
-                                     "16 epoch rows from 2 journals")
+    assert rebuilt.stdout.startswith(
+        "Rebuilt optlab.duckdb: 1 studies (long), 2 runs (2 done), 16 epoch rows from 2 journals"
+    )
     assert results(tmp_path) == reference
     assert list(tmp_path.glob("optlab.duckdb.before-rebuild-*"))
     again = optlab("run", "long.toml", cwd=tmp_path, check=True)
     assert again.stdout.startswith("Nothing to run: all 2 runs of long are finished")
     # weights were kept (save_weights = "final"), and rebuild found them again
-    path = optlab("weights", next(iter(statuses(tmp_path)))[:6], cwd=tmp_path,
-                  check=True).stdout.strip()
+    path = optlab(
+        "weights", next(iter(statuses(tmp_path)))[:6], cwd=tmp_path, check=True
+    ).stdout.strip()
     assert Path(path).is_file() and path.endswith("final.pt")

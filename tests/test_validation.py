@@ -18,76 +18,116 @@ optimizer = { name = "sgd", lr = 0.1 }
 GRID = '\n[[block]]\nname = "g"\ngrid = { %s }\n'
 
 CASES = {
-    "too_many_seeds": ("seeds = 1000000000000\n" + BASE,
-                       "seeds: Input should be less than or equal to 100000 (given "
-                       "1000000000000)"),
-    "unknown_plugin": (BASE.replace('"sgd"', '"sgdd"'),
-                       "base: optimizer.name: unknown optimizer 'sgdd'; did you mean 'sgd'? "
-                       "Registered: adam, adamw, lamb, lars, lion, sam, "
-                       "schedulefree_adamw, sgd"),
-    "unknown_key": (BASE.replace("lr = 0.1", "lrr = 0.1"),
-                    "base: optimizer.lrr: unknown key; sgd takes: lr, momentum, dampening, "
-                    "nesterov, weight_decay, exclude_bias_norm"),
-    "wrong_type": (BASE.replace("lr = 0.1", 'lr = "fast"'),
-                   "base: optimizer.lr: Input should be a valid number, unable to parse string "
-                   "as a number (given 'fast')"),
-    "out_of_range": (BASE.replace("lr = 0.1", "lr = -0.1"),
-                     "base: optimizer.lr: Input should be greater than 0 (given -0.1)"),
-    "momentum_range": (BASE.replace("lr = 0.1", "lr = 0.1, momentum = 1.5"),
-                       "base: optimizer.momentum: Input should be less than 1 (given 1.5)"),
-    "empty_axis": (BASE + GRID % '"optimizer.lr" = []',
-                   "block 'g': grid.optimizer.lr: empty axis; give at least one value"),
-    "axis_not_a_param": (BASE + GRID % '"optimizer.lrr" = [0.1]',
-                         "block 'g': axis optimizer.lrr: no such key; sgd takes: dampening, "
-                         "exclude_bias_norm, lr, momentum, nesterov, weight_decay"),
-    "axis_not_a_key": (BASE + GRID % '"optimiser.lr" = [0.1]',
-                       "block 'g': axis optimiser.lr: no such key 'optimiser'; a run config "
-                       "has: epochs, precision, lr_scaling, lr_reference_batch, checkpoint, "
-                       "save_weights, divergence, local_sgd, dataset, model, optimizer, "
-                       "lr_schedule, batch_schedule, augmentation, probes"),
-    "unknown_top_level_key": (BASE + '\n[[blok]]\nname = "g"\n',
-                              "blok: unknown key; allowed: name, description, seeds, base, "
-                              "block, analysis, plugins"),
-    "syntax": ('[base]\nepochs = 1\ndataset = { name = "synthetic" \n',
-               "TOML syntax error: Unclosed inline table (at line 3, column 32)"),
-    "zero_lr": (BASE.replace("lr = 0.1", "lr = 0"),
-                "base: optimizer.lr: Input should be greater than 0 (given 0)"),
-    "negative_momentum": (BASE.replace("lr = 0.1", "lr = 0.1, momentum = -0.1"),
-                          "base: optimizer.momentum: Input should be greater than or equal to 0 "
-                          "(given -0.1)"),
-    "trust_coefficient": (BASE.replace('"sgd", lr = 0.1', '"lars", trust_coefficient = 0'),
-                          "base: optimizer.trust_coefficient: Input should be greater than 0 "
-                          "(given 0)"),
-    "precision": (BASE.replace("epochs = 1", 'epochs = 1\nprecision = "fp8"'),
-                  "base: precision: Input should be 'fp32', 'bf16' or 'amp' (given 'fp8')"),
-    "zero_epochs": (BASE.replace("epochs = 1", "epochs = 0"),
-                    "base: epochs: Input should be greater than or equal to 1 (given 0)"),
-    "probe_beyond_epochs": (BASE + 'probes = [{ name = "grad_norm", epochs = [1, 3] }]\n',
-                            "base: probes[0] (grad_norm): epoch 3 is beyond the run's 1 epochs "
-                            "(allowed: 0 to 1)"),
-    "probe_every_beyond": (BASE.replace("epochs = 1", "epochs = 4")
-                           + 'probes = [{ name = "weight_norm", every = 5 }]\n',
-                           "base: probes[0] (weight_norm): every = 5 is beyond the run's 4 "
-                           "epochs, so the probe would never run"),
-    "probe_unknown": (BASE + 'probes = [{ name = "hessian" }]\n',
-                      "base: probes[0].name: unknown probe 'hessian'; did you mean "
-                      "'hessian_trace'? Registered: distance_from_init, effective_lr, "
-                      "full_grad_norm, grad_noise_scale, grad_norm, hessian_trace, "
-                      "top_eigenvalue, trust_ratio, weight_norm"),
-    "probe_key": (BASE + 'probes = [{ name = "hessian_trace", vector = 3 }]\n',
-                  "base: probes[0].vector: unknown key; hessian_trace takes: epochs, every, "
-                  "first_steps, batch, mode, augment, vectors"),
-    "probe_two_schedules": (BASE + 'probes = [{ name = "grad_norm", every = 1, '
-                                   'first_steps = 5 }]\n',
-                            "base: probes[0]: Value error, give one of epochs, every, "
-                            "first_steps (given every, first_steps) (given {'every': 1, "
-                            "'first_steps': 5})"),
-    "trust_ratio_needs_lars": (BASE + 'probes = [{ name = "trust_ratio" }]\n',
-                               "base: probes[0] (trust_ratio): trust_ratio needs a layer-wise "
-                               "optimizer (lars, lamb); this run uses sgd"),
-    "probes_not_a_list": (BASE + 'probes = { name = "grad_norm" }\n',
-                          "base: probes: needs a list of probe tables, such as "
-                          "[{ name = \"grad_norm\", every = 1 }] (given {'name': 'grad_norm'})"),
+    "too_many_seeds": (
+        "seeds = 1000000000000\n" + BASE,
+        "seeds: Input should be less than or equal to 100000 (given 1000000000000)",
+    ),
+    "unknown_plugin": (
+        BASE.replace('"sgd"', '"sgdd"'),
+        "base: optimizer.name: unknown optimizer 'sgdd'; did you mean 'sgd'? "
+        "Registered: adam, adamw, lamb, lars, lion, sam, "
+        "schedulefree_adamw, sgd",
+    ),
+    "unknown_key": (
+        BASE.replace("lr = 0.1", "lrr = 0.1"),
+        "base: optimizer.lrr: unknown key; sgd takes: lr, momentum, dampening, "
+        "nesterov, weight_decay, exclude_bias_norm",
+    ),
+    "wrong_type": (
+        BASE.replace("lr = 0.1", 'lr = "fast"'),
+        "base: optimizer.lr: Input should be a valid number, unable to parse string "
+        "as a number (given 'fast')",
+    ),
+    "out_of_range": (
+        BASE.replace("lr = 0.1", "lr = -0.1"),
+        "base: optimizer.lr: Input should be greater than 0 (given -0.1)",
+    ),
+    "momentum_range": (
+        BASE.replace("lr = 0.1", "lr = 0.1, momentum = 1.5"),
+        "base: optimizer.momentum: Input should be less than 1 (given 1.5)",
+    ),
+    "empty_axis": (
+        BASE + GRID % '"optimizer.lr" = []',
+        "block 'g': grid.optimizer.lr: empty axis; give at least one value",
+    ),
+    "axis_not_a_param": (
+        BASE + GRID % '"optimizer.lrr" = [0.1]',
+        "block 'g': axis optimizer.lrr: no such key; sgd takes: dampening, "
+        "exclude_bias_norm, lr, momentum, nesterov, weight_decay",
+    ),
+    "axis_not_a_key": (
+        BASE + GRID % '"optimiser.lr" = [0.1]',
+        "block 'g': axis optimiser.lr: no such key 'optimiser'; a run config "
+        "has: epochs, precision, lr_scaling, lr_reference_batch, checkpoint, "
+        "save_weights, divergence, local_sgd, dataset, model, optimizer, "
+        "lr_schedule, batch_schedule, augmentation, probes",
+    ),
+    "unknown_top_level_key": (
+        BASE + '\n[[blok]]\nname = "g"\n',
+        "blok: unknown key; allowed: name, description, seeds, base, block, analysis, plugins",
+    ),
+    "syntax": (
+        '[base]\nepochs = 1\ndataset = { name = "synthetic" \n',
+        "TOML syntax error: Unclosed inline table (at line 3, column 32)",
+    ),
+    "zero_lr": (
+        BASE.replace("lr = 0.1", "lr = 0"),
+        "base: optimizer.lr: Input should be greater than 0 (given 0)",
+    ),
+    "negative_momentum": (
+        BASE.replace("lr = 0.1", "lr = 0.1, momentum = -0.1"),
+        "base: optimizer.momentum: Input should be greater than or equal to 0 (given -0.1)",
+    ),
+    "trust_coefficient": (
+        BASE.replace('"sgd", lr = 0.1', '"lars", trust_coefficient = 0'),
+        "base: optimizer.trust_coefficient: Input should be greater than 0 (given 0)",
+    ),
+    "precision": (
+        BASE.replace("epochs = 1", 'epochs = 1\nprecision = "fp8"'),
+        "base: precision: Input should be 'fp32', 'bf16' or 'amp' (given 'fp8')",
+    ),
+    "zero_epochs": (
+        BASE.replace("epochs = 1", "epochs = 0"),
+        "base: epochs: Input should be greater than or equal to 1 (given 0)",
+    ),
+    "probe_beyond_epochs": (
+        BASE + 'probes = [{ name = "grad_norm", epochs = [1, 3] }]\n',
+        "base: probes[0] (grad_norm): epoch 3 is beyond the run's 1 epochs (allowed: 0 to 1)",
+    ),
+    "probe_every_beyond": (
+        BASE.replace("epochs = 1", "epochs = 4")
+        + 'probes = [{ name = "weight_norm", every = 5 }]\n',
+        "base: probes[0] (weight_norm): every = 5 is beyond the run's 4 "
+        "epochs, so the probe would never run",
+    ),
+    "probe_unknown": (
+        BASE + 'probes = [{ name = "hessian" }]\n',
+        "base: probes[0].name: unknown probe 'hessian'; did you mean "
+        "'hessian_trace'? Registered: distance_from_init, effective_lr, "
+        "full_grad_norm, grad_noise_scale, grad_norm, hessian_trace, "
+        "top_eigenvalue, trust_ratio, weight_norm",
+    ),
+    "probe_key": (
+        BASE + 'probes = [{ name = "hessian_trace", vector = 3 }]\n',
+        "base: probes[0].vector: unknown key; hessian_trace takes: epochs, every, "
+        "first_steps, batch, mode, augment, vectors",
+    ),
+    "probe_two_schedules": (
+        BASE + 'probes = [{ name = "grad_norm", every = 1, first_steps = 5 }]\n',
+        "base: probes[0]: Value error, give one of epochs, every, "
+        "first_steps (given every, first_steps) (given {'every': 1, "
+        "'first_steps': 5})",
+    ),
+    "trust_ratio_needs_lars": (
+        BASE + 'probes = [{ name = "trust_ratio" }]\n',
+        "base: probes[0] (trust_ratio): trust_ratio needs a layer-wise "
+        "optimizer (lars, lamb); this run uses sgd",
+    ),
+    "probes_not_a_list": (
+        BASE + 'probes = { name = "grad_norm" }\n',
+        "base: probes: needs a list of probe tables, such as "
+        "[{ name = \"grad_norm\", every = 1 }] (given {'name': 'grad_norm'})",
+    ),
 }
 
 
@@ -109,23 +149,30 @@ def test_missing_study_file(cli):
 def test_bad_set_value_is_reported_at_its_key(cli, tmp_path):
     (tmp_path / "s.toml").write_text(BASE)
     result = cli("show", "s.toml", "--set", "optimizer.lr=0")
-    assert result.stderr == ("Error: s.toml: base: optimizer.lr: Input should be greater than 0 "
-                             "(given 0)\n")
+    assert result.stderr == (
+        "Error: s.toml: base: optimizer.lr: Input should be greater than 0 (given 0)\n"
+    )
     result = cli("show", "s.toml", "--set", "nonsense")
-    assert result.stderr == ("Error: --set 'nonsense': expected KEY=VALUE, such as "
-                             "optimizer.lr=0.1\n")
+    assert result.stderr == (
+        "Error: --set 'nonsense': expected KEY=VALUE, such as optimizer.lr=0.1\n"
+    )
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--gpus", "3-1"], "--gpus '3-1': range 3-1 runs backwards; write 1-3"),
-    (["--gpus", "x"], "--gpus 'x': 'x' is not a GPU index or range; use forms like 0-7, "
-                      "0,2,5, 0-3,6, all or none"),
-    (["--gpus", "0"], "--gpus '0': GPU 0 is not present (GPUs here: none)"),
-    (["--per-gpu", "0"], "--per-gpu 0: needs at least 1 worker per GPU"),
-    (["--workers", "0"], "--workers 0: needs at least 1 worker"),
-])
-def test_executor_usage_errors_exit_2_and_write_no_store(cli, tmp_path, monkeypatch, args,
-                                                         message):
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--gpus", "3-1"], "--gpus '3-1': range 3-1 runs backwards; write 1-3"),
+        (
+            ["--gpus", "x"],
+            "--gpus 'x': 'x' is not a GPU index or range; use forms like 0-7, "
+            "0,2,5, 0-3,6, all or none",
+        ),
+        (["--gpus", "0"], "--gpus '0': GPU 0 is not present (GPUs here: none)"),
+        (["--per-gpu", "0"], "--per-gpu 0: needs at least 1 worker per GPU"),
+        (["--workers", "0"], "--workers 0: needs at least 1 worker"),
+    ],
+)
+def test_executor_usage_errors_exit_2_and_write_no_store(cli, tmp_path, monkeypatch, args, message):
     monkeypatch.setenv("OPTLAB_GPU_COUNT", "0")
     (tmp_path / "s.toml").write_text(BASE)
     result = cli("run", "s.toml", *args)
@@ -160,14 +207,17 @@ def test_debug_shows_the_traceback(cli, tmp_path):
     assert "Traceback" in result.stderr and result.exit_code == 1
 
 
-@pytest.mark.parametrize("spec,available,expected", [
-    ("0-7", 8, ["0", "1", "2", "3", "4", "5", "6", "7"]),
-    ("0,2,5", 8, ["0", "2", "5"]),
-    ("0-3,6", 8, ["0", "1", "2", "3", "6"]),
-    ("all", 2, ["0", "1"]),
-    ("none", 2, []),
-    (" 1 - 2 ", 4, ["1", "2"]),
-])
+@pytest.mark.parametrize(
+    "spec,available,expected",
+    [
+        ("0-7", 8, ["0", "1", "2", "3", "4", "5", "6", "7"]),
+        ("0,2,5", 8, ["0", "2", "5"]),
+        ("0-3,6", 8, ["0", "1", "2", "3", "6"]),
+        ("all", 2, ["0", "1"]),
+        ("none", 2, []),
+        (" 1 - 2 ", 4, ["1", "2"]),
+    ],
+)
 def test_gpu_specs(spec, available, expected):
     assert parse_gpus(spec, [str(i) for i in range(available)]) == expected
 

@@ -14,8 +14,16 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-_CONTRACT = ("Plugin", "Params", "NoParams", "ProbeParams", "ProbeContext", "TensorData",
-             "check_schedule", "Executor")
+_CONTRACT = (
+    "Plugin",
+    "Params",
+    "NoParams",
+    "ProbeParams",
+    "ProbeContext",
+    "TensorData",
+    "check_schedule",
+    "Executor",
+)
 
 
 _API = ("load_study", "study_runs", "open_store", "Store")

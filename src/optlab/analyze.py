@@ -64,12 +64,20 @@ class Result:
     left_out: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return clean({"analysis": self.analysis, "study": self.study, "metric": self.metric,
-                       "findings": self.findings, "tables": self.tables,
-                       "left_out": self.left_out})
+        return clean(
+            {
+                "analysis": self.analysis,
+                "study": self.study,
+                "metric": self.metric,
+                "findings": self.findings,
+                "tables": self.tables,
+                "left_out": self.left_out,
+            }
+        )
 
 
 # ---- loading ------------------------------------------------------------------------------
+
 
 def _flat_config(text: str) -> dict[str, Any]:
     flat = {}
@@ -87,12 +95,23 @@ def load(con: Any, study: str, metric: str) -> list[Run]:
                    any_value(r.block) as block
             from runs r left join epochs e using (run_id)
             where r.study = ? group by r.run_id, r.seed, r.status
-            order by position, r.run_id""", [study]).fetchall()
-    return in_study_order([
-        Run(run_id, seed, status, _flat_config(config),
-            None if value is None or not math.isfinite(value) else float(value), position,
-            block)
-        for run_id, seed, status, config, value, position, block in rows])
+            order by position, r.run_id""",
+        [study],
+    ).fetchall()
+    return in_study_order(
+        [
+            Run(
+                run_id,
+                seed,
+                status,
+                _flat_config(config),
+                None if value is None or not math.isfinite(value) else float(value),
+                position,
+                block,
+            )
+            for run_id, seed, status, config, value, position, block in rows
+        ]
+    )
 
 
 def in_study_order(runs: list[Run]) -> list[Run]:
@@ -124,8 +143,9 @@ def usable(runs: list[Run], result: Result) -> list[Run]:
 
 def leave_out(result: Result, reason: str, runs: list[Run]) -> None:
     if runs:
-        result.left_out.append({"reason": reason, "runs": len(runs),
-                                "run_ids": sorted(r.run_id for r in runs)})
+        result.left_out.append(
+            {"reason": reason, "runs": len(runs), "run_ids": sorted(r.run_id for r in runs)}
+        )
 
 
 def require_axes(analysis: str, study: str, axes: list[str], needed: list[str]) -> None:
@@ -134,10 +154,12 @@ def require_axes(analysis: str, study: str, axes: list[str], needed: list[str]) 
         raise OptlabError(
             f"analyze {analysis}: needs the study to vary {' and '.join(needed)}; study "
             f"{study!r} does not vary {', '.join(missing)} (it varies "
-            f"{', '.join(axes) or 'nothing'})")
+            f"{', '.join(axes) or 'nothing'})"
+        )
 
 
 # ---- groups -------------------------------------------------------------------------------
+
 
 def groups(runs: list[Run], across: list[str]) -> dict[str, list[Run]]:
     """Runs grouped by everything in their config but the seed and ``across``; each group is
@@ -167,7 +189,8 @@ def _tells_apart(configs: list[dict[str, Any]], path: str) -> bool:
         plugin = str(c.get(slot)) if dot else ""
         by_plugin.setdefault(plugin, set()).add(json.dumps(c.get(path), default=str))
     return any(len(v) > 1 for v in by_plugin.values()) or (
-        not dot and len({json.dumps(c.get(path), default=str) for c in configs}) > 1)
+        not dot and len({json.dumps(c.get(path), default=str) for c in configs}) > 1
+    )
 
 
 def _fmt(value: Any) -> str:
@@ -204,8 +227,9 @@ def _resamples(n_seeds: int, rng: np.random.Generator) -> np.ndarray:
     return rng.integers(0, n_seeds, size=(RESAMPLES, n_seeds))
 
 
-def _best_per_resample(m: np.ndarray, higher: bool, rng: np.random.Generator,
-                       idx: np.ndarray | None = None) -> np.ndarray:
+def _best_per_resample(
+    m: np.ndarray, higher: bool, rng: np.random.Generator, idx: np.ndarray | None = None
+) -> np.ndarray:
     """Index of the best column of the seed-mean, for each bootstrap resample of the seeds
     (rows of ``m``); all resamples at once."""
     idx = _resamples(m.shape[0], rng) if idx is None else idx
@@ -214,16 +238,17 @@ def _best_per_resample(m: np.ndarray, higher: bool, rng: np.random.Generator,
     return np.argmax(filled, axis=1) if higher else np.argmin(filled, axis=1)
 
 
-
-
-def optimum(runs: list[Run], param: str, higher: bool, rng: np.random.Generator
-            ) -> dict[str, Any]:
+def optimum(runs: list[Run], param: str, higher: bool, rng: np.random.Generator) -> dict[str, Any]:
     """The value of ``param`` with the best mean metric over seeds, and a 95% percentile
     bootstrap interval from resampling seeds (each resample's own optimum)."""
     values, seeds, m = _matrix(runs, param)
     best = _argbest(_nanmean(m), higher)
-    row: dict[str, Any] = {"optimum": values[best], "metric_mean": float(_nanmean(m)[best]),
-                           "seeds": len(seeds), "values_tried": len(values)}
+    row: dict[str, Any] = {
+        "optimum": values[best],
+        "metric_mean": float(_nanmean(m)[best]),
+        "seeds": len(seeds),
+        "values_tried": len(values),
+    }
     if len(seeds) > 1 and all(isinstance(v, int | float) for v in values):
         picks = np.asarray(values)[_best_per_resample(m, higher, rng)]
         lo, hi = np.percentile(picks, [2.5, 97.5], method="inverted_cdf")
@@ -236,9 +261,16 @@ def optimum(runs: list[Run], param: str, higher: bool, rng: np.random.Generator
 
 # ---- analyses -----------------------------------------------------------------------------
 
-def run_analysis(store: Path, name: str, study: str | None, metric: str,
-                 param: str | None = None, epsilon: float | None = None,
-                 seed: int = 0) -> Result:
+
+def run_analysis(
+    store: Path,
+    name: str,
+    study: str | None,
+    metric: str,
+    param: str | None = None,
+    epsilon: float | None = None,
+    seed: int = 0,
+) -> Result:
     if name not in ANALYSES:
         raise OptlabError(f"analysis {name!r}: not an analysis; use one of {', '.join(ANALYSES)}")
     parse_metric(metric)
@@ -255,8 +287,13 @@ def run_analysis(store: Path, name: str, study: str | None, metric: str,
     if not runs:
         raise OptlabError(f"study {study!r} has no runs in {store}")
     runs = in_study_order(runs)
-    handler = {"optimal": _optimal, "lr-wd": _lr_wd, "scaling": _scaling, "warmup": _warmup,
-               "ranking": _ranking}[name]
+    handler = {
+        "optimal": _optimal,
+        "lr-wd": _lr_wd,
+        "scaling": _scaling,
+        "warmup": _warmup,
+        "ranking": _ranking,
+    }[name]
     with warnings.catch_warnings():
         # scipy warns on identical samples (a zero-variance cell); the p-value says enough.
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -268,19 +305,20 @@ def _optimal(result: Result, runs: list[Run], axes: list[str], rng, param: str |
     numeric = [a for a in axes if a != "optimizer" and not a.endswith(".name")]
     param = param or (LR if LR in axes else (numeric[0] if numeric else None))
     if param is None or param not in axes:
-        raise OptlabError(f"--param {param}: the study does not vary it; it varies "
-                          f"{', '.join(axes) or 'nothing'}")
+        raise OptlabError(
+            f"--param {param}: the study does not vary it; it varies {', '.join(axes) or 'nothing'}"
+        )
     higher = higher_is_better(result.metric)
     rows = []
     for label, members in groups(usable(runs, result), [param]).items():
-        rows.append({"group": label, "param": param,
-                     **optimum(members, param, higher, rng)})
+        rows.append({"group": label, "param": param, **optimum(members, param, higher, rng)})
     result.tables["optimal"] = rows
     result.findings["param"] = param
 
 
-def _slope_analysis(result: Result, runs: list[Run], rng, x_param: str, expected: dict[str, float]
-                    ) -> None:
+def _slope_analysis(
+    result: Result, runs: list[Run], rng, x_param: str, expected: dict[str, float]
+) -> None:
     """Per group: the optimal LR at each value of ``x_param``; fit log LR = a + b log x."""
     from scipy import stats
 
@@ -299,36 +337,53 @@ def _slope_analysis(result: Result, runs: list[Run], rng, x_param: str, expected
         for x in xs:
             opt = optimum(by_x[x], LR, higher, rng)
             opts.append(opt["optimum"])
-            points.append({"group": label, x_param: x, "optimal_lr": opt["optimum"],
-                           "ci_low": opt["ci_low"], "ci_high": opt["ci_high"],
-                           "at_edge": opt["at_edge"], "seeds": opt["seeds"]})
+            points.append(
+                {
+                    "group": label,
+                    x_param: x,
+                    "optimal_lr": opt["optimum"],
+                    "ci_low": opt["ci_low"],
+                    "ci_high": opt["ci_high"],
+                    "at_edge": opt["at_edge"],
+                    "seeds": opt["seeds"],
+                }
+            )
         fit: dict[str, Any] = {"group": label, "points": len(xs)}
         if len(xs) >= 2:
             lx, ly = np.log(xs), np.log(opts)
             if len(xs) >= 3 and np.ptp(ly) > 0:
                 reg = stats.linregress(lx, ly)
                 t = stats.t.ppf(0.975, len(xs) - 2)
-                fit.update(slope=reg.slope, intercept=reg.intercept, r=reg.rvalue,
-                           p_slope_zero=reg.pvalue, ci_low=reg.slope - t * reg.stderr,
-                           ci_high=reg.slope + t * reg.stderr)
+                fit.update(
+                    slope=reg.slope,
+                    intercept=reg.intercept,
+                    r=reg.rvalue,
+                    p_slope_zero=reg.pvalue,
+                    ci_low=reg.slope - t * reg.stderr,
+                    ci_high=reg.slope + t * reg.stderr,
+                )
             else:  # two points, or the same optimum everywhere (slope exactly 0)
                 slope = float(np.polyfit(lx, ly, 1)[0]) if np.ptp(ly) > 0 else 0.0
                 fit.update(slope=slope, ci_low=None, ci_high=None)
             fit.update(_bootstrap_slope(members, x_param, xs, higher, rng))
             for name, value in expected.items():
-                lo = fit.get("ci_low") if fit.get("ci_low") is not None else fit.get(
-                    "boot_ci_low")
-                hi = fit.get("ci_high") if fit.get("ci_high") is not None else fit.get(
-                    "boot_ci_high")
-                fit[f"consistent_with_{name}"] = (None if lo is None or hi is None
-                                                  else bool(lo - 1e-9 <= value <= hi + 1e-9))
+                lo = fit.get("ci_low") if fit.get("ci_low") is not None else fit.get("boot_ci_low")
+                hi = (
+                    fit.get("ci_high")
+                    if fit.get("ci_high") is not None
+                    else fit.get("boot_ci_high")
+                )
+                fit[f"consistent_with_{name}"] = (
+                    None if lo is None or hi is None else bool(lo - 1e-9 <= value <= hi + 1e-9)
+                )
         fits.append(fit)
     result.tables["optima"] = points
     result.tables["fit"] = fits
 
 
-def _bootstrap_slope(members: list[Run], x_param: str, xs: list[Any], higher: bool, rng
-                     ) -> dict[str, Any]:
+def _bootstrap_slope(
+    members: list[Run], x_param: str, xs: list[Any], higher: bool, rng
+) -> dict[str, Any]:
     """Slope of log optimal LR vs log x over seed resamples: a 95% percentile interval."""
     seeds = sorted({r.seed for r in members})
     if len(seeds) < 2:
@@ -342,8 +397,11 @@ def _bootstrap_slope(members: list[Run], x_param: str, xs: list[Any], higher: bo
             full[seeds.index(s)] = m[i]
         mats.append((values, full))
     idx = _resamples(len(seeds), rng)  # the same seed resamples for every x
-    ly = np.log(np.stack([np.asarray(vals)[_best_per_resample(m, higher, rng, idx)]
-                          for vals, m in mats], axis=1))  # (resamples, xs)
+    ly = np.log(
+        np.stack(
+            [np.asarray(vals)[_best_per_resample(m, higher, rng, idx)] for vals, m in mats], axis=1
+        )
+    )  # (resamples, xs)
     lx = np.log(np.asarray(xs, dtype=float))
     centred = lx - lx.mean()
     slopes = (ly - ly.mean(axis=1, keepdims=True)) @ centred / (centred @ centred)
@@ -355,15 +413,19 @@ def _bootstrap_slope(members: list[Run], x_param: str, xs: list[Any], higher: bo
 def _lr_wd(result: Result, runs: list[Run], axes: list[str], rng, _param: Any) -> None:
     require_axes("lr-wd", result.study, axes, [LR, WD])
     _slope_analysis(result, runs, rng, WD, {"inverse": -1.0})
-    result.findings["question"] = ("slope of log optimal LR against log WD; -1 means the "
-                                   "optimal LR is inversely proportional to WD")
+    result.findings["question"] = (
+        "slope of log optimal LR against log WD; -1 means the "
+        "optimal LR is inversely proportional to WD"
+    )
 
 
 def _scaling(result: Result, runs: list[Run], axes: list[str], rng, _param: Any) -> None:
     require_axes("scaling", result.study, axes, [LR, BATCH])
     _slope_analysis(result, runs, rng, BATCH, {"linear_rule": 1.0, "sqrt_rule": 0.5})
-    result.findings["question"] = ("slope of log optimal LR against log batch size; 1 is the "
-                                   "linear scaling rule, 0.5 the square-root rule")
+    result.findings["question"] = (
+        "slope of log optimal LR against log batch size; 1 is the "
+        "linear scaling rule, 0.5 the square-root rule"
+    )
 
 
 def _warmup(result: Result, runs: list[Run], axes: list[str], rng, opts: Any) -> None:
@@ -378,19 +440,30 @@ def _ranking(result: Result, runs: list[Run], axes: list[str], rng, _param: Any)
     kept = usable(runs, result)
     names = sorted({str(r.get("optimizer")) for r in kept})
     if len({str(r.get("optimizer")) for r in runs}) < 2:
-        raise OptlabError(f"analyze ranking: needs the study to use two or more optimizers; "
-                          f"study {result.study!r} uses {', '.join(names) or 'none'}")
+        raise OptlabError(
+            f"analyze ranking: needs the study to use two or more optimizers; "
+            f"study {result.study!r} uses {', '.join(names) or 'none'}"
+        )
     higher = higher_is_better(result.metric)
     best: list[dict[str, Any]] = []
     for name in names:
         cells = groups([r for r in kept if str(r.get("optimizer")) == name], [])
-        scored = [(float(np.mean([r.value for r in members])), label, members)
-                  for label, members in cells.items()]
+        scored = [
+            (float(np.mean([r.value for r in members])), label, members)
+            for label, members in cells.items()
+        ]
         mean, label, members = (max if higher else min)(scored, key=lambda x: x[0])
         values = [r.value for r in members]
-        best.append({"optimizer": name, "best_cell": label, "mean": mean,
-                     "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
-                     "seeds": len(values), "_values": values})
+        best.append(
+            {
+                "optimizer": name,
+                "best_cell": label,
+                "mean": mean,
+                "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+                "seeds": len(values),
+                "_values": values,
+            }
+        )
     best.sort(key=lambda row: row["mean"], reverse=higher)
     raw = []
     for i, row in enumerate(best):
@@ -412,30 +485,39 @@ def _ranking(result: Result, runs: list[Run], axes: list[str], rng, _param: Any)
     for row in best:
         row.pop("_values")
         row.setdefault("q_vs_next_better", None)
-        row["significant"] = (None if row["q_vs_next_better"] is None
-                              else bool(row["q_vs_next_better"] < ALPHA))
+        row["significant"] = (
+            None if row["q_vs_next_better"] is None else bool(row["q_vs_next_better"] < ALPHA)
+        )
     result.tables["ranking"] = best
-    result.findings["test"] = ("Welch t-test between each optimizer's best cell and the next "
-                               "better one over seeds, Benjamini-Hochberg adjusted (q)")
+    result.findings["test"] = (
+        "Welch t-test between each optimizer's best cell and the next "
+        "better one over seeds, Benjamini-Hochberg adjusted (q)"
+    )
 
 
 def _sfo(con: Any, result: Result, axes: list[str], epsilon: float | None) -> Result:
     if epsilon is None or not epsilon > 0:
-        raise OptlabError("analyze sfo: give --epsilon, the full gradient norm to reach "
-                          "(a positive number)")
+        raise OptlabError(
+            "analyze sfo: give --epsilon, the full gradient norm to reach (a positive number)"
+        )
     probed = con.execute(
         "select count(*) from probes p join memberships m using (run_id) where m.study = ? "
-        "and p.probe = 'full_grad_norm'", [result.study]).fetchone()[0]
+        "and p.probe = 'full_grad_norm'",
+        [result.study],
+    ).fetchone()[0]
     if not probed:
         raise OptlabError(
             f"analyze sfo: study {result.study!r} has no full_grad_norm probe values; add "
-            "probes = [{ name = \"full_grad_norm\", every = 1 }] to its base")
+            'probes = [{ name = "full_grad_norm", every = 1 }] to its base'
+        )
     rows = con.execute(
         "select g.run_id, g.seed, g.status, g.sfo, g.epoch, g.min_grad_norm, r.config "
         "from reach_grad_norm(?) g join runs r using (study, run_id) where g.study = ?",
-        [epsilon, result.study]).fetchall()
-    runs = [Run(rid, seed, status, _flat_config(cfg), sfo)
-            for rid, seed, status, sfo, _, _, cfg in rows]
+        [epsilon, result.study],
+    ).fetchall()
+    runs = [
+        Run(rid, seed, status, _flat_config(cfg), sfo) for rid, seed, status, sfo, _, _, cfg in rows
+    ]
     minimum = {rid: mn for rid, _, _, _, _, mn, _ in rows}
     done = [r for r in runs if r.status == "done"]
     for status in sorted({r.status for r in runs} - {"done"}):
@@ -445,18 +527,36 @@ def _sfo(con: Any, result: Result, axes: list[str], epsilon: float | None) -> Re
     table = []
     for label, members in groups(done, []).items():
         reached = [r.value for r in members if r.value is not None]
-        row = {"schedule": label, "runs": len(members), "reached": len(reached),
-               "sfo_mean": float(np.mean(reached)) if reached else None,
-               "sfo_std": float(np.std(reached, ddof=1)) if len(reached) > 1 else None,
-               "sfo_ci95": (float(stats.t.ppf(0.975, len(reached) - 1) * np.std(
-                   reached, ddof=1) / math.sqrt(len(reached))) if len(reached) > 1 else None),
-               "lowest_grad_norm": min((minimum[r.run_id] for r in members
-                                        if minimum[r.run_id] is not None), default=None)}
+        row = {
+            "schedule": label,
+            "runs": len(members),
+            "reached": len(reached),
+            "sfo_mean": float(np.mean(reached)) if reached else None,
+            "sfo_std": float(np.std(reached, ddof=1)) if len(reached) > 1 else None,
+            "sfo_ci95": (
+                float(
+                    stats.t.ppf(0.975, len(reached) - 1)
+                    * np.std(reached, ddof=1)
+                    / math.sqrt(len(reached))
+                )
+                if len(reached) > 1
+                else None
+            ),
+            "lowest_grad_norm": min(
+                (minimum[r.run_id] for r in members if minimum[r.run_id] is not None), default=None
+            ),
+        }
         table.append(row)
-        leave_out(result, f"never reached epsilon = {epsilon:g} ({label})",
-                  [r for r in members if r.value is None])
+        leave_out(
+            result,
+            f"never reached epsilon = {epsilon:g} ({label})",
+            [r for r in members if r.value is None],
+        )
     table.sort(key=lambda row: (row["sfo_mean"] is None, row["sfo_mean"] or 0))
     result.tables["sfo"] = table
-    result.findings.update(epsilon=epsilon, question="samples (SFO) to reach a full gradient "
-                           "norm at most epsilon, mean over the seeds that reached it")
+    result.findings.update(
+        epsilon=epsilon,
+        question="samples (SFO) to reach a full gradient "
+        "norm at most epsilon, mean over the seeds that reached it",
+    )
     return result

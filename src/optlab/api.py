@@ -29,8 +29,7 @@ from optlab.study import load_study as _load_study
 PLOTS = ("heatmap", "curves", "sensitivity", "scaling", "sfo", "gradnorm", "probes")
 
 
-def load_study(path: str | Path | None = None, sets: list[str] | tuple[str, ...] = ()
-               ) -> Study:
+def load_study(path: str | Path | None = None, sets: list[str] | tuple[str, ...] = ()) -> Study:
     """A study file, read and checked as ``optlab show`` does (``sets``: ``KEY=VALUE`` as
     with ``--set``); :func:`study_runs` expands it."""
     return _load_study(path, list(sets))
@@ -82,8 +81,7 @@ class Store:
         return mem.table("result")
 
     def studies(self) -> list[str]:
-        return [name for (name,) in self.sql("select study from studies order by study")
-                .fetchall()]
+        return [name for (name,) in self.sql("select study from studies order by study").fetchall()]
 
     def runs(self, study: str | None = None) -> Any:
         """One row per run (config columns, status, summary): the ``runs`` view."""
@@ -95,12 +93,20 @@ class Store:
         return self.sql("select * from epochs where run_id = ? order by epoch", run_id)
 
     def probes(self, run_id: str) -> Any:
-        return self.sql("select * from probes where run_id = ? order by epoch, step, probe, "
-                        "key", run_id)
+        return self.sql(
+            "select * from probes where run_id = ? order by epoch, step, probe, key", run_id
+        )
 
-    def plot(self, kind: str, out: str | Path | None = None, study: str | None = None,
-             where: str | None = None, blocks: tuple[str, ...] = (),
-             facet: tuple[str, ...] | None = None, **options: Any) -> Any:
+    def plot(
+        self,
+        kind: str,
+        out: str | Path | None = None,
+        study: str | None = None,
+        where: str | None = None,
+        blocks: tuple[str, ...] = (),
+        facet: tuple[str, ...] | None = None,
+        **options: Any,
+    ) -> Any:
         """The chart ``optlab plot KIND`` draws (same options, by their long names less the
         dashes: ``metric``, ``x``, ``y``, ``color``, ``epsilon``, ``probe``, ``key``), as a
         :class:`optlab.figures.Figure`; its ``.chart`` is the Altair chart, which a notebook
@@ -114,9 +120,12 @@ class Store:
         sel = figures.Selection(where, tuple(blocks), facet)
         if "metric" in options and kind in ("heatmap", "sensitivity", "scaling"):
             parse_metric(options["metric"])
-        defaults = {"heatmap": {"x": None, "y": None, "metric": "best_test_acc"},
-                    "sfo": {"epsilon": None}, "gradnorm": {"epsilon": None},
-                    "probes": {"probe": None}}.get(kind, {})
+        defaults = {
+            "heatmap": {"x": None, "y": None, "metric": "best_test_acc"},
+            "sfo": {"epsilon": None},
+            "gradnorm": {"epsilon": None},
+            "probes": {"probe": None},
+        }.get(kind, {})
         if out is not None:
             figures.check_out(Path(out))
         with open_study(self.path, study) as (con, name, axes):
@@ -128,8 +137,9 @@ class Store:
             figures.save(figure, Path(out))
         return figure
 
-    def analyze(self, name: str, study: str | None = None, metric: str = "best_test_acc",
-                **options: Any) -> Any:
+    def analyze(
+        self, name: str, study: str | None = None, metric: str = "best_test_acc", **options: Any
+    ) -> Any:
         """What ``optlab analyze NAME`` computes (``param``, ``epsilon``, ``seed``), as a
         result object with ``.to_json()``."""
         from optlab.analyze import run_analysis

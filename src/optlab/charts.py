@@ -27,8 +27,10 @@ def _axis(axes: list[str], value: str | None, option: str, default: str | None =
     if value is None:
         raise OptlabError(f"{option}: name an axis; this study varies {', '.join(axes)}")
     if value not in axes:
-        raise OptlabError(f"{option} {value}: the study does not vary it; it varies "
-                          f"{', '.join(axes) or 'nothing'}")
+        raise OptlabError(
+            f"{option} {value}: the study does not vary it; it varies "
+            f"{', '.join(axes) or 'nothing'}"
+        )
     return value
 
 
@@ -45,8 +47,9 @@ def _color_sql(color: str | None) -> str:
     return f'r."{config_column(color)}"::varchar' if color else "'all'"
 
 
-def _colour(axes: list[str], color: str | None, exclude: list[str]
-            ) -> tuple[str | None, str, list[str]]:
+def _colour(
+    axes: list[str], color: str | None, exclude: list[str]
+) -> tuple[str | None, str, list[str]]:
     """(legend title, SQL of a run's colour, what the colour shows). ``block`` colours by
     block; ``cell`` by block and every axis (one line per cell: nothing left to pool, for
     blocks that vary different axes); else an axis, by default the optimizer."""
@@ -72,27 +75,42 @@ order by {keys}"""
 BAND = "band = 95% t-interval of the mean over n seeds (none when n = 1)"
 
 
-def _line_band(rows: list[dict[str, Any]], x: str, y: str, title: str, lay: Layout, *,
-               log_x: bool = False, color: str | None = None, y_title: str | None = None):
+def _line_band(
+    rows: list[dict[str, Any]],
+    x: str,
+    y: str,
+    title: str,
+    lay: Layout,
+    *,
+    log_x: bool = False,
+    color: str | None = None,
+    y_title: str | None = None,
+):
     import altair as alt
 
     scale = alt.Scale(type="log") if log_x else alt.Scale(zero=False)
     base = alt.Chart().encode(
         x=alt.X("x:Q", title=x, scale=scale),
-        color=alt.Color("color:N", title=color or "", sort=_color_order(rows)))
+        color=alt.Color("color:N", title=color or "", sort=_color_order(rows)),
+    )
     y_axis = alt.Y("mean:Q", title=y_title or y, scale=alt.Scale(zero=False))
     line = base.mark_line(point=len(rows) < 200).encode(
-        y=y_axis, tooltip=["panel:N", "color:N", "x:Q", "mean:Q", "low:Q", "high:Q", "n:Q"])
+        y=y_axis, tooltip=["panel:N", "color:N", "x:Q", "mean:Q", "low:Q", "high:Q", "n:Q"]
+    )
     layers = [line]
     if any(r.get("low") is not None for r in rows):  # none at all with one seed per point
         layers.insert(0, base.mark_area(opacity=0.2).encode(y="low:Q", y2="high:Q"))
     chart = alt.layer(*layers, data=alt.Data(values=jsonable(rows))).properties(
-        width=480 if len(lay.panels) == 1 else 320, height=300 if len(lay.panels) == 1 else 220)
+        width=480 if len(lay.panels) == 1 else 320, height=300 if len(lay.panels) == 1 else 220
+    )
     full = {"text": title, "subtitle": f"{lay.pooling()}; {BAND}"}
     if len(lay.panels) == 1:
         return chart.properties(title=full)
-    return chart.facet(facet=alt.Facet("panel:N", sort=lay.panels, title=None),
-                       columns=min(3, len(lay.panels)), title=full)
+    return chart.facet(
+        facet=alt.Facet("panel:N", sort=lay.panels, title=None),
+        columns=min(3, len(lay.panels)),
+        title=full,
+    )
 
 
 def _color_order(rows: list[dict[str, Any]]) -> list[str]:
@@ -105,6 +123,7 @@ def _color_order(rows: list[dict[str, Any]]) -> list[str]:
 
 
 # ---- heatmap ------------------------------------------------------------------------------
+
 
 def heatmap_sql(x: str, y: str, metric: str, lay: Layout) -> str:
     reducer, column = parse_metric(metric)
@@ -125,14 +144,20 @@ select panel, x, y,
 from per_run group by panel, x, y order by panel, x, y"""
 
 
-def heatmap_figure(con: Any, study: str, axes: list[str], x: str | None, y: str | None,
-                   metric: str, sel: Selection = Selection()) -> Figure:
+def heatmap_figure(
+    con: Any,
+    study: str,
+    axes: list[str],
+    x: str | None,
+    y: str | None,
+    metric: str,
+    sel: Selection = Selection(),
+) -> Figure:
     x, y = _pick_axes(axes, x, y)
     lay = layout(con, study, axes, [x, y], sel, "heatmap")
     sql = heatmap_sql(x, y, metric, lay)
     rows = fetch_rows(con, sql)
-    return Figure("heatmap", _heatmap_chart(rows, study, x, y, metric, lay), sql, len(rows),
-                  lay)
+    return Figure("heatmap", _heatmap_chart(rows, study, x, y, metric, lay), sql, len(rows), lay)
 
 
 def _pick_axes(axes: list[str], x: str | None, y: str | None) -> tuple[str, str]:
@@ -142,24 +167,33 @@ def _pick_axes(axes: list[str], x: str | None, y: str | None) -> tuple[str, str]
         if value is None:
             raise OptlabError(f"{opt}: name an axis; this study varies {', '.join(axes)}")
         if value not in axes:
-            raise OptlabError(f"{opt} {value}: the study does not vary it; "
-                              f"it varies {', '.join(axes) or 'nothing'}")
+            raise OptlabError(
+                f"{opt} {value}: the study does not vary it; "
+                f"it varies {', '.join(axes) or 'nothing'}"
+            )
     return x, y  # type: ignore[return-value]
 
 
 # A cell with no finished run: its own colour, a legend entry, and a label that reads on it.
-STATES = {"all diverged": ("#d62728", "white"), "all failed": ("#3b3b3b", "white"),
-          "diverged or failed": ("#ff7f0e", "black"), "no finished run yet": ("#d9d9d9", "black")}
+STATES = {
+    "all diverged": ("#d62728", "white"),
+    "all failed": ("#3b3b3b", "white"),
+    "diverged or failed": ("#ff7f0e", "black"),
+    "no finished run yet": ("#d9d9d9", "black"),
+}
 
 
 def _state(row: dict[str, Any]) -> str:
     if row["value"] is not None:
         return "finished"
-    if row["done"] == 0 and row["diverged"] and not row["failed"] and row["diverged"] == \
-            row["runs"]:
+    if (
+        row["done"] == 0
+        and row["diverged"]
+        and not row["failed"]
+        and row["diverged"] == row["runs"]
+    ):
         return "all diverged"
-    if row["done"] == 0 and row["failed"] and not row["diverged"] and row["failed"] == \
-            row["runs"]:
+    if row["done"] == 0 and row["failed"] and not row["diverged"] and row["failed"] == row["runs"]:
         return "all failed"
     if row["diverged"] or row["failed"]:
         return "diverged or failed"
@@ -173,8 +207,9 @@ def _label(row: dict[str, Any]) -> str:
     return f"{row['value']:.3f}" + (f" ({', '.join(notes)})" if notes else "")
 
 
-def _heatmap_chart(rows: list[dict[str, Any]], study: str, x: str, y: str, metric: str,
-                   lay: Layout):
+def _heatmap_chart(
+    rows: list[dict[str, Any]], study: str, x: str, y: str, metric: str, lay: Layout
+):
     import altair as alt
 
     finite = [r["value"] for r in rows if r["value"] is not None]
@@ -187,35 +222,65 @@ def _heatmap_chart(rows: list[dict[str, Any]], study: str, x: str, y: str, metri
             ink = "white" if r["value"] < middle else "black"
         else:
             ink = STATES[state][1]
-        values.append({"panel": r["panel"], "x": _fmt(r["x"]), "y": _fmt(r["y"]),
-                       "value": r["value"], "state": state, "label": _label(r),
-                       "ink": ink, "runs": r["runs"], "done": r["done"]})
+        values.append(
+            {
+                "panel": r["panel"],
+                "x": _fmt(r["x"]),
+                "y": _fmt(r["y"]),
+                "value": r["value"],
+                "state": state,
+                "label": _label(r),
+                "ink": ink,
+                "runs": r["runs"],
+                "done": r["done"],
+            }
+        )
     x_order = [_fmt(v) for v in sorted({r["x"] for r in rows}, key=_sort_key)]
     y_order = [_fmt(v) for v in sorted({r["y"] for r in rows}, key=_sort_key, reverse=True)]
     present = [s for s in STATES if any(v["state"] == s for v in values)]
     base = alt.Chart().encode(
         x=alt.X("x:O", sort=x_order, title=x, axis=alt.Axis(labelAngle=0)),
-        y=alt.Y("y:O", sort=y_order, title=y))
+        y=alt.Y("y:O", sort=y_order, title=y),
+    )
     tooltip = ["x:O", "y:O", "value:Q", "done:Q", "runs:Q", "label:N"]
-    layers = [base.mark_rect(stroke="white").encode(
-        color=alt.Color("value:Q", scale=alt.Scale(scheme="viridis"), title=metric),
-        tooltip=tooltip).transform_filter("datum.state === 'finished'")]
+    layers = [
+        base.mark_rect(stroke="white")
+        .encode(
+            color=alt.Color("value:Q", scale=alt.Scale(scheme="viridis"), title=metric),
+            tooltip=tooltip,
+        )
+        .transform_filter("datum.state === 'finished'")
+    ]
     if present:
-        layers.append(base.mark_rect(stroke="white").encode(
-            fill=alt.Fill("state:N", title="no mean", scale=alt.Scale(
-                domain=present, range=[STATES[s][0] for s in present])),
-            tooltip=tooltip).transform_filter("datum.state !== 'finished'"))
+        layers.append(
+            base.mark_rect(stroke="white")
+            .encode(
+                fill=alt.Fill(
+                    "state:N",
+                    title="no mean",
+                    scale=alt.Scale(domain=present, range=[STATES[s][0] for s in present]),
+                ),
+                tooltip=tooltip,
+            )
+            .transform_filter("datum.state !== 'finished'")
+        )
     # Label colour without a scale of its own, so one colour scale spans every panel.
-    layers += [base.mark_text(fontSize=11, color=ink).encode(text="label:N").transform_filter(
-        f"datum.ink === '{ink}'") for ink in ("white", "black")]
+    layers += [
+        base.mark_text(fontSize=11, color=ink)
+        .encode(text="label:N")
+        .transform_filter(f"datum.ink === '{ink}'")
+        for ink in ("white", "black")
+    ]
     title = f"{study}: {metric} ({lay.pooling()})"
     size = {"width": max(60 * len(x_order), 240), "height": max(36 * len(y_order), 160)}
     chart = alt.layer(*layers, data=alt.Data(values=values)).properties(**size)
     if len(lay.panels) == 1:
         return chart.properties(title=title)
-    return chart.facet(facet=alt.Facet("panel:N", sort=lay.panels, title=None),
-                       columns=min(3, len(lay.panels)), title=title).resolve_scale(
-        x="independent", y="independent")
+    return chart.facet(
+        facet=alt.Facet("panel:N", sort=lay.panels, title=None),
+        columns=min(3, len(lay.panels)),
+        title=title,
+    ).resolve_scale(x="independent", y="independent")
 
 
 def _fmt(value: Any) -> str:
@@ -228,28 +293,42 @@ def _sort_key(value: Any) -> tuple[int, Any]:
 
 # ---- curves -------------------------------------------------------------------------------
 
+
 def curves_sql(lay: Layout, metric: str, x: str, color_sql: str) -> str:
-    x_expr = {"epoch": "e.epoch", "step": "e.step", "samples": "e.samples",
-              "seconds": "e.seconds_so_far", "comm_rounds": "e.comm_rounds"}[x]
+    x_expr = {
+        "epoch": "e.epoch",
+        "step": "e.step",
+        "samples": "e.samples",
+        "seconds": "e.seconds_so_far",
+        "comm_rounds": "e.comm_rounds",
+    }[x]
     inner = f"""select {lay.panel_sql} as panel, {color_sql} as color, e.epoch,
          {x_expr} as xv, e.{metric} as v
   from runs r join e using (run_id)
   where {lay.condition} and r.status in ('done', 'running', 'interrupted')
     and e.{metric} is not null and isfinite(e.{metric})"""
     body = _ci_sql(inner, "panel, color, epoch").replace(
-        "avg(v) as mean", "avg(xv) as x, avg(v) as mean")
+        "avg(v) as mean", "avg(xv) as x, avg(v) as mean"
+    )
     return f"""with e as (
   select *, sum(seconds) over (partition by run_id order by epoch) as seconds_so_far
   from epochs),
 {body}"""
 
 
-def curves_figure(con: Any, study: str, axes: list[str], metric: str = "test_acc",
-                  x: str = "epoch", color: str | None = None, sel: Selection = Selection()
-                  ) -> Figure:
+def curves_figure(
+    con: Any,
+    study: str,
+    axes: list[str],
+    metric: str = "test_acc",
+    x: str = "epoch",
+    color: str | None = None,
+    sel: Selection = Selection(),
+) -> Figure:
     if metric not in CURVE_COLUMNS:
-        raise OptlabError(f"--metric {metric!r}: not an epochs column; use one of "
-                          f"{', '.join(CURVE_COLUMNS)}")
+        raise OptlabError(
+            f"--metric {metric!r}: not an epochs column; use one of {', '.join(CURVE_COLUMNS)}"
+        )
     if x not in X_CHOICES:
         raise OptlabError(f"--x {x!r}: use one of {', '.join(X_CHOICES)}")
     color, color_sql, shown = _colour(axes, color, [])
@@ -264,6 +343,7 @@ def curves_figure(con: Any, study: str, axes: list[str], metric: str = "test_acc
 
 # ---- sensitivity --------------------------------------------------------------------------
 
+
 def sensitivity_sql(lay: Layout, metric: str, color_sql: str) -> str:
     reducer, column = parse_metric(metric)
     return f"""with per_run as (
@@ -275,8 +355,14 @@ def sensitivity_sql(lay: Layout, metric: str, color_sql: str) -> str:
 {_ci_sql("select * from per_run where v is not null and isfinite(v)", "panel, color, x")}"""
 
 
-def sensitivity_figure(con: Any, study: str, axes: list[str], metric: str = "final_test_acc",
-                       color: str | None = None, sel: Selection = Selection()) -> Figure:
+def sensitivity_figure(
+    con: Any,
+    study: str,
+    axes: list[str],
+    metric: str = "final_test_acc",
+    color: str | None = None,
+    sel: Selection = Selection(),
+) -> Figure:
     _axis(axes, LR, "sensitivity")
     color, color_sql, shown = _colour(axes, color, [LR])
     lay = layout(con, study, axes, [LR, *shown], sel, "sensitivity")
@@ -284,12 +370,14 @@ def sensitivity_figure(con: Any, study: str, axes: list[str], metric: str = "fin
     rows = fetch_rows(con, sql)
     if not rows:
         raise OptlabError(f"study {study!r} has no finished runs yet")
-    chart = _line_band(rows, LR, metric, f"{study}: {metric} against learning rate", lay,
-                       log_x=True, color=color)
+    chart = _line_band(
+        rows, LR, metric, f"{study}: {metric} against learning rate", lay, log_x=True, color=color
+    )
     return Figure("sensitivity", chart, sql, len(rows), lay)
 
 
 # ---- scaling ------------------------------------------------------------------------------
+
 
 def scaling_sql(lay: Layout, metric: str, color_sql: str) -> str:
     reducer, column = parse_metric(metric)
@@ -310,15 +398,23 @@ select panel, color, batch_size, {better}(lr, [value, {tie}]) as optimal_lr,
 from cells group by all order by panel, color, batch_size"""
 
 
-def scaling_figure(con: Any, study: str, axes: list[str], metric: str = "best_test_acc",
-                   color: str | None = None, sel: Selection = Selection()) -> Figure:
+def scaling_figure(
+    con: Any,
+    study: str,
+    axes: list[str],
+    metric: str = "best_test_acc",
+    color: str | None = None,
+    sel: Selection = Selection(),
+) -> Figure:
     import altair as alt
     import numpy as np
 
     for needed in (LR, BATCH):
         if needed not in axes:
-            raise OptlabError(f"scaling: needs the study to vary {LR} and {BATCH}; study "
-                              f"{study!r} varies {', '.join(axes) or 'nothing'}")
+            raise OptlabError(
+                f"scaling: needs the study to vary {LR} and {BATCH}; study "
+                f"{study!r} varies {', '.join(axes) or 'nothing'}"
+            )
     color, color_sql, shown = _colour(axes, color, [LR, BATCH])
     lay = layout(con, study, axes, [LR, BATCH, *shown], sel, "scaling")
     sql = scaling_sql(lay, metric, color_sql)
@@ -328,43 +424,65 @@ def scaling_figure(con: Any, study: str, axes: list[str], metric: str = "best_te
     fits, lines = [], []
     for panel in lay.panels:
         for line in sorted({r["color"] for r in rows if r["panel"] == panel}):
-            pts = [r for r in rows if (r["panel"], r["color"]) == (panel, line)
-                   and r["optimal_lr"]]
+            pts = [r for r in rows if (r["panel"], r["color"]) == (panel, line) and r["optimal_lr"]]
             if len(pts) < 2 or len({p["batch_size"] for p in pts}) < 2:
                 continue
             lx = np.log([p["batch_size"] for p in pts])
             ly = np.log([p["optimal_lr"] for p in pts])
             slope, icpt = np.polyfit(lx, ly, 1) if np.ptp(ly) > 0 else (0.0, ly[0])
-            name = " ".join(n for n in (panel if len(lay.panels) > 1 else "",
-                                        line if color else "") if n)
+            name = " ".join(
+                n for n in (panel if len(lay.panels) > 1 else "", line if color else "") if n
+            )
             fits.append(f"{name + ': ' if name else ''}slope {slope:.2f}")
             ends = (min(p["batch_size"] for p in pts), max(p["batch_size"] for p in pts))
-            lines += [{"panel": panel, "color": line, "batch_size": float(b),
-                       "fit": float(np.exp(icpt) * b ** slope)} for b in ends]
+            lines += [
+                {
+                    "panel": panel,
+                    "color": line,
+                    "batch_size": float(b),
+                    "fit": float(np.exp(icpt) * b**slope),
+                }
+                for b in ends
+            ]
     log = alt.Scale(type="log")
-    points = alt.Chart().mark_point(filled=True, size=60).encode(
-        x=alt.X("batch_size:Q", scale=log, title=BATCH),
-        y=alt.Y("optimal_lr:Q", scale=log, title="optimal " + LR),
-        color=alt.Color("color:N", title=color or ""),
-        tooltip=["panel:N", "color:N", "batch_size:Q", "optimal_lr:Q", "value:Q", "seeds:Q"])
-    fit = alt.Chart().mark_line(strokeDash=[4, 3]).encode(
-        x="batch_size:Q", y="fit:Q", color="color:N").transform_filter("isValid(datum.fit)")
+    points = (
+        alt.Chart()
+        .mark_point(filled=True, size=60)
+        .encode(
+            x=alt.X("batch_size:Q", scale=log, title=BATCH),
+            y=alt.Y("optimal_lr:Q", scale=log, title="optimal " + LR),
+            color=alt.Color("color:N", title=color or ""),
+            tooltip=["panel:N", "color:N", "batch_size:Q", "optimal_lr:Q", "value:Q", "seeds:Q"],
+        )
+    )
+    fit = (
+        alt.Chart()
+        .mark_line(strokeDash=[4, 3])
+        .encode(x="batch_size:Q", y="fit:Q", color="color:N")
+        .transform_filter("isValid(datum.fit)")
+    )
     data = alt.Data(values=jsonable(rows) + lines)
-    title = {"text": f"{study}: optimal LR against batch size ({metric}; slope 1 = linear "
-                     "rule)",
-             "subtitle": [f"{lay.pooling()} before the best LR is taken",
-                          "; ".join(fits) or "too few batch sizes to fit"]}
+    title = {
+        "text": f"{study}: optimal LR against batch size ({metric}; slope 1 = linear rule)",
+        "subtitle": [
+            f"{lay.pooling()} before the best LR is taken",
+            "; ".join(fits) or "too few batch sizes to fit",
+        ],
+    }
     chart = alt.layer(points.transform_filter("isValid(datum.optimal_lr)"), fit, data=data)
     if len(lay.panels) == 1:
         chart = chart.properties(title=title, width=420, height=300)
     else:
         chart = chart.properties(width=320, height=220).facet(
             facet=alt.Facet("panel:N", sort=lay.panels, title=None),
-            columns=min(3, len(lay.panels)), title=title)
+            columns=min(3, len(lay.panels)),
+            title=title,
+        )
     return Figure("scaling", chart, sql, len(rows), lay)
 
 
 # ---- sfo ----------------------------------------------------------------------------------
+
 
 def _cell_expr(axes: list[str]) -> str:
     """SQL for a run's block and every axis value: a schedule's own bar, nothing pooled."""
@@ -386,35 +504,40 @@ from cells c left join t_quantiles q on q.df = c.reached - 1
 order by mean nulls last, schedule"""
 
 
-def sfo_figure(con: Any, study: str, axes: list[str], epsilon: float | None,
-               sel: Selection = Selection()) -> Figure:
+def sfo_figure(
+    con: Any, study: str, axes: list[str], epsilon: float | None, sel: Selection = Selection()
+) -> Figure:
     import altair as alt
 
     if epsilon is None or not epsilon > 0:
-        raise OptlabError("sfo: give --epsilon, the full gradient norm to reach (a positive "
-                          "number)")
+        raise OptlabError(
+            "sfo: give --epsilon, the full gradient norm to reach (a positive number)"
+        )
     _require_probe(con, study, "full_grad_norm")
     # Every axis is on the chart (one bar per cell): nothing is pooled but seeds.
-    lay = layout(con, study, axes, ["block", *axes], Selection(sel.where, sel.blocks, ()),
-                 "sfo")
+    lay = layout(con, study, axes, ["block", *axes], Selection(sel.where, sel.blocks, ()), "sfo")
     sql = sfo_sql(lay, axes, epsilon)
     rows = fetch_rows(con, sql)
     for r in rows:
         r["label"] = f"{r['reached']}/{r['runs']} reached"
         r["end"] = r["high"] if r["high"] is not None else (r["mean"] or 0)
     base = alt.Chart(alt.Data(values=jsonable(rows))).encode(
-        y=alt.Y("schedule:N", sort=None, title="schedule"))
-    bars = base.mark_bar().encode(x=alt.X("mean:Q", title=f"SFO to reach |grad| <= {epsilon:g}"),
-                                  tooltip=["schedule:N", "mean:Q", "std:Q", "low:Q",
-                                           "high:Q", "reached:Q", "runs:Q"])
-    whiskers = base.mark_rule().encode(x="low:Q", x2="high:Q").transform_filter(
-        "isValid(datum.low)")
-    text = base.mark_text(align="left", dx=4).encode(
-        x=alt.X("end:Q"), text="label:N")
+        y=alt.Y("schedule:N", sort=None, title="schedule")
+    )
+    bars = base.mark_bar().encode(
+        x=alt.X("mean:Q", title=f"SFO to reach |grad| <= {epsilon:g}"),
+        tooltip=["schedule:N", "mean:Q", "std:Q", "low:Q", "high:Q", "reached:Q", "runs:Q"],
+    )
+    whiskers = (
+        base.mark_rule().encode(x="low:Q", x2="high:Q").transform_filter("isValid(datum.low)")
+    )
+    text = base.mark_text(align="left", dx=4).encode(x=alt.X("end:Q"), text="label:N")
     chart = (bars + whiskers + text).properties(
         title=f"{study}: samples (SFO) to reach full gradient norm <= {epsilon:g} (mean over "
-              "the seeds that reached it; whiskers = its 95% t-interval)",
-        width=420, height=max(30 * len(rows), 120))
+        "the seeds that reached it; whiskers = its 95% t-interval)",
+        width=420,
+        height=max(30 * len(rows), 120),
+    )
     return Figure("sfo", chart, sql, len(rows), lay)
 
 
@@ -426,11 +549,18 @@ def gradnorm_sql(lay: Layout, axes: list[str], x: str) -> str:
   where {lay.condition} and r.status in ('done', 'running', 'interrupted')
     and p.probe = 'full_grad_norm' and p.key = 'global' and isfinite(p.value)"""
     return "with " + _ci_sql(inner, "panel, color, epoch").replace(
-        "avg(v) as mean", "avg(xv) as x, avg(v) as mean")
+        "avg(v) as mean", "avg(xv) as x, avg(v) as mean"
+    )
 
 
-def gradnorm_figure(con: Any, study: str, axes: list[str], epsilon: float | None,
-                    x: str = "sfo", sel: Selection = Selection()) -> Figure:
+def gradnorm_figure(
+    con: Any,
+    study: str,
+    axes: list[str],
+    epsilon: float | None,
+    x: str = "sfo",
+    sel: Selection = Selection(),
+) -> Figure:
     """Seed 004's figure: full gradient norm against SFO per schedule, log-log, with the
     epsilon line and where each schedule first reaches it (mean SFO over seeds)."""
     import altair as alt
@@ -440,67 +570,108 @@ def gradnorm_figure(con: Any, study: str, axes: list[str], epsilon: float | None
     if epsilon is not None and not epsilon > 0:
         raise OptlabError("--epsilon: the full gradient norm to reach, a positive number")
     _require_probe(con, study, "full_grad_norm")
-    lay = layout(con, study, axes, ["block", *axes], Selection(sel.where, sel.blocks, ()),
-                 "gradnorm")
+    lay = layout(
+        con, study, axes, ["block", *axes], Selection(sel.where, sel.blocks, ()), "gradnorm"
+    )
     sql = gradnorm_sql(lay, axes, x)
     rows = [r for r in fetch_rows(con, sql) if (r["x"] or 0) > 0]
     if not rows:
-        raise OptlabError(f"study {study!r} has no full_grad_norm values after training "
-                          "started")
+        raise OptlabError(f"study {study!r} has no full_grad_norm values after training started")
     order = _color_order(rows)
     scale = alt.Scale(type="log")
-    base = alt.Chart().encode(x=alt.X("x:Q", scale=scale, title=x),
-                              color=alt.Color("color:N", title="schedule", sort=order,
-                                              legend=alt.Legend(labelLimit=500)))
+    base = alt.Chart().encode(
+        x=alt.X("x:Q", scale=scale, title=x),
+        color=alt.Color("color:N", title="schedule", sort=order, legend=alt.Legend(labelLimit=500)),
+    )
     line = base.mark_line(point=len(rows) < 200).encode(
         y=alt.Y("mean:Q", scale=scale, title="full gradient norm"),
-        tooltip=["color:N", "epoch:Q", "x:Q", "mean:Q", "n:Q"])
+        tooltip=["color:N", "epoch:Q", "x:Q", "mean:Q", "n:Q"],
+    )
     layers = [line]
     if any((r["low"] or 0) > 0 for r in rows):  # a log scale draws only positive bands
-        layers.insert(0, base.mark_area(opacity=0.2).encode(y="low:Q", y2="high:Q")
-                      .transform_filter("datum.low > 0"))
+        layers.insert(
+            0,
+            base.mark_area(opacity=0.2)
+            .encode(y="low:Q", y2="high:Q")
+            .transform_filter("datum.low > 0"),
+        )
     subtitle = [f"mean over seeds; {BAND}"]
     if epsilon is not None:
-        at = {"sfo": "g.sfo", "sfo_full_batches": "e.sfo_full_batches", "step": "g.steps",
-              "epoch": "g.epoch"}[x]
-        reach = fetch_rows(con, f"""select {_cell_expr(axes)} as color, avg({at}) as x,
+        at = {
+            "sfo": "g.sfo",
+            "sfo_full_batches": "e.sfo_full_batches",
+            "step": "g.steps",
+            "epoch": "g.epoch",
+        }[x]
+        reach = fetch_rows(
+            con,
+            f"""select {_cell_expr(axes)} as color, avg({at}) as x,
        count(g.epoch) as reached, count(*) as runs
 from reach_grad_norm({epsilon!r}) g join runs r using (study, run_id)
 left join epochs e on e.run_id = g.run_id and e.epoch = g.epoch
-where {lay.condition} and g.status = 'done' group by all order by color""")
-        crossings = [{"color": r["color"], "x": r["x"], "eps": epsilon,
-                      "label": f"{r['reached']}/{r['runs']} reached"} for r in reach
-                     if r["x"] is not None]
-        rule = alt.Chart(alt.Data(values=[{"eps": epsilon}])).mark_rule(
-            strokeDash=[4, 3], color="black").encode(y="eps:Q")
-        marks = alt.Chart(alt.Data(values=jsonable(crossings))).mark_point(
-            shape="diamond", size=120, filled=True, stroke="black").encode(
-            x="x:Q", y="eps:Q", color=alt.Color("color:N", sort=order),
-            tooltip=["color:N", "x:Q", "label:N"])
+where {lay.condition} and g.status = 'done' group by all order by color""",
+        )
+        crossings = [
+            {
+                "color": r["color"],
+                "x": r["x"],
+                "eps": epsilon,
+                "label": f"{r['reached']}/{r['runs']} reached",
+            }
+            for r in reach
+            if r["x"] is not None
+        ]
+        rule = (
+            alt.Chart(alt.Data(values=[{"eps": epsilon}]))
+            .mark_rule(strokeDash=[4, 3], color="black")
+            .encode(y="eps:Q")
+        )
+        marks = (
+            alt.Chart(alt.Data(values=jsonable(crossings)))
+            .mark_point(shape="diamond", size=120, filled=True, stroke="black")
+            .encode(
+                x="x:Q",
+                y="eps:Q",
+                color=alt.Color("color:N", sort=order),
+                tooltip=["color:N", "x:Q", "label:N"],
+            )
+        )
         layers += [rule, marks]
-        subtitle.append(f"dashed: epsilon = {epsilon:g}; diamonds: mean {x} over the seeds "
-                        "that reached it (first probed epoch at or below epsilon)")
+        subtitle.append(
+            f"dashed: epsilon = {epsilon:g}; diamonds: mean {x} over the seeds "
+            "that reached it (first probed epoch at or below epsilon)"
+        )
     chart = alt.layer(*layers, data=alt.Data(values=jsonable(rows))).properties(
         title={"text": f"{study}: full gradient norm against {x}", "subtitle": subtitle},
-        width=480, height=320)
+        width=480,
+        height=320,
+    )
     return Figure("gradnorm", chart, sql, len(rows), lay)
 
 
 def probe_names(con: Any, study: str) -> list[str]:
-    return [n for (n,) in con.execute(
-        "select distinct p.probe from probes p join memberships m using (run_id) "
-        "where m.study = ? order by 1", [study]).fetchall()]
+    return [
+        n
+        for (n,) in con.execute(
+            "select distinct p.probe from probes p join memberships m using (run_id) "
+            "where m.study = ? order by 1",
+            [study],
+        ).fetchall()
+    ]
 
 
 def _require_probe(con: Any, study: str, probe: str) -> list[str]:
     names = probe_names(con, study)
     if probe not in names:
-        raise OptlabError(f"probe {probe!r}: study {study!r} has no values of it; it has "
-                          f"{', '.join(names) or 'no probe values'}")
+        raise OptlabError(
+            f"probe {probe!r}: study {study!r} has no values of it; it has "
+            f"{', '.join(names) or 'no probe values'}"
+        )
     return names
 
 
 # ---- probes -------------------------------------------------------------------------------
+
 
 def _noise_scale_sql(lay: Layout, x_expr: str, color_sql: str) -> str:
     """B_simple as McCandlish et al. aggregate it: mean tr(Sigma) over mean |G|^2 over the
@@ -531,18 +702,30 @@ def probes_sql(lay: Layout, probe: str, key: str, x: str, color_sql: str) -> str
     return "with " + _ci_sql(inner, "panel, color, x")
 
 
-def probes_figure(con: Any, study: str, axes: list[str], probe: str | None,
-                  key: str = "global", x: str = "epoch", color: str | None = None,
-                  sel: Selection = Selection()) -> Figure:
+def probes_figure(
+    con: Any,
+    study: str,
+    axes: list[str],
+    probe: str | None,
+    key: str = "global",
+    x: str = "epoch",
+    color: str | None = None,
+    sel: Selection = Selection(),
+) -> Figure:
     names = _require_probe(con, study, probe) if probe else probe_names(con, study)
     if not names:
         raise OptlabError(f"study {study!r} has no probe values; add probes to its runs")
     probe = probe or names[0]
     if x not in ("epoch", "step"):
         raise OptlabError(f"--x {x!r}: use epoch or step")
-    keys = [k for (k,) in con.execute(
-        "select distinct p.key from probes p join memberships m using (run_id) "
-        "where m.study = ? and p.probe = ? order by 1", [study, probe]).fetchall()]
+    keys = [
+        k
+        for (k,) in con.execute(
+            "select distinct p.key from probes p join memberships m using (run_id) "
+            "where m.study = ? and p.probe = ? order by 1",
+            [study, probe],
+        ).fetchall()
+    ]
     if key not in keys:
         shown = ", ".join(keys[:12]) + (", ..." if len(keys) > 12 else "")
         raise OptlabError(f"--key {key!r}: probe {probe} has no such key; it has {shown}")

@@ -66,7 +66,7 @@ def decode(data: bytes) -> dict[str, Any]:
         raise CheckpointError("not an optlab checkpoint")
     if fmt > FORMAT:
         raise CheckpointError(f"written by a newer optlab (format {fmt})")
-    payload = data[_HEADER.size:]
+    payload = data[_HEADER.size :]
     if len(payload) != length:
         raise CheckpointError(f"truncated ({len(payload)} of {length} bytes)")
     if hashlib.sha256(payload).digest() != digest:
@@ -125,8 +125,9 @@ class Policy:
     """When to checkpoint: at the end of every N-th epoch, and/or at the end of the first
     epoch after M minutes since the last checkpoint; never after the last epoch."""
 
-    def __init__(self, every_epochs: int | None, every_minutes: float | None, keep: int,
-                 epochs: int):
+    def __init__(
+        self, every_epochs: int | None, every_minutes: float | None, keep: int, epochs: int
+    ):
         self.every_epochs, self.every_minutes = every_epochs, every_minutes
         self.keep, self.epochs = keep, epochs
         self.last = time.monotonic()
@@ -134,8 +135,9 @@ class Policy:
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Policy:
         c = config.get("checkpoint") or {}
-        return cls(c.get("every_epochs"), c.get("every_minutes"), c.get("keep", 2),
-                   config["epochs"])
+        return cls(
+            c.get("every_epochs"), c.get("every_minutes"), c.get("keep", 2), config["epochs"]
+        )
 
     def due(self, epoch: int) -> bool:
         if epoch >= self.epochs:
@@ -149,7 +151,7 @@ class Policy:
         data = encode(state)
         path = folder / file_name(epoch)
         write_atomic(path, data)
-        for _, old in listed(folder)[self.keep:]:
+        for _, old in listed(folder)[self.keep :]:
             old.unlink(missing_ok=True)
         self.last = time.monotonic()
         return path, len(data)

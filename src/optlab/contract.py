@@ -48,8 +48,9 @@ class ModelBuild(Protocol):
     """Returns a ``torch.nn.Module`` mapping (B, *input_shape) to (B, num_classes) logits;
     optlab moves it to the device (channels-last for images on CUDA)."""
 
-    def __call__(self, params: Any, *, input_shape: tuple[int, ...], num_classes: int,
-                 **context: Any) -> torch.nn.Module: ...
+    def __call__(
+        self, params: Any, *, input_shape: tuple[int, ...], num_classes: int, **context: Any
+    ) -> torch.nn.Module: ...
 
 
 class OptimizerBuild(Protocol):
@@ -76,8 +77,9 @@ class OptimizerBuild(Protocol):
     built optimizer and must then produce exactly the steps of the run that never
     stopped."""
 
-    def __call__(self, params: Any, *, model: torch.nn.Module,
-                 **context: Any) -> torch.optim.Optimizer: ...
+    def __call__(
+        self, params: Any, *, model: torch.nn.Module, **context: Any
+    ) -> torch.optim.Optimizer: ...
 
 
 LRFactor = Callable[[float, float, int], float]
@@ -95,17 +97,18 @@ class BatchScheduleBuild(Protocol):
     """Returns ``batch_size_at(epoch)`` (0-based) -> the batch size for that whole epoch;
     a size above the training set is capped to it (full batch)."""
 
-    def __call__(self, params: Any, *, epochs: int, train_size: int,
-                 **context: Any) -> Callable[[int], int]: ...
+    def __call__(
+        self, params: Any, *, epochs: int, train_size: int, **context: Any
+    ) -> Callable[[int], int]: ...
 
 
 class AugmentationBuild(Protocol):
     """Returns ``augment(x, generator)`` -> x: a batched transform on the device; it must
     draw its randomness from ``generator`` only (the run's, so runs are reproducible)."""
 
-    def __call__(self, params: Any, *, input_shape: tuple[int, ...], mean: Any, std: Any,
-                 **context: Any) -> Callable[[torch.Tensor, torch.Generator],
-                                             torch.Tensor]: ...
+    def __call__(
+        self, params: Any, *, input_shape: tuple[int, ...], mean: Any, std: Any, **context: Any
+    ) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]: ...
 
 
 @dataclass
@@ -128,25 +131,46 @@ class ProbeBuild(Protocol):
     ``torch.autograd.grad``, never into ``.grad``, so a run with probes trains exactly as
     without. A measure with ``state_dict``/``load_state_dict`` is checkpointed."""
 
-    def __call__(self, params: ProbeParams, *, model: torch.nn.Module, optimizer: Any,
-                 **context: Any) -> Callable[[ProbeContext], dict[str, float]]: ...
+    def __call__(
+        self, params: ProbeParams, *, model: torch.nn.Module, optimizer: Any, **context: Any
+    ) -> Callable[[ProbeContext], dict[str, float]]: ...
 
 
 class ExecutorBuild(Protocol):
     """Returns an :class:`optlab.executors.Executor`; the context is described there."""
 
-    def __call__(self, params: Any, *, store: Any, stall_timeout: float,
-                 **context: Any) -> Executor: ...
+    def __call__(
+        self, params: Any, *, store: Any, stall_timeout: float, **context: Any
+    ) -> Executor: ...
 
 
 BUILDS: dict[str, Any] = {
-    "dataset": DatasetBuild, "model": ModelBuild, "optimizer": OptimizerBuild,
-    "lr_schedule": LRScheduleBuild, "batch_schedule": BatchScheduleBuild,
-    "augmentation": AugmentationBuild, "probe": ProbeBuild, "executor": ExecutorBuild,
+    "dataset": DatasetBuild,
+    "model": ModelBuild,
+    "optimizer": OptimizerBuild,
+    "lr_schedule": LRScheduleBuild,
+    "batch_schedule": BatchScheduleBuild,
+    "augmentation": AugmentationBuild,
+    "probe": ProbeBuild,
+    "executor": ExecutorBuild,
 }
 
 __all__ = [
-    "AugmentationBuild", "BatchScheduleBuild", "DatasetBuild", "Executor", "ExecutorBuild",
-    "LRFactor", "LRScheduleBuild", "ModelBuild", "NoParams", "OptimizerBuild", "Params",
-    "Plugin", "ProbeBuild", "ProbeContext", "ProbeParams", "TensorData", "check_schedule",
+    "AugmentationBuild",
+    "BatchScheduleBuild",
+    "DatasetBuild",
+    "Executor",
+    "ExecutorBuild",
+    "LRFactor",
+    "LRScheduleBuild",
+    "ModelBuild",
+    "NoParams",
+    "OptimizerBuild",
+    "Params",
+    "Plugin",
+    "ProbeBuild",
+    "ProbeContext",
+    "ProbeParams",
+    "TensorData",
+    "check_schedule",
 ]

@@ -50,9 +50,15 @@ class Outcome:
 
 
 class Coordinator:
-    def __init__(self, store: Path, specs: list[RunSpec], session_id: str, view: RunView,
-                 lock: WriterLock | None = None,
-                 nodes: Callable[[], dict[str, int]] | None = None):
+    def __init__(
+        self,
+        store: Path,
+        specs: list[RunSpec],
+        session_id: str,
+        view: RunView,
+        lock: WriterLock | None = None,
+        nodes: Callable[[], dict[str, int]] | None = None,
+    ):
         self.store, self.session_id, self.view, self.lock = store, session_id, view, lock
         self.nodes = nodes or dict
         self.specs = {s.run_id: s for s in specs}
@@ -72,8 +78,7 @@ class Coordinator:
         worker = self.worker_of.get(run_id)
         if kind == "assigned":
             self.worker_of[run_id] = event["worker"]
-            self.view.worker_started_run(event["worker"], self.label(spec),
-                                         spec.config["epochs"])
+            self.view.worker_started_run(event["worker"], self.label(spec), spec.config["epochs"])
             return
         if kind == "note":
             self.view.note(event["text"])
@@ -81,8 +86,10 @@ class Coordinator:
         if kind == "silent":
             self.view.silent(event["worker"], event["seconds"])
             if event["seconds"]:
-                self.view.note(f"worker {event['worker']} (run {run_id}) has been silent for "
-                               f"{event['seconds']:.0f} s")
+                self.view.note(
+                    f"worker {event['worker']} (run {run_id}) has been silent for "
+                    f"{event['seconds']:.0f} s"
+                )
             return
         self.batch.append(event)
         if kind == "epoch":
@@ -93,8 +100,10 @@ class Coordinator:
                 self.view.note(f"run {run_id}: checkpoint {skipped}; not used")
             if kind == "resumed":
                 self.view.epoch(worker, event["epoch"], None)
-                self.view.note(f"resumed {self.label(spec)} from epoch {event['epoch']} "
-                               f"({event['checkpoint']})")
+                self.view.note(
+                    f"resumed {self.label(spec)} from epoch {event['epoch']} "
+                    f"({event['checkpoint']})"
+                )
         elif kind == "disk_full":
             self.outcome.statuses[run_id] = "interrupted"
             self.stop(f"disk full: {event.get('error')}")
@@ -103,8 +112,11 @@ class Coordinator:
             self.outcome.statuses[run_id] = status
             if event.get("error"):
                 self.outcome.errors[run_id] = event["error"]
-            detail = (f"best test_acc {self._best.get(run_id, 0.0):.4f}" if status == "done"
-                      else event.get("error", ""))
+            detail = (
+                f"best test_acc {self._best.get(run_id, 0.0):.4f}"
+                if status == "done"
+                else event.get("error", "")
+            )
             self.view.run_ended(worker, self.label(spec), status, detail)
 
     def stop(self, why: str) -> None:
@@ -145,8 +157,7 @@ class Coordinator:
                 self.stop(str(e))
                 return False
             if self._busy_since is not None:
-                self.view.note(f"{self.store}: free again; "
-                               f"{len(batch)} events written")
+                self.view.note(f"{self.store}: free again; {len(batch)} events written")
             self._busy_since = None
             return True
 
@@ -156,10 +167,12 @@ class Coordinator:
             self._busy_since = now
         if now - self._busy_warned >= BUSY_WARN_SECONDS:
             self._busy_warned = now
-            self.view.note(f"{self.store}: busy (another process holds it: a notebook or a long "
-                           f"query?) for {now - self._busy_since:.0f} s; training goes on, the "
-                           "events are safe in the run journals and are written when it is "
-                           "free")
+            self.view.note(
+                f"{self.store}: busy (another process holds it: a notebook or a long "
+                f"query?) for {now - self._busy_since:.0f} s; training goes on, the "
+                "events are safe in the run journals and are written when it is "
+                "free"
+            )
 
     def _write(self, batch: list[dict[str, Any]], ended: bool) -> None:
         with st.writing(self.store, timeout=0.5) as con:
@@ -176,8 +189,13 @@ class Prepared:
     resume: dict[str, dict[str, Any]] = field(default_factory=dict)  # run_id -> task extras
 
 
-def prepare(store: Path, study: Study, plans: list[BlockPlan], retry_failed: bool,
-            checkpoint_root: Path | None = None) -> Prepared:
+def prepare(
+    store: Path,
+    study: Study,
+    plans: list[BlockPlan],
+    retry_failed: bool,
+    checkpoint_root: Path | None = None,
+) -> Prepared:
     """Record the study, recover what an earlier crash left, and plan the runs to do (with,
     for each, its checkpoint folder, where it may resume and its thread count)."""
     runs = all_runs(plans)
@@ -188,8 +206,9 @@ def prepare(store: Path, study: Study, plans: list[BlockPlan], retry_failed: boo
         st.register_study(con, study, plans, store)
         states = st.states(con, [r.run_id for r in runs])
         found = st.states(con, recovered)
-        (epochs,) = con.execute("select count(*) from epochs where run_id in "
-                                "(select unnest(?::varchar[]))", [recovered]).fetchone()
+        (epochs,) = con.execute(
+            "select count(*) from epochs where run_id in (select unnest(?::varchar[]))", [recovered]
+        ).fetchone()
         todo = plan_runs(runs, states, retry_failed)
         points = st.resume_points(con, [r.run_id for r in todo])
         dirs = {}
@@ -203,8 +222,9 @@ def prepare(store: Path, study: Study, plans: list[BlockPlan], retry_failed: boo
     return Prepared(todo, states, found, int(epochs), points)
 
 
-async def _drive(coord: Coordinator, executor: Executor, todo: list[RunSpec],
-                 slots: list[Slot], extra: Any) -> None:
+async def _drive(
+    coord: Coordinator, executor: Executor, todo: list[RunSpec], slots: list[Slot], extra: Any
+) -> None:
     stop = asyncio.Event()
     flusher = asyncio.create_task(coord.flusher(stop))
     try:
@@ -247,9 +267,16 @@ async def _wait(event: asyncio.Event, seconds: float) -> bool:
     return event.is_set()
 
 
-def execute(store: Path, study: Study, prepared: Prepared, slots: list[Slot],
-            console: Console, lock: WriterLock | None = None,
-            stall_timeout: float = 600.0, executor: Executor | None = None) -> Outcome:
+def execute(
+    store: Path,
+    study: Study,
+    prepared: Prepared,
+    slots: list[Slot],
+    console: Console,
+    lock: WriterLock | None = None,
+    stall_timeout: float = 600.0,
+    executor: Executor | None = None,
+) -> Outcome:
     """Run the planned runs on ``executor`` (default: the local pool). Ctrl-C stops the
     workers and leaves the runs resumable; more Ctrl-Cs are acknowledged, and a third gives
     up waiting for a busy store."""
@@ -266,9 +293,11 @@ def execute(store: Path, study: Study, prepared: Prepared, slots: list[Slot],
 
     def extra(spec: RunSpec, slot: Slot) -> dict[str, Any]:
         point = prepared.resume.get(spec.run_id, {})
-        return {"checkpoint_dir": point.get("checkpoint_dir"),
-                "resume_upto": point.get("resume_upto", 0),
-                "threads": point.get("threads") or slot.threads}
+        return {
+            "checkpoint_dir": point.get("checkpoint_dir"),
+            "resume_upto": point.get("resume_upto", 0),
+            "threads": point.get("threads") or slot.threads,
+        }
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -290,8 +319,10 @@ def execute(store: Path, study: Study, prepared: Prepared, slots: list[Slot],
             elif signals >= 3:
                 give_up.set()
             else:
-                view.note("Still stopping (writing what the workers reported); press Ctrl-C "
-                          "again to leave it in the journals for the next optlab run")
+                view.note(
+                    "Still stopping (writing what the workers reported); press Ctrl-C "
+                    "again to leave it in the journals for the next optlab run"
+                )
 
         def handler(signum: int, frame: Any) -> None:
             loop.call_soon_threadsafe(on_signal)

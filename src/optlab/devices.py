@@ -26,9 +26,13 @@ class Slot:
     threads: int
 
     def env(self) -> dict[str, str]:
-        env = {"OPTLAB_WORKER": self.label, "OPTLAB_THREADS": str(self.threads),
-               "OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
-               "CUDA_VISIBLE_DEVICES": self.gpu if self.gpu is not None else ""}
+        env = {
+            "OPTLAB_WORKER": self.label,
+            "OPTLAB_THREADS": str(self.threads),
+            "OMP_NUM_THREADS": str(self.threads),
+            "MKL_NUM_THREADS": str(self.threads),
+            "CUDA_VISIBLE_DEVICES": self.gpu if self.gpu is not None else "",
+        }
         return env
 
 
@@ -37,8 +41,10 @@ def visible_gpus() -> list[str]:
     if "OPTLAB_GPU_COUNT" in os.environ:
         given = os.environ["OPTLAB_GPU_COUNT"].strip()
         if not given.isdigit():
-            raise UsageError(f"OPTLAB_GPU_COUNT={given!r} in the environment: not a GPU count; "
-                             "give a whole number (0 for none) or unset it")
+            raise UsageError(
+                f"OPTLAB_GPU_COUNT={given!r} in the environment: not a GPU count; "
+                "give a whole number (0 for none) or unset it"
+            )
         return [str(i) for i in range(int(given))]
     parent = os.environ.get("CUDA_VISIBLE_DEVICES")
     if parent is not None:
@@ -68,8 +74,10 @@ def parse_gpus(spec: str, available: list[str]) -> list[str]:
     for part in spec.split(","):
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
         if not m:
-            raise UsageError(f"--gpus {spec!r}: {part.strip()!r} is not a GPU index or range; "
-                             "use forms like 0-7, 0,2,5, 0-3,6, all or none")
+            raise UsageError(
+                f"--gpus {spec!r}: {part.strip()!r} is not a GPU index or range; "
+                "use forms like 0-7, 0,2,5, 0-3,6, all or none"
+            )
         lo = int(m.group(1))
         hi = int(m.group(2)) if m.group(2) is not None else lo
         if hi < lo:
@@ -78,13 +86,13 @@ def parse_gpus(spec: str, available: list[str]) -> list[str]:
     beyond = [i for i in indices if i >= len(available)]
     if beyond:
         have = f"0-{len(available) - 1}" if available else "none"
-        raise UsageError(f"--gpus {spec!r}: GPU {beyond[0]} is not present "
-                         f"(GPUs here: {have})")
+        raise UsageError(f"--gpus {spec!r}: GPU {beyond[0]} is not present (GPUs here: {have})")
     return [available[i] for i in indices]
 
 
-def make_slots(gpus: list[str], per_gpu: int, workers: int | None,
-               cores: int | None = None) -> list[Slot]:
+def make_slots(
+    gpus: list[str], per_gpu: int, workers: int | None, cores: int | None = None
+) -> list[Slot]:
     """``per_gpu`` workers per GPU, or ``workers`` CPU workers with threads divided so that
     workers x threads <= cores."""
     cores = cores or os.cpu_count() or 1

@@ -38,8 +38,9 @@ EVAL_BATCH = 1024
 class DataCache:
     """Datasets on the device, kept across the runs of one worker (a few at most)."""
 
-    def __init__(self, registry: Registry, device: torch.device, keep: int = 2,
-                 data_dir: str | None = None):
+    def __init__(
+        self, registry: Registry, device: torch.device, keep: int = 2, data_dir: str | None = None
+    ):
         self.registry, self.device, self.keep = registry, device, keep
         self.data_dir = data_dir or os.environ.get("OPTLAB_DATA") or "data"
         self._items: OrderedDict[str, TensorData] = OrderedDict()
@@ -51,8 +52,9 @@ class DataCache:
             self._items.move_to_end(key)
             return self._items[key]
         params = {k: v for k, v in table.items() if k != "name"}
-        data = self.registry.create("dataset", table["name"], params,
-                                    data_dir=self.data_dir).to(self.device)
+        data = self.registry.create("dataset", table["name"], params, data_dir=self.data_dir).to(
+            self.device
+        )
         self._items[key] = data
         while len(self._items) > self.keep:
             self._items.popitem(last=False)
@@ -87,7 +89,7 @@ def evaluate(model, x, y, autocast) -> tuple[float, float]:
     loss = torch.zeros((), device=x.device)
     correct = torch.zeros((), device=x.device, dtype=torch.int64)
     for i in range(0, len(x), EVAL_BATCH):
-        xb, yb = x[i:i + EVAL_BATCH], y[i:i + EVAL_BATCH]
+        xb, yb = x[i : i + EVAL_BATCH], y[i : i + EVAL_BATCH]
         with autocast():
             out = model(xb)
         loss += F.cross_entropy(out.float(), yb, reduction="sum")
@@ -95,8 +97,13 @@ def evaluate(model, x, y, autocast) -> tuple[float, float]:
     return loss.item() / len(x), correct.item() / len(x)
 
 
-def step_optimizer(opt: torch.optim.Optimizer, net: torch.nn.Module, x: torch.Tensor,
-                   y: torch.Tensor, autocast: Any) -> int:
+def step_optimizer(
+    opt: torch.optim.Optimizer,
+    net: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    autocast: Any,
+) -> int:
     """One optimizer step after the engine's backward pass; the gradient evaluations it took.
 
     An optimizer whose ``optlab_closure`` is true gets a closure: it zeroes the gradients,
@@ -121,8 +128,7 @@ def step_optimizer(opt: torch.optim.Optimizer, net: torch.nn.Module, x: torch.Te
                 # Gradients that can be differentiated again; the optimizer detaches them
                 # when it is done (autograd.grad, not backward: no reference cycle).
                 params = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
-                grads = torch.autograd.grad(again, params, create_graph=True,
-                                            allow_unused=True)
+                grads = torch.autograd.grad(again, params, create_graph=True, allow_unused=True)
                 for p, grad in zip(params, grads, strict=True):
                     p.grad = grad
             else:
@@ -214,8 +220,7 @@ def set_rng_state(state: dict[str, Any], device: torch.device, gen: torch.Genera
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def divergence(config: dict[str, Any], train_loss: float, run: Counters
-               ) -> tuple[str, str] | None:
+def divergence(config: dict[str, Any], train_loss: float, run: Counters) -> tuple[str, str] | None:
     """(rule, why) when this epoch's training loss says the run diverged, else None. The
     first epoch's loss is the reference of the relative rule (kept in the checkpoint)."""
     if not math.isfinite(train_loss):
@@ -224,8 +229,10 @@ def divergence(config: dict[str, Any], train_loss: float, run: Counters
         run.first_loss = train_loss
     factor = (config.get("divergence") or {}).get("loss_factor")
     if factor and run.first_loss > 0 and train_loss > factor * run.first_loss:
-        return "loss_factor", (f"training loss {train_loss:.4g} is above {factor:g} x the "
-                               f"first epoch's ({run.first_loss:.4g})")
+        return "loss_factor", (
+            f"training loss {train_loss:.4g} is above {factor:g} x the "
+            f"first epoch's ({run.first_loss:.4g})"
+        )
     return None
 
 
@@ -240,8 +247,13 @@ def save_weights(folder: Path, which: str, weights: dict[str, torch.Tensor]) -> 
     return path
 
 
-def train(task: dict[str, Any], emit: Emit, cache: DataCache,
-          registry: Registry | None = None, tick: Callable[[], None] | None = None) -> None:
+def train(
+    task: dict[str, Any],
+    emit: Emit,
+    cache: DataCache,
+    registry: Registry | None = None,
+    tick: Callable[[], None] | None = None,
+) -> None:
     registry = registry or default_registry()
     config, seed, run_id = task["config"], task["seed"], task["run_id"]
     device = cache.device
@@ -252,35 +264,61 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
     data = cache.get(config["dataset"])
     n, epochs = len(data.x_train), config["epochs"]
     torch.manual_seed(seed)  # model init; CPU and CUDA generators alike
-    model = _build(registry, "model", config["model"], input_shape=data.input_shape,
-                   num_classes=data.num_classes).to(device)
+    model = _build(
+        registry,
+        "model",
+        config["model"],
+        input_shape=data.input_shape,
+        num_classes=data.num_classes,
+    ).to(device)
     images = data.x_train.dim() == 4
     if device.type == "cuda" and images:
         model = model.to(memory_format=torch.channels_last)
     optimizer = _build(registry, "optimizer", config["optimizer"], model=model)
     base_lrs = [group["lr"] for group in optimizer.param_groups]
     lr_factor = _build(registry, "lr_schedule", config["lr_schedule"], epochs=epochs)
-    batch_size_at = _build(registry, "batch_schedule", config["batch_schedule"], epochs=epochs,
-                           train_size=n)
-    augment = _build(registry, "augmentation", config["augmentation"],
-                     input_shape=data.input_shape, mean=data.mean, std=data.std)
+    batch_size_at = _build(
+        registry, "batch_schedule", config["batch_schedule"], epochs=epochs, train_size=n
+    )
+    augment = _build(
+        registry,
+        "augmentation",
+        config["augmentation"],
+        input_shape=data.input_shape,
+        mean=data.mean,
+        std=data.std,
+    )
     used_precision, autocast, scaler = precision_for(config["precision"], device)
     if scaler is not None and getattr(optimizer, "optlab_closure", False):
-        raise ValueError(f"optimizer {config['optimizer']['name']} re-evaluates the loss in "
-                         "its step (a closure), which amp's gradient scaler cannot do: use "
-                         "precision = \"fp32\" or \"bf16\"")
+        raise ValueError(
+            f"optimizer {config['optimizer']['name']} re-evaluates the loss in "
+            "its step (a closure), which amp's gradient scaler cannot do: use "
+            'precision = "fp32" or "bf16"'
+        )
     # One generator for data order and augmentation, seeded from the run's seed.
     gen = torch.Generator(device=device).manual_seed(seed)
-    probes = Probes(config.get("probes", []), registry, model=model, optimizer=optimizer,
-                    data=data, augment=augment, seed=seed, epochs=epochs, device=device,
-                    channels_last=device.type == "cuda" and images)
+    probes = Probes(
+        config.get("probes", []),
+        registry,
+        model=model,
+        optimizer=optimizer,
+        data=data,
+        augment=augment,
+        seed=seed,
+        epochs=epochs,
+        device=device,
+        channels_last=device.type == "cuda" and images,
+    )
     folder = Path(task["checkpoint_dir"]) if task.get("checkpoint_dir") else None
     policy = ckpt.Policy.from_config(config) if config.get("checkpoint") and folder else None
     weights_mode = config.get("save_weights", "none")
     best = BestWeights(weights_mode == "best")
     run = Counters(lr=base_lrs[0])
-    shape = {"input_shape": list(data.input_shape), "num_classes": data.num_classes,
-             "checkpoint_dir": str(folder) if folder else None}
+    shape = {
+        "input_shape": list(data.input_shape),
+        "num_classes": data.num_classes,
+        "checkpoint_dir": str(folder) if folder else None,
+    }
 
     def report(events: list[dict[str, Any]]) -> None:
         for ev in events:
@@ -302,20 +340,46 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
         set_rng_state(state["rng"], device, gen)
         probes.load_state_dict(state["probes"])
         best.load_state_dict(state["best"])
-        run = Counters(state["epoch"], state["step"], state["samples"], state["lr"],
-                       state["elapsed"], state.get("first_loss"),
-                       state.get("sfo_full_batches", state["samples"]),
-                       state.get("rounds", state["step"]), state.get("sfo", state["samples"]))
+        run = Counters(
+            state["epoch"],
+            state["step"],
+            state["samples"],
+            state["lr"],
+            state["elapsed"],
+            state.get("first_loss"),
+            state.get("sfo_full_batches", state["samples"]),
+            state.get("rounds", state["step"]),
+            state.get("sfo", state["samples"]),
+        )
         ckpt.clear(folder, keep_upto=run.epoch)
-        emit({"type": "resumed", "run_id": run_id, "epoch": run.epoch, "step": run.step,
-              "checkpoint": str(found.path), "skipped": found.skipped,
-              "precision_used": used_precision, "config": config, "seed": seed, **shape})
+        emit(
+            {
+                "type": "resumed",
+                "run_id": run_id,
+                "epoch": run.epoch,
+                "step": run.step,
+                "checkpoint": str(found.path),
+                "skipped": found.skipped,
+                "precision_used": used_precision,
+                "config": config,
+                "seed": seed,
+                **shape,
+            }
+        )
     else:
         if folder is not None:
             ckpt.clear(folder)
-        emit({"type": "started", "run_id": run_id, "precision_used": used_precision,
-              "config": config, "seed": seed, "skipped": found.skipped if found else [],
-              **shape})
+        emit(
+            {
+                "type": "started",
+                "run_id": run_id,
+                "precision_used": used_precision,
+                "config": config,
+                "seed": seed,
+                "skipped": found.skipped if found else [],
+                **shape,
+            }
+        )
         if probes:
             report(probes.at_epoch(0, 0)[0])
 
@@ -331,13 +395,13 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
             workers.append((replica, opt))
         # A fixed partition of the training set, drawn once from the run's seed.
         split = torch.Generator().manual_seed(seed + SHARD_SEED)
-        shards = list(torch.randperm(n, generator=split).to(device)
-                      .tensor_split(local["workers"]))
+        shards = list(torch.randperm(n, generator=split).to(device).tensor_split(local["workers"]))
         shard_size = min(len(s) for s in shards)
 
     # ---- epochs -----------------------------------------------------------------------
-    reference = config.get("lr_reference_batch") or min(int(batch_size_at(0)),
-                                                         shard_size if local else n)
+    reference = config.get("lr_reference_batch") or min(
+        int(batch_size_at(0)), shard_size if local else n
+    )
     for epoch in range(run.epoch, epochs):
         bs = min(int(batch_size_at(epoch)), shard_size if local else n)
         scale = lr_scale(config, bs, reference)
@@ -364,7 +428,7 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
             for (net, opt), order, count in zip(workers, orders, counts, strict=True):
                 if i >= count:
                     continue
-                idx = order[i * bs:(i + 1) * bs]
+                idx = order[i * bs : (i + 1) * bs]
                 x, y = augment(data.x_train[idx], gen), data.y_train[idx]
                 if device.type == "cuda" and images:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -417,25 +481,48 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
 
         t1 = time.perf_counter()
         nan = (float("nan"), float("nan"))
-        test_loss, test_acc = evaluate(model, data.x_test, data.y_test, autocast) if finite \
-            else nan
-        val_loss, val_acc = (None, None) if data.x_val is None else (
-            evaluate(model, data.x_val, data.y_val, autocast) if finite else nan)
+        test_loss, test_acc = evaluate(model, data.x_test, data.y_test, autocast) if finite else nan
+        val_loss, val_acc = (
+            (None, None)
+            if data.x_val is None
+            else (evaluate(model, data.x_val, data.y_val, autocast) if finite else nan)
+        )
         tick()
-        emit({
-            "type": "epoch", "run_id": run_id, "epoch": run.epoch, "step": run.step,
-            "samples": run.samples, "sfo": run.sfo, "epoch_lr": run.lr,
-            "epoch_batch_size": bs, "train_loss": train_loss, "train_acc": correct.item() / n,
-            "test_loss": test_loss, "test_acc": test_acc,
-            "seconds": seconds, "eval_seconds": time.perf_counter() - t1,
-            "val_loss": val_loss, "val_acc": val_acc, "probe_seconds": probe_seconds,
-            "sfo_full_batches": run.sfo_full_batches, "comm_rounds": run.rounds,
-        })
+        emit(
+            {
+                "type": "epoch",
+                "run_id": run_id,
+                "epoch": run.epoch,
+                "step": run.step,
+                "samples": run.samples,
+                "sfo": run.sfo,
+                "epoch_lr": run.lr,
+                "epoch_batch_size": bs,
+                "train_loss": train_loss,
+                "train_acc": correct.item() / n,
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+                "seconds": seconds,
+                "eval_seconds": time.perf_counter() - t1,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "probe_seconds": probe_seconds,
+                "sfo_full_batches": run.sfo_full_batches,
+                "comm_rounds": run.rounds,
+            }
+        )
         diverged = divergence(config, train_loss, run)
         if diverged is not None:
             rule, why = diverged
-            emit({"type": "diverged", "run_id": run_id, "elapsed": elapsed(), "rule": rule,
-                  "error": f"{why} in epoch {run.epoch}"})
+            emit(
+                {
+                    "type": "diverged",
+                    "run_id": run_id,
+                    "elapsed": elapsed(),
+                    "rule": rule,
+                    "error": f"{why} in epoch {run.epoch}",
+                }
+            )
             if folder is not None:
                 ckpt.clear(folder)
             return
@@ -444,30 +531,59 @@ def train(task: dict[str, Any], emit: Emit, cache: DataCache,
         # ---- checkpoint ---------------------------------------------------------------
         if policy is not None and policy.due(run.epoch):
             c0 = time.perf_counter()
-            path, size = policy.save(folder, run.epoch, {
-                "format": ckpt.FORMAT, "run_id": run_id, "epoch": run.epoch,
-                "step": run.step, "samples": run.samples, "lr": run.lr, "elapsed": elapsed(),
-                "first_loss": run.first_loss, "sfo_full_batches": run.sfo_full_batches,
-                "rounds": run.rounds, "sfo": run.sfo,
-                "local_optimizers": [opt.state_dict() for _, opt in workers[1:]],
-                "threads": torch.get_num_threads(), "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": rng_state(device, gen), "probes": probes.state_dict(),
-                "best": best.state_dict()})
-            emit({"type": "checkpoint", "run_id": run_id, "epoch": run.epoch,
-                  "path": str(path), "bytes": size, "seconds": time.perf_counter() - c0})
+            path, size = policy.save(
+                folder,
+                run.epoch,
+                {
+                    "format": ckpt.FORMAT,
+                    "run_id": run_id,
+                    "epoch": run.epoch,
+                    "step": run.step,
+                    "samples": run.samples,
+                    "lr": run.lr,
+                    "elapsed": elapsed(),
+                    "first_loss": run.first_loss,
+                    "sfo_full_batches": run.sfo_full_batches,
+                    "rounds": run.rounds,
+                    "sfo": run.sfo,
+                    "local_optimizers": [opt.state_dict() for _, opt in workers[1:]],
+                    "threads": torch.get_num_threads(),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scaler": scaler.state_dict() if scaler is not None else None,
+                    "rng": rng_state(device, gen),
+                    "probes": probes.state_dict(),
+                    "best": best.state_dict(),
+                },
+            )
+            emit(
+                {
+                    "type": "checkpoint",
+                    "run_id": run_id,
+                    "epoch": run.epoch,
+                    "path": str(path),
+                    "bytes": size,
+                    "seconds": time.perf_counter() - c0,
+                }
+            )
 
     # ---- the end: weights, then the checkpoints go ------------------------------------
     kept = None
     if folder is not None:
         if weights_mode == "best" and best.weights is not None:
             kept = save_weights(folder, "best", best.weights)
-        elif weights_mode == "final" or (weights_mode == "auto"
-                                         and elapsed() >= WEIGHTS_AUTO_SECONDS):
+        elif weights_mode == "final" or (
+            weights_mode == "auto" and elapsed() >= WEIGHTS_AUTO_SECONDS
+        ):
             kept = save_weights(folder, "final", cpu_state(model))
-    emit({"type": "finished", "run_id": run_id, "elapsed": elapsed(),
-          "weights": str(kept) if kept else None,
-          "best_epoch": best.epoch if weights_mode == "best" else None})
+    emit(
+        {
+            "type": "finished",
+            "run_id": run_id,
+            "elapsed": elapsed(),
+            "weights": str(kept) if kept else None,
+            "best_epoch": best.epoch if weights_mode == "best" else None,
+        }
+    )
     if folder is not None:
         ckpt.clear(folder)

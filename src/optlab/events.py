@@ -30,24 +30,24 @@ from typing import Any
 
 TERMINAL = ("finished", "failed", "diverged")
 EPOCH_FIELDS = (
-    "epoch",        # 1-based index of the finished epoch
-    "step",         # optimizer steps so far
-    "samples",      # training samples processed so far
-    "sfo",          # stochastic first-order oracle count: examples whose gradient was
-                    # computed so far, once per gradient evaluation (SAM: two a step)
-    "epoch_lr",     # learning rate in force at the epoch's last step
+    "epoch",  # 1-based index of the finished epoch
+    "step",  # optimizer steps so far
+    "samples",  # training samples processed so far
+    "sfo",  # stochastic first-order oracle count: examples whose gradient was
+    # computed so far, once per gradient evaluation (SAM: two a step)
+    "epoch_lr",  # learning rate in force at the epoch's last step
     "epoch_batch_size",  # batch size in force during the epoch
     "train_loss",
     "train_acc",
     "test_loss",
     "test_acc",
-    "seconds",      # training time of the epoch (evaluation and probes apart)
+    "seconds",  # training time of the epoch (evaluation and probes apart)
     "eval_seconds",
-    "val_loss",     # on the validation split held out of the training set, when there is one
+    "val_loss",  # on the validation split held out of the training set, when there is one
     "val_acc",
     "probe_seconds",  # time spent in probes during and after the epoch (not in seconds)
     "sfo_full_batches",  # SFO counting an epoch's last, partial batch as a whole one (the
-                         # seed 004 reference's count); sfo counts the samples really used
+    # seed 004 reference's count); sfo counts the samples really used
     "comm_rounds",  # communication rounds so far: local SGD's averagings, else one per step
 )
 

@@ -37,16 +37,18 @@ class Executor(Protocol):
 
     name: str
 
-    def make_slots(self, gpus: str | None, per_gpu: int, workers: int | None,
-                   runs: int | None) -> list[Slot]:
+    def make_slots(
+        self, gpus: str | None, per_gpu: int, workers: int | None, runs: int | None
+    ) -> list[Slot]:
         """The worker slots for ``--gpus``/``--per-gpu``/``--workers``; ``runs`` (when known)
         caps the default number of CPU slots. Raises UsageError for what cannot be had."""
 
     def where(self, slots: list[Slot]) -> str:
         """A few words for the start line: ``2 GPU(s) x 4``, ``CPU``, ``ray: 3 nodes``."""
 
-    async def run(self, specs: list[RunSpec], slots: list[Slot], sink: Sink,
-                  task_extra: TaskExtra) -> None:
+    async def run(
+        self, specs: list[RunSpec], slots: list[Slot], sink: Sink, task_extra: TaskExtra
+    ) -> None:
         """Train ``specs`` on ``slots``, sending every event to ``sink`` (in order per run),
         until all have ended or :meth:`halt` was called. Cancelling it stops the workers and
         leaves the runs resumable. Besides the workers' events it may send ``assigned``
@@ -73,11 +75,13 @@ class LocalExecutor:
         self.pool = None
         self._halted = False
 
-    def make_slots(self, gpus: str | None, per_gpu: int, workers: int | None,
-                   runs: int | None) -> list[Slot]:
+    def make_slots(
+        self, gpus: str | None, per_gpu: int, workers: int | None, runs: int | None
+    ) -> list[Slot]:
         available = devices.visible_gpus()
-        chosen = devices.parse_gpus(gpus if gpus is not None else
-                                    ("all" if available else "none"), available)
+        chosen = devices.parse_gpus(
+            gpus if gpus is not None else ("all" if available else "none"), available
+        )
         if workers is None and runs is not None:
             workers = min(os.cpu_count() or 1, runs)
         return devices.make_slots(chosen, per_gpu, workers)
@@ -86,13 +90,15 @@ class LocalExecutor:
         gpus = sorted({s.gpu for s in slots if s.gpu is not None})
         return f"{len(gpus)} GPU(s) x {len(slots) // len(gpus)}" if gpus else "CPU"
 
-    async def run(self, specs: list[RunSpec], slots: list[Slot], sink: Sink,
-                  task_extra: TaskExtra) -> None:
+    async def run(
+        self, specs: list[RunSpec], slots: list[Slot], sink: Sink, task_extra: TaskExtra
+    ) -> None:
         from optlab.pool import LocalPool
 
         options = {"python": self.python} if self.python else {}
-        self.pool = LocalPool(slots, self.store, stall_timeout=self.stall_timeout,
-                              task_extra=task_extra, **options)
+        self.pool = LocalPool(
+            slots, self.store, stall_timeout=self.stall_timeout, task_extra=task_extra, **options
+        )
         self.pool.stopping = self._halted
         await self.pool.run(specs, sink)
 
@@ -110,20 +116,26 @@ class LocalExecutor:
         pass
 
 
-def _build_local(params: NoParams, *, store: Path, stall_timeout: float = 600.0,
-                 **_: Any) -> LocalExecutor:
+def _build_local(
+    params: NoParams, *, store: Path, stall_timeout: float = 600.0, **_: Any
+) -> LocalExecutor:
     return LocalExecutor(store, stall_timeout)
 
 
 class RayParams(Params):
     address: str | None = Field(
-        None, description="A running cluster: 'auto' (the one this machine belongs to) or "
-                          "HOST:PORT of its head; none starts Ray on this machine alone.")
+        None,
+        description="A running cluster: 'auto' (the one this machine belongs to) or "
+        "HOST:PORT of its head; none starts Ray on this machine alone.",
+    )
 
 
 local = Plugin("worker processes on this machine (the default)", NoParams, _build_local)
-ray = Plugin("Ray actors across a cluster, one per slot; needs pip install 'optlab[ray]'",
-             RayParams, "optlab.ray_executor:build")
+ray = Plugin(
+    "Ray actors across a cluster, one per slot; needs pip install 'optlab[ray]'",
+    RayParams,
+    "optlab.ray_executor:build",
+)
 
 
 def create(name: str, params: dict[str, Any], **context: Any) -> Executor:
@@ -142,6 +154,8 @@ def create(name: str, params: dict[str, Any], **context: Any) -> Executor:
     try:
         build = plugin.builder()
     except ImportError as e:
-        raise UsageError(f"--executor {name} needs {e.name or 'a package'}, which is not "
-                         f"installed: pip install 'optlab[{name}]'") from None
+        raise UsageError(
+            f"--executor {name} needs {e.name or 'a package'}, which is not "
+            f"installed: pip install 'optlab[{name}]'"
+        ) from None
     return build(validated, **context)

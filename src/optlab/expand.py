@@ -53,8 +53,12 @@ class RunSpec:
 
     def task(self) -> dict[str, Any]:
         """What a worker needs to train this run (with the text of its plugin files)."""
-        task = {"run_id": self.run_id, "seed": self.seed, "config": self.config,
-                "study_folder": self.folder}
+        task = {
+            "run_id": self.run_id,
+            "seed": self.seed,
+            "config": self.config,
+            "study_folder": self.folder,
+        }
         if self.files:
             task["plugin_files"] = [f.entry() for f in self.files]
         return task
@@ -73,8 +77,9 @@ class BlockPlan:
 def run_id_for(config: dict[str, Any], seed: int) -> str:
     """A hash of what the run computes: its resolved config (less how it is kept) and seed."""
     identity = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
-    canonical = json.dumps({"config": identity, "seed": seed}, sort_keys=True,
-                           separators=(",", ":"))
+    canonical = json.dumps(
+        {"config": identity, "seed": seed}, sort_keys=True, separators=(",", ":")
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
@@ -86,8 +91,9 @@ def max_runs_default() -> int:
     return int(given) if given.isdigit() else MAX_RUNS
 
 
-def expand(study: Study, registry: Registry | None = None,
-           max_runs: int | None = None) -> list[BlockPlan]:
+def expand(
+    study: Study, registry: Registry | None = None, max_runs: int | None = None
+) -> list[BlockPlan]:
     """All blocks with their runs; a run already produced by an earlier block is kept there.
     A study that could expand to more than ``max_runs`` runs is refused before any is made."""
     registry = registry or default_registry()
@@ -99,9 +105,11 @@ def expand(study: Study, registry: Registry | None = None,
         seeds = seed_list(block.seeds) if block.seeds is not None else study.seeds
         bound += math.prod(sizes) * len(seeds)
     if bound > limit:
-        raise ConfigError(f"{study.file}: the study expands to up to {bound:,} runs, more than "
-                          f"the limit of {limit:,}; check its axes, or raise the limit with "
-                          "--max-runs (or OPTLAB_MAX_RUNS)")
+        raise ConfigError(
+            f"{study.file}: the study expands to up to {bound:,} runs, more than "
+            f"the limit of {limit:,}; check its axes, or raise the limit with "
+            "--max-runs (or OPTLAB_MAX_RUNS)"
+        )
     seen: set[str] = set()
     plans = []
     with study_folder(study.folder):
@@ -141,8 +149,9 @@ class _Expander:
         try:
             paths.assign(cfg, path, value)
         except KeyError:
-            raise self.fail(key, f"{path.rsplit('.', 1)[0]} is a single value, not a table"
-                            ) from None
+            raise self.fail(
+                key, f"{path.rsplit('.', 1)[0]} is a single value, not a table"
+            ) from None
 
     def check_shape(self, cfg: dict[str, Any], where: str) -> None:
         """Plugin slots hold tables whose name is a string; probes is a list of tables."""
@@ -151,11 +160,14 @@ class _Expander:
             if table is None:
                 continue
             if not isinstance(table, dict):
-                raise self.fail(f"{where}.{slot}", f"needs a table such as {slot} = "
-                                f"{{ name = \"...\" }} (given {table!r})")
+                raise self.fail(
+                    f"{where}.{slot}",
+                    f'needs a table such as {slot} = {{ name = "..." }} (given {table!r})',
+                )
             if "name" in table and not isinstance(table["name"], str):
-                raise self.fail(f"{where}.{slot}.name", f"a plugin name is a string "
-                                f"(given {table['name']!r})")
+                raise self.fail(
+                    f"{where}.{slot}.name", f"a plugin name is a string (given {table['name']!r})"
+                )
 
     # ---- axes --------------------------------------------------------------------------
     def group_sizes(self) -> list[int]:
@@ -166,8 +178,7 @@ class _Expander:
         from optlab import search
 
         plain = Block(**{**block.model_dump(), "search": {}})
-        sizes = [len(g) for g in _Expander(self.study, plain, 0, self.registry)
-                 .axis_groups()[0]]
+        sizes = [len(g) for g in _Expander(self.study, plain, 0, self.registry).axis_groups()[0]]
         try:
             _, n, _, _ = search.parse(block.search)
         except search.SearchError as e:
@@ -216,8 +227,9 @@ class _Expander:
         if not values:
             raise self.fail(key, "empty axis; give at least one value")
 
-    def check_path(self, key: str, path: str, cfg: dict[str, Any],
-                   axes: dict[str, list[Any]]) -> None:
+    def check_path(
+        self, key: str, path: str, cfg: dict[str, Any], axes: dict[str, list[Any]]
+    ) -> None:
         """An axis, filter or override path must name a key of the run config."""
         parts = path.split(".")
         head = parts[0]
@@ -232,8 +244,7 @@ class _Expander:
             if table is None:
                 raise self.fail(key, f"no such key; {head} is a single value")
             if len(parts) > 2 or parts[1] not in table.model_fields:
-                raise self.fail(key, f"no such key; {head} takes: "
-                                     f"{', '.join(table.model_fields)}")
+                raise self.fail(key, f"no such key; {head} takes: {', '.join(table.model_fields)}")
             return
         if len(parts) > 2 or parts[1] == "name":
             return
@@ -247,8 +258,9 @@ class _Expander:
             takes = ", ".join(sorted(fields)) or "no parameters"
             raise self.fail(key, f"no such key; {'/'.join(sorted(names))} takes: {takes}")
 
-    def _possible_plugins(self, slot: str, cfg: dict[str, Any],
-                          axes: dict[str, list[Any]]) -> set[str]:
+    def _possible_plugins(
+        self, slot: str, cfg: dict[str, Any], axes: dict[str, list[Any]]
+    ) -> set[str]:
         table = cfg.get(slot)
         names = [table.get("name")] if isinstance(table, dict) else []
         names += list(axes.get(f"{slot}.name", []))
@@ -262,9 +274,12 @@ class _Expander:
         for slot, kind in PLUGIN_SLOTS.items():
             table = cfg.get(slot)
             if not isinstance(table, dict) or not isinstance(table.get("name"), str):
-                raise self.fail(slot, f"needs a table with a name, such as {slot} = "
-                                      f"{{ name = \"...\" }}; registered: "
-                                      f"{', '.join(self.registry.names(kind))}")
+                raise self.fail(
+                    slot,
+                    f"needs a table with a name, such as {slot} = "
+                    f'{{ name = "..." }}; registered: '
+                    f"{', '.join(self.registry.names(kind))}",
+                )
             plugin, model = self.validate(kind, slot, table)
             resolved[slot] = {"name": table["name"], **model.model_dump(mode="json")}
             models[slot] = (plugin, model, table["name"])
@@ -272,8 +287,9 @@ class _Expander:
         try:
             resolved.update(RunSettings.model_validate(settings).model_dump(mode="json"))
         except ValidationError as e:
-            raise ConfigError(f"{self.prefix}: {describe_validation_error(e, RunSettings)}"
-                              ) from None
+            raise ConfigError(
+                f"{self.prefix}: {describe_validation_error(e, RunSettings)}"
+            ) from None
         if resolved.get("local_sgd") is None:
             resolved.pop("local_sgd", None)
         probes = self.resolve_probes(cfg.get(PROBES_KEY))
@@ -289,14 +305,15 @@ class _Expander:
         except ConfigError as e:
             raise self.fail(f"{key}.name", str(e)) from None
         try:
-            params = plugin.params.model_validate(
-                {k: v for k, v in table.items() if k != "name"})
+            params = plugin.params.model_validate({k: v for k, v in table.items() if k != "name"})
             # What the worker will validate is the JSON form: it must pass there too.
             plugin.params.model_validate(params.model_dump(mode="json"))
         except ValidationError as e:
-            raise ConfigError(f"{self.prefix}: " + describe_validation_error(
-                e, plugin.params, prefix=f"{key}.")
-                .replace("unknown key; allowed:", f"unknown key; {table['name']} takes:")
+            raise ConfigError(
+                f"{self.prefix}: "
+                + describe_validation_error(e, plugin.params, prefix=f"{key}.").replace(
+                    "unknown key; allowed:", f"unknown key; {table['name']} takes:"
+                )
             ) from None
         return plugin, params
 
@@ -305,22 +322,31 @@ class _Expander:
             return []
         example = '[{ name = "grad_norm", every = 1 }]'
         if not isinstance(tables, list):
-            raise self.fail(PROBES_KEY, f"needs a list of probe tables, such as {example} "
-                                        f"(given {tables!r})")
+            raise self.fail(
+                PROBES_KEY, f"needs a list of probe tables, such as {example} (given {tables!r})"
+            )
         out = []
         for i, table in enumerate(tables):
             key = f"{PROBES_KEY}[{i}]"
             if not isinstance(table, dict) or not isinstance(table.get("name"), str):
-                raise self.fail(key, f"needs a table with a name, such as {example}; "
-                                     f"registered: {', '.join(self.registry.names('probe'))}")
+                raise self.fail(
+                    key,
+                    f"needs a table with a name, such as {example}; "
+                    f"registered: {', '.join(self.registry.names('probe'))}",
+                )
             plugin, params = self.validate("probe", key, table)
-            out.append(({"name": table["name"], **params.model_dump(mode="json")},
-                        (plugin, params)))
+            out.append(
+                ({"name": table["name"], **params.model_dump(mode="json")}, (plugin, params))
+            )
         return out
 
-    def check(self, models: dict[str, Any], epochs: int,
-              probes: list[tuple[dict[str, Any], Any]],
-              local: dict[str, Any] | None = None) -> None:
+    def check(
+        self,
+        models: dict[str, Any],
+        epochs: int,
+        probes: list[tuple[dict[str, Any], Any]],
+        local: dict[str, Any] | None = None,
+    ) -> None:
         """Cross-checks that need more than one table (a batch past the training set, a
         probe scheduled after the last epoch)."""
         plugin, params, _ = models["dataset"]
@@ -333,9 +359,12 @@ class _Expander:
         if local and facts["train_size"] is not None:
             # Local SGD: each worker's batches come from its own shard.
             if facts["train_size"] < local["workers"]:
-                raise self.fail("local_sgd.workers", f"{local['workers']} workers need at "
-                                f"least one training example each (there are "
-                                f"{facts['train_size']})")
+                raise self.fail(
+                    "local_sgd.workers",
+                    f"{local['workers']} workers need at "
+                    f"least one training example each (there are "
+                    f"{facts['train_size']})",
+                )
             facts["train_size"] //= local["workers"]
         for slot, (plugin, params, _) in models.items():
             if plugin.check is None:
@@ -395,12 +424,14 @@ def _matches(cfg: dict[str, Any], condition: dict[str, Any]) -> bool:
 
 def _name_first(combo: dict[str, Any]) -> list[tuple[str, Any]]:
     # A plugin's name must land before its parameters: changing it clears the table.
-    return sorted(combo.items(), key=lambda kv: not (kv[0].endswith(".name")
-                                                     or kv[0] in PLUGIN_SLOTS))
+    return sorted(
+        combo.items(), key=lambda kv: not (kv[0].endswith(".name") or kv[0] in PLUGIN_SLOTS)
+    )
 
 
-def _expand_block(study: Study, block: Block, index: int, registry: Registry,
-                  seen: set[str]) -> BlockPlan:
+def _expand_block(
+    study: Study, block: Block, index: int, registry: Registry, seen: set[str]
+) -> BlockPlan:
     ex = _Expander(study, block, index, registry)
     base = ex.start_config()
     groups, axes = ex.axis_groups()
@@ -434,11 +465,23 @@ def _expand_block(study: Study, block: Block, index: int, registry: Registry,
             if run_id in seen:
                 continue
             seen.add(run_id)
-            runs.append(RunSpec(run_id, study.name, ex.name, seed, config, combo, len(seen) - 1,
-                                study.folder, tuple(files)))
+            runs.append(
+                RunSpec(
+                    run_id,
+                    study.name,
+                    ex.name,
+                    seed,
+                    config,
+                    combo,
+                    len(seen) - 1,
+                    study.folder,
+                    tuple(files),
+                )
+            )
     if block.search:
         from optlab import search
 
-        return BlockPlan(ex.name, axes, seeds, runs, search.describe(block.search),
-                         ex.search_points())
+        return BlockPlan(
+            ex.name, axes, seeds, runs, search.describe(block.search), ex.search_points()
+        )
     return BlockPlan(ex.name, axes, seeds, runs)

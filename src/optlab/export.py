@@ -27,8 +27,9 @@ from optlab.results import clean, fetch_rows, open_study, q
 FORMATS = ("csv", "parquet", "seed001", "seed004")
 
 
-def export(store: Path, study: str | None, folder: Path | None, fmt: str
-           ) -> tuple[str, Path, list[Path]]:
+def export(
+    store: Path, study: str | None, folder: Path | None, fmt: str
+) -> tuple[str, Path, list[Path]]:
     """Write the files (default folder: STUDY_export); returns (study, folder, paths)."""
     if fmt not in FORMATS:
         raise OptlabError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
@@ -63,7 +64,7 @@ def _tables(con: Any, study: str, folder: Path, fmt: str) -> list[Path]:
         "runs": f"select * from runs where study = '{q(study)}' order by block, position",
         "epochs": f"select * from epochs where run_id in {members} order by run_id, epoch",
         "probes": f"select * from probes where run_id in {members} "
-                  "order by run_id, step, probe, key",
+        "order by run_id, step, probe, key",
     }
     files = []
     option = "(format csv, header)" if fmt == "csv" else "(format parquet)"
@@ -75,22 +76,41 @@ def _tables(con: Any, study: str, folder: Path, fmt: str) -> list[Path]:
 
 
 # The seed projects' own names for the hyperparameters they vary most.
-SEED_NAMES = {"batch_size": "batch_schedule.batch_size", "lr": "optimizer.lr",
-              "wd": "optimizer.weight_decay", "momentum": "optimizer.momentum"}
+SEED_NAMES = {
+    "batch_size": "batch_schedule.batch_size",
+    "lr": "optimizer.lr",
+    "wd": "optimizer.weight_decay",
+    "momentum": "optimizer.momentum",
+}
 
 
 def _seed001(con: Any, study: str, axes: list[str], folder: Path) -> list[Path]:
     runs = fetch_rows(
-        con, "select s.*, r.config from run_summary s join runs r using (study, run_id) "
-        "where s.study = ? order by s.block, r.position", [study])
+        con,
+        "select s.*, r.config from run_summary s join runs r using (study, run_id) "
+        "where s.study = ? order by s.block, r.position",
+        [study],
+    )
     epochs = _epochs(con, study)
     (folder / "results").mkdir(exist_ok=True)
     (folder / "history").mkdir(exist_ok=True)
     results = folder / "results" / "results.csv"
-    fields = ["run_id", "block", "seed", "status", *SEED_NAMES, "epochs",
-              *[a for a in axes if a not in SEED_NAMES.values()],
-              "final_test_acc", "best_test_acc", "best_epoch", "final_test_loss",
-              "final_train_loss", "final_train_acc", "train_seconds"]
+    fields = [
+        "run_id",
+        "block",
+        "seed",
+        "status",
+        *SEED_NAMES,
+        "epochs",
+        *[a for a in axes if a not in SEED_NAMES.values()],
+        "final_test_acc",
+        "best_test_acc",
+        "best_epoch",
+        "final_test_loss",
+        "final_train_loss",
+        "final_train_acc",
+        "train_seconds",
+    ]
     files = [results]
     with results.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
@@ -103,14 +123,26 @@ def _seed001(con: Any, study: str, axes: list[str], folder: Path) -> list[Path]:
             row["epochs"] = config["epochs"]
             writer.writerow(row)
             history = {
-                "run_id": run["run_id"], "study": study, "block": run["block"],
-                "seed": run["seed"], "status": run["status"], "config": config,
-                **{key: [clean(e[col]) for e in epochs.get(run["run_id"], [])]
-                   for key, col in (("epoch", "epoch"), ("train_loss", "train_loss"),
-                                    ("train_acc", "train_acc"), ("test_loss", "test_loss"),
-                                    ("test_acc", "test_acc"), ("lr", "epoch_lr"),
-                                    ("batch_size", "epoch_batch_size"),
-                                    ("epoch_time", "seconds"))}}
+                "run_id": run["run_id"],
+                "study": study,
+                "block": run["block"],
+                "seed": run["seed"],
+                "status": run["status"],
+                "config": config,
+                **{
+                    key: [clean(e[col]) for e in epochs.get(run["run_id"], [])]
+                    for key, col in (
+                        ("epoch", "epoch"),
+                        ("train_loss", "train_loss"),
+                        ("train_acc", "train_acc"),
+                        ("test_loss", "test_loss"),
+                        ("test_acc", "test_acc"),
+                        ("lr", "epoch_lr"),
+                        ("batch_size", "epoch_batch_size"),
+                        ("epoch_time", "seconds"),
+                    )
+                },
+            }
             path = folder / "history" / f"{run['block']}_{run['run_id']}.json"
             path.write_text(json.dumps(history, indent=1))
             files.append(path)
@@ -129,8 +161,11 @@ def _lookup(config: dict[str, Any], path: str) -> Any:
 def _epochs(con: Any, study: str) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for row in fetch_rows(
-        con, "select e.* from epochs e join memberships m using (run_id) "
-        "where m.study = ? order by e.run_id, e.epoch", [study]):
+        con,
+        "select e.* from epochs e join memberships m using (run_id) "
+        "where m.study = ? order by e.run_id, e.epoch",
+        [study],
+    ):
         out.setdefault(row["run_id"], []).append(row)
     return out
 
@@ -156,14 +191,19 @@ def _seed004(con: Any, study: str, axes: list[str], folder: Path) -> list[Path]:
     from optlab.steps import per_step
 
     runs = fetch_rows(
-        con, "select run_id, block, seed, axes, config from runs where study = ? "
-        "order by block, position", [study])
+        con,
+        "select run_id, block, seed, axes, config from runs where study = ? "
+        "order by block, position",
+        [study],
+    )
     epochs = _epochs(con, study)
     norms: dict[str, list[tuple[int, int, float]]] = {}
     for r, e, step, v in con.execute(
-            "select p.run_id, p.epoch, p.step, p.value from probes p join memberships m "
-            "using (run_id) where m.study = ? and p.probe = 'full_grad_norm' and "
-            "p.key = 'global' order by p.run_id, p.epoch, p.step", [study]).fetchall():
+        "select p.run_id, p.epoch, p.step, p.value from probes p join memberships m "
+        "using (run_id) where m.study = ? and p.probe = 'full_grad_norm' and "
+        "p.key = 'global' order by p.run_id, p.epoch, p.step",
+        [study],
+    ).fetchall():
         norms.setdefault(r, []).append((e, step, v))
     cells: dict[str, set[str]] = {}
     for run in runs:
@@ -183,10 +223,13 @@ def _seed004(con: Any, study: str, axes: list[str], folder: Path) -> list[Path]:
         rows = epochs.get(run["run_id"], [])
         config = json.loads(run["config"])
         tables = {
-            "train.csv": [[e["epoch"], e["step"], e["train_loss"], _percent(e["train_acc"]),
-                           e["epoch_lr"]] for e in rows],
-            "test.csv": [[e["epoch"], e["step"], e["test_loss"], _percent(e["test_acc"])]
-                         for e in rows],
+            "train.csv": [
+                [e["epoch"], e["step"], e["train_loss"], _percent(e["train_acc"]), e["epoch_lr"]]
+                for e in rows
+            ],
+            "test.csv": [
+                [e["epoch"], e["step"], e["test_loss"], _percent(e["test_acc"])] for e in rows
+            ],
             "norm.csv": [list(n) for n in norms.get(run["run_id"], [])],
             "lr_bs.csv": [list(s) for s in per_step(config, rows)],
         }

@@ -69,21 +69,28 @@ def label_sql(axis: str) -> str:
     return f"'{axis}=' || coalesce(r.\"{config_column(axis)}\"::varchar, '-')"
 
 
-def layout(con: Any, study: str, axes: list[str], shown: list[str], sel: Selection,
-           chart: str) -> Layout:
+def layout(
+    con: Any, study: str, axes: list[str], shown: list[str], sel: Selection, chart: str
+) -> Layout:
     """Check the selection against the study and work out panels and pooling.
 
     Everything that tells runs apart and is neither on the chart nor a panel is pooled;
     the caller puts :meth:`Layout.pooling` in the title and the output line.
     """
     condition = f"r.study = '{q(study)}'"
-    blocks = [b for (b,) in con.execute(
-        "select block from memberships where study = ? group by block order by min(position)",
-        [study]).fetchall()]
+    blocks = [
+        b
+        for (b,) in con.execute(
+            "select block from memberships where study = ? group by block order by min(position)",
+            [study],
+        ).fetchall()
+    ]
     for block in sel.blocks:
         if block not in blocks:
-            raise OptlabError(f"--block {block!r}: study {study!r} has no such block; its "
-                              f"blocks: {', '.join(blocks)}")
+            raise OptlabError(
+                f"--block {block!r}: study {study!r} has no such block; its "
+                f"blocks: {', '.join(blocks)}"
+            )
     if sel.blocks:
         condition += " and r.block in (" + ", ".join(f"'{q(b)}'" for b in sel.blocks) + ")"
     if sel.where:
@@ -95,12 +102,16 @@ def layout(con: Any, study: str, axes: list[str], shown: list[str], sel: Selecti
             if axis not in candidates:
                 raise OptlabError(
                     f"--facet {axis}: use block or an axis the {chart} chart does not show "
-                    f"({', '.join(candidates) or 'none left'})")
-    cols = {a: ("r.block" if a == "block" else f'r."{config_column(a)}"')
-            for a in dict.fromkeys([*candidates, *shown])}
+                    f"({', '.join(candidates) or 'none left'})"
+                )
+    cols = {
+        a: ("r.block" if a == "block" else f'r."{config_column(a)}"')
+        for a in dict.fromkeys([*candidates, *shown])
+    }
     rows = con.execute(
         f"select {', '.join(c + '::varchar' for c in cols.values())} from runs r "
-        f"where {condition} order by r.position").fetchall()
+        f"where {condition} order by r.position"
+    ).fetchall()
     if not rows:
         raise OptlabError(f"{chart}: no runs of study {study!r} match the selection")
     values = [dict(zip(cols, row, strict=True)) for row in rows]
@@ -124,14 +135,17 @@ def layout(con: Any, study: str, axes: list[str], shown: list[str], sel: Selecti
         raise TooManyPanels(
             f"{chart}: {len(panels)} panels (one per {' × '.join(facet)}); narrow the runs "
             f"with --where or --block, or name fewer panels with --facet (what is left is "
-            f"then pooled, and the chart says so)")
+            f"then pooled, and the chart says so)"
+        )
     return Layout(condition, facet, pooled, panels)
 
 
 def _panel_label(values: dict[str, Any], facet: list[str]) -> str:
     """The panel's name as :meth:`Layout.panel_sql` writes it (DuckDB's varchar of each)."""
-    parts = [("block " if a == "block" else f"{a}=") + (values[a] if values[a] is not None
-                                                        else "-") for a in facet]
+    parts = [
+        ("block " if a == "block" else f"{a}=") + (values[a] if values[a] is not None else "-")
+        for a in facet
+    ]
     return " · ".join(parts)
 
 
@@ -144,8 +158,7 @@ def _check_where(con: Any, where: str) -> None:
         con.execute(f"select count(*) from runs r where ({where})").fetchone()
     except duckdb.Error as e:
         first = str(e).strip().splitlines()[0]
-        raise OptlabError(f"--where {where!r}: not a condition on the runs view: {first}"
-                          ) from None
+        raise OptlabError(f"--where {where!r}: not a condition on the runs view: {first}") from None
 
 
 @dataclass
@@ -159,8 +172,11 @@ class Figure:
     lay: Layout | None = None
 
     def summary(self, path: Path) -> str:
-        line = (f"heatmap of {self.rows} cells" if self.kind == "heatmap"
-                else f"{self.kind} chart of {self.rows} rows")
+        line = (
+            f"heatmap of {self.rows} cells"
+            if self.kind == "heatmap"
+            else f"{self.kind} chart of {self.rows} rows"
+        )
         if self.lay is not None and len(self.lay.panels) > 1:
             line += f" in {len(self.lay.panels)} panels (by {', '.join(self.lay.facet)})"
         line += f" written to {path} (its SQL: {path}.sql)"
@@ -169,8 +185,9 @@ class Figure:
         return line
 
 
-def draw(store: Path, out: Path | None, study: str | None, kind: str,
-         make: Any) -> tuple[Path, Figure]:
+def draw(
+    store: Path, out: Path | None, study: str | None, kind: str, make: Any
+) -> tuple[Path, Figure]:
     """Open the store, make a figure with ``make(con, study, axes)``, save it and its SQL."""
     check_out(out)
     with open_study(store, study) as (con, study, axes):

@@ -77,8 +77,14 @@ def read_writer(store: Path) -> Writer | None:
     if not isinstance(raw, dict):
         return None
     try:
-        return Writer(int(raw["pid"]), str(raw["host"]), raw.get("session"), raw.get("study"),
-                      float(raw["heartbeat"]), str(raw.get("command", "run")))
+        return Writer(
+            int(raw["pid"]),
+            str(raw["host"]),
+            raw.get("session"),
+            raw.get("study"),
+            float(raw["heartbeat"]),
+            str(raw.get("command", "run")),
+        )
     except (KeyError, TypeError, ValueError):
         return None
 
@@ -88,12 +94,17 @@ class WriterLock:
 
     def __init__(self, fd: int, command: str):
         self.fd, self.command = fd, command
-        self.info: dict[str, Any] = {"pid": os.getpid(), "host": socket.gethostname(),
-                                     "session": None, "study": None, "command": command}
+        self.info: dict[str, Any] = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "session": None,
+            "study": None,
+            "command": command,
+        }
 
     def beat(self, **info: Any) -> None:
         self.info.update(info, heartbeat=time.time())
-        data = json.dumps(self.info).encode()[:_RECORD - 1].ljust(_RECORD - 1) + b"\n"
+        data = json.dumps(self.info).encode()[: _RECORD - 1].ljust(_RECORD - 1) + b"\n"
         with contextlib.suppress(OSError):  # a full disk must not stop the writer here
             os.pwrite(self.fd, data, 0)
 
@@ -104,16 +115,20 @@ def writer_lock(store: Path, command: str = "run") -> Iterator[WriterLock]:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as e:
-        raise StoreError(f"{store}: cannot create the lock file {path}: {e.strerror or e}; "
-                         "give a --store in a folder you can write to") from None
+        raise StoreError(
+            f"{store}: cannot create the lock file {path}: {e.strerror or e}; "
+            "give a --store in a folder you can write to"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = read_writer(store)
             who = f" ({holder.describe()}, optlab {holder.command})" if holder else ""
-            raise StoreError(f"{store}: another optlab process{who} is writing to this store; "
-                             "wait for it or use another --store") from None
+            raise StoreError(
+                f"{store}: another optlab process{who} is writing to this store; "
+                "wait for it or use another --store"
+            ) from None
         except OSError as e:
             raise StoreError(f"{store}: cannot lock {path}: {e.strerror or e}") from None
         lock = WriterLock(fd, command)

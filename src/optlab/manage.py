@@ -33,21 +33,28 @@ def resolve_ids(con: duckdb.DuckDBPyConnection, given: list[str]) -> list[str]:
     for text in given:
         key = text.strip().lower()
         if len(key) < MIN_PREFIX or not all(c in "0123456789abcdef" for c in key):
-            raise UsageError(f"run id {text!r}: give a run id (12 hex digits) or at least "
-                             f"its first {MIN_PREFIX}")
-        rows = [r for (r,) in con.execute(
-            "select run_id from run_state where starts_with(run_id, ?) order by run_id",
-            [key]).fetchall()]
+            raise UsageError(
+                f"run id {text!r}: give a run id (12 hex digits) or at least its first {MIN_PREFIX}"
+            )
+        rows = [
+            r
+            for (r,) in con.execute(
+                "select run_id from run_state where starts_with(run_id, ?) order by run_id", [key]
+            ).fetchall()
+        ]
         if not rows:
             raise OptlabError(f"run id {text!r}: no such run in this store")
         if len(rows) > 1:
-            raise OptlabError(f"run id {text!r}: matches {len(rows)} runs "
-                              f"({', '.join(rows[:3])}...); give more of it")
+            raise OptlabError(
+                f"run id {text!r}: matches {len(rows)} runs "
+                f"({', '.join(rows[:3])}...); give more of it"
+            )
         found.append(rows[0])
     return list(dict.fromkeys(found))
 
 
 # ---- weights ------------------------------------------------------------------------------
+
 
 def weights_path(store: Path, run_id: str) -> tuple[str, Path]:
     run_id, path, _ = saved_weights(store, run_id)
@@ -62,23 +69,33 @@ def saved_weights(store: Path, run_id: str) -> tuple[str, Path, dict[str, Any]]:
         status, path, wall, mode, model, shape, classes = con.execute(
             "select status, weights_path, wall_seconds, config->>'$.save_weights', "
             "config->'$.model', input_shape, num_classes from run_state where run_id = ?",
-            [run_id]).fetchone()
+            [run_id],
+        ).fetchone()
     if path is None:
         if status != "done":
-            raise OptlabError(f"run {run_id} is {status}: weights are saved when a run "
-                              "finishes")
+            raise OptlabError(f"run {run_id} is {status}: weights are saved when a run finishes")
         mode = mode or "none"
-        why = {"none": 'save_weights = "none"',
-               "auto": f'save_weights = "auto" keeps them for runs over '
-                       f'{_minutes()} minutes; this one took {wall or 0:.0f} s'}.get(
-            mode, f"save_weights = {mode!r}")
-        raise OptlabError(f"run {run_id} kept no weights ({why}); set save_weights = "
-                          f'"final" and run it again after `optlab rm {run_id}`')
+        why = {
+            "none": 'save_weights = "none"',
+            "auto": f'save_weights = "auto" keeps them for runs over '
+            f"{_minutes()} minutes; this one took {wall or 0:.0f} s",
+        }.get(mode, f"save_weights = {mode!r}")
+        raise OptlabError(
+            f"run {run_id} kept no weights ({why}); set save_weights = "
+            f'"final" and run it again after `optlab rm {run_id}`'
+        )
     file = Path(path)
     if not file.is_file():
         raise OptlabError(f"run {run_id}: its weights file {file} is gone")
-    return run_id, file, {"model": json.loads(model), "input_shape": json.loads(shape or "null"),
-                          "num_classes": classes}
+    return (
+        run_id,
+        file,
+        {
+            "model": json.loads(model),
+            "input_shape": json.loads(shape or "null"),
+            "num_classes": classes,
+        },
+    )
 
 
 def loading_code(path: Path, build: dict[str, Any]) -> str:
@@ -86,10 +103,12 @@ def loading_code(path: Path, build: dict[str, Any]) -> str:
     table = dict(build["model"])
     name = table.pop("name")
     shape = tuple(build["input_shape"] or ())
-    return (f"import torch\nfrom optlab.registry import default_registry\n"
-            f"model = default_registry().create('model', {name!r}, {table!r}, "
-            f"input_shape={shape!r}, num_classes={build['num_classes']!r})\n"
-            f"model.load_state_dict(torch.load({str(path)!r}))\n")
+    return (
+        f"import torch\nfrom optlab.registry import default_registry\n"
+        f"model = default_registry().create('model', {name!r}, {table!r}, "
+        f"input_shape={shape!r}, num_classes={build['num_classes']!r})\n"
+        f"model.load_state_dict(torch.load({str(path)!r}))\n"
+    )
 
 
 def _minutes() -> int:
@@ -109,9 +128,11 @@ def copy_weights(source: Path, to: Path) -> Path:
 
 # ---- rm -----------------------------------------------------------------------------------
 
+
 @dataclass
 class Removal:
     """What ``optlab rm`` would do: memberships to drop, runs whose data goes with them."""
+
     memberships: list[tuple[str, str]]  # (study, run_id)
     runs: list[str]  # every membership selected (or none left): rows and files go
     shared: dict[str, list[str]] = field(default_factory=dict)  # run -> studies keeping it
@@ -124,13 +145,17 @@ class Removal:
         parts = []
         if self.runs:
             states = ", ".join(f"{n} {s}" for s, n in sorted(self.by_status.items()))
-            parts.append(f"{_count(len(self.runs), 'run')} ({states}) with their epochs, "
-                         f"probes, logs, checkpoints and weights ({_size(self.bytes)})")
+            parts.append(
+                f"{_count(len(self.runs), 'run')} ({states}) with their epochs, "
+                f"probes, logs, checkpoints and weights ({_size(self.bytes)})"
+            )
         if self.shared:
             picked = sorted({s for s, r in self.memberships if r in self.shared})
             others = sorted({s for v in self.shared.values() for s in v})
-            parts.append(f"{_count(len(self.shared), 'run')} from study {', '.join(picked)} "
-                         f"only (study {', '.join(others)} keeps them)")
+            parts.append(
+                f"{_count(len(self.shared), 'run')} from study {', '.join(picked)} "
+                f"only (study {', '.join(others)} keeps them)"
+            )
         if self.whole_studies:
             parts.append(f"study {', '.join(self.whole_studies)} itself")
         return "; ".join(parts)
@@ -148,13 +173,16 @@ def _size(n: int) -> str:
     return f"{n} B"
 
 
-def plan_removal(store: Path, run_ids: list[str], where: str | None,
-                 study: str | None) -> Removal:
+def plan_removal(store: Path, run_ids: list[str], where: str | None, study: str | None) -> Removal:
     if not run_ids and where is None and study is None:
         raise UsageError("say what to remove: run ids, --where CONDITION or --study NAME")
     with st.reading(store) as con:
-        if study is not None and not con.execute(
-                "select count(*) from studies where study = ?", [study]).fetchone()[0]:
+        if (
+            study is not None
+            and not con.execute("select count(*) from studies where study = ?", [study]).fetchone()[
+                0
+            ]
+        ):
             raise OptlabError(f"--study {study!r}: no such study in {store}")
         ids = resolve_ids(con, run_ids) if run_ids else None
         pairs = _select(con, ids, where, study)
@@ -162,24 +190,33 @@ def plan_removal(store: Path, run_ids: list[str], where: str | None,
             raise OptlabError("nothing matches: no run removed")
         chosen = {r for _, r in pairs}
         members: dict[str, set[str]] = {}
-        for s, r in con.execute("select study, run_id from memberships where run_id in "
-                                "(select unnest(?::varchar[]))", [sorted(chosen)]).fetchall():
+        for s, r in con.execute(
+            "select study, run_id from memberships where run_id in (select unnest(?::varchar[]))",
+            [sorted(chosen)],
+        ).fetchall():
             members.setdefault(r, set()).add(s)
         picked: dict[str, set[str]] = {}
         for s, r in pairs:
             if s is not None:
                 picked.setdefault(r, set()).add(s)
         runs = sorted(r for r in chosen if members.get(r, set()) <= picked.get(r, set()))
-        shared = {r: sorted(members[r] - picked.get(r, set())) for r in sorted(chosen)
-                  if r not in runs}
+        shared = {
+            r: sorted(members[r] - picked.get(r, set())) for r in sorted(chosen) if r not in runs
+        }
         rows = con.execute(
             "select run_id, status, checkpoint_dir, weights_path from run_state where run_id in "
-            "(select unnest(?::varchar[]))", [runs]).fetchall()
+            "(select unnest(?::varchar[]))",
+            [runs],
+        ).fetchall()
         whole = []
         if study is not None and where is None and not run_ids:
             whole = [study]
-    removal = Removal(memberships=sorted((s, r) for s, r in pairs if s is not None),
-                      runs=runs, shared=shared, whole_studies=whole)
+    removal = Removal(
+        memberships=sorted((s, r) for s, r in pairs if s is not None),
+        runs=runs,
+        shared=shared,
+        whole_studies=whole,
+    )
     for run_id, status, folder, weights in rows:
         removal.by_status[status] = removal.by_status.get(status, 0) + 1
         removal.files += _run_files(store, run_id, folder, weights)
@@ -187,8 +224,9 @@ def plan_removal(store: Path, run_ids: list[str], where: str | None,
     return removal
 
 
-def _select(con: duckdb.DuckDBPyConnection, ids: list[str] | None, where: str | None,
-            study: str | None) -> list[tuple[str | None, str]]:
+def _select(
+    con: duckdb.DuckDBPyConnection, ids: list[str] | None, where: str | None, study: str | None
+) -> list[tuple[str | None, str]]:
     """(study, run_id) pairs; a run in no study (left by an earlier version of a study file)
     is selected by id as (None, run_id). The user's condition runs alone, read-only checked,
     and its rows are then narrowed here, so no condition text can widen --study or the ids."""
@@ -202,8 +240,9 @@ def _select(con: duckdb.DuckDBPyConnection, ids: list[str] | None, where: str | 
             matched = set(con.execute(sql).fetchall())
         except (OptlabError, duckdb.Error) as e:
             why = one_line(str(e)).removeprefix("SQL: ")
-            raise OptlabError(f"--where {where!r}: give one SQL condition over the runs view "
-                              f"({why})") from None
+            raise OptlabError(
+                f"--where {where!r}: give one SQL condition over the runs view ({why})"
+            ) from None
         pairs = [p for p in pairs if p in matched]
     if study is not None:
         pairs = [p for p in pairs if p[0] == study]
@@ -238,13 +277,13 @@ def remove(store: Path, removal: Removal) -> None:
     row and no study record points at), then the study records `rebuild` reads."""
     with st.writing(store) as con:
         for study, run_id in removal.memberships:
-            con.execute("delete from memberships where study = ? and run_id = ?",
-                        [study, run_id])
+            con.execute("delete from memberships where study = ? and run_id = ?", [study, run_id])
         if removal.runs:
             ids = [removal.runs]
             for table in ("epochs", "probes", "memberships", "run_state"):
-                con.execute(f"delete from {table} where run_id in "
-                            "(select unnest(?::varchar[]))", ids)
+                con.execute(
+                    f"delete from {table} where run_id in (select unnest(?::varchar[]))", ids
+                )
         for study in removal.whole_studies:
             con.execute("delete from studies where study = ?", [study])
     for path in removal.files:
@@ -277,6 +316,7 @@ def _update_records(store: Path, removal: Removal) -> None:
 
 # ---- rebuild ------------------------------------------------------------------------------
 
+
 @dataclass
 class Rebuilt:
     studies: list[str]
@@ -297,8 +337,9 @@ def rebuild(store: Path) -> Rebuilt:
         try:
             records.append(json.loads(path.read_text()))
         except (OSError, ValueError) as e:
-            raise StoreError(f"{path}: study record unreadable ({e}); move it away to "
-                             "rebuild without it") from None
+            raise StoreError(
+                f"{path}: study record unreadable ({e}); move it away to rebuild without it"
+            ) from None
     if not records:
         raise StoreError(f"{store}: nothing to rebuild from: no study records in {folder}")
     tmp = store.with_name(f".{store.name}.rebuild-{os.getpid()}")
@@ -312,8 +353,11 @@ def rebuild(store: Path) -> Rebuilt:
                 study, plans = _from_record(record)
                 st.register_study(con, study, plans, store)
             journals = len(st.recover(con, store))
-            by_status = dict(con.execute("select status, count(*) from run_state group by "
-                                         "status order by status").fetchall())
+            by_status = dict(
+                con.execute(
+                    "select status, count(*) from run_state group by status order by status"
+                ).fetchall()
+            )
             (epochs,) = con.execute("select count(*) from epochs").fetchone()
             con.execute("checkpoint")
         finally:
@@ -333,8 +377,15 @@ def rebuild(store: Path) -> Rebuilt:
         if wal.exists():
             os.replace(wal, aside.with_name(aside.name + ".wal"))
     os.replace(tmp, store)
-    return Rebuilt([r["study"] for r in records], sum(by_status.values()), journals,
-                   by_status, epochs, aside, missing)
+    return Rebuilt(
+        [r["study"] for r in records],
+        sum(by_status.values()),
+        journals,
+        by_status,
+        epochs,
+        aside,
+        missing,
+    )
 
 
 def _readable_studies(store: Path) -> list[str]:
@@ -352,10 +403,19 @@ def _readable_studies(store: Path) -> list[str]:
 
 
 def _from_record(record: dict[str, Any]) -> tuple[Any, list[Any]]:
-    study = SimpleNamespace(name=record["study"], file=record.get("file"),
-                            description=record.get("description"), source=record.get("source"))
-    plans = [SimpleNamespace(
-        name=b["name"], axes=b.get("axes", []), seeds=b.get("seeds"),
-        runs=[SimpleNamespace(study=study.name, block=b["name"], **r) for r in b["runs"]])
-        for b in record.get("blocks", [])]
+    study = SimpleNamespace(
+        name=record["study"],
+        file=record.get("file"),
+        description=record.get("description"),
+        source=record.get("source"),
+    )
+    plans = [
+        SimpleNamespace(
+            name=b["name"],
+            axes=b.get("axes", []),
+            seeds=b.get("seeds"),
+            runs=[SimpleNamespace(study=study.name, block=b["name"], **r) for r in b["runs"]],
+        )
+        for b in record.get("blocks", [])
+    ]
     return study, plans

@@ -75,13 +75,25 @@ def _merge_one(con: Any, store: Path, other: Path) -> Merged:
     con.execute(f"attach '{q(str(other))}' as other (read_only)")
     try:
         _check_conflicts(con, other)
-        theirs = dict(((r, (s, e)) for r, s, e in con.execute(
-            "select r.run_id, r.status, count(e.epoch) from other.run_state r "
-            "left join other.epochs e using (run_id) group by all").fetchall()))
-        ours = dict(((r, (s, e)) for r, s, e in con.execute(
-            "select r.run_id, r.status, count(e.epoch) from run_state r "
-            "left join epochs e using (run_id) where r.run_id in (select run_id from "
-            "other.run_state) group by all").fetchall()))
+        theirs = dict(
+            (
+                (r, (s, e))
+                for r, s, e in con.execute(
+                    "select r.run_id, r.status, count(e.epoch) from other.run_state r "
+                    "left join other.epochs e using (run_id) group by all"
+                ).fetchall()
+            )
+        )
+        ours = dict(
+            (
+                (r, (s, e))
+                for r, s, e in con.execute(
+                    "select r.run_id, r.status, count(e.epoch) from run_state r "
+                    "left join epochs e using (run_id) where r.run_id in (select run_id from "
+                    "other.run_state) group by all"
+                ).fetchall()
+            )
+        )
         adopt = []
         for run_id, (status, epochs) in sorted(theirs.items()):
             if run_id not in ours:
@@ -93,38 +105,49 @@ def _merge_one(con: Any, store: Path, other: Path) -> Merged:
             else:
                 done.runs_kept += 1
         if adopt:
-            con.execute("create temp table adopt as select unnest(?::varchar[]) as run_id",
-                        [adopt])
+            con.execute("create temp table adopt as select unnest(?::varchar[]) as run_id", [adopt])
             _add_columns(con)
             for table in ("epochs", "probes", "run_state"):
                 con.execute(f"delete from {table} where run_id in (select run_id from adopt)")
             for table in ("run_state", "epochs", "probes"):
                 cols = _shared_columns(con, table)
-                con.execute(f"insert into {table} ({cols}) select {cols} from other.{table} "
-                            "where run_id in (select run_id from adopt)")
-            done.epochs = con.execute("select count(*) from other.epochs where run_id in "
-                                      "(select run_id from adopt)").fetchone()[0]
-            done.probes = con.execute("select count(*) from other.probes where run_id in "
-                                      "(select run_id from adopt)").fetchone()[0]
+                con.execute(
+                    f"insert into {table} ({cols}) select {cols} from other.{table} "
+                    "where run_id in (select run_id from adopt)"
+                )
+            done.epochs = con.execute(
+                "select count(*) from other.epochs where run_id in (select run_id from adopt)"
+            ).fetchone()[0]
+            done.probes = con.execute(
+                "select count(*) from other.probes where run_id in (select run_id from adopt)"
+            ).fetchone()[0]
             # The adopted copy's log and journal are copied beside this store.
-            con.execute("update run_state set log_path = ? || '/' || run_id || '/log.txt' "
-                        "where run_id in (select run_id from adopt)",
-                        [str(st.artefacts_dir(store))])
+            con.execute(
+                "update run_state set log_path = ? || '/' || run_id || '/log.txt' "
+                "where run_id in (select run_id from adopt)",
+                [str(st.artefacts_dir(store))],
+            )
             con.execute("drop table adopt")
         here = dict(con.execute("select study, source from studies").fetchall())
-        for study, source in con.execute("select study, source from other.studies "
-                                         "order by study").fetchall():
+        for study, source in con.execute(
+            "select study, source from other.studies order by study"
+        ).fetchall():
             if study not in here:
                 done.studies_new.append(study)
             elif here[study] == source:
                 done.studies_joined.append(study)
             else:
                 done.studies_differ.append(study)
-        con.execute("insert into studies select * from other.studies "
-                    "where study not in (select study from studies)")
-        con.execute("insert into memberships select * from other.memberships "
-                    "where study not in (select unnest(?::varchar[])) "
-                    "on conflict (study, run_id) do nothing", [done.studies_differ])
+        con.execute(
+            "insert into studies select * from other.studies "
+            "where study not in (select study from studies)"
+        )
+        con.execute(
+            "insert into memberships select * from other.memberships "
+            "where study not in (select unnest(?::varchar[])) "
+            "on conflict (study, run_id) do nothing",
+            [done.studies_differ],
+        )
         done.adopted = adopt
     finally:
         con.execute("detach other")
@@ -134,17 +157,24 @@ def _merge_one(con: Any, store: Path, other: Path) -> Merged:
 def _check_conflicts(con: Any, other: Path) -> None:
     clash = con.execute(
         "select o.run_id from other.run_state o join run_state r using (run_id) "
-        "where o.config::varchar is distinct from r.config::varchar limit 1").fetchone()
+        "where o.config::varchar is distinct from r.config::varchar limit 1"
+    ).fetchone()
     if clash:
-        raise OptlabError(f"{other}: run {clash[0]} has another config there than here (one "
-                          "id, two configs: the stores were made by incompatible optlab "
-                          "versions); nothing merged")
+        raise OptlabError(
+            f"{other}: run {clash[0]} has another config there than here (one "
+            "id, two configs: the stores were made by incompatible optlab "
+            "versions); nothing merged"
+        )
 
 
 def _columns(con: Any, table: str, catalog: str) -> dict[str, str]:
-    return dict(con.execute(
-        "select column_name, data_type from information_schema.columns where table_name = ? "
-        "and table_catalog = ? order by ordinal_position", [table, catalog]).fetchall())
+    return dict(
+        con.execute(
+            "select column_name, data_type from information_schema.columns where table_name = ? "
+            "and table_catalog = ? order by ordinal_position",
+            [table, catalog],
+        ).fetchall()
+    )
 
 
 def _add_columns(con: Any) -> None:
@@ -183,17 +213,23 @@ def _copy_files(store: Path, done: Merged) -> None:
 
 
 def describe(done: Merged) -> str:
-    parts = [f"{done.runs_new} new runs", f"{done.runs_replaced} replaced by a further copy",
-             f"{done.runs_kept} kept as they were here"]
+    parts = [
+        f"{done.runs_new} new runs",
+        f"{done.runs_replaced} replaced by a further copy",
+        f"{done.runs_kept} kept as they were here",
+    ]
     studies = []
     if done.studies_new:
         studies.append(f"new studies {', '.join(done.studies_new)}")
     if done.studies_joined:
         studies.append(f"runs joined to {', '.join(done.studies_joined)}")
     if done.studies_differ:
-        studies.append(f"{', '.join(done.studies_differ)} from another study file there: "
-                       "this store's version kept, the other's runs count once the study is "
-                       "run with a file that has them")
-    return (f"merged {done.other}: {', '.join(parts)}; {done.epochs} epoch rows and "
-            f"{done.probes} probe values" + (f"; {'; '.join(studies)}" if studies else ""))
-
+        studies.append(
+            f"{', '.join(done.studies_differ)} from another study file there: "
+            "this store's version kept, the other's runs count once the study is "
+            "run with a file that has them"
+        )
+    return (
+        f"merged {done.other}: {', '.join(parts)}; {done.epochs} epoch rows and "
+        f"{done.probes} probe values" + (f"; {'; '.join(studies)}" if studies else "")
+    )

@@ -92,8 +92,14 @@ class TensorData:
     def to(self, device: Any) -> TensorData:
         tensors = (self.x_train, self.y_train, self.x_test, self.y_test, self.x_val, self.y_val)
         moved = [None if t is None else t.to(device) for t in tensors]
-        return TensorData(*moved[:4], num_classes=self.num_classes, x_val=moved[4],
-                          y_val=moved[5], mean=self.mean, std=self.std)
+        return TensorData(
+            *moved[:4],
+            num_classes=self.num_classes,
+            x_val=moved[4],
+            y_val=moved[5],
+            mean=self.mean,
+            std=self.std,
+        )
 
 
 # ---- files a study names ------------------------------------------------------------------

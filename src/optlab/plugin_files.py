@@ -29,9 +29,13 @@ from optlab.errors import ConfigError
 from optlab.plugin import Plugin
 
 KINDS: dict[str, str] = {  # study-file group -> registry kind
-    "datasets": "dataset", "models": "model", "optimizers": "optimizer",
-    "lr_schedules": "lr_schedule", "batch_schedules": "batch_schedule",
-    "augmentations": "augmentation", "probes": "probe",
+    "datasets": "dataset",
+    "models": "model",
+    "optimizers": "optimizer",
+    "lr_schedules": "lr_schedule",
+    "batch_schedules": "batch_schedule",
+    "augmentations": "augmentation",
+    "probes": "probe",
 }
 TARGET = re.compile(r"^(?P<path>.+\.py):(?P<attr>[A-Za-z_]\w*)$")
 CONFIG_KEY = "plugin_files"  # in a run's config: ["KIND NAME FILE:OBJECT sha256=HEX", ...]
@@ -53,8 +57,14 @@ class FilePlugin:
 
     def entry(self) -> dict[str, str]:
         """What a task carries to rebuild it elsewhere."""
-        return {"kind": self.kind, "name": self.name, "file": self.file, "attr": self.attr,
-                "sha256": self.sha256, "source": self.source}
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "file": self.file,
+            "attr": self.attr,
+            "sha256": self.sha256,
+            "source": self.source,
+        }
 
 
 Active = dict[tuple[str, str], FilePlugin]
@@ -80,8 +90,7 @@ def use(plugins: Active) -> Iterator[None]:
         _active.reset(token)
 
 
-def load(table: dict[str, Any], folder: str | Path, where: str,
-         installed: Any = None) -> Active:
+def load(table: dict[str, Any], folder: str | Path, where: str, installed: Any = None) -> Active:
     """The ``[plugins]`` table of a study in ``folder``; ConfigError (one line, naming the
     key) for anything that cannot be used."""
     out: Active = {}
@@ -90,27 +99,31 @@ def load(table: dict[str, Any], folder: str | Path, where: str,
         if group not in KINDS:
             raise ConfigError(f"{key}: not a plugin group; groups: {', '.join(KINDS)}")
         if not isinstance(names, dict):
-            raise ConfigError(f"{key}: give a table of NAME = \"FILE.py:OBJECT\"")
+            raise ConfigError(f'{key}: give a table of NAME = "FILE.py:OBJECT"')
         kind = KINDS[group]
         for name, target in names.items():
             here = f"{key}.{name}"
             m = TARGET.match(target) if isinstance(target, str) else None
             if m is None:
-                raise ConfigError(f"{here}: {target!r} is not \"FILE.py:OBJECT\" (a path "
-                                  "relative to the study file, then the Plugin's name in it)")
+                raise ConfigError(
+                    f'{here}: {target!r} is not "FILE.py:OBJECT" (a path '
+                    "relative to the study file, then the Plugin's name in it)"
+                )
             if installed is not None and name in installed.installed(kind):
-                raise ConfigError(f"{here}: an installed {kind} plugin is called {name!r}; "
-                                  "give this one another name")
+                raise ConfigError(
+                    f"{here}: an installed {kind} plugin is called {name!r}; "
+                    "give this one another name"
+                )
             path = Path(folder) / m["path"]
             try:
                 source = path.read_text(encoding="utf-8")
             except OSError as e:
-                raise ConfigError(f"{here}: {m['path']}: cannot read it "
-                                  f"({e.strerror or e})") from None
+                raise ConfigError(
+                    f"{here}: {m['path']}: cannot read it ({e.strerror or e})"
+                ) from None
             digest = hashlib.sha256(source.encode()).hexdigest()
             plugin = _plugin_from(source, digest, m["path"], m["attr"], str(path), here)
-            out[(kind, name)] = FilePlugin(kind, name, m["path"], m["attr"], digest, source,
-                                           plugin)
+            out[(kind, name)] = FilePlugin(kind, name, m["path"], m["attr"], digest, source, plugin)
     return out
 
 
@@ -120,15 +133,16 @@ def from_task(entries: list[dict[str, str]]) -> Active:
     for e in entries:
         if hashlib.sha256(e["source"].encode()).hexdigest() != e["sha256"]:
             raise ValueError(f"plugin file {e['file']}: its text does not match its hash")
-        plugin = _plugin_from(e["source"], e["sha256"], e["file"], e["attr"], e["file"],
-                              f"plugin file {e['file']}")
-        out[(e["kind"], e["name"])] = FilePlugin(e["kind"], e["name"], e["file"], e["attr"],
-                                                 e["sha256"], e["source"], plugin)
+        plugin = _plugin_from(
+            e["source"], e["sha256"], e["file"], e["attr"], e["file"], f"plugin file {e['file']}"
+        )
+        out[(e["kind"], e["name"])] = FilePlugin(
+            e["kind"], e["name"], e["file"], e["attr"], e["sha256"], e["source"], plugin
+        )
     return out
 
 
-def _plugin_from(source: str, digest: str, file: str, attr: str, path: str,
-                 where: str) -> Plugin:
+def _plugin_from(source: str, digest: str, file: str, attr: str, path: str, where: str) -> Plugin:
     module = _modules.get(digest)
     if module is None:
         name = f"optlab_file_plugin_{digest[:16]}"
@@ -140,15 +154,18 @@ def _plugin_from(source: str, digest: str, file: str, attr: str, path: str,
         except Exception as e:  # noqa: BLE001 - one line, naming the file
             sys.modules.pop(name, None)
             first = (str(e).strip().splitlines() or [""])[0]
-            raise ConfigError(f"{where}: {file} cannot be loaded: {type(e).__name__}: "
-                              f"{first}") from None
+            raise ConfigError(
+                f"{where}: {file} cannot be loaded: {type(e).__name__}: {first}"
+            ) from None
         _modules[digest] = module
     plugin = getattr(module, attr, None)
     if plugin is None:
         raise ConfigError(f"{where}: {file} has no {attr!r}")
     if not isinstance(plugin, Plugin):
-        raise ConfigError(f"{where}: {file}:{attr} is a {type(plugin).__name__}, not an "
-                          "optlab Plugin(description, params, build)")
+        raise ConfigError(
+            f"{where}: {file}:{attr} is a {type(plugin).__name__}, not an "
+            "optlab Plugin(description, params, build)"
+        )
     return plugin
 
 

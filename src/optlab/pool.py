@@ -34,8 +34,14 @@ CHECK_EVERY = 1.0
 
 
 class LocalPool:
-    def __init__(self, slots: list[Slot], store: Path, python: str = sys.executable,
-                 stall_timeout: float = 600.0, task_extra: TaskExtra | None = None):
+    def __init__(
+        self,
+        slots: list[Slot],
+        store: Path,
+        python: str = sys.executable,
+        stall_timeout: float = 600.0,
+        task_extra: TaskExtra | None = None,
+    ):
         self.slots, self.store, self.python = slots, store, python
         self.stall_timeout = stall_timeout
         self.task_extra = task_extra or (lambda spec, slot: {})
@@ -59,9 +65,16 @@ class LocalPool:
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as stderr:
             proc = await asyncio.create_subprocess_exec(
-                self.python, "-m", "optlab.worker", env=env, stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, stderr=stderr, start_new_session=True,
-                limit=LINE_LIMIT)
+                self.python,
+                "-m",
+                "optlab.worker",
+                env=env,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=stderr,
+                start_new_session=True,
+                limit=LINE_LIMIT,
+            )
         self._procs.add(proc)
         return proc
 
@@ -71,17 +84,32 @@ class LocalPool:
             spec = queue.popleft()
             if proc is None:
                 proc = await self._start(slot)
-            task = {**spec.task(), "journal": str(journal_path(self.store, spec.run_id)),
-                    "log": str(log_path(self.store, spec.run_id)), **self.task_extra(spec, slot)}
-            sink({"type": "assigned", "run_id": spec.run_id, "worker": slot.label,
-                  "time": time.time()})
+            task = {
+                **spec.task(),
+                "journal": str(journal_path(self.store, spec.run_id)),
+                "log": str(log_path(self.store, spec.run_id)),
+                **self.task_extra(spec, slot),
+            }
+            sink(
+                {
+                    "type": "assigned",
+                    "run_id": spec.run_id,
+                    "worker": slot.label,
+                    "time": time.time(),
+                }
+            )
             try:
                 proc.stdin.write((encode(task) + "\n").encode())
                 await proc.stdin.drain()
             except (BrokenPipeError, ConnectionResetError):
                 pass  # it died between runs; read_events sees EOF and reports it
-            ended = await pump(lambda t, p=proc: asyncio.wait_for(p.stdout.readline(), t),
-                               sink, slot.label, spec.run_id, self.stall_timeout)
+            ended = await pump(
+                lambda t, p=proc: asyncio.wait_for(p.stdout.readline(), t),
+                sink,
+                slot.label,
+                spec.run_id,
+                self.stall_timeout,
+            )
             if ended == "ended":
                 continue
             if ended == "stalled":
@@ -94,9 +122,15 @@ class LocalPool:
                 continue
             why = stall_message(slot.label, ended, code, self.stall_timeout)
             note_in_log(log_path(self.store, spec.run_id), why)
-            sink({"type": "failed", "run_id": spec.run_id, "time": time.time(),
-                  "origin": "pool", "error": f"{why}; see {self.worker_log(slot)} and the "
-                                             "run's log"})
+            sink(
+                {
+                    "type": "failed",
+                    "run_id": spec.run_id,
+                    "time": time.time(),
+                    "origin": "pool",
+                    "error": f"{why}; see {self.worker_log(slot)} and the run's log",
+                }
+            )
         if proc is not None:
             proc.stdin.close()
             with contextlib.suppress(ProcessLookupError):
@@ -108,8 +142,9 @@ class LocalPool:
         for p in procs:
             _signal_group(p, signal.SIGTERM)
         if procs:
-            _, pending = await asyncio.wait([asyncio.ensure_future(p.wait()) for p in procs],
-                                            timeout=grace)
+            _, pending = await asyncio.wait(
+                [asyncio.ensure_future(p.wait()) for p in procs], timeout=grace
+            )
             for p in procs:
                 if p.returncode is None:
                     _signal_group(p, signal.SIGKILL)
@@ -136,8 +171,7 @@ async def pump(read: Read, sink: Sink, worker: str, run_id: str, stall_timeout: 
             now = time.monotonic()
             if now - heard > SILENT_AFTER and not reported:
                 reported = True
-                sink({"type": "silent", "run_id": run_id, "worker": worker,
-                      "seconds": now - heard})
+                sink({"type": "silent", "run_id": run_id, "worker": worker, "seconds": now - heard})
             if now - heard > stall_timeout or (started and now - moved > stall_timeout):
                 return "stalled"
             continue
@@ -168,9 +202,12 @@ async def pump(read: Read, sink: Sink, worker: str, run_id: str, stall_timeout: 
 
 
 def stall_message(worker: str, ended: str, code: int | None, stall_timeout: float) -> str:
-    return (f"worker {worker} stalled: no progress for {stall_timeout:.0f} s (stopped or "
-            "hung), so it was killed" if ended == "stalled" else
-            f"worker {worker} died ({describe_exit(code)}) during the run")
+    return (
+        f"worker {worker} stalled: no progress for {stall_timeout:.0f} s (stopped or "
+        "hung), so it was killed"
+        if ended == "stalled"
+        else f"worker {worker} died ({describe_exit(code)}) during the run"
+    )
 
 
 def note_in_log(path: Path, why: str) -> None:

@@ -27,8 +27,9 @@ def dataset_tables(runs: list[Any]) -> list[dict[str, Any]]:
     return list(seen.values())
 
 
-def prepare(tables: list[dict[str, Any]], data_dir: str | Path,
-            registry: Registry | None = None) -> None:
+def prepare(
+    tables: list[dict[str, Any]], data_dir: str | Path, registry: Registry | None = None
+) -> None:
     """Fetch what ``tables`` need into ``data_dir``; raises ValueError (what to do) or
     OSError when it cannot."""
     registry = registry or default_registry()
@@ -37,8 +38,7 @@ def prepare(tables: list[dict[str, Any]], data_dir: str | Path,
         plugin = registry.get("dataset", table["name"])
         step = plugin.preparer()
         if step is not None:
-            work.append((step, plugin.params(**{k: v for k, v in table.items()
-                                                if k != "name"})))
+            work.append((step, plugin.params(**{k: v for k, v in table.items() if k != "name"})))
     if not work:
         return
     folder = Path(data_dir)

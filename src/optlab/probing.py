@@ -36,9 +36,20 @@ class _Entry:
 
 
 class Probes:
-    def __init__(self, tables: list[dict[str, Any]], registry: Registry, *, model, optimizer,
-                 data: TensorData, augment: Callable, seed: int, epochs: int,
-                 device: torch.device, channels_last: bool):
+    def __init__(
+        self,
+        tables: list[dict[str, Any]],
+        registry: Registry,
+        *,
+        model,
+        optimizer,
+        data: TensorData,
+        augment: Callable,
+        seed: int,
+        epochs: int,
+        device: torch.device,
+        channels_last: bool,
+    ):
         self.model, self.optimizer, self.data = model, optimizer, data
         self.augment, self.device, self.channels_last = augment, device, channels_last
         self.entries: list[_Entry] = []
@@ -48,11 +59,19 @@ class Probes:
             params = kind.params(**{k: v for k, v in table.items() if k != "name"})
             measure = kind.create(params, model=model, optimizer=optimizer)
             pick = torch.Generator().manual_seed(seed + _SEED_STRIDE * (i + 1))
-            index = torch.randperm(n, generator=pick)[:min(params.batch, n)].to(device)
+            index = torch.randperm(n, generator=pick)[: min(params.batch, n)].to(device)
             gen = torch.Generator(device=device).manual_seed(seed + _SEED_STRIDE * (i + 1))
-            self.entries.append(_Entry(table["name"], params, measure,
-                                       set(params.epoch_list(epochs)),
-                                       params.first_steps or 0, index, gen))
+            self.entries.append(
+                _Entry(
+                    table["name"],
+                    params,
+                    measure,
+                    set(params.epoch_list(epochs)),
+                    params.first_steps or 0,
+                    index,
+                    gen,
+                )
+            )
         self.max_step = max((e.first_steps for e in self.entries), default=0)
 
     def __bool__(self) -> bool:
@@ -61,14 +80,19 @@ class Probes:
     def state_dict(self) -> list[dict[str, Any]]:
         """For checkpoints: each probe's generator and, when it has one, its own state (the
         initial weights of ``distance_from_init``, say)."""
-        return [{"generator": e.generator.get_state(),
-                 "measure": e.measure.state_dict() if hasattr(e.measure, "state_dict") else None}
-                for e in self.entries]
+        return [
+            {
+                "generator": e.generator.get_state(),
+                "measure": e.measure.state_dict() if hasattr(e.measure, "state_dict") else None,
+            }
+            for e in self.entries
+        ]
 
     def load_state_dict(self, state: list[dict[str, Any]]) -> None:
         if len(state) != len(self.entries):
-            raise ValueError(f"the checkpoint has {len(state)} probes; the run has "
-                             f"{len(self.entries)}")
+            raise ValueError(
+                f"the checkpoint has {len(state)} probes; the run has {len(self.entries)}"
+            )
         for entry, saved in zip(self.entries, state, strict=True):
             entry.generator.set_state(saved["generator"])
             if saved["measure"] is not None and hasattr(entry.measure, "load_state_dict"):
@@ -84,8 +108,7 @@ class Probes:
             return [], 0.0
         return self._run([e for e in self.entries if step <= e.first_steps], epoch, step)
 
-    def _run(self, due: list[_Entry], epoch: int, step: int
-             ) -> tuple[list[dict[str, Any]], float]:
+    def _run(self, due: list[_Entry], epoch: int, step: int) -> tuple[list[dict[str, Any]], float]:
         if not due:
             return [], 0.0
         self._sync()
@@ -104,8 +127,10 @@ class Probes:
                     live.copy_(saved)
         finally:
             self.model.train(was_training)
-        events = [{"type": "probe", "epoch": epoch, "step": step, "probe": name,
-                   "values": values} for name, values in _read(results)]
+        events = [
+            {"type": "probe", "epoch": epoch, "step": step, "probe": name, "values": values}
+            for name, values in _read(results)
+        ]
         self._sync()
         return events, time.perf_counter() - t0
 
@@ -118,8 +143,15 @@ class Probes:
             return x
 
         x = prepare(self.data.x_train[entry.index])
-        return ProbeContext(self.model, self.optimizer, self.data, x,
-                            self.data.y_train[entry.index], entry.generator, prepare)
+        return ProbeContext(
+            self.model,
+            self.optimizer,
+            self.data,
+            x,
+            self.data.y_train[entry.index],
+            entry.generator,
+            prepare,
+        )
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -128,8 +160,14 @@ class Probes:
 
 def _read(results: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, float]]]:
     """Tensor values to floats with one read of the device for all of them."""
-    tensors = [v.detach().reshape(()).double() for _, values in results
-               for v in values.values() if torch.is_tensor(v)]
+    tensors = [
+        v.detach().reshape(()).double()
+        for _, values in results
+        for v in values.values()
+        if torch.is_tensor(v)
+    ]
     numbers = iter(torch.stack(tensors).cpu().tolist() if tensors else [])
-    return [(name, {k: next(numbers) if torch.is_tensor(v) else float(v)
-                    for k, v in values.items()}) for name, values in results]
+    return [
+        (name, {k: next(numbers) if torch.is_tensor(v) else float(v) for k, v in values.items()})
+        for name, values in results
+    ]

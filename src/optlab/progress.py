@@ -24,16 +24,23 @@ class RunView:
         self.rows: dict[str, dict[str, Any]] = {w: {} for w in workers}
         self.counts = {"done": 0, "failed": 0, "diverged": 0}
         self.live_mode = console.is_terminal
-        self.progress = Progress(TextColumn("[bold]runs"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("eta"), TimeRemainingColumn(), console=console)
+        self.progress = Progress(
+            TextColumn("[bold]runs"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            console=console,
+        )
         self.task = self.progress.add_task("runs", total=total)
         self._live: Live | None = None
         self.started = time.monotonic()
 
     def __enter__(self) -> RunView:
         if self.live_mode:
-            self._live = Live(self._render(), console=self.console, refresh_per_second=4,
-                              transient=False)
+            self._live = Live(
+                self._render(), console=self.console, refresh_per_second=4, transient=False
+            )
             self._live.__enter__()
         return self
 
@@ -58,8 +65,11 @@ class RunView:
             self.rows[worker] = {}
         if not self.live_mode:
             n = sum(self.counts.values())
-            self.console.print(f"[{n}/{self.total}] {status} {label} {detail}".rstrip(),
-                               markup=False, highlight=False)
+            self.console.print(
+                f"[{n}/{self.total}] {status} {label} {detail}".rstrip(),
+                markup=False,
+                highlight=False,
+            )
         self._refresh()
 
     def note(self, message: str) -> None:

@@ -20,9 +20,21 @@ FORMATS = ("table", "csv", "json", "markdown")
 
 
 # PRAGMAs that only read (the others change settings, some of which write files).
-READ_PRAGMAS = ("table_info", "show_tables", "show_tables_expanded", "show", "database_size",
-                "database_list", "version", "platform", "storage_info", "functions",
-                "collations", "metadata_info", "user_agent")
+READ_PRAGMAS = (
+    "table_info",
+    "show_tables",
+    "show_tables_expanded",
+    "show",
+    "database_size",
+    "database_list",
+    "version",
+    "platform",
+    "storage_info",
+    "functions",
+    "collations",
+    "metadata_info",
+    "user_agent",
+)
 _WHY = {
     "COPY": "COPY ... TO writes a file (export with `optlab export` or --out instead)",
     "EXPORT": "EXPORT DATABASE writes files (use `optlab export`)",
@@ -42,8 +54,9 @@ def check_reads_only(sql: str) -> None:
     except duckdb.Error as e:
         raise OptlabError(f"SQL: {one_line(str(e))}") from None
     if not statements:
-        raise OptlabError("SQL: nothing to run; give a statement, such as "
-                          "select * from runs limit 5")
+        raise OptlabError(
+            "SQL: nothing to run; give a statement, such as select * from runs limit 5"
+        )
     for statement in statements:
         kind = statement.type.name
         text = statement.query
@@ -58,8 +71,10 @@ def check_reads_only(sql: str) -> None:
                 continue
         why = _WHY.get(kind, "it would change the store or write elsewhere")
         first = " ".join(text.split())[:60]
-        raise OptlabError(f"SQL: {first!r} refused: optlab query only reads (SELECT, DESCRIBE, "
-                          f"SHOW, SUMMARIZE, EXPLAIN, PRAGMA table_info); {why}")
+        raise OptlabError(
+            f"SQL: {first!r} refused: optlab query only reads (SELECT, DESCRIBE, "
+            f"SHOW, SUMMARIZE, EXPLAIN, PRAGMA table_info); {why}"
+        )
 
 
 def run_sql(store: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -106,8 +121,13 @@ def render(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> str:
         writer.writerows([[("" if v is None else v) for v in row] for row in rows])
         return buf.getvalue()
     if fmt == "json":
-        return json.dumps([{c: _jsonable(v) for c, v in zip(columns, row, strict=True)}
-                           for row in rows], indent=1) + "\n"
+        return (
+            json.dumps(
+                [{c: _jsonable(v) for c, v in zip(columns, row, strict=True)} for row in rows],
+                indent=1,
+            )
+            + "\n"
+        )
     if fmt == "markdown":
         lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
         lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
@@ -118,12 +138,16 @@ def render(columns: list[str], rows: list[tuple[Any, ...]], fmt: str) -> str:
 def _plain_table(columns: list[str], rows: list[tuple[Any, ...]]) -> str:
     cells = [[_cell(v) for v in row] for row in rows]
     widths = [max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(columns)]
-    numeric = [all(isinstance(row[i], int | float) or row[i] is None for row in rows)
-               for i in range(len(columns))]
+    numeric = [
+        all(isinstance(row[i], int | float) or row[i] is None for row in rows)
+        for i in range(len(columns))
+    ]
 
     def line(values: list[str]) -> str:
-        return "  ".join(v.rjust(w) if num else v.ljust(w)
-                         for v, w, num in zip(values, widths, numeric, strict=True)).rstrip()
+        return "  ".join(
+            v.rjust(w) if num else v.ljust(w)
+            for v, w, num in zip(values, widths, numeric, strict=True)
+        ).rstrip()
 
     out = [line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)]
     out.append(f"({len(rows)} row{'s' if len(rows) != 1 else ''})")

@@ -60,11 +60,19 @@ SHIPPED = ('"type":"checkpoint"', '"type":"finished"')
 BATCH = 2000  # most lines one poll returns
 
 
-def build(params: RayParams, *, store: Path, stall_timeout: float = 600.0,
-          data_dir: Path | None = None, checkpoints_shared: bool = False,
-          datasets: list[dict[str, Any]] | None = None, **_: Any) -> RayExecutor:
-    return RayExecutor(params.address, store, stall_timeout, data_dir, checkpoints_shared,
-                       datasets or [])
+def build(
+    params: RayParams,
+    *,
+    store: Path,
+    stall_timeout: float = 600.0,
+    data_dir: Path | None = None,
+    checkpoints_shared: bool = False,
+    datasets: list[dict[str, Any]] | None = None,
+    **_: Any,
+) -> RayExecutor:
+    return RayExecutor(
+        params.address, store, stall_timeout, data_dir, checkpoints_shared, datasets or []
+    )
 
 
 # ---- on each node --------------------------------------------------------------------------
@@ -73,9 +81,17 @@ def build(params: RayParams, *, store: Path, stall_timeout: float = 600.0,
 class SlotWorker:
     """One slot: a warm optlab worker process on this node, and the relay of its events."""
 
-    def __init__(self, label: str, threads: int, gpu: bool, data_dir: str | None,
-                 datasets: list[dict[str, Any]], session: str, ship: bool,
-                 unique_hosts: bool = True):
+    def __init__(
+        self,
+        label: str,
+        threads: int,
+        gpu: bool,
+        data_dir: str | None,
+        datasets: list[dict[str, Any]],
+        session: str,
+        ship: bool,
+        unique_hosts: bool = True,
+    ):
         self.label, self.threads, self.gpu = label, threads, gpu
         self.unique_hosts = unique_hosts
         self.datasets, self.ship = datasets, ship
@@ -106,18 +122,29 @@ class SlotWorker:
         return info
 
     async def _start_worker(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1",
-               "OPTLAB_WORKER": f"{self.label}@{self.node}",
-               "OPTLAB_DATA": str(Path(self.data_dir).resolve()),
-               "OPTLAB_THREADS": str(self.threads), "OMP_NUM_THREADS": str(self.threads),
-               "MKL_NUM_THREADS": str(self.threads)}
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "OPTLAB_WORKER": f"{self.label}@{self.node}",
+            "OPTLAB_DATA": str(Path(self.data_dir).resolve()),
+            "OPTLAB_THREADS": str(self.threads),
+            "OMP_NUM_THREADS": str(self.threads),
+            "MKL_NUM_THREADS": str(self.threads),
+        }
         if not self.gpu:
             env["CUDA_VISIBLE_DEVICES"] = ""  # Ray set it for GPU slots
         with open(self.scratch / "worker.log", "ab") as stderr:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "optlab.worker", env=env, stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE, stderr=stderr, start_new_session=True,
-                limit=LINE_LIMIT)
+                sys.executable,
+                "-m",
+                "optlab.worker",
+                env=env,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=stderr,
+                start_new_session=True,
+                limit=LINE_LIMIT,
+            )
         self.lines = asyncio.Queue()
         asyncio.get_running_loop().create_task(self._read(self.proc, self.lines))
 
@@ -136,8 +163,9 @@ class SlotWorker:
             attached = None
             if line and self.ship and any(k.encode() in line for k in SHIPPED):
                 event = decode(line)
-                path = event.get({"checkpoint": "path", "finished": "weights"}.get(
-                    event["type"], ""))
+                path = event.get(
+                    {"checkpoint": "path", "finished": "weights"}.get(event["type"], "")
+                )
                 if path:
                     with contextlib.suppress(OSError):
                         attached = await asyncio.to_thread(Path(path).read_bytes)
@@ -152,8 +180,11 @@ class SlotWorker:
             await self._start_worker()
         run_id = task["run_id"]
         self.idle[run_id] = asyncio.Event()
-        task = {**task, "journal": str(self.scratch / "journals" / f"{run_id}.jsonl"),
-                "log": str(self.scratch / "logs" / f"{run_id}.log")}
+        task = {
+            **task,
+            "journal": str(self.scratch / "journals" / f"{run_id}.jsonl"),
+            "log": str(self.scratch / "logs" / f"{run_id}.log"),
+        }
         (self.scratch / "logs").mkdir(parents=True, exist_ok=True)
         if self.ship:
             folder = self.scratch / "checkpoints" / run_id
@@ -237,9 +268,15 @@ class Lost(Exception):
 class RayExecutor:
     name = "ray"
 
-    def __init__(self, address: str | None, store: Path, stall_timeout: float,
-                 data_dir: Path | None, checkpoints_shared: bool,
-                 datasets: list[dict[str, Any]]):
+    def __init__(
+        self,
+        address: str | None,
+        store: Path,
+        stall_timeout: float,
+        data_dir: Path | None,
+        checkpoints_shared: bool,
+        datasets: list[dict[str, Any]],
+    ):
         self.store, self.stall_timeout = store, stall_timeout
         self.data_dir = str(data_dir) if data_dir else None
         self.ship, self.datasets = not checkpoints_shared, datasets
@@ -258,8 +295,11 @@ class RayExecutor:
     # -- the cluster ---------------------------------------------------------------------
 
     def _connect(self, address: str | None) -> None:
-        options = {"include_dashboard": False, "log_to_driver": False,
-                   "logging_level": logging.ERROR}
+        options = {
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "logging_level": logging.ERROR,
+        }
         if address not in (None, "auto"):
             _reachable(address)
         try:
@@ -275,15 +315,17 @@ class RayExecutor:
         self.resources = ray.cluster_resources()
         self.node_cpus = max((n["Resources"].get("CPU", 0) for n in alive), default=0)
 
-    def make_slots(self, gpus: str | None, per_gpu: int, workers: int | None,
-                   runs: int | None) -> list[Slot]:
+    def make_slots(
+        self, gpus: str | None, per_gpu: int, workers: int | None, runs: int | None
+    ) -> list[Slot]:
         total_gpus = int(self.resources.get("GPU", 0))
         cpus = int(self.resources.get("CPU", 0))
         # On a cluster, --gpus counts GPUs: 0-7 is eight of them, wherever they are.
         available = [str(i) for i in range(total_gpus)]
         try:
-            chosen = devices.parse_gpus(gpus if gpus is not None else
-                                        ("all" if available else "none"), available)
+            chosen = devices.parse_gpus(
+                gpus if gpus is not None else ("all" if available else "none"), available
+            )
         except UsageError as e:
             raise UsageError(f"{e} in the Ray cluster") from None
         if workers is None and runs is not None and not chosen:
@@ -315,15 +357,21 @@ class RayExecutor:
 
     # -- the queue -----------------------------------------------------------------------
 
-    async def run(self, specs: list[RunSpec], slots: list[Slot], sink: Sink,
-                  task_extra: TaskExtra) -> None:
+    async def run(
+        self, specs: list[RunSpec], slots: list[Slot], sink: Sink, task_extra: TaskExtra
+    ) -> None:
         self.queue = deque(specs)
         self.changed = asyncio.Condition()
         try:
             await asyncio.gather(*(self._slot_loop(slot, sink, task_extra) for slot in slots))
             if self.queue and not self.stopping:
-                sink({"type": "note", "text": f"{len(self.queue)} run(s) not started: no slot "
-                                              "could take them (see the notes above)"})
+                sink(
+                    {
+                        "type": "note",
+                        "text": f"{len(self.queue)} run(s) not started: no slot "
+                        "could take them (see the notes above)",
+                    }
+                )
         finally:
             await self._stop_actors()
 
@@ -355,12 +403,22 @@ class RayExecutor:
     async def _place(self, slot: Slot, sink: Sink) -> Any | None:
         """An actor for ``slot`` on a node that can run the study, or None when there is
         no more to do (or the node it landed on cannot prepare the datasets)."""
-        resources = ({"num_gpus": 1 / self.per_gpu, "num_cpus": 0} if slot.gpu is not None
-                     else {"num_cpus": slot.threads})
+        resources = (
+            {"num_gpus": 1 / self.per_gpu, "num_cpus": 0}
+            if slot.gpu is not None
+            else {"num_cpus": slot.threads}
+        )
         while not self._all_done():
             actor = RemoteSlot.options(**resources).remote(
-                slot.label, slot.threads, slot.gpu is not None, self.data_dir, self.datasets,
-                self.session, self.ship, self.unique_hosts)
+                slot.label,
+                slot.threads,
+                slot.gpu is not None,
+                self.data_dir,
+                self.datasets,
+                self.session,
+                self.ship,
+                self.unique_hosts,
+            )
             self.actors.add(actor)
             started = asyncio.ensure_future(_result(actor.start.remote()))
             done = asyncio.ensure_future(self._until_done())
@@ -411,35 +469,53 @@ class RayExecutor:
                 why = f"slot {slot.label} on node {node} was lost ({e})"
                 note_in_log(log_path(self.store, spec.run_id), why)
                 if self.losses[spec.run_id] >= MAX_LOSSES:
-                    sink({"type": "failed", "run_id": spec.run_id, "time": time.time(),
-                          "origin": "pool", "error": f"{why}, the {MAX_LOSSES}th time for "
-                                                     "this run"})
+                    sink(
+                        {
+                            "type": "failed",
+                            "run_id": spec.run_id,
+                            "time": time.time(),
+                            "origin": "pool",
+                            "error": f"{why}, the {MAX_LOSSES}th time for this run",
+                        }
+                    )
                     await self._release()
                 else:
-                    sink({"type": "note", "text": f"{why}; run {spec.run_id} goes back to "
-                                                  "the queue and resumes from its last "
-                                                  "checkpoint"})
+                    sink(
+                        {
+                            "type": "note",
+                            "text": f"{why}; run {spec.run_id} goes back to "
+                            "the queue and resumes from its last "
+                            "checkpoint",
+                        }
+                    )
                     await self._release(spec)
                 continue
             await self._release()
             if ended == "disk_full":
                 self.stopping = True
 
-    async def _one_run(self, actor: Any, slot: Slot, spec: RunSpec, sink: Sink,
-                       task_extra: TaskExtra) -> str:
-        task = {**spec.task(), "journal": str(journal_path(self.store, spec.run_id)),
-                "log": str(log_path(self.store, spec.run_id)), **task_extra(spec, slot)}
+    async def _one_run(
+        self, actor: Any, slot: Slot, spec: RunSpec, sink: Sink, task_extra: TaskExtra
+    ) -> str:
+        task = {
+            **spec.task(),
+            "journal": str(journal_path(self.store, spec.run_id)),
+            "log": str(log_path(self.store, spec.run_id)),
+            **task_extra(spec, slot),
+        }
         if spec.run_id in self.reached:  # lost before: resume from what it reported
             task["resume_upto"] = self.reached[spec.run_id]
         folder = Path(task["checkpoint_dir"]) if task.get("checkpoint_dir") else None
         files = {}
         if self.ship and folder is not None and task.get("resume_upto"):
-            files = {p.name: p.read_bytes() for p in _checkpoints(folder)
-                     if _epoch(p) <= task["resume_upto"]}
-        keep = ((spec.config.get("checkpoint") or {}).get("keep", 2))
+            files = {
+                p.name: p.read_bytes()
+                for p in _checkpoints(folder)
+                if _epoch(p) <= task["resume_upto"]
+            }
+        keep = (spec.config.get("checkpoint") or {}).get("keep", 2)
         relay = Relay(self, actor, spec.run_id, folder, keep)
-        sink({"type": "assigned", "run_id": spec.run_id, "worker": slot.label,
-              "time": time.time()})
+        sink({"type": "assigned", "run_id": spec.run_id, "worker": slot.label, "time": time.time()})
         await _call(actor.submit.remote(task, files))
         ended = await pump(relay.read, sink, slot.label, spec.run_id, self.stall_timeout)
         if ended in ("ended", "disk_full"):
@@ -449,11 +525,19 @@ class RayExecutor:
             await _call(actor.kill_worker.remote())
         code = await _call(actor.exit_code.remote())
         await relay.fetch_log()
-        why = stall_message(f"{slot.label} on {self.placed.get(slot.label)}", ended, code,
-                            self.stall_timeout)
+        why = stall_message(
+            f"{slot.label} on {self.placed.get(slot.label)}", ended, code, self.stall_timeout
+        )
         note_in_log(log_path(self.store, spec.run_id), why)
-        sink({"type": "failed", "run_id": spec.run_id, "time": time.time(), "origin": "pool",
-              "error": f"{why}; see the run's log"})
+        sink(
+            {
+                "type": "failed",
+                "run_id": spec.run_id,
+                "time": time.time(),
+                "origin": "pool",
+                "error": f"{why}; see the run's log",
+            }
+        )
         return ended
 
     async def _stop_actors(self, grace: float = 5.0) -> None:
@@ -473,10 +557,16 @@ class Relay:
     """One run's events from its actor: files written and paths made the driver's, each
     batch journaled here (one fsync) before the coordinator sees it."""
 
-    def __init__(self, executor: RayExecutor, actor: Any, run_id: str, folder: Path | None,
-                 keep: int):
+    def __init__(
+        self, executor: RayExecutor, actor: Any, run_id: str, folder: Path | None, keep: int
+    ):
         self.ex, self.actor, self.run_id, self.folder, self.keep = (
-            executor, actor, run_id, folder, keep)
+            executor,
+            actor,
+            run_id,
+            folder,
+            keep,
+        )
         self.buffer: deque[bytes] = deque()
         self.journal = journal_path(executor.store, run_id)
 
@@ -512,9 +602,16 @@ class Relay:
                 if e.errno not in FULL:
                     raise
                 # Not written here, so not sent on: the run stops and stays resumable.
-                return [encode({"type": "disk_full", "run_id": self.run_id, "time": time.time(),
-                                "error": f"cannot write the run's journal {self.journal}: "
-                                         f"{e.strerror}"}).encode()]
+                return [
+                    encode(
+                        {
+                            "type": "disk_full",
+                            "run_id": self.run_id,
+                            "time": time.time(),
+                            "error": f"cannot write the run's journal {self.journal}: {e.strerror}",
+                        }
+                    ).encode()
+                ]
         return lines
 
     def localize(self, event: dict[str, Any], attached: bytes | None) -> dict[str, Any]:
@@ -539,7 +636,7 @@ class Relay:
         elif kind == "checkpoint" and attached is not None:
             path = folder / Path(event["path"]).name
             write_atomic(path, attached)
-            for old in _checkpoints(folder)[self.keep:]:
+            for old in _checkpoints(folder)[self.keep :]:
                 old.unlink(missing_ok=True)
             event = {**event, "path": str(path)}
         elif kind == "finished":
@@ -584,13 +681,17 @@ def _reachable(address: str, timeout: float = 5.0) -> None:
     minutes)."""
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
-        raise UsageError(f"--address {address!r}: give auto or HOST:PORT of the Ray head "
-                         "(ray start --head prints it)")
+        raise UsageError(
+            f"--address {address!r}: give auto or HOST:PORT of the Ray head "
+            "(ray start --head prints it)"
+        )
     try:
         socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as e:
-        raise UsageError(f"--address {address}: no Ray head answers there "
-                         f"({e.strerror or e}); is `ray start --head` running?") from None
+        raise UsageError(
+            f"--address {address}: no Ray head answers there "
+            f"({e.strerror or e}); is `ray start --head` running?"
+        ) from None
 
 
 def _checkpoints(folder: Path) -> list[Path]:
@@ -618,5 +719,3 @@ async def _call(ref: Any) -> Any:
     except RayError as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise Lost(f"{type(e).__name__}: {first}") from None
-
-

@@ -48,10 +48,16 @@ class PluginInfo:
         return rows
 
     def as_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "name": self.name, "distribution": self.distribution,
-                "description": self.plugin.description,
-                "params": [{"name": n, "type": t, "default": d, "description": text}
-                           for n, t, d, text in self.param_rows()]}
+        return {
+            "kind": self.kind,
+            "name": self.name,
+            "distribution": self.distribution,
+            "description": self.plugin.description,
+            "params": [
+                {"name": n, "type": t, "default": d, "description": text}
+                for n, t, d, text in self.param_rows()
+            ],
+        }
 
 
 def type_name(annotation: Any) -> str:
@@ -79,8 +85,12 @@ def _constraints(metadata: Any) -> str:
             value = getattr(item, attr, None)
             if value is not None:
                 parts.append(f"{sign} {value}")
-        parts += [f"{sign} {getattr(m, attr)}" for m in getattr(item, "metadata", [])
-                  for attr, sign in _BOUNDS if getattr(m, attr, None) is not None]
+        parts += [
+            f"{sign} {getattr(m, attr)}"
+            for m in getattr(item, "metadata", [])
+            for attr, sign in _BOUNDS
+            if getattr(m, attr, None) is not None
+        ]
     return f" ({', '.join(parts)})" if parts else ""
 
 
@@ -112,8 +122,10 @@ class Registry:
 
     def get(self, kind: str, name: str) -> Plugin:
         if not isinstance(name, str):
-            raise ConfigError(f"a {kind} name is a string (given {name!r}); registered: "
-                              f"{', '.join(self.names(kind))}")
+            raise ConfigError(
+                f"a {kind} name is a string (given {name!r}); registered: "
+                f"{', '.join(self.names(kind))}"
+            )
         from_file = plugin_files.active().get((kind, name))
         if from_file is not None:
             return from_file.plugin
@@ -130,8 +142,10 @@ class Registry:
             except Exception as e:  # a broken third-party package: say which, in one line
                 dist = ep.dist.name if ep.dist is not None else "?"
                 first = (str(e).strip().splitlines() or [""])[0]
-                raise ConfigError(f"{kind} plugin {name!r} ({dist}, {ep.value}) cannot be "
-                                  f"loaded: {type(e).__name__}: {first}") from None
+                raise ConfigError(
+                    f"{kind} plugin {name!r} ({dist}, {ep.value}) cannot be "
+                    f"loaded: {type(e).__name__}: {first}"
+                ) from None
             if not isinstance(plugin, Plugin):
                 raise ConfigError(f"{kind} plugin {name!r} is not an optlab.plugin.Plugin")
             check_contract(kind, name, plugin)
@@ -164,9 +178,11 @@ def check_contract(kind: str, name: str, plugin: Plugin) -> None:
         base = ProbeParams
     params = plugin.params
     if not (isinstance(params, type) and issubclass(params, base)):
-        raise ConfigError(f"{kind} plugin {name!r}: its params model "
-                          f"{getattr(params, '__name__', params)!r} is not derived from "
-                          f"optlab.{base.__name__}")
+        raise ConfigError(
+            f"{kind} plugin {name!r}: its params model "
+            f"{getattr(params, '__name__', params)!r} is not derived from "
+            f"optlab.{base.__name__}"
+        )
     if plugin.build is None:
         raise ConfigError(f"{kind} plugin {name!r}: it has no build")
 

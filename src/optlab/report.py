@@ -21,8 +21,11 @@ def _cell(value: Any) -> str:
 def render_result(result: Any, console: Any) -> None:
     from rich.table import Table
 
-    console.print(f"{result.analysis} - study {result.study}, metric {result.metric}",
-                  style="bold", markup=False)
+    console.print(
+        f"{result.analysis} - study {result.study}, metric {result.metric}",
+        style="bold",
+        markup=False,
+    )
     for key, value in result.findings.items():
         console.print(f"{key}: {_cell(value)}", markup=False)
     for name, rows in result.tables.items():
@@ -38,8 +41,7 @@ def render_result(result: Any, console: Any) -> None:
         console.print(table)
     for item in result.left_out:
         ids = ", ".join(item["run_ids"][:5]) + (", ..." if len(item["run_ids"]) > 5 else "")
-        console.print(f"left out: {item['runs']} run(s), {item['reason']} ({ids})",
-                      markup=False)
+        console.print(f"left out: {item['runs']} run(s), {item['reason']} ({ids})", markup=False)
 
 
 # ---- optlab report ------------------------------------------------------------------------
@@ -96,8 +98,9 @@ def _html_table(rows: list[dict[str, Any]]) -> str:
         return "<p class='muted'>no rows</p>"
     columns = list(dict.fromkeys(k for row in rows for k in row))
     head = "".join(f"<th>{_esc(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_esc(row.get(c))}</td>" for c in columns) + "</tr>"
-                   for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_esc(row.get(c))}</td>" for c in columns) + "</tr>" for row in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -106,14 +109,17 @@ def result_html(result: Any) -> str:
     for name, rows in result.tables.items():
         parts.append(f"<h4>{_esc(name)}</h4>{_html_table(rows)}")
     for item in result.left_out:
-        parts.append(f"<p class='muted'>left out: {item['runs']} run(s), {_esc(item['reason'])}"
-                     f" ({_esc(', '.join(item['run_ids'][:10]))}"
-                     f"{', ...' if len(item['run_ids']) > 10 else ''})</p>")
+        parts.append(
+            f"<p class='muted'>left out: {item['runs']} run(s), {_esc(item['reason'])}"
+            f" ({_esc(', '.join(item['run_ids'][:10]))}"
+            f"{', ...' if len(item['run_ids']) > 10 else ''})</p>"
+        )
     return "\n".join(parts)
 
 
-def _figures(con: Any, study: str, axes: list[str], epsilon: float | None,
-             probe_names: list[str]) -> tuple[list[tuple[str, Any]], list[str]]:
+def _figures(
+    con: Any, study: str, axes: list[str], epsilon: float | None, probe_names: list[str]
+) -> tuple[list[tuple[str, Any]], list[str]]:
     """The charts that fit the study's axes, and a line for each that could not be drawn."""
     from optlab import charts
     from optlab.errors import OptlabError
@@ -121,23 +127,39 @@ def _figures(con: Any, study: str, axes: list[str], epsilon: float | None,
 
     wanted: list[tuple[str, Any]] = []
     if len(axes) >= 2:
-        wanted.append(("heatmap", lambda sel: charts.heatmap_figure(
-            con, study, axes, axes[0], axes[1], "best_test_acc", sel)))
+        wanted.append(
+            (
+                "heatmap",
+                lambda sel: charts.heatmap_figure(
+                    con, study, axes, axes[0], axes[1], "best_test_acc", sel
+                ),
+            )
+        )
     wanted.append(("curves", lambda sel: charts.curves_figure(con, study, axes, sel=sel)))
     if charts.LR in axes:
-        wanted.append(("sensitivity", lambda sel: charts.sensitivity_figure(
-            con, study, axes, sel=sel)))
+        wanted.append(
+            ("sensitivity", lambda sel: charts.sensitivity_figure(con, study, axes, sel=sel))
+        )
     if charts.LR in axes and charts.BATCH in axes:
         wanted.append(("scaling", lambda sel: charts.scaling_figure(con, study, axes, sel=sel)))
     if "full_grad_norm" in probe_names and epsilon is not None:
         wanted.append(("sfo", lambda sel: charts.sfo_figure(con, study, axes, epsilon, sel)))
     for name in probe_names:
-        keys = [k for (k,) in con.execute(
-            "select distinct key from probes p join memberships m using (run_id) "
-            "where m.study = ? and p.probe = ? order by 1", [study, name]).fetchall()]
+        keys = [
+            k
+            for (k,) in con.execute(
+                "select distinct key from probes p join memberships m using (run_id) "
+                "where m.study = ? and p.probe = ? order by 1",
+                [study, name],
+            ).fetchall()
+        ]
         key = "global" if "global" in keys else keys[0]
-        wanted.append((f"probe {name}", lambda sel, n=name, k=key: charts.probes_figure(
-            con, study, axes, n, k, sel=sel)))
+        wanted.append(
+            (
+                f"probe {name}",
+                lambda sel, n=name, k=key: charts.probes_figure(con, study, axes, n, k, sel=sel),
+            )
+        )
     figures, problems = [], []
     for title, make in wanted:
         try:
@@ -156,7 +178,9 @@ def default_epsilon(con: Any, study: str) -> float | None:
     (value,) = con.execute(
         "select median(m) from (select min(p.value) as m from probes p join memberships s "
         "using (run_id) where s.study = ? and p.probe = 'full_grad_norm' and p.key = 'global' "
-        "group by p.run_id)", [study]).fetchone()
+        "group by p.run_id)",
+        [study],
+    ).fetchone()
     return None if value is None else float(f"{value:.3g}")
 
 
@@ -179,8 +203,9 @@ def analyses_for(axes: list[str], optimizers: int, has_grad_norm: bool) -> list[
     return names
 
 
-def build_report(store: Path, study: str | None, out: Path | None,
-                 epsilon: float | None = None) -> tuple[Path, int, int]:
+def build_report(
+    store: Path, study: str | None, out: Path | None, epsilon: float | None = None
+) -> tuple[Path, int, int]:
     """Write the report; returns (path, charts, analyses)."""
     import html
     import json
@@ -197,53 +222,87 @@ def build_report(store: Path, study: str | None, out: Path | None,
     if out is not None and out.suffix != ".html":
         raise OptlabError(f"--out {out}: a report is an .html file")
     with open_study(store, study) as (con, study, axes):
-        info = con.execute("select file, description, axes from studies where study = ?",
-                           [study]).fetchone()
+        info = con.execute(
+            "select file, description, axes from studies where study = ?", [study]
+        ).fetchone()
         blocks = con.execute(
             "select block, count(*), count(distinct seed), list(distinct seed order by seed) "
-            "from runs where study = ? group by block order by min(position)", [study]).fetchall()
+            "from runs where study = ? group by block order by min(position)",
+            [study],
+        ).fetchall()
         probe_names = charts.probe_names(con, study)
-        optimizers = con.execute("select count(distinct optimizer) from runs where study = ?",
-                                 [study]).fetchone()[0]
+        optimizers = con.execute(
+            "select count(distinct optimizer) from runs where study = ?", [study]
+        ).fetchone()[0]
         eps_note = ""
         if "full_grad_norm" in probe_names and epsilon is None:
             epsilon = default_epsilon(con, study)
-            eps_note = (f" (epsilon = {epsilon:g}: the median of the runs' lowest full gradient "
-                        "norm; choose another with --epsilon)")
+            eps_note = (
+                f" (epsilon = {epsilon:g}: the median of the runs' lowest full gradient "
+                "norm; choose another with --epsilon)"
+            )
         figures, problems = _figures(con, study, axes, epsilon, probe_names)
     (status,) = study_status(store, study)
     out = out or Path(f"{study}_report.html")
     block_axes = json.loads(info[2] or "{}")
-    matrix = [{"block": b, "runs": n, "seeds": s, "seed values": ", ".join(map(str, sv)),
-               "axes": "; ".join(f"{a} = {', '.join(_cell(v) for v in vals)}"
-                                 for a, vals in block_axes.get(b, {}).items())}
-              for b, n, s, sv in blocks]
-    body = [f"<h1>{html.escape(study)}</h1>",
-            f"<p class='muted'>{html.escape(info[0] or '')} - generated "
-            f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC from {html.escape(str(store))}</p>",
-            f"<p>{html.escape(info[1] or '')}</p>",
-            "<h2>Matrix</h2>", _html_table(matrix),
-            "<h2>Status</h2>", _html_table([{k: v for k, v in status.counts.items()}])]
+    matrix = [
+        {
+            "block": b,
+            "runs": n,
+            "seeds": s,
+            "seed values": ", ".join(map(str, sv)),
+            "axes": "; ".join(
+                f"{a} = {', '.join(_cell(v) for v in vals)}"
+                for a, vals in block_axes.get(b, {}).items()
+            ),
+        }
+        for b, n, s, sv in blocks
+    ]
+    body = [
+        f"<h1>{html.escape(study)}</h1>",
+        f"<p class='muted'>{html.escape(info[0] or '')} - generated "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC from {html.escape(str(store))}</p>",
+        f"<p>{html.escape(info[1] or '')}</p>",
+        "<h2>Matrix</h2>",
+        _html_table(matrix),
+        "<h2>Status</h2>",
+        _html_table([{k: v for k, v in status.counts.items()}]),
+    ]
     if status.problems:
-        body.append(_html_table([{"run": p["run_id"], "status": p["status"],
-                                  "seed": p["seed"], "axes": json.dumps(p["axes"]),
-                                  "error": p["error"]} for p in status.problems]))
+        body.append(
+            _html_table(
+                [
+                    {
+                        "run": p["run_id"],
+                        "status": p["status"],
+                        "seed": p["seed"],
+                        "axes": json.dumps(p["axes"]),
+                        "error": p["error"],
+                    }
+                    for p in status.problems
+                ]
+            )
+        )
     body.append("<h2>Charts</h2>")
     specs = {}
     for i, (title, fig) in enumerate(figures):
         cid = f"chart{i}"
         specs[cid] = fig.chart.to_dict()
-        pooled = (f"<p class='warn'>pooled over {html.escape(', '.join(fig.lay.pooled))}</p>"
-                  if fig.lay is not None and fig.lay.pooled else "")
-        body.append(f"<h3>{html.escape(title)}</h3>{pooled}<div class='chart' id='{cid}'></div>"
-                    f"<details><summary>SQL</summary><pre>{html.escape(fig.sql)}</pre>"
-                    "</details>")
+        pooled = (
+            f"<p class='warn'>pooled over {html.escape(', '.join(fig.lay.pooled))}</p>"
+            if fig.lay is not None and fig.lay.pooled
+            else ""
+        )
+        body.append(
+            f"<h3>{html.escape(title)}</h3>{pooled}<div class='chart' id='{cid}'></div>"
+            f"<details><summary>SQL</summary><pre>{html.escape(fig.sql)}</pre>"
+            "</details>"
+        )
     body += [f"<p class='muted'>{html.escape(p)}</p>" for p in problems]
     body.append("<h2>Analyses</h2>")
     names = analyses_for(axes, optimizers, "full_grad_norm" in probe_names)
     for name in names:
-        body.append(f"<h3>{html.escape(name)}{html.escape(eps_note if name == 'sfo' else '')}"
-                    "</h3>")
+        body.append(f"<h3>{html.escape(name)}{html.escape(eps_note if name == 'sfo' else '')}</h3>")
         try:
             result = run_analysis(store, name, study, "best_test_acc", epsilon=epsilon)
             body.append(result_html(result))
@@ -255,13 +314,15 @@ def build_report(store: Path, study: str | None, out: Path | None,
 
     # vl-convert names Vega-Lite versions like "v6_4" (Altair's schema is "v6.4.1").
     bundle = vlc.javascript_bundle(vl_version="_".join(alt.SCHEMA_VERSION.split(".")[:2]))
-    page = PAGE.format(title=html.escape(study), bundle=bundle.replace("</script", "<\\/script"),
-                       body="\n".join(body),
-                       specs=json.dumps(specs).replace("</", "<\\/"))
+    page = PAGE.format(
+        title=html.escape(study),
+        bundle=bundle.replace("</script", "<\\/script"),
+        body="\n".join(body),
+        specs=json.dumps(specs).replace("</", "<\\/"),
+    )
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(page)
     except OSError as e:
         raise OptlabError(f"--out {out}: cannot write: {e.strerror or e}") from None
     return out, len(figures), len(names)
-

@@ -42,6 +42,7 @@ def clean(value: Any) -> Any:
 def jsonable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows for a chart's data: :func:`clean`, and anything but a number, string or bool
     (a date, a decimal) as its text."""
+
     def one(v: Any) -> Any:
         v = clean(v)
         return v if isinstance(v, int | float | str | bool) or v is None else str(v)
@@ -63,7 +64,8 @@ def parse_metric(metric: str) -> tuple[str, str]:
         raise OptlabError(
             f"--metric {metric!r}: not a metric; use REDUCER_COLUMN with REDUCER one of "
             f"{', '.join(REDUCERS)} and COLUMN one of {', '.join(METRIC_COLUMNS)} "
-            f"(e.g. {examples})")
+            f"(e.g. {examples})"
+        )
     return reducer, column
 
 

@@ -45,34 +45,43 @@ def parse(table: dict[str, Any]) -> tuple[str, int, int, dict[str, tuple[str, An
         raise SearchError("search.kind", f"use {' or '.join(KINDS)} (given {kind!r})")
     n = table.get("n")
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise SearchError("search.n", f"how many points to draw, a whole number >= 1 "
-                                      f"(given {n!r})")
+        raise SearchError("search.n", f"how many points to draw, a whole number >= 1 (given {n!r})")
     seed = table.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise SearchError("search.seed", f"a whole number >= 0 (given {seed!r})")
     ranges: dict[str, tuple[str, Any]] = {}
-    for path, spec in _leaves({k: v for k, v in table.items()
-                               if k not in ("kind", "n", "seed")}).items():
+    for path, spec in _leaves(
+        {k: v for k, v in table.items() if k not in ("kind", "n", "seed")}
+    ).items():
         key = f"search.{path}"
-        example = '{ log_uniform = [1e-4, 1.0] }, { uniform = [0.8, 0.99] } or ' \
-                  '{ choice = [0.0, 5e-4] }'
+        example = (
+            "{ log_uniform = [1e-4, 1.0] }, { uniform = [0.8, 0.99] } or { choice = [0.0, 5e-4] }"
+        )
         if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in RANGES:
             raise SearchError(key, f"give one range: {example} (given {spec!r})")
-        (how, values), = spec.items()
+        ((how, values),) = spec.items()
         if how == "choice":
             if not isinstance(values, list) or not values:
                 raise SearchError(key, f"choice needs a list of values (given {values!r})")
         else:
-            if not (isinstance(values, list) and len(values) == 2
-                    and all(_number(v) for v in values) and values[0] < values[1]):
-                raise SearchError(key, f"{how} needs [low, high] with low < high "
-                                       f"(given {values!r})")
+            if not (
+                isinstance(values, list)
+                and len(values) == 2
+                and all(_number(v) for v in values)
+                and values[0] < values[1]
+            ):
+                raise SearchError(
+                    key, f"{how} needs [low, high] with low < high (given {values!r})"
+                )
             if how == "log_uniform" and values[0] <= 0:
                 raise SearchError(key, f"log_uniform needs low > 0 (given {values!r})")
         ranges[path] = (how, values)
     if not ranges:
-        raise SearchError("search", "give at least one key to search, such as "
-                                    '"optimizer.lr" = { log_uniform = [1e-4, 1.0] }')
+        raise SearchError(
+            "search",
+            "give at least one key to search, such as "
+            '"optimizer.lr" = { log_uniform = [1e-4, 1.0] }',
+        )
     return kind, n, seed, ranges
 
 
@@ -81,8 +90,12 @@ def _leaves(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in table.items():
         path = f"{prefix}{key}"
-        if isinstance(value, dict) and value and not set(value) & set(RANGES) and all(
-                isinstance(v, dict) for v in value.values()):
+        if (
+            isinstance(value, dict)
+            and value
+            and not set(value) & set(RANGES)
+            and all(isinstance(v, dict) for v in value.values())
+        ):
             out.update(_leaves(value, f"{path}."))
         else:
             out[path] = value

@@ -65,18 +65,24 @@ def _session_alive(session: tuple, writer: Writer | None, now: float) -> bool:
 
 def _one(con: Any, store: Path, name: str, writer: Writer | None) -> StudyStatus:
     counts = dict.fromkeys(STATES, 0)
-    for status, n in con.execute("select status, count(*) from runs where study = ? "
-                                 "group by status", [name]).fetchall():
+    for status, n in con.execute(
+        "select status, count(*) from runs where study = ? group by status", [name]
+    ).fetchall():
         counts[status] = n
     result = StudyStatus(name, counts)
     now = time.time()
-    columns = {c for (c,) in con.execute("select column_name from information_schema.columns "
-                                         "where table_name = 'sessions'").fetchall()}
+    columns = {
+        c
+        for (c,) in con.execute(
+            "select column_name from information_schema.columns where table_name = 'sessions'"
+        ).fetchall()
+    }
     where = "executor, nodes" if "nodes" in columns else "null, null"  # an older store
     sessions = con.execute(
         f"select session_id, pid, hostname, epoch(heartbeat_at), workers, {where} "
         "from sessions where study = ? and ended_at is null order by started_at",
-        [name]).fetchall()
+        [name],
+    ).fetchall()
     live = [s for s in sessions if _session_alive(s[:4], writer, now)]
     result.active_workers = sum(s[4] or 0 for s in live)
     for s in live:
@@ -91,8 +97,10 @@ def _one(con: Any, store: Path, name: str, writer: Writer | None) -> StudyStatus
         ago = f", last heartbeat {_ago(now - heartbeat)} ago" if heartbeat else ""
         gone = f"pid {pid} on {host}{ago}"
         for run_id, status in con.execute(
-                "select run_id, status from runs where study = ? and status in "
-                "('pending', 'running', 'interrupted')", [name]).fetchall():
+            "select run_id, status from runs where study = ? and status in "
+            "('pending', 'running', 'interrupted')",
+            [name],
+        ).fetchall():
             progress = journal_progress(store, run_id)
             if progress is not None or status == "running":
                 cut[run_id] = progress or (0, 0)
@@ -107,16 +115,26 @@ def _one(con: Any, store: Path, name: str, writer: Writer | None) -> StudyStatus
         "(select count(*) from epochs e where e.run_id = r.run_id) from runs r "
         "where study = ? and status in ('pending', 'running', 'interrupted', 'failed', "
         "'diverged') "
-        "order by position", [name]).fetchall()
+        "order by position",
+        [name],
+    ).fetchall()
     for run_id, status, seed, axes, error, log, ckpt, epochs, done in rows:
         if run_id in cut:
             status = "interrupted"
             done, ckpt = max(done, cut[run_id][0]), max(ckpt or 0, cut[run_id][1])
         elif status == "pending":
             continue
-        run = {"run_id": run_id, "status": status, "seed": seed,
-               "axes": json.loads(axes or "{}"), "error": error or "", "log": log,
-               "resume_epoch": ckpt or 0, "epochs": epochs, "epochs_done": done}
+        run = {
+            "run_id": run_id,
+            "status": status,
+            "seed": seed,
+            "axes": json.loads(axes or "{}"),
+            "error": error or "",
+            "log": log,
+            "resume_epoch": ckpt or 0,
+            "epochs": epochs,
+            "epochs_done": done,
+        }
         (result.problems if status in ("failed", "diverged") else result.unfinished).append(run)
     return result
 
@@ -131,7 +149,9 @@ def _eta(con: Any, name: str, workers: int) -> float | None:
         "where r.study = ?), "
         "(select sum(greatest(r.epochs - (select count(*) from epochs e "
         "where e.run_id = r.run_id), 0)) from runs r where r.study = ? and r.status in "
-        "('pending', 'running', 'interrupted'))", [name, name]).fetchone()
+        "('pending', 'running', 'interrupted'))",
+        [name, name],
+    ).fetchone()
     if mean is None or not workers:
         return None
     return float(mean) * float(left or 0) / workers

@@ -18,8 +18,9 @@ def lr_scale(config: dict[str, Any], batch_size: int, reference: int) -> float:
     return (batch_size / reference) ** (1.0 if rule == "linear" else 0.5)
 
 
-def per_step(config: dict[str, Any], epochs: list[dict[str, Any]], registry: Any = None
-             ) -> Iterator[tuple[int, int, float, int]]:
+def per_step(
+    config: dict[str, Any], epochs: list[dict[str, Any]], registry: Any = None
+) -> Iterator[tuple[int, int, float, int]]:
     """(epoch, step, lr, batch size) for every step of a run's stored epochs.
 
     ``epochs``: its rows in epoch order (``epoch``, ``step`` so far, ``epoch_batch_size``).
@@ -30,18 +31,24 @@ def per_step(config: dict[str, Any], epochs: list[dict[str, Any]], registry: Any
 
     registry = registry or default_registry()
     table = config["lr_schedule"]
-    factor = registry.create("lr_schedule", table["name"],
-                             {k: v for k, v in table.items() if k != "name"},
-                             epochs=config["epochs"])
+    factor = registry.create(
+        "lr_schedule",
+        table["name"],
+        {k: v for k, v in table.items() if k != "name"},
+        epochs=config["epochs"],
+    )
     base = float(config["optimizer"]["lr"])
-    reference = config.get("lr_reference_batch") or (
-        epochs[0]["epoch_batch_size"] if epochs else 1)
+    reference = config.get("lr_reference_batch") or (epochs[0]["epoch_batch_size"] if epochs else 1)
     before = 0
     for row in epochs:
         steps, bs = row["step"] - before, row["epoch_batch_size"]
         scale = lr_scale(config, bs, reference)
         epoch = row["epoch"] - 1
         for i in range(steps):
-            yield row["epoch"], before + i + 1, base * factor(epoch + i / steps, 1 / steps,
-                                                              before + i) * scale, bs
+            yield (
+                row["epoch"],
+                before + i + 1,
+                base * factor(epoch + i / steps, 1 / steps, before + i) * scale,
+                bs,
+            )
         before = row["step"]

@@ -60,17 +60,35 @@ create table if not exists sessions (
 # run_state columns of schema 2: checkpoints, weights, what the model needs to be rebuilt,
 # and the time of the last journaled event the store holds (for recovery).
 RUN_STATE_ADDED = (
-    ("checkpoint_dir", "varchar"), ("checkpoint_epoch", "integer"),
-    ("checkpoint_path", "varchar"), ("resumed_from", "integer"), ("weights_path", "varchar"),
-    ("input_shape", "json"), ("num_classes", "integer"), ("journal_time", "double"),
+    ("checkpoint_dir", "varchar"),
+    ("checkpoint_epoch", "integer"),
+    ("checkpoint_path", "varchar"),
+    ("resumed_from", "integer"),
+    ("weights_path", "varchar"),
+    ("input_shape", "json"),
+    ("num_classes", "integer"),
+    ("journal_time", "double"),
     ("diverged_by", "varchar"),
 )
 FIXED_RUN_COLUMNS = ("study", "block", "position", "axes")
-PROVENANCE_COLUMNS = ("optlab_version", "git_sha", "torch_version", "python_version", "device",
-                      "threads", "hostname", "pid", "cuda_visible_devices", "worker")
+PROVENANCE_COLUMNS = (
+    "optlab_version",
+    "git_sha",
+    "torch_version",
+    "python_version",
+    "device",
+    "threads",
+    "hostname",
+    "pid",
+    "cuda_visible_devices",
+    "worker",
+)
 # Short names for the hyperparameters asked about most, when the study has them.
-ALIASES = {"lr": "optimizer_lr", "wd": "optimizer_weight_decay",
-           "batch_size": "batch_schedule_batch_size"}
+ALIASES = {
+    "lr": "optimizer_lr",
+    "wd": "optimizer_weight_decay",
+    "batch_size": "batch_schedule_batch_size",
+}
 
 
 def artefacts_dir(store: Path) -> Path:
@@ -123,13 +141,17 @@ def _opening_error(path: Path, e: Exception) -> StoreError:
     msg = str(e)
     if "not a valid DuckDB database" in msg:
         if studies_record_dir(path).is_dir():
-            return StoreError(f"{path}: not a DuckDB database (damaged?); `optlab rebuild "
-                              f"--store {path}` makes the store again from the run journals")
+            return StoreError(
+                f"{path}: not a DuckDB database (damaged?); `optlab rebuild "
+                f"--store {path}` makes the store again from the run journals"
+            )
         return StoreError(f"{path}: not a DuckDB database; give another --store")
     if is_disk_full(msg):
         return StoreFull(f"{path}: the disk is full ({_first_line(msg)})")
-    return StoreError(f"{path}: the store is damaged or unreadable ({_first_line(msg)}); "
-                      f"`optlab rebuild --store {path}` makes a new one from the run journals")
+    return StoreError(
+        f"{path}: the store is damaged or unreadable ({_first_line(msg)}); "
+        f"`optlab rebuild --store {path}` makes a new one from the run journals"
+    )
 
 
 def _first_line(msg: str) -> str:
@@ -143,32 +165,42 @@ def is_disk_full(message: str) -> bool:
 
 def _identify(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     """Refuse a DuckDB file that is not an optlab store, or one from a newer optlab."""
-    tables = {t for (t,) in con.execute(
-        "select table_name from information_schema.tables where table_schema = 'main' "
-        "and table_catalog = current_database()").fetchall()}
+    tables = {
+        t
+        for (t,) in con.execute(
+            "select table_name from information_schema.tables where table_schema = 'main' "
+            "and table_catalog = current_database()"
+        ).fetchall()
+    }
     if not tables:
         return  # a new, empty store
     if "meta" not in tables or "run_state" not in tables:
         shown = ", ".join(sorted(tables)[:5])
-        raise StoreError(f"{path}: not an optlab store (a DuckDB database with tables {shown}); "
-                         "give another --store")
+        raise StoreError(
+            f"{path}: not an optlab store (a DuckDB database with tables {shown}); "
+            "give another --store"
+        )
     row = con.execute("select value from meta where key = 'schema_version'").fetchone()
     version = int(row[0]) if row and str(row[0]).isdigit() else 0
     if version > SCHEMA_VERSION:
-        raise StoreError(f"{path}: made by a newer optlab (store schema {version}; this optlab "
-                         f"knows up to {SCHEMA_VERSION}); upgrade optlab to use it")
+        raise StoreError(
+            f"{path}: made by a newer optlab (store schema {version}; this optlab "
+            f"knows up to {SCHEMA_VERSION}); upgrade optlab to use it"
+        )
 
 
 @contextlib.contextmanager
-def reading(path: Path, timeout: float = 15.0, require_runs: bool = True
-            ) -> Iterator[duckdb.DuckDBPyConnection]:
+def reading(
+    path: Path, timeout: float = 15.0, require_runs: bool = True
+) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-only connection; a user's SQL through it cannot change results."""
     if not path.exists():
         raise StoreError(f"{path}: no store here yet; run a study first (optlab run)")
     con = _connect(path, read_only=True, timeout=timeout)
     try:
-        has = con.execute("select count(*) from information_schema.tables where "
-                          "table_name = 'run_state'").fetchone()[0]
+        has = con.execute(
+            "select count(*) from information_schema.tables where table_name = 'run_state'"
+        ).fetchone()[0]
         if require_runs and not has:
             raise StoreError(f"{path}: the store is empty; run a study first (optlab run)")
         yield con
@@ -208,8 +240,9 @@ def check_store(path: Path) -> None:
         if not parent.is_dir():
             raise StoreError(f"{path}: folder {parent} does not exist")
         if not os.access(parent, os.W_OK):
-            raise StoreError(f"{path}: cannot create a store in {parent} (not writable); "
-                             "give another --store")
+            raise StoreError(
+                f"{path}: cannot create a store in {parent} (not writable); give another --store"
+            )
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
@@ -224,13 +257,13 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     # The executor of each session, and the nodes (name -> slots) its workers run on.
     for col in ("executor", "nodes"):
         con.execute(f"alter table sessions add column if not exists {col} varchar")
-    con.execute("insert or replace into meta values ('schema_version', ?)",
-                [str(SCHEMA_VERSION)])
+    con.execute("insert or replace into meta values ('schema_version', ?)", [str(SCHEMA_VERSION)])
     _refresh_runs_view(con)
     views.create(con)
 
 
 # ---- config columns -----------------------------------------------------------------------
+
 
 def config_columns(config: dict[str, Any]) -> dict[str, Any]:
     """Flatten a resolved config to columns: ``optimizer.lr`` -> ``optimizer_lr``, and a
@@ -267,8 +300,10 @@ def _widen(old: str, new: str) -> str:
 
 
 def _table_columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
-    rows = con.execute("select column_name, data_type from information_schema.columns "
-                       "where table_name = ?", [table]).fetchall()
+    rows = con.execute(
+        "select column_name, data_type from information_schema.columns where table_name = ?",
+        [table],
+    ).fetchall()
     return dict(rows)
 
 
@@ -294,17 +329,23 @@ def _add_config_columns(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any
 
 def _refresh_runs_view(con: duckdb.DuckDBPyConnection) -> None:
     cols = _table_columns(con, "run_state")
-    aliases = "".join(f', r."{src}" as {alias}' for alias, src in ALIASES.items()
-                      if src in cols and alias not in cols)
+    aliases = "".join(
+        f', r."{src}" as {alias}'
+        for alias, src in ALIASES.items()
+        if src in cols and alias not in cols
+    )
     con.execute(
         "create or replace view runs as select m.study, m.block, m.position, m.axes, r.*"
-        f"{aliases} from memberships m join run_state r using (run_id)")
+        f"{aliases} from memberships m join run_state r using (run_id)"
+    )
 
 
 # ---- writes -------------------------------------------------------------------------------
 
-def register_study(con: duckdb.DuckDBPyConnection, study: Any, plans: list[Any],
-                   store: Path) -> None:
+
+def register_study(
+    con: duckdb.DuckDBPyConnection, study: Any, plans: list[Any], store: Path
+) -> None:
     """Record the study and its runs; runs already in the store keep their state.
 
     The study's membership becomes exactly this expansion: runs of an earlier version of the
@@ -315,7 +356,8 @@ def register_study(con: duckdb.DuckDBPyConnection, study: Any, plans: list[Any],
         "insert into studies values (?, ?, ?, ?, ?, now(), now()) on conflict (study) do update "
         "set file = excluded.file, description = excluded.description, "
         "source = excluded.source, axes = excluded.axes, updated_at = now()",
-        [study.name, study.file, study.description, study.source, json.dumps(axes)])
+        [study.name, study.file, study.description, study.source, json.dumps(axes)],
+    )
     runs = [r for p in plans for r in p.runs]
     flat = [config_columns(r.config) for r in runs]
     changed = _add_config_columns(con, flat)
@@ -329,14 +371,27 @@ def register_study(con: duckdb.DuckDBPyConnection, study: Any, plans: list[Any],
         con.executemany(
             f"insert into run_state ({quoted}, created_at) values ({marks}, now()) "
             "on conflict (run_id) do nothing",
-            [[r.run_id, r.seed, "pending", json.dumps(r.config), str(log_path(store, r.run_id)),
-              *(row.get(c) for c in all_cols)] for r, row in zip(runs, flat, strict=True)])
+            [
+                [
+                    r.run_id,
+                    r.seed,
+                    "pending",
+                    json.dumps(r.config),
+                    str(log_path(store, r.run_id)),
+                    *(row.get(c) for c in all_cols),
+                ]
+                for r, row in zip(runs, flat, strict=True)
+            ],
+        )
         con.executemany(
             "insert into memberships values (?, ?, ?, ?, ?) on conflict (study, run_id) do update "
             "set block = excluded.block, position = excluded.position, axes = excluded.axes",
-            [[r.study, r.run_id, r.block, r.position, json.dumps(r.axes)] for r in runs])
-    con.execute("delete from memberships where study = ? and run_id not in "
-                "(select unnest(?::varchar[]))", [study.name, [r.run_id for r in runs]])
+            [[r.study, r.run_id, r.block, r.position, json.dumps(r.axes)] for r in runs],
+        )
+    con.execute(
+        "delete from memberships where study = ? and run_id not in (select unnest(?::varchar[]))",
+        [study.name, [r.run_id for r in runs]],
+    )
     if changed:
         _refresh_runs_view(con)
 
@@ -349,12 +404,29 @@ def save_study_record(store: Path, study: Any, plans: list[Any]) -> None:
     """The study as registered (its source, blocks, axes and every run's config), beside the
     journals: with them, `optlab rebuild` makes the store again if it is lost or damaged."""
     record = {
-        "study": study.name, "file": study.file, "description": study.description,
+        "study": study.name,
+        "file": study.file,
+        "description": study.description,
         "source": study.source,
-        "blocks": [{"name": p.name, "axes": p.axes, "seeds": p.seeds,
-                    "runs": [{"run_id": r.run_id, "seed": r.seed, "position": r.position,
-                              "axes": r.axes, "config": r.config} for r in p.runs]}
-                   for p in plans]}
+        "blocks": [
+            {
+                "name": p.name,
+                "axes": p.axes,
+                "seeds": p.seeds,
+                "runs": [
+                    {
+                        "run_id": r.run_id,
+                        "seed": r.seed,
+                        "position": r.position,
+                        "axes": r.axes,
+                        "config": r.config,
+                    }
+                    for r in p.runs
+                ],
+            }
+            for p in plans
+        ],
+    }
     folder = studies_record_dir(store)
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / f"{study.name}.json", record)
@@ -367,8 +439,10 @@ def write_json_atomic(path: Path, value: Any) -> None:
 def states(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> dict[str, str]:
     if not run_ids:
         return {}
-    rows = con.execute("select run_id, status from run_state where run_id in "
-                       "(select unnest(?::varchar[]))", [run_ids]).fetchall()
+    rows = con.execute(
+        "select run_id, status from run_state where run_id in (select unnest(?::varchar[]))",
+        [run_ids],
+    ).fetchall()
     return dict(rows)
 
 
@@ -394,8 +468,10 @@ def apply_events(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -
             epoch_rows.append([run_id, *(ev.get(f) for f in EPOCH_FIELDS)])
             continue
         if kind == "probe":
-            probe_rows += [[run_id, ev.get("epoch"), ev.get("step"), ev["probe"], key, value]
-                           for key, value in (ev.get("values") or {}).items()]
+            probe_rows += [
+                [run_id, ev.get("epoch"), ev.get("step"), ev["probe"], key, value]
+                for key, value in (ev.get("values") or {}).items()
+            ]
             continue
         flush()  # keep order: rows of a run land before its next state change
         if kind == "started":
@@ -403,26 +479,39 @@ def apply_events(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -
         elif kind == "resumed":
             _apply_resumed(con, ev)
         elif kind == "checkpoint":
-            con.execute("update run_state set checkpoint_epoch = ?, checkpoint_path = ? "
-                        "where run_id = ?", [ev["epoch"], ev["path"], run_id])
+            con.execute(
+                "update run_state set checkpoint_epoch = ?, checkpoint_path = ? where run_id = ?",
+                [ev["epoch"], ev["path"], run_id],
+            )
         elif kind in ("finished", "failed", "diverged"):
             status = "done" if kind == "finished" else kind
             _finish(con, run_id, status, ev.get("error"), ev.get("time"), ev.get("elapsed"))
             if kind != "failed":  # the worker removes the checkpoints of an ended run
-                con.execute("update run_state set checkpoint_epoch = null, checkpoint_path = "
-                            "null, weights_path = ?, diverged_by = ? where run_id = ?",
-                            [ev.get("weights"),
-                             (ev.get("rule") or "non_finite") if kind == "diverged" else None,
-                             run_id])
+                con.execute(
+                    "update run_state set checkpoint_epoch = null, checkpoint_path = "
+                    "null, weights_path = ?, diverged_by = ? where run_id = ?",
+                    [
+                        ev.get("weights"),
+                        (ev.get("rule") or "non_finite") if kind == "diverged" else None,
+                        run_id,
+                    ],
+                )
         elif kind == "disk_full":
-            _finish(con, run_id, "interrupted", f"stopped: disk full ({ev.get('error')})",
-                    ev.get("time"))
+            _finish(
+                con,
+                run_id,
+                "interrupted",
+                f"stopped: disk full ({ev.get('error')})",
+                ev.get("time"),
+            )
     flush()
     if journaled:  # one statement for the batch, not one per run
         _register(con, ("run_id", "at"), [list(kv) for kv in journaled.items()])
         try:
-            con.execute("update run_state set journal_time = greatest(coalesce(journal_time, "
-                        "0), j.at) from optlab_bulk_rows j where run_state.run_id = j.run_id")
+            con.execute(
+                "update run_state set journal_time = greatest(coalesce(journal_time, "
+                "0), j.at) from optlab_bulk_rows j where run_state.run_id = j.run_id"
+            )
         finally:
             con.unregister("optlab_bulk_rows")
 
@@ -434,8 +523,9 @@ def _insert_epochs(con: duckdb.DuckDBPyConnection, rows: list[list[Any]]) -> Non
     _bulk_insert(con, "insert or replace into epochs", ("run_id", *EPOCH_FIELDS), rows)
 
 
-def _register(con: duckdb.DuckDBPyConnection, columns: tuple[str, ...],
-              rows: list[list[Any]]) -> None:
+def _register(
+    con: duckdb.DuckDBPyConnection, columns: tuple[str, ...], rows: list[list[Any]]
+) -> None:
     """``rows`` as the view ``optlab_bulk_rows``: one array per column (None is NULL)."""
     import numpy as np
 
@@ -443,8 +533,9 @@ def _register(con: duckdb.DuckDBPyConnection, columns: tuple[str, ...],
     con.register("optlab_bulk_rows", data)
 
 
-def _bulk_insert(con: duckdb.DuckDBPyConnection, head: str, columns: tuple[str, ...],
-                 rows: list[list[Any]]) -> None:
+def _bulk_insert(
+    con: duckdb.DuckDBPyConnection, head: str, columns: tuple[str, ...], rows: list[list[Any]]
+) -> None:
     """Insert many rows as one scan of column arrays: about 100 times the rows a second of
     ``executemany``, which runs one statement a row (BENCHMARKS.md). None is NULL."""
     _register(con, columns, rows)
@@ -461,9 +552,12 @@ def _apply_started(con: duckdb.DuckDBPyConnection, ev: dict[str, Any]) -> None:
     _ensure_run(con, ev)
     con.execute("delete from epochs where run_id = ?", [run_id])
     con.execute("delete from probes where run_id = ?", [run_id])
-    con.execute("update run_state set started_at = to_timestamp(?), resumed_from = null, "
-                "checkpoint_epoch = null, checkpoint_path = null, weights_path = null "
-                "where run_id = ?", [ev.get("time", time.time()), run_id])
+    con.execute(
+        "update run_state set started_at = to_timestamp(?), resumed_from = null, "
+        "checkpoint_epoch = null, checkpoint_path = null, weights_path = null "
+        "where run_id = ?",
+        [ev.get("time", time.time()), run_id],
+    )
     _attempt(con, ev)
 
 
@@ -474,10 +568,12 @@ def _apply_resumed(con: duckdb.DuckDBPyConnection, ev: dict[str, Any]) -> None:
     _ensure_run(con, ev)
     con.execute("delete from epochs where run_id = ? and epoch > ?", [run_id, epoch])
     con.execute("delete from probes where run_id = ? and epoch > ?", [run_id, epoch])
-    con.execute("update run_state set resumed_from = ?, checkpoint_epoch = ?, "
-                "checkpoint_path = ?, started_at = coalesce(started_at, to_timestamp(?)) "
-                "where run_id = ?", [epoch, epoch, ev.get("checkpoint"),
-                                     ev.get("time", time.time()), run_id])
+    con.execute(
+        "update run_state set resumed_from = ?, checkpoint_epoch = ?, "
+        "checkpoint_path = ?, started_at = coalesce(started_at, to_timestamp(?)) "
+        "where run_id = ?",
+        [epoch, epoch, ev.get("checkpoint"), ev.get("time", time.time()), run_id],
+    )
     _attempt(con, ev)
 
 
@@ -492,9 +588,16 @@ def _attempt(con: duckdb.DuckDBPyConnection, ev: dict[str, Any]) -> None:
         f"precision_used = ?, input_shape = coalesce(?, input_shape), "
         f"num_classes = coalesce(?, num_classes), checkpoint_dir = coalesce(?, checkpoint_dir), "
         f"{sets} where run_id = ?",
-        [ev.get("time") or time.time(), ev.get("precision_used"),
-         json.dumps(shape) if shape else None, ev.get("num_classes"), ev.get("checkpoint_dir"),
-         *(prov.get(c) for c in PROVENANCE_COLUMNS), ev["run_id"]])
+        [
+            ev.get("time") or time.time(),
+            ev.get("precision_used"),
+            json.dumps(shape) if shape else None,
+            ev.get("num_classes"),
+            ev.get("checkpoint_dir"),
+            *(prov.get(c) for c in PROVENANCE_COLUMNS),
+            ev["run_id"],
+        ],
+    )
 
 
 def _ensure_run(con: duckdb.DuckDBPyConnection, ev: dict[str, Any]) -> None:
@@ -502,14 +605,21 @@ def _ensure_run(con: duckdb.DuckDBPyConnection, ev: dict[str, Any]) -> None:
     journal carries."""
     if ev.get("config") is None:
         return
-    con.execute("insert into run_state (run_id, seed, status, config, created_at) "
-                "values (?, ?, 'pending', ?, to_timestamp(?)) on conflict (run_id) do nothing",
-                [ev["run_id"], ev.get("seed"), json.dumps(ev["config"]),
-                 ev.get("time", time.time())])
+    con.execute(
+        "insert into run_state (run_id, seed, status, config, created_at) "
+        "values (?, ?, 'pending', ?, to_timestamp(?)) on conflict (run_id) do nothing",
+        [ev["run_id"], ev.get("seed"), json.dumps(ev["config"]), ev.get("time", time.time())],
+    )
 
 
-def _finish(con: duckdb.DuckDBPyConnection, run_id: str, status: str, error: str | None,
-            at: float | None, elapsed: float | None = None) -> None:
+def _finish(
+    con: duckdb.DuckDBPyConnection,
+    run_id: str,
+    status: str,
+    error: str | None,
+    at: float | None,
+    elapsed: float | None = None,
+) -> None:
     """``elapsed`` (from the worker) counts every attempt's running time; without it, the
     wall time since the run was first started."""
     at = at or time.time()
@@ -518,18 +628,21 @@ def _finish(con: duckdb.DuckDBPyConnection, run_id: str, status: str, error: str
         "wall_seconds = coalesce(?, epoch(to_timestamp(?) - started_at)), "
         "train_seconds = (select sum(seconds) from epochs e where e.run_id = ?) "
         "where run_id = ?",
-        [status, error, at, elapsed, at, run_id, run_id])
+        [status, error, at, elapsed, at, run_id, run_id],
+    )
 
 
-def recover(con: duckdb.DuckDBPyConnection, store: Path, run_ids: list[str] | None = None
-            ) -> list[str]:
+def recover(
+    con: duckdb.DuckDBPyConnection, store: Path, run_ids: list[str] | None = None
+) -> list[str]:
     """Re-ingest the journals that hold more than the store: those of runs it still shows as
     pending or running (left by a crash or Ctrl-C), and those of interrupted or failed runs
     whose journal has events newer than the store's (a later attempt cut off before its first
     write). Runs without a final event become 'interrupted'. Returns their ids."""
-    rows = con.execute("select run_id, status, coalesce(journal_time, 0) from run_state "
-                       "where status in ('pending', 'running', 'interrupted', 'failed')"
-                       ).fetchall()
+    rows = con.execute(
+        "select run_id, status, coalesce(journal_time, 0) from run_state "
+        "where status in ('pending', 'running', 'interrupted', 'failed')"
+    ).fetchall()
     wanted = set(run_ids) if run_ids is not None else None
     recovered = []
     for run_id, status, seen in rows:
@@ -537,16 +650,18 @@ def recover(con: duckdb.DuckDBPyConnection, store: Path, run_ids: list[str] | No
             continue
         events = read_journal(journal_path(store, run_id))
         if not events:
-            con.execute("update run_state set status = 'pending' where run_id = ? "
-                        "and status = 'running'", [run_id])
+            con.execute(
+                "update run_state set status = 'pending' where run_id = ? and status = 'running'",
+                [run_id],
+            )
             continue
-        if status in ("interrupted", "failed") and max(e.get("time") or 0 for e in events) \
-                <= seen:
+        if status in ("interrupted", "failed") and max(e.get("time") or 0 for e in events) <= seen:
             continue
         apply_events(con, events)
         if events[-1]["type"] not in ("finished", "failed", "diverged"):
-            _finish(con, run_id, "interrupted", "interrupted before it finished",
-                    events[-1].get("time"))
+            _finish(
+                con, run_id, "interrupted", "interrupted before it finished", events[-1].get("time")
+            )
         recovered.append(run_id)
     return recovered
 
@@ -579,39 +694,58 @@ def resume_points(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> dict[st
         "select r.run_id, r.checkpoint_dir, r.threads, coalesce(e.n, 0), coalesce(e.last, 0) "
         "from run_state r left join (select run_id, count(*) as n, max(epoch) as last "
         "from epochs group by run_id) e using (run_id) "
-        "where r.run_id in (select unnest(?::varchar[]))", [run_ids]).fetchall()
-    return {run_id: {"checkpoint_dir": folder, "threads": threads,
-                     "resume_upto": int(last) if n == last else 0}
-            for run_id, folder, threads, n, last in rows}
+        "where r.run_id in (select unnest(?::varchar[]))",
+        [run_ids],
+    ).fetchall()
+    return {
+        run_id: {
+            "checkpoint_dir": folder,
+            "threads": threads,
+            "resume_upto": int(last) if n == last else 0,
+        }
+        for run_id, folder, threads, n, last in rows
+    }
 
 
 def set_checkpoint_dirs(con: duckdb.DuckDBPyConnection, dirs: dict[str, str]) -> None:
     if not dirs:
         return
-    con.executemany("update run_state set checkpoint_dir = ? where run_id = ?",
-                    [[d, r] for r, d in dirs.items()])
+    con.executemany(
+        "update run_state set checkpoint_dir = ? where run_id = ?",
+        [[d, r] for r, d in dirs.items()],
+    )
 
 
-def start_session(con: duckdb.DuckDBPyConnection, session_id: str, study: str, workers: int,
-                  planned: int, executor: str = "local") -> None:
+def start_session(
+    con: duckdb.DuckDBPyConnection,
+    session_id: str,
+    study: str,
+    workers: int,
+    planned: int,
+    executor: str = "local",
+) -> None:
     import socket
 
     # The caller holds the store's writer lock: a session still open is one whose writer died.
     con.execute("update sessions set ended_at = heartbeat_at where ended_at is null")
-    con.execute("insert into sessions (session_id, study, pid, hostname, started_at, "
-                "heartbeat_at, ended_at, workers, planned, executor) "
-                "values (?, ?, ?, ?, now(), now(), null, ?, ?, ?)",
-                [session_id, study, os.getpid(), socket.gethostname(), workers, planned,
-                 executor])
+    con.execute(
+        "insert into sessions (session_id, study, pid, hostname, started_at, "
+        "heartbeat_at, ended_at, workers, planned, executor) "
+        "values (?, ?, ?, ?, now(), now(), null, ?, ?, ?)",
+        [session_id, study, os.getpid(), socket.gethostname(), workers, planned, executor],
+    )
 
 
-def heartbeat(con: duckdb.DuckDBPyConnection, session_id: str, ended: bool = False,
-              nodes: dict[str, int] | None = None) -> None:
+def heartbeat(
+    con: duckdb.DuckDBPyConnection,
+    session_id: str,
+    ended: bool = False,
+    nodes: dict[str, int] | None = None,
+) -> None:
     """The session lives (and, with ``nodes``, runs slots on these nodes now)."""
     extra = ", ended_at = now()" if ended else ""
     params: list[Any] = [session_id]
     if nodes is not None:
         extra += ", nodes = ?"
         params.insert(0, json.dumps(nodes, sort_keys=True))
-    con.execute(f"update sessions set heartbeat_at = now(){extra} where session_id = ?",
-                params)
+    con.execute(f"update sessions set heartbeat_at = now(){extra} where session_id = ?", params)

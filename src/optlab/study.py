@@ -92,8 +92,9 @@ class RunSettings(BaseModel):
     @classmethod
     def _local_precision(cls, v: Any, info: Any) -> Any:
         if v is not None and info.data.get("precision") == "amp":
-            raise ValueError("runs in fp32 or bf16, not amp (one loss scale would be shared "
-                             "by the workers)")
+            raise ValueError(
+                "runs in fp32 or bf16, not amp (one loss scale would be shared by the workers)"
+            )
         return v
 
     @field_validator("divergence", mode="before")
@@ -252,14 +253,15 @@ def load_study(path: str | Path | None, sets: list[str] = ()) -> Study:
     reference = shape.analysis.warmup.reference
     names = [b.name or f"block{i + 1}" for i, b in enumerate(blocks)]
     if reference is not None and reference not in names:
-        raise ConfigError(f"{path}: analysis.warmup.reference: no block is named {reference!r}; "
-                          f"blocks: {', '.join(names)}")
+        raise ConfigError(
+            f"{path}: analysis.warmup.reference: no block is named {reference!r}; "
+            f"blocks: {', '.join(names)}"
+        )
     from optlab import plugin_files
     from optlab.registry import default_registry
 
     # Plugins from files beside the study: loaded (and checked) now, visible from here on.
-    files = plugin_files.load(shape.plugins, path.resolve().parent, str(path),
-                              default_registry())
+    files = plugin_files.load(shape.plugins, path.resolve().parent, str(path), default_registry())
     plugin_files.check(files, str(path))
     plugin_files.activate(files)
     return Study(
@@ -299,12 +301,15 @@ def _set_in_file(raw: dict[str, Any], key: str, value: Any, path: Path) -> None:
     node[parts[-1]] = copy.deepcopy(value)
 
 
-_UNION_TAG = re.compile(r"^(constrained-\w+|function-\w+\[.*\]|(list|dict|tuple)\[.*\]|int|"
-                        r"float|str|bool)$")
+_UNION_TAG = re.compile(
+    r"^(constrained-\w+|function-\w+\[.*\]|(list|dict|tuple)\[.*\]|int|"
+    r"float|str|bool)$"
+)
 
 
-def describe_validation_error(err: ValidationError, model: type[BaseModel] | None = None,
-                              prefix: str = "") -> str:
+def describe_validation_error(
+    err: ValidationError, model: type[BaseModel] | None = None, prefix: str = ""
+) -> str:
     """One line for the first problem: ``key: what is wrong (given X)``."""
     first = err.errors()[0]
     # Drop pydantic's names of union branches ("seeds.constrained-int" -> "seeds").
@@ -327,8 +332,9 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
         ann = getattr(field, "annotation", None) if field else None
         inner = getattr(ann, "__args__", None)
         candidates = [ann, *(inner or ())]
-        nxt = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)),
-                   None)
+        nxt = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
         if nxt is None:
             return []
         model = nxt

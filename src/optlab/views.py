@@ -48,19 +48,24 @@ _AGG = """
         stddev_samp({m}) filter (where status = 'done') as {m}_std"""
 _CI = "coalesce(q.t975, {z}) * {m}_std / sqrt(n) as {m}_ci95"
 
-CELL_SUMMARY = """
+CELL_SUMMARY = (
+    """
 create or replace {temp} view cell_summary as
 with g as (
     select study, block, axes::varchar as cell,
         count(*) filter (where status = 'done') as n,
         count(*) as runs,
         count(*) filter (where status = 'diverged') as diverged,
-        count(*) filter (where status = 'failed') as failed,""" + ",".join(
-    _AGG.format(m=m) for m in _METRICS) + """
+        count(*) filter (where status = 'failed') as failed,"""
+    + ",".join(_AGG.format(m=m) for m in _METRICS)
+    + """
     from run_summary group by study, block, axes::varchar)
-select g.*, """ + ", ".join(_CI.format(m=m, z=Z975) for m in _METRICS) + """
+select g.*, """
+    + ", ".join(_CI.format(m=m, z=Z975) for m in _METRICS)
+    + """
 from g left join t_quantiles q on q.df = g.n - 1
 """
+)
 
 REACH_ACCURACY = """
 create or replace {temp} macro reach_accuracy(target) as table
@@ -124,8 +129,9 @@ def t_quantiles() -> list[tuple[int, float]]:
 def create(con: Any, temp: bool = False) -> None:
     """(Re)create the analysis views; ``temp`` for a read-only connection."""
     kind = "temp" if temp else ""
-    exists = con.execute("select count(*) from duckdb_tables() where table_name = "
-                         "'t_quantiles'").fetchone()[0]
+    exists = con.execute(
+        "select count(*) from duckdb_tables() where table_name = 't_quantiles'"
+    ).fetchone()[0]
     if not exists:
         con.execute(f"create {kind} table t_quantiles (df integer primary key, t975 double)")
         con.executemany("insert into t_quantiles values (?, ?)", t_quantiles())
@@ -139,8 +145,9 @@ def ensure_readable(con: Any) -> None:
 
     import duckdb
 
-    have = con.execute("select count(*) from duckdb_views() where view_name = 'noise_scale'"
-                       ).fetchone()[0]
+    have = con.execute(
+        "select count(*) from duckdb_views() where view_name = 'noise_scale'"
+    ).fetchone()[0]
     if not have:
         # Not an optlab store: its own SQL errors will say so.
         with contextlib.suppress(duckdb.Error):

@@ -92,8 +92,9 @@ def train_size(run: Run, cache: dict[str, int | None]) -> int | None:
     return cache[key]
 
 
-def analyze(result: Result, runs: list[Run], axes: list[str], rng: Any,
-            opts: AnalysisSettings) -> None:
+def analyze(
+    result: Result, runs: list[Run], axes: list[str], rng: Any, opts: AnalysisSettings
+) -> None:
     require_axes("warmup", result.study, axes, [WARMUP, REGIME])
     higher = higher_is_better(result.metric)
     kept = usable(runs, result)
@@ -103,8 +104,7 @@ def analyze(result: Result, runs: list[Run], axes: list[str], rng: Any,
     cache: dict[str, int | None] = {}
     sizes = {r.run_id: train_size(r, cache) for r in kept}
     unsized = [r for r in kept if not sizes[r.run_id]]
-    leave_out(result, "its dataset plugin does not say how many training examples it has",
-              unsized)
+    leave_out(result, "its dataset plugin does not say how many training examples it has", unsized)
     kept = [r for r in kept if sizes[r.run_id]]
     cells: list[Cell] = []
     optima, rules = [], []
@@ -115,12 +115,21 @@ def analyze(result: Result, runs: list[Run], axes: list[str], rng: Any,
             cell = Cell(label, members[0], regime, sizes[at[0].run_id], *_matrix(at, WARMUP))
             group.append(cell)
             opt = optimum(at, WARMUP, higher, rng)
-            optima.append({"group": label, "examples_per_class": regime,
-                           "examples": cell.size, "optimal_warmup": opt["optimum"],
-                           "ci_low": opt["ci_low"], "ci_high": opt["ci_high"],
-                           "metric_mean": opt["metric_mean"], "seeds": opt["seeds"]})
-        rules.append(_rule(label, group, [o["optimal_warmup"] for o in optima
-                                          if o["group"] == label]))
+            optima.append(
+                {
+                    "group": label,
+                    "examples_per_class": regime,
+                    "examples": cell.size,
+                    "optimal_warmup": opt["optimum"],
+                    "ci_low": opt["ci_low"],
+                    "ci_high": opt["ci_high"],
+                    "metric_mean": opt["metric_mean"],
+                    "seeds": opt["seeds"],
+                }
+            )
+        rules.append(
+            _rule(label, group, [o["optimal_warmup"] for o in optima if o["group"] == label])
+        )
         cells += group
     sign = 1.0 if higher else -1.0
     benefits = _benefits(cells, sign, result)
@@ -128,21 +137,33 @@ def analyze(result: Result, runs: list[Run], axes: list[str], rng: Any,
     result.tables["rule"] = rules
     result.tables["benefit"] = [
         {"group": g, "examples": n, "benefit_mean": float(np.mean(v)), "held_out_seeds": len(v)}
-        for (g, n), v in sorted(_by_cell(benefits).items(), key=lambda kv: (kv[0][0],
-                                                                            kv[0][1]))]
+        for (g, n), v in sorted(_by_cell(benefits).items(), key=lambda kv: (kv[0][0], kv[0][1]))
+    ]
     a, b = _compare(opts, kept)
     result.tables["hypotheses"] = [
-        _h1(benefits), _h2(cells, sign), _h3(cells, opts.warmup.reference, kept),
-        _h4(cells, sign, a, b)]
-    result.findings["dataset_size"] = ("training examples (examples_per_class x classes, "
-                                       "less any validation split)")
+        _h1(benefits),
+        _h2(cells, sign),
+        _h3(cells, opts.warmup.reference, kept),
+        _h4(cells, sign, a, b),
+    ]
+    result.findings["dataset_size"] = (
+        "training examples (examples_per_class x classes, less any validation split)"
+    )
 
 
 class Cell:
     """One group at one regime: the seeds x warmups matrix of the metric."""
 
-    def __init__(self, group: str, run: Run, regime: int, size: int, warmups: list[Any],
-                 seeds: list[int], m: np.ndarray):
+    def __init__(
+        self,
+        group: str,
+        run: Run,
+        regime: int,
+        size: int,
+        warmups: list[Any],
+        seeds: list[int],
+        m: np.ndarray,
+    ):
         self.group, self.run, self.regime, self.size = group, run, regime, size
         self.warmups, self.seeds, self.m = warmups, seeds, m
 
@@ -162,30 +183,55 @@ def _rule(label: str, group: list[Cell], best_w: list[Any]) -> dict[str, Any]:
     regimes = [c.regime for c in group]
     if len(regimes) >= 3 and np.ptp(best_w) > 0:
         reg = stats.linregress(np.log10(regimes), best_w)
-        rule.update(rule=f"optimal_warmup = {reg.intercept:.3g} + {reg.slope:.3g} * "
-                         f"log10(examples_per_class)", slope=reg.slope,
-                    intercept=reg.intercept, r=reg.rvalue, p=reg.pvalue)
+        rule.update(
+            rule=f"optimal_warmup = {reg.intercept:.3g} + {reg.slope:.3g} * "
+            f"log10(examples_per_class)",
+            slope=reg.slope,
+            intercept=reg.intercept,
+            r=reg.rvalue,
+            p=reg.pvalue,
+        )
     else:
-        rule.update(rule=f"optimal_warmup = {best_w[0]:g} at every regime" if best_w
-                    and np.ptp(best_w) == 0 else "too few regimes to fit", slope=None)
+        rule.update(
+            rule=f"optimal_warmup = {best_w[0]:g} at every regime"
+            if best_w and np.ptp(best_w) == 0
+            else "too few regimes to fit",
+            slope=None,
+        )
     return rule
 
 
-def _verdict(name: str, claim: str, test: str, stat: float | None, p: float | None, n: int,
-             effect: str = "", note: str = "", supported: bool | None = None
-             ) -> dict[str, Any]:
+def _verdict(
+    name: str,
+    claim: str,
+    test: str,
+    stat: float | None,
+    p: float | None,
+    n: int,
+    effect: str = "",
+    note: str = "",
+    supported: bool | None = None,
+) -> dict[str, Any]:
     untested = p is None or (isinstance(p, float) and math.isnan(p))
     if supported is None and not untested:
         supported = bool(p < ALPHA)
-    return {"hypothesis": name, "claim": claim, "test": test, "statistic": stat, "n": n,
-            "p": p, "effect": effect, "supported": None if untested else supported,
-            "note": note}
+    return {
+        "hypothesis": name,
+        "claim": claim,
+        "test": test,
+        "statistic": stat,
+        "n": n,
+        "p": p,
+        "effect": effect,
+        "supported": None if untested else supported,
+        "note": note,
+    }
 
 
 # ---- H1 -----------------------------------------------------------------------------------
 
-def _benefits(cells: list[Cell], sign: float, result: Result
-              ) -> list[tuple[str, int, float]]:
+
+def _benefits(cells: list[Cell], sign: float, result: Result) -> list[tuple[str, int, float]]:
     """(group, size, benefit) per held-out seed: the best warmup chosen on the other seeds."""
     out, single = [], []
     for cell in cells:
@@ -204,7 +250,8 @@ def _benefits(cells: list[Cell], sign: float, result: Result
     if groups_left:
         result.findings["h1_left_out"] = (
             "one seed, so the best warmup cannot be chosen on other seeds: "
-            + "; ".join(groups_left))
+            + "; ".join(groups_left)
+        )
     return out
 
 
@@ -218,18 +265,29 @@ def _by_cell(benefits: list[tuple[str, int, float]]) -> dict[tuple[str, int], li
 def _h1(benefits: list[tuple[str, int, float]]) -> dict[str, Any]:
     from scipy import stats
 
-    test = ("least squares of held-out benefit on log10(examples) and its square, an "
-            "intercept per group; one-sided t-test of curvature < 0, the vertex inside the "
-            "sizes tried and in 500-5,000")
+    test = (
+        "least squares of held-out benefit on log10(examples) and its square, an "
+        "intercept per group; one-sided t-test of curvature < 0, the vertex inside the "
+        "sizes tried and in 500-5,000"
+    )
     names = sorted({g for g, _, _ in benefits})
     x = np.array([math.log10(n) for _, n, _ in benefits])
     n, k = len(benefits), len(names) + 2
     if n <= k or len(set(x.tolist())) < 3:
-        return _verdict("H1", H1, test, None, None, n, note=(
-            "not testable: needs warmup 0, two or more seeds, and three or more dataset "
-            "sizes"))
-    design = np.column_stack([[1.0 if g == name else 0.0 for g, _, _ in benefits]
-                              for name in names] + [x, x ** 2])
+        return _verdict(
+            "H1",
+            H1,
+            test,
+            None,
+            None,
+            n,
+            note=(
+                "not testable: needs warmup 0, two or more seeds, and three or more dataset sizes"
+            ),
+        )
+    design = np.column_stack(
+        [[1.0 if g == name else 0.0 for g, _, _ in benefits] for name in names] + [x, x**2]
+    )
     y = np.array([v for _, _, v in benefits])
     coef, *_ = np.linalg.lstsq(design, y, rcond=None)
     resid = y - design @ coef
@@ -244,25 +302,45 @@ def _h1(benefits: list[tuple[str, int, float]]) -> dict[str, Any]:
         p = float(stats.t.cdf(t, n - k))
     effect = f"curvature {c:.4g} per decade^2"
     if c >= 0:
-        return _verdict("H1", H1, test, float(t), p, n, effect, note=(
-            "no peak: the fitted benefit curves upward (or is flat) in log size"),
-            supported=False)
+        return _verdict(
+            "H1",
+            H1,
+            test,
+            float(t),
+            p,
+            n,
+            effect,
+            note=("no peak: the fitted benefit curves upward (or is flat) in log size"),
+            supported=False,
+        )
     vertex = -b / (2 * c)
     grad = np.array([-1 / (2 * c), b / (2 * c * c)])
     se_v = math.sqrt(max(float(grad @ cov[-2:, -2:] @ grad), 0.0))
-    peak = 10 ** vertex
+    peak = 10**vertex
     lo, hi = 10 ** (vertex - 1.96 * se_v), 10 ** (vertex + 1.96 * se_v)
     interior = x.min() < vertex < x.max()
     in_range = H1_RANGE[0] <= peak <= H1_RANGE[1]
-    note = (f"peak at {peak:,.0f} examples (95% CI {lo:,.0f}-{hi:,.0f}, delta method); "
-            f"sizes tried {10 ** x.min():,.0f}-{10 ** x.max():,.0f}"
-            + ("" if interior else "; the vertex is outside them: no interior peak")
-            + ("" if in_range else "; the peak is outside 500-5,000"))
-    return _verdict("H1", H1, test, float(t), p, n, effect + f", peak at {peak:,.0f} examples",
-                    note, supported=bool(p < ALPHA and interior and in_range))
+    note = (
+        f"peak at {peak:,.0f} examples (95% CI {lo:,.0f}-{hi:,.0f}, delta method); "
+        f"sizes tried {10 ** x.min():,.0f}-{10 ** x.max():,.0f}"
+        + ("" if interior else "; the vertex is outside them: no interior peak")
+        + ("" if in_range else "; the peak is outside 500-5,000")
+    )
+    return _verdict(
+        "H1",
+        H1,
+        test,
+        float(t),
+        p,
+        n,
+        effect + f", peak at {peak:,.0f} examples",
+        note,
+        supported=bool(p < ALPHA and interior and in_range),
+    )
 
 
 # ---- H2 -----------------------------------------------------------------------------------
+
 
 def _best_warmup(row: np.ndarray, warmups: list[Any], higher: bool) -> float | None:
     """A seed's optimal warmup; equal best values give the mean of their warmups."""
@@ -276,8 +354,10 @@ def _best_warmup(row: np.ndarray, warmups: list[Any], higher: bool) -> float | N
 def _h2(cells: list[Cell], sign: float) -> dict[str, Any]:
     from scipy import stats
 
-    test = ("Spearman's rho of dataset size and each seed's optimal warmup (ties: their mean) "
-            "within each group, one-sided; groups combined by Stouffer's z weighted by sqrt(n)")
+    test = (
+        "Spearman's rho of dataset size and each seed's optimal warmup (ties: their mean) "
+        "within each group, one-sided; groups combined by Stouffer's z weighted by sqrt(n)"
+    )
     per_group: dict[str, list[tuple[int, float]]] = {}
     for cell in cells:
         for row in cell.m:
@@ -301,8 +381,15 @@ def _h2(cells: list[Cell], sign: float) -> dict[str, Any]:
         rhos.append(rho)
     n = sum(len(v) for v in per_group.values())
     if not zs:
-        return _verdict("H2", H2, test, None, None, n, note=(
-            "not testable: needs a group with two or more dataset sizes"))
+        return _verdict(
+            "H2",
+            H2,
+            test,
+            None,
+            None,
+            n,
+            note=("not testable: needs a group with two or more dataset sizes"),
+        )
     w = np.array(weights)
     z = float(np.dot(w, zs) / math.sqrt(np.dot(w, w)))
     p = float(stats.norm.sf(z))
@@ -311,6 +398,7 @@ def _h2(cells: list[Cell], sign: float) -> dict[str, Any]:
 
 
 # ---- H3 -----------------------------------------------------------------------------------
+
 
 def _profile(cells: list[Cell]) -> dict[tuple[int, Any], float]:
     """(size rank, warmup) -> mean metric minus the mean at that size."""
@@ -326,13 +414,22 @@ def _profile(cells: list[Cell]) -> dict[tuple[int, Any], float]:
 def _h3(cells: list[Cell], reference: str | None, runs: list[Run]) -> dict[str, Any]:
     from scipy import stats
 
-    test = ("Pearson's r of each dataset's size-centred profile over (size, warmup) cells "
-            "with the reference dataset's, same optimizer, sizes paired by rank; one-sided; "
-            "the largest p")
+    test = (
+        "Pearson's r of each dataset's size-centred profile over (size, warmup) cells "
+        "with the reference dataset's, same optimizer, sizes paired by rank; one-sided; "
+        "the largest p"
+    )
     ref_runs = [r for r in runs if r.block == reference] if reference else runs[:1]
     if not ref_runs:
-        return _verdict("H3", H3, test, None, None, 0, note=(
-            f"not testable: the reference block {reference!r} has no finished runs"))
+        return _verdict(
+            "H3",
+            H3,
+            test,
+            None,
+            None,
+            0,
+            note=(f"not testable: the reference block {reference!r} has no finished runs"),
+        )
     ref_dataset = _dataset_of(ref_runs[0])
     results = []
     for optimizer in dict.fromkeys(c.optimizer for c in cells):
@@ -347,27 +444,58 @@ def _h3(cells: list[Cell], reference: str | None, runs: list[Run]) -> dict[str, 
             pairs = [(v, prof[k]) for k, v in ref_profile.items() if k in prof]
             if len(pairs) >= 3:
                 r = stats.pearsonr(*zip(*pairs, strict=True), alternative="greater")
-                results.append((f"{ref[0].group} vs {other[0].group}", float(r.statistic),
-                                float(r.pvalue), len(pairs)))
+                results.append(
+                    (
+                        f"{ref[0].group} vs {other[0].group}",
+                        float(r.statistic),
+                        float(r.pvalue),
+                        len(pairs),
+                    )
+                )
     if not results:
-        return _verdict("H3", H3, test, None, None, 0, note=(
-            "not testable: needs a second dataset with the same optimizer as the reference "
-            "and three or more (size, warmup) cells in common"))
+        return _verdict(
+            "H3",
+            H3,
+            test,
+            None,
+            None,
+            0,
+            note=(
+                "not testable: needs a second dataset with the same optimizer as the reference "
+                "and three or more (size, warmup) cells in common"
+            ),
+        )
     worst = max(results, key=lambda x: x[2])
-    note = (f"reference: block {ref_runs[0].block}; " + "; ".join(
-        f"{n}: r={r:.3g}, p={p:.3g}, n={k}" for n, r, p, k in results))
-    return _verdict("H3", H3, test, worst[1], worst[2], sum(x[3] for x in results),
-                    f"smallest r {min(x[1] for x in results):.3g}", note)
+    note = f"reference: block {ref_runs[0].block}; " + "; ".join(
+        f"{n}: r={r:.3g}, p={p:.3g}, n={k}" for n, r, p, k in results
+    )
+    return _verdict(
+        "H3",
+        H3,
+        test,
+        worst[1],
+        worst[2],
+        sum(x[3] for x in results),
+        f"smallest r {min(x[1] for x in results):.3g}",
+        note,
+    )
 
 
 def _dataset_of(run: Run) -> str:
     """What makes a dataset another dataset: its table, less the regime."""
-    return json.dumps({k: v for k, v in run.config.items()
-                       if (k == "dataset" or k.startswith("dataset.")) and k != REGIME},
-                      sort_keys=True, default=str)
+    return json.dumps(
+        {
+            k: v
+            for k, v in run.config.items()
+            if (k == "dataset" or k.startswith("dataset.")) and k != REGIME
+        },
+        sort_keys=True,
+        default=str,
+    )
 
 
 # ---- H4 -----------------------------------------------------------------------------------
+
 
 def _compare(opts: AnalysisSettings, runs: list[Run]) -> tuple[str | None, str | None]:
     used = {str(r.get("optimizer")) for r in runs}
@@ -375,8 +503,10 @@ def _compare(opts: AnalysisSettings, runs: list[Run]) -> tuple[str | None, str |
     if chosen is not None:
         for name in chosen:
             if name not in used:
-                raise OptlabError(f"analysis.warmup.compare: the study has no finished runs "
-                                  f"of optimizer {name!r}; it has {', '.join(sorted(used))}")
+                raise OptlabError(
+                    f"analysis.warmup.compare: the study has no finished runs "
+                    f"of optimizer {name!r}; it has {', '.join(sorted(used))}"
+                )
         return chosen
     if {"adamw", "sgd"} <= used:
         return "adamw", "sgd"
@@ -395,23 +525,42 @@ def _h4(cells: list[Cell], sign: float, a: str | None, b: str | None) -> dict[st
     from scipy import stats
 
     claim = H4.format(a=a or "AdamW", b=b or "SGD")
-    test = ("paired t-test, one-sided, of warmup sensitivity (each seed's best minus worst "
-            "over warmups, averaged over seeds), first vs second optimizer, over the "
-            "(dataset, size) cells both ran")
+    test = (
+        "paired t-test, one-sided, of warmup sensitivity (each seed's best minus worst "
+        "over warmups, averaged over seeds), first vs second optimizer, over the "
+        "(dataset, size) cells both ran"
+    )
     if a is None:
-        return _verdict("H4", claim, test, None, None, 0, note=(
-            "not testable: needs adamw and sgd runs, or name the two optimizers with "
-            "[analysis.warmup] compare = [\"less_sensitive\", \"other\"]"))
+        return _verdict(
+            "H4",
+            claim,
+            test,
+            None,
+            None,
+            0,
+            note=(
+                "not testable: needs adamw and sgd runs, or name the two optimizers with "
+                '[analysis.warmup] compare = ["less_sensitive", "other"]'
+            ),
+        )
     sens: dict[tuple[str, str, int], float] = {}
     for cell in cells:
         value = _sensitivity(cell)
         if value is not None:
             sens[(cell.optimizer, cell.dataset, cell.size)] = value
-    pairs = [(va, sens[(b, d, n)]) for (o, d, n), va in sens.items()
-             if o == a and (b, d, n) in sens]
+    pairs = [
+        (va, sens[(b, d, n)]) for (o, d, n), va in sens.items() if o == a and (b, d, n) in sens
+    ]
     if len(pairs) < 2:
-        return _verdict("H4", claim, test, None, None, len(pairs), note=(
-            f"not testable: needs {a} and {b} runs on the same dataset at two or more sizes"))
+        return _verdict(
+            "H4",
+            claim,
+            test,
+            None,
+            None,
+            len(pairs),
+            note=(f"not testable: needs {a} and {b} runs on the same dataset at two or more sizes"),
+        )
     xa, xb = (np.array(v) for v in zip(*pairs, strict=True))
     # Sensitivities differ by orders of magnitude between sizes: compare them as ratios.
     if np.all(xa > 0) and np.all(xb > 0):
@@ -427,5 +576,12 @@ def _h4(cells: list[Cell], sign: float, a: str | None, b: str | None) -> dict[st
     effect = f"mean sensitivity {a} {xa.mean():.4g} vs {b} {xb.mean():.4g}"
     if scale == "log ratio":
         effect += f", geometric mean ratio {math.exp(d.mean()):.3g}"
-    return _verdict("H4", claim, test.replace("paired t-test", f"paired t-test of the {scale}"),
-                    float(t), float(p), len(pairs), effect)
+    return _verdict(
+        "H4",
+        claim,
+        test.replace("paired t-test", f"paired t-test of the {scale}"),
+        float(t),
+        float(p),
+        len(pairs),
+        effect,
+    )

@@ -32,10 +32,15 @@ def git_sha() -> str | None:
     """The commit of optlab's own source tree, when it is a git checkout."""
     here = Path(optlab.__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."],
-                               capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(here), "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     if out.returncode != 0:
@@ -46,8 +51,11 @@ def git_sha() -> str | None:
 def provenance(device: Any) -> dict[str, Any]:
     import torch
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        platform.processor() or platform.machine() or "cpu")
+    name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else (platform.processor() or platform.machine() or "cpu")
+    )
     return {
         "optlab_version": optlab.__version__,
         "git_sha": git_sha(),
@@ -95,8 +103,12 @@ class Channel:
             os.fsync(self.journal.fileno())
         except OSError as e:
             if e.errno in FULL:
-                stop_for_full_disk(self.events, self.lock, event.get("run_id"),
-                                   f"cannot write the run's journal {self.path}: {e.strerror}")
+                stop_for_full_disk(
+                    self.events,
+                    self.lock,
+                    event.get("run_id"),
+                    f"cannot write the run's journal {self.path}: {e.strerror}",
+                )
             raise
         send(self.events, self.lock, line)
 
@@ -115,12 +127,14 @@ def send(events: TextIO, lock: threading.Lock, line: str) -> None:
         os._exit(3)  # the coordinator is gone; the journal has everything
 
 
-def stop_for_full_disk(events: TextIO, lock: threading.Lock, run_id: str | None,
-                       why: str) -> None:
+def stop_for_full_disk(events: TextIO, lock: threading.Lock, run_id: str | None, why: str) -> None:
     """A full disk is not the run's fault: tell the coordinator (which stops the study and
     leaves the run resumable) and exit."""
-    send(events, lock, encode({"type": "disk_full", "run_id": run_id, "error": why,
-                               "time": time.time()}) + "\n")
+    send(
+        events,
+        lock,
+        encode({"type": "disk_full", "run_id": run_id, "error": why, "time": time.time()}) + "\n",
+    )
     os._exit(EXIT_DISK_FULL)
 
 
@@ -151,8 +165,12 @@ class Heartbeat:
     def _loop(self) -> None:
         while True:
             time.sleep(HEARTBEAT_SECONDS)
-            send(self.events, self.lock, encode({"type": "heartbeat", "run_id": self.run_id,
-                                                 "progress": self.progress}) + "\n")
+            send(
+                self.events,
+                self.lock,
+                encode({"type": "heartbeat", "run_id": self.run_id, "progress": self.progress})
+                + "\n",
+            )
 
 
 def _redirect_output(log_path: str) -> None:
@@ -164,8 +182,14 @@ def _redirect_output(log_path: str) -> None:
     os.close(fd)
 
 
-def run_task(task: dict[str, Any], events: TextIO, cache: Any, info: dict[str, Any],
-             lock: threading.Lock, beat: Heartbeat) -> None:
+def run_task(
+    task: dict[str, Any],
+    events: TextIO,
+    cache: Any,
+    info: dict[str, Any],
+    lock: threading.Lock,
+    beat: Heartbeat,
+) -> None:
     import torch
 
     from optlab import engine, plugin_files
@@ -176,8 +200,9 @@ def run_task(task: dict[str, Any], events: TextIO, cache: Any, info: dict[str, A
         _redirect_output(task["log"])
     except OSError as e:
         if e.errno in FULL:
-            stop_for_full_disk(events, lock, task["run_id"], f"cannot write the run's log: "
-                               f"{e.strerror}")
+            stop_for_full_disk(
+                events, lock, task["run_id"], f"cannot write the run's log: {e.strerror}"
+            )
         raise
     channel = Channel(events, task["journal"], lock)
     threads = task.get("threads")

@@ -37,8 +37,9 @@ def _perspective(n: int, scale: float, p: float, like: torch.Tensor, gen) -> tor
     eye = torch.eye(3, device=like.device).expand(n, 3, 3).clone()
     if scale == 0 or p == 0:
         return eye
-    corners = torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]],
-                           device=like.device).expand(n, 4, 2)
+    corners = torch.tensor(
+        [[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], device=like.device
+    ).expand(n, 4, 2)
     inward = -corners * scale * torch.rand(n, 4, 2, device=like.device, generator=gen)
     moved = corners + inward
     # Solve for H with H(moved) = corners: the output pixel at a corner samples the input
@@ -57,8 +58,9 @@ def _perspective(n: int, scale: float, p: float, like: torch.Tensor, gen) -> tor
     return torch.where(apply[:, None, None], h, eye)
 
 
-def geometry(x: torch.Tensor, degrees: float, translate: float, perspective: float,
-             perspective_p: float, gen) -> torch.Tensor:
+def geometry(
+    x: torch.Tensor, degrees: float, translate: float, perspective: float, perspective_p: float, gen
+) -> torch.Tensor:
     """Rotation, translation and perspective composed into one bilinear resampling."""
     n, _, h, w = x.shape
     angle = _uniform(n, -degrees, degrees, x, gen) * math.pi / 180
@@ -70,8 +72,11 @@ def geometry(x: torch.Tensor, degrees: float, translate: float, perspective: flo
     affine[:, 1, 0], affine[:, 1, 1], affine[:, 1, 2] = sin, cos, ty
     affine[:, 2, 2] = 1
     m = affine @ _perspective(n, perspective, perspective_p, x, gen)
-    ys, xs = torch.meshgrid(torch.linspace(-1, 1, h, device=x.device),
-                            torch.linspace(-1, 1, w, device=x.device), indexing="ij")
+    ys, xs = torch.meshgrid(
+        torch.linspace(-1, 1, h, device=x.device),
+        torch.linspace(-1, 1, w, device=x.device),
+        indexing="ij",
+    )
     points = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(1, -1, 3)
     mapped = points @ m.transpose(1, 2)
     grid = (mapped[..., :2] / mapped[..., 2:].clamp_min(1e-6)).view(n, h, w, 2)
@@ -92,8 +97,14 @@ def _hue_shift(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     minc, _ = x.min(1)
     delta = maxc - minc
     safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    h = torch.where(maxc == r, ((g - b) / safe) % 6,
-                    torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4)) / 6
+    h = (
+        torch.where(
+            maxc == r,
+            ((g - b) / safe) % 6,
+            torch.where(maxc == g, (b - r) / safe + 2, (r - g) / safe + 4),
+        )
+        / 6
+    )
     h = torch.where(delta > 0, h, torch.zeros_like(h))
     h = (h + shift[:, None, None]) % 1.0
     s = torch.where(maxc > 0, delta / maxc.clamp_min(1e-12), torch.zeros_like(maxc))
@@ -143,8 +154,14 @@ def build_pipeline(params: Any, *, mean: Any = None, std: Any = None, **_: Any):
         if params.flip:
             x = flip(x, params.flip, generator)
         if warp:
-            x = geometry(x, params.rotation, params.translate, params.perspective,
-                         params.perspective_p, generator)
+            x = geometry(
+                x,
+                params.rotation,
+                params.translate,
+                params.perspective,
+                params.perspective_p,
+                generator,
+            )
         if params.pad:
             x = crop(x, params.pad, generator)
         if jitter:

@@ -20,6 +20,7 @@ DOWNLOAD_TIMEOUT = 60  # seconds without an answer before a download gives up
 
 # ---- shared processing ---------------------------------------------------------------------
 
+
 def subsample(y: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
     """Indices of a stratified subsample: ``per_class`` examples of every class."""
     if per_class is None:
@@ -29,8 +30,10 @@ def subsample(y: np.ndarray, per_class: int | None, seed: int) -> np.ndarray:
     for c in np.unique(y):
         members = np.flatnonzero(y == c)
         if len(members) < per_class:
-            raise ValueError(f"examples_per_class = {per_class}, but class {c} has "
-                             f"{len(members)} training examples")
+            raise ValueError(
+                f"examples_per_class = {per_class}, but class {c} has "
+                f"{len(members)} training examples"
+            )
         picked.append(rng.permutation(members)[:per_class])
     return np.sort(np.concatenate(picked))
 
@@ -82,8 +85,9 @@ def finish(x_tr, y_tr, x_te, y_te, params: Any, mean=None, std=None) -> TensorDa
     def labels(y):
         return torch.from_numpy(np.asarray(y, dtype=np.int64))
 
-    data = TensorData(tensor(x_tr[train]), labels(y_tr[train]), tensor(x_te), labels(y_te),
-                      num_classes=classes)
+    data = TensorData(
+        tensor(x_tr[train]), labels(y_tr[train]), tensor(x_te), labels(y_te), num_classes=classes
+    )
     if mean is not None:
         data.mean, data.std = [float(v) for v in mean], [float(v) for v in std]
     if len(val):
@@ -93,14 +97,16 @@ def finish(x_tr, y_tr, x_te, y_te, params: Any, mean=None, std=None) -> TensorDa
 
 # ---- digits and synthetic ------------------------------------------------------------------
 
+
 @cache
 def digits_arrays(test_fraction: float, split_seed: int):
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     x, y = load_digits(return_X_y=True)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=test_fraction,
-                                              random_state=split_seed, stratify=y)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=test_fraction, random_state=split_seed, stratify=y
+    )
     return x_tr, y_tr, x_te, y_te
 
 
@@ -124,8 +130,9 @@ def build_synthetic(params: Any, **_: Any) -> TensorData:
 
     def split(n: int):
         y = torch.randint(0, params.classes, (n,), generator=g)
-        return (prototypes[y] + params.noise * torch.randn((n, *shape), generator=g)).numpy(), \
-            y.numpy()
+        return (
+            prototypes[y] + params.noise * torch.randn((n, *shape), generator=g)
+        ).numpy(), y.numpy()
 
     x_tr, y_tr = split(params.train_size)
     x_te, y_te = split(params.test_size)
@@ -135,6 +142,7 @@ def build_synthetic(params: Any, **_: Any) -> TensorData:
 
 
 # ---- CIFAR ---------------------------------------------------------------------------------
+
 
 def _data_dir(data_dir: str | os.PathLike | None) -> Path:
     return Path(data_dir or os.environ.get("OPTLAB_DATA") or "data")
@@ -157,17 +165,23 @@ def prepare_cifar(name: str, params: Any, data_dir: str | None = None) -> None:
     import torchvision
 
     tv = getattr(torchvision.datasets, cls)
-    how = (f"download {tv.filename} ({tv.url}) and extract it into {root}, or point "
-           "--data-dir (OPTLAB_DATA) at a folder that has it")
+    how = (
+        f"download {tv.filename} ({tv.url}) and extract it into {root}, or point "
+        "--data-dir (OPTLAB_DATA) at a folder that has it"
+    )
     if not params.download:
         raise ValueError(f"{name}: not found in {root / folder} (download = false); {how}")
     try:
-        _with_timeout(lambda: torchvision.datasets.utils.download_and_extract_archive(
-            tv.url, str(root), filename=tv.filename, md5=tv.tgz_md5))
+        _with_timeout(
+            lambda: torchvision.datasets.utils.download_and_extract_archive(
+                tv.url, str(root), filename=tv.filename, md5=tv.tgz_md5
+            )
+        )
     except Exception as e:  # no network, a proxy, a bad checksum: all the same to the user
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ValueError(f"{name}: not found in {root / folder} and the download failed "
-                         f"({reason}); {how}") from None
+        raise ValueError(
+            f"{name}: not found in {root / folder} and the download failed ({reason}); {how}"
+        ) from None
 
 
 def _with_timeout(call) -> None:
@@ -211,6 +225,7 @@ def build_cifar100(params: Any, *, data_dir: str | None = None, **_: Any) -> Ten
 
 # ---- MedMNIST ------------------------------------------------------------------------------
 
+
 def medmnist_file(flag: str, size: int, data_dir: str | None = None) -> Path:
     """Where medmnist keeps a set: ``{flag}.npz`` at 28 pixels, ``{flag}_{size}.npz`` else."""
     suffix = "" if size == 28 else f"_{size}"
@@ -223,26 +238,34 @@ def prepare_medmnist(flag: str, params: Any, data_dir: str | None = None) -> Non
         suffix = "" if params.size == 28 else f"_{params.size}"
         entry = medmnist_info()[flag]
         url, md5 = entry[f"url{suffix}"], entry[f"MD5{suffix}"]
-        how = f"download {path.name} ({url}) into {path.parent}, or point --data-dir at a " \
-              "folder whose medmnist/ has it"
+        how = (
+            f"download {path.name} ({url}) into {path.parent}, or point --data-dir at a "
+            "folder whose medmnist/ has it"
+        )
         if not params.download:
             raise ValueError(f"{flag}: not found at {path} (download = false); {how}")
         try:
             import torchvision
 
             path.parent.mkdir(parents=True, exist_ok=True)
-            _with_timeout(lambda: torchvision.datasets.utils.download_url(
-                url, str(path.parent), filename=path.name, md5=md5))
+            _with_timeout(
+                lambda: torchvision.datasets.utils.download_url(
+                    url, str(path.parent), filename=path.name, md5=md5
+                )
+            )
         except Exception as e:
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise ValueError(f"{flag}: not found at {path} and the download failed "
-                             f"({reason}); {how}") from None
+            raise ValueError(
+                f"{flag}: not found at {path} and the download failed ({reason}); {how}"
+            ) from None
     if params.examples_per_class is not None:
         with np.load(path) as f:
             smallest = int(np.bincount(f["train_labels"].reshape(-1)).min())
         if params.examples_per_class > smallest:
-            raise ValueError(f"examples_per_class = {params.examples_per_class}, but the "
-                             f"smallest class of {flag}'s training set has {smallest}")
+            raise ValueError(
+                f"examples_per_class = {params.examples_per_class}, but the "
+                f"smallest class of {flag}'s training set has {smallest}"
+            )
 
 
 def load_medmnist(flag: str, params: Any, data_dir: str | None = None) -> TensorData:
@@ -259,8 +282,10 @@ def load_medmnist(flag: str, params: Any, data_dir: str | None = None) -> Tensor
 
 def __getattr__(name: str):
     # build_medmnist_<flag> / prepare_medmnist_<flag> for every 2D set, named by entry points.
-    for prefix, func in (("build_medmnist_", load_medmnist), ("prepare_medmnist_",
-                                                              prepare_medmnist)):
+    for prefix, func in (
+        ("build_medmnist_", load_medmnist),
+        ("prepare_medmnist_", prepare_medmnist),
+    ):
         if name.startswith(prefix):
             flag = name.removeprefix(prefix)
 
@@ -303,8 +328,10 @@ def _arrays_summary(path: str, mtime: float) -> dict[str, Any]:
     with f:
         missing = [k for k in REQUIRED if k not in f.files]
         if missing:
-            raise ValueError(f"{path}: missing {', '.join(missing)}; an arrays file needs "
-                             f"{', '.join(REQUIRED)} (it has {', '.join(f.files) or 'nothing'})")
+            raise ValueError(
+                f"{path}: missing {', '.join(missing)}; an arrays file needs "
+                f"{', '.join(REQUIRED)} (it has {', '.join(f.files) or 'nothing'})"
+            )
         shapes = {k: f[k].shape for k in REQUIRED}
         image = is_image(f["x_train"].ndim, f["x_train"].dtype)
         for split in ("train", "test"):
@@ -313,9 +340,13 @@ def _arrays_summary(path: str, mtime: float) -> dict[str, Any]:
                 raise ValueError(f"{path}: x_{split} has {nx} rows but y_{split} has {ny}")
         y = f["y_train"].reshape(-1).astype(np.int64)
     counts = np.bincount(y)
-    return {"train_size": len(y), "classes": len(counts),
-            "smallest_class": int(counts[counts > 0].min()), "image": image,
-            "features": None if image else int(shapes["x_train"][-1])}
+    return {
+        "train_size": len(y),
+        "classes": len(counts),
+        "smallest_class": int(counts[counts > 0].min()),
+        "image": image,
+        "features": None if image else int(shapes["x_train"][-1]),
+    }
 
 
 def is_image(ndim: int, dtype: Any) -> bool:
@@ -339,8 +370,9 @@ def build_arrays(params: Any, **_: Any) -> TensorData:
             # feature (the last axis); images take them per channel in finish().
             m, s = (np.asarray(v, dtype=np.float32) for v in (params.mean, params.std))
             x_tr, x_te = (x_tr - m) / s, (x_te - m) / s
-            return finish(x_tr, y_tr, x_te, y_te, params.model_copy(
-                update={"mean": None, "std": None}))
+            return finish(
+                x_tr, y_tr, x_te, y_te, params.model_copy(update={"mean": None, "std": None})
+            )
     mean = std = None
     if params.normalize and params.mean is None:
         axes = (0, 2, 3) if x_tr.ndim == 4 else tuple(range(x_tr.ndim))

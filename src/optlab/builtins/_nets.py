@@ -48,8 +48,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(c_out)
         self.shortcut = nn.Sequential()
         if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
-                                          nn.BatchNorm2d(c_out))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)
+            )
 
     def forward(self, x):
         out = F.relu(self.bn1(self.conv1(x)))
@@ -61,8 +62,11 @@ class ResNet18(nn.Module):
     def __init__(self, c_in: int, num_classes: int, width: int):
         super().__init__()
         # CIFAR form: a 3x3 stride-1 stem and no max-pool, so 32x32 inputs keep their detail.
-        self.stem = nn.Sequential(nn.Conv2d(c_in, width, 3, 1, 1, bias=False),
-                                  nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        self.stem = nn.Sequential(
+            nn.Conv2d(c_in, width, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(inplace=True),
+        )
         layers, c = [], width
         for i, c_out in enumerate((width, 2 * width, 4 * width, 8 * width)):
             stride = 1 if i == 0 else 2
@@ -86,8 +90,9 @@ class WideBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(c_out)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
-        self.shortcut = (nn.Conv2d(c_in, c_out, 1, stride, bias=False)
-                         if stride != 1 or c_in != c_out else None)
+        self.shortcut = (
+            nn.Conv2d(c_in, c_out, 1, stride, bias=False) if stride != 1 or c_in != c_out else None
+        )
 
     def forward(self, x):
         pre = F.relu(self.bn1(x))
@@ -126,5 +131,6 @@ def build_resnet18(params, *, input_shape: tuple[int, ...], num_classes: int) ->
 
 
 def build_wrn(params, *, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    return WideResNet(_image_channels("wrn", input_shape), num_classes, params.depth,
-                      params.width, params.dropout)
+    return WideResNet(
+        _image_channels("wrn", input_shape), num_classes, params.depth, params.width, params.dropout
+    )

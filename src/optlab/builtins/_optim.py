@@ -20,22 +20,35 @@ from optlab.builtins.optimizers import (
 )
 
 
-def _trust(numerator: torch.Tensor, denominator: torch.Tensor, coefficient: float
-           ) -> torch.Tensor:
+def _trust(numerator: torch.Tensor, denominator: torch.Tensor, coefficient: float) -> torch.Tensor:
     # 1 where either norm is zero (fresh zero-initialised layers, zero gradients).
     ok = (numerator > 0) & (denominator > 0)
-    return torch.where(ok, coefficient * numerator / denominator.clamp_min(1e-30),
-                       torch.ones_like(numerator))
+    return torch.where(
+        ok, coefficient * numerator / denominator.clamp_min(1e-30), torch.ones_like(numerator)
+    )
 
 
 class LARS(torch.optim.Optimizer):
     """update = tc * ||w|| / (||g|| + wd ||w|| + eps) * (g + wd w);
     buf = momentum * buf + update; w -= lr * buf."""
 
-    def __init__(self, params, lr: float, momentum: float, weight_decay: float,
-                 trust_coefficient: float, eps: float):
-        defaults = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay,
-                    "trust_coefficient": trust_coefficient, "eps": eps, "adapt": True}
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float,
+        weight_decay: float,
+        trust_coefficient: float,
+        eps: float,
+    ):
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "weight_decay": weight_decay,
+            "trust_coefficient": trust_coefficient,
+            "eps": eps,
+            "adapt": True,
+        }
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -68,10 +81,23 @@ class LAMB(torch.optim.Optimizer):
     """m, v: Adam moments with bias correction; r = m^ / (sqrt(v^) + eps) + wd w;
     w -= lr * tc * ||w|| / ||r|| * r."""
 
-    def __init__(self, params, lr: float, betas: tuple[float, float], eps: float,
-                 weight_decay: float, trust_coefficient: float):
-        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
-                    "trust_coefficient": trust_coefficient, "adapt": True}
+    def __init__(
+        self,
+        params,
+        lr: float,
+        betas: tuple[float, float],
+        eps: float,
+        weight_decay: float,
+        trust_coefficient: float,
+    ):
+        defaults = {
+            "lr": lr,
+            "betas": betas,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "trust_coefficient": trust_coefficient,
+            "adapt": True,
+        }
         super().__init__(params, defaults)
 
     @torch.no_grad()
@@ -91,7 +117,7 @@ class LAMB(torch.optim.Optimizer):
                 m, v, t = state["exp_avg"], state["exp_avg_sq"], state["step"]
                 m.mul_(b1).add_(p.grad, alpha=1 - b1)
                 v.mul_(b2).addcmul_(p.grad, p.grad, value=1 - b2)
-                update = (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt().add_(eps))
+                update = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt().add_(eps))
                 if wd:
                     update.add_(p, alpha=wd)
                 if group["adapt"]:
@@ -104,14 +130,26 @@ class LAMB(torch.optim.Optimizer):
 
 def build_lars(params: LARSParams, *, model: Any, **_: Any) -> LARS:
     groups = param_groups(model, params.weight_decay, params.exclude_bias_norm)
-    return LARS(groups, lr=params.lr, momentum=params.momentum, weight_decay=params.weight_decay,
-                trust_coefficient=params.trust_coefficient, eps=params.eps)
+    return LARS(
+        groups,
+        lr=params.lr,
+        momentum=params.momentum,
+        weight_decay=params.weight_decay,
+        trust_coefficient=params.trust_coefficient,
+        eps=params.eps,
+    )
 
 
 def build_lamb(params: LAMBParams, *, model: Any, **_: Any) -> LAMB:
     groups = param_groups(model, params.weight_decay, params.exclude_bias_norm)
-    return LAMB(groups, lr=params.lr, betas=params.betas, eps=params.eps,
-                weight_decay=params.weight_decay, trust_coefficient=params.trust_coefficient)
+    return LAMB(
+        groups,
+        lr=params.lr,
+        betas=params.betas,
+        eps=params.eps,
+        weight_decay=params.weight_decay,
+        trust_coefficient=params.trust_coefficient,
+    )
 
 
 class Lion(torch.optim.Optimizer):
@@ -188,8 +226,9 @@ class SAM(torch.optim.Optimizer):
 def build_sam(params: SAMParams, *, model: Any, **context: Any) -> SAM:
     from optlab.registry import default_registry
 
-    base = default_registry().create("optimizer", params.base, dict(params.model_extra or {}),
-                                     model=model, **context)
+    base = default_registry().create(
+        "optimizer", params.base, dict(params.model_extra or {}), model=model, **context
+    )
     return SAM(base, params.rho)
 
 
@@ -206,12 +245,31 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
     x = (y - (1 - b1) z) / b1 into y' = (1 - b1) z' + b1 x').
     """
 
-    def __init__(self, params, lr: float, betas: tuple[float, float], eps: float,
-                 weight_decay: float, warmup_steps: int, weight_lr_power: float):
-        super().__init__(params, {
-            "lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay,
-            "warmup_steps": warmup_steps, "weight_lr_power": weight_lr_power, "k": 0,
-            "lr_max": 0.0, "weight_sum": 0.0, "train_mode": True})
+    def __init__(
+        self,
+        params,
+        lr: float,
+        betas: tuple[float, float],
+        eps: float,
+        weight_decay: float,
+        warmup_steps: int,
+        weight_lr_power: float,
+    ):
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "betas": betas,
+                "eps": eps,
+                "weight_decay": weight_decay,
+                "warmup_steps": warmup_steps,
+                "weight_lr_power": weight_lr_power,
+                "k": 0,
+                "lr_max": 0.0,
+                "weight_sum": 0.0,
+                "train_mode": True,
+            },
+        )
 
     @torch.no_grad()
     def eval(self) -> None:
@@ -265,8 +323,9 @@ class ScheduleFreeAdamW(torch.optim.Optimizer):
         return loss
 
 
-def build_schedulefree_adamw(params: ScheduleFreeAdamWParams, *, model: Any,
-                             **_: Any) -> ScheduleFreeAdamW:
+def build_schedulefree_adamw(
+    params: ScheduleFreeAdamWParams, *, model: Any, **_: Any
+) -> ScheduleFreeAdamW:
     groups = param_groups(model, params.weight_decay, params.exclude_bias_norm)
     for g in groups:
         g.pop("adapt", None)

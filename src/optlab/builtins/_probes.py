@@ -70,13 +70,18 @@ class WeightNorm(_Probe):
 class DistanceFromInit(_Probe):
     def __init__(self, params: Any, *, model: torch.nn.Module, **kw: Any):
         super().__init__(params, model=model, **kw)
-        self.initial = {k: [p.detach().clone() for p in ps]
-                        for k, ps in layer_params(model).items()}
+        self.initial = {
+            k: [p.detach().clone() for p in ps] for k, ps in layer_params(model).items()
+        }
 
     def __call__(self, ctx: Any) -> dict[str, Any]:
         now = layer_params(ctx.model)
-        return _norms({k: [p.detach() - p0 for p, p0 in zip(now[k], ps, strict=True)]
-                       for k, ps in self.initial.items()})
+        return _norms(
+            {
+                k: [p.detach() - p0 for p, p0 in zip(now[k], ps, strict=True)]
+                for k, ps in self.initial.items()
+            }
+        )
 
     def state_dict(self) -> dict[str, list[torch.Tensor]]:
         return self.initial
@@ -96,7 +101,7 @@ class FullGradNorm(_Probe):
         x_all, y_all = ctx.data.x_train, ctx.data.y_train
         n = len(x_all)
         for i in range(0, n, self.params.batch):
-            x, y = ctx.prepare(x_all[i:i + self.params.batch]), y_all[i:i + self.params.batch]
+            x, y = ctx.prepare(x_all[i : i + self.params.batch]), y_all[i : i + self.params.batch]
             loss = F.cross_entropy(ctx.model(x).float(), y, reduction="sum")
             for acc, g in zip(total, torch.autograd.grad(loss, params), strict=True):
                 acc += g
@@ -109,8 +114,9 @@ def _hvp_setup(ctx: Any) -> tuple[list[torch.nn.Parameter], list[torch.Tensor]]:
     return params, list(grads)
 
 
-def _hvp(params: list[torch.Tensor], grads: list[torch.Tensor], v: list[torch.Tensor]
-         ) -> list[torch.Tensor]:
+def _hvp(
+    params: list[torch.Tensor], grads: list[torch.Tensor], v: list[torch.Tensor]
+) -> list[torch.Tensor]:
     return list(torch.autograd.grad(_dot(grads, v), params, retain_graph=True))
 
 
@@ -121,8 +127,12 @@ class HessianTrace(_Probe):
         params, grads = _hvp_setup(ctx)
         total = torch.zeros((), device=ctx.x.device)
         for _ in range(self.params.vectors):
-            v = [torch.randint(0, 2, p.shape, device=p.device, generator=ctx.generator)
-                 .to(p.dtype) * 2 - 1 for p in params]
+            v = [
+                torch.randint(0, 2, p.shape, device=p.device, generator=ctx.generator).to(p.dtype)
+                * 2
+                - 1
+                for p in params
+            ]
             total += _dot(v, _hvp(params, grads, v)).detach()
         return {"global": total / self.params.vectors}
 
@@ -154,8 +164,10 @@ class GradNoiseScale(_Probe):
         b = self.params.micro_batch
         m = len(ctx.x) // b
         if m < 2:
-            raise ValueError(f"grad_noise_scale needs at least two micro-batches of {b} in the "
-                             f"probe batch of {len(ctx.x)}")
+            raise ValueError(
+                f"grad_noise_scale needs at least two micro-batches of {b} in the "
+                f"probe batch of {len(ctx.x)}"
+            )
         params = _params(ctx.model)
         mean = [torch.zeros_like(p, dtype=torch.float32) for p in params]
         small_sq = torch.zeros((), device=ctx.x.device)
@@ -166,7 +178,7 @@ class GradNoiseScale(_Probe):
             for acc, g in zip(mean, grads, strict=True):
                 acc += g.float() / m
         big = m * b
-        big_sq = sum((g ** 2).sum() for g in mean)
+        big_sq = sum((g**2).sum() for g in mean)
         grad_sq = (big * big_sq - b * small_sq) / (big - b)
         trace = (small_sq - big_sq) / (1 / b - 1 / big)
         return {"b_simple": trace / grad_sq, "trace_sigma": trace, "grad_sq": grad_sq}
@@ -181,8 +193,11 @@ class TrustRatio(_Probe):
 
     def __call__(self, ctx: Any) -> dict[str, Any]:
         names = _param_names(ctx.model)
-        return {names[id(p)]: st["trust_ratio"] for p, st in self.optimizer.state.items()
-                if "trust_ratio" in st and id(p) in names}
+        return {
+            names[id(p)]: st["trust_ratio"]
+            for p, st in self.optimizer.state.items()
+            if "trust_ratio" in st and id(p) in names
+        }
 
 
 class EffectiveLR(_Probe):

@@ -30,12 +30,12 @@ class FlipCropParams(Params):
 
 
 class PipelineParams(Params):
-    flip: Unit = 0.5                          # probability of a horizontal flip
+    flip: Unit = 0.5  # probability of a horizontal flip
     rotation: Annotated[float, Field(ge=0, le=180)] = 0.0  # degrees, uniform in +-rotation
-    pad: Annotated[int, Field(ge=0)] = 4      # random crop after zero padding
+    pad: Annotated[int, Field(ge=0)] = 4  # random crop after zero padding
     translate: Annotated[float, Field(ge=0, lt=1)] = 0.0  # fraction of the size, +-
-    perspective: Unit = 0.0                   # distortion scale
-    perspective_p: Unit = 0.5                 # probability of the perspective transform
+    perspective: Unit = 0.0  # distortion scale
+    perspective_p: Unit = 0.5  # probability of the perspective transform
     brightness: Annotated[float, Field(ge=0)] = 0.0
     contrast: Annotated[float, Field(ge=0)] = 0.0
     saturation: Annotated[float, Field(ge=0)] = 0.0
@@ -67,14 +67,24 @@ def _build_none(params: NoParams, **_: Any):
 
 
 none = Plugin("no augmentation", NoParams, _build_none)
-flip_crop = Plugin("random horizontal flip and random crop after zero padding, batched on device",
-                   FlipCropParams, "optlab.builtins._augment:build_flip_crop")
+flip_crop = Plugin(
+    "random horizontal flip and random crop after zero padding, batched on device",
+    FlipCropParams,
+    "optlab.builtins._augment:build_flip_crop",
+)
 adamw_pipeline = Plugin(
     "seed 003's AdamW augmentation: flip, crop (pad 4), colour jitter 0.2/0.2/0.2/0.1",
-    AdamWPipelineParams, "optlab.builtins._augment:build_pipeline")
+    AdamWPipelineParams,
+    "optlab.builtins._augment:build_pipeline",
+)
 sgdm_pipeline = Plugin(
     "seed 003's SGDM augmentation: flip, rotation 15, crop, translate 0.1, perspective 0.2, "
-    "jitter 0.3/0.3/0.3/0.2", SGDMPipelineParams, "optlab.builtins._augment:build_pipeline")
+    "jitter 0.3/0.3/0.3/0.2",
+    SGDMPipelineParams,
+    "optlab.builtins._augment:build_pipeline",
+)
 compromise_pipeline = Plugin(
     "seed 003's final compromise: the SGDM augmentation without the translation",
-    CompromisePipelineParams, "optlab.builtins._augment:build_pipeline")
+    CompromisePipelineParams,
+    "optlab.builtins._augment:build_pipeline",
+)

@@ -52,13 +52,15 @@ def _capped(size: int, cap: int | None) -> int:
 
 
 def _linear_growth(p: LinearGrowthParams) -> Callable[[int], int]:
-    return lambda epoch: _capped(p.batch_size + p.coefficient * (epoch // p.incr_interval),
-                                 p.max_batch_size)
+    return lambda epoch: _capped(
+        p.batch_size + p.coefficient * (epoch // p.incr_interval), p.max_batch_size
+    )
 
 
 def _exp_growth(p: ExpGrowthParams) -> Callable[[int], int]:
     return lambda epoch: _capped(
-        math.ceil(p.batch_size * p.rate ** (epoch // p.incr_interval) - 1e-9), p.max_batch_size)
+        math.ceil(p.batch_size * p.rate ** (epoch // p.incr_interval) - 1e-9), p.max_batch_size
+    )
 
 
 def _list(p: ListParams) -> Callable[[int], int]:
@@ -77,8 +79,10 @@ def _builder(make: Callable[[Any], Callable[[int], int]], grows: bool = True):
         for epoch in range(epochs):
             size = at(epoch)
             if size > train_size:
-                raise ValueError(f"the batch grows to {size} in epoch {epoch + 1}, past "
-                                 f"the {train_size} training examples")
+                raise ValueError(
+                    f"the batch grows to {size} in epoch {epoch + 1}, past "
+                    f"the {train_size} training examples"
+                )
             if cap is not None and size >= cap:
                 break  # growth schedules only grow: it stays at the cap from here
 
@@ -90,10 +94,20 @@ def _plugin(text: str, params: type[Params], make: Any, grows: bool = True) -> P
     return Plugin(text, params, build, check=check)
 
 
-constant = _plugin("the same batch size every epoch (capped at the training set size)",
-                   ConstantParams, _constant, grows=False)
-linear_growth = _plugin("seed 004: batch_size + coefficient * (epoch // incr_interval), at "
-                        "most max_batch_size", LinearGrowthParams, _linear_growth)
-exp_growth = _plugin("seed 004: batch_size * rate ** (epoch // incr_interval), at most "
-                     "max_batch_size", ExpGrowthParams, _exp_growth)
+constant = _plugin(
+    "the same batch size every epoch (capped at the training set size)",
+    ConstantParams,
+    _constant,
+    grows=False,
+)
+linear_growth = _plugin(
+    "seed 004: batch_size + coefficient * (epoch // incr_interval), at most max_batch_size",
+    LinearGrowthParams,
+    _linear_growth,
+)
+exp_growth = _plugin(
+    "seed 004: batch_size * rate ** (epoch // incr_interval), at most max_batch_size",
+    ExpGrowthParams,
+    _exp_growth,
+)
 list_ = _plugin("an explicit batch size per epoch; the last one holds", ListParams, _list)

@@ -44,11 +44,14 @@ def _sizes(train_size: int, classes: int, params: Common) -> dict[str, Any]:
 def _check_per_class(params: Common, smallest: int | None, name: str) -> None:
     epc = params.examples_per_class
     if epc is not None and smallest is not None and epc > smallest:
-        raise ValueError(f"examples_per_class = {epc}, but the smallest class of {name}'s "
-                         f"training set has {smallest}")
+        raise ValueError(
+            f"examples_per_class = {epc}, but the smallest class of {name}'s "
+            f"training set has {smallest}"
+        )
 
 
 # ---- digits ---------------------------------------------------------------------------------
+
 
 class DigitsParams(Common):
     test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.25
@@ -71,11 +74,13 @@ digits = Plugin(
     "optlab.builtins._data:build_digits",
     info=lambda p: _sizes(1797 - math.ceil(p.test_fraction * 1797), 10, p),
     check=lambda p, **_: _check_per_class(
-        p, _digits_smallest_class(p.test_fraction, p.split_seed), "digits"),
+        p, _digits_smallest_class(p.test_fraction, p.split_seed), "digits"
+    ),
 )
 
 
 # ---- synthetic --------------------------------------------------------------------------------
+
 
 class SyntheticParams(Common):
     classes: Annotated[int, Field(ge=2)] = 10
@@ -104,10 +109,22 @@ synthetic = Plugin(
 
 CIFAR = {
     # name: (torchvision class, folder, classes, per class, mean, std)
-    "cifar10": ("CIFAR10", "cifar-10-batches-py", 10, 5000,
-                (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "cifar100": ("CIFAR100", "cifar-100-python", 100, 500,
-                 (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),  # seed 001's constants
+    "cifar10": (
+        "CIFAR10",
+        "cifar-10-batches-py",
+        10,
+        5000,
+        (0.4914, 0.4822, 0.4465),
+        (0.2470, 0.2435, 0.2616),
+    ),
+    "cifar100": (
+        "CIFAR100",
+        "cifar-100-python",
+        100,
+        500,
+        (0.5071, 0.4867, 0.4408),
+        (0.2675, 0.2565, 0.2761),
+    ),  # seed 001's constants
 }
 
 
@@ -135,9 +152,19 @@ cifar100 = _cifar("cifar100")
 # ---- MedMNIST -------------------------------------------------------------------------------
 
 # The 2D multi-class sets (ChestMNIST is multi-label and is left out).
-MEDMNIST_2D = ("pathmnist", "dermamnist", "octmnist", "pneumoniamnist", "retinamnist",
-               "breastmnist", "bloodmnist", "tissuemnist", "organamnist", "organcmnist",
-               "organsmnist")
+MEDMNIST_2D = (
+    "pathmnist",
+    "dermamnist",
+    "octmnist",
+    "pneumoniamnist",
+    "retinamnist",
+    "breastmnist",
+    "bloodmnist",
+    "tissuemnist",
+    "organamnist",
+    "organcmnist",
+    "organsmnist",
+)
 
 
 class MedMNISTParams(Normalised):
@@ -164,10 +191,14 @@ def _medmnist(flag: str) -> Plugin:
         entry = medmnist_info()[flag]
         return _sizes(entry["n_samples"]["train"], len(entry["label"]), p)
 
-    return Plugin(f"MedMNIST {flag} (2D, multi-class) through the medmnist package's files; "
-                  "sizes 28, 64, 128, 224", MedMNISTParams,
-                  f"optlab.builtins._data:build_medmnist_{flag}",
-                  prepare=f"optlab.builtins._data:prepare_medmnist_{flag}", info=info)
+    return Plugin(
+        f"MedMNIST {flag} (2D, multi-class) through the medmnist package's files; "
+        "sizes 28, 64, 128, 224",
+        MedMNISTParams,
+        f"optlab.builtins._data:build_medmnist_{flag}",
+        prepare=f"optlab.builtins._data:prepare_medmnist_{flag}",
+        info=info,
+    )
 
 
 for _flag in MEDMNIST_2D:
@@ -175,6 +206,7 @@ for _flag in MEDMNIST_2D:
 
 
 # ---- arrays ---------------------------------------------------------------------------------
+
 
 class ArraysParams(Normalised):
     path: str
@@ -192,9 +224,11 @@ def _arrays_check(p: ArraysParams, **_: Any) -> None:
         features = summary["features"]
         for key, values in (("mean", p.mean), ("std", p.std)):
             if len(values) not in (1, features):
-                raise ValueError(f"{key} has {len(values)} values; {p.path} holds vectors of "
-                                 f"{features} features: give 1 value (for all) or {features} "
-                                 "(one per feature)")
+                raise ValueError(
+                    f"{key} has {len(values)} values; {p.path} holds vectors of "
+                    f"{features} features: give 1 value (for all) or {features} "
+                    "(one per feature)"
+                )
         if any(v <= 0 for v in p.std):
             raise ValueError("std must be positive")
 

@@ -66,8 +66,10 @@ class CosineParams(Warmup):
     @model_validator(mode="after")
     def _after_warmup(self) -> CosineParams:
         if self.t_max is not None and self.t_max <= self.warmup_epochs:
-            raise ValueError(f"t_max = {self.t_max:g} must be longer than the warmup "
-                             f"({self.warmup_epochs:g} epochs)")
+            raise ValueError(
+                f"t_max = {self.t_max:g} must be longer than the warmup "
+                f"({self.warmup_epochs:g} epochs)"
+            )
         return self
 
 
@@ -90,8 +92,13 @@ class ExpGrowthParams(Warmup):
     rate: Annotated[float, Field(gt=0)] = 1.4
 
 
-def _with_warmup(params: Warmup, epochs: int, shape: Callable[[float], float],
-                 by_epoch: bool = False, span_end: float | None = None) -> Factor:
+def _with_warmup(
+    params: Warmup,
+    epochs: int,
+    shape: Callable[[float], float],
+    by_epoch: bool = False,
+    span_end: float | None = None,
+) -> Factor:
     """``shape(x)``: the factor at x in [0, 1] of the decay span (or at the epoch index when
     ``by_epoch``), combined with the warmup. The span ends with the run, or at ``span_end``
     epochs, and then x goes on past 1 (a cosine's second half-period)."""
@@ -120,14 +127,16 @@ def _step(p: StepParams, *, epochs: int, **_: Any) -> Factor:
 
 
 def _multistep(p: MultiStepParams, *, epochs: int, **_: Any) -> Factor:
-    return _with_warmup(p, epochs, lambda e: p.gamma ** sum(e >= m for m in p.milestones),
-                        by_epoch=True)
+    return _with_warmup(
+        p, epochs, lambda e: p.gamma ** sum(e >= m for m in p.milestones), by_epoch=True
+    )
 
 
 def _cosine(p: CosineParams, *, epochs: int, **_: Any) -> Factor:
     lo = p.min_factor
-    return _with_warmup(p, epochs, lambda x: lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * x)),
-                        span_end=p.t_max)
+    return _with_warmup(
+        p, epochs, lambda x: lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * x)), span_end=p.t_max
+    )
 
 
 def _linear(p: LinearParams, *, epochs: int, **_: Any) -> Factor:
@@ -135,13 +144,13 @@ def _linear(p: LinearParams, *, epochs: int, **_: Any) -> Factor:
 
 
 def _poly(p: PolyParams, *, epochs: int, **_: Any) -> Factor:
-    return _with_warmup(p, epochs, lambda x: p.end_factor + (1 - p.end_factor) * (1 - x) ** p.power
-                        )
+    return _with_warmup(p, epochs, lambda x: p.end_factor + (1 - p.end_factor) * (1 - x) ** p.power)
 
 
 def _linear_growth(p: LinearGrowthParams, *, epochs: int, **_: Any) -> Factor:
-    return _with_warmup(p, epochs, lambda e: 1 + p.coefficient * (e // p.incr_interval),
-                        by_epoch=True)
+    return _with_warmup(
+        p, epochs, lambda e: 1 + p.coefficient * (e // p.incr_interval), by_epoch=True
+    )
 
 
 def _exp_growth(p: ExpGrowthParams, *, epochs: int, **_: Any) -> Factor:
@@ -155,11 +164,19 @@ def _plugin(text: str, params: type[Warmup], build: Any) -> Plugin:
 constant = _plugin("constant learning rate", ConstantParams, _constant)
 step = _plugin("multiply by gamma every step_size epochs", StepParams, _step)
 multistep = _plugin("multiply by gamma at each milestone epoch", MultiStepParams, _multistep)
-cosine = _plugin("cosine decay to min_factor over the run, or over t_max epochs (PyTorch's "
-                 "T_max: rising again after)", CosineParams, _cosine)
+cosine = _plugin(
+    "cosine decay to min_factor over the run, or over t_max epochs (PyTorch's "
+    "T_max: rising again after)",
+    CosineParams,
+    _cosine,
+)
 linear = _plugin("linear decay to end_factor over the run", LinearParams, _linear)
 poly = _plugin("polynomial decay (1 - x) ** power to end_factor over the run", PolyParams, _poly)
-linear_growth = _plugin("seed 004: factor 1 + coefficient * (epoch // incr_interval)",
-                        LinearGrowthParams, _linear_growth)
-exp_growth = _plugin("seed 004: factor rate ** (epoch // incr_interval)", ExpGrowthParams,
-                     _exp_growth)
+linear_growth = _plugin(
+    "seed 004: factor 1 + coefficient * (epoch // incr_interval)",
+    LinearGrowthParams,
+    _linear_growth,
+)
+exp_growth = _plugin(
+    "seed 004: factor rate ** (epoch // incr_interval)", ExpGrowthParams, _exp_growth
+)

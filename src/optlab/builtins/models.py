@@ -43,8 +43,9 @@ class WRNParams(Params):
     @model_validator(mode="after")
     def _depth(self) -> WRNParams:
         if (self.depth - 4) % 6:
-            raise ValueError(f"depth {self.depth}: a wide ResNet has depth 6n + 4 (16, 22, 28, "
-                             "40, ...)")
+            raise ValueError(
+                f"depth {self.depth}: a wide ResNet has depth 6n + 4 (16, 22, 28, 40, ...)"
+            )
         return self
 
 

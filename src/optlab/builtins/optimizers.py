@@ -32,8 +32,7 @@ _MOMENTUM = "momentum coefficient"
 _DAMPENING = "dampening of the momentum buffer's new gradient"
 _NESTEROV = "Nesterov momentum"
 _L2 = "L2 weight decay, added to the gradient"
-_EXCLUDE = (
-    "keep biases and normalisation parameters (fewer than 2 dimensions) out of weight decay")
+_EXCLUDE = "keep biases and normalisation parameters (fewer than 2 dimensions) out of weight decay"
 _BETAS = "coefficients of the first and second moment averages"
 _EPS = "added to the denominator for stability"
 _DECOUPLED = "decoupled weight decay"
@@ -117,7 +116,7 @@ class SAMParams(Params):
         from optlab.registry import default_registry
 
         if self.base == "sam":
-            raise ValueError("base = \"sam\": SAM wraps another optimizer, not itself")
+            raise ValueError('base = "sam": SAM wraps another optimizer, not itself')
         try:
             default_registry().get("optimizer", self.base).params(**(self.model_extra or {}))
         except ConfigError as e:
@@ -133,7 +132,8 @@ class ScheduleFreeAdamWParams(Params):
     # The reference implementation's defaults (Defazio et al. 2024).
     lr: PositiveLR = Field(0.0025, description=_LR)
     betas: tuple[Annotated[float, Field(gt=0, lt=1)], Momentum] = Field(
-        (0.9, 0.999), description=_BETAS)
+        (0.9, 0.999), description=_BETAS
+    )
     eps: Annotated[float, Field(gt=0)] = Field(1e-8, description=_EPS)
     weight_decay: Decay = Field(0.0, description=_DECOUPLED_AT_Y)
     warmup_steps: Annotated[int, Field(ge=0)] = Field(0, description=_WARMUP)
@@ -168,22 +168,41 @@ def _torch(name: str):
     return build
 
 
-sgd = Plugin("stochastic gradient descent with momentum (dampening, Nesterov) and L2 weight "
-             "decay", SGDParams, _torch("SGD"))
-adam = Plugin("Adam (Kingma & Ba) with L2 weight decay added to the gradient", AdamParams,
-              _torch("Adam"))
-adamw = Plugin("Adam with decoupled weight decay (Loshchilov & Hutter)", AdamWParams,
-               _torch("AdamW"))
-lars = Plugin("LARS (You et al. 2017): SGD with momentum and a layer-wise trust ratio",
-              LARSParams, "optlab.builtins._optim:build_lars")
-lamb = Plugin("LAMB (You et al. 2019): Adam moments with a layer-wise trust ratio", LAMBParams,
-              "optlab.builtins._optim:build_lamb")
-lion = Plugin("Lion (Chen et al. 2023): the sign of interpolated momentum, with decoupled "
-              "weight decay", LionParams, "optlab.builtins._optim:build_lion")
-sam = Plugin("SAM (Foret et al. 2021): a base optimizer's step at the gradient of the worst "
-             "point within rho; two gradient evaluations a step", SAMParams,
-             "optlab.builtins._optim:build_sam")
+sgd = Plugin(
+    "stochastic gradient descent with momentum (dampening, Nesterov) and L2 weight decay",
+    SGDParams,
+    _torch("SGD"),
+)
+adam = Plugin(
+    "Adam (Kingma & Ba) with L2 weight decay added to the gradient", AdamParams, _torch("Adam")
+)
+adamw = Plugin(
+    "Adam with decoupled weight decay (Loshchilov & Hutter)", AdamWParams, _torch("AdamW")
+)
+lars = Plugin(
+    "LARS (You et al. 2017): SGD with momentum and a layer-wise trust ratio",
+    LARSParams,
+    "optlab.builtins._optim:build_lars",
+)
+lamb = Plugin(
+    "LAMB (You et al. 2019): Adam moments with a layer-wise trust ratio",
+    LAMBParams,
+    "optlab.builtins._optim:build_lamb",
+)
+lion = Plugin(
+    "Lion (Chen et al. 2023): the sign of interpolated momentum, with decoupled weight decay",
+    LionParams,
+    "optlab.builtins._optim:build_lion",
+)
+sam = Plugin(
+    "SAM (Foret et al. 2021): a base optimizer's step at the gradient of the worst "
+    "point within rho; two gradient evaluations a step",
+    SAMParams,
+    "optlab.builtins._optim:build_sam",
+)
 schedulefree_adamw = Plugin(
     "schedule-free AdamW (Defazio et al. 2024): trains on an interpolation, evaluated on "
-    "the averaged iterate; use a constant LR schedule", ScheduleFreeAdamWParams,
-    "optlab.builtins._optim:build_schedulefree_adamw")
+    "the averaged iterate; use a constant LR schedule",
+    ScheduleFreeAdamWParams,
+    "optlab.builtins._optim:build_schedulefree_adamw",
+)

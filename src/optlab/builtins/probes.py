@@ -74,12 +74,15 @@ def check_schedule(params: ProbeParams, *, epochs: int, **_: Any) -> None:
     if params.first_steps is not None:
         return
     if params.every is not None and params.every > epochs:
-        raise ValueError(f"every = {params.every} is beyond the run's {epochs} epochs, so the "
-                         "probe would never run")
+        raise ValueError(
+            f"every = {params.every} is beyond the run's {epochs} epochs, so the "
+            "probe would never run"
+        )
     beyond = [e for e in params.epoch_list(epochs) if e > epochs]
     if beyond:
-        raise ValueError(f"epoch {beyond[0]} is beyond the run's {epochs} epochs "
-                         f"(allowed: 0 to {epochs})")
+        raise ValueError(
+            f"epoch {beyond[0]} is beyond the run's {epochs} epochs (allowed: 0 to {epochs})"
+        )
 
 
 class HessianTraceParams(ProbeParams):
@@ -94,13 +97,14 @@ class NoiseScaleParams(ProbeParams):
     micro_batch: Annotated[int, Field(ge=1)] = 16  # gradients are taken per micro-batch
 
 
-def _check_noise(params: NoiseScaleParams, *, train_size: int | None = None, **facts: Any
-                 ) -> None:
+def _check_noise(params: NoiseScaleParams, *, train_size: int | None = None, **facts: Any) -> None:
     check_schedule(params, **facts)
     batch = min(params.batch, train_size or params.batch)
     if batch < 2 * params.micro_batch:
-        raise ValueError(f"batch = {batch} holds fewer than two micro-batches of "
-                         f"{params.micro_batch}; raise batch or lower micro_batch")
+        raise ValueError(
+            f"batch = {batch} holds fewer than two micro-batches of "
+            f"{params.micro_batch}; raise batch or lower micro_batch"
+        )
 
 
 class FullGradParams(ProbeParams):
@@ -115,35 +119,61 @@ _TRUST_OPTIMIZERS = ("lars", "lamb")
 def _check_trust(params: ProbeParams, *, optimizer: str | None = None, **facts: Any) -> None:
     check_schedule(params, **facts)
     if optimizer is not None and optimizer not in _TRUST_OPTIMIZERS:
-        raise ValueError(f"trust_ratio needs a layer-wise optimizer "
-                         f"({', '.join(_TRUST_OPTIMIZERS)}); this run uses {optimizer}")
+        raise ValueError(
+            f"trust_ratio needs a layer-wise optimizer "
+            f"({', '.join(_TRUST_OPTIMIZERS)}); this run uses {optimizer}"
+        )
 
 
-def _probe(text: str, params: type[ProbeParams], build: str, check: Any = check_schedule
-           ) -> Plugin:
+def _probe(text: str, params: type[ProbeParams], build: str, check: Any = check_schedule) -> Plugin:
     return Plugin(text, params, f"{_IMPL}:{build}", check=check)
 
 
-grad_norm = _probe("Gradient norm on the probe batch: global and per layer.",
-                   ProbeParams, "GradNorm")
+grad_norm = _probe(
+    "Gradient norm on the probe batch: global and per layer.", ProbeParams, "GradNorm"
+)
 weight_norm = _probe("Weight norm: global and per layer.", ProbeParams, "WeightNorm")
-distance_from_init = _probe("Distance of the weights from their initial values: global and "
-                            "per layer.", ProbeParams, "DistanceFromInit")
-full_grad_norm = _probe("Gradient norm of the loss over the whole training set (seed 004's "
-                        "norm.csv); batch is the chunk size; augment = true measures the "
-                        "training set as augmented for training (the probe's own draws), as "
-                        "the seed's reference code does.", FullGradParams, "FullGradNorm")
-hessian_trace = _probe("Hessian trace on the probe batch, Hutchinson's estimator with "
-                       "`vectors` Rademacher vectors.", HessianTraceParams, "HessianTrace")
-top_eigenvalue = _probe("Hessian eigenvalue of largest magnitude, with its sign, on the probe "
-                        "batch, by power iteration on Hessian-vector products (negative when the "
-                        "most negative curvature is the largest in size).", TopEigenvalueParams,
-                        "TopEigenvalue")
-grad_noise_scale = _probe("Simple gradient noise scale B_simple = tr(Sigma)/|G|^2 "
-                          "(McCandlish et al. 2018), from per-micro-batch gradients.",
-                          NoiseScaleParams, "GradNoiseScale", check=_check_noise)
-trust_ratio = _probe("Layer-wise trust ratio of the last LARS/LAMB step, per layer.",
-                     ProbeParams, "TrustRatio", check=_check_trust)
-effective_lr = _probe("Learning rate each layer gets (group LR x trust ratio), and that "
-                      "over |w|^2 (the angular rate of scale-invariant layers).",
-                      ProbeParams, "EffectiveLR")
+distance_from_init = _probe(
+    "Distance of the weights from their initial values: global and per layer.",
+    ProbeParams,
+    "DistanceFromInit",
+)
+full_grad_norm = _probe(
+    "Gradient norm of the loss over the whole training set (seed 004's "
+    "norm.csv); batch is the chunk size; augment = true measures the "
+    "training set as augmented for training (the probe's own draws), as "
+    "the seed's reference code does.",
+    FullGradParams,
+    "FullGradNorm",
+)
+hessian_trace = _probe(
+    "Hessian trace on the probe batch, Hutchinson's estimator with `vectors` Rademacher vectors.",
+    HessianTraceParams,
+    "HessianTrace",
+)
+top_eigenvalue = _probe(
+    "Hessian eigenvalue of largest magnitude, with its sign, on the probe "
+    "batch, by power iteration on Hessian-vector products (negative when the "
+    "most negative curvature is the largest in size).",
+    TopEigenvalueParams,
+    "TopEigenvalue",
+)
+grad_noise_scale = _probe(
+    "Simple gradient noise scale B_simple = tr(Sigma)/|G|^2 "
+    "(McCandlish et al. 2018), from per-micro-batch gradients.",
+    NoiseScaleParams,
+    "GradNoiseScale",
+    check=_check_noise,
+)
+trust_ratio = _probe(
+    "Layer-wise trust ratio of the last LARS/LAMB step, per layer.",
+    ProbeParams,
+    "TrustRatio",
+    check=_check_trust,
+)
+effective_lr = _probe(
+    "Learning rate each layer gets (group LR x trust ratio), and that "
+    "over |w|^2 (the angular rate of scale-invariant layers).",
+    ProbeParams,
+    "EffectiveLR",
+)

@@ -24,8 +24,9 @@ app = typer.Typer(
 
 @app.callback()
 def _root(
-    debug: bool = typer.Option(False, "--debug", envvar="OPTLAB_DEBUG",
-                               help="Show tracebacks instead of one-line errors."),
+    debug: bool = typer.Option(
+        False, "--debug", envvar="OPTLAB_DEBUG", help="Show tracebacks instead of one-line errors."
+    ),
 ) -> None:
     common.STATE.debug = debug
 
@@ -47,8 +48,20 @@ def _register() -> None:
         weights,
     )
 
-    for module in (run, show, status, query, analyze, report, export, weights, rm, rebuild,
-                   merge, plugins):
+    for module in (
+        run,
+        show,
+        status,
+        query,
+        analyze,
+        report,
+        export,
+        weights,
+        rm,
+        rebuild,
+        merge,
+        plugins,
+    ):
         app.command(name=module.NAME, help=module.HELP)(module.command)
     app.add_typer(plot.app, name="plot")
 

@@ -10,20 +10,28 @@ import typer
 from optlab.cli.common import StoreOption, handles_errors, out
 
 NAME = "analyze"
-HELP = ("Named analyses of a study: optimal (a hyperparameter's best value per group), lr-wd, "
-        "scaling, warmup (seed 002's H1-H4), sfo, ranking.")
+HELP = (
+    "Named analyses of a study: optimal (a hyperparameter's best value per group), lr-wd, "
+    "scaling, warmup (seed 002's H1-H4), sfo, ranking."
+)
 
 
 @handles_errors
 def command(
     analysis: str = typer.Argument(..., help="optimal, lr-wd, scaling, warmup, sfo or ranking."),
     study: str = typer.Option(None, "--study", help="Study name (default: the only one)."),
-    metric: str = typer.Option("best_test_acc", "--metric", help="REDUCER_COLUMN per run, as in "
-                               "plot: best, final, min, max or mean of an epochs column."),
-    param: str = typer.Option(None, "--param", help="optimal: the hyperparameter to optimise "
-                              "(default optimizer.lr when varied)."),
-    epsilon: float = typer.Option(None, "--epsilon", help="sfo: the full gradient norm to "
-                                  "reach."),
+    metric: str = typer.Option(
+        "best_test_acc",
+        "--metric",
+        help="REDUCER_COLUMN per run, as in "
+        "plot: best, final, min, max or mean of an epochs column.",
+    ),
+    param: str = typer.Option(
+        None,
+        "--param",
+        help="optimal: the hyperparameter to optimise (default optimizer.lr when varied).",
+    ),
+    epsilon: float = typer.Option(None, "--epsilon", help="sfo: the full gradient norm to reach."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap resampling."),
     store: Path = StoreOption,
@@ -31,8 +39,7 @@ def command(
     from optlab.analyze import run_analysis
     from optlab.report import render_result
 
-    result = run_analysis(store, analysis, study, metric, param=param, epsilon=epsilon,
-                          seed=seed)
+    result = run_analysis(store, analysis, study, metric, param=param, epsilon=epsilon, seed=seed)
     if as_json:
         out.print(json.dumps(result.to_json(), indent=2), markup=False)
         return

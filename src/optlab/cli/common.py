@@ -33,8 +33,11 @@ out = Console(highlight=False, soft_wrap=True, width=_WIDTH)
 err = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
 
 StoreOption = typer.Option(
-    Path("optlab.duckdb"), "--store", envvar="OPTLAB_STORE",
-    help="The DuckDB store (run logs go in a folder beside it).")
+    Path("optlab.duckdb"),
+    "--store",
+    envvar="OPTLAB_STORE",
+    help="The DuckDB store (run logs go in a folder beside it).",
+)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -49,8 +52,9 @@ def printable(text: str) -> str:
 
 
 def traceback_dir() -> Path:
-    return Path(os.environ.get("OPTLAB_TRACEBACKS") or Path(tempfile.gettempdir())
-                / "optlab-tracebacks")
+    return Path(
+        os.environ.get("OPTLAB_TRACEBACKS") or Path(tempfile.gettempdir()) / "optlab-tracebacks"
+    )
 
 
 def save_traceback(exc: BaseException) -> Path | None:
@@ -78,8 +82,10 @@ def _store_damage(exc: BaseException) -> str | None:
     if not type(exc).__module__.lstrip("_").startswith("duckdb"):
         return None
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    return (f"the store could not be read ({first}); if it is damaged, `optlab rebuild` "
-            "makes a new one from the run journals")
+    return (
+        f"the store could not be read ({first}); if it is damaged, `optlab rebuild` "
+        "makes a new one from the run journals"
+    )
 
 
 def handles_errors(func: F) -> F:
@@ -108,7 +114,9 @@ def handles_errors(func: F) -> F:
             saved = save_traceback(e)
             where = f"traceback saved to {saved}" if saved else "the traceback could not be saved"
             first = (str(e).strip().splitlines() or [""])[0]
-            raise fail(f"unexpected {type(e).__name__}: {first} ({where}; --debug shows it); "
-                       "please report it") from None
+            raise fail(
+                f"unexpected {type(e).__name__}: {first} ({where}; --debug shows it); "
+                "please report it"
+            ) from None
 
     return wrapper  # type: ignore[return-value]

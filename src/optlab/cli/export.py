@@ -10,16 +10,18 @@ from optlab.cli.common import StoreOption, handles_errors, out
 from optlab.errors import UsageError
 
 NAME = "export"
-HELP = ("Write a study's results as files: csv or parquet tables, or the seed projects' "
-        "layouts (seed001: results.csv + history JSON; seed004: train/test/norm/lr_bs CSVs).")
+HELP = (
+    "Write a study's results as files: csv or parquet tables, or the seed projects' "
+    "layouts (seed001: results.csv + history JSON; seed004: train/test/norm/lr_bs CSVs)."
+)
 
 
 @handles_errors
 def command(
-    study: str = typer.Argument(None, help="Study name (default: the only one).",
-                                show_default=False),
-    to: Path = typer.Option(None, "--to", help="Folder to write in (default: "
-                            "STUDY_export)."),
+    study: str = typer.Argument(
+        None, help="Study name (default: the only one).", show_default=False
+    ),
+    to: Path = typer.Option(None, "--to", help="Folder to write in (default: STUDY_export)."),
     fmt: str = typer.Option("csv", "--format", help="csv, parquet, seed001 or seed004."),
     store: Path = StoreOption,
 ) -> None:

@@ -9,15 +9,18 @@ import typer
 from optlab.cli.common import StoreOption, handles_errors, out
 
 NAME = "merge"
-HELP = ("Bring other stores' studies, runs, epochs and probes into this one (parts of a "
-        "study run on other machines). The same run id is the same run: the finished copy "
-        "is kept.")
+HELP = (
+    "Bring other stores' studies, runs, epochs and probes into this one (parts of a "
+    "study run on other machines). The same run id is the same run: the finished copy "
+    "is kept."
+)
 
 
 @handles_errors
 def command(
-    others: list[Path] = typer.Argument(..., help="Store files to merge in (.duckdb).",
-                                        show_default=False),
+    others: list[Path] = typer.Argument(
+        ..., help="Store files to merge in (.duckdb).", show_default=False
+    ),
     store: Path = StoreOption,
 ) -> None:
     from optlab.liveness import writer_lock

@@ -8,22 +8,36 @@ import typer
 
 from optlab.cli.common import StoreOption, handles_errors, out
 
-app = typer.Typer(help="Charts from the store (.html self-contained, .png or .svg).",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Charts from the store (.html self-contained, .png or .svg).", no_args_is_help=True
+)
 
 
 StudyOption = typer.Option(None, "--study", help="Study name (default: the only one).")
-OutOption = typer.Option(None, "--out", help="Output .html, .png or .svg (default: "
-                         "STUDY_KIND.html).")
-ColorOption = typer.Option(None, "--color", help="Axis that colours the lines (default: the "
-                           "optimizer when it varies, else the first axis); block; or cell "
-                           "(block and every axis: one line per cell, nothing pooled).")
-WhereOption = typer.Option(None, "--where", help="Only runs meeting this SQL condition on the "
-                           "runs view, e.g. \"batch_schedule_batch_size = 32\".")
+OutOption = typer.Option(
+    None, "--out", help="Output .html, .png or .svg (default: STUDY_KIND.html)."
+)
+ColorOption = typer.Option(
+    None,
+    "--color",
+    help="Axis that colours the lines (default: the "
+    "optimizer when it varies, else the first axis); block; or cell "
+    "(block and every axis: one line per cell, nothing pooled).",
+)
+WhereOption = typer.Option(
+    None,
+    "--where",
+    help="Only runs meeting this SQL condition on the "
+    'runs view, e.g. "batch_schedule_batch_size = 32".',
+)
 BlockOption = typer.Option(None, "--block", help="Only this block (repeatable).")
-FacetOption = typer.Option(None, "--facet", help="Panels by these (comma-separated: block and "
-                           "axes not on the chart). Default: block and every other axis that "
-                           "varies. Whatever is left is pooled, and the chart says so.")
+FacetOption = typer.Option(
+    None,
+    "--facet",
+    help="Panels by these (comma-separated: block and "
+    "axes not on the chart). Default: block and every other axis that "
+    "varies. Whatever is left is pooled, and the chart says so.",
+)
 
 
 def _selection(where: str | None, blocks: list[str] | None, facet: str | None):
@@ -43,14 +57,27 @@ def _draw(kind: str, store: Path, out_file: Path | None, study: str | None, make
 @app.command("heatmap")
 @handles_errors
 def heatmap(
-    x: str = typer.Option(None, "--x", help="Dotted config path on the x axis, e.g. "
-                          "optimizer.lr (default: the study's first axis)."),
-    y: str = typer.Option(None, "--y", help="Dotted config path on the y axis (default: the "
-                          "study's second axis)."),
-    metric: str = typer.Option("best_test_acc", "--metric", help="REDUCER_COLUMN: best, final, "
-                               "min, max or mean of an epochs column, per run; mean over seeds."),
-    where: str = WhereOption, block: list[str] = BlockOption, facet: str = FacetOption,
-    study: str = StudyOption, out_file: Path = OutOption, store: Path = StoreOption,
+    x: str = typer.Option(
+        None,
+        "--x",
+        help="Dotted config path on the x axis, e.g. "
+        "optimizer.lr (default: the study's first axis).",
+    ),
+    y: str = typer.Option(
+        None, "--y", help="Dotted config path on the y axis (default: the study's second axis)."
+    ),
+    metric: str = typer.Option(
+        "best_test_acc",
+        "--metric",
+        help="REDUCER_COLUMN: best, final, "
+        "min, max or mean of an epochs column, per run; mean over seeds.",
+    ),
+    where: str = WhereOption,
+    block: list[str] = BlockOption,
+    facet: str = FacetOption,
+    study: str = StudyOption,
+    out_file: Path = OutOption,
+    store: Path = StoreOption,
 ) -> None:
     """A metric over two axes, mean over seeds, a panel per block and other axis; cells with
     no finished run coloured by why (diverged, failed, not yet run)."""
@@ -59,35 +86,53 @@ def heatmap(
 
     parse_metric(metric)
     sel = _selection(where, block, facet)
-    _draw("heatmap", store, out_file, study,
-          lambda con, st, axes: charts.heatmap_figure(con, st, axes, x, y, metric, sel))
+    _draw(
+        "heatmap",
+        store,
+        out_file,
+        study,
+        lambda con, st, axes: charts.heatmap_figure(con, st, axes, x, y, metric, sel),
+    )
 
 
 @app.command("curves")
 @handles_errors
 def curves(
-    metric: str = typer.Option("test_acc", "--metric", help="An epochs column: test_acc, "
-                               "train_loss, epoch_lr, ..."),
-    x: str = typer.Option("epoch", "--x", help="epoch, step, samples, seconds or "
-                          "comm_rounds."),
-    color: str = ColorOption, where: str = WhereOption, block: list[str] = BlockOption,
-    facet: str = FacetOption, study: str = StudyOption, out_file: Path = OutOption,
+    metric: str = typer.Option(
+        "test_acc", "--metric", help="An epochs column: test_acc, train_loss, epoch_lr, ..."
+    ),
+    x: str = typer.Option("epoch", "--x", help="epoch, step, samples, seconds or comm_rounds."),
+    color: str = ColorOption,
+    where: str = WhereOption,
+    block: list[str] = BlockOption,
+    facet: str = FacetOption,
+    study: str = StudyOption,
+    out_file: Path = OutOption,
     store: Path = StoreOption,
 ) -> None:
     """A metric against epoch, steps, samples or seconds; mean over seeds with a 95% CI."""
     from optlab import charts
 
     sel = _selection(where, block, facet)
-    _draw("curves", store, out_file, study,
-          lambda con, st, axes: charts.curves_figure(con, st, axes, metric, x, color, sel))
+    _draw(
+        "curves",
+        store,
+        out_file,
+        study,
+        lambda con, st, axes: charts.curves_figure(con, st, axes, metric, x, color, sel),
+    )
 
 
 @app.command("sensitivity")
 @handles_errors
 def sensitivity(
     metric: str = typer.Option("final_test_acc", "--metric", help="REDUCER_COLUMN per run."),
-    color: str = ColorOption, where: str = WhereOption, block: list[str] = BlockOption,
-    facet: str = FacetOption, study: str = StudyOption, out_file: Path = OutOption,
+    color: str = ColorOption,
+    where: str = WhereOption,
+    block: list[str] = BlockOption,
+    facet: str = FacetOption,
+    study: str = StudyOption,
+    out_file: Path = OutOption,
     store: Path = StoreOption,
 ) -> None:
     """The final metric against the learning rate, per optimizer; mean with a 95% CI."""
@@ -96,16 +141,25 @@ def sensitivity(
 
     parse_metric(metric)
     sel = _selection(where, block, facet)
-    _draw("sensitivity", store, out_file, study,
-          lambda con, st, axes: charts.sensitivity_figure(con, st, axes, metric, color, sel))
+    _draw(
+        "sensitivity",
+        store,
+        out_file,
+        study,
+        lambda con, st, axes: charts.sensitivity_figure(con, st, axes, metric, color, sel),
+    )
 
 
 @app.command("scaling")
 @handles_errors
 def scaling(
     metric: str = typer.Option("best_test_acc", "--metric", help="REDUCER_COLUMN per run."),
-    color: str = ColorOption, where: str = WhereOption, block: list[str] = BlockOption,
-    facet: str = FacetOption, study: str = StudyOption, out_file: Path = OutOption,
+    color: str = ColorOption,
+    where: str = WhereOption,
+    block: list[str] = BlockOption,
+    facet: str = FacetOption,
+    study: str = StudyOption,
+    out_file: Path = OutOption,
     store: Path = StoreOption,
 ) -> None:
     """The optimal LR against batch size, log-log, with the fitted slope per line."""
@@ -114,41 +168,63 @@ def scaling(
 
     parse_metric(metric)
     sel = _selection(where, block, facet)
-    _draw("scaling", store, out_file, study,
-          lambda con, st, axes: charts.scaling_figure(con, st, axes, metric, color, sel))
+    _draw(
+        "scaling",
+        store,
+        out_file,
+        study,
+        lambda con, st, axes: charts.scaling_figure(con, st, axes, metric, color, sel),
+    )
 
 
 @app.command("sfo")
 @handles_errors
 def sfo(
     epsilon: float = typer.Option(None, "--epsilon", help="The full gradient norm to reach."),
-    where: str = WhereOption, block: list[str] = BlockOption,
-    study: str = StudyOption, out_file: Path = OutOption, store: Path = StoreOption,
+    where: str = WhereOption,
+    block: list[str] = BlockOption,
+    study: str = StudyOption,
+    out_file: Path = OutOption,
+    store: Path = StoreOption,
 ) -> None:
     """Samples (SFO) to reach a full gradient norm <= epsilon, one bar per cell."""
     from optlab import charts
 
     sel = _selection(where, block, None)
-    _draw("sfo", store, out_file, study,
-          lambda con, st, axes: charts.sfo_figure(con, st, axes, epsilon, sel))
+    _draw(
+        "sfo",
+        store,
+        out_file,
+        study,
+        lambda con, st, axes: charts.sfo_figure(con, st, axes, epsilon, sel),
+    )
 
 
 @app.command("gradnorm")
 @handles_errors
 def gradnorm(
-    epsilon: float = typer.Option(None, "--epsilon", help="Mark where each schedule first "
-                                  "reaches this full gradient norm."),
+    epsilon: float = typer.Option(
+        None, "--epsilon", help="Mark where each schedule first reaches this full gradient norm."
+    ),
     x: str = typer.Option("sfo", "--x", help="sfo, sfo_full_batches, step or epoch."),
-    where: str = WhereOption, block: list[str] = BlockOption,
-    study: str = StudyOption, out_file: Path = OutOption, store: Path = StoreOption,
+    where: str = WhereOption,
+    block: list[str] = BlockOption,
+    study: str = StudyOption,
+    out_file: Path = OutOption,
+    store: Path = StoreOption,
 ) -> None:
     """Full gradient norm against SFO per schedule (seed 004's figure), log-log, with the
     epsilon line and each schedule's crossing."""
     from optlab import charts
 
     sel = _selection(where, block, None)
-    _draw("gradnorm", store, out_file, study,
-          lambda con, st, axes: charts.gradnorm_figure(con, st, axes, epsilon, x, sel))
+    _draw(
+        "gradnorm",
+        store,
+        out_file,
+        study,
+        lambda con, st, axes: charts.gradnorm_figure(con, st, axes, epsilon, x, sel),
+    )
 
 
 @app.command("probes")
@@ -157,14 +233,22 @@ def probes(
     probe: str = typer.Option(None, "--probe", help="Probe name (default: the first)."),
     key: str = typer.Option("global", "--key", help="Key: global, or a layer name."),
     x: str = typer.Option("epoch", "--x", help="epoch or step."),
-    color: str = ColorOption, where: str = WhereOption, block: list[str] = BlockOption,
-    facet: str = FacetOption, study: str = StudyOption, out_file: Path = OutOption,
+    color: str = ColorOption,
+    where: str = WhereOption,
+    block: list[str] = BlockOption,
+    facet: str = FacetOption,
+    study: str = StudyOption,
+    out_file: Path = OutOption,
     store: Path = StoreOption,
 ) -> None:
     """A probe's value against epoch or step; mean over seeds with a 95% CI."""
     from optlab import charts
 
     sel = _selection(where, block, facet)
-    _draw("probes", store, out_file, study,
-          lambda con, st, axes: charts.probes_figure(con, st, axes, probe, key, x, color,
-                                                     sel))
+    _draw(
+        "probes",
+        store,
+        out_file,
+        study,
+        lambda con, st, axes: charts.probes_figure(con, st, axes, probe, key, x, color, sel),
+    )

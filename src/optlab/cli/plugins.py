@@ -13,11 +13,15 @@ HELP = "List registered plugins: name, kind, distribution, description and param
 
 @handles_errors
 def command(
-    kind: str = typer.Argument(None, help="Only this kind: dataset, model, optimizer, "
-                               "lr_schedule, batch_schedule, augmentation, probe, executor.",
-                               show_default=False),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object for tools: "
-                                 "{plugins: [...], errors: [...]}."),
+    kind: str = typer.Argument(
+        None,
+        help="Only this kind: dataset, model, optimizer, "
+        "lr_schedule, batch_schedule, augmentation, probe, executor.",
+        show_default=False,
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="One JSON object for tools: {plugins: [...], errors: [...]}."
+    ),
 ) -> None:
     from rich.markup import escape
 
@@ -37,14 +41,17 @@ def command(
     if as_json:
         import json
 
-        print(json.dumps({"plugins": [info.as_json() for info in found], "errors": broken},
-                         indent=1))
+        print(
+            json.dumps({"plugins": [info.as_json() for info in found], "errors": broken}, indent=1)
+        )
         if broken:
             raise typer.Exit(1)
         return
     for info in found:
-        out.print(f"{info.kind} [bold]{info.name}[/bold] ({info.distribution}): "
-                  f"{escape(info.plugin.description)}")
+        out.print(
+            f"{info.kind} [bold]{info.name}[/bold] ({info.distribution}): "
+            f"{escape(info.plugin.description)}"
+        )
         for pname, ptype, default, text in info.param_rows():
             about = f"  # {text}" if text else ""
             out.print(f"    {pname}: {ptype} = {default}{about}", markup=False)

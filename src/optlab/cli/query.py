@@ -10,9 +10,11 @@ from optlab.cli.common import StoreOption, handles_errors, out
 from optlab.errors import OptlabError, UsageError
 
 NAME = "query"
-HELP = ("Run SQL over the store (read-only). Tables and views: studies, runs, epochs, probes, "
-        "sessions, run_summary, cell_summary, and the table macros reach_accuracy(target) and "
-        "reach_grad_norm(epsilon); every config value is a column of runs (optimizer_lr, ...).")
+HELP = (
+    "Run SQL over the store (read-only). Tables and views: studies, runs, epochs, probes, "
+    "sessions, run_summary, cell_summary, and the table macros reach_accuracy(target) and "
+    "reach_grad_norm(epsilon); every config value is a column of runs (optimizer_lr, ...)."
+)
 
 
 @handles_errors

@@ -12,41 +12,76 @@ from optlab.errors import ConfigError, UsageError
 from optlab.progress import describe_axes
 
 NAME = "run"
-HELP = ("Run a study (default: the bundled quickstart). Runs already done in the store are "
-        "skipped; failed runs are retried only with --retry-failed.")
+HELP = (
+    "Run a study (default: the bundled quickstart). Runs already done in the store are "
+    "skipped; failed runs are retried only with --retry-failed."
+)
 
 
 @handles_errors
 def command(
-    study: Path = typer.Argument(None, help="Study file (TOML). Default: the quickstart.",
-                                 show_default=False),
-    gpus: str = typer.Option(None, "--gpus", help="GPUs to use: 0-7, 0,2,5, 0-3,6, all or "
-                             "none. Default: all when a GPU is visible, else none."),
+    study: Path = typer.Argument(
+        None, help="Study file (TOML). Default: the quickstart.", show_default=False
+    ),
+    gpus: str = typer.Option(
+        None,
+        "--gpus",
+        help="GPUs to use: 0-7, 0,2,5, 0-3,6, all or "
+        "none. Default: all when a GPU is visible, else none.",
+    ),
     per_gpu: int = typer.Option(1, "--per-gpu", help="Workers per GPU."),
-    workers: int = typer.Option(None, "--workers", help="CPU workers (with --gpus none). "
-                                "Default: one per core, at most one per run."),
+    workers: int = typer.Option(
+        None,
+        "--workers",
+        help="CPU workers (with --gpus none). Default: one per core, at most one per run.",
+    ),
     sets: list[str] = typer.Option([], "--set", help="Override a key: KEY=VALUE (repeatable)."),
-    retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed runs again "
-                                      "(from their last checkpoint, when they have one)."),
-    data_dir: Path = typer.Option(Path("data"), "--data-dir", envvar="OPTLAB_DATA",
-                                  help="Where datasets are kept and downloaded to."),
+    retry_failed: bool = typer.Option(
+        False,
+        "--retry-failed",
+        help="Run failed runs again (from their last checkpoint, when they have one).",
+    ),
+    data_dir: Path = typer.Option(
+        Path("data"),
+        "--data-dir",
+        envvar="OPTLAB_DATA",
+        help="Where datasets are kept and downloaded to.",
+    ),
     checkpoint_dir: Path = typer.Option(
-        None, "--checkpoint-dir", envvar="OPTLAB_CHECKPOINT_DIR", show_default=False,
+        None,
+        "--checkpoint-dir",
+        envvar="OPTLAB_CHECKPOINT_DIR",
+        show_default=False,
         help="Where runs keep their checkpoints and saved weights (a folder per run). "
-             "Default: beside the store (optlab.checkpoints/ for optlab.duckdb)."),
+        "Default: beside the store (optlab.checkpoints/ for optlab.duckdb).",
+    ),
     stall_timeout: float = typer.Option(
-        600.0, "--stall-timeout", envvar="OPTLAB_STALL_TIMEOUT",
+        600.0,
+        "--stall-timeout",
+        envvar="OPTLAB_STALL_TIMEOUT",
         help="Seconds a worker may go without progress (stopped, hung) before it is killed "
-             "and its run marked failed (resumable with --retry-failed)."),
-    max_runs: int = typer.Option(None, "--max-runs", envvar="OPTLAB_MAX_RUNS",
-                                 help="Refuse a study that expands to more runs than this "
-                                      "(default 100,000).", show_default=False),
+        "and its run marked failed (resumable with --retry-failed).",
+    ),
+    max_runs: int = typer.Option(
+        None,
+        "--max-runs",
+        envvar="OPTLAB_MAX_RUNS",
+        help="Refuse a study that expands to more runs than this (default 100,000).",
+        show_default=False,
+    ),
     executor_name: str = typer.Option(
-        "local", "--executor", help="Where runs train: local (this machine) or ray (a Ray "
-        "cluster; pip install 'optlab[ray]'). See optlab plugins executor."),
+        "local",
+        "--executor",
+        help="Where runs train: local (this machine) or ray (a Ray "
+        "cluster; pip install 'optlab[ray]'). See optlab plugins executor.",
+    ),
     address: str = typer.Option(
-        None, "--address", help="With --executor ray: the cluster to join, auto or "
-        "HOST:PORT. Default: start Ray on this machine.", show_default=False),
+        None,
+        "--address",
+        help="With --executor ray: the cluster to join, auto or "
+        "HOST:PORT. Default: start Ray on this machine.",
+        show_default=False,
+    ),
     store: Path = StoreOption,
 ) -> None:
     from optlab import executors
@@ -71,13 +106,29 @@ def command(
     from optlab.preparing import dataset_tables
 
     executor = executors.create(
-        executor_name, {"address": address}, store=store, stall_timeout=stall_timeout,
-        data_dir=data_dir.resolve(), checkpoints_shared=checkpoint_dir is not None,
-        datasets=dataset_tables(all_runs(plans)))
+        executor_name,
+        {"address": address},
+        store=store,
+        stall_timeout=stall_timeout,
+        data_dir=data_dir.resolve(),
+        checkpoints_shared=checkpoint_dir is not None,
+        datasets=dataset_tables(all_runs(plans)),
+    )
     try:
         executor.make_slots(gpus, per_gpu, workers, None)
-        outcome = _run(spec, plans, total, store, retry_failed, checkpoint_dir, executor,
-                       gpus, per_gpu, workers, stall_timeout)
+        outcome = _run(
+            spec,
+            plans,
+            total,
+            store,
+            retry_failed,
+            checkpoint_dir,
+            executor,
+            gpus,
+            per_gpu,
+            workers,
+            stall_timeout,
+        )
     finally:
         executor.close()
     if outcome is None:
@@ -86,20 +137,35 @@ def command(
         raise typer.Exit(130)
     # A run failed, the study stopped early, or runs were left without a slot that could
     # take them (every node the executor had could not prepare the datasets).
-    if outcome.stopped or any(s == "failed" for s in outcome.statuses.values()) or \
-            len(outcome.statuses) < outcome.planned:
+    if (
+        outcome.stopped
+        or any(s == "failed" for s in outcome.statuses.values())
+        or len(outcome.statuses) < outcome.planned
+    ):
         raise typer.Exit(1)
 
 
-def _run(spec, plans, total, store, retry_failed, checkpoint_dir, executor, gpus, per_gpu,
-         workers, stall_timeout):
+def _run(
+    spec,
+    plans,
+    total,
+    store,
+    retry_failed,
+    checkpoint_dir,
+    executor,
+    gpus,
+    per_gpu,
+    workers,
+    stall_timeout,
+):
     """From the store's lock to the summary; None when there was nothing to run."""
     from optlab.coordinator import execute, prepare
     from optlab.liveness import writer_lock
 
     with writer_lock(store) as lock:
-        prepared = prepare(store, spec, plans, retry_failed,
-                           checkpoint_dir.resolve() if checkpoint_dir else None)
+        prepared = prepare(
+            store, spec, plans, retry_failed, checkpoint_dir.resolve() if checkpoint_dir else None
+        )
         todo, states = prepared.todo, prepared.states
         if prepared.recovered:
             _report_recovery(prepared)
@@ -111,12 +177,14 @@ def _run(spec, plans, total, store, retry_failed, checkpoint_dir, executor, gpus
         slots = executor.make_slots(gpus, per_gpu, workers, len(todo))
         where = executor.where(slots)
         resuming = sum(1 for r in todo if prepared.resume.get(r.run_id, {}).get("resume_upto"))
-        out.print(f"{spec.name}: running {len(todo)} of {total} runs "
-                  f"({total - len(todo)} already finished) on {len(slots)} worker(s) "
-                  f"[{where}, {slots[0].threads} thread(s) each]; store {store}", markup=False)
+        out.print(
+            f"{spec.name}: running {len(todo)} of {total} runs "
+            f"({total - len(todo)} already finished) on {len(slots)} worker(s) "
+            f"[{where}, {slots[0].threads} thread(s) each]; store {store}",
+            markup=False,
+        )
         if resuming:
-            out.print(f"  {resuming} of them resume from their last checkpoint where they have "
-                      "one")
+            out.print(f"  {resuming} of them resume from their last checkpoint where they have one")
         outcome = execute(store, spec, prepared, slots, out, lock, stall_timeout, executor)
     _summary(spec.name, todo, outcome, store)
     return outcome
@@ -146,9 +214,11 @@ def _report_recovery(prepared) -> None:
     for status in prepared.recovered.values():
         counts[status] = counts.get(status, 0) + 1
     states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    out.print(f"Recovered {len(prepared.recovered)} run(s) an earlier session left unfinished "
-              f"({prepared.recovered_epochs} epochs from their journals): {states}; "
-              "interrupted runs run again.")
+    out.print(
+        f"Recovered {len(prepared.recovered)} run(s) an earlier session left unfinished "
+        f"({prepared.recovered_epochs} epochs from their journals): {states}; "
+        "interrupted runs run again."
+    )
 
 
 def _summary(study: str, todo, outcome, store: Path) -> None:
@@ -166,18 +236,26 @@ def _summary(study: str, todo, outcome, store: Path) -> None:
     for run_id, status in outcome.statuses.items():
         if status in ("failed", "diverged"):
             r = by_id[run_id]
-            err.print(f"  {status} {run_id} {describe_axes(r.axes, r.seed)}: "
-                      f"{outcome.errors.get(run_id, '')}", markup=False)
+            err.print(
+                f"  {status} {run_id} {describe_axes(r.axes, r.seed)}: "
+                f"{outcome.errors.get(run_id, '')}",
+                markup=False,
+            )
             if status == "failed":
                 from optlab.store import log_path
 
                 err.print(f"    log: {log_path(store, run_id)}", markup=False)
     if outcome.stopped:
-        err.print(f"Stopped: {outcome.stopped}. Free space, then run the same command again: "
-                  "the runs resume from their last checkpoints.", markup=False)
+        err.print(
+            f"Stopped: {outcome.stopped}. Free space, then run the same command again: "
+            "the runs resume from their last checkpoints.",
+            markup=False,
+        )
     if outcome.unwritten:
-        err.print(f"{outcome.unwritten} events could not be written to {store}; they are in the "
-                  "run journals and the next optlab run on this store writes them.",
-                  markup=False)
+        err.print(
+            f"{outcome.unwritten} events could not be written to {store}; they are in the "
+            "run journals and the next optlab run on this store writes them.",
+            markup=False,
+        )
     if outcome.interrupted:
         out.print("Interrupted runs are resumable: run the same command again.")

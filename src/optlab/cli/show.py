@@ -16,13 +16,18 @@ HELP = "Show a study's run matrix: per block and in total, how many runs, how ma
 
 @handles_errors
 def command(
-    study: Path = typer.Argument(None, help="Study file (TOML). Default: the quickstart.",
-                                 show_default=False),
+    study: Path = typer.Argument(
+        None, help="Study file (TOML). Default: the quickstart.", show_default=False
+    ),
     sets: list[str] = typer.Option([], "--set", help="Override a key: KEY=VALUE (repeatable)."),
     fmt: str = typer.Option("text", "--format", help="text, or json: one object per run."),
-    max_runs: int = typer.Option(None, "--max-runs", envvar="OPTLAB_MAX_RUNS",
-                                 help="Refuse a study that expands to more runs than this "
-                                      "(default 100,000).", show_default=False),
+    max_runs: int = typer.Option(
+        None,
+        "--max-runs",
+        envvar="OPTLAB_MAX_RUNS",
+        help="Refuse a study that expands to more runs than this (default 100,000).",
+        show_default=False,
+    ),
     store: Path = StoreOption,
 ) -> None:
     from optlab.expand import all_runs, expand
@@ -35,15 +40,25 @@ def command(
     states = _states(store, [r.run_id for r in all_runs(plans)])
     if fmt == "json":
         for run in all_runs(plans):
-            out.print(json.dumps({"run_id": run.run_id, "study": run.study, "block": run.block,
-                                  "seed": run.seed, **run.axes,
-                                  "status": states.get(run.run_id, "new")}),
-                      markup=False)
+            out.print(
+                json.dumps(
+                    {
+                        "run_id": run.run_id,
+                        "study": run.study,
+                        "block": run.block,
+                        "seed": run.seed,
+                        **run.axes,
+                        "status": states.get(run.run_id, "new"),
+                    }
+                ),
+                markup=False,
+            )
         return
     total = sum(len(p.runs) for p in plans)
     done = sum(1 for s in states.values() if s == "done")
-    out.print(f"study {spec.name} ({spec.file}): {total} runs, {done} done in {store}",
-              markup=False)
+    out.print(
+        f"study {spec.name} ({spec.file}): {total} runs, {done} done in {store}", markup=False
+    )
     if spec.description:
         out.print(f"  {spec.description}", markup=False)
     for plan in plans:
@@ -75,6 +90,7 @@ def _states(store: Path, run_ids: list[str]) -> dict[str, str]:
     from optlab import store as st
 
     with st.reading(store, require_runs=False) as con:
-        has = con.execute("select count(*) from information_schema.tables "
-                          "where table_name = 'run_state'").fetchone()[0]
+        has = con.execute(
+            "select count(*) from information_schema.tables where table_name = 'run_state'"
+        ).fetchone()[0]
         return st.states(con, run_ids) if has else {}

@@ -39,26 +39,39 @@ def command(
         if s.active_workers:
             nodes = ", ".join(f"{node} {n}" for node, n in sorted(s.nodes.items()))
             where = f" ({s.executor}: {nodes})" if nodes else ""
-            out.print(f"{s.study}: running on {s.active_workers} worker(s){where}",
-                      markup=False)
+            out.print(f"{s.study}: running on {s.active_workers} worker(s){where}", markup=False)
         if s.gone:
-            out.print(f"{s.study}: interrupted (writer gone: {s.gone}); run the study again "
-                      "to resume", markup=False)
+            out.print(
+                f"{s.study}: interrupted (writer gone: {s.gone}); run the study again to resume",
+                markup=False,
+            )
         for p in s.problems:
-            resume = (f" (--retry-failed resumes from epoch {p['resume_epoch']} of "
-                      f"{p['epochs']})" if p["status"] == "failed" and p["resume_epoch"] else "")
-            out.print(f"{s.study} {p['status']} {p['run_id']} "
-                      f"{describe_axes(p['axes'], p['seed'])}: {p['error']}{resume}",
-                      markup=False)
+            resume = (
+                f" (--retry-failed resumes from epoch {p['resume_epoch']} of {p['epochs']})"
+                if p["status"] == "failed" and p["resume_epoch"]
+                else ""
+            )
+            out.print(
+                f"{s.study} {p['status']} {p['run_id']} "
+                f"{describe_axes(p['axes'], p['seed'])}: {p['error']}{resume}",
+                markup=False,
+            )
         for u in s.unfinished:
-            where = (f"resumes from epoch {u['resume_epoch']} of {u['epochs']}"
-                     if u["resume_epoch"] else f"starts over (no checkpoint; "
-                                               f"{u['epochs_done']} of {u['epochs']} epochs done)")
+            where = (
+                f"resumes from epoch {u['resume_epoch']} of {u['epochs']}"
+                if u["resume_epoch"]
+                else f"starts over (no checkpoint; {u['epochs_done']} of {u['epochs']} epochs done)"
+            )
             if u["status"] == "running":
-                where = (f"{u['epochs_done']} of {u['epochs']} epochs done; last checkpoint: "
-                         f"{'epoch ' + str(u['resume_epoch']) if u['resume_epoch'] else 'none'}")
-            out.print(f"{s.study} {u['status']} {u['run_id']} "
-                      f"{describe_axes(u['axes'], u['seed'])}: {where}", markup=False)
+                where = (
+                    f"{u['epochs_done']} of {u['epochs']} epochs done; last checkpoint: "
+                    f"{'epoch ' + str(u['resume_epoch']) if u['resume_epoch'] else 'none'}"
+                )
+            out.print(
+                f"{s.study} {u['status']} {u['run_id']} "
+                f"{describe_axes(u['axes'], u['seed'])}: {where}",
+                markup=False,
+            )
 
 
 def _eta(seconds: float | None) -> str:

@@ -9,17 +9,23 @@ import typer
 from optlab.cli.common import StoreOption, handles_errors, out
 
 NAME = "weights"
-HELP = ("Print the path of a run's saved weights (a plain state_dict), or copy them with --to. "
-        "Load: model = create the run's model plugin; model.load_state_dict(torch.load(path)).")
+HELP = (
+    "Print the path of a run's saved weights (a plain state_dict), or copy them with --to. "
+    "Load: model = create the run's model plugin; model.load_state_dict(torch.load(path))."
+)
 
 
 @handles_errors
 def command(
-    run_id: str = typer.Argument(..., help="The run id (or a unique prefix of it).",
-                                 show_default=False),
+    run_id: str = typer.Argument(
+        ..., help="The run id (or a unique prefix of it).", show_default=False
+    ),
     to: Path = typer.Option(None, "--to", help="Copy the file here (a file or a folder)."),
-    python: bool = typer.Option(False, "--python", help="Print the Python that rebuilds the "
-                                "run's model and loads the weights."),
+    python: bool = typer.Option(
+        False,
+        "--python",
+        help="Print the Python that rebuilds the run's model and loads the weights.",
+    ),
     store: Path = StoreOption,
 ) -> None:
     from optlab.manage import copy_weights, loading_code, saved_weights

@@ -41,11 +41,30 @@ class SophiaH(torch.optim.Optimizer):
 
     optlab_closure = True
 
-    def __init__(self, params, lr: float, betas: tuple[float, float], gamma: float,
-                 eps: float, weight_decay: float, every: int, seed: int):
-        super().__init__(params, {"lr": lr, "betas": betas, "gamma": gamma, "eps": eps,
-                                  "weight_decay": weight_decay, "every": every, "seed": seed,
-                                  "k": 0})
+    def __init__(
+        self,
+        params,
+        lr: float,
+        betas: tuple[float, float],
+        gamma: float,
+        eps: float,
+        weight_decay: float,
+        every: int,
+        seed: int,
+    ):
+        super().__init__(
+            params,
+            {
+                "lr": lr,
+                "betas": betas,
+                "gamma": gamma,
+                "eps": eps,
+                "weight_decay": weight_decay,
+                "every": every,
+                "seed": seed,
+                "k": 0,
+            },
+        )
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -79,8 +98,13 @@ class SophiaH(torch.optim.Optimizer):
             closure(create_graph=True)
             params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
             gen = torch.Generator(device=params[0].device).manual_seed(seed)
-            us = [torch.randint(0, 2, p.shape, generator=gen, device=p.device).to(p.dtype)
-                  .mul_(2).sub_(1) for p in params]
+            us = [
+                torch.randint(0, 2, p.shape, generator=gen, device=p.device)
+                .to(p.dtype)
+                .mul_(2)
+                .sub_(1)
+                for p in params
+            ]
             products = torch.autograd.grad([p.grad for p in params], params, grad_outputs=us)
         for p in params:
             p.grad = p.grad.detach()  # the graph is not needed any more

@@ -12,5 +12,7 @@ class BatchLoss:
     @torch.no_grad()
     def __call__(self, ctx: Any) -> dict[str, Any]:
         out = ctx.model(ctx.x).float()
-        return {"loss": F.cross_entropy(out, ctx.y),
-                "accuracy": (out.argmax(1) == ctx.y).float().mean()}
+        return {
+            "loss": F.cross_entropy(out, ctx.y),
+            "accuracy": (out.argmax(1) == ctx.y).float().mean(),
+        }
