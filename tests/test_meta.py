@@ -170,6 +170,12 @@ def test_a_plugin_that_breaks_the_contract_is_named_in_one_line(tmp_path, cli):
         r"derived from optlab.ProbeParams",
     ):
         check_contract("probe", "p", Plugin("x", Wrong, lambda p: None))
+    with pytest.raises(
+        Exception,
+        match=r"optimizer plugin 'gone': its build 'nowhere.at_all:"
+        r"build' names no module that can be imported",
+    ):
+        check_contract("optimizer", "gone", Plugin("x", Params, "nowhere.at_all:build"))
     # from a file beside a study: at optlab show, by name, in one line
     (tmp_path / "p.py").write_text(
         "from pydantic import BaseModel\nfrom optlab import Plugin\n"

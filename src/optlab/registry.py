@@ -185,6 +185,26 @@ def check_contract(kind: str, name: str, plugin: Plugin) -> None:
         )
     if plugin.build is None:
         raise ConfigError(f"{kind} plugin {name!r}: it has no build")
+    for what, target in (("build", plugin.build), ("prepare", plugin.prepare)):
+        if isinstance(target, str):
+            _check_target(kind, name, what, target)
+
+
+def _check_target(kind: str, name: str, what: str, target: str) -> None:
+    """A ``"module:function"`` build names a module that exists, found without importing it
+    (which may need torch): a missing one is named here, not in every worker."""
+    import importlib.util
+
+    module, _, attr = target.partition(":")
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found or not attr:
+        raise ConfigError(
+            f"{kind} plugin {name!r}: its {what} {target!r} names no module "
+            "that can be imported (module:function)"
+        )
 
 
 def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:
