@@ -25,41 +25,49 @@ Unit = Annotated[float, Field(ge=0, le=1)]
 
 
 class FlipCropParams(Params):
-    pad: Annotated[int, Field(ge=0)] = 4
-    flip: bool = True
+    pad: Annotated[int, Field(ge=0)] = Field(4, description="zero padding before the random crop")
+    flip: bool = Field(True, description="random horizontal flips")
 
 
 class PipelineParams(Params):
-    flip: Unit = 0.5  # probability of a horizontal flip
-    rotation: Annotated[float, Field(ge=0, le=180)] = 0.0  # degrees, uniform in +-rotation
-    pad: Annotated[int, Field(ge=0)] = 4  # random crop after zero padding
-    translate: Annotated[float, Field(ge=0, lt=1)] = 0.0  # fraction of the size, +-
-    perspective: Unit = 0.0  # distortion scale
-    perspective_p: Unit = 0.5  # probability of the perspective transform
-    brightness: Annotated[float, Field(ge=0)] = 0.0
-    contrast: Annotated[float, Field(ge=0)] = 0.0
-    saturation: Annotated[float, Field(ge=0)] = 0.0
-    hue: Annotated[float, Field(ge=0, le=0.5)] = 0.0
+    flip: Unit = Field(0.5, description="probability of a horizontal flip")
+    rotation: Annotated[float, Field(ge=0, le=180)] = Field(
+        0.0, description="degrees, uniform in +-rotation"
+    )
+    pad: Annotated[int, Field(ge=0)] = Field(4, description="zero padding before the random crop")
+    translate: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.0, description="fraction of the size, uniform in +-translate"
+    )
+    perspective: Unit = Field(0.0, description="distortion scale of the perspective transform")
+    perspective_p: Unit = Field(0.5, description="probability of the perspective transform")
+    brightness: Annotated[float, Field(ge=0)] = Field(0.0, description="colour jitter: brightness")
+    contrast: Annotated[float, Field(ge=0)] = Field(0.0, description="colour jitter: contrast")
+    saturation: Annotated[float, Field(ge=0)] = Field(0.0, description="colour jitter: saturation")
+    hue: Annotated[float, Field(ge=0, le=0.5)] = Field(0.0, description="colour jitter: hue")
 
 
 class AdamWPipelineParams(PipelineParams):
-    brightness: Annotated[float, Field(ge=0)] = 0.2
-    contrast: Annotated[float, Field(ge=0)] = 0.2
-    saturation: Annotated[float, Field(ge=0)] = 0.2
-    hue: Annotated[float, Field(ge=0, le=0.5)] = 0.1
+    brightness: Annotated[float, Field(ge=0)] = Field(0.2, description="colour jitter: brightness")
+    contrast: Annotated[float, Field(ge=0)] = Field(0.2, description="colour jitter: contrast")
+    saturation: Annotated[float, Field(ge=0)] = Field(0.2, description="colour jitter: saturation")
+    hue: Annotated[float, Field(ge=0, le=0.5)] = Field(0.1, description="colour jitter: hue")
 
 
 class CompromisePipelineParams(PipelineParams):
-    rotation: Annotated[float, Field(ge=0, le=180)] = 15.0
-    perspective: Unit = 0.2
-    brightness: Annotated[float, Field(ge=0)] = 0.3
-    contrast: Annotated[float, Field(ge=0)] = 0.3
-    saturation: Annotated[float, Field(ge=0)] = 0.3
-    hue: Annotated[float, Field(ge=0, le=0.5)] = 0.2
+    rotation: Annotated[float, Field(ge=0, le=180)] = Field(
+        15.0, description="degrees, uniform in +-rotation"
+    )
+    perspective: Unit = Field(0.2, description="distortion scale of the perspective transform")
+    brightness: Annotated[float, Field(ge=0)] = Field(0.3, description="colour jitter: brightness")
+    contrast: Annotated[float, Field(ge=0)] = Field(0.3, description="colour jitter: contrast")
+    saturation: Annotated[float, Field(ge=0)] = Field(0.3, description="colour jitter: saturation")
+    hue: Annotated[float, Field(ge=0, le=0.5)] = Field(0.2, description="colour jitter: hue")
 
 
 class SGDMPipelineParams(CompromisePipelineParams):
-    translate: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    translate: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.1, description="fraction of the size, uniform in +-translate"
+    )
 
 
 def _build_none(params: NoParams, **_: Any):

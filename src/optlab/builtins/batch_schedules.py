@@ -22,25 +22,33 @@ Size = Annotated[int, Field(ge=1)]
 
 
 class ConstantParams(Params):
-    batch_size: Size = 128
+    batch_size: Size = Field(128, description="examples per step")
 
 
 class LinearGrowthParams(Params):
-    batch_size: Size = 16
-    incr_interval: Annotated[int, Field(ge=1)] = 20
-    coefficient: Size = 16
-    max_batch_size: Size | None = None  # the batch grows no further (None: no cap)
+    batch_size: Size = Field(16, description="batch size at the start")
+    incr_interval: Annotated[int, Field(ge=1)] = Field(20, description="epochs between increases")
+    coefficient: Size = Field(16, description="added to the batch size every incr_interval epochs")
+    max_batch_size: Size | None = Field(
+        None, description="the batch grows no further (none: no cap)"
+    )
 
 
 class ExpGrowthParams(Params):
-    batch_size: Size = 16
-    incr_interval: Annotated[int, Field(ge=1)] = 20
-    rate: Annotated[float, Field(gt=1)] = 2.0
-    max_batch_size: Size | None = None  # the batch grows no further (None: no cap)
+    batch_size: Size = Field(16, description="batch size at the start")
+    incr_interval: Annotated[int, Field(ge=1)] = Field(20, description="epochs between increases")
+    rate: Annotated[float, Field(gt=1)] = Field(
+        2.0, description="factor of the batch size every incr_interval epochs"
+    )
+    max_batch_size: Size | None = Field(
+        None, description="the batch grows no further (none: no cap)"
+    )
 
 
 class ListParams(Params):
-    sizes: list[Size] = Field(default=[128], min_length=1)
+    sizes: list[Size] = Field(
+        default=[128], min_length=1, description="a batch size per epoch; the last one holds after"
+    )
 
 
 def _constant(p: ConstantParams) -> Callable[[int], int]:

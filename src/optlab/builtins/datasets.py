@@ -26,14 +26,23 @@ Channels = list[float] | None
 
 
 class Common(Params):
-    examples_per_class: Annotated[int, Field(ge=1)] | None = None
-    val_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    data_seed: int = 0
+    examples_per_class: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="a stratified subset: this many training examples per class"
+    )
+    val_fraction: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.0, description="share of the training set held out for validation (val_loss, val_acc)"
+    )
+    data_seed: int = Field(0, description="seed of the subset and of the validation split")
 
 
 class Normalised(Common):
-    mean: Channels = None
-    std: Channels = None
+    mean: Channels = Field(
+        None, description="per-channel mean to normalise with (default: the dataset's own)"
+    )
+    std: Channels = Field(
+        None,
+        description="per-channel standard deviation to normalise with (default: the dataset's own)",
+    )
 
 
 def _sizes(train_size: int, classes: int, params: Common) -> dict[str, Any]:
@@ -54,8 +63,10 @@ def _check_per_class(params: Common, smallest: int | None, name: str) -> None:
 
 
 class DigitsParams(Common):
-    test_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.25
-    split_seed: int = 0
+    test_fraction: Annotated[float, Field(gt=0, lt=1)] = Field(
+        0.25, description="share of the 1797 images kept for testing"
+    )
+    split_seed: int = Field(0, description="seed of the train/test split")
 
 
 @cache
@@ -83,12 +94,16 @@ digits = Plugin(
 
 
 class SyntheticParams(Common):
-    classes: Annotated[int, Field(ge=2)] = 10
-    shape: list[Annotated[int, Field(ge=1)]] = [3, 32, 32]
-    train_size: Annotated[int, Field(ge=1)] = 1024
-    test_size: Annotated[int, Field(ge=1)] = 256
-    noise: Annotated[float, Field(ge=0)] = 1.0
-    seed: int = 0
+    classes: Annotated[int, Field(ge=2)] = Field(10, description="number of classes")
+    shape: list[Annotated[int, Field(ge=1)]] = Field(
+        [3, 32, 32], description="input shape, channels first"
+    )
+    train_size: Annotated[int, Field(ge=1)] = Field(1024, description="training examples")
+    test_size: Annotated[int, Field(ge=1)] = Field(256, description="test examples")
+    noise: Annotated[float, Field(ge=0)] = Field(
+        1.0, description="standard deviation of the noise around each class's centre"
+    )
+    seed: int = Field(0, description="seed of the generated data")
 
     @model_validator(mode="after")
     def _shape_not_empty(self) -> SyntheticParams:
@@ -129,7 +144,7 @@ CIFAR = {
 
 
 class CifarParams(Normalised):
-    download: bool = True
+    download: bool = Field(True, description="fetch missing files before any run starts")
 
 
 def _cifar(name: str) -> Plugin:
@@ -168,8 +183,8 @@ MEDMNIST_2D = (
 
 
 class MedMNISTParams(Normalised):
-    size: Literal[28, 64, 128, 224] = 28
-    download: bool = True
+    size: Literal[28, 64, 128, 224] = Field(28, description="image side in pixels")
+    download: bool = Field(True, description="fetch missing files before any run starts")
 
 
 @cache
@@ -209,8 +224,12 @@ for _flag in MEDMNIST_2D:
 
 
 class ArraysParams(Normalised):
-    path: str
-    normalize: bool = True  # standardise with the training split's per-channel statistics
+    path: str = Field(
+        description=".npz with x_train, y_train, x_test, y_test; relative to the study file"
+    )
+    normalize: bool = Field(
+        True, description="standardise with the training split's per-channel statistics"
+    )
 
 
 def _arrays_check(p: ArraysParams, **_: Any) -> None:

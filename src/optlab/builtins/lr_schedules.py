@@ -27,8 +27,12 @@ Fraction = Annotated[float, Field(ge=0, le=1)]
 
 
 class Warmup(Params):
-    warmup_epochs: Annotated[float, Field(ge=0)] = 0.0
-    warmup_steps: Annotated[int, Field(ge=0)] = 0
+    warmup_epochs: Annotated[float, Field(ge=0)] = Field(
+        0.0, description="epochs of linear warmup from 0 (fractions allowed)"
+    )
+    warmup_steps: Annotated[int, Field(ge=0)] = Field(
+        0, description="steps of linear warmup from 0 (multiplies the schedule)"
+    )
 
     @model_validator(mode="after")
     def _one_warmup(self) -> Warmup:
@@ -42,13 +46,15 @@ class ConstantParams(Warmup):
 
 
 class StepParams(Warmup):
-    step_size: Annotated[int, Field(ge=1)] = 30
-    gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+    step_size: Annotated[int, Field(ge=1)] = Field(30, description="epochs between decays")
+    gamma: Annotated[float, Field(gt=0, le=1)] = Field(0.1, description="factor of each decay")
 
 
 class MultiStepParams(Warmup):
-    milestones: list[Annotated[int, Field(ge=1)]] = [30, 60, 90]
-    gamma: Annotated[float, Field(gt=0, le=1)] = 0.1
+    milestones: list[Annotated[int, Field(ge=1)]] = Field(
+        [30, 60, 90], description="epochs at which the LR decays"
+    )
+    gamma: Annotated[float, Field(gt=0, le=1)] = Field(0.1, description="factor of each decay")
 
     @model_validator(mode="after")
     def _increasing(self) -> MultiStepParams:
@@ -58,10 +64,12 @@ class MultiStepParams(Warmup):
 
 
 class CosineParams(Warmup):
-    min_factor: Fraction = 0.0
+    min_factor: Fraction = Field(0.0, description="the factor at the cosine's minimum")
     # PyTorch's T_max: the cosine reaches min_factor t_max epochs after the start and, when
     # the run is longer, rises again (period 2 * t_max). Default: the run's length.
-    t_max: Annotated[float, Field(gt=0)] | None = None
+    t_max: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="PyTorch's T_max: epochs to the minimum (default: the run's length)"
+    )
 
     @model_validator(mode="after")
     def _after_warmup(self) -> CosineParams:
@@ -74,22 +82,26 @@ class CosineParams(Warmup):
 
 
 class LinearParams(Warmup):
-    end_factor: Fraction = 0.0
+    end_factor: Fraction = Field(0.0, description="the factor at the end of the run")
 
 
 class PolyParams(Warmup):
-    power: Annotated[float, Field(gt=0)] = 2.0
-    end_factor: Fraction = 0.0
+    power: Annotated[float, Field(gt=0)] = Field(2.0, description="power of the polynomial decay")
+    end_factor: Fraction = Field(0.0, description="the factor at the end of the run")
 
 
 class LinearGrowthParams(Warmup):
-    incr_interval: Annotated[int, Field(ge=1)] = 20
-    coefficient: Annotated[float, Field(gt=0)] = 1.0
+    incr_interval: Annotated[int, Field(ge=1)] = Field(20, description="epochs between increases")
+    coefficient: Annotated[float, Field(gt=0)] = Field(
+        1.0, description="added to the factor every incr_interval epochs"
+    )
 
 
 class ExpGrowthParams(Warmup):
-    incr_interval: Annotated[int, Field(ge=1)] = 20
-    rate: Annotated[float, Field(gt=0)] = 1.4
+    incr_interval: Annotated[int, Field(ge=1)] = Field(20, description="epochs between increases")
+    rate: Annotated[float, Field(gt=0)] = Field(
+        1.4, description="factor of the LR every incr_interval epochs"
+    )
 
 
 def _with_warmup(

@@ -10,12 +10,16 @@ from optlab.plugin import Params, Plugin
 
 
 class MLPParams(Params):
-    hidden: list[Annotated[int, Field(ge=1)]] = [128]
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(
+        [128], description="widths of the hidden layers ([] is logistic regression)"
+    )
 
 
 class CNNParams(Params):
-    channels: list[Annotated[int, Field(ge=1)]] = Field(default=[32, 64], min_length=1)
-    batch_norm: bool = True
+    channels: list[Annotated[int, Field(ge=1)]] = Field(
+        default=[32, 64], min_length=1, description="channels of each convolution block"
+    )
+    batch_norm: bool = Field(True, description="batch normalisation after each convolution")
 
 
 mlp = Plugin(
@@ -32,13 +36,15 @@ cnn = Plugin(
 
 
 class ResNet18Params(Params):
-    width: Annotated[int, Field(ge=1)] = 64  # channels of the first stage
+    width: Annotated[int, Field(ge=1)] = Field(64, description="channels of the first stage")
 
 
 class WRNParams(Params):
-    depth: Annotated[int, Field(ge=10)] = 28
-    width: Annotated[int, Field(ge=1)] = 10
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    depth: Annotated[int, Field(ge=10)] = Field(28, description="depth, 6n + 4 (28 for WRN-28-10)")
+    width: Annotated[int, Field(ge=1)] = Field(10, description="widening factor (10 for WRN-28-10)")
+    dropout: Annotated[float, Field(ge=0, lt=1)] = Field(
+        0.0, description="dropout between the two convolutions of each block"
+    )
 
     @model_validator(mode="after")
     def _depth(self) -> WRNParams:

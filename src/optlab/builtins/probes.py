@@ -32,12 +32,20 @@ class ProbeParams(Params):
     """When a probe runs, and on what. Give at most one of epochs / every / first_steps
     (none: after every epoch)."""
 
-    epochs: list[Annotated[int, Field(ge=0)]] | str | None = None  # [0, 5] or "1-10"
-    every: Annotated[int, Field(ge=1)] | None = None  # after epochs N, 2N, ...
-    first_steps: Annotated[int, Field(ge=1)] | None = None  # after each of the first K steps
-    batch: Annotated[int, Field(ge=1)] = 256  # probe batch size (capped at the training set)
-    mode: Literal["train", "eval"] = "train"  # normalisation layers' mode while measuring
-    augment: bool = False  # apply the run's augmentation to the probe batch
+    epochs: list[Annotated[int, Field(ge=0)]] | str | None = Field(
+        None, description='after these epochs: [0, 5] or "1-10" (0 is before training)'
+    )
+    every: Annotated[int, Field(ge=1)] | None = Field(None, description="after epochs N, 2N, ...")
+    first_steps: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="after each of the first K steps"
+    )
+    batch: Annotated[int, Field(ge=1)] = Field(
+        256, description="probe batch size (capped at the training set)"
+    )
+    mode: Literal["train", "eval"] = Field(
+        "train", description="normalisation layers' mode while measuring"
+    )
+    augment: bool = Field(False, description="apply the run's augmentation to the probe batch")
 
     @field_validator("epochs")
     @classmethod
@@ -86,15 +94,21 @@ def check_schedule(params: ProbeParams, *, epochs: int, **_: Any) -> None:
 
 
 class HessianTraceParams(ProbeParams):
-    vectors: Annotated[int, Field(ge=1)] = 10  # Rademacher probe vectors (Hutchinson)
+    vectors: Annotated[int, Field(ge=1)] = Field(
+        10, description="Rademacher probe vectors (Hutchinson)"
+    )
 
 
 class TopEigenvalueParams(ProbeParams):
-    iterations: Annotated[int, Field(ge=1)] = 20  # power iterations (Hessian-vector products)
+    iterations: Annotated[int, Field(ge=1)] = Field(
+        20, description="power iterations (Hessian-vector products)"
+    )
 
 
 class NoiseScaleParams(ProbeParams):
-    micro_batch: Annotated[int, Field(ge=1)] = 16  # gradients are taken per micro-batch
+    micro_batch: Annotated[int, Field(ge=1)] = Field(
+        16, description="gradients are taken per micro-batch of this size"
+    )
 
 
 def _check_noise(params: NoiseScaleParams, *, train_size: int | None = None, **facts: Any) -> None:
@@ -110,7 +124,9 @@ def _check_noise(params: NoiseScaleParams, *, train_size: int | None = None, **f
 class FullGradParams(ProbeParams):
     """``batch`` is the chunk size: the whole training set is always used."""
 
-    batch: Annotated[int, Field(ge=1)] = 1024
+    batch: Annotated[int, Field(ge=1)] = Field(
+        1024, description="chunk size (the whole training set is used)"
+    )
 
 
 _TRUST_OPTIMIZERS = ("lars", "lamb")
