@@ -142,6 +142,14 @@ def test_plugins_json_for_tools(cli):
     } in sam["params"]
     # every built-in optimizer's every parameter says what it is
     assert all(p["description"] for o in got["plugins"] for p in o["params"])
+    every = json.loads(cli("plugins", "--json").stdout)["plugins"]
+    undescribed = [
+        f"{o['kind']} {o['name']}: {p['name']}"
+        for o in every
+        for p in o["params"]
+        if not p["description"] and o["distribution"] == "optlab"
+    ]
+    assert undescribed == []
 
 
 def test_a_plugin_that_breaks_the_contract_is_named_in_one_line(tmp_path, cli):
