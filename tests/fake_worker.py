@@ -1,6 +1,7 @@
 """A scripted stand-in for `python -m optlab.worker`: the same protocol on stdin/stdout,
 no torch, no training. What it does for a run comes from OPTLAB_FAKE_SCRIPT, a JSON object
-seed -> actions ("epoch", "crash", "hang", "fail"; a run with no script does 3 epochs):
+seed -> actions ("epoch", "crash", "hang", "fail", "broken"; a run with no script does 3
+epochs):
 
     {"1": ["epoch", "crash"]}
 
@@ -57,6 +58,17 @@ def run(task: dict, script, send) -> None:
                 os._exit(3)
             elif action == "hang":
                 time.sleep(3600)
+            elif action == "broken":  # as the worker reports a plugin build that raised
+                table = task["config"]["optimizer"]
+                emit(
+                    {
+                        "type": "failed",
+                        "broken": {"kind": "optimizer", "table": table},
+                        "error": f"PluginBuildError: optimizer plugin {table['name']!r} "
+                        "failed to build: ValueError: scripted",
+                    }
+                )
+                break
             elif action == "fail":
                 emit({"type": "failed", "error": "ValueError: scripted"})
                 break

@@ -327,3 +327,46 @@ def test_a_hessian_informed_plugin_gets_differentiable_gradients_from_the_engine
     # a batch of 16 each time: 50 + 32 examples' gradients an epoch
     assert [r["sfo"] for r in rows] == [82, 164, 246]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+
+
+def test_a_plugin_whose_build_raises_is_named_and_marked_for_the_executor():
+    from optlab.builtins.optimizers import SGDParams
+    from optlab.engine import PluginBuildError
+    from optlab.plugin import Plugin
+    from optlab.registry import Registry
+    from optlab.worker import _failed
+
+    def build(params, **_):
+        raise ValueError("nope\nmore detail")
+
+    base = default_registry()
+    plugins = {
+        kind: {name: base.get(kind, name)}
+        for kind, name in (
+            ("dataset", "synthetic"),
+            ("model", "mlp"),
+            ("lr_schedule", "constant"),
+            ("batch_schedule", "constant"),
+            ("augmentation", "none"),
+        )
+    }
+    plugins["optimizer"] = {"boom": Plugin("raises", SGDParams, build)}
+    registry = Registry(plugins)
+    cfg = config(optimizer={"name": "boom", "lr": 0.1})
+    with pytest.raises(PluginBuildError) as caught:
+        train(
+            {"run_id": "r", "seed": 0, "config": cfg},
+            [].append,
+            DataCache(registry, torch.device("cpu")),
+            registry=registry,
+        )
+    events = []
+    _failed(events.append, {"run_id": "r"}, caught.value)
+    assert events == [
+        {
+            "type": "failed",
+            "run_id": "r",
+            "error": "PluginBuildError: optimizer plugin 'boom' failed to build: ValueError: nope",
+            "broken": {"kind": "optimizer", "table": {"name": "boom", "lr": 0.1}},
+        }
+    ]

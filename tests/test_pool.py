@@ -154,3 +154,27 @@ def test_ctrl_c_stops_the_workers_and_leaves_the_runs_resumable(run, tmp_path):
     # and the same study resumes: every run then finishes
     outcome, again = run({})
     assert len(again.todo) == 8 and set(outcome.statuses.values()) == {"done"}
+
+
+def test_runs_that_share_a_plugin_table_whose_build_raised_are_not_started(run, tmp_path):
+    outcome, prepared = run({"0": ["broken"]}, slots=1)
+    db = tmp_path / "optlab.duckdb"
+    assert set(outcome.statuses.values()) == {"failed"} and len(outcome.statuses) == 8
+    seed_of = {r.run_id: r.seed for r in prepared.todo}
+    tried = {r for r in outcome.statuses if seed_of[r] == 0}
+    spared = {r for r in outcome.statuses if seed_of[r] == 1}
+    for run_id in spared:  # each names the plugin and the run that showed it failing
+        error = outcome.errors[run_id]
+        assert error.startswith(
+            "not started: PluginBuildError: optimizer plugin 'sgd' failed "
+            "to build: ValueError: scripted (in run "
+        )
+        twin = error.rsplit("(in run ", 1)[1].rstrip(")")
+        assert twin in tried
+        other = next(r for r in prepared.todo if r.run_id == twin)
+        mine = next(r for r in prepared.todo if r.run_id == run_id)
+        assert other.config["optimizer"] == mine.config["optimizer"]
+    # the spared runs never reached a worker
+    journals = {p.parent.name for p in (tmp_path / "optlab.runs").glob("*/events.jsonl")}
+    assert journals == tried
+    assert rows(db, "select count(*) from runs where status = 'failed'") == [(8,)]

@@ -78,9 +78,23 @@ def precision_for(mode: str, device: torch.device) -> tuple[str, Any, Any]:
     return "fp32", nullcontext, None
 
 
+class PluginBuildError(Exception):
+    """A plugin's build raised: every run with the same table (and data) would fail alike."""
+
+    def __init__(self, kind: str, table: dict[str, Any], error: BaseException):
+        first = (str(error).strip().splitlines() or [""])[0]
+        super().__init__(
+            f"{kind} plugin {table.get('name')!r} failed to build: {type(error).__name__}: {first}"
+        )
+        self.kind, self.table = kind, table
+
+
 def _build(registry: Registry, kind: str, table: dict[str, Any], **context: Any) -> Any:
     params = {k: v for k, v in table.items() if k != "name"}
-    return registry.create(kind, table["name"], params, **context)
+    try:
+        return registry.create(kind, table["name"], params, **context)
+    except Exception as e:  # noqa: BLE001 - named, and the runs that share it are spared
+        raise PluginBuildError(kind, table, e) from e
 
 
 @torch.no_grad()

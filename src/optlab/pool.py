@@ -47,6 +47,7 @@ class LocalPool:
         self.task_extra = task_extra or (lambda spec, slot: {})
         self.stopping = False  # no new runs (the disk is full)
         self._procs: set[asyncio.subprocess.Process] = set()
+        self.broken = Broken()
 
     async def run(self, specs: list[RunSpec], sink: Sink) -> None:
         queue = deque(specs)
@@ -82,6 +83,8 @@ class LocalPool:
         proc: asyncio.subprocess.Process | None = None
         while queue and not self.stopping:
             spec = queue.popleft()
+            if self.broken.skip(sink, spec):
+                continue
             if proc is None:
                 proc = await self._start(slot)
             task = {
@@ -105,7 +108,7 @@ class LocalPool:
                 pass  # it died between runs; read_events sees EOF and reports it
             ended = await pump(
                 lambda t, p=proc: asyncio.wait_for(p.stdout.readline(), t),
-                sink,
+                self.broken.watch(sink, spec),
                 slot.label,
                 spec.run_id,
                 self.stall_timeout,
@@ -199,6 +202,70 @@ async def pump(read: Read, sink: Sink, worker: str, run_id: str, stall_timeout: 
             return "disk_full"
         if kind in TERMINAL:
             return "ended"
+
+
+class Broken:
+    """Plugin tables whose build raised in a run: the runs that share one (with the same
+    dataset) are failed without being started, naming the plugin and the run that showed
+    it, instead of each failing alike in a worker. Datasets are left out: their builds can
+    depend on the node."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, str] = {}  # key -> why
+
+    @staticmethod
+    def _key(kind: str, table: Any, dataset: Any) -> str:
+        import json
+
+        return json.dumps([kind, table, dataset], sort_keys=True)
+
+    def note(self, event: dict[str, Any], spec: RunSpec | None) -> None:
+        broken = event.get("broken")
+        if event["type"] != "failed" or not broken or spec is None:
+            return
+        if broken["kind"] == "dataset":
+            return
+        key = self._key(broken["kind"], broken["table"], spec.config.get("dataset"))
+        self.seen.setdefault(key, f"{event.get('error')} (in run {spec.run_id})")
+
+    def why_not(self, spec: RunSpec) -> str | None:
+        if not self.seen:
+            return None
+        from optlab.study import PLUGIN_SLOTS, PROBES_KEY
+
+        dataset = spec.config.get("dataset")
+        tables = [(kind, spec.config.get(slot)) for slot, kind in PLUGIN_SLOTS.items()]
+        tables += [("probe", t) for t in spec.config.get(PROBES_KEY) or []]
+        for kind, table in tables:
+            why = self.seen.get(self._key(kind, table, dataset))
+            if why is not None:
+                return f"not started: {why}"
+        return None
+
+    def watch(self, sink: Sink, spec: RunSpec) -> Sink:
+        """``sink``, noting the run's build failure on the way."""
+
+        def forward(event: dict[str, Any]) -> None:
+            self.note(event, spec)
+            sink(event)
+
+        return forward
+
+    def skip(self, sink: Sink, spec: RunSpec) -> bool:
+        """Fail ``spec`` without starting it when it shares a broken table."""
+        why = self.why_not(spec)
+        if why is None:
+            return False
+        sink(
+            {
+                "type": "failed",
+                "run_id": spec.run_id,
+                "time": time.time(),
+                "origin": "pool",
+                "error": why,
+            }
+        )
+        return True
 
 
 def stall_message(worker: str, ended: str, code: int | None, stall_timeout: float) -> str:

@@ -57,7 +57,12 @@ class Probes:
         for i, table in enumerate(tables):
             kind = registry.get("probe", table["name"])
             params = kind.params(**{k: v for k, v in table.items() if k != "name"})
-            measure = kind.create(params, model=model, optimizer=optimizer)
+            try:
+                measure = kind.create(params, model=model, optimizer=optimizer)
+            except Exception as e:  # noqa: BLE001 - see engine.PluginBuildError
+                from optlab.engine import PluginBuildError
+
+                raise PluginBuildError("probe", table, e) from e
             pick = torch.Generator().manual_seed(seed + _SEED_STRIDE * (i + 1))
             index = torch.randperm(n, generator=pick)[: min(params.batch, n)].to(device)
             gen = torch.Generator(device=device).manual_seed(seed + _SEED_STRIDE * (i + 1))

@@ -50,7 +50,7 @@ from optlab.errors import UsageError
 from optlab.events import decode, encode
 from optlab.executors import RayParams, Sink, TaskExtra
 from optlab.expand import RunSpec
-from optlab.pool import LINE_LIMIT, note_in_log, pump, stall_message
+from optlab.pool import LINE_LIMIT, Broken, note_in_log, pump, stall_message
 from optlab.store import journal_path, log_path
 from optlab.worker import FULL, _cut_torn_tail
 
@@ -290,6 +290,7 @@ class RayExecutor:
         self.bad_nodes: dict[str, str] = {}  # node name -> why it gets no runs
         self.reached: dict[str, int] = {}  # run_id -> the last epoch it reported
         self.losses: Counter[str] = Counter()
+        self.broken = Broken()
         self._connect(address)
 
     # -- the cluster ---------------------------------------------------------------------
@@ -497,6 +498,8 @@ class RayExecutor:
     async def _one_run(
         self, actor: Any, slot: Slot, spec: RunSpec, sink: Sink, task_extra: TaskExtra
     ) -> str:
+        if self.broken.skip(sink, spec):
+            return "ended"
         task = {
             **spec.task(),
             "journal": str(journal_path(self.store, spec.run_id)),
@@ -517,7 +520,9 @@ class RayExecutor:
         relay = Relay(self, actor, spec.run_id, folder, keep)
         sink({"type": "assigned", "run_id": spec.run_id, "worker": slot.label, "time": time.time()})
         await _call(actor.submit.remote(task, files))
-        ended = await pump(relay.read, sink, slot.label, spec.run_id, self.stall_timeout)
+        ended = await pump(
+            relay.read, self.broken.watch(sink, spec), slot.label, spec.run_id, self.stall_timeout
+        )
         if ended in ("ended", "disk_full"):
             await relay.fetch_log()
             return ended

@@ -237,7 +237,11 @@ def run_task(
 
 def _failed(emit: Any, task: dict[str, Any], e: Exception) -> None:
     first = (str(e).strip().splitlines() or [""])[0]
-    emit({"type": "failed", "run_id": task["run_id"], "error": f"{type(e).__name__}: {first}"})
+    event = {"type": "failed", "run_id": task["run_id"], "error": f"{type(e).__name__}: {first}"}
+    if type(e).__name__ == "PluginBuildError":
+        # The executor spares the other runs with this plugin table: they would fail alike.
+        event["broken"] = {"kind": e.kind, "table": e.table}
+    emit(event)
 
 
 def _die_with_parent() -> None:
