@@ -132,7 +132,10 @@ class Store:
             try:
                 figure = make(con, name, axes, sel=sel, **{**defaults, **options})
             except TypeError as e:
+                if "unexpected keyword argument" not in str(e):
+                    raise
                 raise OptlabError(f"plot {kind}: {e}") from None
+        figure.study = name
         if out is not None:
             figures.save(figure, Path(out))
         return figure

@@ -170,6 +170,7 @@ class Figure:
     sql: str
     rows: int
     lay: Layout | None = None
+    study: str = ""  # the study it draws
 
     def summary(self, path: Path) -> str:
         line = (

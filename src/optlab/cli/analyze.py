@@ -36,10 +36,12 @@ def command(
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap resampling."),
     store: Path = StoreOption,
 ) -> None:
-    from optlab.analyze import run_analysis
+    from optlab.api import open_store
     from optlab.report import render_result
 
-    result = run_analysis(store, analysis, study, metric, param=param, epsilon=epsilon, seed=seed)
+    result = open_store(store).analyze(
+        analysis, study, metric, param=param, epsilon=epsilon, seed=seed
+    )
     if as_json:
         out.print(json.dumps(result.to_json(), indent=2), markup=False)
         return

@@ -47,10 +47,18 @@ def _selection(where: str | None, blocks: list[str] | None, facet: str | None):
     return Selection(where, tuple(blocks or ()), panels)
 
 
-def _draw(kind: str, store: Path, out_file: Path | None, study: str | None, make) -> None:
+def _draw(kind: str, store: Path, out_file: Path | None, study: str | None, sel, **options) -> None:
+    """What `optlab.open_store(store).plot(kind, ...)` draws, saved (default
+    STUDY_KIND.html)."""
     from optlab import figures
+    from optlab.api import open_store
 
-    path, figure = figures.draw(store, out_file, study, kind, make)
+    figures.check_out(out_file)
+    figure = open_store(store).plot(
+        kind, study=study, where=sel.where, blocks=sel.blocks, facet=sel.facet, **options
+    )
+    path = out_file or Path(f"{figure.study}_{kind}.html")
+    figures.save(figure, path)
     out.print(figure.summary(path))
 
 
@@ -81,18 +89,11 @@ def heatmap(
 ) -> None:
     """A metric over two axes, mean over seeds, a panel per block and other axis; cells with
     no finished run coloured by why (diverged, failed, not yet run)."""
-    from optlab import charts
     from optlab.results import parse_metric
 
     parse_metric(metric)
     sel = _selection(where, block, facet)
-    _draw(
-        "heatmap",
-        store,
-        out_file,
-        study,
-        lambda con, st, axes: charts.heatmap_figure(con, st, axes, x, y, metric, sel),
-    )
+    _draw("heatmap", store, out_file, study, sel, x=x, y=y, metric=metric)
 
 
 @app.command("curves")
@@ -111,16 +112,9 @@ def curves(
     store: Path = StoreOption,
 ) -> None:
     """A metric against epoch, steps, samples or seconds; mean over seeds with a 95% CI."""
-    from optlab import charts
 
     sel = _selection(where, block, facet)
-    _draw(
-        "curves",
-        store,
-        out_file,
-        study,
-        lambda con, st, axes: charts.curves_figure(con, st, axes, metric, x, color, sel),
-    )
+    _draw("curves", store, out_file, study, sel, metric=metric, x=x, color=color)
 
 
 @app.command("sensitivity")
@@ -136,18 +130,11 @@ def sensitivity(
     store: Path = StoreOption,
 ) -> None:
     """The final metric against the learning rate, per optimizer; mean with a 95% CI."""
-    from optlab import charts
     from optlab.results import parse_metric
 
     parse_metric(metric)
     sel = _selection(where, block, facet)
-    _draw(
-        "sensitivity",
-        store,
-        out_file,
-        study,
-        lambda con, st, axes: charts.sensitivity_figure(con, st, axes, metric, color, sel),
-    )
+    _draw("sensitivity", store, out_file, study, sel, metric=metric, color=color)
 
 
 @app.command("scaling")
@@ -163,18 +150,11 @@ def scaling(
     store: Path = StoreOption,
 ) -> None:
     """The optimal LR against batch size, log-log, with the fitted slope per line."""
-    from optlab import charts
     from optlab.results import parse_metric
 
     parse_metric(metric)
     sel = _selection(where, block, facet)
-    _draw(
-        "scaling",
-        store,
-        out_file,
-        study,
-        lambda con, st, axes: charts.scaling_figure(con, st, axes, metric, color, sel),
-    )
+    _draw("scaling", store, out_file, study, sel, metric=metric, color=color)
 
 
 @app.command("sfo")
@@ -188,16 +168,9 @@ def sfo(
     store: Path = StoreOption,
 ) -> None:
     """Samples (SFO) to reach a full gradient norm <= epsilon, one bar per cell."""
-    from optlab import charts
 
     sel = _selection(where, block, None)
-    _draw(
-        "sfo",
-        store,
-        out_file,
-        study,
-        lambda con, st, axes: charts.sfo_figure(con, st, axes, epsilon, sel),
-    )
+    _draw("sfo", store, out_file, study, sel, epsilon=epsilon)
 
 
 @app.command("gradnorm")
@@ -215,16 +188,9 @@ def gradnorm(
 ) -> None:
     """Full gradient norm against SFO per schedule (seed 004's figure), log-log, with the
     epsilon line and each schedule's crossing."""
-    from optlab import charts
 
     sel = _selection(where, block, None)
-    _draw(
-        "gradnorm",
-        store,
-        out_file,
-        study,
-        lambda con, st, axes: charts.gradnorm_figure(con, st, axes, epsilon, x, sel),
-    )
+    _draw("gradnorm", store, out_file, study, sel, epsilon=epsilon, x=x)
 
 
 @app.command("probes")
@@ -242,13 +208,6 @@ def probes(
     store: Path = StoreOption,
 ) -> None:
     """A probe's value against epoch or step; mean over seeds with a 95% CI."""
-    from optlab import charts
 
     sel = _selection(where, block, facet)
-    _draw(
-        "probes",
-        store,
-        out_file,
-        study,
-        lambda con, st, axes: charts.probes_figure(con, st, axes, probe, key, x, color, sel),
-    )
+    _draw("probes", store, out_file, study, sel, probe=probe, key=key, x=x, color=color)
