@@ -61,21 +61,7 @@ class LocalPool:
         return artefacts_dir(self.store) / "workers" / (slot.label.replace("/", "-") + ".log")
 
     async def _start(self, slot: Slot) -> asyncio.subprocess.Process:
-        env = {**os.environ, **slot.env(), "PYTHONUNBUFFERED": "1"}
-        log = self.worker_log(slot)
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "ab") as stderr:
-            proc = await asyncio.create_subprocess_exec(
-                self.python,
-                "-m",
-                "optlab.worker",
-                env=env,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=stderr,
-                start_new_session=True,
-                limit=LINE_LIMIT,
-            )
+        proc = await start_worker(self.python, {**os.environ, **slot.env()}, self.worker_log(slot))
         self._procs.add(proc)
         return proc
 
@@ -116,7 +102,7 @@ class LocalPool:
             if ended == "ended":
                 continue
             if ended == "stalled":
-                _signal_group(proc, signal.SIGKILL)
+                signal_group(proc, signal.SIGKILL)
             code = await proc.wait()
             self._procs.discard(proc)
             proc = None
@@ -143,14 +129,14 @@ class LocalPool:
     async def stop(self, grace: float = 5.0) -> None:
         procs = [p for p in self._procs if p.returncode is None]
         for p in procs:
-            _signal_group(p, signal.SIGTERM)
+            signal_group(p, signal.SIGTERM)
         if procs:
             _, pending = await asyncio.wait(
                 [asyncio.ensure_future(p.wait()) for p in procs], timeout=grace
             )
             for p in procs:
                 if p.returncode is None:
-                    _signal_group(p, signal.SIGKILL)
+                    signal_group(p, signal.SIGKILL)
             for fut in pending:
                 with contextlib.suppress(Exception):
                     await fut
@@ -283,7 +269,25 @@ def note_in_log(path: Path, why: str) -> None:
         f.write(f"\noptlab: {why}\n")
 
 
-def _signal_group(proc: asyncio.subprocess.Process, sig: int) -> None:
+async def start_worker(python: str, env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+    """``python -m optlab.worker`` in its own process group: tasks on stdin, events on
+    stdout, anything else it prints appended to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as stderr:
+        return await asyncio.create_subprocess_exec(
+            python,
+            "-m",
+            "optlab.worker",
+            env={**env, "PYTHONUNBUFFERED": "1"},
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=stderr,
+            start_new_session=True,
+            limit=LINE_LIMIT,
+        )
+
+
+def signal_group(proc: asyncio.subprocess.Process, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
 

@@ -50,7 +50,7 @@ from optlab.errors import UsageError
 from optlab.events import decode, encode
 from optlab.executors import RayParams, Sink, TaskExtra
 from optlab.expand import RunSpec
-from optlab.pool import LINE_LIMIT, Broken, note_in_log, pump, stall_message
+from optlab.pool import Broken, note_in_log, pump, signal_group, stall_message, start_worker
 from optlab.store import journal_path, log_path
 from optlab.worker import FULL, _cut_torn_tail
 
@@ -122,29 +122,11 @@ class SlotWorker:
         return info
 
     async def _start_worker(self) -> None:
-        env = {
-            **os.environ,
-            "PYTHONUNBUFFERED": "1",
-            "OPTLAB_WORKER": f"{self.label}@{self.node}",
-            "OPTLAB_DATA": str(Path(self.data_dir).resolve()),
-            "OPTLAB_THREADS": str(self.threads),
-            "OMP_NUM_THREADS": str(self.threads),
-            "MKL_NUM_THREADS": str(self.threads),
-        }
-        if not self.gpu:
-            env["CUDA_VISIBLE_DEVICES"] = ""  # Ray set it for GPU slots
-        with open(self.scratch / "worker.log", "ab") as stderr:
-            self.proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "optlab.worker",
-                env=env,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=stderr,
-                start_new_session=True,
-                limit=LINE_LIMIT,
-            )
+        slot = Slot(f"{self.label}@{self.node}", None, self.threads)
+        env = {**os.environ, **slot.env(), "OPTLAB_DATA": str(Path(self.data_dir).resolve())}
+        if self.gpu:  # Ray chose this actor's GPU and set CUDA_VISIBLE_DEVICES for it
+            env["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        self.proc = await start_worker(sys.executable, env, self.scratch / "worker.log")
         self.lines = asyncio.Queue()
         asyncio.get_running_loop().create_task(self._read(self.proc, self.lines))
 
@@ -232,15 +214,13 @@ class SlotWorker:
 
     async def kill_worker(self) -> None:
         if self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+            signal_group(self.proc, signal.SIGKILL)
 
     async def stop(self, grace: float = 5.0) -> None:
         """End the worker (SIGTERM, then SIGKILL) and remove this slot's scratch files."""
         proc = self.proc
         if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGTERM)
+            signal_group(proc, signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), grace)
             except TimeoutError:
