@@ -129,7 +129,7 @@ class LAMB(torch.optim.Optimizer):
 
 
 def build_lars(params: LARSParams, *, model: Any, **_: Any) -> LARS:
-    groups = param_groups(model, params.weight_decay, params.exclude_bias_norm)
+    groups = param_groups(model, params.weight_decay, params.exclude_bias_norm, True)
     return LARS(
         groups,
         lr=params.lr,
@@ -141,7 +141,7 @@ def build_lars(params: LARSParams, *, model: Any, **_: Any) -> LARS:
 
 
 def build_lamb(params: LAMBParams, *, model: Any, **_: Any) -> LAMB:
-    groups = param_groups(model, params.weight_decay, params.exclude_bias_norm)
+    groups = param_groups(model, params.weight_decay, params.exclude_bias_norm, True)
     return LAMB(
         groups,
         lr=params.lr,
@@ -181,8 +181,6 @@ class Lion(torch.optim.Optimizer):
 
 def build_lion(params: LionParams, *, model: Any, **_: Any) -> Lion:
     groups = param_groups(model, params.weight_decay, params.exclude_bias_norm)
-    for g in groups:
-        g.pop("adapt", None)
     return Lion(groups, lr=params.lr, betas=params.betas, weight_decay=params.weight_decay)
 
 
@@ -327,6 +325,4 @@ def build_schedulefree_adamw(
     params: ScheduleFreeAdamWParams, *, model: Any, **_: Any
 ) -> ScheduleFreeAdamW:
     groups = param_groups(model, params.weight_decay, params.exclude_bias_norm)
-    for g in groups:
-        g.pop("adapt", None)
     return ScheduleFreeAdamW(groups, **params.model_dump(exclude={"exclude_bias_norm"}))

@@ -141,9 +141,11 @@ class ScheduleFreeAdamWParams(Params):
     exclude_bias_norm: bool = Field(False, description=_EXCLUDE)
 
 
-def param_groups(model: Any, weight_decay: float, exclude_bias_norm: bool) -> list[dict]:
+def param_groups(
+    model: Any, weight_decay: float, exclude_bias_norm: bool, layerwise: bool = False
+) -> list[dict]:
     """One group, or two: weights with decay, and biases/norm parameters without (and, for
-    the layer-wise optimizers, without adaptation: ``adapt = False``)."""
+    the ``layerwise`` optimizers, without adaptation: ``adapt = False``)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not exclude_bias_norm:
         return [{"params": params, "weight_decay": weight_decay}]
@@ -151,7 +153,9 @@ def param_groups(model: Any, weight_decay: float, exclude_bias_norm: bool) -> li
     rest = [p for p in params if p.ndim <= 1]
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if rest:
-        groups.append({"params": rest, "weight_decay": 0.0, "adapt": False})
+        groups.append(
+            {"params": rest, "weight_decay": 0.0, **({"adapt": False} if layerwise else {})}
+        )
     return groups
 
 
@@ -161,8 +165,6 @@ def _torch(name: str):
 
         options = params.model_dump(exclude={"exclude_bias_norm"})
         groups = param_groups(model, params.weight_decay, params.exclude_bias_norm)
-        for g in groups:
-            g.pop("adapt", None)
         return getattr(torch.optim, name)(groups, **options)
 
     return build
