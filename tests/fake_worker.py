@@ -14,20 +14,7 @@ import os
 import sys
 import time
 
-FIELDS = (
-    "epoch",
-    "step",
-    "samples",
-    "sfo",
-    "epoch_lr",
-    "epoch_batch_size",
-    "train_loss",
-    "train_acc",
-    "test_loss",
-    "test_acc",
-    "seconds",
-    "eval_seconds",
-)
+from optlab.events import EPOCH_FIELDS  # no torch
 
 
 def run(task: dict, script, send) -> None:
@@ -53,7 +40,7 @@ def run(task: dict, script, send) -> None:
         for action in script(str(task["seed"]), ["epoch"] * 3) + ["finish"]:
             if action == "epoch":
                 epoch += 1
-                emit({"type": "epoch", **{f: float(epoch) for f in FIELDS}, "epoch": epoch})
+                emit({"type": "epoch", **dict.fromkeys(EPOCH_FIELDS, float(epoch)), "epoch": epoch})
             elif action == "crash":
                 os._exit(3)
             elif action == "hang":

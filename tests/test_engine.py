@@ -41,6 +41,22 @@ def config(**over):
     return cfg
 
 
+def with_optimizers(**optimizers):
+    """A hermetic registry: the built-ins `config()` names, and these optimizers."""
+    from optlab.registry import Registry
+
+    base = default_registry()
+    kinds = (
+        ("dataset", "synthetic"),
+        ("model", "mlp"),
+        ("lr_schedule", "constant"),
+        ("batch_schedule", "constant"),
+        ("augmentation", "none"),
+    )
+    plugins = {kind: {name: base.get(kind, name)} for kind, name in kinds}
+    return Registry({**plugins, "optimizer": optimizers})
+
+
 def run(cfg, seed=0):
     events = []
     cache = DataCache(default_registry(), torch.device("cpu"))
@@ -223,7 +239,6 @@ def test_evaluation_uses_the_weights_the_optimizer_names_for_it():
     evaluation sees zeros, so uniform predictions (loss ln 3); training is unaffected."""
     from optlab.builtins.optimizers import SGDParams
     from optlab.plugin import Plugin
-    from optlab.registry import Registry
 
     class Zeroing(torch.optim.SGD):
         def eval(self):
@@ -243,20 +258,9 @@ def test_evaluation_uses_the_weights_the_optimizer_names_for_it():
     def build(params, *, model, **_):
         return Zeroing(model.parameters(), lr=params.lr, momentum=params.momentum)
 
-    base = default_registry()
-    kinds = {
-        "dataset": "synthetic",
-        "model": "mlp",
-        "lr_schedule": "constant",
-        "batch_schedule": "constant",
-        "augmentation": "none",
-    }
-    plugins = {kind: {name: base.get(kind, name)} for kind, name in kinds.items()}
-    plugins["optimizer"] = {
-        "zeroing": Plugin("test", SGDParams, build),
-        "sgd": base.get("optimizer", "sgd"),
-    }
-    registry = Registry(plugins)
+    registry = with_optimizers(
+        zeroing=Plugin("test", SGDParams, build), sgd=default_registry().get("optimizer", "sgd")
+    )
 
     def rows(name):
         events = []
@@ -294,25 +298,12 @@ def test_schedule_free_adamw_saves_and_reports_the_averaged_weights(tmp_path):
 
 
 def test_a_hessian_informed_plugin_gets_differentiable_gradients_from_the_engine(monkeypatch):
-    from optlab.registry import Registry
     from tests.conftest import ROOT
 
     monkeypatch.syspath_prepend(str(ROOT / "plugins" / "optlab-example" / "src"))
     from optlab_example import sophia
 
-    base = default_registry()
-    plugins = {
-        kind: {name: base.get(kind, name)}
-        for kind, name in (
-            ("dataset", "synthetic"),
-            ("model", "mlp"),
-            ("lr_schedule", "constant"),
-            ("batch_schedule", "constant"),
-            ("augmentation", "none"),
-        )
-    }
-    plugins["optimizer"] = {"sophia": sophia}
-    registry = Registry(plugins)
+    registry = with_optimizers(sophia=sophia)
     events = []
     cfg = config(optimizer={"name": "sophia", "lr": 0.01, "every": 2})
     train(
@@ -333,25 +324,12 @@ def test_a_plugin_whose_build_raises_is_named_and_marked_for_the_executor():
     from optlab.builtins.optimizers import SGDParams
     from optlab.engine import PluginBuildError
     from optlab.plugin import Plugin
-    from optlab.registry import Registry
     from optlab.worker import _failed
 
     def build(params, **_):
         raise ValueError("nope\nmore detail")
 
-    base = default_registry()
-    plugins = {
-        kind: {name: base.get(kind, name)}
-        for kind, name in (
-            ("dataset", "synthetic"),
-            ("model", "mlp"),
-            ("lr_schedule", "constant"),
-            ("batch_schedule", "constant"),
-            ("augmentation", "none"),
-        )
-    }
-    plugins["optimizer"] = {"boom": Plugin("raises", SGDParams, build)}
-    registry = Registry(plugins)
+    registry = with_optimizers(boom=Plugin("raises", SGDParams, build))
     cfg = config(optimizer={"name": "boom", "lr": 0.1})
     with pytest.raises(PluginBuildError) as caught:
         train(
