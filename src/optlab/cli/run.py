@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -85,7 +86,10 @@ def command(
     store: Path = StoreOption,
 ) -> None:
     from optlab import executors
+    from optlab.coordinator import execute, prepare
     from optlab.expand import all_runs, expand
+    from optlab.liveness import writer_lock
+    from optlab.preparing import dataset_tables
     from optlab.store import check_store
     from optlab.study import load_study
 
@@ -103,8 +107,6 @@ def command(
     # Datasets are fetched (or found missing) before any run starts or the store is touched.
     os.environ["OPTLAB_DATA"] = str(data_dir.resolve())
     prepare_datasets(spec, all_runs(plans), data_dir)
-    from optlab.preparing import dataset_tables
-
     executor = executors.create(
         executor_name,
         {"address": address},
@@ -114,25 +116,39 @@ def command(
         checkpoints_shared=checkpoint_dir is not None,
         datasets=dataset_tables(all_runs(plans)),
     )
-    try:
+    with contextlib.closing(executor):  # a Ray connection is let go however this ends
         executor.make_slots(gpus, per_gpu, workers, None)
-        outcome = _run(
-            spec,
-            plans,
-            total,
-            store,
-            retry_failed,
-            checkpoint_dir,
-            executor,
-            gpus,
-            per_gpu,
-            workers,
-            stall_timeout,
-        )
-    finally:
-        executor.close()
-    if outcome is None:
-        return
+        with writer_lock(store) as lock:
+            prepared = prepare(
+                store,
+                spec,
+                plans,
+                retry_failed,
+                checkpoint_dir.resolve() if checkpoint_dir else None,
+            )
+            todo, states = prepared.todo, prepared.states
+            if prepared.recovered:
+                _report_recovery(prepared)
+            if not todo:
+                failed = sum(1 for s in states.values() if s == "failed")
+                hint = f"; {failed} failed (run again with --retry-failed)" if failed else ""
+                out.print(f"Nothing to run: all {total} runs of {spec.name} are finished{hint}.")
+                return
+            slots = executor.make_slots(gpus, per_gpu, workers, len(todo))
+            where = executor.where(slots)
+            resuming = sum(1 for r in todo if prepared.resume.get(r.run_id, {}).get("resume_upto"))
+            out.print(
+                f"{spec.name}: running {len(todo)} of {total} runs "
+                f"({total - len(todo)} already finished) on {len(slots)} worker(s) "
+                f"[{where}, {slots[0].threads} thread(s) each]; store {store}",
+                markup=False,
+            )
+            if resuming:
+                out.print(
+                    f"  {resuming} of them resume from their last checkpoint where they have one"
+                )
+            outcome = execute(store, spec, prepared, slots, out, lock, stall_timeout, executor)
+        _summary(spec.name, todo, outcome, store)
     if outcome.interrupted:
         raise typer.Exit(130)
     # A run failed, the study stopped early, or runs were left without a slot that could
@@ -143,51 +159,6 @@ def command(
         or len(outcome.statuses) < outcome.planned
     ):
         raise typer.Exit(1)
-
-
-def _run(
-    spec,
-    plans,
-    total,
-    store,
-    retry_failed,
-    checkpoint_dir,
-    executor,
-    gpus,
-    per_gpu,
-    workers,
-    stall_timeout,
-):
-    """From the store's lock to the summary; None when there was nothing to run."""
-    from optlab.coordinator import execute, prepare
-    from optlab.liveness import writer_lock
-
-    with writer_lock(store) as lock:
-        prepared = prepare(
-            store, spec, plans, retry_failed, checkpoint_dir.resolve() if checkpoint_dir else None
-        )
-        todo, states = prepared.todo, prepared.states
-        if prepared.recovered:
-            _report_recovery(prepared)
-        if not todo:
-            failed = sum(1 for s in states.values() if s == "failed")
-            hint = f"; {failed} failed (run again with --retry-failed)" if failed else ""
-            out.print(f"Nothing to run: all {total} runs of {spec.name} are finished{hint}.")
-            return None
-        slots = executor.make_slots(gpus, per_gpu, workers, len(todo))
-        where = executor.where(slots)
-        resuming = sum(1 for r in todo if prepared.resume.get(r.run_id, {}).get("resume_upto"))
-        out.print(
-            f"{spec.name}: running {len(todo)} of {total} runs "
-            f"({total - len(todo)} already finished) on {len(slots)} worker(s) "
-            f"[{where}, {slots[0].threads} thread(s) each]; store {store}",
-            markup=False,
-        )
-        if resuming:
-            out.print(f"  {resuming} of them resume from their last checkpoint where they have one")
-        outcome = execute(store, spec, prepared, slots, out, lock, stall_timeout, executor)
-    _summary(spec.name, todo, outcome, store)
-    return outcome
 
 
 def check_folder(folder: Path, option: str) -> None:
