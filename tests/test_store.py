@@ -294,3 +294,19 @@ def test_unusable_store_paths_are_one_line(tmp_path, cli):
         locked.chmod(0o555)
         result = cli("run", "tiny.toml", "--store", str(locked / "optlab.duckdb"))
         assert result.exit_code == 1 and "not writable" in result.stderr
+
+
+def test_the_seed_bands_t_table_is_students_t(prepared):
+    """The 97.5% quantiles behind every chart's 95% band: Student's t, not a normal 1.96."""
+    from scipy import stats
+
+    path, _ = prepared
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        table = dict(con.execute("select df, t975 from t_quantiles").fetchall())
+    finally:
+        con.close()
+    assert sorted(table) == list(range(1, 1001))
+    for df in (1, 2, 4, 9, 30, 1000):
+        assert table[df] == float(stats.t.ppf(0.975, df))
+    assert round(table[1], 3) == 12.706 and round(table[4], 3) == 2.776
