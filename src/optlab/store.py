@@ -365,28 +365,39 @@ def register_study(
         # A key that is None in every run gets its column when a value first shows up.
         have = _table_columns(con, "run_state")
         all_cols = sorted({c for row in flat for c in row if c in have})
-        cols = ["run_id", "seed", "status", "config", "log_path", *all_cols]
-        marks = ", ".join("?" for _ in cols)
-        quoted = ", ".join(f'"{c}"' for c in cols)
-        con.executemany(
-            f"insert into run_state ({quoted}, created_at) values ({marks}, now()) "
-            "on conflict (run_id) do nothing",
-            [
-                [
+        text = [c for c in all_cols if have[c] == "VARCHAR"]
+        # One run id may come from two blocks (the same config): its first row is stored,
+        # and its membership is the last block's, as a statement per row would leave them.
+        first: dict[str, list[Any]] = {}
+        for r, row in zip(runs, flat, strict=True):
+            if r.run_id not in first:
+                values = {**row, **{c: _as_text(row.get(c)) for c in text}}
+                first[r.run_id] = [
                     r.run_id,
                     r.seed,
                     "pending",
                     json.dumps(r.config),
                     str(log_path(store, r.run_id)),
-                    *(row.get(c) for c in all_cols),
+                    *(values.get(c) for c in all_cols),
                 ]
-                for r, row in zip(runs, flat, strict=True)
-            ],
+        _bulk_insert(
+            con,
+            "insert into run_state",
+            ("run_id", "seed", "status", "config", "log_path", *all_cols),
+            list(first.values()),
+            computed={"created_at": "now()"},
+            tail="on conflict (run_id) do nothing",
         )
-        con.executemany(
-            "insert into memberships values (?, ?, ?, ?, ?) on conflict (study, run_id) do update "
-            "set block = excluded.block, position = excluded.position, axes = excluded.axes",
-            [[r.study, r.run_id, r.block, r.position, json.dumps(r.axes)] for r in runs],
+        last = {
+            r.run_id: [r.study, r.run_id, r.block, r.position, json.dumps(r.axes)] for r in runs
+        }
+        _bulk_insert(
+            con,
+            "insert into memberships",
+            ("study", "run_id", "block", "position", "axes"),
+            list(last.values()),
+            tail="on conflict (study, run_id) do update set block = excluded.block, "
+            "position = excluded.position, axes = excluded.axes",
         )
     con.execute(
         "delete from memberships where study = ? and run_id not in (select unnest(?::varchar[]))",
@@ -506,14 +517,13 @@ def apply_events(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -
             )
     flush()
     if journaled:  # one statement for the batch, not one per run
-        _register(con, ("run_id", "at"), [list(kv) for kv in journaled.items()])
-        try:
-            con.execute(
-                "update run_state set journal_time = greatest(coalesce(journal_time, "
-                "0), j.at) from optlab_bulk_rows j where run_state.run_id = j.run_id"
-            )
-        finally:
-            con.unregister("optlab_bulk_rows")
+        _with_rows(
+            con,
+            ("run_id", "at"),
+            [list(kv) for kv in journaled.items()],
+            "update run_state set journal_time = greatest(coalesce(journal_time, 0), j.at) "
+            "from optlab_bulk_rows j where run_state.run_id = j.run_id",
+        )
 
 
 PROBE_COLUMNS = ("run_id", "epoch", "step", "probe", "key", "value")
@@ -523,27 +533,47 @@ def _insert_epochs(con: duckdb.DuckDBPyConnection, rows: list[list[Any]]) -> Non
     _bulk_insert(con, "insert or replace into epochs", ("run_id", *EPOCH_FIELDS), rows)
 
 
-def _register(
-    con: duckdb.DuckDBPyConnection, columns: tuple[str, ...], rows: list[list[Any]]
+def _with_rows(
+    con: duckdb.DuckDBPyConnection, columns: tuple[str, ...], rows: list[list[Any]], sql: str
 ) -> None:
-    """``rows`` as the view ``optlab_bulk_rows``: one array per column (None is NULL)."""
+    """Run ``sql`` with ``rows`` as the view ``optlab_bulk_rows``: one array per column
+    (None is NULL), so many rows take one statement."""
     import numpy as np
 
     data = {c: np.array([row[i] for row in rows], dtype=object) for i, c in enumerate(columns)}
     con.register("optlab_bulk_rows", data)
+    try:
+        con.execute(sql)
+    finally:
+        con.unregister("optlab_bulk_rows")
 
 
 def _bulk_insert(
-    con: duckdb.DuckDBPyConnection, head: str, columns: tuple[str, ...], rows: list[list[Any]]
+    con: duckdb.DuckDBPyConnection,
+    head: str,
+    columns: tuple[str, ...],
+    rows: list[list[Any]],
+    *,
+    computed: dict[str, str] | None = None,
+    tail: str = "",
 ) -> None:
     """Insert many rows as one scan of column arrays: about 100 times the rows a second of
-    ``executemany``, which runs one statement a row (BENCHMARKS.md). None is NULL."""
-    _register(con, columns, rows)
-    try:
-        names = ", ".join(f'"{c}"' for c in columns)
-        con.execute(f"{head} ({names}) select {names} from optlab_bulk_rows")
-    finally:
-        con.unregister("optlab_bulk_rows")
+    ``executemany``, which runs one statement a row (BENCHMARKS.md). None is NULL;
+    ``computed`` adds columns from SQL expressions, ``tail`` ends the statement (``on
+    conflict ...``)."""
+    computed = computed or {}
+    names = ", ".join(f'"{c}"' for c in (*columns, *computed))
+    values = ", ".join([*(f'"{c}"' for c in columns), *computed.values()])
+    _with_rows(con, columns, rows, f"{head} ({names}) select {values} from optlab_bulk_rows {tail}")
+
+
+def _as_text(value: Any) -> Any:
+    """A value bound for a VARCHAR column, spelled as DuckDB casts it (true, not True)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _apply_started(con: duckdb.DuckDBPyConnection, ev: dict[str, Any]) -> None:
@@ -710,9 +740,12 @@ def resume_points(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> dict[st
 def set_checkpoint_dirs(con: duckdb.DuckDBPyConnection, dirs: dict[str, str]) -> None:
     if not dirs:
         return
-    con.executemany(
-        "update run_state set checkpoint_dir = ? where run_id = ?",
-        [[d, r] for r, d in dirs.items()],
+    _with_rows(
+        con,
+        ("run_id", "dir"),
+        [list(kv) for kv in dirs.items()],
+        "update run_state set checkpoint_dir = d.dir from optlab_bulk_rows d "
+        "where run_state.run_id = d.run_id",
     )
 
 
