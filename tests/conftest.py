@@ -84,7 +84,7 @@ def optlab(
     return proc
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def reference(tmp_path_factory) -> tuple[list, list]:
     """The `long` study of tests/test_survival.py run once without interruption on the
     local executor, two workers (one thread each here): what every interrupted or

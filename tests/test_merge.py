@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -13,21 +14,35 @@ pytestmark = pytest.mark.slow  # real worker processes
 TWO_LRS = "[0.01, 0.1]"
 
 
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """The tiny study (two LRs, two seeds) run to the end once: each test that needs a
+    finished store takes its own copy of this folder."""
+    folder = tmp_path_factory.mktemp("finished")
+    write_study(folder, TWO_LRS)
+    optlab("run", "tiny.toml", cwd=folder, check=True)
+    return folder
+
+
+def copy_of(finished, folder):
+    shutil.copytree(finished, folder)
+    return folder
+
+
 def rows(folder, sql, store="optlab.duckdb"):
     return json.loads(
         optlab("query", sql, "--format", "json", "--store", store, cwd=folder, check=True).stdout
     )
 
 
-def test_a_study_run_in_two_halves_merges_into_the_whole(tmp_path):
-    a, b, whole = tmp_path / "a", tmp_path / "b", tmp_path / "whole"
-    for folder in (a, b, whole):
+def test_a_study_run_in_two_halves_merges_into_the_whole(tmp_path, finished):
+    a, b, whole = tmp_path / "a", tmp_path / "b", finished
+    for folder in (a, b):
         folder.mkdir()
         write_study(folder, TWO_LRS)
-    # Machine a runs seed 0, machine b seed 1; the third runs everything, for reference.
+    # Machine a runs seed 0, machine b seed 1; `finished` ran everything, for reference.
     optlab("run", "tiny.toml", "--set", "seeds=[0]", cwd=a, check=True)
     optlab("run", "tiny.toml", "--set", "seeds=[1]", cwd=b, check=True)
-    optlab("run", "tiny.toml", cwd=whole, check=True)
     merged = optlab("merge", str(b / "optlab.duckdb"), cwd=a, check=True)
     assert (
         "4 new runs, 0 replaced by a further copy, 0 kept as they were here" in merged.stdout
@@ -45,12 +60,8 @@ def test_a_study_run_in_two_halves_merges_into_the_whole(tmp_path):
     assert journals == {r["run_id"] for r in rows(a, sql)}
 
 
-def test_two_finished_copies_keep_this_stores_and_the_other_store_is_untouched(tmp_path):
-    done, partial = tmp_path / "done", tmp_path / "partial"
-    for folder in (done, partial):
-        folder.mkdir()
-        write_study(folder, TWO_LRS)
-        optlab("run", "tiny.toml", cwd=folder, check=True)
+def test_two_finished_copies_keep_this_stores_and_the_other_store_is_untouched(tmp_path, finished):
+    done, partial = (copy_of(finished, tmp_path / name) for name in ("done", "partial"))
     before = rows(done, "select count(*) as n from epochs")[0]["n"]
     merged = optlab("merge", str(done / "optlab.duckdb"), cwd=partial, check=True)
     assert "0 new runs, 0 replaced by a further copy, 8 kept as they were here" in merged.stdout
@@ -58,14 +69,10 @@ def test_two_finished_copies_keep_this_stores_and_the_other_store_is_untouched(t
     assert rows(done, "select count(*) as n from epochs")[0]["n"] == before
 
 
-def test_a_half_done_copy_is_replaced_by_the_finished_one(tmp_path):
+def test_a_half_done_copy_is_replaced_by_the_finished_one(tmp_path, finished):
     from optlab import store as st
 
-    finished, cut = tmp_path / "finished", tmp_path / "cut"
-    for folder in (finished, cut):
-        folder.mkdir()
-        write_study(folder, TWO_LRS)
-        optlab("run", "tiny.toml", cwd=folder, check=True)
+    cut = copy_of(finished, tmp_path / "cut")
     # In `cut`, one run lost its last epoch and counts as interrupted.
     with st.writing(cut / "optlab.duckdb") as con:
         (run_id,) = con.execute("select run_id from run_state order by run_id limit 1").fetchone()
@@ -97,14 +104,10 @@ def test_a_study_from_another_file_keeps_this_version_and_its_runs_wait(tmp_path
     assert "Nothing to run" in again.stdout
 
 
-def test_one_id_with_two_configs_is_a_conflict_and_nothing_is_merged(tmp_path):
+def test_one_id_with_two_configs_is_a_conflict_and_nothing_is_merged(tmp_path, finished):
     from optlab import store as st
 
-    a, b = tmp_path / "a", tmp_path / "b"
-    for folder in (a, b):
-        folder.mkdir()
-        write_study(folder, TWO_LRS)
-        optlab("run", "tiny.toml", cwd=folder, check=True)
+    a, b = (copy_of(finished, tmp_path / name) for name in ("a", "b"))
     with st.writing(b / "optlab.duckdb") as con:
         (run_id,) = con.execute("select min(run_id) from run_state").fetchone()
         con.execute("update run_state set config = '{}' where run_id = ?", [run_id])
@@ -121,10 +124,9 @@ def test_one_id_with_two_configs_is_a_conflict_and_nothing_is_merged(tmp_path):
     assert rows(a, "select count(*) as n from epochs") == before
 
 
-def test_merge_errors_are_one_line(tmp_path):
-    write_study(tmp_path, TWO_LRS)
+def test_merge_errors_are_one_line(tmp_path, finished):
     result = optlab("merge", "nope.duckdb", cwd=tmp_path)
     assert (result.returncode, result.stderr) == (1, "Error: nope.duckdb: no such store file\n")
-    optlab("run", "tiny.toml", cwd=tmp_path, check=True)
-    result = optlab("merge", "optlab.duckdb", cwd=tmp_path)
+    here = copy_of(finished, tmp_path / "here")
+    result = optlab("merge", "optlab.duckdb", cwd=here)
     assert result.stderr == "Error: optlab.duckdb: is this store itself (--store optlab.duckdb)\n"
