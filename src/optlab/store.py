@@ -14,6 +14,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -457,65 +458,50 @@ def states(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> dict[str, str]
     return dict(rows)
 
 
+STATE_CHANGES = ("started", "resumed", "finished", "failed", "diverged", "disk_full")
+
+
+@dataclass
+class _Segment:
+    """A run's events up to and including its next state change."""
+
+    epochs: list[list[Any]] = field(default_factory=list)
+    probes: list[list[Any]] = field(default_factory=list)
+    checkpoint: dict[str, Any] | None = None  # the last one: each sets the same columns
+    change: dict[str, Any] | None = None
+
+
 def apply_events(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -> None:
-    """Write a batch of worker events. Idempotent: a journal may be applied again."""
-    epoch_rows: list[list[Any]] = []
-    probe_rows: list[list[Any]] = []
+    """Write a batch of worker events. Idempotent: a journal may be applied again.
 
-    def flush() -> None:
-        if epoch_rows:
-            _insert_epochs(con, epoch_rows)
-        if probe_rows:
-            _bulk_insert(con, "insert into probes", PROBE_COLUMNS, probe_rows)
-        epoch_rows.clear()
-        probe_rows.clear()
-
+    Events of different runs touch different rows, so they commute; a run's own events
+    keep their order. The batch is written in layers: layer i holds every run's rows up to
+    its i-th state change, then those changes, each kind for all runs in one statement.
+    A batch of many runs' lives (recovery, rebuild, a busy coordinator) then costs a few
+    statements a layer instead of a few a run."""
+    runs: dict[str, list[_Segment]] = {}
     journaled: dict[str, float] = {}
     for ev in events:
         kind, run_id = ev["type"], ev.get("run_id")
-        if ev.get("origin") != "pool" and run_id and ev.get("time"):
-            journaled[run_id] = max(journaled.get(run_id, 0.0), ev["time"])
-        if kind == "epoch":
-            epoch_rows.append([run_id, *(ev.get(f) for f in EPOCH_FIELDS)])
+        if not run_id:
             continue
-        if kind == "probe":
-            probe_rows += [
+        if ev.get("origin") != "pool" and ev.get("time"):
+            journaled[run_id] = max(journaled.get(run_id, 0.0), ev["time"])
+        segment = runs.setdefault(run_id, [_Segment()])[-1]
+        if kind == "epoch":
+            segment.epochs.append([run_id, *(ev.get(f) for f in EPOCH_FIELDS)])
+        elif kind == "probe":
+            segment.probes += [
                 [run_id, ev.get("epoch"), ev.get("step"), ev["probe"], key, value]
                 for key, value in (ev.get("values") or {}).items()
             ]
-            continue
-        flush()  # keep order: rows of a run land before its next state change
-        if kind == "started":
-            _apply_started(con, ev)
-        elif kind == "resumed":
-            _apply_resumed(con, ev)
-        elif kind == "checkpoint":
-            con.execute(
-                "update run_state set checkpoint_epoch = ?, checkpoint_path = ? where run_id = ?",
-                [ev["epoch"], ev["path"], run_id],
-            )
-        elif kind in ("finished", "failed", "diverged"):
-            status = "done" if kind == "finished" else kind
-            _finish(con, run_id, status, ev.get("error"), ev.get("time"), ev.get("elapsed"))
-            if kind != "failed":  # the worker removes the checkpoints of an ended run
-                con.execute(
-                    "update run_state set checkpoint_epoch = null, checkpoint_path = "
-                    "null, weights_path = ?, diverged_by = ? where run_id = ?",
-                    [
-                        ev.get("weights"),
-                        (ev.get("rule") or "non_finite") if kind == "diverged" else None,
-                        run_id,
-                    ],
-                )
-        elif kind == "disk_full":
-            _finish(
-                con,
-                run_id,
-                "interrupted",
-                f"stopped: disk full ({ev.get('error')})",
-                ev.get("time"),
-            )
-    flush()
+        elif kind == "checkpoint":  # touches no rows: it need not end the segment
+            segment.checkpoint = ev
+        elif kind in STATE_CHANGES:
+            segment.change = ev
+            runs[run_id].append(_Segment())
+    for depth in range(max((len(s) for s in runs.values()), default=0)):
+        _apply_layer(con, [segs[depth] for segs in runs.values() if depth < len(segs)])
     if journaled:  # one statement for the batch, not one per run
         _with_rows(
             con,
@@ -523,6 +509,80 @@ def apply_events(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -
             [list(kv) for kv in journaled.items()],
             "update run_state set journal_time = greatest(coalesce(journal_time, 0), j.at) "
             "from optlab_bulk_rows j where run_state.run_id = j.run_id",
+        )
+
+
+def _apply_layer(con: duckdb.DuckDBPyConnection, layer: list[_Segment]) -> None:
+    """Rows first (a run's rows land before its next state change), then checkpoints, then
+    the state changes, one statement per kind."""
+    epochs = [row for seg in layer for row in seg.epochs]
+    if epochs:
+        _insert_epochs(con, epochs)
+    probes = [row for seg in layer for row in seg.probes]
+    if probes:
+        _bulk_insert(con, "insert into probes", PROBE_COLUMNS, probes)
+    checkpoints = [
+        [s.checkpoint["run_id"], s.checkpoint["epoch"], s.checkpoint["path"]]
+        for s in layer
+        if s.checkpoint
+    ]
+    if checkpoints:
+        _with_rows(
+            con,
+            ("run_id", "epoch", "path"),
+            checkpoints,
+            "update run_state set checkpoint_epoch = c.epoch, checkpoint_path = c.path "
+            "from optlab_bulk_rows c where run_state.run_id = c.run_id",
+        )
+    changes: dict[str, list[dict[str, Any]]] = {}
+    for seg in layer:
+        if seg.change is not None:
+            changes.setdefault(seg.change["type"], []).append(seg.change)
+    if "started" in changes:
+        _apply_started(con, changes["started"])
+    if "resumed" in changes:
+        _apply_resumed(con, changes["resumed"])
+    ended = [
+        [
+            ev["run_id"],
+            "done" if ev["type"] == "finished" else ev["type"],
+            ev.get("error"),
+            ev.get("time") or time.time(),
+            ev.get("elapsed"),
+        ]
+        for kind in ("finished", "failed", "diverged")
+        for ev in changes.get(kind, [])
+    ]
+    ended += [
+        [
+            ev["run_id"],
+            "interrupted",
+            f"stopped: disk full ({ev.get('error')})",
+            ev.get("time") or time.time(),
+            None,
+        ]
+        for ev in changes.get("disk_full", [])
+    ]
+    if ended:
+        _finish_all(con, ended)
+    # the worker removes the checkpoints of a run that ended (not of one that failed)
+    kept = [
+        [
+            ev["run_id"],
+            ev.get("weights"),
+            (ev.get("rule") or "non_finite") if ev["type"] == "diverged" else None,
+        ]
+        for kind in ("finished", "diverged")
+        for ev in changes.get(kind, [])
+    ]
+    if kept:
+        _with_rows(
+            con,
+            ("run_id", "weights", "rule"),
+            kept,
+            "update run_state set checkpoint_epoch = null, checkpoint_path = null, "
+            "weights_path = k.weights, diverged_by = k.rule "
+            "from optlab_bulk_rows k where run_state.run_id = k.run_id",
         )
 
 
@@ -556,15 +616,21 @@ def _bulk_insert(
     *,
     computed: dict[str, str] | None = None,
     tail: str = "",
+    extra: tuple[str, ...] = (),
 ) -> None:
     """Insert many rows as one scan of column arrays: about 100 times the rows a second of
     ``executemany``, which runs one statement a row (BENCHMARKS.md). None is NULL;
-    ``computed`` adds columns from SQL expressions, ``tail`` ends the statement (``on
-    conflict ...``)."""
+    ``computed`` adds columns from SQL expressions (over the ``extra`` values that each row
+    carries after its columns), ``tail`` ends the statement (``on conflict ...``)."""
     computed = computed or {}
     names = ", ".join(f'"{c}"' for c in (*columns, *computed))
     values = ", ".join([*(f'"{c}"' for c in columns), *computed.values()])
-    _with_rows(con, columns, rows, f"{head} ({names}) select {values} from optlab_bulk_rows {tail}")
+    _with_rows(
+        con,
+        (*columns, *extra),
+        rows,
+        f"{head} ({names}) select {values} from optlab_bulk_rows {tail}",
+    )
 
 
 def _as_text(value: Any) -> Any:
@@ -576,70 +642,109 @@ def _as_text(value: Any) -> Any:
     return str(value)
 
 
-def _apply_started(con: duckdb.DuckDBPyConnection, ev: dict[str, Any]) -> None:
-    """A run starts from scratch: whatever an earlier attempt left is dropped."""
-    run_id = ev["run_id"]
-    _ensure_run(con, ev)
-    con.execute("delete from epochs where run_id = ?", [run_id])
-    con.execute("delete from probes where run_id = ?", [run_id])
-    con.execute(
-        "update run_state set started_at = to_timestamp(?), resumed_from = null, "
+def _apply_started(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -> None:
+    """Runs start from scratch: whatever an earlier attempt left is dropped."""
+    _ensure_runs(con, events)
+    ids = [ev["run_id"] for ev in events]
+    con.execute("delete from epochs where run_id in (select unnest(?::varchar[]))", [ids])
+    con.execute("delete from probes where run_id in (select unnest(?::varchar[]))", [ids])
+    _with_rows(
+        con,
+        ("run_id", "at"),
+        [[ev["run_id"], ev.get("time", time.time())] for ev in events],
+        "update run_state set started_at = to_timestamp(s.at), resumed_from = null, "
         "checkpoint_epoch = null, checkpoint_path = null, weights_path = null "
-        "where run_id = ?",
-        [ev.get("time", time.time()), run_id],
+        "from optlab_bulk_rows s where run_state.run_id = s.run_id",
     )
-    _attempt(con, ev)
+    _attempt(con, events)
 
 
-def _apply_resumed(con: duckdb.DuckDBPyConnection, ev: dict[str, Any]) -> None:
-    """A run continues from its checkpoint at ``epoch``: the rows after it are dropped (the
-    resumed run reports them again)."""
-    run_id, epoch = ev["run_id"], ev["epoch"]
-    _ensure_run(con, ev)
-    con.execute("delete from epochs where run_id = ? and epoch > ?", [run_id, epoch])
-    con.execute("delete from probes where run_id = ? and epoch > ?", [run_id, epoch])
-    con.execute(
-        "update run_state set resumed_from = ?, checkpoint_epoch = ?, "
-        "checkpoint_path = ?, started_at = coalesce(started_at, to_timestamp(?)) "
-        "where run_id = ?",
-        [epoch, epoch, ev.get("checkpoint"), ev.get("time", time.time()), run_id],
+def _apply_resumed(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -> None:
+    """Runs continue from their checkpoints at ``epoch``: the rows after it are dropped (the
+    resumed runs report them again)."""
+    _ensure_runs(con, events)
+    rows = [
+        [ev["run_id"], ev["epoch"], ev.get("checkpoint"), ev.get("time", time.time())]
+        for ev in events
+    ]
+    columns = ("run_id", "epoch", "path", "at")
+    for table in ("epochs", "probes"):
+        _with_rows(
+            con,
+            columns,
+            rows,
+            f"delete from {table} t using optlab_bulk_rows r "
+            "where t.run_id = r.run_id and t.epoch > r.epoch",
+        )
+    _with_rows(
+        con,
+        columns,
+        rows,
+        "update run_state set resumed_from = r.epoch, checkpoint_epoch = r.epoch, "
+        "checkpoint_path = r.path, started_at = coalesce(started_at, to_timestamp(r.at)) "
+        "from optlab_bulk_rows r where run_state.run_id = r.run_id",
     )
-    _attempt(con, ev)
+    _attempt(con, events)
 
 
-def _attempt(con: duckdb.DuckDBPyConnection, ev: dict[str, Any]) -> None:
-    prov = ev.get("provenance") or {}
-    sets = ", ".join(f"{c} = ?" for c in PROVENANCE_COLUMNS)
-    shape = ev.get("input_shape")
-    con.execute(
-        f"update run_state set status = 'running', finished_at = null, error = null, "
-        f"wall_seconds = null, train_seconds = null, "
-        f"attempts = attempts + (coalesce(journal_time, 0) < ?)::integer, "
-        f"precision_used = ?, input_shape = coalesce(?, input_shape), "
-        f"num_classes = coalesce(?, num_classes), checkpoint_dir = coalesce(?, checkpoint_dir), "
-        f"{sets} where run_id = ?",
-        [
-            ev.get("time") or time.time(),
-            ev.get("precision_used"),
-            json.dumps(shape) if shape else None,
-            ev.get("num_classes"),
-            ev.get("checkpoint_dir"),
-            *(prov.get(c) for c in PROVENANCE_COLUMNS),
-            ev["run_id"],
-        ],
+def _attempt(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -> None:
+    columns = (
+        "run_id",
+        "at",
+        "precision_used",
+        "input_shape",
+        "num_classes",
+        "checkpoint_dir",
+        *PROVENANCE_COLUMNS,
+    )
+    rows = []
+    for ev in events:
+        prov, shape = ev.get("provenance") or {}, ev.get("input_shape")
+        rows.append(
+            [
+                ev["run_id"],
+                ev.get("time") or time.time(),
+                ev.get("precision_used"),
+                json.dumps(shape) if shape else None,
+                ev.get("num_classes"),
+                ev.get("checkpoint_dir"),
+                *(prov.get(c) for c in PROVENANCE_COLUMNS),
+            ]
+        )
+    sets = ", ".join(f'"{c}" = a."{c}"' for c in PROVENANCE_COLUMNS)
+    _with_rows(
+        con,
+        columns,
+        rows,
+        "update run_state set status = 'running', finished_at = null, error = null, "
+        "wall_seconds = null, train_seconds = null, "
+        "attempts = attempts + (coalesce(journal_time, 0) < a.at)::integer, "
+        "precision_used = a.precision_used, "
+        "input_shape = coalesce(a.input_shape, run_state.input_shape), "
+        "num_classes = coalesce(a.num_classes, run_state.num_classes), "
+        "checkpoint_dir = coalesce(a.checkpoint_dir, run_state.checkpoint_dir), "
+        f"{sets} from optlab_bulk_rows a where run_state.run_id = a.run_id",
     )
 
 
-def _ensure_run(con: duckdb.DuckDBPyConnection, ev: dict[str, Any]) -> None:
-    """A run the store does not know (rebuilding from journals): add it from the config its
-    journal carries."""
-    if ev.get("config") is None:
-        return
-    con.execute(
-        "insert into run_state (run_id, seed, status, config, created_at) "
-        "values (?, ?, 'pending', ?, to_timestamp(?)) on conflict (run_id) do nothing",
-        [ev["run_id"], ev.get("seed"), json.dumps(ev["config"]), ev.get("time", time.time())],
-    )
+def _ensure_runs(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -> None:
+    """Runs the store does not know (rebuilding from journals): added from the configs
+    their journals carry."""
+    rows = [
+        [ev["run_id"], ev.get("seed"), json.dumps(ev["config"]), ev.get("time", time.time())]
+        for ev in events
+        if ev.get("config") is not None
+    ]
+    if rows:
+        _bulk_insert(
+            con,
+            "insert into run_state",
+            ("run_id", "seed", "config"),
+            rows,
+            computed={"status": "'pending'", "created_at": 'to_timestamp("at")'},
+            tail="on conflict (run_id) do nothing",
+            extra=("at",),
+        )
 
 
 def _finish(
@@ -650,15 +755,24 @@ def _finish(
     at: float | None,
     elapsed: float | None = None,
 ) -> None:
-    """``elapsed`` (from the worker) counts every attempt's running time; without it, the
-    wall time since the run was first started."""
-    at = at or time.time()
-    con.execute(
-        "update run_state set status = ?, error = ?, finished_at = to_timestamp(?), "
-        "wall_seconds = coalesce(?, epoch(to_timestamp(?) - started_at)), "
-        "train_seconds = (select sum(seconds) from epochs e where e.run_id = ?) "
-        "where run_id = ?",
-        [status, error, at, elapsed, at, run_id, run_id],
+    _finish_all(con, [[run_id, status, error, at or time.time(), elapsed]])
+
+
+def _finish_all(con: duckdb.DuckDBPyConnection, rows: list[list[Any]]) -> None:
+    """Rows of (run_id, status, error, at, elapsed). ``elapsed`` (from the worker) counts
+    every attempt's running time; without it, the wall time since the run was first
+    started."""
+    _with_rows(
+        con,
+        ("run_id", "status", "error", "at", "elapsed"),
+        rows,
+        "update run_state set status = f.status, error = f.error, "
+        "finished_at = to_timestamp(f.at), "
+        "wall_seconds = coalesce(f.elapsed, epoch(to_timestamp(f.at) - started_at)), "
+        "train_seconds = t.seconds "
+        "from optlab_bulk_rows f left join (select run_id, sum(seconds) as seconds from epochs "
+        "where run_id in (select run_id from optlab_bulk_rows) group by run_id) t "
+        "on t.run_id = f.run_id where run_state.run_id = f.run_id",
     )
 
 
