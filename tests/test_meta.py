@@ -48,39 +48,46 @@ def test_store_option_on_every_command_that_reads_or_writes(cli):
 NO_TORCH = """
 import sys
 from optlab.cli import app
-try:
-    app({args!r})
-except SystemExit:
-    pass
-assert "torch" not in sys.modules, "torch was imported"
+for args in {commands!r}:
+    try:
+        app(args)
+    except SystemExit:
+        pass
+    assert "torch" not in sys.modules, f"optlab {{' '.join(args)}} imported torch"
 print("ok")
 """
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
+def without_torch(folder, commands: list[list[str]]) -> subprocess.CompletedProcess[str]:
+    """The commands one after the other in one fresh interpreter, which must still not
+    have imported torch after each (a command cannot hide another's import)."""
+    return subprocess.run(
+        [sys.executable, "-c", NO_TORCH.format(commands=commands)],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+    )
+
+
+def test_read_side_commands_do_not_import_torch(tmp_path):
+    commands = [
         ["--help"],
         ["show"],
         ["status"],
         ["query", "select 1"],
         ["plot", "heatmap", "--help"],
         ["plot", "heatmap"],
-    ],
-)
-def test_read_side_commands_do_not_import_torch(tmp_path, args):
-    proc = subprocess.run(
-        [sys.executable, "-c", NO_TORCH.format(args=args)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
+    ]
+    proc = without_torch(tmp_path, commands)
     assert proc.stdout.endswith("ok\n"), proc.stderr
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
+def test_analysis_side_commands_do_not_import_torch(tmp_path):
+    from tests.synth import make_store
+    from tests.test_outputs import STUDY, acc, norms
+
+    make_store(tmp_path, STUDY, acc, grad_norm=norms)
+    commands = [
         ["analyze", "optimal"],
         ["analyze", "scaling"],
         ["report"],
@@ -88,20 +95,11 @@ def test_read_side_commands_do_not_import_torch(tmp_path, args):
         ["plot", "curves"],
         ["plot", "sensitivity"],
         ["plot", "probes"],
-    ],
-)
-def test_analysis_side_commands_do_not_import_torch(tmp_path, args):
-    from tests.synth import make_store
-    from tests.test_outputs import STUDY, acc, norms
-
-    make_store(tmp_path, STUDY, acc, grad_norm=norms)
-    proc = subprocess.run(
-        [sys.executable, "-c", NO_TORCH.format(args=args)],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-    )
+    ]
+    proc = without_torch(tmp_path, commands)
     assert proc.stdout.endswith("ok\n") and "Error" not in proc.stderr, proc.stderr
+    for made in ("report.html", "curves.html", "sensitivity.html", "probes.html"):
+        assert any(tmp_path.glob(f"*{made}")), made
 
 
 def test_plugins_lists_distribution_description_and_typed_params(cli):
