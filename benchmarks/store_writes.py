@@ -1,0 +1,137 @@
+"""Benchmark: registering a study and writing whole run lives into the store.
+
+Two writes that grow with the number of runs rather than epochs: `register_study` (every
+`optlab run` records the study's runs) and `apply_events` on a batch that holds many
+runs' whole lives (started, epochs each with a checkpoint, finished), which is what
+recovery, `optlab rebuild` and a coordinator whose runs end together write. Both are
+timed here on this tree and, in the same run on the same events, on an older commit of
+optlab (default: the last one that wrote them a statement or a few per run), each in a fresh process
+with a fresh store file on this machine's disk; best of --repeat.
+
+    python benchmarks/store_writes.py [--runs 512] [--epochs 5] [--baseline-rev REV]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE = "528544f"  # the last tree that wrote these a statement (or a few) per run
+
+# Run in a fresh interpreter with the tree to measure first on sys.path.
+MEASURE = r"""
+import json, sys, tempfile, time
+from pathlib import Path
+src, runs, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+sys.path.insert(0, src)
+from optlab import store as st
+from optlab.events import EPOCH_FIELDS
+from optlab.expand import all_runs, expand
+from optlab.study import load_study
+
+folder = Path(tempfile.mkdtemp())
+seeds = max(1, runs // 64)
+(folder / "s.toml").write_text(f'''
+name = "wide"
+seeds = {seeds}
+[base]
+epochs = {epochs}
+dataset = {{ name = "synthetic" }}
+model = {{ name = "mlp" }}
+optimizer = {{ name = "sgd", lr = 0.1 }}
+[[block]]
+name = "grid"
+[block.grid]
+"optimizer.lr" = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2]
+"optimizer.weight_decay" = [0.0, 1e-5, 1e-4, 1e-3, 2e-3, 5e-3, 1e-2, 2e-2]
+''')
+study = load_study(folder / "s.toml")
+plans = expand(study)
+ids = [r.run_id for r in all_runs(plans)]
+db = folder / "optlab.duckdb"
+with st.writing(db) as con:
+    st.ensure_schema(con)
+t0 = time.perf_counter()
+with st.writing(db) as con:
+    st.register_study(con, study, plans, db)
+register = time.perf_counter() - t0
+events, t = [], 1e9
+for run_id in ids:
+    t += 1
+    events.append({"type": "started", "run_id": run_id, "time": t,
+                   "provenance": {"device": "cpu", "threads": 1}, "precision_used": "fp32"})
+    for e in range(1, epochs + 1):
+        row = {f: 0.5 for f in EPOCH_FIELDS}
+        row.update(type="epoch", run_id=run_id, epoch=e, step=10 * e, time=t + e)
+        events.append(row)
+        events.append({"type": "checkpoint", "run_id": run_id, "epoch": e,
+                       "path": f"/c/{run_id}/{e}.pt", "time": t + e})
+    events.append({"type": "finished", "run_id": run_id, "time": t + epochs + 1,
+                   "elapsed": 1.0, "weights": None})
+t0 = time.perf_counter()
+with st.writing(db) as con:
+    st.apply_events(con, events)
+lives = time.perf_counter() - t0
+with st.reading(db) as con:
+    done, rows = con.execute(
+        "select count(*) filter (status = 'done'), (select count(*) from epochs) from run_state"
+    ).fetchone()
+assert (done, rows) == (len(ids), len(ids) * epochs), (done, rows)
+print(json.dumps({"runs": len(ids), "register": register, "lives": lives}))
+"""
+
+
+def measure(src: Path, runs: int, epochs: int) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", MEASURE, str(src), str(runs), str(epochs)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=512, help="about this many (a multiple of 64)")
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--baseline-rev", default=BASELINE)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        old = Path(tmp) / "baseline"
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), args.baseline_rev],
+            check=True,
+            capture_output=True,
+        )
+        try:
+            best: dict[str, dict[str, float]] = {}
+            for _ in range(args.repeat):  # alternate, so both see the same machine
+                for side, src in (("baseline", old / "src"), ("this tree", ROOT / "src")):
+                    got = measure(src, args.runs, args.epochs)
+                    mine = best.setdefault(side, {"register": float("inf"), "lives": 1e9})
+                    mine["register"] = min(mine["register"], got["register"])
+                    mine["lives"] = min(mine["lives"], got["lives"])
+                    runs = got["runs"]
+        finally:
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)],
+                check=False,
+                capture_output=True,
+            )
+    print(f"{runs} runs, {args.epochs} epochs each; best of {args.repeat}\n")
+    print("| write | baseline s | this tree s | runs/s (this tree) | speed-up |")
+    print("|---|---|---|---|---|")
+    for key, what in (("register", "register_study"), ("lives", "apply_events, whole lives")):
+        b, n = best["baseline"][key], best["this tree"][key]
+        print(f"| {what} | {b:.3f} | {n:.3f} | {runs / n:,.0f} | {b / n:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
