@@ -310,3 +310,90 @@ def test_the_seed_bands_t_table_is_students_t(prepared):
     for df in (1, 2, 4, 9, 30, 1000):
         assert table[df] == float(stats.t.ppf(0.975, df))
     assert round(table[1], 3) == 12.706 and round(table[4], 3) == 2.776
+
+
+def test_a_batch_of_interleaved_runs_is_written_as_each_run_in_order(tmp_path):
+    """apply_events writes a batch in layers across runs; the store must be what applying
+    every event on its own, in order, leaves, whatever the runs' events interleave."""
+    import random
+
+    def lives(run_ids):
+        a, b, c, d = run_ids[:4]
+        t = iter(range(1_000, 2_000))
+        return {
+            a: [
+                {"type": "started", "run_id": a, "time": next(t)},
+                *(epoch_event(a, e) | {"time": next(t)} for e in (1, 2, 3)),
+                {"type": "finished", "run_id": a, "time": next(t), "weights": "/w/a.pt"},
+            ],
+            b: [
+                {"type": "started", "run_id": b, "time": next(t)},
+                epoch_event(b, 1) | {"time": next(t)},
+                {"type": "checkpoint", "run_id": b, "epoch": 1, "path": "/c/1", "time": next(t)},
+                epoch_event(b, 2) | {"time": next(t)},
+                {"type": "resumed", "run_id": b, "epoch": 1, "checkpoint": "/c/1", "time": next(t)},
+                epoch_event(b, 2) | {"time": next(t), "train_loss": 7.0},
+                {
+                    "type": "probe",
+                    "run_id": b,
+                    "epoch": 2,
+                    "step": 6,
+                    "probe": "p",
+                    "values": {"global": 0.5},
+                    "time": next(t),
+                },
+                {"type": "diverged", "run_id": b, "time": next(t), "rule": "loss_factor"},
+            ],
+            c: [
+                {"type": "started", "run_id": c, "time": next(t)},
+                epoch_event(c, 1) | {"time": next(t)},
+                {"type": "failed", "run_id": c, "time": next(t), "error": "boom"},
+                {"type": "started", "run_id": c, "time": next(t)},
+                *(epoch_event(c, e) | {"time": next(t)} for e in (1, 2)),
+                {"type": "checkpoint", "run_id": c, "epoch": 2, "path": "/c/2", "time": next(t)},
+            ],
+            d: [
+                {"type": "started", "run_id": d, "time": next(t)},
+                epoch_event(d, 1) | {"time": next(t)},
+                {"type": "disk_full", "run_id": d, "time": next(t), "error": "ENOSPC"},
+            ],
+        }
+
+    def interleaved(per_run, seed):
+        queues, out, rng = [list(evs) for evs in per_run.values()], [], random.Random(seed)
+        while any(queues):
+            out.append(rng.choice([q for q in queues if q]).pop(0))
+        return out
+
+    def store_after(folder, batches):
+        folder.mkdir()
+        study = load_study(write_study(folder))
+        path = folder / "optlab.duckdb"
+        todo = prepare(path, study, expand(study), retry_failed=False).todo
+        per_run = lives(sorted(r.run_id for r in todo))
+        with st.writing(path) as con:
+            for batch in batches(per_run):
+                st.apply_events(con, batch)
+            return (
+                con.execute(
+                    "select run_id, status, attempts, error, resumed_from, checkpoint_epoch, "
+                    "checkpoint_path, weights_path, diverged_by, train_seconds, wall_seconds, "
+                    "started_at, finished_at from run_state order by run_id"
+                ).fetchall(),
+                con.execute("select * from epochs order by run_id, epoch").fetchall(),
+                con.execute("select * from probes order by all").fetchall(),
+            )
+
+    one_by_one = store_after(
+        tmp_path / "each", lambda per_run: [[ev] for evs in per_run.values() for ev in evs]
+    )
+    assert {r[1] for r in one_by_one[0]} == {
+        "done",
+        "diverged",
+        "running",
+        "interrupted",
+        "pending",
+    }
+    for seed in range(3):
+        batched = store_after(tmp_path / f"b{seed}", lambda p, s=seed: [interleaved(p, s)])
+        assert batched == one_by_one
