@@ -251,9 +251,20 @@ def test_a_reader_holding_the_store_delays_writes_but_loses_nothing(tmp_path, re
     study(tmp_path)
     proc = start(["run", "long.toml", "--workers", "2"], tmp_path)
     wait_for(lambda: events_in_journals(tmp_path, "epoch") >= 1, every=0.05)
+    # The reader retries while the coordinator holds the file for a write, as optlab's
+    # own readers do, then holds it.
     hold = (
-        "import duckdb, time; c = duckdb.connect('optlab.duckdb', read_only=True); "
-        "print('open', flush=True); time.sleep(float(__import__('sys').argv[1]))"
+        "import duckdb, sys, time\n"
+        "for _ in range(400):\n"
+        "    try:\n"
+        "        c = duckdb.connect('optlab.duckdb', read_only=True)\n"
+        "        break\n"
+        "    except duckdb.IOException:\n"
+        "        time.sleep(0.025)\n"
+        "else:\n"
+        "    sys.exit('the store stayed busy for 10 s')\n"
+        "print('open', flush=True)\n"
+        "time.sleep(float(sys.argv[1]))"
     )
     reader = subprocess.Popen(
         [sys.executable, "-c", hold, "12"], cwd=tmp_path, stdout=subprocess.PIPE, text=True
