@@ -458,7 +458,14 @@ def states(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> dict[str, str]
     return dict(rows)
 
 
-STATE_CHANGES = ("started", "resumed", "finished", "failed", "diverged", "disk_full")
+# the events that end a run's attempt, and the status each leaves
+ENDINGS = {
+    "finished": "done",
+    "failed": "failed",
+    "diverged": "diverged",
+    "disk_full": "interrupted",
+}
+STATE_CHANGES = ("started", "resumed", *ENDINGS)
 
 
 @dataclass
@@ -543,25 +550,9 @@ def _apply_layer(con: duckdb.DuckDBPyConnection, layer: list[_Segment]) -> None:
     if "resumed" in changes:
         _apply_resumed(con, changes["resumed"])
     ended = [
-        [
-            ev["run_id"],
-            "done" if ev["type"] == "finished" else ev["type"],
-            ev.get("error"),
-            ev.get("time") or time.time(),
-            ev.get("elapsed"),
-        ]
-        for kind in ("finished", "failed", "diverged")
+        [ev["run_id"], status, *_ending(ev)]
+        for kind, status in ENDINGS.items()
         for ev in changes.get(kind, [])
-    ]
-    ended += [
-        [
-            ev["run_id"],
-            "interrupted",
-            f"stopped: disk full ({ev.get('error')})",
-            ev.get("time") or time.time(),
-            None,
-        ]
-        for ev in changes.get("disk_full", [])
     ]
     if ended:
         _finish_all(con, ended)
@@ -584,6 +575,14 @@ def _apply_layer(con: duckdb.DuckDBPyConnection, layer: list[_Segment]) -> None:
             "weights_path = k.weights, diverged_by = k.rule "
             "from optlab_bulk_rows k where run_state.run_id = k.run_id",
         )
+
+
+def _ending(ev: dict[str, Any]) -> tuple[str | None, float, float | None]:
+    """(error, time, elapsed) of an event that ends an attempt."""
+    at = ev.get("time") or time.time()
+    if ev["type"] == "disk_full":
+        return f"stopped: disk full ({ev.get('error')})", at, None
+    return ev.get("error"), at, ev.get("elapsed")
 
 
 PROBE_COLUMNS = ("run_id", "epoch", "step", "probe", "key", "value")
@@ -616,21 +615,15 @@ def _bulk_insert(
     *,
     computed: dict[str, str] | None = None,
     tail: str = "",
-    extra: tuple[str, ...] = (),
 ) -> None:
     """Insert many rows as one scan of column arrays: about 100 times the rows a second of
     ``executemany``, which runs one statement a row (BENCHMARKS.md). None is NULL;
-    ``computed`` adds columns from SQL expressions (over the ``extra`` values that each row
-    carries after its columns), ``tail`` ends the statement (``on conflict ...``)."""
+    ``computed`` adds columns from SQL expressions, ``tail`` ends the statement (``on
+    conflict ...``)."""
     computed = computed or {}
     names = ", ".join(f'"{c}"' for c in (*columns, *computed))
     values = ", ".join([*(f'"{c}"' for c in columns), *computed.values()])
-    _with_rows(
-        con,
-        (*columns, *extra),
-        rows,
-        f"{head} ({names}) select {values} from optlab_bulk_rows {tail}",
-    )
+    _with_rows(con, columns, rows, f"{head} ({names}) select {values} from optlab_bulk_rows {tail}")
 
 
 def _as_text(value: Any) -> Any:
@@ -736,14 +729,13 @@ def _ensure_runs(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -
         if ev.get("config") is not None
     ]
     if rows:
-        _bulk_insert(
+        _with_rows(
             con,
-            "insert into run_state",
-            ("run_id", "seed", "config"),
+            ("run_id", "seed", "config", "at"),
             rows,
-            computed={"status": "'pending'", "created_at": 'to_timestamp("at")'},
-            tail="on conflict (run_id) do nothing",
-            extra=("at",),
+            "insert into run_state (run_id, seed, status, config, created_at) "
+            "select r.run_id, r.seed, 'pending', r.config, to_timestamp(r.at) "
+            "from optlab_bulk_rows r on conflict (run_id) do nothing",
         )
 
 
