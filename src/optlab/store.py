@@ -494,7 +494,10 @@ def apply_events(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -
             continue
         if ev.get("origin") != "pool" and ev.get("time"):
             journaled[run_id] = max(journaled.get(run_id, 0.0), ev["time"])
-        segment = runs.setdefault(run_id, [_Segment()])[-1]
+        segments = runs.get(run_id)
+        if segments is None:  # (setdefault would build a segment for every event)
+            segments = runs[run_id] = [_Segment()]
+        segment = segments[-1]
         if kind == "epoch":
             segment.epochs.append([run_id, *(ev.get(f) for f in EPOCH_FIELDS)])
         elif kind == "probe":
@@ -506,7 +509,7 @@ def apply_events(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -
             segment.checkpoint = ev
         elif kind in STATE_CHANGES:
             segment.change = ev
-            runs[run_id].append(_Segment())
+            segments.append(_Segment())
     for depth in range(max((len(s) for s in runs.values()), default=0)):
         _apply_layer(con, [segs[depth] for segs in runs.values() if depth < len(segs)])
     if journaled:  # one statement for the batch, not one per run
