@@ -5,6 +5,7 @@ whatever happens to the nodes."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import signal
 from pathlib import Path
@@ -16,17 +17,26 @@ from tests.conftest import optlab, write_study
 from tests.test_cli_e2e import start, wait_for
 from tests.test_survival import events_in_journals, results, statuses, study
 
-ray = pytest.importorskip("ray")
-cluster_utils = pytest.importorskip("ray.cluster_utils")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.ray,
+    pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs optlab[ray]"),
+]
 
-pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+def new_cluster(**head_node_args):
+    """A Ray test cluster whose head node has ``head_node_args``. Ray is imported here, when
+    a test runs, so that collecting the fast tests does not pay for it."""
+    from ray import cluster_utils
+
+    return cluster_utils.Cluster(initialize_head=True, head_node_args=head_node_args)
 
 
 @pytest.fixture
 def cluster(monkeypatch):
     """A head node with one CPU; tests add nodes. No OPTLAB_DATA leaks into the nodes."""
     monkeypatch.delenv("OPTLAB_DATA", raising=False)
-    c = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    c = new_cluster(num_cpus=1)
     yield c
     c.shutdown()
 
@@ -194,10 +204,7 @@ def test_when_no_node_can_prepare_the_data_the_runs_wait_and_the_exit_says_so(
     monkeypatch.delenv("OPTLAB_DATA", raising=False)
     fake_data.make_cifar10(tmp_path / "data")  # here, on the driver, but on no node
     write_study(tmp_path, text=CIFAR_STUDY, name="c.toml")
-    cluster = cluster_utils.Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "env_vars": {"OPTLAB_DATA": "/dev/null/data"}},
-    )
+    cluster = new_cluster(num_cpus=1, env_vars={"OPTLAB_DATA": "/dev/null/data"})
     try:
         proc = optlab(
             "run", "c.toml", "--executor", "ray", "--address", cluster.address, cwd=tmp_path
