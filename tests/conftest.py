@@ -9,11 +9,19 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import typer.testing
+from typer.main import get_command
 from typer.testing import CliRunner
 
 from optlab.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# typer's test runner rebuilds the click command from the app on every call (about 9 ms,
+# a few seconds over the suite); `optlab` itself builds it once a process, so do the tests.
+if hasattr(typer.testing, "_get_command"):
+    _COMMAND = get_command(app)
+    typer.testing._get_command = lambda a: _COMMAND if a is app else get_command(a)
 
 TINY = """
 name = "tiny"
