@@ -16,7 +16,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session
 def fast(session: nox.Session) -> None:
-    """The tests that start no real worker process or cluster: -m "not slow"."""
+    """The tests that start no worker process, interpreter, browser or cluster: -m "not slow"."""
     session.install("-e", ".[dev]")
     session.run("python", "-m", "pytest", "-m", "not slow", *session.posargs)
 

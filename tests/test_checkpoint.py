@@ -104,7 +104,15 @@ OPTIMIZERS = {
 }
 
 
-@pytest.mark.parametrize("optimizer", sorted(OPTIMIZERS))
+# The fast tests take plain SGD and the one whose checkpoint holds other weights than it
+# trains on; the others come with the slow tests (each trains seven runs).
+FAST = {"sgd_nesterov", "schedulefree_adamw"}
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [pytest.param(o, marks=[] if o in FAST else pytest.mark.slow) for o in sorted(OPTIMIZERS)],
+)
 def test_a_run_killed_after_any_epoch_resumes_bit_for_bit(tmp_path, optimizer):
     cfg = config(**HARD, optimizer=OPTIMIZERS[optimizer])
     reference = run(cfg, tmp_path / "ref")

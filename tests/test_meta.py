@@ -69,6 +69,7 @@ def without_torch(folder, commands: list[list[str]]) -> subprocess.CompletedProc
     )
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_read_side_commands_do_not_import_torch(tmp_path):
     commands = [
         ["--help"],
@@ -82,6 +83,7 @@ def test_read_side_commands_do_not_import_torch(tmp_path):
     assert proc.stdout.endswith("ok\n"), proc.stderr
 
 
+@pytest.mark.slow  # a fresh interpreter
 def test_analysis_side_commands_do_not_import_torch(tmp_path):
     from tests.synth import make_store
     from tests.test_outputs import STUDY, acc, norms

@@ -195,6 +195,7 @@ def test_report_is_one_self_contained_file_with_the_matrix_status_and_analyses(
     assert 'src="http' not in page and "<link" not in page
 
 
+@pytest.mark.slow  # a headless browser
 @pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (tests/setup-browser)")
 def test_report_renders_every_chart_in_headless_chromium_without_console_errors(
     cli, store, tmp_path
@@ -232,6 +233,7 @@ def test_report_renders_every_chart_in_headless_chromium_without_console_errors(
     assert console == []
 
 
+@pytest.mark.slow  # a headless browser
 def test_report_of_a_broken_chart_is_caught_by_the_page(cli, store, tmp_path):
     """The page's own error capture works: a broken spec is reported, not silently empty."""
     if CHROMIUM is None:
