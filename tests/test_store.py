@@ -115,6 +115,32 @@ def test_recovery_ingests_journals_and_marks_unfinished_runs_interrupted(prepare
     assert n == {done_id: 1, cut_id: 2}
 
 
+def test_recovery_sends_runs_that_never_wrote_back_to_pending_and_keeps_to_its_runs(prepared):
+    """A run the store shows as running whose worker died before its first journal line
+    (no folder, or a folder with only a log) is pending again; pending runs stay pending; a
+    journal of a run outside ``run_ids`` is left alone."""
+    path, todo = prepared
+    no_folder, log_only, cut, other = (r.run_id for r in todo[:4])
+    with st.writing(path) as con:
+        st.apply_events(
+            con, [{"type": "started", "run_id": r} for r in (no_folder, log_only, cut, other)]
+        )
+    st.log_path(path, log_only).parent.mkdir(parents=True)
+    st.log_path(path, log_only).write_text("optlab worker 1: run\n")
+    for rid in (cut, other):
+        write_journal(path, rid, [{"type": "started", "run_id": rid}, epoch_event(rid, 1)])
+    wanted = [r.run_id for r in todo if r.run_id != other]
+    with st.writing(path) as con:
+        assert st.recover(con, path, wanted) == [cut]
+    with st.reading(path) as con:
+        got = dict(con.execute("select run_id, status from run_state").fetchall())
+        epochs = dict(con.execute("select run_id, count(*) from epochs group by all").fetchall())
+    assert got[no_folder] == got[log_only] == "pending"
+    assert got[cut] == "interrupted" and epochs == {cut: 1}
+    assert got[other] == "running"  # not this recovery's run
+    assert {got[r.run_id] for r in todo[4:]} == {"pending"}
+
+
 @pytest.mark.slow  # real worker processes
 def test_a_worker_killed_mid_run_loses_no_finished_epoch(prepared, tmp_path):
     """kill -9 of a real worker: every epoch it reported is in its journal and the store."""

@@ -777,31 +777,50 @@ def recover(
     """Re-ingest the journals that hold more than the store: those of runs it still shows as
     pending or running (left by a crash or Ctrl-C), and those of interrupted or failed runs
     whose journal has events newer than the store's (a later attempt cut off before its first
-    write). Runs without a final event become 'interrupted'. Returns their ids."""
+    write). Runs without a final event become 'interrupted'. Returns their ids.
+
+    Every `optlab run` calls this over the study's unfinished runs, which may be most of a
+    100,000-run study: only the runs with a folder beside the store are read, and what they
+    need is written in a few statements for all of them, not a few per run."""
     rows = con.execute(
         "select run_id, status, coalesce(journal_time, 0) from run_state "
         "where status in ('pending', 'running', 'interrupted', 'failed')"
     ).fetchall()
     wanted = set(run_ids) if run_ids is not None else None
-    recovered = []
+    try:
+        with os.scandir(artefacts_dir(store)) as entries:
+            present = {e.name for e in entries}
+    except FileNotFoundError:
+        present = set()
+    recovered: list[str] = []
+    replay: list[dict[str, Any]] = []
+    unfinished: list[list[Any]] = []
+    lost: list[str] = []  # shown as running, but nothing was journaled: not started after all
     for run_id, status, seen in rows:
         if wanted is not None and run_id not in wanted:
             continue
-        events = read_journal(journal_path(store, run_id))
+        events = read_journal(journal_path(store, run_id)) if run_id in present else []
         if not events:
-            con.execute(
-                "update run_state set status = 'pending' where run_id = ? and status = 'running'",
-                [run_id],
-            )
+            if status == "running":
+                lost.append(run_id)
             continue
         if status in ("interrupted", "failed") and max(e.get("time") or 0 for e in events) <= seen:
             continue
-        apply_events(con, events)
-        if events[-1]["type"] not in ("finished", "failed", "diverged"):
-            _finish(
-                con, run_id, "interrupted", "interrupted before it finished", events[-1].get("time")
-            )
+        replay.extend(events)
+        last = events[-1]
+        if last["type"] not in ("finished", "failed", "diverged"):
+            at = last.get("time") or time.time()
+            unfinished.append([run_id, "interrupted", "interrupted before it finished", at, None])
         recovered.append(run_id)
+    if lost:
+        con.execute(
+            "update run_state set status = 'pending' "
+            "where run_id in (select unnest(?::varchar[])) and status = 'running'",
+            [lost],
+        )
+    apply_events(con, replay)  # runs' events commute; each run's keep their order
+    if unfinished:
+        _finish_all(con, unfinished)
     return recovered
 
 
