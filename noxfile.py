@@ -41,6 +41,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/analysis_scale.py")
     session.run("python", "benchmarks/checkpoint_cost.py")
     session.run("python", "benchmarks/store_writes.py")
+    session.run("python", "benchmarks/expand.py")
 
 
 @nox.session

@@ -277,3 +277,49 @@ def test_seed_003_studies_carry_its_tables_and_grids():
 def test_seeds_as_count_or_list(tmp_path, seeds, expected):
     runs = runs_of(tmp_path, f"seeds = {seeds}\n" + BASE)
     assert [r.seed for r in runs] == expected
+
+
+# What each shipped study expands to: how many runs, and a digest of their ids in order.
+# A run id is a hash of the resolved config; if one moves, every store re-runs that run.
+# Change a line here only together with its study file.
+SHIPPED = {
+    "quickstart": (56, "9c8c4036cb39cdc3"),
+    "adamw_vs_sgdm": (39, "cdb4f5819e0b8eb7"),
+    "batch_growth": (24, "278112d3fabcaecc"),
+    "batch_scaling": (82, "7485963e781326be"),
+    "large_batch": (12, "7041b477cb78a9da"),
+    "local_sgd": (6, "2a16ec3f28e851f1"),
+    "lr_wd": (60, "27dea51ef5e76c62"),
+    "three_methods": (63, "9a08c252acc6b592"),
+    "warmup_regimes": (155, "b219b7c5c42ea2ce"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_studies_keep_their_run_ids(name):
+    import hashlib
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "studies" / f"{name}.toml"
+    runs = all_runs(expand(load_study(path)))
+    digest = hashlib.sha256(" ".join(r.run_id for r in runs).encode()).hexdigest()[:16]
+    assert (len(runs), digest) == SHIPPED[name]
+    assert all(r.run_id == run_id_for(r.config, r.seed) for r in runs)
+
+
+def test_seeds_of_a_cell_share_its_config_and_differ_only_in_id(tmp_path):
+    text = "seeds = 3\n" + BASE + '[[block]]\nname = "g"\ngrid = { "optimizer.lr" = [0.1, 0.2] }\n'
+    runs = runs_of(tmp_path, text)
+    assert [(r.seed, r.config["optimizer"]["lr"]) for r in runs] == [
+        (s, lr) for s in (0, 1, 2) for lr in (0.1, 0.2)
+    ]
+    assert len({r.run_id for r in runs}) == 6
+    assert runs[0].config == runs[2].config and runs[0].config != runs[1].config
+
+
+def test_tables_that_validate_alike_are_told_apart_by_type():
+    from optlab.expand import _frozen
+
+    assert len({_frozen(1), _frozen(1.0), _frozen(True)}) == 3
+    assert _frozen({"a": 1, "b": [1, 2]}) == _frozen({"b": [1, 2], "a": 1})
+    assert _frozen({"a": {1, 2}}) is None  # unhashable: not cached

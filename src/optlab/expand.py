@@ -76,10 +76,20 @@ class BlockPlan:
 
 def run_id_for(config: dict[str, Any], seed: int) -> str:
     """A hash of what the run computes: its resolved config (less how it is kept) and seed."""
+    return _run_id(identity_json(config), seed)
+
+
+def identity_json(config: dict[str, Any]) -> str:
+    """The canonical JSON of what in ``config`` makes a run what it is: the same for every
+    seed of a cell, so a cell's seeds serialise it once."""
     identity = {k: v for k, v in config.items() if k not in NOT_IDENTITY}
-    canonical = json.dumps(
-        {"config": identity, "seed": seed}, sort_keys=True, separators=(",", ":")
-    )
+    return json.dumps(identity, sort_keys=True, separators=(",", ":"))
+
+
+def _run_id(identity: str, seed: int) -> str:
+    # json.dumps({"config": ..., "seed": seed}, sort_keys=True, separators=(",", ":")),
+    # written out: "config" sorts before "seed".
+    canonical = f'{{"config":{identity},"seed":{json.dumps(seed)}}}'
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
@@ -129,6 +139,8 @@ class _Expander:
         implicit = study.blocks == [Block(name="main")]  # a file without [[block]]
         self.where = "base" if implicit else f"block '{self.name}'"
         self.prefix = f"{study.file}: {self.where}"
+        self._validated: dict[tuple[str, Any], tuple[Any, Any, dict]] = {}
+        self._settings: dict[Any, dict[str, Any]] = {}
 
     def fail(self, key: str, problem: str) -> ConfigError:
         return ConfigError(f"{self.prefix}: {key}: {problem}")
@@ -280,16 +292,11 @@ class _Expander:
                     f'{{ name = "..." }}; registered: '
                     f"{', '.join(self.registry.names(kind))}",
                 )
-            plugin, model = self.validate(kind, slot, table)
-            resolved[slot] = {"name": table["name"], **model.model_dump(mode="json")}
+            plugin, model, dumped = self.validated(kind, slot, table)
+            resolved[slot] = {"name": table["name"], **dumped}
             models[slot] = (plugin, model, table["name"])
         settings = {k: v for k, v in cfg.items() if k not in PLUGIN_SLOTS and k != PROBES_KEY}
-        try:
-            resolved.update(RunSettings.model_validate(settings).model_dump(mode="json"))
-        except ValidationError as e:
-            raise ConfigError(
-                f"{self.prefix}: {describe_validation_error(e, RunSettings)}"
-            ) from None
+        resolved.update(self.settings(settings))
         if resolved.get("local_sgd") is None:
             resolved.pop("local_sgd", None)
         probes = self.resolve_probes(cfg.get(PROBES_KEY))
@@ -297,6 +304,34 @@ class _Expander:
             resolved[PROBES_KEY] = [table for table, _ in probes]
         self.check(models, resolved["epochs"], probes, resolved.get("local_sgd"))
         return dict(sorted(resolved.items()))
+
+    def settings(self, settings: dict[str, Any]) -> dict[str, Any]:
+        """The run settings validated and in JSON form (cached: most cells share them)."""
+        frozen = _frozen(settings)
+        done = self._settings.get(frozen) if frozen is not None else None
+        if done is None:
+            try:
+                done = RunSettings.model_validate(settings).model_dump(mode="json")
+            except ValidationError as e:
+                raise ConfigError(
+                    f"{self.prefix}: {describe_validation_error(e, RunSettings)}"
+                ) from None
+            if frozen is not None:
+                self._settings[frozen] = done
+        return done
+
+    def validated(self, kind: str, key: str, table: dict[str, Any]) -> tuple[Any, Any, dict]:
+        """:meth:`validate`, with the params in JSON form. Cached by the table's value: the
+        cells of a grid share most of their tables, and validating one is most of the cost
+        of a run's expansion. What it returns is shared, and read-only."""
+        frozen = _frozen(table)
+        done = self._validated.get((kind, frozen)) if frozen is not None else None
+        if done is None:
+            plugin, params = self.validate(kind, key, table)
+            done = (plugin, params, params.model_dump(mode="json"))
+            if frozen is not None:
+                self._validated[(kind, frozen)] = done
+        return done
 
     def validate(self, kind: str, key: str, table: dict[str, Any]) -> tuple[Any, Any]:
         """The plugin a table names and its validated params; errors name ``key``."""
@@ -334,10 +369,8 @@ class _Expander:
                     f"needs a table with a name, such as {example}; "
                     f"registered: {', '.join(self.registry.names('probe'))}",
                 )
-            plugin, params = self.validate("probe", key, table)
-            out.append(
-                ({"name": table["name"], **params.model_dump(mode="json")}, (plugin, params))
-            )
+            plugin, params, dumped = self.validated("probe", key, table)
+            out.append(({"name": table["name"], **dumped}, (plugin, params)))
         return out
 
     def check(
@@ -406,6 +439,33 @@ def _axis_leaves(table: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _frozen(value: Any) -> Any:
+    """A hashable stand-in for a TOML value that tells apart what validation could (1, 1.0
+    and true; key order aside); None for what cannot be hashed."""
+    if isinstance(value, dict):
+        items = [(k, _frozen(v)) for k, v in value.items()]
+        if any(v is None for _, v in items):
+            return None
+        return ("table", tuple(sorted(items)))
+    if isinstance(value, list):
+        items = [_frozen(v) for v in value]
+        return None if any(v is None for v in items) else ("array", tuple(items))
+    try:
+        hash(value)
+    except TypeError:
+        return None
+    return (type(value), value)
+
+
+def _plain_copy(value: Any) -> Any:
+    """A copy of a config (tables, arrays and immutable scalars, as TOML gives them)."""
+    if isinstance(value, dict):
+        return {k: _plain_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain_copy(v) for v in value]
+    return value
+
+
 def _is_plugin_table(value: dict[str, Any]) -> bool:
     return "name" in value and not isinstance(value["name"], list)
 
@@ -444,24 +504,29 @@ def _expand_block(
     for path in study.overrides:
         ex.check_path(f"--set {path}", path, base, axes)
     seeds = seed_list(block.seeds) if block.seeds is not None else study.seeds
+    # A cell's config does not depend on its seed: each is resolved once, and its seeds'
+    # runs share it (a RunSpec is read-only).
+    cells: list[tuple[dict[str, Any], dict[str, Any], tuple, str]] = []
+    for parts in itertools.product(*groups) if seeds else ():
+        combo = {k: v for part in parts for k, v in part.items()}
+        cfg = _plain_copy(base)
+        for path, value in _name_first(combo):
+            ex.assign(cfg, path, value, f"axis {path}")
+        if block.include and not any(_matches(cfg, c) for c in block.include):
+            continue
+        if any(_matches(cfg, c) for c in block.exclude):
+            continue
+        for path, value in _name_first(study.overrides):
+            ex.assign(cfg, path, value, f"--set {path}")
+        config = ex.resolve(cfg)
+        files = plugin_files.used_by(config, plugin_files.active())
+        if files:  # the files' hashes are part of what the run is
+            config[plugin_files.CONFIG_KEY] = [f.label() for f in files]
+        cells.append((combo, config, tuple(files), identity_json(config)))
     runs: list[RunSpec] = []
     for seed in seeds:
-        for parts in itertools.product(*groups):
-            combo = {k: v for part in parts for k, v in part.items()}
-            cfg = copy.deepcopy(base)
-            for path, value in _name_first(combo):
-                ex.assign(cfg, path, value, f"axis {path}")
-            if block.include and not any(_matches(cfg, c) for c in block.include):
-                continue
-            if any(_matches(cfg, c) for c in block.exclude):
-                continue
-            for path, value in _name_first(study.overrides):
-                ex.assign(cfg, path, value, f"--set {path}")
-            config = ex.resolve(cfg)
-            files = plugin_files.used_by(config, plugin_files.active())
-            if files:  # the files' hashes are part of what the run is
-                config[plugin_files.CONFIG_KEY] = [f.label() for f in files]
-            run_id = run_id_for(config, seed)
+        for combo, config, files, identity in cells:
+            run_id = _run_id(identity, seed)
             if run_id in seen:
                 continue
             seen.add(run_id)
@@ -475,7 +540,7 @@ def _expand_block(
                     combo,
                     len(seen) - 1,
                     study.folder,
-                    tuple(files),
+                    files,
                 )
             )
     if block.search:
