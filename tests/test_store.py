@@ -423,3 +423,77 @@ def test_a_batch_of_interleaved_runs_is_written_as_each_run_in_order(tmp_path):
     for seed in range(3):
         batched = store_after(tmp_path / f"b{seed}", lambda p, s=seed: [interleaved(p, s)])
         assert batched == one_by_one
+
+
+def test_rebuild_from_study_records_old_and_new_gives_the_same_store(prepared):
+    """A study record writes each cell's config once (its seeds point at it); rebuild makes
+    the same runs from it as from a record of an earlier optlab, which gives every run its
+    config. A record that points at no config is one line, naming the file."""
+    from optlab import manage
+    from optlab.errors import StoreError
+
+    path, todo = prepared
+    rid = todo[0].run_id
+    write_journal(path, rid, [{"type": "started", "run_id": rid}, epoch_event(rid, 1)])
+    query = (
+        "select r.run_id, r.seed, r.config, r.status, r.optimizer_lr, m.block, m.position, "
+        "m.axes from run_state r join memberships m using (run_id) order by all"
+    )
+    with st.writing(path) as con:
+        st.recover(con, path)
+    with st.reading(path) as con:
+        before = con.execute(query).fetchall()
+    record_path = st.studies_record_dir(path) / "tiny.json"
+    record = json.loads(record_path.read_text())
+    assert len(record["configs"]) == 4 and len(before) == 8  # 4 cells x 2 seeds
+
+    manage.rebuild(path)
+    with st.reading(path) as con:
+        assert con.execute(query).fetchall() == before
+
+    for block in record["blocks"]:
+        for run in block["runs"]:
+            run["config"] = record["configs"][run.pop("cell")]
+    del record["configs"]
+    record_path.write_text(json.dumps(record))
+    manage.rebuild(path)
+    with st.reading(path) as con:
+        assert con.execute(query).fetchall() == before
+
+    record["configs"] = []
+    record["blocks"][0]["runs"][0] = {**record["blocks"][0]["runs"][0], "cell": 7}
+    del record["blocks"][0]["runs"][0]["config"]
+    record_path.write_text(json.dumps(record))
+    with pytest.raises(StoreError, match=r"tiny\.json: study record unreadable \(IndexError"):
+        manage.rebuild(path)
+
+
+def test_a_run_keeps_its_checkpoint_folder_while_it_exists(prepared, tmp_path):
+    """Runs go on writing checkpoints where they have them (a folder under the default
+    root, or on a shared disk); a run whose recorded folder is gone gets one under the root
+    this `optlab run` uses."""
+    path, todo = prepared
+    study = load_study(tmp_path / "tiny.toml")
+    default = tmp_path / "optlab.checkpoints"
+    first = prepare(path, study, expand(study), retry_failed=False).resume
+    assert {r.run_id: first[r.run_id]["checkpoint_dir"] for r in todo} == {
+        r.run_id: str(default / r.run_id) for r in todo
+    }
+    kept, shared, gone, unused = (r.run_id for r in todo[:4])
+    (default / kept).mkdir(parents=True)
+    (tmp_path / "shared" / shared).mkdir(parents=True)
+    (default / "not-a-folder").write_text("")
+    with st.writing(path) as con:
+        st.set_checkpoint_dirs(
+            con,
+            {shared: str(tmp_path / "shared" / shared), gone: str(tmp_path / "lost" / gone)},
+        )
+    elsewhere = tmp_path / "elsewhere"
+    again = prepare(path, study, expand(study), retry_failed=False, checkpoint_root=elsewhere)
+    got = {rid: again.resume[rid]["checkpoint_dir"] for rid in (kept, shared, gone, unused)}
+    assert got == {
+        kept: str(default / kept),
+        shared: str(tmp_path / "shared" / shared),
+        gone: str(elsewhere / gone),
+        unused: str(elsewhere / unused),
+    }

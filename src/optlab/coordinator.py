@@ -212,14 +212,28 @@ def prepare(
         todo = plan_runs(runs, states, retry_failed)
         points = st.resume_points(con, [r.run_id for r in todo])
         dirs = {}
+        here = _folders_in(root)  # one listing instead of a stat a run
+        prefix = str(root) + os.sep
         for run in todo:
             recorded = points.get(run.run_id, {}).get("checkpoint_dir")
-            use = recorded if recorded and Path(recorded).is_dir() else str(root / run.run_id)
+            found = False
+            if recorded:
+                name = recorded[len(prefix) :] if recorded.startswith(prefix) else ""
+                found = name in here if name and os.sep not in name else Path(recorded).is_dir()
+            use = recorded if recorded and found else prefix + run.run_id
             dirs[run.run_id] = use
             points.setdefault(run.run_id, {})["checkpoint_dir"] = use
         st.set_checkpoint_dirs(con, dirs)
     st.save_study_record(store, study, plans)
     return Prepared(todo, states, found, int(epochs), points)
+
+
+def _folders_in(folder: Path) -> set[str]:
+    try:
+        with os.scandir(folder) as entries:
+            return {e.name for e in entries if e.is_dir()}
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
 
 
 async def _drive(

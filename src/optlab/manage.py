@@ -332,13 +332,15 @@ def rebuild(store: Path) -> Rebuilt:
     """A new store from the study records and run journals beside ``store``; the old file,
     if any, is kept aside under a dated name."""
     folder = st.studies_record_dir(store)
-    records = []
+    records, studies = [], []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
             records.append(json.loads(path.read_text()))
-        except (OSError, ValueError) as e:
+            studies.append(_from_record(records[-1]))
+        except (OSError, ValueError, LookupError, TypeError, AttributeError) as e:
             raise StoreError(
-                f"{path}: study record unreadable ({e}); move it away to rebuild without it"
+                f"{path}: study record unreadable ({type(e).__name__}: {e}); "
+                "move it away to rebuild without it"
             ) from None
     if not records:
         raise StoreError(f"{store}: nothing to rebuild from: no study records in {folder}")
@@ -349,8 +351,7 @@ def rebuild(store: Path) -> Rebuilt:
         con = duckdb.connect(str(tmp))
         try:
             st.ensure_schema(con)
-            for record in records:
-                study, plans = _from_record(record)
+            for study, plans in studies:
                 st.register_study(con, study, plans, store)
             journals = len(st.recover(con, store))
             by_status = dict(
@@ -409,12 +410,19 @@ def _from_record(record: dict[str, Any]) -> tuple[Any, list[Any]]:
         description=record.get("description"),
         source=record.get("source"),
     )
+    configs = record.get("configs") or []
+
+    def run(block: str, r: dict[str, Any]) -> SimpleNamespace:
+        if "cell" in r:  # the config is shared with the cell's other seeds
+            r = {**{k: v for k, v in r.items() if k != "cell"}, "config": configs[r["cell"]]}
+        return SimpleNamespace(study=study.name, block=block, **r)
+
     plans = [
         SimpleNamespace(
             name=b["name"],
             axes=b.get("axes", []),
             seeds=b.get("seeds"),
-            runs=[SimpleNamespace(study=study.name, block=b["name"], **r) for r in b["runs"]],
+            runs=[run(b["name"], r) for r in b["runs"]],
         )
         for b in record.get("blocks", [])
     ]
