@@ -42,6 +42,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/checkpoint_cost.py")
     session.run("python", "benchmarks/store_writes.py")
     session.run("python", "benchmarks/expand.py")
+    session.run("python", "benchmarks/large_study.py")
 
 
 @nox.session
