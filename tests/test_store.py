@@ -471,7 +471,7 @@ def test_rebuild_from_study_records_old_and_new_gives_the_same_store(prepared):
 def test_a_run_keeps_its_checkpoint_folder_while_it_exists(prepared, tmp_path):
     """Runs go on writing checkpoints where they have them (a folder under the default
     root, or on a shared disk); a run whose recorded folder is gone gets one under the root
-    this `optlab run` uses."""
+    this `optlab run` uses. What was recovered on the way is reported."""
     path, todo = prepared
     study = load_study(tmp_path / "tiny.toml")
     default = tmp_path / "optlab.checkpoints"
@@ -488,8 +488,10 @@ def test_a_run_keeps_its_checkpoint_folder_while_it_exists(prepared, tmp_path):
             con,
             {shared: str(tmp_path / "shared" / shared), gone: str(tmp_path / "lost" / gone)},
         )
+    write_journal(path, unused, [{"type": "started", "run_id": unused}, epoch_event(unused, 1)])
     elsewhere = tmp_path / "elsewhere"
     again = prepare(path, study, expand(study), retry_failed=False, checkpoint_root=elsewhere)
+    assert (again.recovered, again.recovered_epochs) == ({unused: "interrupted"}, 1)
     got = {rid: again.resume[rid]["checkpoint_dir"] for rid in (kept, shared, gone, unused)}
     assert got == {
         kept: str(default / kept),

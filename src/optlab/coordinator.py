@@ -205,7 +205,7 @@ def prepare(
         recovered = st.recover(con, store)
         st.register_study(con, study, plans, store)
         states = st.states(con, [r.run_id for r in runs])
-        found = st.states(con, recovered)
+        recovered_states = st.states(con, recovered)
         (epochs,) = con.execute(
             "select count(*) from epochs where run_id in (select unnest(?::varchar[]))", [recovered]
         ).fetchone()
@@ -216,16 +216,16 @@ def prepare(
         prefix = str(root) + os.sep
         for run in todo:
             recorded = points.get(run.run_id, {}).get("checkpoint_dir")
-            found = False
+            there = False
             if recorded:
                 name = recorded[len(prefix) :] if recorded.startswith(prefix) else ""
-                found = name in here if name and os.sep not in name else Path(recorded).is_dir()
-            use = recorded if recorded and found else prefix + run.run_id
+                there = name in here if name and os.sep not in name else Path(recorded).is_dir()
+            use = recorded if recorded and there else prefix + run.run_id
             dirs[run.run_id] = use
             points.setdefault(run.run_id, {})["checkpoint_dir"] = use
         st.set_checkpoint_dirs(con, dirs)
     st.save_study_record(store, study, plans)
-    return Prepared(todo, states, found, int(epochs), points)
+    return Prepared(todo, states, recovered_states, int(epochs), points)
 
 
 def _folders_in(folder: Path) -> set[str]:
