@@ -16,14 +16,13 @@ The default is 2,500 cells (a 50 x 50 learning-rate x weight-decay grid) x 40 se
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from older_tree import ROOT, measure, older_tree
+
 BASELINE = "1193ceb"  # resolved every run of every seed anew
 
 # Run in a fresh interpreter with the tree to measure first on sys.path.
@@ -63,16 +62,6 @@ name = "grid"
 """
 
 
-def measure(src: Path, study: Path) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(src), str(study)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout.splitlines()[-1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cells", type=int, default=2500, help="about this many (a square)")
@@ -90,27 +79,15 @@ def main() -> None:
                 wds=[0.0] + [round(1e-6 * 1.3**i, 12) for i in range(side - 1)],
             )
         )
-        old = Path(tmp) / "baseline"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), args.baseline_rev],
-            check=True,
-            capture_output=True,
-        )
-        try:
-            best: dict[str, float] = {}
-            digests: dict[str, str] = {}
+        best: dict[str, float] = {}
+        digests: dict[str, str] = {}
+        with older_tree(args.baseline_rev) as old:
             for _ in range(args.repeat):  # alternate, so both see the same machine
                 for name, src in (("baseline", old / "src"), ("this tree", ROOT / "src")):
-                    got = measure(src, study)
+                    got = measure(MEASURE, src, study)
                     best[name] = min(best.get(name, math.inf), got["seconds"])
                     digests[name] = got["digest"]
                     runs = got["runs"]
-        finally:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)],
-                check=False,
-                capture_output=True,
-            )
     if digests["baseline"] != digests["this tree"]:
         sys.exit("the two trees expand the study differently: not comparable")
     b, n = best["baseline"], best["this tree"]

@@ -26,7 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from older_tree import ROOT, older_tree
+
 BASELINE = "1193ceb"  # recovered, expanded and registered run by run
 
 STUDY = """
@@ -89,27 +90,14 @@ def main() -> None:
         wds=[0.0] + [round(1e-6 * 1.3**i, 12) for i in range(side - 1)],
     )
     results: dict[str, tuple[float, float, float, float]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        old = Path(tmp) / "baseline"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), args.baseline_rev],
-            check=True,
-            capture_output=True,
-        )
-        try:
-            for name, src in (("baseline", old / "src"), ("this tree", ROOT / "src")):
-                folder = Path(tmp) / ("study-" + name.replace(" ", "-"))
-                folder.mkdir()
-                (folder / "wide.toml").write_text(text)
-                first = session(src, folder)
-                again = session(src, folder)
-                results[name] = (*first, *again)
-        finally:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)],
-                check=False,
-                capture_output=True,
-            )
+    with tempfile.TemporaryDirectory() as tmp, older_tree(args.baseline_rev) as old:
+        for name, src in (("baseline", old / "src"), ("this tree", ROOT / "src")):
+            folder = Path(tmp) / name.replace(" ", "-")
+            folder.mkdir()
+            (folder / "wide.toml").write_text(text)
+            first = session(src, folder)
+            again = session(src, folder)
+            results[name] = (*first, *again)
     print(f"{side * side * args.seeds:,} runs ({side * side:,} cells x {args.seeds} seeds)\n")
     print("| seconds | baseline | this tree | speed-up |")
     print("|---|---|---|---|")

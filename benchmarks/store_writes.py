@@ -16,13 +16,9 @@ with a fresh store file on this machine's disk; best of --repeat.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from older_tree import ROOT, measure, older_tree
+
 BASELINE = "528544f"  # the last tree that wrote these a statement (or a few) per run
 
 # Run in a fresh interpreter with the tree to measure first on sys.path.
@@ -115,16 +111,6 @@ print(json.dumps({"runs": len(ids), "register": register, "lives": lives, "recov
 """
 
 
-def measure(src: Path, runs: int, epochs: int) -> dict:
-    out = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(src), str(runs), str(epochs)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(out.stdout.splitlines()[-1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=512, help="about this many (a multiple of 64)")
@@ -132,28 +118,15 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--baseline-rev", default=BASELINE)
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        old = Path(tmp) / "baseline"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old), args.baseline_rev],
-            check=True,
-            capture_output=True,
-        )
-        try:
-            best: dict[str, dict[str, float]] = {}
-            for _ in range(args.repeat):  # alternate, so both see the same machine
-                for side, src in (("baseline", old / "src"), ("this tree", ROOT / "src")):
-                    got = measure(src, args.runs, args.epochs)
-                    mine = best.setdefault(side, {})
-                    for key, value in got.items():
-                        mine[key] = min(mine.get(key, value), value)
-                    runs = got["runs"]
-        finally:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)],
-                check=False,
-                capture_output=True,
-            )
+    best: dict[str, dict[str, float]] = {}
+    with older_tree(args.baseline_rev) as old:
+        for _ in range(args.repeat):  # alternate, so both see the same machine
+            for side, src in (("baseline", old / "src"), ("this tree", ROOT / "src")):
+                got = measure(MEASURE, src, args.runs, args.epochs)
+                mine = best.setdefault(side, {})
+                for key, value in got.items():
+                    mine[key] = min(mine.get(key, value), value)
+                runs = got["runs"]
     print(f"{runs} runs, {args.epochs} epochs each; best of {args.repeat}\n")
     print("| write | baseline s | this tree s | runs/s (this tree) | speed-up |")
     print("|---|---|---|---|---|")
