@@ -499,3 +499,38 @@ def test_a_run_keeps_its_checkpoint_folder_while_it_exists(prepared, tmp_path):
         gone: str(elsewhere / gone),
         unused: str(elsewhere / unused),
     }
+
+
+def test_a_failed_runs_journal_tail_is_kept_and_the_run_stays_failed(prepared):
+    """A worker journals an event, then is killed (stalled) before it sends it, and the pool
+    fails the run. Recovery adds the journaled epoch but keeps the failure: the run is not
+    made 'interrupted' (it would be re-run without --retry-failed, and the session would
+    exit 0). A tail that holds the run's own end (it finished) is the run's end."""
+    path, todo = prepared
+    t = time.time()
+    for rid, tail in (
+        (todo[0].run_id, []),
+        (todo[1].run_id, [{"type": "finished", "run_id": todo[1].run_id, "time": t + 3}]),
+    ):
+        lives = [
+            {"type": "started", "run_id": rid, "time": t},
+            {**epoch_event(rid, 1), "time": t + 1},
+        ]
+        unsent = [{**epoch_event(rid, 2), "time": t + 2}, *tail]
+        write_journal(path, rid, lives + unsent, mode="w")
+        failure = {"type": "failed", "run_id": rid, "time": t + 5, "origin": "pool"}
+        with st.writing(path) as con:
+            st.apply_events(con, [*lives, {**failure, "error": "worker stalled"}])
+    with st.writing(path) as con:
+        assert set(st.recover(con, path)) == {todo[0].run_id, todo[1].run_id}
+        assert st.recover(con, path) == []
+    with st.reading(path) as con:
+        got = {
+            rid: (status, error, n)
+            for rid, status, error, n in con.execute(
+                "select run_id, status, error, (select count(*) from epochs e "
+                "where e.run_id = r.run_id) from run_state r"
+            ).fetchall()
+        }
+    assert got[todo[0].run_id] == ("failed", "worker stalled", 2)
+    assert got[todo[1].run_id][0] == "done" and got[todo[1].run_id][2] == 2

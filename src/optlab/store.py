@@ -803,7 +803,9 @@ def recover(
     """Re-ingest the journals that hold more than the store: those of runs it still shows as
     pending or running (left by a crash or Ctrl-C), and those of interrupted or failed runs
     whose journal has events newer than the store's (a later attempt cut off before its first
-    write). Runs without a final event become 'interrupted'. Returns their ids.
+    write). Runs without a final event become 'interrupted', except a failed or interrupted
+    run whose journal only adds the tail of the attempt that ended so (no new start): that
+    keeps its ending. Returns their ids.
 
     Every `optlab run` calls this over the study's unfinished runs, which may be most of a
     100,000-run study: only the runs with a folder beside the store are read, and what they
@@ -830,8 +832,17 @@ def recover(
             if status == "running":
                 lost.append(run_id)
             continue
-        if status in ("interrupted", "failed") and max(e.get("time") or 0 for e in events) <= seen:
-            continue
+        if status in ("interrupted", "failed"):
+            newer = [e for e in events if (e.get("time") or 0) > seen]
+            if not newer:
+                continue
+            if not any(e["type"] in ("started", "resumed") for e in newer):
+                # The tail of the attempt the store has already ended: its worker journaled
+                # it, then was killed (stalled, or died) before sending it. Its rows are
+                # kept, and so is the ending, unless the tail holds the run's own.
+                replay.extend(newer)
+                recovered.append(run_id)
+                continue
         replay.extend(events)
         last = events[-1]
         if last["type"] not in ("finished", "failed", "diverged"):
