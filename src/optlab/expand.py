@@ -139,8 +139,7 @@ class _Expander:
         implicit = study.blocks == [Block(name="main")]  # a file without [[block]]
         self.where = "base" if implicit else f"block '{self.name}'"
         self.prefix = f"{study.file}: {self.where}"
-        self._validated: dict[tuple[str, Any], tuple[Any, Any, dict]] = {}
-        self._settings: dict[Any, dict[str, Any]] = {}
+        self._cache: dict[Any, Any] = {}  # see _once
 
     def fail(self, key: str, problem: str) -> ConfigError:
         return ConfigError(f"{self.prefix}: {key}: {problem}")
@@ -307,31 +306,38 @@ class _Expander:
 
     def settings(self, settings: dict[str, Any]) -> dict[str, Any]:
         """The run settings validated and in JSON form (cached: most cells share them)."""
-        frozen = _frozen(settings)
-        done = self._settings.get(frozen) if frozen is not None else None
-        if done is None:
+
+        def validate() -> dict[str, Any]:
             try:
-                done = RunSettings.model_validate(settings).model_dump(mode="json")
+                return RunSettings.model_validate(settings).model_dump(mode="json")
             except ValidationError as e:
                 raise ConfigError(
                     f"{self.prefix}: {describe_validation_error(e, RunSettings)}"
                 ) from None
-            if frozen is not None:
-                self._settings[frozen] = done
-        return done
+
+        return self._once("settings", settings, validate)
 
     def validated(self, kind: str, key: str, table: dict[str, Any]) -> tuple[Any, Any, dict]:
         """:meth:`validate`, with the params in JSON form. Cached by the table's value: the
         cells of a grid share most of their tables, and validating one is most of the cost
         of a run's expansion. What it returns is shared, and read-only."""
-        frozen = _frozen(table)
-        done = self._validated.get((kind, frozen)) if frozen is not None else None
-        if done is None:
+
+        def validate() -> tuple[Any, Any, dict]:
             plugin, params = self.validate(kind, key, table)
-            done = (plugin, params, params.model_dump(mode="json"))
-            if frozen is not None:
-                self._validated[(kind, frozen)] = done
-        return done
+            return plugin, params, params.model_dump(mode="json")
+
+        return self._once(kind, table, validate)
+
+    def _once(self, what: str, value: Any, compute: Any) -> Any:
+        """``compute()``, remembered by ``what`` and ``value`` (only successes: an error
+        names its key)."""
+        frozen = _frozen(value)
+        if frozen is None:
+            return compute()
+        key = (what, frozen)
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
 
     def validate(self, kind: str, key: str, table: dict[str, Any]) -> tuple[Any, Any]:
         """The plugin a table names and its validated params; errors name ``key``."""
