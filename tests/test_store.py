@@ -14,7 +14,7 @@ import pytest
 
 from optlab import store as st
 from optlab.coordinator import prepare
-from optlab.events import encode
+from optlab.events import encode, read_journal
 from optlab.expand import expand
 from optlab.study import load_study
 from tests.conftest import write_study
@@ -534,3 +534,35 @@ def test_a_failed_runs_journal_tail_is_kept_and_the_run_stays_failed(prepared):
         }
     assert got[todo[0].run_id] == ("failed", "worker stalled", 2)
     assert got[todo[1].run_id][0] == "done" and got[todo[1].run_id][2] == 2
+
+
+@pytest.mark.parametrize(
+    "tail",
+    [b"\xff", b"\xe2\x82", b'{"type": "epoch", "run_id": "\xff"}\n', b"\x00" * 4096],
+    ids=["bad byte", "cut character", "bad line", "zeros"],
+)
+def test_a_torn_journal_tail_costs_only_its_line(prepared, cli, tail):
+    """A crash mid-write can leave bytes that are not UTF-8 or a zero-filled block at the end
+    of a journal: recovery, status and a resumed attempt lose that tail and nothing else."""
+    from optlab.worker import _cut_torn_tail
+
+    path, todo = prepared
+    rid = todo[0].run_id
+    write_journal(path, rid, [{"type": "started", "run_id": rid}, epoch_event(rid, 1)])
+    with open(st.journal_path(path, rid), "ab") as f:
+        f.write(tail)
+    status = cli("status")
+    assert status.exit_code == 0, status.output
+    with st.writing(path) as con:
+        assert st.recover(con, path) == [rid]
+    with st.reading(path) as con:
+        assert con.execute("select count(*) from epochs").fetchone()[0] == 1
+    # A resumed attempt appends after the cut, and is read back whole.
+    _cut_torn_tail(str(st.journal_path(path, rid)))
+    write_journal(path, rid, [{"type": "resumed", "run_id": rid, "epoch": 1}, epoch_event(rid, 2)])
+    assert [e["type"] for e in read_journal(st.journal_path(path, rid))] == [
+        "started",
+        "epoch",
+        "resumed",
+        "epoch",
+    ]

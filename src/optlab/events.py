@@ -69,16 +69,31 @@ def decode(line: str | bytes) -> dict[str, Any]:
     return json.loads(line)
 
 
+def parse_journal(data: bytes) -> tuple[list[dict[str, Any]], int]:
+    """The events of a journal's bytes, and how many leading bytes hold them. A torn tail (a
+    crash mid-write: half a line, bytes that are not UTF-8, a block of zeros) costs the lines
+    from the first unreadable one on, and only those."""
+    events: list[dict[str, Any]] = []
+    good = 0
+    while good < len(data):
+        end = data.find(b"\n", good)
+        line = data[good : len(data) if end < 0 else end + 1]
+        try:
+            event = decode(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            break
+        if not isinstance(event, dict) or "type" not in event:
+            break
+        events.append(event)
+        good += len(line)
+    return events, good
+
+
 def read_journal(path) -> list[dict[str, Any]]:
-    """A run's append-only event log; a torn last line (crash mid-write) is dropped."""
-    events = []
+    """A run's append-only event log, without a torn tail (see :func:`parse_journal`)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    events.append(decode(line))
-                except json.JSONDecodeError:
-                    break
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
-        pass
-    return events
+        return []
+    return parse_journal(data)[0]

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import optlab
-from optlab.events import encode
+from optlab.events import encode, parse_journal
 
 
 def git_sha() -> str | None:
@@ -139,12 +139,16 @@ def stop_for_full_disk(events: TextIO, lock: threading.Lock, run_id: str | None,
 
 
 def _cut_torn_tail(path: str) -> None:
-    """Drop a last line without its newline (the journal was cut mid-write)."""
+    """Drop an unreadable tail (cut mid-write, not UTF-8, zero-filled) before appending, so
+    the attempt that resumes is not hidden behind it."""
     try:
         with open(path, "rb+") as f:
             data = f.read()
-            if data and not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
+            good = parse_journal(data)[1]
+            if good < len(data):
+                f.truncate(good)
+            elif data and not data.endswith(b"\n"):
+                f.write(b"\n")  # a whole last event, cut just before its newline
     except FileNotFoundError:
         pass
 
