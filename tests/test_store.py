@@ -293,7 +293,7 @@ def test_a_foreign_duckdb_file_or_a_newer_store_is_refused_and_left_alone(tmp_pa
         result = cli(*args)
         assert result.exit_code == 1
         assert (
-            "made by a newer optlab (store schema 99; this optlab knows up to 2)" in result.stderr
+            "made by a newer optlab (store schema 99; this optlab knows up to 3)" in result.stderr
         )
 
 

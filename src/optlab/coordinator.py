@@ -24,6 +24,7 @@ from typing import Any
 
 from rich.console import Console
 
+from optlab import locations
 from optlab import store as st
 from optlab.devices import Slot
 from optlab.errors import StoreBusy, StoreFull
@@ -60,6 +61,7 @@ class Coordinator:
         nodes: Callable[[], dict[str, int]] | None = None,
     ):
         self.store, self.session_id, self.view, self.lock = store, session_id, view, lock
+        self.roots = locations.roots(store)
         self.nodes = nodes or dict
         self.specs = {s.run_id: s for s in specs}
         self.batch: list[dict[str, Any]] = []
@@ -176,7 +178,7 @@ class Coordinator:
 
     def _write(self, batch: list[dict[str, Any]], ended: bool) -> None:
         with st.writing(self.store, timeout=0.5) as con:
-            st.apply_events(con, batch)
+            st.apply_events(con, batch, self.roots)
             st.heartbeat(con, self.session_id, ended=ended, nodes=self.nodes())
 
 
@@ -200,8 +202,9 @@ def prepare(
     for each, its checkpoint folder, where it may resume and its thread count)."""
     runs = all_runs(plans)
     root = Path(os.path.abspath(checkpoint_root or st.checkpoints_dir(store)))
+    roots = locations.roots(store)
     with st.writing(store) as con:
-        st.ensure_schema(con)
+        st.ensure_schema(con, store)
         recovered = st.recover(con, store)
         st.register_study(con, study, plans, store)
         states = st.states(con, [r.run_id for r in runs])
@@ -215,15 +218,17 @@ def prepare(
         here = _folders_in(root)  # one listing instead of a stat a run
         prefix = str(root) + os.sep
         for run in todo:
-            recorded = points.get(run.run_id, {}).get("checkpoint_dir")
+            recorded = locations.resolve(points.get(run.run_id, {}).get("checkpoint_dir"), roots)
             there = False
             if recorded:
+                recorded = str(recorded)
                 name = recorded[len(prefix) :] if recorded.startswith(prefix) else ""
                 there = name in here if name and os.sep not in name else Path(recorded).is_dir()
             use = recorded if recorded and there else prefix + run.run_id
-            dirs[run.run_id] = use
+            dirs[run.run_id] = locations.recorded(use, roots)
             points.setdefault(run.run_id, {})["checkpoint_dir"] = use
         st.set_checkpoint_dirs(con, dirs)
+        st.own_checkpoint_root(con, locations.recorded(root, roots))
     st.save_study_record(store, study, plans)
     return Prepared(todo, states, recovered_states, int(epochs), points)
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import duckdb
 
+from optlab import locations
 from optlab import store as st
 from optlab.errors import OptlabError, StoreError, UsageError
 from optlab.query import check_reads_only, one_line
@@ -71,6 +72,7 @@ def saved_weights(store: Path, run_id: str) -> tuple[str, Path, dict[str, Any]]:
             "config->'$.model', input_shape, num_classes from run_state where run_id = ?",
             [run_id],
         ).fetchone()
+    path = locations.resolve(path, locations.roots(store))
     if path is None:
         if status != "done":
             raise OptlabError(f"run {run_id} is {status}: weights are saved when a run finishes")
@@ -84,7 +86,7 @@ def saved_weights(store: Path, run_id: str) -> tuple[str, Path, dict[str, Any]]:
             f"run {run_id} kept no weights ({why}); set save_weights = "
             f'"final" and run it again after `optlab rm {run_id}`'
         )
-    file = Path(path)
+    file = path
     if not file.is_file():
         raise OptlabError(f"run {run_id}: its weights file {file} is gone")
     return (
@@ -208,6 +210,7 @@ def plan_removal(store: Path, run_ids: list[str], where: str | None, study: str 
             "(select unnest(?::varchar[]))",
             [runs],
         ).fetchall()
+        own = _own_folders(store, st.checkpoint_roots(con))
         whole = []
         if study is not None and where is None and not run_ids:
             whole = [study]
@@ -219,7 +222,7 @@ def plan_removal(store: Path, run_ids: list[str], where: str | None, study: str 
     )
     for run_id, status, folder, weights in rows:
         removal.by_status[status] = removal.by_status.get(status, 0) + 1
-        removal.files += _run_files(store, run_id, folder, weights)
+        removal.files += _run_files(store, run_id, folder, weights, own)
     removal.bytes = sum(_tree_size(p) for p in removal.files)
     return removal
 
@@ -255,15 +258,35 @@ def _select(
     return pairs
 
 
-def _run_files(store: Path, run_id: str, folder: str | None, weights: str | None) -> list[Path]:
+def _own_folders(store: Path, checkpoint_roots: list[str]) -> list[Path]:
+    """The folders whose files belong to this store: its runs and checkpoints folders, and
+    the ``--checkpoint-dir`` roots its own runs wrote under (a run merged in from another
+    store and left there names files of that store: they are not this store's to remove)."""
+    roots = locations.roots(store)
+    return [Path(p) for p in roots.values()] + [
+        locations.resolve(r, roots) for r in checkpoint_roots
+    ]
+
+
+def _run_files(
+    store: Path, run_id: str, folder: str | None, weights: str | None, own: list[Path]
+) -> list[Path]:
+    roots = locations.roots(store)
     files = [st.artefacts_dir(store) / run_id]
-    # A checkpoint folder is removed only when it is the run's own (named after it).
-    for candidate in (Path(folder) if folder else None, st.checkpoints_dir(store) / run_id):
+    # A checkpoint folder is removed only when it is the run's own (named after it) in one of
+    # this store's folders.
+    for candidate in (locations.resolve(folder, roots), st.checkpoints_dir(store) / run_id):
         if candidate is not None and candidate.name == run_id and candidate not in files:
             files.append(candidate)
-    if weights and not any(Path(weights).is_relative_to(f) for f in files):
-        files.append(Path(weights))
-    return [f for f in files if f.exists()]
+    kept = locations.resolve(weights, roots)
+    if kept is not None and not any(kept.is_relative_to(f) for f in files):
+        files.append(kept)
+    return [f for f in files if f.exists() and _owned(f, own)]
+
+
+def _owned(path: Path, own: list[Path]) -> bool:
+    text = os.path.abspath(path)
+    return any(text.startswith(os.path.abspath(root) + os.sep) for root in own)
 
 
 def _tree_size(path: Path) -> int:

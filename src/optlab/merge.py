@@ -5,8 +5,12 @@ A run is its id (a hash of its resolved config and seed), so the same id in two 
 the same run. Which copy is kept: a finished run (``done``) over anything else; a run that
 ended (``diverged``, ``failed``) over one that did not; between two unfinished copies, the
 one with more epochs; between two finished copies, this store's (both computed the same
-thing). The kept copy brings its epoch rows, probe values, journal and log; nothing of
-the other copy is mixed in. A study in both stores from the same study file text gets the
+thing). The kept copy brings its epoch rows, probe values, journal, log, checkpoints and saved
+weights; nothing of the other copy is mixed in. Its files are copied into this store's
+folders (a store and its folders are one unit: nothing here names the other store's files,
+so removing runs here never touches them); with ``link`` they stay where they are, named
+absolute and marked as the other store's (``runs.files_store``), and nothing here removes
+them. A study in both stores from the same study file text gets the
 union of its runs. A study whose file differs keeps this store's version: the other's runs
 come into the store but count for the study only once it is run with a file that has them
 (then they are found done), as with any edited study. One id standing for two configs is a
@@ -16,12 +20,18 @@ leaves this store as it was.
 
 from __future__ import annotations
 
+import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
+from optlab import locations
+from optlab import store as st
+from optlab.atomic import write_atomic
 from optlab.errors import OptlabError
+from optlab.events import encode, parse_journal
 from optlab.results import q
 
 RANK = {"done": 3, "diverged": 2, "failed": 2}  # the rest (unfinished): 1, pending: 0
@@ -41,15 +51,15 @@ class Merged:
     epochs: int = 0
     probes: int = 0
     adopted: list[str] = field(default_factory=list)  # the runs whose copy came from there
+    folders: dict[str, Path] = field(default_factory=dict)  # adopted run -> its files there
+    link: bool = False
 
 
 def _rank(status: str, epochs: int) -> tuple[int, int]:
     return (RANK.get(status, 0 if status == "pending" else 1), epochs)
 
 
-def merge(store: Path, others: list[Path]) -> list[Merged]:
-    from optlab import store as st
-
+def merge(store: Path, others: list[Path], link: bool = False) -> list[Merged]:
     for other in others:
         if not other.is_file():
             raise OptlabError(f"{other}: no such store file")
@@ -59,19 +69,17 @@ def merge(store: Path, others: list[Path]) -> list[Merged]:
             pass  # an optlab store, not a newer one, and not held by a writer
     results = []
     with st.writing(store) as con:
-        st.ensure_schema(con)
+        st.ensure_schema(con, store)
         for other in others:
-            results.append(_merge_one(con, store, other))
+            results.append(_merge_one(con, store, other, link))
         st._refresh_runs_view(con)
     for result in results:
         _copy_files(store, result)
     return results
 
 
-def _merge_one(con: Any, store: Path, other: Path) -> Merged:
-    from optlab import store as st
-
-    done = Merged(other)
+def _merge_one(con: Any, store: Path, other: Path, link: bool) -> Merged:
+    done = Merged(other, link=link)
     con.execute(f"attach '{q(str(other))}' as other (read_only)")
     try:
         _check_conflicts(con, other)
@@ -121,12 +129,7 @@ def _merge_one(con: Any, store: Path, other: Path) -> Merged:
             done.probes = con.execute(
                 "select count(*) from other.probes where run_id in (select run_id from adopt)"
             ).fetchone()[0]
-            # The adopted copy's log and journal are copied beside this store.
-            con.execute(
-                "update run_state set log_path = ? || '/' || run_id || '/log.txt' "
-                "where run_id in (select run_id from adopt)",
-                [str(st.artefacts_dir(store))],
-            )
+            done.folders = _relocate(con, other, link)
             con.execute("drop table adopt")
         here = dict(con.execute("select study, source from studies").fetchall())
         for study, source in con.execute(
@@ -194,15 +197,72 @@ def _shared_columns(con: Any, table: str) -> str:
     return ", ".join(f'"{c}"' for c in _columns(con, table, _catalog(con)) if c in theirs)
 
 
-def _copy_files(store: Path, done: Merged) -> None:
-    """The adopted runs' journals and logs, and the other store's study records."""
-    from optlab import store as st
+def _relocate(con: Any, other: Path, link: bool) -> dict[str, Path]:
+    """Point the adopted runs at their files here (copied into this store's folders, or with
+    ``link`` left in the other store's, named absolute); returns each run's checkpoint
+    folder there, to copy."""
+    theirs = locations.roots(other)
+    rows = con.execute(
+        "select run_id, checkpoint_dir, checkpoint_path, weights_path from run_state "
+        "where run_id in (select run_id from adopt)"
+    ).fetchall()
+    folders, changed = {}, []
+    for run_id, folder, checkpoint, weights in rows:
+        there = locations.resolve(folder, theirs)
+        if there is None or not there.is_dir():
+            there = locations.checkpoints_dir(other) / run_id
+        folders[run_id] = there
+        fix = _path_fix(run_id, theirs, link)
+        changed.append(
+            [
+                run_id,
+                folder and fix("checkpoint_dir", folder),
+                checkpoint and fix("path", checkpoint),
+                weights and fix("weights", weights),
+                os.path.abspath(other) if link else None,
+            ]
+        )
+    if changed:
+        st.with_rows(
+            con,
+            ("run_id", "folder", "checkpoint", "weights", "files"),
+            changed,
+            "update run_state set log_path = 'runs/' || r.run_id || '/log.txt', "
+            "checkpoint_dir = r.folder, checkpoint_path = r.checkpoint, "
+            "weights_path = r.weights, files_store = r.files "
+            "from optlab_bulk_rows r where run_state.run_id = r.run_id",
+        )
+    return folders
 
+
+def _path_fix(run_id: str, theirs: dict[str, str], link: bool) -> Callable[[str, str], str]:
+    """How a file the other store names for ``run_id`` is named here: in this store's
+    checkpoint folder for the run (where it is copied to), or with ``link`` where it is."""
+
+    def fix(kind: str, path: str) -> str:
+        if link:
+            return str(locations.resolve(path, theirs))
+        if kind == "checkpoint_dir":
+            return f"checkpoints/{run_id}"
+        return f"checkpoints/{run_id}/{PurePath(path).name}"
+
+    return fix
+
+
+def _copy_files(store: Path, done: Merged) -> None:
+    """The adopted runs' logs and journals (naming their files as this store does), their
+    checkpoints and weights unless linked, and the other store's study records."""
     src, dst = st.artefacts_dir(done.other), st.artefacts_dir(store)
+    theirs = locations.roots(done.other)
     for run_id in done.adopted:
+        fix = _path_fix(run_id, theirs, done.link)
         if (src / run_id).is_dir():
-            shutil.rmtree(dst / run_id, ignore_errors=True)
-            shutil.copytree(src / run_id, dst / run_id)
+            _copy_run_folder(src / run_id, dst / run_id, fix)
+        folder = done.folders.get(run_id)
+        if not done.link and folder is not None and folder.is_dir():
+            target = st.checkpoints_dir(store) / run_id
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(folder, target)
     records = st.studies_record_dir(done.other)
     if records.is_dir():
         target = st.studies_record_dir(store)
@@ -210,6 +270,16 @@ def _copy_files(store: Path, done: Merged) -> None:
         for record in sorted(records.glob("*.json")):
             if not (target / record.name).exists():
                 shutil.copy2(record, target / record.name)
+
+
+def _copy_run_folder(src: Path, dst: Path, fix: Callable[[str, str], str]) -> None:
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("events.jsonl"))
+    journal = src / "events.jsonl"
+    if journal.is_file():
+        events, _ = parse_journal(journal.read_bytes())
+        text = "".join(encode(locations.map_event(ev, fix)) + "\n" for ev in events)
+        write_atomic(dst / "events.jsonl", text.encode())
 
 
 def describe(done: Merged) -> str:

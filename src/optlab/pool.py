@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from optlab import locations
 from optlab.devices import Slot
 from optlab.events import TERMINAL, decode, encode
 from optlab.expand import RunSpec
@@ -77,6 +78,7 @@ class LocalPool:
                 **spec.task(),
                 "journal": str(journal_path(self.store, spec.run_id)),
                 "log": str(log_path(self.store, spec.run_id)),
+                "roots": locations.roots(self.store),  # the files events name, as recorded
                 **self.task_extra(spec, slot),
             }
             sink(

@@ -50,6 +50,7 @@ from optlab.errors import UsageError
 from optlab.events import decode, encode
 from optlab.executors import RayParams, Sink, TaskExtra
 from optlab.expand import RunSpec
+from optlab.locations import record_event, roots
 from optlab.pool import Broken, note_in_log, pump, signal_group, stall_message, start_worker
 from optlab.store import journal_path, log_path
 from optlab.worker import FULL, _cut_torn_tail
@@ -576,7 +577,8 @@ class Relay:
             if event.get("type") in NOT_JOURNALED:
                 lines.append(line)
                 continue
-            event = self.localize(event, attached)
+            # The journal names files as the store does (see optlab.locations).
+            event = record_event(self.localize(event, attached), roots(self.ex.store))
             encoded = encode(event)
             journaled.append(event)
             lines.append(encoded.encode())

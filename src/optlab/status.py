@@ -17,6 +17,7 @@ from typing import Any
 
 from optlab.errors import OptlabError
 from optlab.liveness import LIVE_SECONDS, Writer, pid_alive, read_writer
+from optlab.locations import resolve, roots
 from optlab.store import STATES, journal_progress, reading
 
 
@@ -130,7 +131,7 @@ def _one(con: Any, store: Path, name: str, writer: Writer | None) -> StudyStatus
             "seed": seed,
             "axes": json.loads(axes or "{}"),
             "error": error or "",
-            "log": log,
+            "log": str(resolve(log, roots(store))) if log else None,
             "resume_epoch": ckpt or 0,
             "epochs": epochs,
             "epochs_done": done,

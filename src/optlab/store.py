@@ -20,14 +20,14 @@ from typing import Any
 
 import duckdb
 
-from optlab import paths, views
+from optlab import locations, paths, views
 from optlab.atomic import write_atomic
 from optlab.errors import StoreBusy, StoreError, StoreFull
 from optlab.events import EPOCH_FIELDS, read_journal
 from optlab.study import PLUGIN_SLOTS
 
 STATES = ("pending", "running", "done", "failed", "diverged", "interrupted")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: paths inside the store's folders are recorded relative to them
 
 SCHEMA = """
 create table if not exists meta (key varchar primary key, value varchar);
@@ -70,6 +70,7 @@ RUN_STATE_ADDED = (
     ("num_classes", "integer"),
     ("journal_time", "double"),
     ("diverged_by", "varchar"),
+    ("files_store", "varchar"),  # merged with --link: the store whose folders hold its files
 )
 FIXED_RUN_COLUMNS = ("study", "block", "position", "axes")
 PROVENANCE_COLUMNS = (
@@ -94,12 +95,12 @@ ALIASES = {
 
 def artefacts_dir(store: Path) -> Path:
     """Run logs and journals live beside the store: ``optlab.duckdb`` -> ``optlab.runs/``."""
-    return store.with_name(store.stem + ".runs")
+    return locations.runs_dir(store)
 
 
 def checkpoints_dir(store: Path) -> Path:
     """Checkpoints and saved weights, by default: ``optlab.duckdb`` -> ``optlab.checkpoints/``."""
-    return store.with_name(store.stem + ".checkpoints")
+    return locations.checkpoints_dir(store)
 
 
 def journal_path(store: Path, run_id: str) -> Path:
@@ -246,8 +247,12 @@ def check_store(path: Path) -> None:
             )
 
 
-def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+def ensure_schema(con: duckdb.DuckDBPyConnection, store: Path | None = None) -> None:
+    """Make or bring up to date the tables and views. A store of schema 2 or older is given
+    store-relative paths (``store``: where it is now)."""
     con.execute(SCHEMA)
+    row = con.execute("select value from meta where key = 'schema_version'").fetchone()
+    old = int(row[0]) if row and str(row[0]).isdigit() else None
     # Columns added since the first stores were made.
     for col in ("val_loss", "val_acc", "probe_seconds"):
         con.execute(f"alter table epochs add column if not exists {col} double")
@@ -258,9 +263,24 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     # The executor of each session, and the nodes (name -> slots) its workers run on.
     for col in ("executor", "nodes"):
         con.execute(f"alter table sessions add column if not exists {col} varchar")
+    if old is not None and old < 3 and store is not None:
+        _relative_paths(con, store)
     con.execute("insert or replace into meta values ('schema_version', ?)", [str(SCHEMA_VERSION)])
     _refresh_runs_view(con)
     views.create(con)
+
+
+def _relative_paths(con: duckdb.DuckDBPyConnection, store: Path) -> None:
+    """Absolute paths into the store's own folders (how schema 2 recorded them) become
+    relative to those folders, and every log path is the run's own."""
+    con.execute("update run_state set log_path = 'runs/' || run_id || '/log.txt'")
+    for role, root in locations.roots(store).items():
+        for col in ("checkpoint_dir", "checkpoint_path", "weights_path"):
+            con.execute(
+                f"update run_state set {col} = ? || substr({col}, ?) "
+                f"where {col} = ? or starts_with({col}, ?)",
+                [role, len(root) + 1, root, root + os.sep],
+            )
 
 
 # ---- config columns -----------------------------------------------------------------------
@@ -376,14 +396,13 @@ def register_study(
             return json.dumps(config), [values.get(c) for c in all_cols]
 
         cells = _each_once([r.config for r in runs], columns)
-        logs = str(artefacts_dir(store)) + os.sep  # log_path, without a Path a run
         # One run id may come from two blocks (the same config): its first row is stored,
         # and its membership is the last block's, as a statement per row would leave them.
         first: dict[str, list[Any]] = {}
         for r in runs:
             if r.run_id not in first:
                 config, values = cells[id(r.config)]
-                log = f"{logs}{r.run_id}{os.sep}log.txt"
+                log = f"runs/{r.run_id}/log.txt"  # in the store's runs folder
                 first[r.run_id] = [r.run_id, r.seed, "pending", config, log, *values]
         _bulk_insert(
             con,
@@ -508,8 +527,14 @@ class _Segment:
     change: dict[str, Any] | None = None
 
 
-def apply_events(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -> None:
-    """Write a batch of worker events. Idempotent: a journal may be applied again.
+def apply_events(
+    con: duckdb.DuckDBPyConnection,
+    events: list[dict[str, Any]],
+    roots: dict[str, str] | None = None,
+) -> None:
+    """Write a batch of worker events. Idempotent: a journal may be applied again. With the
+    store's ``roots``, the files events name are recorded relative to the store's folders
+    when they lie inside (journals from before that was done name them absolute).
 
     Events of different runs touch different rows, so they commute; a run's own events
     keep their order. The batch is written in layers: layer i holds every run's rows up to
@@ -519,6 +544,8 @@ def apply_events(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -
     runs: dict[str, list[_Segment]] = {}
     journaled: dict[str, float] = {}
     for ev in events:
+        if roots is not None:
+            ev = locations.record_event(ev, roots)
         kind, run_id = ev["type"], ev.get("run_id")
         if not run_id:
             continue
@@ -543,7 +570,7 @@ def apply_events(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -
     for depth in range(max((len(s) for s in runs.values()), default=0)):
         _apply_layer(con, [segs[depth] for segs in runs.values() if depth < len(segs)])
     if journaled:  # one statement for the batch, not one per run
-        _with_rows(
+        with_rows(
             con,
             ("run_id", "at"),
             [list(kv) for kv in journaled.items()],
@@ -567,7 +594,7 @@ def _apply_layer(con: duckdb.DuckDBPyConnection, layer: list[_Segment]) -> None:
         if s.checkpoint
     ]
     if checkpoints:
-        _with_rows(
+        with_rows(
             con,
             ("run_id", "epoch", "path"),
             checkpoints,
@@ -600,7 +627,7 @@ def _apply_layer(con: duckdb.DuckDBPyConnection, layer: list[_Segment]) -> None:
         for ev in changes.get(kind, [])
     ]
     if kept:
-        _with_rows(
+        with_rows(
             con,
             ("run_id", "weights", "rule"),
             kept,
@@ -625,7 +652,7 @@ def _insert_epochs(con: duckdb.DuckDBPyConnection, rows: list[list[Any]]) -> Non
     _bulk_insert(con, "insert or replace into epochs", ("run_id", *EPOCH_FIELDS), rows)
 
 
-def _with_rows(
+def with_rows(
     con: duckdb.DuckDBPyConnection, columns: tuple[str, ...], rows: list[list[Any]], sql: str
 ) -> None:
     """Run ``sql`` with ``rows`` as the view ``optlab_bulk_rows``: one array per column
@@ -656,7 +683,7 @@ def _bulk_insert(
     computed = computed or {}
     names = ", ".join(f'"{c}"' for c in (*columns, *computed))
     values = ", ".join([*(f'"{c}"' for c in columns), *computed.values()])
-    _with_rows(con, columns, rows, f"{head} ({names}) select {values} from optlab_bulk_rows {tail}")
+    with_rows(con, columns, rows, f"{head} ({names}) select {values} from optlab_bulk_rows {tail}")
 
 
 def _as_text(value: Any) -> Any:
@@ -674,7 +701,7 @@ def _apply_started(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]])
     ids = [ev["run_id"] for ev in events]
     con.execute("delete from epochs where run_id in (select unnest(?::varchar[]))", [ids])
     con.execute("delete from probes where run_id in (select unnest(?::varchar[]))", [ids])
-    _with_rows(
+    with_rows(
         con,
         ("run_id", "at"),
         [[ev["run_id"], ev.get("time", time.time())] for ev in events],
@@ -695,14 +722,14 @@ def _apply_resumed(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]])
     ]
     columns = ("run_id", "epoch", "path", "at")
     for table in ("epochs", "probes"):
-        _with_rows(
+        with_rows(
             con,
             columns,
             rows,
             f"delete from {table} t using optlab_bulk_rows r "
             "where t.run_id = r.run_id and t.epoch > r.epoch",
         )
-    _with_rows(
+    with_rows(
         con,
         columns,
         rows,
@@ -738,7 +765,7 @@ def _attempt(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -> No
             ]
         )
     sets = ", ".join(f'"{c}" = a."{c}"' for c in PROVENANCE_COLUMNS)
-    _with_rows(
+    with_rows(
         con,
         columns,
         rows,
@@ -762,7 +789,7 @@ def _ensure_runs(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -
         if ev.get("config") is not None
     ]
     if rows:
-        _with_rows(
+        with_rows(
             con,
             ("run_id", "seed", "config", "at"),
             rows,
@@ -776,7 +803,7 @@ def _finish_all(con: duckdb.DuckDBPyConnection, rows: list[list[Any]]) -> None:
     """Rows of (run_id, status, error, at, elapsed). ``elapsed`` (from the worker) counts
     every attempt's running time; without it, the wall time since the run was first
     started."""
-    _with_rows(
+    with_rows(
         con,
         ("run_id", "status", "error", "at", "elapsed"),
         rows,
@@ -848,7 +875,7 @@ def recover(
             "where run_id in (select unnest(?::varchar[])) and status = 'running'",
             [lost],
         )
-    apply_events(con, replay)  # runs' events commute; each run's keep their order
+    apply_events(con, replay, locations.roots(store))  # runs' events commute
     if unfinished:
         _finish_all(con, unfinished)
     return recovered
@@ -898,13 +925,30 @@ def resume_points(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> dict[st
 def set_checkpoint_dirs(con: duckdb.DuckDBPyConnection, dirs: dict[str, str]) -> None:
     if not dirs:
         return
-    _with_rows(
+    with_rows(
         con,
         ("run_id", "dir"),
         [list(kv) for kv in dirs.items()],
         "update run_state set checkpoint_dir = d.dir from optlab_bulk_rows d "
         "where run_state.run_id = d.run_id",
     )
+
+
+def own_checkpoint_root(con: duckdb.DuckDBPyConnection, root: str) -> None:
+    """Note a checkpoint root this store's runs write under (its own folder, or a
+    ``--checkpoint-dir``): `optlab rm` removes run folders only under the store's own roots,
+    never under another store's."""
+    roots = checkpoint_roots(con)
+    if root not in roots:
+        con.execute(
+            "insert or replace into meta values ('checkpoint_roots', ?)",
+            [json.dumps([*roots, root])],
+        )
+
+
+def checkpoint_roots(con: duckdb.DuckDBPyConnection) -> list[str]:
+    row = con.execute("select value from meta where key = 'checkpoint_roots'").fetchone()
+    return json.loads(row[0]) if row else []
 
 
 def start_session(

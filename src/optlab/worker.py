@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 import optlab
 from optlab.events import encode, parse_journal
+from optlab.locations import record_event
 
 
 def git_sha() -> str | None:
@@ -213,9 +214,13 @@ def run_task(
     if threads and cache.device.type == "cpu":
         torch.set_num_threads(threads)  # the run's own count: the same on every attempt
 
+    roots = task.get("roots")
+
     def emit(event: dict[str, Any]) -> None:
         if event["type"] in ("started", "resumed"):
             event = {**event, "provenance": {**info, "threads": torch.get_num_threads()}}
+        if roots:  # the journal names files as the store does: it may be read elsewhere
+            event = record_event(event, roots)
         channel.emit(event)
 
     print(f"optlab worker {os.getpid()}: run {task['run_id']} seed {task['seed']}", flush=True)
