@@ -315,6 +315,26 @@ def test_a_changed_study_counts_only_its_current_runs(tmp_path):
     )  # the earlier runs are kept
 
 
+def test_parts_of_a_study_run_one_after_another_add_up(tmp_path):
+    """Seed 0 today, seed 1 next week, into one store: the study is both, status says how
+    much of the file's matrix is done, and the study record (what rebuild reads) holds both."""
+    write_study(tmp_path)
+    optlab("run", "tiny.toml", "--set", "seeds=[0]", cwd=tmp_path, check=True)
+    part = optlab("status", "tiny", cwd=tmp_path, check=True).stdout
+    assert "tiny: 4 of the study file's 8 runs finished (4 of them run so far, in parts)" in part
+    proc = optlab("run", "tiny.toml", "--set", "seeds=[1]", cwd=tmp_path, check=True)
+    assert proc.stdout.splitlines()[0].startswith("tiny: running 4 of 4 runs")
+    status = optlab("status", "tiny", cwd=tmp_path, check=True).stdout
+    assert status.splitlines()[1].split()[:4] == ["tiny", "8", "0", "0"]
+    assert "in parts" not in status  # the whole matrix is run
+    sql = "select seed, count(*) as n from runs where study = 'tiny' group by seed order by seed"
+    query = optlab("query", sql, "--format", "csv", cwd=tmp_path, check=True).stdout
+    assert query == "seed,n\n0,4\n1,4\n"
+    assert "Nothing to run" in optlab("run", "tiny.toml", cwd=tmp_path, check=True).stdout
+    optlab("rebuild", cwd=tmp_path, check=True)
+    assert optlab("query", sql, "--format", "csv", cwd=tmp_path, check=True).stdout == query
+
+
 def test_failed_and_diverged_runs(tmp_path):
     write_study(
         tmp_path,

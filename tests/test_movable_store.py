@@ -57,7 +57,9 @@ def test_a_moved_store_merged_and_trimmed_never_touches_the_other_stores_files(t
     for folder in (machine_a, b):
         folder.mkdir()
         write_study(folder, text=KEPT, name="kept.toml")
-    optlab("run", "kept.toml", "--set", "seeds=[0]", "--store", "a.duckdb", cwd=machine_a, check=True)
+    optlab(
+        "run", "kept.toml", "--set", "seeds=[0]", "--store", "a.duckdb", cwd=machine_a, check=True
+    )
     optlab("run", "kept.toml", "--set", "seeds=[1]", "--store", "b.duckdb", cwd=b, check=True)
     # The store moves (a notebook's disk copied off, say) with its folders, and keeps working.
     a = tmp_path / "elsewhere" / "a"
@@ -79,7 +81,7 @@ def test_a_moved_store_merged_and_trimmed_never_touches_the_other_stores_files(t
     assert not (b / "b.checkpoints" / gone).exists() and not (b / "b.runs" / gone).exists()
     # b, rebuilt from its journals (the merged run's journal came along, renamed for b),
     # still finds the merged run's weights in its own folder.
-    # REBUILD
+    optlab("rebuild", "--store", "b.duckdb", cwd=b, check=True)
     assert weights(b, "b.duckdb", kept) == b / "b.checkpoints" / kept / "final.pt"
 
     # Merged with --link, the files stay in a's folders: named there, never removed here.

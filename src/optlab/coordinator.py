@@ -197,6 +197,7 @@ def prepare(
     plans: list[BlockPlan],
     retry_failed: bool,
     checkpoint_root: Path | None = None,
+    matrix: set[str] | None = None,
 ) -> Prepared:
     """Record the study, recover what an earlier crash left, and plan the runs to do (with,
     for each, its checkpoint folder, where it may resume and its thread count)."""
@@ -206,7 +207,7 @@ def prepare(
     with st.writing(store) as con:
         st.ensure_schema(con, store)
         recovered = st.recover(con, store)
-        st.register_study(con, study, plans, store)
+        carried = st.register_study(con, study, plans, store, matrix)
         states = st.states(con, [r.run_id for r in runs])
         recovered_states = st.states(con, recovered)
         (epochs,) = con.execute(
@@ -229,7 +230,7 @@ def prepare(
             points.setdefault(run.run_id, {})["checkpoint_dir"] = use
         st.set_checkpoint_dirs(con, dirs)
         st.own_checkpoint_root(con, locations.recorded(root, roots))
-    st.save_study_record(store, study, plans)
+    st.save_study_record(store, study, plans, carried)
     return Prepared(todo, states, recovered_states, int(epochs), points)
 
 

@@ -556,3 +556,20 @@ def _expand_block(
             ex.name, axes, seeds, runs, search.describe(block.search), ex.search_points()
         )
     return BlockPlan(ex.name, axes, seeds, runs)
+
+
+def file_matrix(
+    path: Any, sets: list[str], plans: list[BlockPlan], max_runs: int | None = None
+) -> set[str] | None:
+    """The run ids of the study file as written, without ``--set``: what `optlab status`
+    counts a study's progress against, and what a part run with ``--set`` adds to. None
+    when the whole file cannot be expanded (more runs than ``max_runs``, say)."""
+    if not sets:
+        return {r.run_id for r in all_runs(plans)}
+    from optlab.errors import OptlabError
+    from optlab.study import load_study
+
+    try:
+        return {r.run_id for r in all_runs(expand(load_study(path), max_runs=max_runs))}
+    except OptlabError:
+        return None

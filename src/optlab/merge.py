@@ -142,7 +142,8 @@ def _merge_one(con: Any, store: Path, other: Path, link: bool) -> Merged:
             else:
                 done.studies_differ.append(study)
         con.execute(
-            "insert into studies select * from other.studies "
+            f"insert into studies ({_shared_columns(con, 'studies')}) select "
+            f"{_shared_columns(con, 'studies')} from other.studies "
             "where study not in (select study from studies)"
         )
         con.execute(
@@ -268,8 +269,12 @@ def _copy_files(store: Path, done: Merged) -> None:
         target = st.studies_record_dir(store)
         target.mkdir(parents=True, exist_ok=True)
         for record in sorted(records.glob("*.json")):
-            if not (target / record.name).exists():
+            ours = st.read_record(target / record.name)
+            if ours is None:
                 shutil.copy2(record, target / record.name)
+            elif (theirs := st.read_record(record)) is not None:
+                # The same study from the same file: its record holds both stores' runs.
+                st.write_json_atomic(target / record.name, st.union_records(ours, theirs))
 
 
 def _copy_run_folder(src: Path, dst: Path, fix: Callable[[str, str], str]) -> None:

@@ -32,6 +32,7 @@ class StudyStatus:
     gone: str | None = None  # the writer that left runs marked running, when it is gone
     executor: str | None = None  # of the live session
     nodes: dict[str, int] = field(default_factory=dict)  # node -> slots running there now
+    matrix: int | None = None  # the study file's runs, when only a part of them was run
 
     @property
     def total(self) -> int:
@@ -71,6 +72,15 @@ def _one(con: Any, store: Path, name: str, writer: Writer | None) -> StudyStatus
     ).fetchall():
         counts[status] = n
     result = StudyStatus(name, counts)
+    has_matrix = con.execute(
+        "select count(*) from information_schema.columns where table_name = 'studies' "
+        "and column_name = 'matrix_runs'"
+    ).fetchone()[0]
+    if has_matrix:  # (an older store has no such column)
+        (matrix,) = con.execute(
+            "select matrix_runs from studies where study = ?", [name]
+        ).fetchone()
+        result.matrix = matrix if matrix is not None and matrix > result.total else None
     now = time.time()
     columns = {
         c

@@ -263,6 +263,8 @@ def ensure_schema(con: duckdb.DuckDBPyConnection, store: Path | None = None) -> 
     # The executor of each session, and the nodes (name -> slots) its workers run on.
     for col in ("executor", "nodes"):
         con.execute(f"alter table sessions add column if not exists {col} varchar")
+    # The size of the study file's matrix, when what was run of it is a part of it.
+    con.execute("alter table studies add column if not exists matrix_runs integer")
     if old is not None and old < 3 and store is not None:
         _relative_paths(con, store)
     con.execute("insert or replace into meta values ('schema_version', ?)", [str(SCHEMA_VERSION)])
@@ -365,21 +367,45 @@ def _refresh_runs_view(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def register_study(
-    con: duckdb.DuckDBPyConnection, study: Any, plans: list[Any], store: Path
-) -> None:
+    con: duckdb.DuckDBPyConnection,
+    study: Any,
+    plans: list[Any],
+    store: Path,
+    matrix: set[str] | None = None,
+) -> set[str]:
     """Record the study and its runs; runs already in the store keep their state.
 
-    The study's membership becomes exactly this expansion: runs of an earlier version of the
-    file (another epoch count, say) stay in the store but no longer count for the study.
+    ``matrix``: the run ids of the study file as written (without ``--set``); by default
+    this expansion's. A part of that matrix (``--set seeds=[1]``, a block) adds to what was
+    run of it before under the study's name, from the same file text: the study is the
+    union. Anything else (an edited file, a ``--set epochs=1`` trial) makes the study exactly
+    this expansion: the runs of the earlier version stay in the store but no longer count
+    for it. Returns the earlier runs the study keeps beside this expansion's.
     """
     axes = {p.name: p.axes for p in plans}
-    con.execute(
-        "insert into studies values (?, ?, ?, ?, ?, now(), now()) on conflict (study) do update "
-        "set file = excluded.file, description = excluded.description, "
-        "source = excluded.source, axes = excluded.axes, updated_at = now()",
-        [study.name, study.file, study.description, study.source, json.dumps(axes)],
-    )
     runs = [r for p in plans for r in p.runs]
+    ids = {r.run_id for r in runs}
+    before = con.execute("select source from studies where study = ?", [study.name]).fetchone()
+    part = before is not None and before[0] == study.source and (matrix is None or ids <= matrix)
+    carried: set[str] = set()
+    if part:
+        carried = {
+            r
+            for (r,) in con.execute(
+                "select run_id from memberships where study = ?", [study.name]
+            ).fetchall()
+            if r not in ids and (matrix is None or r in matrix)
+        }
+    # The matrix's size, when the study is a part of it (status: "4 of the file's 8").
+    size = len(matrix) if matrix is not None and ids <= matrix else None
+    con.execute(
+        "insert into studies (study, file, description, source, axes, created_at, updated_at, "
+        "matrix_runs) values (?, ?, ?, ?, ?, now(), now(), ?) on conflict (study) do update "
+        "set file = excluded.file, description = excluded.description, "
+        "source = excluded.source, axes = excluded.axes, updated_at = now(), "
+        "matrix_runs = excluded.matrix_runs",
+        [study.name, study.file, study.description, study.source, json.dumps(axes), size],
+    )
     # The seeds of a cell share its config (and axes) object: each is flattened and
     # serialised once, not once a seed.
     flat = _each_once([r.config for r in runs], config_columns)
@@ -426,10 +452,11 @@ def register_study(
         )
     con.execute(
         "delete from memberships where study = ? and run_id not in (select unnest(?::varchar[]))",
-        [study.name, [r.run_id for r in runs]],
+        [study.name, [*ids, *carried]],
     )
     if changed:
         _refresh_runs_view(con)
+    return carried
 
 
 def _each_once(objects: list[Any], fn: Any) -> dict[int, Any]:
@@ -445,7 +472,9 @@ def studies_record_dir(store: Path) -> Path:
     return artefacts_dir(store) / "studies"
 
 
-def save_study_record(store: Path, study: Any, plans: list[Any]) -> None:
+def save_study_record(
+    store: Path, study: Any, plans: list[Any], carried: set[str] | None = None
+) -> None:
     """The study as registered (its source, blocks, axes and every run's config), beside the
     journals: with them, `optlab rebuild` makes the store again if it is lost or damaged.
 
@@ -490,7 +519,52 @@ def save_study_record(store: Path, study: Any, plans: list[Any]) -> None:
     }
     folder = studies_record_dir(store)
     folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(folder / f"{study.name}.json", record)
+    path = folder / f"{study.name}.json"
+    old = read_record(path) if carried else None
+    write_json_atomic(path, union_records(record, old, carried))
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    """A study record, or None when there is none (or it cannot be read: it is replaced)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def union_records(
+    new: dict[str, Any], old: dict[str, Any] | None, only: set[str] | None = None
+) -> dict[str, Any]:
+    """``new`` with the runs of ``old`` it lacks (those in ``only``, if given), when both come
+    from the same file text (the study is the union of what was run under its name); else
+    ``new`` alone."""
+    if not old or old.get("source") != new.get("source"):
+        return new
+    have = {r["run_id"] for b in new["blocks"] for r in b["runs"]}
+    if only is not None:
+        have |= {r["run_id"] for b in old.get("blocks", []) for r in b["runs"]} - only
+    configs = list(new.get("configs") or [])
+    blocks = {b["name"]: b for b in new["blocks"]}
+    moved: dict[int, int] = {}  # old cell index -> new
+    for block in old.get("blocks", []):
+        extra = [r for r in block.get("runs", []) if r["run_id"] not in have]
+        if not extra:
+            continue
+        target = blocks.get(block["name"])
+        if target is None:
+            target = blocks[block["name"]] = {**block, "runs": []}
+        for run in extra:
+            run = dict(run)
+            if "cell" in run:
+                cell = run["cell"]
+                if cell not in moved:
+                    moved[cell] = len(configs)
+                    configs.append(old["configs"][cell])
+                run["cell"] = moved[cell]
+            target["runs"].append(run)
+            have.add(run["run_id"])
+    return {**new, "configs": configs, "blocks": list(blocks.values())}
 
 
 def write_json_atomic(path: Path, value: Any) -> None:

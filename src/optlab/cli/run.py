@@ -87,7 +87,7 @@ def command(
 ) -> None:
     from optlab import executors
     from optlab.coordinator import execute, prepare
-    from optlab.expand import all_runs, expand
+    from optlab.expand import all_runs, expand, file_matrix
     from optlab.liveness import writer_lock
     from optlab.preparing import dataset_tables
     from optlab.store import check_store
@@ -101,6 +101,7 @@ def command(
     spec = load_study(study, sets)
     plans = expand(spec, max_runs=max_runs)
     total = len(all_runs(plans))
+    matrix = file_matrix(study, sets, plans, max_runs)
     check_store(store)
     if checkpoint_dir is not None:
         check_folder(checkpoint_dir, "--checkpoint-dir")
@@ -125,6 +126,7 @@ def command(
                 plans,
                 retry_failed,
                 checkpoint_dir.resolve() if checkpoint_dir else None,
+                matrix,
             )
             todo, states = prepared.todo, prepared.states
             if prepared.recovered:

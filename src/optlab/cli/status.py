@@ -36,6 +36,12 @@ def command(
         table.add_row(s.study, str(s.total), *(str(s.counts[k]) for k in STATES), pct, eta)
     out.print(table)
     for s in results:
+        if s.matrix is not None:
+            out.print(
+                f"{s.study}: {s.finished} of the study file's {s.matrix} runs finished "
+                f"({s.total} of them run so far, in parts)",
+                markup=False,
+            )
         if s.active_workers:
             nodes = ", ".join(f"{node} {n}" for node, n in sorted(s.nodes.items()))
             where = f" ({s.executor}: {nodes})" if nodes else ""
