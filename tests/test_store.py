@@ -566,3 +566,32 @@ def test_a_torn_journal_tail_costs_only_its_line(prepared, cli, tail):
         "resumed",
         "epoch",
     ]
+
+
+def test_merge_waits_while_a_study_writes_the_other_store(prepared, tmp_path, monkeypatch):
+    """A running study holds its store for each batch: merge from it waits for the batch
+    (as readers do) instead of failing with advice to rebuild a healthy store."""
+    import contextlib
+
+    from optlab import merge
+
+    other, _ = prepared
+    store = tmp_path / "here.duckdb"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import duckdb, sys, time; c = duckdb.connect(sys.argv[1]); print(flush=True); "
+            "time.sleep(1.5)",
+            str(other),
+        ],
+        stdout=subprocess.PIPE,
+    )
+    holder.stdout.readline()  # it holds the file now
+    # The race: the other store was free when checked and is taken before it is attached.
+    monkeypatch.setattr(st, "reading", lambda *a, **k: contextlib.nullcontext())
+    try:
+        (done,) = merge.merge(store, [other])
+    finally:
+        holder.wait()
+    assert done.runs_new == 8

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
@@ -30,7 +31,7 @@ from typing import Any
 from optlab import locations
 from optlab import store as st
 from optlab.atomic import write_atomic
-from optlab.errors import OptlabError
+from optlab.errors import OptlabError, StoreBusy
 from optlab.events import encode, parse_journal
 from optlab.results import q
 
@@ -63,104 +64,127 @@ def merge(store: Path, others: list[Path], link: bool = False) -> list[Merged]:
     for other in others:
         if not other.is_file():
             raise OptlabError(f"{other}: no such store file")
-        if store.exists() and other.resolve() == store.resolve():
+        if store.exists() and os.path.samefile(other, store):
             raise OptlabError(f"{other}: is this store itself (--store {store})")
         with st.reading(other, require_runs=False):
             pass  # an optlab store, not a newer one, and not held by a writer
     results = []
-    with st.writing(store) as con:
+
+    def attach_all(con: Any) -> None:
+        for i, other in enumerate(others):
+            _attach(con, other, f"optlab_merge_{i}")
+
+    with st.writing(store, before=attach_all) as con:
         st.ensure_schema(con, store)
-        for other in others:
-            results.append(_merge_one(con, store, other, link))
+        for i, other in enumerate(others):
+            results.append(_merge_one(con, store, other, link, f"optlab_merge_{i}"))
         st._refresh_runs_view(con)
     for result in results:
         _copy_files(store, result)
     return results
 
 
-def _merge_one(con: Any, store: Path, other: Path, link: bool) -> Merged:
+def _merge_one(con: Any, store: Path, other: Path, link: bool, name: str) -> Merged:
     done = Merged(other, link=link)
-    con.execute(f"attach '{q(str(other))}' as other (read_only)")
-    try:
-        _check_conflicts(con, other)
-        theirs = dict(
-            (
-                (r, (s, e))
-                for r, s, e in con.execute(
-                    "select r.run_id, r.status, count(e.epoch) from other.run_state r "
-                    "left join other.epochs e using (run_id) group by all"
-                ).fetchall()
+    o = name  # the other store's catalog, attached before the transaction began
+    _check_conflicts(con, other, o)
+    theirs = dict(
+        (
+            (r, (s, e))
+            for r, s, e in con.execute(
+                f"select r.run_id, r.status, count(e.epoch) from {o}.run_state r "
+                f"left join {o}.epochs e using (run_id) group by all"
+            ).fetchall()
+        )
+    )
+    ours = dict(
+        (
+            (r, (s, e))
+            for r, s, e in con.execute(
+                "select r.run_id, r.status, count(e.epoch) from run_state r "
+                "left join epochs e using (run_id) where r.run_id in (select run_id from "
+                f"{o}.run_state) group by all"
+            ).fetchall()
+        )
+    )
+    adopt = []
+    for run_id, (status, epochs) in sorted(theirs.items()):
+        if run_id not in ours:
+            adopt.append(run_id)
+            done.runs_new += 1
+        elif _rank(status, epochs) > _rank(*ours[run_id]) and ours[run_id][0] != "done":
+            adopt.append(run_id)
+            done.runs_replaced += 1
+        else:
+            done.runs_kept += 1
+    if adopt:
+        con.execute("create temp table adopt as select unnest(?::varchar[]) as run_id", [adopt])
+        _add_columns(con, o)
+        for table in ("epochs", "probes", "run_state"):
+            con.execute(f"delete from {table} where run_id in (select run_id from adopt)")
+        for table in ("run_state", "epochs", "probes"):
+            cols = _shared_columns(con, table, o)
+            con.execute(
+                f"insert into {table} ({cols}) select {cols} from {o}.{table} "
+                "where run_id in (select run_id from adopt)"
             )
-        )
-        ours = dict(
-            (
-                (r, (s, e))
-                for r, s, e in con.execute(
-                    "select r.run_id, r.status, count(e.epoch) from run_state r "
-                    "left join epochs e using (run_id) where r.run_id in (select run_id from "
-                    "other.run_state) group by all"
-                ).fetchall()
-            )
-        )
-        adopt = []
-        for run_id, (status, epochs) in sorted(theirs.items()):
-            if run_id not in ours:
-                adopt.append(run_id)
-                done.runs_new += 1
-            elif _rank(status, epochs) > _rank(*ours[run_id]) and ours[run_id][0] != "done":
-                adopt.append(run_id)
-                done.runs_replaced += 1
-            else:
-                done.runs_kept += 1
-        if adopt:
-            con.execute("create temp table adopt as select unnest(?::varchar[]) as run_id", [adopt])
-            _add_columns(con)
-            for table in ("epochs", "probes", "run_state"):
-                con.execute(f"delete from {table} where run_id in (select run_id from adopt)")
-            for table in ("run_state", "epochs", "probes"):
-                cols = _shared_columns(con, table)
-                con.execute(
-                    f"insert into {table} ({cols}) select {cols} from other.{table} "
-                    "where run_id in (select run_id from adopt)"
-                )
-            done.epochs = con.execute(
-                "select count(*) from other.epochs where run_id in (select run_id from adopt)"
-            ).fetchone()[0]
-            done.probes = con.execute(
-                "select count(*) from other.probes where run_id in (select run_id from adopt)"
-            ).fetchone()[0]
-            done.folders = _relocate(con, other, link)
-            con.execute("drop table adopt")
-        here = dict(con.execute("select study, source from studies").fetchall())
-        for study, source in con.execute(
-            "select study, source from other.studies order by study"
-        ).fetchall():
-            if study not in here:
-                done.studies_new.append(study)
-            elif here[study] == source:
-                done.studies_joined.append(study)
-            else:
-                done.studies_differ.append(study)
-        con.execute(
-            f"insert into studies ({_shared_columns(con, 'studies')}) select "
-            f"{_shared_columns(con, 'studies')} from other.studies "
-            "where study not in (select study from studies)"
-        )
-        con.execute(
-            "insert into memberships select * from other.memberships "
-            "where study not in (select unnest(?::varchar[])) "
-            "on conflict (study, run_id) do nothing",
-            [done.studies_differ],
-        )
-        done.adopted = adopt
-    finally:
-        con.execute("detach other")
+        done.epochs = con.execute(
+            f"select count(*) from {o}.epochs where run_id in (select run_id from adopt)"
+        ).fetchone()[0]
+        done.probes = con.execute(
+            f"select count(*) from {o}.probes where run_id in (select run_id from adopt)"
+        ).fetchone()[0]
+        done.folders = _relocate(con, other, link)
+        con.execute("drop table adopt")
+    here = dict(con.execute("select study, source from studies").fetchall())
+    studies = _shared_columns(con, "studies", o)
+    for study, source in con.execute(
+        f"select study, source from {o}.studies order by study"
+    ).fetchall():
+        if study not in here:
+            done.studies_new.append(study)
+        elif here[study] == source:
+            done.studies_joined.append(study)
+        else:
+            done.studies_differ.append(study)
+    con.execute(
+        f"insert into studies ({studies}) select {studies} from {o}.studies "
+        "where study not in (select study from studies)"
+    )
+    con.execute(
+        f"insert into memberships select * from {o}.memberships "
+        "where study not in (select unnest(?::varchar[])) "
+        "on conflict (study, run_id) do nothing",
+        [done.studies_differ],
+    )
+    done.adopted = adopt
     return done
 
 
-def _check_conflicts(con: Any, other: Path) -> None:
+def _attach(con: Any, other: Path, name: str, timeout: float = 15.0) -> None:
+    """Attach the other store read-only, retrying while its writer holds it for a batch (as
+    readers do); a store busy for longer is one line that says so."""
+    import duckdb
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            con.execute(f"attach '{q(str(other))}' as {name} (read_only)")
+            return
+        except duckdb.IOException as e:
+            if "lock" not in str(e).lower():
+                raise
+            if time.monotonic() >= deadline:
+                raise StoreBusy(
+                    f"{other}: busy (a study writing it holds it); try again, or merge it "
+                    "once that study has finished"
+                ) from None
+            time.sleep(0.05)
+
+
+def _check_conflicts(con: Any, other: Path, o: str) -> None:
     clash = con.execute(
-        "select o.run_id from other.run_state o join run_state r using (run_id) "
+        f"select o.run_id from {o}.run_state o join run_state r using (run_id) "
         "where o.config::varchar is distinct from r.config::varchar limit 1"
     ).fetchone()
     if clash:
@@ -181,10 +205,10 @@ def _columns(con: Any, table: str, catalog: str) -> dict[str, str]:
     )
 
 
-def _add_columns(con: Any) -> None:
+def _add_columns(con: Any, o: str) -> None:
     """Config columns the other store has and this one does not (another study's keys)."""
     mine = _columns(con, "run_state", _catalog(con))
-    for col, kind in _columns(con, "run_state", "other").items():
+    for col, kind in _columns(con, "run_state", o).items():
         if col not in mine:
             con.execute(f'alter table run_state add column "{col}" {kind}')
 
@@ -193,8 +217,8 @@ def _catalog(con: Any) -> str:
     return con.execute("select current_database()").fetchone()[0]
 
 
-def _shared_columns(con: Any, table: str) -> str:
-    theirs = _columns(con, table, "other")
+def _shared_columns(con: Any, table: str, o: str) -> str:
+    theirs = _columns(con, table, o)
     return ", ".join(f'"{c}"' for c in _columns(con, table, _catalog(con)) if c in theirs)
 
 

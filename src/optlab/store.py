@@ -211,10 +211,15 @@ def reading(
 
 
 @contextlib.contextmanager
-def writing(path: Path, timeout: float = 60.0) -> Iterator[duckdb.DuckDBPyConnection]:
-    """One transaction, holding the file only for its duration."""
+def writing(
+    path: Path, timeout: float = 60.0, before: Any = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """One transaction, holding the file only for its duration. ``before(con)`` runs ahead
+    of it (attaching another database: a failed try there would abort the transaction)."""
     con = _connect(path, read_only=False, timeout=timeout)
     try:
+        if before is not None:
+            before(con)
         con.execute("begin transaction")
         yield con
         con.execute("commit")
@@ -324,7 +329,8 @@ def _widen(old: str, new: str) -> str:
 
 def _table_columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
     rows = con.execute(
-        "select column_name, data_type from information_schema.columns where table_name = ?",
+        "select column_name, data_type from information_schema.columns where table_name = ? "
+        "and table_catalog = current_database() and table_schema = 'main'",
         [table],
     ).fetchall()
     return dict(rows)

@@ -134,7 +134,8 @@ def create(con: Any, temp: bool = False) -> None:
     """(Re)create the analysis views; ``temp`` for a read-only connection."""
     kind = "temp" if temp else ""
     exists = con.execute(
-        "select count(*) from duckdb_tables() where table_name = 't_quantiles'"
+        "select count(*) from duckdb_tables() where table_name = 't_quantiles' "
+        "and database_name = current_database()"
     ).fetchone()[0]
     if not exists:
         con.execute(f"create {kind} table t_quantiles (df integer primary key, t975 double)")

@@ -82,6 +82,8 @@ def _store_damage(exc: BaseException) -> str | None:
     if not type(exc).__module__.lstrip("_").startswith("duckdb"):
         return None
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    if "lock" in first.lower():  # busy, not damaged: another process holds the file
+        return f"a store is busy ({first}); another process writes it: try again"
     return (
         f"the store could not be read ({first}); if it is damaged, `optlab rebuild` "
         "makes a new one from the run journals"
