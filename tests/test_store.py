@@ -595,3 +595,22 @@ def test_merge_waits_while_a_study_writes_the_other_store(prepared, tmp_path, mo
     finally:
         holder.wait()
     assert done.runs_new == 8
+
+
+def test_a_hard_link_to_the_store_finds_the_same_writer_lock(prepared, tmp_path):
+    """Two writers through two names of one store file (a hard link here; a bind mount of
+    the file is the same) are refused as two through one name are: each would train every
+    run, and write journals into folders the other's rebuild never reads."""
+    from optlab.errors import StoreError
+    from optlab.liveness import writer_lock
+
+    path, _ = prepared
+    (tmp_path / "elsewhere").mkdir()
+    for other in (tmp_path / "h.duckdb", tmp_path / "elsewhere" / "optlab.duckdb"):
+        os.link(path, other)
+        with writer_lock(path):
+            with pytest.raises(StoreError, match="another optlab process .* is writing"):
+                with writer_lock(other):
+                    pass
+        with writer_lock(other):  # free again once the first lets go
+            pass
