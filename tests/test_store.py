@@ -608,9 +608,11 @@ def test_a_hard_link_to_the_store_finds_the_same_writer_lock(prepared, tmp_path)
     (tmp_path / "elsewhere").mkdir()
     for other in (tmp_path / "h.duckdb", tmp_path / "elsewhere" / "optlab.duckdb"):
         os.link(path, other)
-        with writer_lock(path):
-            with pytest.raises(StoreError, match="another optlab process .* is writing"):
-                with writer_lock(other):
-                    pass
+        with (
+            writer_lock(path),
+            pytest.raises(StoreError, match="another optlab process .* is writing"),
+            writer_lock(other),
+        ):
+            pass
         with writer_lock(other):  # free again once the first lets go
             pass
