@@ -120,7 +120,7 @@ optimizer = { name = "sgd", lr = 0.1 }
     )
     result = cli("show", "l.toml")
     assert result.exit_code == 1 and result.stderr.startswith(
-        "Error: l.toml: base: local_sgd: Value error, runs in fp32 or bf16, not amp (one loss "
+        "Error: l.toml: base: local_sgd: runs in fp32 or bf16, not amp (one loss "
         "scale would be shared by the workers)"
     )
 

@@ -154,6 +154,6 @@ def test_wide_resnet_depth_must_be_6n_plus_4(cli, tmp_path):
     )
     result = cli("show", "s.toml")
     assert result.stderr == (
-        "Error: s.toml: base: model: Value error, depth 27: a wide ResNet "
+        "Error: s.toml: base: model: depth 27: a wide ResNet "
         "has depth 6n + 4 (16, 22, 28, 40, ...) (given {'depth': 27})\n"
     )

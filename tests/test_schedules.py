@@ -102,12 +102,11 @@ GROWTH = BASE.replace(
         ),
         (
             'lr_schedule = { name = "multistep", milestones = [5, 3] }',
-            "base: lr_schedule: Value error, milestones must increase "
-            "(given {'milestones': [5, 3]})",
+            "base: lr_schedule: milestones must increase (given {'milestones': [5, 3]})",
         ),
         (
             'lr_schedule = { name = "constant", warmup_epochs = 1, warmup_steps = 10 }',
-            "base: lr_schedule: Value error, give warmup_epochs or warmup_steps, not both (given "
+            "base: lr_schedule: give warmup_epochs or warmup_steps, not both (given "
             "{'warmup_epochs': 1, 'warmup_steps': 10})",
         ),
     ],

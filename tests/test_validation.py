@@ -20,7 +20,20 @@ GRID = '\n[[block]]\nname = "g"\ngrid = { %s }\n'
 CASES = {
     "too_many_seeds": (
         "seeds = 1000000000000\n" + BASE,
-        "seeds: Input should be less than or equal to 100000 (given 1000000000000)",
+        "seeds: give a count from 1 to 100,000 or a list of seeds (given 1000000000000)",
+    ),
+    "seed_past_32_bits": (
+        "seeds = [0, 2147483648]\n" + BASE,
+        "seeds: seed 2147483648: a seed is a whole number from 0 to 2147483647 "
+        "(given [0, 2147483648])",
+    ),
+    "nested_too_deep": (
+        BASE + "tags = " + "[" * 40 + "1" + "]" * 40 + "\n",
+        "tables and arrays nested over 32 levels deep; a study nests at most 32",
+    ),
+    "nested_past_the_parser": (
+        BASE + "tags = " + "[" * 2000 + "1" + "]" * 2000 + "\n",
+        "tables and arrays nested over 32 levels deep; a study nests at most 32",
     ),
     "unknown_plugin": (
         BASE.replace('"sgd"', '"sgdd"'),
@@ -114,7 +127,7 @@ CASES = {
     ),
     "probe_two_schedules": (
         BASE + 'probes = [{ name = "grad_norm", every = 1, first_steps = 5 }]\n',
-        "base: probes[0]: Value error, give one of epochs, every, "
+        "base: probes[0]: give one of epochs, every, "
         "first_steps (given every, first_steps) (given {'every': 1, "
         "'first_steps': 5})",
     ),
@@ -139,6 +152,16 @@ def test_study_errors_are_one_literal_line(cli, tmp_path, case):
     assert result.exit_code == 1
     assert result.stderr == f"Error: {case}.toml: {message}\n"
     assert result.stdout == ""
+
+
+@pytest.mark.parametrize("case", ["seed_past_32_bits", "nested_past_the_parser"])
+def test_a_study_refused_at_run_writes_nothing(cli, tmp_path, case):
+    """What `show` refuses, `run` refuses before a store file exists."""
+    text, message = CASES[case]
+    (tmp_path / f"{case}.toml").write_text(text)
+    result = cli("run", f"{case}.toml")
+    assert (result.exit_code, result.stderr) == (1, f"Error: {case}.toml: {message}\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{case}.toml"]
 
 
 def test_missing_study_file(cli):

@@ -11,7 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from optlab.errors import ConfigError
 
@@ -131,7 +131,25 @@ RUN_KEYS = tuple(RunSettings.model_fields) + tuple(PLUGIN_SLOTS) + (PROBES_KEY,)
 # `seeds = N` means 0..N-1; more seeds than the default run limit is surely a slip (and a
 # list of 10^12 seeds would not fit in memory).
 MAX_SEEDS = 100_000
-Seeds = Annotated[int, Field(ge=1, le=MAX_SEEDS)] | list[int]
+# A seed is stored as a 32-bit integer (runs.seed) and given to torch and numpy as it is.
+MAX_SEED = 2**31 - 1
+
+
+def _check_seeds(value: Any) -> Any:
+    """``seeds = N`` (1..MAX_SEEDS) or a list of seeds (each 0..MAX_SEED), one clear line."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 1 <= value <= MAX_SEEDS:
+            raise ValueError(f"give a count from 1 to {MAX_SEEDS:,} or a list of seeds")
+        return value
+    if isinstance(value, list):
+        for seed in value:
+            if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+                raise ValueError(f"seed {seed!r}: a seed is a whole number from 0 to {MAX_SEED}")
+        return value
+    raise ValueError("give a count of seeds or a list of seeds, such as [0, 1, 2]")
+
+
+Seeds = Annotated[int | list[int], BeforeValidator(_check_seeds)]
 
 
 class Block(BaseModel):
@@ -204,9 +222,14 @@ def seed_list(seeds: int | list[int]) -> list[int]:
 def parse_value(text: str) -> Any:
     """A --set value: a TOML value (``0.1``, ``[1, 2]``, ``{name = "sgd"}``) or a bare string."""
     try:
-        return tomllib.loads(f"v = {text}")["v"]
+        value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         return text
+    except RecursionError:
+        raise ConfigError(_too_deep(f"--set value {text[:40]!r}")) from None
+    if nesting(value) > MAX_NESTING:
+        raise ConfigError(_too_deep(f"--set value {text[:40]!r}"))
+    return value
 
 
 def parse_sets(items: list[str]) -> list[tuple[str, Any]]:
@@ -229,9 +252,43 @@ def read_toml(path: Path) -> tuple[str, dict[str, Any]]:
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the study file: {e.strerror or e}") from None
     try:
-        return text, tomllib.loads(text)
+        raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: TOML syntax error: {e}") from None
+    except RecursionError:
+        raise ConfigError(_too_deep(path)) from None
+    if nesting(raw) > MAX_NESTING:
+        raise ConfigError(_too_deep(path))
+    return text, raw
+
+
+MAX_NESTING = 32  # tables and arrays inside each other; the seeds' studies need 5
+
+
+def _too_deep(where: Any) -> str:
+    return (
+        f"{where}: tables and arrays nested over {MAX_NESTING} levels deep; a study nests "
+        f"at most {MAX_NESTING}"
+    )
+
+
+def nesting(value: Any) -> int:
+    """How deep tables and arrays nest in ``value`` (found without recursion)."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, depth + 1)
+        if depth + 1 <= MAX_NESTING:
+            stack.extend((child, depth + 1) for child in children)
+        else:
+            return depth + 1
+    return deepest
 
 
 def load_study(path: str | Path | None, sets: list[str] = ()) -> Study:
@@ -321,7 +378,8 @@ def describe_validation_error(
         return f"{key}: unknown key{hint}"
     if first["type"] == "missing":
         return f"{key}: required key is missing"
-    return f"{key}: {first['msg']} (given {first['input']!r})"
+    msg = first["msg"].removeprefix("Value error, ")
+    return f"{key}: {msg} (given {first['input']!r})"
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
