@@ -147,7 +147,7 @@ def test_a_run_killed_after_any_epoch_resumes_bit_for_bit(tmp_path, optimizer):
         assert not list(folder.glob("*.ckpt")), "an ended run keeps no checkpoints"
 
 
-def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_and_says_so(tmp_path):
+def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_and_says_so(tmp_path, capsys):
     cfg = config(**HARD, optimizer=OPTIMIZERS["sgd_nesterov"])
     reference = run(cfg, tmp_path / "ref")
     for damage in ("truncate", "flip"):
@@ -165,10 +165,14 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_and_says_so(tmp_
             data[-100] ^= 0xFF
             latest.write_bytes(bytes(data))
         (folder / ".epoch-000005.ckpt.tmp-99").write_bytes(b"torn")  # a write cut short
+        assert ckpt.newest_intact(folder, 4) == 3  # what `optlab status` gives, without torch
+        capsys.readouterr()
         second = run(cfg, folder, resume_upto=4)
         assert second[0]["type"] == "resumed" and second[0]["epoch"] == 3
         why = "truncated" if damage == "truncate" else "corrupt"
         assert any(s.startswith("epoch-000004.ckpt: " + why) for s in second[0]["skipped"])
+        # The worker's output is the run's log.txt: the skipped file is named there too.
+        assert f"checkpoint epoch-000004.ckpt: {why}" in capsys.readouterr().out
         assert after(second, 3) == after(reference, 3)
         assert not (folder / ".epoch-000005.ckpt.tmp-99").exists()
 

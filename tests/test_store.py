@@ -616,3 +616,27 @@ def test_a_hard_link_to_the_store_finds_the_same_writer_lock(prepared, tmp_path)
             pass
         with writer_lock(other):  # free again once the first lets go
             pass
+
+
+def test_status_gives_the_checkpoint_a_resume_would_really_use(prepared, cli):
+    """The store says the last checkpoint was at epoch 2, but that file was cut short: status
+    names epoch 1, where the worker will resume from."""
+    from optlab import checkpoint as ckpt
+
+    path, todo = prepared
+    rid = todo[0].run_id
+    folder = st.checkpoints_dir(path) / rid
+    folder.mkdir(parents=True)
+    whole = ckpt.encode({"run_id": rid, "epoch": 1})
+    (folder / ckpt.file_name(1)).write_bytes(whole)
+    (folder / ckpt.file_name(2)).write_bytes(ckpt.encode({"run_id": rid, "epoch": 2})[:-7])
+    events = [{"type": "started", "run_id": rid}, epoch_event(rid, 1), epoch_event(rid, 2)]
+    events.insert(2, {"type": "checkpoint", "run_id": rid, "epoch": 1, "path": "x"})
+    events.append({"type": "checkpoint", "run_id": rid, "epoch": 2, "path": "y"})
+    write_journal(path, rid, events)
+    with st.writing(path) as con:
+        st.recover(con, path)
+    out = cli("status").stdout
+    assert f"tiny interrupted {rid}" in out and "resumes from epoch 1 of 2" in out
+    (folder / ckpt.file_name(2)).write_bytes(ckpt.encode({"run_id": rid, "epoch": 2}))
+    assert "resumes from epoch 2 of 2" in cli("status").stdout

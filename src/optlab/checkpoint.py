@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from optlab.atomic import write_atomic
 
 MAGIC = b"OPTLABCK"
@@ -52,6 +50,8 @@ def listed(folder: Path) -> list[tuple[int, Path]]:
 
 
 def encode(state: dict[str, Any]) -> bytes:
+    import torch
+
     buf = io.BytesIO()
     torch.save(state, buf)
     payload = buf.getvalue()
@@ -59,6 +59,13 @@ def encode(state: dict[str, Any]) -> bytes:
 
 
 def decode(data: bytes) -> dict[str, Any]:
+    import torch
+
+    return torch.load(io.BytesIO(payload_of(data)), map_location="cpu", weights_only=True)
+
+
+def payload_of(data: bytes) -> bytes:
+    """The payload of a checkpoint file's bytes, checked against its header (no torch)."""
     if len(data) < _HEADER.size:
         raise CheckpointError(f"truncated ({len(data)} bytes)")
     magic, fmt, length, digest = _HEADER.unpack_from(data)
@@ -71,10 +78,26 @@ def decode(data: bytes) -> dict[str, Any]:
         raise CheckpointError(f"truncated ({len(payload)} of {length} bytes)")
     if hashlib.sha256(payload).digest() != digest:
         raise CheckpointError("corrupt (its checksum does not match)")
-    return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    return payload
+
+
+def newest_intact(folder: Path, upto: int) -> int:
+    """The epoch of the newest checkpoint in ``folder`` at an epoch <= ``upto`` whose file
+    matches its header (what a resume would start from, as far as can be told without
+    loading it); 0 when there is none. For `optlab status`: no torch."""
+    for epoch, path in listed(folder):
+        if epoch > upto:
+            continue
+        try:
+            payload_of(path.read_bytes())
+        except (OSError, CheckpointError):
+            continue
+        return epoch
+    return 0
 
 
 def load(path: Path) -> dict[str, Any]:
+    """The state a checkpoint file holds (CheckpointError when it cannot be used)."""
     try:
         data = path.read_bytes()
     except OSError as e:

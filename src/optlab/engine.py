@@ -343,6 +343,8 @@ def train(
 
     # ---- resume from the last good checkpoint, or start ------------------------------
     found = ckpt.latest(folder, run_id, task.get("resume_upto", 0)) if folder else None
+    for why in found.skipped if found else []:  # the run's log says it too
+        print(f"checkpoint {why}; not used", flush=True)
     if found is not None and found.state is not None:
         state = found.state
         if device.type == "cpu" and state["threads"] != torch.get_num_threads():

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from optlab.checkpoint import newest_intact
 from optlab.errors import OptlabError
 from optlab.liveness import LIVE_SECONDS, Writer, pid_alive, read_writer
 from optlab.locations import resolve, roots
@@ -123,18 +124,23 @@ def _one(con: Any, store: Path, name: str, writer: Writer | None) -> StudyStatus
         result.eta_seconds = _eta(con, name, result.active_workers)
     rows = con.execute(
         "select run_id, status, seed, axes, error, log_path, checkpoint_epoch, epochs, "
-        "(select count(*) from epochs e where e.run_id = r.run_id) from runs r "
+        "(select count(*) from epochs e where e.run_id = r.run_id), checkpoint_dir from runs r "
         "where study = ? and status in ('pending', 'running', 'interrupted', 'failed', "
         "'diverged') "
         "order by position",
         [name],
     ).fetchall()
-    for run_id, status, seed, axes, error, log, ckpt, epochs, done in rows:
+    here = roots(store)
+    for run_id, status, seed, axes, error, log, ckpt, epochs, done, folder in rows:
         if run_id in cut:
             status = "interrupted"
             done, ckpt = max(done, cut[run_id][0]), max(ckpt or 0, cut[run_id][1])
         elif status == "pending":
             continue
+        if ckpt and folder and status != "running":
+            # Where a resume would really start: the newest intact checkpoint file (one
+            # that is damaged or cut short is passed over, as the worker will).
+            ckpt = newest_intact(resolve(folder, here), min(ckpt, done))
         run = {
             "run_id": run_id,
             "status": status,
