@@ -40,6 +40,24 @@ StoreOption = typer.Option(
 )
 
 
+BlockOption = typer.Option(
+    [], "--block", help="Only this block of the study (repeatable).", show_default=False
+)
+OnlyOption = typer.Option(
+    [],
+    "--only",
+    help="Only this run: an id or a unique prefix of one (repeatable).",
+    show_default=False,
+)
+WhereOption = typer.Option(
+    None,
+    "--where",
+    help="Only the runs for which this SQL condition holds, over the study's columns as the "
+    'runs view names them (seed, block, lr, optimizer_lr, ...): "seed < 2 and lr >= 0.1".',
+    show_default=False,
+)
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     err.print(f"Error: {printable(message)}", markup=False)
     return typer.Exit(code)

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import typer
 
-from optlab.cli.common import StoreOption, err, handles_errors, out
+from optlab.cli.common import (
+    BlockOption,
+    OnlyOption,
+    StoreOption,
+    WhereOption,
+    err,
+    handles_errors,
+    out,
+)
 from optlab.errors import ConfigError, UsageError
 from optlab.progress import describe_axes
 
@@ -83,6 +91,9 @@ def command(
         "HOST:PORT. Default: start Ray on this machine.",
         show_default=False,
     ),
+    blocks: list[str] = BlockOption,
+    only: list[str] = OnlyOption,
+    where: str = WhereOption,
     store: Path = StoreOption,
 ) -> None:
     from optlab import executors
@@ -90,6 +101,7 @@ def command(
     from optlab.expand import all_runs, expand, file_matrix
     from optlab.liveness import writer_lock
     from optlab.preparing import dataset_tables
+    from optlab.selection import Selection, select
     from optlab.store import check_store
     from optlab.study import load_study
 
@@ -100,8 +112,9 @@ def command(
         executors.LocalExecutor(store).make_slots(gpus, per_gpu, workers, None)
     spec = load_study(study, sets)
     plans = expand(spec, max_runs=max_runs)
-    total = len(all_runs(plans))
     matrix = file_matrix(study, sets, plans, max_runs)
+    plans = select(plans, Selection(blocks, only, where))  # a part of the study, if asked
+    total = len(all_runs(plans))
     check_store(store)
     if checkpoint_dir is not None:
         check_folder(checkpoint_dir, "--checkpoint-dir")

@@ -7,7 +7,14 @@ from pathlib import Path
 
 import typer
 
-from optlab.cli.common import StoreOption, handles_errors, out
+from optlab.cli.common import (
+    BlockOption,
+    OnlyOption,
+    StoreOption,
+    WhereOption,
+    handles_errors,
+    out,
+)
 from optlab.errors import UsageError
 
 NAME = "show"
@@ -28,15 +35,22 @@ def command(
         help="Refuse a study that expands to more runs than this (default 100,000).",
         show_default=False,
     ),
+    blocks: list[str] = BlockOption,
+    only: list[str] = OnlyOption,
+    where: str = WhereOption,
     store: Path = StoreOption,
 ) -> None:
     from optlab.expand import all_runs, expand
+    from optlab.selection import Selection, select
     from optlab.study import load_study
 
     if fmt not in ("text", "json"):
         raise UsageError(f"--format {fmt!r}: use text or json")
     spec = load_study(study, sets)
     plans = expand(spec, max_runs=max_runs)
+    matrix = sum(len(p.runs) for p in plans)
+    chosen = Selection(blocks, only, where)
+    plans = select(plans, chosen)
     states = _states(store, [r.run_id for r in all_runs(plans)])
     if fmt == "json":
         for run in all_runs(plans):
@@ -61,14 +75,19 @@ def command(
     )
     if spec.description:
         out.print(f"  {spec.description}", markup=False)
+    if chosen:
+        out.print(f"  selected {total} of its {matrix} runs ({chosen.describe()})", markup=False)
     for plan in plans:
         bdone = sum(1 for r in plan.runs if states.get(r.run_id) == "done")
         out.print(f"block {plan.name}: {len(plan.runs)} runs, {bdone} done", markup=False)
-        out.print(f"  seeds: {', '.join(map(str, plan.seeds))}", markup=False)
+        seeds = [s for s in plan.seeds if any(r.seed == s for r in plan.runs)]
+        out.print(f"  seeds: {', '.join(map(str, seeds))}", markup=False)
         searched = set(plan.points[0]) if plan.points else set()
         for path, values in plan.axes.items():
             if path not in searched:
-                shown = ", ".join(_fmt(v) for v in values)
+                # (of a part: the values its runs have)
+                used = [v for v in values if any(_same(r.axes.get(path), v) for r in plan.runs)]
+                shown = ", ".join(_fmt(v) for v in used)
                 out.print(f"  {path}: {shown}", markup=False)
         if plan.points:
             out.print(f"  search ({plan.search}): {len(plan.points)} points", markup=False)
@@ -76,6 +95,10 @@ def command(
             for i, point in enumerate(plan.points, 1):
                 shown = ", ".join(f"{k}={_fmt(v)}" for k, v in point.items())
                 out.print(f"    {i:>{width}}. {shown}", markup=False)
+
+
+def _same(a, b) -> bool:
+    return type(a) is type(b) and a == b
 
 
 def _fmt(value) -> str:
