@@ -94,6 +94,27 @@ def test_a_moved_store_merged_and_trimmed_never_touches_the_other_stores_files(t
     ]
     optlab("rm", "--where", "true", "--store", "c.duckdb", "--yes", cwd=c, check=True)
 
+    # A bundle carries the study off a disk that is about to go (a notebook's session).
+    carry = tmp_path / "carry"
+    carry.mkdir()
+    packed = optlab(
+        "export", "kept", "--format", "bundle", "--to", str(carry / "kept.tar"),
+        "--store", "a.duckdb", cwd=a, check=True,
+    )  # fmt: skip
+    assert "kept: 2 runs with their epochs, probes, journals, logs and kept files" in packed.stdout
+    assert sorted(p.name for p in carry.iterdir()) == ["kept.tar"]
+    d = tmp_path / "d"
+    d.mkdir()
+    merged = optlab("merge", str(carry / "kept.tar"), "--store", "d.duckdb", cwd=d, check=True)
+    assert merged.stdout.startswith(f"merged {carry / 'kept.tar'}: 2 new runs")
+    assert [p.name for p in d.iterdir() if p.name.startswith(".")] == []  # no scratch left
+    for run_id in ids_a:
+        assert weights(d, "d.duckdb", run_id) == d / "d.checkpoints" / run_id / "final.pt"
+    epochs = "select run_id, epoch, train_loss from epochs order by 1, 2"
+    assert query(d, "d.duckdb", epochs) == query(a, "a.duckdb", epochs)
+    optlab("rebuild", "--store", "d.duckdb", cwd=d, check=True)
+    assert query(d, "d.duckdb", epochs) == query(a, "a.duckdb", epochs)
+
     assert hashes(a) == before  # not one file of a changed
     for run_id in ids_a:
         assert weights(a, "a.duckdb", run_id) == a / "a.checkpoints" / run_id / "final.pt"

@@ -54,13 +54,18 @@ class Merged:
     adopted: list[str] = field(default_factory=list)  # the runs whose copy came from there
     folders: dict[str, Path] = field(default_factory=dict)  # adopted run -> its files there
     link: bool = False
+    studies: list[str] | None = None  # only these studies' runs and records, if given
 
 
 def _rank(status: str, epochs: int) -> tuple[int, int]:
     return (RANK.get(status, 0 if status == "pending" else 1), epochs)
 
 
-def merge(store: Path, others: list[Path], link: bool = False) -> list[Merged]:
+def merge(
+    store: Path, others: list[Path], link: bool = False, studies: list[str] | None = None
+) -> list[Merged]:
+    """Merge ``others`` into ``store``: all they hold, or only the runs and records of
+    ``studies`` (what a bundle of one study carries)."""
     for other in others:
         if not other.is_file():
             raise OptlabError(f"{other}: no such store file")
@@ -77,23 +82,32 @@ def merge(store: Path, others: list[Path], link: bool = False) -> list[Merged]:
     with st.writing(store, before=attach_all) as con:
         st.ensure_schema(con, store)
         for i, other in enumerate(others):
-            results.append(_merge_one(con, store, other, link, f"optlab_merge_{i}"))
+            results.append(_merge_one(con, store, other, link, f"optlab_merge_{i}", studies))
         st._refresh_runs_view(con)
     for result in results:
         _copy_files(store, result)
     return results
 
 
-def _merge_one(con: Any, store: Path, other: Path, link: bool, name: str) -> Merged:
-    done = Merged(other, link=link)
+def _merge_one(
+    con: Any, store: Path, other: Path, link: bool, name: str, only: list[str] | None
+) -> Merged:
+    done = Merged(other, link=link, studies=only)
     o = name  # the other store's catalog, attached before the transaction began
     _check_conflicts(con, other, o)
+    if only is None:
+        only = [s for (s,) in con.execute(f"select study from {o}.studies").fetchall()]
+        scope = f"select run_id from {o}.run_state"
+    else:
+        scope = f"select run_id from {o}.memberships where study in (select unnest(?::varchar[]))"
+    con.execute(f"create or replace temp table scope as {scope}", [only] if "?" in scope else [])
     theirs = dict(
         (
             (r, (s, e))
             for r, s, e in con.execute(
                 f"select r.run_id, r.status, count(e.epoch) from {o}.run_state r "
-                f"left join {o}.epochs e using (run_id) group by all"
+                f"left join {o}.epochs e using (run_id) "
+                "where r.run_id in (select run_id from scope) group by all"
             ).fetchall()
         )
     )
@@ -139,7 +153,9 @@ def _merge_one(con: Any, store: Path, other: Path, link: bool, name: str) -> Mer
     here = dict(con.execute("select study, source from studies").fetchall())
     studies = _shared_columns(con, "studies", o)
     for study, source in con.execute(
-        f"select study, source from {o}.studies order by study"
+        f"select study, source from {o}.studies where study in (select unnest(?::varchar[])) "
+        "order by study",
+        [only],
     ).fetchall():
         if study not in here:
             done.studies_new.append(study)
@@ -149,14 +165,18 @@ def _merge_one(con: Any, store: Path, other: Path, link: bool, name: str) -> Mer
             done.studies_differ.append(study)
     con.execute(
         f"insert into studies ({studies}) select {studies} from {o}.studies "
-        "where study not in (select study from studies)"
+        "where study not in (select study from studies) "
+        "and study in (select unnest(?::varchar[]))",
+        [only],
     )
     con.execute(
         f"insert into memberships select * from {o}.memberships "
         "where study not in (select unnest(?::varchar[])) "
+        "and study in (select unnest(?::varchar[])) "
         "on conflict (study, run_id) do nothing",
-        [done.studies_differ],
+        [done.studies_differ, only],
     )
+    con.execute("drop table scope")
     done.adopted = adopt
     return done
 
@@ -293,6 +313,8 @@ def _copy_files(store: Path, done: Merged) -> None:
         target = st.studies_record_dir(store)
         target.mkdir(parents=True, exist_ok=True)
         for record in sorted(records.glob("*.json")):
+            if done.studies is not None and record.stem not in done.studies:
+                continue
             ours = st.read_record(target / record.name)
             if ours is None:
                 shutil.copy2(record, target / record.name)

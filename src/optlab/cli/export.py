@@ -12,7 +12,8 @@ from optlab.errors import UsageError
 NAME = "export"
 HELP = (
     "Write a study's results as files: csv or parquet tables, or the seed projects' "
-    "layouts (seed001: results.csv + history JSON; seed004: train/test/norm/lr_bs CSVs)."
+    "layouts (seed001: results.csv + history JSON; seed004: train/test/norm/lr_bs CSVs), "
+    "or one bundle file (STUDY.tar) that `optlab merge` reads into another store."
 )
 
 
@@ -21,13 +22,31 @@ def command(
     study: str = typer.Argument(
         None, help="Study name (default: the only one).", show_default=False
     ),
-    to: Path = typer.Option(None, "--to", help="Folder to write in (default: STUDY_export)."),
-    fmt: str = typer.Option("csv", "--format", help="csv, parquet, seed001 or seed004."),
+    to: Path = typer.Option(
+        None,
+        "--to",
+        help="Folder to write in (default: STUDY_export); with bundle, the file (STUDY.tar).",
+    ),
+    fmt: str = typer.Option("csv", "--format", help="csv, parquet, seed001, seed004 or bundle."),
     store: Path = StoreOption,
 ) -> None:
     from optlab.export import FORMATS, export
 
+    if fmt == "bundle":
+        from optlab.bundle import write_bundle
+        from optlab.results import open_study
+
+        with open_study(store, study) as (_, name, _):
+            pass
+        path, runs = write_bundle(store, name, to or Path(f"{name}.tar"))
+        size = path.stat().st_size / 2**20
+        out.print(
+            f"{name}: {runs} runs with their epochs, probes, journals, logs and kept files in "
+            f"{path} ({size:.1f} MB); `optlab merge {path.name}` reads it into another store",
+            markup=False,
+        )
+        return
     if fmt not in FORMATS:
-        raise UsageError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")
+        raise UsageError(f"--format {fmt!r}: use one of {', '.join(FORMATS)} or bundle")
     name, folder, files = export(store, study, to, fmt)
     out.print(f"{name}: {len(files)} files written in {folder} ({fmt})")

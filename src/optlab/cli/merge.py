@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import typer
 
 from optlab.cli.common import StoreOption, handles_errors, out
+from optlab.errors import UsageError
 
 NAME = "merge"
 HELP = (
@@ -19,7 +21,10 @@ HELP = (
 @handles_errors
 def command(
     others: list[Path] = typer.Argument(
-        ..., help="Store files to merge in (.duckdb).", show_default=False
+        ...,
+        help="Store files to merge in (.duckdb), or bundles (.tar, from optlab export "
+        "--format bundle).",
+        show_default=False,
     ),
     link: bool = typer.Option(
         False,
@@ -29,9 +34,19 @@ def command(
     ),
     store: Path = StoreOption,
 ) -> None:
+    from optlab.bundle import is_bundle, unpacked
     from optlab.liveness import writer_lock
     from optlab.merge import describe, merge
 
-    with writer_lock(store, "merge"):
-        for done in merge(store, others, link=link):
+    with writer_lock(store, "merge"), contextlib.ExitStack() as scratch:
+        stores = []
+        for other in others:
+            if is_bundle(other):
+                if link:
+                    raise UsageError(f"{other}: a bundle's files are copied in; drop --link")
+                stores.append(scratch.enter_context(unpacked(other, store)))
+            else:
+                stores.append(other)
+        for done, given in zip(merge(store, stores, link=link), others, strict=True):
+            done.other = given
             out.print(describe(done), markup=False)
