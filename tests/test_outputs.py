@@ -333,7 +333,7 @@ def test_export_seed004_layout(cli, store, tmp_path):
     ("args", "message"),
     [
         (["--to", "blocker/sub"], "export: cannot write to blocker/sub: Not a directory"),
-        (["--format", "xlsx"], "--format 'xlsx': use one of csv, parquet, seed001, seed004"),
+        (["--format", "xlsx"], "--format 'xlsx': use one of csv, parquet, seed001, seed004 or bundle"),
         (["nosuch"], "--study 'nosuch': no such study; studies: grid"),
     ],
 )
