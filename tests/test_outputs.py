@@ -333,7 +333,10 @@ def test_export_seed004_layout(cli, store, tmp_path):
     ("args", "message"),
     [
         (["--to", "blocker/sub"], "export: cannot write to blocker/sub: Not a directory"),
-        (["--format", "xlsx"], "--format 'xlsx': use one of csv, parquet, seed001, seed004 or bundle"),
+        (
+            ["--format", "xlsx"],
+            "--format 'xlsx': use one of csv, parquet, seed001, seed004 or bundle",
+        ),
         (["nosuch"], "--study 'nosuch': no such study; studies: grid"),
     ],
 )
