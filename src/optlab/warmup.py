@@ -57,7 +57,6 @@ from optlab.analyze import (
     require_axes,
     usable,
 )
-from optlab.errors import OptlabError
 from optlab.study import AnalysisSettings
 
 H1_RANGE = (500, 5000)
