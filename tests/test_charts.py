@@ -369,3 +369,53 @@ def test_sfo_whiskers_are_a_95_percent_t_interval_over_the_seeds_that_reached(cl
     for r in rows:
         assert (r["mean"], r["low"], r["high"]) == pytest.approx((2000, 2000 - half, 2000 + half))
     assert "whiskers = its 95% t-interval" in (tmp_path / "s.html").read_text()
+
+
+# Seed 001's three methods as one axis of whole optimizer tables, all of them sgd.
+METHODS = """
+name = "methods"
+seeds = [0, 1, 2]
+[base]
+epochs = 3
+dataset = { name = "synthetic" }
+model = { name = "mlp" }
+[[block]]
+name = "all"
+[block.grid]
+optimizer = [
+    { name = "sgd", lr = 0.1, momentum = 0.0, weight_decay = 0.0 },
+    { name = "sgd", lr = 0.1, momentum = 0.0, weight_decay = 5e-4 },
+    { name = "sgd", lr = 0.1, momentum = 0.9, weight_decay = 5e-4 },
+]
+"batch_schedule.batch_size" = [32, 64]
+"""
+LABELS = [
+    "sgd momentum=0.0 weight_decay=0.0",
+    "sgd momentum=0.0 weight_decay=0.0005",
+    "sgd momentum=0.9 weight_decay=0.0005",
+]
+
+
+def test_plugin_tables_that_share_a_name_are_told_apart(cli, tmp_path):
+    """Three sgd tables are three methods: a line, a heatmap row and a ranked optimizer
+    each, labelled by what differs, never one 'sgd' pooled over them as if seeds."""
+
+    def method_acc(config, seed):
+        return 0.9 if config["optimizer"]["momentum"] else 0.5 + 0.001 * seed
+
+    make_store(tmp_path, METHODS, method_acc)
+    curves = cli("plot", "curves", "--out", "c.html")
+    assert curves.exit_code == 0, curves.stderr
+    assert "POOLED" not in curves.stdout
+    assert "in 2 panels (by batch_schedule.batch_size)" in curves.stdout
+    final = [r for r in sql_rows(cli, tmp_path / "c.html.sql") if r["epoch"] == 3]
+    assert sorted({r["color"] for r in final}) == LABELS and {r["n"] for r in final} == {3}
+    assert [r["mean"] for r in final if r["color"] == LABELS[2]] == pytest.approx([0.9, 0.9])
+    heat = cli(
+        "plot", "heatmap", "--x", "batch_schedule.batch_size", "--y", "optimizer", "--out", "h.html"
+    )
+    assert heat.exit_code == 0, heat.stderr
+    cells = sql_rows(cli, tmp_path / "h.html.sql")
+    assert sorted({r["y"] for r in cells}) == LABELS and {r["runs"] for r in cells} == {3}
+    ranked = json.loads(cli("analyze", "ranking", "--json").stdout)["tables"]["ranking"]
+    assert [r["optimizer"] for r in ranked][0] == LABELS[2] and len(ranked) == 3

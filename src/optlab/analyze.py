@@ -29,7 +29,7 @@ import numpy as np
 
 from optlab import paths
 from optlab.errors import OptlabError
-from optlab.results import clean, open_study, parse_metric, reduce_sql
+from optlab.results import Axes, clean, open_study, parse_metric, reduce_sql
 
 ANALYSES = ("optimal", "lr-wd", "scaling", "warmup", "sfo", "ranking")
 LR, WD, BATCH = "optimizer.lr", "optimizer.weight_decay", "batch_schedule.batch_size"
@@ -438,8 +438,16 @@ def _ranking(result: Result, runs: list[Run], axes: list[str], rng, _param: Any)
     from scipy import stats
 
     kept = usable(runs, result)
-    names = sorted({str(r.get("optimizer")) for r in kept})
-    if len({str(r.get("optimizer")) for r in runs}) < 2:
+
+    def name_of(run: Run) -> str:
+        # Whole optimizer tables that share a plugin (sgd with and without momentum) are
+        # different optimizers: named by what differs between them.
+        if isinstance(axes, Axes) and axes.varied("optimizer"):
+            return axes.label("optimizer", run.get)
+        return str(run.get("optimizer"))
+
+    names = sorted({name_of(r) for r in kept})
+    if len({name_of(r) for r in runs}) < 2:
         raise OptlabError(
             f"analyze ranking: needs the study to use two or more optimizers; "
             f"study {result.study!r} uses {', '.join(names) or 'none'}"
@@ -447,7 +455,7 @@ def _ranking(result: Result, runs: list[Run], axes: list[str], rng, _param: Any)
     higher = higher_is_better(result.metric)
     best: list[dict[str, Any]] = []
     for name in names:
-        cells = groups([r for r in kept if str(r.get("optimizer")) == name], [])
+        cells = groups([r for r in kept if name_of(r) == name], [])
         scored = [
             (float(np.mean([r.value for r in members])), label, members)
             for label, members in cells.items()

@@ -14,7 +14,7 @@ from typing import Any
 from optlab.errors import OptlabError
 from optlab.events import EPOCH_FIELDS
 from optlab.figures import Figure, Layout, Selection, label_sql, layout
-from optlab.results import fetch_rows, jsonable, parse_metric, q, reduce_sql
+from optlab.results import axis_sql, fetch_rows, jsonable, parse_metric, q, reduce_sql
 from optlab.store import config_column
 
 X_CHOICES = ("epoch", "step", "samples", "seconds", "comm_rounds")
@@ -42,9 +42,9 @@ def _default_color(axes: list[str], exclude: list[str]) -> str | None:
     return rest[0] if rest else None
 
 
-def _color_sql(color: str | None) -> str:
+def _color_sql(color: str | None, axes: Any = None) -> str:
     """The colour of a run's line: an axis' value, or one colour when no axis is left."""
-    return f'r."{config_column(color)}"::varchar' if color else "'all'"
+    return f"({axis_sql(axes, color)})::varchar" if color else "'all'"
 
 
 def _colour(
@@ -58,7 +58,7 @@ def _colour(
     if color == "cell":
         return "cell", _cell_expr(axes), ["block", *axes]
     color = _axis(axes, color, "--color") if color else _default_color(axes, exclude)
-    return color, _color_sql(color), [color] if color else []
+    return color, _color_sql(color, axes), [color] if color else []
 
 
 def _ci_sql(inner: str, keys: str) -> str:
@@ -127,9 +127,8 @@ def _color_order(rows: list[dict[str, Any]]) -> list[str]:
 
 def heatmap_sql(x: str, y: str, metric: str, lay: Layout) -> str:
     reducer, column = parse_metric(metric)
-    xc, yc = config_column(x), config_column(y)
     return f"""with per_run as (
-  select r.run_id, r.status, {lay.panel_sql} as panel, r."{xc}" as x, r."{yc}" as y,
+  select r.run_id, r.status, {lay.panel_sql} as panel, {lay.sql(x)} as x, {lay.sql(y)} as y,
          {reduce_sql(reducer, column)} as value
   from runs r left join epochs e using (run_id)
   where {lay.condition}
@@ -488,7 +487,7 @@ def _cell_expr(axes: list[str]) -> str:
     """SQL for a run's block and every axis value: a schedule's own bar, nothing pooled."""
     if not axes:
         return "r.block"
-    return "r.block || ': ' || " + " || ', ' || ".join(label_sql(a) for a in axes)
+    return "r.block || ': ' || " + " || ', ' || ".join(label_sql(a, axes) for a in axes)
 
 
 def sfo_sql(lay: Layout, axes: list[str], epsilon: float) -> str:

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from optlab.errors import OptlabError
-from optlab.results import open_study, q
-from optlab.store import config_column
+from optlab.results import axis_sql, open_study, q
 
 OUT_SUFFIXES = (".html", ".png", ".svg")
 
@@ -47,12 +46,17 @@ class Layout:
     facet: list[str]
     pooled: list[str]
     panels: list[str]
+    axes: Any = None  # the study's Axes: how each axis' value reads
+
+    def sql(self, axis: str) -> str:
+        """SQL of a run's value of ``axis`` (a plugin table's label: see results.Axes)."""
+        return axis_sql(self.axes, axis)
 
     @property
     def panel_sql(self) -> str:
         if not self.facet:
             return "'all'"
-        parts = [label_sql(a) for a in self.facet]
+        parts = [label_sql(a, self.axes) for a in self.facet]
         return "concat_ws(' · ', " + ", ".join(parts) + ")"
 
     def pooling(self, over: str = "seeds") -> str:
@@ -62,11 +66,11 @@ class Layout:
         return f"mean over {over} and POOLED over {', '.join(self.pooled)}"
 
 
-def label_sql(axis: str) -> str:
+def label_sql(axis: str, axes: Any = None) -> str:
     """SQL of a run's ``axis=value`` (``block NAME`` for the block), for labels."""
     if axis == "block":
         return "'block ' || r.block"
-    return f"'{axis}=' || coalesce(r.\"{config_column(axis)}\"::varchar, '-')"
+    return f"'{axis}=' || coalesce(({axis_sql(axes, axis)})::varchar, '-')"
 
 
 def layout(
@@ -105,7 +109,7 @@ def layout(
                     f"({', '.join(candidates) or 'none left'})"
                 )
     cols = {
-        a: ("r.block" if a == "block" else f'r."{config_column(a)}"')
+        a: ("r.block" if a == "block" else f"({axis_sql(axes, a)})")
         for a in dict.fromkeys([*candidates, *shown])
     }
     rows = con.execute(
@@ -137,7 +141,7 @@ def layout(
             f"with --where or --block, or name fewer panels with --facet (what is left is "
             f"then pooled, and the chart says so)"
         )
-    return Layout(condition, facet, pooled, panels)
+    return Layout(condition, facet, pooled, panels, axes)
 
 
 def _panel_label(values: dict[str, Any], facet: list[str]) -> str:

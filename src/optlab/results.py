@@ -78,7 +78,51 @@ def reduce_sql(reducer: str, column: str) -> str:
     return {"min": "min", "max": "max", "mean": "avg"}[reducer] + f"(e.{column})"
 
 
-def study_axes(con: Any, study: str | None) -> tuple[str, list[str]]:
+class Axes(list):
+    """The axes a study varies, in order, with the values each takes over its blocks.
+
+    An axis whose values are whole plugin tables (seed 001's three methods as ``optimizer =
+    [{sgd, momentum 0}, {sgd, momentum 0.9}, ...]``) is not told apart by the plugin's name:
+    its label (:meth:`sql` for charts, :meth:`label` for analyses) is the name and the
+    parameters that differ between its tables, ``sgd momentum=0.9 weight_decay=0.0005``.
+    """
+
+    def __init__(self, names: list[str], values: dict[str, list[Any]] | None = None):
+        super().__init__(names)
+        self.values = values or {}
+
+    def varied(self, axis: str) -> list[str]:
+        """For a plugin-table axis, the parameter paths that differ between its tables."""
+        from optlab.paths import flatten
+
+        tables = [v for v in self.values.get(axis, []) if isinstance(v, dict)]
+        if len(tables) < 2:
+            return []
+        flat = [flatten({k: v for k, v in t.items() if k != "name"}) for t in tables]
+        keys = list(dict.fromkeys(k for f in flat for k in f))
+        return [k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat}) > 1]
+
+    def sql(self, axis: str) -> str:
+        """SQL of a run's value of ``axis`` (over the runs view, ``r``), as its label."""
+        from optlab.store import config_column
+
+        column = f'r."{config_column(axis)}"'
+        keys = self.varied(axis)
+        if not keys:
+            return column
+        parts = [f"coalesce({column}::varchar, '-')"] + [
+            f"'{q(k)}=' || coalesce(r.\"{config_column(f'{axis}.{k}')}\"::varchar, '-')"
+            for k in keys
+        ]
+        return f"concat_ws(' ', {', '.join(parts)})"
+
+    def label(self, axis: str, get: Any) -> str:
+        """A run's label for ``axis`` from ``get(path)`` (its flattened config)."""
+        parts = [str(get(axis))] + [f"{k}={get(f'{axis}.{k}')}" for k in self.varied(axis)]
+        return " ".join(parts)
+
+
+def study_axes(con: Any, study: str | None) -> tuple[str, Axes]:
     """The study (the only one, when not named) and the axes its blocks vary, in order."""
     rows = dict(con.execute("select study, axes from studies").fetchall())
     if study is None:
@@ -87,14 +131,28 @@ def study_axes(con: Any, study: str | None) -> tuple[str, list[str]]:
         study = next(iter(rows))
     if study not in rows:
         raise OptlabError(f"--study {study!r}: no such study; studies: {', '.join(sorted(rows))}")
-    axes: list[str] = []
+    names: list[str] = []
+    values: dict[str, list[Any]] = {}
     for block_axes in json.loads(rows[study] or "{}").values():
-        axes += [a for a in block_axes if a not in axes]
-    return study, axes
+        names += [a for a in block_axes if a not in names]
+        for axis, taken in block_axes.items():
+            have = values.setdefault(axis, [])
+            have += [v for v in taken if v not in have]
+    return study, Axes(names, values)
+
+
+def axis_sql(axes: Any, axis: str) -> str:
+    """SQL of a run's value of ``axis``: its label when ``axes`` knows it (see :class:`Axes`),
+    else its config column."""
+    if isinstance(axes, Axes):
+        return axes.sql(axis)
+    from optlab.store import config_column
+
+    return f'r."{config_column(axis)}"'
 
 
 @contextmanager
-def open_study(store: Path, study: str | None) -> Iterator[tuple[Any, str, list[str]]]:
+def open_study(store: Path, study: str | None) -> Iterator[tuple[Any, str, Axes]]:
     """The store opened read-only (with the analysis views), the study and its axes."""
     from optlab import views
     from optlab.store import reading
