@@ -107,6 +107,52 @@ grid = {{ "optimizer.lr" = {LRS}, "batch_schedule.batch_size" = [32, 320, 3200] 
     assert fits["optimizer=adam"]["consistent_with_linear_rule"] is False
 
 
+def test_a_linear_rule_block_is_checked_as_a_rule_not_fitted(cli, tmp_path):
+    """Seed 001's experiment 3: LR = 0.1 x B / 128 at five batch sizes, one nominal LR. The
+    runs record the LR they trained at; scaling asks whether the metric holds across batch
+    sizes (here it drops at 512), not for an optimum among one LR tried."""
+    text = (
+        HEAD.format(name="rule")
+        + """
+[[block]]
+name = "linear_rule"
+set = { lr_scaling = "linear", lr_reference_batch = 128 }
+grid = { "batch_schedule.batch_size" = [32, 64, 128, 256, 512] }
+"""
+    )
+
+    def acc(c, s):
+        drop = 0.2 if c["batch_schedule"]["batch_size"] == 512 else 0.0
+        return 0.7 - drop + 0.01 * (s - 1)
+
+    make_store(tmp_path, text, acc)
+    lrs = cli("query", "select distinct lr, lr_nominal from runs order by lr", "--format", "csv")
+    assert lrs.stdout == "lr,lr_nominal\n0.025,0.1\n0.05,0.1\n0.1,0.1\n0.2,0.1\n0.4,0.1\n"
+    out = analyze(cli, "scaling")
+    assert out["tables"]["fit"] == [] and out["tables"]["optima"] == []
+    rows = {r["batch_schedule.batch_size"]: r for r in out["tables"]["rule_check"]}
+    assert [rows[b]["lr"] for b in sorted(rows)] == pytest.approx([0.025, 0.05, 0.1, 0.2, 0.4])
+    assert [b for b in sorted(rows) if rows[b]["worse"]] == [512]
+    (verdict,) = [v for k, v in out["findings"].items() if k.startswith("rule_check")]
+    assert verdict == (
+        "linear LR scaling rule, reference batch_schedule.batch_size 128: the metric is "
+        "significantly worse at 512"
+    )
+
+
+def test_an_optimum_among_one_value_is_not_identifiable(cli, tmp_path):
+    text = HEAD.format(name="one") + BLOCK + 'grid = { "optimizer.weight_decay" = [0.0, 0.01] }\n'
+    make_store(tmp_path, text, lambda c, s: 0.5 + c["optimizer"]["weight_decay"])
+    (row,) = analyze(cli, "optimal", "--param", "optimizer.weight_decay")["tables"]["optimal"]
+    assert row["optimum"] == 0.01 and row["values_tried"] == 2
+    text = HEAD.format(name="one") + BLOCK + 'grid = { "optimizer.weight_decay" = [0.01] }\n'
+    (tmp_path / "optlab.duckdb").unlink()
+    make_store(tmp_path, text.replace('"one"', '"single"'), lambda c, s: 0.5)
+    (row,) = analyze(cli, "optimal", "--param", "optimizer.weight_decay")["tables"]["optimal"]
+    assert row["optimum"] is None and row["at_edge"] is None
+    assert row["note"] == "not identifiable: one value tried (0.01)"
+
+
 def test_optimal_reports_a_bootstrap_interval_and_what_it_left_out(cli, tmp_path):
     text = HEAD.format(name="opt") + BLOCK + f'grid = {{ "optimizer.lr" = {LRS} }}\n'
 
@@ -511,9 +557,8 @@ def test_cell_summary_gives_mean_std_n_and_a_t_interval(cli, tmp_path):
     [
         (
             ["scaling"],
-            "analyze scaling: needs the study to vary optimizer.lr and "
-            "batch_schedule.batch_size; study 'one' does not vary "
-            "batch_schedule.batch_size (it varies optimizer.lr)",
+            "analyze scaling: needs the study to vary batch_schedule.batch_size; study 'one' "
+            "does not vary batch_schedule.batch_size (it varies optimizer.lr)",
         ),
         (
             ["warmup"],

@@ -242,6 +242,17 @@ def optimum(runs: list[Run], param: str, higher: bool, rng: np.random.Generator)
     """The value of ``param`` with the best mean metric over seeds, and a 95% percentile
     bootstrap interval from resampling seeds (each resample's own optimum)."""
     values, seeds, m = _matrix(runs, param)
+    if len(values) == 1:  # nothing to choose between: no optimum, whatever its metric
+        return {
+            "optimum": None,
+            "metric_mean": float(_nanmean(m)[0]),
+            "seeds": len(seeds),
+            "values_tried": 1,
+            "ci_low": None,
+            "ci_high": None,
+            "at_edge": None,
+            "note": f"not identifiable: one value tried ({_fmt(values[0])})",
+        }
     best = _argbest(_nanmean(m), higher)
     row: dict[str, Any] = {
         "optimum": values[best],
@@ -328,10 +339,15 @@ def _slope_analysis(
     leave_out(result, f"{x_param} <= 0 has no logarithm", nonpositive)
     kept = [r for r in kept if r not in nonpositive]
     points, fits = [], []
+    rules: list[dict[str, Any]] = []
     for label, members in groups(kept, [LR, x_param]).items():
-        by_x: dict[Any, list[Run]] = {}
-        for r in members:
-            by_x.setdefault(r.get(x_param), []).append(r)
+        if any(r.get("lr_scaling") not in (None, "none") for r in members):
+            # LR set by a batch scaling rule: no LR was searched, the rule is what is tested.
+            rows, verdict = _rule_check(label, by_x_of(members, x_param), x_param, higher)
+            rules += rows
+            result.findings[f"rule_check {label}"] = verdict
+            continue
+        by_x = by_x_of(members, x_param)
         xs = sorted(by_x)
         opts = []
         for x in xs:
@@ -346,9 +362,17 @@ def _slope_analysis(
                     "ci_high": opt["ci_high"],
                     "at_edge": opt["at_edge"],
                     "seeds": opt["seeds"],
+                    **({"note": opt["note"]} if "note" in opt else {}),
                 }
             )
         fit: dict[str, Any] = {"group": label, "points": len(xs)}
+        known = [(x, o) for x, o in zip(xs, opts, strict=True) if o is not None]
+        if len(known) < len(xs):
+            fit["note"] = (
+                f"{len(xs) - len(known)} of {len(xs)} {x_param} values had one LR tried: "
+                "no optimum there" + ("" if len(known) >= 2 else "; nothing to fit")
+            )
+        xs, opts = [x for x, _ in known], [o for _, o in known]
         if len(xs) >= 2:
             lx, ly = np.log(xs), np.log(opts)
             if len(xs) >= 3 and np.ptp(ly) > 0:
@@ -379,6 +403,81 @@ def _slope_analysis(
         fits.append(fit)
     result.tables["optima"] = points
     result.tables["fit"] = fits
+    if rules:
+        result.tables["rule_check"] = rules
+
+
+def by_x_of(members: list[Run], x_param: str) -> dict[Any, list[Run]]:
+    by_x: dict[Any, list[Run]] = {}
+    for r in members:
+        by_x.setdefault(r.get(x_param), []).append(r)
+    return by_x
+
+
+def _rule_check(
+    label: str, by_x: dict[Any, list[Run]], x_param: str, higher: bool
+) -> tuple[list[dict[str, Any]], str]:
+    """A group whose LR follows a batch scaling rule (seed 001's experiment 3: LR = 0.1 x
+    B / 128): does the metric hold across batch sizes? Each batch size against the rule's
+    reference batch (Welch t-test over seeds, Benjamini-Hochberg adjusted)."""
+    from scipy import stats
+
+    xs = sorted(by_x)
+    first = by_x[xs[0]][0]
+    reference = first.get("lr_reference_batch") or None
+    ref_x = reference if reference in by_x else xs[len(xs) // 2]
+    base = [r.value for r in by_x[ref_x]]
+    rows, raw = [], []
+    for x in xs:
+        values = [r.value for r in by_x[x]]
+        row = {
+            "group": label,
+            x_param: x,
+            "lr": _start_lr(by_x[x][0]),
+            "mean": float(np.mean(values)),
+            "std": float(np.std(values, ddof=1)) if len(values) > 1 else None,
+            "seeds": len(values),
+            "vs_reference": float(np.mean(values) - np.mean(base)),
+            "p": None,
+        }
+        if x != ref_x and len(values) > 1 and len(base) > 1 and np.std(values + base) > 0:
+            row["p"] = float(stats.ttest_ind(values, base, equal_var=False).pvalue)
+            raw.append(row)
+        rows.append(row)
+    for row in rows:
+        row["q"] = None
+    if raw:
+        for row, q in zip(raw, stats.false_discovery_control([r["p"] for r in raw]), strict=True):
+            row["q"] = float(q)
+    worse = [
+        r[x_param]
+        for r in rows
+        if r["q"] is not None and r["q"] < ALPHA and (r["vs_reference"] < 0) == higher
+    ]
+    for row in rows:
+        row["worse"] = row[x_param] in worse
+    rule = f"{first.get('lr_scaling')} LR scaling rule, reference {x_param} {ref_x}"
+    if worse:
+        verdict = f"{rule}: the metric is significantly worse at {', '.join(map(str, worse))}"
+    elif raw:
+        verdict = f"{rule}: holds (no {x_param} significantly worse than the reference)"
+    else:
+        verdict = f"{rule}: not testable (needs two or more seeds at each {x_param})"
+    return rows, verdict
+
+
+def _start_lr(run: Run) -> float | None:
+    """The LR the run started from (optlab.steps.start_lr, from the flattened config)."""
+    from optlab.steps import start_lr
+
+    return start_lr(
+        {
+            "optimizer": {"lr": run.get("optimizer.lr")},
+            "batch_schedule": {"batch_size": run.get("batch_schedule.batch_size")},
+            "lr_scaling": run.get("lr_scaling"),
+            "lr_reference_batch": run.get("lr_reference_batch"),
+        }
+    )
 
 
 def _bootstrap_slope(
@@ -420,11 +519,12 @@ def _lr_wd(result: Result, runs: list[Run], axes: list[str], rng, _param: Any) -
 
 
 def _scaling(result: Result, runs: list[Run], axes: list[str], rng, _param: Any) -> None:
-    require_axes("scaling", result.study, axes, [LR, BATCH])
+    require_axes("scaling", result.study, axes, [BATCH])
     _slope_analysis(result, runs, rng, BATCH, {"linear_rule": 1.0, "sqrt_rule": 0.5})
     result.findings["question"] = (
-        "slope of log optimal LR against log batch size; 1 is the "
-        "linear scaling rule, 0.5 the square-root rule"
+        "where an LR grid was tried at each batch size: slope of log optimal LR against log "
+        "batch size (1 is the linear scaling rule, 0.5 the square-root rule); where the LR "
+        "follows lr_scaling: does the metric hold across batch sizes (rule_check)"
     )
 
 

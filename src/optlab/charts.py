@@ -15,6 +15,7 @@ from optlab.errors import OptlabError
 from optlab.events import EPOCH_FIELDS
 from optlab.figures import Figure, Layout, Selection, label_sql, layout
 from optlab.results import axis_sql, fetch_rows, jsonable, parse_metric, q, reduce_sql
+from optlab.steps import start_lr_sql
 from optlab.store import config_column
 
 X_CHOICES = ("epoch", "step", "samples", "seconds", "comm_rounds")
@@ -347,7 +348,7 @@ def sensitivity_sql(lay: Layout, metric: str, color_sql: str) -> str:
     reducer, column = parse_metric(metric)
     return f"""with per_run as (
   select r.run_id, {lay.panel_sql} as panel, {color_sql} as color,
-         r."{config_column(LR)}" as x, {reduce_sql(reducer, column)} as v
+         {start_lr_sql()} as x, {reduce_sql(reducer, column)} as v
   from runs r join epochs e using (run_id)
   where {lay.condition} and r.status = 'done'
   group by all),
@@ -384,7 +385,7 @@ def scaling_sql(lay: Layout, metric: str, color_sql: str) -> str:
     tie = "-lr" if better == "arg_max" else "lr"  # equal values: the smaller LR
     return f"""with per_run as (
   select {lay.panel_sql} as panel, {color_sql} as color,
-         r."{config_column(BATCH)}" as batch_size, r."{config_column(LR)}" as lr,
+         r."{config_column(BATCH)}" as batch_size, {start_lr_sql()} as lr,
          {reduce_sql(reducer, column)} as value
   from runs r join epochs e using (run_id)
   where {lay.condition} and r.status = 'done'

@@ -23,6 +23,7 @@ from typing import Any
 
 from optlab.errors import OptlabError
 from optlab.results import clean, fetch_rows, open_study, q
+from optlab.steps import start_lr
 
 FORMATS = ("csv", "parquet", "seed001", "seed004")
 
@@ -119,6 +120,7 @@ def _seed001(con: Any, study: str, axes: list[str], folder: Path) -> list[Path]:
             config = json.loads(run["config"])
             row = {k: clean(run.get(k)) for k in fields if k in run}
             row.update({short: _lookup(config, path) for short, path in SEED_NAMES.items()})
+            row["lr"] = start_lr(config)  # what the run trained at (after lr_scaling)
             row.update({a: _lookup(config, a) for a in axes if a not in SEED_NAMES.values()})
             row["epochs"] = config["epochs"]
             writer.writerow(row)

@@ -106,6 +106,10 @@ class Axes(list):
         """SQL of a run's value of ``axis`` (over the runs view, ``r``), as its label."""
         from optlab.store import config_column
 
+        if axis == "optimizer.lr":  # the LR runs start from, after any batch scaling rule
+            from optlab.steps import start_lr_sql
+
+            return start_lr_sql()
         column = f'r."{config_column(axis)}"'
         keys = self.varied(axis)
         if not keys:

@@ -14,6 +14,7 @@ from typing import Any
 
 from optlab.errors import OptlabError, UsageError
 from optlab.expand import BlockPlan, all_runs
+from optlab.steps import start_lr
 from optlab.store import ALIASES, config_columns
 
 MIN_PREFIX = 4
@@ -95,7 +96,7 @@ def _by_condition(plans: list[BlockPlan], condition: str) -> set[str]:
         aliases = "".join(
             f', "{source}" as {alias}'
             for alias, source in ALIASES.items()
-            if source in columns and alias not in columns
+            if source in columns and alias not in columns and alias != "lr"
         )
         con.execute(f"create table matrix as select *{aliases} from matrix_rows")
         try:
@@ -104,7 +105,7 @@ def _by_condition(plans: list[BlockPlan], condition: str) -> set[str]:
                 raise UsageError("not one condition")
             return {r for (r,) in con.execute(sql).fetchall()}
         except (OptlabError, duckdb.Error) as e:
-            fixed = ("run_id", "block", "seed")
+            fixed = ("run_id", "block", "seed", "lr")
             varied = [
                 c for c in columns if c not in fixed and len({str(r.get(c)) for r in rows}) > 1
             ]
@@ -128,7 +129,13 @@ def matrix_table(plans: list[BlockPlan]) -> tuple[list[str], list[dict[str, Any]
             if id(run.config) not in flat:  # the seeds of a cell share its config
                 flat[id(run.config)] = config_columns(run.config)
             rows.append(
-                {"run_id": run.run_id, "block": plan.name, "seed": run.seed, **flat[id(run.config)]}
+                {
+                    "run_id": run.run_id,
+                    "block": plan.name,
+                    "seed": run.seed,
+                    **flat[id(run.config)],
+                    "lr": start_lr(run.config),  # as the runs view has it
+                }
             )
     columns = list(dict.fromkeys(c for row in rows for c in row))
     return columns, rows

@@ -18,6 +18,34 @@ def lr_scale(config: dict[str, Any], batch_size: int, reference: int) -> float:
     return (batch_size / reference) ** (1.0 if rule == "linear" else 0.5)
 
 
+def start_lr(config: dict[str, Any]) -> float | None:
+    """The LR a run starts from: the optimizer's ``lr`` under the batch scaling rule at its
+    first batch size (before the schedule's warmup or decay). The engine's reference batch
+    is ``lr_reference_batch``, else the first batch size itself (scale 1)."""
+    lr = (config.get("optimizer") or {}).get("lr")
+    if lr is None:
+        return None
+    first = (config.get("batch_schedule") or {}).get("batch_size")
+    reference = config.get("lr_reference_batch") or first
+    if not first or not reference:
+        return float(lr)
+    return float(lr) * lr_scale(config, int(first), int(reference))
+
+
+def start_lr_sql(r: str = "r") -> str:
+    """:func:`start_lr` over the store's ``runs`` view (its config JSON)."""
+    first = f"try_cast(json_extract({r}.config, '$.batch_schedule.batch_size') as double)"
+    reference = (
+        f"coalesce(try_cast(json_extract({r}.config, '$.lr_reference_batch') as double), {first})"
+    )
+    return (
+        f"try_cast(json_extract({r}.config, '$.optimizer.lr') as double) * "
+        f"coalesce(case json_extract_string({r}.config, '$.lr_scaling') "
+        f"when 'linear' then {first} / {reference} "
+        f"when 'sqrt' then sqrt({first} / {reference}) end, 1.0)"
+    )
+
+
 def per_step(
     config: dict[str, Any], epochs: list[dict[str, Any]], registry: Any = None
 ) -> Iterator[tuple[int, int, float, int]]:

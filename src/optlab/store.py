@@ -357,12 +357,20 @@ def _add_config_columns(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any
 
 
 def _refresh_runs_view(con: duckdb.DuckDBPyConnection) -> None:
+    from optlab.steps import start_lr_sql
+
     cols = _table_columns(con, "run_state")
     aliases = "".join(
         f', r."{src}" as {alias}'
         for alias, src in ALIASES.items()
-        if src in cols and alias not in cols
+        if src in cols and alias not in cols and alias != "lr"
     )
+    # lr: the LR a run starts from, after the batch scaling rule (lr_scaling); the
+    # optimizer's lr as written is lr_nominal (and optimizer_lr).
+    if "optimizer_lr" in cols and "lr" not in cols:
+        aliases += f", {start_lr_sql()} as lr"
+        if "lr_nominal" not in cols:
+            aliases += ', r."optimizer_lr" as lr_nominal'
     con.execute(
         "create or replace view runs as select m.study, m.block, m.position, m.axes, r.*"
         f"{aliases} from memberships m join run_state r using (run_id)"
