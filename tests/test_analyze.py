@@ -675,3 +675,12 @@ set = { "dataset.classes" = 7 }
         "reference: block first; dataset.classes=10 vs dataset.classes=5: r=1"
     )
     assert "dataset.classes=10 vs dataset.classes=7" in h3["note"]
+
+
+def test_optimal_of_a_study_that_varies_nothing_says_so(cli, tmp_path):
+    make_store(tmp_path, HEAD.format(name="flat") + BLOCK, lambda c, s: 0.5)
+    result = cli("analyze", "optimal")
+    assert result.exit_code == 1 and result.stderr == (
+        "Error: analyze optimal: study 'flat' varies no numeric hyperparameter to find the best "
+        "value of; it varies nothing (one configuration, seeds apart)\n"
+    )

@@ -638,5 +638,22 @@ def test_status_gives_the_checkpoint_a_resume_would_really_use(prepared, cli):
         st.recover(con, path)
     out = cli("status").stdout
     assert f"tiny interrupted {rid}" in out and "resumes from epoch 1 of 2" in out
+    # Progress counts epochs (2 of the study's 8 x 2), as the ETA does, not finished runs.
+    assert out.splitlines()[1].split()[-2] == "12%"
     (folder / ckpt.file_name(2)).write_bytes(ckpt.encode({"run_id": rid, "epoch": 2}))
     assert "resumes from epoch 2 of 2" in cli("status").stdout
+
+
+def test_small_reader_faults_are_one_clear_line(prepared, cli, tmp_path):
+    """Two statements in one query say so (DuckDB would print the last alone); a store file
+    lost beside its journals points at rebuild, not at running a study."""
+    result = cli("query", "select 1; select 2")
+    assert result.exit_code == 1 and result.stderr == (
+        "Error: SQL: 2 statements; optlab query runs one and prints its result: give each in "
+        "its own call\n"
+    )
+    path, _ = prepared
+    path.unlink()
+    status = cli("status")
+    assert status.exit_code != 0
+    assert "`optlab rebuild --store optlab.duckdb` makes it again" in status.stderr

@@ -315,10 +315,14 @@ def run_analysis(
 def _optimal(result: Result, runs: list[Run], axes: list[str], rng, param: str | None) -> None:
     numeric = [a for a in axes if a != "optimizer" and not a.endswith(".name")]
     param = param or (LR if LR in axes else (numeric[0] if numeric else None))
-    if param is None or param not in axes:
+    varies = ", ".join(axes) or "nothing (one configuration, seeds apart)"
+    if param is None:
         raise OptlabError(
-            f"--param {param}: the study does not vary it; it varies {', '.join(axes) or 'nothing'}"
+            f"analyze optimal: study {result.study!r} varies no numeric hyperparameter to find "
+            f"the best value of; it varies {varies}"
         )
+    if param not in axes:
+        raise OptlabError(f"--param {param}: the study does not vary it; it varies {varies}")
     higher = higher_is_better(result.metric)
     rows = []
     for label, members in groups(usable(runs, result), [param]).items():

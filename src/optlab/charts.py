@@ -92,7 +92,12 @@ def _line_band(
     scale = alt.Scale(type="log") if log_x else alt.Scale(zero=False)
     base = alt.Chart().encode(
         x=alt.X("x:Q", title=x, scale=scale),
-        color=alt.Color("color:N", title=color or "", sort=_color_order(rows)),
+        color=alt.Color(
+            "color:N",
+            title=color or "",
+            sort=_color_order(rows),
+            legend=alt.Legend(labelLimit=0),  # no cut: labels tell cells and tables apart
+        ),
     )
     y_axis = alt.Y("mean:Q", title=y_title or y, scale=alt.Scale(zero=False))
     line = base.mark_line(point=len(rows) < 200).encode(
@@ -201,10 +206,11 @@ def _state(row: dict[str, Any]) -> str:
 
 
 def _label(row: dict[str, Any]) -> str:
+    """A cell's text: the mean, and under it what did not finish (kept inside the cell)."""
     notes = [f"{row[s]} {s}" for s in ("diverged", "failed") if row[s]]
     if row["value"] is None:
-        return ", ".join(notes) if notes else "pending"
-    return f"{row['value']:.3f}" + (f" ({', '.join(notes)})" if notes else "")
+        return "\n".join(notes) if notes else "pending"
+    return f"{row['value']:.3f}" + "".join(f"\n{n}" for n in notes)
 
 
 def _heatmap_chart(
@@ -266,7 +272,7 @@ def _heatmap_chart(
         )
     # Label colour without a scale of its own, so one colour scale spans every panel.
     layers += [
-        base.mark_text(fontSize=11, color=ink)
+        base.mark_text(fontSize=11, color=ink, lineBreak="\n")
         .encode(text="label:N")
         .transform_filter(f"datum.ink === '{ink}'")
         for ink in ("white", "black")
@@ -451,7 +457,7 @@ def scaling_figure(
         .encode(
             x=alt.X("batch_size:Q", scale=log, title=BATCH),
             y=alt.Y("optimal_lr:Q", scale=log, title="optimal " + LR),
-            color=alt.Color("color:N", title=color or ""),
+            color=alt.Color("color:N", title=color or "", legend=alt.Legend(labelLimit=0)),
             tooltip=["panel:N", "color:N", "batch_size:Q", "optimal_lr:Q", "value:Q", "seeds:Q"],
         )
     )
@@ -581,7 +587,7 @@ def gradnorm_figure(
     scale = alt.Scale(type="log")
     base = alt.Chart().encode(
         x=alt.X("x:Q", scale=scale, title=x),
-        color=alt.Color("color:N", title="schedule", sort=order, legend=alt.Legend(labelLimit=500)),
+        color=alt.Color("color:N", title="schedule", sort=order, legend=alt.Legend(labelLimit=0)),
     )
     line = base.mark_line(point=len(rows) < 200).encode(
         y=alt.Y("mean:Q", scale=scale, title="full gradient norm"),
@@ -632,7 +638,7 @@ where {lay.condition} and g.status = 'done' group by all order by color""",
             .encode(
                 x="x:Q",
                 y="eps:Q",
-                color=alt.Color("color:N", sort=order),
+                color=alt.Color("color:N", sort=order, legend=alt.Legend(labelLimit=0)),
                 tooltip=["color:N", "x:Q", "label:N"],
             )
         )

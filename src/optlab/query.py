@@ -79,6 +79,12 @@ def check_reads_only(sql: str) -> None:
 
 def run_sql(store: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
     check_reads_only(sql)
+    count = len(duckdb.extract_statements(sql))
+    if count > 1:  # DuckDB would show the last result alone, and say nothing of the rest
+        raise OptlabError(
+            f"SQL: {count} statements; optlab query runs one and prints its result: give "
+            "each in its own call"
+        )
     with reading(store) as con:
         views.ensure_readable(con)
         try:

@@ -34,6 +34,13 @@ class StudyStatus:
     executor: str | None = None  # of the live session
     nodes: dict[str, int] = field(default_factory=dict)  # node -> slots running there now
     matrix: int | None = None  # the study file's runs, when only a part of them was run
+    epochs_total: int = 0  # over the study's runs
+    epochs_done: int = 0  # an ended run (done, failed, diverged) counts all its epochs
+
+    @property
+    def progress(self) -> float | None:
+        """The share of the study's epochs behind it (what its ETA counts too)."""
+        return self.epochs_done / self.epochs_total if self.epochs_total else None
 
     @property
     def total(self) -> int:
@@ -73,6 +80,13 @@ def _one(con: Any, store: Path, name: str, writer: Writer | None) -> StudyStatus
     ).fetchall():
         counts[status] = n
     result = StudyStatus(name, counts)
+    total, done = con.execute(
+        "select sum(r.epochs), sum(case when r.status in ('done', 'failed', 'diverged') "
+        "then r.epochs else least(r.epochs, (select count(*) from epochs e "
+        "where e.run_id = r.run_id)) end) from runs r where r.study = ?",
+        [name],
+    ).fetchone()
+    result.epochs_total, result.epochs_done = int(total or 0), int(done or 0)
     has_matrix = con.execute(
         "select count(*) from information_schema.columns where table_name = 'studies' "
         "and column_name = 'matrix_runs'"

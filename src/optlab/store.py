@@ -197,6 +197,11 @@ def reading(
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-only connection; a user's SQL through it cannot change results."""
     if not path.exists():
+        if studies_record_dir(path).is_dir():  # the file is lost, its journals are not
+            raise StoreError(
+                f"{path}: no store file, but its run journals and study records are in "
+                f"{artefacts_dir(path)}; `optlab rebuild --store {path}` makes it again"
+            )
         raise StoreError(f"{path}: no store here yet; run a study first (optlab run)")
     con = _connect(path, read_only=True, timeout=timeout)
     try:

@@ -31,7 +31,7 @@ def command(
     for col in ("study", "runs", *STATES, "progress", "eta"):
         table.add_column(col, justify="left" if col == "study" else "right")
     for s in results:
-        pct = f"{100 * s.finished / s.total:.0f}%" if s.total else "-"
+        pct = f"{100 * s.progress:.0f}%" if s.progress is not None else "-"
         eta = _eta(s.eta_seconds) if s.active_workers else "-"
         table.add_row(s.study, str(s.total), *(str(s.counts[k]) for k in STATES), pct, eta)
     out.print(table)
