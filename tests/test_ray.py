@@ -226,7 +226,8 @@ def test_bad_cluster_options_are_one_line(tmp_path):
         (["--address", "nohost"], "Error: --address 'nohost': give auto or HOST:PORT"),
         (
             ["--gpus", "0-3"],
-            "Error: --gpus '0-3': GPU 0 is not present (GPUs here: none) in the Ray cluster",
+            "Error: --gpus '0-3': GPU 0 is not present (GPUs here: none) in the Ray cluster; "
+            "--gpus none runs on the CPU",
         ),
     ]:
         proc = optlab("run", "long.toml", "--executor", "ray", *args, cwd=tmp_path)

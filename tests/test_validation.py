@@ -190,7 +190,10 @@ def test_bad_set_value_is_reported_at_its_key(cli, tmp_path):
             "--gpus 'x': 'x' is not a GPU index or range; use forms like 0-7, "
             "0,2,5, 0-3,6, all or none",
         ),
-        (["--gpus", "0"], "--gpus '0': GPU 0 is not present (GPUs here: none)"),
+        (
+            ["--gpus", "0"],
+            "--gpus '0': GPU 0 is not present (GPUs here: none); --gpus none runs on the CPU",
+        ),
         (["--per-gpu", "0"], "--per-gpu 0: needs at least 1 worker per GPU"),
         (["--workers", "0"], "--workers 0: needs at least 1 worker"),
     ],
@@ -259,3 +262,25 @@ def test_slots_divide_threads_so_workers_times_threads_fit_the_cores():
     assert {s.threads for s in gpu} == {2}
     assert gpu[5].env()["CUDA_VISIBLE_DEVICES"] == "1"
     assert cpu[0].env()["CUDA_VISIBLE_DEVICES"] == ""
+
+
+def test_cpu_runs_say_what_an_option_does_not_do_and_what_they_will_cost():
+    from types import SimpleNamespace
+
+    from optlab.devices import cpu_notes
+
+    def run(model, epochs):
+        return SimpleNamespace(config={"model": {"name": model}, "epochs": epochs})
+
+    cpu = make_slots([], per_gpu=1, workers=4, cores=2)
+    notes = cpu_notes(cpu, 8, 4, [run("resnet18", 200), run("wrn", 100), run("mlp", 5)], cores=2)
+    assert notes == [
+        "--per-gpu 8 does nothing without a GPU; --workers sets CPU workers",
+        "--workers 4 on 2 cores: the workers share cores (1 thread each), so each run is "
+        "slower than with --workers 2",
+        "2 runs of resnet18, wrn (up to 200 epochs) train on the CPU: expect hours an epoch; "
+        "--gpus picks GPUs where there are some",
+    ]
+    assert cpu_notes(make_slots([], 1, 2, cores=2), 1, 2, [run("mlp", 5)], cores=2) == []
+    gpu = make_slots(["0"], per_gpu=2, workers=None, cores=2)
+    assert cpu_notes(gpu, 2, None, [run("resnet18", 200)], cores=2) == []

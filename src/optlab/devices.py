@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from optlab.errors import UsageError
 
@@ -61,14 +62,15 @@ def visible_gpus() -> list[str]:
     return []
 
 
-def parse_gpus(spec: str, available: list[str]) -> list[str]:
-    """``0-3,6`` -> the ids of GPUs 0, 1, 2, 3 and 6 of those available."""
+def parse_gpus(spec: str, available: list[str], where: str = "") -> list[str]:
+    """``0-3,6`` -> the ids of GPUs 0, 1, 2, 3 and 6 of those available (``where``: the
+    words that say where they were looked for, " in the Ray cluster")."""
     spec = spec.strip().lower()
     if spec == "none":
         return []
     if spec == "all":
         if not available:
-            raise UsageError("--gpus all: no GPU is visible here; use --gpus none")
+            raise UsageError(f"--gpus all: no GPU is visible here{where}; use --gpus none")
         return list(available)
     indices: list[int] = []
     for part in spec.split(","):
@@ -86,7 +88,10 @@ def parse_gpus(spec: str, available: list[str]) -> list[str]:
     beyond = [i for i in indices if i >= len(available)]
     if beyond:
         have = f"0-{len(available) - 1}" if available else "none"
-        raise UsageError(f"--gpus {spec!r}: GPU {beyond[0]} is not present (GPUs here: {have})")
+        hint = "" if available else "; --gpus none runs on the CPU"
+        raise UsageError(
+            f"--gpus {spec!r}: GPU {beyond[0]} is not present (GPUs here: {have}){where}{hint}"
+        )
     return [available[i] for i in indices]
 
 
@@ -107,3 +112,34 @@ def make_slots(
     n = workers if workers is not None else cores
     threads = max(1, cores // n)
     return [Slot(f"cpu/{k}", None, threads) for k in range(n)]
+
+
+# Models that take hours an epoch on a CPU (the seeds' CIFAR networks).
+HEAVY_MODELS = ("resnet18", "wrn")
+
+
+def cpu_notes(
+    slots: list[Slot], per_gpu: int, workers: int | None, runs: list[Any], cores: int | None = None
+) -> list[str]:
+    """What a user should hear before CPU slots start: options that do nothing here, more
+    workers than cores, and CIFAR-sized networks about to train on the CPU."""
+    if any(s.gpu is not None for s in slots):
+        return []
+    cores = cores or os.cpu_count() or 1
+    notes = []
+    if per_gpu != 1:
+        notes.append(f"--per-gpu {per_gpu} does nothing without a GPU; --workers sets CPU workers")
+    if workers is not None and workers > cores:
+        notes.append(
+            f"--workers {workers} on {cores} cores: the workers share cores (1 thread each), "
+            f"so each run is slower than with --workers {cores}"
+        )
+    heavy = [r for r in runs if (r.config.get("model") or {}).get("name") in HEAVY_MODELS]
+    if heavy:
+        names = sorted({r.config["model"]["name"] for r in heavy})
+        most = max(int(r.config.get("epochs") or 0) for r in heavy)
+        notes.append(
+            f"{len(heavy)} runs of {', '.join(names)} (up to {most} epochs) train on the CPU: "
+            "expect hours an epoch; --gpus picks GPUs where there are some"
+        )
+    return notes

@@ -304,12 +304,11 @@ class RayExecutor:
         cpus = int(self.resources.get("CPU", 0))
         # On a cluster, --gpus counts GPUs: 0-7 is eight of them, wherever they are.
         available = [str(i) for i in range(total_gpus)]
-        try:
-            chosen = devices.parse_gpus(
-                gpus if gpus is not None else ("all" if available else "none"), available
-            )
-        except UsageError as e:
-            raise UsageError(f"{e} in the Ray cluster") from None
+        chosen = devices.parse_gpus(
+            gpus if gpus is not None else ("all" if available else "none"),
+            available,
+            " in the Ray cluster",
+        )
         if workers is None and runs is not None and not chosen:
             workers = max(1, min(cpus, runs))
         slots = devices.make_slots(chosen, per_gpu, workers, cores=max(cpus, 1))

@@ -98,6 +98,7 @@ def command(
 ) -> None:
     from optlab import executors
     from optlab.coordinator import execute, prepare
+    from optlab.devices import cpu_notes
     from optlab.expand import all_runs, expand, file_matrix
     from optlab.liveness import writer_lock
     from optlab.preparing import dataset_tables
@@ -150,6 +151,9 @@ def command(
                 out.print(f"Nothing to run: all {total} runs of {spec.name} are finished{hint}.")
                 return
             slots = executor.make_slots(gpus, per_gpu, workers, len(todo))
+            if executor_name == "local":
+                for note in cpu_notes(slots, per_gpu, workers, todo):
+                    err.print(f"note: {note}", markup=False)
             where = executor.where(slots)
             resuming = sum(1 for r in todo if prepared.resume.get(r.run_id, {}).get("resume_upto"))
             out.print(
