@@ -65,6 +65,8 @@ def test_a_moved_store_merged_and_trimmed_never_touches_the_other_stores_files(t
     a = tmp_path / "elsewhere" / "a"
     a.parent.mkdir()
     shutil.move(machine_a, a)
+    # Checkpoints and weights stay out of git, as a venv does.
+    assert (a / "a.checkpoints" / ".gitignore").read_text().endswith("\n*\n")
     ids_a = [r["run_id"] for r in query(a, "a.duckdb", "select run_id from runs order by 1")]
     assert len(ids_a) == 2
     for run_id in ids_a:

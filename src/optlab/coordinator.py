@@ -231,7 +231,20 @@ def prepare(
         st.set_checkpoint_dirs(con, dirs)
         st.own_checkpoint_root(con, locations.recorded(root, roots))
     st.save_study_record(store, study, plans, carried)
+    if todo and root == Path(os.path.abspath(st.checkpoints_dir(store))):
+        _git_ignored(root)
     return Prepared(todo, states, recovered_states, int(epochs), points)
+
+
+def _git_ignored(folder: Path) -> None:
+    """Checkpoints and weights (hundreds of MB a run) stay out of git, as a venv does: a
+    ``.gitignore`` of ``*`` inside the folder, written once when optlab makes it."""
+    ignore = folder / ".gitignore"
+    if ignore.exists():
+        return
+    with contextlib.suppress(OSError):
+        folder.mkdir(parents=True, exist_ok=True)
+        ignore.write_text("# checkpoints and saved weights, written by optlab\n*\n")
 
 
 def _folders_in(folder: Path) -> set[str]:
