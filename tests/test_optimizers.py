@@ -286,6 +286,55 @@ def test_schedule_free_adamw_trains_on_y_and_is_evaluated_on_the_average_x():
         opt.step()
 
 
+def test_sam_over_schedule_free_is_evaluated_on_its_bases_x():
+    """The engine's eval()/train() reach SAM's base: a schedule-free base is evaluated,
+    probed, checkpointed and saved on x, not on the y it trains on."""
+    from optlab.engine import weights_for
+
+    model = Tiny()
+    params = {"base": "schedulefree_adamw", "rho": 0.05, "lr": 0.1, "warmup_steps": 2}
+    opt = REG.create("optimizer", "sam", params, model=model)
+
+    def closure():
+        loss = (model.weight**2).sum() + (model.bias**2).sum()
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        opt.zero_grad()
+        closure()
+        opt.step(closure)
+    y = model.weight.detach().clone()
+    weights_for(opt, "eval")
+    assert opt.base.param_groups[0]["train_mode"] is False
+    x = model.weight.detach().clone()
+    assert (x - y).abs().max() > 1e-4
+    weights_for(opt, "train")
+    assert torch.equal(model.weight.detach(), y)
+
+
+def test_local_sgd_refuses_an_optimizer_evaluated_on_other_weights(cli, tmp_path):
+    base = """
+[base]
+epochs = 1
+dataset = { name = "synthetic", classes = 3, shape = [1, 4, 4], train_size = 48, test_size = 24 }
+model = { name = "mlp", hidden = [8] }
+local_sgd = { workers = 2, local_steps = 1 }
+"""
+    for optimizer in (
+        '{ name = "schedulefree_adamw", lr = 0.01 }',
+        '{ name = "sam", base = "schedulefree_adamw", lr = 0.01 }',
+    ):
+        (tmp_path / "l.toml").write_text(base + f"optimizer = {optimizer}\n")
+        result = cli("show", "l.toml")
+        assert result.exit_code == 1
+        assert result.stderr == (
+            "Error: l.toml: base: local_sgd: not with schedulefree_adamw: its workers' "
+            "evaluation weights (x) and iterates (z) would not be averaged, only the weights "
+            "it trains on; use another optimizer, or no local_sgd\n"
+        )
+
+
 def test_the_example_sophia_estimates_the_hessian_through_the_closure(monkeypatch):
     """For L = 1/2 sum a w^2 the Hessian is diag(a), and u * (H u) = a for any Rademacher
     u: the estimate is exact, so two steps can be computed by hand."""

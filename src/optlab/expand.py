@@ -132,6 +132,10 @@ def all_runs(plans: list[BlockPlan]) -> list[RunSpec]:
     return [run for plan in plans for run in plan.runs]
 
 
+# Optimizers that train on one set of weights and are evaluated on another (train()/eval()).
+TWO_WEIGHTS = {"schedulefree_adamw"}
+
+
 class _Expander:
     def __init__(self, study: Study, block: Block, index: int, registry: Registry):
         self.study, self.block, self.registry = study, block, registry
@@ -395,6 +399,15 @@ class _Expander:
                 facts.update(plugin.info(params))
             except ValueError as e:
                 raise self.fail("dataset", str(e)) from None
+        optimizer = models["optimizer"][1]
+        two_weights = {models["optimizer"][2], getattr(optimizer, "base", None)} & TWO_WEIGHTS
+        if local and two_weights:
+            raise self.fail(
+                "local_sgd",
+                f"not with {', '.join(sorted(two_weights))}: its workers' evaluation weights "
+                "(x) and iterates (z) would not be averaged, only the weights it trains on; "
+                "use another optimizer, or no local_sgd",
+            )
         if local and facts["train_size"] is not None:
             # Local SGD: each worker's batches come from its own shard.
             if facts["train_size"] < local["workers"]:

@@ -220,6 +220,19 @@ class SAM(torch.optim.Optimizer):
         self.base.load_state_dict(state_dict)
         self.param_groups, self.state = self.base.param_groups, self.base.state
 
+    # A base that trains on one set of weights and is evaluated on another (schedule-free):
+    # the engine's train() and eval() reach it, so evaluation, probes, checkpoints and the
+    # saved weights see its evaluation weights.
+    def train(self) -> None:
+        switch = getattr(self.base, "train", None)
+        if callable(switch):
+            switch()
+
+    def eval(self) -> None:
+        switch = getattr(self.base, "eval", None)
+        if callable(switch):
+            switch()
+
 
 def build_sam(params: SAMParams, *, model: Any, **context: Any) -> SAM:
     from optlab.registry import default_registry
