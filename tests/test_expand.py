@@ -285,7 +285,9 @@ def test_seeds_as_count_or_list(tmp_path, seeds, expected):
 SHIPPED = {
     "quickstart": (56, "9c8c4036cb39cdc3"),
     "adamw_vs_sgdm": (39, "cdb4f5819e0b8eb7"),
-    "batch_growth": (24, "278112d3fabcaecc"),
+    # Changed on purpose: its full_grad_norm probe takes shuffled chunks of 100 as seed
+    # 004's reference does (its norm was 4-5% low before; finished runs train again).
+    "batch_growth": (24, "3ea3e3b45baffefa"),
     "batch_scaling": (82, "7485963e781326be"),
     "large_batch": (12, "7041b477cb78a9da"),
     "local_sgd": (6, "2a16ec3f28e851f1"),

@@ -369,3 +369,32 @@ def test_a_non_finite_probe_value_travels_as_null_and_is_stored_as_null(tmp_path
         st.ensure_schema(con)
         st.apply_events(con, [decode(line)])
         assert con.execute("select key, value from probes").fetchall() == [("global", None)]
+
+
+def test_full_grad_norm_in_the_seed_004_references_way():
+    """Shuffled chunks of 100 with batch norm in train mode, by hand as the reference does
+    it: each chunk's mean loss backpropagated and the gradients averaged over chunks. In
+    train mode the chunking changes the value (each chunk's own BN statistics)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6), torch.nn.ReLU(), torch.nn.Linear(6, 3)
+    )
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(300, 4, generator=g), torch.randint(0, 3, (300,), generator=g)
+    data = TensorData(x, y, x[:4], y[:4], num_classes=3)
+    table = {"name": "full_grad_norm", "batch": 100, "shuffle": True, "mode": "train"}
+    got = measure(table, model, data)["global"]
+
+    reference = torch.nn.Sequential(*[layer for layer in model]).train()
+    order = torch.randperm(300, generator=torch.Generator().manual_seed(0 + 1_000_003))
+    reference.zero_grad()
+    for chunk in order.split(100):
+        F.cross_entropy(reference(x[chunk]), y[chunk]).backward()
+    by_hand = math.sqrt(sum(((p.grad / 3) ** 2).sum().item() for p in reference.parameters()))
+    assert got == pytest.approx(by_hand, rel=1e-5)
+    in_file_order = measure({**table, "shuffle": False}, model, data)["global"]
+    assert in_file_order != pytest.approx(got, rel=1e-3)
+    assert default_registry().get("probe", "full_grad_norm").params(batch=100).model_dump() == {
+        **ProbeParams().model_dump(),
+        "batch": 100,
+    }  # shuffle off is absent: the ids of runs from before it stay put

@@ -100,6 +100,9 @@ class FullGradNorm(_Probe):
         total = [torch.zeros_like(p, dtype=torch.float32) for p in params]
         x_all, y_all = ctx.data.x_train, ctx.data.y_train
         n = len(x_all)
+        if self.params.shuffle:
+            order = torch.randperm(n, generator=ctx.generator, device=ctx.generator.device)
+            x_all, y_all = x_all[order.to(x_all.device)], y_all[order.to(y_all.device)]
         for i in range(0, n, self.params.batch):
             x, y = ctx.prepare(x_all[i : i + self.params.batch]), y_all[i : i + self.params.batch]
             loss = F.cross_entropy(ctx.model(x).float(), y, reduction="sum")

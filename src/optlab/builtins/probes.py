@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
 from optlab.plugin import Params, Plugin
 
@@ -122,11 +122,25 @@ def _check_noise(params: NoiseScaleParams, *, train_size: int | None = None, **f
 
 
 class FullGradParams(ProbeParams):
-    """``batch`` is the chunk size: the whole training set is always used."""
+    """``batch`` is the chunk size: the whole training set is always used. In train mode
+    (the default) normalisation layers use each chunk's statistics, so the chunk size and
+    order change the value: seed 004's reference takes shuffled chunks of 100."""
 
     batch: Annotated[int, Field(ge=1)] = Field(
         1024, description="chunk size (the whole training set is used)"
     )
+    shuffle: bool = Field(
+        False,
+        description="chunks in a shuffled order (the probe's own generator), not file order",
+    )
+
+    @model_serializer(mode="wrap")
+    def _absent_when_off(self, handler: Any) -> Any:
+        # Absent from the resolved config unless set, so runs from before it keep their ids.
+        data = handler(self)
+        if not self.shuffle and isinstance(data, dict):
+            data.pop("shuffle", None)
+        return data
 
 
 _TRUST_OPTIMIZERS = ("lars", "lamb")
