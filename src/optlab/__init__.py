@@ -26,7 +26,7 @@ _CONTRACT = (
 )
 
 
-_API = ("load_study", "study_runs", "open_store", "Store")
+_API = ("load_study", "study_runs", "open_store", "Store", "train", "Trained")
 
 
 def __getattr__(name: str) -> Any:

@@ -19,6 +19,7 @@ so a study running meanwhile is never kept from writing.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,54 @@ def study_runs(study: Study) -> list[Any]:
     from optlab.expand import all_runs, expand
 
     return all_runs(expand(study))
+
+
+@dataclass
+class Trained:
+    """What :func:`train` gives back: the run, its summary (a row of ``run_summary``) and its
+    epoch rows (a pandas DataFrame)."""
+
+    run_id: str
+    status: str
+    summary: dict[str, Any]
+    epochs: Any
+
+
+def train(
+    config: dict[str, Any] | None = None,
+    *,
+    study: str | Path | None = None,
+    sets: list[str] | tuple[str, ...] = (),
+    seed: int = 0,
+    store: str | Path = "optlab.duckdb",
+    gpus: str | None = None,
+    data_dir: str | Path = "data",
+) -> Trained:
+    """Train one configuration, as `optlab train` does (seed 002's ``train(config)`` from a
+    notebook): ``config`` (nested: ``{"optimizer": {"lr": 0.1}, "epochs": 5}``) and ``sets``
+    over the ``[base]`` of ``study`` (default: the quickstart's), into ``store`` as a run of
+    study ``train``. A finished identical run is not trained again: its results come back."""
+    import typer
+
+    from optlab.cli.run import Launch, launch
+    from optlab.expand import all_runs, expand
+    from optlab.study import single_run
+
+    spec = single_run(study, list(sets), seed)
+    if config:
+        spec = spec.model_copy(update={"overrides": {**spec.overrides, **config}})
+    (run,) = all_runs(expand(spec))
+    how = Launch(gpus, 1, 1, False, Path(data_dir), None, 600.0, "local", None, Path(store))
+    try:
+        launch(spec, expand(spec), None, how)
+    except typer.Exit as e:
+        if e.exit_code == 130:
+            raise KeyboardInterrupt from None
+        # a failed or diverged run: its status and rows say so
+    found = open_store(store)
+    summary = found.sql("select * from run_summary where run_id = ?", run.run_id).df()
+    row = summary.to_dict("records")[0] if len(summary) else {}
+    return Trained(run.run_id, row.get("status", "pending"), row, found.epochs(run.run_id).df())
 
 
 def open_store(path: str | Path = "optlab.duckdb") -> Store:

@@ -397,3 +397,26 @@ def _allowed_keys(model: type[BaseModel], loc: tuple) -> list[str]:
             return []
         model = nxt
     return list(model.model_fields)
+
+
+# `optlab train`: single configurations, gathered as the runs of one study.
+TRAIN_STUDY = "train"
+TRAIN_SOURCE = "# optlab train: single configurations over a study's [base]\n"
+
+
+def single_run(path: str | Path | None, sets: list[str] = (), seed: int = 0) -> Study:
+    """One configuration: ``--set`` keys over a study's ``[base]`` (by default the
+    quickstart's), its blocks left aside, as study ``train``. Every configuration trained so
+    joins that study (it is the union of what was trained with `optlab train`)."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ConfigError(f"--seed {seed}: a seed is a whole number from 0 to {MAX_SEED}")
+    spec = load_study(path, list(sets))
+    return spec.model_copy(
+        update={
+            "name": TRAIN_STUDY,
+            "source": TRAIN_SOURCE,
+            "description": f"single configurations trained with optlab train over {spec.file}",
+            "seeds": [seed],
+            "blocks": [Block(name="train")],
+        }
+    )

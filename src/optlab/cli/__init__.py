@@ -45,11 +45,13 @@ def _register() -> None:
         run,
         show,
         status,
+        train,
         weights,
     )
 
     for module in (
         run,
+        train,
         show,
         status,
         query,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -97,13 +99,8 @@ def command(
     store: Path = StoreOption,
 ) -> None:
     from optlab import executors
-    from optlab.coordinator import execute, prepare
-    from optlab.devices import cpu_notes
-    from optlab.expand import all_runs, expand, file_matrix
-    from optlab.liveness import writer_lock
-    from optlab.preparing import dataset_tables
+    from optlab.expand import expand, file_matrix
     from optlab.selection import Selection, select
-    from optlab.store import check_store
     from optlab.study import load_study
 
     # Everything the user gave is checked before the store is touched.
@@ -115,59 +112,71 @@ def command(
     plans = expand(spec, max_runs=max_runs)
     matrix = file_matrix(study, sets, plans, max_runs)
     plans = select(plans, Selection(blocks, only, where))  # a part of the study, if asked
-    total = len(all_runs(plans))
+    launch(
+        spec,
+        plans,
+        matrix,
+        Launch(
+            gpus,
+            per_gpu,
+            workers,
+            retry_failed,
+            data_dir,
+            checkpoint_dir,
+            stall_timeout,
+            executor_name,
+            address,
+            store,
+        ),
+    )
+
+
+@dataclass
+class Launch:
+    """How `optlab run` (and `optlab train`) run what they planned."""
+
+    gpus: str | None
+    per_gpu: int
+    workers: int | None
+    retry_failed: bool
+    data_dir: Path
+    checkpoint_dir: Path | None
+    stall_timeout: float
+    executor_name: str
+    address: str | None
+    store: Path
+
+
+def launch(spec: Any, plans: list[Any], matrix: set[str] | None, how: Launch) -> Any:
+    """Check the store and the datasets, record the study, run what is not done on the
+    executor and print the summary; exits non-zero as `optlab run` does. Returns the
+    outcome (None when nothing was left to run)."""
+    from optlab import executors
+    from optlab.expand import all_runs
+    from optlab.preparing import dataset_tables
+    from optlab.store import check_store
+
+    store, total = how.store, len(all_runs(plans))
     check_store(store)
-    if checkpoint_dir is not None:
-        check_folder(checkpoint_dir, "--checkpoint-dir")
+    if how.checkpoint_dir is not None:
+        check_folder(how.checkpoint_dir, "--checkpoint-dir")
     # Datasets are fetched (or found missing) before any run starts or the store is touched.
-    os.environ["OPTLAB_DATA"] = str(data_dir.resolve())
-    prepare_datasets(spec, all_runs(plans), data_dir)
+    os.environ["OPTLAB_DATA"] = str(how.data_dir.resolve())
+    prepare_datasets(spec, all_runs(plans), how.data_dir)
     executor = executors.create(
-        executor_name,
-        {"address": address},
+        how.executor_name,
+        {"address": how.address},
         store=store,
-        stall_timeout=stall_timeout,
-        data_dir=data_dir.resolve(),
-        checkpoints_shared=checkpoint_dir is not None,
+        stall_timeout=how.stall_timeout,
+        data_dir=how.data_dir.resolve(),
+        checkpoints_shared=how.checkpoint_dir is not None,
         datasets=dataset_tables(all_runs(plans)),
     )
     with contextlib.closing(executor):  # a Ray connection is let go however this ends
-        executor.make_slots(gpus, per_gpu, workers, None)
-        with writer_lock(store) as lock:
-            prepared = prepare(
-                store,
-                spec,
-                plans,
-                retry_failed,
-                checkpoint_dir.resolve() if checkpoint_dir else None,
-                matrix,
-            )
-            todo, states = prepared.todo, prepared.states
-            if prepared.recovered:
-                _report_recovery(prepared)
-            if not todo:
-                failed = sum(1 for s in states.values() if s == "failed")
-                hint = f"; {failed} failed (run again with --retry-failed)" if failed else ""
-                out.print(f"Nothing to run: all {total} runs of {spec.name} are finished{hint}.")
-                return
-            slots = executor.make_slots(gpus, per_gpu, workers, len(todo))
-            if executor_name == "local":
-                for note in cpu_notes(slots, per_gpu, workers, todo):
-                    err.print(f"note: {note}", markup=False)
-            where = executor.where(slots)
-            resuming = sum(1 for r in todo if prepared.resume.get(r.run_id, {}).get("resume_upto"))
-            out.print(
-                f"{spec.name}: running {len(todo)} of {total} runs "
-                f"({total - len(todo)} already finished) on {len(slots)} worker(s) "
-                f"[{where}, {slots[0].threads} thread(s) each]; store {store}",
-                markup=False,
-            )
-            if resuming:
-                out.print(
-                    f"  {resuming} of them resume from their last checkpoint where they have one"
-                )
-            outcome = execute(store, spec, prepared, slots, out, lock, stall_timeout, executor)
-        _summary(spec.name, todo, outcome, store)
+        executor.make_slots(how.gpus, how.per_gpu, how.workers, None)
+        outcome = _run_locked(spec, plans, matrix, how, executor, total)
+    if outcome is None:
+        return None
     if outcome.interrupted:
         raise typer.Exit(130)
     # A run failed, the study stopped early, or runs were left without a slot that could
@@ -178,6 +187,52 @@ def command(
         or len(outcome.statuses) < outcome.planned
     ):
         raise typer.Exit(1)
+    return outcome
+
+
+def _run_locked(
+    spec: Any, plans: list[Any], matrix: set[str] | None, how: Launch, executor: Any, total: int
+) -> Any:
+    """Under the store's writer lock: prepare, start the slots, execute, summarise."""
+    from optlab.coordinator import execute, prepare
+    from optlab.devices import cpu_notes
+    from optlab.liveness import writer_lock
+
+    store = how.store
+    with writer_lock(store) as lock:
+        prepared = prepare(
+            store,
+            spec,
+            plans,
+            how.retry_failed,
+            how.checkpoint_dir.resolve() if how.checkpoint_dir else None,
+            matrix,
+        )
+        todo, states = prepared.todo, prepared.states
+        if prepared.recovered:
+            _report_recovery(prepared)
+        if not todo:
+            failed = sum(1 for s in states.values() if s == "failed")
+            hint = f"; {failed} failed (run again with --retry-failed)" if failed else ""
+            out.print(f"Nothing to run: all {total} runs of {spec.name} are finished{hint}.")
+            return None
+        slots = executor.make_slots(how.gpus, how.per_gpu, how.workers, len(todo))
+        if how.executor_name == "local":
+            for note in cpu_notes(slots, how.per_gpu, how.workers, todo):
+                err.print(f"note: {note}", markup=False)
+        where = executor.where(slots)
+        resuming = sum(1 for r in todo if prepared.resume.get(r.run_id, {}).get("resume_upto"))
+        out.print(
+            f"{spec.name}: running {len(todo)} of {total} runs "
+            f"({total - len(todo)} already finished) on {len(slots)} worker(s) "
+            f"[{where}, {slots[0].threads} thread(s) each]; store {store}",
+            markup=False,
+        )
+        if resuming:
+            out.print(f"  {resuming} of them resume from their last checkpoint where they have one")
+        outcome = execute(store, spec, prepared, slots, out, lock, how.stall_timeout, executor)
+    _summary(spec.name, todo, outcome, store)
+    return outcome
 
 
 def check_folder(folder: Path, option: str) -> None:
