@@ -27,6 +27,7 @@ def test_the_commands_are_there():
         "run",
         "show",
         "status",
+        "train",
         "weights",
     ]
 
