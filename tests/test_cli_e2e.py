@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, optlab, write_study
+from tests.conftest import ROOT, TINY, optlab, write_study
 
 pytestmark = pytest.mark.slow
 
@@ -333,6 +333,30 @@ def test_parts_of_a_study_run_one_after_another_add_up(tmp_path):
     assert "Nothing to run" in optlab("run", "tiny.toml", cwd=tmp_path, check=True).stdout
     optlab("rebuild", cwd=tmp_path, check=True)
     assert optlab("query", sql, "--format", "csv", cwd=tmp_path, check=True).stdout == query
+
+
+def test_several_studies_run_together_on_one_pool(tmp_path):
+    """seed 001's run_all_experiments.sh --parallel: studies side by side on one pool into
+    one store, each under its own name; a run they share trains once."""
+    write_study(tmp_path)
+    other = TINY.format(lrs="[0.1, 0.3]").replace('name = "tiny"', 'name = "other"')
+    write_study(tmp_path, text=other, name="other.toml")
+    proc = optlab("run", "tiny.toml", "other.toml", cwd=tmp_path, check=True)
+    assert proc.stdout.splitlines()[0].startswith("tiny + other: running 12 of 12 runs")
+    status = optlab("status", cwd=tmp_path, check=True).stdout.splitlines()
+    assert [line.split()[:5] for line in status[1:3]] == [
+        ["other", "8", "0", "0", "8"],
+        ["tiny", "8", "0", "0", "8"],
+    ]
+    sessions = optlab(
+        "query", "select study from sessions order by study", "--format", "csv", cwd=tmp_path
+    ).stdout
+    assert sessions == "study\nother\ntiny\n"
+    again = optlab("run", "tiny.toml", "other.toml", cwd=tmp_path, check=True)
+    assert again.stdout.startswith("Nothing to run: all 12 runs of tiny + other are finished")
+    twice = optlab("run", "tiny.toml", "tiny.toml", cwd=tmp_path)
+    assert twice.returncode == 2
+    assert twice.stderr == "Error: study 'tiny' is given twice; give each study once\n"
 
 
 def test_failed_and_diverged_runs(tmp_path):

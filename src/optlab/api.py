@@ -70,7 +70,7 @@ def train(
     study ``train``. A finished identical run is not trained again: its results come back."""
     import typer
 
-    from optlab.cli.run import Launch, launch
+    from optlab.cli.run import Launch, Part, launch
     from optlab.expand import all_runs, expand
     from optlab.study import single_run
 
@@ -80,7 +80,7 @@ def train(
     (run,) = all_runs(expand(spec))
     how = Launch(gpus, 1, 1, False, Path(data_dir), None, 600.0, "local", None, Path(store))
     try:
-        launch(spec, expand(spec), None, how)
+        launch([Part(spec, expand(spec), None)], how)
     except typer.Exit as e:
         if e.exit_code == 130:
             raise KeyboardInterrupt from None

@@ -300,9 +300,27 @@ async def _wait(event: asyncio.Event, seconds: float) -> bool:
     return event.is_set()
 
 
+def combine(parts: list[Prepared]) -> Prepared:
+    """Several studies' plans as one (`optlab run A.toml B.toml`): a run two of them share
+    is run once."""
+    if len(parts) == 1:
+        return parts[0]
+    todo: dict[str, RunSpec] = {}
+    out = Prepared([], {}, {}, 0, {})
+    for part in parts:
+        for run in part.todo:
+            todo.setdefault(run.run_id, run)
+        out.states.update(part.states)
+        out.recovered.update(part.recovered)
+        out.recovered_epochs += part.recovered_epochs
+        out.resume.update(part.resume)
+    out.todo = list(todo.values())
+    return out
+
+
 def execute(
     store: Path,
-    study: Study,
+    studies: Study | list[str],
     prepared: Prepared,
     slots: list[Slot],
     console: Console,
@@ -316,10 +334,11 @@ def execute(
     todo = prepared.todo
     executor = executor or LocalExecutor(store, stall_timeout)
     session_id = uuid.uuid4().hex[:12]
+    names = [studies.name] if isinstance(studies, Study) else list(studies)
     with st.writing(store) as con:
-        st.start_session(con, session_id, study.name, len(slots), len(todo), executor.name)
+        st.start_session(con, session_id, names, len(slots), len(todo), executor.name)
     if lock is not None:
-        lock.beat(session=session_id, study=study.name)
+        lock.beat(session=session_id, study=" + ".join(names))
     started = time.monotonic()
     view = RunView(console, len(todo), [s.label for s in slots])
     coord = Coordinator(store, todo, session_id, view, lock, executor.nodes)

@@ -167,7 +167,8 @@ def _locked(store: Path, path: Path, required: bool) -> Iterator[int | None]:
             raise StoreError(
                 f"{store}: another optlab process{who} is writing to this store"
                 f"{'' if required else ' (through another name for the same file)'}; "
-                "wait for it, or use another --store and `optlab merge` it later"
+                "wait for it; to run studies side by side, give them to one `optlab run "
+                "A.toml B.toml`, or use another --store and `optlab merge` it later"
             ) from None
         except OSError as e:
             raise StoreError(f"{store}: cannot lock {path}: {e.strerror or e}") from None

@@ -1047,21 +1047,33 @@ def checkpoint_roots(con: duckdb.DuckDBPyConnection) -> list[str]:
 def start_session(
     con: duckdb.DuckDBPyConnection,
     session_id: str,
-    study: str,
+    study: str | list[str],
     workers: int,
     planned: int,
     executor: str = "local",
 ) -> None:
+    """A session row for each study the run serves (``SESSION``, ``SESSION.1``, ...: one
+    pool running several studies is live for each of them)."""
     import socket
 
     # The caller holds the store's writer lock: a session still open is one whose writer died.
     con.execute("update sessions set ended_at = heartbeat_at where ended_at is null")
-    con.execute(
-        "insert into sessions (session_id, study, pid, hostname, started_at, "
-        "heartbeat_at, ended_at, workers, planned, executor) "
-        "values (?, ?, ?, ?, now(), now(), null, ?, ?, ?)",
-        [session_id, study, os.getpid(), socket.gethostname(), workers, planned, executor],
-    )
+    studies = [study] if isinstance(study, str) else study
+    for k, name in enumerate(studies):
+        con.execute(
+            "insert into sessions (session_id, study, pid, hostname, started_at, "
+            "heartbeat_at, ended_at, workers, planned, executor) "
+            "values (?, ?, ?, ?, now(), now(), null, ?, ?, ?)",
+            [
+                session_id if k == 0 else f"{session_id}.{k}",
+                name,
+                os.getpid(),
+                socket.gethostname(),
+                workers,
+                planned,
+                executor,
+            ],
+        )
 
 
 def heartbeat(
@@ -1076,4 +1088,8 @@ def heartbeat(
     if nodes is not None:
         extra += ", nodes = ?"
         params.insert(0, json.dumps(nodes, sort_keys=True))
-    con.execute(f"update sessions set heartbeat_at = now(){extra} where session_id = ?", params)
+    con.execute(  # the session's row for each study it serves
+        f"update sessions set heartbeat_at = now(){extra} "
+        "where session_id = ? or starts_with(session_id, ? || '.')",
+        [*params, session_id],
+    )

@@ -31,8 +31,11 @@ HELP = (
 
 @handles_errors
 def command(
-    study: Path = typer.Argument(
-        None, help="Study file (TOML). Default: the quickstart.", show_default=False
+    studies: list[Path] = typer.Argument(
+        None,
+        help="Study files (TOML); several run together on one pool into the store, each "
+        "under its own name. Default: the quickstart.",
+        show_default=False,
     ),
     gpus: str = typer.Option(
         None,
@@ -108,14 +111,24 @@ def command(
         raise UsageError(f"--stall-timeout {stall_timeout:g}: give a number of seconds > 0")
     if executor_name == "local":  # the slots are checked before anything slow
         executors.LocalExecutor(store).make_slots(gpus, per_gpu, workers, None)
-    spec = load_study(study, sets)
-    plans = expand(spec, max_runs=max_runs)
-    matrix = file_matrix(study, sets, plans, max_runs)
-    plans = select(plans, Selection(blocks, only, where))  # a part of the study, if asked
+    chosen = Selection(blocks, only, where)
+    files = list(studies or [None])
+    if len(files) > 1 and chosen:
+        raise UsageError(
+            f"{chosen.describe()}: selects part of one study; give one study file with it"
+        )
+    parts = []
+    for study in files:
+        spec = load_study(study, sets)
+        plans = expand(spec, max_runs=max_runs)
+        matrix = file_matrix(study, sets, plans, max_runs)
+        parts.append(Part(spec, select(plans, chosen), matrix))  # a part of it, if asked
+    names = [p.spec.name for p in parts]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"study {twice[0]!r} is given twice; give each study once")
     launch(
-        spec,
-        plans,
-        matrix,
+        parts,
         Launch(
             gpus,
             per_gpu,
@@ -129,6 +142,15 @@ def command(
             store,
         ),
     )
+
+
+@dataclass
+class Part:
+    """One study of an `optlab run`: the study, its planned blocks and its file's matrix."""
+
+    spec: Any
+    plans: list[Any]
+    matrix: set[str] | None
 
 
 @dataclass
@@ -147,8 +169,8 @@ class Launch:
     store: Path
 
 
-def launch(spec: Any, plans: list[Any], matrix: set[str] | None, how: Launch) -> Any:
-    """Check the store and the datasets, record the study, run what is not done on the
+def launch(parts: list[Part], how: Launch) -> Any:
+    """Check the store and the datasets, record the studies, run what is not done on one
     executor and print the summary; exits non-zero as `optlab run` does. Returns the
     outcome (None when nothing was left to run)."""
     from optlab import executors
@@ -156,13 +178,15 @@ def launch(spec: Any, plans: list[Any], matrix: set[str] | None, how: Launch) ->
     from optlab.preparing import dataset_tables
     from optlab.store import check_store
 
-    store, total = how.store, len(all_runs(plans))
+    store = how.store
+    runs = [r for part in parts for r in all_runs(part.plans)]
     check_store(store)
     if how.checkpoint_dir is not None:
         check_folder(how.checkpoint_dir, "--checkpoint-dir")
     # Datasets are fetched (or found missing) before any run starts or the store is touched.
     os.environ["OPTLAB_DATA"] = str(how.data_dir.resolve())
-    prepare_datasets(spec, all_runs(plans), how.data_dir)
+    for part in parts:
+        prepare_datasets(part.spec, all_runs(part.plans), how.data_dir)
     executor = executors.create(
         how.executor_name,
         {"address": how.address},
@@ -170,11 +194,11 @@ def launch(spec: Any, plans: list[Any], matrix: set[str] | None, how: Launch) ->
         stall_timeout=how.stall_timeout,
         data_dir=how.data_dir.resolve(),
         checkpoints_shared=how.checkpoint_dir is not None,
-        datasets=dataset_tables(all_runs(plans)),
+        datasets=dataset_tables(runs),
     )
     with contextlib.closing(executor):  # a Ray connection is let go however this ends
         executor.make_slots(how.gpus, how.per_gpu, how.workers, None)
-        outcome = _run_locked(spec, plans, matrix, how, executor, total)
+        outcome = _run_locked(parts, how, executor, len({r.run_id for r in runs}))
     if outcome is None:
         return None
     if outcome.interrupted:
@@ -190,23 +214,29 @@ def launch(spec: Any, plans: list[Any], matrix: set[str] | None, how: Launch) ->
     return outcome
 
 
-def _run_locked(
-    spec: Any, plans: list[Any], matrix: set[str] | None, how: Launch, executor: Any, total: int
-) -> Any:
-    """Under the store's writer lock: prepare, start the slots, execute, summarise."""
-    from optlab.coordinator import execute, prepare
+def _run_locked(parts: list[Part], how: Launch, executor: Any, total: int) -> Any:
+    """Under the store's writer lock: prepare each study, start the slots, run them all
+    on them, summarise."""
+    from optlab.coordinator import combine, execute, prepare
     from optlab.devices import cpu_notes
     from optlab.liveness import writer_lock
 
     store = how.store
+    names = [p.spec.name for p in parts]
+    label = " + ".join(names)
     with writer_lock(store) as lock:
-        prepared = prepare(
-            store,
-            spec,
-            plans,
-            how.retry_failed,
-            how.checkpoint_dir.resolve() if how.checkpoint_dir else None,
-            matrix,
+        prepared = combine(
+            [
+                prepare(
+                    store,
+                    part.spec,
+                    part.plans,
+                    how.retry_failed,
+                    how.checkpoint_dir.resolve() if how.checkpoint_dir else None,
+                    part.matrix,
+                )
+                for part in parts
+            ]
         )
         todo, states = prepared.todo, prepared.states
         if prepared.recovered:
@@ -214,7 +244,7 @@ def _run_locked(
         if not todo:
             failed = sum(1 for s in states.values() if s == "failed")
             hint = f"; {failed} failed (run again with --retry-failed)" if failed else ""
-            out.print(f"Nothing to run: all {total} runs of {spec.name} are finished{hint}.")
+            out.print(f"Nothing to run: all {total} runs of {label} are finished{hint}.")
             return None
         slots = executor.make_slots(how.gpus, how.per_gpu, how.workers, len(todo))
         if how.executor_name == "local":
@@ -223,15 +253,15 @@ def _run_locked(
         where = executor.where(slots)
         resuming = sum(1 for r in todo if prepared.resume.get(r.run_id, {}).get("resume_upto"))
         out.print(
-            f"{spec.name}: running {len(todo)} of {total} runs "
+            f"{label}: running {len(todo)} of {total} runs "
             f"({total - len(todo)} already finished) on {len(slots)} worker(s) "
             f"[{where}, {slots[0].threads} thread(s) each]; store {store}",
             markup=False,
         )
         if resuming:
             out.print(f"  {resuming} of them resume from their last checkpoint where they have one")
-        outcome = execute(store, spec, prepared, slots, out, lock, how.stall_timeout, executor)
-    _summary(spec.name, todo, outcome, store)
+        outcome = execute(store, names, prepared, slots, out, lock, how.stall_timeout, executor)
+    _summary(label, todo, outcome, store)
     return outcome
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from optlab.cli.common import StoreOption, handles_errors
-from optlab.cli.run import Launch, launch
+from optlab.cli.run import Launch, Part, launch
 
 NAME = "train"
 HELP = (
@@ -48,9 +48,5 @@ def command(
     spec = single_run(study, sets, seed)
     plans = expand(spec)
     # The union of every configuration trained so (matrix None: nothing is dropped).
-    launch(
-        spec,
-        plans,
-        None,
-        Launch(gpus, 1, 1, False, data_dir, checkpoint_dir, 600.0, "local", None, store),
-    )
+    how = Launch(gpus, 1, 1, False, data_dir, checkpoint_dir, 600.0, "local", None, store)
+    launch([Part(spec, plans, None)], how)
