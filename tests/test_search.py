@@ -152,3 +152,19 @@ def test_a_search_too_large_is_refused_before_it_is_drawn(cli, tmp_path):
         "Error: huge.toml: the study expands to up to 1,000,000,000,000 runs, more than the "
         "limit of 100,000"
     )
+
+
+def test_optimal_of_a_search_ranks_its_drawn_points(cli, tmp_path):
+    """A search draws one point a cell: no optimum of the LR alone exists (each group tried
+    one value), so analyze optimal ranks the points instead of naming an 'optimum'."""
+    from tests.synth import make_store
+
+    text = STUDY.format(kind="sobol", n=6).replace("seeds = [0]", "seeds = [0, 1]")
+    make_store(tmp_path, text, lambda c, s: 1.0 - abs(math.log10(c["optimizer"]["lr"]) + 2))
+    out = json.loads(cli("analyze", "optimal", "--json").stdout)
+    assert {r["optimum"] for r in out["tables"]["optimal"]} == {None}
+    points = out["tables"]["ranked_points"]
+    assert [p["rank"] for p in points] == [1, 2, 3, 4, 5, 6] and {p["seeds"] for p in points} == {2}
+    means = [p["mean"] for p in points]
+    assert means == sorted(means, reverse=True)
+    assert "ranked_points ranks the points by their mean over seeds" in out["findings"]["note"]

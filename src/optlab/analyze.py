@@ -325,10 +325,36 @@ def _optimal(result: Result, runs: list[Run], axes: list[str], rng, param: str |
         raise OptlabError(f"--param {param}: the study does not vary it; it varies {varies}")
     higher = higher_is_better(result.metric)
     rows = []
-    for label, members in groups(usable(runs, result), [param]).items():
+    kept = usable(runs, result)
+    for label, members in groups(kept, [param]).items():
         rows.append({"group": label, "param": param, **optimum(members, param, higher, rng)})
     result.tables["optimal"] = rows
     result.findings["param"] = param
+    if len(rows) > 1 and all(r["optimum"] is None for r in rows):
+        # Every group tried one value (a random search draws one point a cell): no optimum
+        # of the parameter alone; the drawn points ranked by their mean over seeds instead.
+        result.tables["ranked_points"] = _ranked_points(kept, higher)
+        result.findings["note"] = (
+            f"each group tried one value of {param} (points of a search, say): no optimum of "
+            f"{param} alone; ranked_points ranks the points by their mean over seeds"
+        )
+
+
+def _ranked_points(runs: list[Run], higher: bool) -> list[dict[str, Any]]:
+    """Each configuration (a point; its seeds pooled) by its mean metric, best first."""
+    points = [
+        {
+            "point": label,
+            "mean": float(np.mean([r.value for r in members])),
+            "std": float(np.std([r.value for r in members], ddof=1)) if len(members) > 1 else None,
+            "seeds": len(members),
+        }
+        for label, members in groups(runs, []).items()
+    ]
+    points.sort(key=lambda p: (-p["mean"] if higher else p["mean"], p["point"]))
+    for rank, point in enumerate(points, 1):
+        point["rank"] = rank
+    return points
 
 
 def _slope_analysis(
