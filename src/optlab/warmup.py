@@ -528,29 +528,16 @@ def _h4(
         "over warmups, averaged over seeds), first vs second optimizer, over the "
         "(dataset, size) cells both ran"
     )
-    if not_yet:
-        return _verdict(
-            "H4",
-            claim,
-            test,
-            None,
-            None,
-            0,
-            note=f"not testable yet: no finished runs of {' or '.join(not_yet)}",
-        )
-    if a is None:
-        return _verdict(
-            "H4",
-            claim,
-            test,
-            None,
-            None,
-            0,
-            note=(
-                "not testable: needs adamw and sgd runs, or name the two optimizers with "
-                '[analysis.warmup] compare = ["less_sensitive", "other"]'
-            ),
-        )
+    untestable = (
+        f"not testable yet: no finished runs of {' or '.join(not_yet)}"
+        if not_yet
+        else "not testable: needs adamw and sgd runs, or name the two optimizers with "
+        '[analysis.warmup] compare = ["less_sensitive", "other"]'
+        if a is None
+        else None
+    )
+    if untestable is not None:
+        return _verdict("H4", claim, test, None, None, 0, note=untestable)
     sens: dict[tuple[str, str, int], float] = {}
     for cell in cells:
         value = _sensitivity(cell)
