@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -235,8 +234,11 @@ def test_rm_and_weights_end_to_end(tmp_path):
     assert left == sorted([f"b,{runs[2][1]}", f"b,{runs[3][1]}"])
     assert not (tmp_path / "optlab.checkpoints" / runs[0][1]).exists()
     assert not (tmp_path / "optlab.runs" / runs[0][1]).exists()
-    assert Path(runs[2][3]).is_file()
-    assert optlab("weights", shared, cwd=tmp_path, check=True).stdout.strip() == runs[2][3]
+    # The store names the file relative to its checkpoints folder; weights resolves it.
+    assert runs[2][3] == f"checkpoints/{shared}/final.pt"
+    kept = tmp_path / "optlab.checkpoints" / shared / "final.pt"
+    assert kept.is_file()
+    assert optlab("weights", shared, cwd=tmp_path, check=True).stdout.strip() == str(kept)
     # by a condition; a condition cannot reach past --study
     proc = optlab("rm", "--where", "optimizer_lr > 0.25", "--yes", cwd=tmp_path, check=True)
     assert proc.stdout.startswith("Removed 1 run (1 done)")

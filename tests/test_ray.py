@@ -82,9 +82,10 @@ def test_a_study_on_a_local_ray_equals_the_local_executor(tmp_path, reference):
     for run_id, weights, log, worker in query(
         tmp_path, "select run_id, weights_path, log_path, worker from runs"
     ):
-        assert Path(weights) == tmp_path / "optlab.checkpoints" / run_id / "final.pt"
-        assert Path(weights).stat().st_size > 0
-        assert f"run {run_id}" in (tmp_path / log).read_text()
+        # recorded relative to the store's folders (optlab.checkpoints/, optlab.runs/)
+        assert (weights, log) == (f"checkpoints/{run_id}/final.pt", f"runs/{run_id}/log.txt")
+        assert (tmp_path / "optlab.checkpoints" / run_id / "final.pt").stat().st_size > 0
+        assert f"run {run_id}" in (tmp_path / "optlab.runs" / run_id / "log.txt").read_text()
         assert worker.startswith("cpu/") and "@" in worker
     assert all(e[-1]["type"] == "finished" for e in journals(tmp_path).values())
     assert query(tmp_path, "select executor from sessions") == [("ray",)]
