@@ -144,6 +144,8 @@ class _Expander:
         self.where = "base" if implicit else f"block '{self.name}'"
         self.prefix = f"{study.file}: {self.where}"
         self._cache: dict[Any, Any] = {}  # see _once
+        self._by_id: dict[tuple[str, int], Any] = {}
+        self.shared: dict[int, tuple[Any]] = {}  # id -> (the base's table,), kept alive
 
     def fail(self, key: str, problem: str) -> ConfigError:
         return ConfigError(f"{self.prefix}: {key}: {problem}")
@@ -334,13 +336,19 @@ class _Expander:
 
     def _once(self, what: str, value: Any, compute: Any) -> Any:
         """``compute()``, remembered by ``what`` and ``value`` (only successes: an error
-        names its key)."""
-        frozen = _frozen(value)
+        names its key). A table the cell shares with the block's base (see _expand_block)
+        is found by identity first: most of a cell's tables are, and never change."""
+        shared = self.shared.get(id(value))
+        if shared is not None and shared[0] is value and (what, id(value)) in self._by_id:
+            return self._by_id[(what, id(value))]
+        frozen = _frozen_text(value)
         if frozen is None:
             return compute()
         key = (what, frozen)
         if key not in self._cache:
             self._cache[key] = compute()
+        if shared is not None and shared[0] is value:
+            self._by_id[(what, id(value))] = self._cache[key]
         return self._cache[key]
 
     def validate(self, kind: str, key: str, table: dict[str, Any]) -> tuple[Any, Any]:
@@ -458,22 +466,16 @@ def _axis_leaves(table: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _frozen(value: Any) -> Any:
-    """A hashable stand-in for a TOML value that tells apart what validation could (1, 1.0
-    and true; key order aside); None for what cannot be hashed."""
-    if isinstance(value, dict):
-        items = [(k, _frozen(v)) for k, v in value.items()]
-        if any(v is None for _, v in items):
-            return None
-        return ("table", tuple(sorted(items)))
-    if isinstance(value, list):
-        items = [_frozen(v) for v in value]
-        return None if any(v is None for v in items) else ("array", tuple(items))
+_KEY_ENCODER = json.JSONEncoder(sort_keys=True)
+
+
+def _frozen_text(value: Any) -> str | None:
+    """A stand-in for a TOML value that tells apart what validation could (1, 1.0 and true;
+    key order aside), by the C JSON encoder; None for what it cannot encode."""
     try:
-        hash(value)
-    except TypeError:
+        return _KEY_ENCODER.encode(value)
+    except (TypeError, ValueError):
         return None
-    return (type(value), value)
 
 
 def _plain_copy(value: Any) -> Any:
@@ -526,9 +528,16 @@ def _expand_block(
     # A cell's config does not depend on its seed: each is resolved once, and its seeds'
     # runs share it (a RunSpec is read-only).
     cells: list[tuple[dict[str, Any], dict[str, Any], tuple, str]] = []
+    overridden = {p.split(".")[0] for p in study.overrides}
+    ex.shared = {id(v): (v,) for v in base.values() if isinstance(v, dict | list)}
     for parts in itertools.product(*groups) if seeds else ():
         combo = {k: v for part in parts for k, v in part.items()}
-        cfg = _plain_copy(base)
+        # The base is copied where the cell's axes and the --set keys change it; the rest
+        # is shared with it (assign replaces or copies what it sets, and resolve only reads).
+        cfg = dict(base)
+        for top in overridden | {p.split(".")[0] for p in combo}:
+            if top in cfg:
+                cfg[top] = _plain_copy(cfg[top])
         for path, value in _name_first(combo):
             ex.assign(cfg, path, value, f"axis {path}")
         if block.include and not any(_matches(cfg, c) for c in block.include):

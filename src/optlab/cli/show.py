@@ -80,15 +80,17 @@ def command(
     for plan in plans:
         bdone = sum(1 for r in plan.runs if states.get(r.run_id) == "done")
         out.print(f"block {plan.name}: {len(plan.runs)} runs, {bdone} done", markup=False)
-        seeds = [s for s in plan.seeds if any(r.seed == s for r in plan.runs)]
+        # Of a part, the seeds and values its runs have (one pass over its runs).
+        seen_seeds = {r.seed for r in plan.runs} if chosen else set(plan.seeds)
+        seeds = [s for s in plan.seeds if s in seen_seeds]
         out.print(f"  seeds: {', '.join(map(str, seeds))}", markup=False)
         searched = set(plan.points[0]) if plan.points else set()
         for path, values in plan.axes.items():
             if path not in searched:
-                # (of a part: the values its runs have)
-                used = [v for v in values if any(_same(r.axes.get(path), v) for r in plan.runs)]
-                shown = ", ".join(_fmt(v) for v in used)
-                out.print(f"  {path}: {shown}", markup=False)
+                if chosen:
+                    present = {_key(r.axes.get(path)) for r in plan.runs}
+                    values = [v for v in values if _key(v) in present]
+                out.print(f"  {path}: {', '.join(_fmt(v) for v in values)}", markup=False)
         if plan.points:
             out.print(f"  search ({plan.search}): {len(plan.points)} points", markup=False)
             width = len(str(len(plan.points)))
@@ -97,8 +99,9 @@ def command(
                 out.print(f"    {i:>{width}}. {shown}", markup=False)
 
 
-def _same(a, b) -> bool:
-    return type(a) is type(b) and a == b
+def _key(value) -> tuple[str, str]:
+    """A value as a set member that tells 1, 1.0 and true apart."""
+    return type(value).__name__, json.dumps(value, sort_keys=True)
 
 
 def _fmt(value) -> str:
