@@ -24,18 +24,23 @@ def make_store(
     status: Callable[[dict[str, Any], int], str] | None = None,
     grad_norm: Outcome | None = None,
     name: str = "s.toml",
+    blocks: list[str] | None = None,
 ) -> Path:
     """Register the study and give every run ``epochs`` epochs whose test accuracy rises
     to ``accuracy(config, seed)``; ``status`` may make a run diverge or fail;
-    ``grad_norm(config, seed)`` gives per-epoch full gradient norms as a list."""
+    ``grad_norm(config, seed)`` gives per-epoch full gradient norms as a list; ``blocks``
+    registers only those blocks (a study run in parts)."""
     path = folder / name
     path.write_text(textwrap.dedent(study_text))
     study = load_study(path)
     plans = expand(study)
+    matrix = {r.run_id for r in all_runs(plans)}
+    if blocks is not None:  # a study run in parts: only these blocks so far
+        plans = [p for p in plans if p.name in blocks]
     db = folder / "optlab.duckdb"
     with st.writing(db) as con:
         st.ensure_schema(con)
-        st.register_study(con, study, plans, db)
+        st.register_study(con, study, plans, db, matrix)
         events: list[dict[str, Any]] = []
         for run in all_runs(plans):
             state = status(run.config, run.seed) if status else "done"

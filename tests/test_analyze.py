@@ -193,6 +193,27 @@ grid = { optimizer = [{ name = "sgd" }, { name = "adam" }, { name = "adamw" }] }
     assert rows[1]["p_vs_next_better"] < 0.001 < rows[2]["p_vs_next_better"]
 
 
+def test_ranking_of_a_study_run_in_parts_says_what_it_waits_for(cli, tmp_path):
+    """Only the sgd block of a two-optimizer study is run so far: no ranking yet, said
+    without an error (a study that uses one optimizer at all still gets its one line)."""
+    text = (
+        HEAD.format(name="rank")
+        + """
+[[block]]
+name = "sgd"
+[[block]]
+name = "adam"
+set = { optimizer = { name = "adam", lr = 0.001 } }
+"""
+    )
+    make_store(tmp_path, text, lambda c, s: 0.8, blocks=["sgd"])
+    out = analyze(cli, "ranking")
+    assert out["tables"]["ranking"] == []
+    assert out["findings"]["note"] == (
+        "not answerable yet: only sgd has runs here, 3 of the study file's 6; run the rest of it"
+    )
+
+
 WARM = (
     HEAD.format(name="warm")
     + """

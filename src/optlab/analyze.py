@@ -62,6 +62,7 @@ class Result:
     tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     findings: dict[str, Any] = field(default_factory=dict)
     left_out: list[dict[str, Any]] = field(default_factory=list)
+    matrix: int | None = None  # the study file's runs, when only a part of them is run
 
     def to_json(self) -> dict[str, Any]:
         return clean(
@@ -291,6 +292,7 @@ def run_analysis(
         if name == "sfo":
             return _sfo(con, result, axes, epsilon)
         runs = load(con, study, metric)
+        result.matrix = _matrix_size(con, study, len(runs))
         if name == "warmup":
             from optlab.warmup import settings
 
@@ -310,6 +312,19 @@ def run_analysis(
         warnings.simplefilter("ignore", RuntimeWarning)
         handler(result, runs, axes, rng, param)
     return result
+
+
+def _matrix_size(con: Any, study: str, runs: int) -> int | None:
+    """The study file's run count when fewer of its runs are in the store (a study run in
+    parts); None otherwise (or in a store from before it was recorded)."""
+    has = con.execute(
+        "select count(*) from information_schema.columns where table_name = 'studies' "
+        "and column_name = 'matrix_runs'"
+    ).fetchone()[0]
+    if not has:
+        return None
+    (size,) = con.execute("select matrix_runs from studies where study = ?", [study]).fetchone()
+    return size if size is not None and size > runs else None
 
 
 def _optimal(result: Result, runs: list[Run], axes: list[str], rng, param: str | None) -> None:
@@ -577,6 +592,14 @@ def _ranking(result: Result, runs: list[Run], axes: list[str], rng, _param: Any)
         return str(run.get("optimizer"))
 
     names = sorted({name_of(r) for r in kept})
+    if len({name_of(r) for r in runs}) < 2 and result.matrix is not None:
+        # A study run in parts: the other optimizers' runs are not in the store yet.
+        result.tables["ranking"] = []
+        result.findings["note"] = (
+            f"not answerable yet: only {', '.join(names) or 'no optimizer'} has runs here, "
+            f"{len(runs)} of the study file's {result.matrix}; run the rest of it"
+        )
+        return
     if len({name_of(r) for r in runs}) < 2:
         raise OptlabError(
             f"analyze ranking: needs the study to use two or more optimizers; "
