@@ -168,3 +168,20 @@ def test_optimal_of_a_search_ranks_its_drawn_points(cli, tmp_path):
     means = [p["mean"] for p in points]
     assert means == sorted(means, reverse=True)
     assert "ranked_points ranks the points by their mean over seeds" in out["findings"]["note"]
+
+
+def test_the_default_heatmap_of_a_search_draws_its_points_in_one_panel(cli, tmp_path):
+    """Each drawn point has its own value of every searched axis: those values are not
+    panels (six panels of one cell each before), and nothing is pooled."""
+    from tests.synth import make_store
+
+    make_store(tmp_path, STUDY.format(kind="sobol", n=6), lambda c, s: c["optimizer"]["lr"])
+    result = cli(
+        "plot", "heatmap", "--x", "optimizer.lr", "--y", "optimizer.momentum", "--out", "h.html"
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "panels" not in result.stdout and "POOLED" not in result.stdout
+    cells = json.loads(
+        cli("query", (tmp_path / "h.html.sql").read_text(), "--format", "json").stdout
+    )
+    assert len(cells) == 6 and {c["runs"] for c in cells} == {1}

@@ -120,7 +120,8 @@ def layout(
         raise OptlabError(f"{chart}: no runs of study {study!r} match the selection")
     values = [dict(zip(cols, row, strict=True)) for row in rows]
     if sel.facet is None:
-        facet = [a for a in candidates if len({v[a] for v in values}) > 1]
+        searched = getattr(axes, "searched", set())  # a search's points are not panels
+        facet = [a for a in candidates if len({v[a] for v in values}) > 1 and a not in searched]
     else:
         facet = list(sel.facet)
     kept = facet + shown

@@ -87,9 +87,17 @@ class Axes(list):
     parameters that differ between its tables, ``sgd momentum=0.9 weight_decay=0.0005``.
     """
 
-    def __init__(self, names: list[str], values: dict[str, list[Any]] | None = None):
+    def __init__(
+        self,
+        names: list[str],
+        values: dict[str, list[Any]] | None = None,
+        searched: set[str] | None = None,
+    ):
         super().__init__(names)
         self.values = values or {}
+        # Axes drawn by a [block.search]: each point has its own value, so a value is no
+        # panel of its own (charts draw the points where they fall).
+        self.searched = searched or set()
 
     def varied(self, axis: str) -> list[str]:
         """For a plugin-table axis, the parameter paths that differ between its tables."""
@@ -142,7 +150,29 @@ def study_axes(con: Any, study: str | None) -> tuple[str, Axes]:
         for axis, taken in block_axes.items():
             have = values.setdefault(axis, [])
             have += [v for v in taken if v not in have]
-    return study, Axes(names, values)
+    (source,) = con.execute("select source from studies where study = ?", [study]).fetchone()
+    return study, Axes(names, values, _searched(source))
+
+
+def _searched(source: str | None) -> set[str]:
+    """The paths a study's ``[block.search]`` tables draw, from its stored source."""
+    import tomllib
+
+    from optlab import search
+
+    try:
+        blocks = tomllib.loads(source or "").get("block") or []
+    except tomllib.TOMLDecodeError:
+        return set()
+    out: set[str] = set()
+    for block in blocks if isinstance(blocks, list) else []:
+        table = block.get("search") if isinstance(block, dict) else None
+        if table:
+            try:
+                out |= set(search.parse(table)[3])
+            except (search.SearchError, ValueError, TypeError):
+                continue
+    return out
 
 
 def axis_sql(axes: Any, axis: str) -> str:
