@@ -657,3 +657,15 @@ def test_small_reader_faults_are_one_clear_line(prepared, cli, tmp_path):
     status = cli("status")
     assert status.exit_code != 0
     assert "`optlab rebuild --store optlab.duckdb` makes it again" in status.stderr
+
+
+def test_a_store_with_other_names_is_named_before_it_is_written(prepared, tmp_path):
+    """Its folders go by the name it is given: a note says so when the file has others."""
+    path, _ = prepared
+    assert st.other_names(path) is None
+    os.link(path, tmp_path / "h.duckdb")
+    assert st.other_names(path) == (
+        f"{path} has 2 names (hard links); its journals and checkpoints go in optlab.runs/ "
+        "and optlab.checkpoints/ beside this name, so use this name for it from now on (or "
+        "copy the store instead of linking it)"
+    )

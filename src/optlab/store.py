@@ -257,6 +257,23 @@ def check_store(path: Path) -> None:
             )
 
 
+def other_names(path: Path) -> str | None:
+    """A note when the store file has other names (hard links): its folders go by the name
+    it is given (``NAME.runs/``), so a rebuild or run through another name would not see
+    this one's journals."""
+    try:
+        links = os.stat(path).st_nlink
+    except OSError:
+        return None
+    if links < 2:
+        return None
+    return (
+        f"{path} has {links} names (hard links); its journals and checkpoints go in "
+        f"{artefacts_dir(path).name}/ and {checkpoints_dir(path).name}/ beside this name, so "
+        "use this name for it from now on (or copy the store instead of linking it)"
+    )
+
+
 def ensure_schema(con: duckdb.DuckDBPyConnection, store: Path | None = None) -> None:
     """Make or bring up to date the tables and views. A store of schema 2 or older is given
     store-relative paths (``store``: where it is now)."""

@@ -176,11 +176,14 @@ def launch(parts: list[Part], how: Launch) -> Any:
     from optlab import executors
     from optlab.expand import all_runs
     from optlab.preparing import dataset_tables
-    from optlab.store import check_store
+    from optlab.store import check_store, other_names
 
     store = how.store
     runs = [r for part in parts for r in all_runs(part.plans)]
     check_store(store)
+    linked = other_names(store)
+    if linked:
+        err.print(f"note: {linked}", markup=False)
     if how.checkpoint_dir is not None:
         check_folder(how.checkpoint_dir, "--checkpoint-dir")
     # Datasets are fetched (or found missing) before any run starts or the store is touched.
