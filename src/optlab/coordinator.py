@@ -24,7 +24,7 @@ from typing import Any
 
 from rich.console import Console
 
-from optlab import locations
+from optlab import locations, records
 from optlab import store as st
 from optlab.devices import Slot
 from optlab.errors import StoreBusy, StoreFull
@@ -230,7 +230,7 @@ def prepare(
             points.setdefault(run.run_id, {})["checkpoint_dir"] = use
         st.set_checkpoint_dirs(con, dirs)
         st.own_checkpoint_root(con, locations.recorded(root, roots))
-    st.save_study_record(store, study, plans, carried)
+    records.save_study_record(store, study, plans, carried)
     if todo and root == Path(os.path.abspath(st.checkpoints_dir(store))):
         _git_ignored(root)
     return Prepared(todo, states, recovered_states, int(epochs), points)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
-from optlab import locations
+from optlab import locations, records
 from optlab import store as st
 from optlab.atomic import write_atomic
 from optlab.errors import OptlabError, StoreBusy
@@ -308,19 +308,19 @@ def _copy_files(store: Path, done: Merged) -> None:
             target = st.checkpoints_dir(store) / run_id
             shutil.rmtree(target, ignore_errors=True)
             shutil.copytree(folder, target)
-    records = st.studies_record_dir(done.other)
-    if records.is_dir():
+    theirs_dir = st.studies_record_dir(done.other)
+    if theirs_dir.is_dir():
         target = st.studies_record_dir(store)
         target.mkdir(parents=True, exist_ok=True)
-        for record in sorted(records.glob("*.json")):
+        for record in sorted(theirs_dir.glob("*.json")):
             if done.studies is not None and record.stem not in done.studies:
                 continue
-            ours = st.read_record(target / record.name)
+            ours = records.read_record(target / record.name)
             if ours is None:
                 shutil.copy2(record, target / record.name)
-            elif (theirs := st.read_record(record)) is not None:
+            elif (theirs := records.read_record(record)) is not None:
                 # The same study from the same file: its record holds both stores' runs.
-                st.write_json_atomic(target / record.name, st.union_records(ours, theirs))
+                st.write_json_atomic(target / record.name, records.union_records(ours, theirs))
 
 
 def _copy_run_folder(src: Path, dst: Path, fix: Callable[[str, str], str]) -> None:
