@@ -316,14 +316,10 @@ def run_analysis(
 
 def _matrix_size(con: Any, study: str, runs: int) -> int | None:
     """The study file's run count when fewer of its runs are in the store (a study run in
-    parts); None otherwise (or in a store from before it was recorded)."""
-    has = con.execute(
-        "select count(*) from information_schema.columns where table_name = 'studies' "
-        "and column_name = 'matrix_runs'"
-    ).fetchone()[0]
-    if not has:
-        return None
-    (size,) = con.execute("select matrix_runs from studies where study = ?", [study]).fetchone()
+    parts); None otherwise."""
+    from optlab.store import matrix_runs
+
+    size = matrix_runs(con, study)
     return size if size is not None and size > runs else None
 
 

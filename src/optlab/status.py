@@ -19,7 +19,7 @@ from optlab.checkpoint import newest_intact
 from optlab.errors import OptlabError
 from optlab.liveness import LIVE_SECONDS, Writer, pid_alive, read_writer
 from optlab.locations import resolve, roots
-from optlab.store import STATES, journal_progress, reading
+from optlab.store import STATES, journal_progress, matrix_runs, reading
 
 
 @dataclass
@@ -87,15 +87,8 @@ def _one(con: Any, store: Path, name: str, writer: Writer | None) -> StudyStatus
         [name],
     ).fetchone()
     result.epochs_total, result.epochs_done = int(total or 0), int(done or 0)
-    has_matrix = con.execute(
-        "select count(*) from information_schema.columns where table_name = 'studies' "
-        "and column_name = 'matrix_runs'"
-    ).fetchone()[0]
-    if has_matrix:  # (an older store has no such column)
-        (matrix,) = con.execute(
-            "select matrix_runs from studies where study = ?", [name]
-        ).fetchone()
-        result.matrix = matrix if matrix is not None and matrix > result.total else None
+    matrix = matrix_runs(con, name)
+    result.matrix = matrix if matrix is not None and matrix > result.total else None
     now = time.time()
     columns = {
         c

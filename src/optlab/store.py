@@ -257,6 +257,19 @@ def check_store(path: Path) -> None:
             )
 
 
+def matrix_runs(con: duckdb.DuckDBPyConnection, study: str) -> int | None:
+    """The size of the study file's matrix when what was run of it is a part of it (None
+    when it is not recorded: a whole study, or a store from before it was)."""
+    has = con.execute(
+        "select count(*) from information_schema.columns where table_name = 'studies' "
+        "and column_name = 'matrix_runs' and table_catalog = current_database()"
+    ).fetchone()[0]
+    if not has:
+        return None
+    row = con.execute("select matrix_runs from studies where study = ?", [study]).fetchone()
+    return row[0] if row else None
+
+
 def other_names(path: Path) -> str | None:
     """A note when the store file has other names (hard links): its folders go by the name
     it is given (``NAME.runs/``), so a rebuild or run through another name would not see
