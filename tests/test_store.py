@@ -17,7 +17,7 @@ from optlab.coordinator import prepare
 from optlab.events import encode, read_journal
 from optlab.expand import expand
 from optlab.study import load_study
-from tests.conftest import write_study
+from tests.conftest import TINY, write_study
 
 
 @pytest.fixture
@@ -616,6 +616,36 @@ def test_a_hard_link_to_the_store_finds_the_same_writer_lock(prepared, tmp_path)
             pass
         with writer_lock(other):  # free again once the first lets go
             pass
+
+
+def test_a_store_used_through_a_hard_link_keeps_one_set_of_folders(prepared, tmp_path):
+    """Run through optlab.duckdb first, then through a link h.duckdb beside it: the second
+    study's record and journals go in optlab.runs/, where a rebuild through the first name
+    finds them (they went in h.runs/, and the rebuild lost the second study)."""
+    from optlab import manage
+
+    path, _ = prepared
+    link = tmp_path / "h.duckdb"
+    os.link(path, link)
+    assert (st.artefacts_dir(link), st.checkpoints_dir(link)) == (
+        st.artefacts_dir(path),
+        st.checkpoints_dir(path),
+    )
+    text = TINY.format(lrs="[0.5]").replace('name = "tiny"', 'name = "second"')
+    second = load_study(write_study(tmp_path, text=text, name="second.toml"))
+    todo = prepare(link, second, expand(second), retry_failed=False).todo
+    rid = todo[0].run_id
+    write_journal(link, rid, [{"type": "started", "run_id": rid}, epoch_event(rid, 1)])
+    assert not (tmp_path / "h.runs").exists()
+    assert st.other_names(link) == (
+        f"{link} has 2 names (hard links); its journals and checkpoints go in optlab.runs/ "
+        "and optlab.checkpoints/, the folders of its name optlab.duckdb"
+    )
+    manage.rebuild(path)
+    with st.reading(path) as con:
+        studies = con.execute("select study from studies order by study").fetchall()
+        epochs = con.execute("select count(*) from epochs where run_id = ?", [rid]).fetchone()
+    assert studies == [("second",), ("tiny",)] and epochs == (1,)
 
 
 def test_status_gives_the_checkpoint_a_resume_would_really_use(prepared, cli):

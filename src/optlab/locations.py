@@ -29,12 +29,51 @@ PATH_FIELDS = {
 
 def runs_dir(store: Path) -> Path:
     """Run logs and journals: ``optlab.duckdb`` -> ``optlab.runs/``."""
-    return store.with_name(store.stem + ".runs")
+    return store.with_name(_owner(store).stem + ".runs")
 
 
 def checkpoints_dir(store: Path) -> Path:
     """Checkpoints and saved weights: ``optlab.duckdb`` -> ``optlab.checkpoints/``."""
-    return store.with_name(store.stem + ".checkpoints")
+    return store.with_name(_owner(store).stem + ".checkpoints")
+
+
+def other_name(store: Path) -> Path | None:
+    """Another name of the store file (a hard link) in the same folder, whose folders the
+    store uses because they exist and its own do not: so a store run through ``s.duckdb``
+    and later through a link ``h.duckdb`` keeps its journals in ``s.runs/``, where a
+    rebuild through either name finds them."""
+    try:
+        st = os.stat(store)
+    except OSError:
+        return None
+    if st.st_nlink < 2 or store.with_name(store.stem + ".runs").is_dir():
+        return None
+    known = _OTHER_NAMES.get((str(store), st.st_dev, st.st_ino))
+    if known is not None and known.with_name(known.stem + ".runs").is_dir():
+        return known
+    try:
+        names = sorted(os.listdir(store.parent or "."))
+    except OSError:
+        return None
+    for name in names:
+        other = store.with_name(name)
+        if name == store.name or not other.with_name(other.stem + ".runs").is_dir():
+            continue
+        try:
+            there = os.stat(other)
+        except OSError:
+            continue
+        if (there.st_dev, there.st_ino) == (st.st_dev, st.st_ino):
+            _OTHER_NAMES[(str(store), st.st_dev, st.st_ino)] = other
+            return other
+    return None
+
+
+_OTHER_NAMES: dict[tuple[str, int, int], Path] = {}  # found before: a study asks per run
+
+
+def _owner(store: Path) -> Path:
+    return other_name(store) or store
 
 
 def roots(store: Path) -> dict[str, str]:

@@ -272,14 +272,21 @@ def matrix_runs(con: duckdb.DuckDBPyConnection, study: str) -> int | None:
 
 def other_names(path: Path) -> str | None:
     """A note when the store file has other names (hard links): its folders go by the name
-    it is given (``NAME.runs/``), so a rebuild or run through another name would not see
-    this one's journals."""
+    it is given (``NAME.runs/``), or by another name in the same folder whose folders exist,
+    so a rebuild or run through a name elsewhere would not see this one's journals."""
     try:
         links = os.stat(path).st_nlink
     except OSError:
         return None
     if links < 2:
         return None
+    other = locations.other_name(path)
+    if other is not None:
+        return (
+            f"{path} has {links} names (hard links); its journals and checkpoints go in "
+            f"{artefacts_dir(path).name}/ and {checkpoints_dir(path).name}/, the folders of "
+            f"its name {other.name}"
+        )
     return (
         f"{path} has {links} names (hard links); its journals and checkpoints go in "
         f"{artefacts_dir(path).name}/ and {checkpoints_dir(path).name}/ beside this name, so "
