@@ -5,23 +5,25 @@ Each block starts from the study's base, applies its own ``set``, then expands i
 ``search`` table's drawn points (:mod:`optlab.search`) as one more group, seeds
 outermost. ``include``/``exclude`` filters keep or drop combinations; run-level ``--set``
 overrides apply last. Every plugin table is validated by its plugin's params model and
-resolved (defaults filled in), and the run_id is a hash of the resolved config and seed.
+resolved (defaults filled in; :mod:`optlab.resolve`, once per distinct table), and the
+run_id is a hash of the resolved config and seed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import hashlib
 import itertools
 import json
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
-from optlab import paths, plugin_files
+from optlab import paths, plugin_files, resolve
 from optlab.errors import ConfigError
 from optlab.plugin import study_folder
 from optlab.registry import Registry, default_registry
@@ -34,7 +36,6 @@ from optlab.study import (
     Block,
     RunSettings,
     Study,
-    describe_validation_error,
     seed_list,
 )
 
@@ -89,7 +90,8 @@ def identity_json(config: dict[str, Any]) -> str:
 def _run_id(identity: str, seed: int) -> str:
     # json.dumps({"config": ..., "seed": seed}, sort_keys=True, separators=(",", ":")),
     # written out: "config" sorts before "seed".
-    canonical = f'{{"config":{identity},"seed":{json.dumps(seed)}}}'
+    written = str(seed) if type(seed) is int else json.dumps(seed)
+    canonical = f'{{"config":{identity},"seed":{written}}}'
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
@@ -122,18 +124,28 @@ def expand(
         )
     seen: set[str] = set()
     plans = []
-    with study_folder(study.folder):
+    with study_folder(study.folder), _collector_paused():
         for index, block in enumerate(study.blocks):
             plans.append(_expand_block(study, block, index, registry, seen))
     return plans
 
 
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector paused: expansion makes millions of small objects and no
+    cycles, and each collection would walk all of them (a third of the time of a study of
+    100,000 distinct cells). Refcounting frees them as ever."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 def all_runs(plans: list[BlockPlan]) -> list[RunSpec]:
     return [run for plan in plans for run in plan.runs]
-
-
-# Optimizers that train on one set of weights and are evaluated on another (train()/eval()).
-TWO_WEIGHTS = {"schedulefree_adamw"}
 
 
 class _Expander:
@@ -143,9 +155,6 @@ class _Expander:
         implicit = study.blocks == [Block(name="main")]  # a file without [[block]]
         self.where = "base" if implicit else f"block '{self.name}'"
         self.prefix = f"{study.file}: {self.where}"
-        self._cache: dict[Any, Any] = {}  # see _once
-        self._by_id: dict[tuple[str, int], Any] = {}
-        self.shared: dict[int, tuple[Any]] = {}  # id -> (the base's table,), kept alive
 
     def fail(self, key: str, problem: str) -> ConfigError:
         return ConfigError(f"{self.prefix}: {key}: {problem}")
@@ -163,12 +172,7 @@ class _Expander:
         return cfg
 
     def assign(self, cfg: dict[str, Any], path: str, value: Any, key: str) -> None:
-        try:
-            paths.assign(cfg, path, value)
-        except KeyError:
-            raise self.fail(
-                key, f"{path.rsplit('.', 1)[0]} is a single value, not a table"
-            ) from None
+        resolve.assign(cfg, path, value, key, self.fail)
 
     def check_shape(self, cfg: dict[str, Any], where: str) -> None:
         """Plugin slots hold tables whose name is a string; probes is a list of tables."""
@@ -284,165 +288,6 @@ class _Expander:
         names += [v.get("name") for v in axes.get(slot, []) if isinstance(v, dict)]
         return {n for n in names if isinstance(n, str)}
 
-    # ---- one run -------------------------------------------------------------------------
-    def resolve(self, cfg: dict[str, Any]) -> dict[str, Any]:
-        resolved: dict[str, Any] = {}
-        models: dict[str, Any] = {}
-        for slot, kind in PLUGIN_SLOTS.items():
-            table = cfg.get(slot)
-            if not isinstance(table, dict) or not isinstance(table.get("name"), str):
-                raise self.fail(
-                    slot,
-                    f"needs a table with a name, such as {slot} = "
-                    f'{{ name = "..." }}; registered: '
-                    f"{', '.join(self.registry.names(kind))}",
-                )
-            plugin, model, dumped = self.validated(kind, slot, table)
-            resolved[slot] = {"name": table["name"], **dumped}
-            models[slot] = (plugin, model, table["name"])
-        settings = {k: v for k, v in cfg.items() if k not in PLUGIN_SLOTS and k != PROBES_KEY}
-        resolved.update(self.settings(settings))
-        if resolved.get("local_sgd") is None:
-            resolved.pop("local_sgd", None)
-        probes = self.resolve_probes(cfg.get(PROBES_KEY))
-        if probes:  # absent when empty, so that run ids of runs without probes stay put
-            resolved[PROBES_KEY] = [table for table, _ in probes]
-        self.check(models, resolved["epochs"], probes, resolved.get("local_sgd"))
-        return dict(sorted(resolved.items()))
-
-    def settings(self, settings: dict[str, Any]) -> dict[str, Any]:
-        """The run settings validated and in JSON form (cached: most cells share them)."""
-
-        def validate() -> dict[str, Any]:
-            try:
-                return RunSettings.model_validate(settings).model_dump(mode="json")
-            except ValidationError as e:
-                raise ConfigError(
-                    f"{self.prefix}: {describe_validation_error(e, RunSettings)}"
-                ) from None
-
-        return self._once("settings", settings, validate)
-
-    def validated(self, kind: str, key: str, table: dict[str, Any]) -> tuple[Any, Any, dict]:
-        """:meth:`validate`, with the params in JSON form. Cached by the table's value: the
-        cells of a grid share most of their tables, and validating one is most of the cost
-        of a run's expansion. What it returns is shared, and read-only."""
-
-        def validate() -> tuple[Any, Any, dict]:
-            plugin, params = self.validate(kind, key, table)
-            return plugin, params, params.model_dump(mode="json")
-
-        return self._once(kind, table, validate)
-
-    def _once(self, what: str, value: Any, compute: Any) -> Any:
-        """``compute()``, remembered by ``what`` and ``value`` (only successes: an error
-        names its key). A table the cell shares with the block's base (see _expand_block)
-        is found by identity first: most of a cell's tables are, and never change."""
-        shared = self.shared.get(id(value))
-        if shared is not None and shared[0] is value and (what, id(value)) in self._by_id:
-            return self._by_id[(what, id(value))]
-        frozen = _frozen_text(value)
-        if frozen is None:
-            return compute()
-        key = (what, frozen)
-        if key not in self._cache:
-            self._cache[key] = compute()
-        if shared is not None and shared[0] is value:
-            self._by_id[(what, id(value))] = self._cache[key]
-        return self._cache[key]
-
-    def validate(self, kind: str, key: str, table: dict[str, Any]) -> tuple[Any, Any]:
-        """The plugin a table names and its validated params; errors name ``key``."""
-        try:
-            plugin = self.registry.get(kind, table["name"])
-        except ConfigError as e:
-            raise self.fail(f"{key}.name", str(e)) from None
-        try:
-            params = plugin.params.model_validate({k: v for k, v in table.items() if k != "name"})
-            # What the worker will validate is the JSON form: it must pass there too.
-            plugin.params.model_validate(params.model_dump(mode="json"))
-        except ValidationError as e:
-            raise ConfigError(
-                f"{self.prefix}: "
-                + describe_validation_error(e, plugin.params, prefix=f"{key}.").replace(
-                    "unknown key; allowed:", f"unknown key; {table['name']} takes:"
-                )
-            ) from None
-        return plugin, params
-
-    def resolve_probes(self, tables: Any) -> list[tuple[dict[str, Any], Any]]:
-        if tables is None:
-            return []
-        example = '[{ name = "grad_norm", every = 1 }]'
-        if not isinstance(tables, list):
-            raise self.fail(
-                PROBES_KEY, f"needs a list of probe tables, such as {example} (given {tables!r})"
-            )
-        out = []
-        for i, table in enumerate(tables):
-            key = f"{PROBES_KEY}[{i}]"
-            if not isinstance(table, dict) or not isinstance(table.get("name"), str):
-                raise self.fail(
-                    key,
-                    f"needs a table with a name, such as {example}; "
-                    f"registered: {', '.join(self.registry.names('probe'))}",
-                )
-            plugin, params, dumped = self.validated("probe", key, table)
-            out.append(({"name": table["name"], **dumped}, (plugin, params)))
-        return out
-
-    def check(
-        self,
-        models: dict[str, Any],
-        epochs: int,
-        probes: list[tuple[dict[str, Any], Any]],
-        local: dict[str, Any] | None = None,
-    ) -> None:
-        """Cross-checks that need more than one table (a batch past the training set, a
-        probe scheduled after the last epoch)."""
-        plugin, params, _ = models["dataset"]
-        facts: dict[str, Any] = {"epochs": epochs, "train_size": None}
-        if plugin.info is not None:
-            try:
-                facts.update(plugin.info(params))
-            except ValueError as e:
-                raise self.fail("dataset", str(e)) from None
-        optimizer = models["optimizer"][1]
-        two_weights = {models["optimizer"][2], getattr(optimizer, "base", None)} & TWO_WEIGHTS
-        if local and two_weights:
-            raise self.fail(
-                "local_sgd",
-                f"not with {', '.join(sorted(two_weights))}: its workers' evaluation weights "
-                "(x) and iterates (z) would not be averaged, only the weights it trains on; "
-                "use another optimizer, or no local_sgd",
-            )
-        if local and facts["train_size"] is not None:
-            # Local SGD: each worker's batches come from its own shard.
-            if facts["train_size"] < local["workers"]:
-                raise self.fail(
-                    "local_sgd.workers",
-                    f"{local['workers']} workers need at "
-                    f"least one training example each (there are "
-                    f"{facts['train_size']})",
-                )
-            facts["train_size"] //= local["workers"]
-        for slot, (plugin, params, _) in models.items():
-            if plugin.check is None:
-                continue
-            try:
-                plugin.check(params, **facts)
-            except ValueError as e:
-                where = f" of a worker's shard ({local['workers']} workers)" if local else ""
-                raise self.fail(slot, f"{e}{where}") from None
-        facts["optimizer"] = models["optimizer"][2]
-        for i, (table, (plugin, params)) in enumerate(probes):
-            if plugin.check is None:
-                continue
-            try:
-                plugin.check(params, **facts)
-            except ValueError as e:
-                raise self.fail(f"{PROBES_KEY}[{i}] ({table['name']})", str(e)) from None
-
 
 def _settings_table(key: str) -> Any:
     """The model of a run setting that is a table (checkpoint, divergence, local_sgd)."""
@@ -466,27 +311,6 @@ def _axis_leaves(table: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-_KEY_ENCODER = json.JSONEncoder(sort_keys=True)
-
-
-def _frozen_text(value: Any) -> str | None:
-    """A stand-in for a TOML value that tells apart what validation could (1, 1.0 and true;
-    key order aside), by the C JSON encoder; None for what it cannot encode."""
-    try:
-        return _KEY_ENCODER.encode(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _plain_copy(value: Any) -> Any:
-    """A copy of a config (tables, arrays and immutable scalars, as TOML gives them)."""
-    if isinstance(value, dict):
-        return {k: _plain_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain_copy(v) for v in value]
-    return value
-
-
 def _is_plugin_table(value: dict[str, Any]) -> bool:
     return "name" in value and not isinstance(value["name"], list)
 
@@ -501,13 +325,6 @@ def _matches(cfg: dict[str, Any], condition: dict[str, Any]) -> bool:
         if have not in options:
             return False
     return True
-
-
-def _name_first(combo: dict[str, Any]) -> list[tuple[str, Any]]:
-    # A plugin's name must land before its parameters: changing it clears the table.
-    return sorted(
-        combo.items(), key=lambda kv: not (kv[0].endswith(".name") or kv[0] in PLUGIN_SLOTS)
-    )
 
 
 def _expand_block(
@@ -527,34 +344,17 @@ def _expand_block(
     seeds = seed_list(block.seeds) if block.seeds is not None else study.seeds
     # A cell's config does not depend on its seed: each is resolved once, and its seeds'
     # runs share it (a RunSpec is read-only).
-    cells: list[tuple[dict[str, Any], dict[str, Any], tuple, str]] = []
-    overridden = {p.split(".")[0] for p in study.overrides}
-    ex.shared = {id(v): (v,) for v in base.values() if isinstance(v, dict | list)}
+    cells: list[tuple[dict[str, Any], resolve.Cell]] = []
+    resolver = resolve.Resolver(ex.prefix, registry, base, study.overrides, plugin_files.active())
     for parts in itertools.product(*groups) if seeds else ():
         combo = {k: v for part in parts for k, v in part.items()}
-        # The base is copied where the cell's axes and the --set keys change it; the rest
-        # is shared with it (assign replaces or copies what it sets, and resolve only reads).
-        cfg = dict(base)
-        for top in overridden | {p.split(".")[0] for p in combo}:
-            if top in cfg:
-                cfg[top] = _plain_copy(cfg[top])
-        for path, value in _name_first(combo):
-            ex.assign(cfg, path, value, f"axis {path}")
-        if block.include and not any(_matches(cfg, c) for c in block.include):
+        if (block.include or block.exclude) and not _kept(ex, block, base, combo):
             continue
-        if any(_matches(cfg, c) for c in block.exclude):
-            continue
-        for path, value in _name_first(study.overrides):
-            ex.assign(cfg, path, value, f"--set {path}")
-        config = ex.resolve(cfg)
-        files = plugin_files.used_by(config, plugin_files.active())
-        if files:  # the files' hashes are part of what the run is
-            config[plugin_files.CONFIG_KEY] = [f.label() for f in files]
-        cells.append((combo, config, tuple(files), identity_json(config)))
+        cells.append((combo, resolver.cell(combo)))
     runs: list[RunSpec] = []
     for seed in seeds:
-        for combo, config, files, identity in cells:
-            run_id = _run_id(identity, seed)
+        for combo, cell in cells:
+            run_id = _run_id(cell.identity, seed)
             if run_id in seen:
                 continue
             seen.add(run_id)
@@ -564,11 +364,11 @@ def _expand_block(
                     study.name,
                     ex.name,
                     seed,
-                    config,
+                    cell.config,
                     combo,
                     len(seen) - 1,
                     study.folder,
-                    files,
+                    cell.files,
                 )
             )
     if block.search:
@@ -578,6 +378,19 @@ def _expand_block(
             ex.name, axes, seeds, runs, search.describe(block.search), ex.search_points()
         )
     return BlockPlan(ex.name, axes, seeds, runs)
+
+
+def _kept(ex: _Expander, block: Block, base: dict[str, Any], combo: dict[str, Any]) -> bool:
+    """Whether the block's include and exclude filters keep a cell (read before --set)."""
+    cfg = dict(base)
+    for top in {p.split(".")[0] for p in combo}:
+        if top in cfg:
+            cfg[top] = resolve.plain_copy(cfg[top])
+    for path, value in resolve.name_first(combo):
+        ex.assign(cfg, path, value, f"axis {path}")
+    if block.include and not any(_matches(cfg, c) for c in block.include):
+        return False
+    return not any(_matches(cfg, c) for c in block.exclude)
 
 
 def file_matrix(

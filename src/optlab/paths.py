@@ -25,6 +25,9 @@ def get(tree: dict[str, Any], path: str) -> Any:
     return node
 
 
+_IMMUTABLE = {str, int, float, bool, type(None)}
+
+
 def assign(tree: dict[str, Any], path: str, value: Any) -> None:
     """Set ``path`` in ``tree``. A plugin table whose ``name`` changes is replaced, not
     merged, so that the old plugin's parameters do not leak into the new one."""
@@ -46,7 +49,7 @@ def assign(tree: dict[str, Any], path: str, value: Any) -> None:
         node.clear()
         node["name"] = value
     else:
-        node[last] = copy.deepcopy(value)
+        node[last] = value if type(value) in _IMMUTABLE else copy.deepcopy(value)
 
 
 def column(path: str) -> str:
