@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -93,7 +94,44 @@ def test_a_study_on_a_local_ray_equals_the_local_executor(tmp_path, reference):
     assert "Nothing to run" in again.stdout
 
 
-def test_a_node_removed_mid_study_loses_nothing(tmp_path, reference, cluster):
+def processes() -> dict[int, tuple[str, int]]:
+    """Each live process's state and parent, from /proc (a zombie is not live)."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, parent = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):
+            continue
+        if state != "Z":
+            out[int(stat.parent.name)] = (state, int(parent))
+    return out
+
+
+def optlab_processes_below(pid: int) -> set[int]:
+    """optlab's processes under ``pid``: Ray's actors of SlotWorker, and optlab workers."""
+    table, found, todo = processes(), set(), [pid]
+    while todo:
+        here = todo.pop()
+        kids = {p for p, (_, parent) in table.items() if parent == here} - found
+        todo += kids
+        found |= kids
+    ours = set()
+    for p in found:
+        try:
+            cmdline = Path(f"/proc/{p}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"SlotWorker" in cmdline or b"optlab.worker" in cmdline:
+            ours.add(p)
+    return ours
+
+
+def test_a_node_lost_mid_study_loses_nothing_and_leaves_nothing_running(
+    tmp_path, reference, cluster
+):
+    """The second node's raylet is killed (SIGKILL) while it trains a run: the run resumes
+    on the node that is left, and what optlab started on the lost node (its actor and the
+    worker under it) stops, rather than train on until the cluster shuts down."""
     second = cluster.add_node(num_cpus=1)
     cluster.wait_for_nodes()
     study(tmp_path)
@@ -119,7 +157,10 @@ def test_a_node_removed_mid_study_loses_nothing(tmp_path, reference, cluster):
     # While it runs, status names the executor and both nodes.
     status = optlab("status", cwd=tmp_path).stdout
     assert "(ray: " in status and suffix in status
-    cluster.remove_node(second)
+    raylet = second.all_processes["raylet"][0].process.pid
+    ours = optlab_processes_below(raylet)
+    assert len(ours) >= 2  # the slot's actor and its optlab worker
+    os.kill(raylet, signal.SIGKILL)
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, out + err
     assert "was lost" in out and victim in out
@@ -131,6 +172,34 @@ def test_a_node_removed_mid_study_loses_nothing(tmp_path, reference, cluster):
     # the resumed attempt ran on the node that is left
     last = [e for e in journals(tmp_path)[victim] if e["type"] == "resumed"][-1]
     assert not last["provenance"]["worker"].endswith(suffix)
+    # They are gone too (they would train on, holding their GPUs, until the cluster ends).
+    wait_for(lambda: not ours & set(processes()), timeout=20)
+
+
+def test_a_slot_whose_raylet_dies_stops_itself_and_its_worker(cluster, tmp_path):
+    """No one can tell a node declared lost to stop (the driver's ray.kill may not reach
+    it): the slot's actor sees its raylet go, as it is given another parent, and ends its
+    optlab worker and itself. Both went on running, holding their GPUs, until the cluster
+    shut down."""
+    import ray
+
+    from optlab.ray_executor import RemoteSlot
+
+    second = cluster.add_node(num_cpus=1, resources={"second": 1})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    try:
+        actor = RemoteSlot.options(resources={"second": 1}, num_cpus=0).remote(
+            "slot", 1, False, str(tmp_path), [], "lost", False
+        )
+        assert "error" not in ray.get(actor.start.remote(), timeout=120)
+        raylet = second.all_processes["raylet"][0].process.pid
+        ours = optlab_processes_below(raylet)
+        assert len(ours) == 2  # the actor and its optlab worker
+        os.kill(raylet, signal.SIGKILL)
+        wait_for(lambda: not ours & set(processes()), timeout=20)
+    finally:
+        ray.shutdown()
 
 
 @pytest.mark.parametrize("first,then", [("ray", "local"), ("local", "ray")])

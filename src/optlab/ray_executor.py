@@ -21,6 +21,8 @@ progress since their last checkpoint: each goes back to the front of the queue w
 epochs it had reported, and resumes on the next free slot. A run lost
 :data:`MAX_LOSSES` times fails instead, so one that brings its node down cannot go round
 for ever. A worker process that dies on a live node fails its run, as on the local pool.
+On a node whose raylet dies, each actor stops its worker and itself (nothing else could
+tell it to: the driver's ``ray.kill`` need not reach a lost node).
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ from optlab.store import journal_path, log_path
 from optlab.worker import FULL, _cut_torn_tail
 
 MAX_LOSSES = 3  # times a run may lose its slot (node, actor) before it fails
+NODE_WATCH_SECONDS = 1.0  # how often an actor looks whether its node's raylet is alive
+NODE_LOST_GRACE = 5.0  # seconds its worker gets to stop (SIGTERM) before SIGKILL
 NOT_JOURNALED = ("heartbeat", "ready", "disk_full")
 SHIPPED = ('"type":"checkpoint"', '"type":"finished"')
 BATCH = 2000  # most lines one poll returns
@@ -104,6 +108,7 @@ class SlotWorker:
         self.lines: asyncio.Queue | None = None
         self.idle: dict[str, asyncio.Event] = {}  # run_id -> the worker is done with it
         self.node = ""
+        self._watch: asyncio.Task | None = None
 
     async def start(self) -> dict[str, Any]:
         """Prepare the datasets on this node and start the worker; the node's name, and
@@ -120,7 +125,19 @@ class SlotWorker:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             return {**info, "error": f"cannot prepare the datasets in {self.data_dir}: {first}"}
         await self._start_worker()
+        self._watch = asyncio.get_running_loop().create_task(self._watch_node(os.getppid()))
         return info
+
+    async def _watch_node(self, raylet: int) -> None:
+        """End the worker and this actor once the raylet that started them is gone (this
+        process is then given another parent). A node declared lost is never told to stop:
+        without this its actors and workers would go on training, holding their GPUs,
+        until the cluster shuts down."""
+        while os.getppid() == raylet:
+            await asyncio.sleep(NODE_WATCH_SECONDS)
+        with contextlib.suppress(Exception):
+            await self.stop(grace=NODE_LOST_GRACE)
+        os._exit(1)
 
     async def _start_worker(self) -> None:
         slot = Slot(f"{self.label}@{self.node}", None, self.threads)
