@@ -705,3 +705,85 @@ def test_optimal_of_a_study_that_varies_nothing_says_so(cli, tmp_path):
         "Error: analyze optimal: study 'flat' varies no numeric hyperparameter to find the best "
         "value of; it varies nothing (one configuration, seeds apart)\n"
     )
+
+
+PARTS = (
+    HEAD.format(name="parts")
+    + f"""
+probes = [{{ name = "full_grad_norm", every = 1 }}]
+[[block]]
+name = "sgd"
+grid = {{ "optimizer.lr" = {LRS}, "batch_schedule.batch_size" = [32, 320, 3200] }}
+[[block]]
+name = "adam"
+set = {{ optimizer = {{ name = "adam" }} }}
+grid = {{ "optimizer.lr" = {LRS}, "batch_schedule.batch_size" = [32, 320, 3200] }}
+"""
+)
+
+
+def parts_store(tmp_path, status=None, blocks=None):
+    make_store(
+        tmp_path,
+        PARTS,
+        lambda c, s: bowl(c["optimizer"]["lr"], 0.001 * c["batch_schedule"]["batch_size"] / 32),
+        status=status,
+        grad_norm=lambda c, s: [1.0, 0.5, 0.2],
+        blocks=blocks,
+    )
+
+
+def test_analyses_of_a_study_half_run_name_the_groups_still_to_come(cli, tmp_path):
+    """The adam block is registered and not run yet: the sgd groups are labelled as the
+    whole study will label them (optimizer=sgd, not "all runs"), and the adam ones named
+    as waiting, in every analysis."""
+    parts_store(
+        tmp_path, status=lambda c, s: "done" if c["optimizer"]["name"] == "sgd" else "pending"
+    )
+    scaling = analyze(cli, "scaling")
+    assert [f["group"] for f in scaling["tables"]["fit"]] == ["optimizer=sgd"]
+    assert scaling["tables"]["fit"][0]["slope"] == pytest.approx(1.0, abs=0.01)
+    assert scaling["findings"]["not_yet"] == "no finished runs yet in optimizer=adam (63 runs)"
+    optimal = analyze(cli, "optimal")
+    assert optimal["findings"]["not_yet"] == "no finished runs yet in " + "; ".join(
+        f"batch_schedule.batch_size={b}, optimizer=adam (21 runs)" for b in (32, 320, 3200)
+    )
+    ranking = analyze(cli, "ranking")
+    assert [r["optimizer"] for r in ranking["tables"]["ranking"]] == ["sgd"]
+    assert ranking["findings"]["not_yet"] == "no finished runs yet of adam (63 runs)"
+    # sfo compares every cell: five are named, the rest counted.
+    assert analyze(cli, "sfo", "--epsilon", "0.3")["findings"]["not_yet"] == (
+        "no finished runs yet in "
+        + "; ".join(
+            f"batch_schedule.batch_size={b}, optimizer=adam, optimizer.lr={lr} (3 runs)"
+            for b, lr in [(32, 0.001), (32, 0.00316), (32, 0.01), (32, 0.0316), (32, 0.1)]
+        )
+        + "; 16 more groups (48 runs)"
+    )
+
+
+def test_a_study_with_nothing_finished_gets_answers_that_say_so(cli, tmp_path):
+    """sfo and the report on a study whose probed runs are all still to run: what is missing
+    is said (the sfo analysis said to add a probe the study has)."""
+    parts_store(tmp_path, status=lambda c, s: "pending")
+    sfo = analyze(cli, "sfo")
+    assert sfo["tables"]["sfo"] == [] and sfo["findings"]["note"] == (
+        "not answerable yet: no full_grad_norm values so far (0 of the 126 runs that probe "
+        "it finished); run the rest of it"
+    )
+    report = cli("report", "--out", "r.html")
+    assert report.exit_code == 0, report.stderr
+    page = (tmp_path / "r.html").read_text()
+    assert "probe full_grad_norm: no values yet (0 of the 126 runs that probe it finished)" in page
+    assert "<h3>sfo</h3>" in page and "not answerable yet: no full_grad_norm values" in page
+
+
+def test_a_study_run_in_parts_says_how_much_of_the_file_its_answers_cover(cli, tmp_path):
+    parts_store(tmp_path, blocks=["sgd"])
+    for name in ("optimal", "scaling"):
+        out = analyze(cli, name)
+        assert out["findings"]["partial"] == (
+            "63 of the study file's 126 runs are in this store (a study run in parts): this "
+            "answer covers those"
+        )
+    assert analyze(cli, "sfo", "--epsilon", "0.3")["findings"]["partial"].startswith("63 of")

@@ -162,22 +162,55 @@ def require_axes(analysis: str, study: str, axes: list[str], needed: list[str]) 
 # ---- groups -------------------------------------------------------------------------------
 
 
-def groups(runs: list[Run], across: list[str]) -> dict[str, list[Run]]:
+def groups(
+    runs: list[Run], across: list[str], among: list[Run] | None = None
+) -> dict[str, list[Run]]:
     """Runs grouped by everything in their config but the seed and ``across``; each group is
-    labelled by what tells it apart from the others (``optimizer=adamw``)."""
+    labelled by what tells it apart from the others (``optimizer=adamw``). The labels are
+    worked out ``among`` all the study's runs (finished or not) when given, so that a study
+    run in parts labels its groups as the whole study will."""
+    keyed = _keyed(runs, across)
+    every = keyed if among is None else _keyed(among, across) | keyed
+    labels = _labels(list(every))
+    return {labels[key]: members for key, members in keyed.items()}
+
+
+def not_yet(result: Result, kept: list[Run], runs: list[Run], across: list[str]) -> None:
+    """Name the groups of the study with no usable run yet (a study run in parts)."""
+    have = _keyed(kept, across)
+    every = _keyed(runs, across)
+    labels = _labels(list(every))
+    missing = sorted((labels[k], len(every[k])) for k in every if k not in have)
+    if missing and have:
+        named = [f"{label} ({n} runs)" for label, n in missing[:NAMED]]
+        if len(missing) > NAMED:
+            rest = missing[NAMED:]
+            named.append(f"{len(rest)} more groups ({sum(n for _, n in rest)} runs)")
+        result.findings["not_yet"] = "no finished runs yet in " + "; ".join(named)
+
+
+NAMED = 5  # groups named one by one in a finding; the rest are counted
+
+
+def _keyed(runs: list[Run], across: list[str]) -> dict[str, list[Run]]:
     keyed: dict[str, list[Run]] = {}
     for run in runs:
         rest = {k: v for k, v in run.config.items() if k not in across}
         keyed.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(run)
-    configs = [json.loads(k) for k in keyed]
+    return keyed
+
+
+def _labels(keys: list[str]) -> dict[str, str]:
+    configs = [json.loads(k) for k in keys]
     shown = [p for p in sorted({p for c in configs for p in c}) if _tells_apart(configs, p)]
-    out: dict[str, list[Run]] = {}
-    for key, members in keyed.items():
-        cfg = json.loads(key)
+    out: dict[str, str] = {}
+    taken: set[str] = set()
+    for key, cfg in zip(keys, configs, strict=True):
         label = ", ".join(f"{p}={_fmt(cfg.get(p))}" for p in shown) or "all runs"
-        while label in out:
+        while label in taken:
             label += "'"
-        out[label] = members
+        taken.add(label)
+        out[key] = label
     return out
 
 
@@ -290,7 +323,10 @@ def run_analysis(
         result = Result(name, study, metric)
         rng = np.random.default_rng(seed)
         if name == "sfo":
-            return _sfo(con, result, axes, epsilon)
+            _sfo(con, result, axes, epsilon)
+            (count,) = con.execute("select count(*) from runs where study = ?", [study]).fetchone()
+            _note_part(result, _matrix_size(con, study, count), count)
+            return result
         runs = load(con, study, metric)
         result.matrix = _matrix_size(con, study, len(runs))
         if name == "warmup":
@@ -311,7 +347,17 @@ def run_analysis(
         # scipy warns on identical samples (a zero-variance cell); the p-value says enough.
         warnings.simplefilter("ignore", RuntimeWarning)
         handler(result, runs, axes, rng, param)
+    _note_part(result, result.matrix, len(runs))
     return result
+
+
+def _note_part(result: Result, matrix: int | None, runs: int) -> None:
+    """Say so when the store holds only a part of the study file's runs."""
+    if matrix is not None and "note" not in result.findings:
+        result.findings["partial"] = (
+            f"{runs} of the study file's {matrix} runs are in this store (a study run in "
+            "parts): this answer covers those"
+        )
 
 
 def _matrix_size(con: Any, study: str, runs: int) -> int | None:
@@ -337,21 +383,22 @@ def _optimal(result: Result, runs: list[Run], axes: list[str], rng, param: str |
     higher = higher_is_better(result.metric)
     rows = []
     kept = usable(runs, result)
-    for label, members in groups(kept, [param]).items():
+    for label, members in groups(kept, [param], among=runs).items():
         rows.append({"group": label, "param": param, **optimum(members, param, higher, rng)})
+    not_yet(result, kept, runs, [param])
     result.tables["optimal"] = rows
     result.findings["param"] = param
     if len(rows) > 1 and all(r["optimum"] is None for r in rows):
         # Every group tried one value (a random search draws one point a cell): no optimum
         # of the parameter alone; the drawn points ranked by their mean over seeds instead.
-        result.tables["ranked_points"] = _ranked_points(kept, higher)
+        result.tables["ranked_points"] = _ranked_points(kept, higher, runs)
         result.findings["note"] = (
             f"each group tried one value of {param} (points of a search, say): no optimum of "
             f"{param} alone; ranked_points ranks the points by their mean over seeds"
         )
 
 
-def _ranked_points(runs: list[Run], higher: bool) -> list[dict[str, Any]]:
+def _ranked_points(runs: list[Run], higher: bool, among: list[Run]) -> list[dict[str, Any]]:
     """Each configuration (a point; its seeds pooled) by its mean metric, best first."""
     points = [
         {
@@ -360,7 +407,7 @@ def _ranked_points(runs: list[Run], higher: bool) -> list[dict[str, Any]]:
             "std": float(np.std([r.value for r in members], ddof=1)) if len(members) > 1 else None,
             "seeds": len(members),
         }
-        for label, members in groups(runs, []).items()
+        for label, members in groups(runs, [], among).items()
     ]
     points.sort(key=lambda p: (-p["mean"] if higher else p["mean"], p["point"]))
     for rank, point in enumerate(points, 1):
@@ -412,10 +459,16 @@ def _ranking(result: Result, runs: list[Run], axes: list[str], rng, _param: Any)
             f"analyze ranking: needs the study to use two or more optimizers; "
             f"study {result.study!r} uses {', '.join(names) or 'none'}"
         )
+    waiting = sorted({name_of(r) for r in runs} - set(names))
+    if waiting and names:
+        result.findings["not_yet"] = "no finished runs yet of " + ", ".join(
+            f"{n} ({sum(name_of(r) == n for r in runs)} runs)" for n in waiting
+        )
     higher = higher_is_better(result.metric)
     best: list[dict[str, Any]] = []
     for name in names:
-        cells = groups([r for r in kept if name_of(r) == name], [])
+        mine = [r for r in runs if name_of(r) == name]
+        cells = groups([r for r in kept if name_of(r) == name], [], among=mine)
         scored = [
             (float(np.mean([r.value for r in members])), label, members)
             for label, members in cells.items()
@@ -464,15 +517,25 @@ def _ranking(result: Result, runs: list[Run], axes: list[str], rng, _param: Any)
 
 
 def _sfo(con: Any, result: Result, axes: list[str], epsilon: float | None) -> Result:
-    if epsilon is None or not epsilon > 0:
-        raise OptlabError(
-            "analyze sfo: give --epsilon, the full gradient norm to reach (a positive number)"
-        )
+    from optlab.results import probes_asked
+
     probed = con.execute(
         "select count(*) from probes p join memberships m using (run_id) where m.study = ? "
         "and p.probe = 'full_grad_norm'",
         [result.study],
     ).fetchone()[0]
+    asking, finished = probes_asked(con, result.study).get("full_grad_norm", (0, 0))
+    if not probed and asking:  # a study run in parts: its probed runs are not done yet
+        result.tables["sfo"] = []
+        result.findings["note"] = (
+            f"not answerable yet: no full_grad_norm values so far ({finished} of the "
+            f"{asking} runs that probe it finished); run the rest of it"
+        )
+        return result
+    if epsilon is None or not epsilon > 0:
+        raise OptlabError(
+            "analyze sfo: give --epsilon, the full gradient norm to reach (a positive number)"
+        )
     if not probed:
         raise OptlabError(
             f"analyze sfo: study {result.study!r} has no full_grad_norm probe values; add "
@@ -483,9 +546,12 @@ def _sfo(con: Any, result: Result, axes: list[str], epsilon: float | None) -> Re
         "from reach_grad_norm(?) g join runs r using (study, run_id) where g.study = ?",
         [epsilon, result.study],
     ).fetchall()
-    runs = [
-        Run(rid, seed, status, _flat_config(cfg), sfo) for rid, seed, status, sfo, _, _, cfg in rows
-    ]
+    runs = in_study_order(
+        [
+            Run(rid, seed, status, _flat_config(cfg), sfo)
+            for rid, seed, status, sfo, _, _, cfg in rows
+        ]
+    )
     minimum = {rid: mn for rid, _, _, _, _, mn, _ in rows}
     done = [r for r in runs if r.status == "done"]
     for status in sorted({r.status for r in runs} - {"done"}):
@@ -493,7 +559,8 @@ def _sfo(con: Any, result: Result, axes: list[str], epsilon: float | None) -> Re
     from scipy import stats
 
     table = []
-    for label, members in groups(done, []).items():
+    not_yet(result, done, runs, [])
+    for label, members in groups(done, [], among=runs).items():
         reached = [r.value for r in members if r.value is not None]
         row = {
             "schedule": label,

@@ -118,9 +118,15 @@ def result_html(result: Any) -> str:
 
 
 def _figures(
-    con: Any, study: str, axes: list[str], epsilon: float | None, probe_names: list[str]
+    con: Any,
+    study: str,
+    axes: list[str],
+    epsilon: float | None,
+    probe_names: list[str],
+    asked: dict[str, tuple[int, int]],
 ) -> tuple[list[tuple[str, Any]], list[str]]:
-    """The charts that fit the study's axes, and a line for each that could not be drawn."""
+    """The charts that fit the study's axes, and a line for each that could not be drawn
+    (a probe the runs ask for with no values yet among them)."""
     from optlab import charts
     from optlab.errors import OptlabError
     from optlab.figures import Selection, TooManyPanels
@@ -161,6 +167,12 @@ def _figures(
             )
         )
     figures, problems = [], []
+    for name, (asking, finished) in asked.items():
+        if name not in probe_names:
+            problems.append(
+                f"probe {name}: no values yet ({finished} of the {asking} runs that probe "
+                "it finished)"
+            )
     for title, make in wanted:
         try:
             try:
@@ -216,7 +228,7 @@ def build_report(
     from optlab import charts
     from optlab.analyze import run_analysis
     from optlab.errors import OptlabError
-    from optlab.results import open_study
+    from optlab.results import open_study, probes_asked
     from optlab.status import study_status
 
     if out is not None and out.suffix != ".html":
@@ -231,6 +243,7 @@ def build_report(
             [study],
         ).fetchall()
         probe_names = charts.probe_names(con, study)
+        asked = probes_asked(con, study)
         optimizers = con.execute(
             "select count(distinct optimizer) from runs where study = ?", [study]
         ).fetchone()[0]
@@ -241,7 +254,7 @@ def build_report(
                 f" (epsilon = {epsilon:g}: the median of the runs' lowest full gradient "
                 "norm; choose another with --epsilon)"
             )
-        figures, problems = _figures(con, study, axes, epsilon, probe_names)
+        figures, problems = _figures(con, study, axes, epsilon, probe_names, asked)
     (status,) = study_status(store, study)
     out = out or Path(f"{study}_report.html")
     block_axes = json.loads(info[2] or "{}")
@@ -300,7 +313,7 @@ def build_report(
         )
     body += [f"<p class='muted'>{html.escape(p)}</p>" for p in problems]
     body.append("<h2>Analyses</h2>")
-    names = analyses_for(axes, optimizers, "full_grad_norm" in probe_names)
+    names = analyses_for(axes, optimizers, "full_grad_norm" in {*probe_names, *asked})
     for name in names:
         body.append(f"<h3>{html.escape(name)}{html.escape(eps_note if name == 'sfo' else '')}</h3>")
         try:

@@ -175,6 +175,18 @@ def _searched(source: str | None) -> set[str]:
     return out
 
 
+def probes_asked(con: Any, study: str) -> dict[str, tuple[int, int]]:
+    """The probes the study's runs ask for (their configs, not the values reported so far):
+    name -> (runs that ask for it, of them finished)."""
+    rows = con.execute(
+        "select p.name, count(*), count(*) filter (where r.status = 'done') from runs r, "
+        "unnest(json_extract_string(r.config, '$.probes[*].name')) as p(name) "
+        "where r.study = ? group by 1 order by 1",
+        [study],
+    ).fetchall()
+    return {name: (n, done) for name, n, done in rows}
+
+
 def axis_sql(axes: Any, axis: str) -> str:
     """SQL of a run's value of ``axis``: its label when ``axes`` knows it (see :class:`Axes`),
     else its config column."""

@@ -23,6 +23,7 @@ from optlab.analyze import (
     groups,
     higher_is_better,
     leave_out,
+    not_yet,
     optimum,
     require_axes,
     usable,
@@ -42,7 +43,8 @@ def _slope_analysis(
     kept = [r for r in kept if r not in nonpositive]
     points, fits = [], []
     rules: list[dict[str, Any]] = []
-    for label, members in groups(kept, [LR, x_param]).items():
+    not_yet(result, kept, runs, [LR, x_param])
+    for label, members in groups(kept, [LR, x_param], among=runs).items():
         if any(r.get("lr_scaling") not in (None, "none") for r in members):
             # LR set by a batch scaling rule: no LR was searched, the rule is what is tested.
             rows, verdict = _rule_check(label, _by_x(members, x_param), x_param, higher)

@@ -53,6 +53,7 @@ from optlab.analyze import (
     groups,
     higher_is_better,
     leave_out,
+    not_yet,
     optimum,
     require_axes,
     usable,
@@ -107,7 +108,8 @@ def analyze(
     kept = [r for r in kept if sizes[r.run_id]]
     cells: list[Cell] = []
     optima, rules = [], []
-    for label, members in groups(kept, [WARMUP, REGIME]).items():
+    not_yet(result, kept, runs, [WARMUP, REGIME])
+    for label, members in groups(kept, [WARMUP, REGIME], among=runs).items():
         group = []
         for regime in sorted({r.get(REGIME) for r in members}):
             at = [r for r in members if r.get(REGIME) == regime]
@@ -138,12 +140,12 @@ def analyze(
         {"group": g, "examples": n, "benefit_mean": float(np.mean(v)), "held_out_seeds": len(v)}
         for (g, n), v in sorted(_by_cell(benefits).items(), key=lambda kv: (kv[0][0], kv[0][1]))
     ]
-    a, b, not_yet = _compare(opts, kept)
+    a, b, unrun = _compare(opts, kept)
     result.tables["hypotheses"] = [
         _h1(benefits),
         _h2(cells, sign),
         _h3(cells, opts.warmup.reference, kept),
-        _h4(cells, sign, a, b, not_yet),
+        _h4(cells, sign, a, b, unrun),
     ]
     result.findings["dataset_size"] = (
         "training examples (examples_per_class x classes, less any validation split)"
