@@ -771,6 +771,11 @@ def test_a_study_with_nothing_finished_gets_answers_that_say_so(cli, tmp_path):
         "not answerable yet: no full_grad_norm values so far (0 of the 126 runs that probe "
         "it finished); run the rest of it"
     )
+    for name in ("optimal", "scaling", "ranking"):
+        assert analyze(cli, name)["findings"]["note"] == (
+            "not answerable yet: none of the 126 runs in this store has finished (126 "
+            "pending); run them"
+        )
     report = cli("report", "--out", "r.html")
     assert report.exit_code == 0, report.stderr
     page = (tmp_path / "r.html").read_text()

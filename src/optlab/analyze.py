@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -347,8 +348,23 @@ def run_analysis(
         # scipy warns on identical samples (a zero-variance cell); the p-value says enough.
         warnings.simplefilter("ignore", RuntimeWarning)
         handler(result, runs, axes, rng, param)
+    _note_unfinished(result, [r.status for r in runs])
     _note_part(result, result.matrix, len(runs))
     return result
+
+
+def _note_unfinished(result: Result, statuses: list[str]) -> None:
+    """Say so when no run of the study has finished: every table is empty, and why."""
+    if "done" in statuses or "note" in result.findings:
+        return
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(Counter(statuses).items()))
+    waiting = {"pending", "running", "interrupted"} & set(statuses)
+    result.findings["note"] = (
+        f"not answerable yet: none of the {len(statuses)} runs in this store has finished "
+        f"({counts}); run them"
+        if waiting
+        else f"not answerable: none of the {len(statuses)} runs finished ({counts})"
+    )
 
 
 def _note_part(result: Result, matrix: int | None, runs: int) -> None:
