@@ -41,9 +41,9 @@ name = "grid"
 
 def make_store(folder: Path, epochs: int) -> Path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from optlab import store as st
-    from optlab.expand import expand
-    from optlab.study import load_study
+    from optlab.store import core as st
+    from optlab.study.expand import expand
+    from optlab.study.schema import load_study
 
     path = folder / "big.toml"
     path.write_text(STUDY.format(epochs=epochs))

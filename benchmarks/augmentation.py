@@ -16,7 +16,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from optlab.registry import default_registry
+from optlab.plugins.registry import default_registry
 
 NORM = transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
 PIL_PIPELINES = {

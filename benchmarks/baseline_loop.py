@@ -72,8 +72,8 @@ def _digits_pil_loaders(batch_size):
 
 
 def script_run(args):
-    from optlab.builtins._nets import build_cnn
-    from optlab.builtins.models import CNNParams
+    from optlab.plugins.builtins._nets import build_cnn
+    from optlab.plugins.builtins.models import CNNParams
 
     torch.manual_seed(args.seed)
     train_dl, test_dl = _digits_pil_loaders(args.batch_size)

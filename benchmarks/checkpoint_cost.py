@@ -24,9 +24,9 @@ from pathlib import Path
 
 import torch
 
-from optlab import checkpoint as ckpt
-from optlab.engine import rng_state
-from optlab.registry import default_registry
+from optlab.plugins.registry import default_registry
+from optlab.training import checkpoint as ckpt
+from optlab.training.engine import rng_state
 
 CIFAR_TRAIN = 50_000
 DEFAULT_MINUTES = 5

@@ -21,8 +21,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from baseline_loop import minimal_epoch  # noqa: E402
 
-from optlab.engine import DataCache, train  # noqa: E402
-from optlab.registry import default_registry  # noqa: E402
+from optlab.plugins.registry import default_registry  # noqa: E402
+from optlab.training.engine import DataCache, train  # noqa: E402
 
 CASES = {
     "quickstart cnn on digits (bs 64)": {
@@ -84,8 +84,8 @@ def engine_epochs(cfg, cache):
 def baseline_epochs(cfg, cache, device):
     import time
 
-    from optlab.builtins._nets import build_cnn
-    from optlab.builtins.models import CNNParams
+    from optlab.plugins.builtins._nets import build_cnn
+    from optlab.plugins.builtins.models import CNNParams
 
     data = cache.get(cfg["dataset"])
     torch.manual_seed(0)

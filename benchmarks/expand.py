@@ -30,8 +30,12 @@ MEASURE = r"""
 import hashlib, json, sys, time
 src, study_file = sys.argv[1], sys.argv[2]
 sys.path.insert(0, src)
-from optlab.expand import all_runs, expand
-from optlab.study import load_study
+try:  # the stage packages
+    from optlab.study.expand import all_runs, expand
+    from optlab.study.schema import load_study
+except ImportError:  # a tree from before them
+    from optlab.expand import all_runs, expand
+    from optlab.study import load_study
 
 study = load_study(study_file)
 t0 = time.perf_counter()

@@ -15,9 +15,9 @@ import time
 import torch
 import torch.nn.functional as F
 
-from optlab.plugin import TensorData
-from optlab.probing import Probes
-from optlab.registry import default_registry
+from optlab.plugins.plugin import TensorData
+from optlab.plugins.registry import default_registry
+from optlab.training.probing import Probes
 
 PROBES = [
     {"name": "grad_norm"},

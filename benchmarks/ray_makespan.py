@@ -50,8 +50,8 @@ grid = {{ "optimizer.lr" = {lrs} }}
 
 def one(executor: str, folder: Path) -> dict[str, float]:
     """Run the study in this process (so the coordinator's sink can be timed)."""
-    from optlab import coordinator
     from optlab.cli import app
+    from optlab.execution import coordinator
 
     latencies: list[float] = []
     original = coordinator.Coordinator.sink

@@ -16,10 +16,10 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from optlab.builtins._nets import build_resnet18
-from optlab.builtins.models import ResNet18Params
-from optlab.engine import DataCache, train
-from optlab.registry import default_registry
+from optlab.plugins.builtins._nets import build_resnet18
+from optlab.plugins.builtins.models import ResNet18Params
+from optlab.plugins.registry import default_registry
+from optlab.training.engine import DataCache, train
 
 
 def config(images: int, precision: str, epochs: int) -> dict:

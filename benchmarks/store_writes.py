@@ -27,10 +27,15 @@ import json, sys, tempfile, time
 from pathlib import Path
 src, runs, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 sys.path.insert(0, src)
-from optlab import store as st
 from optlab.events import EPOCH_FIELDS
-from optlab.expand import all_runs, expand
-from optlab.study import load_study
+try:  # the stage packages
+    from optlab.store import core as st
+    from optlab.study.expand import all_runs, expand
+    from optlab.study.schema import load_study
+except ImportError:  # a tree from before them
+    from optlab import store as st
+    from optlab.expand import all_runs, expand
+    from optlab.study import load_study
 
 folder = Path(tempfile.mkdtemp())
 seeds = max(1, runs // 64)

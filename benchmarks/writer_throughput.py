@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from optlab import store as st  # noqa: E402
 from optlab.events import EPOCH_FIELDS  # noqa: E402
+from optlab.store import core as st  # noqa: E402
 from tests.synth import make_store  # noqa: E402
 
 STUDY = """

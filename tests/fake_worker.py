@@ -1,4 +1,4 @@
-"""A scripted stand-in for `python -m optlab.worker`: the same protocol on stdin/stdout,
+"""A scripted stand-in for `python -m optlab.training.worker`: the same protocol on stdin/stdout,
 no torch, no training. What it does for a run comes from OPTLAB_FAKE_SCRIPT, a JSON object
 seed -> actions ("epoch", "crash", "hang", "fail", "broken"; a run with no script does 3
 epochs):

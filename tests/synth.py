@@ -9,9 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from optlab import store as st
-from optlab.expand import all_runs, expand
-from optlab.study import load_study
+from optlab.store import core as st
+from optlab.study.expand import all_runs, expand
+from optlab.study.schema import load_study
 
 Outcome = Callable[[dict[str, Any], int], Any]
 

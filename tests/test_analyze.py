@@ -637,7 +637,7 @@ def test_every_analysis_is_the_same_whatever_order_the_store_returns_rows(tmp_pa
     file, not whichever group the store happens to return first."""
     import random
 
-    from optlab import analyze as an
+    from optlab.analysis import analyze as an
 
     best = {5000: 10, 500: 5, 50: 1}
     text = (

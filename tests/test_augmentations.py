@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from optlab.builtins import _augment
-from optlab.registry import default_registry
+from optlab.plugins.builtins import _augment
+from optlab.plugins.registry import default_registry
 
 REG = default_registry()
 PIPELINES = ["adamw_pipeline", "sgdm_pipeline", "compromise_pipeline"]

@@ -123,7 +123,7 @@ def test_a_plugin_that_cannot_be_loaded_is_named_and_the_others_still_listed(tmp
 def test_an_unexpected_error_is_one_line_with_a_saved_traceback(tmp_path):
     # A bug optlab does not expect, planted where every `show` passes.
     code = (
-        "import optlab.study as s\n"
+        "import optlab.study.schema as s\n"
         "def boom(*a, **k): raise ZeroDivisionError('deep inside')\n"
         "s.load_study = boom\n"
         "from optlab.cli import main; main()\n"
@@ -197,8 +197,8 @@ def test_rm_and_weights_end_to_end(tmp_path):
     exec(code, scope)
     import torch
 
-    from optlab.engine import DataCache, evaluate
-    from optlab.registry import default_registry
+    from optlab.plugins.registry import default_registry
+    from optlab.training.engine import DataCache, evaluate
 
     data = DataCache(default_registry(), torch.device("cpu")).get(
         {"name": "synthetic", "classes": 3, "shape": [6], "train_size": 64, "test_size": 32}

@@ -268,7 +268,7 @@ def test_scaling_fits_a_line_per_panel(cli, store, tmp_path):
 def test_noise_scale_averages_its_parts_before_dividing(cli, tmp_path):
     """Two seeds: tr(Sigma) 1 and 3, |G|^2 1 and 0.1. The mean of their ratios is 15.5;
     McCandlish et al.'s estimate is the ratio of the means, 2 / 0.55."""
-    from optlab import store as st
+    from optlab.store import core as st
 
     db = make_store(tmp_path, STUDY.replace("seeds = [0, 1, 2]", "seeds = [0, 1]"), acc)
     with st.reading(db) as con:

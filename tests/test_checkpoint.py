@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 
-from optlab import checkpoint as ckpt
-from optlab.engine import DataCache, train
-from optlab.registry import default_registry
+from optlab.plugins.registry import default_registry
+from optlab.training import checkpoint as ckpt
+from optlab.training.engine import DataCache, train
 from tests.test_engine import config
 
 TIMING = {"seconds", "eval_seconds", "probe_seconds", "time", "elapsed"}
@@ -250,7 +250,7 @@ def test_policy_every_epochs_every_minutes_never_at_the_end_keeps_k(tmp_path, mo
 
 
 def test_default_checkpointing_protects_long_runs_and_skips_short_ones():
-    from optlab.study import RunSettings
+    from optlab.study.schema import RunSettings
 
     default = RunSettings(epochs=1).checkpoint
     assert default is not None and default.every_minutes == 5 and default.every_epochs is None

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from optlab.registry import default_registry
+from optlab.plugins.registry import default_registry
 from tests import fake_data
 from tests.test_validation import BASE
 
@@ -83,7 +83,7 @@ def test_arrays_layouts(tmp_path, layout, shape):
 
 
 def test_engine_reports_validation_metrics(tmp_path):
-    from optlab.engine import DataCache, train
+    from optlab.training.engine import DataCache, train
 
     events = []
     cfg = {

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from optlab.engine import DataCache, evaluate, train
-from optlab.registry import default_registry
+from optlab.plugins.registry import default_registry
+from optlab.training.engine import DataCache, evaluate, train
 
 
 def config(**over):
@@ -43,7 +43,7 @@ def config(**over):
 
 def with_optimizers(**optimizers):
     """A hermetic registry: the built-ins `config()` names, and these optimizers."""
-    from optlab.registry import Registry
+    from optlab.plugins.registry import Registry
 
     base = default_registry()
     kinds = (
@@ -212,8 +212,8 @@ def test_a_loss_that_explodes_but_stays_finite_is_diverged_by_the_relative_rule(
 
 
 def test_the_default_divergence_rule_and_that_it_is_not_part_of_a_run_id():
-    from optlab.expand import run_id_for
-    from optlab.study import RunSettings
+    from optlab.study.expand import run_id_for
+    from optlab.study.schema import RunSettings
 
     assert RunSettings(epochs=1).divergence.loss_factor == 100.0
     assert RunSettings(epochs=1, divergence=False).divergence is None
@@ -237,8 +237,8 @@ def test_sam_counts_two_gradient_evaluations_a_step_in_the_sfo():
 def test_evaluation_uses_the_weights_the_optimizer_names_for_it():
     """An optimizer whose eval() zeroes the model (and train() puts the weights back): every
     evaluation sees zeros, so uniform predictions (loss ln 3); training is unaffected."""
-    from optlab.builtins.optimizers import SGDParams
-    from optlab.plugin import Plugin
+    from optlab.plugins.builtins.optimizers import SGDParams
+    from optlab.plugins.plugin import Plugin
 
     class Zeroing(torch.optim.SGD):
         def eval(self):
@@ -280,7 +280,7 @@ def test_evaluation_uses_the_weights_the_optimizer_names_for_it():
 
 
 def test_schedule_free_adamw_saves_and_reports_the_averaged_weights(tmp_path):
-    from optlab.registry import default_registry as reg
+    from optlab.plugins.registry import default_registry as reg
 
     cfg = config(optimizer={"name": "schedulefree_adamw", "lr": 0.01}, save_weights="final")
     events = []
@@ -321,10 +321,10 @@ def test_a_hessian_informed_plugin_gets_differentiable_gradients_from_the_engine
 
 
 def test_a_plugin_whose_build_raises_is_named_and_marked_for_the_executor():
-    from optlab.builtins.optimizers import SGDParams
-    from optlab.engine import PluginBuildError
-    from optlab.plugin import Plugin
-    from optlab.worker import _failed
+    from optlab.plugins.builtins.optimizers import SGDParams
+    from optlab.plugins.plugin import Plugin
+    from optlab.training.engine import PluginBuildError
+    from optlab.training.worker import _failed
 
     def build(params, **_):
         raise ValueError("nope\nmore detail")

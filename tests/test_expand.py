@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from optlab.expand import all_runs, expand, run_id_for
-from optlab.study import load_study
+from optlab.study.expand import all_runs, expand, run_id_for
+from optlab.study.schema import load_study
 from tests.conftest import write_study
 
 
@@ -320,7 +320,7 @@ def test_seeds_of_a_cell_share_its_config_and_differ_only_in_id(tmp_path):
 
 
 def test_tables_that_validate_alike_are_told_apart_by_type():
-    from optlab.resolve import _value_key as key
+    from optlab.study.resolve import _value_key as key
 
     assert len({key(1), key(1.0), key(True)}) == 3
     assert key({"a": 1, "b": [1, 2]}) == key({"b": [1, 2], "a": 1})

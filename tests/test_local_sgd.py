@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from optlab.engine import average
+from optlab.training.engine import average
 from tests.test_checkpoint import HARD, after
 from tests.test_checkpoint import run as run_resumable
 from tests.test_engine import config, run

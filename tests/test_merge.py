@@ -70,7 +70,7 @@ def test_two_finished_copies_keep_this_stores_and_the_other_store_is_untouched(t
 
 
 def test_a_half_done_copy_is_replaced_by_the_finished_one(tmp_path, finished):
-    from optlab import store as st
+    from optlab.store import core as st
 
     cut = copy_of(finished, tmp_path / "cut")
     # In `cut`, one run lost its last epoch and counts as interrupted.
@@ -105,7 +105,7 @@ def test_a_study_from_another_file_keeps_this_version_and_its_runs_wait(tmp_path
 
 
 def test_one_id_with_two_configs_is_a_conflict_and_nothing_is_merged(tmp_path, finished):
-    from optlab import store as st
+    from optlab.store import core as st
 
     a, b = (copy_of(finished, tmp_path / name) for name in ("a", "b"))
     with st.writing(b / "optlab.duckdb") as con:

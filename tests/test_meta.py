@@ -156,8 +156,8 @@ def test_plugins_json_for_tools(cli):
 def test_a_plugin_that_breaks_the_contract_is_named_in_one_line(tmp_path, cli):
     from pydantic import BaseModel
 
-    from optlab.plugin import Plugin
-    from optlab.registry import check_contract
+    from optlab.plugins.plugin import Plugin
+    from optlab.plugins.registry import check_contract
 
     class Loose(BaseModel):
         lr: float = 0.1

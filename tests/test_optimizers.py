@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from optlab.registry import default_registry
+from optlab.plugins.registry import default_registry
 
 REG = default_registry()
 
@@ -289,7 +289,7 @@ def test_schedule_free_adamw_trains_on_y_and_is_evaluated_on_the_average_x():
 def test_sam_over_schedule_free_is_evaluated_on_its_bases_x():
     """The engine's eval()/train() reach SAM's base: a schedule-free base is evaluated,
     probed, checkpointed and saved on x, not on the y it trains on."""
-    from optlab.engine import weights_for
+    from optlab.training.engine import weights_for
 
     model = Tiny()
     params = {"base": "schedulefree_adamw", "rho": 0.05, "lr": 0.1, "warmup_steps": 2}

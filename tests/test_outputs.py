@@ -80,9 +80,10 @@ def test_sensitivity_and_scaling_show_what_the_data_say(cli, store, tmp_path):
 
 
 def test_gradnorm_marks_where_each_schedule_first_reaches_epsilon(store):
-    from optlab import charts, views
-    from optlab.results import study_axes
-    from optlab.store import reading
+    from optlab.analysis.results import study_axes
+    from optlab.charts import catalog as charts
+    from optlab.store import views
+    from optlab.store.core import reading
 
     with reading(store) as con:
         views.ensure_readable(con)

@@ -14,7 +14,7 @@ from tests.conftest import optlab
 PLUGIN = """
 from typing import Any
 from pydantic import Field
-from optlab.plugin import Params, Plugin
+from optlab.plugins.plugin import Params, Plugin
 
 
 class SignParams(Params):
@@ -70,8 +70,8 @@ def setup(
 
 
 def ids(cli) -> list[str]:
-    from optlab.expand import all_runs, expand
-    from optlab.study import load_study
+    from optlab.study.expand import all_runs, expand
+    from optlab.study.schema import load_study
 
     return [r.run_id for r in all_runs(expand(load_study("s.toml")))]
 

@@ -18,11 +18,11 @@ import duckdb
 import pytest
 from rich.console import Console
 
-from optlab import store as st
-from optlab.coordinator import execute, prepare
-from optlab.devices import make_slots
-from optlab.executors import LocalExecutor
-from optlab.expand import expand
+from optlab.execution.coordinator import execute, prepare
+from optlab.execution.executors import LocalExecutor
+from optlab.store import core as st
+from optlab.study.expand import expand
+from optlab.training.devices import make_slots
 from tests.conftest import write_study
 
 FAKE = Path(__file__).with_name("fake_worker.py")
@@ -33,7 +33,8 @@ def run(tmp_path, monkeypatch):
     """Run the tiny study (8 runs: seeds 0 and 1) on `slots` fake workers, each seed doing
     what `script` says; returns the outcome and the store."""
     python = tmp_path / "fake-python"
-    python.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE}\n")  # ignores -m optlab.worker
+    # The fake ignores -m optlab.training.worker.
+    python.write_text(f"#!/bin/sh\nexec {sys.executable} {FAKE}\n")
     python.chmod(0o755)
     study_file = write_study(tmp_path)
     db = tmp_path / "optlab.duckdb"
@@ -45,7 +46,7 @@ def run(tmp_path, monkeypatch):
         stall_timeout: float = 60.0,
         during=None,
     ):
-        from optlab.study import load_study
+        from optlab.study.schema import load_study
 
         monkeypatch.setenv("OPTLAB_FAKE_SCRIPT", json.dumps(script or {}))
         study = load_study(study_file)

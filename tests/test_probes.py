@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from optlab.builtins.probes import ProbeParams
-from optlab.engine import DataCache, train
-from optlab.plugin import TensorData
-from optlab.probing import Probes
-from optlab.registry import default_registry
+from optlab.plugins.builtins.probes import ProbeParams
+from optlab.plugins.plugin import TensorData
+from optlab.plugins.registry import default_registry
+from optlab.training.engine import DataCache, train
+from optlab.training.probing import Probes
 from tests.test_engine import config
 
 N = 24
@@ -351,8 +351,8 @@ def test_probes_on_cuda_with_amp_and_channels_last_do_not_change_training():
 
 
 def test_a_non_finite_probe_value_travels_as_null_and_is_stored_as_null(tmp_path):
-    from optlab import store as st
     from optlab.events import decode, encode
+    from optlab.store import core as st
 
     line = encode(
         {

@@ -121,7 +121,7 @@ def optlab_processes_below(pid: int) -> set[int]:
             cmdline = Path(f"/proc/{p}/cmdline").read_bytes()
         except OSError:
             continue
-        if b"SlotWorker" in cmdline or b"optlab.worker" in cmdline:
+        if b"SlotWorker" in cmdline or b"optlab.training.worker" in cmdline:
             ours.add(p)
     return ours
 
@@ -183,7 +183,7 @@ def test_a_slot_whose_raylet_dies_stops_itself_and_its_worker(cluster, tmp_path)
     shut down."""
     import ray
 
-    from optlab.ray_executor import RemoteSlot
+    from optlab.execution.ray_executor import RemoteSlot
 
     second = cluster.add_node(num_cpus=1, resources={"second": 1})
     cluster.wait_for_nodes()
@@ -313,7 +313,7 @@ def test_without_ray_the_executor_names_the_extra(tmp_path, monkeypatch, cli):
     import sys
 
     study(tmp_path)
-    for name in [m for m in sys.modules if m == "ray" or m.startswith(("ray.", "optlab.ray_"))]:
+    for name in [m for m in sys.modules if m == "ray" or m.startswith(("ray.", "optlab.execution.ray_"))]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
     result = cli("run", "long.toml", "--executor", "ray")

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from optlab.plugin import NoParams, Plugin
-from optlab.registry import GROUPS, Registry, default_registry
+from optlab.plugins.plugin import NoParams, Plugin
+from optlab.plugins.registry import GROUPS, Registry, default_registry
 
 REG = default_registry()
 PLUGINS = [(kind, name) for kind in GROUPS for name in REG.names(kind)]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from optlab.registry import default_registry
-from optlab.steps import lr_scale
+from optlab.plugins.registry import default_registry
+from optlab.study.steps import lr_scale
 from tests.test_validation import BASE
 
 REG = default_registry()
@@ -63,8 +63,8 @@ def test_seed_004_batch_growth():
 def test_seed_004_study_caps_the_batch_at_2048_as_the_reference_does():
     from pathlib import Path
 
-    from optlab.expand import all_runs, expand
-    from optlab.study import load_study
+    from optlab.study.expand import all_runs, expand
+    from optlab.study.schema import load_study
 
     study = load_study(Path(__file__).parents[1] / "studies" / "batch_growth.toml")
     for run in all_runs(expand(study)):

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from optlab.expand import expand
-from optlab.study import load_study
+from optlab.study.expand import expand
+from optlab.study.schema import load_study
 from tests.conftest import optlab, write_study
 
 STUDY = """

@@ -12,11 +12,11 @@ import time
 import duckdb
 import pytest
 
-from optlab import store as st
-from optlab.coordinator import prepare
 from optlab.events import encode, read_journal
-from optlab.expand import expand
-from optlab.study import load_study
+from optlab.execution.coordinator import prepare
+from optlab.store import core as st
+from optlab.study.expand import expand
+from optlab.study.schema import load_study
 from tests.conftest import TINY, write_study
 
 
@@ -159,7 +159,7 @@ def test_a_worker_killed_mid_run_loses_no_finished_epoch(prepared, tmp_path):
         "log": str(st.log_path(path, spec.run_id)),
     }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "optlab.worker"],
+        [sys.executable, "-m", "optlab.training.worker"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -429,8 +429,8 @@ def test_rebuild_from_study_records_old_and_new_gives_the_same_store(prepared):
     """A study record writes each cell's config once (its seeds point at it); rebuild makes
     the same runs from it as from a record of an earlier optlab, which gives every run its
     config. A record that points at no config is one line, naming the file."""
-    from optlab import manage
     from optlab.errors import StoreError
+    from optlab.store import manage
 
     path, todo = prepared
     rid = todo[0].run_id
@@ -544,7 +544,7 @@ def test_a_failed_runs_journal_tail_is_kept_and_the_run_stays_failed(prepared):
 def test_a_torn_journal_tail_costs_only_its_line(prepared, cli, tail):
     """A crash mid-write can leave bytes that are not UTF-8 or a zero-filled block at the end
     of a journal: recovery, status and a resumed attempt lose that tail and nothing else."""
-    from optlab.worker import _cut_torn_tail
+    from optlab.training.worker import _cut_torn_tail
 
     path, todo = prepared
     rid = todo[0].run_id
@@ -573,7 +573,7 @@ def test_merge_waits_while_a_study_writes_the_other_store(prepared, tmp_path, mo
     (as readers do) instead of failing with advice to rebuild a healthy store."""
     import contextlib
 
-    from optlab import merge
+    from optlab.store import merge
 
     other, _ = prepared
     store = tmp_path / "here.duckdb"
@@ -602,7 +602,7 @@ def test_a_hard_link_to_the_store_finds_the_same_writer_lock(prepared, tmp_path)
     the file is the same) are refused as two through one name are: each would train every
     run, and write journals into folders the other's rebuild never reads."""
     from optlab.errors import StoreError
-    from optlab.liveness import writer_lock
+    from optlab.store.liveness import writer_lock
 
     path, _ = prepared
     (tmp_path / "elsewhere").mkdir()
@@ -622,7 +622,7 @@ def test_a_store_used_through_a_hard_link_keeps_one_set_of_folders(prepared, tmp
     """Run through optlab.duckdb first, then through a link h.duckdb beside it: the second
     study's record and journals go in optlab.runs/, where a rebuild through the first name
     finds them (they went in h.runs/, and the rebuild lost the second study)."""
-    from optlab import manage
+    from optlab.store import manage
 
     path, _ = prepared
     link = tmp_path / "h.duckdb"
@@ -651,7 +651,7 @@ def test_a_store_used_through_a_hard_link_keeps_one_set_of_folders(prepared, tmp
 def test_status_gives_the_checkpoint_a_resume_would_really_use(prepared, cli):
     """The store says the last checkpoint was at epoch 2, but that file was cut short: status
     names epoch 1, where the worker will resume from."""
-    from optlab import checkpoint as ckpt
+    from optlab.training import checkpoint as ckpt
 
     path, todo = prepared
     rid = todo[0].run_id

@@ -96,7 +96,7 @@ def busy_worker(coordinator: int) -> int:
                 cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
             except OSError:
                 continue
-            if b"optlab.worker" in cmd and "zombie" not in _state(pid):
+            if b"optlab.training.worker" in cmd and "zombie" not in _state(pid):
                 return pid
         return None
 

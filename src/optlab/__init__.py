@@ -3,7 +3,7 @@
 From Python (:mod:`optlab.api`): ``load_study``, ``study_runs``, ``open_store`` (a read-only
 ``Store`` with ``sql``, ``runs``, ``epochs``, ``probes``, ``plot`` and ``analyze``).
 
-For plugins, the contract (:mod:`optlab.contract`): ``Plugin``, ``Params``, ``NoParams``,
+For plugins, the contract (:mod:`optlab.plugins.contract`): ``Plugin``, ``Params``, ``NoParams``,
 ``ProbeParams``, ``ProbeContext``, ``TensorData``, ``check_schedule`` and the build
 protocols. Imported on first use, so ``import optlab`` stays light.
 """
@@ -31,7 +31,7 @@ _API = ("load_study", "study_runs", "open_store", "Store", "train", "Trained")
 
 def __getattr__(name: str) -> Any:
     if name in _CONTRACT:
-        from optlab import contract
+        from optlab.plugins import contract
 
         return getattr(contract, name)
     if name in _API:

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from optlab.errors import OptlabError, StoreError
-from optlab.study import Study
-from optlab.study import load_study as _load_study
+from optlab.study.schema import Study
+from optlab.study.schema import load_study as _load_study
 
 PLOTS = ("heatmap", "curves", "sensitivity", "scaling", "sfo", "gradnorm", "probes")
 
@@ -38,7 +38,7 @@ def load_study(path: str | Path | None = None, sets: list[str] | tuple[str, ...]
 
 def study_runs(study: Study) -> list[Any]:
     """Every run the study stands for (run_id, block, seed, config, axes), in order."""
-    from optlab.expand import all_runs, expand
+    from optlab.study.expand import all_runs, expand
 
     return all_runs(expand(study))
 
@@ -71,8 +71,8 @@ def train(
     import typer
 
     from optlab.cli.run import Launch, Part, launch
-    from optlab.expand import all_runs, expand
-    from optlab.study import single_run
+    from optlab.study.expand import all_runs, expand
+    from optlab.study.schema import single_run
 
     spec = single_run(study, list(sets), seed)
     if config:
@@ -158,10 +158,11 @@ class Store:
     ) -> Any:
         """The chart ``optlab plot KIND`` draws (same options, by their long names less the
         dashes: ``metric``, ``x``, ``y``, ``color``, ``epsilon``, ``probe``, ``key``), as a
-        :class:`optlab.figures.Figure`; its ``.chart`` is the Altair chart, which a notebook
+        :class:`optlab.charts.figures.Figure`; its ``.chart`` is the Altair chart, which a notebook
         shows. Saved to ``out`` (.html, .png, .svg) when given."""
-        from optlab import charts, figures
-        from optlab.results import open_study, parse_metric
+        from optlab.analysis.results import open_study, parse_metric
+        from optlab.charts import catalog as charts
+        from optlab.charts import figures
 
         if kind not in PLOTS:
             raise OptlabError(f"plot {kind!r}: charts are {', '.join(PLOTS)}")
@@ -194,6 +195,6 @@ class Store:
     ) -> Any:
         """What ``optlab analyze NAME`` computes (``param``, ``epsilon``, ``seed``), as a
         result object with ``.to_json()``."""
-        from optlab.analyze import run_analysis
+        from optlab.analysis.analyze import run_analysis
 
         return run_analysis(self.path, name, study, metric, **options)

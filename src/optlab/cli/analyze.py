@@ -37,7 +37,7 @@ def command(
     store: Path = StoreOption,
 ) -> None:
     from optlab.api import open_store
-    from optlab.report import render_result
+    from optlab.charts.report import render_result
 
     result = open_store(store).analyze(
         analysis, study, metric, param=param, epsilon=epsilon, seed=seed

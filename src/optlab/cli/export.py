@@ -30,11 +30,11 @@ def command(
     fmt: str = typer.Option("csv", "--format", help="csv, parquet, seed001, seed004 or bundle."),
     store: Path = StoreOption,
 ) -> None:
-    from optlab.export import FORMATS, export
+    from optlab.analysis.export import FORMATS, export
 
     if fmt == "bundle":
-        from optlab.bundle import write_bundle
-        from optlab.results import open_study
+        from optlab.analysis.results import open_study
+        from optlab.store.bundle import write_bundle
 
         with open_study(store, study) as (_, name, _):
             pass

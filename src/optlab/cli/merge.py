@@ -34,9 +34,9 @@ def command(
     ),
     store: Path = StoreOption,
 ) -> None:
-    from optlab.bundle import is_bundle, unpacked
-    from optlab.liveness import writer_lock
-    from optlab.merge import describe, merge
+    from optlab.store.bundle import is_bundle, unpacked
+    from optlab.store.liveness import writer_lock
+    from optlab.store.merge import describe, merge
 
     with writer_lock(store, "merge"), contextlib.ExitStack() as scratch:
         stores = []

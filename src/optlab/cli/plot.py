@@ -41,7 +41,7 @@ FacetOption = typer.Option(
 
 
 def _selection(where: str | None, blocks: list[str] | None, facet: str | None):
-    from optlab.figures import Selection
+    from optlab.charts.figures import Selection
 
     panels = None if facet is None else tuple(a.strip() for a in facet.split(",") if a.strip())
     return Selection(where, tuple(blocks or ()), panels)
@@ -50,8 +50,8 @@ def _selection(where: str | None, blocks: list[str] | None, facet: str | None):
 def _draw(kind: str, store: Path, out_file: Path | None, study: str | None, sel, **options) -> None:
     """What `optlab.open_store(store).plot(kind, ...)` draws, saved (default
     STUDY_KIND.html)."""
-    from optlab import figures
     from optlab.api import open_store
+    from optlab.charts import figures
 
     figures.check_out(out_file)
     figure = open_store(store).plot(
@@ -89,7 +89,7 @@ def heatmap(
 ) -> None:
     """A metric over two axes, mean over seeds, a panel per block and other axis; cells with
     no finished run coloured by why (diverged, failed, not yet run)."""
-    from optlab.results import parse_metric
+    from optlab.analysis.results import parse_metric
 
     parse_metric(metric)
     sel = _selection(where, block, facet)
@@ -130,7 +130,7 @@ def sensitivity(
     store: Path = StoreOption,
 ) -> None:
     """The final metric against the learning rate, per optimizer; mean with a 95% CI."""
-    from optlab.results import parse_metric
+    from optlab.analysis.results import parse_metric
 
     parse_metric(metric)
     sel = _selection(where, block, facet)
@@ -150,7 +150,7 @@ def scaling(
     store: Path = StoreOption,
 ) -> None:
     """The optimal LR against batch size, log-log, with the fitted slope per line."""
-    from optlab.results import parse_metric
+    from optlab.analysis.results import parse_metric
 
     parse_metric(metric)
     sel = _selection(where, block, facet)

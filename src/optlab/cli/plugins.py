@@ -25,7 +25,7 @@ def command(
 ) -> None:
     from rich.markup import escape
 
-    from optlab.registry import GROUPS, default_registry, unknown_name_message
+    from optlab.plugins.registry import GROUPS, default_registry, unknown_name_message
 
     registry = default_registry()
     if kind is not None and kind not in GROUPS:

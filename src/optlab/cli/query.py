@@ -24,7 +24,7 @@ def command(
     out_file: Path = typer.Option(None, "--out", help="Write to this file instead."),
     store: Path = StoreOption,
 ) -> None:
-    from optlab.query import FORMATS, render, run_sql
+    from optlab.store.query import FORMATS, render, run_sql
 
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")

@@ -15,8 +15,8 @@ HELP = (
 
 @handles_errors
 def command(store: Path = StoreOption) -> None:
-    from optlab.liveness import writer_lock
-    from optlab.manage import rebuild
+    from optlab.store.liveness import writer_lock
+    from optlab.store.manage import rebuild
 
     with writer_lock(store, "rebuild"):
         done = rebuild(store)

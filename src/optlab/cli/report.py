@@ -29,7 +29,7 @@ def command(
     ),
     store: Path = StoreOption,
 ) -> None:
-    from optlab.report import build_report
+    from optlab.charts.report import build_report
 
     path, charts, analyses = build_report(store, study, out_file, epsilon)
     out.print(f"report written to {path} ({charts} charts, {analyses} analyses)")

@@ -34,8 +34,8 @@ def command(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask."),
     store: Path = StoreOption,
 ) -> None:
-    from optlab.liveness import writer_lock
-    from optlab.manage import plan_removal, remove
+    from optlab.store.liveness import writer_lock
+    from optlab.store.manage import plan_removal, remove
 
     with writer_lock(store, "rm"):
         removal = plan_removal(store, run_ids or [], where, study)

@@ -20,7 +20,7 @@ from optlab.cli.common import (
     out,
 )
 from optlab.errors import ConfigError, UsageError
-from optlab.progress import describe_axes
+from optlab.execution.progress import describe_axes
 
 NAME = "run"
 HELP = (
@@ -101,10 +101,10 @@ def command(
     where: str = WhereOption,
     store: Path = StoreOption,
 ) -> None:
-    from optlab import executors
-    from optlab.expand import expand, file_matrix
-    from optlab.selection import Selection, select
-    from optlab.study import load_study
+    from optlab.execution import executors
+    from optlab.execution.selection import Selection, select
+    from optlab.study.expand import expand, file_matrix
+    from optlab.study.schema import load_study
 
     # Everything the user gave is checked before the store is touched.
     if stall_timeout <= 0:
@@ -173,10 +173,10 @@ def launch(parts: list[Part], how: Launch) -> Any:
     """Check the store and the datasets, record the studies, run what is not done on one
     executor and print the summary; exits non-zero as `optlab run` does. Returns the
     outcome (None when nothing was left to run)."""
-    from optlab import executors
-    from optlab.expand import all_runs
-    from optlab.preparing import dataset_tables
-    from optlab.store import check_store, other_names
+    from optlab.execution import executors
+    from optlab.store.core import check_store, other_names
+    from optlab.study.expand import all_runs
+    from optlab.training.preparing import dataset_tables
 
     store = how.store
     runs = [r for part in parts for r in all_runs(part.plans)]
@@ -220,9 +220,9 @@ def launch(parts: list[Part], how: Launch) -> Any:
 def _run_locked(parts: list[Part], how: Launch, executor: Any, total: int) -> Any:
     """Under the store's writer lock: prepare each study, start the slots, run them all
     on them, summarise."""
-    from optlab.coordinator import combine, execute, prepare
-    from optlab.devices import cpu_notes
-    from optlab.liveness import writer_lock
+    from optlab.execution.coordinator import combine, execute, prepare
+    from optlab.store.liveness import writer_lock
+    from optlab.training.devices import cpu_notes
 
     store = how.store
     names = [p.spec.name for p in parts]
@@ -279,7 +279,7 @@ def check_folder(folder: Path, option: str) -> None:
 
 
 def prepare_datasets(spec, runs, data_dir: Path) -> None:
-    from optlab.preparing import dataset_tables, prepare
+    from optlab.training.preparing import dataset_tables, prepare
 
     try:
         prepare(dataset_tables(runs), data_dir)
@@ -320,7 +320,7 @@ def _summary(study: str, todo, outcome, store: Path) -> None:
                 markup=False,
             )
             if status == "failed":
-                from optlab.store import log_path
+                from optlab.store.core import log_path
 
                 err.print(f"    log: {log_path(store, run_id)}", markup=False)
     if outcome.stopped:

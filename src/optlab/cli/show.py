@@ -40,9 +40,9 @@ def command(
     where: str = WhereOption,
     store: Path = StoreOption,
 ) -> None:
-    from optlab.expand import all_runs, expand
-    from optlab.selection import Selection, select
-    from optlab.study import load_study
+    from optlab.execution.selection import Selection, select
+    from optlab.study.expand import all_runs, expand
+    from optlab.study.schema import load_study
 
     if fmt not in ("text", "json"):
         raise UsageError(f"--format {fmt!r}: use text or json")
@@ -113,7 +113,7 @@ def _fmt(value) -> str:
 def _states(store: Path, run_ids: list[str]) -> dict[str, str]:
     if not store.exists():
         return {}
-    from optlab import store as st
+    from optlab.store import core as st
 
     with st.reading(store, require_runs=False) as con:
         has = con.execute(

@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 
 from optlab.cli.common import StoreOption, handles_errors, out
-from optlab.progress import describe_axes
-from optlab.store import STATES
+from optlab.execution.progress import describe_axes
+from optlab.store.core import STATES
 
 NAME = "status"
 HELP = "Per study: runs by state, progress and ETA while running, and the failed runs."
@@ -21,7 +21,7 @@ def command(
 ) -> None:
     from rich.table import Table
 
-    from optlab.status import study_status
+    from optlab.analysis.status import study_status
 
     results = study_status(store, study)
     if not results:

@@ -42,8 +42,8 @@ def command(
     ),
     store: Path = StoreOption,
 ) -> None:
-    from optlab.expand import expand
-    from optlab.study import single_run
+    from optlab.study.expand import expand
+    from optlab.study.schema import single_run
 
     spec = single_run(study, sets, seed)
     plans = expand(spec)

@@ -28,7 +28,7 @@ def command(
     ),
     store: Path = StoreOption,
 ) -> None:
-    from optlab.manage import copy_weights, loading_code, saved_weights
+    from optlab.store.manage import copy_weights, loading_code, saved_weights
 
     _, path, build = saved_weights(store, run_id)
     if python:

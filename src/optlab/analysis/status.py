@@ -1,0 +1,190 @@
+"""`optlab status`: per study, counts by state, progress and ETA, the failed runs, and where
+each unfinished run would resume.
+
+Whether a study is running comes from its writer's liveness (the lock file's pid, host and
+heartbeat; see :mod:`optlab.store.liveness`), never from the states a dead process left behind:
+runs still marked running by a writer that is gone are shown as interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from optlab.errors import OptlabError
+from optlab.locations import resolve, roots
+from optlab.store.core import STATES, journal_progress, matrix_runs, reading
+from optlab.store.liveness import LIVE_SECONDS, Writer, pid_alive, read_writer
+from optlab.training.checkpoint import newest_intact
+
+
+@dataclass
+class StudyStatus:
+    study: str
+    counts: dict[str, int]
+    active_workers: int = 0
+    eta_seconds: float | None = None
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    unfinished: list[dict[str, Any]] = field(default_factory=list)
+    gone: str | None = None  # the writer that left runs marked running, when it is gone
+    executor: str | None = None  # of the live session
+    nodes: dict[str, int] = field(default_factory=dict)  # node -> slots running there now
+    matrix: int | None = None  # the study file's runs, when only a part of them was run
+    epochs_total: int = 0  # over the study's runs
+    epochs_done: int = 0  # an ended run (done, failed, diverged) counts all its epochs
+
+    @property
+    def progress(self) -> float | None:
+        """The share of the study's epochs behind it (what its ETA counts too)."""
+        return self.epochs_done / self.epochs_total if self.epochs_total else None
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def finished(self) -> int:
+        return sum(self.counts[s] for s in ("done", "failed", "diverged"))
+
+
+def study_status(store: Path, study: str | None = None) -> list[StudyStatus]:
+    writer = read_writer(store)
+    with reading(store) as con:
+        names = [s for (s,) in con.execute("select study from studies order by study").fetchall()]
+        if study is not None and study not in names:
+            listed = ", ".join(names) or "(none yet)"
+            raise OptlabError(f"no study {study!r} in {store}; studies: {listed}")
+        out = []
+        for name in [study] if study else names:
+            out.append(_one(con, store, name, writer))
+    return out
+
+
+def _session_alive(session: tuple, writer: Writer | None, now: float) -> bool:
+    session_id, pid, host, heartbeat = session
+    if writer is not None and writer.session == session_id:
+        return writer.alive(now)
+    if host == socket.gethostname() and not pid_alive(pid):
+        return False
+    return heartbeat is not None and now - heartbeat < LIVE_SECONDS
+
+
+def _one(con: Any, store: Path, name: str, writer: Writer | None) -> StudyStatus:
+    counts = dict.fromkeys(STATES, 0)
+    for status, n in con.execute(
+        "select status, count(*) from runs where study = ? group by status", [name]
+    ).fetchall():
+        counts[status] = n
+    result = StudyStatus(name, counts)
+    total, done = con.execute(
+        "select sum(r.epochs), sum(case when r.status in ('done', 'failed', 'diverged') "
+        "then r.epochs else least(r.epochs, (select count(*) from epochs e "
+        "where e.run_id = r.run_id)) end) from runs r where r.study = ?",
+        [name],
+    ).fetchone()
+    result.epochs_total, result.epochs_done = int(total or 0), int(done or 0)
+    matrix = matrix_runs(con, name)
+    result.matrix = matrix if matrix is not None and matrix > result.total else None
+    now = time.time()
+    columns = {
+        c
+        for (c,) in con.execute(
+            "select column_name from information_schema.columns where table_name = 'sessions'"
+        ).fetchall()
+    }
+    where = "executor, nodes" if "nodes" in columns else "null, null"  # an older store
+    sessions = con.execute(
+        f"select session_id, pid, hostname, epoch(heartbeat_at), workers, {where} "
+        "from sessions where study = ? and ended_at is null order by started_at",
+        [name],
+    ).fetchall()
+    live = [s for s in sessions if _session_alive(s[:4], writer, now)]
+    result.active_workers = sum(s[4] or 0 for s in live)
+    for s in live:
+        result.executor = s[5] or "local"
+        for node, slots in json.loads(s[6] or "{}").items():
+            result.nodes[node] = result.nodes.get(node, 0) + slots
+    # Runs a writer that is gone left behind: those marked running, and pending ones whose
+    # journals show they started (the writer died before the store heard of it).
+    cut: dict[str, tuple[int, int]] = {}
+    if sessions and not live:
+        _, pid, host, heartbeat = sessions[-1][:4]
+        ago = f", last heartbeat {_ago(now - heartbeat)} ago" if heartbeat else ""
+        gone = f"pid {pid} on {host}{ago}"
+        for run_id, status in con.execute(
+            "select run_id, status from runs where study = ? and status in "
+            "('pending', 'running', 'interrupted')",
+            [name],
+        ).fetchall():
+            progress = journal_progress(store, run_id)
+            if progress is not None or status == "running":
+                cut[run_id] = progress or (0, 0)
+                counts[status] -= 1
+                counts["interrupted"] += 1
+        if counts["interrupted"]:
+            result.gone = gone
+    if live:
+        result.eta_seconds = _eta(con, name, result.active_workers)
+    rows = con.execute(
+        "select run_id, status, seed, axes, error, log_path, checkpoint_epoch, epochs, "
+        "(select count(*) from epochs e where e.run_id = r.run_id), checkpoint_dir from runs r "
+        "where study = ? and status in ('pending', 'running', 'interrupted', 'failed', "
+        "'diverged') "
+        "order by position",
+        [name],
+    ).fetchall()
+    here = roots(store)
+    for run_id, status, seed, axes, error, log, ckpt, epochs, done, folder in rows:
+        if run_id in cut:
+            status = "interrupted"
+            done, ckpt = max(done, cut[run_id][0]), max(ckpt or 0, cut[run_id][1])
+        elif status == "pending":
+            continue
+        if ckpt and folder and status != "running":
+            # Where a resume would really start: the newest intact checkpoint file (one
+            # that is damaged or cut short is passed over, as the worker will).
+            ckpt = newest_intact(resolve(folder, here), min(ckpt, done))
+        run = {
+            "run_id": run_id,
+            "status": status,
+            "seed": seed,
+            "axes": json.loads(axes or "{}"),
+            "error": error or "",
+            "log": str(resolve(log, roots(store))) if log else None,
+            "resume_epoch": ckpt or 0,
+            "epochs": epochs,
+            "epochs_done": done,
+        }
+        (result.problems if status in ("failed", "diverged") else result.unfinished).append(run)
+    return result
+
+
+def _eta(con: Any, name: str, workers: int) -> float | None:
+    """Epochs still to run times the study's mean epoch time so far (training, evaluation
+    and probes), over the workers: known from the first finished epoch, not the first
+    finished run."""
+    mean, left = con.execute(
+        "select (select avg(e.seconds + coalesce(e.eval_seconds, 0) + "
+        "coalesce(e.probe_seconds, 0)) from epochs e join runs r using (run_id) "
+        "where r.study = ?), "
+        "(select sum(greatest(r.epochs - (select count(*) from epochs e "
+        "where e.run_id = r.run_id), 0)) from runs r where r.study = ? and r.status in "
+        "('pending', 'running', 'interrupted'))",
+        [name, name],
+    ).fetchone()
+    if mean is None or not workers:
+        return None
+    return float(mean) * float(left or 0) / workers
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h"

@@ -1,0 +1,224 @@
+"""What every chart shares: which runs it draws (:class:`Selection`), its panels and what
+it still pools (:func:`layout`), the :class:`Figure` and how it is saved: `.html`
+(self-contained, opens offline), `.png` or `.svg`, with the SQL that produced its data
+beside it (``<out>.sql``), so that `optlab query` reproduces it. The charts themselves are
+in :mod:`optlab.charts.catalog`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from optlab.analysis.results import axis_sql, open_study, q
+from optlab.errors import OptlabError
+
+OUT_SUFFIXES = (".html", ".png", ".svg")
+
+MAX_PANELS = 48
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which runs a chart draws and how it splits them into panels.
+
+    ``where``: an SQL condition on the ``runs`` view (its columns: ``block``, ``seed``,
+    ``status`` and one per config path, ``optimizer_lr``...). ``blocks``: only these blocks.
+    ``facet``: the panels, by ``block`` and by axes the chart does not show; ``None`` gives
+    the default, one panel per block and per value of every axis not shown that varies.
+    """
+
+    where: str | None = None
+    blocks: tuple[str, ...] = ()
+    facet: tuple[str, ...] | None = None
+
+
+class TooManyPanels(OptlabError):
+    """More panels than a page can hold: narrow the runs or name fewer panels."""
+
+
+@dataclass
+class Layout:
+    """The runs a chart draws, its panels and what it still pools (said in its title)."""
+
+    condition: str
+    facet: list[str]
+    pooled: list[str]
+    panels: list[str]
+    axes: Any = None  # the study's Axes: how each axis' value reads
+
+    def sql(self, axis: str) -> str:
+        """SQL of a run's value of ``axis`` (a plugin table's label: see results.Axes)."""
+        return axis_sql(self.axes, axis)
+
+    @property
+    def panel_sql(self) -> str:
+        if not self.facet:
+            return "'all'"
+        parts = [label_sql(a, self.axes) for a in self.facet]
+        return "concat_ws(' · ', " + ", ".join(parts) + ")"
+
+    def pooling(self, over: str = "seeds") -> str:
+        """``mean over seeds``, and the axes pooled with them."""
+        if not self.pooled:
+            return f"mean over {over}"
+        return f"mean over {over} and POOLED over {', '.join(self.pooled)}"
+
+
+def label_sql(axis: str, axes: Any = None) -> str:
+    """SQL of a run's ``axis=value`` (``block NAME`` for the block), for labels."""
+    if axis == "block":
+        return "'block ' || r.block"
+    return f"'{axis}=' || coalesce(({axis_sql(axes, axis)})::varchar, '-')"
+
+
+def layout(
+    con: Any, study: str, axes: list[str], shown: list[str], sel: Selection, chart: str
+) -> Layout:
+    """Check the selection against the study and work out panels and pooling.
+
+    Everything that tells runs apart and is neither on the chart nor a panel is pooled;
+    the caller puts :meth:`Layout.pooling` in the title and the output line.
+    """
+    condition = f"r.study = '{q(study)}'"
+    blocks = [
+        b
+        for (b,) in con.execute(
+            "select block from memberships where study = ? group by block order by min(position)",
+            [study],
+        ).fetchall()
+    ]
+    for block in sel.blocks:
+        if block not in blocks:
+            raise OptlabError(
+                f"--block {block!r}: study {study!r} has no such block; its "
+                f"blocks: {', '.join(blocks)}"
+            )
+    if sel.blocks:
+        condition += " and r.block in (" + ", ".join(f"'{q(b)}'" for b in sel.blocks) + ")"
+    if sel.where:
+        _check_where(con, sel.where)
+        condition += f" and ({sel.where})"
+    candidates = [a for a in ["block", *axes] if a not in shown]
+    if sel.facet is not None:
+        for axis in sel.facet:
+            if axis not in candidates:
+                raise OptlabError(
+                    f"--facet {axis}: use block or an axis the {chart} chart does not show "
+                    f"({', '.join(candidates) or 'none left'})"
+                )
+    cols = {
+        a: ("r.block" if a == "block" else f"({axis_sql(axes, a)})")
+        for a in dict.fromkeys([*candidates, *shown])
+    }
+    rows = con.execute(
+        f"select {', '.join(c + '::varchar' for c in cols.values())} from runs r "
+        f"where {condition} order by r.position"
+    ).fetchall()
+    if not rows:
+        raise OptlabError(f"{chart}: no runs of study {study!r} match the selection")
+    values = [dict(zip(cols, row, strict=True)) for row in rows]
+    if sel.facet is None:
+        searched = getattr(axes, "searched", set())  # a search's points are not panels
+        facet = [a for a in candidates if len({v[a] for v in values}) > 1 and a not in searched]
+    else:
+        facet = list(sel.facet)
+    kept = facet + shown
+    pooled = []
+    for axis in candidates:
+        if axis in facet:
+            continue
+        seen: dict[tuple, set] = {}
+        for v in values:
+            seen.setdefault(tuple(v[k] for k in kept), set()).add(v[axis])
+        widest = max(len(s) for s in seen.values())
+        if widest > 1:
+            pooled.append(f"{axis} ({widest} values)")
+    panels = list(dict.fromkeys(_panel_label(v, facet) for v in values)) if facet else ["all"]
+    if len(panels) > MAX_PANELS:
+        raise TooManyPanels(
+            f"{chart}: {len(panels)} panels (one per {' × '.join(facet)}); narrow the runs "
+            f"with --where or --block, or name fewer panels with --facet (what is left is "
+            f"then pooled, and the chart says so)"
+        )
+    return Layout(condition, facet, pooled, panels, axes)
+
+
+def _panel_label(values: dict[str, Any], facet: list[str]) -> str:
+    """The panel's name as :meth:`Layout.panel_sql` writes it (DuckDB's varchar of each)."""
+    parts = [
+        ("block " if a == "block" else f"{a}=") + (values[a] if values[a] is not None else "-")
+        for a in facet
+    ]
+    return " · ".join(parts)
+
+
+def _check_where(con: Any, where: str) -> None:
+    import duckdb
+
+    if ";" in where:
+        raise OptlabError(f"--where {where!r}: one condition, without ';'")
+    try:
+        con.execute(f"select count(*) from runs r where ({where})").fetchone()
+    except duckdb.Error as e:
+        first = str(e).strip().splitlines()[0]
+        raise OptlabError(f"--where {where!r}: not a condition on the runs view: {first}") from None
+
+
+@dataclass
+class Figure:
+    """A chart, the SQL that produced its data, how many rows that was, and what it pools."""
+
+    kind: str
+    chart: Any
+    sql: str
+    rows: int
+    lay: Layout | None = None
+    study: str = ""  # the study it draws
+
+    def summary(self, path: Path) -> str:
+        line = (
+            f"heatmap of {self.rows} cells"
+            if self.kind == "heatmap"
+            else f"{self.kind} chart of {self.rows} rows"
+        )
+        if self.lay is not None and len(self.lay.panels) > 1:
+            line += f" in {len(self.lay.panels)} panels (by {', '.join(self.lay.facet)})"
+        line += f" written to {path} (its SQL: {path}.sql)"
+        if self.lay is not None and self.lay.pooled:
+            line += f"; POOLED over {', '.join(self.lay.pooled)}"
+        return line
+
+
+def draw(
+    store: Path, out: Path | None, study: str | None, kind: str, make: Any
+) -> tuple[Path, Figure]:
+    """Open the store, make a figure with ``make(con, study, axes)``, save it and its SQL."""
+    check_out(out)
+    with open_study(store, study) as (con, study, axes):
+        figure = make(con, study, axes)
+    path = out or Path(f"{study}_{kind}.html")
+    save(figure, path)
+    return path, figure
+
+
+def check_out(out: Path | None) -> None:
+    if out is not None and out.suffix not in OUT_SUFFIXES:
+        raise OptlabError(f"--out {out}: use a file ending in {', '.join(OUT_SUFFIXES)}")
+
+
+def save(figure: Figure, out: Path) -> None:
+    _save(figure.chart, out)
+    out.with_name(out.name + ".sql").write_text(figure.sql + ";\n")
+
+
+def _save(chart: Any, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        if out.suffix == ".html":
+            chart.save(str(out), inline=True)  # Vega's scripts embedded: opens offline
+        else:
+            chart.save(str(out), scale_factor=2 if out.suffix == ".png" else 1)
+    except OSError as e:
+        raise OptlabError(f"--out {out}: cannot write: {e.strerror or e}") from None

@@ -1,0 +1,341 @@
+"""Rendering analysis results (terminal tables) and `optlab report` (one HTML file)."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def render_result(result: Any, console: Any) -> None:
+    from rich.table import Table
+
+    console.print(
+        f"{result.analysis} - study {result.study}, metric {result.metric}",
+        style="bold",
+        markup=False,
+    )
+    for key, value in result.findings.items():
+        console.print(f"{key}: {_cell(value)}", markup=False)
+    for name, rows in result.tables.items():
+        if not rows:
+            console.print(f"{name}: no rows", markup=False)
+            continue
+        table = Table(title=name, title_justify="left")
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        for col in columns:
+            table.add_column(col, overflow="fold")
+        for row in rows:
+            table.add_row(*(_cell(row.get(c)) for c in columns))
+        console.print(table)
+    for item in result.left_out:
+        ids = ", ".join(item["run_ids"][:5]) + (", ..." if len(item["run_ids"]) > 5 else "")
+        console.print(f"left out: {item['runs']} run(s), {item['reason']} ({ids})", markup=False)
+
+
+# ---- optlab report ------------------------------------------------------------------------
+
+PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>optlab report: {title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
+h1 {{ margin-bottom: 0.2em; }} h2 {{ border-bottom: 1px solid #ccc; margin-top: 2em; }}
+table {{ border-collapse: collapse; margin: 0.6em 0 1.2em; font-size: 0.9em; }}
+th, td {{ border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }}
+th {{ background: #f4f4f4; }} .muted {{ color: #777; }} .warn {{ color: #a33; }}
+.chart {{ margin: 1em 0 2em; }}
+pre {{ background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.85em; }}
+</style>
+<script>
+window.optlabErrors = [];
+window.addEventListener("error", (e) => window.optlabErrors.push(String(e.message)));
+window.addEventListener("unhandledrejection", (e) => window.optlabErrors.push(String(e.reason)));
+</script>
+<script>{bundle}</script>
+</head>
+<body>
+{body}
+<pre id="optlab-errors" hidden></pre>
+<script>
+const specs = {specs};
+Promise.allSettled(Object.entries(specs).map(([id, spec]) =>
+  vegaEmbed("#" + id, spec, {{renderer: "svg", actions: false}})
+    .then(() => {{ document.getElementById(id).dataset.rendered = "yes"; }})
+    .catch((err) => {{ window.optlabErrors.push(id + ": " + err); console.error(err); }})))
+  .then(() => {{
+    const box = document.getElementById("optlab-errors");
+    box.textContent = window.optlabErrors.join("\\n");
+    document.body.dataset.done = "yes";
+  }});
+</script>
+</body>
+</html>
+"""
+
+
+def _esc(value: Any) -> str:
+    import html
+
+    return html.escape(_cell(value))
+
+
+def _html_table(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "<p class='muted'>no rows</p>"
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    head = "".join(f"<th>{_esc(c)}</th>" for c in columns)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{_esc(row.get(c))}</td>" for c in columns) + "</tr>" for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def result_html(result: Any) -> str:
+    parts = [f"<p>{_esc(k)}: {_esc(v)}</p>" for k, v in result.findings.items()]
+    for name, rows in result.tables.items():
+        parts.append(f"<h4>{_esc(name)}</h4>{_html_table(rows)}")
+    for item in result.left_out:
+        parts.append(
+            f"<p class='muted'>left out: {item['runs']} run(s), {_esc(item['reason'])}"
+            f" ({_esc(', '.join(item['run_ids'][:10]))}"
+            f"{', ...' if len(item['run_ids']) > 10 else ''})</p>"
+        )
+    return "\n".join(parts)
+
+
+def _figures(
+    con: Any,
+    study: str,
+    axes: list[str],
+    epsilon: float | None,
+    probe_names: list[str],
+    asked: dict[str, tuple[int, int]],
+) -> tuple[list[tuple[str, Any]], list[str]]:
+    """The charts that fit the study's axes, and a line for each that could not be drawn
+    (a probe the runs ask for with no values yet among them)."""
+    from optlab.charts import catalog as charts
+    from optlab.charts.figures import Selection, TooManyPanels
+    from optlab.errors import OptlabError
+
+    wanted: list[tuple[str, Any]] = []
+    if len(axes) >= 2:
+        wanted.append(
+            (
+                "heatmap",
+                lambda sel: charts.heatmap_figure(
+                    con, study, axes, axes[0], axes[1], "best_test_acc", sel
+                ),
+            )
+        )
+    wanted.append(("curves", lambda sel: charts.curves_figure(con, study, axes, sel=sel)))
+    if charts.LR in axes:
+        wanted.append(
+            ("sensitivity", lambda sel: charts.sensitivity_figure(con, study, axes, sel=sel))
+        )
+    if charts.LR in axes and charts.BATCH in axes:
+        wanted.append(("scaling", lambda sel: charts.scaling_figure(con, study, axes, sel=sel)))
+    if "full_grad_norm" in probe_names and epsilon is not None:
+        wanted.append(("sfo", lambda sel: charts.sfo_figure(con, study, axes, epsilon, sel)))
+    for name in probe_names:
+        keys = [
+            k
+            for (k,) in con.execute(
+                "select distinct key from probes p join memberships m using (run_id) "
+                "where m.study = ? and p.probe = ? order by 1",
+                [study, name],
+            ).fetchall()
+        ]
+        key = "global" if "global" in keys else keys[0]
+        wanted.append(
+            (
+                f"probe {name}",
+                lambda sel, n=name, k=key: charts.probes_figure(con, study, axes, n, k, sel=sel),
+            )
+        )
+    figures, problems = [], []
+    for name, (asking, finished) in asked.items():
+        if name not in probe_names:
+            problems.append(
+                f"probe {name}: no values yet ({finished} of the {asking} runs that probe "
+                "it finished)"
+            )
+    for title, make in wanted:
+        try:
+            try:
+                figures.append((title, make(Selection())))
+            except TooManyPanels:
+                # Too many panels for a page: one per block, the rest pooled (and said).
+                figures.append((title, make(Selection(facet=("block",)))))
+        except OptlabError as e:
+            problems.append(f"{title}: {e}")
+    return figures, problems
+
+
+def default_epsilon(con: Any, study: str) -> float | None:
+    """The median over runs of their lowest full gradient norm: about half the runs reach it."""
+    (value,) = con.execute(
+        "select median(m) from (select min(p.value) as m from probes p join memberships s "
+        "using (run_id) where s.study = ? and p.probe = 'full_grad_norm' and p.key = 'global' "
+        "group by p.run_id)",
+        [study],
+    ).fetchone()
+    return None if value is None else float(f"{value:.3g}")
+
+
+def analyses_for(axes: list[str], optimizers: int, has_grad_norm: bool) -> list[str]:
+    from optlab.analysis import analyze as an
+
+    names = []
+    if any(a not in ("optimizer",) and not a.endswith(".name") for a in axes):
+        names.append("optimal")
+    if an.LR in axes and an.WD in axes:
+        names.append("lr-wd")
+    if an.LR in axes and an.BATCH in axes:
+        names.append("scaling")
+    if an.WARMUP in axes and an.REGIME in axes:
+        names.append("warmup")
+    if has_grad_norm:
+        names.append("sfo")
+    if optimizers > 1:
+        names.append("ranking")
+    return names
+
+
+def build_report(
+    store: Path, study: str | None, out: Path | None, epsilon: float | None = None
+) -> tuple[Path, int, int]:
+    """Write the report; returns (path, charts, analyses)."""
+    import html
+    import json
+    from datetime import datetime
+
+    import vl_convert as vlc
+
+    from optlab.analysis.analyze import run_analysis
+    from optlab.analysis.results import open_study, probes_asked
+    from optlab.analysis.status import study_status
+    from optlab.charts import catalog as charts
+    from optlab.errors import OptlabError
+
+    if out is not None and out.suffix != ".html":
+        raise OptlabError(f"--out {out}: a report is an .html file")
+    with open_study(store, study) as (con, study, axes):
+        info = con.execute(
+            "select file, description, axes from studies where study = ?", [study]
+        ).fetchone()
+        blocks = con.execute(
+            "select block, count(*), count(distinct seed), list(distinct seed order by seed) "
+            "from runs where study = ? group by block order by min(position)",
+            [study],
+        ).fetchall()
+        probe_names = charts.probe_names(con, study)
+        asked = probes_asked(con, study)
+        optimizers = con.execute(
+            "select count(distinct optimizer) from runs where study = ?", [study]
+        ).fetchone()[0]
+        eps_note = ""
+        if "full_grad_norm" in probe_names and epsilon is None:
+            epsilon = default_epsilon(con, study)
+            eps_note = (
+                f" (epsilon = {epsilon:g}: the median of the runs' lowest full gradient "
+                "norm; choose another with --epsilon)"
+            )
+        figures, problems = _figures(con, study, axes, epsilon, probe_names, asked)
+    (status,) = study_status(store, study)
+    out = out or Path(f"{study}_report.html")
+    block_axes = json.loads(info[2] or "{}")
+    matrix = [
+        {
+            "block": b,
+            "runs": n,
+            "seeds": s,
+            "seed values": ", ".join(map(str, sv)),
+            "axes": "; ".join(
+                f"{a} = {', '.join(_cell(v) for v in vals)}"
+                for a, vals in block_axes.get(b, {}).items()
+            ),
+        }
+        for b, n, s, sv in blocks
+    ]
+    body = [
+        f"<h1>{html.escape(study)}</h1>",
+        f"<p class='muted'>{html.escape(info[0] or '')} - generated "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC from {html.escape(str(store))}</p>",
+        f"<p>{html.escape(info[1] or '')}</p>",
+        "<h2>Matrix</h2>",
+        _html_table(matrix),
+        "<h2>Status</h2>",
+        _html_table([{k: v for k, v in status.counts.items()}]),
+    ]
+    if status.problems:
+        body.append(
+            _html_table(
+                [
+                    {
+                        "run": p["run_id"],
+                        "status": p["status"],
+                        "seed": p["seed"],
+                        "axes": json.dumps(p["axes"]),
+                        "error": p["error"],
+                    }
+                    for p in status.problems
+                ]
+            )
+        )
+    body.append("<h2>Charts</h2>")
+    specs = {}
+    for i, (title, fig) in enumerate(figures):
+        cid = f"chart{i}"
+        specs[cid] = fig.chart.to_dict()
+        pooled = (
+            f"<p class='warn'>pooled over {html.escape(', '.join(fig.lay.pooled))}</p>"
+            if fig.lay is not None and fig.lay.pooled
+            else ""
+        )
+        body.append(
+            f"<h3>{html.escape(title)}</h3>{pooled}<div class='chart' id='{cid}'></div>"
+            f"<details><summary>SQL</summary><pre>{html.escape(fig.sql)}</pre>"
+            "</details>"
+        )
+    body += [f"<p class='muted'>{html.escape(p)}</p>" for p in problems]
+    body.append("<h2>Analyses</h2>")
+    names = analyses_for(axes, optimizers, "full_grad_norm" in {*probe_names, *asked})
+    for name in names:
+        body.append(f"<h3>{html.escape(name)}{html.escape(eps_note if name == 'sfo' else '')}</h3>")
+        try:
+            result = run_analysis(store, name, study, "best_test_acc", epsilon=epsilon)
+            body.append(result_html(result))
+        except OptlabError as e:
+            body.append(f"<p class='muted'>{html.escape(str(e))}</p>")
+    if not names:
+        body.append("<p class='muted'>no analysis fits this study's axes</p>")
+    import altair as alt
+
+    # vl-convert names Vega-Lite versions like "v6_4" (Altair's schema is "v6.4.1").
+    bundle = vlc.javascript_bundle(vl_version="_".join(alt.SCHEMA_VERSION.split(".")[:2]))
+    page = PAGE.format(
+        title=html.escape(study),
+        bundle=bundle.replace("</script", "<\\/script"),
+        body="\n".join(body),
+        specs=json.dumps(specs).replace("</", "<\\/"),
+    )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(page)
+    except OSError as e:
+        raise OptlabError(f"--out {out}: cannot write: {e.strerror or e}") from None
+    return out, len(figures), len(names)

@@ -1,0 +1,400 @@
+"""The coordinator: the store's single writer, fed by the executor's events.
+
+It records the study, recovers what an earlier crash left, plans the runs still to do,
+drives the pool, writes events to the store in batches (holding the file only while it
+writes), keeps the live view, and ends with a summary.
+
+It never gives up on the store: the workers' journals hold every event, so while another
+process holds the file (a notebook, a long query) the coordinator warns and keeps trying,
+and if it must stop first (Ctrl-C again, a full disk) the next `optlab run` ingests them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from optlab import locations
+from optlab.errors import StoreBusy, StoreFull
+from optlab.execution.executors import Executor, LocalExecutor
+from optlab.execution.plan import plan_runs
+from optlab.execution.progress import RunView, describe_axes
+from optlab.store import core as st
+from optlab.store import records
+from optlab.store.liveness import WriterLock
+from optlab.study.expand import BlockPlan, RunSpec, all_runs
+from optlab.study.schema import Study
+from optlab.training.devices import Slot
+
+FLUSH_SECONDS = 1.0
+BUSY_WARN_SECONDS = 30.0
+
+
+@dataclass
+class Outcome:
+    planned: int
+    statuses: dict[str, str] = field(default_factory=dict)  # run_id -> final status
+    errors: dict[str, str] = field(default_factory=dict)
+    interrupted: bool = False
+    stopped: str | None = None  # why the study stopped early (a full disk)
+    unwritten: int = 0  # events left in the journals only (the store stayed busy or full)
+    seconds: float = 0.0
+
+
+class Coordinator:
+    def __init__(
+        self,
+        store: Path,
+        specs: list[RunSpec],
+        session_id: str,
+        view: RunView,
+        lock: WriterLock | None = None,
+        nodes: Callable[[], dict[str, int]] | None = None,
+    ):
+        self.store, self.session_id, self.view, self.lock = store, session_id, view, lock
+        self.roots = locations.roots(store)
+        self.nodes = nodes or dict
+        self.specs = {s.run_id: s for s in specs}
+        self.batch: list[dict[str, Any]] = []
+        self.worker_of: dict[str, str] = {}
+        self.outcome = Outcome(planned=len(specs))
+        self.request_stop = lambda: None  # set by execute: stops the pool
+        self._lock = asyncio.Lock()
+        self._best: dict[str, float] = {}
+        self._busy_since: float | None = None
+        self._busy_warned = 0.0
+        self.full = False  # the store's disk is full: stop writing, the journals keep it
+
+    def sink(self, event: dict[str, Any]) -> None:
+        kind, run_id = event["type"], event.get("run_id")
+        spec = self.specs.get(run_id)
+        worker = self.worker_of.get(run_id)
+        if kind == "assigned":
+            self.worker_of[run_id] = event["worker"]
+            self.view.worker_started_run(event["worker"], self.label(spec), spec.config["epochs"])
+            return
+        if kind == "note":
+            self.view.note(event["text"])
+            return
+        if kind == "silent":
+            self.view.silent(event["worker"], event["seconds"])
+            if event["seconds"]:
+                self.view.note(
+                    f"worker {event['worker']} (run {run_id}) has been silent for "
+                    f"{event['seconds']:.0f} s"
+                )
+            return
+        self.batch.append(event)
+        if kind == "epoch":
+            self.view.epoch(worker, event["epoch"], event.get("test_acc"))
+            self._best[run_id] = max(self._best.get(run_id, 0.0), event.get("test_acc") or 0.0)
+        elif kind in ("started", "resumed"):
+            for skipped in event.get("skipped") or []:
+                self.view.note(f"run {run_id}: checkpoint {skipped}; not used")
+            if kind == "resumed":
+                self.view.epoch(worker, event["epoch"], None)
+                self.view.note(
+                    f"resumed {self.label(spec)} from epoch {event['epoch']} "
+                    f"({event['checkpoint']})"
+                )
+        elif kind == "disk_full":
+            self.outcome.statuses[run_id] = "interrupted"
+            self.stop(f"disk full: {event.get('error')}")
+        elif kind in ("finished", "failed", "diverged"):
+            status = "done" if kind == "finished" else kind
+            self.outcome.statuses[run_id] = status
+            if event.get("error"):
+                self.outcome.errors[run_id] = event["error"]
+            detail = (
+                f"best test_acc {self._best.get(run_id, 0.0):.4f}"
+                if status == "done"
+                else event.get("error", "")
+            )
+            self.view.run_ended(worker, self.label(spec), status, detail)
+
+    def stop(self, why: str) -> None:
+        if self.outcome.stopped is None:
+            self.outcome.stopped = why
+            self.view.note(f"Stopping: {why}")
+        self.request_stop()
+
+    @staticmethod
+    def label(spec: RunSpec | None) -> str:
+        if spec is None:
+            return "?"
+        return f"{spec.run_id} {describe_axes(spec.axes, spec.seed)}"
+
+    async def flusher(self, stop: asyncio.Event) -> None:
+        """Flush about once a second until ``stop``; never cancelled mid-write."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), FLUSH_SECONDS)
+            if self.lock is not None:
+                self.lock.beat()
+            await self.flush()
+
+    async def flush(self, ended: bool = False) -> bool:
+        """Write what has arrived; False (and the events kept) when the store is busy or the
+        disk is full."""
+        async with self._lock:
+            batch, self.batch = self.batch, []
+            try:
+                await asyncio.to_thread(self._write, batch, ended)
+            except StoreBusy:
+                self.batch = batch + self.batch
+                self._warn_busy()
+                return False
+            except StoreFull as e:
+                self.batch = batch + self.batch
+                self.full = True
+                self.stop(str(e))
+                return False
+            if self._busy_since is not None:
+                self.view.note(f"{self.store}: free again; {len(batch)} events written")
+            self._busy_since = None
+            return True
+
+    def _warn_busy(self) -> None:
+        now = time.monotonic()
+        if self._busy_since is None:
+            self._busy_since = now
+        if now - self._busy_warned >= BUSY_WARN_SECONDS:
+            self._busy_warned = now
+            self.view.note(
+                f"{self.store}: busy (another process holds it: a notebook or a long "
+                f"query?) for {now - self._busy_since:.0f} s; training goes on, the "
+                "events are safe in the run journals and are written when it is "
+                "free"
+            )
+
+    def _write(self, batch: list[dict[str, Any]], ended: bool) -> None:
+        with st.writing(self.store, timeout=0.5) as con:
+            st.apply_events(con, batch, self.roots)
+            st.heartbeat(con, self.session_id, ended=ended, nodes=self.nodes())
+
+
+@dataclass
+class Prepared:
+    todo: list[RunSpec]
+    states: dict[str, str]  # run_id -> state, for every run of the study
+    recovered: dict[str, str]  # run_id -> state, for runs an earlier session left unfinished
+    recovered_epochs: int
+    resume: dict[str, dict[str, Any]] = field(default_factory=dict)  # run_id -> task extras
+
+
+def prepare(
+    store: Path,
+    study: Study,
+    plans: list[BlockPlan],
+    retry_failed: bool,
+    checkpoint_root: Path | None = None,
+    matrix: set[str] | None = None,
+) -> Prepared:
+    """Record the study, recover what an earlier crash left, and plan the runs to do (with,
+    for each, its checkpoint folder, where it may resume and its thread count)."""
+    runs = all_runs(plans)
+    root = Path(os.path.abspath(checkpoint_root or st.checkpoints_dir(store)))
+    roots = locations.roots(store)
+    with st.writing(store) as con:
+        st.ensure_schema(con, store)
+        recovered = st.recover(con, store)
+        carried = st.register_study(con, study, plans, store, matrix)
+        states = st.states(con, [r.run_id for r in runs])
+        recovered_states = st.states(con, recovered)
+        (epochs,) = con.execute(
+            "select count(*) from epochs where run_id in (select unnest(?::varchar[]))", [recovered]
+        ).fetchone()
+        todo = plan_runs(runs, states, retry_failed)
+        points = st.resume_points(con, [r.run_id for r in todo])
+        dirs = {}
+        here = _folders_in(root)  # one listing instead of a stat a run
+        prefix = str(root) + os.sep
+        for run in todo:
+            recorded = locations.resolve(points.get(run.run_id, {}).get("checkpoint_dir"), roots)
+            there = False
+            if recorded:
+                recorded = str(recorded)
+                name = recorded[len(prefix) :] if recorded.startswith(prefix) else ""
+                there = name in here if name and os.sep not in name else Path(recorded).is_dir()
+            use = recorded if recorded and there else prefix + run.run_id
+            dirs[run.run_id] = locations.recorded(use, roots)
+            points.setdefault(run.run_id, {})["checkpoint_dir"] = use
+        st.set_checkpoint_dirs(con, dirs)
+        st.own_checkpoint_root(con, locations.recorded(root, roots))
+    records.save_study_record(store, study, plans, carried)
+    if todo and root == Path(os.path.abspath(st.checkpoints_dir(store))):
+        _git_ignored(root)
+    return Prepared(todo, states, recovered_states, int(epochs), points)
+
+
+def _git_ignored(folder: Path) -> None:
+    """Checkpoints and weights (hundreds of MB a run) stay out of git, as a venv does: a
+    ``.gitignore`` of ``*`` inside the folder, written once when optlab makes it."""
+    ignore = folder / ".gitignore"
+    if ignore.exists():
+        return
+    with contextlib.suppress(OSError):
+        folder.mkdir(parents=True, exist_ok=True)
+        ignore.write_text("# checkpoints and saved weights, written by optlab\n*\n")
+
+
+def _folders_in(folder: Path) -> set[str]:
+    try:
+        with os.scandir(folder) as entries:
+            return {e.name for e in entries if e.is_dir()}
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+
+
+async def _drive(
+    coord: Coordinator, executor: Executor, todo: list[RunSpec], slots: list[Slot], extra: Any
+) -> None:
+    stop = asyncio.Event()
+    flusher = asyncio.create_task(coord.flusher(stop))
+    try:
+        await executor.run(todo, slots, coord.sink, extra)
+    finally:
+        stop.set()
+        await asyncio.shield(flusher)
+
+
+async def _finish(coord: Coordinator, todo: list[RunSpec], give_up: asyncio.Event) -> None:
+    """Write what is left and mark unfinished runs interrupted, however long the store stays
+    busy; only a full disk, or the user (Ctrl-C twice more), ends the wait, and then the
+    journals keep the events for the next `optlab run`."""
+    ids = [s.run_id for s in todo]
+
+    def settle() -> dict[str, str]:
+        with st.writing(coord.store, timeout=0.5) as con:
+            recovered = st.recover(con, coord.store, ids)
+            return st.states(con, recovered)
+
+    while True:
+        if await coord.flush(ended=True):
+            try:
+                coord.outcome.statuses.update(await asyncio.to_thread(settle))
+                return
+            except StoreBusy:
+                coord._warn_busy()
+            except StoreFull as e:
+                coord.stop(str(e))
+                coord.full = True
+        if give_up.is_set() or coord.full:
+            coord.outcome.unwritten = len(coord.batch)
+            return
+        await _wait(give_up, FLUSH_SECONDS)
+
+
+async def _wait(event: asyncio.Event, seconds: float) -> bool:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(event.wait(), seconds)
+    return event.is_set()
+
+
+def combine(parts: list[Prepared]) -> Prepared:
+    """Several studies' plans as one (`optlab run A.toml B.toml`): a run two of them share
+    is run once."""
+    if len(parts) == 1:
+        return parts[0]
+    todo: dict[str, RunSpec] = {}
+    out = Prepared([], {}, {}, 0, {})
+    for part in parts:
+        for run in part.todo:
+            todo.setdefault(run.run_id, run)
+        out.states.update(part.states)
+        out.recovered.update(part.recovered)
+        out.recovered_epochs += part.recovered_epochs
+        out.resume.update(part.resume)
+    out.todo = list(todo.values())
+    return out
+
+
+def execute(
+    store: Path,
+    studies: Study | list[str],
+    prepared: Prepared,
+    slots: list[Slot],
+    console: Console,
+    lock: WriterLock | None = None,
+    stall_timeout: float = 600.0,
+    executor: Executor | None = None,
+) -> Outcome:
+    """Run the planned runs on ``executor`` (default: the local pool). Ctrl-C stops the
+    workers and leaves the runs resumable; more Ctrl-Cs are acknowledged, and a third gives
+    up waiting for a busy store."""
+    todo = prepared.todo
+    executor = executor or LocalExecutor(store, stall_timeout)
+    session_id = uuid.uuid4().hex[:12]
+    names = [studies.name] if isinstance(studies, Study) else list(studies)
+    with st.writing(store) as con:
+        st.start_session(con, session_id, names, len(slots), len(todo), executor.name)
+    if lock is not None:
+        lock.beat(session=session_id, study=" + ".join(names))
+    started = time.monotonic()
+    view = RunView(console, len(todo), [s.label for s in slots])
+    coord = Coordinator(store, todo, session_id, view, lock, executor.nodes)
+
+    def extra(spec: RunSpec, slot: Slot) -> dict[str, Any]:
+        point = prepared.resume.get(spec.run_id, {})
+        return {
+            "checkpoint_dir": point.get("checkpoint_dir"),
+            "resume_upto": point.get("resume_upto", 0),
+            "threads": point.get("threads") or slot.threads,
+        }
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        drive = asyncio.create_task(_drive(coord, executor, todo, slots, extra))
+        give_up = asyncio.Event()
+        signals = 0
+
+        def stop_pool() -> None:
+            executor.halt()
+            drive.cancel()
+
+        def on_signal() -> None:
+            nonlocal signals
+            signals += 1
+            if signals == 1:
+                coord.outcome.interrupted = True
+                view.note("Interrupted: stopping the workers; the runs stay resumable")
+                stop_pool()
+            elif signals >= 3:
+                give_up.set()
+            else:
+                view.note(
+                    "Still stopping (writing what the workers reported); press Ctrl-C "
+                    "again to leave it in the journals for the next optlab run"
+                )
+
+        def handler(signum: int, frame: Any) -> None:
+            loop.call_soon_threadsafe(on_signal)
+
+        coord.request_stop = stop_pool
+        # Python-level handlers (not the loop's): asyncio.run then leaves SIGINT alone, and
+        # when the study is over they are replaced without a moment of the default handler.
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                await drive
+            await _finish(coord, todo, give_up)
+        finally:
+            for sig, before in previous.items():
+                # Once interrupted, further Ctrl-Cs change nothing: the process is ending
+                # (SIG_IGN, which Python keeps through its own shutdown).
+                signal.signal(sig, signal.SIG_IGN if coord.outcome.interrupted else before)
+
+    with view:
+        asyncio.run(main())
+    coord.outcome.seconds = time.monotonic() - started
+    return coord.outcome

@@ -1,0 +1,731 @@
+"""The Ray executor: the same study, the same store, on a Ray cluster.
+
+Each slot is a long-lived Ray actor (:class:`SlotWorker`) that asks Ray for its share of
+the cluster (``1/per_gpu`` of a GPU, or its CPU threads), prepares the study's datasets on
+its node, and keeps a warm ``python -m optlab.training.worker`` process there: the same worker as
+the local pool's, so a run trains identically wherever it lands. The driver's slot loops
+take runs from one queue as slots free up, send each to its actor, and poll the actor for
+the worker's events.
+
+Every event comes back to this machine: it is written to the run's journal here (fsynced)
+before the coordinator sees it, so the store, the journals and the run logs live only on
+the driver, and no node ever opens the store.
+
+Checkpoints are either written to a folder every node shares (``--checkpoint-dir``) or,
+without one, shipped: the worker writes them on its node, the actor sends each file back
+with its event, the driver keeps it beside the store, and a run resumed on another node
+gets its files sent with the task. Final or best weights travel the same way.
+
+A node that is lost (or an actor that crashes or is preempted) costs only its runs'
+progress since their last checkpoint: each goes back to the front of the queue with the
+epochs it had reported, and resumes on the next free slot. A run lost
+:data:`MAX_LOSSES` times fails instead, so one that brings its node down cannot go round
+for ever. A worker process that dies on a live node fails its run, as on the local pool.
+On a node whose raylet dies, each actor stops its worker and itself (nothing else could
+tell it to: the driver's ``ray.kill`` need not reach a lost node).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter, deque
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray.exceptions import RayError
+
+from optlab.atomic import write_atomic
+from optlab.errors import UsageError
+from optlab.events import decode, encode
+from optlab.execution.executors import RayParams, Sink, TaskExtra
+from optlab.execution.pool import (
+    Broken,
+    note_in_log,
+    pump,
+    signal_group,
+    stall_message,
+    start_worker,
+)
+from optlab.locations import record_event, roots
+from optlab.store.core import journal_path, log_path
+from optlab.study.expand import RunSpec
+from optlab.training import devices
+from optlab.training.devices import Slot
+from optlab.training.worker import FULL, _cut_torn_tail
+
+MAX_LOSSES = 3  # times a run may lose its slot (node, actor) before it fails
+NODE_WATCH_SECONDS = 1.0  # how often an actor looks whether its node's raylet is alive
+NODE_LOST_GRACE = 5.0  # seconds its worker gets to stop (SIGTERM) before SIGKILL
+NOT_JOURNALED = ("heartbeat", "ready", "disk_full")
+SHIPPED = ('"type":"checkpoint"', '"type":"finished"')
+BATCH = 2000  # most lines one poll returns
+
+
+def build(
+    params: RayParams,
+    *,
+    store: Path,
+    stall_timeout: float = 600.0,
+    data_dir: Path | None = None,
+    checkpoints_shared: bool = False,
+    datasets: list[dict[str, Any]] | None = None,
+    **_: Any,
+) -> RayExecutor:
+    return RayExecutor(
+        params.address, store, stall_timeout, data_dir, checkpoints_shared, datasets or []
+    )
+
+
+# ---- on each node --------------------------------------------------------------------------
+
+
+class SlotWorker:
+    """One slot: a warm optlab worker process on this node, and the relay of its events."""
+
+    def __init__(
+        self,
+        label: str,
+        threads: int,
+        gpu: bool,
+        data_dir: str | None,
+        datasets: list[dict[str, Any]],
+        session: str,
+        ship: bool,
+        unique_hosts: bool = True,
+    ):
+        self.label, self.threads, self.gpu = label, threads, gpu
+        self.unique_hosts = unique_hosts
+        self.datasets, self.ship = datasets, ship
+        # A node's own data folder ($OPTLAB_DATA where its `ray start` ran), else the driver's.
+        self.data_dir = os.environ.get("OPTLAB_DATA") or data_dir or "data"
+        root = Path(os.environ.get("OPTLAB_SCRATCH") or tempfile.gettempdir())
+        self.scratch = root / f"optlab-{session}" / label.replace("/", "-")
+        self.proc: asyncio.subprocess.Process | None = None
+        self.lines: asyncio.Queue | None = None
+        self.idle: dict[str, asyncio.Event] = {}  # run_id -> the worker is done with it
+        self.node = ""
+        self._watch: asyncio.Task | None = None
+
+    async def start(self) -> dict[str, Any]:
+        """Prepare the datasets on this node and start the worker; the node's name, and
+        ``error`` when it cannot run this study."""
+        host, node_id = socket.gethostname(), ray.get_runtime_context().get_node_id()
+        self.node = node_name(host, node_id, self.unique_hosts)
+        info = {"node": self.node}
+        try:
+            from optlab.training.preparing import prepare
+
+            await asyncio.to_thread(prepare, self.datasets, self.data_dir)
+            self.scratch.mkdir(parents=True, exist_ok=True)
+        except Exception as e:  # noqa: BLE001 - reported once, by node, with its reason
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            return {**info, "error": f"cannot prepare the datasets in {self.data_dir}: {first}"}
+        await self._start_worker()
+        self._watch = asyncio.get_running_loop().create_task(self._watch_node(os.getppid()))
+        return info
+
+    async def _watch_node(self, raylet: int) -> None:
+        """End the worker and this actor once the raylet that started them is gone (this
+        process is then given another parent). A node declared lost is never told to stop:
+        without this its actors and workers would go on training, holding their GPUs,
+        until the cluster shuts down."""
+        while os.getppid() == raylet:
+            await asyncio.sleep(NODE_WATCH_SECONDS)
+        with contextlib.suppress(Exception):
+            await self.stop(grace=NODE_LOST_GRACE)
+        os._exit(1)
+
+    async def _start_worker(self) -> None:
+        slot = Slot(f"{self.label}@{self.node}", None, self.threads)
+        env = {**os.environ, **slot.env(), "OPTLAB_DATA": str(Path(self.data_dir).resolve())}
+        if self.gpu:  # Ray chose this actor's GPU and set CUDA_VISIBLE_DEVICES for it
+            env["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        self.proc = await start_worker(sys.executable, env, self.scratch / "worker.log")
+        self.lines = asyncio.Queue()
+        asyncio.get_running_loop().create_task(self._read(self.proc, self.lines))
+
+    async def _read(self, proc: asyncio.subprocess.Process, lines: asyncio.Queue) -> None:
+        """The worker's lines, each with the file it names when that file must travel."""
+        while True:
+            line = await proc.stdout.readline()
+            if line.startswith(b'{"type":"idle"'):
+                done = self.idle.get(decode(line)["run_id"])
+                if done is not None:
+                    done.set()
+                continue
+            if not line:
+                for done in self.idle.values():
+                    done.set()
+            attached = None
+            if line and self.ship and any(k.encode() in line for k in SHIPPED):
+                event = decode(line)
+                path = event.get(
+                    {"checkpoint": "path", "finished": "weights"}.get(event["type"], "")
+                )
+                if path:
+                    with contextlib.suppress(OSError):
+                        attached = await asyncio.to_thread(Path(path).read_bytes)
+            await lines.put((line, attached))
+            if not line:
+                return
+
+    async def submit(self, task: dict[str, Any], files: dict[str, bytes]) -> None:
+        """Start a run: its journal and log here, its checkpoints here too when shipped
+        (with the files it resumes from)."""
+        if self.proc is None or self.proc.returncode is not None:
+            await self._start_worker()
+        run_id = task["run_id"]
+        self.idle[run_id] = asyncio.Event()
+        task = {
+            **task,
+            "journal": str(self.scratch / "journals" / f"{run_id}.jsonl"),
+            "log": str(self.scratch / "logs" / f"{run_id}.log"),
+        }
+        (self.scratch / "logs").mkdir(parents=True, exist_ok=True)
+        if self.ship:
+            folder = self.scratch / "checkpoints" / run_id
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir(parents=True)
+            for name, data in files.items():
+                write_atomic(folder / name, data)
+            task["checkpoint_dir"] = str(folder)
+        self.proc.stdin.write((encode(task) + "\n").encode())
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            await self.proc.stdin.drain()  # a dead worker shows as the end of its lines
+
+    async def poll(self, timeout: float) -> list[tuple[bytes, bytes | None]]:
+        """The worker's lines so far (waiting up to ``timeout`` for the first); an empty
+        line is the worker's end."""
+        try:
+            first = await asyncio.wait_for(self.lines.get(), timeout)
+        except TimeoutError:
+            return []
+        got = [first]
+        while got[-1][0] and len(got) < BATCH and not self.lines.empty():
+            got.append(self.lines.get_nowait())
+        return got
+
+    async def exit_code(self) -> int | None:
+        return await self.proc.wait() if self.proc is not None else None
+
+    async def take_log(self, run_id: str, wait: float = 60.0) -> bytes:
+        """The run's log on this node, once the worker is done with the run; then its files
+        here are removed."""
+        done = self.idle.get(run_id)
+        if done is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), wait)
+            self.idle.pop(run_id, None)
+        log = self.scratch / "logs" / f"{run_id}.log"
+        try:
+            data = log.read_bytes()
+        except OSError:
+            data = b""
+        log.unlink(missing_ok=True)
+        (self.scratch / "journals" / f"{run_id}.jsonl").unlink(missing_ok=True)
+        shutil.rmtree(self.scratch / "checkpoints" / run_id, ignore_errors=True)
+        return data
+
+    async def kill_worker(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            signal_group(self.proc, signal.SIGKILL)
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """End the worker (SIGTERM, then SIGKILL) and remove this slot's scratch files."""
+        proc = self.proc
+        if proc is not None and proc.returncode is None:
+            signal_group(proc, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), grace)
+            except TimeoutError:
+                await self.kill_worker()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.scratch.parent.rmdir()  # the session's folder, once every slot is gone
+
+
+RemoteSlot = ray.remote(max_restarts=0)(SlotWorker)
+
+
+def node_name(host: str, node_id: str, unique_hosts: bool) -> str:
+    """The host name; with the node id's start where a host runs several nodes."""
+    return host if unique_hosts else f"{host}-{node_id[:6]}"
+
+
+# ---- on the driver -------------------------------------------------------------------------
+
+
+class Lost(Exception):
+    """The slot's actor is gone (its node died, it crashed or was preempted)."""
+
+
+class RayExecutor:
+    name = "ray"
+
+    def __init__(
+        self,
+        address: str | None,
+        store: Path,
+        stall_timeout: float,
+        data_dir: Path | None,
+        checkpoints_shared: bool,
+        datasets: list[dict[str, Any]],
+    ):
+        self.store, self.stall_timeout = store, stall_timeout
+        self.data_dir = str(data_dir) if data_dir else None
+        self.ship, self.datasets = not checkpoints_shared, datasets
+        self.session = uuid.uuid4().hex[:8]
+        self.stopping = False
+        self.queue: deque[RunSpec] = deque()
+        self.in_flight = 0
+        self.changed: asyncio.Condition | None = None
+        self.actors: set[Any] = set()
+        self.placed: dict[str, str] = {}  # slot label -> node name
+        self.bad_nodes: dict[str, str] = {}  # node name -> why it gets no runs
+        self.reached: dict[str, int] = {}  # run_id -> the last epoch it reported
+        self.losses: Counter[str] = Counter()
+        self.broken = Broken()
+        self._connect(address)
+
+    # -- the cluster ---------------------------------------------------------------------
+
+    def _connect(self, address: str | None) -> None:
+        options = {
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "logging_level": logging.ERROR,
+        }
+        if address not in (None, "auto"):
+            _reachable(address)
+        try:
+            # "local" starts a Ray of its own even where one runs already
+            ray.init(address=address or "local", **options)
+        except Exception as e:  # noqa: BLE001 - Ray raises many kinds; one line for each
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            where = f"--address {address}" if address else "starting Ray on this machine"
+            raise UsageError(f"--executor ray: {where}: {first}") from None
+        alive = [n for n in ray.nodes() if n.get("Alive")]
+        hosts = Counter(n["NodeManagerHostname"] for n in alive)
+        self.unique_hosts = all(c == 1 for c in hosts.values())
+        self.resources = ray.cluster_resources()
+        self.node_cpus = max((n["Resources"].get("CPU", 0) for n in alive), default=0)
+
+    def make_slots(
+        self, gpus: str | None, per_gpu: int, workers: int | None, runs: int | None
+    ) -> list[Slot]:
+        total_gpus = int(self.resources.get("GPU", 0))
+        cpus = int(self.resources.get("CPU", 0))
+        # On a cluster, --gpus counts GPUs: 0-7 is eight of them, wherever they are.
+        available = [str(i) for i in range(total_gpus)]
+        chosen = devices.parse_gpus(
+            gpus if gpus is not None else ("all" if available else "none"),
+            available,
+            " in the Ray cluster",
+        )
+        if workers is None and runs is not None and not chosen:
+            workers = max(1, min(cpus, runs))
+        slots = devices.make_slots(chosen, per_gpu, workers, cores=max(cpus, 1))
+        if not chosen:
+            if cpus < 1:
+                raise UsageError("--executor ray: the cluster has no CPU to run on")
+            # A slot's threads must fit on one node.
+            cap = max(1, int(self.node_cpus))
+            slots = [Slot(s.label, None, min(s.threads, cap)) for s in slots]
+        self.per_gpu = per_gpu
+        return slots
+
+    def where(self, slots: list[Slot]) -> str:
+        gpus = len({s.gpu for s in slots if s.gpu is not None})
+        kind = f"{gpus} GPU(s) x {len(slots) // gpus}" if gpus else "CPU"
+        return f"ray, {kind}, {int(self.resources.get('CPU', 0))} CPUs in the cluster"
+
+    def nodes(self) -> dict[str, int]:
+        return dict(Counter(self.placed.values()))
+
+    def halt(self) -> None:
+        self.stopping = True
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            ray.shutdown()
+
+    # -- the queue -----------------------------------------------------------------------
+
+    async def run(
+        self, specs: list[RunSpec], slots: list[Slot], sink: Sink, task_extra: TaskExtra
+    ) -> None:
+        self.queue = deque(specs)
+        self.changed = asyncio.Condition()
+        try:
+            await asyncio.gather(*(self._slot_loop(slot, sink, task_extra) for slot in slots))
+            if self.queue and not self.stopping:
+                sink(
+                    {
+                        "type": "note",
+                        "text": f"{len(self.queue)} run(s) not started: no slot "
+                        "could take them (see the notes above)",
+                    }
+                )
+        finally:
+            await self._stop_actors()
+
+    def _all_done(self) -> bool:
+        return self.stopping or (not self.queue and self.in_flight == 0)
+
+    async def _take(self) -> RunSpec | None:
+        async with self.changed:
+            await self.changed.wait_for(lambda: self._all_done() or bool(self.queue))
+            if self.stopping or not self.queue:
+                return None
+            self.in_flight += 1
+            return self.queue.popleft()
+
+    async def _release(self, spec: RunSpec | None = None) -> None:
+        """A run is over (or, with ``spec``, goes back to the front of the queue)."""
+        async with self.changed:
+            self.in_flight -= 1
+            if spec is not None:
+                self.queue.appendleft(spec)
+            self.changed.notify_all()
+
+    async def _until_done(self) -> None:
+        async with self.changed:
+            await self.changed.wait_for(self._all_done)
+
+    # -- a slot --------------------------------------------------------------------------
+
+    async def _place(self, slot: Slot, sink: Sink) -> Any | None:
+        """An actor for ``slot`` on a node that can run the study, or None when there is
+        no more to do (or the node it landed on cannot prepare the datasets)."""
+        resources = (
+            {"num_gpus": 1 / self.per_gpu, "num_cpus": 0}
+            if slot.gpu is not None
+            else {"num_cpus": slot.threads}
+        )
+        while not self._all_done():
+            actor = RemoteSlot.options(**resources).remote(
+                slot.label,
+                slot.threads,
+                slot.gpu is not None,
+                self.data_dir,
+                self.datasets,
+                self.session,
+                self.ship,
+                self.unique_hosts,
+            )
+            self.actors.add(actor)
+            started = asyncio.ensure_future(_result(actor.start.remote()))
+            done = asyncio.ensure_future(self._until_done())
+            await asyncio.wait([started, done], return_when=asyncio.FIRST_COMPLETED)
+            done.cancel()
+            if not started.done():
+                started.cancel()
+                return None
+            try:
+                info = started.result()
+            except RayError:
+                self._forget(actor)
+                await asyncio.sleep(1.0)  # its node went before it started; place it again
+                continue
+            node = info["node"]
+            if "error" in info:
+                # It keeps its share of the node, so no other slot lands there either.
+                if node not in self.bad_nodes:
+                    self.bad_nodes[node] = info["error"]
+                    sink({"type": "note", "text": f"node {node} gets no runs: {info['error']}"})
+                return None
+            self.placed[slot.label] = node
+            return actor
+        return None
+
+    def _forget(self, actor: Any) -> None:
+        self.actors.discard(actor)
+        with contextlib.suppress(Exception):
+            ray.kill(actor)
+
+    async def _slot_loop(self, slot: Slot, sink: Sink, task_extra: TaskExtra) -> None:
+        actor = None
+        while not self.stopping:
+            if actor is None:
+                actor = await self._place(slot, sink)
+                if actor is None:
+                    return
+            spec = await self._take()
+            if spec is None:
+                return
+            try:
+                ended = await self._one_run(actor, slot, spec, sink, task_extra)
+            except Lost as e:
+                node = self.placed.pop(slot.label, "?")
+                self._forget(actor)
+                actor = None
+                self.losses[spec.run_id] += 1
+                why = f"slot {slot.label} on node {node} was lost ({e})"
+                note_in_log(log_path(self.store, spec.run_id), why)
+                if self.losses[spec.run_id] >= MAX_LOSSES:
+                    sink(
+                        {
+                            "type": "failed",
+                            "run_id": spec.run_id,
+                            "time": time.time(),
+                            "origin": "pool",
+                            "error": f"{why}, the {MAX_LOSSES}th time for this run",
+                        }
+                    )
+                    await self._release()
+                else:
+                    sink(
+                        {
+                            "type": "note",
+                            "text": f"{why}; run {spec.run_id} goes back to "
+                            "the queue and resumes from its last "
+                            "checkpoint",
+                        }
+                    )
+                    await self._release(spec)
+                continue
+            await self._release()
+            if ended == "disk_full":
+                self.stopping = True
+
+    async def _one_run(
+        self, actor: Any, slot: Slot, spec: RunSpec, sink: Sink, task_extra: TaskExtra
+    ) -> str:
+        if self.broken.skip(sink, spec):
+            return "ended"
+        task = {
+            **spec.task(),
+            "journal": str(journal_path(self.store, spec.run_id)),
+            "log": str(log_path(self.store, spec.run_id)),
+            **task_extra(spec, slot),
+        }
+        if spec.run_id in self.reached:  # lost before: resume from what it reported
+            task["resume_upto"] = self.reached[spec.run_id]
+        folder = Path(task["checkpoint_dir"]) if task.get("checkpoint_dir") else None
+        files = {}
+        if self.ship and folder is not None and task.get("resume_upto"):
+            files = {
+                p.name: p.read_bytes()
+                for p in _checkpoints(folder)
+                if _epoch(p) <= task["resume_upto"]
+            }
+        keep = (spec.config.get("checkpoint") or {}).get("keep", 2)
+        relay = Relay(self, actor, spec.run_id, folder, keep)
+        sink({"type": "assigned", "run_id": spec.run_id, "worker": slot.label, "time": time.time()})
+        await _call(actor.submit.remote(task, files))
+        ended = await pump(
+            relay.read, self.broken.watch(sink, spec), slot.label, spec.run_id, self.stall_timeout
+        )
+        if ended in ("ended", "disk_full"):
+            await relay.fetch_log()
+            return ended
+        if ended == "stalled":
+            await _call(actor.kill_worker.remote())
+        code = await _call(actor.exit_code.remote())
+        await relay.fetch_log()
+        why = stall_message(
+            f"{slot.label} on {self.placed.get(slot.label)}", ended, code, self.stall_timeout
+        )
+        note_in_log(log_path(self.store, spec.run_id), why)
+        sink(
+            {
+                "type": "failed",
+                "run_id": spec.run_id,
+                "time": time.time(),
+                "origin": "pool",
+                "error": f"{why}; see the run's log",
+            }
+        )
+        return ended
+
+    async def _stop_actors(self, grace: float = 5.0) -> None:
+        """Stop every worker (SIGTERM, then SIGKILL), then the actors."""
+        actors = list(self.actors)
+        if actors:
+            stops = [asyncio.ensure_future(_result(a.stop.remote(grace))) for a in actors]
+            await asyncio.wait(stops, timeout=grace + 5)
+            for s in stops:
+                s.cancel()
+            for actor in actors:
+                self._forget(actor)
+        self.placed.clear()
+
+
+class Relay:
+    """One run's events from its actor: files written and paths made the driver's, each
+    batch journaled here (one fsync) before the coordinator sees it."""
+
+    def __init__(
+        self, executor: RayExecutor, actor: Any, run_id: str, folder: Path | None, keep: int
+    ):
+        self.ex, self.actor, self.run_id, self.folder, self.keep = (
+            executor,
+            actor,
+            run_id,
+            folder,
+            keep,
+        )
+        self.buffer: deque[bytes] = deque()
+        self.journal = journal_path(executor.store, run_id)
+
+    async def read(self, timeout: float) -> bytes:
+        if not self.buffer:
+            got = await _call(self.actor.poll.remote(timeout))
+            if not got:
+                raise TimeoutError
+            self.buffer.extend(self.receive(got))
+        return self.buffer.popleft()
+
+    def receive(self, got: list[tuple[bytes, bytes | None]]) -> list[bytes]:
+        lines, journaled = [], []
+        for line, attached in got:
+            if not line:
+                lines.append(b"")
+                break
+            try:
+                event = decode(line)
+            except ValueError:
+                continue
+            if event.get("type") in NOT_JOURNALED:
+                lines.append(line)
+                continue
+            # The journal names files as the store does (see optlab.locations).
+            event = record_event(self.localize(event, attached), roots(self.ex.store))
+            encoded = encode(event)
+            journaled.append(event)
+            lines.append(encoded.encode())
+        if journaled:
+            try:
+                self.write_journal(journaled)
+            except OSError as e:
+                if e.errno not in FULL:
+                    raise
+                # Not written here, so not sent on: the run stops and stays resumable.
+                return [
+                    encode(
+                        {
+                            "type": "disk_full",
+                            "run_id": self.run_id,
+                            "time": time.time(),
+                            "error": f"cannot write the run's journal {self.journal}: {e.strerror}",
+                        }
+                    ).encode()
+                ]
+        return lines
+
+    def localize(self, event: dict[str, Any], attached: bytes | None) -> dict[str, Any]:
+        """Track the run's progress; with shipped checkpoints, keep the files here and name
+        them by their place here."""
+        kind = event["type"]
+        if kind == "started":
+            self.ex.reached[self.run_id] = 0
+        elif kind in ("resumed", "epoch"):
+            self.ex.reached[self.run_id] = event["epoch"]
+        if not self.ex.ship or self.folder is None:
+            return event
+        folder = self.folder
+        if kind in ("started", "resumed"):
+            event = {**event, "checkpoint_dir": str(folder)}
+            upto = event["epoch"] if kind == "resumed" else 0
+            for p in _checkpoints(folder):
+                if _epoch(p) > upto:
+                    p.unlink(missing_ok=True)
+            if kind == "resumed":
+                event["checkpoint"] = str(folder / Path(event["checkpoint"]).name)
+        elif kind == "checkpoint" and attached is not None:
+            path = folder / Path(event["path"]).name
+            write_atomic(path, attached)
+            for old in _checkpoints(folder)[self.keep :]:
+                old.unlink(missing_ok=True)
+            event = {**event, "path": str(path)}
+        elif kind == "finished":
+            if event.get("weights") and attached is not None:
+                path = folder / Path(event["weights"]).name
+                write_atomic(path, attached)
+                event = {**event, "weights": str(path)}
+            for p in _checkpoints(folder):
+                p.unlink(missing_ok=True)
+        elif kind == "diverged":
+            for p in _checkpoints(folder):
+                p.unlink(missing_ok=True)
+        return event
+
+    def write_journal(self, events: list[dict[str, Any]]) -> None:
+        """Started: a fresh journal; anything else is appended (after a torn last line)."""
+        self.journal.parent.mkdir(parents=True, exist_ok=True)
+        first = events[0]["type"]
+        if first == "resumed":
+            _cut_torn_tail(str(self.journal))
+        with open(self.journal, "w" if first == "started" else "a", encoding="utf-8") as f:
+            for event in events:
+                f.write(encode(event) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    async def fetch_log(self) -> None:
+        """Bring the run's log from its node and add it to the log here."""
+        try:
+            data = await _call(self.actor.take_log.remote(self.run_id))
+        except Lost:
+            return
+        if data:
+            path = log_path(self.ex.store, self.run_id)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab") as f:
+                f.write(data)
+
+
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """A HOST:PORT that takes connections, else one line (Ray itself would retry for
+    minutes)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(
+            f"--address {address!r}: give auto or HOST:PORT of the Ray head "
+            "(ray start --head prints it)"
+        )
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise UsageError(
+            f"--address {address}: no Ray head answers there "
+            f"({e.strerror or e}); is `ray start --head` running?"
+        ) from None
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    """Checkpoint files, newest first."""
+    if not folder.is_dir():
+        return []
+    return sorted(folder.glob("epoch-*.ckpt"), key=_epoch, reverse=True)
+
+
+def _epoch(path: Path) -> int:
+    try:
+        return int(path.stem.split("-")[1])
+    except (IndexError, ValueError):
+        return -1
+
+
+async def _result(ref: Any) -> Any:
+    return await ref
+
+
+async def _call(ref: Any) -> Any:
+    """A remote call's result; Lost when the actor is gone."""
+    try:
+        return await ref
+    except RayError as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise Lost(f"{type(e).__name__}: {first}") from None
