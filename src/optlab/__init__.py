@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from optlab.version import __version__
 
 _CONTRACT = (
     "Plugin",
@@ -30,6 +30,10 @@ _API = ("load_study", "study_runs", "open_store", "Store", "train", "Trained")
 
 
 def __getattr__(name: str) -> Any:
+    if name == "Executor":  # the protocol executors follow (optlab.execution.executors)
+        from optlab.execution import executors
+
+        return executors.Executor
     if name in _CONTRACT:
         from optlab.plugins import contract
 

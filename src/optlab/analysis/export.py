@@ -21,8 +21,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from optlab.analysis.results import clean, fetch_rows, open_study, q
+from optlab.analysis.results import clean, fetch_rows, open_study
 from optlab.errors import OptlabError
+from optlab.store.sql import q
 from optlab.study.steps import start_lr
 
 FORMATS = ("csv", "parquet", "seed001", "seed004")

@@ -15,14 +15,10 @@ from typing import Any
 
 from optlab.errors import OptlabError
 from optlab.events import EPOCH_FIELDS
+from optlab.store.sql import q
 
 REDUCERS = ("best", "final", "min", "max", "mean")
 METRIC_COLUMNS = tuple(f for f in EPOCH_FIELDS if f != "epoch")
-
-
-def q(text: str) -> str:
-    """``text`` inside an SQL string literal."""
-    return text.replace("'", "''")
 
 
 def clean(value: Any) -> Any:

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from optlab.analysis.results import axis_sql, fetch_rows, jsonable, parse_metric, q, reduce_sql
+from optlab.analysis.results import axis_sql, fetch_rows, jsonable, parse_metric, reduce_sql
 from optlab.charts.figures import Figure, Layout, Selection, label_sql, layout
 from optlab.errors import OptlabError
 from optlab.events import EPOCH_FIELDS
 from optlab.store.core import config_column
+from optlab.store.sql import q
 from optlab.study.steps import start_lr_sql
 
 X_CHOICES = ("epoch", "step", "samples", "seconds", "comm_rounds")

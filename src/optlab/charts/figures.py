@@ -11,8 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optlab.analysis.results import axis_sql, open_study, q
+from optlab.analysis.results import axis_sql, open_study
 from optlab.errors import OptlabError
+from optlab.store.sql import q
 
 OUT_SUFFIXES = (".html", ".png", ".svg")
 

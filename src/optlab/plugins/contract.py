@@ -26,12 +26,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from optlab.execution.executors import Executor
-from optlab.plugins.builtins.probes import ProbeParams, check_schedule
 from optlab.plugins.plugin import NoParams, Params, Plugin, TensorData
+from optlab.plugins.probe_params import ProbeParams, check_schedule
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for annotations only: execution is a stage above the plugins
     import torch
+
+    from optlab.execution.executors import Executor
 
 
 class DatasetBuild(Protocol):
@@ -159,7 +160,6 @@ __all__ = [
     "AugmentationBuild",
     "BatchScheduleBuild",
     "DatasetBuild",
-    "Executor",
     "ExecutorBuild",
     "LRFactor",
     "LRScheduleBuild",

@@ -7,7 +7,10 @@ first time the plugin is asked for.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from types import UnionType
@@ -15,7 +18,6 @@ from typing import Annotated, Any, Union, get_args, get_origin
 
 from optlab.errors import ConfigError
 from optlab.plugins.plugin import Plugin
-from optlab.study import plugin_files
 
 GROUPS: dict[str, str] = {
     "dataset": "optlab.datasets",
@@ -27,6 +29,32 @@ GROUPS: dict[str, str] = {
     "probe": "optlab.probes",
     "executor": "optlab.executors",
 }
+
+
+# Plugins a study gives as files beside it (optlab.study.plugin_files), by (kind, name):
+# each has ``plugin`` and ``file``. While a study's are active every registry finds them
+# beside the installed ones.
+_files: ContextVar[dict[tuple[str, str], Any] | None] = ContextVar(
+    "optlab_file_plugins", default=None
+)
+
+
+def file_plugins() -> dict[tuple[str, str], Any]:
+    return _files.get() or {}
+
+
+def activate_files(plugins: dict[tuple[str, str], Any]) -> None:
+    """Make ``plugins`` visible to every registry from here on (a command's process)."""
+    _files.set(plugins)
+
+
+@contextlib.contextmanager
+def use_files(plugins: dict[tuple[str, str], Any]) -> Iterator[None]:
+    token = _files.set(plugins)
+    try:
+        yield
+    finally:
+        _files.reset(token)
 
 
 @dataclass(frozen=True)
@@ -117,7 +145,7 @@ class Registry:
 
     def names(self, kind: str) -> list[str]:
         """Installed names and those of the active study's plugin files."""
-        files = [name for (k, name) in plugin_files.active() if k == kind]
+        files = [name for (k, name) in file_plugins() if k == kind]
         return sorted({*self.installed(kind), *files}) if files else self.installed(kind)
 
     def get(self, kind: str, name: str) -> Plugin:
@@ -126,7 +154,7 @@ class Registry:
                 f"a {kind} name is a string (given {name!r}); registered: "
                 f"{', '.join(self.names(kind))}"
             )
-        from_file = plugin_files.active().get((kind, name))
+        from_file = file_plugins().get((kind, name))
         if from_file is not None:
             return from_file.plugin
         if (kind, name) in self._loaded:
@@ -155,7 +183,7 @@ class Registry:
     def describe(self, kind: str, name: str) -> PluginInfo:
         plugin = self.get(kind, name)
         dist = "optlab"
-        from_file = plugin_files.active().get((kind, name))
+        from_file = file_plugins().get((kind, name))
         if from_file is not None:
             return PluginInfo(kind, name, f"file {from_file.file}", plugin)
         if self._explicit is None:
@@ -173,7 +201,7 @@ def check_contract(kind: str, name: str, plugin: Plugin) -> None:
 
     base = Params
     if kind == "probe":
-        from optlab.plugins.builtins.probes import ProbeParams
+        from optlab.plugins.probe_params import ProbeParams
 
         base = ProbeParams
     params = plugin.params

@@ -29,12 +29,12 @@ from pathlib import Path, PurePath
 from typing import Any
 
 from optlab import locations
-from optlab.analysis.results import q
 from optlab.atomic import write_atomic
 from optlab.errors import OptlabError, StoreBusy
 from optlab.events import encode, parse_journal
 from optlab.store import core as st
 from optlab.store import records
+from optlab.store.sql import q
 
 RANK = {"done": 3, "diverged": 2, "failed": 2}  # the rest (unfinished): 1, pending: 0
 

@@ -14,19 +14,20 @@ the code the run id names. While a study's file plugins are active (:func:`activ
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import re
 import sys
 import types
-from collections.abc import Iterator
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from optlab.errors import ConfigError
 from optlab.plugins.plugin import Plugin
+from optlab.plugins.registry import activate_files as activate
+from optlab.plugins.registry import check_contract
+from optlab.plugins.registry import file_plugins as active
+from optlab.plugins.registry import use_files as use
 
 KINDS: dict[str, str] = {  # study-file group -> registry kind
     "datasets": "dataset",
@@ -37,6 +38,18 @@ KINDS: dict[str, str] = {  # study-file group -> registry kind
     "augmentations": "augmentation",
     "probes": "probe",
 }
+__all__ = [
+    "CONFIG_KEY",
+    "KINDS",
+    "Active",
+    "FilePlugin",
+    "activate",
+    "active",
+    "check",
+    "from_task",
+    "load",
+    "use",
+]
 TARGET = re.compile(r"^(?P<path>.+\.py):(?P<attr>[A-Za-z_]\w*)$")
 CONFIG_KEY = "plugin_files"  # in a run's config: ["KIND NAME FILE:OBJECT sha256=HEX", ...]
 
@@ -68,26 +81,7 @@ class FilePlugin:
 
 
 Active = dict[tuple[str, str], FilePlugin]
-_active: ContextVar[Active | None] = ContextVar("optlab_file_plugins", default=None)
 _modules: dict[str, types.ModuleType] = {}  # sha256 -> module, per process
-
-
-def active() -> Active:
-    return _active.get() or {}
-
-
-def activate(plugins: Active) -> None:
-    """Make ``plugins`` visible to every registry from here on (a command's process)."""
-    _active.set(plugins)
-
-
-@contextlib.contextmanager
-def use(plugins: Active) -> Iterator[None]:
-    token = _active.set(plugins)
-    try:
-        yield
-    finally:
-        _active.reset(token)
 
 
 def load(table: dict[str, Any], folder: str | Path, where: str, installed: Any = None) -> Active:
@@ -170,26 +164,8 @@ def _plugin_from(source: str, digest: str, file: str, attr: str, path: str, wher
 
 
 def check(plugins: Active, where: str) -> None:
-    from optlab.plugins.registry import check_contract
-
     for (kind, name), found in plugins.items():
         try:
             check_contract(kind, name, found.plugin)
         except ConfigError as e:
             raise ConfigError(f"{where}: plugins.{kind}s.{name}: {found.file}: {e}") from None
-
-
-def used_by(config: dict[str, Any], plugins: Active) -> list[FilePlugin]:
-    """The file plugins a resolved run config names, in a fixed order."""
-    from optlab.study.schema import PLUGIN_SLOTS, PROBES_KEY
-
-    wanted = []
-    for slot, kind in PLUGIN_SLOTS.items():
-        table = config.get(slot)
-        if isinstance(table, dict):
-            wanted.append((kind, table.get("name")))
-            if slot == "optimizer" and isinstance(table.get("base"), str):
-                wanted.append(("optimizer", table["base"]))  # a wrapper's base (sam)
-    wanted += [("probe", t.get("name")) for t in config.get(PROBES_KEY) or []]
-    found = {plugins[w] for w in wanted if w in plugins}
-    return sorted(found, key=lambda p: (p.kind, p.name))

@@ -230,7 +230,7 @@ class Resolver:
             (slot, config[slot]["name"], config[slot].get("base")) for slot in PLUGIN_SLOTS
         ) + tuple(t["name"] for t in config.get(PROBES_KEY, ()))
         if names not in self._files:
-            self._files[names] = tuple(plugin_files.used_by(config, self.active))
+            self._files[names] = tuple(_used_by(config, self.active))
         return self._files[names]
 
     # ---- one table -----------------------------------------------------------------------
@@ -391,3 +391,17 @@ def plain_copy(value: Any) -> Any:
     if isinstance(value, list):
         return [plain_copy(v) for v in value]
     return value
+
+
+def _used_by(config: dict[str, Any], plugins: plugin_files.Active) -> list[Any]:
+    """The file plugins a resolved run config names, in a fixed order."""
+    wanted = []
+    for slot, kind in PLUGIN_SLOTS.items():
+        table = config.get(slot)
+        if isinstance(table, dict):
+            wanted.append((kind, table.get("name")))
+            if slot == "optimizer" and isinstance(table.get("base"), str):
+                wanted.append(("optimizer", table["base"]))  # a wrapper's base (sam)
+    wanted += [("probe", t.get("name")) for t in config.get(PROBES_KEY) or []]
+    found = {plugins[w] for w in wanted if w in plugins}
+    return sorted(found, key=lambda p: (p.kind, p.name))

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from optlab.errors import PluginBuildError
 from optlab.plugins.plugin import TensorData, current_study_folder
 from optlab.plugins.registry import Registry, default_registry
 from optlab.study.schema import WEIGHTS_AUTO_SECONDS
@@ -76,17 +77,6 @@ def precision_for(mode: str, device: torch.device) -> tuple[str, Any, Any]:
         return "amp", lambda: torch.autocast("cuda", dtype=torch.float16), scaler
     warnings.warn(f"precision {mode!r} cannot run on {device.type}; using fp32", stacklevel=2)
     return "fp32", nullcontext, None
-
-
-class PluginBuildError(Exception):
-    """A plugin's build raised: every run with the same table (and data) would fail alike."""
-
-    def __init__(self, kind: str, table: dict[str, Any], error: BaseException):
-        first = (str(error).strip().splitlines() or [""])[0]
-        super().__init__(
-            f"{kind} plugin {table.get('name')!r} failed to build: {type(error).__name__}: {first}"
-        )
-        self.kind, self.table = kind, table
 
 
 def _build(registry: Registry, kind: str, table: dict[str, Any], **context: Any) -> Any:

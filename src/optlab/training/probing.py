@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from optlab.errors import PluginBuildError
 from optlab.plugins.contract import ProbeContext
 from optlab.plugins.plugin import TensorData
 from optlab.plugins.registry import Registry
@@ -59,9 +60,7 @@ class Probes:
             params = kind.params(**{k: v for k, v in table.items() if k != "name"})
             try:
                 measure = kind.create(params, model=model, optimizer=optimizer)
-            except Exception as e:  # noqa: BLE001 - see engine.PluginBuildError
-                from optlab.training.engine import PluginBuildError
-
+            except Exception as e:  # noqa: BLE001 - see errors.PluginBuildError
                 raise PluginBuildError("probe", table, e) from e
             pick = torch.Generator().manual_seed(seed + _SEED_STRIDE * (i + 1))
             index = torch.randperm(n, generator=pick)[: min(params.batch, n)].to(device)

@@ -24,14 +24,14 @@ import traceback
 from pathlib import Path
 from typing import Any, TextIO
 
-import optlab
 from optlab.events import encode, parse_journal
 from optlab.locations import record_event
+from optlab.version import __version__
 
 
 def git_sha() -> str | None:
     """The commit of optlab's own source tree, when it is a git checkout."""
-    here = Path(optlab.__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the optlab package
     try:
         out = subprocess.run(
             ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
@@ -58,7 +58,7 @@ def provenance(device: Any) -> dict[str, Any]:
         else (platform.processor() or platform.machine() or "cpu")
     )
     return {
-        "optlab_version": optlab.__version__,
+        "optlab_version": __version__,
         "git_sha": git_sha(),
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),

@@ -70,10 +70,21 @@ class DigitsParams(Common):
 
 
 @cache
+def digits_arrays(test_fraction: float, split_seed: int):
+    """The digits split (numpy arrays: x_train, y_train, x_test, y_test), without torch."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=test_fraction, random_state=split_seed, stratify=y
+    )
+    return x_tr, y_tr, x_te, y_te
+
+
+@cache
 def _digits_smallest_class(test_fraction: float, split_seed: int) -> int:
     import numpy as np
-
-    from optlab.plugins.builtins._data import digits_arrays
 
     y = digits_arrays(test_fraction, split_seed)[1]
     return int(np.bincount(y).min())
@@ -233,7 +244,7 @@ class ArraysParams(Normalised):
 
 
 def _arrays_check(p: ArraysParams, **_: Any) -> None:
-    from optlab.plugins.builtins._data import arrays_summary
+    from optlab.plugins.builtins._arrays import arrays_summary
 
     summary = arrays_summary(p.path)
     _check_per_class(p, summary["smallest_class"], p.path)
@@ -253,7 +264,7 @@ def _arrays_check(p: ArraysParams, **_: Any) -> None:
 
 
 def _arrays_info(p: ArraysParams) -> dict[str, Any]:
-    from optlab.plugins.builtins._data import arrays_summary
+    from optlab.plugins.builtins._arrays import arrays_summary
 
     summary = arrays_summary(p.path)
     return _sizes(summary["train_size"], summary["classes"], p)

@@ -1,0 +1,3 @@
+"""optlab's version (what every run records as its provenance)."""
+
+__version__ = "0.1.0"
