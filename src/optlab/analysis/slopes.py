@@ -10,22 +10,22 @@ from typing import Any
 
 import numpy as np
 
-from optlab.analysis.analyze import (
+from optlab.analysis.core import (
     ALPHA,
     BATCH,
     LR,
     WD,
     Result,
     Run,
-    _best_per_resample,
-    _matrix,
-    _resamples,
+    best_per_resample,
     groups,
     higher_is_better,
     leave_out,
+    matrix,
     not_yet,
     optimum,
     require_axes,
+    resamples,
     usable,
 )
 
@@ -193,16 +193,16 @@ def _bootstrap_slope(
         return {"boot_ci_low": None, "boot_ci_high": None}
     mats = []
     for x in xs:
-        values, _, m = _matrix([r for r in members if r.get(x_param) == x], LR)
+        values, _, m = matrix([r for r in members if r.get(x_param) == x], LR)
         full = np.full((len(seeds), len(values)), np.nan)
         present = sorted({r.seed for r in members if r.get(x_param) == x})
         for i, s in enumerate(present):
             full[seeds.index(s)] = m[i]
         mats.append((values, full))
-    idx = _resamples(len(seeds), rng)  # the same seed resamples for every x
+    idx = resamples(len(seeds), rng)  # the same seed resamples for every x
     ly = np.log(
         np.stack(
-            [np.asarray(vals)[_best_per_resample(m, higher, rng, idx)] for vals, m in mats], axis=1
+            [np.asarray(vals)[best_per_resample(m, higher, rng, idx)] for vals, m in mats], axis=1
         )
     )  # (resamples, xs)
     lx = np.log(np.asarray(xs, dtype=float))

@@ -41,18 +41,18 @@ from typing import Any
 
 import numpy as np
 
-from optlab.analysis.analyze import (
+from optlab.analysis.core import (
     ALPHA,
     REGIME,
     WARMUP,
     Result,
     Run,
-    _argbest,
-    _matrix,
-    _nanmean,
+    argbest,
     groups,
     higher_is_better,
     leave_out,
+    matrix,
+    nanmean,
     not_yet,
     optimum,
     require_axes,
@@ -113,7 +113,7 @@ def analyze(
         group = []
         for regime in sorted({r.get(REGIME) for r in members}):
             at = [r for r in members if r.get(REGIME) == regime]
-            cell = Cell(label, members[0], regime, sizes[at[0].run_id], *_matrix(at, WARMUP))
+            cell = Cell(label, members[0], regime, sizes[at[0].run_id], *matrix(at, WARMUP))
             group.append(cell)
             opt = optimum(at, WARMUP, higher, rng)
             optima.append(
@@ -244,7 +244,7 @@ def _benefits(cells: list[Cell], sign: float, result: Result) -> list[tuple[str,
         j0 = cell.warmups.index(0)
         for i in range(len(cell.seeds)):
             others = np.delete(cell.m, i, axis=0)
-            jb = _argbest(_nanmean(others), sign > 0)
+            jb = argbest(nanmean(others), sign > 0)
             if not (np.isnan(cell.m[i, jb]) or np.isnan(cell.m[i, j0])):
                 out.append((cell.group, cell.size, sign * (cell.m[i, jb] - cell.m[i, j0])))
     groups_left = sorted({c.group for c in single})
@@ -405,7 +405,7 @@ def _profile(cells: list[Cell]) -> dict[tuple[int, Any], float]:
     """(size rank, warmup) -> mean metric minus the mean at that size."""
     out = {}
     for rank, cell in enumerate(sorted(cells, key=lambda c: c.size)):
-        mean = _nanmean(cell.m)
+        mean = nanmean(cell.m)
         for w, v in zip(cell.warmups, mean - np.nanmean(mean), strict=True):
             if not np.isnan(v):
                 out[(rank, w)] = float(v)

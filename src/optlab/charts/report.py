@@ -197,7 +197,7 @@ def default_epsilon(con: Any, study: str) -> float | None:
 
 
 def analyses_for(axes: list[str], optimizers: int, has_grad_norm: bool) -> list[str]:
-    from optlab.analysis import analyze as an
+    from optlab.analysis import core as an
 
     names = []
     if any(a not in ("optimizer",) and not a.endswith(".name") for a in axes):
