@@ -68,9 +68,9 @@ def train(
     notebook): ``config`` (nested: ``{"optimizer": {"lr": 0.1}, "epochs": 5}``) and ``sets``
     over the ``[base]`` of ``study`` (default: the quickstart's), into ``store`` as a run of
     study ``train``. A finished identical run is not trained again: its results come back."""
-    import typer
+    from rich.console import Console
 
-    from optlab.cli.run import Launch, Part, launch
+    from optlab.execution.launch import Launch, Part, launch
     from optlab.study.expand import all_runs, expand
     from optlab.study.schema import single_run
 
@@ -79,12 +79,11 @@ def train(
         spec = spec.model_copy(update={"overrides": {**spec.overrides, **config}})
     (run,) = all_runs(expand(spec))
     how = Launch(gpus, 1, 1, False, Path(data_dir), None, 600.0, "local", None, Path(store))
-    try:
-        launch([Part(spec, expand(spec), None)], how)
-    except typer.Exit as e:
-        if e.exit_code == 130:
-            raise KeyboardInterrupt from None
-        # a failed or diverged run: its status and rows say so
+    out, err = (Console(stderr=e, highlight=False, soft_wrap=True) for e in (False, True))
+    code = launch([Part(spec, expand(spec), None)], how, out, err)[1]
+    if code == 130:
+        raise KeyboardInterrupt
+    # a failed or diverged run: its status and rows say so
     found = open_store(store)
     summary = found.sql("select * from run_summary where run_id = ?", run.run_id).df()
     row = summary.to_dict("records")[0] if len(summary) else {}

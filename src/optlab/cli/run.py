@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -19,8 +15,8 @@ from optlab.cli.common import (
     handles_errors,
     out,
 )
-from optlab.errors import ConfigError, UsageError
-from optlab.execution.progress import describe_axes
+from optlab.errors import UsageError
+from optlab.execution.launch import Launch, Part, launch
 
 NAME = "run"
 HELP = (
@@ -127,7 +123,7 @@ def command(
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:
         raise UsageError(f"study {twice[0]!r} is given twice; give each study once")
-    launch(
+    code = launch(
         parts,
         Launch(
             gpus,
@@ -141,199 +137,8 @@ def command(
             address,
             store,
         ),
-    )
-
-
-@dataclass
-class Part:
-    """One study of an `optlab run`: the study, its planned blocks and its file's matrix."""
-
-    spec: Any
-    plans: list[Any]
-    matrix: set[str] | None
-
-
-@dataclass
-class Launch:
-    """How `optlab run` (and `optlab train`) run what they planned."""
-
-    gpus: str | None
-    per_gpu: int
-    workers: int | None
-    retry_failed: bool
-    data_dir: Path
-    checkpoint_dir: Path | None
-    stall_timeout: float
-    executor_name: str
-    address: str | None
-    store: Path
-
-
-def launch(parts: list[Part], how: Launch) -> Any:
-    """Check the store and the datasets, record the studies, run what is not done on one
-    executor and print the summary; exits non-zero as `optlab run` does. Returns the
-    outcome (None when nothing was left to run)."""
-    from optlab.execution import executors
-    from optlab.store.core import check_store, other_names
-    from optlab.study.expand import all_runs
-    from optlab.training.preparing import dataset_tables
-
-    store = how.store
-    runs = [r for part in parts for r in all_runs(part.plans)]
-    check_store(store)
-    linked = other_names(store)
-    if linked:
-        err.print(f"note: {linked}", markup=False)
-    if how.checkpoint_dir is not None:
-        check_folder(how.checkpoint_dir, "--checkpoint-dir")
-    # Datasets are fetched (or found missing) before any run starts or the store is touched.
-    os.environ["OPTLAB_DATA"] = str(how.data_dir.resolve())
-    for part in parts:
-        prepare_datasets(part.spec, all_runs(part.plans), how.data_dir)
-    executor = executors.create(
-        how.executor_name,
-        {"address": how.address},
-        store=store,
-        stall_timeout=how.stall_timeout,
-        data_dir=how.data_dir.resolve(),
-        checkpoints_shared=how.checkpoint_dir is not None,
-        datasets=dataset_tables(runs),
-    )
-    with contextlib.closing(executor):  # a Ray connection is let go however this ends
-        executor.make_slots(how.gpus, how.per_gpu, how.workers, None)
-        outcome = _run_locked(parts, how, executor, len({r.run_id for r in runs}))
-    if outcome is None:
-        return None
-    if outcome.interrupted:
-        raise typer.Exit(130)
-    # A run failed, the study stopped early, or runs were left without a slot that could
-    # take them (every node the executor had could not prepare the datasets).
-    if (
-        outcome.stopped
-        or any(s == "failed" for s in outcome.statuses.values())
-        or len(outcome.statuses) < outcome.planned
-    ):
-        raise typer.Exit(1)
-    return outcome
-
-
-def _run_locked(parts: list[Part], how: Launch, executor: Any, total: int) -> Any:
-    """Under the store's writer lock: prepare each study, start the slots, run them all
-    on them, summarise."""
-    from optlab.execution.coordinator import combine, execute, prepare
-    from optlab.store.liveness import writer_lock
-    from optlab.training.devices import cpu_notes
-
-    store = how.store
-    names = [p.spec.name for p in parts]
-    label = " + ".join(names)
-    with writer_lock(store) as lock:
-        prepared = combine(
-            [
-                prepare(
-                    store,
-                    part.spec,
-                    part.plans,
-                    how.retry_failed,
-                    how.checkpoint_dir.resolve() if how.checkpoint_dir else None,
-                    part.matrix,
-                )
-                for part in parts
-            ]
-        )
-        todo, states = prepared.todo, prepared.states
-        if prepared.recovered:
-            _report_recovery(prepared)
-        if not todo:
-            failed = sum(1 for s in states.values() if s == "failed")
-            hint = f"; {failed} failed (run again with --retry-failed)" if failed else ""
-            out.print(f"Nothing to run: all {total} runs of {label} are finished{hint}.")
-            return None
-        slots = executor.make_slots(how.gpus, how.per_gpu, how.workers, len(todo))
-        if how.executor_name == "local":
-            for note in cpu_notes(slots, how.per_gpu, how.workers, todo):
-                err.print(f"note: {note}", markup=False)
-        where = executor.where(slots)
-        resuming = sum(1 for r in todo if prepared.resume.get(r.run_id, {}).get("resume_upto"))
-        out.print(
-            f"{label}: running {len(todo)} of {total} runs "
-            f"({total - len(todo)} already finished) on {len(slots)} worker(s) "
-            f"[{where}, {slots[0].threads} thread(s) each]; store {store}",
-            markup=False,
-        )
-        if resuming:
-            out.print(f"  {resuming} of them resume from their last checkpoint where they have one")
-        outcome = execute(store, names, prepared, slots, out, lock, how.stall_timeout, executor)
-    _summary(label, todo, outcome, store)
-    return outcome
-
-
-def check_folder(folder: Path, option: str) -> None:
-    """A folder the runs will write to: it exists (or can be made) and is writable."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"{option} {folder}: cannot create it: {e.strerror or e}") from None
-    if not folder.is_dir() or not os.access(folder, os.W_OK):
-        raise UsageError(f"{option} {folder}: not a folder this user can write to")
-
-
-def prepare_datasets(spec, runs, data_dir: Path) -> None:
-    from optlab.training.preparing import dataset_tables, prepare
-
-    try:
-        prepare(dataset_tables(runs), data_dir)
-    except (ValueError, OSError) as e:
-        raise ConfigError(f"{spec.file}: dataset {e}") from None
-
-
-def _report_recovery(prepared) -> None:
-    counts: dict[str, int] = {}
-    for status in prepared.recovered.values():
-        counts[status] = counts.get(status, 0) + 1
-    states = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    out.print(
-        f"Recovered {len(prepared.recovered)} run(s) an earlier session left unfinished "
-        f"({prepared.recovered_epochs} epochs from their journals): {states}; "
-        "interrupted runs run again."
-    )
-
-
-def _summary(study: str, todo, outcome, store: Path) -> None:
-    counts: dict[str, int] = {}
-    for status in outcome.statuses.values():
-        counts[status] = counts.get(status, 0) + 1
-    not_run = len(todo) - len(outcome.statuses)
-    parts = [f"{n} {s}" for s, n in sorted(counts.items())]
-    if not_run:
-        parts.append(f"{not_run} not started")
-    minutes, seconds = divmod(int(outcome.seconds), 60)
-    head = "interrupted" if outcome.interrupted else "stopped" if outcome.stopped else "finished"
-    out.print(f"{study}: {head} in {minutes}m{seconds:02d}s: {', '.join(parts) or 'nothing'}")
-    by_id = {r.run_id: r for r in todo}
-    for run_id, status in outcome.statuses.items():
-        if status in ("failed", "diverged"):
-            r = by_id[run_id]
-            err.print(
-                f"  {status} {run_id} {describe_axes(r.axes, r.seed)}: "
-                f"{outcome.errors.get(run_id, '')}",
-                markup=False,
-            )
-            if status == "failed":
-                from optlab.store.core import log_path
-
-                err.print(f"    log: {log_path(store, run_id)}", markup=False)
-    if outcome.stopped:
-        err.print(
-            f"Stopped: {outcome.stopped}. Free space, then run the same command again: "
-            "the runs resume from their last checkpoints.",
-            markup=False,
-        )
-    if outcome.unwritten:
-        err.print(
-            f"{outcome.unwritten} events could not be written to {store}; they are in the "
-            "run journals and the next optlab run on this store writes them.",
-            markup=False,
-        )
-    if outcome.interrupted:
-        out.print("Interrupted runs are resumable: run the same command again.")
+        out,
+        err,
+    )[1]
+    if code:
+        raise typer.Exit(code)

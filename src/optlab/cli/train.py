@@ -6,8 +6,8 @@ from pathlib import Path
 
 import typer
 
-from optlab.cli.common import StoreOption, handles_errors
-from optlab.cli.run import Launch, Part, launch
+from optlab.cli.common import StoreOption, err, handles_errors, out
+from optlab.execution.launch import Launch, Part, launch
 
 NAME = "train"
 HELP = (
@@ -49,4 +49,6 @@ def command(
     plans = expand(spec)
     # The union of every configuration trained so (matrix None: nothing is dropped).
     how = Launch(gpus, 1, 1, False, data_dir, checkpoint_dir, 600.0, "local", None, store)
-    launch([Part(spec, plans, None)], how)
+    code = launch([Part(spec, plans, None)], how, out, err)[1]
+    if code:
+        raise typer.Exit(code)
