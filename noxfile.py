@@ -23,10 +23,13 @@ def fast(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff's checks, and ruff format (applied to the whole tree once; kept since)."""
-    session.install("ruff")
+    """ruff's checks, ruff format (applied to the whole tree once; kept since), and the
+    house's import contracts (pyproject's [tool.importlinter]: stages import only downward,
+    no cycle)."""
+    session.install("ruff", "import-linter", "-e", ".")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+    session.run("lint-imports")
 
 
 @nox.session
