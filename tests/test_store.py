@@ -189,10 +189,10 @@ def test_a_worker_killed_mid_run_loses_no_finished_epoch(prepared, tmp_path):
 def test_config_columns_widen_instead_of_failing(tmp_path):
     con = duckdb.connect(str(tmp_path / "s.duckdb"))
     st.ensure_schema(con)
-    st._add_config_columns(con, [{"optimizer_lr": 1}])
-    st._add_config_columns(con, [{"optimizer_lr": 0.5}])
-    st._add_config_columns(con, [{"optimizer_lr": "x"}])
-    assert st._table_columns(con, "run_state")["optimizer_lr"] == "VARCHAR"
+    st.add_config_columns(con, [{"optimizer_lr": 1}])
+    st.add_config_columns(con, [{"optimizer_lr": 0.5}])
+    st.add_config_columns(con, [{"optimizer_lr": "x"}])
+    assert st.table_columns(con, "run_state")["optimizer_lr"] == "VARCHAR"
 
 
 def test_config_column_names():

@@ -84,7 +84,7 @@ def merge(
         st.ensure_schema(con, store)
         for i, other in enumerate(others):
             results.append(_merge_one(con, store, other, link, f"optlab_merge_{i}", studies))
-        st._refresh_runs_view(con)
+        st.refresh_runs_view(con)
     for result in results:
         _copy_files(store, result)
     return results

@@ -1,0 +1,152 @@
+"""Recovery: what the journals hold that the store does not (a crash of anything), re-ingested;
+resume points; the checkpoint folders a store owns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from optlab import locations
+from optlab.events import read_journal
+from optlab.store.files import artefacts_dir, journal_path
+from optlab.store.writer import apply_events, finish_all, with_rows
+
+
+def recover(
+    con: duckdb.DuckDBPyConnection, store: Path, run_ids: list[str] | None = None
+) -> list[str]:
+    """Re-ingest the journals that hold more than the store: those of runs it still shows as
+    pending or running (left by a crash or Ctrl-C), and those of interrupted or failed runs
+    whose journal has events newer than the store's (a later attempt cut off before its first
+    write). Runs without a final event become 'interrupted', except a failed or interrupted
+    run whose journal only adds the tail of the attempt that ended so (no new start): that
+    keeps its ending. Returns their ids.
+
+    Every `optlab run` calls this over the study's unfinished runs, which may be most of a
+    100,000-run study: only the runs with a folder beside the store are read, and what they
+    need is written in a few statements for all of them, not a few per run."""
+    rows = con.execute(
+        "select run_id, status, coalesce(journal_time, 0) from run_state "
+        "where status in ('pending', 'running', 'interrupted', 'failed')"
+    ).fetchall()
+    wanted = set(run_ids) if run_ids is not None else None
+    try:
+        with os.scandir(artefacts_dir(store)) as entries:
+            present = {e.name for e in entries}
+    except FileNotFoundError:
+        present = set()
+    recovered: list[str] = []
+    replay: list[dict[str, Any]] = []
+    unfinished: list[list[Any]] = []
+    lost: list[str] = []  # shown as running, but nothing was journaled: not started after all
+    for run_id, status, seen in rows:
+        if wanted is not None and run_id not in wanted:
+            continue
+        events = read_journal(journal_path(store, run_id)) if run_id in present else []
+        if not events:
+            if status == "running":
+                lost.append(run_id)
+            continue
+        if status in ("interrupted", "failed"):
+            newer = [e for e in events if (e.get("time") or 0) > seen]
+            if not newer:
+                continue
+            if not any(e["type"] in ("started", "resumed") for e in newer):
+                # The tail of the attempt the store has already ended: its worker journaled
+                # it, then was killed (stalled, or died) before sending it. Its rows are
+                # kept, and so is the ending, unless the tail holds the run's own.
+                replay.extend(newer)
+                recovered.append(run_id)
+                continue
+        replay.extend(events)
+        last = events[-1]
+        if last["type"] not in ("finished", "failed", "diverged"):
+            at = last.get("time") or time.time()
+            unfinished.append([run_id, "interrupted", "interrupted before it finished", at, None])
+        recovered.append(run_id)
+    if lost:
+        con.execute(
+            "update run_state set status = 'pending' "
+            "where run_id in (select unnest(?::varchar[])) and status = 'running'",
+            [lost],
+        )
+    apply_events(con, replay, locations.roots(store))  # runs' events commute
+    if unfinished:
+        finish_all(con, unfinished)
+    return recovered
+
+
+def journal_progress(store: Path, run_id: str) -> tuple[int, int] | None:
+    """From a run's journal alone: (epochs done, last checkpoint epoch) of its latest attempt
+    chain, or None when it has no events. For status, while the store may lag behind."""
+    epochs: set[int] = set()
+    checkpoint, seen = 0, False
+    for ev in read_journal(journal_path(store, run_id)):
+        kind, seen = ev.get("type"), True
+        if kind == "started":
+            epochs, checkpoint = set(), 0
+        elif kind == "resumed":
+            epochs = {e for e in epochs if e <= ev["epoch"]}
+            checkpoint = ev["epoch"]
+        elif kind == "epoch":
+            epochs.add(ev["epoch"])
+        elif kind == "checkpoint":
+            checkpoint = ev["epoch"]
+    return (len(epochs), checkpoint) if seen else None
+
+
+def resume_points(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> dict[str, dict]:
+    """Per run: how many leading epochs the store holds without a gap (a checkpoint after
+    them cannot be resumed from), its checkpoint folder and recorded thread count."""
+    if not run_ids:
+        return {}
+    rows = con.execute(
+        "select r.run_id, r.checkpoint_dir, r.threads, coalesce(e.n, 0), coalesce(e.last, 0) "
+        "from run_state r left join (select run_id, count(*) as n, max(epoch) as last "
+        "from epochs group by run_id) e using (run_id) "
+        "where r.run_id in (select unnest(?::varchar[]))",
+        [run_ids],
+    ).fetchall()
+    return {
+        run_id: {
+            "checkpoint_dir": folder,
+            "threads": threads,
+            "resume_upto": int(last) if n == last else 0,
+        }
+        for run_id, folder, threads, n, last in rows
+    }
+
+
+def set_checkpoint_dirs(con: duckdb.DuckDBPyConnection, dirs: dict[str, str]) -> None:
+    if not dirs:
+        return
+    with_rows(
+        con,
+        ("run_id", "dir"),
+        [list(kv) for kv in dirs.items()],
+        "update run_state set checkpoint_dir = d.dir from optlab_bulk_rows d "
+        "where run_state.run_id = d.run_id",
+    )
+
+
+def own_checkpoint_root(con: duckdb.DuckDBPyConnection, root: str) -> None:
+    """Note a checkpoint root this store's runs write under (its own folder, or a
+    ``--checkpoint-dir``): `optlab rm` removes run folders only under the store's own roots,
+    never under another store's."""
+    roots = checkpoint_roots(con)
+    if root not in roots:
+        con.execute(
+            "insert or replace into meta values ('checkpoint_roots', ?)",
+            [json.dumps([*roots, root])],
+        )
+
+
+def checkpoint_roots(con: duckdb.DuckDBPyConnection) -> list[str]:
+    row = con.execute("select value from meta where key = 'checkpoint_roots'").fetchone()
+    return json.loads(row[0]) if row else []
