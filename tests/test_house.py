@@ -20,7 +20,6 @@ OVER = {
     "execution/ray_executor.py": 731,
     "charts/report.py:build_report": 124,
     "cli/run.py:command": 116,
-    "training/engine.py:train": 342,
 }
 
 

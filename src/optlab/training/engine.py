@@ -31,6 +31,15 @@ from optlab.study.schema import WEIGHTS_AUTO_SECONDS
 from optlab.study.steps import lr_scale
 from optlab.training import checkpoint as ckpt
 from optlab.training.probing import Probes
+from optlab.training.state import (
+    BestWeights,
+    Counters,
+    cpu_state,
+    divergence,
+    rng_state,
+    save_weights,
+    set_rng_state,
+)
 
 Emit = Callable[[dict[str, Any]], None]
 EVAL_BATCH = 1024
@@ -172,85 +181,6 @@ def average(nets: list[torch.nn.Module]) -> None:
                 t.copy_(tensors[0])
 
 
-@dataclass
-class Counters:
-    """Where a run is: what an epoch row reports and a checkpoint carries."""
-
-    epoch: int = 0
-    step: int = 0
-    samples: int = 0
-    lr: float = 0.0
-    elapsed: float = 0.0  # seconds of all attempts before this one
-    first_loss: float | None = None  # the first epoch's training loss (divergence rule)
-    sfo_full_batches: int = 0  # SFO counting each step as a whole batch (seed 004's count)
-    rounds: int = 0  # communication rounds: local SGD's averagings, else one per step
-    sfo: int = 0  # examples whose gradient was computed, once per gradient evaluation
-
-
-class BestWeights:
-    """The weights at the best evaluated epoch (validation accuracy when the dataset has a
-    validation split, else test accuracy), kept on the CPU only when asked for."""
-
-    def __init__(self, wanted: bool):
-        self.wanted = wanted
-        self.value, self.epoch, self.weights = -math.inf, 0, None
-
-    def offer(self, model: torch.nn.Module, epoch: int, value: float | None) -> None:
-        if self.wanted and value is not None and math.isfinite(value) and value > self.value:
-            self.value, self.epoch, self.weights = value, epoch, cpu_state(model)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "epoch": self.epoch, "weights": self.weights}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.value, self.epoch, self.weights = state["value"], state["epoch"], state["weights"]
-
-
-def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
-def rng_state(device: torch.device, gen: torch.Generator) -> dict[str, Any]:
-    state = {"cpu": torch.get_rng_state(), "data": gen.get_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict[str, Any], device: torch.device, gen: torch.Generator) -> None:
-    torch.set_rng_state(state["cpu"])
-    gen.set_state(state["data"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def divergence(config: dict[str, Any], train_loss: float, run: Counters) -> tuple[str, str] | None:
-    """(rule, why) when this epoch's training loss says the run diverged, else None. The
-    first epoch's loss is the reference of the relative rule (kept in the checkpoint)."""
-    if not math.isfinite(train_loss):
-        return "non_finite", f"training loss became {train_loss}"
-    if run.first_loss is None:
-        run.first_loss = train_loss
-    factor = (config.get("divergence") or {}).get("loss_factor")
-    if factor and run.first_loss > 0 and train_loss > factor * run.first_loss:
-        return "loss_factor", (
-            f"training loss {train_loss:.4g} is above {factor:g} x the "
-            f"first epoch's ({run.first_loss:.4g})"
-        )
-    return None
-
-
-def save_weights(folder: Path, which: str, weights: dict[str, torch.Tensor]) -> Path:
-    """A plain ``state_dict`` file: ``model.load_state_dict(torch.load(path))``."""
-    import io
-
-    buf = io.BytesIO()
-    torch.save(weights, buf)
-    path = folder / f"{which}.pt"
-    ckpt.write_atomic(path, buf.getvalue())
-    return path
-
-
 def train(
     task: dict[str, Any],
     emit: Emit,
@@ -258,95 +188,166 @@ def train(
     registry: Registry | None = None,
     tick: Callable[[], None] | None = None,
 ) -> None:
-    registry = registry or default_registry()
-    config, seed, run_id = task["config"], task["seed"], task["run_id"]
-    device = cache.device
-    tick = tick or (lambda: None)
-    attempt_start = time.monotonic()
+    """Train one run (``task``: its run id, seed and config), reporting its events through
+    ``emit``: started or resumed, an epoch row per epoch with the probes' values, the
+    checkpoints, and finished or diverged. ``tick`` is called often (a heartbeat)."""
+    run = Run(task, emit, cache, registry or default_registry(), tick or (lambda: None))
+    run.resume_or_start()
+    run.add_local_workers()
+    for epoch in range(run.counters.epoch, run.epochs):
+        if not run.epoch(epoch):
+            return  # diverged
+    run.finish()
 
-    # ---- setup ------------------------------------------------------------------------
-    data = cache.get(config["dataset"])
-    n, epochs = len(data.x_train), config["epochs"]
-    torch.manual_seed(seed)  # model init; CPU and CUDA generators alike
-    model = _build(
-        registry,
-        "model",
-        config["model"],
-        input_shape=data.input_shape,
-        num_classes=data.num_classes,
-    ).to(device)
-    images = data.x_train.dim() == 4
-    if device.type == "cuda" and images:
-        model = model.to(memory_format=torch.channels_last)
-    optimizer = _build(registry, "optimizer", config["optimizer"], model=model)
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
-    lr_factor = _build(registry, "lr_schedule", config["lr_schedule"], epochs=epochs)
-    batch_size_at = _build(
-        registry, "batch_schedule", config["batch_schedule"], epochs=epochs, train_size=n
-    )
-    augment = _build(
-        registry,
-        "augmentation",
-        config["augmentation"],
-        input_shape=data.input_shape,
-        mean=data.mean,
-        std=data.std,
-    )
-    used_precision, autocast, scaler = precision_for(config["precision"], device)
-    if scaler is not None and getattr(optimizer, "optlab_closure", False):
-        raise ValueError(
-            f"optimizer {config['optimizer']['name']} re-evaluates the loss in "
-            "its step (a closure), which amp's gradient scaler cannot do: use "
-            'precision = "fp32" or "bf16"'
+
+class Run:
+    """One run's training, in the order it happens: setup (here), resume or start, local
+    SGD's extra workers, the epochs (each a pass over the data, then evaluation, the epoch
+    row and the checkpoint policy), and the end."""
+
+    def __init__(
+        self,
+        task: dict[str, Any],
+        emit: Emit,
+        cache: DataCache,
+        registry: Registry,
+        tick: Callable[[], None],
+    ):
+        self.task, self.emit, self.registry, self.tick = task, emit, registry, tick
+        config, seed = task["config"], task["seed"]
+        self.config, self.seed, self.run_id = config, seed, task["run_id"]
+        self.device = device = cache.device
+        self.attempt_start = time.monotonic()
+        self.data = data = cache.get(config["dataset"])
+        self.n, self.epochs = len(data.x_train), config["epochs"]
+        torch.manual_seed(seed)  # model init; CPU and CUDA generators alike
+        model = _build(
+            registry,
+            "model",
+            config["model"],
+            input_shape=data.input_shape,
+            num_classes=data.num_classes,
+        ).to(device)
+        self.images = data.x_train.dim() == 4
+        if device.type == "cuda" and self.images:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.optimizer = _build(registry, "optimizer", config["optimizer"], model=model)
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        self.lr_factor = _build(registry, "lr_schedule", config["lr_schedule"], epochs=self.epochs)
+        self.batch_size_at = _build(
+            registry,
+            "batch_schedule",
+            config["batch_schedule"],
+            epochs=self.epochs,
+            train_size=self.n,
         )
-    # One generator for data order and augmentation, seeded from the run's seed.
-    gen = torch.Generator(device=device).manual_seed(seed)
-    probes = Probes(
-        config.get("probes", []),
-        registry,
-        model=model,
-        optimizer=optimizer,
-        data=data,
-        augment=augment,
-        seed=seed,
-        epochs=epochs,
-        device=device,
-        channels_last=device.type == "cuda" and images,
-    )
-    folder = Path(task["checkpoint_dir"]) if task.get("checkpoint_dir") else None
-    policy = ckpt.Policy.from_config(config) if config.get("checkpoint") and folder else None
-    weights_mode = config.get("save_weights", "none")
-    best = BestWeights(weights_mode == "best")
-    run = Counters(lr=base_lrs[0])
-    shape = {
-        "input_shape": list(data.input_shape),
-        "num_classes": data.num_classes,
-        "checkpoint_dir": str(folder) if folder else None,
-    }
+        self.augment = _build(
+            registry,
+            "augmentation",
+            config["augmentation"],
+            input_shape=data.input_shape,
+            mean=data.mean,
+            std=data.std,
+        )
+        self.used_precision, self.autocast, self.scaler = precision_for(config["precision"], device)
+        if self.scaler is not None and getattr(self.optimizer, "optlab_closure", False):
+            raise ValueError(
+                f"optimizer {config['optimizer']['name']} re-evaluates the loss in "
+                "its step (a closure), which amp's gradient scaler cannot do: use "
+                'precision = "fp32" or "bf16"'
+            )
+        # One generator for data order and augmentation, seeded from the run's seed.
+        self.gen = torch.Generator(device=device).manual_seed(seed)
+        self.probes = Probes(
+            config.get("probes", []),
+            registry,
+            model=model,
+            optimizer=self.optimizer,
+            data=data,
+            augment=self.augment,
+            seed=seed,
+            epochs=self.epochs,
+            device=device,
+            channels_last=device.type == "cuda" and self.images,
+        )
+        folder = Path(task["checkpoint_dir"]) if task.get("checkpoint_dir") else None
+        self.folder = folder
+        self.policy = (
+            ckpt.Policy.from_config(config) if config.get("checkpoint") and folder else None
+        )
+        self.weights_mode = config.get("save_weights", "none")
+        self.best = BestWeights(self.weights_mode == "best")
+        self.counters = Counters(lr=self.base_lrs[0])
+        self.workers = [(model, self.optimizer)]
+        self.local = config.get("local_sgd")
+        self.found: Any = None
+        self.reference: int | None = None
 
-    def report(events: list[dict[str, Any]]) -> None:
+    def report(self, events: list[dict[str, Any]]) -> None:
         for ev in events:
-            emit({**ev, "run_id": run_id})
+            self.emit({**ev, "run_id": self.run_id})
 
-    def elapsed() -> float:
-        return run.elapsed + time.monotonic() - attempt_start
+    def elapsed(self) -> float:
+        return self.counters.elapsed + time.monotonic() - self.attempt_start
 
-    # ---- resume from the last good checkpoint, or start ------------------------------
-    found = ckpt.latest(folder, run_id, task.get("resume_upto", 0)) if folder else None
-    for why in found.skipped if found else []:  # the run's log says it too
-        print(f"checkpoint {why}; not used", flush=True)
-    if found is not None and found.state is not None:
-        state = found.state
-        if device.type == "cpu" and state["threads"] != torch.get_num_threads():
+    # ---- resume from the last good checkpoint, or start --------------------------------
+    def resume_or_start(self) -> None:
+        folder, task = self.folder, self.task
+        shape = {
+            "input_shape": list(self.data.input_shape),
+            "num_classes": self.data.num_classes,
+            "checkpoint_dir": str(folder) if folder else None,
+        }
+        found = ckpt.latest(folder, self.run_id, task.get("resume_upto", 0)) if folder else None
+        self.found = found
+        for why in found.skipped if found else []:  # the run's log says it too
+            print(f"checkpoint {why}; not used", flush=True)
+        if found is None or found.state is None:
+            if folder is not None:
+                ckpt.clear(folder)
+            self.emit(
+                {
+                    "type": "started",
+                    "run_id": self.run_id,
+                    "precision_used": self.used_precision,
+                    "config": self.config,
+                    "seed": self.seed,
+                    "skipped": found.skipped if found else [],
+                    **shape,
+                }
+            )
+            if self.probes:
+                self.report(self.probes.at_epoch(0, 0)[0])
+            return
+        self._load(found.state)
+        ckpt.clear(folder, keep_upto=self.counters.epoch)
+        self.emit(
+            {
+                "type": "resumed",
+                "run_id": self.run_id,
+                "epoch": self.counters.epoch,
+                "step": self.counters.step,
+                "checkpoint": str(found.path),
+                "skipped": found.skipped,
+                "precision_used": self.used_precision,
+                "config": self.config,
+                "seed": self.seed,
+                **shape,
+            }
+        )
+
+    def _load(self, state: dict[str, Any]) -> None:
+        if self.device.type == "cpu" and state["threads"] != torch.get_num_threads():
             torch.set_num_threads(state["threads"])  # the run's own count, for exact rows
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if scaler is not None and state["scaler"] is not None:
-            scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"], device, gen)
-        probes.load_state_dict(state["probes"])
-        best.load_state_dict(state["best"])
-        run = Counters(
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state["scaler"] is not None:
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"], self.device, self.gen)
+        self.probes.load_state_dict(state["probes"])
+        self.best.load_state_dict(state["best"])
+        self.counters = Counters(
             state["epoch"],
             state["step"],
             state["samples"],
@@ -357,89 +358,77 @@ def train(
             state.get("rounds", state["step"]),
             state.get("sfo", state["samples"]),
         )
-        ckpt.clear(folder, keep_upto=run.epoch)
-        emit(
-            {
-                "type": "resumed",
-                "run_id": run_id,
-                "epoch": run.epoch,
-                "step": run.step,
-                "checkpoint": str(found.path),
-                "skipped": found.skipped,
-                "precision_used": used_precision,
-                "config": config,
-                "seed": seed,
-                **shape,
-            }
-        )
-    else:
-        if folder is not None:
-            ckpt.clear(folder)
-        emit(
-            {
-                "type": "started",
-                "run_id": run_id,
-                "precision_used": used_precision,
-                "config": config,
-                "seed": seed,
-                "skipped": found.skipped if found else [],
-                **shape,
-            }
-        )
-        if probes:
-            report(probes.at_epoch(0, 0)[0])
 
-    # ---- local SGD: more simulated workers, each on its own shard -------------------
-    workers = [(model, optimizer)]
-    local = config.get("local_sgd")
-    if local:
+    # ---- local SGD: more simulated workers, each on its own shard ---------------------
+    def add_local_workers(self) -> None:
+        local = self.local
+        if not local:
+            return
         for k in range(1, local["workers"]):
-            replica = copy.deepcopy(model)
-            opt = _build(registry, "optimizer", config["optimizer"], model=replica)
-            if found is not None and found.state is not None:
-                opt.load_state_dict(found.state["local_optimizers"][k - 1])
-            workers.append((replica, opt))
+            replica = copy.deepcopy(self.model)
+            opt = _build(self.registry, "optimizer", self.config["optimizer"], model=replica)
+            if self.found is not None and self.found.state is not None:
+                opt.load_state_dict(self.found.state["local_optimizers"][k - 1])
+            self.workers.append((replica, opt))
         # A fixed partition of the training set, drawn once from the run's seed.
-        split = torch.Generator().manual_seed(seed + SHARD_SEED)
-        shards = list(torch.randperm(n, generator=split).to(device).tensor_split(local["workers"]))
-        shard_size = min(len(s) for s in shards)
+        split = torch.Generator().manual_seed(self.seed + SHARD_SEED)
+        order = torch.randperm(self.n, generator=split).to(self.device)
+        self.shards = list(order.tensor_split(local["workers"]))
+        self.shard_size = min(len(s) for s in self.shards)
 
-    # ---- epochs -----------------------------------------------------------------------
-    reference = config.get("lr_reference_batch") or min(
-        int(batch_size_at(0)), shard_size if local else n
-    )
-    for epoch in range(run.epoch, epochs):
-        bs = min(int(batch_size_at(epoch)), shard_size if local else n)
-        scale = lr_scale(config, bs, reference)
+    # ---- an epoch ----------------------------------------------------------------------
+    def epoch(self, epoch: int) -> bool:
+        """Train one epoch, evaluate, report its row and checkpoint when due; False when
+        the run diverged (reported, and its checkpoints gone)."""
+        limit = self.shard_size if self.local else self.n
+        reference = self.config.get("lr_reference_batch") or min(int(self.batch_size_at(0)), limit)
+        bs = min(int(self.batch_size_at(epoch)), limit)
+        done = self._pass(epoch, bs, lr_scale(self.config, bs, reference))
+        run = self.counters
+        run.lr = self.base_lrs[0] * done.factor
+        run.step += done.steps
+        run.samples += self.n
+        run.sfo += done.sfo
+        run.sfo_full_batches += done.full
+        if not self.local:
+            run.rounds = run.step  # data-parallel training: one gradient all-reduce a step
+        run.epoch = epoch + 1
+        train_loss = done.loss_sum.item() / self.n  # the epoch's one read of the device
+        seconds = time.perf_counter() - done.started - done.probe_seconds
+        return self._after(bs, train_loss, done.correct.item() / self.n, seconds, done)
+
+    def _pass(self, epoch: int, bs: int, scale: float) -> _Pass:
+        """One pass over the training data (each local SGD worker over its shard)."""
+        device, gen, data, workers = self.device, self.gen, self.data, self.workers
+        local, augment, autocast, scaler = self.local, self.augment, self.autocast, self.scaler
+        channels_last = device.type == "cuda" and self.images
         if local:  # each worker passes over its own shard once per epoch
-            orders = [s[torch.randperm(len(s), device=device, generator=gen)] for s in shards]
+            orders = [s[torch.randperm(len(s), device=device, generator=gen)] for s in self.shards]
         else:
-            orders = [torch.randperm(n, device=device, generator=gen)]
+            orders = [torch.randperm(self.n, device=device, generator=gen)]
         # The last partial batch is used and counted as its size.
         counts = [math.ceil(len(order) / bs) for order in orders]
-        steps = max(counts)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.int64)
+        done = _Pass(steps=max(counts))
+        done.loss_sum = torch.zeros((), device=device)
+        done.correct = torch.zeros((), device=device, dtype=torch.int64)
         for net, opt in workers:
             net.train()
             weights_for(opt, "train")
         if device.type == "cuda":
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        probe_seconds = 0.0
-        step = run.step
-        evaluations = sfo = full = 0  # gradient evaluations, and the epoch's two SFOs
+        done.started = time.perf_counter()
+        step, steps = self.counters.step, done.steps
         for i in range(steps):
-            factor = lr_factor(epoch + i / steps, 1 / steps, step + i) * scale
+            done.factor = self.lr_factor(epoch + i / steps, 1 / steps, step + i) * scale
             for (net, opt), order, count in zip(workers, orders, counts, strict=True):
                 if i >= count:
                     continue
                 idx = order[i * bs : (i + 1) * bs]
                 x, y = augment(data.x_train[idx], gen), data.y_train[idx]
-                if device.type == "cuda" and images:
+                if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                for group, base in zip(opt.param_groups, base_lrs, strict=True):
-                    group["lr"] = base * factor
+                for group, base in zip(opt.param_groups, self.base_lrs, strict=True):
+                    group["lr"] = base * done.factor
                 with autocast():
                     out = net(x)
                     loss = F.cross_entropy(out.float(), y)
@@ -452,39 +441,35 @@ def train(
                 else:
                     loss.backward()
                     evals = step_optimizer(opt, net, x, y, autocast)
-                evaluations += evals
-                sfo += len(idx) * evals
-                full += bs * evals
+                done.sfo += len(idx) * evals
+                done.full += bs * evals
                 # Accumulate on the device: no host synchronisation per step.
-                loss_sum += loss.detach() * len(idx)
-                correct += (out.argmax(1) == y).sum()
+                done.loss_sum += loss.detach() * len(idx)
+                done.correct += (out.argmax(1) == y).sum()
             if local and ((i + 1) % local["local_steps"] == 0 or i == steps - 1):
                 average([net for net, _ in workers])  # a communication round
-                run.rounds += 1
-            tick()
-            if step + i < probes.max_step:  # every-step probes, for the first K steps
-                events, spent = probes.at_step(epoch + 1, step + i + 1)
-                report(events)
-                probe_seconds += spent
-        run.lr = base_lrs[0] * factor
-        run.step += steps
-        run.samples += n
-        run.sfo += sfo
-        run.sfo_full_batches += full
-        if not local:
-            run.rounds = run.step  # data-parallel training: one gradient all-reduce a step
-        run.epoch = epoch + 1
-        train_loss = loss_sum.item() / n  # the epoch's one read of the device
-        seconds = time.perf_counter() - t0 - probe_seconds
+                self.counters.rounds += 1
+            self.tick()
+            if step + i < self.probes.max_step:  # every-step probes, for the first K steps
+                events, spent = self.probes.at_step(epoch + 1, step + i + 1)
+                self.report(events)
+                done.probe_seconds += spent
+        return done
 
+    def _after(
+        self, bs: int, train_loss: float, train_acc: float, seconds: float, done: _Pass
+    ) -> bool:
+        """Evaluate, probe and report the epoch; stop a diverged run; keep the best weights
+        and the checkpoint when due."""
+        run, data, model, autocast = self.counters, self.data, self.model, self.autocast
         finite = math.isfinite(train_loss)
-        for _, opt in workers:  # evaluation, epoch probes and checkpoints see these weights
+        for _, opt in self.workers:  # evaluation, epoch probes and checkpoints see these
             weights_for(opt, "eval")
-        if probes and finite:
-            events, spent = probes.at_epoch(epoch + 1, run.step)
-            report(events)
+        probe_seconds = done.probe_seconds
+        if self.probes and finite:
+            events, spent = self.probes.at_epoch(run.epoch, run.step)
+            self.report(events)
             probe_seconds += spent
-
         t1 = time.perf_counter()
         nan = (float("nan"), float("nan"))
         test_loss, test_acc = evaluate(model, data.x_test, data.y_test, autocast) if finite else nan
@@ -493,11 +478,11 @@ def train(
             if data.x_val is None
             else (evaluate(model, data.x_val, data.y_val, autocast) if finite else nan)
         )
-        tick()
-        emit(
+        self.tick()
+        self.emit(
             {
                 "type": "epoch",
-                "run_id": run_id,
+                "run_id": self.run_id,
                 "epoch": run.epoch,
                 "step": run.step,
                 "samples": run.samples,
@@ -505,7 +490,7 @@ def train(
                 "epoch_lr": run.lr,
                 "epoch_batch_size": bs,
                 "train_loss": train_loss,
-                "train_acc": correct.item() / n,
+                "train_acc": train_acc,
                 "test_loss": test_loss,
                 "test_acc": test_acc,
                 "seconds": seconds,
@@ -517,79 +502,95 @@ def train(
                 "comm_rounds": run.rounds,
             }
         )
-        diverged = divergence(config, train_loss, run)
+        diverged = divergence(self.config, train_loss, run)
         if diverged is not None:
             rule, why = diverged
-            emit(
+            self.emit(
                 {
                     "type": "diverged",
-                    "run_id": run_id,
-                    "elapsed": elapsed(),
+                    "run_id": self.run_id,
+                    "elapsed": self.elapsed(),
                     "rule": rule,
                     "error": f"{why} in epoch {run.epoch}",
                 }
             )
-            if folder is not None:
-                ckpt.clear(folder)
-            return
-        best.offer(model, run.epoch, val_acc if data.x_val is not None else test_acc)
+            if self.folder is not None:
+                ckpt.clear(self.folder)
+            return False
+        self.best.offer(model, run.epoch, val_acc if data.x_val is not None else test_acc)
+        if self.policy is not None and self.policy.due(run.epoch):
+            self.checkpoint()
+        return True
 
-        # ---- checkpoint ---------------------------------------------------------------
-        if policy is not None and policy.due(run.epoch):
-            c0 = time.perf_counter()
-            path, size = policy.save(
-                folder,
-                run.epoch,
-                {
-                    "format": ckpt.FORMAT,
-                    "run_id": run_id,
-                    "epoch": run.epoch,
-                    "step": run.step,
-                    "samples": run.samples,
-                    "lr": run.lr,
-                    "elapsed": elapsed(),
-                    "first_loss": run.first_loss,
-                    "sfo_full_batches": run.sfo_full_batches,
-                    "rounds": run.rounds,
-                    "sfo": run.sfo,
-                    "local_optimizers": [opt.state_dict() for _, opt in workers[1:]],
-                    "threads": torch.get_num_threads(),
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "rng": rng_state(device, gen),
-                    "probes": probes.state_dict(),
-                    "best": best.state_dict(),
-                },
-            )
-            emit(
-                {
-                    "type": "checkpoint",
-                    "run_id": run_id,
-                    "epoch": run.epoch,
-                    "path": str(path),
-                    "bytes": size,
-                    "seconds": time.perf_counter() - c0,
-                }
-            )
+    # ---- the checkpoint policy -----------------------------------------------------------
+    def checkpoint(self) -> None:
+        run, c0 = self.counters, time.perf_counter()
+        path, size = self.policy.save(
+            self.folder,
+            run.epoch,
+            {
+                "format": ckpt.FORMAT,
+                "run_id": self.run_id,
+                "epoch": run.epoch,
+                "step": run.step,
+                "samples": run.samples,
+                "lr": run.lr,
+                "elapsed": self.elapsed(),
+                "first_loss": run.first_loss,
+                "sfo_full_batches": run.sfo_full_batches,
+                "rounds": run.rounds,
+                "sfo": run.sfo,
+                "local_optimizers": [opt.state_dict() for _, opt in self.workers[1:]],
+                "threads": torch.get_num_threads(),
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "rng": rng_state(self.device, self.gen),
+                "probes": self.probes.state_dict(),
+                "best": self.best.state_dict(),
+            },
+        )
+        self.emit(
+            {
+                "type": "checkpoint",
+                "run_id": self.run_id,
+                "epoch": run.epoch,
+                "path": str(path),
+                "bytes": size,
+                "seconds": time.perf_counter() - c0,
+            }
+        )
 
-    # ---- the end: weights, then the checkpoints go ------------------------------------
-    kept = None
-    if folder is not None:
-        if weights_mode == "best" and best.weights is not None:
-            kept = save_weights(folder, "best", best.weights)
-        elif weights_mode == "final" or (
-            weights_mode == "auto" and elapsed() >= WEIGHTS_AUTO_SECONDS
-        ):
-            kept = save_weights(folder, "final", cpu_state(model))
-    emit(
-        {
-            "type": "finished",
-            "run_id": run_id,
-            "elapsed": elapsed(),
-            "weights": str(kept) if kept else None,
-            "best_epoch": best.epoch if weights_mode == "best" else None,
-        }
-    )
-    if folder is not None:
-        ckpt.clear(folder)
+    # ---- the end: weights, then the checkpoints go -------------------------------------
+    def finish(self) -> None:
+        kept, folder, mode = None, self.folder, self.weights_mode
+        if folder is not None:
+            if mode == "best" and self.best.weights is not None:
+                kept = save_weights(folder, "best", self.best.weights)
+            elif mode == "final" or (mode == "auto" and self.elapsed() >= WEIGHTS_AUTO_SECONDS):
+                kept = save_weights(folder, "final", cpu_state(self.model))
+        self.emit(
+            {
+                "type": "finished",
+                "run_id": self.run_id,
+                "elapsed": self.elapsed(),
+                "weights": str(kept) if kept else None,
+                "best_epoch": self.best.epoch if mode == "best" else None,
+            }
+        )
+        if folder is not None:
+            ckpt.clear(folder)
+
+
+@dataclass
+class _Pass:
+    """What one pass over the data adds up (on the device where it can)."""
+
+    steps: int
+    factor: float = 1.0  # the LR factor of its last step
+    sfo: int = 0  # examples x gradient evaluations
+    full: int = 0  # whole batches x gradient evaluations (seed 004's count)
+    probe_seconds: float = 0.0
+    started: float = 0.0  # when its first step began (perf_counter)
+    loss_sum: Any = None
+    correct: Any = None
