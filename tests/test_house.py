@@ -16,7 +16,6 @@ MODULE_LINES, FUNCTION_LINES = 600, 100
 # Still over the limits, each to be split (the issue lists them); none may grow, and no
 # other may join them.
 OVER = {
-    "charts/catalog.py": 747,
     "execution/ray_executor.py": 731,
     "charts/report.py:build_report": 124,
     "cli/run.py:command": 116,

@@ -1,0 +1,172 @@
+"""The heatmap: the metric over two axes, a cell per pair of values, each labelled with its
+mean and its diverged or failed runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from optlab.analysis.results import fetch_rows, parse_metric, reduce_sql
+from optlab.charts.drawing import fmt, sort_key
+from optlab.charts.figures import Figure, Layout, Selection, layout
+from optlab.errors import OptlabError
+
+# ---- heatmap ------------------------------------------------------------------------------
+
+
+def heatmap_sql(x: str, y: str, metric: str, lay: Layout) -> str:
+    reducer, column = parse_metric(metric)
+    return f"""with per_run as (
+  select r.run_id, r.status, {lay.panel_sql} as panel, {lay.sql(x)} as x, {lay.sql(y)} as y,
+         {reduce_sql(reducer, column)} as value
+  from runs r left join epochs e using (run_id)
+  where {lay.condition}
+  group by all
+)
+select panel, x, y,
+       avg(value) filter (where status = 'done' and isfinite(value)) as value,
+       count(*) filter (where status = 'done') as done,
+       count(*) filter (where status = 'diverged') as diverged,
+       count(*) filter (where status = 'failed') as failed,
+       count(*) as runs
+from per_run group by panel, x, y order by panel, x, y"""
+
+
+def heatmap_figure(
+    con: Any,
+    study: str,
+    axes: list[str],
+    x: str | None,
+    y: str | None,
+    metric: str,
+    sel: Selection = Selection(),
+) -> Figure:
+    x, y = _pick_axes(axes, x, y)
+    lay = layout(con, study, axes, [x, y], sel, "heatmap")
+    sql = heatmap_sql(x, y, metric, lay)
+    rows = fetch_rows(con, sql)
+    return Figure("heatmap", _heatmap_chart(rows, study, x, y, metric, lay), sql, len(rows), lay)
+
+
+def _pick_axes(axes: list[str], x: str | None, y: str | None) -> tuple[str, str]:
+    if x is None and y is None and len(axes) >= 2:
+        return axes[0], axes[1]
+    for opt, value in (("--x", x), ("--y", y)):
+        if value is None:
+            raise OptlabError(f"{opt}: name an axis; this study varies {', '.join(axes)}")
+        if value not in axes:
+            raise OptlabError(
+                f"{opt} {value}: the study does not vary it; "
+                f"it varies {', '.join(axes) or 'nothing'}"
+            )
+    return x, y  # type: ignore[return-value]
+
+
+# A cell with no finished run: its own colour, a legend entry, and a label that reads on it.
+STATES = {
+    "all diverged": ("#d62728", "white"),
+    "all failed": ("#3b3b3b", "white"),
+    "diverged or failed": ("#ff7f0e", "black"),
+    "no finished run yet": ("#d9d9d9", "black"),
+}
+
+
+def _state(row: dict[str, Any]) -> str:
+    if row["value"] is not None:
+        return "finished"
+    if (
+        row["done"] == 0
+        and row["diverged"]
+        and not row["failed"]
+        and row["diverged"] == row["runs"]
+    ):
+        return "all diverged"
+    if row["done"] == 0 and row["failed"] and not row["diverged"] and row["failed"] == row["runs"]:
+        return "all failed"
+    if row["diverged"] or row["failed"]:
+        return "diverged or failed"
+    return "no finished run yet"
+
+
+def _label(row: dict[str, Any]) -> str:
+    """A cell's text: the mean, and under it what did not finish (kept inside the cell)."""
+    notes = [f"{row[s]} {s}" for s in ("diverged", "failed") if row[s]]
+    if row["value"] is None:
+        return "\n".join(notes) if notes else "pending"
+    return f"{row['value']:.3f}" + "".join(f"\n{n}" for n in notes)
+
+
+def _heatmap_chart(
+    rows: list[dict[str, Any]], study: str, x: str, y: str, metric: str, lay: Layout
+):
+    import altair as alt
+
+    finite = [r["value"] for r in rows if r["value"] is not None]
+    middle = (min(finite) + max(finite)) / 2 if finite else 0.0
+    values = []
+    for r in rows:
+        state = _state(r)
+        if state == "finished":
+            # Light text on the dark low end of viridis, dark text on the bright high end.
+            ink = "white" if r["value"] < middle else "black"
+        else:
+            ink = STATES[state][1]
+        values.append(
+            {
+                "panel": r["panel"],
+                "x": fmt(r["x"]),
+                "y": fmt(r["y"]),
+                "value": r["value"],
+                "state": state,
+                "label": _label(r),
+                "ink": ink,
+                "runs": r["runs"],
+                "done": r["done"],
+            }
+        )
+    x_order = [fmt(v) for v in sorted({r["x"] for r in rows}, key=sort_key)]
+    y_order = [fmt(v) for v in sorted({r["y"] for r in rows}, key=sort_key, reverse=True)]
+    present = [s for s in STATES if any(v["state"] == s for v in values)]
+    base = alt.Chart().encode(
+        x=alt.X("x:O", sort=x_order, title=x, axis=alt.Axis(labelAngle=0)),
+        y=alt.Y("y:O", sort=y_order, title=y),
+    )
+    tooltip = ["x:O", "y:O", "value:Q", "done:Q", "runs:Q", "label:N"]
+    layers = [
+        base.mark_rect(stroke="white")
+        .encode(
+            color=alt.Color("value:Q", scale=alt.Scale(scheme="viridis"), title=metric),
+            tooltip=tooltip,
+        )
+        .transform_filter("datum.state === 'finished'")
+    ]
+    if present:
+        layers.append(
+            base.mark_rect(stroke="white")
+            .encode(
+                fill=alt.Fill(
+                    "state:N",
+                    title="no mean",
+                    scale=alt.Scale(domain=present, range=[STATES[s][0] for s in present]),
+                ),
+                tooltip=tooltip,
+            )
+            .transform_filter("datum.state !== 'finished'")
+        )
+    # Label colour without a scale of its own, so one colour scale spans every panel.
+    layers += [
+        base.mark_text(fontSize=11, color=ink, lineBreak="\n")
+        .encode(text="label:N")
+        .transform_filter(f"datum.ink === '{ink}'")
+        for ink in ("white", "black")
+    ]
+    title = f"{study}: {metric} ({lay.pooling()})"
+    size = {"width": max(60 * len(x_order), 240), "height": max(36 * len(y_order), 160)}
+    chart = alt.layer(*layers, data=alt.Data(values=values)).properties(**size)
+    if len(lay.panels) == 1:
+        return chart.properties(title=title)
+    return chart.facet(
+        facet=alt.Facet("panel:N", sort=lay.panels, title=None),
+        columns=min(3, len(lay.panels)),
+        title=title,
+    ).resolve_scale(x="independent", y="independent")
