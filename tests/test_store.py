@@ -544,7 +544,7 @@ def test_a_failed_runs_journal_tail_is_kept_and_the_run_stays_failed(prepared):
 def test_a_torn_journal_tail_costs_only_its_line(prepared, cli, tail):
     """A crash mid-write can leave bytes that are not UTF-8 or a zero-filled block at the end
     of a journal: recovery, status and a resumed attempt lose that tail and nothing else."""
-    from optlab.training.worker import _cut_torn_tail
+    from optlab.events import cut_torn_tail
 
     path, todo = prepared
     rid = todo[0].run_id
@@ -558,7 +558,7 @@ def test_a_torn_journal_tail_costs_only_its_line(prepared, cli, tail):
     with st.reading(path) as con:
         assert con.execute("select count(*) from epochs").fetchone()[0] == 1
     # A resumed attempt appends after the cut, and is read back whole.
-    _cut_torn_tail(str(st.journal_path(path, rid)))
+    cut_torn_tail(str(st.journal_path(path, rid)))
     write_journal(path, rid, [{"type": "resumed", "run_id": rid, "epoch": 1}, epoch_event(rid, 2)])
     assert [e["type"] for e in read_journal(st.journal_path(path, rid))] == [
         "started",

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+import os
+from typing import Any, TextIO
 
 TERMINAL = ("finished", "failed", "diverged")
 EPOCH_FIELDS = (
@@ -97,3 +98,34 @@ def read_journal(path) -> list[dict[str, Any]]:
     except FileNotFoundError:
         return []
     return parse_journal(data)[0]
+
+
+def open_journal(path: str | os.PathLike, *, fresh: bool, cut: bool) -> TextIO:
+    """A run's journal for writing: afresh (``fresh``: its run starts) or appended to, a
+    torn tail cut first (``cut``: its run resumes after a crash)."""
+    if cut:
+        cut_torn_tail(path)
+    return open(path, "w" if fresh else "a", encoding="utf-8")
+
+
+def write_events(journal: TextIO, events: list[dict[str, Any]]) -> None:
+    """Append events as lines, then flush and fsync: once this returns they survive a crash."""
+    for event in events:
+        journal.write(encode(event) + "\n")
+    journal.flush()
+    os.fsync(journal.fileno())
+
+
+def cut_torn_tail(path: str | os.PathLike) -> None:
+    """Drop an unreadable tail (cut mid-write, not UTF-8, zero-filled) before appending, so
+    the attempt that resumes is not hidden behind it."""
+    try:
+        with open(path, "rb+") as f:
+            data = f.read()
+            good = parse_journal(data)[1]
+            if good < len(data):
+                f.truncate(good)
+            elif data and not data.endswith(b"\n"):
+                f.write(b"\n")  # a whole last event, cut just before its newline
+    except FileNotFoundError:
+        pass

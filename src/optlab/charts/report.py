@@ -7,6 +7,8 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
+from optlab.errors import OptlabError
+
 
 def _cell(value: Any) -> str:
     if value is None:
@@ -220,16 +222,11 @@ def build_report(
 ) -> tuple[Path, int, int]:
     """Write the report; returns (path, charts, analyses)."""
     import html
-    import json
     from datetime import datetime
 
-    import vl_convert as vlc
-
-    from optlab.analysis.analyze import run_analysis
     from optlab.analysis.results import open_study, probes_asked
     from optlab.analysis.status import study_status
     from optlab.charts import catalog as charts
-    from optlab.errors import OptlabError
 
     if out is not None and out.suffix != ".html":
         raise OptlabError(f"--out {out}: a report is an .html file")
@@ -257,8 +254,27 @@ def build_report(
         figures, problems = _figures(con, study, axes, epsilon, probe_names, asked)
     (status,) = study_status(store, study)
     out = out or Path(f"{study}_report.html")
-    block_axes = json.loads(info[2] or "{}")
-    matrix = [
+    body = [
+        f"<h1>{html.escape(study)}</h1>",
+        f"<p class='muted'>{html.escape(info[0] or '')} - generated "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC from {html.escape(str(store))}</p>",
+        f"<p>{html.escape(info[1] or '')}</p>",
+        "<h2>Matrix</h2>",
+        _html_table(_matrix_rows(blocks, info[2])),
+        *_status_section(status),
+    ]
+    chart_html, specs = _charts_section(figures, problems)
+    names = analyses_for(axes, optimizers, "full_grad_norm" in {*probe_names, *asked})
+    body += chart_html + _analyses_section(store, study, names, epsilon, eps_note)
+    _write_page(out, study, body, specs)
+    return out, len(figures), len(names)
+
+
+def _matrix_rows(blocks: list[tuple], axes_json: str | None) -> list[dict[str, Any]]:
+    import json
+
+    block_axes = json.loads(axes_json or "{}")
+    return [
         {
             "block": b,
             "runs": n,
@@ -271,33 +287,34 @@ def build_report(
         }
         for b, n, s, sv in blocks
     ]
-    body = [
-        f"<h1>{html.escape(study)}</h1>",
-        f"<p class='muted'>{html.escape(info[0] or '')} - generated "
-        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC from {html.escape(str(store))}</p>",
-        f"<p>{html.escape(info[1] or '')}</p>",
-        "<h2>Matrix</h2>",
-        _html_table(matrix),
-        "<h2>Status</h2>",
-        _html_table([{k: v for k, v in status.counts.items()}]),
-    ]
+
+
+def _status_section(status: Any) -> list[str]:
+    import json
+
+    body = ["<h2>Status</h2>", _html_table([{k: v for k, v in status.counts.items()}])]
     if status.problems:
-        body.append(
-            _html_table(
-                [
-                    {
-                        "run": p["run_id"],
-                        "status": p["status"],
-                        "seed": p["seed"],
-                        "axes": json.dumps(p["axes"]),
-                        "error": p["error"],
-                    }
-                    for p in status.problems
-                ]
-            )
-        )
-    body.append("<h2>Charts</h2>")
-    specs = {}
+        rows = [
+            {
+                "run": p["run_id"],
+                "status": p["status"],
+                "seed": p["seed"],
+                "axes": json.dumps(p["axes"]),
+                "error": p["error"],
+            }
+            for p in status.problems
+        ]
+        body.append(_html_table(rows))
+    return body
+
+
+def _charts_section(
+    figures: list[tuple[str, Any]], problems: list[str]
+) -> tuple[list[str], dict[str, Any]]:
+    """The charts' headings, notes and places (each drawn from its spec on the page)."""
+    import html
+
+    body, specs = ["<h2>Charts</h2>"], {}
     for i, (title, fig) in enumerate(figures):
         cid = f"chart{i}"
         specs[cid] = fig.chart.to_dict()
@@ -312,8 +329,17 @@ def build_report(
             "</details>"
         )
     body += [f"<p class='muted'>{html.escape(p)}</p>" for p in problems]
-    body.append("<h2>Analyses</h2>")
-    names = analyses_for(axes, optimizers, "full_grad_norm" in {*probe_names, *asked})
+    return body, specs
+
+
+def _analyses_section(
+    store: Path, study: str, names: list[str], epsilon: float | None, eps_note: str
+) -> list[str]:
+    import html
+
+    from optlab.analysis.analyze import run_analysis
+
+    body = ["<h2>Analyses</h2>"]
     for name in names:
         body.append(f"<h3>{html.escape(name)}{html.escape(eps_note if name == 'sfo' else '')}</h3>")
         try:
@@ -323,7 +349,16 @@ def build_report(
             body.append(f"<p class='muted'>{html.escape(str(e))}</p>")
     if not names:
         body.append("<p class='muted'>no analysis fits this study's axes</p>")
+    return body
+
+
+def _write_page(out: Path, study: str, body: list[str], specs: dict[str, Any]) -> None:
+    """The page, with Vega's scripts inlined (it opens without a network)."""
+    import html
+    import json
+
     import altair as alt
+    import vl_convert as vlc
 
     # vl-convert names Vega-Lite versions like "v6_4" (Altair's schema is "v6.4.1").
     bundle = vlc.javascript_bundle(vl_version="_".join(alt.SCHEMA_VERSION.split(".")[:2]))
@@ -338,4 +373,3 @@ def build_report(
         out.write_text(page)
     except OSError as e:
         raise OptlabError(f"--out {out}: cannot write: {e.strerror or e}") from None
-    return out, len(figures), len(names)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -98,31 +99,14 @@ def command(
     store: Path = StoreOption,
 ) -> None:
     from optlab.execution import executors
-    from optlab.execution.selection import Selection, select
-    from optlab.study.expand import expand, file_matrix
-    from optlab.study.schema import load_study
+    from optlab.execution.selection import Selection
 
     # Everything the user gave is checked before the store is touched.
     if stall_timeout <= 0:
         raise UsageError(f"--stall-timeout {stall_timeout:g}: give a number of seconds > 0")
     if executor_name == "local":  # the slots are checked before anything slow
         executors.LocalExecutor(store).make_slots(gpus, per_gpu, workers, None)
-    chosen = Selection(blocks, only, where)
-    files = list(studies or [None])
-    if len(files) > 1 and chosen:
-        raise UsageError(
-            f"{chosen.describe()}: selects part of one study; give one study file with it"
-        )
-    parts = []
-    for study in files:
-        spec = load_study(study, sets)
-        plans = expand(spec, max_runs=max_runs)
-        matrix = file_matrix(study, sets, plans, max_runs)
-        parts.append(Part(spec, select(plans, chosen), matrix))  # a part of it, if asked
-    names = [p.spec.name for p in parts]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise UsageError(f"study {twice[0]!r} is given twice; give each study once")
+    parts = planned(list(studies or [None]), sets, max_runs, Selection(blocks, only, where))
     code = launch(
         parts,
         Launch(
@@ -142,3 +126,27 @@ def command(
     )[1]
     if code:
         raise typer.Exit(code)
+
+
+def planned(files: list[Path | None], sets: list[str], max_runs: int | None, chosen: Any) -> list:
+    """Each study file loaded and expanded (the part ``chosen`` selects, if any), with its
+    file's whole matrix; one line for what cannot be run together."""
+    from optlab.execution.selection import select
+    from optlab.study.expand import expand, file_matrix
+    from optlab.study.schema import load_study
+
+    if len(files) > 1 and chosen:
+        raise UsageError(
+            f"{chosen.describe()}: selects part of one study; give one study file with it"
+        )
+    parts = []
+    for study in files:
+        spec = load_study(study, sets)
+        plans = expand(spec, max_runs=max_runs)
+        matrix = file_matrix(study, sets, plans, max_runs)
+        parts.append(Part(spec, select(plans, chosen), matrix))  # a part of it, if asked
+    names = [p.spec.name for p in parts]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"study {twice[0]!r} is given twice; give each study once")
+    return parts

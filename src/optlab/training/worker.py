@@ -24,7 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Any, TextIO
 
-from optlab.events import encode, parse_journal
+from optlab.events import encode, open_journal
 from optlab.locations import record_event
 from optlab.version import __version__
 
@@ -89,10 +89,7 @@ class Channel:
         self.journal: TextIO | None = None
 
     def _open(self, resuming: bool) -> TextIO:
-        if resuming:
-            _cut_torn_tail(self.path)
-            return open(self.path, "a", encoding="utf-8")
-        return open(self.path, "w", encoding="utf-8")
+        return open_journal(self.path, fresh=not resuming, cut=resuming)
 
     def emit(self, event: dict[str, Any]) -> None:
         line = encode({**event, "time": time.time()}) + "\n"
@@ -137,21 +134,6 @@ def stop_for_full_disk(events: TextIO, lock: threading.Lock, run_id: str | None,
         encode({"type": "disk_full", "run_id": run_id, "error": why, "time": time.time()}) + "\n",
     )
     os._exit(EXIT_DISK_FULL)
-
-
-def _cut_torn_tail(path: str) -> None:
-    """Drop an unreadable tail (cut mid-write, not UTF-8, zero-filled) before appending, so
-    the attempt that resumes is not hidden behind it."""
-    try:
-        with open(path, "rb+") as f:
-            data = f.read()
-            good = parse_journal(data)[1]
-            if good < len(data):
-                f.truncate(good)
-            elif data and not data.endswith(b"\n"):
-                f.write(b"\n")  # a whole last event, cut just before its newline
-    except FileNotFoundError:
-        pass
 
 
 class Heartbeat:
