@@ -43,3 +43,15 @@ def test_no_module_over_600_lines_and_no_function_over_100():
     }
     limits = f"{MODULE_LINES} lines a module, {FUNCTION_LINES} a function"
     assert not over, f"over the limit ({limits}): {over}"
+
+
+def test_every_path_where_things_live_names_exists():
+    """README's map of the house names real files: a move that forgets it fails here."""
+    import re
+
+    readme = (SRC.parents[1] / "README.md").read_text()
+    section = readme.split("## Where things live", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"\b((?:src|tests)/[\w/.]+)", section))
+    assert len(named) > 20
+    missing = sorted(p for p in named if not (SRC.parents[1] / p).exists())
+    assert not missing, f"README's 'Where things live' names what is not there: {missing}"
