@@ -257,6 +257,33 @@ def test_a_control_character_in_a_key_stays_on_the_one_line(cli, tmp_path):
     assert "\\x1e: unknown key" in one_line(result)
 
 
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["--executor-opt", "foo=1"],
+            "--executor-opt foo: not an option of --executor local (it takes: none)",
+        ),
+        (["--executor-opt", "nonsense"], "--executor-opt 'nonsense': give KEY=VALUE"),
+        (
+            ["--executor-opt", "a=1", "--executor-opt", "a=2"],
+            "--executor-opt a: given twice; give it once",
+        ),
+        (
+            ["--address", "auto", "--executor-opt", "address=h:1"],
+            "--address and --executor-opt address= disagree; give one",
+        ),
+    ],
+)
+def test_executor_options_are_checked_before_anything_runs(cli, tmp_path, args, message):
+    """An executor takes its own options as --executor-opt KEY=VALUE (--address is short
+    for address=): one that it does not take, or is not KEY=VALUE, is one line."""
+    write_study(tmp_path)
+    result = cli("run", "tiny.toml", *args)
+    assert result.exit_code == 2 and message in one_line(result)
+    assert not (tmp_path / "optlab.duckdb").exists()
+
+
 def test_bad_run_options_and_store_maintenance_inputs_are_one_line(cli, tmp_path):
     from tests.synth import make_store
 

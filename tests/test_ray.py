@@ -313,7 +313,9 @@ def test_without_ray_the_executor_names_the_extra(tmp_path, monkeypatch, cli):
     import sys
 
     study(tmp_path)
-    for name in [m for m in sys.modules if m == "ray" or m.startswith(("ray.", "optlab.execution.ray_"))]:
+    for name in [
+        m for m in sys.modules if m == "ray" or m.startswith(("ray.", "optlab.execution.ray_"))
+    ]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
     result = cli("run", "long.toml", "--executor", "ray")

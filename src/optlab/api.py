@@ -78,7 +78,7 @@ def train(
     if config:
         spec = spec.model_copy(update={"overrides": {**spec.overrides, **config}})
     (run,) = all_runs(expand(spec))
-    how = Launch(gpus, 1, 1, False, Path(data_dir), None, 600.0, "local", None, Path(store))
+    how = Launch(gpus, 1, 1, False, Path(data_dir), None, 600.0, "local", {}, Path(store))
     out, err = (Console(stderr=e, highlight=False, soft_wrap=True) for e in (False, True))
     code = launch([Part(spec, expand(spec), None)], how, out, err)[1]
     if code == 130:

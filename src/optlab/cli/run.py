@@ -26,6 +26,22 @@ HELP = (
 )
 
 
+AddressOption = typer.Option(
+    None,
+    "--address",
+    help="With --executor ray: the cluster to join, auto or "
+    "HOST:PORT. Default: start Ray on this machine. Short for --executor-opt address=.",
+    show_default=False,
+)
+ExecutorOptOption = typer.Option(
+    [],
+    "--executor-opt",
+    help="An option of the executor, KEY=VALUE (repeatable); optlab plugins executor "
+    "lists each executor's.",
+    show_default=False,
+)
+
+
 @handles_errors
 def command(
     studies: list[Path] = typer.Argument(
@@ -86,13 +102,8 @@ def command(
         help="Where runs train: local (this machine) or ray (a Ray "
         "cluster; pip install 'optlab[ray]'). See optlab plugins executor.",
     ),
-    address: str = typer.Option(
-        None,
-        "--address",
-        help="With --executor ray: the cluster to join, auto or "
-        "HOST:PORT. Default: start Ray on this machine.",
-        show_default=False,
-    ),
+    address: str = AddressOption,
+    executor_opts: list[str] = ExecutorOptOption,
     blocks: list[str] = BlockOption,
     only: list[str] = OnlyOption,
     where: str = WhereOption,
@@ -106,6 +117,7 @@ def command(
         raise UsageError(f"--stall-timeout {stall_timeout:g}: give a number of seconds > 0")
     if executor_name == "local":  # the slots are checked before anything slow
         executors.LocalExecutor(store).make_slots(gpus, per_gpu, workers, None)
+    options = executors.parse_options(executor_opts, address)
     parts = planned(list(studies or [None]), sets, max_runs, Selection(blocks, only, where))
     code = launch(
         parts,
@@ -118,7 +130,7 @@ def command(
             checkpoint_dir,
             stall_timeout,
             executor_name,
-            address,
+            options,
             store,
         ),
         out,

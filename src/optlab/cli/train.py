@@ -48,7 +48,7 @@ def command(
     spec = single_run(study, sets, seed)
     plans = expand(spec)
     # The union of every configuration trained so (matrix None: nothing is dropped).
-    how = Launch(gpus, 1, 1, False, data_dir, checkpoint_dir, 600.0, "local", None, store)
+    how = Launch(gpus, 1, 1, False, data_dir, checkpoint_dir, 600.0, "local", {}, store)
     code = launch([Part(spec, plans, None)], how, out, err)[1]
     if code:
         raise typer.Exit(code)

@@ -69,8 +69,14 @@ class LocalExecutor:
 
     name = "local"
 
-    def __init__(self, store: Path, stall_timeout: float = 600.0, python: str | None = None):
-        self.store, self.stall_timeout = store, stall_timeout
+    def __init__(
+        self,
+        store: Path,
+        stall_timeout: float = 600.0,
+        python: str | None = None,
+        data_dir: Path | None = None,
+    ):
+        self.store, self.stall_timeout, self.data_dir = store, stall_timeout, data_dir
         self.python = (
             python  # the interpreter that runs `-m optlab.training.worker` (tests: a fake)
         )
@@ -97,7 +103,9 @@ class LocalExecutor:
     ) -> None:
         from optlab.execution.pool import LocalPool
 
-        options = {"python": self.python} if self.python else {}
+        options: dict[str, Any] = {"python": self.python} if self.python else {}
+        if self.data_dir is not None:  # the workers' data folder, not this process's
+            options["env"] = {"OPTLAB_DATA": str(self.data_dir)}
         self.pool = LocalPool(
             slots, self.store, stall_timeout=self.stall_timeout, task_extra=task_extra, **options
         )
@@ -119,9 +127,14 @@ class LocalExecutor:
 
 
 def _build_local(
-    params: NoParams, *, store: Path, stall_timeout: float = 600.0, **_: Any
+    params: NoParams,
+    *,
+    store: Path,
+    stall_timeout: float = 600.0,
+    data_dir: Path | None = None,
+    **_: Any,
 ) -> LocalExecutor:
-    return LocalExecutor(store, stall_timeout)
+    return LocalExecutor(store, stall_timeout, data_dir=data_dir)
 
 
 class RayParams(Params):
@@ -130,6 +143,32 @@ class RayParams(Params):
         description="A running cluster: 'auto' (the one this machine belongs to) or "
         "HOST:PORT of its head; none starts Ray on this machine alone.",
     )
+
+
+def option_name(key: str) -> str:
+    """How the user gives an executor option: --address (a shorthand), else --executor-opt."""
+    return "--address" if key == "address" else f"--executor-opt {key}"
+
+
+def parse_options(pairs: list[str], address: str | None) -> dict[str, str]:
+    """``--executor-opt KEY=VALUE`` (repeatable) and the ``--address`` shorthand, as the
+    executor's options; one line for what is not KEY=VALUE or is given twice."""
+    from optlab.errors import UsageError
+
+    options: dict[str, str] = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise UsageError(f"--executor-opt {pair!r}: give KEY=VALUE, such as address=auto")
+        if key in options:
+            raise UsageError(f"--executor-opt {key}: given twice; give it once")
+        options[key] = value.strip()
+    if address is not None:
+        if "address" in options and options["address"] != address:
+            raise UsageError("--address and --executor-opt address= disagree; give one")
+        options["address"] = address
+    return options
 
 
 local = Plugin("worker processes on this machine (the default)", NoParams, _build_local)
@@ -141,6 +180,8 @@ ray = Plugin(
 
 
 def create(name: str, params: dict[str, Any], **context: Any) -> Executor:
+    """The executor ``name`` built with ``params`` (its own options, as strings or values:
+    ``--executor-opt KEY=VALUE``; ``--address`` is ``address``) and the context."""
     from pydantic import ValidationError
 
     from optlab.errors import UsageError
@@ -148,11 +189,20 @@ def create(name: str, params: dict[str, Any], **context: Any) -> Executor:
 
     plugin = default_registry().get("executor", name)
     given = {k: v for k, v in params.items() if v is not None}
+    takes = ", ".join(plugin.params.model_fields) or "none"
     try:
         validated = plugin.params(**given)
-    except ValidationError:
-        options = ", ".join(f"--{k}" for k in given)
-        raise UsageError(f"{options}: not an option of --executor {name}") from None
+    except ValidationError as e:
+        first = e.errors()[0]
+        key = str(first["loc"][0]) if first["loc"] else ""
+        if first["type"] == "extra_forbidden":
+            unknown = [k for k in given if k not in plugin.params.model_fields]
+            options = ", ".join(option_name(k) for k in unknown)
+            raise UsageError(
+                f"{options}: not an option of --executor {name}"
+                + ("" if unknown == ["address"] else f" (it takes: {takes})")
+            ) from None
+        raise UsageError(f"{option_name(key)} {given.get(key)!r}: {first['msg']}") from None
     try:
         build = plugin.builder()
     except ImportError as e:

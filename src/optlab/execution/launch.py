@@ -36,7 +36,7 @@ class Launch:
     checkpoint_dir: Path | None
     stall_timeout: float
     executor_name: str
-    address: str | None
+    executor_options: dict[str, Any]  # the executor's own (--executor-opt, --address)
     store: Path
 
 
@@ -59,13 +59,13 @@ def launch(parts: list[Part], how: Launch, out: Any, err: Any) -> tuple[Any, int
         err.print(f"note: {linked}", markup=False)
     if how.checkpoint_dir is not None:
         check_folder(how.checkpoint_dir, "--checkpoint-dir")
-    # Datasets are fetched (or found missing) before any run starts or the store is touched.
-    os.environ["OPTLAB_DATA"] = str(how.data_dir.resolve())
+    # Datasets are fetched (or found missing) before any run starts or the store is touched;
+    # the workers are given the folder (not through this process's environment).
     for part in parts:
         prepare_datasets(part.spec, all_runs(part.plans), how.data_dir)
     executor = executors.create(
         how.executor_name,
-        {"address": how.address},
+        how.executor_options,
         store=store,
         stall_timeout=how.stall_timeout,
         data_dir=how.data_dir.resolve(),

@@ -42,8 +42,10 @@ class LocalPool:
         python: str = sys.executable,
         stall_timeout: float = 600.0,
         task_extra: TaskExtra | None = None,
+        env: dict[str, str] | None = None,
     ):
         self.slots, self.store, self.python = slots, store, python
+        self.env = env or {}  # for every worker, over this process's (OPTLAB_DATA, say)
         self.stall_timeout = stall_timeout
         self.task_extra = task_extra or (lambda spec, slot: {})
         self.stopping = False  # no new runs (the disk is full)
@@ -62,7 +64,8 @@ class LocalPool:
         return artefacts_dir(self.store) / "workers" / (slot.label.replace("/", "-") + ".log")
 
     async def _start(self, slot: Slot) -> asyncio.subprocess.Process:
-        proc = await start_worker(self.python, {**os.environ, **slot.env()}, self.worker_log(slot))
+        env = {**os.environ, **self.env, **slot.env()}
+        proc = await start_worker(self.python, env, self.worker_log(slot))
         self._procs.add(proc)
         return proc
 
