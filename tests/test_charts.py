@@ -419,3 +419,65 @@ def test_plugin_tables_that_share_a_name_are_told_apart(cli, tmp_path):
     assert sorted({r["y"] for r in cells}) == LABELS and {r["runs"] for r in cells} == {3}
     ranked = json.loads(cli("analyze", "ranking", "--json").stdout)["tables"]["ranking"]
     assert [r["optimizer"] for r in ranked][0] == LABELS[2] and len(ranked) == 3
+
+
+def test_a_chart_added_as_one_function_and_one_row_reaches_the_cli_the_api_and_the_report(
+    store, tmp_path, monkeypatch
+):
+    import altair as alt
+    from typer.testing import CliRunner
+
+    from optlab import open_store
+    from optlab.charts import catalog
+    from optlab.charts.figures import Chart, Figure, Option, Selection
+    from optlab.charts.report import build_report
+    from optlab.cli import plot
+
+    def seeds_figure(con, study, axes, status, sel=Selection()):
+        sql = (
+            f"select seed, count(*) as runs from runs where study = '{study}' "
+            f"and status = '{status}' group by seed order by seed"
+        )
+        rows = [{"seed": s, "runs": n} for s, n in con.execute(sql).fetchall()]
+        chart = alt.Chart(alt.Data(values=rows)).mark_bar().encode(x="seed:O", y="runs:Q")
+        return Figure("seeds", chart, sql, len(rows))
+
+    row = Chart(
+        "seeds",
+        seeds_figure,
+        "Runs per seed in one state.",
+        (Option("status", "done", "Count the runs in this state."),),
+        report=lambda facts: [("", {})],
+    )
+    monkeypatch.setitem(catalog.CHARTS, "seeds", row)
+
+    group = plot.build(catalog.CHARTS)
+    runner = CliRunner()
+    shown = runner.invoke(group, ["seeds", "--help"])
+    assert "Runs per seed in one state." in shown.output and "--status" in shown.output
+    out = tmp_path / "s.html"
+    drawn = runner.invoke(
+        group, ["seeds", "--status", "diverged", "--store", str(store), "--out", str(out)]
+    )
+    assert drawn.exit_code == 0, drawn.output
+    assert "seeds chart of 3 rows written to" in drawn.output
+    assert "'diverged'" in (tmp_path / "s.html.sql").read_text()
+
+    figure = open_store(store).plot("seeds")
+    assert (figure.rows, figure.study) == (3, "two")
+    assert "'done'" in figure.sql
+
+    page, _, _ = build_report(store, None, tmp_path / "r.html")
+    assert "<h3>seeds</h3>" in page.read_text()
+
+
+def test_an_option_a_chart_does_not_take_is_one_line_naming_its_options(store):
+    from optlab import open_store
+    from optlab.errors import OptlabError
+
+    with pytest.raises(
+        OptlabError, match=r"^plot heatmap: no option 'colour'; its options are x, y, metric$"
+    ):
+        open_store(store).plot("heatmap", colour="optimizer")
+    with pytest.raises(OptlabError, match=r"^plot 'pie': charts are heatmap, curves, sensitivity"):
+        open_store(store).plot("pie")

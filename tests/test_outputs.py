@@ -81,14 +81,14 @@ def test_sensitivity_and_scaling_show_what_the_data_say(cli, store, tmp_path):
 
 def test_gradnorm_marks_where_each_schedule_first_reaches_epsilon(store):
     from optlab.analysis.results import study_axes
-    from optlab.charts import catalog as charts
+    from optlab.charts.gradients import gradnorm_figure
     from optlab.store import views
     from optlab.store.core import reading
 
     with reading(store) as con:
         views.ensure_readable(con)
         study, axes = study_axes(con, None)
-        figure = charts.gradnorm_figure(con, study, axes, 0.5)
+        figure = gradnorm_figure(con, study, axes, 0.5)
     spec = figure.chart.to_dict()
     crossings = {
         d["color"]: d

@@ -27,8 +27,6 @@ from optlab.errors import OptlabError, StoreError
 from optlab.study.schema import Study
 from optlab.study.schema import load_study as _load_study
 
-PLOTS = ("heatmap", "curves", "sensitivity", "scaling", "sfo", "gradnorm", "probes")
-
 
 def load_study(path: str | Path | None = None, sets: list[str] | tuple[str, ...] = ()) -> Study:
     """A study file, read and checked as ``optlab show`` does (``sets``: ``KEY=VALUE`` as
@@ -159,32 +157,16 @@ class Store:
         dashes: ``metric``, ``x``, ``y``, ``color``, ``epsilon``, ``probe``, ``key``), as a
         :class:`optlab.charts.figures.Figure`; its ``.chart`` is the Altair chart, which a notebook
         shows. Saved to ``out`` (.html, .png, .svg) when given."""
-        from optlab.analysis.results import open_study, parse_metric
-        from optlab.charts import catalog as charts
-        from optlab.charts import figures
+        from optlab.analysis.results import open_study
+        from optlab.charts import catalog, figures
 
-        if kind not in PLOTS:
-            raise OptlabError(f"plot {kind!r}: charts are {', '.join(PLOTS)}")
-        make = getattr(charts, f"{kind}_figure")
+        chart = catalog.chart(kind)
         sel = figures.Selection(where, tuple(blocks), facet)
-        if "metric" in options and kind in ("heatmap", "sensitivity", "scaling"):
-            parse_metric(options["metric"])
-        defaults = {
-            "heatmap": {"x": None, "y": None, "metric": "best_test_acc"},
-            "sfo": {"epsilon": None},
-            "gradnorm": {"epsilon": None},
-            "probes": {"probe": None},
-        }.get(kind, {})
+        chart.settle(options)  # a bad option or metric said before the store is opened
         if out is not None:
             figures.check_out(Path(out))
         with open_study(self.path, study) as (con, name, axes):
-            try:
-                figure = make(con, name, axes, sel=sel, **{**defaults, **options})
-            except TypeError as e:
-                if "unexpected keyword argument" not in str(e):
-                    raise
-                raise OptlabError(f"plot {kind}: {e}") from None
-        figure.study = name
+            figure = chart.draw(con, name, axes, sel, options)
         if out is not None:
             figures.save(figure, Path(out))
         return figure

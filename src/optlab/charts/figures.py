@@ -1,17 +1,19 @@
 """What every chart shares: which runs it draws (:class:`Selection`), its panels and what
 it still pools (:func:`layout`), the :class:`Figure` and how it is saved: `.html`
 (self-contained, opens offline), `.png` or `.svg`, with the SQL that produced its data
-beside it (``<out>.sql``), so that `optlab query` reproduces it. The charts themselves are
-in :mod:`optlab.charts.catalog`.
+beside it (``<out>.sql``), so that `optlab query` reproduces it; and what a chart's row in
+the table of charts says (:class:`Chart`: its options, its help, when the report draws it).
+The table itself is :mod:`optlab.charts.catalog`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from optlab.analysis.results import axis_sql, open_study
+from optlab.analysis.results import axis_sql, parse_metric
 from optlab.errors import OptlabError
 from optlab.store.sql import q
 
@@ -192,18 +194,6 @@ class Figure:
         return line
 
 
-def draw(
-    store: Path, out: Path | None, study: str | None, kind: str, make: Any
-) -> tuple[Path, Figure]:
-    """Open the store, make a figure with ``make(con, study, axes)``, save it and its SQL."""
-    check_out(out)
-    with open_study(store, study) as (con, study, axes):
-        figure = make(con, study, axes)
-    path = out or Path(f"{study}_{kind}.html")
-    save(figure, path)
-    return path, figure
-
-
 def check_out(out: Path | None) -> None:
     if out is not None and out.suffix not in OUT_SUFFIXES:
         raise OptlabError(f"--out {out}: use a file ending in {', '.join(OUT_SUFFIXES)}")
@@ -223,3 +213,74 @@ def _save(chart: Any, out: Path) -> None:
             chart.save(str(out), scale_factor=2 if out.suffix == ".png" else 1)
     except OSError as e:
         raise OptlabError(f"--out {out}: cannot write: {e.strerror or e}") from None
+
+
+# ---- a row of the table of charts ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Option:
+    """One of a chart's own options: a keyword of its figure function, ``--NAME`` on the
+    command line. ``metric``: a REDUCER_COLUMN, checked before the store is opened."""
+
+    name: str
+    default: Any
+    help: str
+    type: type = str
+    metric: bool = False
+
+
+COLOR = Option(
+    "color",
+    None,
+    "Axis that colours the lines (default: the optimizer when it varies, else the first "
+    "axis); block; or cell (block and every axis: one line per cell, nothing pooled).",
+)
+
+
+@dataclass(frozen=True)
+class ReportFacts:
+    """What the report knows of a study when it picks its charts."""
+
+    con: Any
+    study: str
+    axes: Any
+    probes: list[str]  # the probes with values
+    epsilon: float | None  # the full gradient norm the sfo chart reaches for
+
+
+@dataclass(frozen=True)
+class Chart:
+    """A row of the table of charts: what ``optlab plot NAME``, ``Store.plot(NAME)`` and
+    the report read. ``figure(con, study, axes, **options, sel=...)`` draws it; ``report``
+    gives, for a study, the (title, options) of each copy the report shows (none: not in
+    the report); ``facet``: whether it takes ``--facet`` (no: every axis is on it)."""
+
+    name: str
+    figure: Callable[..., Figure]
+    help: str
+    options: tuple[Option, ...] = ()
+    facet: bool = True
+    report: Callable[[ReportFacts], list[tuple[str, dict[str, Any]]]] = field(
+        default=lambda facts: []
+    )
+
+    def settle(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The options given, checked by name (and metric), over the row's defaults."""
+        known = {o.name: o for o in self.options}
+        for name in options:
+            if name not in known:
+                raise OptlabError(
+                    f"plot {self.name}: no option {name!r}; its options are "
+                    f"{', '.join(known) or 'none'}"
+                )
+        settled = {o.name: options.get(o.name, o.default) for o in self.options}
+        for o in self.options:
+            if o.metric:
+                parse_metric(settled[o.name])
+        return settled
+
+    def draw(self, con: Any, study: str, axes: Any, sel: Selection, options: dict) -> Figure:
+        figure = self.figure(con, study, axes, **self.settle(options), sel=sel)
+        figure.study = study
+        return figure

@@ -8,7 +8,7 @@ from typing import Any
 
 from optlab.analysis.results import fetch_rows, jsonable
 from optlab.charts.drawing import BAND, cell_expr, ci_sql, color_order
-from optlab.charts.figures import Figure, Layout, Selection, layout
+from optlab.charts.figures import Chart, Figure, Layout, Option, ReportFacts, Selection, layout
 from optlab.charts.probe_charts import require_probe
 from optlab.errors import OptlabError
 
@@ -171,3 +171,37 @@ where {lay.condition} and g.status = 'done' group by all order by color""",
         height=320,
     )
     return Figure("gradnorm", chart, sql, len(rows), lay)
+
+
+def _sfo_in_report(facts: ReportFacts) -> list[tuple[str, dict[str, Any]]]:
+    if "full_grad_norm" in facts.probes and facts.epsilon is not None:
+        return [("", {"epsilon": facts.epsilon})]
+    return []
+
+
+CHARTS = (
+    Chart(
+        "sfo",
+        sfo_figure,
+        "Samples (SFO) to reach a full gradient norm <= epsilon, one bar per cell.",
+        (Option("epsilon", None, "The full gradient norm to reach.", float),),
+        facet=False,
+        report=_sfo_in_report,
+    ),
+    Chart(
+        "gradnorm",
+        gradnorm_figure,
+        "Full gradient norm against SFO per schedule (seed 004's figure), log-log, with the "
+        "epsilon line and each schedule's crossing.",
+        (
+            Option(
+                "epsilon",
+                None,
+                "Mark where each schedule first reaches this full gradient norm.",
+                float,
+            ),
+            Option("x", "sfo", "sfo, sfo_full_batches, step or epoch."),
+        ),
+        facet=False,
+    ),
+)

@@ -8,7 +8,7 @@ from typing import Any
 
 from optlab.analysis.results import fetch_rows, parse_metric, reduce_sql
 from optlab.charts.drawing import fmt, sort_key
-from optlab.charts.figures import Figure, Layout, Selection, layout
+from optlab.charts.figures import Chart, Figure, Layout, Option, ReportFacts, Selection, layout
 from optlab.errors import OptlabError
 
 # ---- heatmap ------------------------------------------------------------------------------
@@ -170,3 +170,37 @@ def _heatmap_chart(
         columns=min(3, len(lay.panels)),
         title=title,
     ).resolve_scale(x="independent", y="independent")
+
+
+def _in_report(facts: ReportFacts) -> list[tuple[str, dict[str, Any]]]:
+    axes = facts.axes
+    return [("heatmap", {"x": axes[0], "y": axes[1]})] if len(axes) >= 2 else []
+
+
+CHARTS = (
+    Chart(
+        "heatmap",
+        heatmap_figure,
+        "A metric over two axes, mean over seeds, a panel per block and other axis; cells with "
+        "no finished run coloured by why (diverged, failed, not yet run).",
+        (
+            Option(
+                "x",
+                None,
+                "Dotted config path on the x axis, e.g. optimizer.lr (default: the study's "
+                "first axis).",
+            ),
+            Option(
+                "y", None, "Dotted config path on the y axis (default: the study's second axis)."
+            ),
+            Option(
+                "metric",
+                "best_test_acc",
+                "REDUCER_COLUMN: best, final, min, max or mean of an epochs column, per run; "
+                "mean over seeds.",
+                metric=True,
+            ),
+        ),
+        report=_in_report,
+    ),
+)

@@ -17,7 +17,16 @@ from optlab.charts.drawing import (
     colour,
     line_band,
 )
-from optlab.charts.figures import Figure, Layout, Selection, layout
+from optlab.charts.figures import (
+    COLOR,
+    Chart,
+    Figure,
+    Layout,
+    Option,
+    ReportFacts,
+    Selection,
+    layout,
+)
 from optlab.errors import OptlabError
 from optlab.store.core import config_column
 from optlab.study.steps import start_lr_sql
@@ -210,3 +219,41 @@ def scaling_figure(
             title=title,
         )
     return Figure("scaling", chart, sql, len(rows), lay)
+
+
+def _when(*needed: str):
+    """The report draws the chart once (with its defaults) when the study varies these."""
+
+    def in_report(facts: ReportFacts) -> list[tuple[str, dict[str, Any]]]:
+        return [("", {})] if all(a in facts.axes for a in needed) else []
+
+    return in_report
+
+
+CHARTS = (
+    Chart(
+        "curves",
+        curves_figure,
+        "A metric against epoch, steps, samples or seconds; mean over seeds with a 95% CI.",
+        (
+            Option("metric", "test_acc", "An epochs column: test_acc, train_loss, epoch_lr, ..."),
+            Option("x", "epoch", "epoch, step, samples, seconds or comm_rounds."),
+            COLOR,
+        ),
+        report=_when(),
+    ),
+    Chart(
+        "sensitivity",
+        sensitivity_figure,
+        "The final metric against the learning rate, per optimizer; mean with a 95% CI.",
+        (Option("metric", "final_test_acc", "REDUCER_COLUMN per run.", metric=True), COLOR),
+        report=_when(LR),
+    ),
+    Chart(
+        "scaling",
+        scaling_figure,
+        "The optimal LR against batch size, log-log, with the fitted slope per line.",
+        (Option("metric", "best_test_acc", "REDUCER_COLUMN per run.", metric=True), COLOR),
+        report=_when(LR, BATCH),
+    ),
+)

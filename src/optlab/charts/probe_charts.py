@@ -8,7 +8,16 @@ from typing import Any
 
 from optlab.analysis.results import fetch_rows
 from optlab.charts.drawing import ci_sql, colour, line_band
-from optlab.charts.figures import Figure, Layout, Selection, layout
+from optlab.charts.figures import (
+    COLOR,
+    Chart,
+    Figure,
+    Layout,
+    Option,
+    ReportFacts,
+    Selection,
+    layout,
+)
 from optlab.errors import OptlabError
 from optlab.store.sql import q
 
@@ -32,6 +41,17 @@ def require_probe(con: Any, study: str, probe: str) -> list[str]:
             f"{', '.join(names) or 'no probe values'}"
         )
     return names
+
+
+def _keys(con: Any, study: str, probe: str) -> list[str]:
+    return [
+        k
+        for (k,) in con.execute(
+            "select distinct p.key from probes p join memberships m using (run_id) "
+            "where m.study = ? and p.probe = ? order by 1",
+            [study, probe],
+        ).fetchall()
+    ]
 
 
 # ---- probes -------------------------------------------------------------------------------
@@ -82,14 +102,7 @@ def probes_figure(
     probe = probe or names[0]
     if x not in ("epoch", "step"):
         raise OptlabError(f"--x {x!r}: use epoch or step")
-    keys = [
-        k
-        for (k,) in con.execute(
-            "select distinct p.key from probes p join memberships m using (run_id) "
-            "where m.study = ? and p.probe = ? order by 1",
-            [study, probe],
-        ).fetchall()
-    ]
+    keys = _keys(con, study, probe)
     if key not in keys:
         shown = ", ".join(keys[:12]) + (", ..." if len(keys) > 12 else "")
         raise OptlabError(f"--key {key!r}: probe {probe} has no such key; it has {shown}")
@@ -102,3 +115,30 @@ def probes_figure(
         title += " (mean tr(Sigma) / mean |G|^2 over seeds: parts averaged before dividing)"
     chart = line_band(rows, x, probe, title, lay, color=color, y_title=f"{probe} {key}")
     return Figure("probes", chart, sql, len(rows), lay)
+
+
+def _in_report(facts: ReportFacts) -> list[tuple[str, dict[str, Any]]]:
+    """One chart per probe with values: its global key, or else its first."""
+    shown = []
+    for name in facts.probes:
+        keys = _keys(facts.con, facts.study, name)
+        shown.append(
+            (f"probe {name}", {"probe": name, "key": "global" if "global" in keys else keys[0]})
+        )
+    return shown
+
+
+CHARTS = (
+    Chart(
+        "probes",
+        probes_figure,
+        "A probe's value against epoch or step; mean over seeds with a 95% CI.",
+        (
+            Option("probe", None, "Probe name (default: the first)."),
+            Option("key", "global", "Key: global, or a layer name."),
+            Option("x", "epoch", "epoch or step."),
+            COLOR,
+        ),
+        report=_in_report,
+    ),
+)

@@ -7,6 +7,9 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
+from optlab.charts import probe_charts
+from optlab.charts.catalog import CHARTS
+from optlab.charts.figures import Chart, ReportFacts, Selection, TooManyPanels
 from optlab.errors import OptlabError
 
 
@@ -120,71 +123,34 @@ def result_html(result: Any) -> str:
 
 
 def _figures(
-    con: Any,
-    study: str,
-    axes: list[str],
-    epsilon: float | None,
-    probe_names: list[str],
-    asked: dict[str, tuple[int, int]],
+    facts: ReportFacts, asked: dict[str, tuple[int, int]]
 ) -> tuple[list[tuple[str, Any]], list[str]]:
-    """The charts that fit the study's axes, and a line for each that could not be drawn
-    (a probe the runs ask for with no values yet among them)."""
-    from optlab.charts import catalog as charts
-    from optlab.charts.figures import Selection, TooManyPanels
-    from optlab.errors import OptlabError
-
-    wanted: list[tuple[str, Any]] = []
-    if len(axes) >= 2:
-        wanted.append(
-            (
-                "heatmap",
-                lambda sel: charts.heatmap_figure(
-                    con, study, axes, axes[0], axes[1], "best_test_acc", sel
-                ),
-            )
-        )
-    wanted.append(("curves", lambda sel: charts.curves_figure(con, study, axes, sel=sel)))
-    if charts.LR in axes:
-        wanted.append(
-            ("sensitivity", lambda sel: charts.sensitivity_figure(con, study, axes, sel=sel))
-        )
-    if charts.LR in axes and charts.BATCH in axes:
-        wanted.append(("scaling", lambda sel: charts.scaling_figure(con, study, axes, sel=sel)))
-    if "full_grad_norm" in probe_names and epsilon is not None:
-        wanted.append(("sfo", lambda sel: charts.sfo_figure(con, study, axes, epsilon, sel)))
-    for name in probe_names:
-        keys = [
-            k
-            for (k,) in con.execute(
-                "select distinct key from probes p join memberships m using (run_id) "
-                "where m.study = ? and p.probe = ? order by 1",
-                [study, name],
-            ).fetchall()
-        ]
-        key = "global" if "global" in keys else keys[0]
-        wanted.append(
-            (
-                f"probe {name}",
-                lambda sel, n=name, k=key: charts.probes_figure(con, study, axes, n, k, sel=sel),
-            )
-        )
+    """The charts of the table that fit the study, and a line for each that could not be
+    drawn (a probe the runs ask for with no values yet among them)."""
     figures, problems = [], []
     for name, (asking, finished) in asked.items():
-        if name not in probe_names:
+        if name not in facts.probes:
             problems.append(
                 f"probe {name}: no values yet ({finished} of the {asking} runs that probe "
                 "it finished)"
             )
-    for title, make in wanted:
-        try:
+    for chart in CHARTS.values():
+        for title, options in chart.report(facts):
+            title = title or chart.name
             try:
-                figures.append((title, make(Selection())))
-            except TooManyPanels:
-                # Too many panels for a page: one per block, the rest pooled (and said).
-                figures.append((title, make(Selection(facet=("block",)))))
-        except OptlabError as e:
-            problems.append(f"{title}: {e}")
+                try:
+                    figures.append((title, _draw(chart, facts, Selection(), options)))
+                except TooManyPanels:
+                    # Too many panels for a page: one per block, the rest pooled (and said).
+                    sel = Selection(facet=("block",))
+                    figures.append((title, _draw(chart, facts, sel, options)))
+            except OptlabError as e:
+                problems.append(f"{title}: {e}")
     return figures, problems
+
+
+def _draw(chart: Chart, facts: ReportFacts, sel: Selection, options: dict[str, Any]) -> Any:
+    return chart.draw(facts.con, facts.study, facts.axes, sel, options)
 
 
 def default_epsilon(con: Any, study: str) -> float | None:
@@ -226,7 +192,6 @@ def build_report(
 
     from optlab.analysis.results import open_study, probes_asked
     from optlab.analysis.status import study_status
-    from optlab.charts import catalog as charts
 
     if out is not None and out.suffix != ".html":
         raise OptlabError(f"--out {out}: a report is an .html file")
@@ -239,7 +204,7 @@ def build_report(
             "from runs where study = ? group by block order by min(position)",
             [study],
         ).fetchall()
-        probe_names = charts.probe_names(con, study)
+        probe_names = probe_charts.probe_names(con, study)
         asked = probes_asked(con, study)
         optimizers = con.execute(
             "select count(distinct optimizer) from runs where study = ?", [study]
@@ -251,7 +216,8 @@ def build_report(
                 f" (epsilon = {epsilon:g}: the median of the runs' lowest full gradient "
                 "norm; choose another with --epsilon)"
             )
-        figures, problems = _figures(con, study, axes, epsilon, probe_names, asked)
+        facts = ReportFacts(con, study, axes, probe_names, epsilon)
+        figures, problems = _figures(facts, asked)
     (status,) = study_status(store, study)
     out = out or Path(f"{study}_report.html")
     body = [
