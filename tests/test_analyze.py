@@ -792,3 +792,48 @@ def test_a_study_run_in_parts_says_how_much_of_the_file_its_answers_cover(cli, t
             "answer covers those"
         )
     assert analyze(cli, "sfo", "--epsilon", "0.3")["findings"]["partial"].startswith("63 of")
+
+
+def test_an_analysis_added_as_one_row_reaches_the_cli_the_api_and_the_report(
+    cli, tmp_path, monkeypatch
+):
+    from optlab import open_store
+    from optlab.analysis import analyze as an
+    from optlab.analysis.core import Analysis, usable
+    from optlab.charts.report import build_report
+
+    def spread(result, runs, axes, rng, asked):
+        values = [r.value for r in usable(runs, result)]
+        result.findings["spread"] = max(values) - min(values)
+
+    monkeypatch.setitem(
+        an.ANALYSES, "spread", Analysis("spread", "max - min", spread, ("optimizer.lr",))
+    )
+    make_store(
+        tmp_path,
+        HEAD.format(name="lr") + BLOCK + f'grid = {{ "optimizer.lr" = {LRS} }}\n',
+        lambda c, s: bowl(c["optimizer"]["lr"], 0.1),
+    )
+    expected = 0.9 - bowl(0.001, 0.1)
+    assert analyze(cli, "spread")["findings"]["spread"] == pytest.approx(expected)
+    assert open_store(tmp_path / "optlab.duckdb").analyze("spread").findings[
+        "spread"
+    ] == pytest.approx(expected)
+    page, _, _ = build_report(tmp_path / "optlab.duckdb", None, tmp_path / "r.html")
+    assert "<h3>spread</h3>" in page.read_text()
+
+    # The axes it declares are checked once for all: a study that does not vary them is told
+    # so, and its report leaves the analysis out.
+    other = tmp_path / "other"
+    other.mkdir()
+    make_store(
+        other,
+        HEAD.format(name="wd") + BLOCK + 'grid = { "optimizer.weight_decay" = [0.0, 0.1] }\n',
+        lambda c, s: 0.5,
+    )
+    with pytest.raises(
+        Exception, match="analyze spread: needs the study to vary optimizer.lr; study 'wd' does not"
+    ):
+        open_store(other / "optlab.duckdb").analyze("spread")
+    page, _, _ = build_report(other / "optlab.duckdb", None, other / "r.html")
+    assert "<h3>spread</h3>" not in page.read_text() and "<h3>optimal</h3>" in page.read_text()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,52 @@ class Result:
                 "left_out": self.left_out,
             }
         )
+
+
+@dataclass
+class Asked:
+    """What the user asked an analysis (``--param``, ``--epsilon``), and what its read step
+    found in the store for its answer (``found``)."""
+
+    param: str | None = None
+    epsilon: float | None = None
+    found: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StudyFacts:
+    """What the report knows of a study when it picks its analyses."""
+
+    axes: list[str]
+    optimizers: int  # distinct optimizer plugins among its runs
+    probes: set[str]  # probes with values, and probes its runs ask for
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """A row of the table of analyses, read by ``optlab analyze``, ``Store.analyze`` and the
+    report.
+
+    ``axes``: what the study must vary, checked before anything is read (and the report
+    shows the analysis only for such studies). ``fits``: what else the report asks of a
+    study. ``read(con, result, asked)``: its runs, read while the store is open (default:
+    each run's reduced metric). ``answer(result, runs, axes, rng, asked)``: fills the
+    result, with the store closed."""
+
+    name: str
+    help: str
+    answer: Callable[..., None]
+    axes: tuple[str, ...] = ()
+    fits: Callable[[StudyFacts], bool] = field(default=lambda facts: True)
+    read: Callable[[Any, Result, Asked], list[Run]] | None = None
+
+    def shown_for(self, facts: StudyFacts) -> bool:
+        return all(a in facts.axes for a in self.axes) and self.fits(facts)
+
+
+def numeric_axes(axes: list[str]) -> list[str]:
+    """The axes with values to find an optimum over (not the plugin names)."""
+    return [a for a in axes if a != "optimizer" and not a.endswith(".name")]
 
 
 # ---- loading ------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The slope analyses: ``lr-wd`` (log optimal LR against log WD: seed 001's inverse
 relationship, -1) and ``scaling`` (log optimal LR against log batch size: the linear rule, 1),
 and, for a block whose LR follows ``lr_scaling``, the check of that rule (seed 001's
-experiment 3). Part of :mod:`optlab.analysis.analyze`, as :mod:`optlab.analysis.warmup` is.
+experiment 3). Rows of the table in :mod:`optlab.analysis.analyze`.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from optlab.analysis.core import (
     BATCH,
     LR,
     WD,
+    Asked,
     Result,
     Run,
     best_per_resample,
@@ -24,7 +25,6 @@ from optlab.analysis.core import (
     matrix,
     not_yet,
     optimum,
-    require_axes,
     resamples,
     usable,
 )
@@ -213,8 +213,7 @@ def _bootstrap_slope(
     return {"boot_ci_low": float(lo), "boot_ci_high": float(hi)}
 
 
-def lr_wd(result: Result, runs: list[Run], axes: list[str], rng: Any) -> None:
-    require_axes("lr-wd", result.study, axes, [LR, WD])
+def lr_wd(result: Result, runs: list[Run], axes: list[str], rng: Any, asked: Asked) -> None:
     _slope_analysis(result, runs, rng, WD, {"inverse": -1.0})
     result.findings["question"] = (
         "slope of log optimal LR against log WD; -1 means the "
@@ -222,8 +221,7 @@ def lr_wd(result: Result, runs: list[Run], axes: list[str], rng: Any) -> None:
     )
 
 
-def scaling(result: Result, runs: list[Run], axes: list[str], rng: Any) -> None:
-    require_axes("scaling", result.study, axes, [BATCH])
+def scaling(result: Result, runs: list[Run], axes: list[str], rng: Any, asked: Asked) -> None:
     _slope_analysis(result, runs, rng, BATCH, {"linear_rule": 1.0, "sqrt_rule": 0.5})
     result.findings["question"] = (
         "where an LR grid was tried at each batch size: slope of log optimal LR against log "

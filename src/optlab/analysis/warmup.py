@@ -45,6 +45,7 @@ from optlab.analysis.core import (
     ALPHA,
     REGIME,
     WARMUP,
+    Asked,
     Result,
     Run,
     argbest,
@@ -55,7 +56,6 @@ from optlab.analysis.core import (
     nanmean,
     not_yet,
     optimum,
-    require_axes,
     usable,
 )
 from optlab.study.schema import AnalysisSettings
@@ -92,10 +92,8 @@ def train_size(run: Run, cache: dict[str, int | None]) -> int | None:
     return cache[key]
 
 
-def analyze(
-    result: Result, runs: list[Run], axes: list[str], rng: Any, opts: AnalysisSettings
-) -> None:
-    require_axes("warmup", result.study, axes, [WARMUP, REGIME])
+def analyze(result: Result, runs: list[Run], axes: list[str], rng: Any, asked: Asked) -> None:
+    opts: AnalysisSettings = asked.found["settings"]
     higher = higher_is_better(result.metric)
     kept = usable(runs, result)
     missing = [r for r in kept if r.get(REGIME) is None or r.get(WARMUP) is None]

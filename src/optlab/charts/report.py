@@ -7,6 +7,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
+from optlab.analysis.analyze import analyses_for, run_analysis, study_facts
 from optlab.charts import probe_charts
 from optlab.charts.catalog import CHARTS
 from optlab.charts.figures import Chart, ReportFacts, Selection, TooManyPanels
@@ -164,25 +165,6 @@ def default_epsilon(con: Any, study: str) -> float | None:
     return None if value is None else float(f"{value:.3g}")
 
 
-def analyses_for(axes: list[str], optimizers: int, has_grad_norm: bool) -> list[str]:
-    from optlab.analysis import core as an
-
-    names = []
-    if any(a not in ("optimizer",) and not a.endswith(".name") for a in axes):
-        names.append("optimal")
-    if an.LR in axes and an.WD in axes:
-        names.append("lr-wd")
-    if an.LR in axes and an.BATCH in axes:
-        names.append("scaling")
-    if an.WARMUP in axes and an.REGIME in axes:
-        names.append("warmup")
-    if has_grad_norm:
-        names.append("sfo")
-    if optimizers > 1:
-        names.append("ranking")
-    return names
-
-
 def build_report(
     store: Path, study: str | None, out: Path | None, epsilon: float | None = None
 ) -> tuple[Path, int, int]:
@@ -206,9 +188,7 @@ def build_report(
         ).fetchall()
         probe_names = probe_charts.probe_names(con, study)
         asked = probes_asked(con, study)
-        optimizers = con.execute(
-            "select count(distinct optimizer) from runs where study = ?", [study]
-        ).fetchone()[0]
+        names = analyses_for(study_facts(con, study, axes))
         eps_note = ""
         if "full_grad_norm" in probe_names and epsilon is None:
             epsilon = default_epsilon(con, study)
@@ -230,7 +210,6 @@ def build_report(
         *_status_section(status),
     ]
     chart_html, specs = _charts_section(figures, problems)
-    names = analyses_for(axes, optimizers, "full_grad_norm" in {*probe_names, *asked})
     body += chart_html + _analyses_section(store, study, names, epsilon, eps_note)
     _write_page(out, study, body, specs)
     return out, len(figures), len(names)
@@ -302,8 +281,6 @@ def _analyses_section(
     store: Path, study: str, names: list[str], epsilon: float | None, eps_note: str
 ) -> list[str]:
     import html
-
-    from optlab.analysis.analyze import run_analysis
 
     body = ["<h2>Analyses</h2>"]
     for name in names:

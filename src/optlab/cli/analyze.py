@@ -7,18 +7,21 @@ from pathlib import Path
 
 import typer
 
+from optlab.analysis.analyze import ANALYSES
 from optlab.cli.common import StoreOption, handles_errors, out
 
 NAME = "analyze"
 HELP = (
-    "Named analyses of a study: optimal (a hyperparameter's best value per group), lr-wd, "
-    "scaling, warmup (seed 002's H1-H4), sfo, ranking."
+    "Named analyses of a study: "
+    + "; ".join(f"{a.name} ({a.help})" for a in ANALYSES.values())
+    + "."
 )
+_NAMES = ", ".join(list(ANALYSES)[:-1]) + " or " + list(ANALYSES)[-1]
 
 
 @handles_errors
 def command(
-    analysis: str = typer.Argument(..., help="optimal, lr-wd, scaling, warmup, sfo or ranking."),
+    analysis: str = typer.Argument(..., help=f"{_NAMES}."),
     study: str = typer.Option(None, "--study", help="Study name (default: the only one)."),
     metric: str = typer.Option(
         "best_test_acc",
