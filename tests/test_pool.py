@@ -19,7 +19,7 @@ import pytest
 from rich.console import Console
 
 from optlab.execution.coordinator import execute, prepare
-from optlab.execution.executors import LocalExecutor
+from optlab.execution.executors.local import LocalExecutor
 from optlab.store import core as st
 from optlab.study.expand import expand
 from optlab.training.devices import make_slots

@@ -183,7 +183,7 @@ def test_a_slot_whose_raylet_dies_stops_itself_and_its_worker(cluster, tmp_path)
     shut down."""
     import ray
 
-    from optlab.execution.ray_executor import RemoteSlot
+    from optlab.execution.executors.ray_cluster import RemoteSlot
 
     second = cluster.add_node(num_cpus=1, resources={"second": 1})
     cluster.wait_for_nodes()
@@ -314,7 +314,9 @@ def test_without_ray_the_executor_names_the_extra(tmp_path, monkeypatch, cli):
 
     study(tmp_path)
     for name in [
-        m for m in sys.modules if m == "ray" or m.startswith(("ray.", "optlab.execution.ray_"))
+        m
+        for m in sys.modules
+        if m == "ray" or m.startswith(("ray.", "optlab.execution.executors.ray_"))
     ]:
         monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError

@@ -17,7 +17,10 @@ from optlab.cli.common import (
     out,
 )
 from optlab.errors import UsageError
+from optlab.execution import executors
+from optlab.execution.executors.local import LocalExecutor
 from optlab.execution.launch import Launch, Part, launch
+from optlab.execution.selection import Selection
 
 NAME = "run"
 HELP = (
@@ -109,14 +112,11 @@ def command(
     where: str = WhereOption,
     store: Path = StoreOption,
 ) -> None:
-    from optlab.execution import executors
-    from optlab.execution.selection import Selection
-
     # Everything the user gave is checked before the store is touched.
     if stall_timeout <= 0:
         raise UsageError(f"--stall-timeout {stall_timeout:g}: give a number of seconds > 0")
     if executor_name == "local":  # the slots are checked before anything slow
-        executors.LocalExecutor(store).make_slots(gpus, per_gpu, workers, None)
+        LocalExecutor(store).make_slots(gpus, per_gpu, workers, None)
     options = executors.parse_options(executor_opts, address)
     parts = planned(list(studies or [None]), sets, max_runs, Selection(blocks, only, where))
     code = launch(

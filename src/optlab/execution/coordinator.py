@@ -26,7 +26,8 @@ from rich.console import Console
 
 from optlab import locations
 from optlab.errors import StoreBusy, StoreFull
-from optlab.execution.executors import Executor, LocalExecutor
+from optlab.execution.executors import Executor
+from optlab.execution.executors.local import LocalExecutor
 from optlab.execution.plan import plan_runs
 from optlab.execution.progress import RunView, describe_axes
 from optlab.store import core as st

@@ -55,14 +55,17 @@ class DataCache:
         self.data_dir = data_dir or os.environ.get("OPTLAB_DATA") or "data"
         self._items: OrderedDict[str, TensorData] = OrderedDict()
 
-    def get(self, table: dict[str, Any]) -> TensorData:
+    def get(self, table: dict[str, Any], data_dir: str | None = None) -> TensorData:
+        """The dataset ``table`` names, from ``data_dir`` (the run's task says where; else
+        this worker's $OPTLAB_DATA, else ./data)."""
+        data_dir = data_dir or self.data_dir
         # The same relative file path means another file in another study's folder.
-        key = json.dumps([table, current_study_folder()], sort_keys=True)
+        key = json.dumps([table, current_study_folder(), data_dir], sort_keys=True)
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
         params = {k: v for k, v in table.items() if k != "name"}
-        data = self.registry.create("dataset", table["name"], params, data_dir=self.data_dir).to(
+        data = self.registry.create("dataset", table["name"], params, data_dir=data_dir).to(
             self.device
         )
         self._items[key] = data
@@ -218,7 +221,7 @@ class Run:
         self.config, self.seed, self.run_id = config, seed, task["run_id"]
         self.device = device = cache.device
         self.attempt_start = time.monotonic()
-        self.data = data = cache.get(config["dataset"])
+        self.data = data = cache.get(config["dataset"], task.get("data_dir"))
         self.n, self.epochs = len(data.x_train), config["epochs"]
         torch.manual_seed(seed)  # model init; CPU and CUDA generators alike
         model = _build(

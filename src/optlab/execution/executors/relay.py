@@ -24,7 +24,7 @@ from typing import Any
 
 from optlab.atomic import write_atomic
 from optlab.events import decode, encode, open_journal, write_events
-from optlab.execution.pool import signal_group, start_worker
+from optlab.execution.executors.pool import signal_group, start_worker
 from optlab.locations import record_event, roots
 from optlab.store.core import journal_path, log_path
 from optlab.training.devices import Slot
@@ -82,7 +82,7 @@ class WorkerHost:
 
     async def _start_worker(self) -> None:
         slot = Slot(f"{self.label}@{self.node}", None, self.threads)
-        env = {**os.environ, **slot.env(), "OPTLAB_DATA": str(Path(self.data_dir).resolve())}
+        env = {**os.environ, **slot.env()}
         if self.gpu:  # Ray chose this actor's GPU and set CUDA_VISIBLE_DEVICES for it
             env["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "")
         self.proc = await start_worker(sys.executable, env, self.scratch / "worker.log")
@@ -125,6 +125,7 @@ class WorkerHost:
             **task,
             "journal": str(self.scratch / "journals" / f"{run_id}.jsonl"),
             "log": str(self.scratch / "logs" / f"{run_id}.log"),
+            "data_dir": str(Path(self.data_dir).resolve()),  # this node's
         }
         (self.scratch / "logs").mkdir(parents=True, exist_ok=True)
         if self.ship:

@@ -1,8 +1,16 @@
 """Executors: where a study's runs are trained. Plugins in the ``optlab.executors`` group.
 
-``local`` (the default) is the asyncio pool of worker processes on this machine; ``ray``
-runs the same workers as Ray actors across a cluster. Either way the coordinator on this
+``local`` (the default, :mod:`~optlab.execution.executors.local`) is the asyncio pool of
+worker processes on this machine (:mod:`~optlab.execution.executors.pool`); ``ray``
+(:mod:`~optlab.execution.executors.ray_cluster`) runs the same workers as Ray actors across
+a cluster, through the relay any executor of remote workers can use
+(:mod:`~optlab.execution.executors.relay`, no Ray in it). Either way the coordinator on this
 machine receives every event and alone writes the store.
+
+This module holds what they share: the :class:`Executor` protocol, the options a user gives
+one (``--executor-opt KEY=VALUE``) and :func:`create`. An executor is a module here with
+its class, its ``build`` and its :class:`~optlab.plugins.plugin.Plugin` (``local`` shows
+how), named by an entry point in the ``optlab.executors`` group.
 
 An executor plugin's ``build(params, **context)`` returns an :class:`Executor`. The context:
 
@@ -16,16 +24,13 @@ An executor plugin's ``build(params, **context)`` returns an :class:`Executor`. 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 
 from pydantic import Field
 
-from optlab.plugins.plugin import NoParams, Params, Plugin
+from optlab.plugins.plugin import Params, Plugin
 from optlab.study.expand import RunSpec
-from optlab.training import devices
 from optlab.training.devices import Slot
 
 Sink = Callable[[dict[str, Any]], None]
@@ -64,79 +69,6 @@ class Executor(Protocol):
         """Let go of what :func:`build` acquired (a Ray connection)."""
 
 
-class LocalExecutor:
-    """The warm worker pool of :mod:`optlab.execution.pool`, on this machine."""
-
-    name = "local"
-
-    def __init__(
-        self,
-        store: Path,
-        stall_timeout: float = 600.0,
-        python: str | None = None,
-        data_dir: Path | None = None,
-    ):
-        self.store, self.stall_timeout, self.data_dir = store, stall_timeout, data_dir
-        self.python = (
-            python  # the interpreter that runs `-m optlab.training.worker` (tests: a fake)
-        )
-        self.pool = None
-        self._halted = False
-
-    def make_slots(
-        self, gpus: str | None, per_gpu: int, workers: int | None, runs: int | None
-    ) -> list[Slot]:
-        available = devices.visible_gpus()
-        chosen = devices.parse_gpus(
-            gpus if gpus is not None else ("all" if available else "none"), available
-        )
-        if workers is None and runs is not None:
-            workers = min(os.cpu_count() or 1, runs)
-        return devices.make_slots(chosen, per_gpu, workers)
-
-    def where(self, slots: list[Slot]) -> str:
-        gpus = sorted({s.gpu for s in slots if s.gpu is not None})
-        return f"{len(gpus)} GPU(s) x {len(slots) // len(gpus)}" if gpus else "CPU"
-
-    async def run(
-        self, specs: list[RunSpec], slots: list[Slot], sink: Sink, task_extra: TaskExtra
-    ) -> None:
-        from optlab.execution.pool import LocalPool
-
-        options: dict[str, Any] = {"python": self.python} if self.python else {}
-        if self.data_dir is not None:  # the workers' data folder, not this process's
-            options["env"] = {"OPTLAB_DATA": str(self.data_dir)}
-        self.pool = LocalPool(
-            slots, self.store, stall_timeout=self.stall_timeout, task_extra=task_extra, **options
-        )
-        self.pool.stopping = self._halted
-        await self.pool.run(specs, sink)
-
-    def halt(self) -> None:
-        self._halted = True
-        if self.pool is not None:
-            self.pool.stopping = True
-
-    def nodes(self) -> dict[str, int]:
-        import socket
-
-        return {socket.gethostname(): len(self.pool.slots)} if self.pool else {}
-
-    def close(self) -> None:
-        pass
-
-
-def _build_local(
-    params: NoParams,
-    *,
-    store: Path,
-    stall_timeout: float = 600.0,
-    data_dir: Path | None = None,
-    **_: Any,
-) -> LocalExecutor:
-    return LocalExecutor(store, stall_timeout, data_dir=data_dir)
-
-
 class RayParams(Params):
     address: str | None = Field(
         None,
@@ -171,11 +103,12 @@ def parse_options(pairs: list[str], address: str | None) -> dict[str, str]:
     return options
 
 
-local = Plugin("worker processes on this machine (the default)", NoParams, _build_local)
+# Declared here rather than in its module, which imports ray: listed, with how to install
+# it, where Ray is not installed.
 ray = Plugin(
     "Ray actors across a cluster, one per slot; needs pip install 'optlab[ray]'",
     RayParams,
-    "optlab.execution.ray_executor:build",
+    "optlab.execution.executors.ray_cluster:build",
 )
 
 

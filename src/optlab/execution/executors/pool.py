@@ -42,10 +42,10 @@ class LocalPool:
         python: str = sys.executable,
         stall_timeout: float = 600.0,
         task_extra: TaskExtra | None = None,
-        env: dict[str, str] | None = None,
+        data_dir: Path | None = None,
     ):
         self.slots, self.store, self.python = slots, store, python
-        self.env = env or {}  # for every worker, over this process's (OPTLAB_DATA, say)
+        self.data_dir = data_dir  # where the workers find datasets: sent with each task
         self.stall_timeout = stall_timeout
         self.task_extra = task_extra or (lambda spec, slot: {})
         self.stopping = False  # no new runs (the disk is full)
@@ -64,7 +64,7 @@ class LocalPool:
         return artefacts_dir(self.store) / "workers" / (slot.label.replace("/", "-") + ".log")
 
     async def _start(self, slot: Slot) -> asyncio.subprocess.Process:
-        env = {**os.environ, **self.env, **slot.env()}
+        env = {**os.environ, **slot.env()}
         proc = await start_worker(self.python, env, self.worker_log(slot))
         self._procs.add(proc)
         return proc
@@ -82,6 +82,7 @@ class LocalPool:
                 "journal": str(journal_path(self.store, spec.run_id)),
                 "log": str(log_path(self.store, spec.run_id)),
                 "roots": locations.roots(self.store),  # the files events name, as recorded
+                **({"data_dir": str(self.data_dir)} if self.data_dir is not None else {}),
                 **self.task_extra(spec, slot),
             }
             sink(

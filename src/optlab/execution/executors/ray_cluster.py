@@ -43,13 +43,13 @@ from ray.exceptions import RayError
 
 from optlab.errors import UsageError
 from optlab.execution.executors import RayParams, Sink, TaskExtra
-from optlab.execution.pool import (
+from optlab.execution.executors.pool import (
     Broken,
     note_in_log,
     pump,
     stall_message,
 )
-from optlab.execution.relay import Relay, WorkerHost, checkpoint_epoch, checkpoint_files
+from optlab.execution.executors.relay import Relay, WorkerHost, checkpoint_epoch, checkpoint_files
 from optlab.store.core import journal_path, log_path
 from optlab.study.expand import RunSpec
 from optlab.training import devices
@@ -82,8 +82,8 @@ def build(
 
 
 class SlotWorker(WorkerHost):
-    """A :class:`~optlab.execution.relay.WorkerHost` as a Ray actor: it knows its node from
-    Ray, and stops its worker and itself when its node's raylet dies."""
+    """A :class:`~optlab.execution.executors.relay.WorkerHost` as a Ray actor: it knows its
+    node from Ray, and stops its worker and itself when its node's raylet dies."""
 
     async def start(self) -> dict[str, Any]:
         host, node_id = socket.gethostname(), ray.get_runtime_context().get_node_id()
