@@ -14,6 +14,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from optlab.cli import app
+from optlab.plugins import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,6 +23,32 @@ ROOT = Path(__file__).resolve().parents[1]
 if hasattr(typer.testing, "_get_command"):
     _COMMAND = get_command(app)
     typer.testing._get_command = lambda a: _COMMAND if a is app else get_command(a)
+
+_BUILTINS = registry.builtin_registry()
+# Set by pytest itself, or by libraries on first use whichever test that is (OpenMP at
+# import, torch's compiler cache folder).
+_THEIRS = ("PYTEST_CURRENT_TEST", "KMP_", "TORCHINDUCTOR_", "TRITON_")
+
+
+@pytest.fixture(autouse=True)
+def _hermetic(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """Every test sees optlab's own plugins only (not whatever else this environment has
+    installed), unless marked ``installed_plugins``; and leaves os.environ as it found it."""
+    before = dict(os.environ)
+    if request.node.get_closest_marker("installed_plugins") is None:
+        monkeypatch.setattr(registry, "_default", _BUILTINS)
+    yield
+    monkeypatch.undo()
+    changed = sorted(
+        k
+        for k in {*before, *os.environ}
+        if before.get(k) != os.environ.get(k) and not k.startswith(_THEIRS)
+    )
+    if changed:
+        os.environ.clear()
+        os.environ.update(before)
+        pytest.fail(f"the test left environment variables changed: {', '.join(changed)}")
+
 
 TINY = """
 name = "tiny"

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from optlab.plugins.builtins import _augment
-from optlab.plugins.registry import default_registry
+from optlab.plugins.registry import builtin_registry
 
-REG = default_registry()
+REG = builtin_registry()
 PIPELINES = ["adamw_pipeline", "sgdm_pipeline", "compromise_pipeline"]
 ZERO = {
     "flip": 0.0,

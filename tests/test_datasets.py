@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from optlab.plugins.registry import default_registry
+from optlab.plugins.registry import builtin_registry
 from tests import fake_data
 from tests.test_validation import BASE
 
-REG = default_registry()
+REG = builtin_registry()
 
 
 def load(name, data_dir, **params):
@@ -239,3 +239,26 @@ batch_schedule = { name = "constant", batch_size = 8 }
         f"Error: {project / 's.toml'}: base: dataset: no such file: data/a.npz (looked for "
         f"{project / 'data' / 'a.npz'}: relative to the study file)\n"
     )
+
+
+@pytest.mark.slow  # real worker processes
+def test_the_data_folder_reaches_the_workers_with_each_run_not_through_the_environment(
+    tmp_path,
+):
+    import os
+
+    import optlab
+
+    fake_data.make_cifar10(tmp_path / "mine", per_batch=20)
+    config = {
+        "dataset": {"name": "cifar10"},
+        "model": {"name": "mlp", "hidden": [8]},
+        "epochs": 1,
+        "batch_schedule": {"name": "constant", "batch_size": 50},
+    }
+    store = tmp_path / "s.duckdb"
+    trained = optlab.train(config, store=store, data_dir=tmp_path / "mine")
+    assert trained.status == "done", trained.summary
+    assert "OPTLAB_DATA" not in os.environ  # nothing left for a later call in this process
+    # The worker read the files there: its one epoch saw CIFAR's 100 training images.
+    assert list(trained.epochs["samples"]) == [100]

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torch import nn
 
-from optlab.plugins.registry import default_registry
+from optlab.plugins.registry import builtin_registry
 
-REG = default_registry()
+REG = builtin_registry()
 
 
 class Tiny(nn.Module):

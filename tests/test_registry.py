@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from optlab.plugins.plugin import NoParams, Plugin
-from optlab.plugins.registry import GROUPS, Registry, default_registry
+from optlab.plugins.registry import GROUPS, Registry, builtin_registry
 
-REG = default_registry()
+REG = builtin_registry()
 PLUGINS = [(kind, name) for kind in GROUPS for name in REG.names(kind)]
 SMALL = {  # small settings for plugins whose defaults are large
     ("dataset", "synthetic"): {"shape": [1, 4, 4], "train_size": 16, "test_size": 8},

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from optlab.plugins.registry import default_registry
+from optlab.plugins.registry import builtin_registry, default_registry
 from optlab.study.steps import lr_scale
 from tests.test_validation import BASE
 
-REG = default_registry()
+REG = builtin_registry()
 
 
 def lr(name, epochs=10, **params):

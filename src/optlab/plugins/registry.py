@@ -125,15 +125,23 @@ def _constraints(metadata: Any) -> str:
 class Registry:
     """Per kind: names, get (with "did you mean"), describe, create."""
 
-    def __init__(self, plugins: dict[str, dict[str, Plugin]] | None = None):
-        # An explicit mapping makes a hermetic registry (tests); None reads entry points.
+    def __init__(
+        self,
+        plugins: dict[str, dict[str, Plugin]] | None = None,
+        distribution: str | None = None,
+    ):
+        # An explicit mapping makes a hermetic registry (tests); None reads entry points,
+        # of every installed package or only of ``distribution`` (optlab: the built-ins).
         self._explicit = plugins
+        self._distribution = distribution
         self._eps: dict[str, dict[str, EntryPoint]] = {}
         self._loaded: dict[tuple[str, str], Plugin] = {}
 
     def _entry_points(self, kind: str) -> dict[str, EntryPoint]:
         if kind not in self._eps:
             found = entry_points(group=GROUPS[kind])
+            if self._distribution is not None:
+                found = [e for e in found if e.dist and e.dist.name == self._distribution]
             self._eps[kind] = {ep.name: ep for ep in sorted(found, key=lambda e: e.name)}
         return self._eps[kind]
 
@@ -243,6 +251,11 @@ def unknown_name_message(kind: str, name: str, valid: list[str]) -> str:
 
 
 _default: Registry | None = None
+
+
+def builtin_registry() -> Registry:
+    """optlab's own plugins, whatever else is installed (what the tests use by default)."""
+    return Registry(distribution="optlab")
 
 
 def default_registry() -> Registry:
