@@ -26,8 +26,15 @@ if hasattr(typer.testing, "_get_command"):
 
 _BUILTINS = registry.builtin_registry()
 # Set by pytest itself, or by libraries on first use whichever test that is (OpenMP at
-# import, torch's compiler cache folder).
-_THEIRS = ("PYTEST_CURRENT_TEST", "KMP_", "TORCHINDUCTOR_", "TRITON_")
+# import, torch's compiler cache folder, a Ray driver's init).
+_THEIRS = (
+    "PYTEST_CURRENT_TEST",
+    "KMP_",
+    "TORCHINDUCTOR_",
+    "TRITON_",
+    "RAY_",
+    "PYTHONBREAKPOINT",
+)
 
 
 @pytest.fixture(autouse=True)

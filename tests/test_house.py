@@ -1,6 +1,6 @@
 """The house's rules: stages import only downward, no import cycle, the relay needs no Ray
 (import-linter's contracts in pyproject.toml), no module over 600 lines and no function
-over 100."""
+over 100, and imports inside functions only of what is slow to import, each saying why."""
 
 from __future__ import annotations
 
@@ -55,3 +55,45 @@ def test_every_path_where_things_live_names_exists():
     assert len(named) > 20
     missing = sorted(p for p in named if not (SRC.parents[1] / p).exists())
     assert not missing, f"README's 'Where things live' names what is not there: {missing}"
+
+
+# What may be imported inside a function: what is slow to import or optional, so that a
+# command that does not need it never pays for it (torch in the reader commands, say).
+LATE = ("torch", "torchvision", "scipy", "altair", "vl_convert", "sklearn", "ray", "medmnist")
+LATE_OPTLAB = ("optlab.training.engine", "optlab.training.probing", "optlab.training.state")
+
+
+def late_imports() -> list[tuple[str, int, str, bool]]:
+    """(module, line, what it imports, whether a comment says why) of every import inside
+    a function; an import right below a commented one shares its comment."""
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        lines = path.read_text().splitlines()
+        seen: set[int] = set()
+        for fn in ast.walk(ast.parse("\n".join(lines))):
+            if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(fn):
+                if not isinstance(node, ast.Import | ast.ImportFrom) or node.lineno in seen:
+                    continue
+                seen.add(node.lineno)
+                names = [a.name for a in node.names]
+                module = node.module if isinstance(node, ast.ImportFrom) else names[0]
+                targets = [module] + [f"{module}.{n}" for n in names]
+                above = lines[node.lineno - 2].strip()
+                said = "#" in lines[node.lineno - 1] or above.startswith(("#", "import ", "from "))
+                found.append((path.relative_to(SRC).as_posix(), node.lineno, targets, said))
+    return found
+
+
+def test_imports_inside_functions_are_only_of_slow_modules_and_say_why():
+    lazy_api = "__init__.py"  # optlab's own attributes, imported on first use (PEP 562)
+    wrong = [
+        f"{where}:{line} {targets[0]}"
+        for where, line, targets, _ in late_imports()
+        if where != lazy_api
+        and not any(t.split(".")[0] in LATE or t in LATE_OPTLAB for t in targets)
+    ]
+    assert not wrong, f"imports inside functions of what is quick to import: {wrong}"
+    unsaid = [f"{where}:{line}" for where, line, _, said in late_imports() if not said]
+    assert not unsaid, f"imports inside functions with no comment saying why: {unsaid}"

@@ -31,15 +31,15 @@ _API = ("load_study", "study_runs", "open_store", "Store", "train", "Trained")
 
 def __getattr__(name: str) -> Any:
     if name == "Executor":  # the protocol executors follow (optlab.execution.executors)
-        from optlab.execution import executors
+        from optlab.execution import executors  # on first use: `import optlab` stays light
 
         return executors.Executor
     if name in _CONTRACT:
-        from optlab.plugins import contract
+        from optlab.plugins import contract  # on first use: `import optlab` stays light
 
         return getattr(contract, name)
     if name in _API:
-        from optlab import api
+        from optlab import api  # on first use: `import optlab` stays light
 
         return getattr(api, name)
     raise AttributeError(f"module 'optlab' has no attribute {name!r}")

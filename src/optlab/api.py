@@ -23,8 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import duckdb
+from rich.console import Console
+
+from optlab.analysis.analyze import run_analysis
+from optlab.analysis.results import open_study
+from optlab.charts import catalog, figures
 from optlab.errors import OptlabError, StoreError
-from optlab.study.schema import Study
+from optlab.execution.launch import Launch, Part, launch
+from optlab.study.expand import all_runs, expand
+from optlab.study.schema import Study, single_run
 from optlab.study.schema import load_study as _load_study
 
 
@@ -36,7 +44,6 @@ def load_study(path: str | Path | None = None, sets: list[str] | tuple[str, ...]
 
 def study_runs(study: Study) -> list[Any]:
     """Every run the study stands for (run_id, block, seed, config, axes), in order."""
-    from optlab.study.expand import all_runs, expand
 
     return all_runs(expand(study))
 
@@ -66,11 +73,6 @@ def train(
     notebook): ``config`` (nested: ``{"optimizer": {"lr": 0.1}, "epochs": 5}``) and ``sets``
     over the ``[base]`` of ``study`` (default: the quickstart's), into ``store`` as a run of
     study ``train``. A finished identical run is not trained again: its results come back."""
-    from rich.console import Console
-
-    from optlab.execution.launch import Launch, Part, launch
-    from optlab.study.expand import all_runs, expand
-    from optlab.study.schema import single_run
 
     spec = single_run(study, list(sets), seed)
     if config:
@@ -107,7 +109,6 @@ class Store:
         """The result of ``query`` (``?`` placeholders for ``params``) as a DuckDB relation
         in memory, over the store's tables and views (``runs``, ``epochs``, ``probes``,
         ``run_summary``, ...)."""
-        import duckdb
 
         mem = duckdb.connect()
         try:
@@ -157,8 +158,6 @@ class Store:
         dashes: ``metric``, ``x``, ``y``, ``color``, ``epsilon``, ``probe``, ``key``), as a
         :class:`optlab.charts.figures.Figure`; its ``.chart`` is the Altair chart, which a notebook
         shows. Saved to ``out`` (.html, .png, .svg) when given."""
-        from optlab.analysis.results import open_study
-        from optlab.charts import catalog, figures
 
         chart = catalog.chart(kind)
         sel = figures.Selection(where, tuple(blocks), facet)
@@ -176,6 +175,5 @@ class Store:
     ) -> Any:
         """What ``optlab analyze NAME`` computes (``param``, ``epsilon``, ``seed``), as a
         result object with ``.to_json()``."""
-        from optlab.analysis.analyze import run_analysis
 
         return run_analysis(self.path, name, study, metric, **options)

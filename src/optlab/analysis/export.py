@@ -24,7 +24,7 @@ from typing import Any
 from optlab.analysis.results import clean, fetch_rows, open_study
 from optlab.errors import OptlabError
 from optlab.store.sql import q
-from optlab.study.steps import start_lr
+from optlab.study.steps import per_step, start_lr
 
 FORMATS = ("csv", "parquet", "seed001", "seed004")
 
@@ -191,7 +191,6 @@ def _percent(value: Any) -> Any:
 
 
 def _seed004(con: Any, study: str, axes: list[str], folder: Path) -> list[Path]:
-    from optlab.study.steps import per_step
 
     runs = fetch_rows(
         con,

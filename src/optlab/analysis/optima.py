@@ -75,7 +75,7 @@ def _ranked_points(runs: list[Run], higher: bool, among: list[Run]) -> list[dict
 
 def ranking(result: Result, runs: list[Run], axes: list[str], rng: Any, asked: Asked) -> None:
     """Optimizers ranked by their best cell, each gap tested (Welch, BH-adjusted)."""
-    from scipy import stats  # scipy.stats takes a second to import: only when it is used
+    from scipy import stats  # scipy: a second to import, so only when a test is run
 
     kept = usable(runs, result)
 

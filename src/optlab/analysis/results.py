@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,7 +16,12 @@ from typing import Any
 
 from optlab.errors import OptlabError
 from optlab.events import EPOCH_FIELDS
+from optlab.store import views
+from optlab.store.core import config_column, reading
 from optlab.store.sql import q
+from optlab.study import search
+from optlab.study.paths import flatten
+from optlab.study.steps import start_lr_sql
 
 REDUCERS = ("best", "final", "min", "max", "mean")
 METRIC_COLUMNS = tuple(f for f in EPOCH_FIELDS if f != "epoch")
@@ -97,7 +103,6 @@ class Axes(list):
 
     def varied(self, axis: str) -> list[str]:
         """For a plugin-table axis, the parameter paths that differ between its tables."""
-        from optlab.study.paths import flatten
 
         tables = [v for v in self.values.get(axis, []) if isinstance(v, dict)]
         if len(tables) < 2:
@@ -108,11 +113,8 @@ class Axes(list):
 
     def sql(self, axis: str) -> str:
         """SQL of a run's value of ``axis`` (over the runs view, ``r``), as its label."""
-        from optlab.store.core import config_column
 
         if axis == "optimizer.lr":  # the LR runs start from, after any batch scaling rule
-            from optlab.study.steps import start_lr_sql
-
             return start_lr_sql()
         column = f'r."{config_column(axis)}"'
         keys = self.varied(axis)
@@ -152,9 +154,6 @@ def study_axes(con: Any, study: str | None) -> tuple[str, Axes]:
 
 def _searched(source: str | None) -> set[str]:
     """The paths a study's ``[block.search]`` tables draw, from its stored source."""
-    import tomllib
-
-    from optlab.study import search
 
     try:
         blocks = tomllib.loads(source or "").get("block") or []
@@ -188,7 +187,6 @@ def axis_sql(axes: Any, axis: str) -> str:
     else its config column."""
     if isinstance(axes, Axes):
         return axes.sql(axis)
-    from optlab.store.core import config_column
 
     return f'r."{config_column(axis)}"'
 
@@ -196,8 +194,6 @@ def axis_sql(axes: Any, axis: str) -> str:
 @contextmanager
 def open_study(store: Path, study: str | None) -> Iterator[tuple[Any, str, Axes]]:
     """The store opened read-only (with the analysis views), the study and its axes."""
-    from optlab.store import views
-    from optlab.store.core import reading
 
     with reading(store) as con:
         views.ensure_readable(con)

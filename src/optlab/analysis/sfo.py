@@ -65,7 +65,7 @@ def read(con: Any, result: Result, asked: Asked) -> list[Run]:
 
 def answer(result: Result, runs: list[Run], axes: list[str], rng: Any, asked: Asked) -> None:
     """Per schedule: the mean samples to reach epsilon over the seeds that reached it."""
-    from scipy import stats  # scipy.stats takes a second to import: only when it is used
+    from scipy import stats  # scipy: a second to import, so only when a test is run
 
     if "note" in result.findings:  # not answerable yet: read said why
         return

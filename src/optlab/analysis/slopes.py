@@ -28,13 +28,14 @@ from optlab.analysis.core import (
     resamples,
     usable,
 )
+from optlab.study.steps import start_lr
 
 
 def _slope_analysis(
     result: Result, runs: list[Run], rng, x_param: str, expected: dict[str, float]
 ) -> None:
     """Per group: the optimal LR at each value of ``x_param``; fit log LR = a + b log x."""
-    from scipy import stats
+    from scipy import stats  # scipy: a second to import, so only when a test is run
 
     higher = higher_is_better(result.metric)
     kept = usable(runs, result)
@@ -124,7 +125,7 @@ def _rule_check(
     """A group whose LR follows a batch scaling rule (seed 001's experiment 3: LR = 0.1 x
     B / 128): does the metric hold across batch sizes? Each batch size against the rule's
     reference batch (Welch t-test over seeds, Benjamini-Hochberg adjusted)."""
-    from scipy import stats
+    from scipy import stats  # scipy: a second to import, so only when a test is run
 
     xs = sorted(by_x)
     first = by_x[xs[0]][0]
@@ -172,7 +173,6 @@ def _rule_check(
 
 def _start_lr(run: Run) -> float | None:
     """The LR the run started from (optlab.study.steps.start_lr, from the flattened config)."""
-    from optlab.study.steps import start_lr
 
     return start_lr(
         {

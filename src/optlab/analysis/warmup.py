@@ -58,6 +58,7 @@ from optlab.analysis.core import (
     optimum,
     usable,
 )
+from optlab.plugins.registry import default_registry
 from optlab.study.schema import AnalysisSettings
 
 H1_RANGE = (500, 5000)
@@ -77,7 +78,6 @@ def settings(con: Any, study: str) -> AnalysisSettings:
 
 def train_size(run: Run, cache: dict[str, int | None]) -> int | None:
     """Training examples of a run, from its dataset plugin's facts (no data is loaded)."""
-    from optlab.plugins.registry import default_registry
 
     table = {k.partition(".")[2]: v for k, v in run.config.items() if k.startswith("dataset.")}
     name = run.get("dataset")
@@ -176,7 +176,7 @@ class Cell:
 
 
 def _rule(label: str, group: list[Cell], best_w: list[Any]) -> dict[str, Any]:
-    from scipy import stats
+    from scipy import stats  # scipy: a second to import, so only when a test is run
 
     rule: dict[str, Any] = {"group": label, "regimes": len(group)}
     regimes = [c.regime for c in group]
@@ -262,7 +262,7 @@ def _by_cell(benefits: list[tuple[str, int, float]]) -> dict[tuple[str, int], li
 
 
 def _h1(benefits: list[tuple[str, int, float]]) -> dict[str, Any]:
-    from scipy import stats
+    from scipy import stats  # scipy: a second to import, so only when a test is run
 
     test = (
         "least squares of held-out benefit on log10(examples) and its square, an "
@@ -351,7 +351,7 @@ def _best_warmup(row: np.ndarray, warmups: list[Any], higher: bool) -> float | N
 
 
 def _h2(cells: list[Cell], sign: float) -> dict[str, Any]:
-    from scipy import stats
+    from scipy import stats  # scipy: a second to import, so only when a test is run
 
     test = (
         "Spearman's rho of dataset size and each seed's optimal warmup (ties: their mean) "
@@ -411,7 +411,7 @@ def _profile(cells: list[Cell]) -> dict[tuple[int, Any], float]:
 
 
 def _h3(cells: list[Cell], reference: str | None, runs: list[Run]) -> dict[str, Any]:
-    from scipy import stats
+    from scipy import stats  # scipy: a second to import, so only when a test is run
 
     test = (
         "Pearson's r of each dataset's size-centred profile over (size, warmup) cells "
@@ -520,7 +520,7 @@ def _sensitivity(cell: Cell) -> float | None:
 def _h4(
     cells: list[Cell], sign: float, a: str | None, b: str | None, not_yet: list[str] = ()
 ) -> dict[str, Any]:
-    from scipy import stats
+    from scipy import stats  # scipy: a second to import, so only when a test is run
 
     claim = H4.format(a=a or "AdamW", b=b or "SGD")
     test = (

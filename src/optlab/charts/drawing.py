@@ -87,7 +87,7 @@ def line_band(
     color: str | None = None,
     y_title: str | None = None,
 ):
-    import altair as alt
+    import altair as alt  # altair: slow to import, so only when a chart is drawn
 
     scale = alt.Scale(type="log") if log_x else alt.Scale(zero=False)
     base = alt.Chart().encode(

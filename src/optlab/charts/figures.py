@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from optlab.analysis.results import axis_sql, parse_metric
 from optlab.errors import OptlabError
 from optlab.store.sql import q
@@ -158,7 +160,6 @@ def _panel_label(values: dict[str, Any], facet: list[str]) -> str:
 
 
 def _check_where(con: Any, where: str) -> None:
-    import duckdb
 
     if ";" in where:
         raise OptlabError(f"--where {where!r}: one condition, without ';'")

@@ -31,7 +31,7 @@ order by mean nulls last, schedule"""
 def sfo_figure(
     con: Any, study: str, axes: list[str], epsilon: float | None, sel: Selection = Selection()
 ) -> Figure:
-    import altair as alt
+    import altair as alt  # altair: slow to import, so only when a chart is drawn
 
     if epsilon is None or not epsilon > 0:
         raise OptlabError(
@@ -87,7 +87,7 @@ def gradnorm_figure(
 ) -> Figure:
     """Seed 004's figure: full gradient norm against SFO per schedule, log-log, with the
     epsilon line and where each schedule first reaches it (mean SFO over seeds)."""
-    import altair as alt
+    import altair as alt  # altair: slow to import, so only when a chart is drawn
 
     if x not in ("sfo", "sfo_full_batches", "step", "epoch"):
         raise OptlabError(f"--x {x!r}: use sfo, sfo_full_batches, step or epoch")

@@ -99,7 +99,7 @@ def _label(row: dict[str, Any]) -> str:
 def _heatmap_chart(
     rows: list[dict[str, Any]], study: str, x: str, y: str, metric: str, lay: Layout
 ):
-    import altair as alt
+    import altair as alt  # altair: slow to import, so only when a chart is drawn
 
     finite = [r["value"] for r in rows if r["value"] is not None]
     middle = (min(finite) + max(finite)) / 2 if finite else 0.0

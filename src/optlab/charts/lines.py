@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from optlab.analysis.results import fetch_rows, jsonable, parse_metric, reduce_sql
 from optlab.charts.drawing import (
     BATCH,
@@ -146,8 +148,7 @@ def scaling_figure(
     color: str | None = None,
     sel: Selection = Selection(),
 ) -> Figure:
-    import altair as alt
-    import numpy as np
+    import altair as alt  # altair: slow to import, so only when a chart is drawn
 
     for needed in (LR, BATCH):
         if needed not in axes:

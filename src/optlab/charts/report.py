@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import html
+import json
 import math
-from datetime import UTC
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from rich.table import Table
+
 from optlab.analysis.analyze import analyses_for, run_analysis, study_facts
+from optlab.analysis.results import open_study, probes_asked
+from optlab.analysis.status import study_status
 from optlab.charts import probe_charts
 from optlab.charts.catalog import CHARTS
 from optlab.charts.figures import Chart, ReportFacts, Selection, TooManyPanels
@@ -25,7 +31,6 @@ def _cell(value: Any) -> str:
 
 
 def render_result(result: Any, console: Any) -> None:
-    from rich.table import Table
 
     console.print(
         f"{result.analysis} - study {result.study}, metric {result.metric}",
@@ -94,7 +99,6 @@ Promise.allSettled(Object.entries(specs).map(([id, spec]) =>
 
 
 def _esc(value: Any) -> str:
-    import html
 
     return html.escape(_cell(value))
 
@@ -169,11 +173,6 @@ def build_report(
     store: Path, study: str | None, out: Path | None, epsilon: float | None = None
 ) -> tuple[Path, int, int]:
     """Write the report; returns (path, charts, analyses)."""
-    import html
-    from datetime import datetime
-
-    from optlab.analysis.results import open_study, probes_asked
-    from optlab.analysis.status import study_status
 
     if out is not None and out.suffix != ".html":
         raise OptlabError(f"--out {out}: a report is an .html file")
@@ -216,7 +215,6 @@ def build_report(
 
 
 def _matrix_rows(blocks: list[tuple], axes_json: str | None) -> list[dict[str, Any]]:
-    import json
 
     block_axes = json.loads(axes_json or "{}")
     return [
@@ -235,7 +233,6 @@ def _matrix_rows(blocks: list[tuple], axes_json: str | None) -> list[dict[str, A
 
 
 def _status_section(status: Any) -> list[str]:
-    import json
 
     body = ["<h2>Status</h2>", _html_table([{k: v for k, v in status.counts.items()}])]
     if status.problems:
@@ -257,7 +254,6 @@ def _charts_section(
     figures: list[tuple[str, Any]], problems: list[str]
 ) -> tuple[list[str], dict[str, Any]]:
     """The charts' headings, notes and places (each drawn from its spec on the page)."""
-    import html
 
     body, specs = ["<h2>Charts</h2>"], {}
     for i, (title, fig) in enumerate(figures):
@@ -280,7 +276,6 @@ def _charts_section(
 def _analyses_section(
     store: Path, study: str, names: list[str], epsilon: float | None, eps_note: str
 ) -> list[str]:
-    import html
 
     body = ["<h2>Analyses</h2>"]
     for name in names:
@@ -297,11 +292,9 @@ def _analyses_section(
 
 def _write_page(out: Path, study: str, body: list[str], specs: dict[str, Any]) -> None:
     """The page, with Vega's scripts inlined (it opens without a network)."""
-    import html
-    import json
 
-    import altair as alt
-    import vl_convert as vlc
+    import altair as alt  # altair: slow to import, so only when a chart is drawn
+    import vl_convert as vlc  # vl-convert: only when a page is written
 
     # vl-convert names Vega-Lite versions like "v6_4" (Altair's schema is "v6.4.1").
     bundle = vlc.javascript_bundle(vl_version="_".join(alt.SCHEMA_VERSION.split(".")[:2]))

@@ -10,7 +10,23 @@ import sys
 
 import typer
 
-from optlab.cli import common
+from optlab.cli import (
+    analyze,
+    common,
+    export,
+    merge,
+    plot,
+    plugins,
+    query,
+    rebuild,
+    report,
+    rm,
+    run,
+    show,
+    status,
+    train,
+    weights,
+)
 
 app = typer.Typer(
     name="optlab",
@@ -32,22 +48,6 @@ def _root(
 
 
 def _register() -> None:
-    from optlab.cli import (
-        analyze,
-        export,
-        merge,
-        plot,
-        plugins,
-        query,
-        rebuild,
-        report,
-        rm,
-        run,
-        show,
-        status,
-        train,
-        weights,
-    )
 
     for module in (
         run,

@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 
 from optlab.analysis.analyze import ANALYSES
+from optlab.api import open_store
+from optlab.charts.report import render_result
 from optlab.cli.common import StoreOption, handles_errors, out
 
 NAME = "analyze"
@@ -39,8 +41,6 @@ def command(
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap resampling."),
     store: Path = StoreOption,
 ) -> None:
-    from optlab.api import open_store
-    from optlab.charts.report import render_result
 
     result = open_store(store).analyze(
         analysis, study, metric, param=param, epsilon=epsilon, seed=seed

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import typer
 
+from optlab.analysis.export import FORMATS, export
+from optlab.analysis.results import open_study
 from optlab.cli.common import StoreOption, handles_errors, out
 from optlab.errors import UsageError
+from optlab.store.bundle import write_bundle
 
 NAME = "export"
 HELP = (
@@ -30,12 +33,8 @@ def command(
     fmt: str = typer.Option("csv", "--format", help="csv, parquet, seed001, seed004 or bundle."),
     store: Path = StoreOption,
 ) -> None:
-    from optlab.analysis.export import FORMATS, export
 
     if fmt == "bundle":
-        from optlab.analysis.results import open_study
-        from optlab.store.bundle import write_bundle
-
         with open_study(store, study) as (_, name, _):
             pass
         path, runs = write_bundle(store, name, to or Path(f"{name}.tar"))

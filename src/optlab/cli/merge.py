@@ -9,6 +9,9 @@ import typer
 
 from optlab.cli.common import StoreOption, handles_errors, out
 from optlab.errors import UsageError
+from optlab.store.bundle import is_bundle, unpacked
+from optlab.store.liveness import writer_lock
+from optlab.store.merge import describe, merge
 
 NAME = "merge"
 HELP = (
@@ -34,9 +37,6 @@ def command(
     ),
     store: Path = StoreOption,
 ) -> None:
-    from optlab.store.bundle import is_bundle, unpacked
-    from optlab.store.liveness import writer_lock
-    from optlab.store.merge import describe, merge
 
     with writer_lock(store, "merge"), contextlib.ExitStack() as scratch:
         stores = []

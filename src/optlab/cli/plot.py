@@ -8,6 +8,7 @@ from typing import Any
 
 import typer
 
+from optlab.api import open_store  # the API imports the analyses and charts' deps
 from optlab.charts import figures
 from optlab.charts.catalog import CHARTS
 from optlab.charts.figures import Chart
@@ -61,7 +62,6 @@ def command(chart: Chart):
     STUDY_KIND.html), with the line that says what it shows and pools."""
 
     def plot(**given: Any) -> None:
-        from optlab.api import open_store  # the API imports the analyses and charts' deps
 
         store, out_file, study = given.pop("store"), given.pop("out_file"), given.pop("study")
         where, blocks, facet = given.pop("where"), given.pop("block"), given.pop("facet", None)

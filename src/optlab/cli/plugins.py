@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import typer
+from rich.markup import escape
 
 from optlab.cli.common import err, handles_errors, out, printable
 from optlab.errors import ConfigError, UsageError
+from optlab.plugins.registry import GROUPS, default_registry, unknown_name_message
 
 NAME = "plugins"
 HELP = "List registered plugins: name, kind, distribution, description and parameters."
@@ -23,9 +27,6 @@ def command(
         False, "--json", help="One JSON object for tools: {plugins: [...], errors: [...]}."
     ),
 ) -> None:
-    from rich.markup import escape
-
-    from optlab.plugins.registry import GROUPS, default_registry, unknown_name_message
 
     registry = default_registry()
     if kind is not None and kind not in GROUPS:
@@ -39,8 +40,6 @@ def command(
             except ConfigError as e:
                 broken.append(str(e))
     if as_json:
-        import json
-
         print(
             json.dumps({"plugins": [info.as_json() for info in found], "errors": broken}, indent=1)
         )

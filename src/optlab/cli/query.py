@@ -8,6 +8,7 @@ import typer
 
 from optlab.cli.common import StoreOption, handles_errors, out
 from optlab.errors import OptlabError, UsageError
+from optlab.store.query import FORMATS, render, run_sql
 
 NAME = "query"
 HELP = (
@@ -24,7 +25,6 @@ def command(
     out_file: Path = typer.Option(None, "--out", help="Write to this file instead."),
     store: Path = StoreOption,
 ) -> None:
-    from optlab.store.query import FORMATS, render, run_sql
 
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: use one of {', '.join(FORMATS)}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from optlab.cli.common import StoreOption, handles_errors, out
+from optlab.store.liveness import writer_lock
+from optlab.store.manage import rebuild
 
 NAME = "rebuild"
 HELP = (
@@ -15,8 +17,6 @@ HELP = (
 
 @handles_errors
 def command(store: Path = StoreOption) -> None:
-    from optlab.store.liveness import writer_lock
-    from optlab.store.manage import rebuild
 
     with writer_lock(store, "rebuild"):
         done = rebuild(store)

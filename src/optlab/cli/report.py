@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from optlab.charts.report import build_report
 from optlab.cli.common import StoreOption, handles_errors, out
 
 NAME = "report"
@@ -29,7 +30,6 @@ def command(
     ),
     store: Path = StoreOption,
 ) -> None:
-    from optlab.charts.report import build_report
 
     path, charts, analyses = build_report(store, study, out_file, epsilon)
     out.print(f"report written to {path} ({charts} charts, {analyses} analyses)")

@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 
 from optlab.cli.common import StoreOption, handles_errors, out
+from optlab.store.liveness import writer_lock
+from optlab.store.manage import plan_removal, remove
 
 NAME = "rm"
 HELP = (
@@ -34,8 +36,6 @@ def command(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask."),
     store: Path = StoreOption,
 ) -> None:
-    from optlab.store.liveness import writer_lock
-    from optlab.store.manage import plan_removal, remove
 
     with writer_lock(store, "rm"):
         removal = plan_removal(store, run_ids or [], where, study)

@@ -20,7 +20,9 @@ from optlab.errors import UsageError
 from optlab.execution import executors
 from optlab.execution.executors.local import LocalExecutor
 from optlab.execution.launch import Launch, Part, launch
-from optlab.execution.selection import Selection
+from optlab.execution.selection import Selection, select
+from optlab.study.expand import expand, file_matrix
+from optlab.study.schema import load_study
 
 NAME = "run"
 HELP = (
@@ -143,9 +145,6 @@ def command(
 def planned(files: list[Path | None], sets: list[str], max_runs: int | None, chosen: Any) -> list:
     """Each study file loaded and expanded (the part ``chosen`` selects, if any), with its
     file's whole matrix; one line for what cannot be run together."""
-    from optlab.execution.selection import select
-    from optlab.study.expand import expand, file_matrix
-    from optlab.study.schema import load_study
 
     if len(files) > 1 and chosen:
         raise UsageError(

@@ -16,6 +16,10 @@ from optlab.cli.common import (
     out,
 )
 from optlab.errors import UsageError
+from optlab.execution.selection import Selection, select
+from optlab.store import core as st
+from optlab.study.expand import all_runs, expand
+from optlab.study.schema import load_study
 
 NAME = "show"
 HELP = "Show a study's run matrix: per block and in total, how many runs, how many done."
@@ -40,9 +44,6 @@ def command(
     where: str = WhereOption,
     store: Path = StoreOption,
 ) -> None:
-    from optlab.execution.selection import Selection, select
-    from optlab.study.expand import all_runs, expand
-    from optlab.study.schema import load_study
 
     if fmt not in ("text", "json"):
         raise UsageError(f"--format {fmt!r}: use text or json")
@@ -113,7 +114,6 @@ def _fmt(value) -> str:
 def _states(store: Path, run_ids: list[str]) -> dict[str, str]:
     if not store.exists():
         return {}
-    from optlab.store import core as st
 
     with st.reading(store, require_runs=False) as con:
         has = con.execute(

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from rich.table import Table
 
+from optlab.analysis.status import study_status
 from optlab.cli.common import StoreOption, handles_errors, out
 from optlab.execution.progress import describe_axes
 from optlab.store.core import STATES
@@ -19,9 +21,6 @@ def command(
     study: str = typer.Argument(None, help="Only this study.", show_default=False),
     store: Path = StoreOption,
 ) -> None:
-    from rich.table import Table
-
-    from optlab.analysis.status import study_status
 
     results = study_status(store, study)
     if not results:

@@ -8,6 +8,8 @@ import typer
 
 from optlab.cli.common import StoreOption, err, handles_errors, out
 from optlab.execution.launch import Launch, Part, launch
+from optlab.study.expand import expand
+from optlab.study.schema import single_run
 
 NAME = "train"
 HELP = (
@@ -42,8 +44,6 @@ def command(
     ),
     store: Path = StoreOption,
 ) -> None:
-    from optlab.study.expand import expand
-    from optlab.study.schema import single_run
 
     spec = single_run(study, sets, seed)
     plans = expand(spec)

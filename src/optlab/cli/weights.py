@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from optlab.cli.common import StoreOption, handles_errors, out
+from optlab.store.manage import copy_weights, loading_code, saved_weights
 
 NAME = "weights"
 HELP = (
@@ -28,7 +29,6 @@ def command(
     ),
     store: Path = StoreOption,
 ) -> None:
-    from optlab.store.manage import copy_weights, loading_code, saved_weights
 
     _, path, build = saved_weights(store, run_id)
     if python:

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from optlab.errors import ConfigError, UsageError
+from optlab.execution import executors
+from optlab.execution.coordinator import combine, execute, prepare
 from optlab.execution.progress import describe_axes
+from optlab.store.core import check_store, log_path, other_names
+from optlab.store.liveness import writer_lock
+from optlab.study.expand import all_runs
+from optlab.training import preparing
+from optlab.training.devices import cpu_notes
 
 
 @dataclass
@@ -46,10 +53,6 @@ def launch(parts: list[Part], how: Launch, out: Any, err: Any) -> tuple[Any, int
     Returns the outcome (None when nothing was left to run) and the exit code `optlab run`
     gives: 130 interrupted, 1 when a run failed, the study stopped early or runs were left
     without a slot, else 0."""
-    from optlab.execution import executors
-    from optlab.store.core import check_store, other_names
-    from optlab.study.expand import all_runs
-    from optlab.training.preparing import dataset_tables
 
     store = how.store
     runs = [r for part in parts for r in all_runs(part.plans)]
@@ -70,7 +73,7 @@ def launch(parts: list[Part], how: Launch, out: Any, err: Any) -> tuple[Any, int
         stall_timeout=how.stall_timeout,
         data_dir=how.data_dir.resolve(),
         checkpoints_shared=how.checkpoint_dir is not None,
-        datasets=dataset_tables(runs),
+        datasets=preparing.dataset_tables(runs),
     )
     with contextlib.closing(executor):  # a Ray connection is let go however this ends
         executor.make_slots(how.gpus, how.per_gpu, how.workers, None)
@@ -95,9 +98,6 @@ def _run_locked(
 ) -> Any:
     """Under the store's writer lock: prepare each study, start the slots, run them all
     on them, summarise."""
-    from optlab.execution.coordinator import combine, execute, prepare
-    from optlab.store.liveness import writer_lock
-    from optlab.training.devices import cpu_notes
 
     store = how.store
     names = [p.spec.name for p in parts]
@@ -154,10 +154,8 @@ def check_folder(folder: Path, option: str) -> None:
 
 
 def prepare_datasets(spec, runs, data_dir: Path) -> None:
-    from optlab.training.preparing import dataset_tables, prepare
-
     try:
-        prepare(dataset_tables(runs), data_dir)
+        preparing.prepare(preparing.dataset_tables(runs), data_dir)
     except (ValueError, OSError) as e:
         raise ConfigError(f"{spec.file}: dataset {e}") from None
 
@@ -195,8 +193,6 @@ def _summary(study: str, todo: Any, outcome: Any, store: Path, out: Any, err: An
                 markup=False,
             )
             if status == "failed":
-                from optlab.store.core import log_path
-
                 err.print(f"    log: {log_path(store, run_id)}", markup=False)
     if outcome.stopped:
         err.print(

@@ -12,8 +12,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+import duckdb
+import numpy as np
+
 from optlab.errors import OptlabError, UsageError
 from optlab.store.core import ALIASES, config_columns
+from optlab.store.query import check_reads_only, one_line
 from optlab.study.expand import BlockPlan, all_runs
 from optlab.study.steps import start_lr
 
@@ -83,9 +87,6 @@ def _by_id(plans: list[BlockPlan], given: list[str]) -> set[str]:
 def _by_condition(plans: list[BlockPlan], condition: str) -> set[str]:
     """The runs for which ``condition`` holds, evaluated by DuckDB over a table of the matrix
     (in memory; it reads and writes nothing else)."""
-    import duckdb
-
-    from optlab.store.query import check_reads_only, one_line
 
     columns, rows = matrix_table(plans)
     sql = f"select run_id from matrix where ({condition}\n)"
@@ -143,7 +144,6 @@ def matrix_table(plans: list[BlockPlan]) -> tuple[list[str], list[dict[str, Any]
 
 def _arrays(columns: list[str], rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Column arrays of one type each: whole numbers, numbers, booleans, else text."""
-    import numpy as np
 
     out = {}
     for c in columns:

@@ -30,7 +30,7 @@ from optlab.plugins.plugin import NoParams, Params, Plugin, TensorData
 from optlab.plugins.probe_params import ProbeParams, check_schedule
 
 if TYPE_CHECKING:  # for annotations only: execution is a stage above the plugins
-    import torch
+    import torch  # torch: only where a run trains; the readers never import it
 
     from optlab.execution.executors import Executor
 

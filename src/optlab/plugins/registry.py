@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import importlib.util
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ from types import UnionType
 from typing import Annotated, Any, Union, get_args, get_origin
 
 from optlab.errors import ConfigError
-from optlab.plugins.plugin import Plugin
+from optlab.plugins.plugin import Params, Plugin
+from optlab.plugins.probe_params import ProbeParams
 
 GROUPS: dict[str, str] = {
     "dataset": "optlab.datasets",
@@ -205,12 +207,9 @@ class Registry:
 
 def check_contract(kind: str, name: str, plugin: Plugin) -> None:
     """What can be checked of a plugin without building it: its params model's base."""
-    from optlab.plugins.plugin import Params
 
     base = Params
     if kind == "probe":
-        from optlab.plugins.probe_params import ProbeParams
-
         base = ProbeParams
     params = plugin.params
     if not (isinstance(params, type) and issubclass(params, base)):
@@ -229,7 +228,6 @@ def check_contract(kind: str, name: str, plugin: Plugin) -> None:
 def _check_target(kind: str, name: str, what: str, target: str) -> None:
     """A ``"module:function"`` build names a module that exists, found without importing it
     (which may need torch): a missing one is named here, not in every worker."""
-    import importlib.util
 
     module, _, attr = target.partition(":")
     try:

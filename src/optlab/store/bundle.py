@@ -22,6 +22,7 @@ from pathlib import Path
 
 from optlab.errors import OptlabError
 from optlab.locations import checkpoints_dir, runs_dir
+from optlab.store.merge import merge
 
 INNER = "bundle.duckdb"
 SUFFIXES = (".tar", ".optlab")
@@ -34,7 +35,6 @@ def is_bundle(path: Path) -> bool:
 def write_bundle(store: Path, study: str, to: Path) -> tuple[Path, int]:
     """Pack ``study`` of ``store`` into the file ``to`` (written whole, then renamed into
     place); returns it and the number of runs it holds."""
-    from optlab.store.merge import merge
 
     to = to if to.suffix in SUFFIXES else to.with_name(to.name + ".tar")
     with _scratch(to.parent) as folder:

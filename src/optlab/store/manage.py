@@ -24,6 +24,7 @@ from optlab import locations
 from optlab.errors import OptlabError, StoreError, UsageError
 from optlab.store import core as st
 from optlab.store.query import check_reads_only, one_line
+from optlab.study.schema import WEIGHTS_AUTO_SECONDS
 
 MIN_PREFIX = 4  # a run id may be shortened to a unique prefix this long
 
@@ -114,7 +115,6 @@ def loading_code(path: Path, build: dict[str, Any]) -> str:
 
 
 def _minutes() -> int:
-    from optlab.study.schema import WEIGHTS_AUTO_SECONDS
 
     return int(WEIGHTS_AUTO_SECONDS // 60)
 

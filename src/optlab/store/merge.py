@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import Any
 
+import duckdb
+
 from optlab import locations
 from optlab.atomic import write_atomic
 from optlab.errors import OptlabError, StoreBusy
@@ -185,7 +187,6 @@ def _merge_one(
 def _attach(con: Any, other: Path, name: str, timeout: float = 15.0) -> None:
     """Attach the other store read-only, retrying while its writer holds it for a batch (as
     readers do); a store busy for longer is one line that says so."""
-    import duckdb
 
     deadline = time.monotonic() + timeout
     while True:

@@ -15,6 +15,7 @@ from optlab import locations
 from optlab.store import views
 from optlab.study import paths
 from optlab.study.schema import PLUGIN_SLOTS
+from optlab.study.steps import start_lr_sql
 
 STATES = ("pending", "running", "done", "failed", "diverged", "interrupted")
 
@@ -199,7 +200,6 @@ def add_config_columns(con: duckdb.DuckDBPyConnection, rows: list[dict[str, Any]
 
 
 def refresh_runs_view(con: duckdb.DuckDBPyConnection) -> None:
-    from optlab.study.steps import start_lr_sql
 
     cols = table_columns(con, "run_state")
     aliases = "".join(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from typing import Any
 
 import duckdb
@@ -21,7 +22,6 @@ def start_session(
 ) -> None:
     """A session row for each study the run serves (``SESSION``, ``SESSION.1``, ...: one
     pool running several studies is live for each of them)."""
-    import socket
 
     # The caller holds the store's writer lock: a session still open is one whose writer died.
     con.execute("update sessions set ended_at = heartbeat_at where ended_at is null")

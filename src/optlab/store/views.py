@@ -20,7 +20,10 @@ them as temporary views.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
+
+import duckdb
 
 T_TABLE_MAX_DF = 1000
 Z975 = 1.959963984540054
@@ -124,7 +127,7 @@ def t_quantiles() -> list[tuple[int, float]]:
     ``scipy.special.stdtrit`` is what ``scipy.stats.t.ppf`` computes, to the bit, without
     importing ``scipy.stats`` (about 1.5 s, paid by every new store).
     """
-    from scipy.special import stdtrit
+    from scipy.special import stdtrit  # scipy: a second to import, so only when a view is made
 
     dfs = list(range(1, T_TABLE_MAX_DF + 1))
     return list(zip(dfs, (float(v) for v in stdtrit(dfs, 0.975)), strict=True))
@@ -150,9 +153,6 @@ def create(con: Any, temp: bool = False) -> None:
 
 def ensure_readable(con: Any) -> None:
     """Give a read-only connection the views if its store predates them."""
-    import contextlib
-
-    import duckdb
 
     have = con.execute(
         "select count(*) from duckdb_views() where view_name = 'noise_scale'"

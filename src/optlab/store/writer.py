@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
+import numpy as np
 
 from optlab import locations
 from optlab.events import EPOCH_FIELDS
@@ -167,7 +168,6 @@ def with_rows(
 ) -> None:
     """Run ``sql`` with ``rows`` as the view ``optlab_bulk_rows``: one array per column
     (None is NULL), so many rows take one statement."""
-    import numpy as np
 
     data = {c: np.array([row[i] for row in rows], dtype=object) for i, c in enumerate(columns)}
     con.register("optlab_bulk_rows", data)

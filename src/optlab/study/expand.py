@@ -23,10 +23,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from optlab.errors import ConfigError
+from pydantic import BaseModel
+
+from optlab.errors import ConfigError, OptlabError
 from optlab.plugins.plugin import study_folder
 from optlab.plugins.registry import Registry, default_registry
-from optlab.study import paths, plugin_files, resolve
+from optlab.study import paths, plugin_files, resolve, search
 from optlab.study.schema import (
     NOT_IDENTITY,
     PLUGIN_SLOTS,
@@ -36,6 +38,7 @@ from optlab.study.schema import (
     Block,
     RunSettings,
     Study,
+    load_study,
     seed_list,
 )
 
@@ -196,7 +199,6 @@ class _Expander:
         block = self.block
         if not block.search:
             return [len(g) for g in self.axis_groups()[0]]
-        from optlab.study import search
 
         plain = Block(**{**block.model_dump(), "search": {}})
         sizes = [len(g) for g in _Expander(self.study, plain, 0, self.registry).axis_groups()[0]]
@@ -235,7 +237,6 @@ class _Expander:
         return groups, axes
 
     def search_points(self) -> list[dict[str, Any]]:
-        from optlab.study import search
 
         try:
             return search.draw(self.block.search)
@@ -291,7 +292,6 @@ class _Expander:
 
 def _settings_table(key: str) -> Any:
     """The model of a run setting that is a table (checkpoint, divergence, local_sgd)."""
-    from pydantic import BaseModel
 
     field = RunSettings.model_fields.get(key)
     for t in (field.annotation, *getattr(field.annotation, "__args__", ())) if field else ():
@@ -372,8 +372,6 @@ def _expand_block(
                 )
             )
     if block.search:
-        from optlab.study import search
-
         return BlockPlan(
             ex.name, axes, seeds, runs, search.describe(block.search), ex.search_points()
         )
@@ -401,8 +399,6 @@ def file_matrix(
     when the whole file cannot be expanded (more runs than ``max_runs``, say)."""
     if not sets:
         return {r.run_id for r in all_runs(plans)}
-    from optlab.errors import OptlabError
-    from optlab.study.schema import load_study
 
     try:
         return {r.run_id for r in all_runs(expand(load_study(path), max_runs=max_runs))}

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
 
 from optlab.errors import ConfigError
+from optlab.plugins.registry import default_registry
+from optlab.study import plugin_files
 
 # Run-config keys that hold a plugin table, and the registry kind of each.
 PLUGIN_SLOTS: dict[str, str] = {
@@ -314,8 +316,6 @@ def load_study(path: str | Path | None, sets: list[str] = ()) -> Study:
             f"{path}: analysis.warmup.reference: no block is named {reference!r}; "
             f"blocks: {', '.join(names)}"
         )
-    from optlab.plugins.registry import default_registry
-    from optlab.study import plugin_files
 
     # Plugins from files beside the study: loaded (and checked) now, visible from here on.
     files = plugin_files.load(shape.plugins, path.resolve().parent, str(path), default_registry())

@@ -21,6 +21,8 @@ import math
 import warnings
 from typing import Any
 
+import numpy as np
+
 KINDS = ("sobol", "random")
 RANGES = ("log_uniform", "uniform", "choice")
 DIGITS = 6
@@ -109,11 +111,10 @@ def describe(table: dict[str, Any]) -> str:
 
 def unit_points(kind: str, n: int, dims: int, seed: int) -> list[list[float]]:
     """``n`` points in [0, 1)^dims; the first k of n are the k points drawn alone."""
-    import numpy as np
 
     if kind == "random":
         return np.random.default_rng(seed).random((n, dims)).tolist()
-    from scipy.stats import qmc
+    from scipy.stats import qmc  # scipy: a second to import, so only when a search draws
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # n not a power of 2: still valid

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from optlab.plugins.registry import default_registry
+
 
 def lr_scale(config: dict[str, Any], batch_size: int, reference: int) -> float:
     """The linear (Goyal et al.) or square-root scaling rule, relative to ``reference``."""
@@ -55,7 +57,6 @@ def per_step(
     The LR is the optimizer's base LR times the schedule's factor at that step times the
     batch scaling rule, exactly as the engine sets it before the step.
     """
-    from optlab.plugins.registry import default_registry
 
     registry = registry or default_registry()
     table = config["lr_schedule"]

@@ -50,7 +50,7 @@ def listed(folder: Path) -> list[tuple[int, Path]]:
 
 
 def encode(state: dict[str, Any]) -> bytes:
-    import torch
+    import torch  # torch: only where a run trains; the readers never import it
 
     buf = io.BytesIO()
     torch.save(state, buf)
@@ -59,7 +59,7 @@ def encode(state: dict[str, Any]) -> bytes:
 
 
 def decode(data: bytes) -> dict[str, Any]:
-    import torch
+    import torch  # torch: only where a run trains; the readers never import it
 
     return torch.load(io.BytesIO(payload_of(data)), map_location="cpu", weights_only=True)
 

@@ -3,6 +3,7 @@ weights so far, the random generators' state; the divergence rules; saved weight
 
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,7 +84,6 @@ def divergence(config: dict[str, Any], train_loss: float, run: Counters) -> tupl
 
 def save_weights(folder: Path, which: str, weights: dict[str, torch.Tensor]) -> Path:
     """A plain ``state_dict`` file: ``model.load_state_dict(torch.load(path))``."""
-    import io
 
     buf = io.BytesIO()
     torch.save(weights, buf)

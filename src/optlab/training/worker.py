@@ -10,11 +10,13 @@ crash of the worker or of the coordinator, and ``optlab run`` re-ingests it on r
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import faulthandler
 import json
 import os
 import platform
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +28,9 @@ from typing import Any, TextIO
 
 from optlab.events import encode, open_journal
 from optlab.locations import record_event
+from optlab.plugins.plugin import study_folder
+from optlab.plugins.registry import default_registry
+from optlab.study import plugin_files
 from optlab.version import __version__
 
 
@@ -50,7 +55,7 @@ def git_sha() -> str | None:
 
 
 def provenance(device: Any) -> dict[str, Any]:
-    import torch
+    import torch  # torch: only where a run trains; the readers never import it
 
     name = (
         torch.cuda.get_device_name(device)
@@ -177,11 +182,9 @@ def run_task(
     lock: threading.Lock,
     beat: Heartbeat,
 ) -> None:
-    import torch
+    import torch  # torch: only where a run trains; the readers never import it
 
-    from optlab.plugins.plugin import study_folder
-    from optlab.study import plugin_files
-    from optlab.training import engine
+    from optlab.training import engine  # imports torch
 
     try:
         Path(task["journal"]).parent.mkdir(parents=True, exist_ok=True)
@@ -240,9 +243,6 @@ def _die_with_parent() -> None:
     """On Linux, exit when the coordinator dies (kill -9 included), freeing the GPU; what
     was reported is already in the journal."""
     if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         if os.getppid() == 1:  # the parent died before the call
@@ -255,10 +255,9 @@ def main() -> None:
     events = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
     # A segfault or a fatal error writes its Python traceback to fd 2: the current run's log.
     faulthandler.enable(file=sys.stderr, all_threads=True)
-    import torch
+    import torch  # torch: only where a run trains; the readers never import it
 
-    from optlab.plugins.registry import default_registry
-    from optlab.training.engine import DataCache, pick_device
+    from optlab.training.engine import DataCache, pick_device  # imports torch
 
     threads = int(os.environ.get("OPTLAB_THREADS", "0") or 0)
     if threads > 0:

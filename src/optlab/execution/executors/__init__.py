@@ -27,9 +27,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
+from optlab.errors import UsageError
 from optlab.plugins.plugin import Params, Plugin
+from optlab.plugins.registry import default_registry
 from optlab.study.expand import RunSpec
 from optlab.training.devices import Slot
 
@@ -85,7 +87,6 @@ def option_name(key: str) -> str:
 def parse_options(pairs: list[str], address: str | None) -> dict[str, str]:
     """``--executor-opt KEY=VALUE`` (repeatable) and the ``--address`` shorthand, as the
     executor's options; one line for what is not KEY=VALUE or is given twice."""
-    from optlab.errors import UsageError
 
     options: dict[str, str] = {}
     for pair in pairs:
@@ -115,10 +116,6 @@ ray = Plugin(
 def create(name: str, params: dict[str, Any], **context: Any) -> Executor:
     """The executor ``name`` built with ``params`` (its own options, as strings or values:
     ``--executor-opt KEY=VALUE``; ``--address`` is ``address``) and the context."""
-    from pydantic import ValidationError
-
-    from optlab.errors import UsageError
-    from optlab.plugins.registry import default_registry
 
     plugin = default_registry().get("executor", name)
     given = {k: v for k, v in params.items() if v is not None}

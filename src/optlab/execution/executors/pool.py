@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -23,6 +24,7 @@ from optlab import locations
 from optlab.events import TERMINAL, decode, encode
 from optlab.store.core import artefacts_dir, journal_path, log_path
 from optlab.study.expand import RunSpec
+from optlab.study.schema import PLUGIN_SLOTS, PROBES_KEY
 from optlab.training.devices import Slot
 
 Sink = Callable[[dict[str, Any]], None]
@@ -207,7 +209,6 @@ class Broken:
 
     @staticmethod
     def _key(kind: str, table: Any, dataset: Any) -> str:
-        import json
 
         return json.dumps([kind, table, dataset], sort_keys=True)
 
@@ -223,7 +224,6 @@ class Broken:
     def why_not(self, spec: RunSpec) -> str | None:
         if not self.seen:
             return None
-        from optlab.study.schema import PLUGIN_SLOTS, PROBES_KEY
 
         dataset = spec.config.get("dataset")
         tables = [(kind, spec.config.get(slot)) for slot, kind in PLUGIN_SLOTS.items()]

@@ -28,6 +28,7 @@ from optlab.execution.executors.pool import signal_group, start_worker
 from optlab.locations import record_event, roots
 from optlab.store.core import journal_path, log_path
 from optlab.training.devices import Slot
+from optlab.training.preparing import prepare
 from optlab.training.worker import FULL
 
 NOT_JOURNALED = ("heartbeat", "ready", "disk_full")
@@ -70,8 +71,6 @@ class WorkerHost:
         self.node = node
         info = {"node": self.node}
         try:
-            from optlab.training.preparing import prepare
-
             await asyncio.to_thread(prepare, self.datasets, self.data_dir)
             self.scratch.mkdir(parents=True, exist_ok=True)
         except Exception as e:  # noqa: BLE001 - reported once, by node, with its reason

@@ -9,11 +9,12 @@ from typing import Any
 
 import numpy as np
 
+from optlab.plugins.plugin import study_path
+
 REQUIRED = ("x_train", "y_train", "x_test", "y_test")
 
 
 def arrays_summary(path: str) -> dict[str, Any]:
-    from optlab.plugins.plugin import study_path
 
     p = study_path(path)
     if not p.is_file():

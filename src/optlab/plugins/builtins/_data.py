@@ -13,7 +13,7 @@ import numpy as np
 
 from optlab.plugins.builtins._arrays import REQUIRED, arrays_summary, is_image
 from optlab.plugins.builtins.datasets import CIFAR, digits_arrays, medmnist_info
-from optlab.plugins.plugin import TensorData
+from optlab.plugins.plugin import TensorData, study_path
 
 DOWNLOAD_TIMEOUT = 60  # seconds without an answer before a download gives up
 
@@ -65,7 +65,7 @@ def to_nchw_float(x: np.ndarray) -> np.ndarray:
 
 def finish(x_tr, y_tr, x_te, y_te, params: Any, mean=None, std=None) -> TensorData:
     """Subsample, hold out validation, normalise per channel, and make tensors."""
-    import torch
+    import torch  # torch: only where a run trains; the readers never import it
 
     y_tr, y_te = np.asarray(y_tr).reshape(-1).astype(np.int64), np.asarray(y_te).reshape(-1)
     classes = int(max(y_tr.max(), y_te.max())) + 1
@@ -109,7 +109,7 @@ def build_digits(params: Any, **_: Any) -> TensorData:
 
 
 def build_synthetic(params: Any, **_: Any) -> TensorData:
-    import torch
+    import torch  # torch: only where a run trains; the readers never import it
 
     g = torch.Generator().manual_seed(params.seed)
     shape = tuple(params.shape)
@@ -150,7 +150,7 @@ def prepare_cifar(name: str, params: Any, data_dir: str | None = None) -> None:
     missing = [f for f in train + test if not (root / folder / f).is_file()]
     if not missing:
         return
-    import torchvision
+    import torchvision  # torchvision: only to download a dataset
 
     tv = getattr(torchvision.datasets, cls)
     how = (
@@ -233,7 +233,7 @@ def prepare_medmnist(flag: str, params: Any, data_dir: str | None = None) -> Non
         if not params.download:
             raise ValueError(f"{flag}: not found at {path} (download = false); {how}")
         try:
-            import torchvision
+            import torchvision  # torchvision: only to download a dataset
 
             path.parent.mkdir(parents=True, exist_ok=True)
             _with_timeout(
@@ -296,7 +296,6 @@ def prepare_cifar100(params: Any, *, data_dir: str | None = None, **_: Any) -> N
 
 
 def build_arrays(params: Any, **_: Any) -> TensorData:
-    from optlab.plugins.plugin import study_path
 
     arrays_summary(params.path)
     with np.load(study_path(params.path)) as f:

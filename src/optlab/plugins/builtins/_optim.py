@@ -18,6 +18,7 @@ from optlab.plugins.builtins.optimizers import (
     ScheduleFreeAdamWParams,
     param_groups,
 )
+from optlab.plugins.registry import default_registry
 
 
 def _trust(numerator: torch.Tensor, denominator: torch.Tensor, coefficient: float) -> torch.Tensor:
@@ -235,7 +236,6 @@ class SAM(torch.optim.Optimizer):
 
 
 def build_sam(params: SAMParams, *, model: Any, **context: Any) -> SAM:
-    from optlab.plugins.registry import default_registry
 
     base = default_registry().create(
         "optimizer", params.base, dict(params.model_extra or {}), model=model, **context

@@ -18,8 +18,10 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from pydantic import Field, model_validator
 
+from optlab.plugins.builtins._arrays import arrays_summary
 from optlab.plugins.plugin import Params, Plugin
 
 Channels = list[float] | None
@@ -72,7 +74,7 @@ class DigitsParams(Common):
 @cache
 def digits_arrays(test_fraction: float, split_seed: int):
     """The digits split (numpy arrays: x_train, y_train, x_test, y_test), without torch."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # scikit-learn: only for the digits dataset
     from sklearn.model_selection import train_test_split
 
     x, y = load_digits(return_X_y=True)
@@ -84,7 +86,6 @@ def digits_arrays(test_fraction: float, split_seed: int):
 
 @cache
 def _digits_smallest_class(test_fraction: float, split_seed: int) -> int:
-    import numpy as np
 
     y = digits_arrays(test_fraction, split_seed)[1]
     return int(np.bincount(y).min())
@@ -244,7 +245,6 @@ class ArraysParams(Normalised):
 
 
 def _arrays_check(p: ArraysParams, **_: Any) -> None:
-    from optlab.plugins.builtins._arrays import arrays_summary
 
     summary = arrays_summary(p.path)
     _check_per_class(p, summary["smallest_class"], p.path)
@@ -264,7 +264,6 @@ def _arrays_check(p: ArraysParams, **_: Any) -> None:
 
 
 def _arrays_info(p: ArraysParams) -> dict[str, Any]:
-    from optlab.plugins.builtins._arrays import arrays_summary
 
     summary = arrays_summary(p.path)
     return _sizes(summary["train_size"], summary["classes"], p)

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
+from optlab.errors import ConfigError
 from optlab.plugins.plugin import Params, Plugin
+from optlab.plugins.registry import default_registry
 
 PositiveLR = Annotated[float, Field(gt=0)]
 Momentum = Annotated[float, Field(ge=0, lt=1)]
@@ -110,10 +112,6 @@ class SAMParams(Params):
 
     @model_validator(mode="after")
     def _base_takes_the_rest(self) -> SAMParams:
-        from pydantic import ValidationError
-
-        from optlab.errors import ConfigError
-        from optlab.plugins.registry import default_registry
 
         if self.base == "sam":
             raise ValueError('base = "sam": SAM wraps another optimizer, not itself')
@@ -161,7 +159,7 @@ def param_groups(
 
 def _torch(name: str):
     def build(params: Params, *, model: Any, **_: Any):
-        import torch
+        import torch  # torch: only where a run trains; the readers never import it
 
         options = params.model_dump(exclude={"exclude_bias_norm"})
         groups = param_groups(model, params.weight_decay, params.exclude_bias_norm)
