@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import typer
 
@@ -19,10 +18,8 @@ from optlab.cli.common import (
 from optlab.errors import UsageError
 from optlab.execution import executors
 from optlab.execution.executors.local import LocalExecutor
-from optlab.execution.launch import Launch, Part, launch
-from optlab.execution.selection import Selection, select
-from optlab.study.expand import expand, file_matrix
-from optlab.study.schema import load_study
+from optlab.execution.launch import Launch, launch, plan_parts
+from optlab.execution.selection import Selection
 
 NAME = "run"
 HELP = (
@@ -120,7 +117,8 @@ def command(
     if executor_name == "local":  # the slots are checked before anything slow
         LocalExecutor(store).make_slots(gpus, per_gpu, workers, None)
     options = executors.parse_options(executor_opts, address)
-    parts = planned(list(studies or [None]), sets, max_runs, Selection(blocks, only, where))
+    chosen = Selection(blocks, only, where)
+    parts = plan_parts(list(studies or [None]), sets, max_runs, chosen)
     code = launch(
         parts,
         Launch(
@@ -140,24 +138,3 @@ def command(
     )[1]
     if code:
         raise typer.Exit(code)
-
-
-def planned(files: list[Path | None], sets: list[str], max_runs: int | None, chosen: Any) -> list:
-    """Each study file loaded and expanded (the part ``chosen`` selects, if any), with its
-    file's whole matrix; one line for what cannot be run together."""
-
-    if len(files) > 1 and chosen:
-        raise UsageError(
-            f"{chosen.describe()}: selects part of one study; give one study file with it"
-        )
-    parts = []
-    for study in files:
-        spec = load_study(study, sets)
-        plans = expand(spec, max_runs=max_runs)
-        matrix = file_matrix(study, sets, plans, max_runs)
-        parts.append(Part(spec, select(plans, chosen), matrix))  # a part of it, if asked
-    names = [p.spec.name for p in parts]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise UsageError(f"study {twice[0]!r} is given twice; give each study once")
-    return parts

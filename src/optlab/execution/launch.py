@@ -1,5 +1,6 @@
-"""Launching studies: check the store and the datasets, record the studies, run what is not
-done on one executor under the store's writer lock, and summarise. What `optlab run`,
+"""Launching studies: plan the parts of the study files asked for, check the store and the
+datasets, record the studies, run what is not done on one executor under the store's writer
+lock, and summarise. What `optlab run`,
 `optlab train` and ``optlab.train`` share; the CLI turns the exit code into its own.
 """
 
@@ -15,9 +16,11 @@ from optlab.errors import ConfigError, UsageError
 from optlab.execution import executors
 from optlab.execution.coordinator import combine, execute, prepare
 from optlab.execution.progress import describe_axes
+from optlab.execution.selection import Selection, select
 from optlab.store.core import check_store, log_path, other_names
 from optlab.store.liveness import writer_lock
-from optlab.study.expand import all_runs
+from optlab.study.expand import all_runs, expand, file_matrix
+from optlab.study.schema import load_study
 from optlab.training import preparing
 from optlab.training.devices import cpu_notes
 
@@ -208,3 +211,26 @@ def _summary(study: str, todo: Any, outcome: Any, store: Path, out: Any, err: An
         )
     if outcome.interrupted:
         out.print("Interrupted runs are resumable: run the same command again.")
+
+
+def plan_parts(
+    files: list[Path | None], sets: list[str], max_runs: int | None, chosen: Selection
+) -> list[Part]:
+    """Each study file loaded and expanded (the part ``chosen`` selects, if any), with its
+    file's whole matrix; one line for what cannot be run together."""
+
+    if len(files) > 1 and chosen:
+        raise UsageError(
+            f"{chosen.describe()}: selects part of one study; give one study file with it"
+        )
+    parts = []
+    for study in files:
+        spec = load_study(study, sets)
+        plans = expand(spec, max_runs=max_runs)
+        matrix = file_matrix(study, sets, plans, max_runs)
+        parts.append(Part(spec, select(plans, chosen), matrix))  # a part of it, if asked
+    names = [p.spec.name for p in parts]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise UsageError(f"study {twice[0]!r} is given twice; give each study once")
+    return parts
