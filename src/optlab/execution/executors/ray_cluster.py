@@ -85,6 +85,8 @@ class SlotWorker(WorkerHost):
     """A :class:`~optlab.execution.executors.relay.WorkerHost` as a Ray actor: it knows its
     node from Ray, and stops its worker and itself when its node's raylet dies."""
 
+    node_lost = False  # set by the watch below, before it stops the worker
+
     async def start(self) -> dict[str, Any]:
         host, node_id = socket.gethostname(), ray.get_runtime_context().get_node_id()
         info = await self.start_on(node_name(host, node_id, self.unique_hosts))
@@ -99,9 +101,18 @@ class SlotWorker(WorkerHost):
         until the cluster shuts down."""
         while os.getppid() == raylet:
             await asyncio.sleep(NODE_WATCH_SECONDS)
+        self.node_lost = True
         with contextlib.suppress(Exception):
             await self.stop(grace=NODE_LOST_GRACE)
         os._exit(1)
+
+    async def exit_code(self) -> int | None:
+        """The worker's exit code; an error (the driver's Lost) when this slot stopped it
+        because its node is gone: that run is lost with the node and goes back to the
+        queue, it has not failed."""
+        if self.node_lost:
+            raise RuntimeError("its node's raylet is gone; the worker was stopped with it")
+        return await super().exit_code()
 
 
 RemoteSlot = ray.remote(max_restarts=0)(SlotWorker)
