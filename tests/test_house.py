@@ -59,7 +59,17 @@ def test_every_path_where_things_live_names_exists():
 
 # What may be imported inside a function: what is slow to import or optional, so that a
 # command that does not need it never pays for it (torch in the reader commands, say).
-LATE = ("torch", "torchvision", "scipy", "altair", "vl_convert", "sklearn", "ray", "medmnist")
+LATE = (
+    "torch",
+    "torchvision",
+    "scipy",
+    "altair",
+    "vl_convert",
+    "sklearn",
+    "ray",
+    "medmnist",
+    "uvicorn",
+)
 LATE_OPTLAB = ("optlab.training.engine", "optlab.training.probing", "optlab.training.state")
 
 

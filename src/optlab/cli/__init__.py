@@ -22,6 +22,7 @@ from optlab.cli import (
     report,
     rm,
     run,
+    serve,
     show,
     status,
     train,
@@ -63,6 +64,7 @@ def _register() -> None:
         rebuild,
         merge,
         plugins,
+        serve,
     ):
         app.command(name=module.NAME, help=module.HELP)(module.command)
     app.add_typer(plot.app, name="plot")

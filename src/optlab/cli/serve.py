@@ -1,0 +1,77 @@
+"""optlab serve: the store as a live page in the browser."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from pathlib import Path
+
+import typer
+
+from optlab.cli.common import StoreOption, fail, handles_errors, out
+from optlab.errors import OptlabError
+from optlab.serve.app import create_app
+from optlab.store.core import reading
+
+NAME = "serve"
+HELP = (
+    "The store as a live page in the browser: studies, a study's runs, charts and analyses, "
+    "a run, SQL; it updates while studies run. Ctrl-C stops it."
+)
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@handles_errors
+def command(
+    port: int = typer.Option(8765, "--port", help="The port to listen on."),
+    host: str = typer.Option(
+        "127.0.0.1",
+        "--host",
+        help="The address to listen on; another than this machine's own needs a token.",
+    ),
+    token: str = typer.Option(
+        None,
+        "--token",
+        help="The token every request must carry (default: one is made and printed when "
+        "--host is not this machine's own).",
+        show_default=False,
+    ),
+    store: Path = StoreOption,
+) -> None:
+    import uvicorn  # the web server: a tenth of a second to import, for this command only
+
+    try:
+        with reading(store):
+            pass  # a store that is missing, foreign or newer: said before anything starts
+    except OptlabError as e:
+        raise fail(str(e), 2) from None
+    if token is None and host not in LOOPBACK:
+        token = secrets.token_urlsafe(16)
+    listening = _listen(host, port)
+    address = f"http://{host}:{port}/" + (f"?token={token}" if token else "")
+    out.print(f"optlab serve: {address} (store {store}); Ctrl-C stops it", markup=False)
+    if token:
+        out.print(
+            "every request must carry this token: the page can read files through SQL",
+            markup=False,
+        )
+    server = uvicorn.Server(uvicorn.Config(create_app(store, token), log_level="warning"))
+    server.run(sockets=[listening])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The listening socket, or one line (exit 2) for a port in use or an address that is
+    not this machine's."""
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OverflowError:
+        raise fail(f"--port {port}: give a port from 1 to 65535", 2) from None
+    except OSError as e:
+        if e.errno == 98:  # EADDRINUSE
+            raise fail(f"--port {port}: in use on {host}; give another with --port", 2) from None
+        raise fail(f"--host {host} --port {port}: cannot listen there: {e.strerror}", 2) from None
+    return sock

@@ -1,0 +1,195 @@
+"""The live page's web application (Starlette): the pages, the JSON API they poll, their
+scripts, and the token a server on another address than this machine's asks for.
+
+Every API answer is read from the store when asked (the charts and analyses at most every
+few seconds, the rest every second, whatever the number of pages open), through
+:mod:`optlab.serve.data`: the store is held read-only for one short read at a time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import threading
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from optlab.errors import OptlabError
+from optlab.serve import data
+from optlab.serve.pages import page
+
+COOKIE = "optlab_token"
+FRESH = {"charts": 3.0, "analyses": 10.0}  # seconds an answer is reused; others 1 s
+
+
+class Answers:
+    """API answers kept for a moment, so that many pages polling cost one read."""
+
+    def __init__(self) -> None:
+        self._kept: dict[str, tuple[float, Any]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: str, fresh: float, make: Callable[[], Any]) -> Any:
+        now = time.monotonic()
+        with self._lock:
+            hit = self._kept.get(key)
+        if hit is not None and now - hit[0] < fresh:
+            return hit[1]
+        value = make()
+        with self._lock:
+            self._kept[key] = (time.monotonic(), value)
+            if len(self._kept) > 512:  # forget the oldest answers
+                for old in sorted(self._kept, key=lambda k: self._kept[k][0])[:256]:
+                    del self._kept[old]
+        return value
+
+
+def create_app(store: Path, token: str | None = None) -> Starlette:
+    """The application serving ``store``; with ``token``, every request must carry it."""
+    answers = Answers()
+    vega: dict[str, bytes] = {}
+
+    def api(kind: str, read: Callable[[Request], Any]) -> Callable[[Request], Response]:
+        def endpoint(request: Request) -> Response:
+            key = f"{request.url.path}?{request.url.query}"
+            try:
+                body = answers.get(key, FRESH.get(kind, 1.0), lambda: read(request))
+            except data.NotFound as e:
+                return JSONResponse({"error": str(e)}, status_code=404)
+            except OptlabError as e:  # the store gone or busy, a bad statement: said
+                return JSONResponse({"error": str(e)}, status_code=400)
+            except Exception as e:  # noqa: BLE001 - the page says it; the server goes on
+                first = (str(e).strip().splitlines() or [""])[0]
+                error = f"unexpected {type(e).__name__}: {first}"
+                return JSONResponse({"error": error}, status_code=500)
+            return JSONResponse(body)
+
+        return endpoint
+
+    def show(name: str) -> Callable[[Request], Response]:
+        def endpoint(request: Request) -> Response:
+            arg = request.path_params.get("arg", "")
+            return HTMLResponse(page(name, arg, store))
+
+        return endpoint
+
+    def static(request: Request) -> Response:
+        name = request.path_params["name"]
+        if name == "vega.js":
+            if "bundle" not in vega:
+                vega["bundle"] = _vega_bundle()
+            return Response(vega["bundle"], media_type="text/javascript")
+        if name not in ("app.js", "style.css"):
+            return PlainTextResponse("no such file", status_code=404)
+        body = resources.files("optlab.serve").joinpath("static", name).read_bytes()
+        kind = "text/javascript" if name.endswith(".js") else "text/css"
+        return Response(body, media_type=kind)
+
+    def match(request: Request) -> dict[str, str]:
+        return {k: v for k, v in request.query_params.items() if k not in ("token", "limit")}
+
+    routes = [
+        Route("/", show("studies")),
+        Route("/study/{arg:path}", show("study")),
+        Route("/run/{arg}", show("run")),
+        Route("/sql", show("sql")),
+        Route("/static/{name}", static),
+        Route("/favicon.ico", lambda request: Response(status_code=204)),
+        Route("/api/studies", api("studies", lambda r: data.studies(store))),
+        Route(
+            "/api/studies/{name}/runs",
+            api("runs", lambda r: data.study_runs(store, r.path_params["name"], match(r))),
+        ),
+        Route(
+            "/api/studies/{name}/charts",
+            api("charts", lambda r: data.study_charts(store, r.path_params["name"])),
+        ),
+        Route(
+            "/api/studies/{name}/analyses",
+            api("analyses", lambda r: data.study_analyses(store, r.path_params["name"])),
+        ),
+        Route(
+            "/api/studies/{name}", api("study", lambda r: data.study(store, r.path_params["name"]))
+        ),
+        Route("/api/runs/{run_id}", api("run", lambda r: data.run(store, r.path_params["run_id"]))),
+        Route(
+            "/api/runs/{run_id}/epochs",
+            api("epochs", lambda r: data.run_epochs(store, r.path_params["run_id"])),
+        ),
+        Route(
+            "/api/runs/{run_id}/probes",
+            api("probes", lambda r: data.run_probes(store, r.path_params["run_id"])),
+        ),
+        Route("/api/sql", _sql_endpoint(store)),
+    ]
+    app = Starlette(routes=routes)
+    if token is not None:
+        app.add_middleware(_TokenCheck, token=token)
+    return app
+
+
+def _sql_endpoint(store: Path) -> Callable[[Request], Response]:
+    def endpoint(request: Request) -> Response:
+        statement = request.query_params.get("q", "")
+        try:
+            return JSONResponse(data.sql(store, statement))
+        except OptlabError as e:
+            return JSONResponse({"error": str(e)}, status_code=400)
+
+    return endpoint
+
+
+def _vega_bundle() -> bytes:
+    """Vega, Vega-Lite and vega-embed, from where the report's come from (no network)."""
+    import altair as alt  # altair and vl-convert: slow to import, so only when asked
+    import vl_convert as vlc
+
+    # vl-convert names Vega-Lite versions like "v6_4" (Altair's schema is "v6.4.1").
+    version = "_".join(alt.SCHEMA_VERSION.split(".")[:2])
+    return vlc.javascript_bundle(vl_version=version).encode()
+
+
+class _TokenCheck:
+    """Refuse (401, before anything is read) a request that does not carry the token: in
+    the address (``?token=``), a header (``X-Optlab-Token``) or the cookie the first page
+    with it set."""
+
+    def __init__(self, app: Any, token: str):
+        self.app, self.token = app, token
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        given = request.query_params.get("token")
+        carried = (
+            given or request.headers.get("x-optlab-token") or request.cookies.get(COOKIE) or ""
+        )
+        if not hmac.compare_digest(carried.encode(), self.token.encode()):
+            refused = PlainTextResponse(
+                "401: this optlab serve needs its token: open the address it printed "
+                "(with ?token=...)",
+                status_code=401,
+            )
+            await refused(scope, receive, send)
+            return
+        if given is None:
+            await self.app(scope, receive, send)
+            return
+
+        async def with_cookie(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                cookie = f"{COOKIE}={quote(self.token)}; Path=/; HttpOnly; SameSite=Strict"
+                message.setdefault("headers", []).append((b"set-cookie", cookie.encode()))
+            await send(message)
+
+        await self.app(scope, receive, with_cookie)

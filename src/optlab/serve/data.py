@@ -1,0 +1,367 @@
+"""What the live page shows, as JSON-ready dicts read from the store: the studies, a study
+(its runs as a grid, its default charts, its analyses), a run (its config, epochs, probes
+and log), and the rows of a read-only SQL statement.
+
+Each function opens the store read-only for its queries alone and closes it, so that the
+study's writer waits at most for one short read. The charts and analyses are those of
+``optlab plot`` and ``optlab report``: read from their tables, not drawn again here.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from optlab.analysis.analyze import analyses_for, run_analysis, study_facts
+from optlab.analysis.results import open_study
+from optlab.analysis.status import StudyStatus, study_status
+from optlab.charts.catalog import CHARTS
+from optlab.charts.figures import ReportFacts, Selection, TooManyPanels
+from optlab.charts.probe_charts import probe_names
+from optlab.errors import OptlabError
+from optlab.locations import resolve, roots
+from optlab.store.core import STATES, reading
+from optlab.store.query import run_sql
+
+GRID_LIMIT = 5000  # runs drawn one cell each; a larger study's grid is counts per block
+SQL_ROWS = 1000  # rows of a statement sent to the page (the rest are counted)
+LOG_LINES = 60
+RUN_COLUMNS = (
+    "run_id",
+    "seed",
+    "status",
+    "config",
+    "attempts",
+    "started_at",
+    "finished_at",
+    "wall_seconds",
+    "device",
+    "worker",
+    "hostname",
+    "error",
+    "log_path",
+    "checkpoint_epoch",
+    "resumed_from",
+    "weights_path",
+    "optlab_version",
+    "torch_version",
+)
+
+
+class NotFound(OptlabError):
+    """A study or run the store does not hold (any more)."""
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN and infinities become null, other odd values their text."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    return str(value)
+
+
+# ---- the studies ------------------------------------------------------------------------
+
+
+def studies(store: Path) -> list[dict[str, Any]]:
+    """Each study: runs by state (the names `optlab status` prints), epochs done of all,
+    the ETA, and which run each worker has now."""
+    found = study_status(store)
+    with reading(store) as con:
+        busy = con.execute(
+            "select study, worker, run_id, epochs, "
+            "(select count(*) from epochs e where e.run_id = r.run_id) "
+            "from runs r where status = 'running' order by study, worker"
+        ).fetchall()
+    workers: dict[str, list[dict[str, Any]]] = {}
+    for study, worker, run_id, epochs, done in busy:
+        workers.setdefault(study, []).append(
+            {"worker": worker, "run_id": run_id, "epoch": done, "epochs": epochs}
+        )
+    return [_study_row(s, workers.get(s.study, [])) for s in found]
+
+
+def _study_row(s: StudyStatus, workers: list[dict[str, Any]]) -> dict[str, Any]:
+    return _clean(
+        {
+            "name": s.study,
+            "counts": {state: s.counts.get(state, 0) for state in STATES},
+            "runs": s.total,
+            "matrix": s.matrix,
+            "epochs_done": s.epochs_done,
+            "epochs_total": s.epochs_total,
+            "eta_seconds": s.eta_seconds,
+            "running": bool(s.active_workers),
+            "executor": s.executor,
+            "nodes": s.nodes,
+            "workers": workers,
+            "gone": s.gone,
+        }
+    )
+
+
+# ---- a study ----------------------------------------------------------------------------
+
+
+def study(store: Path, name: str) -> dict[str, Any]:
+    """The study's status, blocks and axes, and its grid: a cell per run (state, epochs)
+    up to :data:`GRID_LIMIT` runs, else the counts per block and state, said so."""
+    (status,) = _status(store, name)
+    with open_study(store, name) as (con, name, axes):
+        (description,) = con.execute(
+            "select description from studies where study = ?", [name]
+        ).fetchone()
+        total = status.total
+        grid = _grid_cells(con, name) if total <= GRID_LIMIT else _grid_counts(con, name)
+    return _clean(
+        {
+            **_study_row(status, []),
+            "description": description,
+            "axes": list(axes),
+            "grid": grid,
+            "summarised": None
+            if total <= GRID_LIMIT
+            else f"{total:,} runs: the grid shows counts per block and state past "
+            f"{GRID_LIMIT:,} runs; the table below lists runs",
+        }
+    )
+
+
+def _status(store: Path, name: str) -> list[StudyStatus]:
+    try:
+        return study_status(store, name)
+    except OptlabError as e:
+        if f"no study {name!r}" in str(e):
+            raise NotFound(str(e)) from None
+        raise
+
+
+def _grid_cells(con: Any, name: str) -> list[dict[str, Any]]:
+    rows = con.execute(
+        "select r.run_id, r.block, r.seed, r.status, r.axes, r.epochs, "
+        "(select count(*) from epochs e where e.run_id = r.run_id) "
+        "from runs r where r.study = ? order by r.position",
+        [name],
+    ).fetchall()
+    return [
+        {
+            "run_id": run_id,
+            "block": block,
+            "seed": seed,
+            "status": status,
+            "axes": json.loads(axes or "{}"),
+            "epochs": epochs,
+            "epoch": done,
+        }
+        for run_id, block, seed, status, axes, epochs, done in rows
+    ]
+
+
+def _grid_counts(con: Any, name: str) -> list[dict[str, Any]]:
+    """Runs per block (in the study's order) and state (in `optlab status`'s)."""
+    rows = con.execute(
+        "select block, status, count(*), min(min(position)) over (partition by block) "
+        "from runs where study = ? group by block, status",
+        [name],
+    ).fetchall()
+    rows.sort(key=lambda r: (r[3], STATES.index(r[1]) if r[1] in STATES else len(STATES)))
+    return [{"block": b, "status": s, "runs": n} for b, s, n, _ in rows]
+
+
+def study_runs(
+    store: Path, name: str, match: dict[str, str] | None = None, limit: int = 500
+) -> dict[str, Any]:
+    """The study's runs (a page of them), with their summary; ``match``: only those whose
+    axes have these values (as text: a heatmap cell's)."""
+    with open_study(store, name) as (con, name, _):
+        rows = con.execute(
+            "select r.run_id, r.block, r.seed, r.status, r.axes, s.epochs_done, r.epochs, "
+            "s.best_test_acc, s.final_test_acc, s.final_train_loss "
+            "from runs r join run_summary s using (study, run_id) where r.study = ? "
+            "order by r.position",
+            [name],
+        ).fetchall()
+    runs = []
+    for run_id, block, seed, status, axes, done, epochs, best, final, loss in rows:
+        values = json.loads(axes or "{}")
+        if match and not all(
+            _same(block if k == "block" else values.get(k), v) for k, v in match.items()
+        ):
+            continue
+        runs.append(
+            {
+                "run_id": run_id,
+                "block": block,
+                "seed": seed,
+                "status": status,
+                "axes": values,
+                "epoch": done,
+                "epochs": epochs,
+                "best_test_acc": best,
+                "final_test_acc": final,
+                "final_train_loss": loss,
+            }
+        )
+    return _clean({"study": name, "total": len(runs), "runs": runs[:limit]})
+
+
+def _same(value: Any, given: str) -> bool:
+    """Whether a run's axis value is the one a link names (numbers as numbers: 1 is 1.0)."""
+    if isinstance(value, bool):
+        return given.lower() == str(value).lower()
+    if isinstance(value, int | float):
+        try:  # a chart prints 6 significant digits
+            return math.isclose(float(given), float(value), rel_tol=1e-5)
+        except ValueError:
+            return False
+    if isinstance(value, dict | list):
+        return given == json.dumps(value, sort_keys=True)
+    return given == str(value)
+
+
+def study_charts(store: Path, name: str) -> dict[str, Any]:
+    """The default heatmap and curves as `optlab plot` draws them (Vega-Lite specs), with
+    what each pools; a chart that cannot be drawn yet says why."""
+    out: dict[str, Any] = {}
+    with open_study(store, name) as (con, name, axes):
+        facts = ReportFacts(con, name, axes, probe_names(con, name), None)
+        for kind in ("heatmap", "curves"):
+            chart = CHARTS[kind]
+            wanted = chart.report(facts)
+            if not wanted:
+                out[kind] = {"note": f"no {kind}: the study varies {len(axes)} axis(es)"}
+                continue
+            out[kind] = _figure(chart, facts, wanted[0][1])
+    return out
+
+
+def _figure(chart: Any, facts: ReportFacts, options: dict[str, Any]) -> dict[str, Any]:
+    try:
+        try:
+            figure = chart.draw(facts.con, facts.study, facts.axes, Selection(), options)
+        except TooManyPanels:  # as the report does: a panel per block, the rest pooled
+            sel = Selection(facet=("block",))
+            figure = chart.draw(facts.con, facts.study, facts.axes, sel, options)
+    except OptlabError as e:
+        return {"note": str(e)}
+    lay = figure.lay
+    return {
+        "spec": figure.chart.to_dict(),
+        "rows": figure.rows,
+        "pooled": list(lay.pooled) if lay is not None else [],
+        "panels": len(lay.panels) if lay is not None else 1,
+        "sql": figure.sql,
+    }
+
+
+def study_analyses(store: Path, name: str) -> list[dict[str, Any]]:
+    """The analyses the report shows for the study, each as `optlab analyze --json` gives
+    it, or the line that says why it cannot answer yet."""
+    with open_study(store, name) as (con, name, axes):
+        names = analyses_for(study_facts(con, name, axes))
+    found = []
+    for analysis in names:
+        try:
+            found.append(run_analysis(store, analysis, name, "best_test_acc").to_json())
+        except OptlabError as e:
+            found.append({"analysis": analysis, "error": str(e)})
+    return _clean(found)
+
+
+# ---- a run ------------------------------------------------------------------------------
+
+
+def run(store: Path, run_id: str) -> dict[str, Any]:
+    """A run: its config and state, attempts, where it would resume, its studies, the
+    probes it has values of, the tail of its log and its weights."""
+    with reading(store) as con:
+        row = con.execute(
+            f"select {', '.join(RUN_COLUMNS)} from run_state where run_id = ?", [run_id]
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no run {run_id!r} in {store}")
+        memberships = con.execute(
+            "select study, block, axes from memberships where run_id = ? order by study",
+            [run_id],
+        ).fetchall()
+        probes = con.execute(
+            "select probe, list(distinct key order by key), count(*) from probes "
+            "where run_id = ? group by probe order by probe",
+            [run_id],
+        ).fetchall()
+    found = dict(zip(RUN_COLUMNS, row, strict=True))
+    found["config"] = json.loads(found["config"] or "{}")
+    here = roots(store)
+    log = resolve(found["log_path"], here) if found["log_path"] else None
+    weights = resolve(found["weights_path"], here) if found["weights_path"] else None
+    found.update(
+        log_path=str(log) if log else None,
+        log_tail=_tail(log),
+        weights_path=str(weights) if weights else None,
+        studies=[
+            {"study": s, "block": b, "axes": json.loads(a or "{}")} for s, b, a in memberships
+        ],
+        probes=[{"probe": p, "keys": k, "values": n} for p, k, n in probes],
+    )
+    return _clean(found)
+
+
+def _tail(path: Path | None) -> list[str]:
+    if path is None:
+        return []
+    try:
+        with path.open("rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 64_000))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    return text.splitlines()[-LOG_LINES:]
+
+
+def run_epochs(store: Path, run_id: str) -> list[dict[str, Any]]:
+    with reading(store) as con:
+        cur = con.execute("select * from epochs where run_id = ? order by epoch", [run_id])
+        columns = [d[0] for d in cur.description]
+        rows = cur.fetchall()
+        if not rows and not _has_run(con, run_id):
+            raise NotFound(f"no run {run_id!r} in {store}")
+    return _clean([dict(zip(columns, r, strict=True)) for r in rows])
+
+
+def run_probes(store: Path, run_id: str) -> list[dict[str, Any]]:
+    with reading(store) as con:
+        rows = con.execute(
+            "select probe, key, epoch, step, value from probes where run_id = ? "
+            "order by probe, key, epoch, step",
+            [run_id],
+        ).fetchall()
+        if not rows and not _has_run(con, run_id):
+            raise NotFound(f"no run {run_id!r} in {store}")
+    return _clean(
+        [{"probe": p, "key": k, "epoch": e, "step": s, "value": v} for p, k, e, s, v in rows]
+    )
+
+
+def _has_run(con: Any, run_id: str) -> bool:
+    (n,) = con.execute("select count(*) from run_state where run_id = ?", [run_id]).fetchone()
+    return bool(n)
+
+
+# ---- SQL --------------------------------------------------------------------------------
+
+
+def sql(store: Path, statement: str) -> dict[str, Any]:
+    """The rows of one statement, under exactly `optlab query`'s read-only rules; the
+    first :data:`SQL_ROWS` of them, and how many there were."""
+    columns, rows = run_sql(store, statement)
+    return _clean(
+        {"columns": columns, "rows": [list(r) for r in rows[:SQL_ROWS]], "total": len(rows)}
+    )

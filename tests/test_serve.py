@@ -1,0 +1,375 @@
+"""optlab serve: the JSON API the page polls (the same answers as the other commands), its
+token, its one-line refusals, and the page itself in Debian's Chromium (Playwright)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from optlab.serve import data
+from optlab.serve.app import create_app
+from tests.conftest import ROOT
+from tests.synth import make_store
+from tests.test_charts import STUDY, acc
+
+CHROMIUM = shutil.which("chromium")
+OUTPUTS = Path(os.environ.get("OPTLAB_TEST_OUTPUTS") or ROOT / "test-outputs")
+
+
+@pytest.fixture
+def store(tmp_path):
+    def status(config, seed):
+        o = config["optimizer"]
+        return "diverged" if o["lr"] == 0.1 and o["momentum"] == 0.0 else "done"
+
+    return make_store(tmp_path, STUDY, acc, status=status)
+
+
+@pytest.fixture
+def client(store):
+    return TestClient(create_app(store))
+
+
+def test_studies_lists_each_study_with_its_runs_by_state(client):
+    (study,) = client.get("/api/studies").json()
+    assert study["name"] == "two"
+    # The state names optlab status prints, every one of them.
+    assert study["counts"] == {
+        "pending": 0,
+        "running": 0,
+        "done": 30,
+        "failed": 0,
+        "diverged": 6,
+        "interrupted": 0,
+    }
+    assert (study["runs"], study["epochs_done"], study["epochs_total"]) == (36, 108, 108)
+    assert study["workers"] == [] and study["running"] is False
+
+
+def test_a_study_has_a_cell_per_run_in_study_order(client, cli, store):
+    study = client.get("/api/studies/two").json()
+    shown = cli("show", str(store.parent / "s.toml"), "--format", "json").stdout.splitlines()
+    assert [c["run_id"] for c in study["grid"]] == [json.loads(r)["run_id"] for r in shown]
+    diverged = [c for c in study["grid"] if c["status"] == "diverged"]
+    assert len(diverged) == 6 and {c["block"] for c in diverged} == {"large"}
+    assert study["summarised"] is None
+
+
+def test_a_large_study_s_grid_is_counts_and_says_so(client, monkeypatch):
+    monkeypatch.setattr(data, "GRID_LIMIT", 10)
+    study = client.get("/api/studies/two").json()
+    assert study["summarised"].startswith("36 runs: the grid shows counts per block and state")
+    assert study["grid"] == [
+        {"block": "small", "status": "done", "runs": 12},
+        {"block": "large", "status": "done", "runs": 18},
+        {"block": "large", "status": "diverged", "runs": 6},
+    ]
+
+
+def test_the_charts_are_the_ones_optlab_plot_draws(client, cli, tmp_path):
+    charts = client.get("/api/studies/two/charts").json()
+    for kind in ("heatmap", "curves"):
+        result = cli("plot", kind, "--out", f"{kind}.html")
+        assert result.exit_code == 0, result.output
+        sql = (tmp_path / f"{kind}.html.sql").read_text()
+        assert charts[kind]["sql"] + ";\n" == sql
+        said = result.stdout.split("POOLED over ", 1)
+        pooled = said[1].strip() if len(said) > 1 else ""
+        assert ", ".join(charts[kind]["pooled"]) == pooled
+        assert f"{charts[kind]['rows']} " in result.stdout
+
+
+def test_a_heatmap_cell_s_link_finds_exactly_its_runs(client):
+    charts = client.get("/api/studies/two/charts").json()
+    spec = charts["heatmap"]["spec"]
+    cells = spec["data"]["values"] if "data" in spec else next(iter(spec["datasets"].values()))
+    cell = next(c for c in cells if c["state"] == "all diverged")
+    # What the page's click handler sends: the cell's x and y, and its panel's values.
+    query = {"optimizer.lr": cell["x"], "batch_schedule.batch_size": cell["y"]}
+    for part in cell["panel"].split(" · "):
+        key, _, value = part.partition("=") if "=" in part else ("block", "", part[6:])
+        query[key] = value
+    runs = client.get("/api/studies/two/runs", params=query).json()
+    assert runs["total"] == 3 == cell["runs"]
+    assert {r["status"] for r in runs["runs"]} == {"diverged"}
+    assert {r["block"] for r in runs["runs"]} == {"large"}
+
+
+def test_the_analyses_are_the_report_s(client, cli):
+    shown = client.get("/api/studies/two/analyses").json()
+    assert [a["analysis"] for a in shown] == ["optimal", "scaling"]
+    expected = json.loads(cli("analyze", "optimal", "--json").stdout)
+    assert shown[0] == expected
+
+
+def test_a_run_its_epochs_and_what_is_not_there(client):
+    run_id = client.get("/api/studies/two/runs").json()["runs"][0]["run_id"]
+    run = client.get(f"/api/runs/{run_id}").json()
+    assert run["run_id"] == run_id and run["status"] == "done"
+    assert run["config"]["optimizer"]["name"] == "sgd"
+    assert run["studies"][0]["study"] == "two"
+    epochs = client.get(f"/api/runs/{run_id}/epochs").json()
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    missing = client.get("/api/runs/0000deadbeef")
+    assert missing.status_code == 404
+    assert missing.json()["error"].startswith("no run '0000deadbeef' in ")
+    assert client.get("/api/runs/0000deadbeef/epochs").status_code == 404
+    gone = client.get("/api/studies/nope")
+    assert gone.status_code == 404 and "no study 'nope'" in gone.json()["error"]
+
+
+def test_the_sql_box_reads_exactly_as_optlab_query_does(client, cli):
+    statement = "select block, count(*) as n from runs group by block order by block"
+    answer = client.get("/api/sql", params={"q": statement}).json()
+    rows = json.loads(cli("query", statement, "--format", "json").stdout)
+    assert answer["columns"] == ["block", "n"]
+    assert [dict(zip(answer["columns"], r, strict=True)) for r in answer["rows"]] == rows
+    copy = "copy runs to 'out.csv'"
+    refused = client.get("/api/sql", params={"q": copy})
+    assert refused.status_code == 400
+    said = cli("query", copy).stderr.strip().removeprefix("Error: ")
+    assert refused.json()["error"] == said
+    assert not Path("out.csv").exists()
+
+
+def test_an_unexpected_error_is_said_and_the_server_goes_on(client, monkeypatch):
+    def broken(store, run_id):
+        raise ValueError("a bug\nwith a second line")
+
+    monkeypatch.setattr(data, "run", broken)
+    answer = client.get("/api/runs/x")
+    assert answer.status_code == 500
+    assert answer.json() == {"error": "unexpected ValueError: a bug"}
+    assert client.get("/api/studies").status_code == 200
+
+
+def test_without_the_token_nothing_is_read(store, monkeypatch):
+    asked = []
+    real = data.studies
+    monkeypatch.setattr(data, "studies", lambda s: asked.append(s) or real(s))
+    client = TestClient(create_app(store, token="s3cret"))
+    for url in ("/api/studies", "/", "/api/sql?q=select%201", "/?token=wrong"):
+        refused = client.get(url)
+        assert refused.status_code == 401, url
+        assert "needs its token" in refused.text
+    assert asked == []
+    assert client.get("/api/studies", headers={"X-Optlab-Token": "s3cret"}).status_code == 200
+    page = client.get("/?token=s3cret")  # the address optlab serve prints
+    assert page.status_code == 200 and "optlab_token" in page.headers["set-cookie"]
+    assert client.get("/api/studies").status_code == 200  # the page's polls carry the cookie
+    assert len(asked) == 1  # the second answer is the first, kept for a second
+
+
+def test_a_store_it_cannot_serve_is_one_line_exit_2(cli, tmp_path, store):
+    import duckdb
+
+    missing = cli("serve", "--store", str(tmp_path / "none.duckdb"))
+    assert missing.exit_code == 2
+    assert (
+        missing.stderr
+        == f"Error: {tmp_path / 'none.duckdb'}: no store here yet; run a study first (optlab run)\n"
+    )
+    foreign = tmp_path / "other.duckdb"
+    con = duckdb.connect(str(foreign))
+    con.execute("create table measurements (x integer)")
+    con.close()
+    refused = cli("serve", "--store", str(foreign))
+    assert refused.exit_code == 2 and "not an optlab store" in refused.stderr
+    assert refused.stderr.count("\n") == 1
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        busy = cli("serve", "--store", str(store), "--port", str(port))
+    assert busy.exit_code == 2
+    assert busy.stderr == f"Error: --port {port}: in use on 127.0.0.1; give another with --port\n"
+
+
+def test_a_newer_store_is_refused(cli, tmp_path):
+    from optlab.store import core as st
+
+    store = tmp_path / "optlab.duckdb"
+    with st.writing(store) as con:
+        st.ensure_schema(con)
+        con.execute("update meta set value = '99' where key = 'schema_version'")
+    result = cli("serve")
+    assert result.exit_code == 2
+    assert "made by a newer optlab (store schema 99; this optlab knows up to 3)" in result.stderr
+
+
+# ---- in a real browser ------------------------------------------------------------------
+
+
+class Served:
+    """The app on a free port of this machine, in a thread, for a browser to open."""
+
+    def __init__(self, store: Path, token: str | None = None):
+        import uvicorn
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        config = uvicorn.Config(create_app(store, token), log_level="warning")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, args=([self.sock],), daemon=True)
+
+    def __enter__(self) -> Served:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture
+def browser():
+    if CHROMIUM is None:
+        pytest.skip("needs Debian's chromium (tests/setup-browser)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser, url: str):
+    page = browser.new_page(viewport={"width": 1200, "height": 900})
+    page.errors = []
+    page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.goto(url)
+    return page
+
+
+def shot(page, name: str) -> None:
+    OUTPUTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(OUTPUTS / f"serve-{name}.png"), full_page=True)
+
+
+LIVE = """
+name = "live"
+seeds = [0]
+[base]
+epochs = 40
+dataset = { name = "synthetic", classes = 4, shape = [1, 16, 16], train_size = 4096 }
+model = { name = "mlp", hidden = [512, 512] }
+optimizer = { name = "sgd", lr = 0.05, momentum = 0.9 }
+batch_schedule = { name = "constant", batch_size = 32 }
+[[block]]
+name = "grid"
+grid = { "optimizer.lr" = [0.01, 0.05, 0.1] }
+"""
+
+
+def watch(page, reads: dict, seconds: float = 180) -> dict:
+    """What each of ``reads`` shows, read every half second, until each has changed (or
+    time is up)."""
+    seen = {name: [read()] for name, read in reads.items()}
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(len(set(v)) < 2 for v in seen.values()):
+        page.wait_for_timeout(500)
+        for name, read in reads.items():
+            now = read()
+            if now != seen[name][-1]:
+                seen[name].append(now)
+    return seen
+
+
+@pytest.mark.slow  # a real study in worker processes, a browser
+def test_the_page_follows_a_running_study_without_a_reload(browser, tmp_path):
+    (tmp_path / "live.toml").write_text(LIVE)
+    store = tmp_path / "optlab.duckdb"
+    env = {**os.environ, "COLUMNS": "200"}
+    env.pop("OPTLAB_STORE", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "optlab", "run", "live.toml", "--workers", "1"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not store.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        with Served(store) as served:
+            page = open_page(browser, served.url + "/")
+            page.wait_for_selector("tr[data-study=live]")
+            shot(page, "studies")
+            page.goto(served.url + "/study/live")
+            page.wait_for_selector("#curves[data-rows]", timeout=120_000)
+
+            def done() -> int:
+                shown = page.locator("#status .n-done")
+                return int(shown.inner_text().split()[0]) if shown.count() else 0
+
+            seen = watch(
+                page,
+                {"done": done, "rows": lambda: int(page.get_attribute("#curves", "data-rows"))},
+            )
+            shot(page, "study")
+            for name, values in seen.items():  # grew while the page stayed open
+                assert len(values) >= 2 and values == sorted(values), (name, values)
+            assert page.locator("#curves svg").count() == 1  # drawn, not only counted
+            assert page.errors == [] and page.evaluate("window.optlabErrors") == []
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.slow  # a browser
+def test_the_pages_in_chromium(browser, store):
+    with Served(store) as served:
+        page = open_page(browser, served.url + "/study/two")
+        page.wait_for_selector("a.cell")
+        diverged = page.locator("a.cell.s-diverged")
+        assert diverged.count() == 6
+        assert "diverged" in diverged.first.get_attribute("title")
+        page.wait_for_selector("#heatmap svg")
+        page.wait_for_selector("#analyses h3")
+        shot(page, "study-two")
+        run_id = diverged.first.get_attribute("data-run")
+        diverged.first.click()
+        page.wait_for_url(f"**/run/{run_id}")
+        page.wait_for_selector("#state")
+        assert page.inner_text("#state") == "diverged"
+        page.wait_for_selector("#acc svg")
+        shot(page, "run")
+        page.click("a.study-link")
+        page.wait_for_url("**/study/two")
+        page.goto(served.url + "/sql?q=" + "select block, count(*) as n from runs group by 1")
+        page.wait_for_selector("#sql-count")
+        assert page.inner_text("#sql-count") == "2 row(s)"
+        shot(page, "sql")
+        assert page.errors == [] and page.evaluate("window.optlabErrors") == []
+        page.fill("#q", "copy runs to 'out.csv'")
+        page.click("#run")
+        page.wait_for_selector("#sql-error")
+        assert "refused: optlab query only reads" in page.inner_text("#sql-error")
+        assert "copy+runs" in page.url or "copy%20runs" in page.url  # kept in the address
+        # The refusal is the API's 400, which the browser notes; nothing else went wrong.
+        assert [e for e in page.errors if "status of 400" not in e] == []
+        page.goto(served.url + "/run/0000deadbeef")
+        page.wait_for_selector("#refused")
+        assert "no run '0000deadbeef'" in page.inner_text("#refused")
+    with Served(store, token="s3cret") as served:
+        page = open_page(browser, served.url + "/")
+        assert "needs its token" in page.inner_text("body")
+        page = open_page(browser, served.url + "/?token=s3cret")
+        page.wait_for_selector("tr[data-study=two]")
