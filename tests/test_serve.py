@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 
 from optlab.serve import data
 from optlab.serve.app import create_app
-from tests.conftest import ROOT
+from tests.conftest import ROOT, optlab
 from tests.synth import make_store
 from tests.test_charts import STUDY, acc
 
@@ -368,8 +368,21 @@ def test_the_pages_in_chromium(browser, store):
         page.goto(served.url + "/run/0000deadbeef")
         page.wait_for_selector("#refused")
         assert "no run '0000deadbeef'" in page.inner_text("#refused")
+        # A study removed while its page is open: the page says so, the server goes on.
+        page.goto(served.url + "/study/two")
+        page.wait_for_selector("a.cell")
+        # Another process, as a user's would be (the store is held by this one's reads).
+        optlab("rm", "--study", "two", "--yes", "--store", str(store), cwd=store.parent, check=True)
+        page.wait_for_selector("#refused", timeout=10_000)
+        assert "no study 'two'" in page.inner_text("#refused")
+        page.goto(served.url + "/")
+        page.wait_for_selector("#studies p")
+        assert "no studies in this store yet" in page.inner_text("#studies")
+    # The server gone: the page says so and keeps trying.
+    page.wait_for_function("document.getElementById('conn').textContent.includes('lost')")
+    assert page.inner_text("#conn") == "connection lost: retrying"
     with Served(store, token="s3cret") as served:
         page = open_page(browser, served.url + "/")
         assert "needs its token" in page.inner_text("body")
         page = open_page(browser, served.url + "/?token=s3cret")
-        page.wait_for_selector("tr[data-study=two]")
+        page.wait_for_selector("#studies p")
