@@ -267,7 +267,7 @@ seeds = [0]
 [base]
 epochs = 40
 dataset = { name = "synthetic", classes = 4, shape = [1, 16, 16], train_size = 4096 }
-model = { name = "mlp", hidden = [512, 512] }
+model = { name = "mlp", hidden = [256, 256] }
 optimizer = { name = "sgd", lr = 0.05, momentum = 0.9 }
 batch_schedule = { name = "constant", batch_size = 32 }
 [[block]]
@@ -386,3 +386,38 @@ def test_the_pages_in_chromium(browser, store):
         assert "needs its token" in page.inner_text("body")
         page = open_page(browser, served.url + "/?token=s3cret")
         page.wait_for_selector("#studies p")
+
+
+@pytest.mark.slow  # a real server process
+def test_serve_prints_its_address_and_ctrl_c_stops_it(store):
+    import signal
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "COLUMNS": "200"}
+    env.pop("OPTLAB_STORE", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "optlab", "serve", "--port", str(port)],
+        cwd=store.parent,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()
+        assert (
+            line
+            == f"optlab serve: http://127.0.0.1:{port}/ (store optlab.duckdb); Ctrl-C stops it\n"
+        )
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=30) as r:
+            assert [s["name"] for s in json.load(r)] == ["two"]
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=15) == 0  # how it is meant to stop: not an error
+        assert proc.stdout.read() == "optlab serve: stopped\n"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.stderr.read() == ""

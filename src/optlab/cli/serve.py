@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import socket
 from pathlib import Path
@@ -56,7 +57,10 @@ def command(
             markup=False,
         )
     server = uvicorn.Server(uvicorn.Config(create_app(store, token), log_level="warning"))
-    server.run(sockets=[listening])
+    # Ctrl-C is how it is meant to stop (uvicorn raises the interrupt again once down).
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run(sockets=[listening])
+    out.print("optlab serve: stopped", markup=False)
 
 
 def _listen(host: str, port: int) -> socket.socket:

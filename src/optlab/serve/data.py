@@ -180,14 +180,17 @@ def study_runs(
 ) -> dict[str, Any]:
     """The study's runs (a page of them), with their summary; ``match``: only those whose
     axes have these values (as text: a heatmap cell's)."""
+    # Without a cell to match, only the page asked for is read (a study may be large).
+    cut = "" if match else f" limit {int(limit)}"
     with open_study(store, name) as (con, name, _):
         rows = con.execute(
             "select r.run_id, r.block, r.seed, r.status, r.axes, s.epochs_done, r.epochs, "
             "s.best_test_acc, s.final_test_acc, s.final_train_loss "
             "from runs r join run_summary s using (study, run_id) where r.study = ? "
-            "order by r.position",
+            f"order by r.position{cut}",
             [name],
         ).fetchall()
+        (total,) = con.execute("select count(*) from runs where study = ?", [name]).fetchone()
     runs = []
     for run_id, block, seed, status, axes, done, epochs, best, final, loss in rows:
         values = json.loads(axes or "{}")
@@ -209,7 +212,7 @@ def study_runs(
                 "final_train_loss": loss,
             }
         )
-    return _clean({"study": name, "total": len(runs), "runs": runs[:limit]})
+    return _clean({"study": name, "total": len(runs) if match else total, "runs": runs[:limit]})
 
 
 def _same(value: Any, given: str) -> bool:
