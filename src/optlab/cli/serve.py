@@ -13,6 +13,7 @@ from optlab.cli.common import StoreOption, fail, handles_errors, out
 from optlab.errors import OptlabError
 from optlab.serve.app import create_app
 from optlab.store.core import reading
+from optlab.store.opening import PACE
 
 NAME = "serve"
 HELP = (
@@ -56,6 +57,7 @@ def command(
             "every request must carry this token: the page can read files through SQL",
             markup=False,
         )
+    PACE.start()  # its reads paced, so that a running study's writer finds the store free
     server = uvicorn.Server(uvicorn.Config(create_app(store, token), log_level="warning"))
     # Ctrl-C is how it is meant to stop (uvicorn raises the interrupt again once down).
     with contextlib.suppress(KeyboardInterrupt):

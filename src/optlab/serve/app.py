@@ -31,25 +31,33 @@ FRESH = {"charts": 3.0, "analyses": 10.0}  # seconds an answer is reused; others
 
 
 class Answers:
-    """API answers kept for a moment, so that many pages polling cost one read."""
+    """API answers kept for a moment, so that many pages polling cost one read: an answer
+    that took t seconds to make is kept for 5 t (at least its floor), and while one is
+    being made, who asks for it too waits for it rather than making it again (an analysis
+    of 100,000 runs takes seconds: it is not made over and over)."""
 
     def __init__(self) -> None:
-        self._kept: dict[str, tuple[float, Any]] = {}
+        self._kept: dict[str, tuple[float, float, Any]] = {}  # key -> (made at, fresh, value)
+        self._making: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: str, fresh: float, make: Callable[[], Any]) -> Any:
-        now = time.monotonic()
+    def get(self, key: str, floor: float, make: Callable[[], Any]) -> Any:
         with self._lock:
+            making = self._making.setdefault(key, threading.Lock())
+        with making:
             hit = self._kept.get(key)
-        if hit is not None and now - hit[0] < fresh:
-            return hit[1]
-        value = make()
-        with self._lock:
-            self._kept[key] = (time.monotonic(), value)
-            if len(self._kept) > 512:  # forget the oldest answers
-                for old in sorted(self._kept, key=lambda k: self._kept[k][0])[:256]:
-                    del self._kept[old]
-        return value
+            if hit is not None and time.monotonic() - hit[0] < hit[1]:
+                return hit[2]
+            started = time.monotonic()
+            value = make()
+            took = time.monotonic() - started
+            with self._lock:
+                self._kept[key] = (time.monotonic(), max(floor, 5 * took), value)
+                if len(self._kept) > 512:  # forget the oldest answers
+                    for old in sorted(self._kept, key=lambda k: self._kept[k][0])[:256]:
+                        del self._kept[old]
+                        self._making.pop(old, None)
+            return value
 
 
 def create_app(store: Path, token: str | None = None) -> Starlette:

@@ -231,37 +231,41 @@ def _same(value: Any, given: str) -> bool:
 
 def study_charts(store: Path, name: str) -> dict[str, Any]:
     """The default heatmap and curves as `optlab plot` draws them (Vega-Lite specs), with
-    what each pools; a chart that cannot be drawn yet says why."""
+    what each pools; a chart that cannot be drawn yet says why. The store is held for
+    each chart's queries alone; the spec is written out after."""
     out: dict[str, Any] = {}
-    with open_study(store, name) as (con, name, axes):
-        facts = ReportFacts(con, name, axes, probe_names(con, name), None)
-        for kind in ("heatmap", "curves"):
-            chart = CHARTS[kind]
+    for kind in ("heatmap", "curves"):
+        chart = CHARTS[kind]
+        with open_study(store, name) as (con, found, axes):
+            facts = ReportFacts(con, found, axes, probe_names(con, found), None)
             wanted = chart.report(facts)
-            if not wanted:
-                out[kind] = {"note": f"no {kind}: the study varies {len(axes)} axis(es)"}
-                continue
-            out[kind] = _figure(chart, facts, wanted[0][1])
+            drawn = _draw(chart, facts, wanted[0][1]) if wanted else None
+        if drawn is None:
+            out[kind] = {"note": f"no {kind}: the study varies {len(axes)} axis(es)"}
+        elif isinstance(drawn, str):
+            out[kind] = {"note": drawn}
+        else:
+            lay = drawn.lay
+            out[kind] = {
+                "spec": drawn.chart.to_dict(validate=False),  # as drawn by the chart's code
+                "rows": drawn.rows,
+                "pooled": list(lay.pooled) if lay is not None else [],
+                "panels": len(lay.panels) if lay is not None else 1,
+                "sql": drawn.sql,
+            }
     return out
 
 
-def _figure(chart: Any, facts: ReportFacts, options: dict[str, Any]) -> dict[str, Any]:
+def _draw(chart: Any, facts: ReportFacts, options: dict[str, Any]) -> Any:
+    """The figure, or the line that says why it cannot be drawn."""
     try:
         try:
-            figure = chart.draw(facts.con, facts.study, facts.axes, Selection(), options)
+            return chart.draw(facts.con, facts.study, facts.axes, Selection(), options)
         except TooManyPanels:  # as the report does: a panel per block, the rest pooled
             sel = Selection(facet=("block",))
-            figure = chart.draw(facts.con, facts.study, facts.axes, sel, options)
+            return chart.draw(facts.con, facts.study, facts.axes, sel, options)
     except OptlabError as e:
-        return {"note": str(e)}
-    lay = figure.lay
-    return {
-        "spec": figure.chart.to_dict(),
-        "rows": figure.rows,
-        "pooled": list(lay.pooled) if lay is not None else [],
-        "panels": len(lay.panels) if lay is not None else 1,
-        "sql": figure.sql,
-    }
+        return str(e)
 
 
 def study_analyses(store: Path, name: str) -> list[dict[str, Any]]:

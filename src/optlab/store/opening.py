@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,11 +99,56 @@ def _identify(con: duckdb.DuckDBPyConnection, path: Path) -> None:
         )
 
 
+class Pace:
+    """A long-lived reader's manners (`optlab serve`): its reads one at a time, each
+    followed by a pause as long as it held the store (at least :data:`GAP` seconds), so
+    that a writer in another process, which asks every 50 ms for half a second, always
+    finds the store free in time. Off unless :meth:`start` is called."""
+
+    GAP = 0.1
+
+    def __init__(self) -> None:
+        self.on = False
+        self._lock = threading.RLock()
+        self._free_at = 0.0
+        self._depth = 0
+
+    def start(self) -> None:
+        self.on = True
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        if not self.on:
+            yield
+            return
+        with self._lock:
+            self._depth += 1
+            if self._depth == 1:
+                time.sleep(max(0.0, self._free_at - time.monotonic()))
+            started = time.monotonic()
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    now = time.monotonic()
+                    self._free_at = now + max(self.GAP, now - started)
+
+
+PACE = Pace()
+
+
 @contextlib.contextmanager
 def reading(
     path: Path, timeout: float = 15.0, require_runs: bool = True
 ) -> Iterator[duckdb.DuckDBPyConnection]:
     """A read-only connection; a user's SQL through it cannot change results."""
+    with PACE.held(), _reading(path, timeout, require_runs) as con:
+        yield con
+
+
+@contextlib.contextmanager
+def _reading(path: Path, timeout: float, require_runs: bool) -> Iterator[duckdb.DuckDBPyConnection]:
     if not path.exists():
         if studies_record_dir(path).is_dir():  # the file is lost, its journals are not
             raise StoreError(
