@@ -170,6 +170,26 @@ def test_without_the_token_nothing_is_read(store, monkeypatch):
     assert len(asked) == 1  # the second answer is the first, kept for a second
 
 
+def test_the_server_s_reads_leave_a_writer_gaps(store, monkeypatch):
+    """optlab serve paces its reads: one at a time, each after a pause as long as the last
+    held the store, so that a writer asking every 50 ms finds it free."""
+    from optlab.store import opening
+
+    pace = opening.Pace()
+    pace.start()
+    monkeypatch.setattr(opening, "PACE", pace)
+    starts, ends = [], []
+    for _ in range(3):
+        with opening.reading(store):
+            starts.append(time.monotonic())
+            time.sleep(0.2)
+        ends.append(time.monotonic())
+    gaps = [b - a for a, b in zip(ends, starts[1:], strict=False)]
+    assert min(gaps) >= 0.2, gaps
+    with opening.reading(store), opening.reading(store):  # nested in one thread: no wait
+        pass
+
+
 def test_a_store_it_cannot_serve_is_one_line_exit_2(cli, tmp_path, store):
     import duckdb
 
