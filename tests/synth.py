@@ -25,11 +25,13 @@ def make_store(
     grad_norm: Outcome | None = None,
     name: str = "s.toml",
     blocks: list[str] | None = None,
+    validation: Outcome | None = None,
 ) -> Path:
     """Register the study and give every run ``epochs`` epochs whose test accuracy rises
     to ``accuracy(config, seed)``; ``status`` may make a run diverge or fail;
     ``grad_norm(config, seed)`` gives per-epoch full gradient norms as a list; ``blocks``
-    registers only those blocks (a study run in parts)."""
+    registers only those blocks (a study run in parts); ``validation(config, seed)`` gives
+    the validation accuracy the runs rise to (none without it)."""
     path = folder / name
     path.write_text(textwrap.dedent(study_text))
     study = load_study(path)
@@ -47,6 +49,7 @@ def make_store(
             if state == "pending":
                 continue
             final = accuracy(run.config, run.seed)
+            val_final = validation(run.config, run.seed) if validation else None
             events.append(
                 {
                     "type": "started",
@@ -80,6 +83,7 @@ def make_store(
                         "probe_seconds": 0.0,
                         "sfo_full_batches": 1000 * e,
                         "comm_rounds": 10 * e,
+                        "val_acc": None if val_final is None else val_final * e / epochs,
                     }
                 )
                 if norms is not None:

@@ -618,7 +618,7 @@ def test_cell_summary_gives_mean_std_n_and_a_t_interval(cli, tmp_path):
         (
             ["bestest"],
             "analysis 'bestest': not an analysis; use one of optimal, lr-wd, scaling, "
-            "warmup, sfo, ranking",
+            "warmup, sfo, ranking, budget",
         ),
     ],
 )
@@ -837,3 +837,133 @@ def test_an_analysis_added_as_one_row_reaches_the_cli_the_api_and_the_report(
         open_store(other / "optlab.duckdb").analyze("spread")
     page, _, _ = build_report(other / "optlab.duckdb", None, other / "r.html")
     assert "<h3>spread</h3>" not in page.read_text() and "<h3>optimal</h3>" in page.read_text()
+
+
+# ---- budget -----------------------------------------------------------------------------
+
+
+def _enumerated(values, tests, k):
+    """Every sequence of k draws (with replacement) of runs ranked worst to best: the mean
+    and standard deviation of the best value drawn, and the mean test value of that run."""
+    import itertools
+
+    bests = [max(draw) for draw in itertools.product(range(len(values)), repeat=k)]
+    best = [values[i] for i in bests]
+    mean = sum(best) / len(best)
+    std = math.sqrt(sum((b - mean) ** 2 for b in best) / len(best))
+    return mean, std, sum(tests[i] for i in bests) / len(bests)
+
+
+@pytest.mark.parametrize(
+    "values, tests",
+    [
+        ([0.1, 0.4, 0.5, 0.9], [0.2, 0.1, 0.7, 0.8]),
+        ([0.3, 0.3, 0.6, 0.6, 0.61], [0.9, 0.1, 0.2, 0.5, 0.4]),  # ties: ranked by id
+        ([2.0, 1.5, 1.2, 0.4, 0.1], [0.0, 1.0, 0.0, 1.0, 0.5]),  # a loss, worst first
+    ],
+)
+def test_expected_best_of_k_is_the_mean_over_every_possible_draw(values, tests):
+    from optlab.analysis.budget import expected_best
+
+    for k in range(1, 5):
+        got = expected_best(values, tests, k)
+        assert got == pytest.approx(_enumerated(values, tests, k), abs=1e-12), k
+
+
+BUDGET = """
+name = "budget"
+seeds = [0, 1, 2]
+[base]
+epochs = 3
+dataset = { name = "synthetic", classes = 10, train_size = 50000, val_fraction = 0.1 }
+model = { name = "mlp" }
+optimizer = { name = "sgd", lr = 0.1, momentum = 0.9 }
+[[block]]
+name = "adamw"
+set = { optimizer = { name = "adamw", lr = 0.001 } }
+grid = { "optimizer.lr" = [1, 2, 3, 4, 5, 6, 7, 8] }
+[[block]]
+name = "sgd"
+grid = { "optimizer.lr" = [1, 2, 3, 4, 5, 6, 7, 8] }
+"""
+
+
+def _budget_store(tmp_path):
+    """adamw: every point good (validation 0.80 to 0.807); sgd: one great point (0.95), the
+    rest poor. sgd's third point is the best on test (0.99) and poor on validation."""
+
+    def val(c, s):
+        i = c["optimizer"]["lr"]
+        if c["optimizer"]["name"] == "adamw":
+            return 0.80 + 0.001 * i + 0.0001 * s
+        return 0.95 if i == 8 else 0.40 + 0.02 * i + 0.0001 * s
+
+    def test(c, s):
+        if c["optimizer"]["name"] == "sgd" and c["optimizer"]["lr"] == 3:
+            return 0.99
+        return val(c, s) - 0.01
+
+    make_store(tmp_path, BUDGET, test, validation=val)
+
+
+def test_budget_says_which_optimizer_wins_at_which_budget(cli, tmp_path):
+    _budget_store(tmp_path)
+    out = analyze(cli, "budget")
+    rows = out["tables"]["budget"]
+    curve = {(r["optimizer"], r["k"]): r["expected_best_best_val_acc"] for r in rows}
+    assert {r["optimizer"] for r in rows} == {"adamw", "sgd"}
+    assert sorted(k for o, k in curve if o == "sgd") == list(range(1, 25))  # 8 points x 3 seeds
+    cross = next(k for k in range(1, 25) if curve["sgd", k] > curve["adamw", k])
+    assert curve["adamw", 1] > curve["sgd", 1] and cross > 1
+    assert out["findings"]["budget"] == (
+        f"adamw wins below {cross} trials, sgd from {cross} on (compared up to 24 trials, "
+        "the fewest any optimizer has)"
+    )
+    assert "every point of its search space and every seed" in out["findings"]["trials"]
+
+
+def test_budget_selects_on_validation_only(cli, tmp_path):
+    from optlab.analysis.core import load
+    from optlab.store.core import reading
+
+    _budget_store(tmp_path)
+    out = analyze(cli, "budget")
+    with reading(tmp_path / "optlab.duckdb") as con:
+        val = {r.run_id: r for r in load(con, "budget", "best_val_acc")}
+        test = {r.run_id: r.value for r in load(con, "budget", "best_test_acc")}
+    sgd = sorted(
+        (r for r in val.values() if r.get("optimizer") == "sgd"), key=lambda r: (r.value, r.run_id)
+    )
+    by_val = _enumerated([r.value for r in sgd], [test[r.run_id] for r in sgd], 3)[2]
+    by_test_order = sorted(sgd, key=lambda r: (test[r.run_id], r.run_id))
+    by_test = _enumerated(
+        [test[r.run_id] for r in by_test_order], [test[r.run_id] for r in by_test_order], 3
+    )[2]
+    got = next(
+        r["best_test_acc_of_selected"]
+        for r in out["tables"]["budget"]
+        if r["optimizer"] == "sgd" and r["k"] == 3
+    )
+    assert got == pytest.approx(by_val, abs=1e-12)
+    assert by_test > by_val + 0.05  # choosing on test would have looked better: it does not
+
+
+def test_budget_needs_a_test_metric_and_a_validation_split(cli, tmp_path):
+    _budget_store(tmp_path)
+    result = cli("analyze", "budget", "--metric", "best_val_acc")
+    assert result.exit_code == 1
+    assert "give a test metric (such as best_test_acc)" in result.stderr
+
+
+def test_plot_budget_draws_the_analysis_curves(cli, tmp_path):
+    _budget_store(tmp_path)
+    result = cli("plot", "budget", "--out", "b.html")
+    assert result.exit_code == 0, result.output
+    assert "budget chart of 48 rows written to b.html" in result.stdout  # 24 k x 2
+    rows = json.loads(
+        cli("query", (tmp_path / "b.html.sql").read_text(), "--format", "json").stdout
+    )
+    assert len(rows) == 48 and {"best_val_acc", "best_test_acc"} <= set(rows[0])
+    table = analyze(cli, "budget")
+    html = (tmp_path / "b.html").read_text()
+    assert table["findings"]["budget"] in html  # the chart says who wins where

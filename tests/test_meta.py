@@ -25,6 +25,7 @@ def test_the_commands_are_there():
         "report",
         "rm",
         "run",
+        "serve",
         "show",
         "status",
         "train",

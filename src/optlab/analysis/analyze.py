@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from optlab.analysis import optima, sfo, slopes, warmup
+from optlab.analysis import budget, optima, sfo, slopes, warmup
 from optlab.analysis.core import (
     BATCH,
     LR,
@@ -90,6 +90,13 @@ ANALYSES: dict[str, Analysis] = {
             optima.ranking,
             fits=lambda facts: facts.optimizers > 1,
         ),
+        Analysis(
+            "budget",
+            "each optimizer's expected best over k trials, Dodge et al.",
+            budget.answer,
+            fits=lambda facts: facts.optimizers > 1 and facts.validated,
+            read=budget.read,
+        ),
     )
 }
 
@@ -112,10 +119,11 @@ def run_analysis(
     param: str | None = None,
     epsilon: float | None = None,
     seed: int = 0,
+    by: str | None = None,
 ) -> Result:
     row = analysis(name)
     parse_metric(metric)
-    asked = Asked(param, epsilon)
+    asked = Asked(param, epsilon, by)
     with open_study(store, study) as (con, study, axes):
         result = Result(name, study, metric)
         require_axes(name, study, axes, list(row.axes))
@@ -147,7 +155,13 @@ def study_facts(con: Any, study: str, axes: list[str]) -> StudyFacts:
             [study],
         ).fetchall()
     }
-    return StudyFacts(list(axes), optimizers, probed | set(probes_asked(con, study)))
+    (validated,) = con.execute(
+        "select count(*) > 0 from epochs e join memberships m using (run_id) "
+        "where m.study = ? and e.val_acc is not null",
+        [study],
+    ).fetchone()
+    asked = set(probes_asked(con, study))
+    return StudyFacts(list(axes), optimizers, probed | asked, bool(validated))
 
 
 def analyses_for(facts: StudyFacts) -> list[str]:

@@ -69,6 +69,7 @@ class Asked:
 
     param: str | None = None
     epsilon: float | None = None
+    by: str | None = None
     found: dict[str, Any] = field(default_factory=dict)
 
 
@@ -79,6 +80,7 @@ class StudyFacts:
     axes: list[str]
     optimizers: int  # distinct optimizer plugins among its runs
     probes: set[str]  # probes with values, and probes its runs ask for
+    validated: bool = False  # some epoch has a validation metric
 
 
 @dataclass(frozen=True)

@@ -37,13 +37,19 @@ def command(
         help="optimal: the hyperparameter to optimise (default optimizer.lr when varied).",
     ),
     epsilon: float = typer.Option(None, "--epsilon", help="sfo: the full gradient norm to reach."),
+    by: str = typer.Option(
+        None,
+        "--by",
+        help="budget: what is compared (default optimizer; or an axis).",
+        show_default=False,
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap resampling."),
     store: Path = StoreOption,
 ) -> None:
 
     result = open_store(store).analyze(
-        analysis, study, metric, param=param, epsilon=epsilon, seed=seed
+        analysis, study, metric, param=param, epsilon=epsilon, seed=seed, by=by
     )
     if as_json:
         out.print(json.dumps(result.to_json(), indent=2), markup=False)

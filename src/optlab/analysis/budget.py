@@ -1,0 +1,165 @@
+"""``budget``: how good each optimizer gets for a tuning budget of k trials (Dodge et al.
+2019, "Show Your Work"), and which wins at which budget.
+
+A group's trials are its finished runs (every point of its search space, every seed). For
+k trials drawn from them at random (with replacement, as Dodge et al.'s estimator does),
+the expected best validation metric and its spread follow exactly from the order
+statistics: with the runs ranked 1..n by validation (ties broken by run id), the best of k
+is the run ranked i with probability (i/n)^k - ((i-1)/n)^k. The test metric reported for a
+budget is that of the run validation selects, under the same probabilities: selection
+never reads the test metric.
+
+``--metric`` names the test metric reported (default ``best_test_acc``); the selection
+reads its validation counterpart (``best_val_acc``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from optlab.analysis.core import (
+    Asked,
+    Result,
+    Run,
+    higher_is_better,
+    in_study_order,
+    leave_out,
+    load,
+)
+from optlab.analysis.results import Axes, parse_metric
+from optlab.errors import OptlabError
+
+
+def validation_metric(metric: str) -> str:
+    """``best_test_acc`` -> ``best_val_acc``: what selection reads for a test metric."""
+    reducer, column = parse_metric(metric)
+    if not column.startswith("test_"):
+        raise OptlabError(
+            f"analyze budget: --metric {metric}: give a test metric (such as best_test_acc); "
+            "the selection reads its validation counterpart"
+        )
+    return f"{reducer}_val_{column.removeprefix('test_')}"
+
+
+def read(con: Any, result: Result, asked: Asked) -> list[Run]:
+    """Each run with its validation metric as its value; its test metric in ``found``."""
+    val = validation_metric(result.metric)
+    runs = load(con, result.study, val)
+    asked.found["test"] = {r.run_id: r.value for r in load(con, result.study, result.metric)}
+    asked.found["validation"] = val
+    return runs
+
+
+def expected_best(values: list[float], tests: list[float], k: int) -> tuple[float, float, float]:
+    """For runs ranked worst to best (``values`` ascending in goodness), the expected best
+    value of ``k`` draws with replacement, its standard deviation, and the expected test
+    value of the run that best one is."""
+    n = len(values)
+    mean = square = test = 0.0
+    for i, (v, t) in enumerate(zip(values, tests, strict=True), start=1):
+        p = (i / n) ** k - ((i - 1) / n) ** k
+        mean += p * v
+        square += p * v * v
+        test += p * t
+    return mean, math.sqrt(max(0.0, square - mean * mean)), test
+
+
+def answer(result: Result, runs: list[Run], axes: Any, rng: Any, asked: Asked) -> None:
+    by = asked.by or "optimizer"
+    if by != "optimizer" and by not in axes:
+        raise OptlabError(
+            f"analyze budget: --by {by}: the study does not vary it; it varies "
+            f"{', '.join(axes) or 'nothing'}"
+        )
+    higher = higher_is_better(asked.found["validation"])
+    tests = asked.found["test"]
+    groups = _trials(result, runs, axes, by, tests, asked.found["validation"])
+    if len(groups) < 2:
+        result.findings["note"] = (
+            f"not answerable yet: finished runs of {len(groups)} {by} value(s) "
+            f"({', '.join(groups) or 'none'}); a budget compares two or more"
+        )
+        result.tables["budget"] = []
+        return
+    curves = {}
+    rows = []
+    for name, members in groups.items():
+        # worst to best: the best of k is the highest rank drawn
+        ranked = sorted(members, key=lambda r: (r.value if higher else -r.value, r.run_id))
+        values = [r.value for r in ranked]
+        tested = [tests[r.run_id] for r in ranked]
+        curves[name] = []
+        for k in range(1, len(ranked) + 1):
+            mean, std, test = expected_best(values, tested, k)
+            curves[name].append(mean)
+            rows.append(
+                {
+                    by: name,
+                    "k": k,
+                    f"expected_best_{asked.found['validation']}": mean,
+                    "std": std,
+                    f"{result.metric}_of_selected": test,
+                }
+            )
+    result.tables["budget"] = rows
+    result.findings.update(
+        question=f"expected best {asked.found['validation']} over k trials drawn from each "
+        f"{by}'s finished runs, and the {result.metric} of the run validation selects",
+        trials=f"each {by}'s trials are all its finished runs (every point of its search "
+        "space and every seed), drawn with replacement (Dodge et al. 2019)",
+        budget=_leaders(curves, higher, by),
+    )
+
+
+def _trials(
+    result: Result, runs: list[Run], axes: Any, by: str, tests: dict, val: str
+) -> dict[str, list[Run]]:
+    def name_of(run: Run) -> str:
+        if isinstance(axes, Axes) and axes.varied(by):
+            return axes.label(by, run.get)
+        return str(run.get(by))
+
+    finished = [r for r in in_study_order(runs) if r.status == "done"]
+    for status in sorted({r.status for r in runs} - {"done"}):
+        leave_out(result, status, [r for r in runs if r.status == status])
+    leave_out(result, f"no {val} value", [r for r in finished if r.value is None])
+    leave_out(
+        result,
+        f"no {result.metric} value",
+        [r for r in finished if r.value is not None and tests.get(r.run_id) is None],
+    )
+    kept = [r for r in finished if r.value is not None and tests.get(r.run_id) is not None]
+    groups: dict[str, list[Run]] = {}
+    for run in kept:
+        groups.setdefault(name_of(run), []).append(run)
+    return dict(sorted(groups.items()))
+
+
+def _leaders(curves: dict[str, list[float]], higher: bool, by: str) -> str:
+    """Which group leads at each budget, up to the fewest trials any group has: "adamw
+    wins below 8 trials, sgd from 8 on"."""
+    most = min(len(c) for c in curves.values())
+    leaders = []
+    for k in range(most):
+        scores = {name: c[k] for name, c in curves.items()}
+        best = (max if higher else min)(scores.values())
+        tied = sorted(n for n, s in scores.items() if math.isclose(s, best, rel_tol=1e-12))
+        leaders.append(" and ".join(tied))
+    spans: list[tuple[str, int, int]] = []
+    for k, leader in enumerate(leaders, start=1):
+        if spans and spans[-1][0] == leader:
+            spans[-1] = (leader, spans[-1][1], k)
+        else:
+            spans.append((leader, k, k))
+    if len(spans) == 1:
+        return f"{spans[0][0]} wins at every budget from 1 to {most} trials"
+    parts = []
+    for i, (leader, first, last) in enumerate(spans):
+        if i == 0:
+            parts.append(f"{leader} wins below {last + 1} trials")
+        elif i == len(spans) - 1:
+            parts.append(f"{leader} from {first} on")
+        else:
+            parts.append(f"{leader} from {first} to {last}")
+    return ", ".join(parts) + f" (compared up to {most} trials, the fewest any {by} has)"
