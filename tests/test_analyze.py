@@ -618,7 +618,7 @@ def test_cell_summary_gives_mean_std_n_and_a_t_interval(cli, tmp_path):
         (
             ["bestest"],
             "analysis 'bestest': not an analysis; use one of optimal, lr-wd, scaling, "
-            "warmup, sfo, ranking, budget",
+            "warmup, sfo, ranking, budget, profile",
         ),
     ],
 )
@@ -967,3 +967,98 @@ def test_plot_budget_draws_the_analysis_curves(cli, tmp_path):
     table = analyze(cli, "budget")
     html = (tmp_path / "b.html").read_text()
     assert table["findings"]["budget"] in html  # the chart says who wins where
+
+
+# ---- profile ----------------------------------------------------------------------------
+
+PROFILE = """
+name = "profile"
+seeds = [0, 1, 2]
+[base]
+epochs = 10
+dataset = { name = "synthetic" }
+model = { name = "mlp" }
+optimizer = { name = "sgd", lr = 0.1, momentum = 0.9 }
+[[block]]
+name = "w1_sgd"
+grid = { "optimizer.lr" = [0.01, 0.1] }
+[[block]]
+name = "w1_adamw"
+set = { optimizer = { name = "adamw", lr = 0.001 } }
+[[block]]
+name = "w2_sgd"
+set = { model = { name = "cnn" } }
+[[block]]
+name = "w2_adamw"
+set = { model = { name = "cnn" }, optimizer = { name = "adamw", lr = 0.001 } }
+[[block]]
+name = "w3_sgd"
+set = { dataset = { name = "digits" } }
+[[block]]
+name = "w3_adamw"
+set = { dataset = { name = "digits" }, optimizer = { name = "adamw", lr = 0.001 } }
+"""
+
+
+def _final(c, seed):
+    """Accuracy rises linearly to this over 10 epochs (step = 10 x epoch): it reaches 0.5
+    at epoch ceil(5 / final)."""
+    workload = (c["dataset"]["name"], c["model"]["name"])
+    sgd = c["optimizer"]["name"] == "sgd"
+    if workload == ("synthetic", "mlp"):  # sgd's best lr: epoch 5; adamw: epoch 7
+        return (1.0 if c["optimizer"]["lr"] == 0.1 else 0.5) if sgd else 0.8
+    if workload == ("synthetic", "cnn"):  # sgd never; adamw epoch 5
+        return 0.4 if sgd else 1.0
+    return [1.0, 0.5, 0.3][seed] if sgd else 0.55  # sgd: median of 50, 100, never; adamw 100
+
+
+def test_profile_times_each_optimizer_to_the_target_and_scores_them(cli, tmp_path):
+    make_store(tmp_path, PROFILE, _final, epochs=10)
+    out = analyze(cli, "profile", "--target", "test_acc=0.5")
+    times = {(r["workload"], r["optimizer"]): r["steps_to_target"] for r in out["tables"]["times"]}
+    assert times == {
+        ("digits x mlp", "adamw"): 100,
+        ("digits x mlp", "sgd"): 100,
+        ("synthetic x cnn", "adamw"): 50,
+        ("synthetic x cnn", "sgd"): None,  # never: infinite
+        ("synthetic x mlp", "adamw"): 70,
+        ("synthetic x mlp", "sgd"): 50,
+    }
+    profile = {(r["optimizer"], r["tau"]): r["fraction"] for r in out["tables"]["profile"]}
+    assert profile == pytest.approx(
+        {("adamw", 1.0): 2 / 3, ("adamw", 1.4): 1.0, ("sgd", 1.0): 2 / 3, ("sgd", 1.4): 2 / 3}
+    )
+    seconds = analyze(cli, "profile", "--target", "test_acc=0.5", "--time", "seconds")
+    by = {
+        (r["workload"], r["optimizer"]): r["seconds_to_target"] for r in seconds["tables"]["times"]
+    }
+    assert by[("synthetic x mlp", "adamw")] == pytest.approx(7 * 0.6)  # 0.5 s + 0.1 s each
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([], "analyze profile: --target None: give COLUMN=VALUE, such as val_acc=0.9"),
+        (["--target", "accuracy=0.9"], "--target 'accuracy=0.9': give COLUMN=VALUE"),
+        (
+            ["--target", "val_acc=0.9", "--time", "hours"],
+            "--time 'hours': use steps, sfo or seconds",
+        ),
+    ],
+)
+def test_profile_input_errors_are_one_line(cli, tmp_path, args, message):
+    make_store(tmp_path, PROFILE, _final, epochs=10)
+    result = cli("analyze", "profile", *args)
+    assert result.exit_code == 1 and message in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_plot_profile_draws_the_profiles(cli, tmp_path):
+    make_store(tmp_path, PROFILE, _final, epochs=10)
+    result = cli("plot", "profile", "--target", "test_acc=0.5", "--out", "p.html")
+    assert result.exit_code == 0, result.output
+    assert "profile chart of 4 rows written to p.html" in result.stdout  # 2 optimizers x 2 tau
+    sql = (tmp_path / "p.html.sql").read_text()
+    rows = json.loads(cli("query", sql, "--format", "json").stdout)
+    reached = [r["time_to_target"] for r in rows if r["time_to_target"] is not None]
+    assert len(rows) == 21 and min(reached) == 50  # 7 configurations x 3 seeds

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from optlab.analysis import budget, optima, sfo, slopes, warmup
+from optlab.analysis import budget, optima, profile, sfo, slopes, warmup
 from optlab.analysis.core import (
     BATCH,
     LR,
@@ -97,6 +97,13 @@ ANALYSES: dict[str, Analysis] = {
             fits=lambda facts: facts.optimizers > 1 and facts.validated,
             read=budget.read,
         ),
+        Analysis(
+            "profile",
+            "time to --target per workload, and performance profiles",
+            profile.answer,
+            fits=lambda facts: False,  # it needs a target: not in the report
+            read=profile.read,
+        ),
     )
 }
 
@@ -120,10 +127,12 @@ def run_analysis(
     epsilon: float | None = None,
     seed: int = 0,
     by: str | None = None,
+    target: str | None = None,
+    time: str | None = None,
 ) -> Result:
     row = analysis(name)
     parse_metric(metric)
-    asked = Asked(param, epsilon, by)
+    asked = Asked(param, epsilon, by, target, time)
     with open_study(store, study) as (con, study, axes):
         result = Result(name, study, metric)
         require_axes(name, study, axes, list(row.axes))

@@ -70,6 +70,8 @@ class Asked:
     param: str | None = None
     epsilon: float | None = None
     by: str | None = None
+    target: str | None = None  # profile: COLUMN=VALUE
+    time: str | None = None  # profile: steps, sfo or seconds
     found: dict[str, Any] = field(default_factory=dict)
 
 

@@ -15,11 +15,11 @@ the output line.
 
 from __future__ import annotations
 
-from optlab.charts import budget_chart, gradients, heatmap, lines, probe_charts
+from optlab.charts import comparisons, gradients, heatmap, lines, probe_charts
 from optlab.charts.figures import Chart
 from optlab.errors import OptlabError
 
-_KINDS = (heatmap, lines, gradients, probe_charts, budget_chart)
+_KINDS = (heatmap, lines, gradients, probe_charts, comparisons)
 
 CHARTS: dict[str, Chart] = {row.name: row for kind in _KINDS for row in kind.CHARTS}
 

@@ -43,13 +43,30 @@ def command(
         help="budget: what is compared (default optimizer; or an axis).",
         show_default=False,
     ),
+    target: str = typer.Option(
+        None,
+        "--target",
+        help="profile: COLUMN=VALUE to reach, such as val_acc=0.9.",
+        show_default=False,
+    ),
+    time: str = typer.Option(
+        "steps", "--time", help="profile: time in steps, sfo (samples) or seconds."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap resampling."),
     store: Path = StoreOption,
 ) -> None:
 
     result = open_store(store).analyze(
-        analysis, study, metric, param=param, epsilon=epsilon, seed=seed, by=by
+        analysis,
+        study,
+        metric,
+        param=param,
+        epsilon=epsilon,
+        seed=seed,
+        by=by,
+        target=target,
+        time=time,
     )
     if as_json:
         out.print(json.dumps(result.to_json(), indent=2), markup=False)

@@ -1,13 +1,15 @@
-"""The budget chart: each optimizer's expected best validation metric against the number of
-trials k (Dodge et al. 2019), with its spread, and the test metric of the run validation
-selects; computed by :mod:`optlab.analysis.budget` from one row per run.
+"""Charts that compare optimizers as they were tuned: ``budget``, each one's expected best
+validation metric against the number of trials k (Dodge et al. 2019), with its spread and
+the test metric of the run validation selects (:mod:`optlab.analysis.budget`); and
+``profile``, the performance profiles of their times to a target across workloads
+(Dolan and More 2002; :mod:`optlab.analysis.profile`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from optlab.analysis import budget
+from optlab.analysis import budget, profile
 from optlab.analysis.core import Asked, Result
 from optlab.analysis.results import jsonable, parse_metric, reduce_sql
 from optlab.charts.figures import Chart, Figure, Option, ReportFacts, Selection, layout
@@ -24,6 +26,14 @@ where {condition} and r.status = 'done'
 group by all order by r.run_id"""
 
 
+def _selected(con: Any, study: str, axes: Any, sel: Selection, chart: str) -> tuple[Any, set]:
+    """The layout (every axis is searched over within a group: nothing is a panel, nothing
+    else pooled) and the runs the selection keeps."""
+    lay = layout(con, study, axes, ["block", *axes], Selection(sel.where, sel.blocks, ()), chart)
+    picked = con.execute(f"select run_id from runs r where {lay.condition}").fetchall()
+    return lay, {run_id for (run_id,) in picked}
+
+
 def budget_figure(
     con: Any,
     study: str,
@@ -34,11 +44,8 @@ def budget_figure(
 ) -> Figure:
     import altair as alt  # altair: slow to import, so only when a chart is drawn
 
-    # Every axis is searched over within a group: nothing is a panel, nothing else pooled.
-    lay = layout(con, study, axes, ["block", *axes], Selection(sel.where, sel.blocks, ()), "budget")
+    lay, chosen = _selected(con, study, axes, sel, "budget")
     sql = budget_sql(lay.condition, metric)
-    picked = con.execute(f"select run_id from runs r where {lay.condition}").fetchall()
-    chosen = {run_id for (run_id,) in picked}
     result, asked = Result("budget", study, metric), Asked(by=by)
     runs = [r for r in budget.read(con, result, asked) if r.run_id in chosen]
     budget.answer(result, runs, axes, None, asked)
@@ -90,6 +97,49 @@ def _in_report(facts: ReportFacts) -> list[tuple[str, dict[str, Any]]]:
     return [("", {})] if optimizers > 1 and validated else []
 
 
+def profile_figure(
+    con: Any,
+    study: str,
+    axes: Any,
+    target: str | None = None,
+    time: str = "steps",
+    sel: Selection = Selection(),
+) -> Figure:
+    import altair as alt  # altair: slow to import, so only when a chart is drawn
+
+    lay, chosen = _selected(con, study, axes, sel, "profile")
+    result, asked = Result("profile", study, "best_test_acc"), Asked(target=target, time=time)
+    runs = [r for r in profile.read(con, result, asked) if r.run_id in chosen]
+    profile.answer(result, runs, axes, None, asked)
+    found = asked.found
+    sql = profile.times_sql(study, found["column"], found["target"], found["unit"])
+    rows = result.tables.get("profile", [])
+    chart = (
+        alt.Chart(alt.Data(values=jsonable(rows)))
+        .mark_line(interpolate="step-after", point=True)
+        .encode(
+            x=alt.X("tau:Q", title="tau (time over the fastest's)", scale=alt.Scale(type="log")),
+            y=alt.Y("fraction:Q", title="fraction of workloads", scale=alt.Scale(domain=[0, 1])),
+            color=alt.Color("optimizer:N"),
+            tooltip=["optimizer:N", "tau:Q", "fraction:Q"],
+        )
+        .properties(
+            width=480,
+            height=300,
+            title={
+                "text": f"{study}: performance profiles, {asked.found['unit']} to "
+                f"{asked.found['column']} {asked.found['target']:g}",
+                "subtitle": [
+                    "each optimizer's time on a workload: its best configuration's median "
+                    "over seeds; never reached: infinite",
+                    result.findings.get("note", ""),
+                ],
+            },
+        )
+    )
+    return Figure("profile", chart, sql, len(rows), lay)
+
+
 CHARTS = (
     Chart(
         "budget",
@@ -108,5 +158,16 @@ CHARTS = (
         ),
         facet=False,
         report=_in_report,
+    ),
+    Chart(
+        "profile",
+        profile_figure,
+        "Performance profiles: the fraction of workloads (dataset x model) on which each "
+        "optimizer reaches --target within a factor tau of the fastest.",
+        (
+            Option("target", None, "COLUMN=VALUE to reach, such as val_acc=0.9."),
+            Option("time", "steps", "Time in steps, sfo (samples) or seconds."),
+        ),
+        facet=False,
     ),
 )

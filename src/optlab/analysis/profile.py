@@ -1,0 +1,162 @@
+"""``profile``: time to a target per optimizer and workload, and the performance profiles
+that score them across workloads (Dolan and More 2002; AlgoPerf's scoring, Dahl et al.
+2023).
+
+A workload is a dataset with a model. A run's time to the target is the step, the SFO
+(samples) or the seconds (training, evaluation and probes, summed) at the end of the first
+epoch whose metric reaches the target (``--target val_acc=0.9``: at least 0.9; a loss: at
+most); a run that never does takes an infinite time. A configuration's time is the median
+over its seeds; an optimizer's time on a workload is its best configuration's (it is
+tuned). Its ratio on a workload is its time over the fastest optimizer's there, and its
+profile rho(tau) is the fraction of workloads on which that ratio is at most tau.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+from optlab.analysis.core import (
+    Asked,
+    Result,
+    Run,
+    flat_config,
+    groups,
+    in_study_order,
+    leave_out,
+)
+from optlab.analysis.results import METRIC_COLUMNS
+from optlab.errors import OptlabError
+from optlab.store.sql import q
+
+TIMES = {"steps": "step", "sfo": "sfo", "seconds": "seconds"}
+
+
+def parse_target(target: str | None) -> tuple[str, float]:
+    """``val_acc=0.9`` -> ("val_acc", 0.9), or one line saying what is allowed."""
+    column, eq, value = (target or "").partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not eq or column.strip() not in METRIC_COLUMNS or math.isnan(number):
+        raise OptlabError(
+            f"analyze profile: --target {target!r}: give COLUMN=VALUE, such as val_acc=0.9, "
+            f"with COLUMN one of {', '.join(METRIC_COLUMNS)}"
+        )
+    return column.strip(), number
+
+
+def read(con: Any, result: Result, asked: Asked) -> list[Run]:
+    """Each run with its time to the target as its value (None: never reached)."""
+    column, target = parse_target(asked.target)
+    unit = asked.time or "steps"
+    if unit not in TIMES:
+        raise OptlabError(f"analyze profile: --time {unit!r}: use steps, sfo or seconds")
+    rows = con.execute(times_sql(result.study, column, target, unit)).fetchall()
+    asked.found.update(column=column, target=target, unit=unit)
+    return in_study_order(
+        [
+            Run(run_id, seed, status, flat_config(config), t, position, block)
+            for run_id, seed, status, config, position, block, t in rows
+        ]
+    )
+
+
+def times_sql(study: str, column: str, target: float, unit: str) -> str:
+    """Each run of the study with the time at the end of its first epoch that reaches the
+    target (null: none did), as one statement `optlab query` runs as it is."""
+    reached = (
+        f"e.{column} >= {target!r}" if column.endswith("_acc") else f"e.{column} <= {target!r}"
+    )
+    clock = (
+        "sum(e.seconds + coalesce(e.eval_seconds, 0) + coalesce(e.probe_seconds, 0)) "
+        "over (partition by e.run_id order by e.epoch)"
+        if unit == "seconds"
+        else f"e.{TIMES[unit]}"
+    )
+    return f"""with timed as (
+  select e.run_id, e.epoch, {clock} as t, {reached} as hit from epochs e
+)
+select r.run_id, r.seed, r.status, r.config, r.position, r.block,
+       (select t from timed where timed.run_id = r.run_id and hit order by epoch limit 1)
+         as time_to_target
+from runs r where r.study = '{q(study)}' order by r.position, r.run_id"""
+
+
+def answer(result: Result, runs: list[Run], axes: Any, rng: Any, asked: Asked) -> None:
+    column, target, unit = (asked.found[k] for k in ("column", "target", "unit"))
+    done = [r for r in runs if r.status == "done"]
+    for status in sorted({r.status for r in runs} - {"done"}):
+        leave_out(result, status, [r for r in runs if r.status == status])
+    times = _times(done, runs)
+    optimizers = sorted({o for _, o in times})
+    workloads = sorted({w for w, _ in times})
+    if len(optimizers) < 2:
+        result.findings["note"] = (
+            f"not answerable yet: finished runs of {len(optimizers)} optimizer(s); a "
+            "profile compares two or more"
+        )
+        result.tables["profile"] = []
+        return
+    ratios = _ratios(times, workloads, optimizers)
+    result.tables["times"] = [
+        {
+            "workload": w,
+            "optimizer": o,
+            f"{unit}_to_target": _finite(times.get((w, o), math.inf)),
+            "ratio": _finite(ratios[w, o]),
+        }
+        for w in workloads
+        for o in optimizers
+    ]
+    result.tables["profile"] = _profile(ratios, workloads, optimizers)
+    result.findings.update(
+        question=f"{unit} to reach {column} {'>=' if column.endswith('_acc') else '<='} "
+        f"{target:g} per optimizer and workload (dataset x model), and the fraction of "
+        "workloads on which each is within a factor tau of the fastest",
+        rule="a configuration's time is the median over its seeds (never: infinite); an "
+        "optimizer's is its best configuration's; ratios never reached are infinite",
+    )
+
+
+def _times(done: list[Run], runs: list[Run]) -> dict[tuple[str, str], float]:
+    """(workload, optimizer) -> the best configuration's median time over seeds."""
+    best: dict[tuple[str, str], float] = {}
+    for _, members in groups(done, [], among=runs).items():
+        first = members[0]
+        key = (f"{first.get('dataset')} x {first.get('model')}", str(first.get("optimizer")))
+        median = statistics.median(math.inf if r.value is None else r.value for r in members)
+        best[key] = min(best.get(key, math.inf), median)
+    return best
+
+
+def _ratios(times: dict, workloads: list[str], optimizers: list[str]) -> dict:
+    ratios = {}
+    for w in workloads:
+        fastest = min(times.get((w, o), math.inf) for o in optimizers)
+        for o in optimizers:
+            t = times.get((w, o), math.inf)
+            ratios[w, o] = t / fastest if math.isfinite(fastest) and fastest > 0 else math.inf
+            if math.isfinite(fastest) and fastest == 0:
+                ratios[w, o] = 1.0 if t == 0 else math.inf
+    return ratios
+
+
+def _profile(ratios: dict, workloads: list[str], optimizers: list[str]) -> list[dict]:
+    """rho(tau) of each optimizer at every tau where some profile steps up."""
+    taus = sorted({r for r in ratios.values() if math.isfinite(r)})
+    return [
+        {
+            "optimizer": o,
+            "tau": tau,
+            "fraction": sum(ratios[w, o] <= tau for w in workloads) / len(workloads),
+        }
+        for o in optimizers
+        for tau in taus
+    ]
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
