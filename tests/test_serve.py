@@ -93,16 +93,25 @@ def test_a_heatmap_cell_s_link_finds_exactly_its_runs(client):
     charts = client.get("/api/studies/two/charts").json()
     spec = charts["heatmap"]["spec"]
     cells = spec["data"]["values"] if "data" in spec else next(iter(spec["datasets"].values()))
+
+    def runs_of(cell):
+        # What the page's click handler sends: the cell's x and y, and its panel's values.
+        query = {"optimizer.lr": cell["x"], "batch_schedule.batch_size": cell["y"]}
+        for part in cell["panel"].split(" · "):
+            key, _, value = part.partition("=") if "=" in part else ("block", "", part[6:])
+            query[key] = value
+        return client.get("/api/studies/two/runs", params=query).json()
+
     cell = next(c for c in cells if c["state"] == "all diverged")
-    # What the page's click handler sends: the cell's x and y, and its panel's values.
-    query = {"optimizer.lr": cell["x"], "batch_schedule.batch_size": cell["y"]}
-    for part in cell["panel"].split(" · "):
-        key, _, value = part.partition("=") if "=" in part else ("block", "", part[6:])
-        query[key] = value
-    runs = client.get("/api/studies/two/runs", params=query).json()
+    runs = runs_of(cell)
     assert runs["total"] == 3 == cell["runs"]
     assert {r["status"] for r in runs["runs"]} == {"diverged"}
     assert {r["block"] for r in runs["runs"]} == {"large"}
+    # A panel of the block that does not vary momentum still names its value (0.9).
+    small = next(c for c in cells if c["panel"].startswith("block small"))
+    assert "optimizer.momentum=0.9" in small["panel"]
+    runs = runs_of(small)
+    assert runs["total"] == 3 and {r["block"] for r in runs["runs"]} == {"small"}
 
 
 def test_the_analyses_are_the_report_s(client, cli):
@@ -364,6 +373,13 @@ def test_the_pages_in_chromium(browser, store):
         page.wait_for_selector("#heatmap svg")
         page.wait_for_selector("#analyses h3")
         shot(page, "study-two")
+        # A heatmap cell (its label, over it, as a user clicks) lists that cell's runs.
+        page.locator("#heatmap g.mark-text text").first.click()
+        page.wait_for_url("**/study/two?*block=*")
+        page.wait_for_function("document.querySelectorAll('#runs table tr').length === 4")
+        assert page.inner_text("#runs h2").startswith("Runs where ")
+        page.goto(served.url + "/study/two")
+        page.wait_for_selector("a.cell.s-diverged")
         run_id = diverged.first.get_attribute("data-run")
         diverged.first.click()
         page.wait_for_url(f"**/run/{run_id}")

@@ -24,6 +24,7 @@ from optlab.errors import OptlabError
 from optlab.locations import resolve, roots
 from optlab.store.core import STATES, reading
 from optlab.store.query import run_sql
+from optlab.study import paths
 
 GRID_LIMIT = 5000  # runs drawn one cell each; a larger study's grid is counts per block
 SQL_ROWS = 1000  # rows of a statement sent to the page (the rest are counted)
@@ -185,18 +186,16 @@ def study_runs(
     with open_study(store, name) as (con, name, _):
         rows = con.execute(
             "select r.run_id, r.block, r.seed, r.status, r.axes, s.epochs_done, r.epochs, "
-            "s.best_test_acc, s.final_test_acc, s.final_train_loss "
+            "s.best_test_acc, s.final_test_acc, s.final_train_loss, r.config "
             "from runs r join run_summary s using (study, run_id) where r.study = ? "
             f"order by r.position{cut}",
             [name],
         ).fetchall()
         (total,) = con.execute("select count(*) from runs where study = ?", [name]).fetchone()
     runs = []
-    for run_id, block, seed, status, axes, done, epochs, best, final, loss in rows:
+    for run_id, block, seed, status, axes, done, epochs, best, final, loss, config in rows:
         values = json.loads(axes or "{}")
-        if match and not all(
-            _same(block if k == "block" else values.get(k), v) for k, v in match.items()
-        ):
+        if match and not _matches(match, block, values, config):
             continue
         runs.append(
             {
@@ -213,6 +212,23 @@ def study_runs(
             }
         )
     return _clean({"study": name, "total": len(runs) if match else total, "runs": runs[:limit]})
+
+
+def _matches(match: dict[str, str], block: str, axes: dict[str, Any], config: str) -> bool:
+    """Whether a run is in a chart's cell: its block, and its value of each axis named (its
+    config's, for an axis its own block does not vary: a panel of other blocks names it)."""
+    flat = None
+    for key, given in match.items():
+        if key == "block":
+            value: Any = block
+        elif key in axes:
+            value = axes[key]
+        else:
+            flat = flat if flat is not None else paths.flatten(json.loads(config or "{}"))
+            value = flat.get(key)
+        if not _same(value, given):
+            return False
+    return True
 
 
 def _same(value: Any, given: str) -> bool:
