@@ -104,8 +104,8 @@ def answer(result: Result, runs: list[Run], axes: Any, rng: Any, asked: Asked) -
             )
     result.tables["budget"] = rows
     result.findings.update(
-        question=f"expected best {asked.found['validation']} over k trials drawn from each "
-        f"{by}'s finished runs, and the {result.metric} of the run validation selects",
+        question=f"the expected {asked.found['validation']} of the best of k trials drawn "
+        f"from each {by}'s finished runs, and the {result.metric} of the run it selects",
         trials=f"each {by}'s trials are all its finished runs (every point of its search "
         "space and every seed), drawn with replacement (Dodge et al. 2019)",
         budget=_leaders(curves, higher, by),

@@ -67,7 +67,7 @@ def budget_figure(
     )
     band = base.mark_area(opacity=0.2).encode(y="low:Q", y2="high:Q")
     line = base.mark_line().encode(
-        y=alt.Y("mean:Q", title=f"expected best {val}", scale=alt.Scale(zero=False)),
+        y=alt.Y("mean:Q", title=f"{val} of the best of k", scale=alt.Scale(zero=False)),
         tooltip=["group:N", "k:Q", "mean:Q", "low:Q", "high:Q", "test:Q"],
     )
     test = base.mark_line(strokeDash=[4, 3]).encode(y="test:Q")
@@ -76,7 +76,7 @@ def budget_figure(
         width=480,
         height=300,
         title={
-            "text": f"{study}: expected best {val} over k trials (Dodge et al. 2019)",
+            "text": f"{study}: the expected {val} of the best of k trials (Dodge et al. 2019)",
             "subtitle": [
                 f"each {group}'s trials: all its finished runs (its search space and seeds); "
                 f"band = +-1 sd of the best; dashed: {metric} of the run validation selects",
