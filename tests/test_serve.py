@@ -65,6 +65,33 @@ def test_a_study_has_a_cell_per_run_in_study_order(client, cli, store):
     assert study["summarised"] is None
 
 
+def test_runs_a_gone_writer_left_running_are_interrupted_as_status_tells(tmp_path, monkeypatch):
+    from optlab.store import core as st
+
+    def status(config, seed):
+        return "running" if seed == 2 else "done"
+
+    store = make_store(tmp_path, STUDY, acc, status=status)
+    gone = subprocess.Popen(["true"])  # its pid: a writer that is gone
+    gone.wait()
+    with st.writing(store) as con:
+        st.start_session(con, "gone", "two", 2, 36)
+        con.execute("update sessions set pid = ?", [gone.pid])
+    client = TestClient(create_app(store))
+    study = client.get("/api/studies/two").json()
+    assert study["counts"]["interrupted"] == 12 and study["counts"]["running"] == 0
+    cells = [c for c in study["grid"] if c["seed"] == 2]
+    assert {c["status"] for c in cells} == {"interrupted"} and len(cells) == 12
+    monkeypatch.setattr(data, "GRID_LIMIT", 10)
+    counts = TestClient(create_app(store)).get("/api/studies/two").json()["grid"]
+    assert {(r["block"], r["status"]): r["runs"] for r in counts} == {
+        ("small", "done"): 8,
+        ("small", "interrupted"): 4,
+        ("large", "done"): 16,
+        ("large", "interrupted"): 8,
+    }
+
+
 def test_a_large_study_s_grid_is_counts_and_says_so(client, monkeypatch):
     monkeypatch.setattr(data, "GRID_LIMIT", 10)
     study = client.get("/api/studies/two").json()

@@ -120,7 +120,8 @@ def study(store: Path, name: str) -> dict[str, Any]:
             "select description from studies where study = ?", [name]
         ).fetchone()
         total = status.total
-        grid = _grid_cells(con, name) if total <= GRID_LIMIT else _grid_counts(con, name)
+        told = {u["run_id"]: u for u in status.unfinished}
+        grid = (_grid_cells if total <= GRID_LIMIT else _grid_counts)(con, name, told)
     return _clean(
         {
             **_study_row(status, []),
@@ -144,36 +145,57 @@ def _status(store: Path, name: str) -> list[StudyStatus]:
         raise
 
 
-def _grid_cells(con: Any, name: str) -> list[dict[str, Any]]:
+def _grid_cells(con: Any, name: str, told: dict[str, dict]) -> list[dict[str, Any]]:
+    """A cell per run, in the study's order, in the state `optlab status` tells (``told``:
+    a run left running by a writer that is gone is interrupted, at its journal's epoch)."""
     rows = con.execute(
         "select r.run_id, r.block, r.seed, r.status, r.axes, r.epochs, "
         "(select count(*) from epochs e where e.run_id = r.run_id) "
         "from runs r where r.study = ? order by r.position",
         [name],
     ).fetchall()
-    return [
-        {
-            "run_id": run_id,
-            "block": block,
-            "seed": seed,
-            "status": status,
-            "axes": json.loads(axes or "{}"),
-            "epochs": epochs,
-            "epoch": done,
-        }
-        for run_id, block, seed, status, axes, epochs, done in rows
-    ]
+    cells = []
+    for run_id, block, seed, status, axes, epochs, done in rows:
+        if run_id in told:
+            status, done = told[run_id]["status"], told[run_id]["epochs_done"]
+        cells.append(
+            {
+                "run_id": run_id,
+                "block": block,
+                "seed": seed,
+                "status": status,
+                "axes": json.loads(axes or "{}"),
+                "epochs": epochs,
+                "epoch": done,
+            }
+        )
+    return cells
 
 
-def _grid_counts(con: Any, name: str) -> list[dict[str, Any]]:
-    """Runs per block (in the study's order) and state (in `optlab status`'s)."""
+def _grid_counts(con: Any, name: str, told: dict[str, dict]) -> list[dict[str, Any]]:
+    """Runs per block (in the study's order) and state (in `optlab status`'s, which tells
+    a run left running by a writer that is gone as interrupted)."""
     rows = con.execute(
         "select block, status, count(*), min(min(position)) over (partition by block) "
         "from runs where study = ? group by block, status",
         [name],
     ).fetchall()
-    rows.sort(key=lambda r: (r[3], STATES.index(r[1]) if r[1] in STATES else len(STATES)))
-    return [{"block": b, "status": s, "runs": n} for b, s, n, _ in rows]
+    counts = {(b, st): n for b, st, n, _ in rows}
+    first = {b: pos for b, _, _, pos in rows}
+    moved = [r for r, u in told.items() if u["status"] == "interrupted"]
+    if moved:
+        for block, stored in con.execute(
+            "select block, status from runs where study = ? and run_id in (select unnest(?))",
+            [name, moved],
+        ).fetchall():
+            if stored != "interrupted":
+                counts[block, stored] -= 1
+                counts[block, "interrupted"] = counts.get((block, "interrupted"), 0) + 1
+    order = sorted(
+        (k for k, n in counts.items() if n),
+        key=lambda k: (first[k[0]], STATES.index(k[1]) if k[1] in STATES else len(STATES)),
+    )
+    return [{"block": b, "status": st, "runs": counts[b, st]} for b, st in order]
 
 
 def study_runs(
