@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from optlab.analysis import budget, profile
+from optlab.analysis.analyze import ANALYSES, study_facts
 from optlab.analysis.core import Asked, Result
 from optlab.analysis.results import jsonable, parse_metric, reduce_sql
 from optlab.charts.figures import Chart, Figure, Option, ReportFacts, Selection, layout
@@ -88,13 +89,9 @@ def budget_figure(
 
 
 def _in_report(facts: ReportFacts) -> list[tuple[str, dict[str, Any]]]:
-    """When the study compares optimizers and has a validation split."""
-    (optimizers, validated) = facts.con.execute(
-        "select count(distinct r.optimizer), count(e.val_acc) > 0 from runs r "
-        "left join epochs e using (run_id) where r.study = ?",
-        [facts.study],
-    ).fetchone()
-    return [("", {})] if optimizers > 1 and validated else []
+    """Where the report shows `analyze budget`, it draws it too."""
+    shown = ANALYSES["budget"].shown_for(study_facts(facts.con, facts.study, facts.axes))
+    return [("", {})] if shown else []
 
 
 def profile_figure(

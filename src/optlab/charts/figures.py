@@ -287,6 +287,15 @@ class Chart:
         figure.study = study
         return figure
 
+    def draw_for_page(self, facts: ReportFacts, options: dict) -> Figure:
+        """As a page shows it (the report, optlab serve): the default panels, or, when they
+        are too many for a page, one per block with the rest pooled (and said)."""
+        try:
+            return self.draw(facts.con, facts.study, facts.axes, Selection(), options)
+        except TooManyPanels:
+            sel = Selection(facet=("block",))
+            return self.draw(facts.con, facts.study, facts.axes, sel, options)
+
 
 def _lean_altair() -> None:
     """Altair checks every piece of a chart against its schema as it is built (its debug

@@ -7,9 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from optlab.analysis.results import fetch_rows, parse_metric, reduce_sql
-from optlab.charts.drawing import fmt, sort_key
+from optlab.charts.drawing import axis, fmt, sort_key
 from optlab.charts.figures import Chart, Figure, Layout, Option, ReportFacts, Selection, layout
-from optlab.errors import OptlabError
 
 # ---- heatmap ------------------------------------------------------------------------------
 
@@ -51,15 +50,7 @@ def heatmap_figure(
 def _pick_axes(axes: list[str], x: str | None, y: str | None) -> tuple[str, str]:
     if x is None and y is None and len(axes) >= 2:
         return axes[0], axes[1]
-    for opt, value in (("--x", x), ("--y", y)):
-        if value is None:
-            raise OptlabError(f"{opt}: name an axis; this study varies {', '.join(axes)}")
-        if value not in axes:
-            raise OptlabError(
-                f"{opt} {value}: the study does not vary it; "
-                f"it varies {', '.join(axes) or 'nothing'}"
-            )
-    return x, y  # type: ignore[return-value]
+    return axis(axes, x, "--x"), axis(axes, y, "--y")
 
 
 # A cell with no finished run: its own colour, a legend entry, and a label that reads on it.

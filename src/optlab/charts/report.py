@@ -16,7 +16,7 @@ from optlab.analysis.results import open_study, probes_asked
 from optlab.analysis.status import study_status
 from optlab.charts import probe_charts
 from optlab.charts.catalog import CHARTS
-from optlab.charts.figures import Chart, ReportFacts, Selection, TooManyPanels
+from optlab.charts.figures import ReportFacts
 from optlab.errors import OptlabError
 
 
@@ -143,19 +143,10 @@ def _figures(
         for title, options in chart.report(facts):
             title = title or chart.name
             try:
-                try:
-                    figures.append((title, _draw(chart, facts, Selection(), options)))
-                except TooManyPanels:
-                    # Too many panels for a page: one per block, the rest pooled (and said).
-                    sel = Selection(facet=("block",))
-                    figures.append((title, _draw(chart, facts, sel, options)))
+                figures.append((title, chart.draw_for_page(facts, options)))
             except OptlabError as e:
                 problems.append(f"{title}: {e}")
     return figures, problems
-
-
-def _draw(chart: Chart, facts: ReportFacts, sel: Selection, options: dict[str, Any]) -> Any:
-    return chart.draw(facts.con, facts.study, facts.axes, sel, options)
 
 
 def default_epsilon(con: Any, study: str) -> float | None:

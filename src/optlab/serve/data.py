@@ -18,7 +18,7 @@ from optlab.analysis.analyze import analyses_for, run_analysis, study_facts
 from optlab.analysis.results import open_study
 from optlab.analysis.status import StudyStatus, study_status
 from optlab.charts.catalog import CHARTS
-from optlab.charts.figures import ReportFacts, Selection, TooManyPanels
+from optlab.charts.figures import ReportFacts
 from optlab.charts.probe_charts import probe_names
 from optlab.errors import OptlabError
 from optlab.locations import resolve, roots
@@ -297,11 +297,7 @@ def study_charts(store: Path, name: str) -> dict[str, Any]:
 def _draw(chart: Any, facts: ReportFacts, options: dict[str, Any]) -> Any:
     """The figure, or the line that says why it cannot be drawn."""
     try:
-        try:
-            return chart.draw(facts.con, facts.study, facts.axes, Selection(), options)
-        except TooManyPanels:  # as the report does: a panel per block, the rest pooled
-            sel = Selection(facet=("block",))
-            return chart.draw(facts.con, facts.study, facts.axes, sel, options)
+        return chart.draw_for_page(facts, options)
     except OptlabError as e:
         return str(e)
 
