@@ -1062,3 +1062,13 @@ def test_plot_profile_draws_the_profiles(cli, tmp_path):
     rows = json.loads(cli("query", sql, "--format", "json").stdout)
     reached = [r["time_to_target"] for r in rows if r["time_to_target"] is not None]
     assert len(rows) == 21 and min(reached) == 50  # 7 configurations x 3 seeds
+
+
+def test_budget_by_an_axis_the_study_does_not_vary_is_one_line(cli, tmp_path):
+    _budget_store(tmp_path)
+    result = cli("analyze", "budget", "--by", "optimizer.momentum")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "Error: analyze budget: --by optimizer.momentum: the study does not vary it; it "
+        "varies optimizer.lr\n"
+    )

@@ -249,6 +249,9 @@ def test_a_store_it_cannot_serve_is_one_line_exit_2(cli, tmp_path, store):
         busy = cli("serve", "--store", str(store), "--port", str(port))
     assert busy.exit_code == 2
     assert busy.stderr == f"Error: --port {port}: in use on 127.0.0.1; give another with --port\n"
+    wrong = cli("serve", "--store", str(store), "--port", "70000")
+    assert wrong.exit_code == 2
+    assert wrong.stderr == "Error: --port 70000: give a port from 1 to 65535\n"
 
 
 def test_a_newer_store_is_refused(cli, tmp_path):
