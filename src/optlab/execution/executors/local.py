@@ -10,6 +10,7 @@ from typing import Any
 
 from optlab.execution.executors import Sink, TaskExtra
 from optlab.execution.executors.pool import LocalPool
+from optlab.execution.executors.work import WorkQueue
 from optlab.plugins.plugin import NoParams, Plugin
 from optlab.study.expand import RunSpec
 from optlab.training import devices
@@ -51,7 +52,7 @@ class LocalExecutor:
         return f"{len(gpus)} GPU(s) x {len(slots) // len(gpus)}" if gpus else "CPU"
 
     async def run(
-        self, specs: list[RunSpec], slots: list[Slot], sink: Sink, task_extra: TaskExtra
+        self, specs: list[RunSpec] | WorkQueue, slots: list[Slot], sink: Sink, task_extra: TaskExtra
     ) -> None:
         options: dict[str, Any] = {"python": self.python} if self.python else {}
         self.pool = LocalPool(
@@ -62,13 +63,14 @@ class LocalExecutor:
             data_dir=self.data_dir,
             **options,
         )
-        self.pool.stopping = self._halted
+        if self._halted:
+            self.pool.halt()
         await self.pool.run(specs, sink)
 
     def halt(self) -> None:
         self._halted = True
         if self.pool is not None:
-            self.pool.stopping = True
+            self.pool.halt()
 
     def nodes(self) -> dict[str, int]:
         return {socket.gethostname(): len(self.pool.slots)} if self.pool else {}

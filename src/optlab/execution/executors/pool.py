@@ -15,13 +15,13 @@ import os
 import signal
 import sys
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from optlab import locations
 from optlab.events import TERMINAL, decode, encode
+from optlab.execution.executors.work import WorkQueue
 from optlab.store.core import artefacts_dir, journal_path, log_path
 from optlab.study.expand import RunSpec
 from optlab.study.schema import PLUGIN_SLOTS, PROBES_KEY
@@ -53,11 +53,15 @@ class LocalPool:
         self.stopping = False  # no new runs (the disk is full)
         self._procs: set[asyncio.subprocess.Process] = set()
         self.broken = Broken()
+        self.work = WorkQueue()
 
-    async def run(self, specs: list[RunSpec], sink: Sink) -> None:
-        queue = deque(specs)
+    async def run(self, specs: list[RunSpec] | WorkQueue, sink: Sink) -> None:
+        work = specs if isinstance(specs, WorkQueue) else WorkQueue(specs)
+        if self.stopping:
+            work.close()
+        self.work = work
         try:
-            await asyncio.gather(*(self._slot_loop(slot, queue, sink) for slot in self.slots))
+            await asyncio.gather(*(self._slot_loop(slot, work, sink) for slot in self.slots))
         finally:
             await self.stop()
 
@@ -71,68 +75,85 @@ class LocalPool:
         self._procs.add(proc)
         return proc
 
-    async def _slot_loop(self, slot: Slot, queue: deque[RunSpec], sink: Sink) -> None:
+    async def _slot_loop(self, slot: Slot, work: WorkQueue, sink: Sink) -> None:
         proc: asyncio.subprocess.Process | None = None
-        while queue and not self.stopping:
-            spec = queue.popleft()
-            if self.broken.skip(sink, spec):
-                continue
-            if proc is None:
-                proc = await self._start(slot)
-            task = {
-                **spec.task(),
-                "journal": str(journal_path(self.store, spec.run_id)),
-                "log": str(log_path(self.store, spec.run_id)),
-                "roots": locations.roots(self.store),  # the files events name, as recorded
-                **({"data_dir": str(self.data_dir)} if self.data_dir is not None else {}),
-                **self.task_extra(spec, slot),
-            }
-            sink(
-                {
-                    "type": "assigned",
-                    "run_id": spec.run_id,
-                    "worker": slot.label,
-                    "time": time.time(),
-                }
-            )
+        while not self.stopping and (spec := await work.take()) is not None:
+            if self.stopping:  # halted while it waited
+                work.release()
+                break
             try:
-                proc.stdin.write((encode(task) + "\n").encode())
-                await proc.stdin.drain()
-            except (BrokenPipeError, ConnectionResetError):
-                pass  # it died between runs; read_events sees EOF and reports it
-            ended = await pump(
-                lambda t, p=proc: asyncio.wait_for(p.stdout.readline(), t),
-                self.broken.watch(sink, spec),
-                slot.label,
-                spec.run_id,
-                self.stall_timeout,
-            )
-            if ended == "ended":
-                continue
-            if ended == "stalled":
-                signal_group(proc, signal.SIGKILL)
-            code = await proc.wait()
-            self._procs.discard(proc)
-            proc = None
-            if ended == "disk_full":
-                self.stopping = True
-                continue
-            why = stall_message(slot.label, ended, code, self.stall_timeout)
-            note_in_log(log_path(self.store, spec.run_id), why)
-            sink(
-                {
-                    "type": "failed",
-                    "run_id": spec.run_id,
-                    "time": time.time(),
-                    "origin": "pool",
-                    "error": f"{why}; see {self.worker_log(slot)} and the run's log",
-                }
-            )
+                proc = await self._one(slot, proc, spec, sink)
+            finally:
+                work.release()
         if proc is not None:
             proc.stdin.close()
             with contextlib.suppress(ProcessLookupError):
                 await proc.wait()
             self._procs.discard(proc)
+
+    async def _one(
+        self, slot: Slot, proc: asyncio.subprocess.Process | None, spec: RunSpec, sink: Sink
+    ) -> asyncio.subprocess.Process | None:
+        """One run's attempt on ``slot``'s worker (started when there is none); the worker
+        to keep, or None when it ended."""
+        if self.broken.skip(sink, spec):
+            return proc
+        if proc is None:
+            proc = await self._start(slot)
+        task = {
+            **spec.task(),
+            "journal": str(journal_path(self.store, spec.run_id)),
+            "log": str(log_path(self.store, spec.run_id)),
+            "roots": locations.roots(self.store),  # the files events name, as recorded
+            **({"data_dir": str(self.data_dir)} if self.data_dir is not None else {}),
+            **self.task_extra(spec, slot),
+        }
+        sink(
+            {
+                "type": "assigned",
+                "run_id": spec.run_id,
+                "worker": slot.label,
+                "time": time.time(),
+            }
+        )
+        try:
+            proc.stdin.write((encode(task) + "\n").encode())
+            await proc.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # it died between runs; read_events sees EOF and reports it
+        ended = await pump(
+            lambda t, p=proc: asyncio.wait_for(p.stdout.readline(), t),
+            self.broken.watch(sink, spec),
+            slot.label,
+            spec.run_id,
+            self.stall_timeout,
+        )
+        if ended == "ended":
+            return proc
+        if ended == "stalled":
+            signal_group(proc, signal.SIGKILL)
+        code = await proc.wait()
+        self._procs.discard(proc)
+        if ended == "disk_full":
+            self.stopping = True
+            return None
+        why = stall_message(slot.label, ended, code, self.stall_timeout)
+        note_in_log(log_path(self.store, spec.run_id), why)
+        sink(
+            {
+                "type": "failed",
+                "run_id": spec.run_id,
+                "time": time.time(),
+                "origin": "pool",
+                "error": f"{why}; see {self.worker_log(slot)} and the run's log",
+            }
+        )
+        return None
+
+    def halt(self) -> None:
+        """Start no more runs."""
+        self.stopping = True
+        self.work.close()
 
     async def stop(self, grace: float = 5.0) -> None:
         procs = [p for p in self._procs if p.returncode is None]

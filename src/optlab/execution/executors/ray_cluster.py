@@ -34,7 +34,7 @@ import os
 import socket
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ from optlab.execution.executors.pool import (
     stall_message,
 )
 from optlab.execution.executors.relay import Relay, WorkerHost, checkpoint_epoch, checkpoint_files
+from optlab.execution.executors.work import WorkQueue
 from optlab.store.core import journal_path, log_path
 from optlab.study.expand import RunSpec
 from optlab.training import devices
@@ -147,9 +148,7 @@ class RayExecutor:
         self.ship, self.datasets = not checkpoints_shared, datasets
         self.session = uuid.uuid4().hex[:8]
         self.stopping = False
-        self.queue: deque[RunSpec] = deque()
-        self.in_flight = 0
-        self.changed: asyncio.Condition | None = None
+        self.work = WorkQueue()
         self.actors: set[Any] = set()
         self.placed: dict[str, str] = {}  # slot label -> node name
         self.bad_nodes: dict[str, str] = {}  # node name -> why it gets no runs
@@ -215,6 +214,7 @@ class RayExecutor:
 
     def halt(self) -> None:
         self.stopping = True
+        self.work.close()
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -223,17 +223,18 @@ class RayExecutor:
     # -- the queue -----------------------------------------------------------------------
 
     async def run(
-        self, specs: list[RunSpec], slots: list[Slot], sink: Sink, task_extra: TaskExtra
+        self, specs: list[RunSpec] | WorkQueue, slots: list[Slot], sink: Sink, task_extra: TaskExtra
     ) -> None:
-        self.queue = deque(specs)
-        self.changed = asyncio.Condition()
+        self.work = specs if isinstance(specs, WorkQueue) else WorkQueue(specs)
+        if self.stopping:
+            self.work.close()
         try:
             await asyncio.gather(*(self._slot_loop(slot, sink, task_extra) for slot in slots))
-            if self.queue and not self.stopping:
+            if self.work and not self.stopping:
                 sink(
                     {
                         "type": "note",
-                        "text": f"{len(self.queue)} run(s) not started: no slot "
+                        "text": f"{len(self.work)} run(s) not started: no slot "
                         "could take them (see the notes above)",
                     }
                 )
@@ -241,27 +242,21 @@ class RayExecutor:
             await self._stop_actors()
 
     def _all_done(self) -> bool:
-        return self.stopping or (not self.queue and self.in_flight == 0)
+        return self.stopping or self.work.done()
 
     async def _take(self) -> RunSpec | None:
-        async with self.changed:
-            await self.changed.wait_for(lambda: self._all_done() or bool(self.queue))
-            if self.stopping or not self.queue:
-                return None
-            self.in_flight += 1
-            return self.queue.popleft()
+        spec = await self.work.take()
+        if spec is not None and self.stopping:
+            self.work.release()
+            return None
+        return spec
 
     async def _release(self, spec: RunSpec | None = None) -> None:
         """A run is over (or, with ``spec``, goes back to the front of the queue)."""
-        async with self.changed:
-            self.in_flight -= 1
-            if spec is not None:
-                self.queue.appendleft(spec)
-            self.changed.notify_all()
+        self.work.release(spec)
 
     async def _until_done(self) -> None:
-        async with self.changed:
-            await self.changed.wait_for(self._all_done)
+        await self.work.drained()
 
     # -- a slot --------------------------------------------------------------------------
 
