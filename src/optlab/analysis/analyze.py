@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from optlab.analysis import budget, optima, profile, sfo, slopes, warmup
+from optlab.analysis import budget, compare, optima, profile, sfo, slopes, warmup
 from optlab.analysis.core import (
     BATCH,
     LR,
@@ -98,6 +98,13 @@ ANALYSES: dict[str, Analysis] = {
             read=budget.read,
         ),
         Analysis(
+            "compare",
+            "final runs' metric per optimizer, 95% intervals, Welch's t-test",
+            compare.answer,
+            fits=lambda facts: facts.confirmed,
+            read=compare.read,
+        ),
+        Analysis(
             "profile",
             "time to --target per workload, and performance profiles",
             profile.answer,
@@ -170,7 +177,10 @@ def study_facts(con: Any, study: str, axes: list[str]) -> StudyFacts:
         [study],
     ).fetchone()
     asked = set(probes_asked(con, study))
-    return StudyFacts(list(axes), optimizers, probed | asked, bool(validated))
+    (confirmed,) = con.execute(
+        "select count(*) > 0 from memberships where study = ? and block like '%/final'", [study]
+    ).fetchone()
+    return StudyFacts(list(axes), optimizers, probed | asked, bool(validated), bool(confirmed))
 
 
 def analyses_for(facts: StudyFacts) -> list[str]:

@@ -120,6 +120,9 @@ def _trials(
             return axes.label(by, run.get)
         return str(run.get(by))
 
+    finals = [r for r in runs if r.block.endswith("/final")]
+    leave_out(result, "final run (a confirmation, not a trial)", finals)
+    runs = [r for r in runs if not r.block.endswith("/final")]
     finished = [r for r in in_study_order(runs) if r.status == "done"]
     for status in sorted({r.status for r in runs} - {"done"}):
         leave_out(result, status, [r for r in runs if r.status == status])

@@ -83,6 +83,7 @@ class StudyFacts:
     optimizers: int  # distinct optimizer plugins among its runs
     probes: set[str]  # probes with values, and probes its runs ask for
     validated: bool = False  # some epoch has a validation metric
+    confirmed: bool = False  # it has final runs (a block's final = {...})
 
 
 @dataclass(frozen=True)

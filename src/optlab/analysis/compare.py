@@ -1,0 +1,174 @@
+"""``compare``: the confirmed comparison of a study that tunes, then confirms (a block's
+``final = { select, seeds }``).
+
+For each optimizer (or ``--by`` axis value): its final runs' ``--metric`` (the selected
+configuration trained again with fresh seeds), their mean with a 95% Student-t interval,
+and the tuning budget it received (configurations and runs of its search, epochs trained,
+runs stopped early). The difference between two groups is tested with Welch's two-sample
+t-test (unequal variances, two-sided); with more than two groups every pair is tested and
+the p-values are Holm-adjusted. The selection itself read validation only (see
+:mod:`optlab.execution.finals`); this analysis reads the final runs' test metric.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Any
+
+from optlab.analysis.core import (
+    Asked,
+    Result,
+    Run,
+    higher_is_better,
+    in_study_order,
+    leave_out,
+    load,
+)
+from optlab.analysis.results import Axes
+from optlab.errors import OptlabError
+
+FINAL_SUFFIX = "/final"  # the blocks of final runs (optlab.execution.finals)
+TEST_NAME = "Welch's two-sample t-test (unequal variances, two-sided)"
+
+
+def read(con: Any, result: Result, asked: Asked) -> list[Run]:
+    runs = load(con, result.study, result.metric)
+    asked.found["epochs"] = dict(
+        con.execute(
+            "select e.run_id, count(*) from epochs e join memberships m using (run_id) "
+            "where m.study = ? group by e.run_id",
+            [result.study],
+        ).fetchall()
+    )
+    return runs
+
+
+def answer(result: Result, runs: list[Run], axes: Any, rng: Any, asked: Asked) -> None:
+    from scipy import stats  # scipy: slow to import, so only when an answer is computed
+
+    by = asked.by or "optimizer"
+    if by != "optimizer" and by not in axes:
+        raise OptlabError(
+            f"analyze compare: --by {by}: the study does not vary it; it varies "
+            f"{', '.join(axes) or 'nothing'}"
+        )
+
+    def name_of(run: Run) -> str:
+        if isinstance(axes, Axes) and axes.varied(by):
+            return axes.label(by, run.get)
+        return str(run.get(by))
+
+    runs = in_study_order(runs)
+    finals = [r for r in runs if r.block.endswith(FINAL_SUFFIX)]
+    result.tables["compare"] = []
+    if not finals:
+        result.findings["note"] = (
+            "not answerable: the study has no final runs; give a search block "
+            'final = { select = "val_acc", seeds = 10 } and run it'
+        )
+        return
+    searched = {r.block.removesuffix(FINAL_SUFFIX) for r in finals}
+    search = [r for r in runs if r.block in searched]
+    for status in sorted({r.status for r in finals} - {"done"}):
+        leave_out(result, f"final run {status}", [r for r in finals if r.status == status])
+    done = [r for r in finals if r.status == "done" and r.value is not None]
+    leave_out(
+        result,
+        f"final run without {result.metric}",
+        [r for r in finals if r.status == "done" and r.value is None],
+    )
+    groups: dict[str, list[Run]] = {}
+    for run in done:
+        groups.setdefault(name_of(run), []).append(run)
+    epochs = asked.found["epochs"]
+    rows = []
+    for name, members in sorted(groups.items()):
+        tuned = [r for r in search if name_of(r) == name]
+        rows.append(_row(by, name, members, tuned, epochs, axes, stats))
+    result.tables["compare"] = rows
+    result.tables["tests"] = _tests(groups, stats)
+    result.findings.update(
+        question=f"each {by}'s {result.metric} after tuning, on its selected configuration "
+        "trained again with fresh seeds (its final runs), with 95% Student-t intervals",
+        selection="each group's configuration was selected on the validation metric its "
+        "block's final.select names, never on a test metric",
+        test=TEST_NAME + (", Holm-adjusted over pairs" if len(groups) > 2 else ""),
+        budgets="; ".join(
+            f"{r[by]}: {r['configurations']} configurations, {r['search_runs']} runs, "
+            f"{r['search_epochs']} epochs ({r['stopped']} runs stopped early)"
+            for r in rows
+        ),
+    )
+    if len(groups) >= 2:
+        result.findings["comparison"] = _sentence(rows, result.tables["tests"], by, result.metric)
+
+
+def _row(
+    by: str, name: str, members: list[Run], tuned: list[Run], epochs: dict, axes: Any, stats: Any
+) -> dict[str, Any]:
+    values = [r.value for r in members]
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
+    half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n) if n > 1 else float("nan")
+    configs = {tuple(sorted((k, repr(v)) for k, v in r.config.items())) for r in tuned}
+    picked = {_shown(axes, r) for r in members}
+    return {
+        by: name,
+        "final_runs": n,
+        "mean": mean,
+        "std": std,
+        "ci95_low": mean - half,
+        "ci95_high": mean + half,
+        "selected": "; ".join(sorted(picked)),
+        "configurations": len(configs),
+        "search_runs": len(tuned),
+        "search_epochs": sum(epochs.get(r.run_id, 0) for r in tuned),
+        "stopped": sum(1 for r in tuned if r.status == "stopped"),
+    }
+
+
+def _shown(axes: Any, run: Run) -> str:
+    varied = [a for a in axes if a != "optimizer"] if isinstance(axes, list) else []
+    return ", ".join(f"{a}={run.get(a)}" for a in varied if run.get(a) is not None) or "-"
+
+
+def _tests(groups: dict[str, list[Run]], stats: Any) -> list[dict[str, Any]]:
+    pairs = []
+    for a, b in itertools.combinations(sorted(groups), 2):
+        x, y = [r.value for r in groups[a]], [r.value for r in groups[b]]
+        if len(x) < 2 or len(y) < 2:
+            continue
+        t, p = stats.ttest_ind(x, y, equal_var=False)
+        pairs.append({"a": a, "b": b, "difference": _mean(x) - _mean(y), "t": t, "p": p})
+    # Holm: the i-th smallest of m p-values times (m - i), kept monotone and at most 1.
+    running = 0.0
+    for i, pair in enumerate(sorted(pairs, key=lambda q: (q["p"], q["a"], q["b"]))):
+        running = max(running, min(1.0, pair["p"] * (len(pairs) - i)))
+        pair["p_adjusted"] = running
+    return pairs
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _sentence(rows: list[dict], tests: list[dict], by: str, metric: str) -> str:
+    sign = 1 if higher_is_better(metric) else -1
+    ranked = sorted(rows, key=lambda r: (-sign * r["mean"], r[by]))
+    parts = [f"{r[by]} {r['mean']:.4g} [{r['ci95_low']:.4g}, {r['ci95_high']:.4g}]" for r in ranked]
+    clear = [t for t in tests if t["p_adjusted"] < 0.05]
+    if not tests:
+        verdict = "too few final runs to test the difference (two a group at least)"
+    elif clear:
+        verdict = "; ".join(
+            f"{t['a'] if sign * t['difference'] > 0 else t['b']} beats "
+            f"{t['b'] if sign * t['difference'] > 0 else t['a']} by "
+            f"{abs(t['difference']):.4g} (p = {t['p_adjusted']:.3g})"
+            for t in clear
+        )
+    else:
+        smallest = min(t["p_adjusted"] for t in tests)
+        verdict = f"no difference at the 5% level (smallest p = {smallest:.3g})"
+    return f"{metric}, mean [95% interval]: {', '.join(parts)}; {verdict}"
