@@ -50,6 +50,7 @@ def test_studies_lists_each_study_with_its_runs_by_state(client):
         "done": 30,
         "failed": 0,
         "diverged": 6,
+        "stopped": 0,
         "interrupted": 0,
     }
     assert (study["runs"], study["epochs_done"], study["epochs_total"]) == (36, 108, 108)

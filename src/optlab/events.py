@@ -14,6 +14,13 @@ Every event has ``type`` and ``run_id``. Types:
 - ``finished`` / ``failed`` / ``diverged``: terminal; the last two carry ``error``;
   ``finished`` carries ``weights`` (the saved file, or null) and ``elapsed`` (seconds over
   all attempts).
+- ``paused``: the run reached a rung of its block's successive halving (``epoch``), wrote
+  its checkpoint there and handed the run back; the attempt ends, the run does not.
+- ``rung``: the coordinator's decision at a rung (appended to the run's journal by the
+  coordinator, never by a worker): ``epoch``, ``decision`` (``continue``, ``stop`` or
+  ``wait`` for the rest of its group), ``metric``, ``value``, ``rank`` of ``of``
+  configurations with the best ``keep`` going on, ``rule`` and ``reason`` (a sentence). A
+  ``stop`` ends the run as ``stopped``: a result, like diverged.
 
 Sent to the pool only, never journaled: ``ready`` (a worker is up), ``idle`` (it is done
 with a run and its files, after the run's terminal event), ``heartbeat`` (every few
@@ -29,7 +36,17 @@ import math
 import os
 from typing import Any, TextIO
 
-TERMINAL = ("finished", "failed", "diverged")
+TERMINAL = ("finished", "failed", "diverged", "paused")  # an attempt's last event
+
+
+def ends_run(event: dict[str, Any]) -> bool:
+    """Whether ``event`` leaves its run with a result or a failure (not resumable as is)."""
+    kind = event["type"]
+    return kind in ("finished", "failed", "diverged") or (
+        kind == "rung" and event.get("decision") == "stop"
+    )
+
+
 EPOCH_FIELDS = (
     "epoch",  # 1-based index of the finished epoch
     "step",  # optimizer steps so far

@@ -21,6 +21,8 @@ from optlab.store.core import STATES, journal_progress, matrix_runs, reading
 from optlab.store.liveness import LIVE_SECONDS, Writer, pid_alive, read_writer
 from optlab.training.checkpoint import newest_intact
 
+ENDED = ("done", "failed", "diverged", "stopped")  # results, and failures to look at
+
 
 @dataclass
 class StudyStatus:
@@ -35,7 +37,7 @@ class StudyStatus:
     nodes: dict[str, int] = field(default_factory=dict)  # node -> slots running there now
     matrix: int | None = None  # the study file's runs, when only a part of them was run
     epochs_total: int = 0  # over the study's runs
-    epochs_done: int = 0  # an ended run (done, failed, diverged) counts all its epochs
+    epochs_done: int = 0  # an ended run (done, failed, diverged, stopped) counts all its epochs
 
     @property
     def progress(self) -> float | None:
@@ -48,7 +50,7 @@ class StudyStatus:
 
     @property
     def finished(self) -> int:
-        return sum(self.counts[s] for s in ("done", "failed", "diverged"))
+        return sum(self.counts[s] for s in ENDED)
 
 
 def study_status(store: Path, study: str | None = None) -> list[StudyStatus]:
@@ -81,8 +83,8 @@ def _one(con: Any, store: Path, name: str, writer: Writer | None) -> StudyStatus
         counts[status] = n
     result = StudyStatus(name, counts)
     total, done = con.execute(
-        "select sum(r.epochs), sum(case when r.status in ('done', 'failed', 'diverged') "
-        "then r.epochs else least(r.epochs, (select count(*) from epochs e "
+        "select sum(r.epochs), sum(case when r.status in ('done', 'failed', 'diverged', "
+        "'stopped') then r.epochs else least(r.epochs, (select count(*) from epochs e "
         "where e.run_id = r.run_id)) end) from runs r where r.study = ?",
         [name],
     ).fetchone()

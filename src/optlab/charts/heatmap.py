@@ -1,5 +1,6 @@
 """The heatmap: the metric over two axes, a cell per pair of values, each labelled with its
-mean and its diverged or failed runs.
+mean and its diverged, failed or stopped runs (successive halving stopped them at a rung:
+the mean is of the runs that trained to their end).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ def heatmap_sql(x: str, y: str, metric: str, lay: Layout) -> str:
     reducer, column = parse_metric(metric)
     return f"""with per_run as (
   select r.run_id, r.status, {lay.panel_sql} as panel, {lay.sql(x)} as x, {lay.sql(y)} as y,
-         {reduce_sql(reducer, column)} as value
+         {reduce_sql(reducer, column)} as value, max(e.epoch) as last
   from runs r left join epochs e using (run_id)
   where {lay.condition}
   group by all
@@ -27,6 +28,8 @@ select panel, x, y,
        count(*) filter (where status = 'done') as done,
        count(*) filter (where status = 'diverged') as diverged,
        count(*) filter (where status = 'failed') as failed,
+       count(*) filter (where status = 'stopped') as stopped,
+       max(last) filter (where status = 'stopped') as stopped_at,
        count(*) as runs
 from per_run group by panel, x, y order by panel, x, y"""
 
@@ -58,6 +61,7 @@ STATES = {
     "all diverged": ("#d62728", "white"),
     "all failed": ("#3b3b3b", "white"),
     "diverged or failed": ("#ff7f0e", "black"),
+    "stopped early": ("#9ecae1", "black"),
     "no finished run yet": ("#d9d9d9", "black"),
 }
 
@@ -76,12 +80,16 @@ def _state(row: dict[str, Any]) -> str:
         return "all failed"
     if row["diverged"] or row["failed"]:
         return "diverged or failed"
+    if row.get("stopped"):
+        return "stopped early"
     return "no finished run yet"
 
 
 def _label(row: dict[str, Any]) -> str:
     """A cell's text: the mean, and under it what did not finish (kept inside the cell)."""
     notes = [f"{row[s]} {s}" for s in ("diverged", "failed") if row[s]]
+    if row.get("stopped"):
+        notes.append(f"{row['stopped']} stopped at epoch {row['stopped_at']}")
     if row["value"] is None:
         return "\n".join(notes) if notes else "pending"
     return f"{row['value']:.3f}" + "".join(f"\n{n}" for n in notes)

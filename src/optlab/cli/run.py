@@ -70,6 +70,12 @@ def command(
         "--retry-failed",
         help="Run failed runs again (from their last checkpoint, when they have one).",
     ),
+    no_early_stop: bool = typer.Option(
+        False,
+        "--no-early-stop",
+        help="Do not stop runs early: blocks with early_stop train every run to its end, "
+        "and runs stopped before go on from their checkpoint at the rung.",
+    ),
     data_dir: Path = typer.Option(
         Path("data"),
         "--data-dir",
@@ -132,6 +138,7 @@ def command(
             executor_name,
             options,
             store,
+            early_stop=not no_early_stop,
         ),
         out,
         err,

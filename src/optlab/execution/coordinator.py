@@ -26,10 +26,15 @@ from rich.console import Console
 
 from optlab import locations
 from optlab.errors import StoreBusy, StoreFull
+from optlab.execution import finals
 from optlab.execution.executors import Executor
 from optlab.execution.executors.local import LocalExecutor
+from optlab.execution.executors.work import WorkQueue
+from optlab.execution.halving import load as halving_state
+from optlab.execution.halving import unit_key
 from optlab.execution.plan import plan_runs
 from optlab.execution.progress import RunView, describe_axes
+from optlab.execution.tuning import Tuning
 from optlab.store import core as st
 from optlab.store import records
 from optlab.store.liveness import WriterLock
@@ -50,6 +55,7 @@ class Outcome:
     stopped: str | None = None  # why the study stopped early (a full disk)
     unwritten: int = 0  # events left in the journals only (the store stayed busy or full)
     seconds: float = 0.0
+    runs: dict[str, RunSpec] = field(default_factory=dict)  # the planned and those added
 
 
 class Coordinator:
@@ -61,14 +67,17 @@ class Coordinator:
         view: RunView,
         lock: WriterLock | None = None,
         nodes: Callable[[], dict[str, int]] | None = None,
+        tuning: Tuning | None = None,
     ):
         self.store, self.session_id, self.view, self.lock = store, session_id, view, lock
+        self.tuning = tuning
+        self.went_on: set[str] = set()  # runs halving let go on past a rung this session
         self.roots = locations.roots(store)
         self.nodes = nodes or dict
         self.specs = {s.run_id: s for s in specs}
         self.batch: list[dict[str, Any]] = []
         self.worker_of: dict[str, str] = {}
-        self.outcome = Outcome(planned=len(specs))
+        self.outcome = Outcome(planned=len(specs), runs=self.specs)
         self.request_stop = lambda: None  # set by execute: stops the pool
         self._lock = asyncio.Lock()
         self._best: dict[str, float] = {}
@@ -96,7 +105,14 @@ class Coordinator:
                 )
             return
         self.batch.append(event)
-        if kind == "epoch":
+        if self.tuning is not None:
+            decided, _ = self.tuning.see(event)
+            self.batch += decided
+            for ev in decided:
+                self._decided(ev, worker if ev["run_id"] == run_id else None)
+        if kind == "paused":
+            self.view.idle(worker)
+        elif kind == "epoch":
             self.view.epoch(worker, event["epoch"], event.get("test_acc"))
             self._best[run_id] = max(self._best.get(run_id, 0.0), event.get("test_acc") or 0.0)
         elif kind in ("started", "resumed"):
@@ -104,6 +120,7 @@ class Coordinator:
                 self.view.note(f"run {run_id}: checkpoint {skipped}; not used")
             if kind == "resumed":
                 self.view.epoch(worker, event["epoch"], None)
+            if kind == "resumed" and run_id not in self.went_on:
                 self.view.note(
                     f"resumed {self.label(spec)} from epoch {event['epoch']} "
                     f"({event['checkpoint']})"
@@ -122,6 +139,30 @@ class Coordinator:
                 else event.get("error", "")
             )
             self.view.run_ended(worker, self.label(spec), status, detail)
+
+    def _decided(self, event: dict[str, Any], worker: str | None) -> None:
+        """A halving decision: a stopped run has ended; one that goes on is queued."""
+        run_id = event["run_id"]
+        spec = self.specs.get(run_id) or self.tuning.halving.specs.get(run_id)
+        self.specs.setdefault(run_id, spec)
+        if event["decision"] == "stop":
+            self.outcome.statuses[run_id] = "stopped"
+            self.view.run_ended(worker, self.label(spec), "stopped", f"at epoch {event['epoch']}")
+            return
+        if event["decision"] != "continue":
+            return
+        self.went_on.add(run_id)
+        if self.outcome.statuses.pop(run_id, None):
+            self.outcome.planned += 1  # a run stopped before goes on: one more to finish
+            self.view.grow(1)
+
+    def grow(self, runs: list[RunSpec]) -> None:
+        """Runs added while the study runs (final runs)."""
+        for run in runs:
+            self.specs[run.run_id] = run
+        self.outcome.planned += len(runs)
+        self.view.grow(len(runs))
+        self.view.note(f"{len(runs)} final run(s) added: the search of their group is over")
 
     def stop(self, why: str) -> None:
         if self.outcome.stopped is None:
@@ -163,6 +204,8 @@ class Coordinator:
             if self._busy_since is not None:
                 self.view.note(f"{self.store}: free again; {len(batch)} events written")
             self._busy_since = None
+            if self.tuning is not None:
+                self.tuning.after_write(self.grow)
             return True
 
     def _warn_busy(self) -> None:
@@ -181,6 +224,8 @@ class Coordinator:
     def _write(self, batch: list[dict[str, Any]], ended: bool) -> None:
         with st.writing(self.store, timeout=0.5) as con:
             st.apply_events(con, batch, self.roots)
+            if self.tuning is not None:
+                self.tuning.ask_store(con)
             st.heartbeat(con, self.session_id, ended=ended, nodes=self.nodes())
 
 
@@ -191,6 +236,9 @@ class Prepared:
     recovered: dict[str, str]  # run_id -> state, for runs an earlier session left unfinished
     recovered_epochs: int
     resume: dict[str, dict[str, Any]] = field(default_factory=dict)  # run_id -> task extras
+    plans: list[BlockPlan] = field(default_factory=list)  # with the final runs known so far
+    checkpoint_root: Path | None = None
+    early_stop: bool = True  # False: --no-early-stop (stopped runs go on to their end)
 
 
 def prepare(
@@ -200,23 +248,30 @@ def prepare(
     retry_failed: bool,
     checkpoint_root: Path | None = None,
     matrix: set[str] | None = None,
+    early_stop: bool = True,
 ) -> Prepared:
     """Record the study, recover what an earlier crash left, and plan the runs to do (with,
-    for each, its checkpoint folder, where it may resume and its thread count)."""
-    runs = all_runs(plans)
+    for each, its checkpoint folder, where it may resume and its thread count). Blocks
+    with ``final`` gain the final runs of the groups whose search is over."""
     root = Path(os.path.abspath(checkpoint_root or st.checkpoints_dir(store)))
     roots = locations.roots(store)
     with st.writing(store) as con:
         st.ensure_schema(con, store)
         recovered = st.recover(con, store)
+        plans = finals.plans_with_finals(con, plans)
+        runs = all_runs(plans)
+        if matrix is not None:  # final runs belong to the file's matrix, as its search
+            matrix = matrix | {r.run_id for p in plans if p.name.endswith("/final") for r in p.runs}
         carried = st.register_study(con, study, plans, store, matrix)
         states = st.states(con, [r.run_id for r in runs])
         recovered_states = st.states(con, recovered)
         (epochs,) = con.execute(
             "select count(*) from epochs where run_id in (select unnest(?::varchar[]))", [recovered]
         ).fetchone()
-        todo = plan_runs(runs, states, retry_failed)
-        points = st.resume_points(con, [r.run_id for r in todo])
+        todo = plan_runs(runs, states, retry_failed, early_stop, _together(plans))
+        # Stopped runs may go on in this session (a grown study): where they would resume.
+        stopped = [r.run_id for p in plans if p.early_stop for r in p.runs]
+        points = st.resume_points(con, [r.run_id for r in todo] + stopped)
         dirs = {}
         here = _folders_in(root)  # one listing instead of a stat a run
         prefix = str(root) + os.sep
@@ -235,7 +290,21 @@ def prepare(
     records.save_study_record(store, study, plans, carried)
     if todo and root == Path(os.path.abspath(st.checkpoints_dir(store))):
         _git_ignored(root)
-    return Prepared(todo, states, recovered_states, int(epochs), points)
+    return Prepared(todo, states, recovered_states, int(epochs), points, plans, root, early_stop)
+
+
+def _together(plans: list[BlockPlan]) -> dict[str, tuple[int, int]]:
+    """For runs of early-stopping blocks, where they go in the plan's order: all seeds of
+    a configuration beside its first, so that the configuration reaches its rungs whole."""
+    out: dict[str, tuple[int, int]] = {}
+    for plan in plans:
+        if plan.early_stop is None or not plan.runs:
+            continue
+        first = min(r.seed for r in plan.runs)
+        at: dict[str, int] = {}
+        for run in sorted(plan.runs, key=lambda r: (r.seed, r.position)):
+            out[run.run_id] = (first, at.setdefault(unit_key(run.config), run.position))
+    return out
 
 
 def _git_ignored(folder: Path) -> None:
@@ -258,22 +327,22 @@ def _folders_in(folder: Path) -> set[str]:
 
 
 async def _drive(
-    coord: Coordinator, executor: Executor, todo: list[RunSpec], slots: list[Slot], extra: Any
+    coord: Coordinator, executor: Executor, work: WorkQueue, slots: list[Slot], extra: Any
 ) -> None:
     stop = asyncio.Event()
     flusher = asyncio.create_task(coord.flusher(stop))
     try:
-        await executor.run(todo, slots, coord.sink, extra)
+        await executor.run(work, slots, coord.sink, extra)
     finally:
         stop.set()
         await asyncio.shield(flusher)
 
 
-async def _finish(coord: Coordinator, todo: list[RunSpec], give_up: asyncio.Event) -> None:
+async def _finish(coord: Coordinator, give_up: asyncio.Event) -> None:
     """Write what is left and mark unfinished runs interrupted, however long the store stays
     busy; only a full disk, or the user (Ctrl-C twice more), ends the wait, and then the
     journals keep the events for the next `optlab run`."""
-    ids = [s.run_id for s in todo]
+    ids = list(coord.specs)  # the planned runs and those added since (final runs)
 
     def settle() -> dict[str, str]:
         with st.writing(coord.store, timeout=0.5) as con:
@@ -316,6 +385,8 @@ def combine(parts: list[Prepared]) -> Prepared:
         out.recovered.update(part.recovered)
         out.recovered_epochs += part.recovered_epochs
         out.resume.update(part.resume)
+        out.plans += part.plans
+        out.checkpoint_root, out.early_stop = part.checkpoint_root, part.early_stop
     out.todo = list(todo.values())
     return out
 
@@ -337,25 +408,32 @@ def execute(
     executor = executor or LocalExecutor(store, stall_timeout)
     session_id = uuid.uuid4().hex[:12]
     names = [studies.name] if isinstance(studies, Study) else list(studies)
+    work = WorkQueue(todo)
+    ids = {r.run_id for r in todo}
     with st.writing(store) as con:
         st.start_session(con, session_id, names, len(slots), len(todo), executor.name)
+        halving = halving_state(con, prepared.plans, ids) if prepared.early_stop else None
     if lock is not None:
         lock.beat(session=session_id, study=" + ".join(names))
     started = time.monotonic()
     view = RunView(console, len(todo), [s.label for s in slots])
-    coord = Coordinator(store, todo, session_id, view, lock, executor.nodes)
+    root = prepared.checkpoint_root or Path(os.path.abspath(st.checkpoints_dir(store)))
+    tuning = Tuning(store, halving, prepared.plans, work, prepared.resume, root)
+    coord = Coordinator(store, todo, session_id, view, lock, executor.nodes, tuning)
 
     def extra(spec: RunSpec, slot: Slot) -> dict[str, Any]:
         point = prepared.resume.get(spec.run_id, {})
+        stop_at = tuning.stop_at(spec.run_id)
         return {
             "checkpoint_dir": point.get("checkpoint_dir"),
             "resume_upto": point.get("resume_upto", 0),
             "threads": point.get("threads") or slot.threads,
+            **({"stop_at": stop_at} if stop_at is not None else {}),
         }
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
-        drive = asyncio.create_task(_drive(coord, executor, todo, slots, extra))
+        drive = asyncio.create_task(_drive(coord, executor, work, slots, extra))
         give_up = asyncio.Event()
         signals = 0
 
@@ -388,7 +466,7 @@ def execute(
         try:
             with contextlib.suppress(asyncio.CancelledError):
                 await drive
-            await _finish(coord, todo, give_up)
+            await _finish(coord, give_up)
         finally:
             for sig, before in previous.items():
                 # Once interrupted, further Ctrl-Cs change nothing: the process is ending

@@ -48,6 +48,7 @@ class Launch:
     executor_name: str
     executor_options: dict[str, Any]  # the executor's own (--executor-opt, --address)
     store: Path
+    early_stop: bool = True  # False: --no-early-stop
 
 
 def launch(parts: list[Part], how: Launch, out: Any, err: Any) -> tuple[Any, int]:
@@ -115,6 +116,7 @@ def _run_locked(
                     how.retry_failed,
                     how.checkpoint_dir.resolve() if how.checkpoint_dir else None,
                     part.matrix,
+                    how.early_stop,
                 )
                 for part in parts
             ]
@@ -179,14 +181,14 @@ def _summary(study: str, todo: Any, outcome: Any, store: Path, out: Any, err: An
     counts: dict[str, int] = {}
     for status in outcome.statuses.values():
         counts[status] = counts.get(status, 0) + 1
-    not_run = len(todo) - len(outcome.statuses)
+    not_run = outcome.planned - len(outcome.statuses)
     parts = [f"{n} {s}" for s, n in sorted(counts.items())]
     if not_run:
         parts.append(f"{not_run} not started")
     minutes, seconds = divmod(int(outcome.seconds), 60)
     head = "interrupted" if outcome.interrupted else "stopped" if outcome.stopped else "finished"
     out.print(f"{study}: {head} in {minutes}m{seconds:02d}s: {', '.join(parts) or 'nothing'}")
-    by_id = {r.run_id: r for r in todo}
+    by_id = {r.run_id: r for r in todo} | outcome.runs
     for run_id, status in outcome.statuses.items():
         if status in ("failed", "diverged"):
             r = by_id[run_id]
@@ -197,6 +199,11 @@ def _summary(study: str, todo: Any, outcome: Any, store: Path, out: Any, err: An
             )
             if status == "failed":
                 err.print(f"    log: {log_path(store, run_id)}", markup=False)
+    if counts.get("stopped"):
+        out.print(
+            f"  {counts['stopped']} stopped at a rung by successive halving (a result; "
+            "--no-early-stop trains them on from there)"
+        )
     if outcome.stopped:
         err.print(
             f"Stopped: {outcome.stopped}. Free space, then run the same command again: "

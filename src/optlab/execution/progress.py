@@ -72,6 +72,18 @@ class RunView:
             )
         self._refresh()
 
+    def idle(self, worker: str | None) -> None:
+        """The worker handed its run back (paused at a rung) without it ending."""
+        if worker in self.rows:
+            self.rows[worker] = {}
+            self._refresh()
+
+    def grow(self, runs: int) -> None:
+        """More runs to do than planned (final runs, a stopped run that goes on)."""
+        self.total += runs
+        self.progress.update(self.task, total=self.total)
+        self._refresh()
+
     def note(self, message: str) -> None:
         """A line worth the user's attention (a resumed run, a silent worker, a busy store)."""
         self.console.print(message, markup=False, highlight=False)

@@ -42,6 +42,7 @@ from optlab.store.recovery import (
     set_checkpoint_dirs,
 )
 from optlab.store.registration import (
+    add_runs,
     matrix_runs,
     register_study,
     states,
@@ -110,6 +111,7 @@ __all__ = [
     "reading",
     "recover",
     "refresh_runs_view",
+    "add_runs",
     "register_study",
     "resume_points",
     "set_checkpoint_dirs",

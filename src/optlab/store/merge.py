@@ -38,7 +38,7 @@ from optlab.store import core as st
 from optlab.store import records
 from optlab.store.sql import q
 
-RANK = {"done": 3, "diverged": 2, "failed": 2}  # the rest (unfinished): 1, pending: 0
+RANK = {"done": 3, "diverged": 2, "failed": 2, "stopped": 2}  # the rest (unfinished): 1, pending: 0
 
 
 @dataclass
@@ -151,6 +151,13 @@ def _merge_one(
         done.probes = con.execute(
             f"select count(*) from {o}.probes where run_id in (select run_id from adopt)"
         ).fetchone()[0]
+        con.execute("delete from rungs where run_id in (select run_id from adopt)")
+        if _has_rungs(con, o):  # halving decisions (a store before early stopping has none)
+            cols = _shared_columns(con, "rungs", o)
+            con.execute(
+                f"insert into rungs ({cols}) select {cols} from {o}.rungs "
+                "where run_id in (select run_id from adopt)"
+            )
         done.folders = _relocate(con, other, link)
         con.execute("drop table adopt")
     here = dict(con.execute("select study, source from studies").fetchall())
@@ -237,6 +244,14 @@ def _add_columns(con: Any, o: str) -> None:
 
 def _catalog(con: Any) -> str:
     return con.execute("select current_database()").fetchone()[0]
+
+
+def _has_rungs(con: Any, other: str) -> bool:
+    (n,) = con.execute(
+        "select count(*) from duckdb_tables() where database_name = ? and table_name = 'rungs'",
+        [other.strip('"')],
+    ).fetchone()
+    return bool(n)
 
 
 def _shared_columns(con: Any, table: str, o: str) -> str:

@@ -13,7 +13,7 @@ from typing import Any
 import duckdb
 
 from optlab import locations
-from optlab.events import read_journal
+from optlab.events import ends_run, read_journal
 from optlab.store.files import artefacts_dir, journal_path
 from optlab.store.writer import apply_events, finish_all, with_rows
 
@@ -66,7 +66,7 @@ def recover(
                 continue
         replay.extend(events)
         last = events[-1]
-        if last["type"] not in ("finished", "failed", "diverged"):
+        if not ends_run(last):
             at = last.get("time") or time.time()
             unfinished.append([run_id, "interrupted", "interrupted before it finished", at, None])
         recovered.append(run_id)

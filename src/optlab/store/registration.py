@@ -70,6 +70,19 @@ def register_study(
         "matrix_runs = excluded.matrix_runs",
         [study.name, study.file, study.description, study.source, json.dumps(axes), size],
     )
+    changed = add_runs(con, runs)
+    con.execute(
+        "delete from memberships where study = ? and run_id not in (select unnest(?::varchar[]))",
+        [study.name, [*ids, *carried]],
+    )
+    if changed:
+        refresh_runs_view(con)
+    return carried
+
+
+def add_runs(con: duckdb.DuckDBPyConnection, runs: list[Any]) -> bool:
+    """Record ``runs`` (RunSpecs) as pending where the store lacks them, and as members of
+    their studies' blocks. True when the runs view gained columns (refresh it)."""
     # The seeds of a cell share its config (and axes) object: each is flattened and
     # serialised once, not once a seed.
     flat = _each_once([r.config for r in runs], config_columns)
@@ -114,13 +127,7 @@ def register_study(
             tail="on conflict (study, run_id) do update set block = excluded.block, "
             "position = excluded.position, axes = excluded.axes",
         )
-    con.execute(
-        "delete from memberships where study = ? and run_id not in (select unnest(?::varchar[]))",
-        [study.name, [*ids, *carried]],
-    )
-    if changed:
-        refresh_runs_view(con)
-    return carried
+    return changed
 
 
 def _each_once(objects: list[Any], fn: Any) -> dict[int, Any]:

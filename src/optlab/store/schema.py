@@ -17,7 +17,7 @@ from optlab.study import paths
 from optlab.study.schema import PLUGIN_SLOTS
 from optlab.study.steps import start_lr_sql
 
-STATES = ("pending", "running", "done", "failed", "diverged", "interrupted")
+STATES = ("pending", "running", "done", "failed", "diverged", "stopped", "interrupted")
 
 
 SCHEMA_VERSION = 3  # 3: paths inside the store's folders are recorded relative to them
@@ -47,6 +47,10 @@ create table if not exists epochs (
     primary key (run_id, epoch));
 create table if not exists probes (
     run_id varchar, epoch integer, step bigint, probe varchar, key varchar, value double);
+create table if not exists rungs (
+    run_id varchar, epoch integer, decision varchar, metric varchar, value double,
+    rank integer, of integer, keep integer, rule varchar, decided_at double,
+    primary key (run_id, epoch));
 create table if not exists sessions (
     session_id varchar primary key, study varchar, pid integer, hostname varchar,
     started_at timestamp, heartbeat_at timestamp, ended_at timestamp, workers integer,

@@ -25,7 +25,19 @@ ENDINGS = {
 }
 
 
-STATE_CHANGES = ("started", "resumed", *ENDINGS)
+STATE_CHANGES = ("started", "resumed", "rung", *ENDINGS)
+RUNG_COLUMNS = (
+    "run_id",
+    "epoch",
+    "decision",
+    "metric",
+    "value",
+    "rank",
+    "of",
+    "keep",
+    "rule",
+    "decided_at",
+)
 
 
 @dataclass
@@ -120,10 +132,23 @@ def _apply_layer(con: duckdb.DuckDBPyConnection, layer: list[_Segment]) -> None:
         _apply_started(con, changes["started"])
     if "resumed" in changes:
         _apply_resumed(con, changes["resumed"])
+    if "rung" in changes:
+        _apply_rungs(con, changes["rung"])
     ended = [
         [ev["run_id"], status, *_ending(ev)]
         for kind, status in ENDINGS.items()
         for ev in changes.get(kind, [])
+    ]
+    ended += [
+        [
+            ev["run_id"],
+            "stopped",
+            ev.get("reason"),
+            ev.get("time") or time.time(),
+            ev.get("elapsed"),
+        ]
+        for ev in changes.get("rung", [])
+        if ev.get("decision") == "stop"
     ]
     if ended:
         finish_all(con, ended)
@@ -145,6 +170,36 @@ def _apply_layer(con: duckdb.DuckDBPyConnection, layer: list[_Segment]) -> None:
             "update run_state set checkpoint_epoch = null, checkpoint_path = null, "
             "weights_path = k.weights, diverged_by = k.rule "
             "from optlab_bulk_rows k where run_state.run_id = k.run_id",
+        )
+
+
+def _apply_rungs(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -> None:
+    """Halving decisions: one row each (a later decision at the same rung replaces it); a
+    run that waits for its group is pending until it is decided."""
+    rows = {
+        (ev["run_id"], ev["epoch"]): [
+            ev["run_id"],
+            ev["epoch"],
+            ev["decision"],
+            ev.get("metric"),
+            ev.get("value"),
+            ev.get("rank"),
+            ev.get("of"),
+            ev.get("keep"),
+            ev.get("rule"),
+            ev.get("time") or time.time(),
+        ]
+        for ev in events
+    }
+    bulk_insert(con, "insert or replace into rungs", RUNG_COLUMNS, list(rows.values()))
+    waiting = [[ev["run_id"]] for ev in events if ev["decision"] == "wait"]
+    if waiting:
+        with_rows(
+            con,
+            ("run_id",),
+            waiting,
+            "update run_state set status = 'pending' from optlab_bulk_rows w "
+            "where run_state.run_id = w.run_id",
         )
 
 

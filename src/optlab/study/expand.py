@@ -36,6 +36,8 @@ from optlab.study.schema import (
     RUN_DEFAULTS,
     RUN_KEYS,
     Block,
+    EarlyStop,
+    FinalRuns,
     RunSettings,
     Study,
     load_study,
@@ -76,6 +78,8 @@ class BlockPlan:
     runs: list[RunSpec]
     search: str = ""  # how its [block.search] points were drawn, when it has one
     points: list[dict[str, Any]] = field(default_factory=list)  # those points, in order
+    early_stop: EarlyStop | None = None
+    final: FinalRuns | None = None
 
 
 def run_id_for(config: dict[str, Any], seed: int) -> str:
@@ -371,11 +375,38 @@ def _expand_block(
                     cell.files,
                 )
             )
+    _check_selection(ex, block, base, axes, runs)
+    plan = BlockPlan(ex.name, axes, seeds, runs, early_stop=block.early_stop, final=block.final)
     if block.search:
-        return BlockPlan(
-            ex.name, axes, seeds, runs, search.describe(block.search), ex.search_points()
-        )
-    return BlockPlan(ex.name, axes, seeds, runs)
+        plan.search, plan.points = search.describe(block.search), ex.search_points()
+    return plan
+
+
+def group_paths(paths_given: list[str]) -> list[str]:
+    """``group_by`` paths as config paths: a plugin slot alone means its plugin's name."""
+    return [f"{p}.name" if p in PLUGIN_SLOTS else p for p in paths_given]
+
+
+def _check_selection(
+    ex: _Expander, block: Block, base: dict[str, Any], axes: dict[str, list[Any]], runs: list
+) -> None:
+    """``early_stop`` and ``final`` read a metric the runs have, grouped by paths they have."""
+    for key, table in (("early_stop", block.early_stop), ("final", block.final)):
+        if table is None:
+            continue
+        for path in group_paths(table.group_by or []):
+            ex.check_path(f"{key}.group_by", path, base, axes)
+        metric = table.metric if key == "early_stop" else table.select
+        if not metric.startswith("val_"):
+            continue
+        for run in runs:
+            if run.config["dataset"].get("val_fraction", 1) == 0:
+                raise ex.fail(
+                    f"{key}.{'metric' if key == 'early_stop' else 'select'}",
+                    f"{metric} needs a validation split, and dataset "
+                    f"{run.config['dataset']['name']!r} holds none out: set "
+                    "dataset.val_fraction (such as 0.1)",
+                )
 
 
 def _kept(ex: _Expander, block: Block, base: dict[str, Any], combo: dict[str, Any]) -> bool:

@@ -11,7 +11,15 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from optlab.errors import ConfigError
 from optlab.plugins.registry import default_registry
@@ -154,6 +162,55 @@ def _check_seeds(value: Any) -> Any:
 Seeds = Annotated[int | list[int], BeforeValidator(_check_seeds)]
 
 
+# What halving and the final selection may read: validation or training, never test (a
+# comparison that selects on its test set reports a number it chose).
+SELECT_METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
+
+
+def _group_paths(value: Any) -> Any:
+    return [value] if isinstance(value, str) else value
+
+
+GroupBy = Annotated[list[str], BeforeValidator(_group_paths)]
+
+
+class EarlyStop(BaseModel):
+    """``early_stop = { kind = "asha", metric = "val_acc", mode = "max", min_epochs = 1,
+    reduction = 3 }``: successive halving of a block's configurations (see
+    :mod:`optlab.execution.halving`). ``kind`` "asha" decides each configuration when it
+    reaches a rung (asynchronous); "sha" waits for the whole group at each rung (plain
+    successive halving, independent of the order runs finish). ``group_by`` names config
+    paths (``optimizer`` for ``optimizer.name``) whose runs are halved among themselves."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["asha", "sha"]
+    metric: Literal[SELECT_METRICS] = "val_acc"  # type: ignore[valid-type]
+    mode: Literal["max", "min"] | None = None  # default: the metric's (max for an accuracy)
+    min_epochs: Annotated[int, Field(ge=1)] = 1
+    reduction: Annotated[int, Field(ge=2)] = 3
+    group_by: GroupBy = []
+
+    @model_validator(mode="after")
+    def _mode_fits(self) -> EarlyStop:
+        wanted = "min" if self.metric.endswith("loss") else "max"
+        if self.mode is None:
+            self.mode = wanted
+        elif self.mode != wanted:
+            better = "smaller" if wanted == "min" else "larger"
+            raise ValueError(f"{self.metric} is better {better}: give mode = {wanted!r}")
+        return self
+
+
+class FinalRuns(BaseModel):
+    """``final = { select = "val_acc", seeds = 10 }``: once a block's search (and halving) is
+    over, its best configuration of each group runs again with this many fresh seeds."""
+
+    model_config = ConfigDict(extra="forbid")
+    select: Literal[SELECT_METRICS] = "val_acc"  # type: ignore[valid-type]
+    seeds: Annotated[int, Field(ge=1, le=1000)] = 10
+    group_by: GroupBy | None = None  # default: the early_stop's group_by, else the block
+
+
 class Block(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = None
@@ -164,6 +221,8 @@ class Block(BaseModel):
     include: list[dict[str, Any]] = []
     exclude: list[dict[str, Any]] = []
     search: dict[str, Any] = {}  # kind, n, seed and a range per key (see optlab.study.search)
+    early_stop: EarlyStop | None = None  # never part of a run: its id does not change
+    final: FinalRuns | None = None
 
     @field_validator("zip", mode="before")
     @classmethod

@@ -40,6 +40,7 @@ from optlab.training.state import (
     save_weights,
     set_rng_state,
 )
+from optlab.training.stepping import step_optimizer, weights_for
 
 Emit = Callable[[dict[str, Any]], None]
 EVAL_BATCH = 1024
@@ -113,58 +114,6 @@ def evaluate(model, x, y, autocast) -> tuple[float, float]:
     return loss.item() / len(x), correct.item() / len(x)
 
 
-def step_optimizer(
-    opt: torch.optim.Optimizer,
-    net: torch.nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    autocast: Any,
-) -> int:
-    """One optimizer step after the engine's backward pass; the gradient evaluations it took.
-
-    An optimizer whose ``optlab_closure`` is true gets a closure: it zeroes the gradients,
-    evaluates the loss on the same batch again and back-propagates
-    (``closure(create_graph=True)`` leaves gradients that keep their graph, for Hessian-
-    vector products; the optimizer sets them to ``p.grad.detach()`` when done), and
-    returns the loss. Every call counts as a gradient evaluation (SAM: two a step).
-    """
-    if not getattr(opt, "optlab_closure", False):
-        opt.step()
-        return 1
-    calls = 0
-
-    def closure(create_graph: bool = False) -> torch.Tensor:
-        nonlocal calls
-        calls += 1
-        opt.zero_grad(set_to_none=True)
-        with torch.enable_grad():
-            with autocast():
-                again = F.cross_entropy(net(x).float(), y)
-            if create_graph:
-                # Gradients that can be differentiated again; the optimizer detaches them
-                # when it is done (autograd.grad, not backward: no reference cycle).
-                params = [p for g in opt.param_groups for p in g["params"] if p.requires_grad]
-                grads = torch.autograd.grad(again, params, create_graph=True, allow_unused=True)
-                for p, grad in zip(params, grads, strict=True):
-                    p.grad = grad
-            else:
-                again.backward()
-        return again.detach()
-
-    opt.step(closure)
-    return 1 + calls
-
-
-def weights_for(opt: torch.optim.Optimizer, mode: str) -> None:
-    """Optimizers that train on one set of weights and are evaluated on another (schedule-
-    free methods) have ``train()`` and ``eval()``: the engine calls ``eval()`` before each
-    epoch's evaluation, epoch probes, checkpoint and saved weights, and ``train()`` before
-    training. Both must do nothing when the optimizer is already in that mode."""
-    switch = getattr(opt, mode, None)
-    if callable(switch):
-        switch()
-
-
 # Seeds the fixed partition of the training set into local SGD's shards, apart from the
 # run's own generators.
 SHARD_SEED = 7_919
@@ -197,9 +146,15 @@ def train(
     run = Run(task, emit, cache, registry or default_registry(), tick or (lambda: None))
     run.resume_or_start()
     run.add_local_workers()
-    for epoch in range(run.counters.epoch, run.epochs):
+    # Successive halving hands the run back at its next rung, checkpointed there.
+    stop_at = task.get("stop_at")
+    until = run.epochs if stop_at is None else min(int(stop_at), run.epochs)
+    for epoch in range(run.counters.epoch, until):
         if not run.epoch(epoch):
             return  # diverged
+    if until < run.epochs:
+        run.pause()
+        return
     run.finish()
 
 
@@ -285,6 +240,7 @@ class Run:
         self.workers = [(model, self.optimizer)]
         self.local = config.get("local_sgd")
         self.found: Any = None
+        self.saved_epoch: int | None = None  # the epoch of this attempt's last checkpoint
         self.reference: int | None = None
 
     def report(self, events: list[dict[str, Any]]) -> None:
@@ -528,6 +484,7 @@ class Run:
     # ---- the checkpoint policy -----------------------------------------------------------
     def checkpoint(self) -> None:
         run, c0 = self.counters, time.perf_counter()
+        self.saved_epoch = run.epoch
         path, size = self.policy.save(
             self.folder,
             run.epoch,
@@ -561,6 +518,23 @@ class Run:
                 "path": str(path),
                 "bytes": size,
                 "seconds": time.perf_counter() - c0,
+            }
+        )
+
+    def pause(self) -> None:
+        """At a rung: checkpoint (whatever the policy) and hand the run back."""
+        if self.folder is None:
+            raise ValueError("early stopping needs the run's checkpoint folder")
+        if self.policy is None:
+            self.policy = ckpt.Policy(None, None, keep=2, epochs=self.epochs)
+        if self.saved_epoch != self.counters.epoch:
+            self.checkpoint()
+        self.emit(
+            {
+                "type": "paused",
+                "run_id": self.run_id,
+                "epoch": self.counters.epoch,
+                "elapsed": self.elapsed(),
             }
         )
 

@@ -3,9 +3,9 @@ schedule-free AdamW (optlab's own).
 
 What the engine does with an optimizer: it overwrites every param group's ``lr`` before each
 step (the base LR, read from the groups when built, times the schedule); it calls
-``step(closure)`` when ``optimizer.optlab_closure`` is true (see ``engine.step_optimizer``)
+``step(closure)`` when ``optimizer.optlab_closure`` is true (see ``stepping.step_optimizer``)
 and ``step()`` otherwise; and it calls ``optimizer.eval()`` / ``optimizer.train()``, when
-the optimizer has them, around evaluation (``engine.weights_for``).
+the optimizer has them, around evaluation (``stepping.weights_for``).
 
 Every optimizer can keep biases and normalisation parameters (every parameter with fewer
 than two dimensions) out of weight decay: ``exclude_bias_norm``. For LARS and LAMB that

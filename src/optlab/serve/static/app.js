@@ -1,7 +1,7 @@
 // optlab serve: each page polls the JSON API and redraws what changed; no reload.
 "use strict";
 
-const STATES = ["pending", "running", "done", "failed", "diverged", "interrupted"];
+const STATES = ["pending", "running", "done", "failed", "diverged", "stopped", "interrupted"];
 const main = document.getElementById("main");
 const conn = document.getElementById("conn");
 const { page, arg } = window.optlab;

@@ -1,0 +1,141 @@
+"""Tune, then confirm: a block's ``final = { select = "val_acc", seeds = 10 }``.
+
+Once every run of a group of the block has ended (done, stopped, diverged or failed), its
+best configuration is chosen on ``select`` alone, never on a test metric: per run, its best
+value over epochs; per configuration, the mean over its seeds; only configurations whose
+every seed trained all its epochs compete (all of them, when none did); a configuration
+with a diverged seed never wins; ties go to the smaller key. That configuration runs again
+with ``seeds`` fresh seeds (the block's largest seed + 1, + 2, ...) as the block
+``NAME/final``, in the same `optlab run`. The group is what ``final.group_by`` names, else
+the early stop's ``group_by``, else the whole block.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import duckdb
+
+from optlab.execution.halving import group_of, unit_key
+from optlab.study.expand import BlockPlan, RunSpec, run_id_for
+
+ENDED = ("done", "stopped", "diverged", "failed")
+FINAL_SUFFIX = "/final"
+
+
+def final_name(block: str) -> str:
+    return block + FINAL_SUFFIX
+
+
+def group_by(plan: BlockPlan) -> list[str]:
+    if plan.final is not None and plan.final.group_by is not None:
+        return plan.final.group_by
+    return plan.early_stop.group_by if plan.early_stop is not None else []
+
+
+def groups(plan: BlockPlan) -> dict[tuple, list[RunSpec]]:
+    out: dict[tuple, list[RunSpec]] = {}
+    for run in plan.runs:
+        out.setdefault(group_of(plan.name, run.config, group_by(plan)), []).append(run)
+    return out
+
+
+def selected(con: duckdb.DuckDBPyConnection, plan: BlockPlan) -> list[RunSpec]:
+    """The configurations chosen so far, one per group whose runs have all ended: one of
+    each's runs (the lowest seed)."""
+    final = plan.final
+    if final is None or not plan.runs:
+        return []
+    ids = [r.run_id for r in plan.runs]
+    better = "max" if final.select.endswith("acc") else "min"
+    rows = con.execute(
+        f"select r.run_id, r.status, r.config->>'$.epochs', e.best, e.last "
+        f"from run_state r left join (select run_id, {better}({final.select}) as best, "
+        "max(epoch) as last from epochs group by run_id) e using (run_id) "
+        "where r.run_id in (select unnest(?::varchar[]))",
+        [ids],
+    ).fetchall()
+    seen = {
+        run_id: (status, int(epochs or 0), best, last)
+        for run_id, status, epochs, best, last in rows
+    }
+    chosen = []
+    for members in groups(plan).values():
+        if any(seen.get(r.run_id, ("pending",))[0] not in ENDED for r in members):
+            continue
+        best = _best_unit(members, seen, better == "max")
+        if best is not None:
+            chosen.append(best)
+    return chosen
+
+
+def _best_unit(members: list[RunSpec], seen: dict[str, tuple], larger: bool) -> RunSpec | None:
+    units: dict[str, list[RunSpec]] = {}
+    for run in members:
+        units.setdefault(unit_key(run.config), []).append(run)
+
+    def full(runs: list[RunSpec]) -> bool:
+        return all(
+            seen[r.run_id][0] == "done" and seen[r.run_id][3] == seen[r.run_id][1] for r in runs
+        )
+
+    scored = []
+    for key, runs in units.items():
+        if any(seen[r.run_id][0] == "diverged" for r in runs):
+            continue
+        values = [seen[r.run_id][2] for r in runs if seen[r.run_id][2] is not None]
+        values = [v for v in values if math.isfinite(v)]
+        if values:
+            mean = sum(values) / len(values)
+            scored.append((full(runs), mean if larger else -mean, key, runs))
+    if not scored:
+        return None
+    pool = [s for s in scored if s[0]] or scored
+    top = min(pool, key=lambda s: (-s[1], s[2]))
+    return min(top[3], key=lambda r: r.seed)
+
+
+def final_plan(plan: BlockPlan, chosen: list[RunSpec]) -> BlockPlan | None:
+    """The final runs of the chosen configurations: ``final.seeds`` fresh seeds each."""
+    if plan.final is None or not chosen:
+        return None
+    first = max(plan.seeds, default=-1) + 1
+    seeds = list(range(first, first + plan.final.seeds))
+    runs = []
+    for i, pick in enumerate(chosen):
+        for j, seed in enumerate(seeds):
+            runs.append(
+                RunSpec(
+                    run_id_for(pick.config, seed),
+                    pick.study,
+                    final_name(plan.name),
+                    seed,
+                    pick.config,
+                    pick.axes,
+                    FINAL_POSITION + i * len(seeds) + j,
+                    pick.folder,
+                    pick.files,
+                )
+            )
+    axes: dict[str, list[Any]] = {}
+    for pick in chosen:
+        for path, value in pick.axes.items():
+            if value not in axes.setdefault(path, []):
+                axes[path].append(value)
+    return BlockPlan(final_name(plan.name), axes, seeds, runs)
+
+
+FINAL_POSITION = 1_000_000_000  # after every search run, in a study's order
+
+
+def plans_with_finals(con: duckdb.DuckDBPyConnection, plans: list[BlockPlan]) -> list[BlockPlan]:
+    """``plans`` and, after each block with ``final``, the final runs of its groups that
+    are ready (their search is over)."""
+    out = []
+    for plan in plans:
+        out.append(plan)
+        extra = final_plan(plan, selected(con, plan))
+        if extra is not None:
+            out.append(extra)
+    return out

@@ -1,0 +1,349 @@
+"""Successive halving: a block's ``early_stop`` stops its weak configurations at rungs.
+
+Rungs lie at ``min_epochs x reduction^k`` epochs (below the run's epochs). A run trains to
+its next rung, checkpoints there and is handed back (a ``paused`` event); the coordinator
+asks :class:`Halving` what becomes of it. The unit decided is a *configuration*: the seeds
+of one cell, whose value at a rung is the mean of its seeds' metric there (a seed that
+diverged before the rung makes it the worst); a configuration arrives at a rung when each
+of its seeds has reached it or ended. The configurations compared are those of its
+*group*: its block, split by the config paths ``group_by`` names.
+
+- ``asha`` (Li et al. 2020, asynchronous successive halving): a configuration that arrives
+  at a rung goes on if it ranks among the best ``max(1, n // reduction)`` of the ``n``
+  configurations of its group that have arrived there so far, itself included. So the
+  stops depend on the order in which configurations arrive (the same order gives the same
+  stops), and the first to arrive always go on.
+- ``sha`` (plain successive halving): every configuration waits at the rung until all of
+  its group's still in the race have arrived; then the best ``max(1, n // reduction)``
+  go on. The stops do not depend on the order runs finish.
+
+Ties rank by the configuration's key (a hash of its config), never by arrival. Decisions
+are final within a session and journaled (the coordinator appends them to each run's
+journal), so recovery and ``optlab rebuild`` give the same stops. A configuration stopped
+in an earlier session is looked at again when a new configuration arrives at its rung (the
+study grew): if it now ranks among the best, it goes on from its checkpoint there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import duckdb
+
+from optlab.study import paths
+from optlab.study.expand import BlockPlan, RunSpec, group_paths, identity_json
+from optlab.study.schema import EarlyStop
+
+CONTINUE, STOP, WAIT = "continue", "stop", "wait"
+
+
+def rungs(min_epochs: int, reduction: int, epochs: int) -> list[int]:
+    """The rung epochs below ``epochs``: min_epochs x reduction^k."""
+    out, at = [], min_epochs
+    while at < epochs:
+        out.append(at)
+        at *= reduction
+    return out
+
+
+def unit_key(config: dict[str, Any]) -> str:
+    """A configuration's key: the same for all its seeds, and how ties are broken."""
+    return hashlib.sha256(identity_json(config).encode()).hexdigest()[:12]
+
+
+def group_of(plan_name: str, config: dict[str, Any], by: list[str]) -> tuple:
+    """A run's group: its block and its values of the ``group_by`` paths."""
+
+    def value(path: str) -> str:
+        try:
+            return repr(paths.get(config, path))
+        except (KeyError, TypeError):
+            return "None"  # a plugin without that parameter
+
+    return (plan_name, *(value(p) for p in group_paths(by)))
+
+
+@dataclass
+class Unit:
+    key: str
+    group: tuple
+    rule: EarlyStop
+    runs: list[str]
+    rungs: list[int]
+    decided: dict[int, str] = field(default_factory=dict)  # rung -> continue / stop
+    earlier: set[int] = field(default_factory=set)  # rungs stopped at in an earlier session
+
+
+@dataclass
+class Decision:
+    run_id: str
+    epoch: int
+    decision: str
+    value: float | None
+    rank: int | None
+    of: int | None
+    keep: int | None
+    rule: EarlyStop
+
+    def event(self) -> dict[str, Any]:
+        metric = self.rule.metric
+        if self.decision == WAIT:
+            reason = f"waits at epoch {self.epoch} for the rest of its group (sha)"
+        else:
+            verb = "goes on" if self.decision == CONTINUE else "stopped"
+            reason = (
+                f"{verb} at epoch {self.epoch} ({self.rule.kind}): {metric} "
+                f"{_shown(self.value)} ranks {self.rank} of {self.of}, the best {self.keep} "
+                "go on"
+            )
+        return {
+            "type": "rung",
+            "run_id": self.run_id,
+            "epoch": self.epoch,
+            "decision": self.decision,
+            "metric": metric,
+            "value": self.value if self.value is not None and math.isfinite(self.value) else None,
+            "rank": self.rank,
+            "of": self.of,
+            "keep": self.keep,
+            "rule": self.rule.kind,
+            "reason": reason,
+        }
+
+
+def _shown(value: float | None) -> str:
+    return "none (a seed diverged)" if value is None or not math.isfinite(value) else f"{value:.4g}"
+
+
+class Halving:
+    """The halving state of a session's early-stopping blocks (see the module's text).
+
+    ``coming``: the runs this session will train (its plan); ``progress``: from the store,
+    per run, its state, its last epoch and its values at rungs; ``decided``: the store's
+    rung decisions."""
+
+    def __init__(
+        self,
+        plans: list[BlockPlan],
+        coming: Iterable[str],
+        states: dict[str, str],
+        last_epoch: dict[str, int],
+        values: dict[tuple[str, int], float | None],
+        decided: dict[tuple[str, int], str],
+    ):
+        self.units: dict[str, Unit] = {}
+        self.unit_of: dict[str, str] = {}
+        self.specs: dict[str, RunSpec] = {}
+        self.coming = set(coming)
+        self.states = dict(states)
+        self.last = dict(last_epoch)
+        self.values = dict(values)
+        self.paused: dict[str, int] = {}  # run -> the rung it waits at, this session
+        for plan in plans:
+            if plan.early_stop is None:
+                continue
+            rule = plan.early_stop
+            for run in plan.runs:
+                key = unit_key(run.config)
+                unit = self.units.get(key)
+                if unit is None:
+                    unit = self.units[key] = Unit(
+                        key,
+                        group_of(plan.name, run.config, rule.group_by),
+                        rule,
+                        [],
+                        rungs(rule.min_epochs, rule.reduction, run.config["epochs"]),
+                    )
+                unit.runs.append(run.run_id)
+                self.unit_of[run.run_id] = key
+                self.specs[run.run_id] = run
+        for (run_id, epoch), decision in decided.items():
+            unit = self.units.get(self.unit_of.get(run_id, ""))
+            if unit is not None and decision in (CONTINUE, STOP):
+                unit.decided[epoch] = decision
+                if decision == STOP:
+                    unit.earlier.add(epoch)
+
+    def __bool__(self) -> bool:
+        return bool(self.units)
+
+    # ---- what a run is told ----------------------------------------------------------
+    def stop_at(self, run_id: str) -> int | None:
+        """The rung where ``run_id`` must pause next: its first rung not yet passed."""
+        unit = self.units.get(self.unit_of.get(run_id, ""))
+        if unit is None:
+            return None
+        for rung in unit.rungs:
+            if unit.decided.get(rung) != CONTINUE:
+                return rung
+        return None
+
+    # ---- what the coordinator reports --------------------------------------------------
+    def epoch(self, run_id: str, epoch: int, row: dict[str, Any]) -> None:
+        unit = self.units.get(self.unit_of.get(run_id, ""))
+        if unit is None:
+            return
+        self.last[run_id] = epoch
+        if epoch in unit.rungs:
+            value = row.get(unit.rule.metric)
+            self.values[(run_id, epoch)] = float(value) if value is not None else None
+
+    def ended(self, run_id: str, state: str) -> tuple[list[Decision], list[RunSpec]]:
+        """A run ended (finished, diverged, failed): its configuration may now arrive."""
+        self.states[run_id] = state
+        self.paused.pop(run_id, None)
+        key = self.unit_of.get(run_id)
+        if key is None or state == "done":
+            return [], []
+        unit = self.units[key]
+        rung = self.stop_at(run_id)
+        return self._arrive(unit, rung) if rung is not None else ([], [])
+
+    def reached(self, run_id: str, epoch: int) -> tuple[list[Decision], list[RunSpec]]:
+        """``run_id`` paused at rung ``epoch``: the decisions this makes (for its runs, and
+        in sync mode for its group's) and the runs to train on (stopped ones that go on)."""
+        self.paused[run_id] = epoch
+        self.last[run_id] = epoch
+        unit = self.units[self.unit_of[run_id]]
+        return self._arrive(unit, epoch)
+
+    # ---- the rule ----------------------------------------------------------------------
+    def _settled(self, unit: Unit, run_id: str, rung: int) -> bool:
+        if (run_id, rung) in self.values:
+            return True
+        return self.states.get(run_id) in ("diverged", "failed") or run_id not in self.coming
+
+    def value(self, unit: Unit, rung: int) -> float | None:
+        """The configuration's value at ``rung`` (better is larger: a loss is negated);
+        None until it has arrived; -inf when a seed diverged before it."""
+        if not all(self._settled(unit, r, rung) for r in unit.runs):
+            return None
+        seen = [self.values[(r, rung)] for r in unit.runs if (r, rung) in self.values]
+        if not seen:
+            return None
+        diverged = any(
+            self.states.get(r) == "diverged" and (r, rung) not in self.values for r in unit.runs
+        )
+        if diverged or any(v is None or not math.isfinite(v) for v in seen):
+            return -math.inf
+        mean = sum(seen) / len(seen)  # type: ignore[arg-type]
+        return mean if unit.rule.mode == "max" else -mean
+
+    def _group(self, unit: Unit, rung: int) -> list[Unit]:
+        return [u for u in self.units.values() if u.group == unit.group and rung in u.rungs]
+
+    def _ranked(self, members: list[Unit], rung: int) -> list[tuple[Unit, float]]:
+        arrived = [(u, self.value(u, rung)) for u in members]
+        scored = [(u, v) for u, v in arrived if v is not None]
+        return sorted(scored, key=lambda uv: (-uv[1], uv[0].key))
+
+    def _still_in(self, unit: Unit, rung: int) -> bool:
+        """Whether ``unit`` may yet arrive at ``rung``: not stopped before it, and a run of
+        it still to come there."""
+        if any(unit.decided.get(r) == STOP for r in unit.rungs if r < rung):
+            return False
+        return any(
+            (r, rung) in self.values
+            or (r in self.coming and self.states.get(r) not in ("diverged", "failed"))
+            for r in unit.runs
+        )
+
+    def _arrive(self, unit: Unit, rung: int) -> tuple[list[Decision], list[RunSpec]]:
+        if self.value(unit, rung) is None:
+            return [], []  # its other seeds are still on their way
+        members = self._group(unit, rung)
+        ranked = self._ranked(members, rung)
+        keep = max(1, len(ranked) // unit.rule.reduction)
+        if unit.rule.kind == "sha":
+            if any(self.value(u, rung) is None and self._still_in(u, rung) for u in members):
+                return self._decide(unit, rung, WAIT, None, None, None), []
+            todo = [u for u in members if u.decided.get(rung) != CONTINUE]
+        else:
+            todo = [unit] + [u for u in members if rung in u.earlier and u is not unit]
+        decisions: list[Decision] = []
+        again: list[RunSpec] = []
+        for rank, (u, _) in enumerate(ranked, start=1):
+            if u not in todo:
+                continue
+            verdict = CONTINUE if rank <= keep else STOP
+            if u is not unit and rung in u.earlier and verdict == STOP:
+                continue  # stopped before, and still not among the best
+            if u.decided.get(rung) == STOP and rung not in u.earlier:
+                continue  # decided in this session: final
+            if u is not unit and rung in u.earlier:
+                u.earlier.discard(rung)
+                again += [self.specs[r] for r in u.runs if self.states.get(r) == "stopped"]
+            u.decided[rung] = verdict
+            decisions += self._decide(u, rung, verdict, rank, len(ranked), keep)
+        return decisions, again
+
+    def _decide(
+        self,
+        unit: Unit,
+        rung: int,
+        verdict: str,
+        rank: int | None,
+        of: int | None,
+        keep: int | None,
+    ) -> list[Decision]:
+        """The decision for each of the unit's runs waiting at ``rung`` (paused here, or
+        stopped there before)."""
+        value = self.value(unit, rung)
+        shown = None if value is None else (value if unit.rule.mode == "max" else -value)
+        out = []
+        for run_id in unit.runs:
+            waiting = self.paused.get(run_id) == rung or (
+                self.states.get(run_id) == "stopped" and self.last.get(run_id) == rung
+            )
+            if not waiting:
+                continue
+            out.append(Decision(run_id, rung, verdict, shown, rank, of, keep, unit.rule))
+            if verdict != WAIT:
+                self.paused.pop(run_id, None)
+                self.states[run_id] = "stopped" if verdict == STOP else "running"
+        return out
+
+
+def load(con: duckdb.DuckDBPyConnection, plans: list[BlockPlan], coming: Iterable[str]) -> Halving:
+    """The halving state of ``plans`` from the store: states, last epochs, values at rungs
+    and decisions of the runs of its early-stopping blocks."""
+    runs = [r for p in plans if p.early_stop is not None for r in p.runs]
+    if not runs:
+        return Halving(plans, coming, {}, {}, {}, {})
+    ids = [r.run_id for r in runs]
+    metrics = sorted({p.early_stop.metric for p in plans if p.early_stop is not None})
+    states = dict(
+        con.execute(
+            "select run_id, status from run_state where run_id in (select unnest(?::varchar[]))",
+            [ids],
+        ).fetchall()
+    )
+    rows = con.execute(
+        f"select run_id, epoch, {', '.join(metrics)} from epochs "
+        "where run_id in (select unnest(?::varchar[])) order by run_id, epoch",
+        [ids],
+    ).fetchall()
+    metric_of = {r.run_id: p.early_stop.metric for p in plans if p.early_stop for r in p.runs}
+    last: dict[str, int] = {}
+    values: dict[tuple[str, int], float | None] = {}
+    for run_id, epoch, *vals in rows:
+        last[run_id] = epoch
+        values[(run_id, epoch)] = vals[metrics.index(metric_of[run_id])]
+    decided = {
+        (run_id, epoch): decision
+        for run_id, epoch, decision in con.execute(
+            "select run_id, epoch, decision from rungs where run_id in "
+            "(select unnest(?::varchar[]))",
+            [ids],
+        ).fetchall()
+    }
+    halving = Halving(plans, coming, states, last, {}, decided)
+    for (run_id, epoch), value in values.items():  # keep only the rungs' values
+        unit = halving.units[halving.unit_of[run_id]]
+        if epoch in unit.rungs:
+            halving.values[(run_id, epoch)] = value
+    return halving

@@ -1,0 +1,136 @@
+"""What the coordinator does for halving and final runs while a study runs.
+
+:class:`Tuning` sees every event the coordinator receives. A run paused at a rung is
+decided by :class:`~optlab.execution.halving.Halving`; each decision is appended to the
+run's journal (fsynced) before it reaches the store, and a run that goes on is put at the
+front of the queue to resume from its checkpoint at the rung. When a run of a block with
+``final`` ends, the queue is held open until the store has been asked (in the coordinator's
+next write) whether a group's search is over; its final runs are then recorded in the
+store and queued.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from optlab.events import open_journal, write_events
+from optlab.execution import finals
+from optlab.execution.executors.work import WorkQueue
+from optlab.execution.halving import STOP, Halving
+from optlab.store import core as st
+from optlab.study.expand import BlockPlan, RunSpec
+
+ENDINGS = {"finished": "done", "failed": "failed", "diverged": "diverged"}
+
+
+class Tuning:
+    def __init__(
+        self,
+        store: Path,
+        halving: Halving | None,
+        plans: list[BlockPlan],
+        work: WorkQueue,
+        resume: dict[str, dict[str, Any]],
+        checkpoint_root: Path,
+    ):
+        self.store, self.halving, self.work = store, halving, work
+        self.resume, self.checkpoint_root = resume, checkpoint_root
+        self.with_final = [p for p in plans if p.final is not None]
+        self.final_of = {r.run_id: p for p in self.with_final for r in p.runs}
+        self.known = {r.run_id for p in plans for r in p.runs}
+        self.asking = False  # the queue is held until the next write asks the store
+        self.added: list[RunSpec] = []  # final runs recorded in the last write
+
+    def stop_at(self, run_id: str) -> int | None:
+        return self.halving.stop_at(run_id) if self.halving else None
+
+    def see(self, event: dict[str, Any]) -> tuple[list[dict[str, Any]], list[RunSpec]]:
+        """The decision events ``event`` brings (journaled) and the runs to queue first."""
+        kind, run_id = event["type"], event.get("run_id")
+        decisions: list[Any] = []
+        again: list[RunSpec] = []
+        if self.halving:
+            if kind == "epoch":
+                self.halving.epoch(run_id, event["epoch"], event)
+            elif kind == "paused" and run_id in self.halving.unit_of:
+                decisions, again = self.halving.reached(run_id, event["epoch"])
+            elif kind in ENDINGS:
+                decisions, again = self.halving.ended(run_id, ENDINGS[kind])
+        events = [self._journaled(d.event(), event) for d in decisions]
+        for ev in events:
+            if ev["decision"] == "continue":
+                spec = self.halving.specs[ev["run_id"]]
+                self.resume.setdefault(spec.run_id, {})["resume_upto"] = ev["epoch"]
+                if spec not in again:
+                    again.append(spec)
+        if self.with_final and (
+            (kind in ENDINGS and run_id in self.final_of)
+            or any(ev["decision"] == STOP and ev["run_id"] in self.final_of for ev in events)
+        ):
+            self._hold()
+        if again:
+            self.work.push_front(again)
+        return events, again
+
+    def _journaled(self, decision: dict[str, Any], cause: dict[str, Any]) -> dict[str, Any]:
+        event = {**decision, "time": time.time()}
+        if decision["decision"] == STOP and cause.get("elapsed") is not None:
+            event["elapsed"] = cause["elapsed"]
+        path = st.journal_path(self.store, event["run_id"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open_journal(path, fresh=False, cut=True) as f:
+            write_events(f, [event])
+        return event
+
+    def _hold(self) -> None:
+        if not self.asking:
+            self.asking = True
+            self.work.hold()
+
+    # ---- in the coordinator's write (a thread, holding the store) ------------------------
+    def ask_store(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Record the final runs of the groups whose search is over (the first time)."""
+        if not self.asking:
+            return
+        new: list[RunSpec] = []
+        for plan in self.with_final:
+            extra = finals.final_plan(plan, finals.selected(con, plan))
+            if extra is not None:
+                new += [r for r in extra.runs if r.run_id not in self.known]
+                _record_axes(con, plan.runs[0].study if plan.runs else "", extra)
+        if new:
+            if st.add_runs(con, new):
+                st.refresh_runs_view(con)
+            dirs = {r.run_id: str(self.checkpoint_root / r.run_id) for r in new}
+            st.set_checkpoint_dirs(con, dirs)
+        self.added = new
+
+    # ---- back in the event loop, after a write -------------------------------------------
+    def after_write(self, grow: Callable[[list[RunSpec]], None]) -> None:
+        if not self.asking:
+            return
+        new, self.added = self.added, []
+        self.asking = False
+        for run in new:
+            self.known.add(run.run_id)
+            self.resume[run.run_id] = {"checkpoint_dir": str(self.checkpoint_root / run.run_id)}
+        if new:
+            grow(new)
+            self.work.push_back(new)
+        self.work.unhold()
+
+
+def _record_axes(con: duckdb.DuckDBPyConnection, study: str, plan: BlockPlan) -> None:
+    """The study's axes gain the final block's."""
+    row = con.execute("select axes from studies where study = ?", [study]).fetchone()
+    if row is None:
+        return
+    axes = json.loads(row[0]) if row[0] else {}
+    axes[plan.name] = plan.axes
+    con.execute("update studies set axes = ? where study = ?", [json.dumps(axes), study])
