@@ -12,6 +12,7 @@ the early stop's ``group_by``, else the whole block.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -124,6 +125,30 @@ def final_plan(plan: BlockPlan, chosen: list[RunSpec]) -> BlockPlan | None:
             if value not in axes.setdefault(path, []):
                 axes[path].append(value)
     return BlockPlan(final_name(plan.name), axes, seeds, runs)
+
+
+def drop_replaced(
+    con: duckdb.DuckDBPyConnection, study: str, plan: BlockPlan, final: BlockPlan
+) -> None:
+    """Final runs of a configuration no longer selected (its group's search changed: runs
+    stopped before trained on) leave the study; their rows stay in the store."""
+    chosen = {r.run_id for r in final.runs}
+    ready = {group_of(plan.name, r.config, group_by(plan)) for r in final.runs}
+    members = con.execute(
+        "select m.run_id, r.config from memberships m join run_state r using (run_id) "
+        "where m.study = ? and m.block = ?",
+        [study, final.name],
+    ).fetchall()
+    gone = [
+        run_id
+        for run_id, config in members
+        if run_id not in chosen and group_of(plan.name, json.loads(config), group_by(plan)) in ready
+    ]
+    if gone:
+        con.execute(
+            "delete from memberships where study = ? and run_id in (select unnest(?::varchar[]))",
+            [study, gone],
+        )
 
 
 FINAL_POSITION = 1_000_000_000  # after every search run, in a study's order

@@ -103,7 +103,9 @@ class Tuning:
             extra = finals.final_plan(plan, finals.selected(con, plan))
             if extra is not None:
                 new += [r for r in extra.runs if r.run_id not in self.known]
-                _record_axes(con, plan.runs[0].study if plan.runs else "", extra)
+                study = plan.runs[0].study
+                _record_axes(con, study, extra)
+                finals.drop_replaced(con, study, plan, extra)
         if new:
             if st.add_runs(con, new):
                 st.refresh_runs_view(con)
