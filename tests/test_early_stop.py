@@ -17,7 +17,7 @@ from optlab.execution import finals
 from optlab.store import core as st
 from optlab.study.expand import expand
 from optlab.study.schema import load_study
-from tests.conftest import optlab, write_study
+from tests.conftest import ROOT, optlab, write_study
 from tests.synth import make_store
 from tests.test_cli_e2e import start, wait_for
 from tests.test_survival import children, gone
@@ -236,3 +236,34 @@ def test_final_without_a_validation_split_is_one_line(tmp_path, cli):
     result = cli("show", str(path))
     assert result.exit_code != 0
     assert "final.select: val_acc needs a validation split" in result.output
+
+
+def test_seed_003s_tuned_study_reports_budgets_and_the_confirmed_comparison(tmp_path):
+    """The study file itself, on stand-in data and a smaller search: halving stops runs,
+    each optimizer's winner is confirmed, and the report shows the budget curves and the
+    comparison."""
+    study = ROOT / "studies" / "adamw_vs_sgdm_tuned.toml"
+    small = [
+        "--set",
+        "epochs=6",  # one rung, at epoch 5
+        "--set",
+        'dataset={name="synthetic", classes=4, shape=[3, 8, 8], train_size=48, '
+        "test_size=16, val_fraction=0.25}",
+        "--set",
+        'model={name="cnn", channels=[4]}',
+    ]
+    for block in (0, 1):
+        small += ["--set", f"block.{block}.search.n=6", "--set", f"block.{block}.final.seeds=3"]
+    proc = optlab("run", str(study), *small, "--workers", "2", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    counts = dict(read(tmp_path, "select block || ' ' || status, count(*) from runs group by 1"))
+    # 6 configurations each: the best 2 go on past epoch 5 (asha: at least 2)
+    assert counts["adamw stopped"] + counts.get("adamw done", 0) == 6
+    assert counts["adamw stopped"] >= 1 and counts["sgdm stopped"] >= 1
+    assert counts["adamw/final done"] == 3 and counts["sgdm/final done"] == 3
+    optlab("report", cwd=tmp_path, check=True)
+    (html,) = tmp_path.glob("*_report.html")
+    text = html.read_text()
+    for heading in ("<h3>budget", "<h3>compare"):
+        assert heading in text
+    assert "Welch" in text and "expected best_val_acc" in text

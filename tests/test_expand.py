@@ -173,6 +173,7 @@ STUDY_RUNS = {
     "batch_scaling": 82,
     "warmup_regimes": 155,
     "adamw_vs_sgdm": 39,
+    "adamw_vs_sgdm_tuned": 128,
     "large_batch": 12,
     "batch_growth": 24,
     "local_sgd": 6,

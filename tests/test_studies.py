@@ -15,7 +15,8 @@ STANDIN = [
     "--set",
     "seeds=[0]",
     "--set",
-    'dataset={name="synthetic", classes=4, shape=[3, 8, 8], train_size=48, test_size=16}',
+    'dataset={name="synthetic", classes=4, shape=[3, 8, 8], train_size=48, test_size=16, '
+    "val_fraction=0.25}",
     "--set",
     'model={name="cnn", channels=[4]}',
     # The studies' own probe schedules reach past one epoch; these run in every study.

@@ -1,7 +1,8 @@
 """``budget``: how good each optimizer gets for a tuning budget of k trials (Dodge et al.
 2019, "Show Your Work"), and which wins at which budget.
 
-A group's trials are its finished runs (every point of its search space, every seed). For
+A group's trials are its finished runs (every point of its search space, every seed), a
+run that successive halving stopped with the values it reached before it stopped. For
 k trials drawn from them at random (with replacement, as Dodge et al.'s estimator does),
 the expected best validation metric and its spread follow exactly from the order
 statistics: with the runs ranked 1..n by validation (ties broken by run id), the best of k
@@ -107,7 +108,12 @@ def answer(result: Result, runs: list[Run], axes: Any, rng: Any, asked: Asked) -
         question=f"the expected {asked.found['validation']} of the best of k trials drawn "
         f"from each {by}'s finished runs, and the {result.metric} of the run it selects",
         trials=f"each {by}'s trials are all its finished runs (every point of its search "
-        "space and every seed), drawn with replacement (Dodge et al. 2019)",
+        "space and every seed), drawn with replacement (Dodge et al. 2019)"
+        + (
+            "; runs stopped early by successive halving count with the values they reached"
+            if any(r.status == "stopped" for g in groups.values() for r in g)
+            else ""
+        ),
         budget=_leaders(curves, higher, by),
     )
 
@@ -123,8 +129,9 @@ def _trials(
     finals = [r for r in runs if r.block.endswith("/final")]
     leave_out(result, "final run (a confirmation, not a trial)", finals)
     runs = [r for r in runs if not r.block.endswith("/final")]
-    finished = [r for r in in_study_order(runs) if r.status == "done"]
-    for status in sorted({r.status for r in runs} - {"done"}):
+    # A run successive halving stopped is a trial too: it counts with what it reached.
+    finished = [r for r in in_study_order(runs) if r.status in ("done", "stopped")]
+    for status in sorted({r.status for r in runs} - {"done", "stopped"}):
         leave_out(result, status, [r for r in runs if r.status == status])
     leave_out(result, f"no {val} value", [r for r in finished if r.value is None])
     leave_out(

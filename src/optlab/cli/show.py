@@ -16,6 +16,7 @@ from optlab.cli.common import (
     out,
 )
 from optlab.errors import UsageError
+from optlab.execution.halving import rungs
 from optlab.execution.selection import Selection, select
 from optlab.store import core as st
 from optlab.study.expand import all_runs, expand
@@ -98,6 +99,29 @@ def command(
             for i, point in enumerate(plan.points, 1):
                 shown = ", ".join(f"{k}={_fmt(v)}" for k, v in point.items())
                 out.print(f"    {i:>{width}}. {shown}", markup=False)
+        for line in tuning_lines(plan):
+            out.print(f"  {line}", markup=False)
+
+
+def tuning_lines(plan) -> list[str]:
+    """How a block is halved and confirmed, in words."""
+    lines = []
+    stop, final = plan.early_stop, plan.final
+    if stop is not None:
+        epochs = max((r.config["epochs"] for r in plan.runs), default=0)
+        at = rungs(stop.min_epochs, stop.reduction, epochs)
+        within = f"within each {', '.join(stop.group_by)}" if stop.group_by else "within the block"
+        lines.append(
+            f"early stop ({stop.kind}): at epochs {', '.join(map(str, at)) or 'none'} the best "
+            f"1/{stop.reduction} of the configurations on {stop.metric} ({stop.mode}) go on, "
+            f"{within}"
+        )
+    if final is not None:
+        lines.append(
+            f"final: the best configuration on {final.select} runs again with "
+            f"{final.seeds} fresh seeds, as block {plan.name}/final"
+        )
+    return lines
 
 
 def _key(value) -> tuple[str, str]:
