@@ -140,6 +140,27 @@ def test_a_configuration_is_its_seeds_mean_and_arrives_whole(tmp_path):
     assert "a seed diverged" in decisions[0].event()["reason"]
 
 
+def test_a_seed_whose_row_came_before_its_pause_is_decided_with_the_others(tmp_path):
+    """Events of runs interleave: a seed's row at the rung may reach the coordinator before
+    the other seeds' pauses, and its own pause after them. The configuration arrives with
+    that last pause, and every seed is told."""
+    plans = plans_for(tmp_path, "sha", seeds="[0, 1, 2]")
+    seeds = [ids_by_name(plans, s) for s in (0, 1, 2)]
+    h = fresh(plans)
+    told = {}
+    for name in NAMES:
+        a, b, c = (seeds[i][name] for i in range(3))
+        h.epoch(c, 1, {"val_acc": AT_1[name]})
+        for run in (a, b):
+            h.epoch(run, 1, {"val_acc": AT_1[name]})
+            told |= {d.run_id: d.decision for d in h.reached(run, 1)[0]}
+        told |= {d.run_id: d.decision for d in h.reached(c, 1)[0]}
+    assert len(told) == 27
+    goes_on = {n for n in NAMES if told[seeds[2][n]] == "continue"}
+    assert goes_on == set("GID")
+    assert all(told[seeds[i][n]] == told[seeds[2][n]] for i in (0, 1) for n in NAMES)
+
+
 def test_group_by_halves_each_group_among_its_own(tmp_path):
     """group_by = "optimizer": an adamw configuration is not ranked against sgd's."""
     path = tmp_path / "g.toml"

@@ -47,7 +47,7 @@ def curves_sql(lay: Layout, metric: str, x: str, color_sql: str) -> str:
     inner = f"""select {lay.panel_sql} as panel, {color_sql} as color, e.epoch,
          {x_expr} as xv, e.{metric} as v
   from runs r join e using (run_id)
-  where {lay.condition} and r.status in ('done', 'running', 'interrupted')
+  where {lay.condition} and r.status in ('done', 'running', 'interrupted', 'stopped')
     and e.{metric} is not null and isfinite(e.{metric})"""
     body = ci_sql(inner, "panel, color, epoch").replace(
         "avg(v) as mean", "avg(xv) as x, avg(v) as mean"

@@ -1,6 +1,8 @@
 """Execution: the coordinator (the single writer of the store, the live
-progress view), the executors (the local pool of warm workers, Ray), the plan of what
-is left to run and the selection of part of a study.
+progress view), the executors (the local pool of warm workers, Ray) and the queue they
+share, the plan of what is left to run, the selection of part of a study, and tuning:
+successive halving (``halving``), final runs (``finals``) and what the coordinator does
+for them while a study runs (``tuning``).
 
 Imports the store, training, study and plugins stages and the shared modules.
 """

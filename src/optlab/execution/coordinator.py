@@ -75,6 +75,7 @@ class Coordinator:
         self.roots = locations.roots(store)
         self.nodes = nodes or dict
         self.specs = {s.run_id: s for s in specs}
+        self.planned = set(self.specs)  # the runs this session is to finish
         self.batch: list[dict[str, Any]] = []
         self.worker_of: dict[str, str] = {}
         self.outcome = Outcome(planned=len(specs), runs=self.specs)
@@ -152,14 +153,16 @@ class Coordinator:
         if event["decision"] != "continue":
             return
         self.went_on.add(run_id)
-        if self.outcome.statuses.pop(run_id, None):
-            self.outcome.planned += 1  # a run stopped before goes on: one more to finish
+        if run_id not in self.planned:  # stopped in an earlier session, it goes on
+            self.planned.add(run_id)
+            self.outcome.planned += 1
             self.view.grow(1)
 
     def grow(self, runs: list[RunSpec]) -> None:
         """Runs added while the study runs (final runs)."""
         for run in runs:
             self.specs[run.run_id] = run
+            self.planned.add(run.run_id)
         self.outcome.planned += len(runs)
         self.view.grow(len(runs))
         self.view.note(f"{len(runs)} final run(s) added: the search of their group is over")

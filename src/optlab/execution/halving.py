@@ -143,6 +143,7 @@ class Halving:
         self.last = dict(last_epoch)
         self.values = dict(values)
         self.paused: dict[str, int] = {}  # run -> the rung it waits at, this session
+        self.arrived: set[tuple[str, int]] = set()  # (run, rung): paused there this session
         for plan in plans:
             if plan.early_stop is None:
                 continue
@@ -207,13 +208,17 @@ class Halving:
         """``run_id`` paused at rung ``epoch``: the decisions this makes (for its runs, and
         in sync mode for its group's) and the runs to train on (stopped ones that go on)."""
         self.paused[run_id] = epoch
+        self.arrived.add((run_id, epoch))
         self.last[run_id] = epoch
         unit = self.units[self.unit_of[run_id]]
         return self._arrive(unit, epoch)
 
     # ---- the rule ----------------------------------------------------------------------
     def _settled(self, unit: Unit, run_id: str, rung: int) -> bool:
-        if (run_id, rung) in self.values:
+        """Whether ``run_id`` is where it will be at ``rung``: paused there in this session
+        (its row alone is not enough: its pause may still be on its way), ended, or not
+        run in this session (what the store has of it is all there is)."""
+        if (run_id, rung) in self.arrived:
             return True
         return self.states.get(run_id) in ("diverged", "failed") or run_id not in self.coming
 

@@ -90,7 +90,7 @@ def launch(parts: list[Part], how: Launch, out: Any, err: Any) -> tuple[Any, int
     # take them (every node the executor had could not prepare the datasets).
     if (
         outcome.stopped
-        or any(s == "failed" for s in outcome.statuses.values())
+        or any(s in ("failed", "interrupted") for s in outcome.statuses.values())
         or len(outcome.statuses) < outcome.planned
     ):
         return outcome, 1

@@ -2,9 +2,10 @@
 
 Slots :meth:`~WorkQueue.take` a run and :meth:`~WorkQueue.release` it when its attempt
 ends; the coordinator may :meth:`~WorkQueue.push_front` runs while others train (a run that
-successive halving lets go on past a rung). ``take`` waits while the queue is empty and a
-run is in flight, since that run may bring more work, and gives None once nothing is queued
-or in flight, or the queue is closed (a full disk, Ctrl-C). Single-threaded: every method
+successive halving lets go on past a rung), or :meth:`~WorkQueue.hold` it open while it
+asks the store whether final runs are due. ``take`` waits while the queue is empty and a
+run is in flight (or the queue is held), since more work may come, and gives None once
+nothing is queued, in flight or held, or the queue is closed (a full disk, Ctrl-C). Single-threaded: every method
 runs in the event loop, and the coordinator's sink is called from a slot's read loop before
 that slot releases its run.
 """
