@@ -87,7 +87,7 @@ def run(folder: Path, kind: str | None, args: argparse.Namespace) -> dict:
     finally:
         con.close()
     full = [c for c in configs if c[3]]
-    chosen = max(full, key=lambda c: (c[1], c[0]))
+    chosen = min(full, key=lambda c: (-c[1], c[0]))  # ties: the smaller key, as ranked below
     return {
         "epochs": epochs,
         "seconds": seconds,

@@ -618,7 +618,7 @@ def test_cell_summary_gives_mean_std_n_and_a_t_interval(cli, tmp_path):
         (
             ["bestest"],
             "analysis 'bestest': not an analysis; use one of optimal, lr-wd, scaling, "
-            "warmup, sfo, ranking, budget, profile",
+            "warmup, sfo, ranking, budget, compare, profile",
         ),
     ],
 )

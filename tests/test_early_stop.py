@@ -267,3 +267,43 @@ def test_seed_003s_tuned_study_reports_budgets_and_the_confirmed_comparison(tmp_
     for heading in ("<h3>budget", "<h3>compare"):
         assert heading in text
     assert "Welch" in text and "expected best_val_acc" in text
+
+
+GROWN = """
+name = "grown"
+seeds = [0]
+[base]
+epochs = 3
+dataset = {{ name = "digits", val_fraction = 0.2 }}
+model = {{ name = "mlp", hidden = [32] }}
+optimizer = {{ name = "sgd", lr = 0.1, momentum = 0.9 }}
+[[block]]
+name = "search"
+early_stop = {{ kind = "asha", metric = "val_acc", min_epochs = 1, reduction = 3 }}
+[block.grid]
+"optimizer.lr" = {lrs}
+"""
+
+
+def test_a_grown_study_lets_a_stopped_run_go_on_from_its_rung(tmp_path):
+    """One worker, so configurations reach epoch 1 in the file's order. First 0.05, then
+    0.005 (second of two: stopped). The study grows by four learning rates too small to
+    learn in an epoch: at the fourth (six at the rung, the best two go on) 0.005 goes on,
+    from its checkpoint at epoch 1."""
+    write_study(tmp_path, text=GROWN.format(lrs=[0.05, 0.005]), name="grown.toml")
+    optlab("run", "grown.toml", "--workers", "1", cwd=tmp_path, check=True)
+    lr = "select status from runs where optimizer_lr = 0.005"
+    assert read(tmp_path, lr) == [("stopped",)]
+    grown = [0.05, 0.005, 1e-5, 2e-5, 3e-5, 4e-5]
+    write_study(tmp_path, text=GROWN.format(lrs=grown), name="grown.toml")
+    optlab("run", "grown.toml", "--workers", "1", cwd=tmp_path, check=True)
+    assert read(tmp_path, lr) == [("done",)]
+    (run_id,) = read(tmp_path, "select run_id from runs where optimizer_lr = 0.005")[0]
+    assert read(tmp_path, f"select epoch, decision from rungs where run_id = '{run_id}'") == [
+        (1, "continue")
+    ]
+    journal = (tmp_path / "optlab.runs" / run_id / "events.jsonl").read_text().splitlines()
+    kinds = [json.loads(line)["type"] for line in journal]
+    assert kinds.count("started") == 1 and kinds.count("resumed") == 1
+    assert json.loads(journal[kinds.index("resumed")])["epoch"] == 1
+    assert sum(1 for k in kinds if k == "epoch") == 3  # nothing trained twice

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from optlab.errors import ConfigError
+from optlab.execution.executors.work import WorkQueue
 from optlab.execution.halving import Halving, rungs
+from optlab.execution.tuning import Tuning
 from optlab.study.expand import expand
 from optlab.study.schema import load_study
 
@@ -259,3 +261,40 @@ def test_halving_does_not_touch_a_runs_identity(tmp_path):
     without = plans_for(tmp_path, "sha")
     assert with_it == {r.run_id for p in without for r in p.runs}
     assert list(itertools.islice(with_it, 1))
+
+
+def test_a_search_run_ending_during_a_write_is_asked_about_in_the_next(tmp_path):
+    """The queue stays held (no slot gives up) until a write that holds every ended search
+    run's events has asked the store for final runs: a run that ends while a write is on
+    its way keeps it held for the next one."""
+    path = tmp_path / "f.toml"
+    path.write_text(
+        textwrap.dedent(
+            """
+            name = "f"
+            [base]
+            epochs = 2
+            dataset = { name = "digits", val_fraction = 0.2 }
+            model = { name = "mlp" }
+            optimizer = { name = "sgd", lr = 0.1 }
+            [[block]]
+            name = "a"
+            final = { select = "val_acc", seeds = 2 }
+            [block.grid]
+            "optimizer.lr" = [0.1, 0.2]
+            """
+        )
+    )
+    plans = expand(load_study(path))
+    first, second = (r.run_id for r in plans[0].runs)
+    work = WorkQueue()
+    tuning = Tuning(tmp_path / "optlab.duckdb", None, plans, work, {}, tmp_path)
+    tuning.see({"type": "finished", "run_id": first})
+    assert work.held == 1 and not work.done()
+    tuning.taking_batch()  # a write starts with the first run's events
+    tuning.see({"type": "finished", "run_id": second})  # ends meanwhile
+    tuning.after_write(lambda runs: None)
+    assert work.held == 1  # the second's events are not in the store yet
+    tuning.taking_batch()
+    tuning.after_write(lambda runs: None)
+    assert work.held == 0 and work.done()

@@ -23,12 +23,13 @@ from optlab.analysis.core import (
     Asked,
     Result,
     Run,
+    compared_by,
     higher_is_better,
     in_study_order,
     leave_out,
     load,
 )
-from optlab.analysis.results import Axes, parse_metric
+from optlab.analysis.results import parse_metric
 from optlab.errors import OptlabError
 
 
@@ -67,15 +68,10 @@ def expected_best(values: list[float], tests: list[float], k: int) -> tuple[floa
 
 
 def answer(result: Result, runs: list[Run], axes: Any, rng: Any, asked: Asked) -> None:
-    by = asked.by or "optimizer"
-    if by != "optimizer" and by not in axes:
-        raise OptlabError(
-            f"analyze budget: --by {by}: the study does not vary it; it varies "
-            f"{', '.join(axes) or 'nothing'}"
-        )
+    by, name_of = compared_by("budget", axes, asked.by)
     higher = higher_is_better(asked.found["validation"])
     tests = asked.found["test"]
-    groups = _trials(result, runs, axes, by, tests, asked.found["validation"])
+    groups = _trials(result, runs, name_of, tests, asked.found["validation"])
     if len(groups) < 2:
         result.findings["note"] = (
             f"not answerable yet: finished runs of {len(groups)} {by} value(s) "
@@ -119,13 +115,8 @@ def answer(result: Result, runs: list[Run], axes: Any, rng: Any, asked: Asked) -
 
 
 def _trials(
-    result: Result, runs: list[Run], axes: Any, by: str, tests: dict, val: str
+    result: Result, runs: list[Run], name_of: Any, tests: dict, val: str
 ) -> dict[str, list[Run]]:
-    def name_of(run: Run) -> str:
-        if isinstance(axes, Axes) and axes.varied(by):
-            return axes.label(by, run.get)
-        return str(run.get(by))
-
     finals = [r for r in runs if r.block.endswith("/final")]
     leave_out(result, "final run (a confirmation, not a trial)", finals)
     runs = [r for r in runs if not r.block.endswith("/final")]

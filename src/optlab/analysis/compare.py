@@ -20,13 +20,12 @@ from optlab.analysis.core import (
     Asked,
     Result,
     Run,
+    compared_by,
     higher_is_better,
     in_study_order,
     leave_out,
     load,
 )
-from optlab.analysis.results import Axes
-from optlab.errors import OptlabError
 
 FINAL_SUFFIX = "/final"  # the blocks of final runs (optlab.execution.finals)
 TEST_NAME = "Welch's two-sample t-test (unequal variances, two-sided)"
@@ -47,17 +46,7 @@ def read(con: Any, result: Result, asked: Asked) -> list[Run]:
 def answer(result: Result, runs: list[Run], axes: Any, rng: Any, asked: Asked) -> None:
     from scipy import stats  # scipy: slow to import, so only when an answer is computed
 
-    by = asked.by or "optimizer"
-    if by != "optimizer" and by not in axes:
-        raise OptlabError(
-            f"analyze compare: --by {by}: the study does not vary it; it varies "
-            f"{', '.join(axes) or 'nothing'}"
-        )
-
-    def name_of(run: Run) -> str:
-        if isinstance(axes, Axes) and axes.varied(by):
-            return axes.label(by, run.get)
-        return str(run.get(by))
+    by, name_of = compared_by("compare", axes, asked.by)
 
     runs = in_study_order(runs)
     finals = [r for r in runs if r.block.endswith(FINAL_SUFFIX)]

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from optlab.analysis.results import clean, parse_metric, reduce_sql
+from optlab.analysis.results import Axes, clean, parse_metric, reduce_sql
 from optlab.errors import OptlabError
 from optlab.study import paths
 
@@ -106,6 +106,24 @@ class Analysis:
 
     def shown_for(self, facts: StudyFacts) -> bool:
         return all(a in facts.axes for a in self.axes) and self.fits(facts)
+
+
+def compared_by(analysis: str, axes: Any, by: str | None) -> tuple[str, Callable[[Run], str]]:
+    """``--by`` of an analysis that compares groups (default: the optimizer), and each run's
+    group label; one line when the study does not vary it."""
+    by = by or "optimizer"
+    if by != "optimizer" and by not in axes:
+        raise OptlabError(
+            f"analyze {analysis}: --by {by}: the study does not vary it; it varies "
+            f"{', '.join(axes) or 'nothing'}"
+        )
+
+    def name_of(run: Run) -> str:
+        if isinstance(axes, Axes) and axes.varied(by):
+            return axes.label(by, run.get)
+        return str(run.get(by))
+
+    return by, name_of
 
 
 def numeric_axes(axes: list[str]) -> list[str]:

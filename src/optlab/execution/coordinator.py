@@ -193,16 +193,19 @@ class Coordinator:
         disk is full."""
         async with self._lock:
             batch, self.batch = self.batch, []
+            if self.tuning is not None:
+                self.tuning.taking_batch()
             try:
                 await asyncio.to_thread(self._write, batch, ended)
-            except StoreBusy:
+            except (StoreBusy, StoreFull) as e:
                 self.batch = batch + self.batch
-                self._warn_busy()
-                return False
-            except StoreFull as e:
-                self.batch = batch + self.batch
-                self.full = True
-                self.stop(str(e))
+                if self.tuning is not None:
+                    self.tuning.write_failed()
+                if isinstance(e, StoreBusy):
+                    self._warn_busy()
+                else:
+                    self.full = True
+                    self.stop(str(e))
                 return False
             if self._busy_since is not None:
                 self.view.note(f"{self.store}: free again; {len(batch)} events written")
@@ -273,12 +276,13 @@ def prepare(
         ).fetchone()
         todo = plan_runs(runs, states, retry_failed, early_stop, _together(plans))
         # Stopped runs may go on in this session (a grown study): where they would resume.
-        stopped = [r.run_id for p in plans if p.early_stop for r in p.runs]
-        points = st.resume_points(con, [r.run_id for r in todo] + stopped)
+        halved = {r.run_id: r for p in plans if p.early_stop for r in p.runs}
+        stopped = [r for i, r in halved.items() if states.get(i) == "stopped"]
+        points = st.resume_points(con, [r.run_id for r in [*todo, *stopped]])
         dirs = {}
         here = _folders_in(root)  # one listing instead of a stat a run
         prefix = str(root) + os.sep
-        for run in todo:
+        for run in [*todo, *stopped]:
             recorded = locations.resolve(points.get(run.run_id, {}).get("checkpoint_dir"), roots)
             there = False
             if recorded:

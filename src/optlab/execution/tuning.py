@@ -44,7 +44,9 @@ class Tuning:
         self.with_final = [p for p in plans if p.final is not None]
         self.final_of = {r.run_id: p for p in self.with_final for r in p.runs}
         self.known = {r.run_id for p in plans for r in p.runs}
-        self.asking = False  # the queue is held until the next write asks the store
+        # A search run ended: the queue is held until a write that holds its events has
+        # asked the store whether final runs are due (``pending`` until a write takes them).
+        self.pending = self.asking = self.holding = False
         self.added: list[RunSpec] = []  # final runs recorded in the last write
 
     def stop_at(self, run_id: str) -> int | None:
@@ -89,9 +91,17 @@ class Tuning:
         return event
 
     def _hold(self) -> None:
-        if not self.asking:
-            self.asking = True
+        self.pending = True
+        if not self.holding:
+            self.holding = True
             self.work.hold()
+
+    def taking_batch(self) -> None:
+        """The coordinator takes its batch to write: the write asks for what came so far."""
+        self.asking, self.pending = self.pending, False
+
+    def write_failed(self) -> None:
+        self.pending, self.asking = self.pending or self.asking, False
 
     # ---- in the coordinator's write (a thread, holding the store) ------------------------
     def ask_store(self, con: duckdb.DuckDBPyConnection) -> None:
@@ -115,17 +125,16 @@ class Tuning:
 
     # ---- back in the event loop, after a write -------------------------------------------
     def after_write(self, grow: Callable[[list[RunSpec]], None]) -> None:
-        if not self.asking:
-            return
-        new, self.added = self.added, []
-        self.asking = False
+        new, self.added, self.asking = self.added, [], False
         for run in new:
             self.known.add(run.run_id)
             self.resume[run.run_id] = {"checkpoint_dir": str(self.checkpoint_root / run.run_id)}
         if new:
             grow(new)
             self.work.push_back(new)
-        self.work.unhold()
+        if self.holding and not self.pending:  # nothing ended since the batch was taken
+            self.holding = False
+            self.work.unhold()
 
 
 def _record_axes(con: duckdb.DuckDBPyConnection, study: str, plan: BlockPlan) -> None:

@@ -5,9 +5,9 @@ ends; the coordinator may :meth:`~WorkQueue.push_front` runs while others train 
 successive halving lets go on past a rung), or :meth:`~WorkQueue.hold` it open while it
 asks the store whether final runs are due. ``take`` waits while the queue is empty and a
 run is in flight (or the queue is held), since more work may come, and gives None once
-nothing is queued, in flight or held, or the queue is closed (a full disk, Ctrl-C). Single-threaded: every method
-runs in the event loop, and the coordinator's sink is called from a slot's read loop before
-that slot releases its run.
+nothing is queued, in flight or held, or the queue is closed (a full disk, Ctrl-C).
+Single-threaded: every method runs in the event loop, and the coordinator's sink is called
+from a slot's read loop before that slot releases its run.
 """
 
 from __future__ import annotations
