@@ -5,6 +5,7 @@ validation only."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import textwrap
@@ -307,3 +308,26 @@ def test_a_grown_study_lets_a_stopped_run_go_on_from_its_rung(tmp_path):
     assert kinds.count("started") == 1 and kinds.count("resumed") == 1
     assert json.loads(journal[kinds.index("resumed")])["epoch"] == 1
     assert sum(1 for k in kinds if k == "epoch") == 3  # nothing trained twice
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs optlab[ray]")
+def test_halving_on_ray_stops_what_the_local_executor_stops(halved, tmp_path):
+    """The Ray executor takes the runs that go on past a rung from the same queue, with
+    their checkpoints shipped: sha's stops, the final runs and every row equal the local
+    executor's."""
+    write_study(tmp_path, text=STUDY, name="halved.toml")
+    optlab("run", "halved.toml", "--executor", "ray", "--workers", "2", cwd=tmp_path, check=True)
+    assert outcome(tmp_path) == outcome(halved)
+    rows = f"select run_id, {ROWS} from epochs order by all"
+    assert read(tmp_path, rows) == read(halved, rows)
+
+
+def test_merge_brings_the_stops_and_their_decisions(halved, tmp_path):
+    optlab("merge", str(halved / "optlab.duckdb"), cwd=tmp_path, check=True)
+    decisions = "select run_id, epoch, decision, value, rank, of, keep from rungs order by all"
+    assert read(tmp_path, decisions) == read(halved, decisions)
+    assert outcome(tmp_path) == outcome(halved)
+    again = optlab("run", str(halved / "halved.toml"), cwd=tmp_path, check=True)
+    assert "Nothing to run" in again.stdout
