@@ -93,6 +93,8 @@ def test_sha_keeps_a_third_at_each_rung_and_stopped_runs_keep_their_rows(halved)
     assert "stopped" in status.splitlines()[0]
     again = optlab("run", "halved.toml", cwd=halved, check=True)
     assert "Nothing to run" in again.stdout
+    # going on past a rung (a resume from its checkpoint) is not another attempt
+    assert read(halved, "select distinct attempts from runs") == [(1,)]
 
 
 def test_the_survivor_equals_a_run_trained_straight_through(halved, tmp_path):

@@ -6,7 +6,8 @@ Every event has ``type`` and ``run_id``. Types:
   threads, environment seen), ``config`` and ``seed`` (so a store can be rebuilt from the
   journals alone), ``input_shape`` and ``num_classes`` (to rebuild the model for its weights).
 - ``resumed``: the run continues from the checkpoint at ``epoch`` (``checkpoint``, its file;
-  ``skipped``, newer files that could not be used and why), with what ``started`` carries.
+  ``skipped``, newer files that could not be used and why), with what ``started`` carries;
+  ``past_rung`` when successive halving let it go on (not another attempt).
 - ``epoch``: one row per finished epoch, with the fields in :data:`EPOCH_FIELDS`.
 - ``probe``: ``epoch``, ``step``, ``probe`` and ``values`` ({key: value}); epoch 0 is
   before training.

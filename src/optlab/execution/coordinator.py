@@ -436,6 +436,8 @@ def execute(
             "resume_upto": point.get("resume_upto", 0),
             "threads": point.get("threads") or slot.threads,
             **({"stop_at": stop_at} if stop_at is not None else {}),
+            # going on past a rung is not another attempt at the run
+            **({"past_rung": True} if spec.run_id in coord.went_on else {}),
         }
 
     async def main() -> None:

@@ -309,6 +309,7 @@ def _attempt(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -> No
     columns = (
         "run_id",
         "at",
+        "counts",  # 0 for a resume past a rung of successive halving: not another attempt
         "precision_used",
         "input_shape",
         "num_classes",
@@ -322,6 +323,7 @@ def _attempt(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -> No
             [
                 ev["run_id"],
                 ev.get("time") or time.time(),
+                0 if ev.get("past_rung") else 1,
                 ev.get("precision_used"),
                 json.dumps(shape) if shape else None,
                 ev.get("num_classes"),
@@ -336,7 +338,7 @@ def _attempt(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -> No
         rows,
         "update run_state set status = 'running', finished_at = null, error = null, "
         "wall_seconds = null, train_seconds = null, "
-        "attempts = attempts + (coalesce(journal_time, 0) < a.at)::integer, "
+        "attempts = attempts + (coalesce(journal_time, 0) < a.at and a.counts = 1)::integer, "
         "precision_used = a.precision_used, "
         "input_shape = coalesce(a.input_shape, run_state.input_shape), "
         "num_classes = coalesce(a.num_classes, run_state.num_classes), "

@@ -286,6 +286,7 @@ class Run:
                 "type": "resumed",
                 "run_id": self.run_id,
                 "epoch": self.counters.epoch,
+                "past_rung": bool(task.get("past_rung")),
                 "step": self.counters.step,
                 "checkpoint": str(found.path),
                 "skipped": found.skipped,
