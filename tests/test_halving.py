@@ -298,3 +298,21 @@ def test_a_search_run_ending_during_a_write_is_asked_about_in_the_next(tmp_path)
     tuning.taking_batch()
     tuning.after_write(lambda runs: None)
     assert work.held == 0 and work.done()
+
+
+def test_configurations_decided_before_a_crash_still_count_at_their_rung(tmp_path):
+    """After a crash, a configuration that went on past epoch 1 resumes in the new session
+    without pausing there again: its value at epoch 1 still counts for those that arrive
+    now. Before: A (0.5) and B (0.6) went on, C (0.55) stopped; A and B are to resume."""
+    plans = plans_for(tmp_path, "asha")
+    ids = ids_by_name(plans)
+    values = {(ids[n], 1): v for n, v in (("A", 0.5), ("B", 0.6), ("C", 0.55))}
+    decided = {(ids["A"], 1): "continue", (ids["B"], 1): "continue", (ids["C"], 1): "stop"}
+    states = {ids["A"]: "interrupted", ids["B"]: "interrupted", ids["C"]: "stopped"}
+    coming = [ids[n] for n in "ABD"]
+    h = Halving(plans, coming, states, {}, values, decided)
+    assert h.stop_at(ids["A"]) == 3
+    h.epoch(ids["D"], 1, {"val_acc": 0.58})
+    (d,) = h.reached(ids["D"], 1)[0]
+    # four at the rung (A, B, C, D): keep 1, and D ranks 2 (after B)
+    assert (d.decision, d.rank, d.of, d.keep) == ("stop", 2, 4, 1)

@@ -216,9 +216,12 @@ class Halving:
     # ---- the rule ----------------------------------------------------------------------
     def _settled(self, unit: Unit, run_id: str, rung: int) -> bool:
         """Whether ``run_id`` is where it will be at ``rung``: paused there in this session
-        (its row alone is not enough: its pause may still be on its way), ended, or not
-        run in this session (what the store has of it is all there is)."""
+        (its row alone is not enough: its pause may still be on its way), past it by a
+        decision (in an earlier session: it resumes beyond), ended, or not run in this
+        session (what the store has of it is all there is)."""
         if (run_id, rung) in self.arrived:
+            return True
+        if rung in unit.decided and (run_id, rung) in self.values:
             return True
         return self.states.get(run_id) in ("diverged", "failed") or run_id not in self.coming
 
