@@ -10,6 +10,7 @@ import re
 import pytest
 from scipy import stats
 
+from optlab.store import core as st
 from tests.synth import make_store
 
 # Two blocks on different LR grids; the second also varies momentum.
@@ -481,3 +482,39 @@ def test_an_option_a_chart_does_not_take_is_one_line_naming_its_options(store):
         open_store(store).plot("heatmap", colour="optimizer")
     with pytest.raises(OptlabError, match=r"^plot 'pie': charts are heatmap, curves, sensitivity"):
         open_store(store).plot("pie")
+
+
+def test_a_cell_whose_runs_halving_stopped_says_so(cli, store, tmp_path):
+    """Runs stopped at a rung (made so here by journaled-style decisions at epoch 3): the
+    cell has no mean of finished runs, its own colour and a label that says where."""
+    with st.writing(store) as con:
+        ids = [
+            r
+            for (r,) in con.execute(
+                "select run_id from runs where block = 'small' and optimizer_lr = 0.01 "
+                "and batch_schedule_batch_size = 32"
+            ).fetchall()
+        ]
+        st.apply_events(
+            con,
+            [
+                {"type": "rung", "run_id": r, "epoch": 3, "decision": "stop", "reason": "x"}
+                for r in ids
+            ],
+        )
+    result = cli(
+        "plot",
+        "heatmap",
+        "--x",
+        "optimizer.lr",
+        "--y",
+        "batch_schedule.batch_size",
+        "--block",
+        "small",
+        "--out",
+        "h.svg",
+    )
+    assert result.exit_code == 0, result.stderr
+    svg = (tmp_path / "h.svg").read_text()
+    assert ">stopped early<" in svg
+    assert f">{len(ids)} stopped at epoch 3<" in svg
