@@ -124,11 +124,12 @@ def test_status_counts_by_state(finished):
         "done",
         "failed",
         "diverged",
+        "stopped",
         "interrupted",
         "progress",
         "eta",
     ]
-    assert lines[1].split() == ["tiny", "8", "0", "0", "8", "0", "0", "0", "100%", "-"]
+    assert lines[1].split() == ["tiny", "8", "0", "0", "8", "0", "0", "0", "0", "100%", "-"]
 
 
 def test_query_formats_and_out_file(finished):
@@ -453,7 +454,7 @@ def test_a_dead_worker_fails_only_its_run_and_is_replaced(tmp_path):
     assert proc.returncode == 130
     assert "died (killed by SIGKILL) during the run" in err
     row = optlab("status", "slow", cwd=tmp_path).stdout.splitlines()[1].split()
-    study, runs, pending, running, done, failed, diverged, interrupted = row[:8]
+    study, runs, pending, running, done, failed, diverged, stopped, interrupted = row[:9]
     assert (runs, running, done, failed, diverged) == ("3", "0", "0", "1", "0")
     assert int(pending) + int(interrupted) == 2  # the others: resumable
 
@@ -467,7 +468,7 @@ def test_ctrl_c_interrupts_and_the_next_run_resumes(tmp_path):
     assert proc.returncode == 130
     assert "Interrupted runs are resumable: run the same command again." in out
     status = optlab("status", cwd=tmp_path).stdout.splitlines()[1].split()
-    assert status[:2] == ["slow", "2"] and status[7] == "1"  # one interrupted
+    assert status[:2] == ["slow", "2"] and status[8] == "1"  # one interrupted
     proc = optlab("run", "slow.toml", cwd=tmp_path, check=True)
     assert proc.stdout.splitlines()[-1].endswith(": 2 done")
 
