@@ -124,6 +124,9 @@ def test_final_runs_take_the_best_on_validation_with_fresh_seeds(halved):
     assert (row["optimizer"], row["final_runs"], row["configurations"]) == ("sgd", 2, 9)
     assert row["stopped"] == 8
     assert row["search_epochs"] == 6 * 1 + 2 * 3 + 9
+    assert "best epoch on the test set" in result["findings"]["caution"]
+    honest = optlab("analyze", "compare", "--metric", "final_test_acc", "--json", cwd=halved)
+    assert "caution" not in json.loads(honest.stdout)["findings"]
 
 
 def test_rebuild_from_the_journals_gives_the_same_stops(halved, tmp_path):

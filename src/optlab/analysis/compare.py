@@ -26,6 +26,7 @@ from optlab.analysis.core import (
     leave_out,
     load,
 )
+from optlab.analysis.results import parse_metric
 
 FINAL_SUFFIX = "/final"  # the blocks of final runs (optlab.execution.finals)
 TEST_NAME = "Welch's two-sample t-test (unequal variances, two-sided)"
@@ -89,6 +90,12 @@ def answer(result: Result, runs: list[Run], axes: Any, rng: Any, asked: Asked) -
             for r in rows
         ),
     )
+    reducer, column = parse_metric(result.metric)
+    if reducer in ("best", "max", "min") and column.startswith("test_"):
+        result.findings["caution"] = (
+            f"{result.metric} takes each final run's best epoch on the test set; "
+            f"final_{column} (its last epoch) reads nothing chosen on test"
+        )
     if len(groups) >= 2:
         result.findings["comparison"] = _sentence(rows, result.tables["tests"], by, result.metric)
 
