@@ -135,18 +135,11 @@ class LocalPool:
         code = await proc.wait()
         self._procs.discard(proc)
         if ended == "disk_full":
-            self.stopping = True
+            self.halt()
             return None
         why = stall_message(slot.label, ended, code, self.stall_timeout)
-        note_in_log(log_path(self.store, spec.run_id), why)
-        sink(
-            {
-                "type": "failed",
-                "run_id": spec.run_id,
-                "time": time.time(),
-                "origin": "pool",
-                "error": f"{why}; see {self.worker_log(slot)} and the run's log",
-            }
+        worker_failed(
+            sink, self.store, spec.run_id, why, f"{self.worker_log(slot)} and the run's log"
         )
         return None
 
@@ -287,6 +280,20 @@ def stall_message(worker: str, ended: str, code: int | None, stall_timeout: floa
         "hung), so it was killed"
         if ended == "stalled"
         else f"worker {worker} died ({describe_exit(code)}) during the run"
+    )
+
+
+def worker_failed(sink: Sink, store: Path, run_id: str, why: str, see: str) -> None:
+    """The run failed with its worker (dead, stalled, lost): said in its log and reported."""
+    note_in_log(log_path(store, run_id), why)
+    sink(
+        {
+            "type": "failed",
+            "run_id": run_id,
+            "time": time.time(),
+            "origin": "pool",
+            "error": f"{why}; see {see}",
+        }
     )
 
 

@@ -48,6 +48,7 @@ from optlab.execution.executors.pool import (
     note_in_log,
     pump,
     stall_message,
+    worker_failed,
 )
 from optlab.execution.executors.relay import Relay, WorkerHost, checkpoint_epoch, checkpoint_files
 from optlab.execution.executors.work import WorkQueue
@@ -401,16 +402,7 @@ class RayExecutor:
         why = stall_message(
             f"{slot.label} on {self.placed.get(slot.label)}", ended, code, self.stall_timeout
         )
-        note_in_log(log_path(self.store, spec.run_id), why)
-        sink(
-            {
-                "type": "failed",
-                "run_id": spec.run_id,
-                "time": time.time(),
-                "origin": "pool",
-                "error": f"{why}; see the run's log",
-            }
-        )
+        worker_failed(sink, self.store, spec.run_id, why, "the run's log")
         return ended
 
     async def _stop_actors(self, grace: float = 5.0) -> None:
