@@ -18,6 +18,7 @@ from starlette.testclient import TestClient
 
 from optlab.serve import data
 from optlab.serve.app import create_app
+from optlab.store import core as st
 from tests.conftest import ROOT, optlab
 from tests.synth import make_store
 from tests.test_charts import STUDY, acc
@@ -488,3 +489,29 @@ def test_serve_prints_its_address_and_ctrl_c_stops_it(store):
         proc.kill()
         proc.wait()
     assert proc.stderr.read() == ""
+
+
+@pytest.mark.slow  # a browser
+def test_runs_halving_stopped_show_as_stopped_and_say_why(browser, store):
+    with st.writing(store) as con:
+        ids = [
+            r for (r,) in con.execute("select run_id from runs order by run_id limit 2").fetchall()
+        ]
+        reason = "stopped at epoch 3 (asha): val_acc 0.5 ranks 3 of 3, the best 1 go on"
+        st.apply_events(
+            con,
+            [
+                {"type": "rung", "run_id": r, "epoch": 3, "decision": "stop", "reason": reason}
+                for r in ids
+            ],
+        )
+    with Served(store) as served:
+        page = open_page(browser, served.url + "/study/two")
+        page.wait_for_selector("a.cell.s-stopped")
+        assert page.locator("a.cell.s-stopped").count() == 2
+        page.goto(served.url + f"/run/{ids[0]}")
+        page.wait_for_selector("#state")
+        assert page.inner_text("#state") == "stopped"
+        page.wait_for_function("document.body.innerText.includes('why stopped')")
+        assert reason in page.inner_text("body")
+        assert page.errors == []

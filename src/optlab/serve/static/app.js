@@ -273,7 +273,9 @@ function runPage() {
       seed: r.seed, attempts: r.attempts, started: r.started_at, finished: r.finished_at,
       seconds: r.wall_seconds, device: r.device, worker: r.worker, host: r.hostname,
       "resume point (epoch)": r.checkpoint_epoch, "resumed from": r.resumed_from,
-      weights: r.weights_path, error: r.error,
+      weights: r.weights_path,
+      // a run successive halving stopped says why (its rank at the rung), not an error
+      [r.status === "stopped" ? "why stopped" : "error"]: r.error,
     }]);
     config.innerHTML = `<pre>${esc(JSON.stringify(r.config, null, 2))}</pre>`;
     log.innerHTML = `<p class="muted">${esc(r.log_path || "no log")}</p>` +
