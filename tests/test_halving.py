@@ -8,6 +8,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from optlab.errors import ConfigError
 from optlab.execution.executors.work import WorkQueue
@@ -316,3 +318,26 @@ def test_configurations_decided_before_a_crash_still_count_at_their_rung(tmp_pat
     (d,) = h.reached(ids["D"], 1)[0]
     # four at the rung (A, B, C, D): keep 1, and D ranks 2 (after B)
     assert (d.decision, d.rank, d.of, d.keep) == ("stop", 2, 4, 1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    values=st.lists(
+        st.sampled_from([0.1, 0.2, 0.3, 0.5, 0.8]), min_size=len(NAMES), max_size=len(NAMES)
+    ),
+    order=st.permutations(list(NAMES)),
+)
+def test_asha_matches_the_rule_written_plainly(tmp_path_factory, values, order):
+    """Against the rule as the issue states it, computed from scratch at each arrival:
+    go on if among the best max(1, n // 3) of the n arrived so far (ties by key)."""
+    plans = plans_for(tmp_path_factory.mktemp("p"), "asha")
+    ids = ids_by_name(plans)
+    h = fresh(plans)
+    value = dict(zip(NAMES, values, strict=True))
+    arrived: list[str] = []
+    for name in order:
+        arrived.append(name)
+        key = {n: h.unit_of[ids[n]] for n in arrived}
+        ranked = sorted(arrived, key=lambda n: (-value[n], key[n]))
+        expected = "continue" if ranked.index(name) < max(1, len(arrived) // 3) else "stop"
+        assert arrive(h, ids[name], 1, value[name]) == {ids[name]: expected}

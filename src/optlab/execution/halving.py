@@ -26,8 +26,10 @@ study grew): if it now ranks among the best, it goes on from its checkpoint ther
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -119,6 +121,37 @@ def _shown(value: float | None) -> str:
     return "none (a seed diverged)" if value is None or not math.isfinite(value) else f"{value:.4g}"
 
 
+class Board:
+    """The configurations of a group that have arrived at one rung, kept sorted (best
+    first; ties by key): a rank is a binary search, not a sort."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[float, str]] = []  # (-value, key), ascending
+        self.units: dict[str, Unit] = {}
+        self.values: dict[str, float] = {}
+        self.stopped_before: set[str] | None = None  # stopped here in an earlier session
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, unit: Unit, value: float) -> None:
+        bisect.insort(self.rows, (-value, unit.key))
+        self.units[unit.key], self.values[unit.key] = unit, value
+
+    def rank(self, unit: Unit) -> int:
+        return bisect.bisect_left(self.rows, (-self.values[unit.key], unit.key)) + 1
+
+    def ranked(self) -> list[tuple[Unit, float]]:
+        return [(self.units[k], -v) for v, k in self.rows]
+
+    def earlier_best(self, rung: int, keep: int) -> list[Unit]:
+        """Those stopped here in an earlier session that rank among the best ``keep``."""
+        if self.stopped_before is None:
+            self.stopped_before = {k for k, u in self.units.items() if rung in u.earlier}
+        best = [self.units[k] for k in self.stopped_before]
+        return sorted((u for u in best if self.rank(u) <= keep), key=self.rank)
+
+
 class Halving:
     """The halving state of a session's early-stopping blocks (see the module's text).
 
@@ -144,6 +177,9 @@ class Halving:
         self.values = dict(values)
         self.paused: dict[str, int] = {}  # run -> the rung it waits at, this session
         self.arrived: set[tuple[str, int]] = set()  # (run, rung): paused there this session
+        self.by_group: dict[tuple, list[Unit]] = {}
+        self.boards: dict[tuple[tuple, int], Board] = {}  # (group, rung) -> who arrived
+        self.waits: dict[tuple[tuple, int], deque[Unit]] = {}  # (group, rung): sha's wait
         for plan in plans:
             if plan.early_stop is None:
                 continue
@@ -159,6 +195,7 @@ class Halving:
                         [],
                         rungs(rule.min_epochs, rule.reduction, run.config["epochs"]),
                     )
+                    self.by_group.setdefault(unit.group, []).append(unit)
                 unit.runs.append(run.run_id)
                 self.unit_of[run.run_id] = key
                 self.specs[run.run_id] = run
@@ -241,13 +278,16 @@ class Halving:
         mean = sum(seen) / len(seen)  # type: ignore[arg-type]
         return mean if unit.rule.mode == "max" else -mean
 
-    def _group(self, unit: Unit, rung: int) -> list[Unit]:
-        return [u for u in self.units.values() if u.group == unit.group and rung in u.rungs]
-
-    def _ranked(self, members: list[Unit], rung: int) -> list[tuple[Unit, float]]:
-        arrived = [(u, self.value(u, rung)) for u in members]
-        scored = [(u, v) for u, v in arrived if v is not None]
-        return sorted(scored, key=lambda uv: (-uv[1], uv[0].key))
+    def _board(self, group: tuple, rung: int) -> Board:
+        """The group's configurations that have arrived at ``rung``, best first; made
+        when the rung is first asked about (with what the store had), then kept."""
+        board = self.boards.get((group, rung))
+        if board is None:
+            board = self.boards[(group, rung)] = Board()
+            for u in self.by_group[group]:
+                if rung in u.rungs and (v := self.value(u, rung)) is not None:
+                    board.add(u, v)
+        return board
 
     def _still_in(self, unit: Unit, rung: int) -> bool:
         """Whether ``unit`` may yet arrive at ``rung``: not stopped before it, and a run of
@@ -260,33 +300,60 @@ class Halving:
             for r in unit.runs
         )
 
+    def _waiting(self, group: tuple, rung: int) -> bool:
+        """Whether a configuration of the group may still arrive at ``rung`` (sha waits for
+        it). The group's configurations are checked in a fixed order and dropped once they
+        have arrived or cannot: each arrival costs little however large the group."""
+        queue = self.waits.get((group, rung))
+        if queue is None:
+            queue = self.waits[(group, rung)] = deque(
+                u for u in self.by_group[group] if rung in u.rungs
+            )
+        while queue and (
+            self.value(queue[0], rung) is not None or not self._still_in(queue[0], rung)
+        ):
+            queue.popleft()
+        return bool(queue)
+
     def _arrive(self, unit: Unit, rung: int) -> tuple[list[Decision], list[RunSpec]]:
-        if self.value(unit, rung) is None:
+        value = self.value(unit, rung)
+        if value is None:
             return [], []  # its other seeds are still on their way
-        members = self._group(unit, rung)
-        ranked = self._ranked(members, rung)
-        keep = max(1, len(ranked) // unit.rule.reduction)
+        board = self._board(unit.group, rung)
+        if unit.key not in board.units:
+            board.add(unit, value)
         if unit.rule.kind == "sha":
-            if any(self.value(u, rung) is None and self._still_in(u, rung) for u in members):
+            if self._waiting(unit.group, rung):
                 return self._decide(unit, rung, WAIT, None, None, None), []
-            todo = [u for u in members if u.decided.get(rung) != CONTINUE]
-        else:
-            todo = [unit] + [u for u in members if rung in u.earlier and u is not unit]
+            todo = [u for u, _ in board.ranked() if u.decided.get(rung) != CONTINUE]
+        else:  # asha: this one, and those stopped here before that now rank among the best
+            keep = max(1, len(board) // unit.rule.reduction)
+            todo = [unit] + [u for u in board.earlier_best(rung, keep) if u is not unit]
+        return self._verdicts(unit, rung, board, todo)
+
+    def _verdicts(
+        self, unit: Unit, rung: int, board: Board, todo: list[Unit]
+    ) -> tuple[list[Decision], list[RunSpec]]:
+        keep = max(1, len(board) // unit.rule.reduction)
         decisions: list[Decision] = []
         again: list[RunSpec] = []
-        for rank, (u, _) in enumerate(ranked, start=1):
-            if u not in todo:
-                continue
+        for u in todo:
+            rank = board.rank(u)
             verdict = CONTINUE if rank <= keep else STOP
-            if u is not unit and rung in u.earlier and verdict == STOP:
-                continue  # stopped before, and still not among the best
-            if u.decided.get(rung) == STOP and rung not in u.earlier:
-                continue  # decided in this session: final
-            if u is not unit and rung in u.earlier:
+            if rung in u.earlier:  # stopped here in an earlier session
+                if verdict == STOP:
+                    continue  # and still not among the best
                 u.earlier.discard(rung)
+                if board.stopped_before is not None:
+                    board.stopped_before.discard(u.key)
                 again += [self.specs[r] for r in u.runs if self.states.get(r) == "stopped"]
+                for r in u.rungs:  # it may now arrive at later rungs: sha waits for it
+                    if r > rung:
+                        self.waits.pop((u.group, r), None)
+            elif u.decided.get(rung) == STOP:
+                continue  # decided in this session: final
             u.decided[rung] = verdict
-            decisions += self._decide(u, rung, verdict, rank, len(ranked), keep)
+            decisions += self._decide(u, rung, verdict, rank, len(board), keep)
         return decisions, again
 
     def _decide(
