@@ -266,9 +266,9 @@ def test_halving_does_not_touch_a_runs_identity(tmp_path):
 
 
 def test_a_search_run_ending_during_a_write_is_asked_about_in_the_next(tmp_path):
-    """The queue stays held (no slot gives up) until a write that holds every ended search
-    run's events has asked the store for final runs: a run that ends while a write is on
-    its way keeps it held for the next one."""
+    """The queue is held (no slot gives up) once a group's last search run has ended, until
+    a write that holds its events has asked the store for its final runs: a group that
+    ends while a write is on its way keeps it held for the next one."""
     path = tmp_path / "f.toml"
     path.write_text(
         textwrap.dedent(
@@ -282,21 +282,26 @@ def test_a_search_run_ending_during_a_write_is_asked_about_in_the_next(tmp_path)
             [[block]]
             name = "a"
             final = { select = "val_acc", seeds = 2 }
-            [block.grid]
-            "optimizer.lr" = [0.1, 0.2]
+            grid = { "optimizer.lr" = [0.1, 0.2] }
+            [[block]]
+            name = "b"
+            final = { select = "val_acc", seeds = 2 }
+            grid = { "optimizer.lr" = [0.3] }
             """
         )
     )
     plans = expand(load_study(path))
-    first, second = (r.run_id for r in plans[0].runs)
+    (a1, a2), (b1,) = ([r.run_id for r in p.runs] for p in plans)
     work = WorkQueue()
     tuning = Tuning(tmp_path / "optlab.duckdb", None, plans, work, {}, tmp_path)
-    tuning.see({"type": "finished", "run_id": first})
+    tuning.see({"type": "finished", "run_id": a1})
+    assert work.held == 0  # a2 is still to come
+    tuning.see({"type": "diverged", "run_id": a2})
     assert work.held == 1 and not work.done()
-    tuning.taking_batch()  # a write starts with the first run's events
-    tuning.see({"type": "finished", "run_id": second})  # ends meanwhile
+    tuning.taking_batch()  # a write starts with block a's events
+    tuning.see({"type": "finished", "run_id": b1})  # block b's search ends meanwhile
     tuning.after_write(lambda runs: None)
-    assert work.held == 1  # the second's events are not in the store yet
+    assert work.held == 1  # b's events are not in the store yet
     tuning.taking_batch()
     tuning.after_write(lambda runs: None)
     assert work.held == 0 and work.done()

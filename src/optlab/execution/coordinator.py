@@ -425,7 +425,9 @@ def execute(
     started = time.monotonic()
     view = RunView(console, len(todo), [s.label for s in slots])
     root = prepared.checkpoint_root or Path(os.path.abspath(st.checkpoints_dir(store)))
-    tuning = Tuning(store, halving, prepared.plans, work, prepared.resume, root)
+    tuning = Tuning(
+        store, halving, prepared.plans, work, prepared.resume, root, prepared.states, ids
+    )
     coord = Coordinator(store, todo, session_id, view, lock, executor.nodes, tuning)
 
     def extra(spec: RunSpec, slot: Slot) -> dict[str, Any]:

@@ -42,19 +42,22 @@ def groups(plan: BlockPlan) -> dict[tuple, list[RunSpec]]:
     return out
 
 
-def selected(con: duckdb.DuckDBPyConnection, plan: BlockPlan) -> list[RunSpec]:
-    """The configurations chosen so far, one per group whose runs have all ended: one of
-    each's runs (the lowest seed)."""
+def selected(
+    con: duckdb.DuckDBPyConnection, plan: BlockPlan, only: set[tuple] | None = None
+) -> list[RunSpec]:
+    """The configurations chosen so far, one per group whose runs have all ended (of the
+    groups ``only`` names, when given): one of each's runs (the lowest seed)."""
     final = plan.final
     if final is None or not plan.runs:
         return []
-    ids = [r.run_id for r in plan.runs]
+    chosen_groups = {k: v for k, v in groups(plan).items() if only is None or k in only}
+    ids = [r.run_id for members in chosen_groups.values() for r in members]
     better = "max" if final.select.endswith("acc") else "min"
     rows = con.execute(
         f"select r.run_id, r.status, r.config->>'$.epochs', e.best, e.last "
         f"from run_state r left join (select run_id, {better}({final.select}) as best, "
-        "max(epoch) as last from epochs group by run_id) e using (run_id) "
-        "where r.run_id in (select unnest(?::varchar[]))",
+        "max(epoch) as last from epochs where run_id in (select unnest($1::varchar[])) "
+        "group by run_id) e using (run_id) where r.run_id in (select unnest($1::varchar[]))",
         [ids],
     ).fetchall()
     seen = {
@@ -62,7 +65,7 @@ def selected(con: duckdb.DuckDBPyConnection, plan: BlockPlan) -> list[RunSpec]:
         for run_id, status, epochs, best, last in rows
     }
     chosen = []
-    for members in groups(plan).values():
+    for members in chosen_groups.values():
         if any(seen.get(r.run_id, ("pending",))[0] not in ENDED for r in members):
             continue
         best = _best_unit(members, seen, better == "max")

@@ -38,15 +38,30 @@ class Tuning:
         work: WorkQueue,
         resume: dict[str, dict[str, Any]],
         checkpoint_root: Path,
+        states: dict[str, str] | None = None,
+        coming: set[str] | None = None,
     ):
         self.store, self.halving, self.work = store, halving, work
         self.resume, self.checkpoint_root = resume, checkpoint_root
         self.with_final = [p for p in plans if p.final is not None]
-        self.final_of = {r.run_id: p for p in self.with_final for r in p.runs}
         self.known = {r.run_id for p in plans for r in p.runs}
-        # A search run ended: the queue is held until a write that holds its events has
-        # asked the store whether final runs are due (``pending`` until a write takes them).
-        self.pending = self.asking = self.holding = False
+        # Per group of a block with final: its runs not ended yet. When the last ends, the
+        # queue is held until a write that holds its events has asked the store for the
+        # group's final runs (``due`` until a write takes it, ``asking`` in that write).
+        states, coming = states or {}, coming or set()
+        self.open: dict[tuple, set[str]] = {}
+        self.group_key: dict[str, tuple] = {}
+        for plan in self.with_final:
+            for key, members in finals.groups(plan).items():
+                self.open[key] = {
+                    r.run_id
+                    for r in members
+                    if r.run_id in coming or states.get(r.run_id) not in finals.ENDED
+                }
+                self.group_key.update((r.run_id, key) for r in members)
+        self.due: set[tuple] = set()
+        self.asking: set[tuple] = set()
+        self.holding = False
         self.added: list[RunSpec] = []  # final runs recorded in the last write
 
     def stop_at(self, run_id: str) -> int | None:
@@ -71,11 +86,14 @@ class Tuning:
                 self.resume.setdefault(spec.run_id, {})["resume_upto"] = ev["epoch"]
                 if spec not in again:
                     again.append(spec)
-        if self.with_final and (
-            (kind in ENDINGS and run_id in self.final_of)
-            or any(ev["decision"] == STOP and ev["run_id"] in self.final_of for ev in events)
-        ):
-            self._hold()
+        if kind in ENDINGS:
+            self._ended(run_id)
+        for ev in events:
+            if ev["decision"] == STOP:
+                self._ended(ev["run_id"])
+        for spec in again:  # stopped before, it trains on: its group is open again
+            if spec.run_id in self.group_key:
+                self.open[self.group_key[spec.run_id]].add(spec.run_id)
         if again:
             self.work.push_front(again)
         return events, again
@@ -90,27 +108,33 @@ class Tuning:
             write_events(f, [event])
         return event
 
-    def _hold(self) -> None:
-        self.pending = True
-        if not self.holding:
-            self.holding = True
-            self.work.hold()
+    def _ended(self, run_id: str | None) -> None:
+        key = self.group_key.get(run_id or "")
+        if key is None or run_id not in self.open[key]:
+            return
+        self.open[key].discard(run_id)
+        if not self.open[key]:  # its search is over
+            self.due.add(key)
+            if not self.holding:
+                self.holding = True
+                self.work.hold()
 
     def taking_batch(self) -> None:
         """The coordinator takes its batch to write: the write asks for what came so far."""
-        self.asking, self.pending = self.pending, False
+        self.asking, self.due = self.due, set()
 
     def write_failed(self) -> None:
-        self.pending, self.asking = self.pending or self.asking, False
+        self.due, self.asking = self.due | self.asking, set()
 
     # ---- in the coordinator's write (a thread, holding the store) ------------------------
     def ask_store(self, con: duckdb.DuckDBPyConnection) -> None:
-        """Record the final runs of the groups whose search is over (the first time)."""
+        """Record the final runs of the groups whose search is over."""
         if not self.asking:
             return
         new: list[RunSpec] = []
         for plan in self.with_final:
-            extra = finals.final_plan(plan, finals.selected(con, plan))
+            groups = {k for k in self.asking if k[0] == plan.name}
+            extra = finals.final_plan(plan, finals.selected(con, plan, groups)) if groups else None
             if extra is not None:
                 new += [r for r in extra.runs if r.run_id not in self.known]
                 study = plan.runs[0].study
@@ -125,23 +149,26 @@ class Tuning:
 
     # ---- back in the event loop, after a write -------------------------------------------
     def after_write(self, grow: Callable[[list[RunSpec]], None]) -> None:
-        new, self.added, self.asking = self.added, [], False
+        new, self.added, self.asking = self.added, [], set()
         for run in new:
             self.known.add(run.run_id)
             self.resume[run.run_id] = {"checkpoint_dir": str(self.checkpoint_root / run.run_id)}
         if new:
             grow(new)
             self.work.push_back(new)
-        if self.holding and not self.pending:  # nothing ended since the batch was taken
+        if self.holding and not self.due:  # no search ended since the batch was taken
             self.holding = False
             self.work.unhold()
 
 
 def _record_axes(con: duckdb.DuckDBPyConnection, study: str, plan: BlockPlan) -> None:
-    """The study's axes gain the final block's."""
+    """The study's axes gain the final block's values (those of earlier groups kept)."""
     row = con.execute("select axes from studies where study = ?", [study]).fetchone()
     if row is None:
         return
     axes = json.loads(row[0]) if row[0] else {}
-    axes[plan.name] = plan.axes
+    known = axes.setdefault(plan.name, {})
+    for path, values in plan.axes.items():
+        have = known.setdefault(path, [])
+        have += [v for v in values if v not in have]
     con.execute("update studies set axes = ? where study = ?", [json.dumps(axes), study])
