@@ -91,7 +91,7 @@ class Tuning:
         for ev in events:
             if ev["decision"] == STOP:
                 self._ended(ev["run_id"])
-        for spec in again:  # stopped before, it trains on: its group is open again
+        for spec in again:  # a run that goes on is open (one stopped before reopens its group)
             if spec.run_id in self.group_key:
                 self.open[self.group_key[spec.run_id]].add(spec.run_id)
         if again:
