@@ -46,6 +46,8 @@ def bench(session: nox.Session) -> None:
     session.run("python", "benchmarks/store_writes.py")
     session.run("python", "benchmarks/expand.py")
     session.run("python", "benchmarks/large_study.py")
+    session.run("python", "benchmarks/halving.py")
+    session.run("python", "benchmarks/halving_decisions.py", "--points", "50000")
 
 
 @nox.session
