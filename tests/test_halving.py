@@ -346,3 +346,18 @@ def test_asha_matches_the_rule_written_plainly(tmp_path_factory, values, order):
         ranked = sorted(arrived, key=lambda n: (-value[n], key[n]))
         expected = "continue" if ranked.index(name) < max(1, len(arrived) // 3) else "stop"
         assert arrive(h, ids[name], 1, value[name]) == {ids[name]: expected}
+
+
+def test_a_seed_run_again_at_a_rung_its_configuration_stopped_at_stops_too(tmp_path):
+    """Seed 1 of B failed before epoch 1; B arrived with seed 0 alone and was stopped. Run
+    again (--retry-failed), seed 1 reaches epoch 1 and is told to stop as well: its
+    configuration's decision there stands (and the seed stopped before is not told
+    twice)."""
+    plans = plans_for(tmp_path, "asha", seeds="[0, 1]")
+    s0, s1 = ids_by_name(plans, 0), ids_by_name(plans, 1)
+    values = {(s0["A"], 1): 0.9, (s1["A"], 1): 0.9, (s0["B"], 1): 0.5}
+    states = {s0["A"]: "done", s1["A"]: "done", s0["B"]: "stopped", s1["B"]: "failed"}
+    decided = {(s0["A"], 1): "continue", (s1["A"], 1): "continue", (s0["B"], 1): "stop"}
+    h = Halving(plans, [s1["B"]], states, {s0["B"]: 1}, values, decided)
+    assert h.stop_at(s1["B"]) == 1
+    assert arrive(h, s1["B"], 1, 0.4) == {s1["B"]: "stop"}

@@ -341,8 +341,9 @@ class Halving:
             rank = board.rank(u)
             verdict = CONTINUE if rank <= keep else STOP
             if rung in u.earlier:  # stopped here in an earlier session
-                if verdict == STOP:
-                    continue  # and still not among the best
+                if verdict == STOP:  # and still not among the best: a seed run again
+                    decisions += self._decide(u, rung, STOP, rank, len(board), keep)
+                    continue  # (--retry-failed) that reaches the rung stops too
                 u.earlier.discard(rung)
                 if board.stopped_before is not None:
                     board.stopped_before.discard(u.key)
@@ -365,14 +366,16 @@ class Halving:
         of: int | None,
         keep: int | None,
     ) -> list[Decision]:
-        """The decision for each of the unit's runs waiting at ``rung`` (paused here, or
-        stopped there before)."""
+        """The decision for each of the unit's runs waiting at ``rung``: paused here, and
+        when it goes on, those stopped here before."""
         value = self.value(unit, rung)
         shown = None if value is None else (value if unit.rule.mode == "max" else -value)
         out = []
         for run_id in unit.runs:
             waiting = self.paused.get(run_id) == rung or (
-                self.states.get(run_id) == "stopped" and self.last.get(run_id) == rung
+                verdict == CONTINUE
+                and self.states.get(run_id) == "stopped"
+                and self.last.get(run_id) == rung
             )
             if not waiting:
                 continue
