@@ -361,3 +361,17 @@ def test_a_seed_run_again_at_a_rung_its_configuration_stopped_at_stops_too(tmp_p
     h = Halving(plans, [s1["B"]], states, {s0["B"]: 1}, values, decided)
     assert h.stop_at(s1["B"]) == 1
     assert arrive(h, s1["B"], 1, 0.4) == {s1["B"]: "stop"}
+
+
+def test_sha_decides_the_rung_when_the_last_awaited_configuration_fails(tmp_path):
+    """Eight configurations wait at epoch 1; the ninth's only run fails before it. With that
+    failure the rung is complete: the best two of the eight go on (G and I)."""
+    plans = plans_for(tmp_path, "sha")
+    ids = ids_by_name(plans)
+    h = fresh(plans)
+    for name in NAMES.replace("C", ""):
+        assert arrive(h, ids[name], 1, AT_1[name]) == {ids[name]: "wait"}
+    decisions, _ = h.ended(ids["C"], "failed")
+    told = {d.run_id: d.decision for d in decisions}
+    assert len(told) == 8
+    assert {n for n in NAMES if told.get(ids[n]) == "continue"} == {"G", "I"}

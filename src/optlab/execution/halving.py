@@ -317,14 +317,17 @@ class Halving:
 
     def _arrive(self, unit: Unit, rung: int) -> tuple[list[Decision], list[RunSpec]]:
         value = self.value(unit, rung)
-        if value is None:
+        if value is None and unit.rule.kind != "sha":
             return [], []  # its other seeds are still on their way
         board = self._board(unit.group, rung)
-        if unit.key not in board.units:
+        if value is not None and unit.key not in board.units:
             board.add(unit, value)
         if unit.rule.kind == "sha":
-            if self._waiting(unit.group, rung):
-                return self._decide(unit, rung, WAIT, None, None, None), []
+            # The last one sha waited for may be one that never arrives (all its seeds
+            # failed or diverged before the rung): the rung is complete all the same.
+            if self._waiting(unit.group, rung) or not board:
+                wait = value is not None
+                return (self._decide(unit, rung, WAIT, None, None, None) if wait else []), []
             todo = [u for u, _ in board.ranked() if u.decided.get(rung) != CONTINUE]
         else:  # asha: this one, and those stopped here before that now rank among the best
             keep = max(1, len(board) // unit.rule.reduction)
