@@ -20,7 +20,7 @@ from optlab.execution.halving import rungs
 from optlab.execution.selection import Selection, select
 from optlab.store import core as st
 from optlab.study.expand import all_runs, expand
-from optlab.study.schema import load_study
+from optlab.study.schema import final_block, load_study
 
 NAME = "show"
 HELP = "Show a study's run matrix: per block and in total, how many runs, how many done."
@@ -119,7 +119,7 @@ def tuning_lines(plan) -> list[str]:
     if final is not None:
         lines.append(
             f"final: the best configuration on {final.select} runs again with "
-            f"{final.seeds} fresh seeds, as block {plan.name}/final"
+            f"{final.seeds} fresh seeds, as block {final_block(plan.name)}"
         )
     return lines
 

@@ -39,7 +39,7 @@ from optlab.store import core as st
 from optlab.store import records
 from optlab.store.liveness import WriterLock
 from optlab.study.expand import BlockPlan, RunSpec, all_runs
-from optlab.study.schema import Study
+from optlab.study.schema import Study, is_final_block
 from optlab.training.devices import Slot
 
 FLUSH_SECONDS = 1.0
@@ -267,7 +267,7 @@ def prepare(
         plans = finals.plans_with_finals(con, plans)
         runs = all_runs(plans)
         if matrix is not None:  # final runs belong to the file's matrix, as its search
-            matrix = matrix | {r.run_id for p in plans if p.name.endswith("/final") for r in p.runs}
+            matrix = matrix | {r.run_id for p in plans if is_final_block(p.name) for r in p.runs}
         carried = st.register_study(con, study, plans, store, matrix)
         states = st.states(con, [r.run_id for r in runs])
         recovered_states = st.states(con, recovered)

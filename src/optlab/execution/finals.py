@@ -20,13 +20,9 @@ import duckdb
 
 from optlab.execution.halving import group_of, unit_key
 from optlab.study.expand import BlockPlan, RunSpec, run_id_for
+from optlab.study.schema import final_block
 
 ENDED = ("done", "stopped", "diverged", "failed")
-FINAL_SUFFIX = "/final"
-
-
-def final_name(block: str) -> str:
-    return block + FINAL_SUFFIX
 
 
 def group_by(plan: BlockPlan) -> list[str]:
@@ -113,7 +109,7 @@ def final_plan(plan: BlockPlan, chosen: list[RunSpec]) -> BlockPlan | None:
                 RunSpec(
                     run_id_for(pick.config, seed),
                     pick.study,
-                    final_name(plan.name),
+                    final_block(plan.name),
                     seed,
                     pick.config,
                     pick.axes,
@@ -127,7 +123,7 @@ def final_plan(plan: BlockPlan, chosen: list[RunSpec]) -> BlockPlan | None:
         for path, value in pick.axes.items():
             if value not in axes.setdefault(path, []):
                 axes[path].append(value)
-    return BlockPlan(final_name(plan.name), axes, seeds, runs)
+    return BlockPlan(final_block(plan.name), axes, seeds, runs)
 
 
 def drop_replaced(

@@ -211,6 +211,18 @@ class FinalRuns(BaseModel):
     group_by: GroupBy | None = None  # default: the early_stop's group_by, else the block
 
 
+FINAL_SUFFIX = "/final"  # a block's final runs form the block NAME/final
+
+
+def final_block(name: str) -> str:
+    """The name of the block of ``name``'s final runs."""
+    return name + FINAL_SUFFIX
+
+
+def is_final_block(name: str) -> bool:
+    return name.endswith(FINAL_SUFFIX)
+
+
 class Block(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = None
