@@ -392,39 +392,29 @@ class Halving:
 def load(con: duckdb.DuckDBPyConnection, plans: list[BlockPlan], coming: Iterable[str]) -> Halving:
     """The halving state of ``plans`` from the store: states, last epochs, values at rungs
     and decisions of the runs of its early-stopping blocks."""
-    runs = [r for p in plans if p.early_stop is not None for r in p.runs]
-    if not runs:
+    ids = [r.run_id for p in plans if p.early_stop is not None for r in p.runs]
+    if not ids:
         return Halving(plans, coming, {}, {}, {}, {})
-    ids = [r.run_id for r in runs]
-    metrics = sorted({p.early_stop.metric for p in plans if p.early_stop is not None})
-    states = dict(
-        con.execute(
-            "select run_id, status from run_state where run_id in (select unnest(?::varchar[]))",
-            [ids],
-        ).fetchall()
-    )
-    rows = con.execute(
-        f"select run_id, epoch, {', '.join(metrics)} from epochs "
-        "where run_id in (select unnest(?::varchar[])) order by run_id, epoch",
-        [ids],
-    ).fetchall()
-    metric_of = {r.run_id: p.early_stop.metric for p in plans if p.early_stop for r in p.runs}
-    last: dict[str, int] = {}
-    values: dict[tuple[str, int], float | None] = {}
-    for run_id, epoch, *vals in rows:
-        last[run_id] = epoch
-        values[(run_id, epoch)] = vals[metrics.index(metric_of[run_id])]
+
+    def rows(sql: str, *more: Any) -> list[tuple]:
+        return con.execute(sql, [ids, *more]).fetchall()
+
+    among = "run_id in (select unnest($1::varchar[]))"
+    states = dict(rows(f"select run_id, status from run_state where {among}"))
     decided = {
-        (run_id, epoch): decision
-        for run_id, epoch, decision in con.execute(
-            "select run_id, epoch, decision from rungs where run_id in "
-            "(select unnest(?::varchar[]))",
-            [ids],
-        ).fetchall()
+        (r, e): d for r, e, d in rows(f"select run_id, epoch, decision from rungs where {among}")
     }
-    halving = Halving(plans, coming, states, last, {}, decided)
-    for (run_id, epoch), value in values.items():  # keep only the rungs' values
+    halving = Halving(plans, coming, states, {}, {}, decided)
+    halving.last = dict(rows(f"select run_id, max(epoch) from epochs where {among} group by 1"))
+    # Only the rows at rung epochs: a study's epochs may be millions of rows.
+    at = sorted({e for unit in halving.units.values() for e in unit.rungs})
+    metrics = sorted({u.rule.metric for u in halving.units.values()})
+    for run_id, epoch, *values in rows(
+        f"select run_id, epoch, {', '.join(metrics)} from epochs where {among} "
+        "and epoch in (select unnest($2::integer[]))",
+        at,
+    ):
         unit = halving.units[halving.unit_of[run_id]]
-        if epoch in unit.rungs:
-            halving.values[(run_id, epoch)] = value
+        if epoch in unit.rungs:  # the run's own rungs
+            halving.values[(run_id, epoch)] = values[metrics.index(unit.rule.metric)]
     return halving
