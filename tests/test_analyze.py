@@ -1064,11 +1064,65 @@ def test_plot_profile_draws_the_profiles(cli, tmp_path):
     assert len(rows) == 21 and min(reached) == 50  # 7 configurations x 3 seeds
 
 
-def test_budget_by_an_axis_the_study_does_not_vary_is_one_line(cli, tmp_path):
+@pytest.mark.parametrize("name", ["budget", "compare"])
+def test_budget_by_an_axis_the_study_does_not_vary_is_one_line(cli, tmp_path, name):
     _budget_store(tmp_path)
-    result = cli("analyze", "budget", "--by", "optimizer.momentum")
+    result = cli("analyze", name, "--by", "optimizer.momentum")
     assert result.exit_code == 1
     assert result.stderr == (
-        "Error: analyze budget: --by optimizer.momentum: the study does not vary it; it "
+        f"Error: analyze {name}: --by optimizer.momentum: the study does not vary it; it "
         "varies optimizer.lr\n"
+    )
+
+
+TWO_SEARCHES = """
+name = "two_searches"
+seeds = [0, 1, 2]
+[base]
+epochs = 2
+dataset = { name = "synthetic", val_fraction = 0.2 }
+model = { name = "mlp" }
+optimizer = { name = "sgd", lr = 0.1 }
+[[block]]
+name = "x"
+grid = { "optimizer.lr" = [0.1, 0.2] }
+[[block]]
+name = "x/final"
+set = { "optimizer.lr" = 0.1 }
+seeds = [3, 4, 5]
+[[block]]
+name = "y"
+grid = { "optimizer.lr" = [0.3, 0.4] }
+[[block]]
+name = "y/final"
+set = { "optimizer.lr" = 0.4 }
+seeds = [3, 4, 5]
+[[block]]
+name = "z"
+set = { optimizer = { name = "adamw", lr = 0.001 } }
+"""
+
+
+def test_one_optimizer_tuned_in_two_blocks_is_two_groups_in_compare_and_said_in_budget(
+    cli, tmp_path
+):
+    """sgd searched in blocks x and y (as seed 003's blocks search one optimizer each):
+    compare keeps their confirmations apart, and budget says it pools their trials."""
+    make_store(
+        tmp_path,
+        TWO_SEARCHES,
+        lambda c, s: 0.5 + c["optimizer"]["lr"],
+        validation=lambda c, s: 0.5 + c["optimizer"]["lr"] + 0.01 * s,
+    )
+    out = analyze(cli, "compare")
+    groups = [r["optimizer"] for r in out["tables"]["compare"]]
+    assert groups == ["sgd in x/final", "sgd in y/final"]
+    assert [r["configurations"] for r in out["tables"]["compare"]] == [2, 2]
+    assert (
+        "sgd pools blocks x/final, y/final: each block is its own group"
+        in (out["findings"]["blocks"])
+    )
+    budget = analyze(cli, "budget")
+    assert budget["findings"]["pooled"] == (
+        "sgd pools blocks x, y: each optimizer's trials are its runs in every block"
     )

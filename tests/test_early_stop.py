@@ -236,12 +236,21 @@ def test_no_selection_while_a_run_of_the_group_is_unfinished(tmp_path):
         assert finals.selected(con, plan) == []
 
 
-def test_final_without_a_validation_split_is_one_line(tmp_path, cli):
+@pytest.mark.parametrize(
+    ("old", "new", "wanted"),
+    [
+        (", val_fraction = 0.2", "", "final.select: val_acc needs a validation split"),
+        ('select = "val_acc"', 'select = "test_acc"', "final.select"),
+        ("seeds = 3 }", "seeds = 0 }", "final.seeds"),
+        ("seeds = 3 }", "seeds = 3, pick = 1 }", "final.pick"),
+    ],
+)
+def test_bad_final_tables_are_one_line(tmp_path, cli, old, new, wanted):
     path = tmp_path / "bad.toml"
-    path.write_text(textwrap.dedent(PLANTED.replace(", val_fraction = 0.2", "")))
+    path.write_text(textwrap.dedent(PLANTED.replace(old, new)))
     result = cli("show", str(path))
-    assert result.exit_code != 0
-    assert "final.select: val_acc needs a validation split" in result.output
+    assert result.exit_code != 0 and result.output.count("\n") == 1
+    assert wanted in result.output, result.output
 
 
 def test_seed_003s_tuned_study_reports_budgets_and_the_confirmed_comparison(tmp_path):

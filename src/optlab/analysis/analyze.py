@@ -41,6 +41,7 @@ from optlab.analysis.core import (
 from optlab.analysis.results import open_study, parse_metric, probes_asked
 from optlab.errors import OptlabError
 from optlab.store.core import matrix_runs
+from optlab.study.schema import FINAL_SUFFIX
 
 
 def _read_metric(con: Any, result: Result, asked: Asked) -> list[Run]:
@@ -178,7 +179,8 @@ def study_facts(con: Any, study: str, axes: list[str]) -> StudyFacts:
     ).fetchone()
     asked = set(probes_asked(con, study))
     (confirmed,) = con.execute(
-        "select count(*) > 0 from memberships where study = ? and block like '%/final'", [study]
+        "select count(*) > 0 from memberships where study = ? and ends_with(block, ?)",
+        [study, FINAL_SUFFIX],
     ).fetchone()
     return StudyFacts(list(axes), optimizers, probed | asked, bool(validated), bool(confirmed))
 

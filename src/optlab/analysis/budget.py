@@ -28,9 +28,11 @@ from optlab.analysis.core import (
     in_study_order,
     leave_out,
     load,
+    pooled_blocks,
 )
 from optlab.analysis.results import parse_metric
 from optlab.errors import OptlabError
+from optlab.study.schema import is_final_block
 
 
 def validation_metric(metric: str) -> str:
@@ -112,14 +114,17 @@ def answer(result: Result, runs: list[Run], axes: Any, rng: Any, asked: Asked) -
         ),
         budget=_leaders(curves, higher, by),
     )
+    pooled = pooled_blocks(groups)
+    if pooled:
+        result.findings["pooled"] = f"{pooled}: each {by}'s trials are its runs in every block"
 
 
 def _trials(
     result: Result, runs: list[Run], name_of: Any, tests: dict, val: str
 ) -> dict[str, list[Run]]:
-    finals = [r for r in runs if r.block.endswith("/final")]
+    finals = [r for r in runs if is_final_block(r.block)]
     leave_out(result, "final run (a confirmation, not a trial)", finals)
-    runs = [r for r in runs if not r.block.endswith("/final")]
+    runs = [r for r in runs if not is_final_block(r.block)]
     # A run successive halving stopped is a trial too: it counts with what it reached.
     finished = [r for r in in_study_order(runs) if r.status in ("done", "stopped")]
     for status in sorted({r.status for r in runs} - {"done", "stopped"}):

@@ -25,10 +25,11 @@ from optlab.analysis.core import (
     in_study_order,
     leave_out,
     load,
+    pooled_blocks,
 )
 from optlab.analysis.results import parse_metric
+from optlab.study.schema import FINAL_SUFFIX, is_final_block
 
-FINAL_SUFFIX = "/final"  # the blocks of final runs (optlab.execution.finals)
 TEST_NAME = "Welch's two-sample t-test (unequal variances, two-sided)"
 
 
@@ -50,7 +51,7 @@ def answer(result: Result, runs: list[Run], axes: Any, rng: Any, asked: Asked) -
     by, name_of = compared_by("compare", axes, asked.by)
 
     runs = in_study_order(runs)
-    finals = [r for r in runs if r.block.endswith(FINAL_SUFFIX)]
+    finals = [r for r in runs if is_final_block(r.block)]
     result.tables["compare"] = []
     if not finals:
         result.findings["note"] = (
@@ -71,10 +72,17 @@ def answer(result: Result, runs: list[Run], axes: Any, rng: Any, asked: Asked) -
     groups: dict[str, list[Run]] = {}
     for run in done:
         groups.setdefault(name_of(run), []).append(run)
+    if pooled_blocks(groups):  # the same optimizer tuned in several blocks: each apart
+        result.findings["blocks"] = f"{pooled_blocks(groups)}: each block is its own group"
+        groups = {}
+        for run in done:
+            groups.setdefault(f"{name_of(run)} in {run.block}", []).append(run)
     epochs = asked.found["epochs"]
     rows = []
     for name, members in sorted(groups.items()):
-        tuned = [r for r in search if name_of(r) == name]
+        searched_in = {r.block.removesuffix(FINAL_SUFFIX) for r in members}
+        label = name_of(members[0])
+        tuned = [r for r in search if r.block in searched_in and name_of(r) == label]
         rows.append(_row(by, name, members, tuned, epochs, axes, stats))
     result.tables["compare"] = rows
     result.tables["tests"] = _tests(groups, stats)

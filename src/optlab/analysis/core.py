@@ -126,6 +126,16 @@ def compared_by(analysis: str, axes: Any, by: str | None) -> tuple[str, Callable
     return by, name_of
 
 
+def pooled_blocks(groups: dict[str, list[Run]]) -> str | None:
+    """Which groups hold runs of more than one block (None when none does): an answer
+    that pools them says so."""
+    spread = {name: sorted({r.block for r in runs}) for name, runs in groups.items()}
+    many = {name: blocks for name, blocks in spread.items() if len(blocks) > 1}
+    if not many:
+        return None
+    return "; ".join(f"{name} pools blocks {', '.join(b)}" for name, b in sorted(many.items()))
+
+
 def numeric_axes(axes: list[str]) -> list[str]:
     """The axes with values to find an optimum over (not the plugin names)."""
     return [a for a in axes if a != "optimizer" and not a.endswith(".name")]
