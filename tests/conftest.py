@@ -37,6 +37,54 @@ _THEIRS = (
 )
 
 
+class RealProcessInQuickTier(AssertionError):
+    pass
+
+
+def _starts_optlab(argv: list[str]) -> bool:
+    """``optlab ...``, ``python -m optlab[.anything]``, or ``python -c`` code that imports
+    optlab (a shell command line is read the same way). The pool tests' stand-in worker
+    (``fake-python -m optlab.training.worker``, tests/fake_worker.py) is not optlab."""
+    if len(argv) == 1 and " " in argv[0]:
+        argv = argv[0].split()
+    if not argv:
+        return False
+    if Path(argv[0]).name == "optlab":
+        return True
+    if not Path(argv[0]).name.startswith(("python", "sh", "bash")):
+        return False  # a stand-in (the pool tests' fake worker), a browser, ...
+    for flag, value in zip(argv, argv[1:], strict=False):
+        if flag == "-m" and (value == "optlab" or value.startswith("optlab.")):
+            return True
+        if flag == "-c" and (
+            "import optlab" in value or "from optlab" in value or _starts_optlab(value.split())
+        ):
+            return True
+    return False
+
+
+@pytest.fixture(autouse=True)
+def _quick_tier_starts_no_optlab(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """The quick tier (``-m "not slow"``) starts no real `optlab` process, worker or
+    interpreter that imports optlab: a test that does must be marked slow. Every process a
+    test starts, directly or through asyncio, goes through ``subprocess.Popen``."""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+    real = subprocess.Popen.__init__
+
+    def guarded(self, args, *rest, **kwargs):
+        words = [args] if isinstance(args, str | bytes | os.PathLike) else list(args)
+        if _starts_optlab([os.fsdecode(w) for w in words]):
+            shown = " ".join(os.fsdecode(w) for w in words)[:200]
+            raise RealProcessInQuickTier(
+                f"{request.node.nodeid} starts a real optlab process ({shown}): mark it "
+                "@pytest.mark.slow, or test the same in-process"
+            )
+        real(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+
+
 @pytest.fixture(autouse=True)
 def _hermetic(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
     """Every test sees optlab's own plugins only (not whatever else this environment has

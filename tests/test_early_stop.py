@@ -73,7 +73,22 @@ def halved(tmp_path_factory) -> Path:
     write_study(folder, text=STUDY, name="halved.toml")
     proc = optlab("run", "halved.toml", "--workers", "2", cwd=folder, check=True)
     assert "stopped at a rung by successive halving" in proc.stdout
+    # As that one session left it, before any test runs anything else in it.
+    shutil.copytree(folder, folder.with_name(folder.name + "-as-left"))
     return folder
+
+
+def as_left(halved: Path, tmp_path: Path) -> Path:
+    """A copy of the halved study's folder as its one `optlab run` left it."""
+    copy = tmp_path / "copy"
+    shutil.copytree(halved.with_name(halved.name + "-as-left"), copy)
+    return copy
+
+
+EVERY_RUN = (
+    "select r.run_id, r.block, r.status, count(e.epoch), sum(e.val_acc) from runs r "
+    "left join epochs e using (run_id) group by all order by all"
+)
 
 
 def test_sha_keeps_a_third_at_each_rung_and_stopped_runs_keep_their_rows(halved):
@@ -129,14 +144,19 @@ def test_final_runs_take_the_best_on_validation_with_fresh_seeds(halved):
     assert "caution" not in json.loads(honest.stdout)["findings"]
 
 
-def test_rebuild_from_the_journals_gives_the_same_stops(halved, tmp_path):
-    copy = tmp_path / "copy"
-    shutil.copytree(halved, copy)
-    before = outcome(copy), read(copy, "select * exclude (decided_at) from rungs order by all")
+def test_rebuild_from_the_journals_gives_the_same_stops_and_final_runs(halved, tmp_path):
+    """Rebuilt from the journals of the session that stopped runs and chose the final
+    ones: the same stops, and the final runs (added while the study ran) with their rows,
+    so that `analyze compare` still finds them and a new `optlab run` has nothing to do."""
+    copy = as_left(halved, tmp_path)
+    rungs = "select * exclude (decided_at) from rungs order by all"
+    before = read(copy, EVERY_RUN), read(copy, rungs)
+    assert {b for _, b, *_ in before[0]} == {"search", "search/final"}
     (copy / "optlab.duckdb").unlink()
     optlab("rebuild", cwd=copy, check=True)
-    after = outcome(copy), read(copy, "select * exclude (decided_at) from rungs order by all")
-    assert after == before
+    assert (read(copy, EVERY_RUN), read(copy, rungs)) == before
+    again = optlab("run", "halved.toml", cwd=copy, check=True)
+    assert "Nothing to run" in again.stdout
 
 
 def test_no_early_stop_trains_stopped_runs_on_from_their_rung(halved, tmp_path):

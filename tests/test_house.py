@@ -107,3 +107,27 @@ def test_imports_inside_functions_are_only_of_slow_modules_and_say_why():
     assert not wrong, f"imports inside functions of what is quick to import: {wrong}"
     unsaid = [f"{where}:{line}" for where, line, _, said in late_imports() if not said]
     assert not unsaid, f"imports inside functions with no comment saying why: {unsaid}"
+
+
+def test_the_quick_tier_refuses_a_test_that_starts_optlab():
+    """tests/conftest.py fails an unmarked test that starts a real `optlab` process (the
+    quick tier stays quick); this test is unmarked, so what it starts is refused."""
+    from tests.conftest import RealProcessInQuickTier, _starts_optlab
+
+    with pytest.raises(RealProcessInQuickTier, match="mark it @pytest.mark.slow"):
+        subprocess.run([sys.executable, "-m", "optlab", "--help"], capture_output=True)
+    for argv in (
+        ["optlab", "run"],
+        ["/x/.venv/bin/optlab", "status"],
+        [sys.executable, "-m", "optlab.training.worker"],
+        [sys.executable, "-c", "import optlab.cli"],
+        ["sh", "-c", "python -m optlab run"],
+    ):
+        assert _starts_optlab(argv), argv
+    for argv in (
+        [sys.executable, "-c", "import duckdb", "/tmp/optlab/optlab.duckdb"],
+        ["/home/u/optlab/.venv/bin/python", "-c", "print(1)"],
+        ["/tmp/x/fake-python", "-m", "optlab.training.worker"],
+        ["chromium", "--headless", "optlab_report.html"],
+    ):
+        assert not _starts_optlab(argv), argv

@@ -19,10 +19,10 @@ import pytest
 from rich.console import Console
 
 from optlab.execution.coordinator import execute, prepare
+from optlab.execution.devices import make_slots
 from optlab.execution.executors.local import LocalExecutor
 from optlab.store import core as st
 from optlab.study.expand import expand
-from optlab.training.devices import make_slots
 from tests.conftest import write_study
 
 FAKE = Path(__file__).with_name("fake_worker.py")

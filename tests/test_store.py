@@ -618,6 +618,28 @@ def test_a_hard_link_to_the_store_finds_the_same_writer_lock(prepared, tmp_path)
             pass
 
 
+def test_a_hard_link_made_while_a_new_store_is_written_is_refused(tmp_path):
+    """The first `optlab run` on a new store takes its lock before the file exists; once
+    the run has made the store, a hard link made to it (`ln s.duckdb hard.duckdb`) finds
+    that writer, as the other names of the store do."""
+    from optlab.errors import StoreError
+    from optlab.store.liveness import writer_lock
+
+    study = load_study(write_study(tmp_path))
+    path = tmp_path / "s.duckdb"
+    with writer_lock(path) as lock:
+        prepare(path, study, expand(study), retry_failed=False)
+        lock.claim_file()  # what `optlab run` does once the study is registered
+        os.link(path, tmp_path / "hard.duckdb")
+        with (
+            pytest.raises(StoreError, match="through another name for the same file"),
+            writer_lock(tmp_path / "hard.duckdb"),
+        ):
+            pass
+    with writer_lock(tmp_path / "hard.duckdb"):  # free once the first lets go
+        pass
+
+
 def test_a_store_used_through_a_hard_link_keeps_one_set_of_folders(prepared, tmp_path):
     """Run through optlab.duckdb first, then through a link h.duckdb beside it: the second
     study's record and journals go in optlab.runs/, where a rebuild through the first name

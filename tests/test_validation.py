@@ -7,7 +7,7 @@ import hashlib
 import pytest
 
 from optlab.errors import UsageError
-from optlab.training.devices import make_slots, parse_gpus
+from optlab.execution.devices import make_slots, parse_gpus
 
 BASE = """[base]
 epochs = 1
@@ -267,7 +267,7 @@ def test_slots_divide_threads_so_workers_times_threads_fit_the_cores():
 def test_cpu_runs_say_what_an_option_does_not_do_and_what_they_will_cost():
     from types import SimpleNamespace
 
-    from optlab.training.devices import cpu_notes
+    from optlab.execution.devices import cpu_notes
 
     def run(model, epochs):
         return SimpleNamespace(config={"model": {"name": model}, "epochs": epochs})

@@ -37,15 +37,15 @@ import math
 import os
 from typing import Any, TextIO
 
-TERMINAL = ("finished", "failed", "diverged", "paused")  # an attempt's last event
+from optlab.states import Event, ending
+
+# an attempt's last event
+TERMINAL = (Event.FINISHED, Event.FAILED, Event.DIVERGED, Event.PAUSED)
 
 
 def ends_run(event: dict[str, Any]) -> bool:
     """Whether ``event`` leaves its run with a result or a failure (not resumable as is)."""
-    kind = event["type"]
-    return kind in ("finished", "failed", "diverged") or (
-        kind == "rung" and event.get("decision") == "stop"
-    )
+    return ending(event) is not None
 
 
 EPOCH_FIELDS = (

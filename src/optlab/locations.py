@@ -37,6 +37,16 @@ def checkpoints_dir(store: Path) -> Path:
     return store.with_name(_owner(store).stem + ".checkpoints")
 
 
+def journal_path(store: Path, run_id: str) -> Path:
+    """A run's journal (its events, one JSON line each): ``optlab.runs/RUN/events.jsonl``."""
+    return runs_dir(store) / run_id / "events.jsonl"
+
+
+def log_path(store: Path, run_id: str) -> Path:
+    """What a run's worker printed: ``optlab.runs/RUN/log.txt``."""
+    return runs_dir(store) / run_id / "log.txt"
+
+
 def other_name(store: Path) -> Path | None:
     """Another name of the store file (a hard link) in the same folder, whose folders the
     store uses because they exist and its own do not: so a store run through ``s.duckdb``

@@ -1,8 +1,8 @@
 """optlab export: a study's results as files, in optlab's own tables or the seed projects'
 layouts.
 
-- ``csv`` / ``parquet``: ``runs``, ``epochs`` and ``probes`` of the study's runs, one file
-  each (written by DuckDB).
+- ``csv`` / ``parquet``: ``runs`` and the per-run tables (``epochs``, ``probes`` and
+  ``rungs``, halving's decisions) of the study's runs, one file each (written by DuckDB).
 - ``seed001`` (seed projects 000 and 001): ``results/results.csv``, one aggregated row per
   run, and ``history/<block>_<run_id>.json``, the per-epoch history of each run.
 - ``seed004``: per run a folder ``<block>/[<cell>/]run<k>/`` (k counts seeds from 1) with
@@ -23,6 +23,7 @@ from typing import Any
 
 from optlab.analysis.results import clean, fetch_rows, open_study
 from optlab.errors import OptlabError
+from optlab.store.schema import RUN_TABLES
 from optlab.store.sql import q
 from optlab.study.steps import per_step, start_lr
 
@@ -62,12 +63,14 @@ def _prepare(folder: Path) -> None:
 
 def _tables(con: Any, study: str, folder: Path, fmt: str) -> list[Path]:
     members = f"(select run_id from memberships where study = '{q(study)}')"
-    queries = {
-        "runs": f"select * from runs where study = '{q(study)}' order by block, position",
-        "epochs": f"select * from epochs where run_id in {members} order by run_id, epoch",
-        "probes": f"select * from probes where run_id in {members} "
-        "order by run_id, step, probe, key",
-    }
+    order = {"epochs": "run_id, epoch", "probes": "run_id, step, probe, key"}
+    queries = {"runs": f"select * from runs where study = '{q(study)}' order by block, position"}
+    present = {t for (t,) in con.execute("select table_name from duckdb_tables()").fetchall()}
+    for table in [t for t in RUN_TABLES if t in present]:  # an older store has no rungs
+        queries[table] = (
+            f"select * from {table} where run_id in {members} "
+            f"order by {order.get(table, 'run_id, epoch')}"
+        )
     files = []
     option = "(format csv, header)" if fmt == "csv" else "(format parquet)"
     for name, sql in queries.items():

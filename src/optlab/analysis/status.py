@@ -17,6 +17,7 @@ from typing import Any
 
 from optlab.errors import OptlabError
 from optlab.locations import resolve, roots
+from optlab.states import State
 from optlab.store.core import STATES, journal_progress, matrix_runs, reading
 from optlab.store.liveness import LIVE_SECONDS, Writer, pid_alive, read_writer
 from optlab.training.checkpoint import newest_intact
@@ -38,6 +39,8 @@ class StudyStatus:
     matrix: int | None = None  # the study file's runs, when only a part of them was run
     epochs_total: int = 0  # over the study's runs
     epochs_done: int = 0  # an ended run (done, failed, diverged, stopped) counts all its epochs
+    # runs a gone writer left that its journals show ended: run id -> (state, epochs)
+    ended: dict[str, tuple[str, int]] = field(default_factory=dict)
 
     @property
     def progress(self) -> float | None:
@@ -110,25 +113,14 @@ def _one(con: Any, store: Path, name: str, writer: Writer | None) -> StudyStatus
         result.executor = s[5] or "local"
         for node, slots in json.loads(s[6] or "{}").items():
             result.nodes[node] = result.nodes.get(node, 0) + slots
-    # Runs a writer that is gone left behind: those marked running, and pending ones whose
-    # journals show they started (the writer died before the store heard of it).
     cut: dict[str, tuple[int, int]] = {}
+    ended: dict[str, State] = {}
     if sessions and not live:
         _, pid, host, heartbeat = sessions[-1][:4]
         ago = f", last heartbeat {_ago(now - heartbeat)} ago" if heartbeat else ""
-        gone = f"pid {pid} on {host}{ago}"
-        for run_id, status in con.execute(
-            "select run_id, status from runs where study = ? and status in "
-            "('pending', 'running', 'interrupted')",
-            [name],
-        ).fetchall():
-            progress = journal_progress(store, run_id)
-            if progress is not None or status == "running":
-                cut[run_id] = progress or (0, 0)
-                counts[status] -= 1
-                counts["interrupted"] += 1
-        if counts["interrupted"]:
-            result.gone = gone
+        cut, ended = _left_behind(con, store, result)
+        if counts[State.INTERRUPTED]:
+            result.gone = f"pid {pid} on {host}{ago}"
     if live:
         result.eta_seconds = _eta(con, name, result.active_workers)
     rows = con.execute(
@@ -141,7 +133,12 @@ def _one(con: Any, store: Path, name: str, writer: Writer | None) -> StudyStatus
     ).fetchall()
     here = roots(store)
     for run_id, status, seed, axes, error, log, ckpt, epochs, done, folder in rows:
-        if run_id in cut:
+        if run_id in ended:
+            status = ended[run_id]
+            result.ended[run_id] = (status, epochs)
+            if status not in (State.FAILED, State.DIVERGED):
+                continue  # a result: neither a problem nor unfinished
+        elif run_id in cut:
             status = "interrupted"
             done, ckpt = max(done, cut[run_id][0]), max(ckpt or 0, cut[run_id][1])
         elif status == "pending":
@@ -163,6 +160,44 @@ def _one(con: Any, store: Path, name: str, writer: Writer | None) -> StudyStatus
         }
         (result.problems if status in ("failed", "diverged") else result.unfinished).append(run)
     return result
+
+
+def _left_behind(
+    con: Any, store: Path, result: StudyStatus
+) -> tuple[dict[str, tuple[int, int]], dict[str, State]]:
+    """Runs a writer that is gone left behind: those marked running, and pending ones whose
+    journals show they started (the writer died before the store heard of it). What their
+    journals hold is what `rebuild` and the next `optlab run` will make of them: a run
+    whose journal holds its end (done, stopped at a rung, ...) is counted so, not as
+    interrupted. Returns (interrupted run -> (epochs done, checkpoint epoch) per its
+    journal, ended run -> its state), and moves ``result``'s counts accordingly."""
+    counts = result.counts
+    cut: dict[str, tuple[int, int]] = {}
+    ended: dict[str, State] = {}
+    for run_id, status in con.execute(
+        "select run_id, status from runs where study = ? and status in "
+        "('pending', 'running', 'interrupted')",
+        [result.study],
+    ).fetchall():
+        progress = journal_progress(store, run_id)
+        if progress is not None and progress.ended is not None:
+            ended[run_id] = progress.ended
+            counts[status] -= 1
+            counts[progress.ended] += 1
+        elif progress is not None or status == State.RUNNING:
+            cut[run_id] = (progress.epochs, progress.checkpoint) if progress else (0, 0)
+            counts[status] -= 1
+            counts[State.INTERRUPTED] += 1
+    # Progress as the journals tell it: an ended run counts all its epochs, a cut one the
+    # epochs its journal holds, whatever the store has of them yet.
+    for run_id, planned, held in con.execute(
+        "select r.run_id, r.epochs, (select count(*) from epochs e where e.run_id = r.run_id) "
+        "from runs r where r.study = ? and r.run_id in (select unnest(?::varchar[]))",
+        [result.study, [*ended, *cut]],
+    ).fetchall():
+        journaled = planned if run_id in ended else min(planned, cut[run_id][0])
+        result.epochs_done += max(0, journaled - held)
+    return cut, ended
 
 
 def _eta(con: Any, name: str, workers: int) -> float | None:

@@ -27,6 +27,7 @@ from rich.console import Console
 from optlab import locations
 from optlab.errors import StoreBusy, StoreFull
 from optlab.execution import finals
+from optlab.execution.devices import Slot
 from optlab.execution.executors import Executor
 from optlab.execution.executors.local import LocalExecutor
 from optlab.execution.executors.work import WorkQueue
@@ -40,7 +41,6 @@ from optlab.store import records
 from optlab.store.liveness import WriterLock
 from optlab.study.expand import BlockPlan, RunSpec, all_runs
 from optlab.study.schema import Study, is_final_block
-from optlab.training.devices import Slot
 
 FLUSH_SECONDS = 1.0
 BUSY_WARN_SECONDS = 30.0
@@ -140,6 +140,20 @@ class Coordinator:
                 else event.get("error", "")
             )
             self.view.run_ended(worker, self.label(spec), status, detail)
+
+    def paused_before(self, run_id: str, rung: int, decision: str | None) -> None:
+        """A run an earlier session left paused at ``rung``: with a decision to go on
+        journaled there, it goes on (not another attempt); without one (or told to wait),
+        it arrives at the rung now, without being started, and is decided as if it had
+        just paused there."""
+        if decision == "continue":
+            self.went_on.add(run_id)
+            return
+        arrival = {"type": "paused", "run_id": run_id, "epoch": rung, "time": time.time()}
+        decided, _ = self.tuning.see(arrival)
+        self.batch += decided
+        for ev in decided:
+            self._decided(ev, None)
 
     def _decided(self, event: dict[str, Any], worker: str | None) -> None:
         """A halving decision: a stopped run has ended; one that goes on is queued."""
@@ -333,6 +347,21 @@ def _folders_in(folder: Path) -> set[str]:
         return set()
 
 
+def _paused_before(
+    store: Path, todo: list[RunSpec], prepared: Prepared, halving: Any
+) -> dict[str, tuple[int, str | None]]:
+    """The planned runs of early-stopping blocks that an earlier session left paused at a
+    rung (run id -> (rung, decision journaled there or None))."""
+    if not halving:
+        return {}
+    candidates = [
+        r.run_id
+        for r in todo
+        if r.run_id in halving.unit_of and prepared.states.get(r.run_id) == "interrupted"
+    ]
+    return st.paused_at_rungs(store, candidates)
+
+
 async def _drive(
     coord: Coordinator, executor: Executor, work: WorkQueue, slots: list[Slot], extra: Any
 ) -> None:
@@ -415,11 +444,13 @@ def execute(
     executor = executor or LocalExecutor(store, stall_timeout)
     session_id = uuid.uuid4().hex[:12]
     names = [studies.name] if isinstance(studies, Study) else list(studies)
-    work = WorkQueue(todo)
     ids = {r.run_id for r in todo}
     with st.writing(store) as con:
         st.start_session(con, session_id, names, len(slots), len(todo), executor.name)
         halving = halving_state(con, prepared.plans, ids) if prepared.early_stop else None
+    paused = _paused_before(store, todo, prepared, halving)
+    # A run waiting at a rung is not started again just to pause there again.
+    work = WorkQueue([r for r in todo if paused.get(r.run_id, (0, "continue"))[1] == "continue"])
     if lock is not None:
         lock.beat(session=session_id, study=" + ".join(names))
     started = time.monotonic()
@@ -429,6 +460,8 @@ def execute(
         store, halving, prepared.plans, work, prepared.resume, root, prepared.states, ids
     )
     coord = Coordinator(store, todo, session_id, view, lock, executor.nodes, tuning)
+    for run_id, (rung, decision) in sorted(paused.items()):
+        coord.paused_before(run_id, rung, decision)
 
     def extra(spec: RunSpec, slot: Slot) -> dict[str, Any]:
         point = prepared.resume.get(spec.run_id, {})

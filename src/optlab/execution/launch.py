@@ -13,16 +13,15 @@ from pathlib import Path
 from typing import Any
 
 from optlab.errors import ConfigError, UsageError
-from optlab.execution import executors
+from optlab.execution import executors, preparing
 from optlab.execution.coordinator import combine, execute, prepare
+from optlab.execution.devices import cpu_notes
 from optlab.execution.progress import describe_axes
 from optlab.execution.selection import Selection, select
 from optlab.store.core import check_store, log_path, other_names
 from optlab.store.liveness import writer_lock
 from optlab.study.expand import all_runs, expand, file_matrix
 from optlab.study.schema import load_study
-from optlab.training import preparing
-from optlab.training.devices import cpu_notes
 
 
 @dataclass
@@ -121,6 +120,7 @@ def _run_locked(
                 for part in parts
             ]
         )
+        lock.claim_file()  # the store exists now: a hard link to it finds this writer
         todo, states = prepared.todo, prepared.states
         if prepared.recovered:
             _report_recovery(prepared, out)

@@ -24,6 +24,7 @@ from optlab.execution import finals
 from optlab.execution.executors.work import WorkQueue
 from optlab.execution.halving import STOP, Halving
 from optlab.store import core as st
+from optlab.store import records
 from optlab.study.expand import BlockPlan, RunSpec
 
 ENDINGS = {"finished": "done", "failed": "failed", "diverged": "diverged"}
@@ -132,6 +133,7 @@ class Tuning:
         if not self.asking:
             return
         new: list[RunSpec] = []
+        changed: list[tuple[str, str]] = []
         for plan in self.with_final:
             groups = {k for k in self.asking if k[0] == plan.name}
             extra = finals.final_plan(plan, finals.selected(con, plan, groups)) if groups else None
@@ -140,11 +142,18 @@ class Tuning:
                 study = plan.runs[0].study
                 _record_axes(con, study, extra)
                 finals.drop_replaced(con, study, plan, extra)
+                changed.append((study, extra.name))
         if new:
             if st.add_runs(con, new):
                 st.refresh_runs_view(con)
             dirs = {r.run_id: str(self.checkpoint_root / r.run_id) for r in new}
             st.set_checkpoint_dirs(con, dirs)
+        for study, block in changed:  # the record `rebuild` reads holds them too
+            axes = json.loads(
+                con.execute("select axes from studies where study = ?", [study]).fetchone()[0]
+                or "{}"
+            )
+            records.record_block(con, self.store, study, block, axes.get(block, {}))
         self.added = new
 
     # ---- back in the event loop, after a write -------------------------------------------

@@ -121,6 +121,7 @@ def study(store: Path, name: str) -> dict[str, Any]:
         ).fetchone()
         total = status.total
         told = {u["run_id"]: u for u in status.unfinished}
+        told.update((r, {"status": s, "epochs_done": n}) for r, (s, n) in status.ended.items())
         grid = (_grid_cells if total <= GRID_LIMIT else _grid_counts)(con, name, told)
     return _clean(
         {
@@ -182,15 +183,16 @@ def _grid_counts(con: Any, name: str, told: dict[str, dict]) -> list[dict[str, A
     ).fetchall()
     counts = {(b, st): n for b, st, n, _ in rows}
     first = {b: pos for b, _, _, pos in rows}
-    moved = [r for r, u in told.items() if u["status"] == "interrupted"]
-    if moved:
-        for block, stored in con.execute(
-            "select block, status from runs where study = ? and run_id in (select unnest(?))",
-            [name, moved],
+    if told:
+        for run_id, block, stored in con.execute(
+            "select run_id, block, status from runs where study = ? "
+            "and run_id in (select unnest(?))",
+            [name, list(told)],
         ).fetchall():
-            if stored != "interrupted":
+            now = told[run_id]["status"]
+            if stored != now:
                 counts[block, stored] -= 1
-                counts[block, "interrupted"] = counts.get((block, "interrupted"), 0) + 1
+                counts[block, now] = counts.get((block, now), 0) + 1
     order = sorted(
         (k for k, n in counts.items() if n),
         key=lambda k: (first[k[0]], STATES.index(k[1]) if k[1] in STATES else len(STATES)),

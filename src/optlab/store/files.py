@@ -23,12 +23,8 @@ def checkpoints_dir(store: Path) -> Path:
     return locations.checkpoints_dir(store)
 
 
-def journal_path(store: Path, run_id: str) -> Path:
-    return artefacts_dir(store) / run_id / "events.jsonl"
-
-
-def log_path(store: Path, run_id: str) -> Path:
-    return artefacts_dir(store) / run_id / "log.txt"
+journal_path = locations.journal_path  # the folder rules live in optlab.locations
+log_path = locations.log_path
 
 
 def other_names(path: Path) -> str | None:

@@ -109,8 +109,16 @@ def _writer_in(path: Path) -> Writer | None:
 class WriterLock:
     """The held locks; ``beat`` refreshes the heartbeat (and may name the session)."""
 
-    def __init__(self, fds: list[int], command: str):
+    def __init__(
+        self,
+        fds: list[int],
+        command: str,
+        store: Path,
+        held: contextlib.ExitStack,
+        identity: bool,
+    ):
         self.fds, self.command = fds, command
+        self.store, self._held, self._identity = store, held, identity
         self.info: dict[str, Any] = {
             "pid": os.getpid(),
             "host": socket.gethostname(),
@@ -118,6 +126,21 @@ class WriterLock:
             "study": None,
             "command": command,
         }
+
+    def claim_file(self) -> None:
+        """Take the lock on the store file's identity, once the file exists: a store that
+        did not exist when the writer started has no other name yet, but a hard link made
+        to it while this writer runs must find this writer."""
+        if self._identity:
+            return
+        same_file = identity_lock_path(self.store)
+        if same_file is None:
+            return
+        fd = self._held.enter_context(_locked(self.store, same_file, required=False))
+        if fd is not None:
+            self.fds.append(fd)
+        self._identity = True
+        self.beat()
 
     def beat(self, **info: Any) -> None:
         self.info.update(info, heartbeat=time.time())
@@ -136,7 +159,7 @@ def writer_lock(store: Path, command: str = "run") -> Iterator[WriterLock]:
             fd = held.enter_context(_locked(store, same_file, required=False))
             if fd is not None:
                 fds.append(fd)
-        lock = WriterLock(fds, command)
+        lock = WriterLock(fds, command, store, held, same_file is not None)
         lock.beat()
         yield lock
 

@@ -303,7 +303,7 @@ def remove(store: Path, removal: Removal) -> None:
             con.execute("delete from memberships where study = ? and run_id = ?", [study, run_id])
         if removal.runs:
             ids = [removal.runs]
-            for table in ("epochs", "probes", "memberships", "run_state"):
+            for table in (*st.RUN_TABLES, "memberships", "run_state"):
                 con.execute(
                     f"delete from {table} where run_id in (select unnest(?::varchar[]))", ids
                 )

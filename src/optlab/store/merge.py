@@ -137,9 +137,11 @@ def _merge_one(
     if adopt:
         con.execute("create temp table adopt as select unnest(?::varchar[]) as run_id", [adopt])
         _add_columns(con, o)
-        for table in ("epochs", "probes", "run_state"):
+        for table in ("run_state", *st.RUN_TABLES):
             con.execute(f"delete from {table} where run_id in (select run_id from adopt)")
-        for table in ("run_state", "epochs", "probes"):
+        for table in ("run_state", *st.RUN_TABLES):
+            if not _has_table(con, o, table):  # an older store (before halving: no rungs)
+                continue
             cols = _shared_columns(con, table, o)
             con.execute(
                 f"insert into {table} ({cols}) select {cols} from {o}.{table} "
@@ -151,13 +153,6 @@ def _merge_one(
         done.probes = con.execute(
             f"select count(*) from {o}.probes where run_id in (select run_id from adopt)"
         ).fetchone()[0]
-        con.execute("delete from rungs where run_id in (select run_id from adopt)")
-        if _has_rungs(con, o):  # halving decisions (a store before early stopping has none)
-            cols = _shared_columns(con, "rungs", o)
-            con.execute(
-                f"insert into rungs ({cols}) select {cols} from {o}.rungs "
-                "where run_id in (select run_id from adopt)"
-            )
         done.folders = _relocate(con, other, link)
         con.execute("drop table adopt")
     here = dict(con.execute("select study, source from studies").fetchall())
@@ -246,10 +241,10 @@ def _catalog(con: Any) -> str:
     return con.execute("select current_database()").fetchone()[0]
 
 
-def _has_rungs(con: Any, other: str) -> bool:
+def _has_table(con: Any, other: str, table: str) -> bool:
     (n,) = con.execute(
-        "select count(*) from duckdb_tables() where database_name = ? and table_name = 'rungs'",
-        [other.strip('"')],
+        "select count(*) from duckdb_tables() where database_name = ? and table_name = ?",
+        [other.strip('"'), table],
     ).fetchone()
     return bool(n)
 

@@ -106,3 +106,54 @@ def union_records(
             target["runs"].append(run)
             have.add(run["run_id"])
     return {**new, "configs": configs, "blocks": list(blocks.values())}
+
+
+def record_block(con: Any, store: Path, study: str, block: str, axes: dict[str, Any]) -> None:
+    """Write ``block`` of ``study``'s record as the store now has it (its members, with
+    their configs): for the blocks a running study adds to itself (``NAME/final``), which
+    the record written when the study was registered could not hold. Without this, a
+    `rebuild` would leave them out."""
+    path = studies_record_dir(store) / f"{study}.json"
+    record = read_record(path)
+    if record is None:
+        return
+    rows = con.execute(
+        "select m.run_id, r.seed, m.position, m.axes, r.config from memberships m "
+        "join run_state r using (run_id) where m.study = ? and m.block = ? "
+        "order by m.position",
+        [study, block],
+    ).fetchall()
+    configs = list(record.get("configs") or [])
+    runs = []
+    for run_id, seed, position, run_axes, config in rows:
+        configs.append(json.loads(config))
+        runs.append(
+            {
+                "run_id": run_id,
+                "seed": seed,
+                "position": position,
+                "axes": json.loads(run_axes or "{}"),
+                "cell": len(configs) - 1,
+            }
+        )
+    entry = {"name": block, "axes": axes, "seeds": sorted({r["seed"] for r in runs}), "runs": runs}
+    blocks = [b for b in record.get("blocks", []) if b.get("name") != block]
+    write_json_atomic(path, _compact({**record, "configs": configs, "blocks": [*blocks, entry]}))
+
+
+def _compact(record: dict[str, Any]) -> dict[str, Any]:
+    """The record with only the configs its runs name (a block written again leaves its
+    earlier configs unnamed)."""
+    old, configs, moved = record.get("configs") or [], [], {}
+    blocks = []
+    for block in record.get("blocks", []):
+        runs = []
+        for run in block.get("runs", []):
+            if "cell" in run:
+                if run["cell"] not in moved:
+                    moved[run["cell"]] = len(configs)
+                    configs.append(old[run["cell"]])
+                run = {**run, "cell": moved[run["cell"]]}
+            runs.append(run)
+        blocks.append({**block, "runs": runs})
+    return {**record, "configs": configs, "blocks": blocks}

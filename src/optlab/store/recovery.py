@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import duckdb
 
 from optlab import locations
 from optlab.events import ends_run, read_journal
+from optlab.states import Event, State, ending
 from optlab.store.files import artefacts_dir, journal_path
 from optlab.store.writer import apply_events, finish_all, with_rows
 
@@ -82,32 +84,67 @@ def recover(
     return recovered
 
 
-def journal_progress(store: Path, run_id: str) -> tuple[int, int] | None:
-    """From a run's journal alone: (epochs done, last checkpoint epoch) of its latest attempt
-    chain, or None when it has no events. For status, while the store may lag behind."""
+@dataclass(frozen=True)
+class Progress:
+    """What a run's journal alone says of its latest attempt chain."""
+
+    epochs: int  # epochs done
+    checkpoint: int  # the epoch of the last checkpoint journaled (0: none)
+    ended: State | None  # the state its end left it in (done, stopped, ...), if it ended
+
+
+def journal_progress(store: Path, run_id: str) -> Progress | None:
+    """From a run's journal alone: its progress, or None when it has no events. For status,
+    while the store may lag behind (a writer killed before it wrote what was journaled)."""
     epochs: set[int] = set()
-    checkpoint, seen = 0, False
+    checkpoint, seen, ended = 0, False, None
     for ev in read_journal(journal_path(store, run_id)):
         kind, seen = ev.get("type"), True
-        if kind == "started":
-            epochs, checkpoint = set(), 0
-        elif kind == "resumed":
+        if kind == Event.STARTED:
+            epochs, checkpoint, ended = set(), 0, None
+        elif kind == Event.RESUMED:
             epochs = {e for e in epochs if e <= ev["epoch"]}
-            checkpoint = ev["epoch"]
-        elif kind == "epoch":
+            checkpoint, ended = ev["epoch"], None
+        elif kind == Event.EPOCH:
             epochs.add(ev["epoch"])
-        elif kind == "checkpoint":
+        elif kind == Event.CHECKPOINT:
             checkpoint = ev["epoch"]
-    return (len(epochs), checkpoint) if seen else None
+        ended = ending(ev) or ended
+    return Progress(len(epochs), checkpoint, ended) if seen else None
+
+
+def paused_at_rungs(store: Path, run_ids: list[str]) -> dict[str, tuple[int, str | None]]:
+    """Runs whose latest attempt ended paused at a rung of successive halving (before a
+    crash of the coordinator, or a Ctrl-C): run id -> (the rung's epoch, the decision
+    journaled for it there, or None). Such a run need not be started again to arrive at
+    the rung once more: it is there, with its checkpoint."""
+    out: dict[str, tuple[int, str | None]] = {}
+    for run_id in run_ids:
+        at: tuple[int, str | None] | None = None
+        for ev in read_journal(journal_path(store, run_id)):
+            kind = ev.get("type")
+            if kind == Event.PAUSED:
+                at = (ev["epoch"], None)
+            elif kind == Event.RUNG and at is not None and ev.get("epoch") == at[0]:
+                at = (at[0], ev.get("decision"))
+            elif kind in (Event.STARTED, Event.RESUMED) or ending(ev) is not None:
+                at = None
+        if at is not None:
+            out[run_id] = at
+    return out
 
 
 def resume_points(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> dict[str, dict]:
-    """Per run: how many leading epochs the store holds without a gap (a checkpoint after
-    them cannot be resumed from), its checkpoint folder and recorded thread count."""
+    """Per run: the newest epoch it may resume from, its checkpoint folder and recorded
+    thread count. A checkpoint is used only when its file and its journaled event both exist
+    (a kill between the two leaves a file the journal never named: what `optlab status`
+    names as the resume point is where the run resumes), and only within the leading
+    epochs the store holds without a gap (a checkpoint after them cannot be resumed from)."""
     if not run_ids:
         return {}
     rows = con.execute(
-        "select r.run_id, r.checkpoint_dir, r.threads, coalesce(e.n, 0), coalesce(e.last, 0) "
+        "select r.run_id, r.checkpoint_dir, r.threads, coalesce(e.n, 0), coalesce(e.last, 0), "
+        "coalesce(r.checkpoint_epoch, 0) "
         "from run_state r left join (select run_id, count(*) as n, max(epoch) as last "
         "from epochs group by run_id) e using (run_id) "
         "where r.run_id in (select unnest(?::varchar[]))",
@@ -117,9 +154,9 @@ def resume_points(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> dict[st
         run_id: {
             "checkpoint_dir": folder,
             "threads": threads,
-            "resume_upto": int(last) if n == last else 0,
+            "resume_upto": min(int(last), int(journaled)) if n == last else 0,
         }
-        for run_id, folder, threads, n, last in rows
+        for run_id, folder, threads, n, last, journaled in rows
     }
 
 

@@ -12,12 +12,15 @@ from typing import Any
 import duckdb
 
 from optlab import locations
+from optlab.states import STATES  # noqa: F401  (the store's states: states.py declares them)
 from optlab.store import views
 from optlab.study import paths
 from optlab.study.schema import PLUGIN_SLOTS
 from optlab.study.steps import start_lr_sql
 
-STATES = ("pending", "running", "done", "failed", "diverged", "stopped", "interrupted")
+# The tables whose rows belong to one run each (keyed by run_id), beside run_state and the
+# memberships: what `rm` deletes, `merge` brings, `rebuild` counts and `export` writes.
+RUN_TABLES = ("epochs", "probes", "rungs")
 
 
 SCHEMA_VERSION = 3  # 3: paths inside the store's folders are recorded relative to them

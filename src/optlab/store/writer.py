@@ -14,16 +14,8 @@ import numpy as np
 
 from optlab import locations
 from optlab.events import EPOCH_FIELDS
+from optlab.states import ENDINGS
 from optlab.store.schema import PROVENANCE_COLUMNS
-
-# the events that end a run's attempt, and the status each leaves
-ENDINGS = {
-    "finished": "done",
-    "failed": "failed",
-    "diverged": "diverged",
-    "disk_full": "interrupted",
-}
-
 
 STATE_CHANGES = ("started", "resumed", "rung", *ENDINGS)
 RUNG_COLUMNS = (

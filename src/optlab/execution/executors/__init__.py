@@ -30,10 +30,10 @@ from typing import Any, Protocol
 from pydantic import Field, ValidationError
 
 from optlab.errors import UsageError
+from optlab.execution.devices import Slot
 from optlab.plugins.plugin import Params, Plugin
 from optlab.plugins.registry import default_registry
 from optlab.study.expand import RunSpec
-from optlab.training.devices import Slot
 
 Sink = Callable[[dict[str, Any]], None]
 TaskExtra = Callable[[RunSpec, Slot], dict[str, Any]]

@@ -8,13 +8,13 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from optlab.execution import devices
+from optlab.execution.devices import Slot
 from optlab.execution.executors import Sink, TaskExtra
 from optlab.execution.executors.pool import LocalPool
 from optlab.execution.executors.work import WorkQueue
 from optlab.plugins.plugin import NoParams, Plugin
 from optlab.study.expand import RunSpec
-from optlab.training import devices
-from optlab.training.devices import Slot
 
 
 class LocalExecutor:

@@ -21,11 +21,11 @@ from typing import Any
 
 from optlab import locations
 from optlab.events import TERMINAL, decode, encode
+from optlab.execution.devices import Slot
 from optlab.execution.executors.work import WorkQueue
-from optlab.store.core import artefacts_dir, journal_path, log_path
+from optlab.locations import journal_path, log_path, runs_dir
 from optlab.study.expand import RunSpec
 from optlab.study.schema import PLUGIN_SLOTS, PROBES_KEY
-from optlab.training.devices import Slot
 
 Sink = Callable[[dict[str, Any]], None]
 LINE_LIMIT = 16 * 1024 * 1024
@@ -67,7 +67,7 @@ class LocalPool:
 
     def worker_log(self, slot: Slot) -> Path:
         """What a worker prints outside a run (its start-up, say)."""
-        return artefacts_dir(self.store) / "workers" / (slot.label.replace("/", "-") + ".log")
+        return runs_dir(self.store) / "workers" / (slot.label.replace("/", "-") + ".log")
 
     async def _start(self, slot: Slot) -> asyncio.subprocess.Process:
         env = {**os.environ, **slot.env()}

@@ -42,6 +42,8 @@ import ray
 from ray.exceptions import RayError
 
 from optlab.errors import UsageError
+from optlab.execution import devices
+from optlab.execution.devices import Slot
 from optlab.execution.executors import RayParams, Sink, TaskExtra
 from optlab.execution.executors.pool import (
     Broken,
@@ -52,10 +54,8 @@ from optlab.execution.executors.pool import (
 )
 from optlab.execution.executors.relay import Relay, WorkerHost, checkpoint_epoch, checkpoint_files
 from optlab.execution.executors.work import WorkQueue
-from optlab.store.core import journal_path, log_path
+from optlab.locations import journal_path, log_path
 from optlab.study.expand import RunSpec
-from optlab.training import devices
-from optlab.training.devices import Slot
 
 MAX_LOSSES = 3  # times a run may lose its slot (node, actor) before it fails
 NODE_WATCH_SECONDS = 1.0  # how often an actor looks whether its node's raylet is alive

@@ -24,11 +24,10 @@ from typing import Any
 
 from optlab.atomic import write_atomic
 from optlab.events import decode, encode, open_journal, write_events
+from optlab.execution.devices import Slot
 from optlab.execution.executors.pool import signal_group, start_worker
-from optlab.locations import record_event, roots
-from optlab.store.core import journal_path, log_path
-from optlab.training.devices import Slot
-from optlab.training.preparing import prepare
+from optlab.execution.preparing import prepare
+from optlab.locations import journal_path, log_path, record_event, roots
 from optlab.training.worker import FULL
 
 NOT_JOURNALED = ("heartbeat", "ready", "disk_full")

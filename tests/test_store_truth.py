@@ -1,0 +1,137 @@
+"""Stores that tell the truth after anything: what `rm`, `rebuild`, `merge` and `status` say
+of runs that halving stopped and of final runs, checked on stores made without training."""
+
+from __future__ import annotations
+
+import duckdb
+
+from optlab.store import core as st
+from tests.synth import make_store
+
+GRID = """
+name = "s"
+seeds = [0, 1]
+[base]
+epochs = 3
+dataset = { name = "synthetic" }
+model = { name = "mlp" }
+optimizer = { name = "sgd", lr = 0.1 }
+[[block]]
+name = "grid"
+[block.grid]
+"optimizer.lr" = [0.01, 0.1]
+"""
+
+
+def rows(db, sql: str) -> list[tuple]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_rm_takes_a_runs_halving_decisions_with_it(tmp_path, cli):
+    """A removed run leaves nothing in the per-run tables, its rung decisions included: a
+    later run of the same configuration must not meet a stale stop."""
+    db = make_store(tmp_path, GRID, lambda c, s: 0.5)
+    (gone,) = rows(db, "select run_id from runs where optimizer_lr = 0.01 and seed = 0")[0]
+    (kept,) = rows(db, "select run_id from runs where optimizer_lr = 0.1 and seed = 0")[0]
+    with st.writing(db) as con:
+        st.apply_events(
+            con,
+            [
+                {"type": "rung", "run_id": r, "epoch": 1, "decision": d, "time": 2.0e9}
+                for r, d in ((gone, "stop"), (kept, "continue"))
+            ],
+            [],
+        )
+    result = cli("rm", "--where", f"run_id = '{gone}'", "--yes")
+    assert result.exit_code == 0, result.output
+    for table in ("epochs", "probes", "rungs"):
+        assert rows(db, f"select count(*) from {table} where run_id = '{gone}'") == [(0,)]
+    assert rows(db, "select run_id, decision from rungs") == [(kept, "continue")]
+
+
+def journal(db, run_id: str, events: list[dict]) -> None:
+    from optlab.events import encode
+
+    path = st.journal_path(db, run_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(encode({"run_id": run_id, "time": 2.0e9, **e}) + "\n" for e in events))
+
+
+def epoch(n: int) -> dict:
+    return {"type": "epoch", "epoch": n, "step": n, "samples": 10 * n, "train_loss": 1.0}
+
+
+def test_status_after_a_kill_reads_the_ends_the_journals_hold(tmp_path, cli):
+    """The writer was killed (kill -9) after its workers journaled: one run finished, one
+    was stopped at a rung, one was cut at epoch 2. Status tells them as the journals do (as
+    `rebuild` and the next `optlab run` will), not all three as interrupted."""
+    from optlab.analysis.status import study_status
+
+    db = make_store(tmp_path, GRID, lambda c, s: 0.5, status=lambda c, s: "pending")
+    ids = [r for (r,) in rows(db, "select run_id from runs order by run_id")]
+    finished, stopped, cut = ids[:3]
+    start = {"type": "started", "config": {}, "seed": 0}
+    journal(db, finished, [start, epoch(1), epoch(2), epoch(3), {"type": "finished"}])
+    journal(
+        db,
+        stopped,
+        [start, epoch(1), {"type": "paused", "epoch": 1}]
+        + [{"type": "rung", "epoch": 1, "decision": "stop", "reason": "r"}],
+    )
+    journal(db, cut, [start, epoch(1), epoch(2)])
+    gone = __import__("subprocess").Popen(["true"])
+    gone.wait()
+    with st.writing(db) as con:
+        con.execute("update run_state set status = 'running' where run_id in (?, ?, ?)", ids[:3])
+        st.start_session(con, "gone", "s", 2, 4)
+        con.execute("update sessions set pid = ?", [gone.pid])
+    (status,) = study_status(db)
+    assert {k: v for k, v in status.counts.items() if v} == {
+        "done": 1,
+        "stopped": 1,
+        "interrupted": 1,
+        "pending": 1,
+    }
+    assert [r["run_id"] for r in status.unfinished] == [cut]
+    assert status.epochs_done == 3 + 3 + 2  # an ended run counts all its epochs
+    out = cli("status").stdout
+    assert f"s interrupted {cut} " in out and "(no checkpoint; 2 of 3 epochs done)" in out
+    assert f"interrupted {stopped}" not in out and f"interrupted {finished}" not in out
+    # The page tells them as status does.
+    from starlette.testclient import TestClient
+
+    from optlab.serve.app import create_app
+
+    page = TestClient(create_app(db)).get("/api/studies/s").json()
+    assert {k: v for k, v in page["counts"].items() if v} == {
+        k: v for k, v in status.counts.items() if v
+    }
+    cells = {c["run_id"]: c["status"] for c in page["grid"]}
+    assert (cells[finished], cells[stopped], cells[cut]) == ("done", "stopped", "interrupted")
+
+
+def test_a_checkpoint_file_without_its_event_is_not_a_resume_point(tmp_path, cli):
+    """Killed between writing the checkpoint file of epoch 2 and journaling its event: the
+    run resumes from epoch 1 (file and event both there), which is what status says."""
+    from optlab.training import checkpoint as ckpt
+
+    db = make_store(tmp_path, GRID, lambda c, s: 0.5, status=lambda c, s: "pending")
+    (rid,) = rows(db, "select run_id from runs order by run_id limit 1")[0]
+    folder = st.checkpoints_dir(db) / rid
+    folder.mkdir(parents=True)
+    for n in (1, 2):
+        (folder / ckpt.file_name(n)).write_bytes(ckpt.encode({"run_id": rid, "epoch": n}))
+    start = {"type": "started", "config": {}, "seed": 0, "checkpoint_dir": str(folder)}
+    made = {"type": "checkpoint", "epoch": 1, "path": str(folder / ckpt.file_name(1))}
+    journal(db, rid, [start, epoch(1), made, epoch(2)])
+    with st.writing(db) as con:
+        st.recover(con, db)
+        con.execute("update run_state set checkpoint_dir = ? where run_id = ?", [str(folder), rid])
+        points = st.resume_points(con, [rid])
+    assert points[rid]["resume_upto"] == 1
+    assert f"{rid} optimizer.lr=" in (out := cli("status").stdout)
+    assert "resumes from epoch 1 of 3" in out
