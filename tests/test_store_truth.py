@@ -135,3 +135,89 @@ def test_a_checkpoint_file_without_its_event_is_not_a_resume_point(tmp_path, cli
     assert points[rid]["resume_upto"] == 1
     assert f"{rid} optimizer.lr=" in (out := cli("status").stdout)
     assert "resumes from epoch 1 of 3" in out
+
+
+TUNED = """
+name = "tuned"
+seeds = [0, 1]
+[base]
+epochs = 2
+dataset = { name = "synthetic", val_fraction = 0.25 }
+model = { name = "mlp" }
+optimizer = { name = "sgd", lr = 0.1 }
+[[block]]
+name = "search"
+final = { select = "val_acc", seeds = 2 }
+[block.grid]
+"optimizer.lr" = [0.01, 0.1]
+"""
+
+
+def test_a_part_by_seed_waits_for_the_other_seeds_before_its_final_runs(tmp_path):
+    """Run with --set seeds=[1], a part picks no final runs of its own (its seeds alone
+    would pick its own winner, and its final seeds would be the other part's search seed
+    1): once every seed has run, the whole file picks them, with seeds after all of the
+    file's (2, 3)."""
+    from optlab.execution import finals
+    from optlab.study.expand import expand, file_matrix
+    from optlab.study.schema import load_study
+
+    val = {0.01: 0.6, 0.1: 0.8}
+    make_store(tmp_path, TUNED, lambda c, s: 0.5, validation=lambda c, s: val[c["optimizer"]["lr"]])
+    path = tmp_path / "s.toml"
+    (part,) = expand(load_study(path, ["seeds=[1]"]))
+    file_matrix(path, ["seeds=[1]"], [part])
+    assert part.file_seeds == [0, 1] and finals.seed_part(part)
+    (whole,) = expand(load_study(path))
+    with st.writing(tmp_path / "optlab.duckdb") as con:
+        assert finals.selected(con, part) == []
+        chosen = finals.selected(con, whole)
+    final = finals.final_plan(whole, chosen)
+    assert final.seeds == [2, 3] and {r.config["optimizer"]["lr"] for r in final.runs} == {0.1}
+    part.file_seeds = [0, 1]  # a part's final seeds (were it to pick) come after the file's
+    assert finals.final_plan(part, chosen).seeds == [2, 3]
+
+
+def test_halving_refuses_a_part_of_its_seeds(tmp_path, cli):
+    text = TUNED.replace(
+        'final = { select = "val_acc", seeds = 2 }',
+        'early_stop = { kind = "sha", metric = "val_acc", min_epochs = 1, reduction = 2 }',
+    )
+    (tmp_path / "h.toml").write_text(text)
+    result = cli("run", "h.toml", "--set", "seeds=[0]")
+    assert result.exit_code != 0 and result.output.count("\n") == 1, result.output
+    assert (
+        "block 'search' halves its configurations on the mean of all their seeds (0, 1); a part "
+        "with seeds 0 would stop others than the whole study does" in result.output
+    )
+    assert not (tmp_path / "optlab.duckdb").exists()  # nothing written
+
+
+def test_compare_refuses_final_runs_that_mix_configurations(tmp_path, cli):
+    """Two parts merged from an older optlab, each with its own winner: `compare` says why
+    it will not answer rather than pooling two configurations as one confirmation."""
+    from optlab.execution import finals
+    from optlab.study.expand import expand
+    from optlab.study.schema import load_study
+
+    db = make_store(tmp_path, TUNED, lambda c, s: 0.5, validation=lambda c, s: 0.5)
+    (plan,) = expand(load_study(tmp_path / "s.toml"))
+    picks = {r.config["optimizer"]["lr"]: r for r in plan.runs if r.seed == 0}
+    mixed = [
+        finals.final_plan(plan, [picks[0.01]]).runs[0],
+        finals.final_plan(plan, [picks[0.1]]).runs[1],
+    ]
+    with st.writing(db) as con:
+        st.add_runs(con, mixed)
+        st.refresh_runs_view(con)
+        events = []
+        for r in mixed:
+            events += [
+                {"type": "started", "run_id": r.run_id, "time": 1.0e9, "provenance": {}},
+                {"type": "epoch", "run_id": r.run_id, "epoch": 1, "test_acc": 0.5},
+                {"type": "finished", "run_id": r.run_id, "time": 1.0e9 + 1},
+            ]
+        st.apply_events(con, events)
+    result = cli("analyze", "compare", "--metric", "final_test_acc")
+    assert result.exit_code != 0 and result.output.count("\n") == 1, result.output
+    assert "the final runs of sgd mix 2 configurations" in result.output

@@ -254,9 +254,17 @@ def test_gpu_indices_map_onto_inherited_visible_devices():
         parse_gpus("2", ["4", "6"])
 
 
-def test_slots_divide_threads_so_workers_times_threads_fit_the_cores():
+def test_a_cpu_run_has_its_own_thread_count_whatever_the_workers_and_cores():
+    """A run's rows depend on its thread count: on the CPU it is the same however the run
+    is scheduled (3 workers on 8 cores, one alone on 2, 16 on 1); GPU workers divide the
+    cores for their CPU-side work."""
     cpu = make_slots([], per_gpu=1, workers=3, cores=8)
-    assert [s.threads for s in cpu] == [2, 2, 2]
+    assert [s.threads for s in cpu] == [1, 1, 1]
+    for cores in (1, 2, 8, 64):
+        for workers in (None, 1, 2, 16):
+            slots = make_slots([], 1, workers, cores=cores)
+            assert {s.threads for s in slots} == {1}
+            assert {s.env()["OMP_NUM_THREADS"] for s in slots} == {"1"}
     gpu = make_slots(["0", "1"], per_gpu=4, workers=None, cores=16)
     assert [s.gpu for s in gpu] == ["0"] * 4 + ["1"] * 4
     assert {s.threads for s in gpu} == {2}

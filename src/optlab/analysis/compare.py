@@ -28,6 +28,7 @@ from optlab.analysis.core import (
     pooled_blocks,
 )
 from optlab.analysis.results import parse_metric
+from optlab.errors import OptlabError
 from optlab.study.schema import FINAL_SUFFIX, is_final_block
 
 TEST_NAME = "Welch's two-sample t-test (unequal variances, two-sided)"
@@ -77,6 +78,7 @@ def answer(result: Result, runs: list[Run], axes: Any, rng: Any, asked: Asked) -
         groups = {}
         for run in done:
             groups.setdefault(f"{name_of(run)} in {run.block}", []).append(run)
+    _one_configuration_each(groups, axes)
     epochs = asked.found["epochs"]
     rows = []
     for name, members in sorted(groups.items()):
@@ -131,6 +133,22 @@ def _row(
         "search_epochs": sum(epochs.get(r.run_id, 0) for r in tuned),
         "stopped": sum(1 for r in tuned if r.status == "stopped"),
     }
+
+
+def _one_configuration_each(groups: dict[str, list[Run]], axes: Any) -> None:
+    """A group's final runs confirm one selected configuration; several (parts of a study
+    chosen apart, then merged) are no confirmation of any: refused, with the reason."""
+    for name, members in sorted(groups.items()):
+        configs = {tuple(sorted((k, repr(v)) for k, v in r.config.items())) for r in members}
+        if len(configs) > 1:
+            shown = "; ".join(sorted({_shown(axes, r) for r in members}))
+            raise OptlabError(
+                f"compare: the final runs of {name} mix {len(configs)} configurations "
+                f"({shown}); each was selected on part of the search (parts of the study "
+                "run apart, then merged): remove them (optlab rm --where \"block like "
+                "'%/final'\") and run the whole study file again, so that one selection "
+                "is made over all its seeds"
+            )
 
 
 def _shown(axes: Any, run: Run) -> str:

@@ -95,11 +95,17 @@ def parse_gpus(spec: str, available: list[str], where: str = "") -> list[str]:
     return [available[i] for i in indices]
 
 
+CPU_THREADS = 1  # torch threads of a run on the CPU, wherever and however it is scheduled
+
+
 def make_slots(
     gpus: list[str], per_gpu: int, workers: int | None, cores: int | None = None
 ) -> list[Slot]:
-    """``per_gpu`` workers per GPU, or ``workers`` CPU workers with threads divided so that
-    workers x threads <= cores."""
+    """``per_gpu`` workers per GPU (torch's CPU threads divided so that workers x threads
+    <= cores), or ``workers`` CPU workers (default: one per core) that train each run on
+    CPU_THREADS threads: a CPU run's rows depend on its thread count, which must therefore
+    be the run's own, never a by-product of how many workers, cores or pending runs the
+    session that trained it had (alone with --only, in a grid, resumed, on Ray)."""
     cores = cores or os.cpu_count() or 1
     if per_gpu < 1:
         raise UsageError(f"--per-gpu {per_gpu}: needs at least 1 worker per GPU")
@@ -110,8 +116,7 @@ def make_slots(
         threads = max(1, cores // n)
         return [Slot(f"gpu{g}/{k}", g, threads) for g in gpus for k in range(per_gpu)]
     n = workers if workers is not None else cores
-    threads = max(1, cores // n)
-    return [Slot(f"cpu/{k}", None, threads) for k in range(n)]
+    return [Slot(f"cpu/{k}", None, CPU_THREADS) for k in range(n)]
 
 
 # Models that take hours an epoch on a CPU (the seeds' CIFAR networks).

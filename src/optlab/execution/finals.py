@@ -5,7 +5,8 @@ best configuration is chosen on ``select`` alone, never on a test metric: per ru
 value over epochs; per configuration, the mean over its seeds; only configurations whose
 every seed trained all its epochs compete (all of them, when none did); a configuration
 with a diverged seed never wins; ties go to the smaller key. That configuration runs again
-with ``seeds`` fresh seeds (the block's largest seed + 1, + 2, ...) as the block
+with ``seeds`` fresh seeds (the block's largest seed + 1, + 2, ...; the largest of the study
+file's, when a part of it is run with ``--set seeds=...``) as the block
 ``NAME/final``, in the same `optlab run`. The group is what ``final.group_by`` names, else
 the early stop's ``group_by``, else the whole block.
 """
@@ -44,7 +45,7 @@ def selected(
     """The configurations chosen so far, one per group whose runs have all ended (of the
     groups ``only`` names, when given): one of each's runs (the lowest seed)."""
     final = plan.final
-    if final is None or not plan.runs:
+    if final is None or not plan.runs or seed_part(plan):
         return []
     chosen_groups = {k: v for k, v in groups(plan).items() if only is None or k in only}
     ids = [r.run_id for members in chosen_groups.values() for r in members]
@@ -96,11 +97,18 @@ def _best_unit(members: list[RunSpec], seen: dict[str, tuple], larger: bool) -> 
     return min(top[3], key=lambda r: r.seed)
 
 
+def seed_part(plan: BlockPlan) -> bool:
+    """Whether ``plan`` runs only some of its block's seeds in the study file (``--set
+    seeds=...``): its final runs wait for the rest (the parts merged, then the whole file
+    run), so that every part adds up to the one selection the whole file makes."""
+    return bool(plan.file_seeds) and not set(plan.file_seeds) <= set(plan.seeds)
+
+
 def final_plan(plan: BlockPlan, chosen: list[RunSpec]) -> BlockPlan | None:
     """The final runs of the chosen configurations: ``final.seeds`` fresh seeds each."""
     if plan.final is None or not chosen:
         return None
-    first = max(plan.seeds, default=-1) + 1
+    first = max([*plan.seeds, *plan.file_seeds], default=-1) + 1
     seeds = list(range(first, first + plan.final.seeds))
     runs = []
     for i, pick in enumerate(chosen):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from optlab.errors import ConfigError, UsageError
-from optlab.execution import executors, preparing
+from optlab.execution import executors, finals, preparing
 from optlab.execution.coordinator import combine, execute, prepare
 from optlab.execution.devices import cpu_notes
 from optlab.execution.progress import describe_axes
@@ -121,6 +121,14 @@ def _run_locked(
             ]
         )
         lock.claim_file()  # the store exists now: a hard link to it finds this writer
+        for plan in [p for part in parts for p in part.plans if p.final is not None]:
+            if finals.seed_part(plan):
+                err.print(
+                    f"note: block {plan.name!r} runs seeds {', '.join(map(str, plan.seeds))} "
+                    f"of {', '.join(map(str, plan.file_seeds))}: its final runs are chosen "
+                    "once all have run (merge the parts, then run the whole study file)",
+                    markup=False,
+                )
         todo, states = prepared.todo, prepared.states
         if prepared.recovered:
             _report_recovery(prepared, out)
@@ -220,6 +228,22 @@ def _summary(study: str, todo: Any, outcome: Any, store: Path, out: Any, err: An
         out.print("Interrupted runs are resumable: run the same command again.")
 
 
+def _halving_needs_every_seed(study: Path | None, plans: list[Any]) -> None:
+    """Halving decides a configuration on the mean of all its seeds: a part of the file's
+    seeds would stop other configurations than the whole study, and parts run apart could
+    never be merged into one answer. Refused before anything runs."""
+    for plan in plans:
+        if plan.early_stop is not None and finals.seed_part(plan):
+            ours = ", ".join(map(str, plan.seeds))
+            theirs = ", ".join(map(str, plan.file_seeds))
+            raise UsageError(
+                f"{study}: block {plan.name!r} halves its configurations on the mean of all "
+                f"their seeds ({theirs}); a part with seeds {ours} would stop others than "
+                "the whole study does, and such parts cannot be merged into one answer: "
+                "run the block's seeds together (parts by block are fine)"
+            )
+
+
 def plan_parts(
     files: list[Path | None], sets: list[str], max_runs: int | None, chosen: Selection
 ) -> list[Part]:
@@ -235,6 +259,7 @@ def plan_parts(
         spec = load_study(study, sets)
         plans = expand(spec, max_runs=max_runs)
         matrix = file_matrix(study, sets, plans, max_runs)
+        _halving_needs_every_seed(study, plans)
         parts.append(Part(spec, select(plans, chosen), matrix))  # a part of it, if asked
     names = [p.spec.name for p in parts]
     twice = sorted({n for n in names if names.count(n) > 1})

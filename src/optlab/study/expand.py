@@ -80,6 +80,9 @@ class BlockPlan:
     points: list[dict[str, Any]] = field(default_factory=list)  # those points, in order
     early_stop: EarlyStop | None = None
     final: FinalRuns | None = None
+    # The block's seeds in the study file as written, when this plan is a part of it (run
+    # with ``--set seeds=...``): final runs take seeds after all of them, in every part.
+    file_seeds: list[int] = field(default_factory=list)
 
 
 def run_id_for(config: dict[str, Any], seed: int) -> str:
@@ -427,11 +430,16 @@ def file_matrix(
 ) -> set[str] | None:
     """The run ids of the study file as written, without ``--set``: what `optlab status`
     counts a study's progress against, and what a part run with ``--set`` adds to. None
-    when the whole file cannot be expanded (more runs than ``max_runs``, say)."""
+    when the whole file cannot be expanded (more runs than ``max_runs``, say). Each of
+    ``plans`` learns its block's seeds in the file (``file_seeds``)."""
     if not sets:
         return {r.run_id for r in all_runs(plans)}
 
     try:
-        return {r.run_id for r in all_runs(expand(load_study(path), max_runs=max_runs))}
+        whole = expand(load_study(path), max_runs=max_runs)
     except OptlabError:
         return None
+    seeds = {p.name: p.seeds for p in whole}
+    for plan in plans:  # a part's final runs take seeds after the whole file's
+        plan.file_seeds = seeds.get(plan.name, [])
+    return {r.run_id for r in all_runs(whole)}
