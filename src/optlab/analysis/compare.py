@@ -145,7 +145,7 @@ def _one_configuration_each(groups: dict[str, list[Run]], axes: Any) -> None:
             raise OptlabError(
                 f"compare: the final runs of {name} mix {len(configs)} configurations "
                 f"({shown}); each was selected on part of the search (parts of the study "
-                "run apart, then merged): remove them (optlab rm --where \"block like "
+                'run apart, then merged): remove them (optlab rm --where "block like '
                 "'%/final'\") and run the whole study file again, so that one selection "
                 "is made over all its seeds"
             )
