@@ -187,3 +187,25 @@ def reference(tmp_path_factory) -> tuple[list, list]:
     epochs, probes = results(folder)
     assert len(epochs) == 16 and probes
     return epochs, probes
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With pytest-xdist (``-n``, ``--dist loadgroup``): tests that share a module's real
+    study (a module-scoped fixture) run on one xdist worker, so it is made once; the Ray
+    tests share one worker (one local cluster at a time), and so do the browser tests."""
+    for item in items:
+        group = None
+        if item.get_closest_marker("ray") is not None:
+            group = "ray"
+        elif "chromium" in item.name:
+            group = "browser"
+        else:
+            shared = [
+                name
+                for name, defs in item._fixtureinfo.name2fixturedefs.items()
+                if defs and defs[-1].scope == "module"
+            ]
+            if shared:
+                group = f"{item.module.__name__}:{shared[0]}"
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))

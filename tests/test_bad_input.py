@@ -88,6 +88,7 @@ def test_a_huge_grid_is_refused_fast_with_the_limit_named(cli, tmp_path):
     assert "10000000 runs" in message.replace(",", "") and "--max-runs" in message
 
 
+@pytest.mark.slow  # a fresh optlab process
 def test_a_plugin_that_cannot_be_loaded_is_named_and_the_others_still_listed(tmp_path):
     dist = tmp_path / "site" / "brokenplug-0.1.dist-info"
     dist.mkdir(parents=True)
@@ -120,6 +121,7 @@ def test_a_plugin_that_cannot_be_loaded_is_named_and_the_others_still_listed(tmp
     assert proc.stderr.count("\n") == 1
 
 
+@pytest.mark.slow  # a fresh optlab process
 def test_an_unexpected_error_is_one_line_with_a_saved_traceback(tmp_path):
     # A bug optlab does not expect, planted where every `show` passes.
     code = (

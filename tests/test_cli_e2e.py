@@ -50,7 +50,7 @@ def start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
     )
 
 
-def wait_for(predicate, timeout: float = 60.0, every: float = 0.2):
+def wait_for(predicate, timeout: float = 300.0, every: float = 0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
@@ -495,10 +495,17 @@ def test_kill_9_of_the_coordinator_loses_no_reported_epoch(tmp_path):
 
 
 def test_status_and_query_work_while_a_study_runs(tmp_path):
-    slow_study(tmp_path, epochs=6)
+    slow_study(tmp_path)
     proc = start(["run", "slow.toml", "--workers", "1"], tmp_path)
+    worker = None
     try:
-        wait_for(lambda: journal_epochs(tmp_path) >= 1)
+        wait_for(lambda: journal_epochs(tmp_path) >= 1, every=0.02)
+        # Its worker paused after an epoch: no run can finish meanwhile, however fast or
+        # loaded the machine is.
+        (worker,) = wait_for(lambda: _children(proc.pid))
+        os.kill(worker, signal.SIGSTOP)
+        journals = (tmp_path / "optlab.runs").glob("*/events.jsonl")
+        assert not any('"type":"finished"' in j.read_text() for j in journals)
         wait_for(lambda: "running on 1 worker" in optlab("status", cwd=tmp_path).stdout)
         status = optlab("status", cwd=tmp_path)
         assert status.returncode == 0
@@ -528,8 +535,15 @@ def test_status_and_query_work_while_a_study_runs(tmp_path):
             )
         )
     finally:
+        if worker is not None:
+            os.kill(worker, signal.SIGCONT)
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
 
 
 def installed_example(site: Path) -> dict[str, str]:

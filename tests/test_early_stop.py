@@ -91,6 +91,7 @@ EVERY_RUN = (
 )
 
 
+@pytest.mark.slow  # real worker processes
 def test_sha_keeps_a_third_at_each_rung_and_stopped_runs_keep_their_rows(halved):
     """9 configurations, rungs at epochs 1 and 3: 6 stop at 1, 2 at 3, 1 trains all 9."""
     got = outcome(halved)
@@ -112,6 +113,7 @@ def test_sha_keeps_a_third_at_each_rung_and_stopped_runs_keep_their_rows(halved)
     assert read(halved, "select distinct attempts from runs") == [(1,)]
 
 
+@pytest.mark.slow  # real worker processes
 def test_the_survivor_equals_a_run_trained_straight_through(halved, tmp_path):
     """Paused at each rung and resumed from its checkpoint there, the surviving run's rows
     are those of the same run trained without a pause (its id is the same: halving is not
@@ -122,6 +124,7 @@ def test_the_survivor_equals_a_run_trained_straight_through(halved, tmp_path):
     assert rows_of(tmp_path, survivor) == rows_of(halved, survivor)
 
 
+@pytest.mark.slow  # real worker processes
 def test_final_runs_take_the_best_on_validation_with_fresh_seeds(halved):
     (survivor,) = [r for r, (s, _) in outcome(halved).items() if s == "done"]
     finals_ = read(
@@ -144,6 +147,7 @@ def test_final_runs_take_the_best_on_validation_with_fresh_seeds(halved):
     assert "caution" not in json.loads(honest.stdout)["findings"]
 
 
+@pytest.mark.slow  # real worker processes
 def test_rebuild_from_the_journals_gives_the_same_stops_and_final_runs(halved, tmp_path):
     """Rebuilt from the journals of the session that stopped runs and chose the final
     ones: the same stops, and the final runs (added while the study ran) with their rows,
@@ -159,6 +163,7 @@ def test_rebuild_from_the_journals_gives_the_same_stops_and_final_runs(halved, t
     assert "Nothing to run" in again.stdout
 
 
+@pytest.mark.slow  # real worker processes
 def test_no_early_stop_trains_stopped_runs_on_from_their_rung(halved, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(halved, copy)
@@ -273,6 +278,7 @@ def test_bad_final_tables_are_one_line(tmp_path, cli, old, new, wanted):
     assert wanted in result.output, result.output
 
 
+@pytest.mark.slow  # real worker processes
 def test_seed_003s_tuned_study_reports_budgets_and_the_confirmed_comparison(tmp_path):
     """The study file itself, on stand-in data and a smaller search: halving stops runs,
     each optimizer's winner is confirmed, and the report shows the budget curves and the
@@ -320,6 +326,7 @@ early_stop = {{ kind = "asha", metric = "val_acc", min_epochs = 1, reduction = 3
 """
 
 
+@pytest.mark.slow  # real worker processes
 def test_a_grown_study_lets_a_stopped_run_go_on_from_its_rung(tmp_path):
     """One worker, so configurations reach epoch 1 in the file's order. First 0.05, then
     0.005 (second of two: stopped). The study grows by four learning rates too small to
@@ -358,6 +365,7 @@ def test_halving_on_ray_stops_what_the_local_executor_stops(halved, tmp_path):
     assert read(tmp_path, rows) == read(halved, rows)
 
 
+@pytest.mark.slow  # real worker processes
 def test_merge_brings_the_stops_and_their_decisions(halved, tmp_path):
     optlab("merge", str(halved / "optlab.duckdb"), cwd=tmp_path, check=True)
     decisions = "select run_id, epoch, decision, value, rank, of, keep from rungs order by all"

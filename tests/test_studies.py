@@ -1,8 +1,12 @@
 """Every study in studies/ runs for one epoch on tiny synthetic stand-in data (--set), in
-real worker processes."""
+real worker processes: all of them in one `optlab run A.toml B.toml ...` (one pool, as a
+user runs several studies together), each checked in the store it shares."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import duckdb
 import pytest
 
 from tests.conftest import ROOT, optlab
@@ -23,21 +27,37 @@ STANDIN = [
     "--set",
     'probes=[{name="grad_norm", epochs=[0, 1]}, {name="full_grad_norm"}]',
 ]
+STUDIES = sorted(p.name for p in (ROOT / "studies").glob("*.toml"))
 
 
-@pytest.mark.parametrize("study", sorted(p.name for p in (ROOT / "studies").glob("*.toml")))
-def test_study_runs_one_epoch_on_stand_in_data(tmp_path, study):
-    proc = optlab(
-        "run", str(ROOT / "studies" / study), *STANDIN, "--workers", "2", cwd=tmp_path, timeout=300
-    )
+@pytest.fixture(scope="module")
+def ran(tmp_path_factory) -> tuple[Path, str]:
+    folder = tmp_path_factory.mktemp("studies")
+    files = [str(ROOT / "studies" / s) for s in STUDIES]
+    proc = optlab("run", *files, *STANDIN, "--workers", "2", cwd=folder, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    last = proc.stdout.splitlines()[-1]
+    return folder, proc.stdout
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_study_runs_one_epoch_on_stand_in_data(ran, study):
+    folder, stdout = ran
+    last = stdout.splitlines()[-1]
     assert " done" in last and "failed" not in last, last
-    rows = optlab(
-        "query",
-        "select count(*) as n, min(epoch) as e from epochs",
-        "--format",
-        "csv",
-        cwd=tmp_path,
-    ).stdout.splitlines()
-    assert rows[0] == "n,e" and rows[1].endswith(",1")
+    name = next(
+        line.split('"')[1]
+        for line in (ROOT / "studies" / study).read_text().splitlines()
+        if line.startswith("name")
+    )
+    con = duckdb.connect(str(folder / "optlab.duckdb"), read_only=True)
+    try:
+        runs, done, epochs, first = con.execute(
+            "select count(*), count(*) filter (status = 'done'), "
+            "(select count(*) from epochs e join runs q using (run_id) where q.study = $1), "
+            "(select min(epoch) from epochs e join runs q using (run_id) where q.study = $1) "
+            "from runs where study = $1",
+            [name],
+        ).fetchone()
+    finally:
+        con.close()
+    assert runs > 0 and done == runs and epochs == runs and first == 1, (runs, done, epochs)

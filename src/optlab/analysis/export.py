@@ -67,6 +67,8 @@ def _tables(con: Any, study: str, folder: Path, fmt: str) -> list[Path]:
     queries = {"runs": f"select * from runs where study = '{q(study)}' order by block, position"}
     present = {t for (t,) in con.execute("select table_name from duckdb_tables()").fetchall()}
     for table in [t for t in RUN_TABLES if t in present]:  # an older store has no rungs
+        if table not in ("epochs", "probes") and not _any_rows(con, table, members):
+            continue  # halving's decisions, when the study halves
         queries[table] = (
             f"select * from {table} where run_id in {members} "
             f"order by {order.get(table, 'run_id, epoch')}"
@@ -78,6 +80,12 @@ def _tables(con: Any, study: str, folder: Path, fmt: str) -> list[Path]:
         con.execute(f"copy ({sql}) to '{q(str(path))}' {option}")
         files.append(path)
     return files
+
+
+def _any_rows(con: Any, table: str, members: str) -> bool:
+    return bool(
+        con.execute(f"select count(*) from {table} where run_id in {members}").fetchone()[0]
+    )
 
 
 # The seed projects' own names for the hyperparameters they vary most.
