@@ -1,4 +1,4 @@
-"""nox sessions: tests, fast, lint, bench, gpu (where CUDA exists)."""
+"""nox sessions: tests, fast, lint, docs, bench, gpu (where CUDA exists)."""
 
 from __future__ import annotations
 
@@ -30,6 +30,14 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
     session.run("lint-imports")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The docs/ pages as a site (mkdocs-material), into site/; --strict: a broken link or a
+    page left out of mkdocs.yml's nav fails."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs)
 
 
 @nox.session

@@ -46,15 +46,16 @@ def test_no_module_over_600_lines_and_no_function_over_100():
 
 
 def test_every_path_where_things_live_names_exists():
-    """README's map of the house names real files: a move that forgets it fails here."""
+    """The map of the house (docs/house.md) names real files: a move that forgets it fails
+    here."""
     import re
 
-    readme = (SRC.parents[1] / "README.md").read_text()
-    section = readme.split("## Where things live", 1)[1].split("\n## ", 1)[0]
+    page = (SRC.parents[1] / "docs" / "house.md").read_text()
+    section = page.split("## Where things live", 1)[1].split("\n## ", 1)[0]
     named = set(re.findall(r"\b((?:src|tests)/[\w/.]+)", section))
     assert len(named) > 20
     missing = sorted(p for p in named if not (SRC.parents[1] / p).exists())
-    assert not missing, f"README's 'Where things live' names what is not there: {missing}"
+    assert not missing, f"docs/house.md's 'Where things live' names what is not there: {missing}"
 
 
 # What may be imported inside a function: what is slow to import or optional, so that a

@@ -239,7 +239,7 @@ def test_effective_lr_is_the_group_lr_times_the_trust_ratio_and_over_w_squared()
     ],
 )
 def test_schedules_name_the_epochs_after_which_a_probe_runs(table, epochs):
-    assert ProbeParams(**table).epoch_list(6) == epochs
+    assert [e for e in range(7) if ProbeParams(**table).runs_at(e)] == epochs
 
 
 @pytest.mark.parametrize(

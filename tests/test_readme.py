@@ -1,7 +1,8 @@
-"""The README's transcripts are what the commands print.
+"""The README's and the docs pages' transcripts are what the commands print.
 
-Every ``$ optlab ...`` block of the tour (and any other marked as checked here) runs, in
-order, in a folder holding the quickstart study, and its output is compared line by line:
+Every ``$ optlab ...`` block of the README's tour (and any other, in the README or a page of
+``docs/``, marked as checked here) runs, in order (the README, then the pages as PAGES lists
+them), in a folder holding the quickstart study, and its output is compared line by line:
 ``...`` stands for any lines; whole numbers (counts, run ids) match exactly and decimals
 within 0.02 or 5% (accuracies and losses vary in their last digits between CPUs),
 and timings, worker and thread counts, a run's place in the finishing order and the losses
@@ -25,6 +26,11 @@ from tests.conftest import optlab
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+# The README, then the docs pages, in the order the tour's checks run through them.
+PAGES = [README] + [
+    ROOT / "docs" / f"{name}.md"
+    for name in ("answers", "studies", "running", "beyond", "store", "plugins", "house")
+]
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[+-]?\d+)?")
 LOOSE = [
     (re.compile(r"\d+m\d\ds"), "<time>"),
@@ -41,8 +47,15 @@ LOOSE = [
 
 def transcripts() -> list[tuple[str, str | None, list[tuple[str, list[str]]]]]:
     """(section, the comment before the block, [(command, expected lines)])."""
+    out: list = []
+    for page in PAGES:
+        out += _transcripts(page)
+    return out
+
+
+def _transcripts(page: Path) -> list[tuple[str, str | None, list[tuple[str, list[str]]]]]:
     out, section, comment = [], "", None
-    lines = (ROOT / "README.md").read_text().splitlines()
+    lines = page.read_text().splitlines()
     i = 0
     while i < len(lines):
         line = lines[i]
@@ -67,7 +80,11 @@ def transcripts() -> list[tuple[str, str | None, list[tuple[str, list[str]]]]]:
 
 def python_blocks() -> list[tuple[str | None, str]]:
     """(the comment before it, the code) of every ```python block of the README."""
-    found = re.findall(r"(?:(<!--[^\n]*-->)\n)?```python\n(.*?)```", README.read_text(), re.S)
+    found = [
+        hit
+        for page in PAGES
+        for hit in re.findall(r"(?:(<!--[^\n]*-->)\n)?```python\n(.*?)```", page.read_text(), re.S)
+    ]
     return [(comment or None, code) for comment, code in found]
 
 
@@ -215,7 +232,7 @@ def test_the_tour_prints_what_the_readme_says(tmp_path):
 @pytest.mark.slow  # real worker processes
 def test_the_write_a_plugin_section_works_as_written(tmp_path):
     """The section's two files, saved as it says, run as a study."""
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "plugins.md").read_text()
     files = dict(re.findall(r"<!-- write-a-plugin: (\S+)[^>]*-->\n```\w+\n(.*?)```", text, re.S))
     assert set(files) == {"my_optimizers.py", "study.toml"}
     for name, body in files.items():
@@ -228,3 +245,39 @@ def test_the_write_a_plugin_section_works_as_written(tmp_path):
         "query", "select distinct optimizer from runs", "--format", "csv", cwd=tmp_path
     ).stdout
     assert got == "optimizer\nsignsgd\n"
+
+
+def test_every_path_in_every_page_exists():
+    """A path of the repository named in the README or a docs page (src/, tests/, studies/,
+    benchmarks/, plugins/, docs/) is there: a move that forgets a page fails here."""
+    named = {
+        (page.name, path)
+        for page in PAGES
+        for path in re.findall(
+            r"(?<![\w/.])((?:src|tests|studies|benchmarks|plugins|docs)/[\w./-]*[\w/])",
+            page.read_text(),
+        )
+    }
+    assert len(named) > 40
+    missing = sorted((page, path) for page, path in named if not (ROOT / path).exists())
+    assert not missing, f"named but not there: {missing}"
+
+
+def test_the_readme_is_a_front_page_and_the_docs_build_as_a_site():
+    """The README stays a front page (the two commands, a tour, where to read on); every
+    docs page is in the site's navigation (mkdocs.yml), and every page the README points
+    to exists."""
+    lines = README.read_text().splitlines()
+    assert len(lines) <= 300, len(lines)
+    nav = (ROOT / "mkdocs.yml").read_text()
+    for page in PAGES[1:]:
+        assert f" {page.name}" in nav, f"{page.name} is not in mkdocs.yml's nav"
+    for target in re.findall(r"\]\((docs/[\w.-]+\.md)\)", README.read_text()):
+        assert (ROOT / target).is_file(), target
+
+
+def test_the_site_s_home_gives_the_readme_s_two_commands():
+    def commands(text: str) -> str:
+        return text.split("```bash", 1)[1].split("```", 1)[0]
+
+    assert commands((ROOT / "docs" / "index.md").read_text()) == commands(README.read_text())

@@ -4,6 +4,7 @@ of runs that halving stopped and of final runs, checked on stores made without t
 from __future__ import annotations
 
 import duckdb
+import pytest
 
 from optlab.store import core as st
 from tests.synth import make_store
@@ -221,3 +222,20 @@ def test_compare_refuses_final_runs_that_mix_configurations(tmp_path, cli):
     result = cli("analyze", "compare", "--metric", "final_test_acc")
     assert result.exit_code != 0 and result.output.count("\n") == 1, result.output
     assert "the final runs of sgd mix 2 configurations" in result.output
+
+
+@pytest.mark.parametrize("study", ["batch_growth.toml", "warmup_regimes.toml", "local_sgd.toml"])
+def test_a_billion_epochs_on_paper_costs_nothing_to_show(cli, study):
+    """`epochs = 1000000000` once made `optlab show` list a probe schedule and check a batch
+    schedule epoch by epoch (a MemoryError, or the kernel killing it): both are asked per
+    epoch now, and looked at only where they change."""
+    from tests.conftest import ROOT
+
+    result = cli("show", str(ROOT / "studies" / study), "--set", "epochs=1000000000")
+    assert result.exit_code == 0, result.output
+    probe = 'probes=[{name="grad_norm", epochs="1-1000000001"}]'
+    result = cli(
+        "show", str(ROOT / "studies" / study), "--set", "epochs=1000000000", "--set", probe
+    )
+    assert result.exit_code != 0 and result.output.count("\n") == 1
+    assert "epoch 1000000001 is beyond the run's 1000000000 epochs" in result.output

@@ -52,17 +52,24 @@ class ProbeParams(Params):
             raise ValueError(f"give one of epochs, every, first_steps (given {', '.join(given)})")
         return self
 
-    def epoch_list(self, epochs: int) -> list[int]:
-        """The epochs after which the probe runs (0 = before the first step)."""
+    def runs_at(self, epoch: int) -> bool:
+        """Whether the probe runs after ``epoch`` (0 = before the first step). Asked per
+        epoch, never listed: a run may have a billion epochs on paper."""
         if self.first_steps is not None:
-            return []
+            return False
         if isinstance(self.epochs, str):
             first, last = (int(x) for x in _RANGE.match(self.epochs).groups())  # type: ignore
-            return list(range(first, last + 1))
+            return first <= epoch <= last
         if self.epochs is not None:
-            return sorted(set(self.epochs))
+            return epoch in self.epochs
         every = self.every or 1
-        return list(range(every, epochs + 1, every))
+        return epoch >= every and epoch % every == 0
+
+    def last_epoch(self) -> int | None:
+        """The last epoch it names, when it names epochs (a list or a range)."""
+        if isinstance(self.epochs, str):
+            return int(_RANGE.match(self.epochs).group(2))  # type: ignore[union-attr]
+        return max(self.epochs) if self.epochs else None
 
 
 def check_schedule(params: ProbeParams, *, epochs: int, **_: Any) -> None:
@@ -73,7 +80,12 @@ def check_schedule(params: ProbeParams, *, epochs: int, **_: Any) -> None:
             f"every = {params.every} is beyond the run's {epochs} epochs, so the "
             "probe would never run"
         )
-    beyond = [e for e in params.epoch_list(epochs) if e > epochs]
+    if isinstance(params.epochs, list):
+        beyond = sorted(e for e in params.epochs if e > epochs)
+    else:
+        last = params.last_epoch()
+        first = int(_RANGE.match(params.epochs).group(1)) if params.epochs else 0  # type: ignore
+        beyond = [max(first, epochs + 1)] if last is not None and last > epochs else []
     if beyond:
         raise ValueError(
             f"epoch {beyond[0]} is beyond the run's {epochs} epochs (allowed: 0 to {epochs})"

@@ -30,7 +30,7 @@ class _Entry:
     name: str
     params: Any
     measure: Callable[[ProbeContext], dict[str, Any]]
-    epochs: set[int]
+    at_epoch: Callable[[int], bool]  # whether it runs after an epoch
     first_steps: int
     index: torch.Tensor  # probe batch indices into the training set
     generator: torch.Generator
@@ -70,7 +70,7 @@ class Probes:
                     table["name"],
                     params,
                     measure,
-                    set(params.epoch_list(epochs)),
+                    params.runs_at,
                     params.first_steps or 0,
                     index,
                     gen,
@@ -104,7 +104,7 @@ class Probes:
 
     def at_epoch(self, epoch: int, step: int) -> tuple[list[dict[str, Any]], float]:
         """Probes due after ``epoch`` (0 = before training); (events, seconds spent)."""
-        return self._run([e for e in self.entries if epoch in e.epochs], epoch, step)
+        return self._run([e for e in self.entries if e.at_epoch(epoch)], epoch, step)
 
     def at_step(self, epoch: int, step: int) -> tuple[list[dict[str, Any]], float]:
         """Probes due after optimizer step ``step`` (1-based) of ``epoch``."""

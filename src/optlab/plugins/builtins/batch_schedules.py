@@ -84,7 +84,12 @@ def _builder(make: Callable[[Any], Callable[[int], int]], grows: bool = True):
             return  # a constant batch beyond the training set is full-batch training
         at = make(params)
         cap = getattr(params, "max_batch_size", None)
-        for epoch in range(epochs):
+        # The size changes only every incr_interval epochs (a list: in its first epochs), so
+        # only those are looked at: a run may have a billion epochs on paper.
+        step = getattr(params, "incr_interval", 1)
+        if isinstance(params, ListParams):  # its last size holds after its list
+            epochs = min(epochs, len(params.sizes))
+        for epoch in range(0, epochs, step):
             size = at(epoch)
             if size > train_size:
                 raise ValueError(
