@@ -132,3 +132,20 @@ def test_the_quick_tier_refuses_a_test_that_starts_optlab():
         ["chromium", "--headless", "optlab_report.html"],
     ):
         assert not _starts_optlab(argv), argv
+
+
+def test_no_executor_is_special_cased_outside_its_own_package():
+    """A new executor is one module against the protocol: nothing outside
+    src/optlab/execution/executors/ compares a name with an executor's (the imports are held
+    by an import-linter contract)."""
+    names = {"local", "ray"}
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        if "execution/executors" in path.as_posix():
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Compare):
+                for side in [node.left, *node.comparators]:
+                    if isinstance(side, ast.Constant) and side.value in names:
+                        found.append(f"{path.relative_to(SRC)}:{node.lineno}")
+    assert not found, f"an executor special-cased by name: {found}"

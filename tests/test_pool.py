@@ -59,8 +59,6 @@ def run(tmp_path, monkeypatch):
             prepared,
             make_slots([], 1, slots, cores=slots),
             Console(file=io.StringIO()),
-            None,
-            stall_timeout,
             LocalExecutor(db, stall_timeout, python=str(python)),
         )
         return outcome, prepared

@@ -30,6 +30,7 @@ from optlab.analysis.analyze import run_analysis
 from optlab.analysis.results import open_study
 from optlab.charts import catalog, figures
 from optlab.errors import OptlabError, StoreError
+from optlab.execution import executors
 from optlab.execution.launch import Launch, Part, launch
 from optlab.study.expand import all_runs, expand
 from optlab.study.schema import Study, single_run
@@ -78,7 +79,7 @@ def train(
     if config:
         spec = spec.model_copy(update={"overrides": {**spec.overrides, **config}})
     (run,) = all_runs(expand(spec))
-    how = Launch(gpus, 1, 1, False, Path(data_dir), None, 600.0, "local", {}, Path(store))
+    how = Launch(gpus, 1, 1, False, Path(data_dir), None, 600.0, executors.DEFAULT, {}, Path(store))
     out, err = (Console(stderr=e, highlight=False, soft_wrap=True) for e in (False, True))
     code = launch([Part(spec, expand(spec), None)], how, out, err)[1]
     if code == 130:

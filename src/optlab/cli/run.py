@@ -17,7 +17,6 @@ from optlab.cli.common import (
 )
 from optlab.errors import UsageError
 from optlab.execution import executors
-from optlab.execution.executors.local import LocalExecutor
 from optlab.execution.launch import Launch, launch, plan_parts
 from optlab.execution.selection import Selection
 
@@ -105,7 +104,7 @@ def command(
         show_default=False,
     ),
     executor_name: str = typer.Option(
-        "local",
+        executors.DEFAULT,
         "--executor",
         help="Where runs train: local (this machine) or ray (a Ray "
         "cluster; pip install 'optlab[ray]'). See optlab plugins executor.",
@@ -120,9 +119,8 @@ def command(
     # Everything the user gave is checked before the store is touched.
     if stall_timeout <= 0:
         raise UsageError(f"--stall-timeout {stall_timeout:g}: give a number of seconds > 0")
-    if executor_name == "local":  # the slots are checked before anything slow
-        LocalExecutor(store).make_slots(gpus, per_gpu, workers, None)
     options = executors.parse_options(executor_opts, address)
+    executors.check(executor_name, options, gpus, per_gpu, workers)  # before anything slow
     chosen = Selection(blocks, only, where)
     parts = plan_parts(list(studies or [None]), sets, max_runs, chosen)
     code = launch(

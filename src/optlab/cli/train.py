@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from optlab.cli.common import StoreOption, err, handles_errors, out
+from optlab.execution import executors
 from optlab.execution.launch import Launch, Part, launch
 from optlab.study.expand import expand
 from optlab.study.schema import single_run
@@ -48,7 +49,7 @@ def command(
     spec = single_run(study, sets, seed)
     plans = expand(spec)
     # The union of every configuration trained so (matrix None: nothing is dropped).
-    how = Launch(gpus, 1, 1, False, data_dir, checkpoint_dir, 600.0, "local", {}, store)
+    how = Launch(gpus, 1, 1, False, data_dir, checkpoint_dir, 600.0, executors.DEFAULT, {}, store)
     code = launch([Part(spec, plans, None)], how, out, err)[1]
     if code:
         raise typer.Exit(code)

@@ -29,7 +29,6 @@ from optlab.errors import StoreBusy, StoreFull
 from optlab.execution import finals
 from optlab.execution.devices import Slot
 from optlab.execution.executors import Executor
-from optlab.execution.executors.local import LocalExecutor
 from optlab.execution.executors.work import WorkQueue
 from optlab.execution.halving import load as halving_state
 from optlab.execution.halving import unit_key
@@ -433,15 +432,13 @@ def execute(
     prepared: Prepared,
     slots: list[Slot],
     console: Console,
+    executor: Executor,
     lock: WriterLock | None = None,
-    stall_timeout: float = 600.0,
-    executor: Executor | None = None,
 ) -> Outcome:
-    """Run the planned runs on ``executor`` (default: the local pool). Ctrl-C stops the
+    """Run the planned runs on ``executor``'s ``slots``. Ctrl-C stops the
     workers and leaves the runs resumable; more Ctrl-Cs are acknowledged, and a third gives
     up waiting for a busy store."""
     todo = prepared.todo
-    executor = executor or LocalExecutor(store, stall_timeout)
     session_id = uuid.uuid4().hex[:12]
     names = [studies.name] if isinstance(studies, Study) else list(studies)
     ids = {r.run_id for r in todo}

@@ -15,7 +15,6 @@ from typing import Any
 from optlab.errors import ConfigError, UsageError
 from optlab.execution import executors, finals, preparing
 from optlab.execution.coordinator import combine, execute, prepare
-from optlab.execution.devices import cpu_notes
 from optlab.execution.progress import describe_axes
 from optlab.execution.selection import Selection, select
 from optlab.store.core import check_store, log_path, other_names
@@ -138,9 +137,8 @@ def _run_locked(
             out.print(f"Nothing to run: all {total} runs of {label} are finished{hint}.")
             return None
         slots = executor.make_slots(how.gpus, how.per_gpu, how.workers, len(todo))
-        if how.executor_name == "local":
-            for note in cpu_notes(slots, how.per_gpu, how.workers, todo):
-                err.print(f"note: {note}", markup=False)
+        for note in executor.notes(slots, how.per_gpu, how.workers, todo):
+            err.print(f"note: {note}", markup=False)
         where = executor.where(slots)
         resuming = sum(1 for r in todo if prepared.resume.get(r.run_id, {}).get("resume_upto"))
         out.print(
@@ -151,7 +149,7 @@ def _run_locked(
         )
         if resuming:
             out.print(f"  {resuming} of them resume from their last checkpoint where they have one")
-        outcome = execute(store, names, prepared, slots, out, lock, how.stall_timeout, executor)
+        outcome = execute(store, names, prepared, slots, out, executor, lock)
     _summary(label, todo, outcome, store, out, err)
     return outcome
 

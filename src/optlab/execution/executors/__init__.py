@@ -20,6 +20,10 @@ An executor plugin's ``build(params, **context)`` returns an :class:`Executor`. 
 - ``checkpoints_shared``: the user named ``--checkpoint-dir``, a folder every worker can
   reach; otherwise checkpoints live beside the store, on this machine only;
 - ``datasets``: the study's distinct dataset tables, for nodes that prepare their own.
+
+An executor plugin may also give ``check(params, gpus=..., per_gpu=...,
+workers=...)``: what can be checked of the slot options before anything slow is done
+(before the study's datasets are fetched), raising UsageError; `optlab run` calls it first.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from pydantic import Field, ValidationError
 
 from optlab.errors import UsageError
 from optlab.execution.devices import Slot
+from optlab.execution.executors.work import WorkQueue
 from optlab.plugins.plugin import Params, Plugin
 from optlab.plugins.registry import default_registry
 from optlab.study.expand import RunSpec
@@ -38,9 +43,12 @@ from optlab.study.expand import RunSpec
 Sink = Callable[[dict[str, Any]], None]
 TaskExtra = Callable[[RunSpec, Slot], dict[str, Any]]
 
+DEFAULT = "local"  # the executor a study runs on unless --executor names another
+
 
 class Executor(Protocol):
-    """What the coordinator drives."""
+    """What the coordinator drives: it asks for slots, then hands the executor a work queue
+    and a sink, and the executor gives back every event of every run it trains."""
 
     name: str
 
@@ -53,13 +61,24 @@ class Executor(Protocol):
     def where(self, slots: list[Slot]) -> str:
         """A few words for the start line: ``2 GPU(s) x 4``, ``CPU``, ``ray: 3 nodes``."""
 
+    def notes(
+        self, slots: list[Slot], per_gpu: int, workers: int | None, runs: list[RunSpec]
+    ) -> list[str]:
+        """What the user should hear before the slots start (options that do nothing here,
+        runs that will be slow where they train); each printed as ``note: ...``."""
+
     async def run(
-        self, specs: list[RunSpec], slots: list[Slot], sink: Sink, task_extra: TaskExtra
+        self, work: WorkQueue, slots: list[Slot], sink: Sink, task_extra: TaskExtra
     ) -> None:
-        """Train ``specs`` on ``slots``, sending every event to ``sink`` (in order per run),
-        until all have ended or :meth:`halt` was called. Cancelling it stops the workers and
-        leaves the runs resumable. Besides the workers' events it may send ``assigned``
-        (run_id, worker), ``silent`` (run_id, worker, seconds) and ``note`` (text)."""
+        """Take runs from ``work`` and train each on a free slot, until the queue is closed
+        and empty or :meth:`halt` was called; the coordinator may put runs in it while
+        others train (first: a run going on past a rung), and hold it open while it asks
+        the store for more (final runs). Every event of a run goes to ``sink``, in order
+        per run; besides the workers' events it may send ``assigned`` (run_id, worker),
+        ``silent`` (run_id, worker, seconds) and ``note`` (text). ``task_extra(run, slot)``
+        is what the worker is told beside the run (its checkpoint folder, where it may
+        resume, its thread count, where it stops). Cancelling it stops the workers and
+        leaves the runs resumable."""
 
     def halt(self) -> None:
         """Start no more runs (a full disk)."""
@@ -113,15 +132,41 @@ ray = Plugin(
 )
 
 
+def check(
+    name: str, params: dict[str, Any], gpus: str | None, per_gpu: int, workers: int | None
+) -> None:
+    """What can be checked of ``--executor NAME``, its options and the slot options before
+    anything slow: one line (UsageError) for what is wrong."""
+    plugin = _plugin(name)
+    validated = _validated(name, plugin, params)
+    if plugin.check is not None:
+        plugin.check(validated, gpus=gpus, per_gpu=per_gpu, workers=workers)
+
+
+def _plugin(name: str) -> Plugin:
+    return default_registry().get("executor", name)
+
+
 def create(name: str, params: dict[str, Any], **context: Any) -> Executor:
     """The executor ``name`` built with ``params`` (its own options, as strings or values:
     ``--executor-opt KEY=VALUE``; ``--address`` is ``address``) and the context."""
+    plugin = _plugin(name)
+    validated = _validated(name, plugin, params)
+    try:
+        build = plugin.builder()
+    except ImportError as e:
+        raise UsageError(
+            f"--executor {name} needs {e.name or 'a package'}, which is not "
+            f"installed: pip install 'optlab[{name}]'"
+        ) from None
+    return build(validated, **context)
 
-    plugin = default_registry().get("executor", name)
+
+def _validated(name: str, plugin: Plugin, params: dict[str, Any]) -> Params:
     given = {k: v for k, v in params.items() if v is not None}
     takes = ", ".join(plugin.params.model_fields) or "none"
     try:
-        validated = plugin.params(**given)
+        return plugin.params(**given)
     except ValidationError as e:
         first = e.errors()[0]
         key = str(first["loc"][0]) if first["loc"] else ""
@@ -133,11 +178,3 @@ def create(name: str, params: dict[str, Any], **context: Any) -> Executor:
                 + ("" if unknown == ["address"] else f" (it takes: {takes})")
             ) from None
         raise UsageError(f"{option_name(key)} {given.get(key)!r}: {first['msg']}") from None
-    try:
-        build = plugin.builder()
-    except ImportError as e:
-        raise UsageError(
-            f"--executor {name} needs {e.name or 'a package'}, which is not "
-            f"installed: pip install 'optlab[{name}]'"
-        ) from None
-    return build(validated, **context)

@@ -39,6 +39,10 @@ class LocalExecutor:
     def make_slots(
         self, gpus: str | None, per_gpu: int, workers: int | None, runs: int | None
     ) -> list[Slot]:
+        return self.slots(gpus, per_gpu, workers, runs)
+
+    @staticmethod
+    def slots(gpus: str | None, per_gpu: int, workers: int | None, runs: int | None) -> list[Slot]:
         available = devices.visible_gpus()
         chosen = devices.parse_gpus(
             gpus if gpus is not None else ("all" if available else "none"), available
@@ -51,8 +55,13 @@ class LocalExecutor:
         gpus = sorted({s.gpu for s in slots if s.gpu is not None})
         return f"{len(gpus)} GPU(s) x {len(slots) // len(gpus)}" if gpus else "CPU"
 
+    def notes(
+        self, slots: list[Slot], per_gpu: int, workers: int | None, runs: list[RunSpec]
+    ) -> list[str]:
+        return devices.cpu_notes(slots, per_gpu, workers, runs)
+
     async def run(
-        self, specs: list[RunSpec] | WorkQueue, slots: list[Slot], sink: Sink, task_extra: TaskExtra
+        self, work: WorkQueue, slots: list[Slot], sink: Sink, task_extra: TaskExtra
     ) -> None:
         options: dict[str, Any] = {"python": self.python} if self.python else {}
         self.pool = LocalPool(
@@ -65,7 +74,7 @@ class LocalExecutor:
         )
         if self._halted:
             self.pool.halt()
-        await self.pool.run(specs, sink)
+        await self.pool.run(work, sink)
 
     def halt(self) -> None:
         self._halted = True
@@ -90,4 +99,16 @@ def _build_local(
     return LocalExecutor(store, stall_timeout, data_dir=data_dir)
 
 
-local = Plugin("worker processes on this machine (the default)", NoParams, _build_local)
+def _check_local(
+    params: NoParams, *, gpus: str | None, per_gpu: int, workers: int | None, **_: Any
+) -> None:
+    """The slots this machine can give, before anything slow: a bad --gpus is one line."""
+    LocalExecutor.slots(gpus, per_gpu, workers, None)
+
+
+local = Plugin(
+    "worker processes on this machine (the default)",
+    NoParams,
+    _build_local,
+    check=_check_local,
+)

@@ -210,6 +210,11 @@ class RayExecutor:
         kind = f"{gpus} GPU(s) x {len(slots) // gpus}" if gpus else "CPU"
         return f"ray, {kind}, {int(self.resources.get('CPU', 0))} CPUs in the cluster"
 
+    def notes(
+        self, slots: list[Slot], per_gpu: int, workers: int | None, runs: list[RunSpec]
+    ) -> list[str]:
+        return []  # what a node can do is told when it is placed (a node that cannot prepare)
+
     def nodes(self) -> dict[str, int]:
         return dict(Counter(self.placed.values()))
 
@@ -224,9 +229,9 @@ class RayExecutor:
     # -- the queue -----------------------------------------------------------------------
 
     async def run(
-        self, specs: list[RunSpec] | WorkQueue, slots: list[Slot], sink: Sink, task_extra: TaskExtra
+        self, work: WorkQueue, slots: list[Slot], sink: Sink, task_extra: TaskExtra
     ) -> None:
-        self.work = specs if isinstance(specs, WorkQueue) else WorkQueue(specs)
+        self.work = work
         if self.stopping:
             self.work.close()
         try:
