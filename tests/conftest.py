@@ -25,6 +25,18 @@ if hasattr(typer.testing, "_get_command"):
     typer.testing._get_command = lambda a: _COMMAND if a is app else get_command(a)
 
 _BUILTINS = registry.builtin_registry()
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """optlab's own modules compiled once for the hundreds of processes the slow tests
+    start (where PYTHONDONTWRITEBYTECODE is set, as on these machines, each would compile
+    them again: a fifth of a second a process). Once, in the process that runs the session
+    (pytest-xdist's controller), before its workers start."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    import compileall
+
+    compileall.compile_dir(ROOT / "src" / "optlab", quiet=2, workers=1)
 # Set by pytest itself, or by libraries on first use whichever test that is (OpenMP at
 # import, torch's compiler cache folder, a Ray driver's init).
 _THEIRS = (

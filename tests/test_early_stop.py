@@ -205,11 +205,32 @@ def test_kill_9_while_runs_wait_at_a_rung_changes_no_stop(halved, tmp_path):
     proc.kill()
     proc.communicate()
     wait_for(lambda: gone(workers))
+    # Status reads the ends the journals hold: a run stopped at a rung is stopped.
+    ended = {}
+    for journal in journals.glob("*/events.jsonl"):
+        last = json.loads(journal.read_text().splitlines()[-1])
+        ended[journal.parent.name] = last
+    stops = sum(1 for e in ended.values() if e["type"] == "rung" and e["decision"] == "stop")
+    from optlab.analysis.status import study_status
+
+    (status,) = study_status(tmp_path / "optlab.duckdb")
+    assert status.counts["stopped"] == stops
+    # paused at a rung, waiting for its group, or told to go on but not yet started again
+    waiting = {
+        r
+        for r, e in ended.items()
+        if e["type"] == "paused" or (e["type"] == "rung" and e["decision"] != "stop")
+    }
     optlab("run", "halved.toml", "--workers", "2", cwd=tmp_path, check=True)
     assert outcome(tmp_path) == outcome(halved)
     assert read(tmp_path, "select run_id, epoch, decision from rungs order by all") == read(
         halved, "select run_id, epoch, decision from rungs order by all"
     )
+    # A run that waited at a rung when the coordinator died is decided there, not started
+    # again just to pause again, and one told to go on goes on: each had one attempt, as in
+    # the uninterrupted study.
+    attempts = dict(read(tmp_path, "select run_id, attempts from runs where block = 'search'"))
+    assert {r: attempts[r] for r in waiting} == dict.fromkeys(waiting, 1)
 
 
 PLANTED = """

@@ -149,3 +149,32 @@ def test_no_executor_is_special_cased_outside_its_own_package():
                     if isinstance(side, ast.Constant) and side.value in names:
                         found.append(f"{path.relative_to(SRC)}:{node.lineno}")
     assert not found, f"an executor special-cased by name: {found}"
+
+
+def test_run_states_are_declared_once():
+    """A run's state is spelled in src/optlab/states.py only: elsewhere code compares with
+    and collects ``State`` members, never a bare "done" (a new state, or a renamed one, is
+    one edit; the per-run tables are ``store.schema.RUN_TABLES``, likewise one list). A
+    state's name as a column of a query's result, a key of an output table, or a word in a
+    sentence, is not a state and may be written."""
+    states = {"pending", "running", "done", "failed", "diverged", "stopped", "interrupted"}
+    found = []
+    for path in sorted(SRC.rglob("*.py")):
+        if path.name == "states.py":
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            pool: list[ast.AST] = []
+            if isinstance(node, ast.Compare):
+                pool = [node.left, *node.comparators]
+                pool += [
+                    e for p in pool if isinstance(p, ast.Tuple | ast.List | ast.Set) for e in p.elts
+                ]
+            elif isinstance(node, ast.Tuple | ast.List | ast.Set):
+                pool = list(node.elts)
+            found += [
+                f"{path.relative_to(SRC)}:{c.lineno}: {c.value!r}"
+                for c in pool
+                if isinstance(c, ast.Constant) and c.value in states
+            ]
+    assert not found, f"states spelled as strings (use optlab.states.State): {found}"

@@ -239,3 +239,29 @@ def test_a_billion_epochs_on_paper_costs_nothing_to_show(cli, study):
     )
     assert result.exit_code != 0 and result.output.count("\n") == 1
     assert "epoch 1000000001 is beyond the run's 1000000000 epochs" in result.output
+
+
+def test_merge_refuses_parts_that_halved_a_configuration_apart(tmp_path, cli):
+    """Two stores, each with one seed of a halving study (as an older optlab let parts run):
+    one stopped a configuration at its rung, the other sent it on. Merged, the study would
+    hold what no single run of it can; the merge says why and leaves this store as it was."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for folder, seed, decision in ((a, 0, "stop"), (b, 1, "continue")):
+        folder.mkdir()
+        db = make_store(
+            folder,
+            GRID,
+            lambda c, s: 0.5,
+            status=lambda c, s, k=seed: "done" if s == k else "pending",
+        )
+        (rid,) = rows(db, f"select run_id from runs where optimizer_lr = 0.01 and seed = {seed}")[0]
+        with st.writing(db) as con:
+            event = {"type": "rung", "run_id": rid, "epoch": 1, "decision": decision}
+            st.apply_events(con, [{**event, "time": 2.0e9}], [])
+    before = rows(a / "optlab.duckdb", "select run_id, status from runs order by all")
+    result = cli("merge", str(b / "optlab.duckdb"), "--store", str(a / "optlab.duckdb"))
+    assert result.exit_code != 0 and result.output.count("\n") == 1, result.output
+    assert "was stopped at the rung at epoch 1 for seed(s) 0 and went on for seed(s) 1" in (
+        result.output
+    )
+    assert rows(a / "optlab.duckdb", "select run_id, status from runs order by all") == before

@@ -32,6 +32,7 @@ from optlab.charts import catalog, figures
 from optlab.errors import OptlabError, StoreError
 from optlab.execution import executors
 from optlab.execution.launch import Launch, Part, launch
+from optlab.states import State
 from optlab.study.expand import all_runs, expand
 from optlab.study.schema import Study, single_run
 from optlab.study.schema import load_study as _load_study
@@ -88,7 +89,7 @@ def train(
     found = open_store(store)
     summary = found.sql("select * from run_summary where run_id = ?", run.run_id).df()
     row = summary.to_dict("records")[0] if len(summary) else {}
-    return Trained(run.run_id, row.get("status", "pending"), row, found.epochs(run.run_id).df())
+    return Trained(run.run_id, row.get("status", State.PENDING), row, found.epochs(run.run_id).df())
 
 
 def open_store(path: str | Path = "optlab.duckdb") -> Store:

@@ -40,6 +40,7 @@ from optlab.analysis.core import (
 )
 from optlab.analysis.results import open_study, parse_metric, probes_asked
 from optlab.errors import OptlabError
+from optlab.states import State
 from optlab.store.core import matrix_runs
 from optlab.study.schema import FINAL_SUFFIX
 
@@ -192,10 +193,10 @@ def analyses_for(facts: StudyFacts) -> list[str]:
 
 def _note_unfinished(result: Result, statuses: list[str]) -> None:
     """Say so when no run of the study has finished: every table is empty, and why."""
-    if not statuses or "done" in statuses or "note" in result.findings:
+    if not statuses or State.DONE in statuses or "note" in result.findings:
         return
     counts = ", ".join(f"{n} {s}" for s, n in sorted(Counter(statuses).items()))
-    waiting = {"pending", "running", "interrupted"} & set(statuses)
+    waiting = {State.PENDING, State.RUNNING, State.INTERRUPTED} & set(statuses)
     result.findings["note"] = (
         f"not answerable yet: none of the {len(statuses)} runs in this store has finished "
         f"({counts}); run them"

@@ -32,6 +32,7 @@ from optlab.analysis.core import (
 )
 from optlab.analysis.results import parse_metric
 from optlab.errors import OptlabError
+from optlab.states import State
 from optlab.study.schema import is_final_block
 
 
@@ -109,7 +110,7 @@ def answer(result: Result, runs: list[Run], axes: Any, rng: Any, asked: Asked) -
         "space and every seed), drawn with replacement (Dodge et al. 2019)"
         + (
             "; runs stopped early by successive halving count with the values they reached"
-            if any(r.status == "stopped" for g in groups.values() for r in g)
+            if any(r.status == State.STOPPED for g in groups.values() for r in g)
             else ""
         ),
         budget=_leaders(curves, higher, by),
@@ -126,8 +127,8 @@ def _trials(
     leave_out(result, "final run (a confirmation, not a trial)", finals)
     runs = [r for r in runs if not is_final_block(r.block)]
     # A run successive halving stopped is a trial too: it counts with what it reached.
-    finished = [r for r in in_study_order(runs) if r.status in ("done", "stopped")]
-    for status in sorted({r.status for r in runs} - {"done", "stopped"}):
+    finished = [r for r in in_study_order(runs) if r.status in (State.DONE, State.STOPPED)]
+    for status in sorted({r.status for r in runs} - {State.DONE, State.STOPPED}):
         leave_out(result, status, [r for r in runs if r.status == status])
     leave_out(result, f"no {val} value", [r for r in finished if r.value is None])
     leave_out(

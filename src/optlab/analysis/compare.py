@@ -29,6 +29,7 @@ from optlab.analysis.core import (
 )
 from optlab.analysis.results import parse_metric
 from optlab.errors import OptlabError
+from optlab.states import State
 from optlab.study.schema import FINAL_SUFFIX, is_final_block
 
 TEST_NAME = "Welch's two-sample t-test (unequal variances, two-sided)"
@@ -62,13 +63,13 @@ def answer(result: Result, runs: list[Run], axes: Any, rng: Any, asked: Asked) -
         return
     searched = {r.block.removesuffix(FINAL_SUFFIX) for r in finals}
     search = [r for r in runs if r.block in searched]
-    for status in sorted({r.status for r in finals} - {"done"}):
+    for status in sorted({r.status for r in finals} - {State.DONE}):
         leave_out(result, f"final run {status}", [r for r in finals if r.status == status])
-    done = [r for r in finals if r.status == "done" and r.value is not None]
+    done = [r for r in finals if r.status == State.DONE and r.value is not None]
     leave_out(
         result,
         f"final run without {result.metric}",
-        [r for r in finals if r.status == "done" and r.value is None],
+        [r for r in finals if r.status == State.DONE and r.value is None],
     )
     groups: dict[str, list[Run]] = {}
     for run in done:
@@ -131,7 +132,7 @@ def _row(
         "configurations": len(configs),
         "search_runs": len(tuned),
         "search_epochs": sum(epochs.get(r.run_id, 0) for r in tuned),
-        "stopped": sum(1 for r in tuned if r.status == "stopped"),
+        "stopped": sum(1 for r in tuned if r.status == State.STOPPED),
     }
 
 

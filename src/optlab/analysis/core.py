@@ -15,6 +15,7 @@ import numpy as np
 
 from optlab.analysis.results import Axes, clean, parse_metric, reduce_sql
 from optlab.errors import OptlabError
+from optlab.states import State
 from optlab.study import paths
 
 LR, WD, BATCH = "optimizer.lr", "optimizer.weight_decay", "batch_schedule.batch_size"
@@ -193,7 +194,7 @@ def usable(runs: list[Run], result: Result) -> list[Run]:
     """Finished runs with a value; the rest are reported in ``result.left_out``."""
     keep, dropped = [], {}
     for run in runs:
-        if run.status != "done":
+        if run.status != State.DONE:
             reason = run.status
         elif run.value is None:
             reason = f"no {result.metric} value"

@@ -28,6 +28,7 @@ from optlab.analysis.core import (
 )
 from optlab.analysis.results import METRIC_COLUMNS
 from optlab.errors import OptlabError
+from optlab.states import State
 from optlab.store.sql import q
 
 TIMES = {"steps": "step", "sfo": "sfo", "seconds": "seconds"}
@@ -87,8 +88,8 @@ from runs r where r.study = '{q(study)}' order by r.position, r.run_id"""
 
 def answer(result: Result, runs: list[Run], axes: Any, rng: Any, asked: Asked) -> None:
     column, target, unit = (asked.found[k] for k in ("column", "target", "unit"))
-    done = [r for r in runs if r.status == "done"]
-    for status in sorted({r.status for r in runs} - {"done"}):
+    done = [r for r in runs if r.status == State.DONE]
+    for status in sorted({r.status for r in runs} - {State.DONE}):
         leave_out(result, status, [r for r in runs if r.status == status])
     times = _times(done, runs)
     optimizers = sorted({o for _, o in times})

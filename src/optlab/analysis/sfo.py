@@ -20,6 +20,7 @@ from optlab.analysis.core import (
 )
 from optlab.analysis.results import probes_asked
 from optlab.errors import OptlabError
+from optlab.states import State
 
 
 def read(con: Any, result: Result, asked: Asked) -> list[Run]:
@@ -70,8 +71,8 @@ def answer(result: Result, runs: list[Run], axes: list[str], rng: Any, asked: As
     if "note" in result.findings:  # not answerable yet: read said why
         return
     epsilon, lowest = asked.epsilon, asked.found["minimum"]
-    done = [r for r in runs if r.status == "done"]
-    for status in sorted({r.status for r in runs} - {"done"}):
+    done = [r for r in runs if r.status == State.DONE]
+    for status in sorted({r.status for r in runs} - {State.DONE}):
         leave_out(result, status, [r for r in runs if r.status == status])
     table = []
     not_yet(result, done, runs, [])

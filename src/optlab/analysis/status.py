@@ -17,12 +17,10 @@ from typing import Any
 
 from optlab.errors import OptlabError
 from optlab.locations import resolve, roots
-from optlab.states import State
+from optlab.states import ENDED, State
 from optlab.store.core import STATES, journal_progress, matrix_runs, reading
 from optlab.store.liveness import LIVE_SECONDS, Writer, pid_alive, read_writer
 from optlab.training.checkpoint import newest_intact
-
-ENDED = ("done", "failed", "diverged", "stopped")  # results, and failures to look at
 
 
 @dataclass
@@ -139,11 +137,11 @@ def _one(con: Any, store: Path, name: str, writer: Writer | None) -> StudyStatus
             if status not in (State.FAILED, State.DIVERGED):
                 continue  # a result: neither a problem nor unfinished
         elif run_id in cut:
-            status = "interrupted"
+            status = State.INTERRUPTED
             done, ckpt = max(done, cut[run_id][0]), max(ckpt or 0, cut[run_id][1])
-        elif status == "pending":
+        elif status == State.PENDING:
             continue
-        if ckpt and folder and status != "running":
+        if ckpt and folder and status != State.RUNNING:
             # Where a resume would really start: the newest intact checkpoint file (one
             # that is damaged or cut short is passed over, as the worker will).
             ckpt = newest_intact(resolve(folder, here), min(ckpt, done))
@@ -158,7 +156,9 @@ def _one(con: Any, store: Path, name: str, writer: Writer | None) -> StudyStatus
             "epochs": epochs,
             "epochs_done": done,
         }
-        (result.problems if status in ("failed", "diverged") else result.unfinished).append(run)
+        (result.problems if status in (State.FAILED, State.DIVERGED) else result.unfinished).append(
+            run
+        )
     return result
 
 

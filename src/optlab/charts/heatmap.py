@@ -10,6 +10,7 @@ from typing import Any
 from optlab.analysis.results import fetch_rows, parse_metric, reduce_sql
 from optlab.charts.drawing import axis, fmt, sort_key
 from optlab.charts.figures import Chart, Figure, Layout, Option, ReportFacts, Selection, layout
+from optlab.states import State
 
 # ---- heatmap ------------------------------------------------------------------------------
 
@@ -87,11 +88,11 @@ def _state(row: dict[str, Any]) -> str:
 
 def _label(row: dict[str, Any]) -> str:
     """A cell's text: the mean, and under it what did not finish (kept inside the cell)."""
-    notes = [f"{row[s]} {s}" for s in ("diverged", "failed") if row[s]]
+    notes = [f"{row[s]} {s}" for s in (State.DIVERGED, State.FAILED) if row[s]]
     if row.get("stopped"):
         notes.append(f"{row['stopped']} stopped at epoch {row['stopped_at']}")
     if row["value"] is None:
-        return "\n".join(notes) if notes else "pending"
+        return "\n".join(notes) if notes else State.PENDING
     return f"{row['value']:.3f}" + "".join(f"\n{n}" for n in notes)
 
 

@@ -18,6 +18,7 @@ from optlab.cli.common import (
 from optlab.errors import UsageError
 from optlab.execution.halving import rungs
 from optlab.execution.selection import Selection, select
+from optlab.states import State
 from optlab.store import core as st
 from optlab.study.expand import all_runs, expand
 from optlab.study.schema import final_block, load_study
@@ -71,7 +72,7 @@ def command(
             )
         return
     total = sum(len(p.runs) for p in plans)
-    done = sum(1 for s in states.values() if s == "done")
+    done = sum(1 for s in states.values() if s == State.DONE)
     out.print(
         f"study {spec.name} ({spec.file}): {total} runs, {done} done in {store}", markup=False
     )
@@ -80,7 +81,7 @@ def command(
     if chosen:
         out.print(f"  selected {total} of its {matrix} runs ({chosen.describe()})", markup=False)
     for plan in plans:
-        bdone = sum(1 for r in plan.runs if states.get(r.run_id) == "done")
+        bdone = sum(1 for r in plan.runs if states.get(r.run_id) == State.DONE)
         out.print(f"block {plan.name}: {len(plan.runs)} runs, {bdone} done", markup=False)
         # Of a part, the seeds and values its runs have (one pass over its runs).
         seen_seeds = {r.seed for r in plan.runs} if chosen else set(plan.seeds)

@@ -10,6 +10,7 @@ from rich.table import Table
 from optlab.analysis.status import study_status
 from optlab.cli.common import StoreOption, handles_errors, out
 from optlab.execution.progress import describe_axes
+from optlab.states import State
 from optlab.store.core import STATES
 
 NAME = "status"
@@ -53,7 +54,7 @@ def command(
         for p in s.problems:
             resume = (
                 f" (--retry-failed resumes from epoch {p['resume_epoch']} of {p['epochs']})"
-                if p["status"] == "failed" and p["resume_epoch"]
+                if p["status"] == State.FAILED and p["resume_epoch"]
                 else ""
             )
             out.print(
@@ -67,7 +68,7 @@ def command(
                 if u["resume_epoch"]
                 else f"starts over (no checkpoint; {u['epochs_done']} of {u['epochs']} epochs done)"
             )
-            if u["status"] == "running":
+            if u["status"] == State.RUNNING:
                 where = (
                     f"{u['epochs_done']} of {u['epochs']} epochs done; last checkpoint: "
                     f"{'epoch ' + str(u['resume_epoch']) if u['resume_epoch'] else 'none'}"

@@ -35,6 +35,7 @@ from optlab.execution.halving import unit_key
 from optlab.execution.plan import plan_runs
 from optlab.execution.progress import RunView, describe_axes
 from optlab.execution.tuning import Tuning
+from optlab.states import Event, State
 from optlab.store import core as st
 from optlab.store import records
 from optlab.store.liveness import WriterLock
@@ -110,32 +111,32 @@ class Coordinator:
             self.batch += decided
             for ev in decided:
                 self._decided(ev, worker if ev["run_id"] == run_id else None)
-        if kind == "paused":
+        if kind == Event.PAUSED:
             self.view.idle(worker)
-        elif kind == "epoch":
+        elif kind == Event.EPOCH:
             self.view.epoch(worker, event["epoch"], event.get("test_acc"))
             self._best[run_id] = max(self._best.get(run_id, 0.0), event.get("test_acc") or 0.0)
-        elif kind in ("started", "resumed"):
+        elif kind in (Event.STARTED, Event.RESUMED):
             for skipped in event.get("skipped") or []:
                 self.view.note(f"run {run_id}: checkpoint {skipped}; not used")
-            if kind == "resumed":
+            if kind == Event.RESUMED:
                 self.view.epoch(worker, event["epoch"], None)
-            if kind == "resumed" and run_id not in self.went_on:
+            if kind == Event.RESUMED and run_id not in self.went_on:
                 self.view.note(
                     f"resumed {self.label(spec)} from epoch {event['epoch']} "
                     f"({event['checkpoint']})"
                 )
-        elif kind == "disk_full":
-            self.outcome.statuses[run_id] = "interrupted"
+        elif kind == Event.DISK_FULL:
+            self.outcome.statuses[run_id] = State.INTERRUPTED
             self.stop(f"disk full: {event.get('error')}")
-        elif kind in ("finished", "failed", "diverged"):
-            status = "done" if kind == "finished" else kind
+        elif kind in (Event.FINISHED, Event.FAILED, Event.DIVERGED):
+            status = State.DONE if kind == Event.FINISHED else kind
             self.outcome.statuses[run_id] = status
             if event.get("error"):
                 self.outcome.errors[run_id] = event["error"]
             detail = (
                 f"best test_acc {self._best.get(run_id, 0.0):.4f}"
-                if status == "done"
+                if status == State.DONE
                 else event.get("error", "")
             )
             self.view.run_ended(worker, self.label(spec), status, detail)
@@ -148,7 +149,7 @@ class Coordinator:
         if decision == "continue":
             self.went_on.add(run_id)
             return
-        arrival = {"type": "paused", "run_id": run_id, "epoch": rung, "time": time.time()}
+        arrival = {"type": Event.PAUSED, "run_id": run_id, "epoch": rung, "time": time.time()}
         decided, _ = self.tuning.see(arrival)
         self.batch += decided
         for ev in decided:
@@ -160,8 +161,10 @@ class Coordinator:
         spec = self.specs.get(run_id) or self.tuning.halving.specs.get(run_id)
         self.specs.setdefault(run_id, spec)
         if event["decision"] == "stop":
-            self.outcome.statuses[run_id] = "stopped"
-            self.view.run_ended(worker, self.label(spec), "stopped", f"at epoch {event['epoch']}")
+            self.outcome.statuses[run_id] = State.STOPPED
+            self.view.run_ended(
+                worker, self.label(spec), State.STOPPED, f"at epoch {event['epoch']}"
+            )
             return
         if event["decision"] != "continue":
             return
@@ -290,7 +293,7 @@ def prepare(
         todo = plan_runs(runs, states, retry_failed, early_stop, _together(plans))
         # Stopped runs may go on in this session (a grown study): where they would resume.
         halved = {r.run_id: r for p in plans if p.early_stop for r in p.runs}
-        stopped = [r for i, r in halved.items() if states.get(i) == "stopped"]
+        stopped = [r for i, r in halved.items() if states.get(i) == State.STOPPED]
         points = st.resume_points(con, [r.run_id for r in [*todo, *stopped]])
         dirs = {}
         here = _folders_in(root)  # one listing instead of a stat a run
@@ -356,7 +359,7 @@ def _paused_before(
     candidates = [
         r.run_id
         for r in todo
-        if r.run_id in halving.unit_of and prepared.states.get(r.run_id) == "interrupted"
+        if r.run_id in halving.unit_of and prepared.states.get(r.run_id) == State.INTERRUPTED
     ]
     return st.paused_at_rungs(store, candidates)
 

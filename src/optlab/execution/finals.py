@@ -20,10 +20,9 @@ from typing import Any
 import duckdb
 
 from optlab.execution.halving import group_of, unit_key
+from optlab.states import ENDED, State
 from optlab.study.expand import BlockPlan, RunSpec, run_id_for
 from optlab.study.schema import final_block
-
-ENDED = ("done", "stopped", "diverged", "failed")
 
 
 def group_by(plan: BlockPlan) -> list[str]:
@@ -63,7 +62,7 @@ def selected(
     }
     chosen = []
     for members in chosen_groups.values():
-        if any(seen.get(r.run_id, ("pending",))[0] not in ENDED for r in members):
+        if any(seen.get(r.run_id, (State.PENDING,))[0] not in ENDED for r in members):
             continue
         best = _best_unit(members, seen, better == "max")
         if best is not None:
@@ -78,12 +77,12 @@ def _best_unit(members: list[RunSpec], seen: dict[str, tuple], larger: bool) -> 
 
     def full(runs: list[RunSpec]) -> bool:
         return all(
-            seen[r.run_id][0] == "done" and seen[r.run_id][3] == seen[r.run_id][1] for r in runs
+            seen[r.run_id][0] == State.DONE and seen[r.run_id][3] == seen[r.run_id][1] for r in runs
         )
 
     scored = []
     for key, runs in units.items():
-        if any(seen[r.run_id][0] == "diverged" for r in runs):
+        if any(seen[r.run_id][0] == State.DIVERGED for r in runs):
             continue
         values = [seen[r.run_id][2] for r in runs if seen[r.run_id][2] is not None]
         values = [v for v in values if math.isfinite(v)]

@@ -36,6 +36,7 @@ from typing import Any
 
 import duckdb
 
+from optlab.states import Event, State
 from optlab.study import paths
 from optlab.study.expand import BlockPlan, RunSpec, group_paths, identity_json
 from optlab.study.schema import EarlyStop
@@ -103,7 +104,7 @@ class Decision:
                 "go on"
             )
         return {
-            "type": "rung",
+            "type": Event.RUNG,
             "run_id": self.run_id,
             "epoch": self.epoch,
             "decision": self.decision,
@@ -235,7 +236,7 @@ class Halving:
         self.states[run_id] = state
         self.paused.pop(run_id, None)
         key = self.unit_of.get(run_id)
-        if key is None or state == "done":
+        if key is None or state == State.DONE:
             return [], []
         unit = self.units[key]
         rung = self.stop_at(run_id)
@@ -260,7 +261,9 @@ class Halving:
             return True
         if rung in unit.decided and (run_id, rung) in self.values:
             return True
-        return self.states.get(run_id) in ("diverged", "failed") or run_id not in self.coming
+        return (
+            self.states.get(run_id) in (State.DIVERGED, State.FAILED) or run_id not in self.coming
+        )
 
     def value(self, unit: Unit, rung: int) -> float | None:
         """The configuration's value at ``rung`` (better is larger: a loss is negated);
@@ -271,7 +274,7 @@ class Halving:
         if not seen:
             return None
         diverged = any(
-            self.states.get(r) == "diverged" and (r, rung) not in self.values for r in unit.runs
+            self.states.get(r) == State.DIVERGED and (r, rung) not in self.values for r in unit.runs
         )
         if diverged or any(v is None or not math.isfinite(v) for v in seen):
             return -math.inf
@@ -296,7 +299,7 @@ class Halving:
             return False
         return any(
             (r, rung) in self.values
-            or (r in self.coming and self.states.get(r) not in ("diverged", "failed"))
+            or (r in self.coming and self.states.get(r) not in (State.DIVERGED, State.FAILED))
             for r in unit.runs
         )
 
@@ -350,7 +353,7 @@ class Halving:
                 u.earlier.discard(rung)
                 if board.stopped_before is not None:
                     board.stopped_before.discard(u.key)
-                again += [self.specs[r] for r in u.runs if self.states.get(r) == "stopped"]
+                again += [self.specs[r] for r in u.runs if self.states.get(r) == State.STOPPED]
                 for r in u.rungs:  # it may now arrive at later rungs: sha waits for it
                     if r > rung:
                         self.waits.pop((u.group, r), None)
@@ -377,7 +380,7 @@ class Halving:
         for run_id in unit.runs:
             waiting = self.paused.get(run_id) == rung or (
                 verdict == CONTINUE
-                and self.states.get(run_id) == "stopped"
+                and self.states.get(run_id) == State.STOPPED
                 and self.last.get(run_id) == rung
             )
             if not waiting:
@@ -385,7 +388,7 @@ class Halving:
             out.append(Decision(run_id, rung, verdict, shown, rank, of, keep, unit.rule))
             if verdict != WAIT:
                 self.paused.pop(run_id, None)
-                self.states[run_id] = "stopped" if verdict == STOP else "running"
+                self.states[run_id] = State.STOPPED if verdict == STOP else State.RUNNING
         return out
 
 

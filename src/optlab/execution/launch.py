@@ -17,6 +17,7 @@ from optlab.execution import executors, finals, preparing
 from optlab.execution.coordinator import combine, execute, prepare
 from optlab.execution.progress import describe_axes
 from optlab.execution.selection import Selection, select
+from optlab.states import State
 from optlab.store.core import check_store, log_path, other_names
 from optlab.store.liveness import writer_lock
 from optlab.study.expand import all_runs, expand, file_matrix
@@ -88,7 +89,7 @@ def launch(parts: list[Part], how: Launch, out: Any, err: Any) -> tuple[Any, int
     # take them (every node the executor had could not prepare the datasets).
     if (
         outcome.stopped
-        or any(s in ("failed", "interrupted") for s in outcome.statuses.values())
+        or any(s in (State.FAILED, State.INTERRUPTED) for s in outcome.statuses.values())
         or len(outcome.statuses) < outcome.planned
     ):
         return outcome, 1
@@ -132,7 +133,7 @@ def _run_locked(
         if prepared.recovered:
             _report_recovery(prepared, out)
         if not todo:
-            failed = sum(1 for s in states.values() if s == "failed")
+            failed = sum(1 for s in states.values() if s == State.FAILED)
             hint = f"; {failed} failed (run again with --retry-failed)" if failed else ""
             out.print(f"Nothing to run: all {total} runs of {label} are finished{hint}.")
             return None
@@ -196,14 +197,14 @@ def _summary(study: str, todo: Any, outcome: Any, store: Path, out: Any, err: An
     out.print(f"{study}: {head} in {minutes}m{seconds:02d}s: {', '.join(parts) or 'nothing'}")
     by_id = {r.run_id: r for r in todo} | outcome.runs
     for run_id, status in outcome.statuses.items():
-        if status in ("failed", "diverged"):
+        if status in (State.FAILED, State.DIVERGED):
             r = by_id[run_id]
             err.print(
                 f"  {status} {run_id} {describe_axes(r.axes, r.seed)}: "
                 f"{outcome.errors.get(run_id, '')}",
                 markup=False,
             )
-            if status == "failed":
+            if status == State.FAILED:
                 err.print(f"    log: {log_path(store, run_id)}", markup=False)
     if counts.get("stopped"):
         out.print(

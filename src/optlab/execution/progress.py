@@ -10,6 +10,8 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from optlab.states import State
+
 
 def describe_axes(axes: dict[str, Any], seed: int) -> str:
     parts = [f"{k}={v}" for k, v in axes.items()]
@@ -22,7 +24,7 @@ class RunView:
     def __init__(self, console: Console, total: int, workers: list[str]):
         self.console, self.total = console, total
         self.rows: dict[str, dict[str, Any]] = {w: {} for w in workers}
-        self.counts = {"done": 0, "failed": 0, "diverged": 0}
+        self.counts = {State.DONE: 0, State.FAILED: 0, State.DIVERGED: 0}
         self.live_mode = console.is_terminal
         self.progress = Progress(
             TextColumn("[bold]runs"),

@@ -23,11 +23,12 @@ from optlab.events import open_journal, write_events
 from optlab.execution import finals
 from optlab.execution.executors.work import WorkQueue
 from optlab.execution.halving import STOP, Halving
+from optlab.states import Event, State
 from optlab.store import core as st
 from optlab.store import records
 from optlab.study.expand import BlockPlan, RunSpec
 
-ENDINGS = {"finished": "done", "failed": "failed", "diverged": "diverged"}
+ENDINGS = {Event.FINISHED: State.DONE, Event.FAILED: State.FAILED, Event.DIVERGED: State.DIVERGED}
 
 
 class Tuning:
@@ -74,9 +75,9 @@ class Tuning:
         decisions: list[Any] = []
         again: list[RunSpec] = []
         if self.halving:
-            if kind == "epoch":
+            if kind == Event.EPOCH:
                 self.halving.epoch(run_id, event["epoch"], event)
-            elif kind == "paused" and run_id in self.halving.unit_of:
+            elif kind == Event.PAUSED and run_id in self.halving.unit_of:
                 decisions, again = self.halving.reached(run_id, event["epoch"])
             elif kind in ENDINGS:
                 decisions, again = self.halving.ended(run_id, ENDINGS[kind])

@@ -20,6 +20,7 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from optlab.errors import ConfigError
 from optlab.plugins.plugin import Params, Plugin
 from optlab.plugins.probe_params import ProbeParams
+from optlab.states import Event
 
 GROUPS: dict[str, str] = {
     "dataset": "optlab.datasets",
@@ -209,7 +210,7 @@ def check_contract(kind: str, name: str, plugin: Plugin) -> None:
     """What can be checked of a plugin without building it: its params model's base."""
 
     base = Params
-    if kind == "probe":
+    if kind == Event.PROBE:
         base = ProbeParams
     params = plugin.params
     if not (isinstance(params, type) and issubclass(params, base)):

@@ -22,6 +22,7 @@ import duckdb
 
 from optlab import locations
 from optlab.errors import OptlabError, StoreError, UsageError
+from optlab.states import State
 from optlab.store import core as st
 from optlab.store.query import check_reads_only, one_line
 from optlab.study.schema import WEIGHTS_AUTO_SECONDS
@@ -75,7 +76,7 @@ def saved_weights(store: Path, run_id: str) -> tuple[str, Path, dict[str, Any]]:
         ).fetchone()
     path = locations.resolve(path, locations.roots(store))
     if path is None:
-        if status != "done":
+        if status != State.DONE:
             raise OptlabError(f"run {run_id} is {status}: weights are saved when a run finishes")
         mode = mode or "none"
         why = {

@@ -34,11 +34,13 @@ from optlab import locations
 from optlab.atomic import write_atomic
 from optlab.errors import OptlabError, StoreBusy
 from optlab.events import encode, parse_journal
+from optlab.states import State
 from optlab.store import core as st
 from optlab.store import records
 from optlab.store.sql import q
 
-RANK = {"done": 3, "diverged": 2, "failed": 2, "stopped": 2}  # the rest (unfinished): 1, pending: 0
+# the rest (unfinished): 1, pending: 0
+RANK = {State.DONE: 3, State.DIVERGED: 2, State.FAILED: 2, State.STOPPED: 2}
 
 
 @dataclass
@@ -61,7 +63,7 @@ class Merged:
 
 
 def _rank(status: str, epochs: int) -> tuple[int, int]:
-    return (RANK.get(status, 0 if status == "pending" else 1), epochs)
+    return (RANK.get(status, 0 if status == State.PENDING else 1), epochs)
 
 
 def merge(
@@ -129,7 +131,7 @@ def _merge_one(
         if run_id not in ours:
             adopt.append(run_id)
             done.runs_new += 1
-        elif _rank(status, epochs) > _rank(*ours[run_id]) and ours[run_id][0] != "done":
+        elif _rank(status, epochs) > _rank(*ours[run_id]) and ours[run_id][0] != State.DONE:
             adopt.append(run_id)
             done.runs_replaced += 1
         else:
@@ -153,6 +155,7 @@ def _merge_one(
         done.probes = con.execute(
             f"select count(*) from {o}.probes where run_id in (select run_id from adopt)"
         ).fetchone()[0]
+        _halved_alike(con, other)
         done.folders = _relocate(con, other, link)
         con.execute("drop table adopt")
     here = dict(con.execute("select study, source from studies").fetchall())
@@ -239,6 +242,32 @@ def _add_columns(con: Any, o: str) -> None:
 
 def _catalog(con: Any) -> str:
     return con.execute("select current_database()").fetchone()[0]
+
+
+def _halved_alike(con: Any, other: Path) -> None:
+    """The seeds of one configuration are halved together (on their mean): a configuration
+    stopped at a rung for one seed and sent on for another was halved apart, on different
+    seeds, in the two stores (parts of a halving study run by seed, by an optlab that
+    allowed it). One session could never give that; the merge is refused, with the reason,
+    and this store is left as it was."""
+    row = con.execute(
+        "select r.config->>'$.optimizer.name', k.epoch, "
+        "list(distinct r.seed order by r.seed) filter (k.decision = 'stop'), "
+        "list(distinct r.seed order by r.seed) filter (k.decision = 'continue') "
+        "from rungs k join run_state r using (run_id) "
+        "group by r.config::varchar, k.epoch, r.config->>'$.optimizer.name' "
+        "having count(distinct k.decision) filter (k.decision in ('stop', 'continue')) > 1 "
+        "order by all limit 1"
+    ).fetchone()
+    if row is not None:
+        name, epoch, stopped, went_on = row
+        raise OptlabError(
+            f"merge {other}: a configuration ({name}) was stopped at the rung at epoch "
+            f"{epoch} for seed(s) {', '.join(map(str, stopped))} and went on for seed(s) "
+            f"{', '.join(map(str, went_on))}: the two stores halved it on different seeds "
+            "(parts of a halving study run by seed), which one study never does; nothing "
+            "was merged. Run the halving blocks with all their seeds in one store"
+        )
 
 
 def _has_table(con: Any, other: str, table: str) -> bool:

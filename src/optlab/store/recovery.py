@@ -52,14 +52,14 @@ def recover(
             continue
         events = read_journal(journal_path(store, run_id)) if run_id in present else []
         if not events:
-            if status == "running":
+            if status == State.RUNNING:
                 lost.append(run_id)
             continue
-        if status in ("interrupted", "failed"):
+        if status in (State.INTERRUPTED, State.FAILED):
             newer = [e for e in events if (e.get("time") or 0) > seen]
             if not newer:
                 continue
-            if not any(e["type"] in ("started", "resumed") for e in newer):
+            if not any(e["type"] in (Event.STARTED, Event.RESUMED) for e in newer):
                 # The tail of the attempt the store has already ended: its worker journaled
                 # it, then was killed (stalled, or died) before sending it. Its rows are
                 # kept, and so is the ending, unless the tail holds the run's own.
@@ -70,7 +70,9 @@ def recover(
         last = events[-1]
         if not ends_run(last):
             at = last.get("time") or time.time()
-            unfinished.append([run_id, "interrupted", "interrupted before it finished", at, None])
+            unfinished.append(
+                [run_id, State.INTERRUPTED, "interrupted before it finished", at, None]
+            )
         recovered.append(run_id)
     if lost:
         con.execute(

@@ -10,6 +10,7 @@ from typing import Any
 
 import duckdb
 
+from optlab.states import State
 from optlab.store.schema import add_config_columns, config_columns, refresh_runs_view, table_columns
 from optlab.store.writer import as_text, bulk_insert
 
@@ -106,7 +107,7 @@ def add_runs(con: duckdb.DuckDBPyConnection, runs: list[Any]) -> bool:
             if r.run_id not in first:
                 config, values = cells[id(r.config)]
                 log = f"runs/{r.run_id}/log.txt"  # in the store's runs folder
-                first[r.run_id] = [r.run_id, r.seed, "pending", config, log, *values]
+                first[r.run_id] = [r.run_id, r.seed, State.PENDING, config, log, *values]
         bulk_insert(
             con,
             "insert into run_state",

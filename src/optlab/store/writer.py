@@ -14,7 +14,7 @@ import numpy as np
 
 from optlab import locations
 from optlab.events import EPOCH_FIELDS
-from optlab.states import ENDINGS
+from optlab.states import ENDINGS, Event, State
 from optlab.store.schema import PROVENANCE_COLUMNS
 
 STATE_CHANGES = ("started", "resumed", "rung", *ENDINGS)
@@ -70,14 +70,14 @@ def apply_events(
         if segments is None:  # (setdefault would build a segment for every event)
             segments = runs[run_id] = [_Segment()]
         segment = segments[-1]
-        if kind == "epoch":
+        if kind == Event.EPOCH:
             segment.epochs.append([run_id, *(ev.get(f) for f in EPOCH_FIELDS)])
-        elif kind == "probe":
+        elif kind == Event.PROBE:
             segment.probes += [
                 [run_id, ev.get("epoch"), ev.get("step"), ev["probe"], key, value]
                 for key, value in (ev.get("values") or {}).items()
             ]
-        elif kind == "checkpoint":  # touches no rows: it need not end the segment
+        elif kind == Event.CHECKPOINT:  # touches no rows: it need not end the segment
             segment.checkpoint = ev
         elif kind in STATE_CHANGES:
             segment.change = ev
@@ -134,7 +134,7 @@ def _apply_layer(con: duckdb.DuckDBPyConnection, layer: list[_Segment]) -> None:
     ended += [
         [
             ev["run_id"],
-            "stopped",
+            State.STOPPED,
             ev.get("reason"),
             ev.get("time") or time.time(),
             ev.get("elapsed"),
@@ -149,9 +149,9 @@ def _apply_layer(con: duckdb.DuckDBPyConnection, layer: list[_Segment]) -> None:
         [
             ev["run_id"],
             ev.get("weights"),
-            (ev.get("rule") or "non_finite") if ev["type"] == "diverged" else None,
+            (ev.get("rule") or "non_finite") if ev["type"] == Event.DIVERGED else None,
         ]
-        for kind in ("finished", "diverged")
+        for kind in (Event.FINISHED, Event.DIVERGED)
         for ev in changes.get(kind, [])
     ]
     if kept:
@@ -198,7 +198,7 @@ def _apply_rungs(con: duckdb.DuckDBPyConnection, events: list[dict[str, Any]]) -
 def _ending(ev: dict[str, Any]) -> tuple[str | None, float, float | None]:
     """(error, time, elapsed) of an event that ends an attempt."""
     at = ev.get("time") or time.time()
-    if ev["type"] == "disk_full":
+    if ev["type"] == Event.DISK_FULL:
         return f"stopped: disk full ({ev.get('error')})", at, None
     return ev.get("error"), at, ev.get("elapsed")
 

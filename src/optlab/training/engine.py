@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from optlab.errors import PluginBuildError
 from optlab.plugins.plugin import TensorData, current_study_folder
 from optlab.plugins.registry import Registry, default_registry
+from optlab.states import Event
 from optlab.study.schema import WEIGHTS_AUTO_SECONDS
 from optlab.study.steps import lr_scale
 from optlab.training import checkpoint as ckpt
@@ -267,7 +268,7 @@ class Run:
                 ckpt.clear(folder)
             self.emit(
                 {
-                    "type": "started",
+                    "type": Event.STARTED,
                     "run_id": self.run_id,
                     "precision_used": self.used_precision,
                     "config": self.config,
@@ -283,7 +284,7 @@ class Run:
         ckpt.clear(folder, keep_upto=self.counters.epoch)
         self.emit(
             {
-                "type": "resumed",
+                "type": Event.RESUMED,
                 "run_id": self.run_id,
                 "epoch": self.counters.epoch,
                 "past_rung": bool(task.get("past_rung")),
@@ -441,7 +442,7 @@ class Run:
         self.tick()
         self.emit(
             {
-                "type": "epoch",
+                "type": Event.EPOCH,
                 "run_id": self.run_id,
                 "epoch": run.epoch,
                 "step": run.step,
@@ -467,7 +468,7 @@ class Run:
             rule, why = diverged
             self.emit(
                 {
-                    "type": "diverged",
+                    "type": Event.DIVERGED,
                     "run_id": self.run_id,
                     "elapsed": self.elapsed(),
                     "rule": rule,
@@ -513,7 +514,7 @@ class Run:
         )
         self.emit(
             {
-                "type": "checkpoint",
+                "type": Event.CHECKPOINT,
                 "run_id": self.run_id,
                 "epoch": run.epoch,
                 "path": str(path),
@@ -532,7 +533,7 @@ class Run:
             self.checkpoint()
         self.emit(
             {
-                "type": "paused",
+                "type": Event.PAUSED,
                 "run_id": self.run_id,
                 "epoch": self.counters.epoch,
                 "elapsed": self.elapsed(),
@@ -549,7 +550,7 @@ class Run:
                 kept = save_weights(folder, "final", cpu_state(self.model))
         self.emit(
             {
-                "type": "finished",
+                "type": Event.FINISHED,
                 "run_id": self.run_id,
                 "elapsed": self.elapsed(),
                 "weights": str(kept) if kept else None,

@@ -21,6 +21,7 @@ from optlab.errors import PluginBuildError
 from optlab.plugins.contract import ProbeContext
 from optlab.plugins.plugin import TensorData
 from optlab.plugins.registry import Registry
+from optlab.states import Event
 
 _SEED_STRIDE = 1_000_003
 
@@ -132,7 +133,7 @@ class Probes:
         finally:
             self.model.train(was_training)
         events = [
-            {"type": "probe", "epoch": epoch, "step": step, "probe": name, "values": values}
+            {"type": Event.PROBE, "epoch": epoch, "step": step, "probe": name, "values": values}
             for name, values in _read(results)
         ]
         self._sync()

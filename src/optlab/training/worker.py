@@ -30,6 +30,7 @@ from optlab.events import encode, open_journal
 from optlab.locations import record_event
 from optlab.plugins.plugin import study_folder
 from optlab.plugins.registry import default_registry
+from optlab.states import Event
 from optlab.study import plugin_files
 from optlab.version import __version__
 
@@ -100,7 +101,7 @@ class Channel:
         line = encode({**event, "time": time.time()}) + "\n"
         try:
             if self.journal is None:
-                self.journal = self._open(event["type"] == "resumed")
+                self.journal = self._open(event["type"] == Event.RESUMED)
             self.journal.write(line)
             self.journal.flush()
             os.fsync(self.journal.fileno())
@@ -136,7 +137,8 @@ def stop_for_full_disk(events: TextIO, lock: threading.Lock, run_id: str | None,
     send(
         events,
         lock,
-        encode({"type": "disk_full", "run_id": run_id, "error": why, "time": time.time()}) + "\n",
+        encode({"type": Event.DISK_FULL, "run_id": run_id, "error": why, "time": time.time()})
+        + "\n",
     )
     os._exit(EXIT_DISK_FULL)
 
@@ -160,7 +162,7 @@ class Heartbeat:
             send(
                 self.events,
                 self.lock,
-                encode({"type": "heartbeat", "run_id": self.run_id, "progress": self.progress})
+                encode({"type": Event.HEARTBEAT, "run_id": self.run_id, "progress": self.progress})
                 + "\n",
             )
 
@@ -203,7 +205,7 @@ def run_task(
     roots = task.get("roots")
 
     def emit(event: dict[str, Any]) -> None:
-        if event["type"] in ("started", "resumed"):
+        if event["type"] in (Event.STARTED, Event.RESUMED):
             event = {**event, "provenance": {**info, "threads": torch.get_num_threads()}}
         if roots:  # the journal names files as the store does: it may be read elsewhere
             event = record_event(event, roots)
@@ -232,7 +234,11 @@ def run_task(
 
 def _failed(emit: Any, task: dict[str, Any], e: Exception) -> None:
     first = (str(e).strip().splitlines() or [""])[0]
-    event = {"type": "failed", "run_id": task["run_id"], "error": f"{type(e).__name__}: {first}"}
+    event = {
+        "type": Event.FAILED,
+        "run_id": task["run_id"],
+        "error": f"{type(e).__name__}: {first}",
+    }
     if type(e).__name__ == "PluginBuildError":
         # The executor spares the other runs with this plugin table: they would fail alike.
         event["broken"] = {"kind": e.kind, "table": e.table}
@@ -266,14 +272,14 @@ def main() -> None:
     cache = DataCache(default_registry(), device)
     info = provenance(device)
     lock = threading.Lock()
-    send(events, lock, encode({"type": "ready", "run_id": None, "pid": os.getpid()}) + "\n")
+    send(events, lock, encode({"type": Event.READY, "run_id": None, "pid": os.getpid()}) + "\n")
     beat = Heartbeat(events, lock)
     for line in sys.stdin:
         if line.strip():
             task = json.loads(line)
             run_task(task, events, cache, info, lock, beat)
             # Done with the run's files (its log, checkpoints) until the next task.
-            send(events, lock, encode({"type": "idle", "run_id": task["run_id"]}) + "\n")
+            send(events, lock, encode({"type": Event.IDLE, "run_id": task["run_id"]}) + "\n")
     # stdin closed: the pool is done with this worker, and every event is in its journal
     # (fsynced) and sent. Skip the interpreter's teardown, which with torch (and the
     # torch._dynamo that building an optimizer imports) takes about 1.5 s of CPU a worker.

@@ -24,6 +24,7 @@ from optlab.events import TERMINAL, decode, encode
 from optlab.execution.devices import Slot
 from optlab.execution.executors.work import WorkQueue
 from optlab.locations import journal_path, log_path, runs_dir
+from optlab.states import Event
 from optlab.study.expand import RunSpec
 from optlab.study.schema import PLUGIN_SLOTS, PROBES_KEY
 
@@ -197,16 +198,16 @@ async def pump(read: Read, sink: Sink, worker: str, run_id: str, stall_timeout: 
         except ValueError:
             continue  # not an event: something wrote to the channel; ignore it
         kind = event["type"]
-        if kind == "heartbeat":
+        if kind == Event.HEARTBEAT:
             if event.get("progress") != progress:
                 progress, moved = event.get("progress"), heard
             continue
-        if kind in ("ready", "idle"):
+        if kind in (Event.READY, Event.IDLE):
             continue
         moved = heard
-        started = started or kind in ("started", "resumed")
+        started = started or kind in (Event.STARTED, Event.RESUMED)
         sink(event)
-        if kind == "disk_full":
+        if kind == Event.DISK_FULL:
             return "disk_full"
         if kind in TERMINAL:
             return "ended"
@@ -228,7 +229,7 @@ class Broken:
 
     def note(self, event: dict[str, Any], spec: RunSpec | None) -> None:
         broken = event.get("broken")
-        if event["type"] != "failed" or not broken or spec is None:
+        if event["type"] != Event.FAILED or not broken or spec is None:
             return
         if broken["kind"] == "dataset":
             return
@@ -264,7 +265,7 @@ class Broken:
             return False
         sink(
             {
-                "type": "failed",
+                "type": Event.FAILED,
                 "run_id": spec.run_id,
                 "time": time.time(),
                 "origin": "pool",
@@ -288,7 +289,7 @@ def worker_failed(sink: Sink, store: Path, run_id: str, why: str, see: str) -> N
     note_in_log(log_path(store, run_id), why)
     sink(
         {
-            "type": "failed",
+            "type": Event.FAILED,
             "run_id": run_id,
             "time": time.time(),
             "origin": "pool",

@@ -55,6 +55,7 @@ from optlab.execution.executors.pool import (
 from optlab.execution.executors.relay import Relay, WorkerHost, checkpoint_epoch, checkpoint_files
 from optlab.execution.executors.work import WorkQueue
 from optlab.locations import journal_path, log_path
+from optlab.states import Event
 from optlab.study.expand import RunSpec
 
 MAX_LOSSES = 3  # times a run may lose its slot (node, actor) before it fails
@@ -337,7 +338,7 @@ class RayExecutor:
                 if self.losses[spec.run_id] >= MAX_LOSSES:
                     sink(
                         {
-                            "type": "failed",
+                            "type": Event.FAILED,
                             "run_id": spec.run_id,
                             "time": time.time(),
                             "origin": "pool",

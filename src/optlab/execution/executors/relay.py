@@ -28,6 +28,7 @@ from optlab.execution.devices import Slot
 from optlab.execution.executors.pool import signal_group, start_worker
 from optlab.execution.preparing import prepare
 from optlab.locations import journal_path, log_path, record_event, roots
+from optlab.states import Event
 from optlab.training.worker import FULL
 
 NOT_JOURNALED = ("heartbeat", "ready", "disk_full")
@@ -245,7 +246,7 @@ class Relay:
                 return [
                     encode(
                         {
-                            "type": "disk_full",
+                            "type": Event.DISK_FULL,
                             "run_id": self.run_id,
                             "time": time.time(),
                             "error": f"cannot write the run's journal {self.journal}: {e.strerror}",
@@ -258,35 +259,35 @@ class Relay:
         """Track the run's progress; with shipped checkpoints, keep the files here and name
         them by their place here."""
         kind = event["type"]
-        if kind == "started":
+        if kind == Event.STARTED:
             self.reached[self.run_id] = 0
-        elif kind in ("resumed", "epoch"):
+        elif kind in (Event.RESUMED, Event.EPOCH):
             self.reached[self.run_id] = event["epoch"]
         if not self.ship or self.folder is None:
             return event
         folder = self.folder
-        if kind in ("started", "resumed"):
+        if kind in (Event.STARTED, Event.RESUMED):
             event = {**event, "checkpoint_dir": str(folder)}
-            upto = event["epoch"] if kind == "resumed" else 0
+            upto = event["epoch"] if kind == Event.RESUMED else 0
             for p in checkpoint_files(folder):
                 if checkpoint_epoch(p) > upto:
                     p.unlink(missing_ok=True)
-            if kind == "resumed":
+            if kind == Event.RESUMED:
                 event["checkpoint"] = str(folder / Path(event["checkpoint"]).name)
-        elif kind == "checkpoint" and attached is not None:
+        elif kind == Event.CHECKPOINT and attached is not None:
             path = folder / Path(event["path"]).name
             write_atomic(path, attached)
             for old in checkpoint_files(folder)[self.keep :]:
                 old.unlink(missing_ok=True)
             event = {**event, "path": str(path)}
-        elif kind == "finished":
+        elif kind == Event.FINISHED:
             if event.get("weights") and attached is not None:
                 path = folder / Path(event["weights"]).name
                 write_atomic(path, attached)
                 event = {**event, "weights": str(path)}
             for p in checkpoint_files(folder):
                 p.unlink(missing_ok=True)
-        elif kind == "diverged":
+        elif kind == Event.DIVERGED:
             for p in checkpoint_files(folder):
                 p.unlink(missing_ok=True)
         return event
