@@ -37,6 +37,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     import compileall
 
     compileall.compile_dir(ROOT / "src" / "optlab", quiet=2, workers=1)
+
+
 # Set by pytest itself, or by libraries on first use whichever test that is (OpenMP at
 # import, torch's compiler cache folder, a Ray driver's init).
 _THEIRS = (

@@ -50,14 +50,28 @@ def start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
     )
 
 
-def wait_for(predicate, timeout: float = 300.0, every: float = 0.2):
+def wait_for(predicate, timeout: float = 300.0, every: float = 0.2, proc=None):
+    """Poll ``predicate`` until it holds; ``timeout`` is a safety net, never a wait the test
+    counts on. When it runs out with ``proc`` (the optlab process the test waits on)
+    given, what that process printed is in the error."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
+        if proc is not None and proc.poll() is not None:
+            value = predicate()  # it ended: what it left is all there will be
+            if value:
+                return value
+            break
         time.sleep(every)
-    raise AssertionError("condition not met in time")
+    said = ""
+    if proc is not None:
+        if proc.poll() is None:
+            proc.kill()
+        out, err = proc.communicate()
+        said = f": optlab exited {proc.returncode}\n{out[-3000:]}\n{err[-3000:]}"
+    raise AssertionError(f"condition not met in time{said}")
 
 
 def journal_epochs(folder: Path) -> int:

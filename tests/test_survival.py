@@ -217,14 +217,16 @@ def test_a_worker_that_crashes_leaves_its_traceback_and_its_run_resumes(tmp_path
 
 def test_a_stopped_worker_is_killed_after_the_stall_timeout(tmp_path, reference):
     study(tmp_path)
-    proc = start(["run", "long.toml", "--workers", "2", "--stall-timeout", "4"], tmp_path)
-    wait_for(lambda: events_in_journals(tmp_path, "checkpoint") >= 1, every=0.02)
+    # A worker that starts (imports torch) slower than the stall timeout on a loaded machine
+    # would be taken for a stalled one: the timeout leaves it time.
+    proc = start(["run", "long.toml", "--workers", "2", "--stall-timeout", "15"], tmp_path)
+    wait_for(lambda: events_in_journals(tmp_path, "checkpoint") >= 1, every=0.02, proc=proc)
     stopped = busy_worker(proc.pid)
     os.kill(stopped, signal.SIGSTOP)
     wait_for(lambda: "stopped" in _state(stopped), timeout=5)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, (out, err)
-    assert "stalled: no progress for 4 s (stopped or hung), so it was killed" in err
+    assert "stalled: no progress for 15 s (stopped or hung), so it was killed" in err
     assert list(statuses(tmp_path).values()).count("failed") == 1
     # Two workers, as the reference had: the stopped worker may not have started its run
     # (no event yet), and a run that starts afresh takes its slot's threads, which alone
