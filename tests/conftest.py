@@ -178,7 +178,7 @@ def optlab(
 ) -> subprocess.CompletedProcess[str]:
     """Run `optlab ARGS` in ``cwd``: a study (`run`, `train`) and whatever loads plugins in
     a fresh process (workers and all); the store's readers and rewriters in this one."""
-    if args and args[0] in IN_PROCESS:
+    if args and (args[0] in IN_PROCESS or (args[0] == "run" and env is None)):
         return _in_process(list(args), cwd, env, check)
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
     full_env.pop("OPTLAB_STORE", None)
