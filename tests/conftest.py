@@ -236,9 +236,20 @@ def reference(tmp_path_factory) -> tuple[list, list]:
     return epochs, probes
 
 
+def _set_node_id(item: pytest.Item, nodeid: str) -> None:
+    if hasattr(item, "_id"):  # pytest 9: a structured id
+        from _pytest.nodeid import coerce_node_id
+
+        item._id = coerce_node_id(nodeid)
+    else:
+        item._nodeid = nodeid
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """With pytest-xdist (``-n``, ``--dist loadgroup``): tests that share a module's real
-    study (a module-scoped fixture) run on one xdist worker, so it is made once; the Ray
+    study (a fixture the module defines, session-scoped so that it is made once on its
+    worker however the worker's tests are interleaved) run on one xdist worker; the Ray
     tests share one worker (one local cluster at a time), and so do the browser tests."""
     for item in items:
         group = None
@@ -247,12 +258,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         elif "chromium" in item.name:
             group = "browser"
         else:
-            shared = [
+            shared = [  # a study a test module makes once for its tests
                 name
                 for name, defs in item._fixtureinfo.name2fixturedefs.items()
-                if defs and defs[-1].scope == "module"
+                if defs
+                and defs[-1].scope in ("module", "session")
+                and getattr(defs[-1].func, "__module__", None) == item.module.__name__
             ]
             if shared:
                 group = f"{item.module.__name__}:{shared[0]}"
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
+            # What xdist's worker does for a marked test under --dist loadgroup (its own
+            # hook goes unregistered under pytest 9, so the groups were silently ignored):
+            # the scheduler keeps the tests whose ids end in one @GROUP on one worker.
+            if getattr(config.option, "loadgroup", False) and "@" not in item.nodeid:
+                _set_node_id(item, f"{item.nodeid}@{group}")

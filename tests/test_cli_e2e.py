@@ -81,7 +81,7 @@ def journal_epochs(folder: Path) -> int:
     return total
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # made once a worker, however its tests are spread
 def finished(tmp_path_factory) -> Path:
     """A tiny study run once; tests below read it."""
     folder = tmp_path_factory.mktemp("finished")

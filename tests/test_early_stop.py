@@ -67,7 +67,7 @@ def rows_of(folder: Path, run_id: str) -> list[tuple]:
     return read(folder, f"select {ROWS} from epochs where run_id = '{run_id}' order by epoch")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # made once a worker, however its tests are spread
 def halved(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("halved")
     write_study(folder, text=STUDY, name="halved.toml")

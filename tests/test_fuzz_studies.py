@@ -144,7 +144,7 @@ def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # made once a worker, however its tests are spread
 def store(tmp_path_factory) -> Path:
     """A real store made by running the tiny quickstart-like study below once."""
     folder = tmp_path_factory.mktemp("fuzz")

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.slow  # real worker processes
 TWO_LRS = "[0.01, 0.1]"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # made once a worker, however its tests are spread
 def finished(tmp_path_factory):
     """The tiny study (two LRs, two seeds) run to the end once: each test that needs a
     finished store takes its own copy of this folder."""

@@ -34,7 +34,7 @@ def test_builtins_are_registered_through_entry_points():
             assert REG.describe(kind, name).distribution == "optlab"
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # made once a worker, however its tests are spread
 def data_dir(tmp_path_factory):
     from tests import fake_data
 

@@ -34,7 +34,7 @@ max_batch_size = 32
 """
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # made once a worker, however its tests are spread
 def exported(tmp_path_factory):
     folder = tmp_path_factory.mktemp("s4")
     write_study(folder, text=STUDY, name="growth.toml")

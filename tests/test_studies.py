@@ -30,7 +30,7 @@ STANDIN = [
 STUDIES = sorted(p.name for p in (ROOT / "studies").glob("*.toml"))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # made once a worker, however its tests are spread
 def ran(tmp_path_factory) -> tuple[Path, str]:
     folder = tmp_path_factory.mktemp("studies")
     files = [str(ROOT / "studies" / s) for s in STUDIES]
