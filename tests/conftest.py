@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import os
 import subprocess
 import sys
@@ -203,8 +204,13 @@ def _in_process(
     here = os.getcwd()
     os.chdir(cwd)
     try:
-        result = CliRunner().invoke(
-            app, args, env={"COLUMNS": "200", "OPTLAB_STORE": None, **(env or {})}
+        # In a context of its own, as a process would be: what a command makes visible to
+        # the rest of its process (a study's plugin files) ends with it.
+        result = contextvars.copy_context().run(
+            CliRunner().invoke,
+            app,
+            args,
+            env={"COLUMNS": "200", "OPTLAB_STORE": None, **(env or {})},
         )
     finally:
         os.chdir(here)
