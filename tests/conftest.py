@@ -176,10 +176,12 @@ def optlab(
     timeout: float = 240,
     env: dict[str, str] | None = None,
     check: bool = False,
+    fresh: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run `optlab ARGS` in ``cwd``: a study (`run`, `train`) and whatever loads plugins in
-    a fresh process (workers and all); the store's readers and rewriters in this one."""
-    if args and (args[0] in IN_PROCESS or (args[0] == "run" and env is None)):
+    a fresh process (workers and all); the store's readers and rewriters in this one,
+    unless ``fresh`` (this process holds the store itself: a page it serves)."""
+    if not fresh and args and (args[0] in IN_PROCESS or (args[0] == "run" and env is None)):
         return _in_process(list(args), cwd, env, check)
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
     full_env.pop("OPTLAB_STORE", None)

@@ -440,7 +440,17 @@ def test_the_pages_in_chromium(browser, store):
         page.goto(served.url + "/study/two")
         page.wait_for_selector("a.cell")
         # Another process, as a user's would be (the store is held by this one's reads).
-        optlab("rm", "--study", "two", "--yes", "--store", str(store), cwd=store.parent, check=True)
+        optlab(
+            "rm",
+            "--study",
+            "two",
+            "--yes",
+            "--store",
+            str(store),
+            cwd=store.parent,
+            check=True,
+            fresh=True,  # the page this test serves holds the store open in this process
+        )
         page.wait_for_selector("#refused", timeout=10_000)
         assert "no study 'two'" in page.inner_text("#refused")
         page.goto(served.url + "/")
