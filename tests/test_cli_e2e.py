@@ -455,12 +455,8 @@ def test_a_dead_worker_fails_only_its_run_and_is_replaced(tmp_path):
     slow_study(tmp_path, epochs=200, lrs="[0.01, 0.02, 0.03]")
     proc = start(["run", "slow.toml", "--workers", "1"], tmp_path)
     wait_for(lambda: journal_epochs(tmp_path) >= 1)
-    worker = wait_for(
-        lambda: subprocess.run(
-            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
-        ).stdout.split()
-    )
-    os.kill(int(worker[0]), signal.SIGKILL)
+    worker = wait_for(lambda: workers_of(proc.pid))
+    os.kill(worker[0], signal.SIGKILL)
     # the other runs would take long: once a new worker is busy, stop the study
     wait_for(lambda: len(list((tmp_path / "optlab.runs").glob("*/events.jsonl"))) >= 2)
     proc.send_signal(signal.SIGINT)
@@ -491,9 +487,7 @@ def test_kill_9_of_the_coordinator_loses_no_reported_epoch(tmp_path):
     slow_study(tmp_path, epochs=3, lrs="[0.01]")
     proc = start(["run", "slow.toml", "--workers", "1"], tmp_path)
     wait_for(lambda: journal_epochs(tmp_path) >= 1)
-    workers = subprocess.run(
-        ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True
-    ).stdout.split()
+    workers = workers_of(proc.pid)
     proc.kill()
     proc.wait()
     # A worker dies with its coordinator (and would exit at its next report anyway).
@@ -516,7 +510,7 @@ def test_status_and_query_work_while_a_study_runs(tmp_path):
         wait_for(lambda: journal_epochs(tmp_path) >= 1, every=0.02)
         # Its worker paused after an epoch: no run can finish meanwhile, however fast or
         # loaded the machine is.
-        (worker,) = wait_for(lambda: _children(proc.pid))
+        (worker,) = wait_for(lambda: workers_of(proc.pid))
         os.kill(worker, signal.SIGSTOP)
         journals = (tmp_path / "optlab.runs").glob("*/events.jsonl")
         assert not any('"type":"finished"' in j.read_text() for j in journals)
@@ -555,9 +549,27 @@ def test_status_and_query_work_while_a_study_runs(tmp_path):
         proc.communicate(timeout=60)
 
 
-def _children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
+def workers_of(coordinator: int) -> list[int]:
+    """The live optlab workers under a coordinator (forked from its fork server, they are
+    its grandchildren), by the name each gives itself."""
+    parents, names = {}, {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name, rest = text[text.index("(") + 1 : text.rindex(")")], text[text.rindex(")") + 2 :]
+        state, parent = rest.split()[:2]
+        if state != "Z":
+            pid = int(stat.parent.name)
+            parents[pid], names[pid] = int(parent), name
+    below, todo = set(), [coordinator]
+    while todo:
+        here = todo.pop()
+        kids = {p for p, parent in parents.items() if parent == here} - below
+        below |= kids
+        todo += kids
+    return sorted(p for p in below if names[p] == "optlab-worker")
 
 
 def installed_example(site: Path) -> dict[str, str]:

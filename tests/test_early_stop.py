@@ -20,8 +20,8 @@ from optlab.study.expand import expand
 from optlab.study.schema import load_study
 from tests.conftest import ROOT, optlab, write_study
 from tests.synth import make_store
-from tests.test_cli_e2e import start, wait_for
-from tests.test_survival import children, gone
+from tests.test_cli_e2e import start, wait_for, workers_of
+from tests.test_survival import gone
 
 LRS = [0.02, 0.03, 0.05, 0.07, 0.1, 0.15, 0.2, 0.3, 0.4]
 STUDY = f"""
@@ -201,7 +201,7 @@ def test_kill_9_while_runs_wait_at_a_rung_changes_no_stop(halved, tmp_path):
         return sum(j.read_text().count('"type":"rung"') for j in journals.glob("*/events.jsonl"))
 
     wait_for(lambda: decided() >= 3, every=0.01)
-    workers = children(proc.pid)
+    workers = workers_of(proc.pid)
     proc.kill()
     proc.communicate()
     wait_for(lambda: gone(workers))

@@ -18,7 +18,7 @@ import duckdb
 import pytest
 
 from tests.conftest import optlab, write_study
-from tests.test_cli_e2e import start, wait_for
+from tests.test_cli_e2e import start, wait_for, workers_of
 
 pytestmark = pytest.mark.slow
 
@@ -82,25 +82,9 @@ def runs_with(folder: Path, kind: str) -> int:
     )
 
 
-def children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
 def busy_worker(coordinator: int) -> int:
-    """A worker process of the coordinator (not a zombie, not another child)."""
-
-    def find() -> int | None:
-        for pid in children(coordinator):
-            try:
-                cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if b"optlab.training.worker" in cmd and "zombie" not in _state(pid):
-                return pid
-        return None
-
-    return wait_for(find)
+    """A worker process of the coordinator (not a zombie)."""
+    return wait_for(lambda: next(iter(workers_of(coordinator)), None))
 
 
 def gone(pids: list[int]) -> bool:
@@ -118,7 +102,7 @@ def kill_during_a_checkpoint_write(folder: Path) -> bool:
     """Start the study and kill -9 it all (workers first, as a machine that dies) as soon as
     a checkpoint is being written; True when the torn temporary file was left behind."""
     proc = start(["run", "long.toml", "--workers", "2"], folder)
-    workers = wait_for(lambda: len(children(proc.pid)) == 2 and children(proc.pid))
+    workers = wait_for(lambda: len(workers_of(proc.pid)) == 2 and workers_of(proc.pid))
     checkpoints = folder / "optlab.checkpoints"
     deadline = time.monotonic() + 60
     torn: list[Path] = []
@@ -147,7 +131,7 @@ def test_kill_9_of_the_coordinator_at_random_moments_loses_nothing(tmp_path, ref
         wait_for(lambda k=kind, t=target: events_in_journals(tmp_path, k) >= t, every=0.01)
         if moment == "random":  # somewhere in the next epoch: training, evaluation or probes
             time.sleep(rng.uniform(0.0, 0.4))
-        workers = children(proc.pid)
+        workers = workers_of(proc.pid)
         proc.kill()
         proc.communicate()
         wait_for(lambda w=workers: gone(w))
@@ -179,7 +163,7 @@ def second_writer_through_a_symlink_is_refused(folder: Path) -> None:
     second = optlab("run", "long.toml", "--store", "link.duckdb", cwd=folder)
     assert second.returncode == 1
     assert f"another optlab process (pid {first.pid} " in second.stderr
-    workers = children(first.pid)
+    workers = workers_of(first.pid)
     first.kill()
     first.communicate()
     wait_for(lambda: gone(workers))

@@ -1,9 +1,10 @@
 """The local executor: an asyncio pool of long-lived worker processes.
 
-Each slot keeps one worker (``python -m optlab.training.worker``) with its own environment
-(``CUDA_VISIBLE_DEVICES``, thread counts), in its own process group, and feeds it one run
-at a time. A worker that dies fails only its current run; the slot starts a new one.
-Cancelling the pool (Ctrl-C) sends SIGTERM to every worker, then SIGKILL.
+Each slot keeps one worker (``python -m optlab.training.worker``, forked from a warm fork
+server: see ``forked``) with its own environment (``CUDA_VISIBLE_DEVICES``, thread counts),
+in its own process group, and feeds it one run at a time. A worker that dies fails only its
+current run; the slot starts a new one. Cancelling the pool (Ctrl-C) sends SIGTERM to every
+worker, then SIGKILL.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from optlab import locations
 from optlab.events import TERMINAL, decode, encode
 from optlab.execution.devices import Slot
+from optlab.execution.executors import forked
 from optlab.execution.executors.work import WorkQueue
 from optlab.locations import journal_path, log_path, runs_dir
 from optlab.states import Event
@@ -29,6 +31,7 @@ from optlab.study.expand import RunSpec
 from optlab.study.schema import PLUGIN_SLOTS, PROBES_KEY
 
 Sink = Callable[[dict[str, Any]], None]
+Worker = asyncio.subprocess.Process | forked.ForkedWorker  # pid, stdin, stdout, returncode, wait()
 LINE_LIMIT = 16 * 1024 * 1024
 
 
@@ -52,7 +55,7 @@ class LocalPool:
         self.stall_timeout = stall_timeout
         self.task_extra = task_extra or (lambda spec, slot: {})
         self.stopping = False  # no new runs (the disk is full)
-        self._procs: set[asyncio.subprocess.Process] = set()
+        self._procs: set[Worker] = set()
         self.broken = Broken()
         self.work = WorkQueue()
 
@@ -70,14 +73,14 @@ class LocalPool:
         """What a worker prints outside a run (its start-up, say)."""
         return runs_dir(self.store) / "workers" / (slot.label.replace("/", "-") + ".log")
 
-    async def _start(self, slot: Slot) -> asyncio.subprocess.Process:
+    async def _start(self, slot: Slot) -> Worker:
         env = {**os.environ, **slot.env()}
-        proc = await start_worker(self.python, env, self.worker_log(slot))
+        proc = await start_worker(self.python, env, self.worker_log(slot), warm=True)
         self._procs.add(proc)
         return proc
 
     async def _slot_loop(self, slot: Slot, work: WorkQueue, sink: Sink) -> None:
-        proc: asyncio.subprocess.Process | None = None
+        proc: Worker | None = None
         while not self.stopping and (spec := await work.take()) is not None:
             if self.stopping:  # halted while it waited
                 work.release()
@@ -93,8 +96,8 @@ class LocalPool:
             self._procs.discard(proc)
 
     async def _one(
-        self, slot: Slot, proc: asyncio.subprocess.Process | None, spec: RunSpec, sink: Sink
-    ) -> asyncio.subprocess.Process | None:
+        self, slot: Slot, proc: Worker | None, spec: RunSpec, sink: Sink
+    ) -> Worker | None:
         """One run's attempt on ``slot``'s worker (started when there is none); the worker
         to keep, or None when it ended."""
         if self.broken.skip(sink, spec):
@@ -304,10 +307,13 @@ def note_in_log(path: Path, why: str) -> None:
         f.write(f"\noptlab: {why}\n")
 
 
-async def start_worker(python: str, env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
+async def start_worker(python: str, env: dict[str, str], log: Path, warm: bool = False) -> Worker:
     """``python -m optlab.training.worker`` in its own process group: tasks on stdin, events on
-    stdout, anything else it prints appended to ``log``."""
+    stdout, anything else it prints appended to ``log``. ``warm``: forked from a process that
+    has imported torch already (see ``forked``), when ``python`` is this interpreter."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    if warm and python == sys.executable:
+        return await forked.start(env, log, LINE_LIMIT)
     with open(log, "ab") as stderr:
         return await asyncio.create_subprocess_exec(
             python,
@@ -322,9 +328,14 @@ async def start_worker(python: str, env: dict[str, str], log: Path) -> asyncio.s
         )
 
 
-def signal_group(proc: asyncio.subprocess.Process, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
+def signal_group(proc: Worker, sig: int) -> None:
+    try:
         os.killpg(proc.pid, sig)
+    except ProcessLookupError:  # a forked worker before its setsid(): no group of its own yet
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(proc.pid, sig)
+    except PermissionError:
+        pass
 
 
 def describe_exit(code: int | None) -> str:

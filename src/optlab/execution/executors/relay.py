@@ -25,7 +25,7 @@ from typing import Any
 from optlab.atomic import write_atomic
 from optlab.events import decode, encode, open_journal, write_events
 from optlab.execution.devices import Slot
-from optlab.execution.executors.pool import signal_group, start_worker
+from optlab.execution.executors.pool import Worker, signal_group, start_worker
 from optlab.execution.preparing import prepare
 from optlab.locations import journal_path, log_path, record_event, roots
 from optlab.states import Event
@@ -59,7 +59,7 @@ class WorkerHost:
         self.data_dir = os.environ.get("OPTLAB_DATA") or data_dir or "data"
         root = Path(os.environ.get("OPTLAB_SCRATCH") or tempfile.gettempdir())
         self.scratch = root / f"optlab-{session}" / label.replace("/", "-")
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: Worker | None = None
         self.lines: asyncio.Queue | None = None
         self.idle: dict[str, asyncio.Event] = {}  # run_id -> the worker is done with it
         self.node = ""
@@ -88,7 +88,7 @@ class WorkerHost:
         self.lines = asyncio.Queue()
         asyncio.get_running_loop().create_task(self._read(self.proc, self.lines))
 
-    async def _read(self, proc: asyncio.subprocess.Process, lines: asyncio.Queue) -> None:
+    async def _read(self, proc: Worker, lines: asyncio.Queue) -> None:
         """The worker's lines, each with the file it names when that file must travel."""
         while True:
             line = await proc.stdout.readline()
