@@ -82,7 +82,8 @@ def _starts_optlab(argv: list[str]) -> bool:
 def _quick_tier_starts_no_optlab(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
     """The quick tier (``-m "not slow"``) starts no real `optlab` process, worker or
     interpreter that imports optlab: a test that does must be marked slow. Every process a
-    test starts, directly or through asyncio, goes through ``subprocess.Popen``."""
+    test starts, directly or through asyncio, goes through ``subprocess.Popen``; the pool's
+    workers are forked through ``forked.start``."""
     if request.node.get_closest_marker("slow") is not None:
         return
     real = subprocess.Popen.__init__
@@ -98,6 +99,14 @@ def _quick_tier_starts_no_optlab(request: pytest.FixtureRequest, monkeypatch: py
         real(self, args, *rest, **kwargs)
 
     monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
+
+    async def forked(*args, **kwargs):  # the pool's workers, forked from its fork server
+        raise RealProcessInQuickTier(
+            f"{request.node.nodeid} starts a real optlab worker: mark it @pytest.mark.slow, "
+            "or test the same in-process"
+        )
+
+    monkeypatch.setattr("optlab.execution.executors.forked.start", forked)
 
 
 @pytest.fixture(autouse=True)

@@ -117,6 +117,13 @@ def test_the_quick_tier_refuses_a_test_that_starts_optlab():
 
     with pytest.raises(RealProcessInQuickTier, match="mark it @pytest.mark.slow"):
         subprocess.run([sys.executable, "-m", "optlab", "--help"], capture_output=True)
+    # the pool's workers, forked from its fork server rather than started through Popen
+    import asyncio
+
+    from optlab.execution.executors import forked
+
+    with pytest.raises(RealProcessInQuickTier, match="starts a real optlab worker"):
+        asyncio.run(forked.start({}, Path("worker.log"), 1024))
     for argv in (
         ["optlab", "run"],
         ["/x/.venv/bin/optlab", "status"],

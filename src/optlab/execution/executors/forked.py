@@ -29,6 +29,8 @@ from multiprocessing import reduction
 from pathlib import Path
 from typing import Any
 
+from optlab.training import worker
+
 # What the fork server imports before its first fork: the worker and the engine (torch).
 PRELOAD = ["optlab.training.worker", "optlab.training.engine", __name__]
 _context: Any = None
@@ -79,9 +81,7 @@ def _serve(tasks: int, events: int, log: str, env: dict[str, str], cwd: str) -> 
     sys.stdin = open(0, encoding="utf-8", closefd=False)  # noqa: SIM115
     sys.stdout = open(1, "w", buffering=1, encoding="utf-8", closefd=False)  # noqa: SIM115
     sys.stderr = open(2, "w", buffering=1, encoding="utf-8", closefd=False)  # noqa: SIM115
-    from optlab.training.worker import main
-
-    main()
+    worker.main()
 
 
 class ForkedWorker:
