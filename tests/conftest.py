@@ -253,6 +253,20 @@ def reference(tmp_path_factory) -> tuple[list, list]:
     return epochs, probes
 
 
+@pytest.fixture(scope="session")
+def ray_head():
+    """One local Ray cluster (a head with two CPUs) for the Ray tests that only run studies
+    on it (they share one xdist worker): each starting its own would cost seconds of CPU a
+    test. The tests that kill or add nodes make their own."""
+    from ray import cluster_utils  # ray: only where a Ray test runs
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("OPTLAB_DATA", raising=False)  # no data folder leaks into the nodes
+        head = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 2})
+    yield head.address
+    head.shutdown()
+
+
 def _set_node_id(item: pytest.Item, nodeid: str) -> None:
     if hasattr(item, "_id"):  # pytest 9: a structured id
         from _pytest.nodeid import coerce_node_id
@@ -262,28 +276,33 @@ def _set_node_id(item: pytest.Item, nodeid: str) -> None:
         item._nodeid = nodeid
 
 
+def _shared_study(item: pytest.Item) -> str | None:
+    shared = [  # a study a test module makes once for its tests
+        name
+        for name, defs in item._fixtureinfo.name2fixturedefs.items()
+        if defs
+        and defs[-1].scope in ("module", "session")
+        and getattr(defs[-1].func, "__module__", None) == item.module.__name__
+    ]
+    return f"{item.module.__name__}:{shared[0]}" if shared else None
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """With pytest-xdist (``-n``, ``--dist loadgroup``): tests that share a module's real
     study (a fixture the module defines, session-scoped so that it is made once on its
     worker however the worker's tests are interleaved) run on one xdist worker; the Ray
-    tests share one worker (one local cluster at a time), and so do the browser tests."""
+    tests share one worker (one local cluster at a time), with the tests of a study one of
+    them uses (made once, not on two workers), and so do the browser tests."""
+    shared_by = {item.nodeid: _shared_study(item) for item in items}
+    # A study the Ray tests share joins their group, with every test that uses it.
+    with_ray = {shared_by[i.nodeid] for i in items if i.get_closest_marker("ray") is not None}
     for item in items:
-        group = None
-        if item.get_closest_marker("ray") is not None:
+        group = shared_by[item.nodeid]
+        if item.get_closest_marker("ray") is not None or (group and group in with_ray):
             group = "ray"
         elif "chromium" in item.name:
             group = "browser"
-        else:
-            shared = [  # a study a test module makes once for its tests
-                name
-                for name, defs in item._fixtureinfo.name2fixturedefs.items()
-                if defs
-                and defs[-1].scope in ("module", "session")
-                and getattr(defs[-1].func, "__module__", None) == item.module.__name__
-            ]
-            if shared:
-                group = f"{item.module.__name__}:{shared[0]}"
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
             # What xdist's worker does for a marked test under --dist loadgroup (its own

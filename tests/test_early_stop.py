@@ -375,12 +375,13 @@ def test_a_grown_study_lets_a_stopped_run_go_on_from_its_rung(tmp_path):
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="needs optlab[ray]")
-def test_halving_on_ray_stops_what_the_local_executor_stops(halved, tmp_path):
+def test_halving_on_ray_stops_what_the_local_executor_stops(halved, tmp_path, ray_head):
     """The Ray executor takes the runs that go on past a rung from the same queue, with
     their checkpoints shipped: sha's stops, the final runs and every row equal the local
     executor's."""
     write_study(tmp_path, text=STUDY, name="halved.toml")
-    optlab("run", "halved.toml", "--executor", "ray", "--workers", "2", cwd=tmp_path, check=True)
+    ray = ["--executor", "ray", "--address", ray_head]
+    optlab("run", "halved.toml", *ray, "--workers", "2", cwd=tmp_path, check=True)
     assert outcome(tmp_path) == outcome(halved)
     rows = f"select run_id, {ROWS} from epochs order by all"
     assert read(tmp_path, rows) == read(halved, rows)

@@ -203,12 +203,15 @@ def test_a_slot_whose_raylet_dies_stops_itself_and_its_worker(cluster, tmp_path)
 
 
 @pytest.mark.parametrize("first,then", [("ray", "local"), ("local", "ray")])
-def test_ctrl_c_leaves_runs_that_the_other_executor_finishes(tmp_path, reference, first, then):
+def test_ctrl_c_leaves_runs_that_the_other_executor_finishes(
+    tmp_path, reference, first, then, ray_head
+):
     study(tmp_path)
     scratch = set(Path("/tmp").glob("optlab-*/cpu-*"))
     # a folder every node reaches: the Ray executor writes there instead of shipping
     shared = ["--checkpoint-dir", str(tmp_path / "shared")]
-    proc = start(["run", "long.toml", "--executor", first, "--workers", "2", *shared], tmp_path)
+    on = {"ray": ["--executor", "ray", "--address", ray_head], "local": []}
+    proc = start(["run", "long.toml", *on[first], "--workers", "2", *shared], tmp_path)
     wait_for(lambda: events_in_journals(tmp_path, "checkpoint") >= 2, timeout=120, every=0.02)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
@@ -217,9 +220,7 @@ def test_ctrl_c_leaves_runs_that_the_other_executor_finishes(tmp_path, reference
     before = statuses(tmp_path)
     assert "running" not in before.values() and "interrupted" in before.values()
     assert set(Path("/tmp").glob("optlab-*/cpu-*")) <= scratch, "the slots' scratch was left"
-    optlab(
-        "run", "long.toml", "--executor", then, "--workers", "2", *shared, cwd=tmp_path, check=True
-    )
+    optlab("run", "long.toml", *on[then], "--workers", "2", *shared, cwd=tmp_path, check=True)
     assert results(tmp_path) == reference
     resumed = query(tmp_path, "select count(*) from runs where resumed_from >= 1")[0][0]
     assert resumed >= 1
@@ -286,7 +287,7 @@ def test_when_no_node_can_prepare_the_data_the_runs_wait_and_the_exit_says_so(
     assert set(statuses(tmp_path).values()) == {"pending"}
 
 
-def test_bad_cluster_options_are_one_line(tmp_path):
+def test_bad_cluster_options_are_one_line(tmp_path, ray_head):
     study(tmp_path)
     for args, message in [
         (
@@ -295,7 +296,7 @@ def test_bad_cluster_options_are_one_line(tmp_path):
         ),
         (["--address", "nohost"], "Error: --address 'nohost': give auto or HOST:PORT"),
         (
-            ["--gpus", "0-3"],
+            ["--address", ray_head, "--gpus", "0-3"],
             "Error: --gpus '0-3': GPU 0 is not present (GPUs here: none) in the Ray cluster; "
             "--gpus none runs on the CPU",
         ),

@@ -26,10 +26,10 @@ STUDY = """
 name = "long"
 seeds = [0]
 [base]
-epochs = 8
+epochs = {epochs}
 checkpoint = {{ every_epochs = 1 }}
 save_weights = "final"
-dataset = {{ name = "synthetic", classes = 4, shape = [32], train_size = 3000, test_size = 200 }}
+dataset = {{ name = "synthetic", classes = 4, shape = [32], train_size = 1500, test_size = 200 }}
 model = {{ name = "mlp", hidden = [{width}, {width}] }}
 optimizer = {{ name = "sgd", lr = 0.05, momentum = 0.9 }}
 batch_schedule = {{ name = "constant", batch_size = 16 }}
@@ -44,9 +44,9 @@ COLUMNS = (
 )
 
 
-def study(folder: Path, width: int = 512) -> Path:
+def study(folder: Path, width: int = 512, epochs: int = 8) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    return write_study(folder, text=STUDY.format(width=width), name="long.toml")
+    return write_study(folder, text=STUDY.format(width=width, epochs=epochs), name="long.toml")
 
 
 def results(folder: Path) -> tuple[list, list]:
@@ -201,16 +201,16 @@ def test_a_worker_that_crashes_leaves_its_traceback_and_its_run_resumes(tmp_path
 
 def test_a_stopped_worker_is_killed_after_the_stall_timeout(tmp_path, reference):
     study(tmp_path)
-    # A worker that starts (imports torch) slower than the stall timeout on a loaded machine
-    # would be taken for a stalled one: the timeout leaves it time.
-    proc = start(["run", "long.toml", "--workers", "2", "--stall-timeout", "15"], tmp_path)
+    # A worker is forked with torch imported, and the clock starts with its task: the
+    # timeout still leaves a loaded machine's worker time to build its run.
+    proc = start(["run", "long.toml", "--workers", "2", "--stall-timeout", "6"], tmp_path)
     wait_for(lambda: events_in_journals(tmp_path, "checkpoint") >= 1, every=0.02, proc=proc)
     stopped = busy_worker(proc.pid)
     os.kill(stopped, signal.SIGSTOP)
     wait_for(lambda: "stopped" in _state(stopped), timeout=5)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 1, (out, err)
-    assert "stalled: no progress for 15 s (stopped or hung), so it was killed" in err
+    assert "stalled: no progress for 6 s (stopped or hung), so it was killed" in err
     assert list(statuses(tmp_path).values()).count("failed") == 1
     # Two workers, as the reference had: the stopped worker may not have started its run
     # (no event yet), and a run that starts afresh takes its slot's threads, which alone
@@ -264,7 +264,7 @@ def test_a_reader_holding_the_store_delays_writes_but_loses_nothing(tmp_path, re
         "time.sleep(float(sys.argv[1]))"
     )
     reader = subprocess.Popen(
-        [sys.executable, "-c", hold, "12"], cwd=tmp_path, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", hold, "5"], cwd=tmp_path, stdout=subprocess.PIPE, text=True
     )
     assert reader.stdout.readline() == "open\n"
     out, err = proc.communicate(timeout=180)
@@ -279,7 +279,7 @@ def test_a_full_disk_stops_the_study_cleanly_and_it_resumes(tmp_path, reference)
     # A file size limit makes every write past it fail as a full disk would (EFBIG): here the
     # first checkpoint of a wide model is too big. The store itself stays under it.
     big = tmp_path / "big"
-    study(big, width=1024)
+    study(big, width=1024, epochs=2)
 
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (6 << 20, 6 << 20))
