@@ -76,6 +76,7 @@ def test_a_study_on_a_local_ray_equals_the_local_executor(tmp_path, reference):
         "2",
         cwd=tmp_path,
         check=True,
+        fresh=True,  # Ray started and shut down in a process of its own, not beside ray_head
     )
     assert "[ray, CPU" in proc.stdout and "Traceback" not in proc.stderr
     assert results(tmp_path) == reference
@@ -90,7 +91,7 @@ def test_a_study_on_a_local_ray_equals_the_local_executor(tmp_path, reference):
         assert worker.startswith("cpu/") and "@" in worker
     assert all(e[-1]["type"] == "finished" for e in journals(tmp_path).values())
     assert query(tmp_path, "select executor from sessions") == [("ray",)]
-    again = optlab("run", "long.toml", "--executor", "ray", cwd=tmp_path, check=True)
+    again = optlab("run", "long.toml", "--executor", "ray", cwd=tmp_path, check=True, fresh=True)
     assert "Nothing to run" in again.stdout
 
 
@@ -212,7 +213,9 @@ def test_ctrl_c_leaves_runs_that_the_other_executor_finishes(
     shared = ["--checkpoint-dir", str(tmp_path / "shared")]
     on = {"ray": ["--executor", "ray", "--address", ray_head], "local": []}
     proc = start(["run", "long.toml", *on[first], "--workers", "2", *shared], tmp_path)
-    wait_for(lambda: events_in_journals(tmp_path, "checkpoint") >= 2, timeout=120, every=0.02)
+    wait_for(
+        lambda: events_in_journals(tmp_path, "checkpoint") >= 2, timeout=120, every=0.02, proc=proc
+    )
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
