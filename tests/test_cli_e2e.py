@@ -508,8 +508,15 @@ def test_status_and_query_work_while_a_study_runs(tmp_path):
     worker = None
     try:
         wait_for(lambda: journal_epochs(tmp_path) >= 1, every=0.02)
-        # Its worker paused after an epoch: no run can finish meanwhile, however fast or
-        # loaded the machine is.
+
+        def stored() -> int:
+            q = optlab("query", "select count(*) from epochs", "--format", "csv", cwd=tmp_path)
+            return int(q.stdout.split()[1])
+
+        # An epoch in the store (a worker stopped between its journal and its report would
+        # keep it from the coordinator), then its worker paused: no run can finish
+        # meanwhile, however fast or loaded the machine is.
+        wait_for(lambda: stored() > 0, every=0.05, proc=proc)
         (worker,) = wait_for(lambda: workers_of(proc.pid))
         os.kill(worker, signal.SIGSTOP)
         journals = (tmp_path / "optlab.runs").glob("*/events.jsonl")
@@ -518,30 +525,11 @@ def test_status_and_query_work_while_a_study_runs(tmp_path):
         status = optlab("status", cwd=tmp_path)
         assert status.returncode == 0
         # an ETA from the first finished epoch, before any run has finished
-        wait_for(
-            lambda: (
-                int(
-                    optlab(
-                        "query", "select count(*) from epochs", "--format", "csv", cwd=tmp_path
-                    ).stdout.split()[1]
-                )
-                > 0
-            )
-        )
         row = optlab("status", cwd=tmp_path).stdout.splitlines()[1].split()
         assert row[4] == "0" and re.fullmatch(r"\d+m\d\ds|\d+h\d\dm", row[-1]), row
         q = optlab("query", "select count(*) as n from epochs", "--format", "csv", cwd=tmp_path)
         assert q.returncode == 0 and q.stdout.startswith("n\n")
-        assert wait_for(
-            lambda: (
-                int(
-                    optlab(
-                        "query", "select count(*) from epochs", "--format", "csv", cwd=tmp_path
-                    ).stdout.split()[1]
-                )
-                > 0
-            )
-        )
+        assert stored() > 0
     finally:
         if worker is not None:
             os.kill(worker, signal.SIGCONT)
