@@ -46,6 +46,7 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".")
     session.run("python", "benchmarks/engine_overhead.py")
     session.run("python", "benchmarks/warm_pool.py")
+    session.run("python", "benchmarks/worker_start.py")
     session.run("python", "benchmarks/resnet18_throughput.py", "--images", "512")
     session.run("python", "benchmarks/augmentation.py")
     session.run("python", "benchmarks/probe_cost.py")

@@ -1126,3 +1126,42 @@ def test_one_optimizer_tuned_in_two_blocks_is_two_groups_in_compare_and_said_in_
     assert budget["findings"]["pooled"] == (
         "sgd pools blocks x, y: each optimizer's trials are its runs in every block"
     )
+
+
+def test_h3_with_a_flat_pattern_is_not_testable_and_says_why(tmp_path, cli):
+    """A dataset whose metric does not move with warmup within a size has no pattern to
+    correlate: H3 says so and gives no verdict, instead of r=nan, p=nan."""
+    text = (
+        HEAD.format(name="flat")
+        + """
+lr_schedule = { name = "cosine" }
+[[block]]
+name = "first"
+[block.grid]
+"dataset.examples_per_class" = [5000, 500, 50]
+"lr_schedule.warmup_epochs" = [0, 5, 20]
+[[block]]
+name = "flat"
+set = { "dataset.classes" = 5 }
+[block.grid]
+"dataset.examples_per_class" = [5000, 500, 50]
+"lr_schedule.warmup_epochs" = [0, 5, 20]
+"""
+    )
+
+    def acc(c, s):
+        regime = c["dataset"]["examples_per_class"]
+        if c["dataset"]["classes"] == 5:  # warmup changes nothing: only the size does
+            return 0.5 + regime / 1e5
+        return 0.8 - 0.001 * (c["lr_schedule"]["warmup_epochs"] - 5) ** 2 + 0.001 * s
+
+    make_store(tmp_path, text, acc)
+    result = cli("analyze", "warmup", "--json")
+    assert result.exit_code == 0, result.stderr
+    (h3,) = [
+        h for h in json.loads(result.stdout)["tables"]["hypotheses"] if h["hypothesis"] == "H3"
+    ]
+    assert h3["supported"] is None and h3["p"] is None and h3["statistic"] is None
+    assert h3["note"].startswith("not testable: reference: block first; ")
+    assert "(dataset.classes=5 is flat): its metric does not move with warmup" in h3["note"]
+    assert "nan" not in json.dumps(h3)

@@ -430,7 +430,7 @@ def _h3(cells: list[Cell], reference: str | None, runs: list[Run]) -> dict[str, 
             note=(f"not testable: the reference block {reference!r} has no finished runs"),
         )
     ref_dataset = _dataset_of(ref_runs[0])
-    results = []
+    results, flat = [], []
     for optimizer in dict.fromkeys(c.optimizer for c in cells):
         mine = [c for c in cells if c.optimizer == optimizer]
         ref = [c for c in mine if c.dataset == ref_dataset]
@@ -441,7 +441,11 @@ def _h3(cells: list[Cell], reference: str | None, runs: list[Run]) -> dict[str, 
             other = [c for c in mine if c.dataset == dataset]
             prof = _profile(other)
             pairs = [(v, prof[k]) for k, v in ref_profile.items() if k in prof]
-            if len(pairs) >= 3:
+            if len(pairs) >= 3 and (_flat([a for a, _ in pairs]) or _flat([b for _, b in pairs])):
+                # A correlation with a constant is undefined (scipy gives nan): say which.
+                named = ref[0].group if _flat([a for a, _ in pairs]) else other[0].group
+                flat.append(f"{ref[0].group} vs {other[0].group} ({named} is flat)")
+            elif len(pairs) >= 3:
                 r = stats.pearsonr(*zip(*pairs, strict=True), alternative="greater")
                 results.append(
                     (
@@ -451,6 +455,25 @@ def _h3(cells: list[Cell], reference: str | None, runs: list[Run]) -> dict[str, 
                         len(pairs),
                     )
                 )
+    tested = "; ".join(f"{n}: r={r:.3g}, p={p:.3g}, n={k}" for n, r, p, k in results)
+    if flat:
+        # Every dataset must replicate: one whose pattern cannot be correlated leaves the
+        # hypothesis untested, whatever the others give.
+        return _verdict(
+            "H3",
+            H3,
+            test,
+            None,
+            None,
+            sum(x[3] for x in results),
+            note=(
+                f"not testable: reference: block {ref_runs[0].block}; "
+                + "; ".join(flat)
+                + ": its metric does not move with warmup within a size (every cell equal to "
+                "its size's mean), so a correlation of patterns is undefined"
+                + (f"; tested: {tested}" if tested else "")
+            ),
+        )
     if not results:
         return _verdict(
             "H3",
@@ -465,9 +488,7 @@ def _h3(cells: list[Cell], reference: str | None, runs: list[Run]) -> dict[str, 
             ),
         )
     worst = max(results, key=lambda x: x[2])
-    note = f"reference: block {ref_runs[0].block}; " + "; ".join(
-        f"{n}: r={r:.3g}, p={p:.3g}, n={k}" for n, r, p, k in results
-    )
+    note = f"reference: block {ref_runs[0].block}; " + tested
     return _verdict(
         "H3",
         H3,
@@ -478,6 +499,11 @@ def _h3(cells: list[Cell], reference: str | None, runs: list[Run]) -> dict[str, 
         f"smallest r {min(x[1] for x in results):.3g}",
         note,
     )
+
+
+def _flat(values: list[float]) -> bool:
+    """No variation to correlate (to rounding: a profile is means minus their mean)."""
+    return float(np.ptp(values)) <= 1e-12 * max(1.0, float(np.max(np.abs(values))))
 
 
 def _dataset_of(run: Run) -> str:
