@@ -847,27 +847,38 @@ def _enumerated(values, tests, k):
     and standard deviation of the best value drawn, and the mean test value of that run."""
     import itertools
 
-    bests = [max(draw) for draw in itertools.product(range(len(values)), repeat=k)]
-    best = [values[i] for i in bests]
+    best, chosen = [], []
+    for draw in itertools.product(range(len(values)), repeat=k):
+        top = max(values[i] for i in draw)
+        tied = [i for i in draw if values[i] == top]  # selection cannot tell these apart
+        best.append(top)
+        chosen.append(sum(tests[i] for i in tied) / len(tied))  # each as likely
     mean = sum(best) / len(best)
     std = math.sqrt(sum((b - mean) ** 2 for b in best) / len(best))
-    return mean, std, sum(tests[i] for i in bests) / len(bests)
+    return mean, std, sum(chosen) / len(chosen)
 
 
 @pytest.mark.parametrize(
     "values, tests",
     [
         ([0.1, 0.4, 0.5, 0.9], [0.2, 0.1, 0.7, 0.8]),
-        ([0.3, 0.3, 0.6, 0.6, 0.61], [0.9, 0.1, 0.2, 0.5, 0.4]),  # ties: ranked by id
-        ([2.0, 1.5, 1.2, 0.4, 0.1], [0.0, 1.0, 0.0, 1.0, 0.5]),  # a loss, worst first
+        ([0.3, 0.3, 0.6, 0.6, 0.61], [0.9, 0.1, 0.2, 0.5, 0.4]),  # ties share equally
+        ([0.5, 0.5, 0.5, 0.7], [0.1, 0.6, 0.2, 0.3]),  # three tied below the best
+        ([-2.0, -1.5, -1.5, -0.4], [0.0, 1.0, 0.2, 1.0]),  # a loss, negated: worst first
     ],
 )
 def test_expected_best_of_k_is_the_mean_over_every_possible_draw(values, tests):
-    from optlab.analysis.budget import expected_best
+    """The order-statistics formula against every draw of k written out, a draw's tied
+    best runs each as likely to be the one selected."""
+    from optlab.analysis.budget import expected_best, tie_shared
 
     for k in range(1, 5):
-        got = expected_best(values, tests, k)
+        got = expected_best(values, tie_shared(values, tests), k)
         assert got == pytest.approx(_enumerated(values, tests, k), abs=1e-12), k
+        # whichever way the tied runs come (their ids, the store's order)
+        tied_reversed = [*reversed(tests[:2]), *tests[2:]] if values[0] == values[1] else tests
+        again = expected_best(values, tie_shared(values, tied_reversed), k)
+        assert again == pytest.approx(got, abs=1e-15), k
 
 
 BUDGET = """
@@ -946,6 +957,35 @@ def test_budget_selects_on_validation_only(cli, tmp_path):
     )
     assert got == pytest.approx(by_val, abs=1e-12)
     assert by_test > by_val + 0.05  # choosing on test would have looked better: it does not
+
+
+def test_budget_runs_tied_on_validation_share_the_selection_and_best_test_is_flagged(cli, tmp_path):
+    """Two points tie on validation and differ on test: the budget's test value is their
+    mean, not the one with the smaller run id; best_test_acc is said to read test epochs."""
+    text = BUDGET.replace("[1, 2, 3, 4, 5, 6, 7, 8]", "[1, 2]").replace("[0, 1, 2]", "[0]")
+
+    def val(c, s):
+        return 0.9 if c["optimizer"]["name"] == "sgd" else 0.8 + 0.01 * c["optimizer"]["lr"]
+
+    def test(c, s):
+        if c["optimizer"]["name"] == "sgd":
+            return 0.7 if c["optimizer"]["lr"] == 1 else 0.5
+        return 0.6
+
+    make_store(tmp_path, text, test, validation=val)
+    out = analyze(cli, "budget")
+    sgd = {
+        r["k"]: r["best_test_acc_of_selected"]
+        for r in out["tables"]["budget"]
+        if r["optimizer"] == "sgd"
+    }
+    assert sgd == {1: pytest.approx(0.6, abs=1e-12), 2: pytest.approx(0.6, abs=1e-12)}
+    assert out["findings"]["caution"] == (
+        "best_test_acc takes each selected run's best epoch on the test set; final_test_acc "
+        "(its last epoch) reads nothing chosen on test"
+    )
+    final = analyze(cli, "budget", "--metric", "final_test_acc")
+    assert "caution" not in final["findings"]
 
 
 def test_budget_needs_a_test_metric_and_a_validation_split(cli, tmp_path):

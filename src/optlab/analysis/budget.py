@@ -5,10 +5,11 @@ A group's trials are its finished runs (every point of its search space, every s
 run that successive halving stopped with the values it reached before it stopped. For
 k trials drawn from them at random (with replacement, as Dodge et al.'s estimator does),
 the expected best validation metric and its spread follow exactly from the order
-statistics: with the runs ranked 1..n by validation (ties broken by run id), the best of k
-is the run ranked i with probability (i/n)^k - ((i-1)/n)^k. The test metric reported for a
-budget is that of the run validation selects, under the same probabilities: selection
-never reads the test metric.
+statistics: with the runs ranked 1..n by validation, the best of k is the run ranked i with
+probability (i/n)^k - ((i-1)/n)^k. The test metric reported for a budget is that of the run
+validation selects, under the same probabilities: selection never reads the test metric.
+Runs tied on validation are one outcome for selection, so they share its chance equally:
+each stands for the mean test metric of its tie (no run id, no store order decides).
 
 ``--metric`` names the test metric reported (default ``best_test_acc``); the selection
 reads its validation counterpart (``best_val_acc``).
@@ -29,6 +30,7 @@ from optlab.analysis.core import (
     leave_out,
     load,
     pooled_blocks,
+    test_epoch_caution,
 )
 from optlab.analysis.results import parse_metric
 from optlab.errors import OptlabError
@@ -86,9 +88,9 @@ def answer(result: Result, runs: list[Run], axes: Any, rng: Any, asked: Asked) -
     rows = []
     for name, members in groups.items():
         # worst to best: the best of k is the highest rank drawn
-        ranked = sorted(members, key=lambda r: (r.value if higher else -r.value, r.run_id))
+        ranked = sorted(members, key=lambda r: r.value if higher else -r.value)
         values = [r.value for r in ranked]
-        tested = [tests[r.run_id] for r in ranked]
+        tested = tie_shared(values, [tests[r.run_id] for r in ranked])
         curves[name] = []
         for k in range(1, len(ranked) + 1):
             mean, std, test = expected_best(values, tested, k)
@@ -118,6 +120,22 @@ def answer(result: Result, runs: list[Run], axes: Any, rng: Any, asked: Asked) -
     pooled = pooled_blocks(groups)
     if pooled:
         result.findings["pooled"] = f"{pooled}: each {by}'s trials are its runs in every block"
+    caution = test_epoch_caution(result.metric, "selected run")
+    if caution:
+        result.findings["caution"] = caution
+
+
+def tie_shared(values: list[float], tests: list[float]) -> list[float]:
+    """``tests`` with each run tied on ``values`` (sorted) given its tie's mean test value:
+    selection cannot tell tied runs apart, so none of them is the one it picks."""
+    out, start = list(tests), 0
+    for end in range(1, len(values) + 1):
+        if end == len(values) or values[end] != values[start]:
+            if end - start > 1:
+                shared = math.fsum(tests[start:end]) / (end - start)  # order-free sum
+                out[start:end] = [shared] * (end - start)
+            start = end
+    return out
 
 
 def _trials(

@@ -26,8 +26,8 @@ from optlab.analysis.core import (
     leave_out,
     load,
     pooled_blocks,
+    test_epoch_caution,
 )
-from optlab.analysis.results import parse_metric
 from optlab.errors import OptlabError
 from optlab.states import State
 from optlab.study.schema import FINAL_SUFFIX, is_final_block
@@ -101,12 +101,9 @@ def answer(result: Result, runs: list[Run], axes: Any, rng: Any, asked: Asked) -
             for r in rows
         ),
     )
-    reducer, column = parse_metric(result.metric)
-    if reducer in ("best", "max", "min") and column.startswith("test_"):
-        result.findings["caution"] = (
-            f"{result.metric} takes each final run's best epoch on the test set; "
-            f"final_{column} (its last epoch) reads nothing chosen on test"
-        )
+    caution = test_epoch_caution(result.metric, "final run")
+    if caution:
+        result.findings["caution"] = caution
     if len(groups) >= 2:
         result.findings["comparison"] = _sentence(rows, result.tables["tests"], by, result.metric)
 

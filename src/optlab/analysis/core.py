@@ -190,6 +190,18 @@ def higher_is_better(metric: str) -> bool:
     return parse_metric(metric)[1].endswith("_acc")
 
 
+def test_epoch_caution(metric: str, whose: str) -> str | None:
+    """What a ``best_``/``max_``/``min_`` test metric reads: each run's best epoch on the test
+    set, a choice made on test; None for any other metric."""
+    reducer, column = parse_metric(metric)
+    if reducer in ("best", "max", "min") and column.startswith("test_"):
+        return (
+            f"{metric} takes each {whose}'s best epoch on the test set; "
+            f"final_{column} (its last epoch) reads nothing chosen on test"
+        )
+    return None
+
+
 def usable(runs: list[Run], result: Result) -> list[Run]:
     """Finished runs with a value; the rest are reported in ``result.left_out``."""
     keep, dropped = [], {}
