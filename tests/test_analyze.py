@@ -988,6 +988,41 @@ def test_budget_runs_tied_on_validation_share_the_selection_and_best_test_is_fla
     assert "caution" not in final["findings"]
 
 
+def test_budget_counts_diverged_runs_as_trials_with_what_they_reached(cli, tmp_path):
+    """sgd's two largest learning rates diverge (validation 0.1 when they did): they were
+    trials, so sgd's expected best of one trial is the mean over all 24 of its runs, not
+    over the 18 that converged, and the output says how many diverged and how they count."""
+
+    def status(c, s):
+        big = c["optimizer"]["name"] == "sgd" and c["optimizer"]["lr"] >= 7
+        return "diverged" if big else "done"
+
+    def val(c, s):
+        if status(c, s) == "diverged":
+            return 0.1
+        if c["optimizer"]["name"] == "adamw":
+            return 0.80 + 0.001 * c["optimizer"]["lr"] + 0.0001 * s
+        return 0.40 + 0.05 * c["optimizer"]["lr"] + 0.0001 * s
+
+    make_store(tmp_path, BUDGET, lambda c, s: val(c, s) - 0.01, status=status, validation=val)
+    out = analyze(cli, "budget")
+    curve = {
+        (r["optimizer"], r["k"]): r["expected_best_best_val_acc"] for r in out["tables"]["budget"]
+    }
+    every = [
+        val({"optimizer": {"name": "sgd", "lr": lr}}, s) for lr in range(1, 9) for s in range(3)
+    ]
+    assert len(every) == 24 and sorted(k for o, k in curve if o == "sgd") == list(range(1, 25))
+    assert curve["sgd", 1] == pytest.approx(sum(every) / 24, abs=1e-12)
+    converged = [v for v in every if v != 0.1]
+    assert curve["sgd", 1] < sum(converged) / len(converged) - 0.05  # what leaving out gave
+    assert out["findings"]["trials"].endswith(
+        "; diverged runs are trials too (adamw 0 of 24, sgd 6 of 24), each counted with what "
+        "it reached before diverging: its best_val_acc over the epochs it recorded"
+    )
+    assert out["left_out"] == []  # (diverged runs were left out before)
+
+
 def test_budget_needs_a_test_metric_and_a_validation_split(cli, tmp_path):
     _budget_store(tmp_path)
     result = cli("analyze", "budget", "--metric", "best_val_acc")

@@ -2,7 +2,9 @@
 2019, "Show Your Work"), and which wins at which budget.
 
 A group's trials are its finished runs (every point of its search space, every seed), a
-run that successive halving stopped with the values it reached before it stopped. For
+run that successive halving stopped with the values it reached before it stopped, and a
+run that diverged with what it reached before diverging (its metric over the epochs it
+recorded): a diverged run was a trial, and leaving it out flatters a space that diverges. For
 k trials drawn from them at random (with replacement, as Dodge et al.'s estimator does),
 the expected best validation metric and its spread follow exactly from the order
 statistics: with the runs ranked 1..n by validation, the best of k is the run ranked i with
@@ -36,6 +38,8 @@ from optlab.analysis.results import parse_metric
 from optlab.errors import OptlabError
 from optlab.states import State
 from optlab.study.schema import is_final_block
+
+TRIALS = (State.DONE, State.STOPPED, State.DIVERGED)
 
 
 def validation_metric(metric: str) -> str:
@@ -114,7 +118,8 @@ def answer(result: Result, runs: list[Run], axes: Any, rng: Any, asked: Asked) -
             "; runs stopped early by successive halving count with the values they reached"
             if any(r.status == State.STOPPED for g in groups.values() for r in g)
             else ""
-        ),
+        )
+        + _diverged(groups, asked.found["validation"], by),
         budget=_leaders(curves, higher, by),
     )
     pooled = pooled_blocks(groups)
@@ -144,9 +149,11 @@ def _trials(
     finals = [r for r in runs if is_final_block(r.block)]
     leave_out(result, "final run (a confirmation, not a trial)", finals)
     runs = [r for r in runs if not is_final_block(r.block)]
-    # A run successive halving stopped is a trial too: it counts with what it reached.
-    finished = [r for r in in_study_order(runs) if r.status in (State.DONE, State.STOPPED)]
-    for status in sorted({r.status for r in runs} - {State.DONE, State.STOPPED}):
+    # A run successive halving stopped is a trial too, and so is one that diverged: leaving
+    # it out would make a search space that diverges often look better than it is. Each
+    # counts with what it reached (its metric over the epochs it recorded).
+    finished = [r for r in in_study_order(runs) if r.status in TRIALS]
+    for status in sorted({r.status for r in runs} - set(TRIALS)):
         leave_out(result, status, [r for r in runs if r.status == status])
     leave_out(result, f"no {val} value", [r for r in finished if r.value is None])
     leave_out(
@@ -159,6 +166,20 @@ def _trials(
     for run in kept:
         groups.setdefault(name_of(run), []).append(run)
     return dict(sorted(groups.items()))
+
+
+def _diverged(groups: dict[str, list[Run]], val: str, by: str) -> str:
+    """How many trials diverged, per group, and the value they count with."""
+    counts = {
+        name: sum(r.status == State.DIVERGED for r in members) for name, members in groups.items()
+    }
+    if not any(counts.values()):
+        return "; no trial diverged"
+    each = ", ".join(f"{name} {n} of {len(groups[name])}" for name, n in counts.items())
+    return (
+        f"; diverged runs are trials too ({each}), each counted with what it reached before "
+        f"diverging: its {val} over the epochs it recorded"
+    )
 
 
 def _leaders(curves: dict[str, list[float]], higher: bool, by: str) -> str:
