@@ -1240,3 +1240,61 @@ set = { "dataset.classes" = 5 }
     assert h3["note"].startswith("not testable: reference: block first; ")
     assert "(dataset.classes=5 is flat): its metric does not move with warmup" in h3["note"]
     assert "nan" not in json.dumps(h3)
+
+
+def _peeking_store(tmp_path):
+    """The BUDGET study (a validation split): on validation sgd is best at lr 8 and adamw at
+    lr 8; on test, sgd's lr 3 is best (0.99) and so is adamw's lr 1 (0.98). Choosing on test
+    would pick those, and report 0.99 and 0.98."""
+
+    def val(c, s):
+        i = c["optimizer"]["lr"]
+        base = 0.80 if c["optimizer"]["name"] == "adamw" else 0.70
+        return base + 0.01 * i + 0.0001 * s
+
+    def test(c, s):
+        name, i = c["optimizer"]["name"], c["optimizer"]["lr"]
+        if (name, i) in (("sgd", 3), ("adamw", 1)):
+            return 0.99 if name == "sgd" else 0.98
+        return val(c, s) - 0.05
+
+    make_store(tmp_path, BUDGET, test, validation=val)
+    return val, test
+
+
+def test_optimal_and_ranking_choose_on_validation_and_report_test_for_the_choice(cli, tmp_path):
+    val, test = _peeking_store(tmp_path)
+    out = analyze(cli, "optimal")
+    rows = {r["group"].removeprefix("optimizer="): r for r in out["tables"]["optimal"]}
+    assert {g: r["optimum"] for g, r in rows.items()} == {"adamw": 8, "sgd": 8}
+    for name, row in rows.items():
+        seeds = [{"optimizer": {"name": name, "lr": 8}} for _ in range(3)]
+        assert row["best_val_acc_mean"] == pytest.approx(
+            sum(val(c, s) for s, c in enumerate(seeds)) / 3, abs=1e-12
+        )
+        assert row["best_test_acc_at_optimum"] == pytest.approx(
+            sum(test(c, s) for s, c in enumerate(seeds)) / 3, abs=1e-12
+        )
+    assert out["findings"]["selection"] == (
+        "each group's best optimizer.lr chosen on best_val_acc (the validation split), and "
+        "best_test_acc reported for what it chose: the test set never chooses"
+    )
+    ranking = analyze(cli, "ranking")
+    cells = {r["optimizer"]: r for r in ranking["tables"]["ranking"]}
+    # adamw's lr 8 and sgd's lr 8 are chosen; ranked on their test metric
+    assert [r["optimizer"] for r in ranking["tables"]["ranking"]] == ["adamw", "sgd"]
+    assert cells["sgd"]["mean"] == pytest.approx(0.70 + 0.08 + 0.0001 - 0.05, abs=1e-12)
+    assert cells["adamw"]["mean"] == pytest.approx(0.80 + 0.08 + 0.0001 - 0.05, abs=1e-12)
+    assert "chosen on best_val_acc" in ranking["findings"]["selection"]
+
+
+def test_without_a_validation_split_the_output_says_test_chose(cli, tmp_path):
+    text = HEAD.format(name="opt") + BLOCK + f'grid = {{ "optimizer.lr" = {LRS} }}\n'
+    make_store(tmp_path, text, lambda c, s: bowl(c["optimizer"]["lr"], 0.0316))
+    out = analyze(cli, "optimal")
+    assert out["tables"]["optimal"][0]["optimum"] == 0.0316
+    assert "metric_mean" in out["tables"]["optimal"][0]
+    assert out["findings"]["selection"] == (
+        "each group's best optimizer.lr chosen on best_test_acc: the study has no validation "
+        "split, so the test set both chooses and reports (an optimistic estimate)"
+    )

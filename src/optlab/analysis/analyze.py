@@ -64,6 +64,7 @@ ANALYSES: dict[str, Analysis] = {
             "a hyperparameter's best value per group",
             optima.optimal,
             fits=lambda facts: bool(numeric_axes(facts.axes)),
+            read=optima.read_selecting,
         ),
         Analysis("lr-wd", "slope of log optimal LR against log WD", slopes.lr_wd, axes=(LR, WD)),
         Analysis(
@@ -91,6 +92,7 @@ ANALYSES: dict[str, Analysis] = {
             "optimizers by their best cell",
             optima.ranking,
             fits=lambda facts: facts.optimizers > 1,
+            read=optima.read_selecting,
         ),
         Analysis(
             "budget",
