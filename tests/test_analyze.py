@@ -1298,3 +1298,45 @@ def test_without_a_validation_split_the_output_says_test_chose(cli, tmp_path):
         "each group's best optimizer.lr chosen on best_test_acc: the study has no validation "
         "split, so the test set both chooses and reports (an optimistic estimate)"
     )
+
+
+def test_profile_keeps_workloads_that_differ_in_a_setting_apart(cli, tmp_path):
+    """mlp with hidden = [32] and with hidden = [] are two workloads: sgd is faster on one,
+    adamw on the other. Pooled as one "synthetic x mlp", each optimizer would take its best
+    over both and tie at ratio 1 everywhere (rho 1.0 each)."""
+    text = """
+name = "widths"
+seeds = [0, 1]
+[base]
+epochs = 10
+dataset = { name = "synthetic" }
+model = { name = "mlp", hidden = [32] }
+optimizer = { name = "sgd", lr = 0.1, momentum = 0.9 }
+[[block]]
+name = "wide_sgd"
+[[block]]
+name = "wide_adamw"
+set = { optimizer = { name = "adamw", lr = 0.001 } }
+[[block]]
+name = "linear_sgd"
+set = { model = { name = "mlp", hidden = [] } }
+[[block]]
+name = "linear_adamw"
+set = { model = { name = "mlp", hidden = [] }, optimizer = { name = "adamw", lr = 0.001 } }
+"""
+
+    def final(c, seed):  # reaches 0.5 at epoch 5 (1.0) or 10 (0.5)
+        fast = (c["model"]["hidden"] == [32]) == (c["optimizer"]["name"] == "sgd")
+        return 1.0 if fast else 0.5
+
+    make_store(tmp_path, text, final, epochs=10)
+    out = analyze(cli, "profile", "--target", "test_acc=0.5")
+    times = {(r["workload"], r["optimizer"]): r["steps_to_target"] for r in out["tables"]["times"]}
+    assert times == {
+        ("synthetic x mlp hidden=[32]", "sgd"): 50,
+        ("synthetic x mlp hidden=[32]", "adamw"): 100,
+        ("synthetic x mlp hidden=[]", "sgd"): 100,
+        ("synthetic x mlp hidden=[]", "adamw"): 50,
+    }
+    profile = {(r["optimizer"], r["tau"]): r["fraction"] for r in out["tables"]["profile"]}
+    assert profile[("sgd", 1.0)] == profile[("adamw", 1.0)] == pytest.approx(0.5)

@@ -2,17 +2,21 @@
 that score them across workloads (Dolan and More 2002; AlgoPerf's scoring, Dahl et al.
 2023).
 
-A workload is a dataset with a model. A run's time to the target is the step, the SFO
-(samples) or the seconds (training, evaluation and probes, summed) at the end of the first
-epoch whose metric reaches the target (``--target val_acc=0.9``: at least 0.9; a loss: at
-most); a run that never does takes an infinite time. A configuration's time is the median
-over its seeds; an optimizer's time on a workload is its best configuration's (it is
-tuned). Its ratio on a workload is its time over the fastest optimizer's there, and its
-profile rho(tau) is the fraction of workloads on which that ratio is at most tau.
+A workload is a dataset with a model, with every setting of either that differs between the
+study's runs (two ``.npz`` files through ``arrays``, or ``mlp`` with ``hidden = [32]`` and
+with ``hidden = []``, are two workloads, never pooled). A run's time to the target is the
+step, the SFO (samples) or the seconds (training, evaluation and probes, summed) at the end
+of the first epoch whose metric reaches the target (``--target val_acc=0.9``: at least
+0.9; a loss: at most); a run that never does takes an infinite time. A configuration's
+time is the median over its seeds; an optimizer's time on a workload is its best
+configuration's (it is tuned). Its ratio on a workload is its time over the fastest
+optimizer's there, and its profile rho(tau) is the fraction of workloads on which that
+ratio is at most tau.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from typing import Any
@@ -115,19 +119,51 @@ def answer(result: Result, runs: list[Run], axes: Any, rng: Any, asked: Asked) -
     result.tables["profile"] = _profile(ratios, workloads, optimizers)
     result.findings.update(
         question=f"{unit} to reach {column} {'>=' if column.endswith('_acc') else '<='} "
-        f"{target:g} per optimizer and workload (dataset x model), and the fraction of "
+        f"{target:g} per optimizer and workload (dataset x model, each setting of either that "
+        "differs between runs making another workload), and the fraction of "
         "workloads on which each is within a factor tau of the fastest",
         rule="a configuration's time is the median over its seeds (never: infinite); an "
         "optimizer's is its best configuration's; ratios never reached are infinite",
     )
 
 
+def workload_of(runs: list[Run]) -> Any:
+    """A run's workload: its dataset and its model, each named with the settings that differ
+    between ``runs`` of the same plugin (``arrays path="b.npz" x mlp hidden=[32]``)."""
+    differ: dict[tuple[str, str], list[str]] = {}  # (slot, plugin) -> settings that differ
+    for slot in ("dataset", "model"):
+        by_plugin: dict[str, list[Run]] = {}
+        for r in runs:
+            by_plugin.setdefault(str(r.get(slot)), []).append(r)
+        for plugin, members in by_plugin.items():
+            keys = sorted({k for r in members for k in r.config if k.startswith(slot + ".")})
+            differ[slot, plugin] = [
+                k
+                for k in keys
+                if len({json.dumps(r.get(k), sort_keys=True, default=str) for r in members}) > 1
+            ]
+
+    def name(run: Run) -> str:
+        parts = []
+        for slot in ("dataset", "model"):
+            plugin = str(run.get(slot))
+            settings = [
+                f"{k.partition('.')[2]}={json.dumps(run.get(k), default=str)}"
+                for k in differ[slot, plugin]
+            ]
+            parts.append(" ".join([plugin, *settings]))
+        return " x ".join(parts)
+
+    return name
+
+
 def _times(done: list[Run], runs: list[Run]) -> dict[tuple[str, str], float]:
     """(workload, optimizer) -> the best configuration's median time over seeds."""
     best: dict[tuple[str, str], float] = {}
+    workload = workload_of(runs)
     for _, members in groups(done, [], among=runs).items():
         first = members[0]
-        key = (f"{first.get('dataset')} x {first.get('model')}", str(first.get("optimizer")))
+        key = (workload(first), str(first.get("optimizer")))
         median = statistics.median(math.inf if r.value is None else r.value for r in members)
         best[key] = min(best.get(key, math.inf), median)
     return best
