@@ -1340,3 +1340,21 @@ set = { model = { name = "mlp", hidden = [] }, optimizer = { name = "adamw", lr 
     }
     profile = {(r["optimizer"], r["tau"]): r["fraction"] for r in out["tables"]["profile"]}
     assert profile[("sgd", 1.0)] == profile[("adamw", 1.0)] == pytest.approx(0.5)
+
+
+def test_a_target_no_run_reaches_gives_infinite_times_fractions_of_0_and_says_so(cli, tmp_path):
+    make_store(tmp_path, PROFILE, _final, epochs=10)
+    out = analyze(cli, "profile", "--target", "test_acc=1.5")
+    assert all(r["steps_to_target"] is None and r["ratio"] is None for r in out["tables"]["times"])
+    assert out["tables"]["profile"] == [
+        {"optimizer": "adamw", "tau": 1.0, "fraction": 0.0},
+        {"optimizer": "sgd", "tau": 1.0, "fraction": 0.0},
+    ]
+    assert out["findings"]["note"] == (
+        "no run reached test_acc >= 1.5: every time is infinite, and every optimizer's "
+        "fraction of workloads is 0 at every tau"
+    )
+    result = cli("plot", "profile", "--target", "test_acc=1.5", "--out", "p.html")
+    assert result.exit_code == 0, result.output
+    assert "profile chart of 2 rows written to p.html" in result.stdout
+    assert "no run reached test_acc" in (tmp_path / "p.html").read_text()

@@ -125,6 +125,12 @@ def answer(result: Result, runs: list[Run], axes: Any, rng: Any, asked: Asked) -
         rule="a configuration's time is the median over its seeds (never: infinite); an "
         "optimizer's is its best configuration's; ratios never reached are infinite",
     )
+    if not any(math.isfinite(r) for r in ratios.values()):
+        result.findings["note"] = (
+            f"no run reached {column} {'>=' if column.endswith('_acc') else '<='} {target:g}: "
+            "every time is infinite, and every optimizer's fraction of workloads is 0 at "
+            "every tau"
+        )
 
 
 def workload_of(runs: list[Run]) -> Any:
@@ -183,7 +189,8 @@ def _ratios(times: dict, workloads: list[str], optimizers: list[str]) -> dict:
 
 def _profile(ratios: dict, workloads: list[str], optimizers: list[str]) -> list[dict]:
     """rho(tau) of each optimizer at every tau where some profile steps up."""
-    taus = sorted({r for r in ratios.values() if math.isfinite(r)})
+    # No run reached the target: every ratio is infinite, every fraction 0 (drawn at tau 1).
+    taus = sorted({r for r in ratios.values() if math.isfinite(r)}) or [1.0]
     return [
         {
             "optimizer": o,
