@@ -327,6 +327,11 @@ def argbest(mean: np.ndarray, higher: bool) -> int:
     return int(np.argmax(filled) if higher else np.argmin(filled))
 
 
+def flat_values(values: list[float]) -> bool:
+    """No variation to correlate (to rounding: the values may be means minus their mean)."""
+    return float(np.ptp(values)) <= 1e-12 * max(1.0, float(np.max(np.abs(values))))
+
+
 def nanmean(m: np.ndarray, axis: int = 0) -> np.ndarray:
     """Mean over seeds ignoring missing runs; an all-missing column stays NaN, silently."""
     with warnings.catch_warnings():

@@ -49,6 +49,7 @@ from optlab.analysis.core import (
     Result,
     Run,
     argbest,
+    flat_values,
     groups,
     higher_is_better,
     leave_out,
@@ -441,24 +442,19 @@ def _h3(cells: list[Cell], reference: str | None, runs: list[Run]) -> dict[str, 
             other = [c for c in mine if c.dataset == dataset]
             prof = _profile(other)
             pairs = [(v, prof[k]) for k, v in ref_profile.items() if k in prof]
-            if len(pairs) >= 3 and (_flat([a for a, _ in pairs]) or _flat([b for _, b in pairs])):
+            if len(pairs) < 3:
+                continue
+            ours, theirs = zip(*pairs, strict=True)
+            label = f"{ref[0].group} vs {other[0].group}"
+            if flat_values(list(ours)) or flat_values(list(theirs)):
                 # A correlation with a constant is undefined (scipy gives nan): say which.
-                named = ref[0].group if _flat([a for a, _ in pairs]) else other[0].group
-                flat.append(f"{ref[0].group} vs {other[0].group} ({named} is flat)")
-            elif len(pairs) >= 3:
-                r = stats.pearsonr(*zip(*pairs, strict=True), alternative="greater")
-                results.append(
-                    (
-                        f"{ref[0].group} vs {other[0].group}",
-                        float(r.statistic),
-                        float(r.pvalue),
-                        len(pairs),
-                    )
-                )
+                named = ref[0].group if flat_values(list(ours)) else other[0].group
+                flat.append(f"{label} ({named} is flat)")
+                continue
+            r = stats.pearsonr(ours, theirs, alternative="greater")
+            results.append((label, float(r.statistic), float(r.pvalue), len(pairs)))
     tested = "; ".join(f"{n}: r={r:.3g}, p={p:.3g}, n={k}" for n, r, p, k in results)
-    if flat:
-        # Every dataset must replicate: one whose pattern cannot be correlated leaves the
-        # hypothesis untested, whatever the others give.
+    if flat:  # every dataset must replicate: one that cannot be correlated leaves H3 untested
         return _verdict(
             "H3",
             H3,
@@ -499,11 +495,6 @@ def _h3(cells: list[Cell], reference: str | None, runs: list[Run]) -> dict[str, 
         f"smallest r {min(x[1] for x in results):.3g}",
         note,
     )
-
-
-def _flat(values: list[float]) -> bool:
-    """No variation to correlate (to rounding: a profile is means minus their mean)."""
-    return float(np.ptp(values)) <= 1e-12 * max(1.0, float(np.max(np.abs(values))))
 
 
 def _dataset_of(run: Run) -> str:
