@@ -227,19 +227,40 @@ def test_a_cell_where_every_run_diverged_has_its_own_colour_legend_and_legible_l
 
 
 @pytest.mark.parametrize("chart", ["curves", "sensitivity"])
-def test_seed_bands_are_a_95_percent_t_interval_with_n(cli, store, tmp_path, chart):
+def test_seed_bands_are_the_seeds_range_with_3_seeds_or_fewer(cli, store, tmp_path, chart):
+    """With 3 seeds a 95% t-interval is the mean +- 2.5 standard deviations (12.7 with 2):
+    the band is the seeds' own range instead, and the subtitle says so."""
     result = cli("plot", chart, "--block", "small", "--out", "c.html")
     assert result.exit_code == 0, result.stderr
     rows = sql_rows(cli, tmp_path / "c.html.sql")
     assert rows and all(r["n"] == 3 for r in rows)
     for r in rows:
-        half = stats.t.ppf(0.975, 2) * r["sd"] / math.sqrt(3)
-        assert r["low"] == pytest.approx(r["mean"] - half)
-        assert r["high"] == pytest.approx(r["mean"] + half)
-        assert r["high"] - r["low"] > 0
+        assert (r["low"], r["high"], r["band"]) == (r["lowest"], r["highest"], "seeds range")
+        assert r["low"] <= r["mean"] <= r["high"] and r["high"] - r["low"] > 0
     html = (tmp_path / "c.html").read_text()
-    assert "band = 95% t-interval of the mean over n seeds" in html
+    assert "the seeds' range (lowest to highest) where n is 2 or 3" in html
     assert '{"field": "n", "type": "quantitative"}' in html  # n in the tooltip
+
+
+@pytest.mark.parametrize("chart", ["curves", "sensitivity"])
+def test_bands_from_4_seeds_are_a_t_interval_that_stays_within_the_metric(cli, tmp_path, chart):
+    """5 seeds, four reaching accuracy 1 and one 0.5: the 95% t-interval of the mean, cut at
+    1 (an accuracy never exceeds it) where it would reach past."""
+
+    def spread(config, seed):
+        return 1.0 if seed < 4 else 0.5
+
+    make_store(tmp_path, STUDY.replace("seeds = [0, 1, 2]", "seeds = [0, 1, 2, 3, 4]"), spread)
+    result = cli("plot", chart, "--block", "small", "--out", "c.html")
+    assert result.exit_code == 0, result.stderr
+    rows = sql_rows(cli, tmp_path / "c.html.sql")
+    assert rows and all(r["n"] == 5 and r["band"] == "95% t-interval" for r in rows)
+    for r in rows:
+        half = stats.t.ppf(0.975, 4) * r["sd"] / math.sqrt(5)
+        assert r["low"] == pytest.approx(max(0.0, r["mean"] - half))
+        assert r["high"] == pytest.approx(min(1.0, r["mean"] + half))
+    assert any(r["mean"] + stats.t.ppf(0.975, 4) * r["sd"] / math.sqrt(5) > 1 for r in rows)
+    assert all(0 <= r["low"] <= r["high"] <= 1 for r in rows)
 
 
 def test_curves_keep_blocks_and_other_axes_in_their_own_panels(cli, store, tmp_path):

@@ -62,18 +62,46 @@ def colour(
     return color, _color_sql(color, axes), [color] if color else []
 
 
-def ci_sql(inner: str, keys: str) -> str:
-    """Mean, n and a 95% t-interval of the mean of ``v`` over the rows of each group."""
+FEW_SEEDS = 3  # up to this many seeds, a band is the seeds' range, not a t-interval
+
+
+def metric_bounds(column: str) -> tuple[float | None, float | None]:
+    """The range a metric's values can take: an accuracy [0, 1], a loss [0, inf)."""
+    if column.endswith("_acc"):
+        return 0.0, 1.0
+    if column.endswith("_loss"):
+        return 0.0, None
+    return None, None
+
+
+def ci_sql(inner: str, keys: str, bounds: tuple[float | None, float | None] = (None, None)) -> str:
+    """Mean and n of ``v`` over the rows of each group, and its band: a 95% t-interval of
+    the mean from 4 seeds on; the seeds' range (lowest to highest) with 2 or 3, where a
+    t-interval would reach far past the data (12.7 standard deviations each side with 2);
+    none with 1. Never outside ``bounds`` (the metric's range)."""
+    t_half = "q.t975 * a.sd / sqrt(a.n)"
+    low = f"case when a.n > {FEW_SEEDS} then a.mean - {t_half} when a.n > 1 then a.lowest end"
+    high = f"case when a.n > {FEW_SEEDS} then a.mean + {t_half} when a.n > 1 then a.highest end"
+    lo, hi = bounds
+    if lo is not None:
+        low = f"case when ({low}) is not null then greatest({low}, {lo}) end"
+    if hi is not None:
+        high = f"case when ({high}) is not null then least({high}, {hi}) end"
     return f"""agg as (
-  select {keys}, avg(v) as mean, stddev_samp(v) as sd, count(*) as n
+  select {keys}, avg(v) as mean, stddev_samp(v) as sd, count(*) as n, min(v) as lowest,
+         max(v) as highest
   from ({inner}) group by all)
-select a.*, a.mean - q.t975 * a.sd / sqrt(a.n) as low, a.mean + q.t975 * a.sd / sqrt(a.n)
-       as high
+select a.*, {low} as low, {high} as high,
+       case when a.n > {FEW_SEEDS} then '95% t-interval' when a.n > 1 then 'seeds range' end
+         as band
 from agg a left join t_quantiles q on q.df = a.n - 1
 order by {keys}"""
 
 
-BAND = "band = 95% t-interval of the mean over n seeds (none when n = 1)"
+BAND = (
+    "band = 95% t-interval of the mean over n seeds where n >= 4, the seeds' range (lowest "
+    "to highest) where n is 2 or 3, none where n = 1; never outside the metric's range"
+)
 
 
 def line_band(
@@ -101,7 +129,8 @@ def line_band(
     )
     y_axis = alt.Y("mean:Q", title=y_title or y, scale=alt.Scale(zero=False))
     line = base.mark_line(point=len(rows) < 200).encode(
-        y=y_axis, tooltip=["panel:N", "color:N", "x:Q", "mean:Q", "low:Q", "high:Q", "n:Q"]
+        y=y_axis,
+        tooltip=["panel:N", "color:N", "x:Q", "mean:Q", "low:Q", "high:Q", "n:Q", "band:N"],
     )
     layers = [line]
     if any(r.get("low") is not None for r in rows):  # none at all with one seed per point

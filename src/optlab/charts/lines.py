@@ -18,6 +18,7 @@ from optlab.charts.drawing import (
     ci_sql,
     colour,
     line_band,
+    metric_bounds,
 )
 from optlab.charts.figures import (
     COLOR,
@@ -49,7 +50,7 @@ def curves_sql(lay: Layout, metric: str, x: str, color_sql: str) -> str:
   from runs r join e using (run_id)
   where {lay.condition} and r.status in ('done', 'running', 'interrupted', 'stopped')
     and e.{metric} is not null and isfinite(e.{metric})"""
-    body = ci_sql(inner, "panel, color, epoch").replace(
+    body = ci_sql(inner, "panel, color, epoch", metric_bounds(metric)).replace(
         "avg(v) as mean", "avg(xv) as x, avg(v) as mean"
     )
     return f"""with e as (
@@ -94,7 +95,13 @@ def sensitivity_sql(lay: Layout, metric: str, color_sql: str) -> str:
   from runs r join epochs e using (run_id)
   where {lay.condition} and r.status = 'done'
   group by all),
-{ci_sql("select * from per_run where v is not null and isfinite(v)", "panel, color, x")}"""
+{
+        ci_sql(
+            "select * from per_run where v is not null and isfinite(v)",
+            "panel, color, x",
+            metric_bounds(column),
+        )
+    }"""
 
 
 def sensitivity_figure(
