@@ -1358,3 +1358,51 @@ def test_a_target_no_run_reaches_gives_infinite_times_fractions_of_0_and_says_so
     assert result.exit_code == 0, result.output
     assert "profile chart of 2 rows written to p.html" in result.stdout
     assert "no run reached test_acc" in (tmp_path / "p.html").read_text()
+
+
+def test_profile_states_its_order_of_reductions_and_offers_algoperfs(cli, tmp_path):
+    """sgd's two learning rates each reach the target on one seed of three, not the same
+    one: the median over seeds of either is "never", but the best configuration of seeds 0
+    and 1 reaches it at step 50. median-then-best says sgd never gets there; AlgoPerf's
+    best-then-median, 50 steps."""
+    text = """
+name = "orders"
+seeds = [0, 1, 2]
+[base]
+epochs = 10
+dataset = { name = "synthetic" }
+model = { name = "mlp" }
+optimizer = { name = "sgd", lr = 0.1, momentum = 0.9 }
+[[block]]
+name = "sgd"
+grid = { "optimizer.lr" = [0.01, 0.1] }
+[[block]]
+name = "adamw"
+set = { optimizer = { name = "adamw", lr = 0.001 } }
+"""
+
+    def final(c, seed):  # 1.0 reaches 0.5 at step 50, 0.5 at step 100, 0.4 never
+        if c["optimizer"]["name"] == "adamw":
+            return 0.5
+        lucky = 0 if c["optimizer"]["lr"] == 0.01 else 1
+        return 1.0 if seed == lucky else 0.4
+
+    make_store(tmp_path, text, final, epochs=10)
+
+    def times(*order):
+        out = analyze(cli, "profile", "--target", "test_acc=0.5", *order)
+        got = {r["optimizer"]: r["steps_to_target"] for r in out["tables"]["times"]}
+        return got, out["findings"]["rule"]
+
+    default, rule = times()
+    assert default == {"sgd": None, "adamw": 100}
+    assert rule.startswith("a configuration's time is the median over its seeds, then an ")
+    assert "best-then-median, is --order best-then-median" in rule
+    algoperf, rule = times("--order", "best-then-median")
+    assert algoperf == {"sgd": 50, "adamw": 100}
+    assert "(best, then median: AlgoPerf's order, Dahl et al. 2023)" in rule
+    bad = cli("analyze", "profile", "--target", "test_acc=0.5", "--order", "mean")
+    assert bad.exit_code == 1
+    assert bad.stderr == (
+        "Error: analyze profile: --order 'mean': use median-then-best or best-then-median\n"
+    )

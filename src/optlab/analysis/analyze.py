@@ -140,10 +140,11 @@ def run_analysis(
     by: str | None = None,
     target: str | None = None,
     time: str | None = None,
+    order: str | None = None,
 ) -> Result:
     row = analysis(name)
     parse_metric(metric)
-    asked = Asked(param, epsilon, by, target, time)
+    asked = Asked(param, epsilon, by, target, time, order)
     with open_study(store, study) as (con, study, axes):
         result = Result(name, study, metric)
         require_axes(name, study, axes, list(row.axes))

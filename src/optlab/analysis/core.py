@@ -73,6 +73,7 @@ class Asked:
     by: str | None = None
     target: str | None = None  # profile: COLUMN=VALUE
     time: str | None = None  # profile: steps, sfo or seconds
+    order: str | None = None  # profile: median-then-best (default) or best-then-median
     found: dict[str, Any] = field(default_factory=dict)
 
 

@@ -52,6 +52,13 @@ def command(
     time: str = typer.Option(
         "steps", "--time", help="profile: time in steps, sfo (samples) or seconds."
     ),
+    order: str = typer.Option(
+        "median-then-best",
+        "--order",
+        help="profile: median-then-best (a configuration's median over seeds, then the best "
+        "configuration) or best-then-median (AlgoPerf's: the best configuration per seed, "
+        "then the median over seeds).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap resampling."),
     store: Path = StoreOption,
@@ -67,6 +74,7 @@ def command(
         by=by,
         target=target,
         time=time,
+        order=order,
     )
     if as_json:
         out.print(json.dumps(result.to_json(), indent=2), markup=False)
