@@ -1401,6 +1401,15 @@ set = { optimizer = { name = "adamw", lr = 0.001 } }
     algoperf, rule = times("--order", "best-then-median")
     assert algoperf == {"sgd": 50, "adamw": 100}
     assert "(best, then median: AlgoPerf's order, Dahl et al. 2023)" in rule
+    for order, says in [
+        ("median-then-best", "(median, then best)"),
+        ("best-then-median", "(best, then median"),
+    ]:
+        drawn = cli(
+            "plot", "profile", "--target", "test_acc=0.5", "--order", order, "--out", "p.html"
+        )
+        assert drawn.exit_code == 0, drawn.output
+        assert says in (tmp_path / "p.html").read_text()  # the chart states its order
     bad = cli("analyze", "profile", "--target", "test_acc=0.5", "--order", "mean")
     assert bad.exit_code == 1
     assert bad.stderr == (

@@ -100,12 +100,14 @@ def profile_figure(
     axes: Any,
     target: str | None = None,
     time: str = "steps",
+    order: str = "median-then-best",
     sel: Selection = Selection(),
 ) -> Figure:
     import altair as alt  # altair: slow to import, so only when a chart is drawn
 
     lay, chosen = _selected(con, study, axes, sel, "profile")
-    result, asked = Result("profile", study, "best_test_acc"), Asked(target=target, time=time)
+    result = Result("profile", study, "best_test_acc")
+    asked = Asked(target=target, time=time, order=order)
     runs = [r for r in profile.read(con, result, asked) if r.run_id in chosen]
     profile.answer(result, runs, axes, None, asked)
     found = asked.found
@@ -127,8 +129,7 @@ def profile_figure(
                 "text": f"{study}: performance profiles, {asked.found['unit']} to "
                 f"{asked.found['column']} {asked.found['target']:g}",
                 "subtitle": [
-                    "each optimizer's time on a workload: its best configuration's median "
-                    "over seeds; never reached: infinite",
+                    result.findings.get("rule", ""),
                     result.findings.get("note", ""),
                 ],
             },
@@ -164,6 +165,12 @@ CHARTS = (
         (
             Option("target", None, "COLUMN=VALUE to reach, such as val_acc=0.9."),
             Option("time", "steps", "Time in steps, sfo (samples) or seconds."),
+            Option(
+                "order",
+                "median-then-best",
+                "median-then-best (a configuration's median over seeds, then the best "
+                "configuration) or best-then-median (AlgoPerf's).",
+            ),
         ),
         facet=False,
     ),
