@@ -34,7 +34,7 @@ from optlab.analysis.core import (
     pooled_blocks,
     test_epoch_caution,
 )
-from optlab.analysis.results import parse_metric
+from optlab.analysis.results import validation_counterpart
 from optlab.errors import OptlabError
 from optlab.states import State
 from optlab.study.schema import is_final_block
@@ -44,13 +44,13 @@ TRIALS = (State.DONE, State.STOPPED, State.DIVERGED)
 
 def validation_metric(metric: str) -> str:
     """``best_test_acc`` -> ``best_val_acc``: what selection reads for a test metric."""
-    reducer, column = parse_metric(metric)
-    if not column.startswith("test_"):
+    counterpart = validation_counterpart(metric)
+    if counterpart is None:
         raise OptlabError(
             f"analyze budget: --metric {metric}: give a test metric (such as best_test_acc); "
             "the selection reads its validation counterpart"
         )
-    return f"{reducer}_val_{column.removeprefix('test_')}"
+    return counterpart
 
 
 def read(con: Any, result: Result, asked: Asked) -> list[Run]:

@@ -22,7 +22,7 @@ from optlab.analysis.core import (
     optimum,
     usable,
 )
-from optlab.analysis.results import Axes, parse_metric
+from optlab.analysis.results import Axes, validation_counterpart
 from optlab.errors import OptlabError
 
 
@@ -33,10 +33,9 @@ def read_selecting(con: Any, result: Result, asked: Asked) -> list[Run]:
     what validation selected; without a split, the metric itself, and the output says the
     choice was made on test."""
     runs = load(con, result.study, result.metric)
-    reducer, column = parse_metric(result.metric)
+    counterpart = validation_counterpart(result.metric)
     asked.found["selection"] = None
-    if column.startswith("test_"):
-        counterpart = f"{reducer}_val_{column.removeprefix('test_')}"
+    if counterpart is not None:
         validated = load(con, result.study, counterpart)
         if any(r.value is not None for r in validated):
             asked.found["selection"] = counterpart
@@ -53,7 +52,7 @@ def selection_rule(result: Result, asked: Asked, chosen: str) -> str:
             f"{chosen} chosen on {val} (the validation split), and {result.metric} reported "
             "for what it chose: the test set never chooses"
         )
-    if parse_metric(result.metric)[1].startswith("test_"):
+    if validation_counterpart(result.metric) is not None:
         return (
             f"{chosen} chosen on {result.metric}: the study has no validation split, so the "
             "test set both chooses and reports (an optimistic estimate)"

@@ -71,6 +71,15 @@ def parse_metric(metric: str) -> tuple[str, str]:
     return reducer, column
 
 
+def validation_counterpart(metric: str) -> str | None:
+    """``best_test_acc`` -> ``best_val_acc``: what selection reads for a test metric; None
+    for a metric that is not a test metric."""
+    reducer, column = parse_metric(metric)
+    if not column.startswith("test_"):
+        return None
+    return f"{reducer}_val_{column.removeprefix('test_')}"
+
+
 def reduce_sql(reducer: str, column: str) -> str:
     """SQL of a run's metric over its epochs (rows of ``epochs e``)."""
     if reducer == "best":
