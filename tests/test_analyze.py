@@ -140,6 +140,77 @@ grid = { "batch_schedule.batch_size" = [32, 64, 128, 256, 512] }
     )
 
 
+RULE_BLOCK = """
+[[block]]
+name = "linear_rule"
+set = { lr_scaling = "linear", lr_reference_batch = 128 }
+grid = { "batch_schedule.batch_size" = [64, 128, 256] }
+"""
+
+
+def rule_verdict(out):
+    (verdict,) = [v for k, v in out["findings"].items() if k.startswith("rule_check ")]
+    return verdict
+
+
+def test_a_rule_holds_only_by_an_equivalence_test_not_by_a_non_significant_drop(cli, tmp_path):
+    """Seed 001's experiment 3 with 2 seeds: a drop of 2.4 points at batch 256 that Welch's
+    test cannot call significant is 'not shown either way', with the smallest difference the
+    study could have detected; it is not 'holds'."""
+    text = HEAD.format(name="rule2").replace("[0, 1, 2]", "[0, 1]") + RULE_BLOCK
+    spread = {0: -0.015, 1: 0.015}
+
+    def acc(c, s):
+        drop = 0.024 if c["batch_schedule"]["batch_size"] == 256 else 0.0
+        return 0.7 - drop + spread[s] * (1 if c["batch_schedule"]["batch_size"] != 64 else 0.1)
+
+    make_store(tmp_path, text, acc)
+    out = analyze(cli, "scaling")
+    rows = {r["batch_schedule.batch_size"]: r for r in out["tables"]["rule_check"]}
+    # By hand: 256 against 128, Welch with equal variances s^2 = 2 x 0.015^2, n = 2 each.
+    se = math.sqrt(2 * (2 * 0.015**2) / 2)
+    assert rows[256]["vs_reference"] == pytest.approx(-0.024)
+    assert rows[256]["p"] == pytest.approx(2 * stats.t.sf(0.024 / se, 2))
+    assert rows[256]["p"] > 0.05 and not rows[256]["worse"]
+    # TOST: the larger of P(T > (d + m) / se) and P(T < (d - m) / se), df 2.
+    p_tost = max(stats.t.sf((-0.024 + 0.01) / se, 2), stats.t.cdf((-0.024 - 0.01) / se, 2))
+    assert rows[256]["p_equivalent"] == pytest.approx(p_tost)
+    assert rows[256]["equivalent"] is False
+    detectable = (stats.t.ppf(0.975, 2) + stats.t.ppf(0.8, 2)) * se
+    assert rows[256]["detectable"] == pytest.approx(detectable)
+    verdict = rule_verdict(out)
+    assert "holds" not in verdict
+    assert verdict.startswith(
+        "linear LR scaling rule, reference batch_schedule.batch_size 128: not shown either "
+        "way (n too small): within ±0.01 not shown at "
+    )
+    assert "with 2 seeds the smallest differences this study could detect are " in verdict
+    assert f"{detectable:.3g} at 256 (80% power, alpha 0.05)" in verdict
+    assert out["findings"]["equivalence margin"] == (
+        "equivalence margin ±0.01, one point of accuracy (the default; --margin to change)"
+    )
+
+
+def test_a_rule_holds_when_every_batch_size_is_shown_equivalent(cli, tmp_path):
+    """Eight seeds whose means agree within a fraction of a point: TOST shows equivalence
+    within the default margin at every batch size. A margin narrower than the spread
+    allows shows it nowhere."""
+    text = HEAD.format(name="rule8").replace("[0, 1, 2]", "[0, 1, 2, 3, 4, 5, 6, 7]")
+    text += RULE_BLOCK
+    make_store(tmp_path, text, lambda c, s: 0.7 + 0.002 * ((s * 5 + c["epochs"]) % 8 - 3.5))
+    out = analyze(cli, "scaling")
+    assert rule_verdict(out) == (
+        "linear LR scaling rule, reference batch_schedule.batch_size 128: holds within ±0.01 "
+        "of the reference at every batch_schedule.batch_size (TOST equivalence test, each "
+        "p < 0.05)"
+    )
+    narrow = analyze(cli, "scaling", "--margin", "0.0001")
+    assert "not shown either way" in rule_verdict(narrow)
+    assert narrow["findings"]["equivalence margin"] == "equivalence margin ±0.0001 (--margin)"
+    bad = cli("analyze", "scaling", "--margin", "0")
+    assert bad.exit_code != 0 and "--margin 0: must be above 0" in bad.stderr
+
+
 def test_an_optimum_among_one_value_is_not_identifiable(cli, tmp_path):
     text = HEAD.format(name="one") + BLOCK + 'grid = { "optimizer.weight_decay" = [0.0, 0.01] }\n'
     make_store(tmp_path, text, lambda c, s: 0.5 + c["optimizer"]["weight_decay"])

@@ -148,6 +148,30 @@ def test_too_many_examples_per_class(cli, tmp_path):
     )
 
 
+def test_digits_is_loaded_to_check_a_study_only_when_it_asks_for_examples_per_class(
+    cli, tmp_path, monkeypatch
+):
+    """`optlab show` (and every `optlab run` start) of a digits study does not load the
+    digits (scikit-learn's import is most of a second) unless examples_per_class needs the
+    smallest class's size, which is then checked."""
+    from optlab.plugins.builtins import datasets
+
+    def loading(*_):
+        raise AssertionError("the digits were loaded")
+
+    datasets._digits_smallest_class.cache_clear()
+    real = datasets.digits_arrays
+    monkeypatch.setattr(datasets, "digits_arrays", loading)
+    result = cli("show", study(tmp_path, '{ name = "digits" }'))
+    assert result.exit_code == 0 and "1 runs, 0 done" in result.stdout, result.stderr
+    monkeypatch.setattr(datasets, "digits_arrays", real)
+    result = cli("show", study(tmp_path, '{ name = "digits", examples_per_class = 200 }'))
+    assert result.stderr == (
+        "Error: s.toml: base: dataset: examples_per_class = 200, but the "
+        "smallest class of digits's training set has 131\n"
+    )
+
+
 @pytest.mark.parametrize(
     "arrays,message",
     [

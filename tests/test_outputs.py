@@ -79,6 +79,74 @@ def test_sensitivity_and_scaling_show_what_the_data_say(cli, store, tmp_path):
     assert 'src="http' not in html  # self-contained: Vega is inlined
 
 
+RULE_STUDY = """
+name = "rules"
+seeds = [0, 1]
+[base]
+epochs = 3
+dataset = { name = "synthetic" }
+model = { name = "mlp" }
+optimizer = { name = "sgd", lr = 0.1 }
+[[block]]
+name = "landscape"
+grid = { "optimizer.lr" = [0.01, 0.1], "batch_schedule.batch_size" = [32, 128] }
+[[block]]
+name = "linear_rule"
+set = { lr_scaling = "linear", lr_reference_batch = 128 }
+grid = { "batch_schedule.batch_size" = [32, 128, 512] }
+"""
+
+
+def test_scaling_draws_a_rule_block_as_the_metric_per_batch_size_not_as_an_optimum(cli, tmp_path):
+    """Seed 001's experiment 3 beside a searched landscape: the rule block tried one LR per
+    batch size, so it gets no "optimal LR" and no slope (which would be 1 by construction);
+    it is drawn as the metric per batch size with the reference batch's mean."""
+
+    def rule_acc(config, seed):
+        if config.get("lr_scaling") == "linear":
+            return {32: 0.8, 128: 0.82, 512: 0.7}[
+                config["batch_schedule"]["batch_size"]
+            ] + 0.01 * seed
+        return acc(config, seed)
+
+    make_store(tmp_path, RULE_STUDY, rule_acc)
+    result = cli("plot", "scaling", "--out", "s.html")
+    assert result.exit_code == 0, result.stderr
+    rows = json.loads(
+        cli("query", (tmp_path / "s.html.sql").read_text(), "--format", "json").stdout
+    )
+    optimal = {
+        (r["panel"], r["batch_size"]): r["optimal_lr"] for r in rows if r["part"] == "optimal LR"
+    }
+    assert optimal == {("block landscape", 32): 0.01, ("block landscape", 128): 0.1}
+    # Each cell is the mean over its 2 seeds, each seed's own best epoch (not one best
+    # over the pooled epochs of both).
+    assert {r["seeds"] for r in rows if r["part"] == "optimal LR"} == {2}
+    per_batch = {r["batch_size"]: r for r in rows if r["part"] == "metric per batch size"}
+    assert {r["panel"] for r in per_batch.values()} == {"block linear_rule"}
+    assert {b: round(r["mean"], 6) for b, r in per_batch.items()} == {
+        32: 0.805,
+        128: 0.825,
+        512: 0.705,
+    }
+    assert per_batch[512]["low"] == pytest.approx(0.7) and per_batch[512]["high"] == pytest.approx(
+        0.71
+    )
+    html = (tmp_path / "s.html").read_text()
+    assert "per batch size, the LR set by the scaling rule" in html
+    assert "the mean at the reference batch (128)" in html
+    # One fitted line, the landscape's (its slope: log 10 / log 4); none for the rule block.
+    assert html.count("slope 1.66") == 1 and "slope 1.00" not in html
+    # A study of the rule block alone varies no LR: it is drawn, not refused.
+    (tmp_path / "optlab.duckdb").unlink()
+    rule_only = RULE_STUDY.split("[[block]]")[0] + "[[block]]" + RULE_STUDY.split("[[block]]")[2]
+    make_store(tmp_path, rule_only.replace('"rules"', '"rule_only"'), rule_acc)
+    result = cli("plot", "scaling", "--out", "r.html")
+    assert result.exit_code == 0, result.stderr
+    html = (tmp_path / "r.html").read_text()
+    assert "optimal LR against batch size" not in html and "the LR set by the scaling rule" in html
+
+
 def test_gradnorm_marks_where_each_schedule_first_reaches_epsilon(store):
     from optlab.analysis.results import study_axes
     from optlab.charts.gradients import gradnorm_figure

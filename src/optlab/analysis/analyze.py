@@ -141,10 +141,13 @@ def run_analysis(
     target: str | None = None,
     time: str | None = None,
     order: str | None = None,
+    margin: float | None = None,
 ) -> Result:
     row = analysis(name)
     parse_metric(metric)
-    asked = Asked(param, epsilon, by, target, time, order)
+    if margin is not None and not margin > 0:
+        raise OptlabError(f"--margin {margin:g}: must be above 0 (in the metric's units)")
+    asked = Asked(param, epsilon, by, target, time, order, margin)
     with open_study(store, study) as (con, study, axes):
         result = Result(name, study, metric)
         require_axes(name, study, axes, list(row.axes))

@@ -74,6 +74,7 @@ class Asked:
     target: str | None = None  # profile: COLUMN=VALUE
     time: str | None = None  # profile: steps, sfo or seconds
     order: str | None = None  # profile: median-then-best (default) or best-then-median
+    margin: float | None = None  # scaling: the equivalence margin of a rule check
     found: dict[str, Any] = field(default_factory=dict)
 
 

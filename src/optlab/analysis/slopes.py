@@ -32,7 +32,12 @@ from optlab.study.steps import start_lr
 
 
 def _slope_analysis(
-    result: Result, runs: list[Run], rng, x_param: str, expected: dict[str, float]
+    result: Result,
+    runs: list[Run],
+    rng,
+    x_param: str,
+    expected: dict[str, float],
+    margin: float | None = None,
 ) -> None:
     """Per group: the optimal LR at each value of ``x_param``; fit log LR = a + b log x."""
     from scipy import stats  # scipy: a second to import, so only when a test is run
@@ -48,7 +53,9 @@ def _slope_analysis(
     for label, members in groups(kept, [LR, x_param], among=runs).items():
         if any(r.get("lr_scaling") not in (None, "none") for r in members):
             # LR set by a batch scaling rule: no LR was searched, the rule is what is tested.
-            rows, verdict = _rule_check(label, _by_x(members, x_param), x_param, higher)
+            rows, verdict = _rule_check(
+                label, _by_x(members, x_param), x_param, result.metric, margin
+            )
             rules += rows
             result.findings[f"rule_check {label}"] = verdict
             continue
@@ -110,6 +117,7 @@ def _slope_analysis(
     result.tables["fit"] = fits
     if rules:
         result.tables["rule_check"] = rules
+        result.findings["equivalence margin"] = margin_rule(result.metric, margin)
 
 
 def _by_x(members: list[Run], x_param: str) -> dict[Any, list[Run]]:
@@ -120,18 +128,23 @@ def _by_x(members: list[Run], x_param: str) -> dict[Any, list[Run]]:
 
 
 def _rule_check(
-    label: str, by_x: dict[Any, list[Run]], x_param: str, higher: bool
+    label: str, by_x: dict[Any, list[Run]], x_param: str, metric: str, margin: float | None
 ) -> tuple[list[dict[str, Any]], str]:
     """A group whose LR follows a batch scaling rule (seed 001's experiment 3: LR = 0.1 x
     B / 128): does the metric hold across batch sizes? Each batch size against the rule's
-    reference batch (Welch t-test over seeds, Benjamini-Hochberg adjusted)."""
+    reference batch: Welch's t-test for a difference (Benjamini-Hochberg adjusted), and
+    TOST (two one-sided Welch tests) for equivalence within the margin. The rule holds only
+    where equivalence is shown at every batch size (an intersection-union test: each at
+    alpha, no adjustment); a difference that is merely not significant shows nothing."""
     from scipy import stats  # scipy: a second to import, so only when a test is run
 
+    higher = higher_is_better(metric)
     xs = sorted(by_x)
     first = by_x[xs[0]][0]
     reference = first.get("lr_reference_batch") or None
     ref_x = reference if reference in by_x else xs[len(xs) // 2]
     base = [r.value for r in by_x[ref_x]]
+    margin = margin if margin is not None else default_margin(metric, float(np.mean(base)))
     rows, raw = [], []
     for x in xs:
         values = [r.value for r in by_x[x]]
@@ -144,9 +157,13 @@ def _rule_check(
             "seeds": len(values),
             "vs_reference": float(np.mean(values) - np.mean(base)),
             "p": None,
+            "p_equivalent": None,
+            "detectable": None,
         }
         if x != ref_x and len(values) > 1 and len(base) > 1 and np.std(values + base) > 0:
             row["p"] = float(stats.ttest_ind(values, base, equal_var=False).pvalue)
+            row["p_equivalent"] = tost(values, base, margin)
+            row["detectable"] = detectable_difference(values, base)
             raw.append(row)
         rows.append(row)
     for row in rows:
@@ -161,14 +178,66 @@ def _rule_check(
     ]
     for row in rows:
         row["worse"] = row[x_param] in worse
+        row["equivalent"] = None if row["p_equivalent"] is None else row["p_equivalent"] < ALPHA
     rule = f"{first.get('lr_scaling')} LR scaling rule, reference {x_param} {ref_x}"
+    tested = [r for r in rows if r[x_param] != ref_x]
     if worse:
-        verdict = f"{rule}: the metric is significantly worse at {', '.join(map(str, worse))}"
-    elif raw:
-        verdict = f"{rule}: holds (no {x_param} significantly worse than the reference)"
-    else:
-        verdict = f"{rule}: not testable (needs two or more seeds at each {x_param})"
-    return rows, verdict
+        return rows, f"{rule}: the metric is significantly worse at {', '.join(map(str, worse))}"
+    if not raw or len(raw) < len(tested):
+        return rows, f"{rule}: not testable (needs two or more seeds at each {x_param})"
+    if all(r["equivalent"] for r in raw):
+        return rows, (
+            f"{rule}: holds within ±{margin:.3g} of the reference at every {x_param} "
+            f"(TOST equivalence test, each p < {ALPHA:g})"
+        )
+    open_ = [r for r in raw if not r["equivalent"]]
+    seeds = sorted({r["seeds"] for r in open_} | {len(base)})
+    detectable = ", ".join(f"{r['detectable']:.3g} at {r[x_param]}" for r in open_)
+    return rows, (
+        f"{rule}: not shown either way (n too small): within ±{margin:.3g} not shown at "
+        f"{', '.join(str(r[x_param]) for r in open_)}, and no difference significant; with "
+        f"{'-'.join(map(str, (seeds[0], seeds[-1]) if len(seeds) > 1 else seeds))} seeds the "
+        f"smallest differences this study could detect are {detectable} (80% power, alpha "
+        f"{ALPHA:g})"
+    )
+
+
+def default_margin(metric: str, reference_mean: float) -> float:
+    """The equivalence margin when none is asked: one point of an accuracy (0.01), else 2%
+    of the reference's mean (a loss has no fixed scale)."""
+    return 0.01 if higher_is_better(metric) else 0.02 * abs(reference_mean)
+
+
+def margin_rule(metric: str, asked: float | None) -> str:
+    if asked is not None:
+        return f"equivalence margin ±{asked:g} (--margin)"
+    if higher_is_better(metric):
+        return "equivalence margin ±0.01, one point of accuracy (the default; --margin to change)"
+    return "equivalence margin ±2% of the reference's mean (the default; --margin to change)"
+
+
+def tost(values: list[float], base: list[float], margin: float) -> float:
+    """TOST's p-value that mean(values) - mean(base) lies within (-margin, margin): the
+    larger of the two one-sided Welch tests' p-values."""
+    from scipy import stats  # scipy: a second to import, so only when a test is run
+
+    shifted = np.asarray(values, dtype=float)
+    above = stats.ttest_ind(shifted + margin, base, equal_var=False, alternative="greater")
+    below = stats.ttest_ind(shifted - margin, base, equal_var=False, alternative="less")
+    return float(max(above.pvalue, below.pvalue))
+
+
+def detectable_difference(values: list[float], base: list[float], power: float = 0.8) -> float:
+    """The smallest true difference Welch's two-sided test at ALPHA finds with ``power``,
+    given these samples' spread: (t[1 - alpha/2] + t[power]) x the standard error, at the
+    Welch-Satterthwaite degrees of freedom."""
+    from scipy import stats  # scipy: a second to import, so only when a test is run
+
+    va = np.var(values, ddof=1) / len(values)
+    vb = np.var(base, ddof=1) / len(base)
+    se = float(np.sqrt(va + vb))
+    df = (va + vb) ** 2 / (va**2 / (len(values) - 1) + vb**2 / (len(base) - 1))
+    return float((stats.t.ppf(1 - ALPHA / 2, df) + stats.t.ppf(power, df)) * se)
 
 
 def _start_lr(run: Run) -> float | None:
@@ -222,9 +291,11 @@ def lr_wd(result: Result, runs: list[Run], axes: list[str], rng: Any, asked: Ask
 
 
 def scaling(result: Result, runs: list[Run], axes: list[str], rng: Any, asked: Asked) -> None:
-    _slope_analysis(result, runs, rng, BATCH, {"linear_rule": 1.0, "sqrt_rule": 0.5})
+    _slope_analysis(result, runs, rng, BATCH, {"linear_rule": 1.0, "sqrt_rule": 0.5}, asked.margin)
     result.findings["question"] = (
         "where an LR grid was tried at each batch size: slope of log optimal LR against log "
         "batch size (1 is the linear scaling rule, 0.5 the square-root rule); where the LR "
-        "follows lr_scaling: does the metric hold across batch sizes (rule_check)"
+        "follows lr_scaling: does the metric hold across batch sizes (rule_check: a drop "
+        "significant after Benjamini-Hochberg, or equivalence within the margin by TOST; "
+        "neither is 'not shown either way')"
     )

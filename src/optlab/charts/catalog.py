@@ -8,18 +8,19 @@ its function and its row in a kind module (a new module: add it to ``_KINDS`` be
 
 Each figure runs one SQL query (kept in the figure, and written next to the image) and
 draws its rows with Altair. Lines are the mean over seeds; bands are a 95% t-interval of
-that mean (none with one seed). Blocks and axes that a chart does not show get their own
+that mean from 4 seeds on, the seeds' range with 2 or 3 (none with one), never outside the
+metric's range. Blocks and axes that a chart does not show get their own
 panels unless ``--facet`` says otherwise; what is then pooled is named in the title and in
 the output line.
 """
 
 from __future__ import annotations
 
-from optlab.charts import comparisons, gradients, heatmap, lines, probe_charts
+from optlab.charts import comparisons, gradients, heatmap, lines, probe_charts, scaling
 from optlab.charts.figures import Chart
 from optlab.errors import OptlabError
 
-_KINDS = (heatmap, lines, gradients, probe_charts, comparisons)
+_KINDS = (heatmap, lines, scaling, gradients, probe_charts, comparisons)
 
 CHARTS: dict[str, Chart] = {row.name: row for kind in _KINDS for row in kind.CHARTS}
 

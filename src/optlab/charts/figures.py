@@ -304,3 +304,13 @@ def _lean_altair() -> None:
     import altair as alt  # altair: slow to import, so only when a chart is drawn
 
     alt.utils.schemapi.disable_debug_mode()
+
+
+def when_varied(*needed: str) -> Callable[[ReportFacts], list[tuple[str, dict[str, Any]]]]:
+    """A chart row's ``report``: draw the chart once (with its defaults) when the study
+    varies these axes."""
+
+    def in_report(facts: ReportFacts) -> list[tuple[str, dict[str, Any]]]:
+        return [("", {})] if all(a in facts.axes for a in needed) else []
+
+    return in_report

@@ -59,6 +59,13 @@ def command(
         "configuration) or best-then-median (AlgoPerf's: the best configuration per seed, "
         "then the median over seeds).",
     ),
+    margin: float = typer.Option(
+        None,
+        "--margin",
+        help="scaling: the equivalence margin of a rule check, in the metric's units "
+        "(default 0.01 for an accuracy, 2% of the reference's mean otherwise).",
+        show_default=False,
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
     seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap resampling."),
     store: Path = StoreOption,
@@ -75,6 +82,7 @@ def command(
         target=target,
         time=time,
         order=order,
+        margin=margin,
     )
     if as_json:
         out.print(json.dumps(result.to_json(), indent=2), markup=False)

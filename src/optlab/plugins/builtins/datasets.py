@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -52,9 +53,17 @@ def _sizes(train_size: int, classes: int, params: Common) -> dict[str, Any]:
     return {"train_size": n - round(n * params.val_fraction)}
 
 
-def _check_per_class(params: Common, smallest: int | None, name: str) -> None:
+def _check_per_class(
+    params: Common, smallest: int | None | Callable[[], int | None], name: str
+) -> None:
+    """``smallest``: the smallest class's size, or a function that finds it (called only
+    when ``examples_per_class`` asks, since finding it may load the data)."""
     epc = params.examples_per_class
-    if epc is not None and smallest is not None and epc > smallest:
+    if epc is None:
+        return
+    if callable(smallest):
+        smallest = smallest()
+    if smallest is not None and epc > smallest:
         raise ValueError(
             f"examples_per_class = {epc}, but the smallest class of {name}'s "
             f"training set has {smallest}"
@@ -97,7 +106,7 @@ digits = Plugin(
     "optlab.plugins.builtins._data:build_digits",
     info=lambda p: _sizes(1797 - math.ceil(p.test_fraction * 1797), 10, p),
     check=lambda p, **_: _check_per_class(
-        p, _digits_smallest_class(p.test_fraction, p.split_seed), "digits"
+        p, lambda: _digits_smallest_class(p.test_fraction, p.split_seed), "digits"
     ),
 )
 
