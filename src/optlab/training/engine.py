@@ -3,7 +3,8 @@
 setup -> per-epoch loop (train on device-resident data, then evaluate) -> events.
 Habits from the fast CIFAR trainers: the dataset lives on the device and batches are
 index slices; augmentation runs on the batch tensor; loss and accuracy accumulate on the
-device and are read once per epoch; mixed precision and channels_last on CUDA.
+device and are read once per epoch; mixed precision on CUDA; images in channels_last on
+every device (on the CPU too, where max-pooling is several times faster in it).
 """
 
 from __future__ import annotations
@@ -188,7 +189,7 @@ class Run:
             num_classes=data.num_classes,
         ).to(device)
         self.images = data.x_train.dim() == 4
-        if device.type == "cuda" and self.images:
+        if self.images:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.optimizer = _build(registry, "optimizer", config["optimizer"], model=model)
@@ -228,7 +229,7 @@ class Run:
             seed=seed,
             epochs=self.epochs,
             device=device,
-            channels_last=device.type == "cuda" and self.images,
+            channels_last=self.images,
         )
         folder = Path(task["checkpoint_dir"]) if task.get("checkpoint_dir") else None
         self.folder = folder
@@ -362,7 +363,7 @@ class Run:
         """One pass over the training data (each local SGD worker over its shard)."""
         device, gen, data, workers = self.device, self.gen, self.data, self.workers
         local, augment, autocast, scaler = self.local, self.augment, self.autocast, self.scaler
-        channels_last = device.type == "cuda" and self.images
+        channels_last = self.images
         if local:  # each worker passes over its own shard once per epoch
             orders = [s[torch.randperm(len(s), device=device, generator=gen)] for s in self.shards]
         else:
