@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 
 from tests.synth import make_store
+
+ROOT = Path(__file__).resolve().parents[1]
 
 HEAD = """
 name = "{name}"
@@ -1272,6 +1275,90 @@ def test_one_optimizer_tuned_in_two_blocks_is_two_groups_in_compare_and_said_in_
     assert budget["findings"]["pooled"] == (
         "sgd pools blocks x, y: each optimizer's trials are its runs in every block"
     )
+
+
+SPACES = """
+name = "spaces"
+seeds = [0, 1]
+[base]
+epochs = 2
+dataset = { name = "synthetic", val_fraction = 0.2 }
+model = { name = "mlp" }
+optimizer = { name = "adamw", lr = 0.001 }
+[[block]]
+name = "adamw"
+[block.search]
+n = 4
+"optimizer.lr" = { log_uniform = [ADAMW_LR] }
+"optimizer.weight_decay" = { log_uniform = [1e-6, 5e-4], zero = 0.25 }
+[[block]]
+name = "adamw/final"
+set = { "optimizer.lr" = 0.001 }
+seeds = [3, 4, 5]
+[[block]]
+name = "sgdm"
+set = { optimizer = { name = "sgd", lr = 0.01, momentum = 0.9 } }
+[block.search]
+n = 4
+"optimizer.lr" = { log_uniform = [5e-4, 0.1] }
+"optimizer.weight_decay" = { log_uniform = [1e-6, 5e-4], zero = 0.25 }
+[[block]]
+name = "sgdm/final"
+set = { optimizer = { name = "sgd", lr = 0.01, momentum = 0.9 } }
+seeds = [3, 4, 5]
+"""
+
+
+@pytest.mark.parametrize("adamw_lr", ["5e-4, 0.1", "5e-4, 1e-3"])
+def test_compare_prints_each_optimizer_s_search_space_and_warns_when_they_differ(
+    cli, tmp_path, adamw_lr
+):
+    """Choi et al.'s bias: equal point counts over unequal ranges. compare states each
+    optimizer's ranges (decades), points and epochs; a narrower AdamW LR range is warned of."""
+    make_store(
+        tmp_path,
+        SPACES.replace("ADAMW_LR", adamw_lr),
+        lambda c, s: 0.5,
+        validation=lambda c, s: 0.5 + 0.01 * s,
+    )
+    out = analyze(cli, "compare")
+    spaces = {(r["optimizer"], r["dimension"]): r for r in out["tables"]["search_spaces"]}
+    assert spaces[("sgd", "optimizer.lr")]["range"] == "log [0.0005, 0.1] (2.3 decades)"
+    assert spaces[("sgd", "optimizer.weight_decay")]["range"] == (
+        "log [1e-06, 0.0005] (2.7 decades), or 0 in 25% of draws"
+    )
+    assert spaces[("sgd", "optimizer.lr")]["decades"] == pytest.approx(math.log10(200))
+    said = out["findings"]["search spaces"]
+    assert said.startswith("adamw: 4 points of up to 2 epochs over optimizer.lr log [0.0005, ")
+    assert "sgd: 4 points of up to 2 epochs over optimizer.lr log [0.0005, 0.1]" in said
+    if adamw_lr == "5e-4, 0.1":
+        assert "warning" not in out["findings"]
+    else:
+        assert spaces[("adamw", "optimizer.lr")]["range"] == "log [0.0005, 0.001] (0.3 decades)"
+        assert out["findings"]["warning"].startswith(
+            "the search spaces differ (optimizer.lr: log [0.0005, 0.001] (0.3 decades) for "
+            "adamw; log [0.0005, 0.1] (2.3 decades) for sgd): equal budgets over unequal "
+            "ranges favour the optimizer whose range was narrowed beforehand"
+        )
+
+
+def test_seed_003s_tuned_study_searches_both_optimizers_over_the_same_ranges():
+    """One rule for both (every value the seed tried or suggests for either optimizer, on
+    a log scale, 0 weight decay drawable), the same points and epochs: nothing differs
+    but the optimizer's own momentum parameter."""
+    from optlab.analysis.spaces import block_spaces, differences
+
+    source = (ROOT / "studies" / "adamw_vs_sgdm_tuned.toml").read_text()
+    spaces = block_spaces(source)
+    adamw, sgdm = spaces["adamw"], spaces["sgdm"]
+    assert differences({"adamw": adamw, "sgdm": sgdm}, {"a": 64, "s": 64}, {}) == ""
+    assert adamw["optimizer.lr"] == sgdm["optimizer.lr"]
+    assert adamw["optimizer.lr"][1] == pytest.approx(math.log10(0.1 / 5e-4))
+    # The seed's best SGDM weight decay (4e-4) and AdamW's 0 (L1) are both drawable.
+    wd = adamw["optimizer.weight_decay"][0]
+    assert wd == sgdm["optimizer.weight_decay"][0] and "0.0005]" in wd and "or 0 in" in wd
+    assert set(adamw) - set(sgdm) == {"optimizer.betas"}
+    assert set(sgdm) - set(adamw) == {"optimizer.momentum"}
 
 
 def test_h3_with_a_flat_pattern_is_not_testable_and_says_why(tmp_path, cli):

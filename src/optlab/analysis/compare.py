@@ -28,6 +28,7 @@ from optlab.analysis.core import (
     pooled_blocks,
     test_epoch_caution,
 )
+from optlab.analysis.spaces import block_spaces, differences
 from optlab.errors import OptlabError
 from optlab.states import State
 from optlab.study.schema import FINAL_SUFFIX, is_final_block
@@ -37,6 +38,10 @@ TEST_NAME = "Welch's two-sample t-test (unequal variances, two-sided)"
 
 def read(con: Any, result: Result, asked: Asked) -> list[Run]:
     runs = load(con, result.study, result.metric)
+    (source,) = con.execute(
+        "select source from studies where study = ?", [result.study]
+    ).fetchone() or (None,)
+    asked.found["spaces"] = block_spaces(source)
     asked.found["epochs"] = dict(
         con.execute(
             "select e.run_id, count(*) from epochs e join memberships m using (run_id) "
@@ -81,13 +86,19 @@ def answer(result: Result, runs: list[Run], axes: Any, rng: Any, asked: Asked) -
             groups.setdefault(f"{name_of(run)} in {run.block}", []).append(run)
     _one_configuration_each(groups, axes)
     epochs = asked.found["epochs"]
-    rows = []
+    rows, spaces = [], {}
     for name, members in sorted(groups.items()):
         searched_in = {r.block.removesuffix(FINAL_SUFFIX) for r in members}
         label = name_of(members[0])
         tuned = [r for r in search if r.block in searched_in and name_of(r) == label]
         rows.append(_row(by, name, members, tuned, epochs, axes, stats))
+        spaces[name] = {
+            path: span
+            for block in sorted(searched_in)
+            for path, span in asked.found["spaces"].get(block, {}).items()
+        }
     result.tables["compare"] = rows
+    _search_spaces(result, by, rows, spaces)
     result.tables["tests"] = _tests(groups, stats)
     result.findings.update(
         question=f"each {by}'s {result.metric} after tuning, on its selected configuration "
@@ -130,7 +141,34 @@ def _row(
         "search_runs": len(tuned),
         "search_epochs": sum(epochs.get(r.run_id, 0) for r in tuned),
         "stopped": sum(1 for r in tuned if r.status == State.STOPPED),
+        "epochs_per_run": max((r.get("epochs") or 0 for r in tuned), default=0),
     }
+
+
+def _search_spaces(
+    result: Result, by: str, rows: list[dict[str, Any]], spaces: dict[str, dict]
+) -> None:
+    """Each group's search space (ranges as its study file states them, points and epochs
+    as the store holds them), and a warning when they differ."""
+    result.tables["search_spaces"] = [
+        {by: name, "dimension": path, "range": text, "decades": decades}
+        for name, space in sorted(spaces.items())
+        for path, (text, decades) in space.items()
+    ]
+    points = {r[by]: r["configurations"] for r in rows}
+    epochs = {r[by]: r["epochs_per_run"] for r in rows}
+    result.findings["search spaces"] = " | ".join(
+        f"{name}: {points[name]} points of up to {epochs[name]} epochs over "
+        + ("; ".join(f"{p} {t}" for p, (t, _) in space.items()) or "nothing searched")
+        for name, space in sorted(spaces.items())
+    )
+    differ = differences(spaces, points, epochs) if len(spaces) > 1 else ""
+    if differ:
+        result.findings["warning"] = (
+            f"the search spaces differ ({differ}): equal budgets over unequal ranges favour "
+            "the optimizer whose range was narrowed beforehand (Choi et al. 2019); give "
+            "each the same ranges by one rule, or say why not"
+        )
 
 
 def _one_configuration_each(groups: dict[str, list[Run]], axes: Any) -> None:

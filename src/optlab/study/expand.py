@@ -218,12 +218,12 @@ class _Expander:
     def axis_groups(self) -> tuple[list[list[dict[str, Any]]], dict[str, list[Any]]]:
         groups: list[list[dict[str, Any]]] = []
         axes: dict[str, list[Any]] = {}
-        for path, values in _axis_leaves(self.block.grid).items():
+        for path, values in axis_leaves(self.block.grid).items():
             self.check_values(f"grid.{path}", values)
             groups.append([{path: v} for v in values])
             axes[path] = values
         for i, table in enumerate(self.block.zip):
-            leaves = _axis_leaves(table)
+            leaves = axis_leaves(table)
             lengths = {p: len(v) if isinstance(v, list) else -1 for p, v in leaves.items()}
             for path, values in leaves.items():
                 self.check_values(f"zip.{path}", values)
@@ -307,12 +307,12 @@ def _settings_table(key: str) -> Any:
     return None
 
 
-def _axis_leaves(table: dict[str, Any]) -> dict[str, Any]:
+def axis_leaves(table: dict[str, Any]) -> dict[str, Any]:
     """Axis tables may be written with quoted dotted keys or as nested tables."""
     out: dict[str, Any] = {}
     for key, value in table.items():
         if isinstance(value, dict) and not _is_plugin_table(value):
-            out.update({f"{key}.{k}": v for k, v in _axis_leaves(value).items()})
+            out.update({f"{key}.{k}": v for k, v in axis_leaves(value).items()})
         else:
             out[key] = value
     return out
@@ -323,7 +323,7 @@ def _is_plugin_table(value: dict[str, Any]) -> bool:
 
 
 def _matches(cfg: dict[str, Any], condition: dict[str, Any]) -> bool:
-    for path, wanted in _axis_leaves(condition).items():
+    for path, wanted in axis_leaves(condition).items():
         try:
             have = paths.get(cfg, path)
         except (KeyError, TypeError):
@@ -344,7 +344,7 @@ def _expand_block(
         ex.check_path(f"axis {path}", path, base, axes)
     for kind, conditions in (("include", block.include), ("exclude", block.exclude)):
         for cond in conditions:
-            for path in _axis_leaves(cond):
+            for path in axis_leaves(cond):
                 ex.check_path(f"{kind}.{path}", path, base, axes)
     for path in study.overrides:
         ex.check_path(f"--set {path}", path, base, axes)

@@ -8,6 +8,8 @@
     "optimizer.lr" = { log_uniform = [1e-4, 1.0] }
     "optimizer.momentum" = { uniform = [0.8, 0.99] }
     "optimizer.weight_decay" = { choice = [0.0, 5e-4] }
+    # or: a log range with exactly 0 drawn a share of the time (1 in 5 here)
+    "optimizer.weight_decay" = { log_uniform = [1e-6, 5e-4], zero = 0.2 }
 
 The points depend only on the file: the same kind, seed, keys (in file order) and ranges
 give the same points on every machine, and the first ``n`` points stay the same when ``n``
@@ -40,8 +42,11 @@ def _number(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def parse(table: dict[str, Any]) -> tuple[str, int, int, dict[str, tuple[str, Any]]]:
-    """(kind, n, seed, {path: (range kind, its values)}), checked."""
+Range = tuple[str, Any, float]  # (range kind, its values, the share of draws that are 0)
+
+
+def parse(table: dict[str, Any]) -> tuple[str, int, int, dict[str, Range]]:
+    """(kind, n, seed, {path: (range kind, its values, zero share)}), checked."""
     kind = table.get("kind", "sobol")
     if kind not in KINDS:
         raise SearchError("search.kind", f"use {' or '.join(KINDS)} (given {kind!r})")
@@ -51,33 +56,12 @@ def parse(table: dict[str, Any]) -> tuple[str, int, int, dict[str, tuple[str, An
     seed = table.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise SearchError("search.seed", f"a whole number >= 0 (given {seed!r})")
-    ranges: dict[str, tuple[str, Any]] = {}
+    ranges: dict[str, Range] = {}
     for path, spec in _leaves(
         {k: v for k, v in table.items() if k not in ("kind", "n", "seed")}
     ).items():
         key = f"search.{path}"
-        example = (
-            "{ log_uniform = [1e-4, 1.0] }, { uniform = [0.8, 0.99] } or { choice = [0.0, 5e-4] }"
-        )
-        if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in RANGES:
-            raise SearchError(key, f"give one range: {example} (given {spec!r})")
-        ((how, values),) = spec.items()
-        if how == "choice":
-            if not isinstance(values, list) or not values:
-                raise SearchError(key, f"choice needs a list of values (given {values!r})")
-        else:
-            if not (
-                isinstance(values, list)
-                and len(values) == 2
-                and all(_number(v) for v in values)
-                and values[0] < values[1]
-            ):
-                raise SearchError(
-                    key, f"{how} needs [low, high] with low < high (given {values!r})"
-                )
-            if how == "log_uniform" and values[0] <= 0:
-                raise SearchError(key, f"log_uniform needs low > 0 (given {values!r})")
-        ranges[path] = (how, values)
+        ranges[path] = _range(key, spec)
     if not ranges:
         raise SearchError(
             "search",
@@ -85,6 +69,38 @@ def parse(table: dict[str, Any]) -> tuple[str, int, int, dict[str, tuple[str, An
             '"optimizer.lr" = { log_uniform = [1e-4, 1.0] }',
         )
     return kind, n, seed, ranges
+
+
+def _range(key: str, spec: Any) -> Range:
+    example = (
+        "{ log_uniform = [1e-4, 1.0] }, { uniform = [0.8, 0.99] } or { choice = [0.0, 5e-4] }"
+    )
+    zero = spec.get("zero", 0.0) if isinstance(spec, dict) else 0.0
+    kinds = [k for k in spec if k != "zero"] if isinstance(spec, dict) else []
+    if len(kinds) != 1 or kinds[0] not in RANGES:
+        raise SearchError(key, f"give one range: {example} (given {spec!r})")
+    how = kinds[0]
+    values = spec[how]
+    if "zero" in spec and (how != "log_uniform" or not _number(zero) or not 0 < zero < 1):
+        raise SearchError(
+            key,
+            "zero is the share of draws that are exactly 0 beside a log_uniform range, a "
+            f"number between 0 and 1 exclusive (given {spec!r})",
+        )
+    if how == "choice":
+        if not isinstance(values, list) or not values:
+            raise SearchError(key, f"choice needs a list of values (given {values!r})")
+    else:
+        if not (
+            isinstance(values, list)
+            and len(values) == 2
+            and all(_number(v) for v in values)
+            and values[0] < values[1]
+        ):
+            raise SearchError(key, f"{how} needs [low, high] with low < high (given {values!r})")
+        if how == "log_uniform" and values[0] <= 0:
+            raise SearchError(key, f"log_uniform needs low > 0 (given {values!r})")
+    return how, values, float(zero)
 
 
 def _leaves(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -131,13 +147,36 @@ def draw(table: dict[str, Any]) -> list[dict[str, Any]]:
     points = []
     for u in unit_points(kind, n, len(ranges), seed):
         point = {}
-        for (path, (how, values)), ui in zip(ranges.items(), u, strict=True):
+        for (path, (how, values, zero)), ui in zip(ranges.items(), u, strict=True):
             if how == "choice":
                 point[path] = values[min(int(ui * len(values)), len(values) - 1)]
             elif how == "uniform":
                 point[path] = _round(values[0] + ui * (values[1] - values[0]))
+            elif ui < zero:  # the first share of the unit interval draws exactly 0
+                point[path] = 0.0
             else:
+                ui = (ui - zero) / (1 - zero)
                 lo, hi = math.log(values[0]), math.log(values[1])
                 point[path] = _round(math.exp(lo + ui * (hi - lo)))
         points.append(point)
     return points
+
+
+def span(rng: Range) -> tuple[str, float | None]:
+    """A range as a reader compares ranges: its text, and the decades it spans (a log or
+    positive uniform range; None for a choice)."""
+    how, values, zero = rng
+    if how == "choice":
+        return f"one of {', '.join(map(_text, values))}", None
+    lo, hi = values
+    decades = math.log10(hi / lo) if lo > 0 else None
+    text = f"{'log ' if how == 'log_uniform' else ''}[{_text(lo)}, {_text(hi)}]"
+    if decades is not None:
+        text += f" ({decades:.2g} decades)"
+    if zero:
+        text += f", or 0 in {zero:.0%} of draws"
+    return text, decades
+
+
+def _text(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
