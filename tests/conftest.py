@@ -176,7 +176,18 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 # Commands that read or rewrite a store and load no plugin: what a fresh process would
 # add to them is its start (most of a second each, a few hundred times in the suite), so
 # the slow tests run them in this process, in ``cwd``, as a second terminal would.
-IN_PROCESS = ("query", "status", "rm", "merge", "rebuild", "weights", "export")
+IN_PROCESS = (
+    "query",
+    "status",
+    "rm",
+    "merge",
+    "rebuild",
+    "weights",
+    "export",
+    "report",
+    "plot",
+)
+STUDIES = ("run", "train")  # in this process too, unless given an environment of their own
 
 
 def optlab(
@@ -187,10 +198,11 @@ def optlab(
     check: bool = False,
     fresh: bool = False,
 ) -> subprocess.CompletedProcess[str]:
-    """Run `optlab ARGS` in ``cwd``: a study (`run`, `train`) and whatever loads plugins in
-    a fresh process (workers and all); the store's readers and rewriters in this one,
-    unless ``fresh`` (this process holds the store itself: a page it serves)."""
-    if not fresh and args and (args[0] in IN_PROCESS or (args[0] == "run" and env is None)):
+    """Run `optlab ARGS` in ``cwd``: the store's readers and rewriters, the charts and a
+    study (`run`, `train`, to its end; its workers are real processes) in this process,
+    unless ``fresh`` (this process holds the store itself: a page it serves) or a study is
+    given an environment of its own; whatever else loads plugins (`show`) in a fresh one."""
+    if not fresh and args and (args[0] in IN_PROCESS or (args[0] in STUDIES and env is None)):
         return _in_process(list(args), cwd, env, check)
     full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
     full_env.pop("OPTLAB_STORE", None)

@@ -28,7 +28,7 @@ def make_store(
     validation: Outcome | None = None,
 ) -> Path:
     """Register the study and give every run ``epochs`` epochs whose test accuracy rises
-    to ``accuracy(config, seed)``; ``status`` may make a run diverge or fail;
+    to ``accuracy(config, seed)``; ``status`` may make a run diverge, fail or stop at a rung;
     ``grad_norm(config, seed)`` gives per-epoch full gradient norms as a list; ``blocks``
     registers only those blocks (a study run in parts); ``validation(config, seed)`` gives
     the validation accuracy the runs rise to (none without it)."""
@@ -97,6 +97,17 @@ def make_store(
                             "values": {"global": norms[e - 1]},
                         }
                     )
+            if state == "stopped":  # by halving, at a rung after its last epoch here
+                events.append(
+                    {
+                        "type": "rung",
+                        "run_id": run.run_id,
+                        "epoch": epochs,
+                        "decision": "stop",
+                        "reason": "made-up rung",
+                    }
+                )
+                continue
             end = {"done": "finished"}.get(state, state)
             events.append(
                 {

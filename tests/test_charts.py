@@ -71,7 +71,13 @@ def test_heatmap_draws_a_panel_per_block_and_per_other_axis_by_default(cli, stor
     rows = sql_rows(cli, tmp_path / "h.html.sql")
     # Each cell is one block's runs of one momentum: the mean of its three seeds, exactly.
     cell = {(r["panel"], r["x"], r["y"]): r for r in rows}
-    small = cell[("block small · optimizer.momentum=0.9", 0.01, 32)]
+    # Block small holds momentum at 0.9: its one panel is not named (nor split) by it.
+    assert {r["panel"] for r in rows} == {
+        "block small",
+        "block large · optimizer.momentum=0.0",
+        "block large · optimizer.momentum=0.9",
+    }
+    small = cell[("block small", 0.01, 32)]
     assert small["runs"] == 3 and small["value"] == pytest.approx(
         acc({"optimizer": {"lr": 0.01, "momentum": 0.9}, "batch_schedule": {"batch_size": 32}}, 1)
     )

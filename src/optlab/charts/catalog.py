@@ -16,11 +16,19 @@ the output line.
 
 from __future__ import annotations
 
-from optlab.charts import comparisons, gradients, heatmap, lines, probe_charts, scaling
+from optlab.charts import (
+    comparisons,
+    gradients,
+    heatmap,
+    lines,
+    probe_charts,
+    scaling,
+    searches,
+)
 from optlab.charts.figures import Chart
 from optlab.errors import OptlabError
 
-_KINDS = (heatmap, lines, scaling, gradients, probe_charts, comparisons)
+_KINDS = (heatmap, lines, scaling, searches, gradients, probe_charts, comparisons)
 
 CHARTS: dict[str, Chart] = {row.name: row for kind in _KINDS for row in kind.CHARTS}
 

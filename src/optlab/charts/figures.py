@@ -52,6 +52,9 @@ class Layout:
     pooled: list[str]
     panels: list[str]
     axes: Any = None  # the study's Axes: how each axis' value reads
+    # A panel axis some blocks do not vary: the blocks that do (the others' panels are not
+    # split on it, nor named by it).
+    only_in: dict[str, list[str]] = field(default_factory=dict)
 
     def sql(self, axis: str) -> str:
         """SQL of a run's value of ``axis`` (a plugin table's label: see results.Axes)."""
@@ -61,7 +64,13 @@ class Layout:
     def panel_sql(self) -> str:
         if not self.facet:
             return "'all'"
-        parts = [label_sql(a, self.axes) for a in self.facet]
+        parts = [
+            label_sql(a, self.axes)
+            if a not in self.only_in
+            else f"case when r.block in ({_sql_list(self.only_in[a])}) "
+            f"then {label_sql(a, self.axes)} end"
+            for a in self.facet
+        ]
         return "concat_ws(' · ', " + ", ".join(parts) + ")"
 
     def pooling(self, over: str = "seeds") -> str:
@@ -69,6 +78,10 @@ class Layout:
         if not self.pooled:
             return f"mean over {over}"
         return f"mean over {over} and POOLED over {', '.join(self.pooled)}"
+
+
+def _sql_list(names: list[str]) -> str:
+    return ", ".join("'" + q(n) + "'" for n in names)
 
 
 def label_sql(axis: str, axes: Any = None) -> str:
@@ -124,9 +137,14 @@ def layout(
     if not rows:
         raise OptlabError(f"{chart}: no runs of study {study!r} match the selection")
     values = [dict(zip(cols, row, strict=True)) for row in rows]
+    only_in: dict[str, list[str]] = {}
     if sel.facet is None:
         searched = getattr(axes, "searched", set())  # a search's points are not panels
         facet = [a for a in candidates if len({v[a] for v in values}) > 1 and a not in searched]
+        only_in = _varied_in_blocks(values, facet)
+        # Varied across blocks only, never within one: the block panels already split it.
+        facet = [a for a in facet if only_in.get(a, True)]
+        only_in = {a: blocks for a, blocks in only_in.items() if blocks}
     else:
         facet = list(sel.facet)
     kept = facet + shown
@@ -140,21 +158,43 @@ def layout(
         widest = max(len(s) for s in seen.values())
         if widest > 1:
             pooled.append(f"{axis} ({widest} values)")
-    panels = list(dict.fromkeys(_panel_label(v, facet) for v in values)) if facet else ["all"]
+    panels = (
+        list(dict.fromkeys(_panel_label(v, facet, only_in) for v in values)) if facet else ["all"]
+    )
     if len(panels) > MAX_PANELS:
         raise TooManyPanels(
             f"{chart}: {len(panels)} panels (one per {' × '.join(facet)}); narrow the runs "
             f"with --where or --block, or name fewer panels with --facet (what is left is "
             f"then pooled, and the chart says so)"
         )
-    return Layout(condition, facet, pooled, panels, axes)
+    return Layout(condition, facet, pooled, panels, axes, only_in)
 
 
-def _panel_label(values: dict[str, Any], facet: list[str]) -> str:
+def _varied_in_blocks(values: list[dict[str, Any]], facet: list[str]) -> dict[str, list[str]]:
+    """{panel axis: the blocks that vary it}, for the axes some block holds fixed (AdamW's
+    block has no momentum: its panel is not one on momentum = none)."""
+    if "block" not in facet:
+        return {}
+    blocks = list(dict.fromkeys(v["block"] for v in values))
+    only_in = {}
+    for axis in facet:
+        if axis == "block":
+            continue
+        varying = [b for b in blocks if len({v[axis] for v in values if v["block"] == b}) > 1]
+        if len(varying) < len(blocks):
+            only_in[axis] = varying
+    return only_in
+
+
+def _panel_label(
+    values: dict[str, Any], facet: list[str], only_in: dict[str, list[str]] | None = None
+) -> str:
     """The panel's name as :meth:`Layout.panel_sql` writes it (DuckDB's varchar of each)."""
+    only_in = only_in or {}
     parts = [
         ("block " if a == "block" else f"{a}=") + (values[a] if values[a] is not None else "-")
         for a in facet
+        if a not in only_in or values["block"] in only_in[a]
     ]
     return " · ".join(parts)
 

@@ -173,7 +173,10 @@ def _heatmap_chart(
 
 
 def _in_report(facts: ReportFacts) -> list[tuple[str, dict[str, Any]]]:
-    axes = facts.axes
+    """The first two axes a grid varies; a search's points are drawn by scatter and
+    parallel (a heatmap of them is a sparse grid)."""
+    searched = getattr(facts.axes, "searched", set())
+    axes = [a for a in facts.axes if a not in searched]
     return [("heatmap", {"x": axes[0], "y": axes[1]})] if len(axes) >= 2 else []
 
 

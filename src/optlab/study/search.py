@@ -72,9 +72,7 @@ def parse(table: dict[str, Any]) -> tuple[str, int, int, dict[str, Range]]:
 
 
 def _range(key: str, spec: Any) -> Range:
-    example = (
-        "{ log_uniform = [1e-4, 1.0] }, { uniform = [0.8, 0.99] } or { choice = [0.0, 5e-4] }"
-    )
+    example = "{ log_uniform = [1e-4, 1.0] }, { uniform = [0.8, 0.99] } or { choice = [0.0, 5e-4] }"
     zero = spec.get("zero", 0.0) if isinstance(spec, dict) else 0.0
     kinds = [k for k in spec if k != "zero"] if isinstance(spec, dict) else []
     if len(kinds) != 1 or kinds[0] not in RANGES:
