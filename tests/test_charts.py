@@ -504,7 +504,8 @@ def test_an_option_a_chart_does_not_take_is_one_line_naming_its_options(store):
     from optlab.errors import OptlabError
 
     with pytest.raises(
-        OptlabError, match=r"^plot heatmap: no option 'colour'; its options are x, y, metric$"
+        OptlabError,
+        match=r"^plot heatmap: no option 'colour'; its options are x, y, metric, relative_to$",
     ):
         open_store(store).plot("heatmap", colour="optimizer")
     with pytest.raises(OptlabError, match=r"^plot 'pie': charts are heatmap, curves, sensitivity"):
@@ -545,3 +546,78 @@ def test_a_cell_whose_runs_halving_stopped_says_so(cli, store, tmp_path):
     svg = (tmp_path / "h.svg").read_text()
     assert ">stopped early<" in svg
     assert f">{len(ids)} stopped at epoch 3<" in svg
+
+
+WARMUP = """
+name = "regimes"
+seeds = [0, 1]
+[base]
+epochs = 3
+dataset = { name = "synthetic", classes = 10 }
+model = { name = "mlp" }
+optimizer = { name = "sgd", lr = 0.1 }
+lr_schedule = { name = "cosine" }
+[[block]]
+name = "grid"
+[block.grid]
+"dataset.examples_per_class" = [50, 500, 5000]
+"lr_schedule.warmup_epochs" = [0, 5, 20]
+"""
+
+
+def warmup_acc(config, seed):
+    """Regimes far apart (0.3, 0.6, 0.9); warmup helps only at 500 examples a class."""
+    size, warmup = config["dataset"]["examples_per_class"], config["lr_schedule"]["warmup_epochs"]
+    regime = {50: 0.3, 500: 0.6, 5000: 0.9}[size]
+    return regime + (0.01 * warmup / 5 if size == 500 else 0.0) + 0.001 * seed
+
+
+def test_heatmap_relative_to_a_baseline_row_shows_the_effect_within_each_column(cli, tmp_path):
+    """Seed 002's question: warmup's effect within each data regime, smaller than the
+    regimes' differences. Each cell minus the same column's warmup = 0 cell, on a
+    diverging scale centred on 0."""
+    from optlab.analysis.results import study_axes
+    from optlab.charts.heatmap import heatmap_figure
+    from optlab.store import views
+
+    db = make_store(tmp_path, WARMUP, warmup_acc)
+    with st.reading(db) as con:
+        views.ensure_readable(con)
+        study, axes = study_axes(con, None)
+        figure = heatmap_figure(
+            con,
+            study,
+            axes,
+            "dataset.examples_per_class",
+            "lr_schedule.warmup_epochs",
+            "best_test_acc",
+            relative_to="lr_schedule.warmup_epochs=0",
+        )
+    spec = figure.chart.to_dict()
+    cells = {(d["x"], d["y"]): d for d in spec["data"]["values"]}
+    assert cells[("500", "20")]["value"] == pytest.approx(0.04)
+    assert cells[("500", "20")]["label"] == "+0.040"
+    assert cells[("5000", "5")]["value"] == pytest.approx(0.0)
+    assert all(cells[(x, "0")]["value"] == pytest.approx(0.0) for x in ("50", "500", "5000"))
+    (scale,) = [
+        layer["encoding"]["color"]["scale"]
+        for layer in spec["layer"]
+        if "color" in layer.get("encoding", {})
+    ]
+    assert scale["scheme"] == "redblue" and scale["domainMid"] == 0
+    assert scale["domain"] == pytest.approx([-0.04, 0.04])
+    assert "minus the same column's lr_schedule.warmup_epochs = 0 cell" in spec["title"]
+    bad = cli(
+        "plot",
+        "heatmap",
+        "--x",
+        "dataset.examples_per_class",
+        "--y",
+        "lr_schedule.warmup_epochs",
+        "--relative-to",
+        "lr_schedule.warmup_epochs=3",
+    )
+    assert bad.exit_code == 1 and bad.stderr == (
+        "Error: --relative-to 'lr_schedule.warmup_epochs=3': no cell has "
+        "lr_schedule.warmup_epochs = 3; its values: 0, 5, 20\n"
+    )

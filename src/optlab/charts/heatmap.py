@@ -10,7 +10,9 @@ from typing import Any
 from optlab.analysis.results import fetch_rows, parse_metric, reduce_sql
 from optlab.charts.drawing import axis, fmt, sort_key
 from optlab.charts.figures import Chart, Figure, Layout, Option, ReportFacts, Selection, layout
+from optlab.errors import OptlabError
 from optlab.states import State
+from optlab.study.schema import parse_value
 
 # ---- heatmap ------------------------------------------------------------------------------
 
@@ -42,13 +44,47 @@ def heatmap_figure(
     x: str | None,
     y: str | None,
     metric: str,
+    relative_to: str | None = None,
     sel: Selection = Selection(),
 ) -> Figure:
     x, y = _pick_axes(axes, x, y)
     lay = layout(con, study, axes, [x, y], sel, "heatmap")
     sql = heatmap_sql(x, y, metric, lay)
     rows = fetch_rows(con, sql)
-    return Figure("heatmap", _heatmap_chart(rows, study, x, y, metric, lay), sql, len(rows), lay)
+    relative = None
+    if relative_to is not None:
+        relative = _subtract_baseline(rows, relative_to, x, y)
+    chart = _heatmap_chart(rows, study, x, y, metric, lay, relative)
+    return Figure("heatmap", chart, sql, len(rows), lay)
+
+
+def _subtract_baseline(rows: list[dict[str, Any]], relative_to: str, x: str, y: str) -> str:
+    """``--relative-to AXIS=VALUE`` (the x or y axis): each cell's mean minus the mean of
+    the cell in its panel at AXIS=VALUE and the same other coordinate (seed 002: the
+    warmup effect within each data regime). Returns the title's phrase."""
+    axis, sep, raw = relative_to.partition("=")
+    if not sep or axis not in (x, y):
+        raise OptlabError(
+            f"--relative-to {relative_to!r}: give AXIS=VALUE with AXIS the heatmap's x ({x}) "
+            f"or y ({y}), such as {y}=0"
+        )
+    key, other = ("x", "y") if axis == x else ("y", "x")
+    wanted = fmt(parse_value(raw))
+    base = {(r["panel"], fmt(r[other])): r["value"] for r in rows if fmt(r[key]) == wanted}
+    if not base:
+        present = [fmt(v) for v in sorted({r[key] for r in rows}, key=sort_key)]
+        raise OptlabError(
+            f"--relative-to {relative_to!r}: no cell has {axis} = {raw}; its values: "
+            f"{', '.join(present)}"
+        )
+    for r in rows:
+        baseline = base.get((r["panel"], fmt(r[other])))
+        r["baseline"] = baseline
+        if r["value"] is not None and baseline is None:
+            r["no_baseline"] = True
+        r["value"] = None if r["value"] is None or baseline is None else r["value"] - baseline
+    where = "column" if key == "y" else "row"
+    return f"minus the same {where}'s {axis} = {raw} cell"
 
 
 def _pick_axes(axes: list[str], x: str | None, y: str | None) -> tuple[str, str]:
@@ -64,12 +100,15 @@ STATES = {
     "diverged or failed": ("#ff7f0e", "black"),
     "stopped early": ("#9ecae1", "black"),
     "no finished run yet": ("#d9d9d9", "black"),
+    "no baseline": ("#f0f0f0", "black"),  # --relative-to: its baseline cell has no mean
 }
 
 
 def _state(row: dict[str, Any]) -> str:
     if row["value"] is not None:
         return "finished"
+    if row.get("no_baseline"):
+        return "no baseline"
     if (
         row["done"] == 0
         and row["diverged"]
@@ -86,27 +125,40 @@ def _state(row: dict[str, Any]) -> str:
     return "no finished run yet"
 
 
-def _label(row: dict[str, Any]) -> str:
-    """A cell's text: the mean, and under it what did not finish (kept inside the cell)."""
+def _label(row: dict[str, Any], signed: bool = False) -> str:
+    """A cell's text: the mean (a difference, signed), and under it what did not finish
+    (kept inside the cell)."""
     notes = [f"{row[s]} {s}" for s in (State.DIVERGED, State.FAILED) if row[s]]
     if row.get("stopped"):
         notes.append(f"{row['stopped']} stopped at epoch {row['stopped_at']}")
     if row["value"] is None:
+        if row.get("no_baseline"):
+            notes.insert(0, "no baseline")
         return "\n".join(notes) if notes else State.PENDING
-    return f"{row['value']:.3f}" + "".join(f"\n{n}" for n in notes)
+    return f"{row['value']:{'+' if signed else ''}.3f}" + "".join(f"\n{n}" for n in notes)
 
 
 def _heatmap_chart(
-    rows: list[dict[str, Any]], study: str, x: str, y: str, metric: str, lay: Layout
+    rows: list[dict[str, Any]],
+    study: str,
+    x: str,
+    y: str,
+    metric: str,
+    lay: Layout,
+    relative: str | None = None,
 ):
     import altair as alt  # altair: slow to import, so only when a chart is drawn
 
     finite = [r["value"] for r in rows if r["value"] is not None]
     middle = (min(finite) + max(finite)) / 2 if finite else 0.0
+    reach = max((abs(v) for v in finite), default=0.0) or 1.0
     values = []
     for r in rows:
         state = _state(r)
-        if state == "finished":
+        if state == "finished" and relative:
+            # Light text on the strong ends of the diverging scale, dark near 0.
+            ink = "white" if abs(r["value"]) > 0.6 * reach else "black"
+        elif state == "finished":
             # Light text on the dark low end of viridis, dark text on the bright high end.
             ink = "white" if r["value"] < middle else "black"
         else:
@@ -118,7 +170,7 @@ def _heatmap_chart(
                 "y": fmt(r["y"]),
                 "value": r["value"],
                 "state": state,
-                "label": _label(r),
+                "label": _label(r, signed=relative is not None),
                 "ink": ink,
                 "runs": r["runs"],
                 "done": r["done"],
@@ -135,7 +187,15 @@ def _heatmap_chart(
     layers = [
         base.mark_rect(stroke="white")
         .encode(
-            color=alt.Color("value:Q", scale=alt.Scale(scheme="viridis"), title=metric),
+            color=alt.Color(
+                "value:Q",
+                scale=(
+                    alt.Scale(scheme="redblue", domain=[-reach, reach], domainMid=0)
+                    if relative
+                    else alt.Scale(scheme="viridis")
+                ),
+                title=f"{metric} difference" if relative else metric,
+            ),
             tooltip=tooltip,
         )
         .transform_filter("datum.state === 'finished'")
@@ -160,7 +220,7 @@ def _heatmap_chart(
         .transform_filter(f"datum.ink === '{ink}'")
         for ink in ("white", "black")
     ]
-    title = f"{study}: {metric} ({lay.pooling()})"
+    title = f"{study}: {metric}{' ' + relative if relative else ''} ({lay.pooling()})"
     size = {"width": max(60 * len(x_order), 240), "height": max(36 * len(y_order), 160)}
     chart = alt.layer(*layers, data=alt.Data(values=values)).properties(**size)
     if len(lay.panels) == 1:
@@ -202,6 +262,12 @@ CHARTS = (
                 "REDUCER_COLUMN: best, final, min, max or mean of an epochs column, per run; "
                 "mean over seeds.",
                 metric=True,
+            ),
+            Option(
+                "relative_to",
+                None,
+                "AXIS=VALUE of the x or y axis: each cell minus the cell at that value in its "
+                "column (or row), on a diverging scale, e.g. lr_schedule.warmup_epochs=0.",
             ),
         ),
         report=_in_report,

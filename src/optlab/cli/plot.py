@@ -43,7 +43,9 @@ def _parameters(chart: Chart) -> list[inspect.Parameter]:
         )
 
     own = [
-        option(o.name, typer.Option(o.default, f"--{o.name}", help=o.help), o.type)
+        option(
+            o.name, typer.Option(o.default, f"--{o.name.replace('_', '-')}", help=o.help), o.type
+        )
         for o in chart.options
     ]
     return [
