@@ -210,10 +210,10 @@ def default_margin(metric: str, reference_mean: float) -> float:
 
 def margin_rule(metric: str, asked: float | None) -> str:
     if asked is not None:
-        return f"equivalence margin ±{asked:g} (--margin)"
+        return f"±{asked:g} (--margin)"
     if higher_is_better(metric):
-        return "equivalence margin ±0.01, one point of accuracy (the default; --margin to change)"
-    return "equivalence margin ±2% of the reference's mean (the default; --margin to change)"
+        return "±0.01, one point of accuracy (the default; --margin to change)"
+    return "±2% of the reference's mean (the default; --margin to change)"
 
 
 def tost(values: list[float], base: list[float], margin: float) -> float:
