@@ -156,6 +156,41 @@ def rule_verdict(out):
     return verdict
 
 
+def test_lr_wd_chooses_each_optimal_lr_on_validation_and_says_so(cli, tmp_path):
+    """With a validation split the optimal LR per WD is chosen on best_val_acc (its optimum
+    follows 1e-4 / WD, slope -1) although test accuracy peaks elsewhere (slope 0); without
+    one the output says the test set chose."""
+    text = HEAD.format(name="lrwd_val").replace(
+        "train_size = 50000 }", "train_size = 50000, val_fraction = 0.1 }"
+    ) + (
+        f"""
+[[block]]
+name = "grid"
+grid = {{ "optimizer.lr" = {LRS}, "optimizer.weight_decay" = [1e-4, 1e-3, 1e-2] }}
+"""
+    )
+    make_store(
+        tmp_path,
+        text,
+        lambda c, s: bowl(c["optimizer"]["lr"], 0.01) + noise(s),
+        validation=lambda c, s: (
+            bowl(c["optimizer"]["lr"], 1e-4 / c["optimizer"]["weight_decay"]) + noise(s)
+        ),
+    )
+    out = analyze(cli, "lr-wd")
+    (fit,) = out["tables"]["fit"]
+    assert fit["slope"] == pytest.approx(-1.0, abs=0.02)
+    assert out["findings"]["selection"].startswith(
+        "each optimal optimizer.lr chosen on best_val_acc (the validation split)"
+    )
+    (tmp_path / "optlab.duckdb").unlink()
+    make_store(tmp_path, text.replace(", val_fraction = 0.1", ""), lambda c, s: 0.5 + noise(s))
+    assert analyze(cli, "lr-wd")["findings"]["selection"] == (
+        "each optimal optimizer.lr chosen on best_test_acc: the study has no validation split, "
+        "so the test set both chooses and reports (an optimistic estimate)"
+    )
+
+
 def test_a_rule_holds_only_by_an_equivalence_test_not_by_a_non_significant_drop(cli, tmp_path):
     """Seed 001's experiment 3 with 2 seeds: a drop of 2.4 points at batch 256 that Welch's
     test cannot call significant is 'not shown either way', with the smallest difference the

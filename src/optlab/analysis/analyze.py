@@ -66,12 +66,19 @@ ANALYSES: dict[str, Analysis] = {
             fits=lambda facts: bool(numeric_axes(facts.axes)),
             read=optima.read_selecting,
         ),
-        Analysis("lr-wd", "slope of log optimal LR against log WD", slopes.lr_wd, axes=(LR, WD)),
+        Analysis(
+            "lr-wd",
+            "slope of log optimal LR against log WD",
+            slopes.lr_wd,
+            axes=(LR, WD),
+            read=optima.read_selecting,
+        ),
         Analysis(
             "scaling",
             "slope of log optimal LR against log batch size",
             slopes.scaling,
             axes=(BATCH,),  # a block whose LR follows lr_scaling: the rule is checked
+            read=optima.read_selecting,
         ),
         Analysis(
             "warmup",

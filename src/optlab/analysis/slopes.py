@@ -6,6 +6,7 @@ experiment 3). Rows of the table in :mod:`optlab.analysis.analyze`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from optlab.analysis.core import (
     resamples,
     usable,
 )
+from optlab.analysis.optima import selection_rule
 from optlab.study.steps import start_lr
 
 
@@ -37,7 +39,7 @@ def _slope_analysis(
     rng,
     x_param: str,
     expected: dict[str, float],
-    margin: float | None = None,
+    asked: Asked,
 ) -> None:
     """Per group: the optimal LR at each value of ``x_param``; fit log LR = a + b log x."""
     from scipy import stats  # scipy: a second to import, so only when a test is run
@@ -53,8 +55,14 @@ def _slope_analysis(
     for label, members in groups(kept, [LR, x_param], among=runs).items():
         if any(r.get("lr_scaling") not in (None, "none") for r in members):
             # LR set by a batch scaling rule: no LR was searched, the rule is what is tested.
+            # No choice is made here: the metric itself (test, where selection read
+            # validation) is what the rule is judged by.
             rows, verdict = _rule_check(
-                label, _by_x(members, x_param), x_param, result.metric, margin
+                label,
+                _by_x(_reported(members, asked), x_param),
+                x_param,
+                result.metric,
+                asked.margin,
             )
             rules += rows
             result.findings[f"rule_check {label}"] = verdict
@@ -117,7 +125,20 @@ def _slope_analysis(
     result.tables["fit"] = fits
     if rules:
         result.tables["rule_check"] = rules
-        result.findings["equivalence margin"] = margin_rule(result.metric, margin)
+        result.findings["equivalence margin"] = margin_rule(result.metric, asked.margin)
+    if points:
+        result.findings["selection"] = selection_rule(result, asked, f"each optimal {LR}")
+
+
+def _reported(members: list[Run], asked: Asked) -> list[Run]:
+    """The runs valued by the metric asked for, where selection read its validation
+    counterpart (``found["test"]``, see optima.read_selecting)."""
+    tests = asked.found.get("test")
+    if tests is None:
+        return members
+    return [
+        replace(r, value=tests.get(r.run_id)) for r in members if tests.get(r.run_id) is not None
+    ]
 
 
 def _by_x(members: list[Run], x_param: str) -> dict[Any, list[Run]]:
@@ -283,7 +304,7 @@ def _bootstrap_slope(
 
 
 def lr_wd(result: Result, runs: list[Run], axes: list[str], rng: Any, asked: Asked) -> None:
-    _slope_analysis(result, runs, rng, WD, {"inverse": -1.0})
+    _slope_analysis(result, runs, rng, WD, {"inverse": -1.0}, asked)
     result.findings["question"] = (
         "slope of log optimal LR against log WD; -1 means the "
         "optimal LR is inversely proportional to WD"
@@ -291,7 +312,7 @@ def lr_wd(result: Result, runs: list[Run], axes: list[str], rng: Any, asked: Ask
 
 
 def scaling(result: Result, runs: list[Run], axes: list[str], rng: Any, asked: Asked) -> None:
-    _slope_analysis(result, runs, rng, BATCH, {"linear_rule": 1.0, "sqrt_rule": 0.5}, asked.margin)
+    _slope_analysis(result, runs, rng, BATCH, {"linear_rule": 1.0, "sqrt_rule": 0.5}, asked)
     result.findings["question"] = (
         "where an LR grid was tried at each batch size: slope of log optimal LR against log "
         "batch size (1 is the linear scaling rule, 0.5 the square-root rule); where the LR "
