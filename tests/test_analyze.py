@@ -388,6 +388,35 @@ def test_warmup_finds_the_optima_the_rule_and_the_four_hypotheses(cli, tmp_path)
     assert "geometric mean ratio 0.139" in hyp["H4"]["effect"]
 
 
+def test_warmup_chooses_each_optimal_warmup_on_validation_where_there_is_a_split(cli, tmp_path):
+    """Validation's best warmup is 10 everywhere, test's is 1: with a split the optima
+    follow validation and the output says the test set was not read; without one it says
+    the test set chose."""
+
+    def test_side(c, s):
+        return 0.8 - 0.002 * (c["lr_schedule"]["warmup_epochs"] - 1) ** 2 + 0.001 * s
+
+    def val_side(c, s):
+        return 0.7 - 0.002 * (c["lr_schedule"]["warmup_epochs"] - 10) ** 2 + 0.001 * s
+
+    split = WARM.replace("train_size = 50000 }", "train_size = 50000, val_fraction = 0.1 }")
+    make_store(tmp_path, split, test_side, validation=val_side)
+    out = analyze(cli, "warmup")
+    assert {r["optimal_warmup"] for r in out["tables"]["optimal_warmup"]} == {10}
+    assert out["findings"]["selection"] == (
+        "each optimal warmup and H1-H4 read best_val_acc (the validation split); the test "
+        "set is not read"
+    )
+    (tmp_path / "optlab.duckdb").unlink()
+    make_store(tmp_path, WARM, test_side)
+    out = analyze(cli, "warmup")
+    assert {r["optimal_warmup"] for r in out["tables"]["optimal_warmup"]} == {1}
+    assert out["findings"]["selection"].startswith(
+        "each optimal warmup (and H1's best warmup) chosen on best_test_acc: the study has "
+        "no validation split"
+    )
+
+
 def test_h1_a_benefit_that_keeps_rising_with_size_is_not_a_peak(cli, tmp_path):
     best = {50000: 10, 10000: 5, 5000: 5, 1000: 1, 500: 1}
 

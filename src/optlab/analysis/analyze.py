@@ -14,6 +14,7 @@ share is in :mod:`optlab.analysis.core`) and its row in ``ANALYSES`` below.
 
 from __future__ import annotations
 
+import tomllib
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -42,7 +43,7 @@ from optlab.analysis.results import open_study, parse_metric, probes_asked
 from optlab.errors import OptlabError
 from optlab.states import State
 from optlab.store.core import matrix_runs
-from optlab.study.schema import FINAL_SUFFIX
+from optlab.study.schema import FINAL_SUFFIX, AnalysisSettings
 
 
 def _read_metric(con: Any, result: Result, asked: Asked) -> list[Run]:
@@ -51,9 +52,12 @@ def _read_metric(con: Any, result: Result, asked: Asked) -> list[Run]:
 
 
 def _read_warmup(con: Any, result: Result, asked: Asked) -> list[Run]:
-    """Each run's reduced metric, and the study's ``[analysis.warmup]`` settings."""
-    asked.found["settings"] = warmup.settings(con, result.study)
-    return _read_metric(con, result, asked)
+    """Each run valued by what selection reads (validation where there is a split), and
+    the study's ``[analysis.warmup]`` settings, from the source kept in the store."""
+    (source,) = con.execute("select source from studies where study = ?", [result.study]).fetchone()
+    raw = tomllib.loads(source or "").get("analysis", {})
+    asked.found["settings"] = AnalysisSettings.model_validate(raw)
+    return optima.read_selecting(con, result, asked)
 
 
 ANALYSES: dict[str, Analysis] = {

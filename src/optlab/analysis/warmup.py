@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import tomllib
 from typing import Any
 
 import numpy as np
@@ -59,6 +58,7 @@ from optlab.analysis.core import (
     optimum,
     usable,
 )
+from optlab.analysis.optima import selection_rule
 from optlab.plugins.registry import default_registry
 from optlab.study.schema import AnalysisSettings
 
@@ -68,13 +68,6 @@ H1 = "warmup benefit peaks at intermediate dataset sizes (500-5,000 examples)"
 H2 = "optimal warmup decreases as dataset size decreases"
 H3 = "the size x warmup pattern replicates across datasets"
 H4 = "{a} is less warmup-sensitive than {b}"
-
-
-def settings(con: Any, study: str) -> AnalysisSettings:
-    """The study's ``[analysis]`` table, from the source kept in the store."""
-    (source,) = con.execute("select source from studies where study = ?", [study]).fetchone()
-    raw = tomllib.loads(source or "").get("analysis", {})
-    return AnalysisSettings.model_validate(raw)
 
 
 def train_size(run: Run, cache: dict[str, int | None]) -> int | None:
@@ -148,6 +141,12 @@ def analyze(result: Result, runs: list[Run], axes: list[str], rng: Any, asked: A
     ]
     result.findings["dataset_size"] = (
         "training examples (examples_per_class x classes, less any validation split)"
+    )
+    val = asked.found.get("selection")
+    result.findings["selection"] = (
+        f"each optimal warmup and H1-H4 read {val} (the validation split); the test set is not read"
+        if val
+        else selection_rule(result, asked, "each optimal warmup (and H1's best warmup)")
     )
 
 
