@@ -255,13 +255,13 @@ def reference(tmp_path_factory) -> tuple[list, list]:
     """The `long` study of tests/test_survival.py run once without interruption on the
     local executor, two workers (one thread each here): what every interrupted or
     elsewhere-run copy of it must equal."""
-    from tests.test_survival import results, study
+    from tests.test_survival import EPOCHS, results, study
 
     folder = tmp_path_factory.mktemp("reference")
     study(folder)
     optlab("run", "long.toml", "--workers", "2", cwd=folder, check=True)
     epochs, probes = results(folder)
-    assert len(epochs) == 16 and probes
+    assert len(epochs) == 2 * EPOCHS and probes
     return epochs, probes
 
 
