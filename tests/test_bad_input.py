@@ -322,3 +322,25 @@ def test_bad_run_options_and_store_maintenance_inputs_are_one_line(cli, tmp_path
     assert result.exit_code == 1 and "--study 'nope': no such study" in one_line(result)
     result = cli("rm")
     assert result.exit_code == 2 and "say what to remove" in one_line(result)
+
+
+def test_a_finished_study_run_again_on_ray_starts_no_cluster(cli, tmp_path):
+    """Nothing to run is found before an executor is built: `--executor ray` does not
+    connect (here: to an address nothing listens on) or start Ray for a finished study,
+    while its options are still checked."""
+    from tests.synth import make_store
+
+    make_store(
+        tmp_path,
+        'name = "m"\n[base]\nepochs = 1\ndataset = { name = "synthetic" }\n'
+        'model = { name = "mlp" }\noptimizer = { name = "sgd" }\n',
+        lambda c, s: 0.5,
+        name="m.toml",
+    )
+    result = cli("run", "m.toml", "--executor", "ray", "--address", "127.0.0.1:9")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("Nothing to run: all 1 runs of m are finished")
+    result = cli("run", "m.toml", "--executor", "ray", "--executor-opt", "foo=1")
+    assert result.exit_code == 2 and "--executor-opt foo: not an option of --executor ray" in (
+        one_line(result)
+    )

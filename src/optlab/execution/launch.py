@@ -20,6 +20,7 @@ from optlab.execution.selection import Selection, select
 from optlab.states import State
 from optlab.store.core import check_store, log_path, other_names
 from optlab.store.liveness import writer_lock
+from optlab.store.opening import reading
 from optlab.study.expand import all_runs, expand, file_matrix
 from optlab.study.schema import load_study
 
@@ -69,17 +70,28 @@ def launch(parts: list[Part], how: Launch, out: Any, err: Any) -> tuple[Any, int
     # the workers are given the folder (not through this process's environment).
     for part in parts:
         prepare_datasets(part.spec, all_runs(part.plans), how.data_dir)
-    executor = executors.create(
-        how.executor_name,
-        how.executor_options,
-        store=store,
-        stall_timeout=how.stall_timeout,
-        data_dir=how.data_dir.resolve(),
-        checkpoints_shared=how.checkpoint_dir is not None,
-        datasets=preparing.dataset_tables(runs),
-    )
-    with contextlib.closing(executor):  # a Ray connection is let go however this ends
-        executor.make_slots(how.gpus, how.per_gpu, how.workers, None)
+    with contextlib.ExitStack() as stack:
+        made: list[Any] = []
+
+        def executor() -> Any:
+            """The executor, built when first needed (Ray's connects, or starts a cluster),
+            and let go of however this ends."""
+            if not made:
+                built = executors.create(
+                    how.executor_name,
+                    how.executor_options,
+                    store=store,
+                    stall_timeout=how.stall_timeout,
+                    data_dir=how.data_dir.resolve(),
+                    checkpoints_shared=how.checkpoint_dir is not None,
+                    datasets=preparing.dataset_tables(runs),
+                )
+                made.append(stack.enter_context(contextlib.closing(built)))
+            return made[0]
+
+        if _anything_to_run(store, runs, how):
+            # What cannot be had (--gpus 9 of 8) is refused before the store is touched.
+            executor().make_slots(how.gpus, how.per_gpu, how.workers, None)
         outcome = _run_locked(parts, how, executor, len({r.run_id for r in runs}), out, err)
     if outcome is None:
         return None, 0
@@ -96,11 +108,34 @@ def launch(parts: list[Part], how: Launch, out: Any, err: Any) -> tuple[Any, int
     return outcome, 0
 
 
+def _anything_to_run(store: Path, runs: list[Any], how: Launch) -> bool:
+    """Whether some planned run has no end in the store yet, read before an executor is
+    built, so that a finished study run again says so without starting Ray. Whatever is
+    unsure (no store, a store busy or damaged, runs an earlier session left running, final
+    runs not chosen yet) counts as something to run, or is found so under the lock."""
+    if not store.exists():
+        return True
+    ended = [State.DONE, State.DIVERGED]
+    ended += [] if how.retry_failed else [State.FAILED]
+    ended += [State.STOPPED] if how.early_stop else []
+    ids = sorted({r.run_id for r in runs})
+    try:
+        with reading(store, timeout=5.0) as con:
+            (n,) = con.execute(
+                "select count(*) from run_state where run_id in (select unnest(?)) "
+                "and status in (select unnest(?))",
+                [ids, [str(s) for s in ended]],
+            ).fetchone()
+    except Exception:  # noqa: BLE001 - unsure: the locked path decides
+        return True
+    return n < len(ids)
+
+
 def _run_locked(
     parts: list[Part], how: Launch, executor: Any, total: int, out: Any, err: Any
 ) -> Any:
     """Under the store's writer lock: prepare each study, start the slots, run them all
-    on them, summarise."""
+    on them, summarise. ``executor()`` builds the executor when first called."""
 
     store = how.store
     names = [p.spec.name for p in parts]
@@ -137,10 +172,11 @@ def _run_locked(
             hint = f"; {failed} failed (run again with --retry-failed)" if failed else ""
             out.print(f"Nothing to run: all {total} runs of {label} are finished{hint}.")
             return None
-        slots = executor.make_slots(how.gpus, how.per_gpu, how.workers, len(todo))
-        for note in executor.notes(slots, how.per_gpu, how.workers, todo):
+        run_on = executor()
+        slots = run_on.make_slots(how.gpus, how.per_gpu, how.workers, len(todo))
+        for note in run_on.notes(slots, how.per_gpu, how.workers, todo):
             err.print(f"note: {note}", markup=False)
-        where = executor.where(slots)
+        where = run_on.where(slots)
         resuming = sum(1 for r in todo if prepared.resume.get(r.run_id, {}).get("resume_upto"))
         out.print(
             f"{label}: running {len(todo)} of {total} runs "
@@ -150,7 +186,7 @@ def _run_locked(
         )
         if resuming:
             out.print(f"  {resuming} of them resume from their last checkpoint where they have one")
-        outcome = execute(store, names, prepared, slots, out, executor, lock)
+        outcome = execute(store, names, prepared, slots, out, run_on, lock)
     _summary(label, todo, outcome, store, out, err)
     return outcome
 
