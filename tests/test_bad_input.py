@@ -286,6 +286,12 @@ def test_executor_options_are_checked_before_anything_runs(cli, tmp_path, args, 
     assert not (tmp_path / "optlab.duckdb").exists()
 
 
+ONE_RUN = (
+    'name = "m"\n[base]\nepochs = 1\ndataset = { name = "synthetic" }\n'
+    'model = { name = "mlp" }\noptimizer = { name = "sgd" }\n'
+)
+
+
 def test_bad_run_options_and_store_maintenance_inputs_are_one_line(cli, tmp_path):
     from tests.synth import make_store
 
@@ -300,13 +306,7 @@ def test_bad_run_options_and_store_maintenance_inputs_are_one_line(cli, tmp_path
     assert not (tmp_path / "optlab.duckdb").exists()
     result = cli("rebuild")
     assert result.exit_code == 1 and "nothing to rebuild from: no study records" in one_line(result)
-    make_store(
-        tmp_path,
-        'name = "m"\n[base]\nepochs = 1\ndataset = { name = "synthetic" }\n'
-        'model = { name = "mlp" }\noptimizer = { name = "sgd" }\n',
-        lambda c, s: 0.5,
-        name="m.toml",
-    )
+    make_store(tmp_path, ONE_RUN, lambda c, s: 0.5, name="m.toml")
     result = cli("weights", "zz")
     assert result.exit_code == 2 and "give a run id (12 hex digits)" in one_line(result)
     result = cli("weights", "0000")
@@ -330,13 +330,7 @@ def test_a_finished_study_run_again_on_ray_starts_no_cluster(cli, tmp_path):
     while its options are still checked."""
     from tests.synth import make_store
 
-    make_store(
-        tmp_path,
-        'name = "m"\n[base]\nepochs = 1\ndataset = { name = "synthetic" }\n'
-        'model = { name = "mlp" }\noptimizer = { name = "sgd" }\n',
-        lambda c, s: 0.5,
-        name="m.toml",
-    )
+    make_store(tmp_path, ONE_RUN, lambda c, s: 0.5, name="m.toml")
     result = cli("run", "m.toml", "--executor", "ray", "--address", "127.0.0.1:9")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("Nothing to run: all 1 runs of m are finished")
