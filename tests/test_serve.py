@@ -23,6 +23,8 @@ from tests.conftest import ROOT, optlab
 from tests.synth import make_store
 from tests.test_charts import STUDY, acc
 
+LOCAL = "http://127.0.0.1:8765"  # what a browser on this machine sends as the Host
+
 CHROMIUM = shutil.which("chromium")
 OUTPUTS = Path(os.environ.get("OPTLAB_TEST_OUTPUTS") or ROOT / "test-outputs")
 
@@ -38,7 +40,7 @@ def store(tmp_path):
 
 @pytest.fixture
 def client(store):
-    return TestClient(create_app(store))
+    return TestClient(create_app(store), base_url=LOCAL)
 
 
 def test_studies_lists_each_study_with_its_runs_by_state(client):
@@ -79,13 +81,13 @@ def test_runs_a_gone_writer_left_running_are_interrupted_as_status_tells(tmp_pat
     with st.writing(store) as con:
         st.start_session(con, "gone", "two", 2, 36)
         con.execute("update sessions set pid = ?", [gone.pid])
-    client = TestClient(create_app(store))
+    client = TestClient(create_app(store), base_url=LOCAL)
     study = client.get("/api/studies/two").json()
     assert study["counts"]["interrupted"] == 12 and study["counts"]["running"] == 0
     cells = [c for c in study["grid"] if c["seed"] == 2]
     assert {c["status"] for c in cells} == {"interrupted"} and len(cells) == 12
     monkeypatch.setattr(data, "GRID_LIMIT", 10)
-    counts = TestClient(create_app(store)).get("/api/studies/two").json()["grid"]
+    counts = TestClient(create_app(store), base_url=LOCAL).get("/api/studies/two").json()["grid"]
     assert {(r["block"], r["status"]): r["runs"] for r in counts} == {
         ("small", "done"): 8,
         ("small", "interrupted"): 4,
@@ -196,7 +198,7 @@ def test_without_the_token_nothing_is_read(store, monkeypatch):
     asked = []
     real = data.studies
     monkeypatch.setattr(data, "studies", lambda s: asked.append(s) or real(s))
-    client = TestClient(create_app(store, token="s3cret"))
+    client = TestClient(create_app(store, token="s3cret"), base_url=LOCAL)
     for url in ("/api/studies", "/", "/api/sql?q=select%201", "/?token=wrong"):
         refused = client.get(url)
         assert refused.status_code == 401, url
@@ -207,6 +209,66 @@ def test_without_the_token_nothing_is_read(store, monkeypatch):
     assert page.status_code == 200 and "optlab_token" in page.headers["set-cookie"]
     assert client.get("/api/studies").status_code == 200  # the page's polls carry the cookie
     assert len(asked) == 1  # the second answer is the first, kept for a second
+
+
+def test_a_page_elsewhere_cannot_read_through_this_machine_s_server(store, monkeypatch):
+    """DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1 sends its
+    own Host; an API request from another origin carries it in Origin (or a browser says
+    cross-site). Each is refused before anything is read, and no CORS header is sent."""
+    asked = []
+    real = data.sql
+    monkeypatch.setattr(data, "sql", lambda s, q: asked.append(q) or real(s, q))
+    client = TestClient(create_app(store), base_url=LOCAL)
+    for url, headers in [
+        ("http://evil.example:8765/api/sql?q=select%201", {}),
+        ("/api/sql?q=select%201", {"Origin": "http://evil.example:8765"}),
+        ("/api/sql?q=select%201", {"Sec-Fetch-Site": "cross-site"}),
+    ]:
+        refused = client.get(url, headers=headers)
+        assert refused.status_code == 403, (url, headers)
+        assert refused.text.count("\n") == 0 and refused.text.startswith("403: ")
+    assert asked == []
+    for host in ("localhost:8765", "127.0.0.1", "[::1]:8765"):
+        answer = client.get(
+            "/api/sql?q=select%201", headers={"Host": host, "Origin": f"http://{host}"}
+        )
+        assert answer.status_code == 200, host
+        assert not any(h.startswith("access-control") for h in answer.headers)
+
+
+def test_a_token_with_any_characters_works_in_the_cookie(store):
+    token = "a!b=c+d/e"
+    client = TestClient(create_app(store, token=token), base_url=LOCAL)
+    page = client.get("/", params={"token": token})
+    assert page.status_code == 200
+    assert client.get("/api/studies").status_code == 200  # through the cookie alone
+
+
+def test_the_sql_box_counts_rows_it_does_not_send_and_stops_a_long_statement(client, monkeypatch):
+    answer = client.get("/api/sql", params={"q": "select * from range(5000)"}).json()
+    assert len(answer["rows"]) == data.SQL_ROWS == 1000 and answer["total"] == 5000
+    monkeypatch.setattr(data, "SQL_SECONDS", 0.3)
+    slow = "select count(*) from range(100000000) a, range(100000) b where a.range + b.range = -1"
+    stopped = client.get("/api/sql", params={"q": slow})
+    assert stopped.status_code == 400
+    assert stopped.json()["error"] == (
+        "SQL: stopped after 0.3 s, the limit here; narrow the statement, or run it with "
+        "optlab query"
+    )
+    odd = client.get("/api/sql", params={"q": "update extensions"})
+    assert odd.status_code == 400 and "refused: optlab query only reads" in odd.json()["error"]
+    for part in ("runs", "charts", "analyses"):
+        missing = client.get(f"/api/studies/nope/{part}")
+        assert missing.status_code == 404, part
+
+
+def test_an_empty_token_is_refused(cli):
+    result = cli("serve", "--host", "0.0.0.0", "--token", "")
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "Error: --token: empty (an unset variable?); give a token, or leave --token out and "
+        "one is made and printed\n"
+    )
 
 
 def test_the_server_s_reads_leave_a_writer_gaps(store, monkeypatch):

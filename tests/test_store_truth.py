@@ -107,7 +107,7 @@ def test_status_after_a_kill_reads_the_ends_the_journals_hold(tmp_path, cli):
 
     from optlab.serve.app import create_app
 
-    page = TestClient(create_app(db)).get("/api/studies/s").json()
+    page = TestClient(create_app(db), base_url="http://127.0.0.1:8765").get("/api/studies/s").json()
     assert {k: v for k, v in page["counts"].items() if v} == {
         k: v for k, v in status.counts.items() if v
     }

@@ -21,6 +21,7 @@ HELP = (
     "a run, SQL; it updates while studies run. Ctrl-C stops it."
 )
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+GRACE = 2  # seconds Ctrl-C waits for requests still being answered
 
 
 @handles_errors
@@ -42,6 +43,13 @@ def command(
 ) -> None:
     import uvicorn  # the web server: a tenth of a second to import, for this command only
 
+    if token is not None and not token.strip():
+        raise fail(
+            "--token: empty (an unset variable?); give a token, or leave --token out and one "
+            "is made and printed",
+            2,
+        )
+
     try:
         with reading(store):
             pass  # a store that is missing, foreign or newer: said before anything starts
@@ -58,7 +66,12 @@ def command(
             markup=False,
         )
     PACE.start()  # its reads paced, so that a running study's writer finds the store free
-    server = uvicorn.Server(uvicorn.Config(create_app(store, token), log_level="warning"))
+    # Ctrl-C stops it within seconds whatever the pages asked: a statement is cut off after
+    # SQL_SECONDS, and requests still open after GRACE are not waited for.
+    config = uvicorn.Config(
+        create_app(store, token), log_level="warning", timeout_graceful_shutdown=GRACE
+    )
+    server = uvicorn.Server(config)
     # Ctrl-C is how it is meant to stop (uvicorn raises the interrupt again once down).
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[listening])

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -141,6 +141,7 @@ def create_app(store: Path, token: str | None = None) -> Starlette:
     app = Starlette(routes=routes)
     if token is not None:
         app.add_middleware(_TokenCheck, token=token)
+    app.add_middleware(_SameOrigin, loopback_only=token is None)
     return app
 
 
@@ -165,6 +166,44 @@ def _vega_bundle() -> bytes:
     return vlc.javascript_bundle(vl_version=version).encode()
 
 
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+class _SameOrigin:
+    """Refuse (403, one line, before anything is read) what a web page elsewhere could
+    send: with no token (this machine's own address), a ``Host`` other than a loopback
+    name, as a page on another name that resolves here (DNS rebinding) sends; and, with
+    or without one, an API request from another origin (its ``Origin``, or a browser's
+    ``Sec-Fetch-Site: cross-site``). No CORS headers are ever sent."""
+
+    def __init__(self, app: Any, loopback_only: bool):
+        self.app, self.loopback_only = app, loopback_only
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        why = self.refused(Request(scope))
+        if why is None:
+            await self.app(scope, receive, send)
+            return
+        await PlainTextResponse(f"403: {why}", status_code=403)(scope, receive, send)
+
+    def refused(self, request: Request) -> str | None:
+        host = request.headers.get("host", "")
+        name = urlsplit(f"//{host}").hostname or ""
+        if self.loopback_only and name not in LOOPBACK_NAMES and f"[{name}]" not in LOOPBACK_NAMES:
+            return f"Host {host!r} is not this server's address (it serves this machine only)"
+        if not request.url.path.startswith("/api/"):
+            return None
+        origin = request.headers.get("origin")
+        if origin is not None and urlsplit(origin).netloc != host:
+            return f"a request from {origin} to this server's API (another origin)"
+        if request.headers.get("sec-fetch-site") == "cross-site":
+            return "a cross-site request to this server's API"
+        return None
+
+
 class _TokenCheck:
     """Refuse (401, before anything is read) a request that does not carry the token: in
     the address (``?token=``), a header (``X-Optlab-Token``) or the cookie the first page
@@ -179,9 +218,8 @@ class _TokenCheck:
             return
         request = Request(scope)
         given = request.query_params.get("token")
-        carried = (
-            given or request.headers.get("x-optlab-token") or request.cookies.get(COOKIE) or ""
-        )
+        cookie = unquote(request.cookies.get(COOKIE) or "")  # set percent-encoded below
+        carried = given or request.headers.get("x-optlab-token") or cookie
         if not hmac.compare_digest(carried.encode(), self.token.encode()):
             refused = PlainTextResponse(
                 "401: this optlab serve needs its token: open the address it printed "

@@ -9,8 +9,10 @@ study's writer waits at most for one short read. The charts and analyses are tho
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +25,12 @@ from optlab.charts.probe_charts import probe_names
 from optlab.errors import OptlabError
 from optlab.locations import resolve, roots
 from optlab.store.core import STATES, reading
-from optlab.store.query import run_sql
+from optlab.store.query import sql_rows
 from optlab.study import paths
 
 GRID_LIMIT = 5000  # runs drawn one cell each; a larger study's grid is counts per block
 SQL_ROWS = 1000  # rows of a statement sent to the page (the rest are counted)
+SQL_SECONDS = 5.0  # a statement from the page is stopped after this long
 LOG_LINES = 60
 RUN_COLUMNS = (
     "run_id",
@@ -115,7 +118,7 @@ def study(store: Path, name: str) -> dict[str, Any]:
     """The study's status, blocks and axes, and its grid: a cell per run (state, epochs)
     up to :data:`GRID_LIMIT` runs, else the counts per block and state, said so."""
     (status,) = _status(store, name)
-    with open_study(store, name) as (con, name, axes):
+    with _open_study(store, name) as (con, name, axes):
         (description,) = con.execute(
             "select description from studies where study = ?", [name]
         ).fetchone()
@@ -135,6 +138,19 @@ def study(store: Path, name: str) -> dict[str, Any]:
             f"{GRID_LIMIT:,} runs; the table below lists runs",
         }
     )
+
+
+@contextlib.contextmanager
+def _open_study(store: Path, name: str) -> Iterator[tuple[Any, str, Any]]:
+    """:func:`open_study`, with a study the store does not hold as :class:`NotFound`."""
+    with contextlib.ExitStack() as stack:
+        try:
+            opened = stack.enter_context(open_study(store, name))
+        except OptlabError as e:
+            if "no such study" in str(e):
+                raise NotFound(f"no study {name!r} in {store}") from None
+            raise
+        yield opened
 
 
 def _status(store: Path, name: str) -> list[StudyStatus]:
@@ -207,7 +223,7 @@ def study_runs(
     axes have these values (as text: a heatmap cell's)."""
     # Without a cell to match, only the page asked for is read (a study may be large).
     cut = "" if match else f" limit {int(limit)}"
-    with open_study(store, name) as (con, name, _):
+    with _open_study(store, name) as (con, name, _):
         rows = con.execute(
             "select r.run_id, r.block, r.seed, r.status, r.axes, s.epochs_done, r.epochs, "
             "s.best_test_acc, s.final_test_acc, s.final_train_loss, r.config "
@@ -276,7 +292,7 @@ def study_charts(store: Path, name: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kind in ("heatmap", "curves"):
         chart = CHARTS[kind]
-        with open_study(store, name) as (con, found, axes):
+        with _open_study(store, name) as (con, found, axes):
             facts = ReportFacts(con, found, axes, probe_names(con, found), None)
             wanted = chart.report(facts)
             drawn = _draw(chart, facts, wanted[0][1]) if wanted else None
@@ -307,7 +323,7 @@ def _draw(chart: Any, facts: ReportFacts, options: dict[str, Any]) -> Any:
 def study_analyses(store: Path, name: str) -> list[dict[str, Any]]:
     """The analyses the report shows for the study, each as `optlab analyze --json` gives
     it, or the line that says why it cannot answer yet."""
-    with open_study(store, name) as (con, name, axes):
+    with _open_study(store, name) as (con, name, axes):
         names = analyses_for(study_facts(con, name, axes))
     found = []
     for analysis in names:
@@ -403,8 +419,8 @@ def _has_run(con: Any, run_id: str) -> bool:
 
 def sql(store: Path, statement: str) -> dict[str, Any]:
     """The rows of one statement, under exactly `optlab query`'s read-only rules; the
-    first :data:`SQL_ROWS` of them, and how many there were."""
-    columns, rows = run_sql(store, statement)
-    return _clean(
-        {"columns": columns, "rows": [list(r) for r in rows[:SQL_ROWS]], "total": len(rows)}
-    )
+    first :data:`SQL_ROWS` of them (the rest counted, not held), and how many there were.
+    A statement is stopped after :data:`SQL_SECONDS`: the page never holds the store from
+    a running study's writer longer."""
+    columns, rows, total = sql_rows(store, statement, keep=SQL_ROWS, seconds=SQL_SECONDS)
+    return _clean({"columns": columns, "rows": [list(r) for r in rows], "total": total})

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import re
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,10 @@ def check_reads_only(sql: str) -> None:
             "SQL: nothing to run; give a statement, such as select * from runs limit 5"
         )
     for statement in statements:
-        kind = statement.type.name
+        try:
+            kind = statement.type.name
+        except ValueError:  # a kind this duckdb's Python enum does not name (UPDATE EXTENSIONS)
+            kind = "UNKNOWN"
         text = statement.query
         if kind == "EXPLAIN":  # EXPLAIN ANALYZE runs what it explains
             check_reads_only(_EXPLAIN.sub("", text, count=1))
@@ -78,8 +82,22 @@ def check_reads_only(sql: str) -> None:
 
 
 def run_sql(store: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Every row of one read-only statement (what `optlab query` prints)."""
+    columns, rows, _ = sql_rows(store, sql)
+    return columns, rows
+
+
+def sql_rows(
+    store: Path, sql: str, keep: int | None = None, seconds: float | None = None
+) -> tuple[list[str], list[tuple[Any, ...]], int]:
+    """(columns, the first ``keep`` rows (all without it), how many rows there are) of one
+    read-only statement; the rows past ``keep`` are counted, never held. With ``seconds``,
+    a statement still running then is interrupted: one line, and the store is let go."""
     check_reads_only(sql)
-    count = len(duckdb.extract_statements(sql))
+    try:
+        count = len(duckdb.extract_statements(sql))
+    except duckdb.Error as e:
+        raise OptlabError(f"SQL: {one_line(str(e))}") from None
     if count > 1:  # DuckDB would show the last result alone, and say nothing of the rest
         raise OptlabError(
             f"SQL: {count} statements; optlab query runs one and prints its result: give "
@@ -87,13 +105,30 @@ def run_sql(store: Path, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         )
     with reading(store) as con:
         views.ensure_readable(con)
+        timer = threading.Timer(seconds, con.interrupt) if seconds else None
+        if timer is not None:
+            timer.daemon = True
+            timer.start()
         try:
             cur = con.execute(sql)
+            if cur.description is None:
+                return [], [], 0
+            columns = [d[0] for d in cur.description]
+            rows = cur.fetchall() if keep is None else cur.fetchmany(keep)
+            total = len(rows)
+            while keep is not None and (more := len(cur.fetchmany(10_000))):
+                total += more
+        except duckdb.InterruptException:
+            raise OptlabError(
+                f"SQL: stopped after {seconds:g} s, the limit here; narrow the statement, or "
+                "run it with optlab query"
+            ) from None
         except duckdb.Error as e:
             raise OptlabError(f"SQL: {one_line(str(e))}") from None
-        if cur.description is None:
-            return [], []
-        return [d[0] for d in cur.description], cur.fetchall()
+        finally:
+            if timer is not None:
+                timer.cancel()
+    return columns, rows, total
 
 
 def one_line(message: str) -> str:
