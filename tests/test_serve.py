@@ -169,6 +169,63 @@ def test_a_run_its_epochs_and_what_is_not_there(client):
     assert gone.status_code == 404 and "no study 'nope'" in gone.json()["error"]
 
 
+def test_the_runs_table_sorts_filters_and_pages_on_the_server(client):
+    def runs(**params):
+        answer = client.get("/api/studies/two/runs", params=params)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    everything = runs(limit=1000)
+    assert everything["total"] == len(everything["runs"]) == 36
+    best = runs(sort="-best_test_acc", limit=1000)["runs"]
+    values = [r["best_test_acc"] for r in best]
+    assert values == sorted(values, reverse=True) and len(values) == 36
+    by_lr = [r["run_id"] for r in runs(sort="optimizer.lr", limit=1000)["runs"]]
+    assert by_lr == [r["run_id"] for r in runs(sort="optimizer_lr", limit=1000)["runs"]]
+    diverged = runs(state="diverged")
+    assert diverged["total"] == 6 and {r["status"] for r in diverged["runs"]} == {"diverged"}
+    both = runs(state="diverged,done", block="large", min_best_test_acc="0.6", limit=1000)
+    assert both["total"] == len(both["runs"]) > 0
+    assert all(r["block"] == "large" and r["best_test_acc"] >= 0.6 for r in both["runs"])
+    pages = [runs(sort="-seed", limit=10, offset=k) for k in (0, 10, 20, 30)]
+    assert {p["total"] for p in pages} == {36}
+    paged = [r["run_id"] for p in pages for r in p["runs"]]
+    assert paged == [r["run_id"] for r in runs(sort="-seed", limit=1000)["runs"]]
+    for params, said in [
+        ({"sort": "nonsense"}, "sort: 'nonsense' is not a column of the runs table; use one of"),
+        ({"state": "asleep"}, "state 'asleep': not a state; use one of pending, "),
+        ({"limit": "-1"}, "limit '-1': give a whole number >= 0"),
+        ({"min_best_test_acc": "high"}, "min_best_test_acc 'high': give a number"),
+    ]:
+        refused = client.get("/api/studies/two/runs", params=params)
+        assert refused.status_code == 400, params
+        assert refused.json()["error"].startswith(said), refused.json()
+
+
+def test_compare_gives_runs_curves_and_only_the_settings_that_differ(client):
+    rows = client.get("/api/studies/two/runs", params={"block": "large", "limit": 100}).json()
+    picked = [r for r in rows["runs"] if r["seed"] == 0][:2]
+    a, b = (r["run_id"] for r in picked)
+    answer = client.get("/api/compare", params={"runs": f"{a},{b}"})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert [r["run_id"] for r in body["runs"]] == [a, b]
+    differs = set(body["runs"][0]["differs"])
+    expected = {k for k in picked[0]["axes"] if picked[0]["axes"][k] != picked[1]["axes"][k]}
+    assert differs == expected and differs
+    assert "optimizer.name" in body["same"] and not differs & set(body["same"])
+    for run in body["runs"]:
+        assert [e["epoch"] for e in run["epochs"]] == [1, 2, 3]
+        assert {e["run_id"] for e in run["epochs"]} == {run["run_id"]}
+    for runs, status, said in [
+        ("", 400, "runs: give run ids"),
+        ("zz", 400, "runs: 'zz' is not a run id (12 hex digits)"),
+        ("0000deadbeef", 404, "no run '0000deadbeef' in "),
+    ]:
+        refused = client.get("/api/compare", params={"runs": runs})
+        assert refused.status_code == status and refused.json()["error"].startswith(said)
+
+
 def test_the_sql_box_reads_exactly_as_optlab_query_does(client, cli):
     statement = "select block, count(*) as n from runs group by block order by block"
     answer = client.get("/api/sql", params={"q": statement}).json()

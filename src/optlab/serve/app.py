@@ -23,7 +23,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Route
 
 from optlab.errors import OptlabError
-from optlab.serve import data
+from optlab.serve import data, tables
 from optlab.serve.pages import page
 
 COOKIE = "optlab_token"
@@ -101,9 +101,6 @@ def create_app(store: Path, token: str | None = None) -> Starlette:
         kind = "text/javascript" if name.endswith(".js") else "text/css"
         return Response(body, media_type=kind)
 
-    def match(request: Request) -> dict[str, str]:
-        return {k: v for k, v in request.query_params.items() if k not in ("token", "limit")}
-
     routes = [
         Route("/", show("studies")),
         Route("/study/{arg:path}", show("study")),
@@ -114,7 +111,12 @@ def create_app(store: Path, token: str | None = None) -> Starlette:
         Route("/api/studies", api("studies", lambda r: data.studies(store))),
         Route(
             "/api/studies/{name}/runs",
-            api("runs", lambda r: data.study_runs(store, r.path_params["name"], match(r))),
+            api(
+                "runs",
+                lambda r: tables.study_runs(
+                    store, r.path_params["name"], tables.runs_query(r.query_params.multi_items())
+                ),
+            ),
         ),
         Route(
             "/api/studies/{name}/charts",
@@ -135,6 +137,10 @@ def create_app(store: Path, token: str | None = None) -> Starlette:
         Route(
             "/api/runs/{run_id}/probes",
             api("probes", lambda r: data.run_probes(store, r.path_params["run_id"])),
+        ),
+        Route(
+            "/api/compare",
+            api("compare", lambda r: tables.compare(store, r.query_params.get("runs", ""))),
         ),
         Route("/api/sql", _sql_endpoint(store)),
     ]

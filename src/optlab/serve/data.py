@@ -26,7 +26,6 @@ from optlab.errors import OptlabError
 from optlab.locations import resolve, roots
 from optlab.store.core import STATES, reading
 from optlab.store.query import sql_rows
-from optlab.study import paths
 
 GRID_LIMIT = 5000  # runs drawn one cell each; a larger study's grid is counts per block
 SQL_ROWS = 1000  # rows of a statement sent to the page (the rest are counted)
@@ -58,14 +57,14 @@ class NotFound(OptlabError):
     """A study or run the store does not hold (any more)."""
 
 
-def _clean(value: Any) -> Any:
+def clean(value: Any) -> Any:
     """JSON-safe: NaN and infinities become null, other odd values their text."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
+        return {str(k): clean(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
+        return [clean(v) for v in value]
     if value is None or isinstance(value, bool | int | str):
         return value
     return str(value)
@@ -93,7 +92,7 @@ def studies(store: Path) -> list[dict[str, Any]]:
 
 
 def _study_row(s: StudyStatus, workers: list[dict[str, Any]]) -> dict[str, Any]:
-    return _clean(
+    return clean(
         {
             "name": s.study,
             "counts": {state: s.counts.get(state, 0) for state in STATES},
@@ -118,7 +117,7 @@ def study(store: Path, name: str) -> dict[str, Any]:
     """The study's status, blocks and axes, and its grid: a cell per run (state, epochs)
     up to :data:`GRID_LIMIT` runs, else the counts per block and state, said so."""
     (status,) = _status(store, name)
-    with _open_study(store, name) as (con, name, axes):
+    with open_named_study(store, name) as (con, name, axes):
         (description,) = con.execute(
             "select description from studies where study = ?", [name]
         ).fetchone()
@@ -126,7 +125,7 @@ def study(store: Path, name: str) -> dict[str, Any]:
         told = {u["run_id"]: u for u in status.unfinished}
         told.update((r, {"status": s, "epochs_done": n}) for r, (s, n) in status.ended.items())
         grid = (_grid_cells if total <= GRID_LIMIT else _grid_counts)(con, name, told)
-    return _clean(
+    return clean(
         {
             **_study_row(status, []),
             "description": description,
@@ -141,7 +140,7 @@ def study(store: Path, name: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def _open_study(store: Path, name: str) -> Iterator[tuple[Any, str, Any]]:
+def open_named_study(store: Path, name: str) -> Iterator[tuple[Any, str, Any]]:
     """:func:`open_study`, with a study the store does not hold as :class:`NotFound`."""
     with contextlib.ExitStack() as stack:
         try:
@@ -216,75 +215,6 @@ def _grid_counts(con: Any, name: str, told: dict[str, dict]) -> list[dict[str, A
     return [{"block": b, "status": st, "runs": counts[b, st]} for b, st in order]
 
 
-def study_runs(
-    store: Path, name: str, match: dict[str, str] | None = None, limit: int = 500
-) -> dict[str, Any]:
-    """The study's runs (a page of them), with their summary; ``match``: only those whose
-    axes have these values (as text: a heatmap cell's)."""
-    # Without a cell to match, only the page asked for is read (a study may be large).
-    cut = "" if match else f" limit {int(limit)}"
-    with _open_study(store, name) as (con, name, _):
-        rows = con.execute(
-            "select r.run_id, r.block, r.seed, r.status, r.axes, s.epochs_done, r.epochs, "
-            "s.best_test_acc, s.final_test_acc, s.final_train_loss, r.config "
-            "from runs r join run_summary s using (study, run_id) where r.study = ? "
-            f"order by r.position{cut}",
-            [name],
-        ).fetchall()
-        (total,) = con.execute("select count(*) from runs where study = ?", [name]).fetchone()
-    runs = []
-    for run_id, block, seed, status, axes, done, epochs, best, final, loss, config in rows:
-        values = json.loads(axes or "{}")
-        if match and not _matches(match, block, values, config):
-            continue
-        runs.append(
-            {
-                "run_id": run_id,
-                "block": block,
-                "seed": seed,
-                "status": status,
-                "axes": values,
-                "epoch": done,
-                "epochs": epochs,
-                "best_test_acc": best,
-                "final_test_acc": final,
-                "final_train_loss": loss,
-            }
-        )
-    return _clean({"study": name, "total": len(runs) if match else total, "runs": runs[:limit]})
-
-
-def _matches(match: dict[str, str], block: str, axes: dict[str, Any], config: str) -> bool:
-    """Whether a run is in a chart's cell: its block, and its value of each axis named (its
-    config's, for an axis its own block does not vary: a panel of other blocks names it)."""
-    flat = None
-    for key, given in match.items():
-        if key == "block":
-            value: Any = block
-        elif key in axes:
-            value = axes[key]
-        else:
-            flat = flat if flat is not None else paths.flatten(json.loads(config or "{}"))
-            value = flat.get(key)
-        if not _same(value, given):
-            return False
-    return True
-
-
-def _same(value: Any, given: str) -> bool:
-    """Whether a run's axis value is the one a link names (numbers as numbers: 1 is 1.0)."""
-    if isinstance(value, bool):
-        return given.lower() == str(value).lower()
-    if isinstance(value, int | float):
-        try:  # a chart prints 6 significant digits
-            return math.isclose(float(given), float(value), rel_tol=1e-5)
-        except ValueError:
-            return False
-    if isinstance(value, dict | list):
-        return given == json.dumps(value, sort_keys=True)
-    return given == str(value)
-
-
 def study_charts(store: Path, name: str) -> dict[str, Any]:
     """The default heatmap and curves as `optlab plot` draws them (Vega-Lite specs), with
     what each pools; a chart that cannot be drawn yet says why. The store is held for
@@ -292,7 +222,7 @@ def study_charts(store: Path, name: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for kind in ("heatmap", "curves"):
         chart = CHARTS[kind]
-        with _open_study(store, name) as (con, found, axes):
+        with open_named_study(store, name) as (con, found, axes):
             facts = ReportFacts(con, found, axes, probe_names(con, found), None)
             wanted = chart.report(facts)
             drawn = _draw(chart, facts, wanted[0][1]) if wanted else None
@@ -323,7 +253,7 @@ def _draw(chart: Any, facts: ReportFacts, options: dict[str, Any]) -> Any:
 def study_analyses(store: Path, name: str) -> list[dict[str, Any]]:
     """The analyses the report shows for the study, each as `optlab analyze --json` gives
     it, or the line that says why it cannot answer yet."""
-    with _open_study(store, name) as (con, name, axes):
+    with open_named_study(store, name) as (con, name, axes):
         names = analyses_for(study_facts(con, name, axes))
     found = []
     for analysis in names:
@@ -331,7 +261,7 @@ def study_analyses(store: Path, name: str) -> list[dict[str, Any]]:
             found.append(run_analysis(store, analysis, name, "best_test_acc").to_json())
         except OptlabError as e:
             found.append({"analysis": analysis, "error": str(e)})
-    return _clean(found)
+    return clean(found)
 
 
 # ---- a run ------------------------------------------------------------------------------
@@ -369,7 +299,7 @@ def run(store: Path, run_id: str) -> dict[str, Any]:
         ],
         probes=[{"probe": p, "keys": k, "values": n} for p, k, n in probes],
     )
-    return _clean(found)
+    return clean(found)
 
 
 def _tail(path: Path | None) -> list[str]:
@@ -392,7 +322,7 @@ def run_epochs(store: Path, run_id: str) -> list[dict[str, Any]]:
         rows = cur.fetchall()
         if not rows and not _has_run(con, run_id):
             raise NotFound(f"no run {run_id!r} in {store}")
-    return _clean([dict(zip(columns, r, strict=True)) for r in rows])
+    return clean([dict(zip(columns, r, strict=True)) for r in rows])
 
 
 def run_probes(store: Path, run_id: str) -> list[dict[str, Any]]:
@@ -404,7 +334,7 @@ def run_probes(store: Path, run_id: str) -> list[dict[str, Any]]:
         ).fetchall()
         if not rows and not _has_run(con, run_id):
             raise NotFound(f"no run {run_id!r} in {store}")
-    return _clean(
+    return clean(
         [{"probe": p, "key": k, "epoch": e, "step": s, "value": v} for p, k, e, s, v in rows]
     )
 
@@ -423,4 +353,4 @@ def sql(store: Path, statement: str) -> dict[str, Any]:
     A statement is stopped after :data:`SQL_SECONDS`: the page never holds the store from
     a running study's writer longer."""
     columns, rows, total = sql_rows(store, statement, keep=SQL_ROWS, seconds=SQL_SECONDS)
-    return _clean({"columns": columns, "rows": [list(r) for r in rows], "total": total})
+    return clean({"columns": columns, "rows": [list(r) for r in rows], "total": total})
