@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -516,6 +517,44 @@ def test_the_page_follows_a_running_study_without_a_reload(browser, tmp_path):
         proc.wait()
 
 
+ROWS = "document.querySelectorAll('#runs-list tr[data-run]')"
+
+
+def runs_table_scenario(browser, page, url: str) -> None:
+    """Sort the runs table by a column, keep one state, tick two runs and compare them;
+    the address holds it all, so the link opens the same view in another page."""
+    page.goto(url + "/study/two")
+    page.wait_for_selector("#runs-list tr[data-run]")
+    for _ in range(2):  # ascending, then descending
+        page.click("#runs-list th[data-sort=best_test_acc]")
+    page.wait_for_url("**sort=-best_test_acc*")
+    with urllib.request.urlopen(
+        url + "/api/studies/two/runs?sort=-best_test_acc&limit=1"
+    ) as answer:
+        top = json.loads(answer.read())["runs"][0]["run_id"]
+    page.wait_for_function(f"{ROWS}[0].dataset.run === '{top}'")
+    page.check("[data-state=diverged]")
+    page.wait_for_function(
+        f"{ROWS}.length === 6 && [...{ROWS}].every((r) => r.children[5].innerText === 'diverged')"
+    )
+    picks = page.locator("#runs-list [data-pick]")
+    picks.nth(0).check()
+    picks.nth(1).check()
+    page.click("#compare-runs")
+    page.wait_for_selector("#compare-curves svg")
+    assert page.locator("#compare table tr").count() == 3  # a header and a row a run
+    assert "seed" in page.inner_text("#compare table tr >> nth=0")  # one cell's seeds differ
+    shared = browser.new_page(viewport={"width": 1200, "height": 900})
+    shared.goto(page.url)
+    shared.wait_for_selector("#compare-curves svg")
+    shared.wait_for_function(f"{ROWS}.length === 6")
+    assert shared.is_checked("[data-state=diverged]")
+    assert "▼" in shared.inner_text("#runs-list th[data-sort=best_test_acc]")
+    assert shared.locator("#runs-list [data-pick]:checked").count() == 2
+    shot(shared, "runs-compare")
+    shared.close()
+
+
 @pytest.mark.slow  # a browser
 def test_the_pages_in_chromium(browser, store):
     with Served(store) as served:
@@ -532,6 +571,7 @@ def test_the_pages_in_chromium(browser, store):
         page.wait_for_url("**/study/two?*block=*")
         page.wait_for_function("document.querySelectorAll('#runs table tr').length === 4")
         assert page.inner_text("#runs h2").startswith("Runs where ")
+        runs_table_scenario(browser, page, served.url)
         page.goto(served.url + "/study/two")
         page.wait_for_selector("a.cell.s-diverged")
         run_id = diverged.first.get_attribute("data-run")

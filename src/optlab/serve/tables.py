@@ -58,10 +58,10 @@ class RunsQuery:
 def runs_query(params: list[tuple[str, str]]) -> RunsQuery:
     """The query parameters of ``/api/studies/NAME/runs``: ``sort``, ``state`` (repeatable
     or comma-separated), ``block``, ``min_COLUMN``/``max_COLUMN``, ``limit``, ``offset``;
-    any other (but ``token``) is an axis a chart cell matches."""
+    any other (but ``token`` and the page's ``compare``) is an axis a chart cell matches."""
     asked = RunsQuery()
     for key, value in params:
-        if key == "token":
+        if key in ("token", "compare"):  # the page's own: its token, the runs it compares
             continue
         if key == "sort":
             asked.sort = value
@@ -225,12 +225,13 @@ def compare(store: Path, ids: str) -> dict[str, Any]:
     if len(wanted) > MAX_COMPARED:
         raise BadRequest(f"runs: {len(wanted)} runs; compare at most {MAX_COMPARED}")
     with reading(store) as con:
-        found = dict(
-            con.execute(
-                "select run_id, config from run_state where run_id in (select unnest(?))",
+        found = {
+            run_id: (seed, config)
+            for run_id, seed, config in con.execute(
+                "select run_id, seed, config from run_state where run_id in (select unnest(?))",
                 [wanted],
             ).fetchall()
-        )
+        }
         missing = [i for i in wanted if i not in found]
         if missing:
             raise NotFound(f"no run {missing[0]!r} in {store}")
@@ -240,7 +241,9 @@ def compare(store: Path, ids: str) -> dict[str, Any]:
         )
         columns = [d[0] for d in cur.description]
         epochs = [dict(zip(columns, r, strict=True)) for r in cur.fetchall()]
-    flat = {i: paths.flatten(json.loads(found[i] or "{}")) for i in wanted}
+    flat = {
+        i: {"seed": found[i][0], **paths.flatten(json.loads(found[i][1] or "{}"))} for i in wanted
+    }
     keys = sorted({k for f in flat.values() for k in f})
     differ = [
         k for k in keys if len({json.dumps(f.get(k), sort_keys=True) for f in flat.values()}) > 1
