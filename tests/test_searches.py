@@ -129,3 +129,16 @@ def test_a_search_study_s_report_draws_scatter_and_parallel_not_a_sparse_heatmap
     text = html.read_text()
     assert "<h3>scatter" in text and "<h3>parallel" in text
     assert "<h3>heatmap" not in text
+
+
+def test_the_page_draws_a_search_with_scatter_and_parallel_not_a_sparse_heatmap(tuned):
+    from starlette.testclient import TestClient
+
+    from optlab.serve.app import create_app
+
+    client = TestClient(create_app(tuned), base_url="http://127.0.0.1:8765")
+    charts = client.get("/api/studies/tuned/charts").json()
+    assert list(charts) == ["heatmap", "scatter", "parallel", "curves"]
+    assert "spec" not in charts["heatmap"] and charts["heatmap"]["note"]
+    for kind in ("scatter", "parallel"):
+        assert charts[kind]["rows"] == 16 and charts[kind]["spec"]

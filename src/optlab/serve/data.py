@@ -28,6 +28,7 @@ from optlab.store.core import STATES, reading
 from optlab.store.query import sql_rows
 
 GRID_LIMIT = 5000  # runs drawn one cell each; a larger study's grid is counts per block
+SEARCH_CHARTS = ("scatter", "parallel")  # drawn for a study that searches
 SQL_ROWS = 1000  # rows of a statement sent to the page (the rest are counted)
 SQL_SECONDS = 5.0  # a statement from the page is stopped after this long
 LOG_LINES = 60
@@ -216,16 +217,19 @@ def _grid_counts(con: Any, name: str, told: dict[str, dict]) -> list[dict[str, A
 
 
 def study_charts(store: Path, name: str) -> dict[str, Any]:
-    """The default heatmap and curves as `optlab plot` draws them (Vega-Lite specs), with
-    what each pools; a chart that cannot be drawn yet says why. The store is held for
-    each chart's queries alone; the spec is written out after."""
+    """The default heatmap and curves, and a search's scatter and parallel coordinates, as
+    `optlab plot` draws them (Vega-Lite specs), with what each pools; a chart that cannot
+    be drawn yet says why. The store is held for each chart's queries alone; the spec is
+    written out after."""
     out: dict[str, Any] = {}
-    for kind in ("heatmap", "curves"):
+    for kind in ("heatmap", "scatter", "parallel", "curves"):
         chart = CHARTS[kind]
         with open_named_study(store, name) as (con, found, axes):
             facts = ReportFacts(con, found, axes, probe_names(con, found), None)
             wanted = chart.report(facts)
             drawn = _draw(chart, facts, wanted[0][1]) if wanted else None
+        if drawn is None and kind in SEARCH_CHARTS:
+            continue  # a study without a search: these charts have nothing to draw
         if drawn is None:
             out[kind] = {"note": f"no {kind}: the study varies {len(axes)} axis(es)"}
         elif isinstance(drawn, str):

@@ -195,9 +195,14 @@ function studyPage() {
     "<p id='status'></p>";
   const grid = section("grid", "Runs");
   const charts = section("charts", "Charts");
-  charts.innerHTML = "<h3>heatmap</h3><p class='warn' id='heatmap-note'></p>" +
-    "<div id='heatmap' class='chart'></div><h3>curves</h3>" +
-    "<p class='warn' id='curves-note'></p><div id='curves' class='chart'></div>";
+  const chartBox = (kind) => {
+    // A chart's heading, note and box, made when the API first gives it (a search's
+    // scatter and parallel come only for a study that searches).
+    if (!document.getElementById(kind)) {
+      charts.insertAdjacentHTML("beforeend", `<h3>${kind}</h3><p class='warn' ` +
+        `id='${kind}-note'></p><div id='${kind}' class='chart'></div>`);
+    }
+  };
   const cell = [...asked.keys()].filter((k) => !VIEW_KEYS.has(k) && !/^(min|max)_/.test(k));
   const runs = section("runs", cell.length ? `Runs where ${cell.map((k) =>
     `${k}=${asked.get(k)}`).join("&")}` : "Runs");
@@ -212,7 +217,8 @@ function studyPage() {
   });
   poll(`${base}/charts`, 3000, (c) => {
     if (c.failed) return;
-    for (const kind of ["heatmap", "curves"]) {
+    for (const kind of Object.keys(c)) {
+      chartBox(kind);
       const fig = c[kind] || {};
       const note = document.getElementById(`${kind}-note`);
       note.textContent = fig.note || (fig.pooled && fig.pooled.length
