@@ -139,6 +139,8 @@ def test_the_page_draws_a_search_with_scatter_and_parallel_not_a_sparse_heatmap(
     client = TestClient(create_app(tuned), base_url="http://127.0.0.1:8765")
     charts = client.get("/api/studies/tuned/charts").json()
     assert list(charts) == ["heatmap", "scatter", "parallel", "curves"]
-    assert "spec" not in charts["heatmap"] and charts["heatmap"]["note"]
+    assert charts["heatmap"] == {
+        "note": "no heatmap: a search's points are drawn by scatter and parallel"
+    }
     for kind in ("scatter", "parallel"):
         assert charts[kind]["rows"] == 16 and charts[kind]["spec"]

@@ -230,7 +230,9 @@ def study_charts(store: Path, name: str) -> dict[str, Any]:
             drawn = _draw(chart, facts, wanted[0][1]) if wanted else None
         if drawn is None and kind in SEARCH_CHARTS:
             continue  # a study without a search: these charts have nothing to draw
-        if drawn is None:
+        if drawn is None and getattr(axes, "searched", None):
+            out[kind] = {"note": f"no {kind}: a search's points are drawn by scatter and parallel"}
+        elif drawn is None:
             out[kind] = {"note": f"no {kind}: the study varies {len(axes)} axis(es)"}
         elif isinstance(drawn, str):
             out[kind] = {"note": drawn}
