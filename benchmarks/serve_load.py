@@ -100,6 +100,13 @@ def pages(args: argparse.Namespace) -> None:
             ("study page", "/study/big"),
             ("  /api/studies/big", "/api/studies/big"),
             ("  /api/studies/big/runs", "/api/studies/big/runs"),
+            ("  runs sorted by best_test_acc", "/api/studies/big/runs?sort=-best_test_acc"),
+            ("  runs sorted by a config column", "/api/studies/big/runs?sort=optimizer.lr"),
+            (
+                "  runs done, best_test_acc >= 0.5, page 3",
+                "/api/studies/big/runs?state=done&min_best_test_acc=0.5&offset=1000",
+            ),
+            ("  runs of one block and state", "/api/studies/big/runs?state=pending&block=grid"),
             ("  /api/studies/big/charts", "/api/studies/big/charts"),
             ("  /api/studies/big/analyses", "/api/studies/big/analyses"),
         ]
@@ -108,7 +115,7 @@ def pages(args: argparse.Namespace) -> None:
         for label, url in requests:
             times, size = [], 0
             for _ in range(args.repeat):
-                client = TestClient(create_app(store))
+                client = TestClient(create_app(store), base_url="http://127.0.0.1:8765")
                 started = time.perf_counter()
                 answer = client.get(url)
                 times.append(time.perf_counter() - started)

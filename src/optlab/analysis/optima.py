@@ -22,7 +22,7 @@ from optlab.analysis.core import (
     optimum,
     usable,
 )
-from optlab.analysis.results import Axes, validation_counterpart
+from optlab.analysis.results import Axes, parse_metric, validation_counterpart
 from optlab.errors import OptlabError
 
 
@@ -35,13 +35,25 @@ def read_selecting(con: Any, result: Result, asked: Asked) -> list[Run]:
     runs = load(con, result.study, result.metric)
     counterpart = validation_counterpart(result.metric)
     asked.found["selection"] = None
-    if counterpart is not None:
+    if counterpart is not None and _has_values(con, result.study, counterpart):
         validated = load(con, result.study, counterpart)
         if any(r.value is not None for r in validated):
             asked.found["selection"] = counterpart
             asked.found["test"] = {r.run_id: r.value for r in runs}
             return validated
     return runs
+
+
+def _has_values(con: Any, study: str, metric: str) -> bool:
+    """Whether any epoch of the study has the metric's column (a validation split): one
+    cheap look before every run is read again for it."""
+    column = parse_metric(metric)[1]
+    (found,) = con.execute(
+        f"select exists (select 1 from epochs e join memberships m using (run_id) "
+        f"where m.study = ? and e.{column} is not null)",
+        [study],
+    ).fetchone()
+    return bool(found)
 
 
 def selection_rule(result: Result, asked: Asked, chosen: str) -> str:

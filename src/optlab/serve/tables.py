@@ -147,10 +147,10 @@ def study_runs(store: Path, name: str, asked: RunsQuery | None = None) -> dict[s
             f"where {condition} order by {order}{page}",
             args,
         ).fetchall()
+        # Counted without the summary (every run's epochs) unless a bound reads it.
+        joined = " join run_summary s using (study, run_id)" if "s." in condition else ""
         (total,) = con.execute(
-            "select count(*) from runs r join run_summary s using (study, run_id) "
-            f"where {condition}",
-            args,
+            f"select count(*) from runs r{joined} where {condition}", args
         ).fetchone()
     runs = []
     for run_id, block, seed, status, axes, done, epochs, best, final, loss, config in rows:
