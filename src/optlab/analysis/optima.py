@@ -4,6 +4,7 @@ by their best cell, with the significance of each gap)."""
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ from optlab.analysis.core import (
     optimum,
     usable,
 )
-from optlab.analysis.results import Axes, parse_metric, validation_counterpart
+from optlab.analysis.results import Axes, parse_metric, reduce_sql, validation_counterpart
 from optlab.errors import OptlabError
 
 
@@ -35,25 +36,26 @@ def read_selecting(con: Any, result: Result, asked: Asked) -> list[Run]:
     runs = load(con, result.study, result.metric)
     counterpart = validation_counterpart(result.metric)
     asked.found["selection"] = None
-    if counterpart is not None and _has_values(con, result.study, counterpart):
-        validated = load(con, result.study, counterpart)
-        if any(r.value is not None for r in validated):
+    if counterpart is not None:
+        values = _values(con, result.study, counterpart)
+        if any(v is not None for v in values.values()):
             asked.found["selection"] = counterpart
             asked.found["test"] = {r.run_id: r.value for r in runs}
-            return validated
+            return [replace(r, value=values.get(r.run_id)) for r in runs]
     return runs
 
 
-def _has_values(con: Any, study: str, metric: str) -> bool:
-    """Whether any epoch of the study has the metric's column (a validation split): one
-    cheap look before every run is read again for it."""
-    column = parse_metric(metric)[1]
-    (found,) = con.execute(
-        f"select exists (select 1 from epochs e join memberships m using (run_id) "
-        f"where m.study = ? and e.{column} is not null)",
+def _values(con: Any, study: str, metric: str) -> dict[str, float | None]:
+    """Each run's reduced ``metric`` alone (its config is read once, by :func:`load`)."""
+    rows = con.execute(
+        f"select r.run_id, {reduce_sql(*parse_metric(metric))} from runs r "
+        "left join epochs e using (run_id) where r.study = ? group by r.run_id",
         [study],
-    ).fetchone()
-    return bool(found)
+    ).fetchall()
+    return {
+        run_id: None if value is None or not math.isfinite(value) else float(value)
+        for run_id, value in rows
+    }
 
 
 def selection_rule(result: Result, asked: Asked, chosen: str) -> str:
