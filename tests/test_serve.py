@@ -510,7 +510,7 @@ def test_the_page_follows_a_running_study_without_a_reload(browser, tmp_path):
             shot(page, "study")
             for name, values in seen.items():  # grew while the page stayed open
                 assert len(values) >= 2 and values == sorted(values), (name, values)
-            assert page.locator("#curves svg").count() == 1  # drawn, not only counted
+            assert page.locator("#curves svg.marks").count() == 1  # drawn, not only counted
             assert page.errors == [] and page.evaluate("window.optlabErrors") == []
     finally:
         proc.kill()
@@ -564,6 +564,11 @@ def test_the_pages_in_chromium(browser, store):
         assert diverged.count() == 6
         assert "diverged" in diverged.first.get_attribute("title")
         page.wait_for_selector("#heatmap svg")
+        # Each chart shows its SQL (what `optlab plot` writes beside its image) and a menu
+        # that saves it as PNG or SVG.
+        assert "from per_run" in page.text_content("#heatmap-sql pre")
+        assert page.locator("#heatmap .vega-actions a[download$='.svg']").count() == 1
+        assert page.locator("#heatmap .vega-actions a[download$='.png']").count() == 1
         page.wait_for_selector("#analyses h3")
         shot(page, "study-two")
         # A heatmap cell (its label, over it, as a user clicks) lists that cell's runs.

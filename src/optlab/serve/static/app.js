@@ -101,9 +101,22 @@ async function embed(id, spec, onClick) {
   const el = document.getElementById(id);
   if (!el || drawn[id] === text) return;
   drawn[id] = text;
-  const result = await vegaEmbed(el, spec, { renderer: "svg", actions: false });
+  // Each chart's menu saves it as PNG or SVG (no editor: nothing leaves the machine).
+  const actions = { export: true, source: false, compiled: false, editor: false };
+  const result = await vegaEmbed(el, spec, { renderer: "svg", actions });
   el.dataset.rendered = "yes";
   if (onClick) result.view.addEventListener("click", (event, item) => onClick(item));
+}
+
+function showSQL(kind, sql) {
+  // The chart's SQL under it, as `optlab plot` writes it beside its image.
+  let box = document.getElementById(`${kind}-sql`);
+  if (!box) {
+    document.getElementById(kind).insertAdjacentHTML("afterend",
+      `<details id="${kind}-sql"><summary>SQL</summary><pre></pre></details>`);
+    box = document.getElementById(`${kind}-sql`);
+  }
+  box.querySelector("pre").textContent = sql || "";
 }
 
 function lineSpec(rows, x, ys, title) {
@@ -226,6 +239,7 @@ function studyPage() {
       const el = document.getElementById(kind);
       if (!fig.spec) continue;
       el.dataset.rows = fig.rows;
+      showSQL(kind, fig.sql);
       const click = kind === "heatmap" ? (item) => {
         const match = cellMatch(item, { x: axes[0], y: axes[1] });
         if (match) location.href = `/study/${encodeURIComponent(name)}?${match}`;
