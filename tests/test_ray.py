@@ -154,10 +154,19 @@ def test_a_node_lost_mid_study_loses_nothing_and_leaves_nothing_running(
                 return run_id
         return None
 
-    victim = wait_for(checkpointed_on_second, timeout=120, every=0.05)
-    # While it runs, status names the executor and both nodes.
+    def started_on_second() -> bool:
+        return any(
+            e["type"] == "started" and e["provenance"]["worker"].endswith(suffix)
+            for events in journals(tmp_path).values()
+            for e in events
+        )
+
+    wait_for(started_on_second, timeout=120, every=0.05)
+    # While it runs, status names the executor and both nodes (asked before the victim is
+    # chosen, so that the victim's epochs left are not spent waiting on it).
     status = optlab("status", cwd=tmp_path).stdout
     assert "(ray: " in status and suffix in status
+    victim = wait_for(checkpointed_on_second, timeout=120, every=0.05)
     raylet = second.all_processes["raylet"][0].process.pid
     ours = optlab_processes_below(raylet)
     assert len(ours) >= 2  # the slot's actor and its optlab worker

@@ -44,7 +44,7 @@ COLUMNS = (
 )
 
 
-EPOCHS = 4  # each of the two runs: enough for kills between checkpoints and epochs
+EPOCHS = 5  # each of the two runs: enough for kills between checkpoints and epochs
 
 
 def study(folder: Path, width: int = 512, epochs: int = EPOCHS) -> Path:
