@@ -138,7 +138,7 @@ def test_the_page_draws_a_search_with_scatter_and_parallel_not_a_sparse_heatmap(
 
     client = TestClient(create_app(tuned), base_url="http://127.0.0.1:8765")
     charts = client.get("/api/studies/tuned/charts").json()
-    assert list(charts) == ["heatmap", "scatter", "parallel", "curves"]
+    assert list(charts) == ["heatmap", "scatter", "parallel", "curves", "budget"]
     assert charts["heatmap"] == {
         "note": "no heatmap: a search's points are drawn by scatter and parallel"
     }

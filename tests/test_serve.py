@@ -22,6 +22,7 @@ from optlab.serve.app import create_app
 from optlab.store import core as st
 from tests.conftest import ROOT, optlab
 from tests.synth import make_store
+from tests.test_analyze import SPACES
 from tests.test_charts import STUDY, acc
 
 LOCAL = "http://127.0.0.1:8765"  # what a browser on this machine sends as the Host
@@ -225,6 +226,57 @@ def test_compare_gives_runs_curves_and_only_the_settings_that_differ(client):
     ]:
         refused = client.get("/api/compare", params={"runs": runs})
         assert refused.status_code == status and refused.json()["error"].startswith(said)
+
+
+def tuned_store(folder: Path) -> Path:
+    """Two optimizers tuned by a search on validation, each confirmed by a final block:
+    what a tuned study's bench shows (scatter, parallel, budget, compare, a profile)."""
+    return make_store(
+        folder,
+        SPACES.replace("ADAMW_LR", "5e-4, 0.1"),
+        lambda c, s: 0.5 + 2 * c["optimizer"]["lr"] + 0.01 * s,
+        validation=lambda c, s: 0.45 + 2 * c["optimizer"]["lr"] + 0.01 * s,
+    )
+
+
+def test_the_bench_s_filters_budget_and_profile_answer_as_the_cli_does(tmp_path, cli):
+    client = TestClient(create_app(tuned_store(tmp_path)), base_url=LOCAL)
+    axes = client.get("/api/studies/spaces/axes").json()
+    assert axes["blocks"] == ["adamw", "adamw/final", "sgdm", "sgdm/final"]
+    lrs = next(a for a in axes["axes"] if a["axis"] == "optimizer.lr")["values"]
+    assert lrs == sorted(lrs) and len(lrs) == 4 and all(isinstance(v, float) for v in lrs)
+
+    def runs(*params):
+        answer = client.get("/api/studies/spaces/runs", params=[*params, ("limit", "1000")])
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    # A value of an axis (a range of one value, as the page asks), two values of it (what a
+    # brush over a label axis asks), and a range.
+    one = runs(("min_optimizer.lr", repr(lrs[1])), ("max_optimizer.lr", repr(lrs[1])))
+    assert one["total"] == 4 and {r["axes"]["optimizer.lr"] for r in one["runs"]} == {lrs[1]}
+    either = runs(("block", "adamw"), ("optimizer.lr", str(lrs[0])), ("optimizer.lr", str(lrs[2])))
+    assert {r["axes"]["optimizer.lr"] for r in either["runs"]} == {lrs[0], lrs[2]}
+    assert either["total"] == 4
+    upper = runs(("min_optimizer.lr", str(lrs[2])))
+    assert upper["total"] == 8 and all(r["axes"]["optimizer.lr"] >= lrs[2] for r in upper["runs"])
+
+    charts = client.get("/api/studies/spaces/charts").json()
+    assert charts["budget"]["spec"] and "expected" in json.dumps(charts["budget"]["spec"])
+    analyses = {a["analysis"]: a for a in client.get("/api/studies/spaces/analyses").json()}
+    assert analyses["compare"]["tables"]["compare"]  # the final runs' table
+    assert client.get("/api/studies/spaces/facts").json() == {"study": "spaces", "profile": True}
+
+    refused = client.get("/api/studies/spaces/profile")
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "target: give COLUMN=VALUE to reach, such as val_acc=0.9"
+    answer = client.get("/api/studies/spaces/profile", params={"target": "val_acc=0.5"})
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    said = cli("analyze", "profile", "--target", "val_acc=0.5", "--json")
+    assert said.exit_code == 0, said.stderr
+    assert body["analysis"] == json.loads(said.stdout)  # as the CLI gives it
+    assert body["chart"]["spec"] and "performance profiles" in json.dumps(body["chart"]["spec"])
 
 
 def test_the_sql_box_reads_exactly_as_optlab_query_does(client, cli):
@@ -631,6 +683,99 @@ def test_the_pages_in_chromium(browser, store):
         assert "needs its token" in page.inner_text("body")
         page = open_page(browser, served.url + "/?token=s3cret")
         page.wait_for_selector("#studies p")
+
+
+def drag_over_the_first_axis(page, high: float, low: float) -> dict:
+    """Drag a brush over the parallel coordinates' first axis, from ``high`` down to ``low``
+    (places on it, 0 to 1), as a user's mouse does; the brush the chart then holds."""
+    page.locator("#parallel").scroll_into_view_if_needed()
+    at = page.evaluate(
+        """([high, low]) => {
+          const v = window.optlabViews.parallel, pad = v.padding();
+          const box = document.querySelector("#parallel svg.marks").getBoundingClientRect();
+          const [ox, oy] = v.origin();
+          const left = box.left + ox + pad.left, top = box.top + oy + pad.top;
+          return {x: left + v.scale("x")(0), from: top + v.scale("y")(high),
+                  to: top + v.scale("y")(low)};
+        }""",
+        [high, low],
+    )
+    page.mouse.move(at["x"] - 12, at["from"])
+    page.mouse.down()
+    page.mouse.move(at["x"] + 12, at["to"], steps=6)
+    page.mouse.up()
+    page.wait_for_url("**min_optimizer.lr=*")
+    return page.evaluate("window.optlabViews.parallel.signal('brush')")
+
+
+@pytest.mark.slow  # a browser
+def test_a_tuned_study_s_bench_in_chromium(browser, tmp_path):
+    """Brush the parallel coordinates and the runs table keeps the runs brushed; filter by
+    block and by a metric; type a profile's target; the link reopens all of it."""
+    from optlab.charts.searches import _position
+
+    store = tuned_store(tmp_path)
+    with Served(store) as served:
+        page = open_page(browser, served.url + "/study/spaces")
+        page.wait_for_selector("#parallel svg.marks")
+        page.wait_for_selector("#budget svg.marks")
+        page.wait_for_function("document.querySelector('#analyses').innerText.includes('compare')")
+        brush = drag_over_the_first_axis(page, high=0.97, low=0.3)
+        # The configurations whose lines cross the lr axis inside the brush, reckoned here.
+        with st.reading(store) as con:
+            lrs = [
+                lr
+                for (lr,) in con.execute(
+                    "select distinct optimizer_lr from runs where block in ('adamw', 'sgdm')"
+                ).fetchall()
+            ]
+        places = _position(lrs)
+        low, high = sorted(brush["place"])
+        inside = sorted(v for v, p in places.items() if low <= p <= high)
+        assert inside and len(inside) < len(lrs)
+        with st.reading(store) as con:
+            (expected,) = con.execute(
+                "select count(*) from runs where optimizer_lr between ? and ?",
+                [inside[0], inside[-1]],
+            ).fetchone()
+        page.wait_for_function(
+            f"(document.getElementById('runs-count') || {{}}).innerText === "
+            f"'1-{expected} of {expected} runs previous next'"
+        )
+        assert "optimizer.lr ≥" in page.inner_text("#runs-chips")
+        shown = page.evaluate(f"[...{ROWS}].map((r) => r.dataset.run)")
+        with st.reading(store) as con:  # a final block's runs too, where their lr is inside
+            kept = con.execute(
+                "select optimizer_lr from runs where run_id in (select unnest(?))", [shown]
+            ).fetchall()
+        assert len(kept) == expected and all(inside[0] <= lr <= inside[-1] for (lr,) in kept)
+        # A block and a metric floor, through the filter controls.
+        page.select_option("#filter-block", "sgdm")
+        page.select_option("#filter-column", "best_test_acc")
+        page.fill("#filter-min", "0.5")
+        page.click("#filter-add")
+        page.wait_for_url("**min_best_test_acc=0.5*")
+        page.wait_for_function(
+            f"[...{ROWS}].every((r) => r.children[2].innerText === 'sgdm') && {ROWS}.length > 0"
+        )
+        # A profile to a target typed in, as `optlab analyze profile --target` answers.
+        page.fill("#profile-target", "val_acc=0.5")
+        page.click("#profile-go")
+        page.wait_for_selector("#profile svg.marks")
+        assert "steps to reach val_acc >= 0.5" in page.inner_text("#profile-answer")
+        assert page.errors == [] and page.evaluate("window.optlabErrors") == []
+        # The link: the same filters, table and profile in another page.
+        shared = open_page(browser, page.url)
+        shared.wait_for_selector("#profile svg.marks")
+        shared.wait_for_function(f"{ROWS}.length > 0")
+        assert shared.inner_text("#runs-chips") == page.inner_text("#runs-chips")
+        assert shared.inner_text("#runs-count") == page.inner_text("#runs-count")
+        assert shared.input_value("#filter-block") == "sgdm"
+        shot(shared, "bench-tuned")
+        # A filter removed: its chip's cross.
+        shared.locator("#runs-chips .chip", has_text="best_test_acc").locator(".drop").click()
+        shared.wait_for_function("!location.search.includes('min_best_test_acc')")
+        assert shared.errors == []
 
 
 @pytest.mark.slow  # a real server process

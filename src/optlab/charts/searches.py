@@ -12,6 +12,7 @@ Final blocks (``NAME/final``) confirm a selected point and are no search points:
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -209,6 +210,10 @@ def _position(values: list[Any]) -> dict[Any, float]:
     return {v: (v - lo) / (hi - lo) for v in numbers}
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def _ticks(places: dict[Any, float]) -> list[tuple[float, str]]:
     """Where a dimension's axis is labelled: every value of a choice (up to 8), else its
     ends (and 0)."""
@@ -236,22 +241,40 @@ def parallel_figure(
         for i, dim in enumerate(dims):
             if r[f"d{i}"] is None:
                 continue
+            value = r[f"d{i}"]
             lines.append(
                 {
                     "point": n,
                     "block": r["block"],
                     "panel": r["panel"],
                     "dimension": dim,
-                    "place": places[i][r[f"d{i}"]],
-                    "value": str(r[f"d{i}"]),
+                    "axis": i,
+                    "place": places[i][value],
+                    "value": str(value),
+                    # the value itself where it is a number: what a brush on the page filters
+                    "number": value if _is_number(value) else None,
                     "metric": r["m0"],
                     "end": r["end"],
                 }
             )
-    for i, dim in enumerate(dims):
-        ticks += [{"dimension": dim, "place": p, "label": t} for p, t in _ticks(places[i])]
-    order = list(dims)
-    x = alt.X("dimension:N", sort=order, title=None, axis=alt.Axis(labelAngle=0, labelLimit=0))
+    for i in range(len(dims)):
+        ticks += [{"axis": i, "place": p, "label": t} for p, t in _ticks(places[i])]
+    # Each dimension's axis at a whole x (a continuous x: a brush may span and select it).
+    names = ", ".join(json.dumps(d) for d in dims)
+    x = alt.X(
+        "axis:Q",
+        title=None,
+        scale=alt.Scale(domain=[-0.25, len(dims) - 0.75]),
+        axis=alt.Axis(
+            values=list(range(len(dims))),
+            labelExpr=f"[{names}][datum.value]",
+            labelAngle=0,
+            labelLimit=0,
+            grid=False,
+            ticks=False,
+            domain=False,
+        ),
+    )
     y = alt.Y("place:Q", axis=None, scale=alt.Scale(domain=[0, 1]))
     drawn = (
         alt.Chart(alt.Data(values=jsonable(lines)))
@@ -268,7 +291,7 @@ def parallel_figure(
         )
     )
     axis_rules = (
-        alt.Chart(alt.Data(values=[{"dimension": d} for d in dims]))
+        alt.Chart(alt.Data(values=[{"axis": i} for i in range(len(dims))]))
         .mark_rule(color="#888")
         .encode(x=x)
     )

@@ -27,7 +27,8 @@ from optlab.serve import data, tables
 from optlab.serve.pages import page
 
 COOKIE = "optlab_token"
-FRESH = {"charts": 3.0, "analyses": 10.0}  # seconds an answer is reused; others 1 s
+# Seconds an answer is reused (others 1 s): what is slow to make or changes little.
+FRESH = {"charts": 3.0, "analyses": 10.0, "profile": 10.0, "axes": 10.0, "facts": 10.0}
 
 
 class Answers:
@@ -95,7 +96,7 @@ def create_app(store: Path, token: str | None = None) -> Starlette:
             if "bundle" not in vega:
                 vega["bundle"] = _vega_bundle()
             return Response(vega["bundle"], media_type="text/javascript")
-        if name not in ("app.js", "style.css"):
+        if name not in ("app.js", "bench.js", "style.css"):
             return PlainTextResponse("no such file", status_code=404)
         body = resources.files("optlab.serve").joinpath("static", name).read_bytes()
         kind = "text/javascript" if name.endswith(".js") else "text/css"
@@ -108,6 +109,19 @@ def create_app(store: Path, token: str | None = None) -> Starlette:
         Route("/sql", show("sql")),
         Route("/static/{name}", static),
         Route("/favicon.ico", lambda request: Response(status_code=204)),
+        *_api_routes(store, api),
+        Route("/api/sql", _sql_endpoint(store)),
+    ]
+    app = Starlette(routes=routes)
+    if token is not None:
+        app.add_middleware(_TokenCheck, token=token)
+    app.add_middleware(_SameOrigin, loopback_only=token is None)
+    return app
+
+
+def _api_routes(store: Path, api: Callable[..., Any]) -> list[Route]:
+    """The JSON API's paths but SQL's, each read through ``api`` (answers kept a moment)."""
+    return [
         Route("/api/studies", api("studies", lambda r: data.studies(store))),
         Route(
             "/api/studies/{name}/runs",
@@ -121,6 +135,27 @@ def create_app(store: Path, token: str | None = None) -> Starlette:
         Route(
             "/api/studies/{name}/charts",
             api("charts", lambda r: data.study_charts(store, r.path_params["name"])),
+        ),
+        Route(
+            "/api/studies/{name}/axes",
+            api("axes", lambda r: tables.axis_values(store, r.path_params["name"])),
+        ),
+        Route(
+            "/api/studies/{name}/facts",
+            api("facts", lambda r: data.study_facts_for_page(store, r.path_params["name"])),
+        ),
+        Route(
+            "/api/studies/{name}/profile",
+            api(
+                "profile",
+                lambda r: data.study_profile(
+                    store,
+                    r.path_params["name"],
+                    r.query_params.get("target", ""),
+                    r.query_params.get("time", "steps"),
+                    r.query_params.get("order", "median-then-best"),
+                ),
+            ),
         ),
         Route(
             "/api/studies/{name}/analyses",
@@ -142,13 +177,7 @@ def create_app(store: Path, token: str | None = None) -> Starlette:
             "/api/compare",
             api("compare", lambda r: tables.compare(store, r.query_params.get("runs", ""))),
         ),
-        Route("/api/sql", _sql_endpoint(store)),
     ]
-    app = Starlette(routes=routes)
-    if token is not None:
-        app.add_middleware(_TokenCheck, token=token)
-    app.add_middleware(_SameOrigin, loopback_only=token is None)
-    return app
 
 
 def _sql_endpoint(store: Path) -> Callable[[Request], Response]:

@@ -29,6 +29,9 @@ from optlab.store.query import sql_rows
 
 GRID_LIMIT = 5000  # runs drawn one cell each; a larger study's grid is counts per block
 SEARCH_CHARTS = ("scatter", "parallel")  # drawn for a study that searches
+# Drawn only where the study has them: a search's charts, and the budget curves of
+# optimizers tuned side by side on validation (where the report shows `analyze budget`).
+OPTIONAL_CHARTS = (*SEARCH_CHARTS, "budget")
 SQL_ROWS = 1000  # rows of a statement sent to the page (the rest are counted)
 SQL_SECONDS = 5.0  # a statement from the page is stopped after this long
 LOG_LINES = 60
@@ -222,14 +225,14 @@ def study_charts(store: Path, name: str) -> dict[str, Any]:
     be drawn yet says why. The store is held for each chart's queries alone; the spec is
     written out after."""
     out: dict[str, Any] = {}
-    for kind in ("heatmap", "scatter", "parallel", "curves"):
+    for kind in ("heatmap", "scatter", "parallel", "curves", "budget"):
         chart = CHARTS[kind]
         with open_named_study(store, name) as (con, found, axes):
             facts = ReportFacts(con, found, axes, probe_names(con, found), None)
             wanted = chart.report(facts)
             drawn = _draw(chart, facts, wanted[0][1]) if wanted else None
-        if drawn is None and kind in SEARCH_CHARTS:
-            continue  # a study without a search: these charts have nothing to draw
+        if drawn is None and kind in OPTIONAL_CHARTS:
+            continue  # the study has nothing these charts draw
         if drawn is None and getattr(axes, "searched", None):
             out[kind] = {"note": f"no {kind}: a search's points are drawn by scatter and parallel"}
         elif drawn is None:
@@ -237,15 +240,45 @@ def study_charts(store: Path, name: str) -> dict[str, Any]:
         elif isinstance(drawn, str):
             out[kind] = {"note": drawn}
         else:
-            lay = drawn.lay
-            out[kind] = {
-                "spec": drawn.chart.to_dict(validate=False),  # as drawn by the chart's code
-                "rows": drawn.rows,
-                "pooled": list(lay.pooled) if lay is not None else [],
-                "panels": len(lay.panels) if lay is not None else 1,
-                "sql": drawn.sql,
-            }
+            out[kind] = _figure(drawn)
     return out
+
+
+def _figure(drawn: Any) -> dict[str, Any]:
+    """A drawn chart as the page embeds it: its spec, rows, what it pools and its SQL."""
+    lay = drawn.lay
+    return {
+        "spec": drawn.chart.to_dict(validate=False),  # as drawn by the chart's code
+        "rows": drawn.rows,
+        "pooled": list(lay.pooled) if lay is not None else [],
+        "panels": len(lay.panels) if lay is not None else 1,
+        "sql": drawn.sql,
+    }
+
+
+def study_facts_for_page(store: Path, name: str) -> dict[str, Any]:
+    """What the page offers beyond the report: a profile (times to a target the user
+    types) where the study compares optimizers."""
+    with open_named_study(store, name) as (con, name, axes):
+        facts = study_facts(con, name, axes)
+    return {"study": name, "profile": facts.optimizers > 1}
+
+
+def study_profile(
+    store: Path, name: str, target: str, time: str = "steps", order: str = "median-then-best"
+) -> dict[str, Any]:
+    """`optlab analyze profile --target` and `optlab plot profile` of the study: each
+    optimizer's time to ``target`` per workload, and the performance profiles."""
+    if not target:
+        raise OptlabError("target: give COLUMN=VALUE to reach, such as val_acc=0.9")
+    result = run_analysis(
+        store, "profile", name, "best_test_acc", target=target, time=time, order=order
+    )
+    with open_named_study(store, name) as (con, found, axes):
+        facts = ReportFacts(con, found, axes, [], None)
+        drawn = _draw(CHARTS["profile"], facts, {"target": target, "time": time, "order": order})
+    chart = {"note": drawn} if isinstance(drawn, str) else _figure(drawn)
+    return clean({"analysis": result.to_json(), "chart": chart})
 
 
 def _draw(chart: Any, facts: ReportFacts, options: dict[str, Any]) -> Any:

@@ -1,5 +1,5 @@
 """The pages' HTML: one shell, its content drawn and kept up to date by ``static/app.js``
-from the JSON API (no reload)."""
+(and a study's bench by ``static/bench.js``) from the JSON API (no reload)."""
 
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ window.addEventListener("unhandledrejection", (e) => window.optlabErrors.push(St
 <span id="conn" class="conn"></span></nav>
 <main id="main"><p class="muted">loading...</p></main>
 <script>window.optlab = {config};</script>
+<script src="/static/bench.js"></script>
 <script src="/static/app.js"></script>
 </body>
 </html>

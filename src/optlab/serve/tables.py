@@ -34,6 +34,9 @@ SUMMARY = {
     "seconds": "s.train_seconds",
 }
 MAX_PAGE = 5000  # runs one answer lists at most
+# The page's own parameters, kept in its address beside the runs table's: its token, the
+# runs it compares, and the profile's target, time and order.
+PAGE_KEYS = ("token", "compare", "target", "time", "order")
 
 
 class BadRequest(OptlabError):
@@ -43,14 +46,15 @@ class BadRequest(OptlabError):
 @dataclasses.dataclass
 class RunsQuery:
     """What the runs table asks: ``sort`` (a column, ``-COLUMN`` descending), ``states``,
-    ``block``, ``bounds`` ({column: (lowest, highest)}), ``match`` (a chart cell's axis
-    values, as text), and the page (``limit``, ``offset``)."""
+    ``block``, ``bounds`` ({column: (lowest, highest)}), ``match`` (axis values, as
+    text: a chart cell's, or those a brush spans; a run matches one of each axis's), and
+    the page (``limit``, ``offset``)."""
 
     sort: str | None = None
     states: list[str] = dataclasses.field(default_factory=list)
     block: str | None = None
     bounds: dict[str, tuple[float | None, float | None]] = dataclasses.field(default_factory=dict)
-    match: dict[str, str] = dataclasses.field(default_factory=dict)
+    match: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     limit: int = 500
     offset: int = 0
 
@@ -58,10 +62,11 @@ class RunsQuery:
 def runs_query(params: list[tuple[str, str]]) -> RunsQuery:
     """The query parameters of ``/api/studies/NAME/runs``: ``sort``, ``state`` (repeatable
     or comma-separated), ``block``, ``min_COLUMN``/``max_COLUMN``, ``limit``, ``offset``;
-    any other (but ``token`` and the page's ``compare``) is an axis a chart cell matches."""
+    any other (but the page's own) is an axis whose value a run must have (repeated: one
+    of them)."""
     asked = RunsQuery()
     for key, value in params:
-        if key in ("token", "compare"):  # the page's own: its token, the runs it compares
+        if key in PAGE_KEYS:
             continue
         if key == "sort":
             asked.sort = value
@@ -77,7 +82,7 @@ def runs_query(params: list[tuple[str, str]]) -> RunsQuery:
             bound = _number(key, value)
             asked.bounds[key[4:]] = (bound, high) if key.startswith("min_") else (low, bound)
         else:
-            asked.match[key] = value
+            asked.match.setdefault(key, []).append(value)
     return asked
 
 
@@ -94,7 +99,7 @@ def _number(key: str, value: str) -> float:
         raise BadRequest(f"{key} {value!r}: give a number") from None
 
 
-def _column(con: Any, name: str, label: str) -> str:
+def _column(con: Any, name: str, label: str, axes: Any = ()) -> str:
     """The SQL of a sortable column; a bad name is one line with what can be used."""
     if name in SUMMARY:
         return SUMMARY[name]
@@ -102,6 +107,8 @@ def _column(con: Any, name: str, label: str) -> str:
     column = name.replace(".", "_")
     if column in configs and column not in ("config", "axes", "study"):
         return f'r."{column}"'
+    if name in axes:  # an axis that is no config path: its value as the run records it
+        return f"try_cast(json_extract_string(r.axes, {_json_path(name)}) as double)"
     raise BadRequest(
         f"{label}: {name!r} is not a column of the runs table; use one of "
         f"{', '.join(SUMMARY)}, or a config column such as optimizer_lr (optimizer.lr)"
@@ -117,7 +124,7 @@ def study_runs(store: Path, name: str, asked: RunsQuery | None = None) -> dict[s
     bad = [s for s in asked.states if s not in STATES]
     if bad:
         raise BadRequest(f"state {bad[0]!r}: not a state; use one of {', '.join(STATES)}")
-    with open_named_study(store, name) as (con, name, _):
+    with open_named_study(store, name) as (con, name, axes):
         where, args = ["r.study = ?"], [name]
         if asked.block is not None:
             where.append("r.block = ?")
@@ -126,7 +133,7 @@ def study_runs(store: Path, name: str, asked: RunsQuery | None = None) -> dict[s
             where.append("r.status in (select unnest(?))")
             args.append(asked.states)
         for column, (low, high) in asked.bounds.items():
-            sql = _column(con, column, f"min_{column}/max_{column}")
+            sql = _column(con, column, f"min_{column}/max_{column}", axes)
             if low is not None:
                 where.append(f"{sql} >= ?")
                 args.append(low)
@@ -137,7 +144,7 @@ def study_runs(store: Path, name: str, asked: RunsQuery | None = None) -> dict[s
         if asked.sort:
             key = asked.sort.removeprefix("-")
             direction = "desc" if asked.sort.startswith("-") else "asc"
-            order = f"{_column(con, key, 'sort')} {direction} nulls last, r.position"
+            order = f"{_column(con, key, 'sort', axes)} {direction} nulls last, r.position"
         page = "" if asked.match else f" limit {asked.limit} offset {asked.offset}"
         condition = " and ".join(where)
         rows = con.execute(
@@ -177,9 +184,10 @@ def study_runs(store: Path, name: str, asked: RunsQuery | None = None) -> dict[s
     return clean({"study": name, "total": total, "runs": runs})
 
 
-def _matches(match: dict[str, str], block: str, axes: dict[str, Any], config: str) -> bool:
-    """Whether a run is in a chart's cell: its block, and its value of each axis named (its
-    config's, for an axis its own block does not vary: a panel of other blocks names it)."""
+def _matches(match: dict[str, list[str]], block: str, axes: dict[str, Any], config: str) -> bool:
+    """Whether a run has one of the values given of each axis named, and of its block (its
+    config's value, for an axis its own block does not vary: a panel of other blocks
+    names it)."""
     flat = None
     for key, given in match.items():
         if key == "block":
@@ -189,7 +197,7 @@ def _matches(match: dict[str, str], block: str, axes: dict[str, Any], config: st
         else:
             flat = flat if flat is not None else paths.flatten(json.loads(config or "{}"))
             value = flat.get(key)
-        if not _same(value, given):
+        if not any(_same(value, one) for one in given):
             return False
     return True
 
@@ -206,6 +214,55 @@ def _same(value: Any, given: str) -> bool:
     if isinstance(value, dict | list):
         return given == json.dumps(value, sort_keys=True)
     return given == str(value)
+
+
+def _json_path(axis: str) -> str:
+    """The SQL literal of the JSON path of ``axis`` in a run's axes (a dotted name is one key)."""
+    key = axis.replace("\\", "\\\\").replace('"', '\\"').replace("'", "''")
+    return f"'$.\"{key}\"'"
+
+
+DISTINCT_SHOWN = 40  # an axis with more values than this is offered as a range
+
+
+def axis_values(store: Path, name: str) -> dict[str, Any]:
+    """What the runs table can be filtered by: the study's blocks, and each axis's values
+    (up to :data:`DISTINCT_SHOWN`; past that, its lowest and highest), in order."""
+    with open_named_study(store, name) as (con, name, axes):
+        blocks = [
+            b
+            for (b,) in con.execute(
+                "select block from runs where study = ? group by block order by min(position)",
+                [name],
+            ).fetchall()
+        ]
+        found = []
+        for axis in axes:
+            path = _json_path(axis)
+            seen = con.execute(
+                f"select distinct json_extract(axes, {path})::varchar from runs "
+                f"where study = ? and json_extract(axes, {path}) is not null "
+                f"limit {DISTINCT_SHOWN + 1}",
+                [name],
+            ).fetchall()
+            values = sorted((json.loads(v) for (v,) in seen), key=_in_order)
+            entry: dict[str, Any] = {"axis": axis, "values": values}
+            if len(values) > DISTINCT_SHOWN:
+                low, high = con.execute(
+                    f"select min(v), max(v) from (select try_cast(json_extract_string(axes, "
+                    f"{path}) as double) as v from runs where study = ?)",
+                    [name],
+                ).fetchone()
+                entry = {"axis": axis, "values": None, "lowest": low, "highest": high}
+            found.append(entry)
+    return clean({"study": name, "blocks": blocks, "axes": found})
+
+
+def _in_order(value: Any) -> tuple:
+    """Numbers by value before text and the rest, by their text."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return (0, value, "")
+    return (1, 0, json.dumps(value, sort_keys=True))
 
 
 RUN_ID = re.compile(r"[0-9a-f]{12}")

@@ -95,6 +95,7 @@ function refused(body) {
 // ---- charts ------------------------------------------------------------------------------
 
 const drawn = {};
+window.optlabViews = {};
 
 async function embed(id, spec, onClick) {
   const text = JSON.stringify(spec);
@@ -105,7 +106,9 @@ async function embed(id, spec, onClick) {
   const actions = { export: true, source: false, compiled: false, editor: false };
   const result = await vegaEmbed(el, spec, { renderer: "svg", actions });
   el.dataset.rendered = "yes";
+  window.optlabViews[id] = result.view;  // for a test to find where the chart drew what
   if (onClick) result.view.addEventListener("click", (event, item) => onClick(item));
+  return result;
 }
 
 function showSQL(kind, sql) {
@@ -203,7 +206,6 @@ function cellMatch(item, axes) {
 function studyPage() {
   const name = arg;
   const base = `/api/studies/${encodeURIComponent(name)}`;
-  const asked = new URLSearchParams(location.search);
   main.innerHTML = `<h1>${esc(name)}</h1><p class="muted" id="description"></p>` +
     "<p id='status'></p>";
   const grid = section("grid", "Runs");
@@ -216,9 +218,7 @@ function studyPage() {
         `id='${kind}-note'></p><div id='${kind}' class='chart'></div>`);
     }
   };
-  const cell = [...asked.keys()].filter((k) => !VIEW_KEYS.has(k) && !/^(min|max)_/.test(k));
-  const runs = section("runs", cell.length ? `Runs where ${cell.map((k) =>
-    `${k}=${asked.get(k)}`).join("&")}` : "Runs");
+  const runs = section("runs", "Runs");
   const analyses = section("analyses", "Analyses");
   let axes = [];
   poll(base, 1000, (s) => {
@@ -244,129 +244,25 @@ function studyPage() {
         const match = cellMatch(item, { x: axes[0], y: axes[1] });
         if (match) location.href = `/study/${encodeURIComponent(name)}?${match}`;
       } : null;
-      embed(kind, fig.spec, click).catch((err) => window.optlabErrors.push(`${kind}: ${err}`));
+      const lines = kind === "parallel" ? brushable(fig.spec) : null;
+      embed(kind, fig.spec, click).then((result) => {
+        if (result && lines) onBrush(result.view, lines);
+      }).catch((err) => window.optlabErrors.push(`${kind}: ${err}`));
     }
   });
-  runsTable(base, runs);
+  runsTable(base, runs, document.querySelector("#runs h2"));
+  getJSON(`${base}/facts`).then((facts) => {
+    if (facts && facts.profile) {
+      const box = section("profile-section", "Profile");
+      analyses.parentElement.before(box.parentElement);
+      profileSection(base, box);
+    }
+  });
   poll(`${base}/analyses`, 10000, (list) => {
     if (list.failed) { analyses.innerHTML = `<p class="error">${esc(list.failed)}</p>`; return; }
     analyses.innerHTML = list.length ? list.map(analysisHTML).join("")
       : "<p class='muted'>no analysis fits this study's axes</p>";
   });
-}
-
-// ---- the runs table: sorted, filtered, paged on the server; its state is the address ----
-
-const VIEW_KEYS = new Set(["sort", "state", "block", "limit", "offset", "compare", "token"]);
-const COLUMNS = ["run_id", "block", "seed", "axes", "status", "epoch", "epochs", "best_test_acc",
-  "final_test_acc", "final_train_loss"];
-
-function runsTable(base, el) {
-  const view = new URLSearchParams(location.search);
-  const remember = () => history.replaceState(null, "", `?${view}`);
-  const picked = () => (view.get("compare") || "").split(",").filter(Boolean);
-  const url = () => {
-    const asked = new URLSearchParams(view);
-    asked.delete("compare");
-    return `${base}/runs?${asked}`;
-  };
-  el.innerHTML = "<div id='runs-filters'></div><div id='runs-table'></div>" +
-    "<div id='compare'></div>";
-  const filters = el.querySelector("#runs-filters");
-  const states = (view.get("state") || "").split(",").filter(Boolean);
-  filters.innerHTML = "state: " + STATES.map((s) => `<label><input type="checkbox" ` +
-    `data-state="${s}"${states.includes(s) ? " checked" : ""}> ${s}</label>`).join(" ") +
-    ` <label>best_test_acc at least <input id="min-acc" type="number" step="any" ` +
-    `value="${esc(view.get("min_best_test_acc") || "")}" size="6"></label> ` +
-    "<button id='compare-runs'>compare the runs ticked</button>";
-  const draw = (r) => {
-    const box = el.querySelector("#runs-table");
-    if (r.failed) { box.innerHTML = `<p class="error">${esc(r.failed)}</p>`; return; }
-    const sort = view.get("sort") || "";
-    const head = COLUMNS.map((c) => {
-      const mark = sort === c ? " ▲" : sort === `-${c}` ? " ▼" : "";
-      return c === "axes" ? "<th>axes</th>" : `<th data-sort="${c}">${esc(c)}${mark}</th>`;
-    }).join("");
-    const body = r.runs.map((x) => `<tr data-run="${esc(x.run_id)}"><td><input ` +
-      `type="checkbox" data-pick="${esc(x.run_id)}"${picked().includes(x.run_id) ? " checked" : ""}` +
-      `></td>` + COLUMNS.map((c) => c === "run_id"
-        ? `<td><a href="/run/${esc(x.run_id)}">${esc(x.run_id)}</a></td>`
-        : `<td>${esc(fmt(c === "axes" ? axesText(x.axes) : x[c]))}</td>`).join("") + "</tr>")
-      .join("");
-    const offset = Number(view.get("offset") || 0);
-    const shown = r.runs.length ? `${offset + 1}-${offset + r.runs.length} of ${r.total}` : "none";
-    box.innerHTML = `<p class="muted" id="runs-count">${shown} runs ` +
-      `<button id="runs-prev"${offset ? "" : " disabled"}>previous</button> ` +
-      `<button id="runs-next"${offset + r.runs.length < r.total ? "" : " disabled"}>next` +
-      `</button></p><table id="runs-list"><tr><th></th>${head}</tr>${body}</table>`;
-  };
-  const refresh = async () => { const r = await getJSON(url()); if (r) draw(r); };
-  el.addEventListener("click", (event) => {
-    const t = event.target;
-    if (t.dataset.sort) {
-      const now = view.get("sort");
-      if (now === t.dataset.sort) view.set("sort", `-${t.dataset.sort}`);
-      else if (now === `-${t.dataset.sort}`) view.delete("sort");
-      else view.set("sort", t.dataset.sort);
-      view.delete("offset");
-    } else if (t.id === "runs-prev" || t.id === "runs-next") {
-      const step = Number(view.get("limit") || 500) * (t.id === "runs-next" ? 1 : -1);
-      view.set("offset", Math.max(0, Number(view.get("offset") || 0) + step));
-    } else if (t.id === "compare-runs") {
-      compareRuns(picked());
-      return;
-    } else return;
-    remember();
-    refresh();
-  });
-  el.addEventListener("change", (event) => {
-    const t = event.target;
-    if (t.dataset.pick) {
-      const now = new Set(picked());
-      if (t.checked) now.add(t.dataset.pick); else now.delete(t.dataset.pick);
-      if (now.size) view.set("compare", [...now].join(",")); else view.delete("compare");
-    } else if (t.dataset.state) {
-      const chosen = [...filters.querySelectorAll("[data-state]:checked")].map((i) =>
-        i.dataset.state);
-      if (chosen.length) view.set("state", chosen.join(",")); else view.delete("state");
-      view.delete("offset");
-    } else if (t.id === "min-acc") {
-      if (t.value) view.set("min_best_test_acc", t.value); else view.delete("min_best_test_acc");
-      view.delete("offset");
-    } else return;
-    remember();
-    if (!t.dataset.pick) refresh();
-  });
-  poll(url, 2000, draw);
-  if (picked().length) compareRuns(picked());
-}
-
-async function compareRuns(ids) {
-  const box = document.getElementById("compare");
-  if (ids.length < 1) { box.innerHTML = "<p class='muted'>tick runs to compare</p>"; return; }
-  const body = await getJSON(`/api/compare?runs=${ids.join(",")}`);
-  if (!body) return;
-  if (body.failed) { box.innerHTML = `<p class="error">${esc(body.failed)}</p>`; return; }
-  const values = body.runs.flatMap((run) => run.epochs.flatMap((e) =>
-    ["train_loss", "test_acc", "val_acc", "test_loss"].filter((m) => e[m] !== null &&
-      e[m] !== undefined).map((m) => ({ run: run.run_id, epoch: e.epoch, metric: m, value: e[m] }))));
-  const differs = body.runs.map((run) => ({ run_id: run.run_id, ...run.differs }));
-  box.innerHTML = `<h3>compared: ${ids.length} runs</h3><div id="compare-curves" ` +
-    `class="chart"></div><h4>settings that differ</h4>${table(differs)}`;
-  const spec = {
-    data: { values }, width: 260, height: 180,
-    mark: { type: "line", point: true },
-    encoding: {
-      x: { field: "epoch", type: "quantitative" },
-      y: { field: "value", type: "quantitative", title: null, scale: { zero: false } },
-      color: { field: "run", type: "nominal" },
-      facet: { field: "metric", type: "nominal", columns: 4, title: null },
-    },
-    resolve: { scale: { y: "independent" } },
-  };
-  delete drawn["compare-curves"];  // a new box: draw it again even for the same runs
-  await embed("compare-curves", spec);
-  box.dataset.runs = String(ids.length);
 }
 
 function analysisHTML(result) {
