@@ -263,6 +263,13 @@ def test_the_bench_s_filters_budget_and_profile_answer_as_the_cli_does(tmp_path,
 
     charts = client.get("/api/studies/spaces/charts").json()
     assert charts["budget"]["spec"] and "expected" in json.dumps(charts["budget"]["spec"])
+    # The page's choice of metric: the charts that value runs draw it, as --metric.
+    final = client.get("/api/studies/spaces/charts", params={"metric": "final_test_acc"}).json()
+    assert "final_val_acc" in json.dumps(final["scatter"]["spec"]["title"])
+    assert "final_val_acc" in json.dumps(final["budget"]["spec"]["title"])
+    assert "best_val_acc" in json.dumps(charts["scatter"]["spec"]["title"])
+    bad = client.get("/api/studies/spaces/charts", params={"metric": "nope"})
+    assert bad.status_code == 400 and bad.json()["error"].startswith("--metric 'nope': not a")
     analyses = {a["analysis"]: a for a in client.get("/api/studies/spaces/analyses").json()}
     assert analyses["compare"]["tables"]["compare"]  # the final runs' table
     assert client.get("/api/studies/spaces/facts").json() == {"study": "spaces", "profile": True}
@@ -776,6 +783,27 @@ def test_a_tuned_study_s_bench_in_chromium(browser, tmp_path):
         shared.locator("#runs-chips .chip", has_text="best_test_acc").locator(".drop").click()
         shared.wait_for_function("!location.search.includes('min_best_test_acc')")
         assert shared.errors == []
+        # The charts' metric: they are drawn again for it, and the address keeps it.
+        page.select_option("#chart-metric", "final_test_acc")
+        page.wait_for_url("**metric=final_test_acc*")
+        page.wait_for_function(
+            "document.querySelector('#scatter').innerText.includes('final_val_acc')"
+        )
+        # Every filter removed (a chip's cross), then a scatter's point (a configuration):
+        # the table keeps its runs, its two seeds.
+        page.select_option("#filter-block", "")
+        while page.locator("#runs-chips .chip").count():
+            left = page.locator("#runs-chips .chip").count() - 1
+            page.locator("#runs-chips .chip .drop").first.click()
+            page.wait_for_function(
+                f"document.querySelectorAll('#runs-chips .chip').length === {left}"
+            )
+        page.locator("#scatter path[aria-roledescription=point]").last.click()  # the one on top
+        page.wait_for_function(f"{ROWS}.length === 2")
+        point = page.evaluate(f"[...{ROWS}].map((r) => r.children[2].innerText)")
+        assert point[0] == point[1] and f"block={point[0]}" in page.url.replace("%2F", "/")
+        assert page.locator("#runs-chips .chip").count() == 2  # its lr and its weight decay
+        assert page.errors == [] and page.evaluate("window.optlabErrors") == []
 
 
 @pytest.mark.slow  # a real server process

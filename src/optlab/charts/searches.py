@@ -186,7 +186,8 @@ def scatter_figure(
         "text": f"{study}: {sides}, against each searched dimension",
         "subtitle": [RULE, f"colour: {color}" + _pooled(lay)],
     }
-    chart = alt.vconcat(*cells).properties(title=title)
+    # usermeta: which dimension each d0, d1... is, for a page that filters by a point
+    chart = alt.vconcat(*cells).properties(title=title, usermeta={"dimensions": dims})
     return Figure("scatter", chart, sql, len(rows), lay)
 
 

@@ -134,7 +134,12 @@ def _api_routes(store: Path, api: Callable[..., Any]) -> list[Route]:
         ),
         Route(
             "/api/studies/{name}/charts",
-            api("charts", lambda r: data.study_charts(store, r.path_params["name"])),
+            api(
+                "charts",
+                lambda r: data.study_charts(
+                    store, r.path_params["name"], r.query_params.get("metric")
+                ),
+            ),
         ),
         Route(
             "/api/studies/{name}/axes",

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from optlab.analysis.analyze import analyses_for, run_analysis, study_facts
-from optlab.analysis.results import open_study
+from optlab.analysis.results import open_study, parse_metric
 from optlab.analysis.status import StudyStatus, study_status
 from optlab.charts.catalog import CHARTS
 from optlab.charts.figures import ReportFacts
@@ -219,18 +219,24 @@ def _grid_counts(con: Any, name: str, told: dict[str, dict]) -> list[dict[str, A
     return [{"block": b, "status": st, "runs": counts[b, st]} for b, st in order]
 
 
-def study_charts(store: Path, name: str) -> dict[str, Any]:
+def study_charts(store: Path, name: str, metric: str | None = None) -> dict[str, Any]:
     """The default heatmap and curves, and a search's scatter and parallel coordinates, as
     `optlab plot` draws them (Vega-Lite specs), with what each pools; a chart that cannot
-    be drawn yet says why. The store is held for each chart's queries alone; the spec is
-    written out after."""
+    be drawn yet says why. ``metric`` (a run's metric, such as ``final_test_acc``) is what
+    the charts that value runs draw, as their ``--metric``. The store is held for each
+    chart's queries alone; the spec is written out after."""
+    if metric:
+        parse_metric(metric)  # a bad one is one line, before the store is read
     out: dict[str, Any] = {}
     for kind in ("heatmap", "scatter", "parallel", "curves", "budget"):
         chart = CHARTS[kind]
         with open_named_study(store, name) as (con, found, axes):
             facts = ReportFacts(con, found, axes, probe_names(con, found), None)
             wanted = chart.report(facts)
-            drawn = _draw(chart, facts, wanted[0][1]) if wanted else None
+            options = dict(wanted[0][1]) if wanted else {}
+            if metric and any(o.name == "metric" and o.metric for o in chart.options):
+                options["metric"] = metric
+            drawn = _draw(chart, facts, options) if wanted else None
         if drawn is None and kind in OPTIONAL_CHARTS:
             continue  # the study has nothing these charts draw
         if drawn is None and getattr(axes, "searched", None):

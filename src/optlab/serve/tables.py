@@ -35,8 +35,8 @@ SUMMARY = {
 }
 MAX_PAGE = 5000  # runs one answer lists at most
 # The page's own parameters, kept in its address beside the runs table's: its token, the
-# runs it compares, and the profile's target, time and order.
-PAGE_KEYS = ("token", "compare", "target", "time", "order")
+# runs it compares, the profile's target, time and order, and the charts' metric.
+PAGE_KEYS = ("token", "compare", "target", "time", "order", "metric")
 
 
 class BadRequest(OptlabError):

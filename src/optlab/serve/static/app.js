@@ -228,8 +228,15 @@ function studyPage() {
     document.getElementById("status").innerHTML = statusLine(s);
     grid.innerHTML = gridHTML(s);
   });
-  poll(`${base}/charts`, 3000, (c) => {
-    if (c.failed) return;
+  const chartsURL = () => `${base}/charts` + (view.get("metric") ? `?metric=${
+    encodeURIComponent(view.get("metric"))}` : "");
+  let redraw = () => {};
+  const drawCharts = (c) => {
+    if (c.failed) {
+      charts.querySelector("#charts-error").textContent = c.failed;
+      return;
+    }
+    charts.querySelector("#charts-error").textContent = "";
     for (const kind of Object.keys(c)) {
       chartBox(kind);
       const fig = c[kind] || {};
@@ -243,13 +250,17 @@ function studyPage() {
       const click = kind === "heatmap" ? (item) => {
         const match = cellMatch(item, { x: axes[0], y: axes[1] });
         if (match) location.href = `/study/${encodeURIComponent(name)}?${match}`;
-      } : null;
+      } : kind === "scatter" ? (item) => pickPoint(item, fig.spec) : null;
       const lines = kind === "parallel" ? brushable(fig.spec) : null;
       embed(kind, fig.spec, click).then((result) => {
         if (result && lines) onBrush(result.view, lines);
       }).catch((err) => window.optlabErrors.push(`${kind}: ${err}`));
     }
-  });
+  };
+  charts.insertAdjacentHTML("afterbegin", "<p class='error' id='charts-error'></p>");
+  metricChooser(charts, () => redraw());
+  redraw = async () => { const c = await getJSON(chartsURL()); if (c) drawCharts(c); };
+  poll(chartsURL, 3000, drawCharts);
   runsTable(base, runs, document.querySelector("#runs h2"));
   getJSON(`${base}/facts`).then((facts) => {
     if (facts && facts.profile) {

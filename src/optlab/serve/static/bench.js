@@ -6,7 +6,7 @@
 
 // The page's own keys in the address; every other key is a filter of the runs table.
 const VIEW_KEYS = new Set(["sort", "state", "block", "limit", "offset", "compare", "token",
-  "target", "time", "order"]);
+  "target", "time", "order", "metric"]);
 const COLUMNS = ["run_id", "block", "seed", "axes", "status", "epoch", "epochs", "best_test_acc",
   "final_test_acc", "final_train_loss"];
 const METRIC_FILTERS = ["best_test_acc", "final_test_acc", "final_train_loss", "epoch",
@@ -111,7 +111,7 @@ function runsTable(base, el, heading) {
   const picked = () => (view.get("compare") || "").split(",").filter(Boolean);
   const url = () => {
     const asked = new URLSearchParams(view);
-    for (const key of ["compare", "target", "time", "order"]) asked.delete(key);
+    for (const key of ["compare", "target", "time", "order", "metric"]) asked.delete(key);
     return `${base}/runs?${asked}`;
   };
   el.innerHTML = "<div id='runs-filters'></div><div id='runs-more'></div>" +
@@ -125,6 +125,8 @@ function runsTable(base, el, heading) {
   const draw = (r) => {
     const box = el.querySelector("#runs-table");
     el.querySelector("#runs-chips").innerHTML = chipsHTML();
+    const blockBox = el.querySelector("#filter-block");
+    if (blockBox) blockBox.value = view.get("block") || "";
     const values = Object.entries(filtersNow().values);
     heading.textContent = values.length ? `Runs where ${values.map(([k, vs]) =>
       `${k}=${vs.join(" or ")}`).join("&")}` : "Runs";
@@ -236,7 +238,46 @@ function onBrush(view_, lines) {
   });
 }
 
+// A scatter's point (a configuration): the table keeps its block's runs with its values.
+function pickPoint(item, spec) {
+  const d = item && item.datum;
+  const dims = ((spec.usermeta || {}).dimensions) || [];
+  if (!d || d.block === undefined || !dims.length) return;
+  dims.forEach((dim, i) => {
+    const value = d[`d${i}`];
+    if (value === null || value === undefined) return;
+    if (typeof value === "number") setFilter(dim, { min: String(value), max: String(value) });
+    else setFilter(dim, { values: [fmtValue(value)] });
+  });
+  view.set("block", d.block);
+  remember();
+  refreshRuns();
+  document.getElementById("runs").scrollIntoView();
+}
+
+// The charts' metric: a select whose choice the charts are drawn for (their --metric).
+const CHART_METRICS = ["best_test_acc", "final_test_acc", "best_val_acc", "final_val_acc",
+  "min_test_loss", "final_train_loss"];
+
+function metricChooser(box, onChange) {
+  const now = view.get("metric") || "best_test_acc";
+  box.insertAdjacentHTML("afterbegin", "<p><label>metric the charts draw " +
+    "<select id='chart-metric'>" + CHART_METRICS.map((m) =>
+      `<option${m === now ? " selected" : ""}>${m}</option>`).join("") + "</select></label></p>");
+  box.querySelector("#chart-metric").addEventListener("change", (event) => {
+    if (event.target.value === "best_test_acc") view.delete("metric");
+    else view.set("metric", event.target.value);
+    remember();
+    onChange();
+  });
+}
+
 // ---- runs compared -----------------------------------------------------------------------
+
+// Every epoch metric a run records, in this order: train, validation and test, loss and
+// accuracy, the LR and the batch size.
+const EPOCH_METRICS = ["train_loss", "train_acc", "val_loss", "val_acc", "test_loss",
+  "test_acc", "epoch_lr", "epoch_batch_size"];
 
 async function compareRuns(ids) {
   const box = document.getElementById("compare");
@@ -245,8 +286,8 @@ async function compareRuns(ids) {
   if (!body) return;
   if (body.failed) { box.innerHTML = `<p class="error">${esc(body.failed)}</p>`; return; }
   const values = body.runs.flatMap((run) => run.epochs.flatMap((e) =>
-    ["train_loss", "test_acc", "val_acc", "test_loss"].filter((m) => e[m] !== null &&
-      e[m] !== undefined).map((m) => ({ run: run.run_id, epoch: e.epoch, metric: m, value: e[m] }))));
+    EPOCH_METRICS.filter((m) => e[m] !== null && e[m] !== undefined).map((m) =>
+      ({ run: run.run_id, epoch: e.epoch, metric: m, value: e[m] }))));
   const differs = body.runs.map((run) => ({ run_id: run.run_id, ...run.differs }));
   box.innerHTML = `<h3>compared: ${ids.length} runs</h3><div id="compare-curves" ` +
     `class="chart"></div><h4>settings that differ</h4>${table(differs)}`;
@@ -257,7 +298,8 @@ async function compareRuns(ids) {
       x: { field: "epoch", type: "quantitative" },
       y: { field: "value", type: "quantitative", title: null, scale: { zero: false } },
       color: { field: "run", type: "nominal" },
-      facet: { field: "metric", type: "nominal", columns: 4, title: null },
+      facet: { field: "metric", type: "nominal", columns: 4, title: null,
+        sort: EPOCH_METRICS },
     },
     resolve: { scale: { y: "independent" } },
   };
