@@ -13,6 +13,13 @@ time from asking for the store to commit, and the batches that found it busy.
 
     python benchmarks/serve_load.py pages [--runs 100000] [--repeat 3]
     python benchmarks/serve_load.py writer [--seconds 30] [--pages 5]
+    python benchmarks/serve_load.py study [--pages 5] [--seeds 12] [--spell 20]
+
+``study``: the quickstart study (with --seeds seeds: 28 runs each) run by a real `optlab
+run` beside a real `optlab serve` of its store, with --pages study pages polling as the
+page does (the study every second, its runs every 2 s, its charts every 3 s, its analyses
+every 10 s) and none, in turn, --spell seconds each (the server's 20 s window over which
+it keeps to its share of a core): the study's epochs a second, and the server's CPU.
 """
 
 from __future__ import annotations
@@ -211,6 +218,142 @@ def writer(args: argparse.Namespace) -> None:
             server.wait(10)
 
 
+# What a study's page asks, and how often (seconds), as static/app.js and bench.js poll.
+STUDY_PAGE = (("", 1.0), ("/runs", 2.0), ("/charts", 3.0), ("/analyses", 10.0))
+
+
+def page_polls(base: str, study: str, stop: threading.Event, asked: list[int]) -> None:
+    """One open study page: each of its requests on its own period, as the page polls."""
+    due = {path: 0.0 for path, _ in STUDY_PAGE}
+    every = dict(STUDY_PAGE)
+    for once in ("/axes", "/facts"):
+        due[once], every[once] = 0.0, float("inf")
+    while not stop.is_set():
+        now = time.monotonic()
+        for path, when in due.items():
+            if when <= now:
+                try:
+                    with urllib.request.urlopen(
+                        f"{base}/api/studies/{study}{path}", timeout=60
+                    ) as r:
+                        r.read()
+                except OSError:
+                    pass  # the study not in the store yet: the page asks again
+                asked.append(1)
+                due[path] = time.monotonic() + every[path]
+        stop.wait(0.05)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def epochs_written(folder: Path) -> int:
+    """Epochs the study's runs have finished so far, from their journals (the store is
+    left alone)."""
+    return sum(
+        path.read_bytes().count(b'{"type":"epoch"')
+        for path in (folder / "optlab.runs").glob("*/events.jsonl")
+    )
+
+
+def study(args: argparse.Namespace) -> None:
+    """The quickstart study with --seeds seeds, run by a real `optlab run` beside a real
+    `optlab serve` of its store. Once it is under way, --pages study pages poll the server
+    for --spell seconds, then none for as long, in turn, to its end: the machine's
+    drift (a VM's speed changes by a third within the hour here) falls on both. Each
+    spell's epochs a second (from the runs' journals) and the server's CPU."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    env.pop("OPTLAB_STORE", None)
+    text = (ROOT / "studies/quickstart.toml").read_text()
+    text = text.replace("seeds = [0, 1]", f"seeds = {list(range(args.seeds))}")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "quickstart.toml").write_text(text)
+        store = folder / "optlab.duckdb"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        run = subprocess.Popen(
+            [sys.executable, "-m", "optlab", "run", "quickstart.toml"],
+            cwd=folder,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+        while not store.exists() and run.poll() is None:
+            time.sleep(0.05)
+        server = subprocess.Popen(
+            [sys.executable, "-m", "optlab", "serve", "--store", str(store), "--port", str(port)],
+            stdout=subprocess.DEVNULL,
+            env=env,
+        )
+        base = f"http://127.0.0.1:{port}"
+        spells: dict[int, list[tuple[float, int, float, float]]] = {0: [], args.pages: []}
+        try:
+            for _ in range(200):
+                try:
+                    urllib.request.urlopen(base + "/api/studies", timeout=30).read()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            while epochs_written(folder) < 20 and run.poll() is None:
+                time.sleep(0.1)  # under way: its workers started, its first epochs written
+            pages_open = args.pages
+            while run.poll() is None:
+                stop, asked = threading.Event(), []
+                pollers = [
+                    threading.Thread(
+                        target=page_polls, args=(base, "quickstart", stop, asked), daemon=True
+                    )
+                    for _ in range(pages_open)
+                ]
+                began, epochs, cpu = (
+                    time.perf_counter(),
+                    epochs_written(folder),
+                    cpu_seconds(server.pid),
+                )
+                mine = time.process_time()  # the pages' own: what five tabs cost a browser
+                for p in pollers:
+                    p.start()
+                stop.wait(args.spell)
+                stop.set()
+                for p in pollers:
+                    p.join(60)
+                if run.poll() is not None:
+                    break  # the study ended in this spell: a part spell is left out
+                took = time.perf_counter() - began
+                spells[pages_open].append(
+                    (
+                        took,
+                        epochs_written(folder) - epochs,
+                        cpu_seconds(server.pid) - cpu,
+                        time.process_time() - mine,
+                    )
+                )
+                pages_open = 0 if pages_open else args.pages
+            assert run.wait() == 0
+        finally:
+            run.kill()
+            server.terminate()
+            server.wait(10)
+    print(
+        "| pages polling | spells | epochs/s (each spell) | server CPU s a second "
+        "| the pages' own CPU s a second |"
+    )
+    print("|---|---|---|---|---|")
+    rate = {}
+    for n, done in spells.items():
+        seconds = sum(t for t, *_ in done)
+        rates = [e / t for t, e, *_ in done]
+        rate[n] = sum(e for _, e, *_ in done) / seconds
+        cpu = sum(c for *_, c, _ in done) / seconds
+        own = sum(o for *_, o in done) / seconds
+        shown = ", ".join(f"{r:.1f}" for r in rates)
+        print(f"| {n} | {len(done)} | {rate[n]:.2f} ({shown}) | {cpu:.3f} | {own:.3f} |")
+    print(f"the study ran at {rate[args.pages] / rate[0]:.3f} of its speed with {args.pages} pages")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
@@ -220,8 +363,12 @@ def main() -> None:
     w = sub.add_parser("writer")
     w.add_argument("--seconds", type=float, default=30)
     w.add_argument("--pages", type=int, default=5)
+    q = sub.add_parser("study")
+    q.add_argument("--pages", type=int, default=5)
+    q.add_argument("--seeds", type=int, default=12)
+    q.add_argument("--spell", type=float, default=20.0)
     args = ap.parse_args()
-    {"pages": pages, "writer": writer}[args.what](args)
+    {"pages": pages, "writer": writer, "study": study}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def store(tmp_path):
 
 @pytest.fixture
 def client(store):
-    return TestClient(create_app(store), base_url=LOCAL)
+    return TestClient(create_app(store, share=1.0), base_url=LOCAL)  # see Served
 
 
 def test_studies_lists_each_study_with_its_runs_by_state(client):
@@ -226,6 +226,32 @@ def test_compare_gives_runs_curves_and_only_the_settings_that_differ(client):
     ]:
         refused = client.get("/api/compare", params={"runs": runs})
         assert refused.status_code == status and refused.json()["error"].startswith(said)
+
+
+def test_a_busy_server_sends_the_answer_it_kept_and_says_how_old(monkeypatch):
+    """Past its freshness an answer is made again, unless making answers took more than
+    the server's share of a core over the window: then the kept one goes, with its age."""
+    from optlab.serve import answers
+
+    clock = [100.0]
+    monkeypatch.setattr(answers.time, "monotonic", lambda: clock[0])
+
+    def make(text: str):
+        def made() -> bytes:
+            clock[0] += 1.0  # it takes a second: fresh for 10
+            return text.encode()
+
+        return made
+
+    for share, second in [(0.01, (b"first", 11.0)), (0.1, (b"second", 0.0))]:
+        kept = answers.Answers(share=share, window=20.0)
+        assert kept.get("k", 1.0, make("first")) == (b"first", 0.0)
+        clock[0] += 5.0
+        assert kept.get("k", 1.0, make("second")) == (b"first", 5.0)  # still fresh
+        clock[0] += 6.0  # stale; 1 s of the last 20 spent making: 0.05 of a core
+        assert kept.get("k", 1.0, make("second")) == second
+        clock[0] += 30.0  # that second is out of the window: made again
+        assert kept.get("k", 1.0, make("third"))[0] == b"third"
 
 
 def tuned_store(folder: Path) -> Path:
@@ -455,13 +481,15 @@ class Served:
     """The app on a free port of this machine, in a thread, for a browser to open."""
 
     def __init__(self, store: Path, token: str | None = None):
+        # Every answer made afresh when due, however busy the server has been: what the
+        # page shows then depends on the store alone, not on this machine's speed.
         import uvicorn
 
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(create_app(store, token), log_level="warning")
+        config = uvicorn.Config(create_app(store, token, share=1.0), log_level="warning")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, args=([self.sock],), daemon=True)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 import socket
 from pathlib import Path
@@ -22,6 +23,7 @@ HELP = (
 )
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 GRACE = 2  # seconds Ctrl-C waits for requests still being answered
+NICE = 10  # how far below other processes the server runs (os.nice)
 
 
 @handles_errors
@@ -66,6 +68,10 @@ def command(
             markup=False,
         )
     PACE.start()  # its reads paced, so that a running study's writer finds the store free
+    # Below training in the CPU's queue: on a machine that also trains, the pages wait for
+    # a busy core rather than the study (BENCHMARKS (y)).
+    with contextlib.suppress(AttributeError, OSError):
+        os.nice(NICE)
     # Ctrl-C stops it within seconds whatever the pages asked: a statement is cut off after
     # SQL_SECONDS, and requests still open after GRACE are not waited for.
     config = uvicorn.Config(

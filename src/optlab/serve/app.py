@@ -9,8 +9,6 @@ few seconds, the rest every second, whatever the number of pages open), through
 from __future__ import annotations
 
 import hmac
-import threading
-import time
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -24,53 +22,38 @@ from starlette.routing import Route
 
 from optlab.errors import OptlabError
 from optlab.serve import data, tables
+from optlab.serve.answers import SHARE, Answers
 from optlab.serve.pages import page
+from optlab.store.core import reading
 
 COOKIE = "optlab_token"
 # Seconds an answer is reused (others 1 s): what is slow to make or changes little.
+# Answers whose queries are short, read through one opening of the store (the charts,
+# analyses and profile let it go between their parts, so that a writer never waits long).
+ONE_OPENING = {"studies", "study", "runs", "axes", "facts", "run", "epochs", "probes", "compare"}
 FRESH = {"charts": 3.0, "analyses": 10.0, "profile": 10.0, "axes": 10.0, "facts": 10.0}
 
 
-class Answers:
-    """API answers kept for a moment, so that many pages polling cost one read: an answer
-    that took t seconds to make is kept for 5 t (at least its floor), and while one is
-    being made, who asks for it too waits for it rather than making it again (an analysis
-    of 100,000 runs takes seconds: it is not made over and over)."""
-
-    def __init__(self) -> None:
-        self._kept: dict[str, tuple[float, float, Any]] = {}  # key -> (made at, fresh, value)
-        self._making: dict[str, threading.Lock] = {}
-        self._lock = threading.Lock()
-
-    def get(self, key: str, floor: float, make: Callable[[], Any]) -> Any:
-        with self._lock:
-            making = self._making.setdefault(key, threading.Lock())
-        with making:
-            hit = self._kept.get(key)
-            if hit is not None and time.monotonic() - hit[0] < hit[1]:
-                return hit[2]
-            started = time.monotonic()
-            value = make()
-            took = time.monotonic() - started
-            with self._lock:
-                self._kept[key] = (time.monotonic(), max(floor, 5 * took), value)
-                if len(self._kept) > 512:  # forget the oldest answers
-                    for old in sorted(self._kept, key=lambda k: self._kept[k][0])[:256]:
-                        del self._kept[old]
-                        self._making.pop(old, None)
-            return value
-
-
-def create_app(store: Path, token: str | None = None) -> Starlette:
-    """The application serving ``store``; with ``token``, every request must carry it."""
-    answers = Answers()
+def create_app(store: Path, token: str | None = None, share: float = SHARE) -> Starlette:
+    """The application serving ``store``; with ``token``, every request must carry it.
+    ``share``: of one core, the most it spends making answers (kept ones are sent past it)."""
+    answers = Answers(share)
     vega: dict[str, bytes] = {}
+
+    def once(kind: str, request: Request, read: Callable[[Request], Any]) -> bytes:
+        """The answer, encoded once however many pages are sent it."""
+        if kind not in ONE_OPENING:
+            return JSONResponse(read(request)).body
+        with reading(store, require_runs=False):  # its reads share this one opening
+            return JSONResponse(read(request)).body
 
     def api(kind: str, read: Callable[[Request], Any]) -> Callable[[Request], Response]:
         def endpoint(request: Request) -> Response:
             key = f"{request.url.path}?{request.url.query}"
             try:
-                body = answers.get(key, FRESH.get(kind, 1.0), lambda: read(request))
+                body, age = answers.get(
+                    key, FRESH.get(kind, 1.0), lambda: once(kind, request, read)
+                )
             except data.NotFound as e:
                 return JSONResponse({"error": str(e)}, status_code=404)
             except OptlabError as e:  # the store gone or busy, a bad statement: said
@@ -79,7 +62,9 @@ def create_app(store: Path, token: str | None = None) -> Starlette:
                 first = (str(e).strip().splitlines() or [""])[0]
                 error = f"unexpected {type(e).__name__}: {first}"
                 return JSONResponse({"error": error}, status_code=500)
-            return JSONResponse(body)
+            return Response(
+                body, media_type="application/json", headers={"X-Optlab-Age": f"{age:.1f}"}
+            )
 
         return endpoint
 

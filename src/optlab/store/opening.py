@@ -21,8 +21,11 @@ from optlab.store.schema import SCHEMA_VERSION
 
 def _connect(path: Path, read_only: bool, timeout: float) -> duckdb.DuckDBPyConnection:
     deadline = time.monotonic() + timeout
-    # A reader never installs extensions (that would write under the user's home).
-    config = {"autoinstall_known_extensions": False} if read_only else {}
+    # A reader never installs extensions (that would write under the user's home); a
+    # paced one (the page's server) reads on one thread, leaving the cores to training.
+    config: dict[str, Any] = {"autoinstall_known_extensions": False} if read_only else {}
+    if read_only and PACE.on:
+        config["threads"] = 1
     while True:
         try:
             con = duckdb.connect(str(path), read_only=read_only, config=config)
@@ -100,10 +103,10 @@ def _identify(con: duckdb.DuckDBPyConnection, path: Path) -> None:
 
 
 class Pace:
-    """A long-lived reader's manners (`optlab serve`): its reads one at a time, each
-    followed by a pause as long as it held the store (at least :data:`GAP` seconds), so
-    that a writer in another process, which asks every 50 ms for half a second, always
-    finds the store free in time. Off unless :meth:`start` is called."""
+    """A long-lived reader's manners (`optlab serve`): its reads one at a time, each on one
+    thread and followed by a pause as long as it held the store (at least :data:`GAP`
+    seconds), so that a writer in another process, which asks every 50 ms for half a
+    second, always finds the store free in time. Off unless :meth:`start` is called."""
 
     GAP = 0.1
 
@@ -136,15 +139,36 @@ class Pace:
 
 
 PACE = Pace()
+_OPEN = threading.local()  # this thread's read-only connection, while a `reading` holds one
 
 
 @contextlib.contextmanager
 def reading(
     path: Path, timeout: float = 15.0, require_runs: bool = True
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A read-only connection; a user's SQL through it cannot change results."""
+    """A read-only connection; a user's SQL through it cannot change results. Inside
+    another `reading` of the same store in this thread, that one's connection is used
+    (opening a store costs about 20 ms: a page's answer opens it once, not per query)."""
+    held = getattr(_OPEN, "held", None)
+    if held is not None and held[0] == path:
+        if require_runs:
+            _require_runs(held[1], path)
+        yield held[1]
+        return
     with PACE.held(), _reading(path, timeout, require_runs) as con:
-        yield con
+        _OPEN.held = (path, con)
+        try:
+            yield con
+        finally:
+            _OPEN.held = None
+
+
+def _require_runs(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    has = con.execute(
+        "select count(*) from information_schema.tables where table_name = 'run_state'"
+    ).fetchone()[0]
+    if not has:
+        raise StoreError(f"{path}: the store is empty; run a study first (optlab run)")
 
 
 @contextlib.contextmanager
@@ -158,11 +182,8 @@ def _reading(path: Path, timeout: float, require_runs: bool) -> Iterator[duckdb.
         raise StoreError(f"{path}: no store here yet; run a study first (optlab run)")
     con = _connect(path, read_only=True, timeout=timeout)
     try:
-        has = con.execute(
-            "select count(*) from information_schema.tables where table_name = 'run_state'"
-        ).fetchone()[0]
-        if require_runs and not has:
-            raise StoreError(f"{path}: the store is empty; run a study first (optlab run)")
+        if require_runs:
+            _require_runs(con, path)
         yield con
     finally:
         con.close()

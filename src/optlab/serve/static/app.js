@@ -49,7 +49,9 @@ async function getJSON(url) {
     conn.className = "conn lost";
     return null;
   }
-  conn.textContent = "live";
+  // A server busy past its share of the CPU sends the answers it kept: said, with their age.
+  const age = Number(response.headers.get("X-Optlab-Age") || 0);
+  conn.textContent = age >= 2 ? `live (as of ${Math.round(age)} s ago)` : "live";
   conn.className = "conn live";
   // A refusal (404: no such study or run; 400: a bad statement) comes back as {failed}.
   const body = await response.json().catch(() => ({ error: `${response.status} from ${url}` }));
