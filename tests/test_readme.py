@@ -227,6 +227,11 @@ def test_the_tour_prints_what_the_readme_says(tmp_path):
             )
             assert proc.returncode == 0, f"{code}\n--- raised:\n{proc.stderr}"
     assert (tmp_path / "heatmap.svg").is_file()
+    # The README's picture of the page, on the study the tour ran (when a browser is here).
+    from tests.test_serve import readme_picture
+
+    picture = readme_picture(tmp_path)
+    assert picture is None or picture.stat().st_size > 0
 
 
 @pytest.mark.slow  # real worker processes

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -832,6 +833,44 @@ def test_a_tuned_study_s_bench_in_chromium(browser, tmp_path):
         assert point[0] == point[1] and f"block={point[0]}" in page.url.replace("%2F", "/")
         assert page.locator("#runs-chips .chip").count() == 2  # its lr and its weight decay
         assert page.errors == [] and page.evaluate("window.optlabErrors") == []
+
+
+def readme_picture(folder: Path) -> Path | None:
+    """The README's picture, on the quickstart study the README's tour ran in ``folder``
+    (a real, finished study): the shared address of its runs sorted by best test accuracy,
+    with the top two compared. The page names the store as `optlab serve` was given it
+    there (no temporary path), and its status agrees with its table. None without a
+    browser."""
+    if CHROMIUM is None:
+        return None
+    from playwright.sync_api import sync_playwright
+
+    here = Path.cwd()
+    os.chdir(folder)  # served as `optlab serve` in that folder names it: optlab.duckdb
+    try:
+        with Served(Path("optlab.duckdb")) as served, sync_playwright() as p:
+            chromium = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = open_page(chromium, served.url + "/study/quickstart?sort=-best_test_acc&limit=8")
+            page.wait_for_selector("#runs-list tr[data-run]")
+            picks = page.locator("#runs-list [data-pick]")
+            picks.nth(0).check()
+            picks.nth(1).check()
+            page.click("#compare-runs")
+            page.wait_for_selector("#compare-curves svg.marks")
+            assert page.inner_text("nav .store") == "optlab.duckdb"
+            status = page.inner_text("#status")
+            total = int(page.inner_text("#runs-count").split(" of ")[1].split()[0])
+            assert status.startswith(f"{total} runs: ") and total == 56, status
+            counted = sum(int(n) for n in re.findall(r"(\d+) (?:done|diverged)", status))
+            assert counted == total, status
+            assert page.errors == [] and page.evaluate("window.optlabErrors") == []
+            OUTPUTS.mkdir(parents=True, exist_ok=True)
+            picture = OUTPUTS / "serve-readme.png"
+            page.locator("section#runs").screenshot(path=str(picture))
+            chromium.close()
+    finally:
+        os.chdir(here)
+    return picture
 
 
 @pytest.mark.slow  # a real server process

@@ -292,13 +292,13 @@ async function compareRuns(ids) {
   box.innerHTML = `<h3>compared: ${ids.length} runs</h3><div id="compare-curves" ` +
     `class="chart"></div><h4>settings that differ</h4>${table(differs)}`;
   const spec = {
-    data: { values }, width: 260, height: 180,
+    data: { values }, width: 250, height: 160,
     mark: { type: "line", point: true },
     encoding: {
       x: { field: "epoch", type: "quantitative" },
       y: { field: "value", type: "quantitative", title: null, scale: { zero: false } },
       color: { field: "run", type: "nominal" },
-      facet: { field: "metric", type: "nominal", columns: 4, title: null,
+      facet: { field: "metric", type: "nominal", columns: 3, title: null,
         sort: EPOCH_METRICS },
     },
     resolve: { scale: { y: "independent" } },
