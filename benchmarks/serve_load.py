@@ -101,6 +101,10 @@ def pages(args: argparse.Namespace) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         store, ids = make(Path(tmp), args.runs)
+        lr, wd = round(1e-4 * 1.1**10, 8), round(1e-6 * 1.1**10, 10)
+        one_lr = f"min_optimizer.lr={lr!r}&max_optimizer.lr={lr!r}"
+        lr_range = f"min_optimizer.lr={lr!r}&max_optimizer.lr={round(1e-4 * 1.1**20, 8)!r}"
+        cell = f"optimizer.lr={lr!r}&optimizer.weight_decay={wd!r}&block=grid"
         requests = [
             ("studies page", "/"),
             ("  /api/studies", "/api/studies"),
@@ -114,6 +118,11 @@ def pages(args: argparse.Namespace) -> None:
                 "/api/studies/big/runs?state=done&min_best_test_acc=0.5&offset=1000",
             ),
             ("  runs of one block and state", "/api/studies/big/runs?state=pending&block=grid"),
+            ("  runs of one lr (the page's value filter)", f"/api/studies/big/runs?{one_lr}"),
+            ("  runs of an lr range (a brush)", f"/api/studies/big/runs?{lr_range}"),
+            ("  runs of a heatmap cell (its link)", f"/api/studies/big/runs?{cell}"),
+            ("  /api/studies/big/axes (the filters' values)", "/api/studies/big/axes"),
+            ("  /api/studies/big/facts", "/api/studies/big/facts"),
             ("  /api/studies/big/charts", "/api/studies/big/charts"),
             ("  /api/studies/big/analyses", "/api/studies/big/analyses"),
         ]

@@ -621,9 +621,24 @@ def runs_table_scenario(browser, page, url: str) -> None:
     ) as answer:
         top = json.loads(answer.read())["runs"][0]["run_id"]
     page.wait_for_function(f"{ROWS}[0].dataset.run === '{top}'")
+    # An axis is a column of its own, sorted by its values.
+    page.click("#runs-list th[data-sort='optimizer.lr']")
+    page.wait_for_url("**sort=optimizer.lr*")
+    page.wait_for_function(  # drawn again: its header marked
+        "document.querySelector(\"#runs-list th[data-sort='optimizer.lr']\").innerText"
+        ".includes('▲')"
+    )
+    lrs = page.evaluate(
+        f"[...{ROWS}].map((r) => r.querySelector('[data-col=\"optimizer.lr\"]').innerText)"
+    )
+    assert [float(v) for v in lrs] == sorted(float(v) for v in lrs) and len(set(lrs)) > 1
+    page.click("#runs-list th[data-sort=best_test_acc]")
+    page.click("#runs-list th[data-sort=best_test_acc]")
+    page.wait_for_url("**sort=-best_test_acc*")
     page.check("[data-state=diverged]")
     page.wait_for_function(
-        f"{ROWS}.length === 6 && [...{ROWS}].every((r) => r.children[5].innerText === 'diverged')"
+        f"{ROWS}.length === 6 && [...{ROWS}].every((r) => "
+        "r.querySelector('[data-col=status]').innerText === 'diverged')"
     )
     picks = page.locator("#runs-list [data-pick]")
     picks.nth(0).check()
@@ -792,7 +807,8 @@ def test_a_tuned_study_s_bench_in_chromium(browser, tmp_path):
         page.click("#filter-add")
         page.wait_for_url("**min_best_test_acc=0.5*")
         page.wait_for_function(
-            f"[...{ROWS}].every((r) => r.children[2].innerText === 'sgdm') && {ROWS}.length > 0"
+            f"[...{ROWS}].every((r) => r.querySelector('[data-col=block]').innerText === "
+            f"'sgdm') && {ROWS}.length > 0"
         )
         # A profile to a target typed in, as `optlab analyze profile --target` answers.
         page.fill("#profile-target", "val_acc=0.5")
@@ -829,7 +845,9 @@ def test_a_tuned_study_s_bench_in_chromium(browser, tmp_path):
             )
         page.locator("#scatter path[aria-roledescription=point]").last.click()  # the one on top
         page.wait_for_function(f"{ROWS}.length === 2")
-        point = page.evaluate(f"[...{ROWS}].map((r) => r.children[2].innerText)")
+        point = page.evaluate(
+            f"[...{ROWS}].map((r) => r.querySelector('[data-col=block]').innerText)"
+        )
         assert point[0] == point[1] and f"block={point[0]}" in page.url.replace("%2F", "/")
         assert page.locator("#runs-chips .chip").count() == 2  # its lr and its weight decay
         assert page.errors == [] and page.evaluate("window.optlabErrors") == []

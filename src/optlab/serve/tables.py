@@ -132,6 +132,8 @@ def study_runs(store: Path, name: str, asked: RunsQuery | None = None) -> dict[s
         if asked.states:
             where.append("r.status in (select unnest(?))")
             args.append(asked.states)
+        for key, given in asked.match.items():  # a superset here; exact below
+            where.append(_match_sql(key, given, args))
         for column, (low, high) in asked.bounds.items():
             sql = _column(con, column, f"min_{column}/max_{column}", axes)
             if low is not None:
@@ -149,7 +151,7 @@ def study_runs(store: Path, name: str, asked: RunsQuery | None = None) -> dict[s
         condition = " and ".join(where)
         rows = con.execute(
             "select r.run_id, r.block, r.seed, r.status, r.axes, s.epochs_done, r.epochs, "
-            "s.best_test_acc, s.final_test_acc, s.final_train_loss, r.config "
+            "s.best_test_acc, s.final_test_acc, s.final_train_loss, s.train_seconds, r.config "
             "from runs r join run_summary s using (study, run_id) "
             f"where {condition} order by {order}{page}",
             args,
@@ -160,7 +162,7 @@ def study_runs(store: Path, name: str, asked: RunsQuery | None = None) -> dict[s
             f"select count(*) from runs r{joined} where {condition}", args
         ).fetchone()
     runs = []
-    for run_id, block, seed, status, axes, done, epochs, best, final, loss, config in rows:
+    for run_id, block, seed, status, axes, done, epochs, best, final, loss, took, config in rows:
         values = json.loads(axes or "{}")
         if asked.match and not _matches(asked.match, block, values, config):
             continue
@@ -176,12 +178,35 @@ def study_runs(store: Path, name: str, asked: RunsQuery | None = None) -> dict[s
                 "best_test_acc": best,
                 "final_test_acc": final,
                 "final_train_loss": loss,
+                "seconds": took,
             }
         )
     if asked.match:
         total = len(runs)
         runs = runs[asked.offset : asked.offset + asked.limit]
     return clean({"study": name, "total": total, "runs": runs})
+
+
+def _match_sql(key: str, given: list[str], args: list[Any]) -> str:
+    """SQL that keeps at least the runs matching ``key`` (one of ``given``), so that the
+    store, not Python, passes over a large study: its block, or its value of the axis
+    (numbers within the tolerance :func:`_same` allows); a run whose block does not vary
+    the axis is kept, for its config to be read."""
+    if key == "block":
+        args.append(given)
+        return "r.block in (select unnest(?))"
+    path = _json_path(key)
+    value = f"json_extract_string(r.axes, {path})"
+    try:
+        numbers = [float(g) for g in given]
+    except ValueError:
+        args.append([g.lower() for g in given])
+        return f"({value} is null or lower({value}) in (select unnest(?)))"
+    near = []
+    for n in numbers:
+        near.append(f"abs(try_cast({value} as double) - ?) <= ?")
+        args += [n, 1e-5 * abs(n) + 1e-300]
+    return f"({value} is null or try_cast({value} as double) is null or {' or '.join(near)})"
 
 
 def _matches(match: dict[str, list[str]], block: str, axes: dict[str, Any], config: str) -> bool:

@@ -7,8 +7,21 @@
 // The page's own keys in the address; every other key is a filter of the runs table.
 const VIEW_KEYS = new Set(["sort", "state", "block", "limit", "offset", "compare", "token",
   "target", "time", "order", "metric"]);
+// The runs table's columns: the study's axes (one each, once known) stand where "axes" is.
 const COLUMNS = ["run_id", "block", "seed", "axes", "status", "epoch", "epochs", "best_test_acc",
-  "final_test_acc", "final_train_loss"];
+  "final_test_acc", "final_train_loss", "seconds"];
+let studyAxes = null;  // the study's axes, from /axes: each its own sortable column
+
+function columns() {
+  return studyAxes ? COLUMNS.flatMap((c) => (c === "axes" ? studyAxes : [c])) : COLUMNS;
+}
+
+function cellOf(run, c) {
+  if (c === "axes") return axesText(run.axes);
+  if (c === "seconds") return duration(run.seconds);
+  if (studyAxes && studyAxes.includes(c)) return fmt(run.axes[c]);
+  return fmt(run[c]);
+}
 const METRIC_FILTERS = ["best_test_acc", "final_test_acc", "final_train_loss", "epoch",
   "seconds"];
 const view = new URLSearchParams(location.search);  // the study page's state
@@ -61,6 +74,8 @@ function filterControls(base, box) {
   getJSON(`${base}/axes`).then((known) => {
     if (!known || known.failed) return;
     const axes = Object.fromEntries(known.axes.map((a) => [a.axis, a]));
+    studyAxes = known.axes.map((a) => a.axis);
+    refreshRuns();
     const blocks = ["", ...known.blocks].map((b) => `<option value="${esc(b)}"` +
       `${view.get("block") === b ? " selected" : ""}>${b ? esc(b) : "any"}</option>`).join("");
     const columns = [...Object.keys(axes), ...METRIC_FILTERS].map((c) =>
@@ -132,15 +147,15 @@ function runsTable(base, el, heading) {
       `${k}=${vs.join(" or ")}`).join("&")}` : "Runs";
     if (r.failed) { box.innerHTML = `<p class="error">${esc(r.failed)}</p>`; return; }
     const sort = view.get("sort") || "";
-    const head = COLUMNS.map((c) => {
+    const head = columns().map((c) => {
       const mark = sort === c ? " ▲" : sort === `-${c}` ? " ▼" : "";
-      return c === "axes" ? "<th>axes</th>" : `<th data-sort="${c}">${esc(c)}${mark}</th>`;
+      return c === "axes" ? "<th>axes</th>" : `<th data-sort="${esc(c)}">${esc(c)}${mark}</th>`;
     }).join("");
     const body = r.runs.map((x) => `<tr data-run="${esc(x.run_id)}"><td><input ` +
       `type="checkbox" data-pick="${esc(x.run_id)}"${picked().includes(x.run_id) ? " checked" : ""}` +
-      `></td>` + COLUMNS.map((c) => c === "run_id"
-        ? `<td><a href="/run/${esc(x.run_id)}">${esc(x.run_id)}</a></td>`
-        : `<td>${esc(fmt(c === "axes" ? axesText(x.axes) : x[c]))}</td>`).join("") + "</tr>")
+      `></td>` + columns().map((c) => c === "run_id"
+        ? `<td data-col="run_id"><a href="/run/${esc(x.run_id)}">${esc(x.run_id)}</a></td>`
+        : `<td data-col="${esc(c)}">${esc(cellOf(x, c))}</td>`).join("") + "</tr>")
       .join("");
     const offset = Number(view.get("offset") || 0);
     const shown = r.runs.length ? `${offset + 1}-${offset + r.runs.length} of ${r.total}` : "none";
