@@ -1,7 +1,7 @@
 """A scripted stand-in for `python -m optlab.training.worker`: the same protocol on stdin/stdout,
 no torch, no training. What it does for a run comes from OPTLAB_FAKE_SCRIPT, a JSON object
-seed -> actions ("epoch", "crash", "hang", "fail", "broken"; a run with no script does 3
-epochs):
+seed -> actions ("epoch", "crash", "hang", "fail", "broken", "await_deadline"; a run
+with no script does 3 epochs):
 
     {"1": ["epoch", "crash"]}
 
@@ -37,10 +37,18 @@ def run(task: dict, script, send) -> None:
             }
         )
         epoch = 0
-        for action in script(str(task["seed"]), ["epoch"] * 3) + ["finish"]:
+        actions = script(str(task["seed"]), ["epoch"] * 3) + ["finish"]
+        deadline = task.get("deadline")  # as the engine: held at an epoch's end past it
+        for n, action in enumerate(actions):
             if action == "epoch":
                 epoch += 1
                 emit({"type": "epoch", **dict.fromkeys(EPOCH_FIELDS, float(epoch)), "epoch": epoch})
+                if deadline is not None and time.time() >= deadline and "epoch" in actions[n + 1 :]:
+                    emit({"type": "held", "epoch": epoch, "elapsed": 0.0})
+                    break
+            elif action == "await_deadline":  # train on until the session's time is up
+                while deadline is not None and time.time() < deadline:
+                    time.sleep(0.01)
             elif action == "crash":
                 os._exit(3)
             elif action == "hang":

@@ -300,6 +300,11 @@ def test_bad_run_options_and_store_maintenance_inputs_are_one_line(cli, tmp_path
     assert result.exit_code == 2 and "--stall-timeout 0: give a number of seconds > 0" in one_line(
         result
     )
+    for given in ("1d", "0", "soon"):
+        result = cli("run", "tiny.toml", "--stop-after", given)
+        assert result.exit_code == 2 and one_line(result).strip().endswith(
+            f"--stop-after {given!r}: give a duration above 0 such as 11h30m, 90m or 45s"
+        ), one_line(result)
     (tmp_path / "afile").write_text("x")
     result = cli("run", "tiny.toml", "--checkpoint-dir", "afile")
     assert result.exit_code == 2 and "--checkpoint-dir afile:" in one_line(result)

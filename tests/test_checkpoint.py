@@ -20,8 +20,9 @@ class Killed(Exception):
     """Stands for a kill -9 of the worker between two events."""
 
 
-def run(cfg, folder, resume_upto=0, die_at=None, seed=0):
-    """Train; ``die_at(event)`` True stops the run right there (the event is not kept)."""
+def run(cfg, folder, resume_upto=0, die_at=None, seed=0, deadline=None):
+    """Train; ``die_at(event)`` True stops the run right there (the event is not kept);
+    ``deadline``: the session's end (--stop-after), in time.time()."""
     events = []
 
     def emit(ev):
@@ -36,6 +37,7 @@ def run(cfg, folder, resume_upto=0, die_at=None, seed=0):
         "config": cfg,
         "checkpoint_dir": str(folder),
         "resume_upto": resume_upto,
+        **({"deadline": deadline} if deadline is not None else {}),
     }
     with contextlib.suppress(Killed):
         train(task, emit, cache)
@@ -149,6 +151,33 @@ def test_a_run_killed_after_any_epoch_resumes_bit_for_bit(tmp_path, optimizer):
             torch.equal(saved[k], v) for k, v in torch.load(reference[-1]["weights"]).items()
         )
         assert not list(folder.glob("*.ckpt")), "an ended run keeps no checkpoints"
+
+
+def test_past_the_session_s_end_a_run_holds_at_its_epoch_end_and_goes_on_bit_for_bit(tmp_path):
+    """--stop-after: past the deadline a run stops at the end of the epoch in progress,
+    checkpointed there whatever its policy (every 3 epochs here), and says so (held);
+    resumed, its rows are an uninterrupted run's."""
+    light = {**HARD, "epochs": 3, "probes": [{"name": "distance_from_init"}]}
+    cfg = config(
+        **{**light, "checkpoint": {"every_epochs": 3, "every_minutes": None, "keep": 2}},
+        optimizer=OPTIMIZERS["sgd_nesterov"],
+    )
+    reference = run(cfg, tmp_path / "ref")
+    held = run(cfg, tmp_path / "held", deadline=0.0)  # the time was up as it began
+    assert [e["type"] for e in held][-2:] == ["checkpoint", "held"]
+    assert held[-1]["epoch"] == 1 and held[-2]["epoch"] == 1
+    assert [e["epoch"] for e in held if e["type"] == "epoch"] == [1]
+    second = run(cfg, tmp_path / "held", resume_upto=1)
+    assert second[0]["type"] == "resumed" and second[0]["epoch"] == 1
+    assert after(second, 1) == after(reference, 1)
+    assert second[-1]["type"] == "finished"
+    # A run in its last epoch at the deadline finishes rather than hold.
+    last = run(
+        config(**{**light, "epochs": 1}, optimizer=OPTIMIZERS["sgd_nesterov"]),
+        tmp_path / "last",
+        deadline=0.0,
+    )
+    assert last[-1]["type"] == "finished"
 
 
 def test_a_damaged_latest_checkpoint_falls_back_to_the_previous_and_says_so(tmp_path, capsys):

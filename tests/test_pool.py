@@ -21,6 +21,7 @@ from rich.console import Console
 from optlab.execution.coordinator import execute, prepare
 from optlab.execution.devices import make_slots
 from optlab.execution.executors.local import LocalExecutor
+from optlab.execution.launch import EXIT_TIME_UP, exit_code
 from optlab.store import core as st
 from optlab.study.expand import expand
 from tests.conftest import write_study
@@ -45,6 +46,7 @@ def run(tmp_path, monkeypatch):
         retry_failed: bool = False,
         stall_timeout: float = 60.0,
         during=None,
+        deadline: float | None = None,
     ):
         from optlab.study.schema import load_study
 
@@ -60,6 +62,7 @@ def run(tmp_path, monkeypatch):
             make_slots([], 1, slots, cores=slots),
             Console(file=io.StringIO()),
             LocalExecutor(db, stall_timeout, python=str(python)),
+            deadline=deadline,
         )
         return outcome, prepared
 
@@ -155,6 +158,33 @@ def test_ctrl_c_stops_the_workers_and_leaves_the_runs_resumable(run, tmp_path):
     # and the same study resumes: every run then finishes
     outcome, again = run({})
     assert len(again.todo) == 8 and set(outcome.statuses.values()) == {"done"}
+
+
+def test_at_the_session_s_end_runs_hold_at_an_epoch_s_end_and_no_run_starts(run, tmp_path):
+    """--stop-after: the two slots' first runs train past the deadline, hold at their next
+    epoch's end (interrupted, resumable); no other run starts. The next session resumes
+    them and runs the rest."""
+    db = tmp_path / "optlab.duckdb"
+    script = {"0": ["epoch", "await_deadline", "epoch", "epoch"]}
+    # Seed 0's runs wait for the deadline: their slots are busy until then. The fake
+    # workers start in well under the margin on any machine.
+    outcome, prepared = run(script, slots=2, deadline=time.time() + 5)
+    assert outcome.held and not outcome.interrupted
+    assert exit_code(outcome) == EXIT_TIME_UP  # what `optlab run` exits with: 75
+    states = dict(rows(db, "select run_id, status from runs"))
+    held = [r for r, s in states.items() if s == "interrupted"]
+    assert len(held) == 2 and set(states.values()) == {"interrupted", "pending"}
+    journal = [
+        json.loads(line)
+        for line in (tmp_path / "optlab.runs" / held[0] / "events.jsonl").read_text().splitlines()
+    ]
+    assert [e["type"] for e in journal][-2:] == ["epoch", "held"] and journal[-1]["epoch"] == 2
+    assert rows(db, f"select error from run_state where run_id = '{held[0]}'") == [
+        ("held at epoch 2: the session's time was up",)
+    ]
+    outcome, again = run({})
+    assert len(again.todo) == 8 and set(outcome.statuses.values()) == {"done"}
+    assert exit_code(outcome) == 0
 
 
 def test_runs_that_share_a_plugin_table_whose_build_raised_are_not_started(run, tmp_path):

@@ -17,6 +17,9 @@ Every event has ``type`` and ``run_id``. Types:
   all attempts).
 - ``paused``: the run reached a rung of its block's successive halving (``epoch``), wrote
   its checkpoint there and handed the run back; the attempt ends, the run does not.
+- ``held``: the session's time (``optlab run --stop-after``) was up: the run wrote its
+  checkpoint at the end of the epoch in progress (``epoch``) and handed itself back; the
+  attempt ends, the run is left interrupted (resumable) for the next `optlab run`.
 - ``rung``: the coordinator's decision at a rung (appended to the run's journal by the
   coordinator, never by a worker): ``epoch``, ``decision`` (``continue``, ``stop`` or
   ``wait`` for the rest of its group), ``metric``, ``value``, ``rank`` of ``of``
@@ -40,7 +43,7 @@ from typing import Any, TextIO
 from optlab.states import Event, ending
 
 # an attempt's last event
-TERMINAL = (Event.FINISHED, Event.FAILED, Event.DIVERGED, Event.PAUSED)
+TERMINAL = (Event.FINISHED, Event.FAILED, Event.DIVERGED, Event.PAUSED, Event.HELD)
 
 
 def ends_run(event: dict[str, Any]) -> bool:

@@ -45,6 +45,7 @@ class Event(StrEnum):
     FAILED = "failed"
     DIVERGED = "diverged"
     PAUSED = "paused"
+    HELD = "held"  # checkpointed and handed back at the session's end (--stop-after)
     RUNG = "rung"
     # to the pool only, never journaled
     READY = "ready"
@@ -59,6 +60,7 @@ ENDINGS = {
     Event.FAILED: State.FAILED,
     Event.DIVERGED: State.DIVERGED,
     Event.DISK_FULL: State.INTERRUPTED,
+    Event.HELD: State.INTERRUPTED,
 }
 
 
@@ -76,6 +78,6 @@ def ending(event: dict) -> State | None:
     kind = event.get("type")
     if kind == Event.RUNG:
         return State.STOPPED if event.get("decision") == Decision.STOP else None
-    if kind == Event.DISK_FULL:
+    if kind in (Event.DISK_FULL, Event.HELD):
         return None  # the run stays resumable
     return ENDINGS.get(kind)

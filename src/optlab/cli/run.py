@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import typer
@@ -109,6 +110,14 @@ def command(
         help="Where runs train: local (this machine) or ray (a Ray "
         "cluster; pip install 'optlab[ray]'). See optlab plugins executor.",
     ),
+    stop_after: str = typer.Option(
+        None,
+        "--stop-after",
+        help="End the session cleanly after this long (11h30m, 90m, 45s): no run starts "
+        "then, and those training stop at their epoch's end, checkpointed; exit 75, and "
+        "the same command goes on. For a notebook session or an allocation that ends.",
+        show_default=False,
+    ),
     address: str = AddressOption,
     executor_opts: list[str] = ExecutorOptOption,
     blocks: list[str] = BlockOption,
@@ -119,6 +128,7 @@ def command(
     # Everything the user gave is checked before the store is touched.
     if stall_timeout <= 0:
         raise UsageError(f"--stall-timeout {stall_timeout:g}: give a number of seconds > 0")
+    session = duration(stop_after) if stop_after is not None else None
     options = executors.parse_options(executor_opts, address)
     executors.check(executor_name, options, gpus, per_gpu, workers)  # before anything slow
     chosen = Selection(blocks, only, where)
@@ -137,9 +147,31 @@ def command(
             options,
             store,
             early_stop=not no_early_stop,
+            stop_after=session,
         ),
         out,
         err,
     )[1]
     if code:
         raise typer.Exit(code)
+
+
+DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def duration(text: str) -> float:
+    """Seconds in ``11h30m``, ``90m``, ``45s``, ``1h5m30s`` or a plain number of seconds."""
+    given = text.strip()
+    found = DURATION.fullmatch(given)
+    try:
+        seconds = float(given)
+    except ValueError:
+        seconds = None
+        if found and given:
+            h, m, s = (float(g) if g else 0.0 for g in found.groups())
+            seconds = 3600 * h + 60 * m + s
+    if seconds is None or not seconds > 0:
+        raise UsageError(
+            f"--stop-after {text!r}: give a duration above 0 such as 11h30m, 90m or 45s"
+        )
+    return seconds

@@ -53,6 +53,7 @@ class Outcome:
     errors: dict[str, str] = field(default_factory=dict)
     interrupted: bool = False
     stopped: str | None = None  # why the study stopped early (a full disk)
+    held: bool = False  # the session's time (--stop-after) was up: runs checkpointed, handed back
     unwritten: int = 0  # events left in the journals only (the store stayed busy or full)
     seconds: float = 0.0
     runs: dict[str, RunSpec] = field(default_factory=dict)  # the planned and those added
@@ -113,6 +114,11 @@ class Coordinator:
                 self._decided(ev, worker if ev["run_id"] == run_id else None)
         if kind == Event.PAUSED:
             self.view.idle(worker)
+        elif kind == Event.HELD:
+            self.outcome.statuses[run_id] = State.INTERRUPTED
+            self.view.run_ended(
+                worker, self.label(spec), "held", f"at epoch {event['epoch']}, checkpointed"
+            )
         elif kind == Event.EPOCH:
             self.view.epoch(worker, event["epoch"], event.get("test_acc"))
             self._best[run_id] = max(self._best.get(run_id, 0.0), event.get("test_acc") or 0.0)
@@ -437,10 +443,12 @@ def execute(
     console: Console,
     executor: Executor,
     lock: WriterLock | None = None,
+    deadline: float | None = None,
 ) -> Outcome:
     """Run the planned runs on ``executor``'s ``slots``. Ctrl-C stops the
     workers and leaves the runs resumable; more Ctrl-Cs are acknowledged, and a third gives
-    up waiting for a busy store."""
+    up waiting for a busy store. At ``deadline`` (``time.time()``; --stop-after) no run
+    starts, and those training stop at their epoch's end, checkpointed (``held``)."""
     todo = prepared.todo
     session_id = uuid.uuid4().hex[:12]
     names = [studies.name] if isinstance(studies, Study) else list(studies)
@@ -471,6 +479,7 @@ def execute(
             "resume_upto": point.get("resume_upto", 0),
             "threads": point.get("threads") or slot.threads,
             **({"stop_at": stop_at} if stop_at is not None else {}),
+            **({"deadline": deadline} if deadline is not None else {}),
             # going on past a rung is not another attempt at the run
             **({"past_rung": True} if spec.run_id in coord.went_on else {}),
         }
@@ -503,6 +512,18 @@ def execute(
         def handler(signum: int, frame: Any) -> None:
             loop.call_soon_threadsafe(on_signal)
 
+        def time_is_up() -> None:
+            if coord.outcome.interrupted or coord.outcome.stopped:
+                return
+            coord.outcome.held = True
+            view.note(
+                "Time is up (--stop-after): no run starts now; those training stop at "
+                "their epoch's end, checkpointed"
+            )
+            executor.halt()
+
+        if deadline is not None:
+            loop.call_later(max(0.0, deadline - time.time()), time_is_up)
         coord.request_stop = stop_pool
         # Python-level handlers (not the loop's): asyncio.run then leaves SIGINT alone, and
         # when the study is over they are replaced without a moment of the default handler.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,16 +50,23 @@ class Launch:
     executor_options: dict[str, Any]  # the executor's own (--executor-opt, --address)
     store: Path
     early_stop: bool = True  # False: --no-early-stop
+    stop_after: float | None = None  # seconds: --stop-after (the session's end)
+
+
+# `optlab run`'s exit code when --stop-after's time was up and runs are left to go on
+# (EX_TEMPFAIL: the same command again carries on).
+EXIT_TIME_UP = 75
 
 
 def launch(parts: list[Part], how: Launch, out: Any, err: Any) -> tuple[Any, int]:
     """Check the store and the datasets, record the studies, run what is not done on one
     executor and print (on ``out`` and ``err``, consoles) the start line and the summary.
     Returns the outcome (None when nothing was left to run) and the exit code `optlab run`
-    gives: 130 interrupted, 1 when a run failed, the study stopped early or runs were left
-    without a slot, else 0."""
+    gives: 130 interrupted, 75 when --stop-after's time was up with runs left, 1 when a
+    run failed, the study stopped early or runs were left without a slot, else 0."""
 
     store = how.store
+    deadline = time.time() + how.stop_after if how.stop_after is not None else None
     runs = [r for part in parts for r in all_runs(part.plans)]
     check_store(store)
     linked = other_names(store)
@@ -92,20 +100,32 @@ def launch(parts: list[Part], how: Launch, out: Any, err: Any) -> tuple[Any, int
         if _anything_to_run(store, runs, how):
             # What cannot be had (--gpus 9 of 8) is refused before the store is touched.
             executor().make_slots(how.gpus, how.per_gpu, how.workers, None)
-        outcome = _run_locked(parts, how, executor, len({r.run_id for r in runs}), out, err)
+        outcome = _run_locked(
+            parts, how, executor, len({r.run_id for r in runs}), out, err, deadline
+        )
     if outcome is None:
         return None, 0
+    return outcome, exit_code(outcome)
+
+
+def exit_code(outcome: Any) -> int:
+    """130 interrupted; 75 when --stop-after's time was up with runs left to go on; 1 when
+    a run failed, the study stopped early or runs were left without a slot that could take
+    them (every node the executor had could not prepare the datasets); else 0."""
     if outcome.interrupted:
-        return outcome, 130
-    # A run failed, the study stopped early, or runs were left without a slot that could
-    # take them (every node the executor had could not prepare the datasets).
+        return 130
+    left = len(outcome.statuses) < outcome.planned or any(
+        s == State.INTERRUPTED for s in outcome.statuses.values()
+    )
+    if outcome.held and left:
+        return EXIT_TIME_UP
     if (
         outcome.stopped
         or any(s in (State.FAILED, State.INTERRUPTED) for s in outcome.statuses.values())
-        or len(outcome.statuses) < outcome.planned
+        or left
     ):
-        return outcome, 1
-    return outcome, 0
+        return 1
+    return 0
 
 
 def _anything_to_run(store: Path, runs: list[Any], how: Launch) -> bool:
@@ -132,7 +152,13 @@ def _anything_to_run(store: Path, runs: list[Any], how: Launch) -> bool:
 
 
 def _run_locked(
-    parts: list[Part], how: Launch, executor: Any, total: int, out: Any, err: Any
+    parts: list[Part],
+    how: Launch,
+    executor: Any,
+    total: int,
+    out: Any,
+    err: Any,
+    deadline: float | None = None,
 ) -> Any:
     """Under the store's writer lock: prepare each study, start the slots, run them all
     on them, summarise. ``executor()`` builds the executor when first called."""
@@ -186,7 +212,7 @@ def _run_locked(
         )
         if resuming:
             out.print(f"  {resuming} of them resume from their last checkpoint where they have one")
-        outcome = execute(store, names, prepared, slots, out, run_on, lock)
+        outcome = execute(store, names, prepared, slots, out, run_on, lock, deadline)
     _summary(label, todo, outcome, store, out, err)
     return outcome
 
@@ -229,7 +255,15 @@ def _summary(study: str, todo: Any, outcome: Any, store: Path, out: Any, err: An
     if not_run:
         parts.append(f"{not_run} not started")
     minutes, seconds = divmod(int(outcome.seconds), 60)
-    head = "interrupted" if outcome.interrupted else "stopped" if outcome.stopped else "finished"
+    head = (
+        "interrupted"
+        if outcome.interrupted
+        else "stopped"
+        if outcome.stopped
+        else "time up"
+        if outcome.held and (not_run or counts.get(State.INTERRUPTED))
+        else "finished"
+    )
     out.print(f"{study}: {head} in {minutes}m{seconds:02d}s: {', '.join(parts) or 'nothing'}")
     by_id = {r.run_id: r for r in todo} | outcome.runs
     for run_id, status in outcome.statuses.items():
@@ -261,6 +295,12 @@ def _summary(study: str, todo: Any, outcome: Any, store: Path, out: Any, err: An
         )
     if outcome.interrupted:
         out.print("Interrupted runs are resumable: run the same command again.")
+    elif head == "time up":
+        out.print(
+            "Time is up (--stop-after): to go on, run the same command again (here, or where "
+            "the store is moved), or carry the study elsewhere with `optlab export --format "
+            "bundle` and `optlab merge`."
+        )
 
 
 def _halving_needs_every_seed(study: Path | None, plans: list[Any]) -> None:

@@ -200,6 +200,8 @@ def _ending(ev: dict[str, Any]) -> tuple[str | None, float, float | None]:
     at = ev.get("time") or time.time()
     if ev["type"] == Event.DISK_FULL:
         return f"stopped: disk full ({ev.get('error')})", at, None
+    if ev["type"] == Event.HELD:
+        return f"held at epoch {ev.get('epoch')}: the session's time was up", at, ev.get("elapsed")
     return ev.get("error"), at, ev.get("elapsed")
 
 

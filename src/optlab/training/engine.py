@@ -151,9 +151,13 @@ def train(
     # Successive halving hands the run back at its next rung, checkpointed there.
     stop_at = task.get("stop_at")
     until = run.epochs if stop_at is None else min(int(stop_at), run.epochs)
+    deadline = task.get("deadline")  # the session's end (--stop-after), in time.time()
     for epoch in range(run.counters.epoch, until):
         if not run.epoch(epoch):
             return  # diverged
+        if deadline is not None and epoch + 1 < until and time.time() >= deadline:
+            run.pause(Event.HELD)  # the next safe point: this epoch's end, checkpointed
+            return
     if until < run.epochs:
         run.pause()
         return
@@ -524,17 +528,18 @@ class Run:
             }
         )
 
-    def pause(self) -> None:
-        """At a rung: checkpoint (whatever the policy) and hand the run back."""
+    def pause(self, kind: Event = Event.PAUSED) -> None:
+        """At a rung (``paused``), or at the session's end (``held``): checkpoint (whatever
+        the policy) and hand the run back."""
         if self.folder is None:
-            raise ValueError("early stopping needs the run's checkpoint folder")
+            raise ValueError("handing a run back to go on later needs its checkpoint folder")
         if self.policy is None:
             self.policy = ckpt.Policy(None, None, keep=2, epochs=self.epochs)
         if self.saved_epoch != self.counters.epoch:
             self.checkpoint()
         self.emit(
             {
-                "type": Event.PAUSED,
+                "type": kind,
                 "run_id": self.run_id,
                 "epoch": self.counters.epoch,
                 "elapsed": self.elapsed(),
