@@ -22,6 +22,7 @@ from optlab.execution.coordinator import execute, prepare
 from optlab.execution.devices import make_slots
 from optlab.execution.executors.local import LocalExecutor
 from optlab.execution.launch import EXIT_TIME_UP, exit_code
+from optlab.execution.launch import _summary as summary
 from optlab.store import core as st
 from optlab.study.expand import expand
 from tests.conftest import write_study
@@ -171,6 +172,12 @@ def test_at_the_session_s_end_runs_hold_at_an_epoch_s_end_and_no_run_starts(run,
     outcome, prepared = run(script, slots=2, deadline=time.time() + 5)
     assert outcome.held and not outcome.interrupted
     assert exit_code(outcome) == EXIT_TIME_UP  # what `optlab run` exits with: 75
+    said = io.StringIO()
+    wide = Console(file=said, width=300)
+    summary("tiny", prepared.todo, outcome, db, wide, wide)
+    lines = said.getvalue().splitlines()
+    assert lines[0].startswith("tiny: time up in ") and "2 interrupted" in lines[0]
+    assert lines[-1].startswith("Time is up (--stop-after): to go on, run the same command")
     states = dict(rows(db, "select run_id, status from runs"))
     held = [r for r, s in states.items() if s == "interrupted"]
     assert len(held) == 2 and set(states.values()) == {"interrupted", "pending"}
