@@ -169,7 +169,7 @@ def test_at_the_session_s_end_runs_hold_at_an_epoch_s_end_and_no_run_starts(run,
     script = {"0": ["epoch", "await_deadline", "epoch", "epoch"]}
     # Seed 0's runs wait for the deadline: their slots are busy until then. The fake
     # workers start in well under the margin on any machine.
-    outcome, prepared = run(script, slots=2, deadline=time.time() + 5)
+    outcome, prepared = run(script, slots=2, deadline=time.time() + 3)
     assert outcome.held and not outcome.interrupted
     assert exit_code(outcome) == EXIT_TIME_UP  # what `optlab run` exits with: 75
     said = io.StringIO()
