@@ -35,6 +35,14 @@ AddressOption = typer.Option(
     "HOST:PORT. Default: start Ray on this machine. Short for --executor-opt address=.",
     show_default=False,
 )
+StopAfterOption = typer.Option(
+    None,
+    "--stop-after",
+    help="End the session cleanly after this long (11h30m, 90m, 45s): no run starts "
+    "then, and those training stop at their epoch's end, checkpointed; exit 75, and "
+    "the same command goes on. For a notebook session or an allocation that ends.",
+    show_default=False,
+)
 ExecutorOptOption = typer.Option(
     [],
     "--executor-opt",
@@ -110,14 +118,7 @@ def command(
         help="Where runs train: local (this machine) or ray (a Ray "
         "cluster; pip install 'optlab[ray]'). See optlab plugins executor.",
     ),
-    stop_after: str = typer.Option(
-        None,
-        "--stop-after",
-        help="End the session cleanly after this long (11h30m, 90m, 45s): no run starts "
-        "then, and those training stop at their epoch's end, checkpointed; exit 75, and "
-        "the same command goes on. For a notebook session or an allocation that ends.",
-        show_default=False,
-    ),
+    stop_after: str = StopAfterOption,
     address: str = AddressOption,
     executor_opts: list[str] = ExecutorOptOption,
     blocks: list[str] = BlockOption,
@@ -126,9 +127,7 @@ def command(
     store: Path = StoreOption,
 ) -> None:
     # Everything the user gave is checked before the store is touched.
-    if stall_timeout <= 0:
-        raise UsageError(f"--stall-timeout {stall_timeout:g}: give a number of seconds > 0")
-    session = duration(stop_after) if stop_after is not None else None
+    session = _checked(stall_timeout, stop_after)
     options = executors.parse_options(executor_opts, address)
     executors.check(executor_name, options, gpus, per_gpu, workers)  # before anything slow
     chosen = Selection(blocks, only, where)
@@ -175,3 +174,10 @@ def duration(text: str) -> float:
             f"--stop-after {text!r}: give a duration above 0 such as 11h30m, 90m or 45s"
         )
     return seconds
+
+
+def _checked(stall_timeout: float, stop_after: str | None) -> float | None:
+    """--stall-timeout checked; --stop-after in seconds (None without it)."""
+    if stall_timeout <= 0:
+        raise UsageError(f"--stall-timeout {stall_timeout:g}: give a number of seconds > 0")
+    return duration(stop_after) if stop_after is not None else None

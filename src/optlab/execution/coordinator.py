@@ -512,18 +512,8 @@ def execute(
         def handler(signum: int, frame: Any) -> None:
             loop.call_soon_threadsafe(on_signal)
 
-        def time_is_up() -> None:
-            if coord.outcome.interrupted or coord.outcome.stopped:
-                return
-            coord.outcome.held = True
-            view.note(
-                "Time is up (--stop-after): no run starts now; those training stop at "
-                "their epoch's end, checkpointed"
-            )
-            executor.halt()
-
         if deadline is not None:
-            loop.call_later(max(0.0, deadline - time.time()), time_is_up)
+            loop.call_later(max(0.0, deadline - time.time()), _time_is_up, coord, executor)
         coord.request_stop = stop_pool
         # Python-level handlers (not the loop's): asyncio.run then leaves SIGINT alone, and
         # when the study is over they are replaced without a moment of the default handler.
@@ -542,3 +532,15 @@ def execute(
         asyncio.run(main())
     coord.outcome.seconds = time.monotonic() - started
     return coord.outcome
+
+
+def _time_is_up(coord: Coordinator, executor: Executor) -> None:
+    """--stop-after's deadline: no run starts; those training hold at their epoch's end."""
+    if coord.outcome.interrupted or coord.outcome.stopped:
+        return
+    coord.outcome.held = True
+    coord.view.note(
+        "Time is up (--stop-after): no run starts now; those training stop at "
+        "their epoch's end, checkpointed"
+    )
+    executor.halt()

@@ -2,7 +2,7 @@
 training little: however many pages ask, an answer is made at most once per its freshness,
 and the server spends at most a stated share of one core making answers.
 
-An answer that took t seconds to make is fresh for 10 t (at least its floor: a second for
+An answer that took t seconds to make is fresh for 5 t (at least its floor: a second for
 most). While one is being made, whoever asks for it too waits for it rather than make it
 again (an analysis of 100,000 runs takes seconds). Past its freshness it is made again,
 unless the answers made in the last :data:`WINDOW` seconds took more than :data:`SHARE` of
@@ -54,7 +54,7 @@ class Answers:
             took = time.monotonic() - started
             with self._lock:
                 self._spent.append((time.monotonic(), took))
-                self._kept[key] = (time.monotonic(), max(floor, 10 * took), body)
+                self._kept[key] = (time.monotonic(), max(floor, 5 * took), body)
                 if len(self._kept) > KEPT:
                     for old in sorted(self._kept, key=lambda k: self._kept[k][0])[: KEPT // 2]:
                         del self._kept[old]
