@@ -239,7 +239,7 @@ def test_a_busy_server_sends_the_answer_it_kept_and_says_how_old(monkeypatch):
 
     def make(text: str):
         def made() -> bytes:
-            clock[0] += 1.0  # it takes a second: fresh for 10
+            clock[0] += 1.0  # it takes a second: fresh for 5
             return text.encode()
 
         return made
@@ -247,9 +247,9 @@ def test_a_busy_server_sends_the_answer_it_kept_and_says_how_old(monkeypatch):
     for share, second in [(0.01, (b"first", 11.0)), (0.1, (b"second", 0.0))]:
         kept = answers.Answers(share=share, window=20.0)
         assert kept.get("k", 1.0, make("first")) == (b"first", 0.0)
-        clock[0] += 5.0
-        assert kept.get("k", 1.0, make("second")) == (b"first", 5.0)  # still fresh
-        clock[0] += 6.0  # stale; 1 s of the last 20 spent making: 0.05 of a core
+        clock[0] += 4.0
+        assert kept.get("k", 1.0, make("second")) == (b"first", 4.0)  # still fresh
+        clock[0] += 7.0  # stale; 1 s of the last 20 spent making: 0.05 of a core
         assert kept.get("k", 1.0, make("second")) == second
         clock[0] += 30.0  # that second is out of the window: made again
         assert kept.get("k", 1.0, make("third"))[0] == b"third"
