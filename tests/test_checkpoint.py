@@ -153,6 +153,7 @@ def test_a_run_killed_after_any_epoch_resumes_bit_for_bit(tmp_path, optimizer):
         assert not list(folder.glob("*.ckpt")), "an ended run keeps no checkpoints"
 
 
+@pytest.mark.slow  # four short trainings: kept out of the quick tier's 90 s
 def test_past_the_session_s_end_a_run_holds_at_its_epoch_end_and_goes_on_bit_for_bit(tmp_path):
     """--stop-after: past the deadline a run stops at the end of the epoch in progress,
     checkpointed there whatever its policy (every 3 epochs here), and says so (held);
