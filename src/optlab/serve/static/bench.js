@@ -164,7 +164,14 @@ function runsTable(base, el, heading) {
       `<button id="runs-next"${offset + r.runs.length < r.total ? "" : " disabled"}>next` +
       `</button></p><table id="runs-list"><tr><th></th>${head}</tr>${body}</table>`;
   };
-  refreshRuns = async () => { const r = await getJSON(url()); if (r) draw(r); };
+  // Only the latest question's answer is drawn: an earlier one (a sort clicked before, the
+  // live page's refresh) may come back after it and would show its rows under the new header.
+  let asked = 0;
+  refreshRuns = async () => {
+    const n = ++asked;
+    const r = await getJSON(url());
+    if (r && n === asked) draw(r);
+  };
   el.addEventListener("click", (event) => {
     const t = event.target;
     const chip = t.classList.contains("drop") && t.closest(".chip");
