@@ -68,6 +68,7 @@ LATE = (
     "vl_convert",
     "sklearn",
     "ray",
+    "submitit",
     "medmnist",
     "uvicorn",
 )

@@ -38,9 +38,10 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from typing import Any, TextIO
 
-from optlab.states import Event, ending
+from optlab.states import Event, State, ending
 
 # an attempt's last event
 TERMINAL = (Event.FINISHED, Event.FAILED, Event.DIVERGED, Event.PAUSED, Event.HELD)
@@ -150,3 +151,37 @@ def cut_torn_tail(path: str | os.PathLike) -> None:
                 f.write(b"\n")  # a whole last event, cut just before its newline
     except FileNotFoundError:
         pass
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a run's journal alone says of its latest attempt chain."""
+
+    epochs: int  # epochs done
+    checkpoint: int  # the epoch of the last checkpoint journaled (0: none)
+    ended: State | None  # the state its end left it in (done, stopped, ...), if it ended
+    ended_at: float | None = None  # when (the ending event's time)
+    threads: int | None = None  # the thread count its first attempt recorded
+
+
+def progress(events: list[dict[str, Any]]) -> Progress | None:
+    """A run's progress from its journal's events, or None when it has none."""
+    epochs: set[int] = set()
+    checkpoint, ended, ended_at, threads = 0, None, None, None
+    for ev in events:
+        kind = ev.get("type")
+        if kind == Event.STARTED:
+            epochs, checkpoint, ended = set(), 0, None
+            threads = (ev.get("provenance") or {}).get("threads")
+        elif kind == Event.RESUMED:
+            epochs = {e for e in epochs if e <= ev["epoch"]}
+            checkpoint, ended = ev["epoch"], None
+            threads = threads or (ev.get("provenance") or {}).get("threads")
+        elif kind == Event.EPOCH:
+            epochs.add(ev["epoch"])
+        elif kind == Event.CHECKPOINT:
+            checkpoint = ev["epoch"]
+        now = ending(ev)
+        if now is not None:
+            ended, ended_at = now, ev.get("time")
+    return Progress(len(epochs), checkpoint, ended, ended_at, threads) if events else None

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from optlab import leases
 from optlab.errors import OptlabError
 from optlab.locations import resolve, roots
 from optlab.states import ENDED, State
@@ -174,11 +175,14 @@ def _left_behind(
     counts = result.counts
     cut: dict[str, tuple[int, int]] = {}
     ended: dict[str, State] = {}
+    in_jobs = leases.live_ids(store)  # training in Slurm jobs: not left behind
     for run_id, status in con.execute(
         "select run_id, status from runs where study = ? and status in "
         "('pending', 'running', 'interrupted')",
         [result.study],
     ).fetchall():
+        if run_id in in_jobs:
+            continue
         progress = journal_progress(store, run_id)
         if progress is not None and progress.ended is not None:
             ended[run_id] = progress.ended

@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from optlab.errors import OptlabError
+from optlab.store.folding import Folded, fold
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -24,6 +25,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 @dataclass
 class _State:
     debug: bool = False
+    folded: Folded | None = None  # what this command folded in of Slurm jobs' journals
 
 
 STATE = _State()
@@ -108,6 +110,16 @@ def _store_damage(exc: BaseException) -> str | None:
     )
 
 
+def fold_jobs(store: Path) -> Folded:
+    """What Slurm jobs journaled, written to the store before a command reads it (see
+    :mod:`optlab.store.folding`); remembered for `optlab status` to say."""
+    try:
+        STATE.folded = fold(store)
+    except OptlabError as e:  # a damaged store: the command itself says so (or rebuilds it)
+        STATE.folded = Folded(error=str(e))
+    return STATE.folded
+
+
 def handles_errors(func: F) -> F:
     """Library errors become one line and an exit code; an unexpected error becomes one line
     and a saved traceback (exit 1); --debug shows the traceback instead; Ctrl-C exits 130."""
@@ -115,6 +127,8 @@ def handles_errors(func: F) -> F:
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
+            if isinstance(kwargs.get("store"), Path):
+                fold_jobs(kwargs["store"])
             return func(*args, **kwargs)
         except OptlabError as e:
             if STATE.debug:

@@ -7,8 +7,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from optlab.analysis.jobs import submissions
 from optlab.analysis.status import study_status
-from optlab.cli.common import StoreOption, handles_errors, out
+from optlab.cli.common import STATE, StoreOption, handles_errors, out
 from optlab.execution.progress import describe_axes
 from optlab.states import State
 from optlab.store.core import STATES
@@ -78,6 +79,37 @@ def command(
                 f"{describe_axes(u['axes'], u['seed'])}: {where}",
                 markup=False,
             )
+    _jobs(store)
+
+
+def _jobs(store: Path) -> None:
+    """The Slurm jobs of the store's open submissions, and what folding their journals in
+    could not do."""
+    folded = STATE.folded
+    if folded is not None and folded.busy:
+        out.print(
+            "note: the store was being written, so the jobs' latest epochs are not in these "
+            "counts yet (the next command writes them)",
+            markup=False,
+        )
+    for sub in submissions(store):
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(sub.counts().items()))
+        out.print(
+            f"submission {sub.name} ({sub.cluster}, {sub.runs} runs): jobs {counts}",
+            markup=False,
+        )
+        for job in sub.jobs:
+            said = f"job {job.job_id}: {job.state}{' (' + job.detail + ')' if job.detail else ''}"
+            if job.training:
+                said += f", training {len(job.training)}: {' '.join(job.training)}"
+            out.print(f"  {said}", markup=False)
+            if job.lost:
+                out.print(
+                    f"  job {job.job_id} is gone with {len(job.lost)} run(s) unfinished "
+                    f"({' '.join(job.lost)}): another job takes them over, or run the study "
+                    "with --executor slurm again",
+                    markup=False,
+                )
 
 
 def _eta(seconds: float | None) -> str:

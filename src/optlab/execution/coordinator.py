@@ -24,7 +24,7 @@ from typing import Any
 
 from rich.console import Console
 
-from optlab import locations
+from optlab import leases, locations
 from optlab.errors import StoreBusy, StoreFull
 from optlab.execution import finals
 from optlab.execution.devices import Slot
@@ -267,6 +267,7 @@ class Prepared:
     plans: list[BlockPlan] = field(default_factory=list)  # with the final runs known so far
     checkpoint_root: Path | None = None
     early_stop: bool = True  # False: --no-early-stop (stopped runs go on to their end)
+    elsewhere: list[str] = field(default_factory=list)  # training in Slurm jobs: left to them
 
 
 def prepare(
@@ -283,9 +284,10 @@ def prepare(
     with ``final`` gain the final runs of the groups whose search is over."""
     root = Path(os.path.abspath(checkpoint_root or st.checkpoints_dir(store)))
     roots = locations.roots(store)
+    live = leases.live_ids(store)  # runs training in Slurm jobs now
     with st.writing(store) as con:
         st.ensure_schema(con, store)
-        recovered = st.recover(con, store)
+        recovered = st.recover(con, store, live=live)
         plans = finals.plans_with_finals(con, plans)
         runs = all_runs(plans)
         if matrix is not None:  # final runs belong to the file's matrix, as its search
@@ -297,6 +299,8 @@ def prepare(
             "select count(*) from epochs where run_id in (select unnest(?::varchar[]))", [recovered]
         ).fetchone()
         todo = plan_runs(runs, states, retry_failed, early_stop, _together(plans))
+        elsewhere = [r.run_id for r in todo if r.run_id in live]
+        todo = [r for r in todo if r.run_id not in live]
         # Stopped runs may go on in this session (a grown study): where they would resume.
         halved = {r.run_id: r for p in plans if p.early_stop for r in p.runs}
         stopped = [r for i, r in halved.items() if states.get(i) == State.STOPPED]
@@ -319,7 +323,9 @@ def prepare(
     records.save_study_record(store, study, plans, carried)
     if todo and root == Path(os.path.abspath(st.checkpoints_dir(store))):
         _git_ignored(root)
-    return Prepared(todo, states, recovered_states, int(epochs), points, plans, root, early_stop)
+    return Prepared(
+        todo, states, recovered_states, int(epochs), points, plans, root, early_stop, elsewhere
+    )
 
 
 def _together(plans: list[BlockPlan]) -> dict[str, tuple[int, int]]:
@@ -431,6 +437,7 @@ def combine(parts: list[Prepared]) -> Prepared:
         out.resume.update(part.resume)
         out.plans += part.plans
         out.checkpoint_root, out.early_stop = part.checkpoint_root, part.early_stop
+        out.elsewhere += [i for i in part.elsewhere if i not in out.elsewhere]
     out.todo = list(todo.values())
     return out
 

@@ -100,6 +100,9 @@ def launch(parts: list[Part], how: Launch, out: Any, err: Any) -> tuple[Any, int
         if _anything_to_run(store, runs, how):
             # What cannot be had (--gpus 9 of 8) is refused before the store is touched.
             executor().make_slots(how.gpus, how.per_gpu, how.workers, None)
+            if getattr(executor(), "submits", False):
+                _can_submit(parts, how)
+                return _submit_locked(parts, how, executor(), len(runs), out, err), 0
         outcome = _run_locked(
             parts, how, executor, len({r.run_id for r in runs}), out, err, deadline
         )
@@ -193,6 +196,12 @@ def _run_locked(
         todo, states = prepared.todo, prepared.states
         if prepared.recovered:
             _report_recovery(prepared, out)
+        if prepared.elsewhere:
+            err.print(
+                f"note: {len(prepared.elsewhere)} run(s) are training in Slurm jobs (their "
+                "leases are live); they are left to them",
+                markup=False,
+            )
         if not todo:
             failed = sum(1 for s in states.values() if s == State.FAILED)
             hint = f"; {failed} failed (run again with --retry-failed)" if failed else ""
@@ -215,6 +224,70 @@ def _run_locked(
         outcome = execute(store, names, prepared, slots, out, run_on, lock, deadline)
     _summary(label, todo, outcome, store, out, err)
     return outcome
+
+
+def _can_submit(parts: list[Part], how: Launch) -> None:
+    """What a submitting executor (Slurm) cannot do yet, refused before the store is
+    touched: deciding at rungs and choosing final runs need a coordinator alive."""
+    for plan in [p for part in parts for p in part.plans]:
+        if (plan.early_stop is not None and how.early_stop) or plan.final is not None:
+            what = "successive halving" if plan.early_stop is not None else "final runs"
+            raise UsageError(
+                f"block {plan.name!r}: {what} needs optlab's coordinator alive while the "
+                f"runs train, which --executor {how.executor_name} does not keep; run it "
+                "with the local or ray executor"
+            )
+    if how.stop_after is not None:
+        raise UsageError(
+            f"--stop-after: the jobs of --executor {how.executor_name} stop at their own time "
+            "limit (--executor-opt time=...); give one of the two"
+        )
+
+
+def _submit_locked(
+    parts: list[Part], how: Launch, run_on: Any, total: int, out: Any, err: Any
+) -> None:
+    """Under the store's writer lock: prepare each study (recording it, recovering
+    journals), then hand the runs left to the cluster; returns once they are queued."""
+    store = how.store
+    label = " + ".join(p.spec.name for p in parts)
+    with writer_lock(store) as lock:
+        prepared = combine(
+            [
+                prepare(
+                    store,
+                    part.spec,
+                    part.plans,
+                    how.retry_failed,
+                    how.checkpoint_dir.resolve() if how.checkpoint_dir else None,
+                    part.matrix,
+                    how.early_stop,
+                )
+                for part in parts
+            ]
+        )
+        lock.claim_file()
+        if prepared.recovered:
+            _report_recovery(prepared, out)
+        todo = prepared.todo
+        busy = f"; {len(prepared.elsewhere)} training in jobs already" if prepared.elsewhere else ""
+        if not todo:
+            out.print(f"Nothing to submit: the runs of {label} are finished{busy}.")
+            return None
+        submission, jobs = run_on.submit(todo, prepared.resume, how.gpus, how.per_gpu, how.workers)
+    out.print(
+        f"{label}: submitted {len(todo)} of {total} runs ({total - len(todo)} finished"
+        f"{busy}) as {len(jobs)} job(s) {', '.join(jobs[:4])}{' ...' if len(jobs) > 4 else ''}"
+        f" (submission {submission}); store {store}",
+        markup=False,
+    )
+    out.print(
+        "  Nothing needs to stay running here. Follow the study with `optlab status` from "
+        "any machine that sees the store's folder; jobs at their time limit are requeued "
+        "with their runs checkpointed.",
+        markup=False,
+    )
+    return None
 
 
 def check_folder(folder: Path, option: str) -> None:

@@ -7,21 +7,23 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from optlab import locations
-from optlab.events import ends_run, read_journal
+from optlab import leases, locations
+from optlab.events import Progress, ends_run, progress, read_journal
 from optlab.states import Event, State, ending
 from optlab.store.files import artefacts_dir, journal_path
 from optlab.store.writer import apply_events, finish_all, with_rows
 
 
 def recover(
-    con: duckdb.DuckDBPyConnection, store: Path, run_ids: list[str] | None = None
+    con: duckdb.DuckDBPyConnection,
+    store: Path,
+    run_ids: list[str] | None = None,
+    live: frozenset[str] | None = None,
 ) -> list[str]:
     """Re-ingest the journals that hold more than the store: those of runs it still shows as
     pending or running (left by a crash or Ctrl-C), and those of interrupted or failed runs
@@ -32,7 +34,13 @@ def recover(
 
     Every `optlab run` calls this over the study's unfinished runs, which may be most of a
     100,000-run study: only the runs with a folder beside the store are read, and what they
-    need is written in a few statements for all of them, not a few per run."""
+    need is written in a few statements for all of them, not a few per run.
+
+    Runs still training elsewhere (a Slurm job holds their lease, see :mod:`optlab.leases`;
+    ``live`` when the caller has read them) have their events so far written and stay
+    running."""
+    if live is None:
+        live = leases.live_ids(store)
     rows = con.execute(
         "select run_id, status, coalesce(journal_time, 0) from run_state "
         "where status in ('pending', 'running', 'interrupted', 'failed')"
@@ -52,7 +60,7 @@ def recover(
             continue
         events = read_journal(journal_path(store, run_id)) if run_id in present else []
         if not events:
-            if status == State.RUNNING:
+            if status == State.RUNNING and run_id not in live:
                 lost.append(run_id)
             continue
         if status in (State.INTERRUPTED, State.FAILED):
@@ -68,7 +76,7 @@ def recover(
                 continue
         replay.extend(events)
         last = events[-1]
-        if not ends_run(last):
+        if not ends_run(last) and run_id not in live:
             at = last.get("time") or time.time()
             unfinished.append(
                 [run_id, State.INTERRUPTED, "interrupted before it finished", at, None]
@@ -86,33 +94,10 @@ def recover(
     return recovered
 
 
-@dataclass(frozen=True)
-class Progress:
-    """What a run's journal alone says of its latest attempt chain."""
-
-    epochs: int  # epochs done
-    checkpoint: int  # the epoch of the last checkpoint journaled (0: none)
-    ended: State | None  # the state its end left it in (done, stopped, ...), if it ended
-
-
 def journal_progress(store: Path, run_id: str) -> Progress | None:
     """From a run's journal alone: its progress, or None when it has no events. For status,
     while the store may lag behind (a writer killed before it wrote what was journaled)."""
-    epochs: set[int] = set()
-    checkpoint, seen, ended = 0, False, None
-    for ev in read_journal(journal_path(store, run_id)):
-        kind, seen = ev.get("type"), True
-        if kind == Event.STARTED:
-            epochs, checkpoint, ended = set(), 0, None
-        elif kind == Event.RESUMED:
-            epochs = {e for e in epochs if e <= ev["epoch"]}
-            checkpoint, ended = ev["epoch"], None
-        elif kind == Event.EPOCH:
-            epochs.add(ev["epoch"])
-        elif kind == Event.CHECKPOINT:
-            checkpoint = ev["epoch"]
-        ended = ending(ev) or ended
-    return Progress(len(epochs), checkpoint, ended) if seen else None
+    return progress(read_journal(journal_path(store, run_id)))
 
 
 def paused_at_rungs(store: Path, run_ids: list[str]) -> dict[str, tuple[int, str | None]]:

@@ -152,16 +152,25 @@ def train(
     stop_at = task.get("stop_at")
     until = run.epochs if stop_at is None else min(int(stop_at), run.epochs)
     deadline = task.get("deadline")  # the session's end (--stop-after), in time.time()
+    hold = task.get("hold_file")  # made by a job at its time limit or preemption (Slurm)
     for epoch in range(run.counters.epoch, until):
         if not run.epoch(epoch):
             return  # diverged
-        if deadline is not None and epoch + 1 < until and time.time() >= deadline:
+        if epoch + 1 < until and time_is_up(deadline, hold):
             run.pause(Event.HELD)  # the next safe point: this epoch's end, checkpointed
             return
     if until < run.epochs:
         run.pause()
         return
     run.finish()
+
+
+def time_is_up(deadline: float | None, hold: str | None) -> bool:
+    """Whether the run is to hold at this epoch's end: the session's deadline has passed, or
+    the run's job made its hold file (its time limit or a preemption is near)."""
+    if deadline is not None and time.time() >= deadline:
+        return True
+    return hold is not None and os.path.exists(hold)
 
 
 class Run:

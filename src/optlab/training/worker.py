@@ -258,6 +258,9 @@ def _die_with_parent() -> None:
 
 def main() -> None:
     _die_with_parent()
+    # Slurm signals every process of a job at its time limit (submitit asks for USR2); the
+    # job's own process decides what its runs do (hold at their epoch's end), not the signal.
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
     # Keep the real stdout for events; from here on fd 1 is a log, never the channel.
     events = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
     # A segfault or a fatal error writes its Python traceback to fd 2: the current run's log.
