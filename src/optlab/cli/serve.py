@@ -6,6 +6,9 @@ import contextlib
 import os
 import secrets
 import socket
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import typer
@@ -14,6 +17,7 @@ from optlab.cli.common import StoreOption, fail, handles_errors, out
 from optlab.errors import OptlabError
 from optlab.serve.app import create_app
 from optlab.store.core import reading
+from optlab.store.folding import open_submissions
 from optlab.store.opening import PACE
 
 NAME = "serve"
@@ -24,6 +28,7 @@ HELP = (
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 GRACE = 2  # seconds Ctrl-C waits for requests still being answered
 NICE = 10  # how far below other processes the server runs (os.nice)
+FOLD_EVERY = 15.0  # seconds between folds of Slurm jobs' journals while they run
 
 
 @handles_errors
@@ -78,10 +83,27 @@ def command(
         create_app(store, token), log_level="warning", timeout_graceful_shutdown=GRACE
     )
     server = uvicorn.Server(config)
+    stop = threading.Event()
+    threading.Thread(target=_fold_while_jobs_run, args=(store, stop), daemon=True).start()
     # Ctrl-C is how it is meant to stop (uvicorn raises the interrupt again once down).
     with contextlib.suppress(KeyboardInterrupt):
         server.run(sockets=[listening])
+    stop.set()
     out.print("optlab serve: stopped", markup=False)
+
+
+def _fold_while_jobs_run(store: Path, stop: threading.Event) -> None:
+    """While Slurm jobs train the store's runs, their journals are folded in every
+    FOLD_EVERY seconds, so that the page follows them. In a process of its own: this one
+    holds the store read-only, and DuckDB opens a file one way per process."""
+    code = "import sys; from pathlib import Path; from optlab.store.folding import fold; "
+    code += "fold(Path(sys.argv[1]))"
+    while not stop.wait(FOLD_EVERY):
+        if open_submissions(store):
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                subprocess.run(
+                    [sys.executable, "-c", code, str(store)], capture_output=True, timeout=120
+                )
 
 
 def _listen(host: str, port: int) -> socket.socket:
