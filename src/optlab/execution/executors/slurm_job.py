@@ -92,6 +92,9 @@ class Claims(WorkQueue):
         for run in self.runs:
             if run.run_id in self.ended or run.run_id in self.mine:
                 continue
+            held = leases.read(self.store, run.run_id)
+            if held is not None and held.live and held.holder != self.holder:
+                continue  # another job trains it (a lease is cheaper to read than a journal)
             if run_ended(progress(read_journal(journal_path(self.store, run.run_id))), self.since):
                 self.ended.add(run.run_id)
                 continue
