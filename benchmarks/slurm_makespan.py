@@ -88,7 +88,7 @@ def one(mode: str, folder: Path, runs: int, delay: int) -> dict[str, float]:
         j.read_text().count('"type":"held"')
         for j in (folder / "optlab.runs").glob("*/events.jsonl")
     )
-    logs = (folder / "optlab.runs" / "slurm").rglob("*_log.*")
+    logs = (folder / "optlab.runs" / "slurm").rglob("*_log.err")  # submitit logs there
     signals = sum(p.read_text().count("Caught signal SIGUSR2") for p in logs)
     con = duckdb.connect(str(folder / "optlab.duckdb"), read_only=True)
     try:
