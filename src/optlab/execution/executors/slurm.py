@@ -55,13 +55,13 @@ class SlurmParams(Params):
         description="each job's time limit in minutes (or 4h, "
         "1:30:00, 2-00:00:00); the job is requeued with its runs checkpointed",
     )
-    partition: str | None = None
-    account: str | None = None
-    qos: str | None = None
+    partition: str | None = Field(None, description="the Slurm partition the jobs run in")
+    account: str | None = Field(None, description="the account the jobs are charged to")
+    qos: str | None = Field(None, description="the jobs' quality of service")
     gpus_per_node: int | None = Field(
         None, ge=0, description="GPUs per job (default: --gpus' count; 0: CPU jobs)"
     )
-    cpus_per_task: int | None = Field(None, ge=1)
+    cpus_per_task: int | None = Field(None, ge=1, description="CPUs per job (default: one a slot)")
     mem: str | None = Field(None, description="memory per job: 32G, 500M")
     array_parallelism: int | None = Field(None, ge=1, description="jobs running at once")
     sbatch: str | None = Field(
