@@ -469,39 +469,6 @@ def test_a_dead_worker_fails_only_its_run_and_is_replaced(tmp_path):
     assert int(pending) + int(interrupted) == 2  # the others: resumable
 
 
-def test_ctrl_c_interrupts_and_the_next_run_resumes(tmp_path):
-    slow_study(tmp_path, epochs=3)
-    proc = start(["run", "slow.toml", "--workers", "1"], tmp_path)
-    wait_for(lambda: journal_epochs(tmp_path) >= 1)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    assert "Interrupted runs are resumable: run the same command again." in out
-    status = optlab("status", cwd=tmp_path).stdout.splitlines()[1].split()
-    assert status[:2] == ["slow", "2"] and status[8] == "1"  # one interrupted
-    proc = optlab("run", "slow.toml", cwd=tmp_path, check=True)
-    assert proc.stdout.splitlines()[-1].endswith(": 2 done")
-
-
-def test_kill_9_of_the_coordinator_loses_no_reported_epoch(tmp_path):
-    slow_study(tmp_path, epochs=3, lrs="[0.01]")
-    proc = start(["run", "slow.toml", "--workers", "1"], tmp_path)
-    wait_for(lambda: journal_epochs(tmp_path) >= 1)
-    workers = workers_of(proc.pid)
-    proc.kill()
-    proc.wait()
-    # A worker dies with its coordinator (and would exit at its next report anyway).
-    wait_for(lambda: not any(Path(f"/proc/{pid}").exists() for pid in workers))
-    reported = journal_epochs(tmp_path)
-    rerun = optlab("run", "slow.toml", cwd=tmp_path, check=True)
-    first = rerun.stdout.splitlines()[0]
-    assert first.startswith(
-        f"Recovered 1 run(s) an earlier session left unfinished ({reported} "
-        "epochs from their journals): 1 "
-    )
-    assert rerun.stdout.splitlines()[-1].endswith(": 1 done") or "1 done;" in first
-
-
 def test_status_and_query_work_while_a_study_runs(tmp_path):
     slow_study(tmp_path)
     proc = start(["run", "slow.toml", "--workers", "1"], tmp_path)
