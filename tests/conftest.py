@@ -305,7 +305,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     study (a fixture the module defines, session-scoped so that it is made once on its
     worker however the worker's tests are interleaved) run on one xdist worker; the Ray
     tests share one worker (one local cluster at a time), with the tests of a study one of
-    them uses (made once, not on two workers), and so do the browser tests."""
+    them uses (made once, not on two workers), and so do the browser tests. The slow tests
+    are handed out first."""
+    # The slow tests first: the last tests handed to xdist's workers are then quick ones, and
+    # neither worker idles while the other finishes a long test (the quick tier is unchanged).
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
     shared_by = {item.nodeid: _shared_study(item) for item in items}
     # A study the Ray tests share joins their group, with every test that uses it.
     with_ray = {shared_by[i.nodeid] for i in items if i.get_closest_marker("ray") is not None}
