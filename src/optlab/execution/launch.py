@@ -170,20 +170,7 @@ def _run_locked(
     names = [p.spec.name for p in parts]
     label = " + ".join(names)
     with writer_lock(store) as lock:
-        prepared = combine(
-            [
-                prepare(
-                    store,
-                    part.spec,
-                    part.plans,
-                    how.retry_failed,
-                    how.checkpoint_dir.resolve() if how.checkpoint_dir else None,
-                    part.matrix,
-                    how.early_stop,
-                )
-                for part in parts
-            ]
-        )
+        prepared = _prepare_all(parts, how)
         lock.claim_file()  # the store exists now: a hard link to it finds this writer
         for plan in [p for part in parts for p in part.plans if p.final is not None]:
             if finals.seed_part(plan):
@@ -226,6 +213,25 @@ def _run_locked(
     return outcome
 
 
+def _prepare_all(parts: list[Part], how: Launch) -> Any:
+    """Each study recorded, the journals recovered, the runs to do planned: as one plan."""
+    root = how.checkpoint_dir.resolve() if how.checkpoint_dir else None
+    return combine(
+        [
+            prepare(
+                how.store,
+                part.spec,
+                part.plans,
+                how.retry_failed,
+                root,
+                part.matrix,
+                how.early_stop,
+            )
+            for part in parts
+        ]
+    )
+
+
 def _can_submit(parts: list[Part], how: Launch) -> None:
     """What a submitting executor (Slurm) cannot do yet, refused before the store is
     touched: deciding at rungs and choosing final runs need a coordinator alive."""
@@ -252,20 +258,7 @@ def _submit_locked(
     store = how.store
     label = " + ".join(p.spec.name for p in parts)
     with writer_lock(store) as lock:
-        prepared = combine(
-            [
-                prepare(
-                    store,
-                    part.spec,
-                    part.plans,
-                    how.retry_failed,
-                    how.checkpoint_dir.resolve() if how.checkpoint_dir else None,
-                    part.matrix,
-                    how.early_stop,
-                )
-                for part in parts
-            ]
-        )
+        prepared = _prepare_all(parts, how)
         lock.claim_file()
         if prepared.recovered:
             _report_recovery(prepared, out)
