@@ -176,3 +176,27 @@ def test_what_slurm_cannot_do_yet_is_one_line_before_the_store(cli, tmp_path, mo
         assert result.exit_code != 0 and words in result.output, (args, result.output)
         assert not (tmp_path / "optlab.duckdb").exists()
         assert not (tmp_path / "job.sh").exists()
+
+
+def test_a_stale_lease_goes_to_one_job_and_its_holder_learns_it_lost_it(tmp_path):
+    store = tmp_path / "optlab.duckdb"
+    assert leases.claim(store, "r1", "job-a", "node-a", 60.0)
+    assert leases.renew(store, ["r1"], "job-a") == []
+    assert not leases.claim(store, "r1", "job-b", "node-b", 60.0)  # live: job-a's
+    assert leases.live_ids(store) == {"r1"}
+    gone = time.time() - 120  # job-a's node died two minutes ago
+    os.utime(tmp_path / "optlab.runs/leases/r1", (gone, gone))
+    assert leases.live_ids(store) == frozenset()
+    # Two jobs take it over at once: the steal file lets one through.
+    (tmp_path / "optlab.runs/leases/r1.steal").touch()
+    assert not leases.claim(store, "r1", "job-b", "node-b", 60.0)
+    (tmp_path / "optlab.runs/leases/r1.steal").unlink()
+    assert leases.claim(store, "r1", "job-b", "node-b", 60.0)
+    assert not leases.claim(store, "r1", "job-c", "node-c", 60.0)
+    assert leases.read(store, "r1").node == "node-b"
+    # job-a, alive after all (a frozen NFS, say), finds out at its next renewal.
+    assert leases.renew(store, ["r1"], "job-a") == ["r1"]
+    leases.release(store, "r1", "job-a")  # not its to give up
+    assert leases.read(store, "r1").holder == "job-b"
+    leases.release(store, "r1", "job-b")
+    assert leases.read_all(store) == {}
