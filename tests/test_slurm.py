@@ -8,9 +8,11 @@ import json
 import os
 import signal
 import stat
+import threading
 import time
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from optlab import leases
@@ -200,3 +202,39 @@ def test_a_stale_lease_goes_to_one_job_and_its_holder_learns_it_lost_it(tmp_path
     assert leases.read(store, "r1").holder == "job-b"
     leases.release(store, "r1", "job-b")
     assert leases.read_all(store) == {}
+
+
+@pytest.mark.slow  # the page's folds run in a Python process of their own
+def test_the_page_folds_the_jobs_journals_in_while_they_run(cli, tmp_path, monkeypatch):
+    """`optlab serve` holds the store read-only; what the jobs journal reaches its pages
+    through a fold in a child process every FOLD_EVERY seconds."""
+    from optlab.cli import serve
+
+    fake_slurm(tmp_path, monkeypatch)
+    write_study(tmp_path)
+    assert cli("run", "tiny.toml", "--executor", "slurm").exit_code == 0
+    store = tmp_path / "optlab.duckdb"
+    plan = json.loads(next((tmp_path / "optlab.runs/slurm").glob("*/plan.json")).read_text())
+    run_id = plan["runs"][0]["task"]["run_id"]
+    failed = {"type": "failed", "run_id": run_id, "time": time.time(), "error": "lost"}
+    journal = tmp_path / "optlab.runs" / run_id / "events.jsonl"
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    journal.write_text(json.dumps(failed) + "\n")  # as a job's worker would journal it
+
+    def state() -> str:
+        con = duckdb.connect(str(store), read_only=True)
+        try:
+            return con.execute("select status from runs where run_id = ?", [run_id]).fetchone()[0]
+        finally:
+            con.close()
+
+    assert state() == "pending"
+    monkeypatch.setattr(serve, "FOLD_EVERY", 0.05)
+    stop = threading.Event()
+    folding = threading.Thread(target=serve._fold_while_jobs_run, args=(store, stop))
+    folding.start()
+    try:
+        assert wait_for(lambda: state() == "failed", timeout=120)
+    finally:
+        stop.set()
+        folding.join()
