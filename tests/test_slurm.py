@@ -158,6 +158,7 @@ def test_a_submission_s_script_and_its_jobs_as_sacct_tells_them(cli, tmp_path, m
     assert "(slurm, 12 runs): jobs 1 active, 1 died, 1 unknown" in said
     assert f"job 4242_0: active (RUNNING on node1), training 1: {run_a}" in said
     assert f"job 4242_1 is gone with 1 run(s) unfinished ({run_b})" in said
+    assert "/submitit/4242_1" in said.split(f"({run_b})")[1]  # where its log is
     # Array tasks still waiting come as one line; a lease taken back by its job is its own.
     (tmp_path / "sacct.txt").write_text("4242_[0-2%2]|PENDING|None assigned\n")
     assert "jobs 3 queued" in cli("status").output

@@ -40,6 +40,12 @@ class Submission:
     runs: int
     jobs: list[Job]
 
+    folder: Path  # the submission's, beside the store
+
+    def logs(self, job_id: str) -> Path:
+        """Where submitit keeps what the job printed (its .out and .err)."""
+        return self.folder / "submitit" / job_id  # (Slurm names an array task 4242_0)
+
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for job in self.jobs:
@@ -68,7 +74,8 @@ def submissions(store: Path) -> list[Submission]:
                 job.training.append(run_id)
             elif not _ended(store, run_id):
                 job.lost.append(run_id)
-        out.append(Submission(name, record["cluster"], len(run_ids), list(jobs.values())))
+        folder = leases.submissions_dir(store) / name
+        out.append(Submission(name, record["cluster"], len(run_ids), list(jobs.values()), folder))
     return out
 
 

@@ -110,6 +110,8 @@ def _jobs(store: Path) -> None:
                     "with --executor slurm again",
                     markup=False,
                 )
+            if job.state == "died" or job.lost:
+                out.print(f"    its log: {sub.logs(job.job_id)}", markup=False)
 
 
 def _eta(seconds: float | None) -> str:

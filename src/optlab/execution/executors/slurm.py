@@ -195,8 +195,10 @@ class SlurmExecutor:
             with _detached(p.cluster == "local"), executor.batch():
                 job = NodeJob(str(self.store), submission)
                 handles = [executor.submit(job) for _ in range(jobs)]
-        except Exception as e:  # noqa: BLE001 - sbatch refused: said in one line, nothing left
+        except BaseException as e:  # sbatch refused (or Ctrl-C): one line, nothing left
             shutil.rmtree(folder, ignore_errors=True)
+            if not isinstance(e, Exception):
+                raise
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise UsageError(
                 f"--executor slurm: the jobs could not be submitted: {first}"
