@@ -189,6 +189,12 @@ def _run_locked(
                 "leases are live); they are left to them",
                 markup=False,
             )
+        if not todo and prepared.elsewhere:
+            out.print(
+                f"Nothing to run here: the runs of {label} not finished are training in "
+                f"Slurm jobs ({len(prepared.elsewhere)}); `optlab status` follows them."
+            )
+            return None
         if not todo:
             failed = sum(1 for s in states.values() if s == State.FAILED)
             hint = f"; {failed} failed (run again with --retry-failed)" if failed else ""
@@ -265,7 +271,9 @@ def _submit_locked(
         todo = prepared.todo
         busy = f"; {len(prepared.elsewhere)} training in jobs already" if prepared.elsewhere else ""
         if not todo:
-            out.print(f"Nothing to submit: the runs of {label} are finished{busy}.")
+            n = len(prepared.elsewhere)
+            what = f"not finished ({n}) are training in jobs already" if n else "are finished"
+            out.print(f"Nothing to submit: the runs of {label} {what}.")
             return None
         submission, jobs = run_on.submit(todo, prepared.resume, how.gpus, how.per_gpu, how.workers)
     out.print(
