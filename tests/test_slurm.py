@@ -239,3 +239,23 @@ def test_the_page_folds_the_jobs_journals_in_while_they_run(cli, tmp_path, monke
     finally:
         stop.set()
         folding.join()
+
+
+def test_runs_training_in_jobs_are_left_to_them(cli, tmp_path, monkeypatch):
+    fake_slurm(tmp_path, monkeypatch)
+    write_study(tmp_path)
+    assert cli("run", "tiny.toml", "--executor", "slurm").exit_code == 0
+    store = tmp_path / "optlab.duckdb"
+    plan = json.loads(next((tmp_path / "optlab.runs/slurm").glob("*/plan.json")).read_text())
+    for entry in plan["runs"]:  # every run taken by a job that is alive
+        assert leases.claim(store, entry["task"]["run_id"], "4242_0", "node1", 300.0)
+    here = cli("run", "tiny.toml")
+    assert here.exit_code == 0
+    assert "Nothing to run here: the runs of tiny not finished are training in Slurm" in (
+        here.output
+    )
+    again = cli("run", "tiny.toml", "--executor", "slurm")
+    assert "Nothing to submit: the runs of tiny not finished (8) are training in jobs" in (
+        again.output
+    )
+    assert len(list((tmp_path / "optlab.runs/slurm").glob("*/plan.json"))) == 1
