@@ -91,7 +91,7 @@ def test_plugin_builds_and_works(kind, name, data_dir):
         assert [(s.label, s.gpu) for s in slots] == [("cpu/0", None), ("cpu/1", None)]
     elif kind == "executor" and name == "slurm":  # tests/test_slurm.py submits its jobs
         executor = REG.create(kind, name, params, store=Path("optlab.duckdb"))
-        assert executor.submits and executor.make_slots("0-3", 2, None, None) == []
+        assert executor.submits and len(executor.make_slots("0-3", 2, None, None)) == 1
     elif kind == "executor":  # tests/test_ray.py runs it on real clusters
         assert info.plugin.params(address="auto").address == "auto"
 

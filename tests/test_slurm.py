@@ -255,7 +255,7 @@ def test_runs_training_in_jobs_are_left_to_them(cli, tmp_path, monkeypatch):
         here.output
     )
     again = cli("run", "tiny.toml", "--executor", "slurm")
-    assert "Nothing to submit: the runs of tiny not finished (8) are training in jobs" in (
+    assert "Nothing to run here: the runs of tiny not finished are training in Slurm jobs (8)" in (
         again.output
     )
     assert len(list((tmp_path / "optlab.runs/slurm").glob("*/plan.json"))) == 1

@@ -7,13 +7,17 @@ lock, and summarise. What `optlab run`,
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from optlab.errors import ConfigError, UsageError
+from rich.console import Console
+
+from optlab.errors import ConfigError, OptlabError, UsageError
 from optlab.execution import executors, finals, preparing
 from optlab.execution.coordinator import combine, execute, prepare
 from optlab.execution.progress import describe_axes
@@ -78,6 +82,7 @@ def launch(parts: list[Part], how: Launch, out: Any, err: Any) -> tuple[Any, int
     # the workers are given the folder (not through this process's environment).
     for part in parts:
         prepare_datasets(part.spec, all_runs(part.plans), how.data_dir)
+    submits = False  # the executor hands the runs to a scheduler and returns (Slurm)
     with contextlib.ExitStack() as stack:
         made: list[Any] = []
 
@@ -100,13 +105,16 @@ def launch(parts: list[Part], how: Launch, out: Any, err: Any) -> tuple[Any, int
         if _anything_to_run(store, runs, how):
             # What cannot be had (--gpus 9 of 8) is refused before the store is touched.
             executor().make_slots(how.gpus, how.per_gpu, how.workers, None)
-            if getattr(executor(), "submits", False):
-                _can_submit(parts, how)
-                return _submit_locked(parts, how, executor(), len(runs), out, err), 0
+            submits = getattr(executor(), "submits", False)
+            if submits:
+                _can_submit(how)
+                if any(p.early_stop is not None or p.final is not None for p in plans_of(parts)):
+                    # Rounds: the last job of each goes on (decides, submits the next).
+                    executor().continuation = functools.partial(go_on, parts, _anchored(how))
         outcome = _run_locked(
             parts, how, executor, len({r.run_id for r in runs}), out, err, deadline
         )
-    if outcome is None:
+    if outcome is None or submits:
         return None, 0
     return outcome, exit_code(outcome)
 
@@ -180,7 +188,7 @@ def _run_locked(
                     "once all have run (merge the parts, then run the whole study file)",
                     markup=False,
                 )
-        todo, states = prepared.todo, prepared.states
+        todo = prepared.todo
         if prepared.recovered:
             _report_recovery(prepared, out)
         if prepared.elsewhere:
@@ -189,16 +197,8 @@ def _run_locked(
                 "leases are live); they are left to them",
                 markup=False,
             )
-        if not todo and prepared.elsewhere:
-            out.print(
-                f"Nothing to run here: the runs of {label} not finished are training in "
-                f"Slurm jobs ({len(prepared.elsewhere)}); `optlab status` follows them."
-            )
-            return None
         if not todo:
-            failed = sum(1 for s in states.values() if s == State.FAILED)
-            hint = f"; {failed} failed (run again with --retry-failed)" if failed else ""
-            out.print(f"Nothing to run: all {total} runs of {label} are finished{hint}.")
+            _nothing_to_do(label, total, prepared, out)
             return None
         run_on = executor()
         slots = run_on.make_slots(how.gpus, how.per_gpu, how.workers, len(todo))
@@ -206,17 +206,59 @@ def _run_locked(
             err.print(f"note: {note}", markup=False)
         where = run_on.where(slots)
         resuming = sum(1 for r in todo if prepared.resume.get(r.run_id, {}).get("resume_upto"))
-        out.print(
-            f"{label}: running {len(todo)} of {total} runs "
-            f"({total - len(todo)} already finished) on {len(slots)} worker(s) "
-            f"[{where}, {slots[0].threads} thread(s) each]; store {store}",
-            markup=False,
-        )
+        if not getattr(run_on, "submits", False):
+            out.print(
+                f"{label}: running {len(todo)} of {total} runs "
+                f"({total - len(todo)} already finished) on {len(slots)} worker(s) "
+                f"[{where}, {slots[0].threads} thread(s) each]; store {store}",
+                markup=False,
+            )
         if resuming:
             out.print(f"  {resuming} of them resume from their last checkpoint where they have one")
         outcome = execute(store, names, prepared, slots, out, run_on, lock, deadline)
+    if getattr(run_on, "submits", False):
+        _submitted(label, total, prepared, run_on.submitted, store, out)
+        return None
     _summary(label, todo, outcome, store, out, err)
     return outcome
+
+
+def _nothing_to_do(label: str, total: int, prepared: Any, out: Any) -> None:
+    if prepared.elsewhere:
+        out.print(
+            f"Nothing to run here: the runs of {label} not finished are training in "
+            f"Slurm jobs ({len(prepared.elsewhere)}); `optlab status` follows them."
+        )
+        return
+    failed = sum(1 for s in prepared.states.values() if s == State.FAILED)
+    hint = f"; {failed} failed (run again with --retry-failed)" if failed else ""
+    out.print(f"Nothing to run: all {total} runs of {label} are finished{hint}.")
+
+
+def _submitted(
+    label: str, total: int, prepared: Any, submitted: Any, store: Path, out: Any
+) -> None:
+    """What a submitting executor did: the jobs it queued, and how to follow them."""
+    busy = f"; {len(prepared.elsewhere)} training in jobs already" if prepared.elsewhere else ""
+    if submitted is None:
+        out.print(
+            f"Nothing to submit now: the runs of {label} left wait at a rung for the rest "
+            f"of their group{busy}; run this again once those have arrived there."
+        )
+        return
+    submission, jobs, n = submitted
+    shown = ", ".join(jobs[:4]) + (" ..." if len(jobs) > 4 else "")
+    out.print(
+        f"{label}: submitted {n} of {total} runs ({total - len(prepared.todo)} finished"
+        f"{busy}) as {len(jobs)} job(s) {shown} (submission {submission}); store {store}",
+        markup=False,
+    )
+    out.print(
+        "  Nothing needs to stay running here. Follow the study with `optlab status` from "
+        "any machine that sees the store's folder; jobs at their time limit are requeued "
+        "with their runs checkpointed.",
+        markup=False,
+    )
 
 
 def _prepare_all(parts: list[Part], how: Launch) -> Any:
@@ -238,57 +280,36 @@ def _prepare_all(parts: list[Part], how: Launch) -> Any:
     )
 
 
-def _can_submit(parts: list[Part], how: Launch) -> None:
-    """What a submitting executor (Slurm) cannot do yet, refused before the store is
-    touched: deciding at rungs and choosing final runs need a coordinator alive."""
-    for plan in [p for part in parts for p in part.plans]:
-        if (plan.early_stop is not None and how.early_stop) or plan.final is not None:
-            what = "successive halving" if plan.early_stop is not None else "final runs"
-            raise UsageError(
-                f"block {plan.name!r}: {what} needs optlab's coordinator alive while the "
-                f"runs train, which --executor {how.executor_name} does not keep; run it "
-                "with the local or ray executor"
-            )
+def plans_of(parts: list[Part]) -> list[Any]:
+    return [plan for part in parts for plan in part.plans]
+
+
+def _anchored(how: Launch) -> Launch:
+    """``how`` with its folders absolute: a job goes on from wherever it runs."""
+    folder = how.checkpoint_dir.resolve() if how.checkpoint_dir else None
+    return dataclasses.replace(
+        how, store=how.store.absolute(), data_dir=how.data_dir.resolve(), checkpoint_dir=folder
+    )
+
+
+def go_on(parts: list[Part], how: Launch) -> None:
+    """In the last job of a submission: `optlab run` again, as the user gave it (its study
+    as expanded then), printing to the job's log. It folds in what the jobs did, decides at
+    the rungs they reached, and submits the runs that go on (or the final runs)."""
+    out, err = Console(highlight=False, soft_wrap=True), Console(stderr=True, soft_wrap=True)
+    try:
+        launch(parts, how, out, err)
+    except OptlabError as e:  # said in the job's log; `optlab status` shows what is left
+        err.print(f"optlab: could not go on: {e}", markup=False)
+
+
+def _can_submit(how: Launch) -> None:
+    """What a submitting executor (Slurm) cannot do, refused before the store is touched."""
     if how.stop_after is not None:
         raise UsageError(
             f"--stop-after: the jobs of --executor {how.executor_name} stop at their own time "
             "limit (--executor-opt time=...); give one of the two"
         )
-
-
-def _submit_locked(
-    parts: list[Part], how: Launch, run_on: Any, total: int, out: Any, err: Any
-) -> None:
-    """Under the store's writer lock: prepare each study (recording it, recovering
-    journals), then hand the runs left to the cluster; returns once they are queued."""
-    store = how.store
-    label = " + ".join(p.spec.name for p in parts)
-    with writer_lock(store) as lock:
-        prepared = _prepare_all(parts, how)
-        lock.claim_file()
-        if prepared.recovered:
-            _report_recovery(prepared, out)
-        todo = prepared.todo
-        busy = f"; {len(prepared.elsewhere)} training in jobs already" if prepared.elsewhere else ""
-        if not todo:
-            n = len(prepared.elsewhere)
-            what = f"not finished ({n}) are training in jobs already" if n else "are finished"
-            out.print(f"Nothing to submit: the runs of {label} {what}.")
-            return None
-        submission, jobs = run_on.submit(todo, prepared.resume, how.gpus, how.per_gpu, how.workers)
-    out.print(
-        f"{label}: submitted {len(todo)} of {total} runs ({total - len(todo)} finished"
-        f"{busy}) as {len(jobs)} job(s) {', '.join(jobs[:4])}{' ...' if len(jobs) > 4 else ''}"
-        f" (submission {submission}); store {store}",
-        markup=False,
-    )
-    out.print(
-        "  Nothing needs to stay running here. Follow the study with `optlab status` from "
-        "any machine that sees the store's folder; jobs at their time limit are requeued "
-        "with their runs checkpointed.",
-        markup=False,
-    )
-    return None
 
 
 def check_folder(folder: Path, option: str) -> None:

@@ -17,6 +17,7 @@ import contextlib
 import json
 import math
 import os
+import pickle
 import re
 import shutil
 import sys
@@ -32,7 +33,9 @@ from optlab import leases
 from optlab.atomic import write_atomic
 from optlab.errors import UsageError
 from optlab.execution.devices import Slot, parse_gpus
-from optlab.execution.executors.slurm_job import NodeJob
+from optlab.execution.executors import Sink, TaskExtra
+from optlab.execution.executors.slurm_job import CONTINUATION, NodeJob
+from optlab.execution.executors.work import WorkQueue
 from optlab.plugins.plugin import Params, Plugin
 from optlab.study.expand import RunSpec
 
@@ -138,7 +141,10 @@ def gpus_per_job(params: SlurmParams, gpus: str | None) -> int:
 
 
 class SlurmExecutor:
-    """Submits; the runs train in the jobs. Not driven by the coordinator (``submits``)."""
+    """Driven by the coordinator like any executor, but its ``run`` trains nothing here: it
+    takes every run the coordinator queues (with what the worker is to be told: its
+    checkpoint folder, the rung it stops at), submits them as one job array and returns
+    (``submits``: `optlab run` then says what was submitted, not how the runs ended)."""
 
     name = "slurm"
     submits = True
@@ -146,17 +152,57 @@ class SlurmExecutor:
     def __init__(self, params: SlurmParams, store: Path, stall_timeout: float, data_dir: Any):
         self.params, self.store = params, Path(store).absolute()
         self.stall_timeout, self.data_dir = stall_timeout, data_dir
+        self.slots_asked: tuple[str | None, int, int | None] = (None, 1, None)
+        self.submitted: tuple[str, list[str], int] | None = None  # submission, jobs, runs
+        # What the last job of a submission calls to go on: the same `optlab run` again,
+        # which decides at the rungs reached and submits the next round (halving, finals).
+        self.continuation: Any = None
+        self._halted = False
 
     def make_slots(
         self, gpus: str | None, per_gpu: int, workers: int | None, runs: int | None
     ) -> list[Slot]:
-        gpus_per_job(self.params, gpus)  # what can be checked here (the nodes decide)
+        """One slot standing for the jobs (a node's slots are the node's to make)."""
+        gpus_per_job(self.params, gpus)  # what can be checked here
+        self.slots_asked = (gpus, per_gpu, workers)
+        return [Slot("slurm", None, 0)]
+
+    def where(self, slots: list[Slot]) -> str:
+        return f"slurm: {self.params.cluster}"
+
+    def notes(
+        self, slots: list[Slot], per_gpu: int, workers: int | None, runs: list[RunSpec]
+    ) -> list[str]:
         return []
+
+    async def run(
+        self, work: WorkQueue, slots: list[Slot], sink: Sink, task_extra: TaskExtra
+    ) -> None:
+        entries = []
+        while not self._halted and (spec := await work.take()) is not None:
+            extra = task_extra(spec, slots[0])
+            entries.append(
+                {
+                    "task": spec.task(),
+                    "checkpoint_dir": extra.get("checkpoint_dir"),
+                    "threads": extra.get("threads") or None,  # recorded by an earlier attempt
+                    "stop_at": extra.get("stop_at"),
+                    "past_rung": bool(extra.get("past_rung")),
+                }
+            )
+            work.release()
+        if entries and not self._halted:
+            self.submitted = (*self.submit(entries, *self.slots_asked), len(entries))
+
+    def halt(self) -> None:
+        self._halted = True
+
+    def nodes(self) -> dict[str, int]:
+        return {}
 
     def submit(
         self,
-        runs: list[RunSpec],
-        points: dict[str, dict[str, Any]],
+        entries: list[dict[str, Any]],
         gpus: str | None,
         per_gpu: int,
         workers: int | None,
@@ -167,7 +213,7 @@ class SlurmExecutor:
         p = self.params
         gpus_n = gpus_per_job(p, gpus)
         slots = per_gpu * gpus_n if gpus_n else (workers or 1)
-        jobs = p.jobs or max(1, min(MAX_JOBS, math.ceil(len(runs) / slots)))
+        jobs = p.jobs or max(1, min(MAX_JOBS, math.ceil(len(entries) / slots)))
         submission = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         plan = {
             "created": time.time(),
@@ -177,17 +223,13 @@ class SlurmExecutor:
             "stall_timeout": self.stall_timeout,
             "data_dir": str(self.data_dir) if self.data_dir else None,
             "lease": p.lease,
-            "runs": [
-                {
-                    "task": r.task(),
-                    "checkpoint_dir": points.get(r.run_id, {}).get("checkpoint_dir"),
-                    "threads": points.get(r.run_id, {}).get("threads"),
-                }
-                for r in runs
-            ],
+            "runs": entries,
+            "continues": self.continuation is not None,
         }
-        write_atomic(leases.plan_path(self.store, submission), json.dumps(plan).encode())
         folder = leases.submissions_dir(self.store) / submission
+        if self.continuation is not None:
+            write_atomic(folder / CONTINUATION, pickle.dumps(self.continuation))
+        write_atomic(leases.plan_path(self.store, submission), json.dumps(plan).encode())
         try:
             kind = submitit.LocalExecutor if p.cluster == "local" else submitit.SlurmExecutor
             executor = kind(folder=folder / "submitit" / "%j", max_num_timeout=p.requeues)
@@ -204,7 +246,8 @@ class SlurmExecutor:
                 f"--executor slurm: the jobs could not be submitted: {first}"
             ) from None
         ids = [h.job_id for h in handles]
-        record = {"cluster": p.cluster, "jobs": ids, "submitted": time.time(), "runs": len(runs)}
+        record = {"cluster": p.cluster, "jobs": ids, "submitted": time.time()}
+        record["runs"] = len(entries)
         record["pids"] = p.cluster == "local"  # the jobs are processes here, not Slurm's
         write_atomic(leases.jobs_path(self.store, submission), json.dumps(record).encode())
         return submission, ids

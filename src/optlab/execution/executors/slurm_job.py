@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import os
+import pickle
 import signal
 import socket
 from pathlib import Path
@@ -39,6 +40,7 @@ from optlab.locations import journal_path
 from optlab.states import Event, State
 
 RESULTS = (State.DONE, State.DIVERGED, State.STOPPED)  # ended whenever they ended
+CONTINUATION = "continue.pkl"  # beside the plan: what the last job calls to go on
 
 
 class PlannedRun:
@@ -95,13 +97,23 @@ class Claims(WorkQueue):
             held = leases.read(self.store, run.run_id)
             if held is not None and held.live and held.holder != self.holder:
                 continue  # another job trains it (a lease is cheaper to read than a journal)
-            if run_ended(progress(read_journal(journal_path(self.store, run.run_id))), self.since):
+            if self.done_here(run):
                 self.ended.add(run.run_id)
                 continue
             if leases.claim(self.store, run.run_id, self.holder, self.node, self.stale_after):
                 self.mine.add(run.run_id)
                 return run
         return None
+
+    def done_here(self, run: PlannedRun) -> bool:
+        """Whether the run needs no more training in this submission: it ended, or it has
+        reached the rung it was to stop at (its group is decided on by the next one)."""
+        events = read_journal(journal_path(self.store, run.run_id))
+        if run_ended(progress(events), self.since):
+            return True
+        rung = run.entry.get("stop_at")
+        last = events[-1] if events else {}
+        return rung is not None and last.get("type") == Event.PAUSED and last["epoch"] >= rung
 
     async def take(self) -> Any:
         self._taking = self._taking or asyncio.Lock()
@@ -123,10 +135,7 @@ class Claims(WorkQueue):
 
     def left(self) -> bool:
         """Whether a run of the plan has not ended (by its journal)."""
-        return any(
-            not run_ended(progress(read_journal(journal_path(self.store, r.run_id))), self.since)
-            for r in self.runs
-        )
+        return not all(self.done_here(r) for r in self.runs)
 
 
 class NodeJob:
@@ -150,7 +159,26 @@ class NodeJob:
         if held and claims.left():
             print(f"optlab job {holder}: time limit: runs held; requeued", flush=True)
             signal.raise_signal(signal.SIGUSR2)  # submitit: checkpoint() and requeue
+        elif plan.get("continues") and self._last(claims):
+            print(f"optlab job {holder}: the submission's runs are through; going on", flush=True)
+            folder = leases.submissions_dir(store) / self.submission
+            pickle.loads((folder / CONTINUATION).read_bytes())()
         return f"{holder}: {len(claims.ended)} runs ended"
+
+    def _last(self, claims: Claims) -> bool:
+        """Whether this job is the one to go on: every run of the submission has reached
+        its end or its rung, no other job holds one, and no other job went on before."""
+        if claims.left():
+            return False
+        held = leases.read_all(claims.store)
+        if any(held.get(r.run_id) is not None and held[r.run_id].live for r in claims.runs):
+            return False
+        marker = leases.submissions_dir(claims.store) / self.submission / "continued"
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            return False
+        return True
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """submitit's requeue: the same job again (its runs resume from their checkpoints)."""
@@ -202,11 +230,14 @@ def extra(store: Path, run: PlannedRun, slot: Slot, hold: Path) -> dict[str, Any
     """What the worker is told beside the run: its checkpoint folder, the epoch it may
     resume from (its journal's last checkpoint), its recorded thread count, the hold file."""
     found = progress(read_journal(journal_path(store, run.run_id)))
+    stop_at = run.entry.get("stop_at")  # a rung of successive halving
     return {
         "checkpoint_dir": run.entry.get("checkpoint_dir"),
         "resume_upto": found.checkpoint if found else 0,
         "threads": (found.threads if found else None) or run.entry.get("threads") or slot.threads,
         "hold_file": str(hold),
+        **({"stop_at": stop_at} if stop_at is not None else {}),
+        **({"past_rung": True} if run.entry.get("past_rung") else {}),
     }
 
 
