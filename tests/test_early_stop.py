@@ -387,36 +387,6 @@ def test_halving_on_ray_stops_what_the_local_executor_stops(halved, tmp_path, ra
     assert read(tmp_path, rows) == read(halved, rows)
 
 
-@pytest.mark.slow  # real job processes (submitit's local cluster)
-def test_halving_through_slurm_jobs_goes_round_by_round_to_the_local_stops(halved, tmp_path):
-    """sha and final runs under --executor slurm, with nothing of optlab's kept alive: each
-    submission trains its runs to their next rung, and its last job goes on as `optlab run`
-    again would (it decides at the rung, as the coordinator does, and submits the runs that
-    go on, then the final runs). The stops, the decisions and every row equal the local
-    executor's."""
-    write_study(tmp_path, text=STUDY, name="halved.toml")
-    local = ["--executor", "slurm", "--executor-opt", "cluster=local", "--executor-opt", "jobs=2"]
-    proc = optlab("run", "halved.toml", *local, cwd=tmp_path, check=True)
-    assert "halved: submitted 9 of 9 runs" in proc.stdout
-    submissions = tmp_path / "optlab.runs" / "slurm"
-
-    def through() -> bool:  # every job of every round has returned, the last going on too
-        jobs = [j for j in submissions.glob("*/submitit/*") if j.name != "%j"]
-        return bool(jobs) and all(list(j.glob("*_result.pkl")) for j in jobs)
-
-    wait_for(through, timeout=240, every=0.5)
-    assert len(list(submissions.glob("*/plan.json"))) >= 3  # rung 1, rung 3, the finals
-    optlab("status", cwd=tmp_path, check=True)  # folds the last round in
-    assert outcome(tmp_path) == outcome(halved)
-    decisions = "select run_id, epoch, decision from rungs order by all"
-    assert read(tmp_path, decisions) == read(halved, decisions)
-    rows = f"select run_id, {ROWS} from epochs order by all"
-    assert read(tmp_path, rows) == read(halved, rows)
-    assert read(tmp_path, "select count(*) from runs where block <> 'search'") == read(
-        halved, "select count(*) from runs where block <> 'search'"
-    )
-
-
 @pytest.mark.slow  # real worker processes
 def test_merge_brings_the_stops_and_their_decisions(halved, tmp_path):
     optlab("merge", str(halved / "optlab.duckdb"), cwd=tmp_path, check=True)

@@ -18,6 +18,8 @@ import pytest
 from optlab import leases
 from tests.conftest import optlab, write_study
 from tests.test_cli_e2e import wait_for, workers_of
+from tests.test_early_stop import ROWS, outcome, read
+from tests.test_early_stop import STUDY as HALVED
 from tests.test_survival import results, study
 
 LOCAL = ["--executor", "slurm", "--executor-opt", "cluster=local"]
@@ -259,3 +261,36 @@ def test_runs_training_in_jobs_are_left_to_them(cli, tmp_path, monkeypatch):
         again.output
     )
     assert len(list((tmp_path / "optlab.runs/slurm").glob("*/plan.json"))) == 1
+
+
+@pytest.mark.slow  # real job processes (submitit's local cluster)
+def test_halving_through_slurm_jobs_goes_round_by_round_to_the_local_stops(tmp_path):
+    """sha and final runs under --executor slurm, with nothing of optlab's kept alive: each
+    submission trains its runs to their next rung, and its last job goes on as `optlab run`
+    again would (it decides at the rung, as the coordinator does, and submits the runs that
+    go on, then the final runs). The stops, the decisions and every row equal the local
+    executor's. (Its own local run, not test_early_stop's: that one is the Ray tests'.)"""
+    here, there = tmp_path / "local", tmp_path / "slurm"
+    for folder in (here, there):
+        folder.mkdir()
+        write_study(folder, text=HALVED, name="halved.toml")
+    optlab("run", "halved.toml", "--workers", "2", cwd=here, check=True)
+    opts = ["--executor-opt", "cluster=local", "--executor-opt", "jobs=2"]
+    proc = optlab("run", "halved.toml", "--executor", "slurm", *opts, cwd=there, check=True)
+    assert "halved: submitted 9 of 9 runs" in proc.stdout
+    submissions = there / "optlab.runs" / "slurm"
+
+    def through() -> bool:  # every job of every round has returned, the last going on too
+        jobs = [j for j in submissions.glob("*/submitit/*") if j.name != "%j"]
+        return bool(jobs) and all(list(j.glob("*_result.pkl")) for j in jobs)
+
+    wait_for(through, timeout=240, every=0.5)
+    assert len(list(submissions.glob("*/plan.json"))) >= 3  # rung 1, rung 3, the finals
+    optlab("status", cwd=there, check=True)  # folds the last round in
+    assert outcome(there) == outcome(here)
+    for sql in (
+        "select run_id, epoch, decision from rungs order by all",
+        f"select run_id, {ROWS} from epochs order by all",
+        "select run_id, block, status from runs order by all",
+    ):
+        assert read(there, sql) == read(here, sql), sql

@@ -4,6 +4,7 @@ study again must give exactly the epoch rows and probe values of a run never int
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import resource
@@ -267,6 +268,22 @@ def test_a_reader_holding_the_store_delays_writes_but_loses_nothing(tmp_path, re
     reader.wait()
     assert proc.returncode == 0, err
     assert "busy (another process holds it" in out + err
+    assert results(tmp_path) == reference
+
+
+def test_a_session_that_ends_on_time_exits_75_and_the_same_command_goes_on(tmp_path, reference):
+    """--stop-after through a real `optlab run`: no run starts after the deadline, a run
+    training then holds at its epoch's end (checkpointed), the command exits 75 saying how
+    to go on, and going on gives the rows of a study never stopped."""
+    study(tmp_path)
+    proc = start(["run", "long.toml", "--workers", "2", "--stop-after", "1s"], tmp_path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 75, out + err
+    assert "Time is up (--stop-after): to go on, run the same command again" in out
+    for journal in (tmp_path / "optlab.runs").glob("*/events.jsonl"):
+        last = json.loads(journal.read_text().splitlines()[-1])
+        assert last["type"] in ("held", "finished"), last  # never cut mid-epoch
+    optlab("run", "long.toml", "--workers", "2", cwd=tmp_path, check=True)
     assert results(tmp_path) == reference
 
 
