@@ -19,7 +19,6 @@ from optlab import leases
 from tests.conftest import optlab, write_study
 from tests.test_cli_e2e import wait_for, workers_of
 from tests.test_early_stop import ROWS, outcome, read
-from tests.test_early_stop import STUDY as HALVED
 from tests.test_survival import results, study
 
 LOCAL = ["--executor", "slurm", "--executor-opt", "cluster=local"]
@@ -263,6 +262,24 @@ def test_runs_training_in_jobs_are_left_to_them(cli, tmp_path, monkeypatch):
     assert len(list((tmp_path / "optlab.runs/slurm").glob("*/plan.json"))) == 1
 
 
+HALVED = """
+name = "halved"
+seeds = [0]
+[base]
+epochs = 3
+dataset = { name = "digits", val_fraction = 0.2 }
+model = { name = "mlp", hidden = [32] }
+optimizer = { name = "sgd", lr = 0.1, momentum = 0.9 }
+batch_schedule = { name = "constant", batch_size = 64 }
+[[block]]
+name = "search"
+early_stop = { kind = "sha", metric = "val_acc", min_epochs = 1, reduction = 3 }
+final = { select = "val_acc", seeds = 2 }
+[block.grid]
+"optimizer.lr" = [0.02, 0.1, 0.4]
+"""
+
+
 @pytest.mark.slow  # real job processes (submitit's local cluster)
 def test_halving_through_slurm_jobs_goes_round_by_round_to_the_local_stops(tmp_path):
     """sha and final runs under --executor slurm, with nothing of optlab's kept alive: each
@@ -275,9 +292,9 @@ def test_halving_through_slurm_jobs_goes_round_by_round_to_the_local_stops(tmp_p
         folder.mkdir()
         write_study(folder, text=HALVED, name="halved.toml")
     optlab("run", "halved.toml", "--workers", "2", cwd=here, check=True)
-    opts = ["--executor-opt", "cluster=local", "--executor-opt", "jobs=2"]
+    opts = ["--workers", "2", "--executor-opt", "cluster=local", "--executor-opt", "jobs=1"]
     proc = optlab("run", "halved.toml", "--executor", "slurm", *opts, cwd=there, check=True)
-    assert "halved: submitted 9 of 9 runs" in proc.stdout
+    assert "halved: submitted 3 of 3 runs" in proc.stdout
     submissions = there / "optlab.runs" / "slurm"
 
     def through() -> bool:  # every job of every round has returned, the last going on too
@@ -285,7 +302,9 @@ def test_halving_through_slurm_jobs_goes_round_by_round_to_the_local_stops(tmp_p
         return bool(jobs) and all(list(j.glob("*_result.pkl")) for j in jobs)
 
     wait_for(through, timeout=240, every=0.5)
-    assert len(list(submissions.glob("*/plan.json"))) >= 3  # rung 1, rung 3, the finals
+    # to rung 1; the one that goes on, to its end; the final runs (once the search is over)
+    assert len(list(submissions.glob("*/plan.json"))) == 3
+    assert read(there, "select count(*) from runs where status = 'stopped'") == [(2,)]
     optlab("status", cwd=there, check=True)  # folds the last round in
     assert outcome(there) == outcome(here)
     for sql in (
