@@ -215,7 +215,7 @@ def test_a_stopped_worker_is_killed_after_the_stall_timeout(tmp_path, reference)
     assert results(tmp_path) == reference
 
 
-@pytest.mark.parametrize("presses", [2, 4])
+@pytest.mark.parametrize("presses", [4])  # 2: the same path, cut short
 def test_any_number_of_ctrl_cs_ends_cleanly_and_resumably(tmp_path, presses, reference):
     study(tmp_path)
     proc = start(["run", "long.toml", "--workers", "2"], tmp_path)
