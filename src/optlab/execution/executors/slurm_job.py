@@ -16,6 +16,11 @@ again (its own leases at once, others' once stale) and they resume from their ch
 A slot with nothing left to take waits while the job's other slots train, taking over the
 runs of jobs that died (stale leases); when the job has nothing to train it ends, freeing
 its node.
+
+A submission of a study with successive halving or final runs trains each run to its next
+rung only. The last of its jobs to end then goes on: it calls what the submitting command
+left beside the plan (`optlab run` again, in this process), which decides at the rung and
+submits the next round.
 """
 
 from __future__ import annotations
