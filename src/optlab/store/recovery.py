@@ -63,7 +63,10 @@ def recover(
             if status == State.RUNNING and run_id not in live:
                 lost.append(run_id)
             continue
-        if status in (State.INTERRUPTED, State.FAILED):
+        # A run training in a job now, folded in before: only what it journaled since.
+        if status in (State.INTERRUPTED, State.FAILED) or (
+            status == State.RUNNING and run_id in live
+        ):
             newer = [e for e in events if (e.get("time") or 0) > seen]
             if not newer:
                 continue
